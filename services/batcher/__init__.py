@@ -1,0 +1,1 @@
+"""Batcher: consumes each model's request topic and hands batches to the model's worker group."""

@@ -1,0 +1,44 @@
+"""Entrypoint: ``python -m services.batcher.main``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.batcher.config import BatcherSettings
+from services.batcher.handlers import SERVICE, BatcherDeps, register
+from shared.db import connect_pool
+from shared.kafka import ensure_topics, new_broker, wait_for_kafka
+from shared.logging import configure_logging
+from shared.registry import ModelRegistry
+from shared.runtime import kafka_service_app, serve
+from shared.settings import CommonSettings
+from shared.telemetry import setup_tracing
+
+
+async def main() -> None:
+    common, settings = CommonSettings(), BatcherSettings()
+    configure_logging(SERVICE, common.log_level)
+    provider = setup_tracing(SERVICE, common)
+    try:
+        model_ids = settings.models or await _enabled_models(common)
+        by_topic = {common.topics.requests(m): m for m in model_ids}
+        await wait_for_kafka(common)
+        await ensure_topics(common, [*by_topic, *(common.topics.batches(m) for m in model_ids)])
+        broker = new_broker(common, SERVICE, provider)
+        register(BatcherDeps(settings=settings, common=common, broker=broker, model_by_topic=by_topic,
+                             tracer=provider.get_tracer(__name__)))
+        await serve(kafka_service_app(broker), settings.host, settings.port)
+    finally:
+        provider.shutdown()
+
+
+async def _enabled_models(common: CommonSettings) -> list[str]:
+    pool = await connect_pool(common.postgres_dsn)
+    try:
+        return [m.id for m in await ModelRegistry(pool).enabled()]
+    finally:
+        await pool.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IngressSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FERRY_INGRESS_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    port: int = Field(8000, description="Port of the HTTP API.")
+    instance_id: str = Field(
+        default_factory=lambda: socket.gethostname(),
+        description="Names this instance's reply topic; stable across restarts, unique among running instances.",
+    )
+    request_timeout_s: float = Field(300.0, gt=0, description="Longest a request may take end to end.")
+    default_max_tokens: int = Field(512, ge=1, description="max_tokens when the client sends none.")
+    model_cache_s: float = Field(5.0, ge=0, description="How long a registry lookup is reused.")

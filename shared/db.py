@@ -1,0 +1,50 @@
+"""PostgreSQL plumbing: waiting for the server, the connection pool and schema migrations (plain SQL files)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import asyncpg
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "infra" / "postgres" / "migrations"
+_MIGRATION_LOCK = 0x66657272  # advisory lock id ("ferr"): one migrator at a time when services start together
+
+
+async def connect_pool(dsn: str, wait_seconds: float = 60, **kwargs: object) -> asyncpg.Pool:
+    """Pre-start step: retries until PostgreSQL accepts connections, then returns a pool."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while True:
+        try:
+            return await asyncpg.create_pool(dsn, min_size=1, max_size=10, **kwargs)
+        except (OSError, asyncpg.CannotConnectNowError):
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def migrate(pool: asyncpg.Pool, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Applies the ``NNNN_name.sql`` files not applied yet, each in its own transaction; returns their names."""
+    applied_now: list[str] = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+            for path in sorted(directory.glob("*.sql")):
+                if path.name in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(path.read_text())
+                    await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
+                applied_now.append(path.name)
+                logger.info("applied migration %s", path.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now

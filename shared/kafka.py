@@ -1,0 +1,127 @@
+"""Kafka plumbing: brokers with tracing, topic creation, record headers, decoding with dead-lettering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import TypeVar
+
+from aiokafka import ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from opentelemetry.sdk.trace import TracerProvider
+from pydantic import BaseModel, ValidationError
+
+from shared.contracts import Message, MessageDeadLettered
+from shared.settings import CommonSettings
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+REQUEST_ID_HEADER = "ferry-request-id"
+MESSAGE_TYPE_HEADER = "ferry-message-type"
+SCHEMA_VERSION_HEADER = "ferry-schema-version"
+
+
+def new_broker(settings: CommonSettings, service: str, tracer_provider: TracerProvider) -> KafkaBroker:
+    """A FastStream broker whose publishes and consumes are traced (W3C context travels in record headers)."""
+    return KafkaBroker(
+        settings.kafka_bootstrap,
+        client_id=f"ferry-{service}",
+        middlewares=[KafkaTelemetryMiddleware(tracer_provider=tracer_provider)],
+        enable_idempotence=True,
+        acks="all",
+    )
+
+
+def message_headers(message: Message, request_id: str | None = None) -> dict[str, str]:
+    """Headers every record carries: its type and schema version, and the request it concerns."""
+    headers = {MESSAGE_TYPE_HEADER: type(message).__name__, SCHEMA_VERSION_HEADER: str(message.schema_version)}
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
+    return headers
+
+
+def record_headers(record: ConsumerRecord) -> dict[str, str]:
+    return {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+
+
+async def ensure_topics(settings: CommonSettings, names: Iterable[str], partitions: int | None = None) -> None:
+    """Creates the topics that do not exist yet (idempotent; safe when several services race)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="ferry-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, num_partitions=partitions or settings.topic_partitions, replication_factor=1)
+            for name in sorted(set(names) - existing)
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+            logger.info("created topics %s", [t.name for t in wanted])
+    finally:
+        await admin.close()
+
+
+async def wait_for_kafka(settings: CommonSettings, seconds: float = 60) -> None:
+    """Start-up step: waits until the cluster answers, so services can start in any order."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="ferry-prestart")
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except KafkaConnectionError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
+
+class Rejected(Exception):
+    """A record that can never be processed; it belongs on the dead-letter topic with this reason."""
+
+
+def decode(model: type[M], record: ConsumerRecord) -> M:
+    """Parses a record's JSON value into ``model`` or raises Rejected with a readable reason."""
+    if not record.value:
+        raise Rejected("empty record value")
+    try:
+        return model.model_validate_json(record.value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        raise Rejected(f"invalid {model.__name__}: {problems}") from None
+
+
+async def dead_letter(
+    broker: KafkaBroker, settings: CommonSettings, record: ConsumerRecord, reason: str, service: str
+) -> None:
+    """Parks a record on the dead-letter topic; the consumer then moves on."""
+    parked = MessageDeadLettered(
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else record.key,
+        payload=(record.value or b"").decode("utf-8", "replace"),
+        reason=reason,
+        service=service,
+    )
+    await broker.publish(
+        parked.model_dump_json().encode(),
+        settings.topics.dead_letter,
+        key=record.key if isinstance(record.key, bytes) else None,
+        headers=message_headers(parked) | {"content-type": "application/json"},
+    )
+    logger.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)

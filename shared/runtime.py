@@ -1,0 +1,25 @@
+"""Running a Kafka service: the FastStream app served by uvicorn with /health, and uvicorn's graceful shutdown
+(SIGTERM: stop consuming, let handlers finish, close clients)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from faststream.asgi import AsgiFastStream, make_ping_asgi
+from faststream.kafka import KafkaBroker
+
+logger = logging.getLogger(__name__)
+
+
+def kafka_service_app(broker: KafkaBroker, **kwargs: object) -> AsgiFastStream:
+    """The ASGI app of a Kafka service; ``/health`` answers 204 while the broker is connected."""
+    return AsgiFastStream(broker, asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0))], **kwargs)
+
+
+async def serve(app: object, host: str, port: int) -> None:
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=30)
+    )
+    logger.info("listening on http://%s:%d", host, port)
+    await server.serve()

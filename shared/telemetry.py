@@ -1,0 +1,51 @@
+"""OpenTelemetry tracing: one provider per process, W3C trace context carried in Kafka headers and message bodies."""
+
+from __future__ import annotations
+
+import sys
+from typing import IO
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+
+from shared.settings import CommonSettings
+
+
+def _one_json_line(span: ReadableSpan) -> str:
+    return span.to_json(indent=None) + "\n"
+
+
+def setup_tracing(service: str, settings: CommonSettings) -> TracerProvider:
+    """Builds the process's tracer provider; the caller shuts it down on exit (flushing queued spans)."""
+    provider = TracerProvider(resource=Resource.create({"service.name": f"ferry-{service}"}))
+    if settings.otel_exporter == "console":
+        out: IO[str] = open(settings.otel_console_path, "a", buffering=1) if settings.otel_console_path else sys.stderr
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=out, formatter=_one_json_line)))
+    elif settings.otel_exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otel_endpoint)))
+    return provider
+
+
+def current_trace_context() -> dict[str, str]:
+    """The active span's W3C trace context, ready to put in Kafka headers or a message body."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def context_from(carrier: dict[str, str]) -> otel_context.Context:
+    """The trace context a carrier (headers or a message's trace_context field) holds."""
+    return propagate.extract(carrier)
+
+
+def kafka_headers(carrier: dict[str, str]) -> list[tuple[str, bytes]]:
+    return [(k, v.encode()) for k, v in carrier.items()]
+
+
+def tracer(provider: TracerProvider, name: str) -> trace.Tracer:
+    return provider.get_tracer(name)

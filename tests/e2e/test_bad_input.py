@@ -1,0 +1,122 @@
+"""Bad input gets a clear error and never a 500; bad Kafka records are dead-lettered and the platform keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from tests.e2e.platform import TINY_MODEL, Platform
+
+GOOD = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def post(platform: Platform, body: object, raw: bytes | None = None) -> httpx.Response:
+    url = f"{platform.base_url}/v1/chat/completions"
+    if raw is not None:
+        return httpx.post(url, content=raw, headers={"content-type": "application/json"}, timeout=30)
+    return httpx.post(url, json=body, timeout=30)
+
+
+def assert_openai_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["type"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+def test_malformed_json_is_a_400(platform: Platform) -> None:
+    error = assert_openai_error(post(platform, None, raw=b'{"model": "tiny-random", "messages": ['), 400)
+    assert error["type"] == "invalid_request_error"
+
+
+def test_unknown_model_is_a_404_naming_the_model(platform: Platform) -> None:
+    error = assert_openai_error(post(platform, GOOD | {"model": "gpt-9"}), 404, param="model")
+    assert error["code"] == "model_not_found" and "gpt-9" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"messages": None}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": "hello"}, "messages"),
+        ({"messages": [{"role": "user"}]}, "messages.0.content"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"model": 42}, "model"),
+        ({"n": 3}, "n"),
+    ],
+)
+def test_missing_empty_or_wrong_typed_fields_are_400_naming_the_field(
+    platform: Platform, change: dict, param: str
+) -> None:
+    body = {k: v for k, v in (GOOD | change).items() if v is not None}
+    assert_openai_error(post(platform, body), 400, param=param)
+
+
+def test_body_that_is_not_an_object_is_a_400(platform: Platform) -> None:
+    assert_openai_error(post(platform, None, raw=b"[1, 2, 3]"), 400)
+
+
+def test_unknown_route_is_an_openai_format_404(platform: Platform) -> None:
+    assert_openai_error(httpx.get(f"{platform.base_url}/v1/engines", timeout=10), 404)
+
+
+def test_models_come_from_the_registry(platform: Platform) -> None:
+    models = httpx.get(f"{platform.base_url}/v1/models", timeout=10).json()
+    assert models["object"] == "list"
+    assert {m["id"] for m in models["data"]} == {"smollm2-135m-instruct", TINY_MODEL}
+
+
+async def test_malformed_kafka_records_are_dead_lettered_and_serving_continues(platform: Platform) -> None:
+    topics = platform.common.topics
+    bad_records = {
+        b"{this is not json": "invalid CompletionRequested",
+        json.dumps({"request_id": "x", "model": TINY_MODEL}).encode(): "messages: Field required",
+        json.dumps({
+            "request_id": f"wrong-{uuid.uuid4().hex}", "model": "smollm2-135m-instruct", "reply_topic": "nowhere",
+            "messages": [{"role": "user", "content": "hi"}],
+        }).encode(): "does not match topic",
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=platform.common.kafka_bootstrap)
+    await producer.start()
+    try:
+        sent = {}
+        for value, reason in bad_records.items():
+            meta = await producer.send_and_wait(topics.requests(TINY_MODEL), value, key=uuid.uuid4().hex.encode())
+            sent[(meta.partition, meta.offset)] = reason
+    finally:
+        await producer.stop()
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=platform.common.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    parked = {}
+    try:
+        consumer.assign([TopicPartition(topics.dead_letter, 0)])
+        await consumer.seek_to_beginning()
+        async with asyncio.timeout(30):
+            async for record in consumer:
+                letter = json.loads(record.value)
+                if letter["source_topic"] == topics.requests(TINY_MODEL):
+                    parked[(letter["partition"], letter["offset"])] = letter
+                if set(sent) <= set(parked):
+                    break
+    finally:
+        await consumer.stop()
+
+    for position, reason in sent.items():
+        assert reason in parked[position]["reason"], parked[position]
+        assert parked[position]["service"] == "batcher"
+    # the consumer kept serving: a good request after the bad ones completes
+    response = await asyncio.to_thread(post, platform, GOOD)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiokafka import ConsumerRecord
+
+from shared.contracts import CompletionRequested, TokensGenerated, reply_event_adapter
+from shared.kafka import Rejected, decode
+from shared.topics import Topics
+
+
+def record(value: bytes | None) -> ConsumerRecord:
+    return ConsumerRecord(topic="t", partition=0, offset=7, timestamp=0, timestamp_type=0, key=None, value=value,
+                          checksum=None, serialized_key_size=0, serialized_value_size=0, headers=())
+
+
+MINIMAL = {"request_id": "r1", "model": "m", "reply_topic": "replies.x", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_minimal_documented_request_gets_defaults() -> None:
+    req = decode(CompletionRequested, record(json.dumps(MINIMAL).encode()))
+    assert req.schema_version == 1 and req.stream is True and req.sampling.max_tokens == 256
+
+
+def test_readers_tolerate_fields_added_by_newer_writers() -> None:
+    req = decode(CompletionRequested, record(json.dumps(MINIMAL | {"priority": "batch"}).encode()))
+    assert req.request_id == "r1"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "empty record value"),
+        (b"{not json", "invalid CompletionRequested: body: Invalid JSON"),
+        (json.dumps({k: v for k, v in MINIMAL.items() if k != "messages"}).encode(), "messages: Field required"),
+        (json.dumps(MINIMAL | {"messages": []}).encode(), "messages: List should have at least 1 item"),
+    ],
+)
+def test_undecodable_records_are_rejected_with_a_readable_reason(value: bytes | None, reason: str) -> None:
+    with pytest.raises(Rejected) as err:
+        decode(CompletionRequested, record(value))
+    assert reason in str(err.value)
+
+
+def test_reply_events_are_told_apart_by_their_event_field() -> None:
+    event = reply_event_adapter.validate_json(
+        TokensGenerated(request_id="r", sequence=0, text="x", token_count=1).model_dump_json()
+    )
+    assert isinstance(event, TokensGenerated)
+
+
+def test_topic_names_are_prefixed_and_kafka_safe() -> None:
+    topics = Topics("p.")
+    assert topics.requests("org/model:v1") == "p.requests.org-model-v1"
+    assert topics.batches("m") == "p.batches.m"
+    assert topics.dead_letter == "p.dead-letter"

@@ -1,0 +1,94 @@
+"""The ingress's translation between OpenAI's API and the platform's events, with events from a plain list."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from services.ingress.protocol import ChatCompletionRequest
+from services.ingress.serving import ApiError, Submission, collect, stream_sse, to_completion_requested
+from shared.contracts import CompletionFinished, GenerationFailed, ReplyEvent, TokensGenerated, Usage, utc_now
+
+USAGE = Usage(prompt_tokens=5, completion_tokens=3, total_tokens=8)
+
+
+async def events_of(*events: ReplyEvent) -> AsyncIterator[ReplyEvent]:
+    for e in events:
+        yield e
+
+
+async def timing_out() -> AsyncIterator[ReplyEvent]:
+    yield TokensGenerated(request_id="r", sequence=0, text="a", token_count=1)
+    raise TimeoutError
+
+
+def parse(lines: list[str]) -> list[object]:
+    assert all(line.startswith("data: ") and line.endswith("\n\n") for line in lines)
+    return [line[6:-2] if line[6:-2] == "[DONE]" else json.loads(line[6:-2]) for line in lines]
+
+
+async def test_stream_is_openai_chunk_sequence_with_usage_and_done() -> None:
+    events = events_of(
+        TokensGenerated(request_id="r", sequence=0, text="Par", token_count=2),
+        TokensGenerated(request_id="r", sequence=1, text="is", token_count=1),
+        CompletionFinished(request_id="r", sequence=2, model="m", text="Paris", finish_reason="stop", usage=USAGE),
+    )
+    out = parse([line async for line in stream_sse("r", "m", True, events)])
+    assert out[-1] == "[DONE]"
+    role, first, second, final, usage = out[:-1]
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert role["choices"][0]["finish_reason"] is None
+    assert [first["choices"][0]["delta"]["content"], second["choices"][0]["delta"]["content"]] == ["Par", "is"]
+    assert final["choices"][0]["finish_reason"] == "stop"
+    assert usage["choices"] == [] and usage["usage"] == USAGE.model_dump()
+
+
+async def test_stream_without_include_usage_has_no_usage_chunk() -> None:
+    events = events_of(CompletionFinished(request_id="r", sequence=0, model="m", text="", finish_reason="length",
+                                          usage=USAGE))
+    out = parse([line async for line in stream_sse("r", "m", False, events)])
+    assert all("usage" not in c for c in out[:-1])
+
+
+async def test_failures_and_deadlines_mid_stream_end_with_an_error_then_done() -> None:
+    failed = events_of(GenerationFailed(request_id="r", sequence=0, code="context_length_exceeded", message="too long"))
+    out = parse([line async for line in stream_sse("r", "m", False, failed)])
+    assert out[-2]["error"]["code"] == "context_length_exceeded" and out[-1] == "[DONE]"
+    out = parse([line async for line in stream_sse("r", "m", False, timing_out())])
+    assert out[-2]["error"]["code"] == "deadline_exceeded" and out[-1] == "[DONE]"
+
+
+async def test_collect_maps_failures_to_http_statuses() -> None:
+    done = await collect("r", "m", events_of(
+        CompletionFinished(request_id="r", sequence=0, model="m", text="hi", finish_reason="stop", usage=USAGE)))
+    assert done.choices[0].message.content == "hi" and done.usage.total_tokens == 8
+    with pytest.raises(ApiError) as err:
+        await collect("r", "m", events_of(
+            GenerationFailed(request_id="r", sequence=0, code="context_length_exceeded", message="too long")))
+    assert err.value.status == 400
+    with pytest.raises(ApiError) as err:
+        await collect("r", "m", timing_out())
+    assert err.value.status == 504
+
+
+def test_openai_request_maps_to_the_kafka_contract() -> None:
+    api = ChatCompletionRequest.model_validate({
+        "model": "m", "stream": True, "max_completion_tokens": 9, "max_tokens": 99, "temperature": 0, "stop": "\n",
+        "seed": 3, "messages": [{"role": "developer", "content": "be brief"},
+                                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+    })
+    deadline = utc_now() + timedelta(seconds=5)
+    req = to_completion_requested(api, Submission("r", "replies.i", deadline, {"traceparent": "x"}, 512))
+    assert req.sampling.max_tokens == 9 and req.sampling.temperature == 0 and req.sampling.stop == ["\n"]
+    assert req.sampling.seed == 3 and req.stream and req.deadline_at == deadline
+    assert [(m.role, m.content) for m in req.messages] == [("system", "be brief"), ("user", "ab")]
+    assert req.trace_context == {"traceparent": "x"} and req.reply_topic == "replies.i"
+
+
+def test_default_max_tokens_applies_when_the_client_sends_none() -> None:
+    api = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "a"}]})
+    req = to_completion_requested(api, Submission("r", "t", utc_now(), {}, 77))
+    assert req.sampling.max_tokens == 77 and req.sampling.temperature == 1.0 and not req.stream
