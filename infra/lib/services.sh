@@ -7,9 +7,14 @@ service_start() {
   local pidfile=$FERRY_RUN/$name.pid
   if pid_alive "$pidfile"; then log "$name already running (pid $(cat "$pidfile"))"; return 0; fi
   port_open "$port" && die "port $port is taken by another process; $name cannot start"
-  (cd "$FERRY_ROOT" && env "$@" FERRY_OTEL_CONSOLE_PATH="$FERRY_LOGS/$name.traces.jsonl" \
-     PYTHONPATH="$FERRY_ROOT" setsid nohup "$PY" -m "$module" >>"$FERRY_LOGS/$name.log" 2>&1 </dev/null &
-   echo $! >"$pidfile")
+  rm -f "$pidfile"
+  # setsid: its own session and process group, so stop can reap the vLLM EngineCore child too. The shell writes its
+  # own pid, then execs, so the pidfile names the service itself; every fd is redirected so no caller pipe stays open.
+  (cd "$FERRY_ROOT" && exec env "$@" FERRY_OTEL_CONSOLE_PATH="$FERRY_LOGS/$name.traces.jsonl" PYTHONPATH="$FERRY_ROOT" \
+     nohup setsid bash -c 'echo $$ >"$0"; exec "$1" -m "$2"' "$pidfile" "$PY" "$module") \
+     >>"$FERRY_LOGS/$name.log" 2>&1 </dev/null &
+  local waited=0
+  until [[ -s $pidfile ]]; do (( waited++ < 50 )) || die "$name did not start"; sleep 0.1; done
 }
 
 # service_wait NAME PORT SECONDS: waits for GET /health to succeed.
