@@ -46,6 +46,18 @@ def message_headers(message: Message, request_id: str | None = None) -> dict[str
     return headers
 
 
+async def publish_message(
+    broker: KafkaBroker, message: Message, topic: str, key: str | None, request_id: str | None = None
+) -> None:
+    """Publishes a contract message as JSON with the platform's headers (the tracing middleware adds trace context)."""
+    await broker.publish(
+        message.model_dump_json().encode(),
+        topic,
+        key=key.encode() if key is not None else None,
+        headers=message_headers(message, request_id) | {"content-type": "application/json"},
+    )
+
+
 def record_headers(record: ConsumerRecord) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
 
@@ -118,10 +130,5 @@ async def dead_letter(
         reason=reason,
         service=service,
     )
-    await broker.publish(
-        parked.model_dump_json().encode(),
-        settings.topics.dead_letter,
-        key=record.key if isinstance(record.key, bytes) else None,
-        headers=message_headers(parked) | {"content-type": "application/json"},
-    )
+    await publish_message(broker, parked, settings.topics.dead_letter, key=parked.key)
     logger.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)

@@ -55,6 +55,11 @@ stop_pid() {
   rm -f "$pidfile"
 }
 
+# status_line NAME STATE [PID PORT]: the one-line format of `infra/platform status`.
+status_line() {
+  if [[ $# -ge 4 ]]; then printf '%-28s %-8s pid %-8s 127.0.0.1:%s\n' "$1" "$2" "$3" "$4"; else printf '%-28s %s\n' "$1" "$2"; fi
+}
+
 # apt_install PKG...: installs Debian packages that are missing (apt-get update once per run).
 apt_install() {
   local missing=()

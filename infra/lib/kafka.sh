@@ -159,12 +159,12 @@ kafka_status() {
   if kafka__pid_ok; then
     local pid; pid=$(cat "$KAFKA_PIDFILE")
     if port_open "$FERRY_KAFKA_PORT"; then
-      printf '%-10s %-8s pid %s  127.0.0.1:%s\n' kafka running "$pid" "$FERRY_KAFKA_PORT"
+      status_line kafka running "$pid" "$FERRY_KAFKA_PORT"
       return 0
     fi
-    printf '%-10s %-8s pid %s  127.0.0.1:%s not open yet\n' kafka starting "$pid" "$FERRY_KAFKA_PORT"
+    status_line kafka starting "$pid" "$FERRY_KAFKA_PORT"
     return 1
   fi
-  printf '%-10s %s\n' kafka stopped
+  status_line kafka stopped
   return 1
 }

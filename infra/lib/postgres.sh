@@ -192,12 +192,12 @@ postgres_status() {
   local pid
   if pid=$(_pg_pid); then
     if _pg_ready; then
-      printf '%-10s %-8s pid %s  127.0.0.1:%s\n' postgres running "$pid" "$FERRY_POSTGRES_PORT"
+      status_line postgres running "$pid" "$FERRY_POSTGRES_PORT"
       return 0
     fi
-    printf '%-10s %-8s pid %s  127.0.0.1:%s\n' postgres starting "$pid" "$FERRY_POSTGRES_PORT"
+    status_line postgres starting "$pid" "$FERRY_POSTGRES_PORT"
     return 1
   fi
-  printf '%-10s %s\n' postgres stopped
+  status_line postgres stopped
   return 1
 }

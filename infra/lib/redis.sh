@@ -76,12 +76,12 @@ redis_status() {
   local pid
   if pid=$(_redis_pid); then
     if _redis_ready; then
-      printf '%-10s %-8s pid %s  127.0.0.1:%s\n' redis running "$pid" "$FERRY_REDIS_PORT"
+      status_line redis running "$pid" "$FERRY_REDIS_PORT"
       return 0
     fi
-    printf '%-10s %-8s pid %s  127.0.0.1:%s\n' redis starting "$pid" "$FERRY_REDIS_PORT"
+    status_line redis starting "$pid" "$FERRY_REDIS_PORT"
     return 1
   fi
-  printf '%-10s %s\n' redis stopped
+  status_line redis stopped
   return 1
 }

@@ -31,8 +31,8 @@ service_wait() {
 service_status() {
   local name=$1 port=$2
   if pid_alive "$FERRY_RUN/$name.pid"; then
-    printf '%-22s running  pid %-7s 127.0.0.1:%s\n' "$name" "$(cat "$FERRY_RUN/$name.pid")" "$port"
+    status_line "$name" running "$(cat "$FERRY_RUN/$name.pid")" "$port"
   else
-    printf '%-22s stopped\n' "$name"; return 1
+    status_line "$name" stopped; return 1
   fi
 }

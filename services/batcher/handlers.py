@@ -14,7 +14,7 @@ from opentelemetry import trace
 from services.batcher.batching import expired, group_into_batches, unique_by_request_id
 from services.batcher.config import BatcherSettings
 from shared.contracts import BatchFormed, CompletionRequested, GenerationFailed, utc_now
-from shared.kafka import Rejected, dead_letter, decode, message_headers, record_headers
+from shared.kafka import Rejected, dead_letter, decode, publish_message, record_headers
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
 
@@ -82,12 +82,7 @@ def register(deps: BatcherDeps) -> None:
                 for r in batch_requests
             ]
             try:
-                await broker.publish(
-                    batch.model_dump_json().encode(),
-                    topics.batches(batch.model),
-                    key=batch.batch_id.encode(),
-                    headers=message_headers(batch) | {"content-type": "application/json"},
-                )
+                await publish_message(broker, batch, topics.batches(batch.model), key=batch.batch_id)
             finally:
                 for span in spans:
                     span.end()
@@ -102,10 +97,5 @@ async def _refuse_expired(broker: KafkaBroker, request: CompletionRequested) -> 
         request_id=request.request_id, sequence=0, code="deadline_exceeded",
         message="the request's deadline passed before it could be scheduled", retryable=True,
     )
-    await broker.publish(
-        failure.model_dump_json().encode(),
-        request.reply_topic,
-        key=request.request_id.encode(),
-        headers=message_headers(failure, request.request_id) | {"content-type": "application/json"},
-    )
+    await publish_message(broker, failure, request.reply_topic, key=request.request_id, request_id=request.request_id)
     logger.info("request %s expired before batching", request.request_id)

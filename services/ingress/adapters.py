@@ -22,7 +22,7 @@ from shared.contracts import (
     reply_event_adapter,
     utc_now,
 )
-from shared.kafka import dead_letter, ensure_topics, message_headers, record_headers
+from shared.kafka import dead_letter, ensure_topics, publish_message, record_headers
 from shared.registry import ModelRecord, ModelRegistry
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
@@ -110,12 +110,8 @@ class RequestPublisher:
         self._common, self._broker = common, broker
 
     async def publish(self, request: CompletionRequested) -> None:
-        await self._broker.publish(
-            request.model_dump_json().encode(),
-            self._common.topics.requests(request.model),
-            key=request.request_id.encode(),
-            headers=message_headers(request, request.request_id) | {"content-type": "application/json"},
-        )
+        await publish_message(self._broker, request, self._common.topics.requests(request.model),
+                              key=request.request_id, request_id=request.request_id)
 
 
 class ModelCatalog:

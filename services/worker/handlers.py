@@ -16,7 +16,7 @@ from services.worker.config import WorkerSettings
 from services.worker.engine import Engine
 from services.worker.generation import serve_request
 from shared.contracts import BatchFormed, CompletionRequested, Message
-from shared.kafka import Rejected, dead_letter, decode, message_headers
+from shared.kafka import Rejected, dead_letter, decode, publish_message
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
 
@@ -40,12 +40,7 @@ def register(deps: WorkerDeps) -> None:
     broker, common = deps.broker, deps.common
 
     async def publish_reply(request: CompletionRequested, event: Message) -> None:
-        await broker.publish(
-            event.model_dump_json().encode(),
-            request.reply_topic,
-            key=request.request_id.encode(),
-            headers=message_headers(event, request.request_id) | {"content-type": "application/json"},
-        )
+        await publish_message(broker, event, request.reply_topic, key=request.request_id, request_id=request.request_id)
 
     async def run(request: CompletionRequested) -> None:
         attributes = {"ferry.request_id": request.request_id, "ferry.model": request.model}
