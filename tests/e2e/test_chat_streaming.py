@@ -88,17 +88,32 @@ def test_one_request_is_one_trace_across_every_hop(platform: Platform) -> None:
     )
     assert response.status_code == 200
 
-    def services_with_trace() -> set[str]:
-        found = set()
-        for name in ("ingress", "batcher", f"worker-{TINY_MODEL}"):
+    services = ("ingress", "batcher", f"worker-{TINY_MODEL}")
+
+    def spans_in_trace() -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {name: set() for name in services}
+        for name in services:
             path: Path = platform.traces(name)
             if path.exists():
                 for line in path.read_text().splitlines():
-                    if json.loads(line)["context"]["trace_id"] == f"0x{trace_id}":
-                        found.add(name)
+                    span = json.loads(line)
+                    if span["context"]["trace_id"] == f"0x{trace_id}":
+                        found[name].add(span["name"])
         return found
 
+    topics = platform.common.topics
+    expected = {
+        "ingress": {"ferry.ingress.chat_completions", f"{topics.requests(TINY_MODEL)} publish", "ferry.ingress.reply"},
+        "batcher": {"ferry.batcher.dispatch"},
+        f"worker-{TINY_MODEL}": {"ferry.worker.generate"},
+    }
     deadline = time.monotonic() + 10
-    while (found := services_with_trace()) != {"ingress", "batcher", f"worker-{TINY_MODEL}"} and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        found = spans_in_trace()
+        if all(expected[name] <= found[name] for name in services):
+            break
         time.sleep(0.2)
-    assert found == {"ingress", "batcher", f"worker-{TINY_MODEL}"}
+    for name in services:
+        assert expected[name] <= found[name], f"{name}: {found[name]}"
+    # the worker's reply publish (keyed by request id) is exported too, in the same trace
+    assert any(n.endswith(" publish") for n in found[f"worker-{TINY_MODEL}"]), found
