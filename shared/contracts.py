@@ -7,7 +7,7 @@ contract for internal systems that produce requests or read replies directly (se
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -16,7 +16,7 @@ SCHEMA_VERSION = 1
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Message(BaseModel):
@@ -24,7 +24,9 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    schema_version: int = Field(SCHEMA_VERSION, description="Version of this message's schema; additive changes keep it.")
+    schema_version: int = Field(
+        SCHEMA_VERSION, description="Version of this message's schema; additive changes keep it."
+    )
 
 
 class ChatMessage(BaseModel):
@@ -62,7 +64,7 @@ class CompletionRequested(Message):
     deadline_at: datetime | None = Field(None, description="After this instant (UTC) the result is no longer wanted.")
     trace_context: dict[str, str] = Field(
         default_factory=dict,
-        description="W3C trace context (traceparent, tracestate) of the request, kept in the body so it survives batching.",
+        description="W3C trace context (traceparent, tracestate) of the request; in the body so it survives batching.",
     )
 
 

@@ -32,7 +32,9 @@ def new_broker(settings: CommonSettings, service: str, tracer_provider: TracerPr
     return KafkaBroker(
         settings.kafka_bootstrap,
         client_id=f"ferry-{service}",
-        logger=logging.getLogger("shared.kafka.broker"),  # not under "faststream": that logger prints in colour, unpropagated
+        logger=logging.getLogger(
+            "shared.kafka.broker"
+        ),  # not under "faststream": that logger prints in colour, unpropagated
         middlewares=[KafkaTelemetryMiddleware(tracer_provider=tracer_provider)],
         enable_idempotence=True,
         acks="all",

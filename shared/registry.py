@@ -57,6 +57,9 @@ class ModelRegistry:
     @staticmethod
     def _record(row: asyncpg.Record) -> ModelRecord:
         return ModelRecord(
-            id=row["id"], source=row["source"], version=row["version"], max_model_len=row["max_model_len"],
+            id=row["id"],
+            source=row["source"],
+            version=row["version"],
+            max_model_len=row["max_model_len"],
             default=row["is_default"],
         )

@@ -15,8 +15,10 @@ logger = logging.getLogger(__name__)
 def kafka_service_app(broker: KafkaBroker, **kwargs: object) -> AsgiFastStream:
     """The ASGI app of a Kafka service; ``/health`` answers 204 while the broker is connected."""
     return AsgiFastStream(
-        broker, asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0))],
-        logger=logging.getLogger("shared.runtime.app"), **kwargs,
+        broker,
+        asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0))],
+        logger=logging.getLogger("shared.runtime.app"),
+        **kwargs,
     )
 
 

@@ -16,16 +16,22 @@ _DEV_PASSWORD = "ferry"
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FERRY_", extra="ignore")
 
-    environment: Literal["development", "production"] = Field("development", description="production refuses dev secrets.")
+    environment: Literal["development", "production"] = Field(
+        "development", description="production refuses dev secrets."
+    )
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
     topic_prefix: str = Field("ferry.", description="Prefix of every topic name.")
-    topic_partitions: int = Field(3, ge=1, description="Partitions of the request and batch topics the platform creates.")
+    topic_partitions: int = Field(
+        3, ge=1, description="Partitions of the request and batch topics the platform creates."
+    )
     postgres_dsn: str = Field(
         f"postgresql://ferry:{_DEV_PASSWORD}@127.0.0.1:55432/ferry", description="PostgreSQL connection string."
     )
     redis_url: str = Field("redis://127.0.0.1:56379/0", description="Redis URL.")
     otel_exporter: Literal["none", "console", "otlp"] = Field("console", description="Where traces go.")
-    otel_console_path: str | None = Field(None, description="File the console exporter appends JSON spans to; stderr if unset.")
+    otel_console_path: str | None = Field(
+        None, description="File the console exporter appends JSON spans to; stderr if unset."
+    )
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318/v1/traces.")
     log_level: str = Field("INFO", description="Log level of the platform's own loggers.")
 
@@ -34,7 +40,7 @@ class CommonSettings(BaseSettings):
         return Topics(self.topic_prefix)
 
     @model_validator(mode="after")
-    def _no_dev_secrets_in_production(self) -> "CommonSettings":
+    def _no_dev_secrets_in_production(self) -> CommonSettings:
         if self.environment == "production" and f":{_DEV_PASSWORD}@" in self.postgres_dsn:
             raise ValueError("FERRY_POSTGRES_DSN uses the development password; set a real one in production")
         return self

@@ -16,11 +16,22 @@ from shared.settings import CommonSettings
 
 def _one_json_line(span: ReadableSpan) -> str:
     # FastStream records Kafka keys as bytes, which OTLP carries but JSON cannot; without this such spans are dropped.
-    attributes = {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in (span.attributes or {}).items()}
+    attributes = {
+        k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in (span.attributes or {}).items()
+    }
     printable = ReadableSpan(
-        name=span.name, context=span.context, parent=span.parent, resource=span.resource, attributes=attributes,
-        events=span.events, links=span.links, kind=span.kind, status=span.status, start_time=span.start_time,
-        end_time=span.end_time, instrumentation_scope=span.instrumentation_scope,
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=span.events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
     )
     return printable.to_json(indent=None) + "\n"
 

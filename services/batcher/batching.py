@@ -28,6 +28,4 @@ def group_into_batches(requests: list[CompletionRequested], max_batch_size: int)
     by_model: dict[str, list[CompletionRequested]] = defaultdict(list)
     for r in requests:
         by_model[r.model].append(r)
-    return [
-        reqs[i : i + max_batch_size] for reqs in by_model.values() for i in range(0, len(reqs), max_batch_size)
-    ]
+    return [reqs[i : i + max_batch_size] for reqs in by_model.values() for i in range(0, len(reqs), max_batch_size)]

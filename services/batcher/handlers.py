@@ -75,10 +75,15 @@ def register(deps: BatcherDeps) -> None:
             # The consume span of a batch starts its own trace (linked to each record); a span per request in the
             # request's own trace keeps one request one trace across every hop.
             spans = [
-                deps.tracer.start_span("ferry.batcher.dispatch", context=context_from(r.trace_context), attributes={
-                    "ferry.request_id": r.request_id, "ferry.batch_id": batch.batch_id,
-                    "ferry.batch_size": len(batch_requests),
-                })
+                deps.tracer.start_span(
+                    "ferry.batcher.dispatch",
+                    context=context_from(r.trace_context),
+                    attributes={
+                        "ferry.request_id": r.request_id,
+                        "ferry.batch_id": batch.batch_id,
+                        "ferry.batch_size": len(batch_requests),
+                    },
+                )
                 for r in batch_requests
             ]
             try:
@@ -88,14 +93,20 @@ def register(deps: BatcherDeps) -> None:
                     span.end()
             logger.info(
                 "batch %s: %d request(s) for %s: %s",
-                batch.batch_id, len(batch_requests), batch.model, [r.request_id for r in batch_requests],
+                batch.batch_id,
+                len(batch_requests),
+                batch.model,
+                [r.request_id for r in batch_requests],
             )
 
 
 async def _refuse_expired(broker: KafkaBroker, request: CompletionRequested) -> None:
     failure = GenerationFailed(
-        request_id=request.request_id, sequence=0, code="deadline_exceeded",
-        message="the request's deadline passed before it could be scheduled", retryable=True,
+        request_id=request.request_id,
+        sequence=0,
+        code="deadline_exceeded",
+        message="the request's deadline passed before it could be scheduled",
+        retryable=True,
     )
     await publish_message(broker, failure, request.reply_topic, key=request.request_id, request_id=request.request_id)
     logger.info("request %s expired before batching", request.request_id)

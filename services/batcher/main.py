@@ -25,8 +25,15 @@ async def main() -> None:
         await wait_for_kafka(common)
         await ensure_topics(common, [*by_topic, *(common.topics.batches(m) for m in model_ids)])
         broker = new_broker(common, SERVICE, provider)
-        register(BatcherDeps(settings=settings, common=common, broker=broker, model_by_topic=by_topic,
-                             tracer=provider.get_tracer(__name__)))
+        register(
+            BatcherDeps(
+                settings=settings,
+                common=common,
+                broker=broker,
+                model_by_topic=by_topic,
+                tracer=provider.get_tracer(__name__),
+            )
+        )
         await serve(kafka_service_app(broker), settings.host, settings.port)
     finally:
         provider.shutdown()

@@ -29,6 +29,7 @@ from shared.telemetry import context_from
 
 logger = logging.getLogger(__name__)
 
+
 class ReplyListener:
     """Reads this instance's reply topic and routes each event to the request waiting for it.
 
@@ -44,8 +45,11 @@ class ReplyListener:
     async def start(self) -> None:
         await ensure_topics(self._common, [self.topic], partitions=1)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._common.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-            client_id="ferry-ingress-replies", auto_offset_reset="latest",
+            bootstrap_servers=self._common.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id="ferry-ingress-replies",
+            auto_offset_reset="latest",
         )
         await consumer.start()
         partitions = consumer.partitions_for_topic(self.topic) or {0}
@@ -92,14 +96,16 @@ class ReplyListener:
             try:
                 event = reply_event_adapter.validate_json(record.value or b"")
             except ValidationError as exc:
-                await dead_letter(self._broker, self._common, record, f"invalid reply event: {exc.errors()[0]['msg']}",
-                                  "ingress")
+                await dead_letter(
+                    self._broker, self._common, record, f"invalid reply event: {exc.errors()[0]['msg']}", "ingress"
+                )
                 continue
             queue = self._queues.get(event.request_id)
             if queue is None:
                 continue  # the client is gone, or the event is a redelivery of a finished request
             with self._tracer.start_as_current_span(
-                "ferry.ingress.reply", context=context_from(record_headers(record)),
+                "ferry.ingress.reply",
+                context=context_from(record_headers(record)),
                 attributes={"ferry.request_id": event.request_id, "ferry.event": event.event},
             ):
                 queue.put_nowait(event)
@@ -110,8 +116,13 @@ class RequestPublisher:
         self._common, self._broker = common, broker
 
     async def publish(self, request: CompletionRequested) -> None:
-        await publish_message(self._broker, request, self._common.topics.requests(request.model),
-                              key=request.request_id, request_id=request.request_id)
+        await publish_message(
+            self._broker,
+            request,
+            self._common.topics.requests(request.model),
+            key=request.request_id,
+            request_id=request.request_id,
+        )
 
 
 class ModelCatalog:

@@ -51,7 +51,9 @@ DepsDep = Annotated[IngressDeps, Depends(get_deps)]
 ERRORS = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in [
-        (400, "Invalid request"), (404, "Unknown model"), (503, "The platform could not take the request"),
+        (400, "Invalid request"),
+        (404, "Unknown model"),
+        (503, "The platform could not take the request"),
         (504, "The request did not complete before its deadline"),
     ]
 }
@@ -86,29 +88,45 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
 
     deadline_at = utc_now() + timedelta(seconds=deps.settings.request_timeout_s)
     with deps.tracer.start_as_current_span(
-        "ferry.ingress.chat_completions", context=context_from(dict(request.headers)),
-        kind=trace.SpanKind.SERVER, attributes={"ferry.request_id": request_id, "ferry.model": body.model},
+        "ferry.ingress.chat_completions",
+        context=context_from(dict(request.headers)),
+        kind=trace.SpanKind.SERVER,
+        attributes={"ferry.request_id": request_id, "ferry.model": body.model},
     ):
-        message = to_completion_requested(body, Submission(
-            request_id=request_id, reply_topic=deps.listener.topic, deadline_at=deadline_at,
-            trace_context=current_trace_context(), default_max_tokens=deps.settings.default_max_tokens,
-        ))
+        message = to_completion_requested(
+            body,
+            Submission(
+                request_id=request_id,
+                reply_topic=deps.listener.topic,
+                deadline_at=deadline_at,
+                trace_context=current_trace_context(),
+                default_max_tokens=deps.settings.default_max_tokens,
+            ),
+        )
         deps.listener.expect(request_id)
         try:
             await deps.publisher.publish(message)
         except Exception:
             deps.listener.forget(request_id)
             logger.exception("request %s: could not publish", request_id)
-            raise ApiError(503, "The request could not be queued; try again.", "service_unavailable_error",
-                           code="queue_unavailable", headers={"Retry-After": "1"}) from None
+            raise ApiError(
+                503,
+                "The request could not be queued; try again.",
+                "service_unavailable_error",
+                code="queue_unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
     logger.info("request %s queued for %s (stream=%s)", request_id, body.model, body.stream)
 
     events = deps.listener.events(request_id, deadline_at)
     headers = {"x-request-id": request_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(stream_sse(request_id, body.model, include_usage, events),
-                                 media_type="text/event-stream", headers=headers | {"cache-control": "no-cache"})
+        return StreamingResponse(
+            stream_sse(request_id, body.model, include_usage, events),
+            media_type="text/event-stream",
+            headers=headers | {"cache-control": "no-cache"},
+        )
     completion = await collect(request_id, body.model, events)
     return JSONResponse(completion.model_dump(), headers=headers)
 
@@ -124,9 +142,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         if first.get("type") == "json_invalid":
-            return JSONResponse(error_json(
-                "We could not parse the JSON body of your request. Send valid JSON with Content-Type: application/json.",
-                "invalid_request_error", code="invalid_json"), status_code=400)
+            return JSONResponse(
+                error_json(
+                    "We could not parse the JSON body of your request. "
+                    "Send valid JSON with Content-Type: application/json.",
+                    "invalid_request_error",
+                    code="invalid_json",
+                ),
+                status_code=400,
+            )
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
         message = first.get("msg", "invalid request")
@@ -134,16 +158,21 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"Missing required parameter: '{param}'."
         elif param:
             message = f"Invalid value for '{param}': {message}"
-        return JSONResponse(error_json(message, "invalid_request_error", param=param, code="invalid_value"),
-                            status_code=400)
+        return JSONResponse(
+            error_json(message, "invalid_request_error", param=param, code="invalid_value"), status_code=400
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_json(str(exc.detail), "invalid_request_error", code=f"http_{exc.status_code}"),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_json(str(exc.detail), "invalid_request_error", code=f"http_{exc.status_code}"),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        return JSONResponse(error_json("The server had an error while processing your request.", "server_error"),
-                            status_code=500)
+        return JSONResponse(
+            error_json("The server had an error while processing your request.", "server_error"), status_code=500
+        )

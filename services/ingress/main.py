@@ -35,8 +35,11 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
         listener = ReplyListener(common, common.topics.replies(f"ingress-{settings.instance_id}"), broker, tracer)
         await listener.start()
         app.state.deps = IngressDeps(
-            settings=settings, catalog=ModelCatalog(ModelRegistry(pool), settings.model_cache_s),
-            publisher=RequestPublisher(common, broker), listener=listener, tracer=tracer,
+            settings=settings,
+            catalog=ModelCatalog(ModelRegistry(pool), settings.model_cache_s),
+            publisher=RequestPublisher(common, broker),
+            listener=listener,
+            tracer=tracer,
         )
         try:
             yield

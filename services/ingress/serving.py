@@ -34,8 +34,15 @@ from shared.contracts import (
 class ApiError(Exception):
     """An error the client gets in OpenAI's format."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers or {}
@@ -53,8 +60,9 @@ _FAILURE_STATUS = {
 }
 
 
-DEADLINE_EXCEEDED = ApiError(504, "the request did not complete before its deadline", "timeout_error",
-                             code="deadline_exceeded")
+DEADLINE_EXCEEDED = ApiError(
+    504, "the request did not complete before its deadline", "timeout_error", code="deadline_exceeded"
+)
 
 
 def failure_error(failure: GenerationFailed) -> ApiError:
@@ -82,12 +90,16 @@ def to_completion_requested(api: ChatCompletionRequest, sub: Submission) -> Comp
         stop=stop,
         seed=api.seed,
     )
-    messages = [
-        ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in api.messages
-    ]
+    messages = [ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in api.messages]
     return CompletionRequested(
-        request_id=sub.request_id, model=api.model, messages=messages, sampling=sampling, stream=api.stream,
-        reply_topic=sub.reply_topic, deadline_at=sub.deadline_at, trace_context=sub.trace_context,
+        request_id=sub.request_id,
+        model=api.model,
+        messages=messages,
+        sampling=sampling,
+        stream=api.stream,
+        reply_topic=sub.reply_topic,
+        deadline_at=sub.deadline_at,
+        trace_context=sub.trace_context,
     )
 
 
@@ -109,7 +121,9 @@ async def _final(request_id: str, model: str, events: AsyncIterator[ReplyEvent])
             raise failure_error(event)
         if isinstance(event, CompletionFinished):
             return ChatCompletion(
-                id=request_id, model=model, usage=_usage(event),
+                id=request_id,
+                model=model,
+                usage=_usage(event),
                 choices=[Choice(message=ChoiceMessage(content=event.text), finish_reason=event.finish_reason)],
             )
     raise ApiError(503, "the reply stream ended without a result", "server_error", code="no_result")
@@ -119,15 +133,17 @@ def _sse(payload: object) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-async def stream_sse(request_id: str, model: str, include_usage: bool, events: AsyncIterator[ReplyEvent]
-                     ) -> AsyncIterator[str]:
+async def stream_sse(
+    request_id: str, model: str, include_usage: bool, events: AsyncIterator[ReplyEvent]
+) -> AsyncIterator[str]:
     """Streaming: OpenAI's chunk sequence (role, content deltas, finish reason, optional usage), then [DONE].
     Failures after the stream began arrive as an ``error`` object, as OpenAI sends them."""
     created = int(time.time())
 
     def chunk(delta: Delta, finish_reason: str | None = None) -> str:
-        c = ChatCompletionChunk(id=request_id, created=created, model=model,
-                                choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)])
+        c = ChatCompletionChunk(
+            id=request_id, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)]
+        )
         return _sse(c.model_dump(exclude_none=True, exclude={"usage"}) | _with_null_finish(c))
 
     yield chunk(Delta(role="assistant", content=""))
@@ -139,8 +155,9 @@ async def stream_sse(request_id: str, model: str, include_usage: bool, events: A
             elif isinstance(event, CompletionFinished):
                 yield chunk(Delta(), event.finish_reason)
                 if include_usage:
-                    usage_chunk = ChatCompletionChunk(id=request_id, created=created, model=model, choices=[],
-                                                      usage=_usage(event))
+                    usage_chunk = ChatCompletionChunk(
+                        id=request_id, created=created, model=model, choices=[], usage=_usage(event)
+                    )
                     yield _sse(usage_chunk.model_dump(exclude_none=True))
                 break
             elif isinstance(event, GenerationFailed):

@@ -11,7 +11,9 @@ class WorkerSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Where /health listens.")
     port: int = Field(8020, description="Port of /health.")
-    model: str | None = Field(None, description="Registry id of the model this worker serves; the default model if unset.")
+    model: str | None = Field(
+        None, description="Registry id of the model this worker serves; the default model if unset."
+    )
     models_dir: Path = Field(Path.home() / ".cache" / "ferry" / "models", description="Where built model folders live.")
     group_prefix: str = Field("ferry-worker.", description="Consumer group is this prefix plus the model id.")
     kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on CPU, in GiB.")

@@ -24,7 +24,10 @@ GiB = 1 << 30
 
 # vLLM's "repetition" ends a sequence the way a stop does; "error" is raised as EngineError instead.
 _FINISH_REASONS: dict[str, FinishReason] = {
-    "stop": "stop", "length": "length", "abort": "abort", "repetition": "stop",
+    "stop": "stop",
+    "length": "length",
+    "abort": "abort",
+    "repetition": "stop",
 }
 
 
@@ -88,8 +91,12 @@ class Engine:
         # Blocks the event loop while the model loads; this runs before the worker serves anything. No local variable
         # holds the AsyncLLM: vLLM's start-up keeps a traceback alive whose frames include this one (see shutdown).
         engine = cls(config, AsyncLLM.from_engine_args(args))
-        logger.info("engine for %s ready in %.1f s (%s)", config.model_id, time.monotonic() - started,
-                    "cpu" if on_cpu else current_platform.device_name)
+        logger.info(
+            "engine for %s ready in %.1f s (%s)",
+            config.model_id,
+            time.monotonic() - started,
+            "cpu" if on_cpu else current_platform.device_name,
+        )
         return engine
 
     def render_prompt(self, messages: list[ChatMessage]) -> str:

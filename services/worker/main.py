@@ -27,15 +27,26 @@ async def main() -> None:
     try:
         model = await _served_model(common, settings)
         path = await asyncio.to_thread(ensure_model, model.id, model.source, settings.models_dir)
-        engine = await Engine.start(EngineConfig(
-            model_id=model.id, path=path, max_model_len=model.max_model_len,
-            kv_cache_gib=settings.kv_cache_gib, max_num_seqs=settings.max_num_seqs,
-        ))
+        engine = await Engine.start(
+            EngineConfig(
+                model_id=model.id,
+                path=path,
+                max_model_len=model.max_model_len,
+                kv_cache_gib=settings.kv_cache_gib,
+                max_num_seqs=settings.max_num_seqs,
+            )
+        )
         await wait_for_kafka(common)
         await ensure_topics(common, [common.topics.batches(model.id)])
         broker = new_broker(common, SERVICE, provider)
-        deps = WorkerDeps(settings=settings, common=common, broker=broker, engine=engine, model_id=model.id,
-                          tracer=provider.get_tracer(__name__))
+        deps = WorkerDeps(
+            settings=settings,
+            common=common,
+            broker=broker,
+            engine=engine,
+            model_id=model.id,
+            tracer=provider.get_tracer(__name__),
+        )
         register(deps)
 
         async def drain_then_close() -> None:
@@ -59,7 +70,9 @@ async def _served_model(common: CommonSettings, settings: WorkerSettings) -> Mod
         await pool.close()
     wanted = [m for m in models if (m.id == settings.model if settings.model else m.default)]
     if not wanted:
-        raise SystemExit(f"model {settings.model or '(default)'} is not in the registry; enabled: {[m.id for m in models]}")
+        raise SystemExit(
+            f"model {settings.model or '(default)'} is not in the registry; enabled: {[m.id for m in models]}"
+        )
     return wanted[0]
 
 

@@ -93,7 +93,9 @@ def _wait_healthy(service: Service, workdir: Path, deadline: float) -> None:
     while time.monotonic() < deadline:
         assert service.process is not None
         if service.process.poll() is not None:
-            raise RuntimeError(f"{service.name} exited ({service.process.returncode}):\n" + _tail(workdir, service.name))
+            raise RuntimeError(
+                f"{service.name} exited ({service.process.returncode}):\n" + _tail(workdir, service.name)
+            )
         try:
             if httpx.get(url, timeout=2).status_code < 300:
                 return
@@ -125,22 +127,43 @@ def start_platform(workdir: Path, models_dir: Path) -> Platform:
 
     ingress_port = free_port()
     services = [
-        Service(f"worker-{m}", "services.worker.main", port, {
-            "FERRY_WORKER_MODEL": m, "FERRY_WORKER_PORT": str(port), "FERRY_WORKER_MODELS_DIR": str(models_dir),
-        })
+        Service(
+            f"worker-{m}",
+            "services.worker.main",
+            port,
+            {
+                "FERRY_WORKER_MODEL": m,
+                "FERRY_WORKER_PORT": str(port),
+                "FERRY_WORKER_MODELS_DIR": str(models_dir),
+            },
+        )
         for m, port in ((DEFAULT_MODEL, free_port()), (TINY_MODEL, free_port()))
     ]
     batcher_port = free_port()
-    services.append(Service("batcher", "services.batcher.main", batcher_port, {"FERRY_BATCHER_PORT": str(batcher_port)}))
-    services.append(Service("ingress", "services.ingress.main", ingress_port, {
-        "FERRY_INGRESS_PORT": str(ingress_port), "FERRY_INGRESS_INSTANCE_ID": f"test-{run_id}",
-    }))
+    services.append(
+        Service("batcher", "services.batcher.main", batcher_port, {"FERRY_BATCHER_PORT": str(batcher_port)})
+    )
+    services.append(
+        Service(
+            "ingress",
+            "services.ingress.main",
+            ingress_port,
+            {
+                "FERRY_INGRESS_PORT": str(ingress_port),
+                "FERRY_INGRESS_INSTANCE_ID": f"test-{run_id}",
+            },
+        )
+    )
     platform = Platform(f"http://127.0.0.1:{ingress_port}", common, workdir, models_dir, services)
     try:
         for s in services:
             log = open(workdir / f"{s.name}.log", "ab")
             s.process = subprocess.Popen(
-                [sys.executable, "-m", s.module], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "-m", s.module],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 env=env | s.env | {"FERRY_OTEL_CONSOLE_PATH": str(platform.traces(s.name))},
             )
         deadline = time.monotonic() + 300

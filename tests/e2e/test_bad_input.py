@@ -77,45 +77,67 @@ def test_models_come_from_the_registry(platform: Platform) -> None:
     assert {m["id"] for m in models["data"]} == {"smollm2-135m-instruct", TINY_MODEL}
 
 
-async def test_malformed_kafka_records_are_dead_lettered_and_serving_continues(platform: Platform) -> None:
+def bad_records(platform: Platform, consumer: str) -> tuple[str, dict[bytes, str]]:
+    """A topic each consumer reads, and records it must park, with the reason each must give."""
     topics = platform.common.topics
-    bad_records = {
-        b"{this is not json": "invalid CompletionRequested",
-        json.dumps({"request_id": "x", "model": TINY_MODEL}).encode(): "messages: Field required",
-        json.dumps({
-            "request_id": f"wrong-{uuid.uuid4().hex}", "model": "smollm2-135m-instruct", "reply_topic": "nowhere",
-            "messages": [{"role": "user", "content": "hi"}],
-        }).encode(): "does not match topic",
+    if consumer == "batcher":
+        return topics.requests(TINY_MODEL), {
+            b"{this is not json": "invalid CompletionRequested",
+            json.dumps({"request_id": "x", "model": TINY_MODEL}).encode(): "messages: Field required",
+            json.dumps(
+                {
+                    "request_id": f"wrong-{uuid.uuid4().hex}",
+                    "model": "smollm2-135m-instruct",
+                    "reply_topic": "nowhere",
+                    "messages": [{"role": "user", "content": "hi"}],
+                }
+            ).encode(): "does not match topic",
+        }
+    if consumer == "worker":
+        return topics.batches(TINY_MODEL), {
+            b"\x00\x01binary": "invalid BatchFormed",
+            json.dumps({"batch_id": "b", "model": TINY_MODEL, "requests": []}).encode(): "requests: List should have",
+        }
+    ingress = next(s for s in platform.services if s.name == "ingress")
+    return topics.replies(f"ingress-{ingress.env['FERRY_INGRESS_INSTANCE_ID']}"), {
+        json.dumps({"event": "tokens_exploded", "request_id": "r"}).encode(): "invalid reply event",
     }
+
+
+@pytest.mark.parametrize("consumer", ["batcher", "worker", "ingress"])
+async def test_malformed_kafka_records_are_dead_lettered_and_serving_continues(
+    platform: Platform, consumer: str
+) -> None:
+    topic, records = bad_records(platform, consumer)
     producer = AIOKafkaProducer(bootstrap_servers=platform.common.kafka_bootstrap)
     await producer.start()
     try:
         sent = {}
-        for value, reason in bad_records.items():
-            meta = await producer.send_and_wait(topics.requests(TINY_MODEL), value, key=uuid.uuid4().hex.encode())
+        for value, reason in records.items():
+            meta = await producer.send_and_wait(topic, value, key=uuid.uuid4().hex.encode())
             sent[(meta.partition, meta.offset)] = reason
     finally:
         await producer.stop()
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=platform.common.kafka_bootstrap, group_id=None)
-    await consumer.start()
+    dead_letter = AIOKafkaConsumer(bootstrap_servers=platform.common.kafka_bootstrap, group_id=None)
+    await dead_letter.start()
     parked = {}
     try:
-        consumer.assign([TopicPartition(topics.dead_letter, 0)])
-        await consumer.seek_to_beginning()
+        dead_letter.assign([TopicPartition(platform.common.topics.dead_letter, 0)])
+        await dead_letter.seek_to_beginning()
         async with asyncio.timeout(30):
-            async for record in consumer:
+            async for record in dead_letter:
                 letter = json.loads(record.value)
-                if letter["source_topic"] == topics.requests(TINY_MODEL):
+                if letter["source_topic"] == topic:
                     parked[(letter["partition"], letter["offset"])] = letter
                 if set(sent) <= set(parked):
                     break
     finally:
-        await consumer.stop()
+        await dead_letter.stop()
 
     for position, reason in sent.items():
         assert reason in parked[position]["reason"], parked[position]
-        assert parked[position]["service"] == "batcher"
+        assert parked[position]["service"] == consumer
     # the consumer kept serving: a good request after the bad ones completes
     response = await asyncio.to_thread(post, platform, GOOD)
     assert response.status_code == 200, response.text

@@ -28,7 +28,11 @@ def prompt_token_count(platform: Platform, model: str, messages: list[dict[str, 
 def test_openai_client_streams_chunks_one_by_one_with_correct_usage(platform: Platform) -> None:
     started = time.monotonic()
     stream = client(platform).chat.completions.create(
-        model=DEFAULT_MODEL, messages=QUESTION, stream=True, max_tokens=48, temperature=0,
+        model=DEFAULT_MODEL,
+        messages=QUESTION,
+        stream=True,
+        max_tokens=48,
+        temperature=0,
         stream_options={"include_usage": True},
     )
     arrivals, pieces, finish_reasons, usage = [], [], [], None
@@ -71,7 +75,7 @@ def test_stream_ends_with_done_and_request_id_header(platform: Platform) -> None
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["x-request-id"].startswith("chatcmpl-")
-        events = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+        events = [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == response.headers["x-request-id"] for c in chunks)
@@ -83,7 +87,9 @@ def test_one_request_is_one_trace_across_every_hop(platform: Platform) -> None:
     trace_id = uuid.uuid4().hex
     traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
     response = httpx.post(
-        f"{platform.base_url}/v1/chat/completions", headers={"traceparent": traceparent}, timeout=60,
+        f"{platform.base_url}/v1/chat/completions",
+        headers={"traceparent": traceparent},
+        timeout=60,
         json={"model": TINY_MODEL, "messages": QUESTION, "max_tokens": 8},
     )
     assert response.status_code == 200

@@ -11,11 +11,27 @@ from shared.topics import Topics
 
 
 def record(value: bytes | None) -> ConsumerRecord:
-    return ConsumerRecord(topic="t", partition=0, offset=7, timestamp=0, timestamp_type=0, key=None, value=value,
-                          checksum=None, serialized_key_size=0, serialized_value_size=0, headers=())
+    return ConsumerRecord(
+        topic="t",
+        partition=0,
+        offset=7,
+        timestamp=0,
+        timestamp_type=0,
+        key=None,
+        value=value,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=0,
+        headers=(),
+    )
 
 
-MINIMAL = {"request_id": "r1", "model": "m", "reply_topic": "replies.x", "messages": [{"role": "user", "content": "hi"}]}
+MINIMAL = {
+    "request_id": "r1",
+    "model": "m",
+    "reply_topic": "replies.x",
+    "messages": [{"role": "user", "content": "hi"}],
+}
 
 
 def test_minimal_documented_request_gets_defaults() -> None:

@@ -47,8 +47,9 @@ async def test_stream_is_openai_chunk_sequence_with_usage_and_done() -> None:
 
 
 async def test_stream_without_include_usage_has_no_usage_chunk() -> None:
-    events = events_of(CompletionFinished(request_id="r", sequence=0, model="m", text="", finish_reason="length",
-                                          usage=USAGE))
+    events = events_of(
+        CompletionFinished(request_id="r", sequence=0, model="m", text="", finish_reason="length", usage=USAGE)
+    )
     out = parse([line async for line in stream_sse("r", "m", False, events)])
     assert all("usage" not in c for c in out[:-1])
 
@@ -62,12 +63,20 @@ async def test_failures_and_deadlines_mid_stream_end_with_an_error_then_done() -
 
 
 async def test_collect_maps_failures_to_http_statuses() -> None:
-    done = await collect("r", "m", events_of(
-        CompletionFinished(request_id="r", sequence=0, model="m", text="hi", finish_reason="stop", usage=USAGE)))
+    done = await collect(
+        "r",
+        "m",
+        events_of(
+            CompletionFinished(request_id="r", sequence=0, model="m", text="hi", finish_reason="stop", usage=USAGE)
+        ),
+    )
     assert done.choices[0].message.content == "hi" and done.usage.total_tokens == 8
     with pytest.raises(ApiError) as err:
-        await collect("r", "m", events_of(
-            GenerationFailed(request_id="r", sequence=0, code="context_length_exceeded", message="too long")))
+        await collect(
+            "r",
+            "m",
+            events_of(GenerationFailed(request_id="r", sequence=0, code="context_length_exceeded", message="too long")),
+        )
     assert err.value.status == 400
     with pytest.raises(ApiError) as err:
         await collect("r", "m", timing_out())
@@ -75,11 +84,21 @@ async def test_collect_maps_failures_to_http_statuses() -> None:
 
 
 def test_openai_request_maps_to_the_kafka_contract() -> None:
-    api = ChatCompletionRequest.model_validate({
-        "model": "m", "stream": True, "max_completion_tokens": 9, "max_tokens": 99, "temperature": 0, "stop": "\n",
-        "seed": 3, "messages": [{"role": "developer", "content": "be brief"},
-                                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
-    })
+    api = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "stream": True,
+            "max_completion_tokens": 9,
+            "max_tokens": 99,
+            "temperature": 0,
+            "stop": "\n",
+            "seed": 3,
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            ],
+        }
+    )
     deadline = utc_now() + timedelta(seconds=5)
     req = to_completion_requested(api, Submission("r", "replies.i", deadline, {"traceparent": "x"}, 512))
     assert req.sampling.max_tokens == 9 and req.sampling.temperature == 0 and req.sampling.stop == ["\n"]
