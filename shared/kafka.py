@@ -12,7 +12,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
 from shared.contracts import Message, MessageDeadLettered
@@ -27,15 +29,20 @@ MESSAGE_TYPE_HEADER = "ferry-message-type"
 SCHEMA_VERSION_HEADER = "ferry-schema-version"
 
 
-def new_broker(settings: CommonSettings, service: str, tracer_provider: TracerProvider) -> KafkaBroker:
-    """A FastStream broker whose publishes and consumes are traced (W3C context travels in record headers)."""
+def new_broker(
+    settings: CommonSettings, service: str, tracer_provider: TracerProvider, metrics: CollectorRegistry
+) -> KafkaBroker:
+    """A FastStream broker whose publishes and consumes are traced (W3C context travels in record headers) and counted
+    in ``metrics`` (FastStream's faststream_* series, labelled app_name=ferry-<service>)."""
     return KafkaBroker(
         settings.kafka_bootstrap,
         client_id=f"ferry-{service}",
-        logger=logging.getLogger(
-            "shared.kafka.broker"
-        ),  # not under "faststream": that logger prints in colour, unpropagated
-        middlewares=[KafkaTelemetryMiddleware(tracer_provider=tracer_provider)],
+        # not under "faststream": that logger prints in colour and does not propagate
+        logger=logging.getLogger("shared.kafka.broker"),
+        middlewares=[
+            KafkaTelemetryMiddleware(tracer_provider=tracer_provider),
+            KafkaPrometheusMiddleware(registry=metrics, app_name=f"ferry-{service}"),
+        ],
         enable_idempotence=True,
         acks="all",
     )

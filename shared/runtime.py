@@ -4,19 +4,22 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import uvicorn
 from faststream.asgi import AsgiFastStream, make_ping_asgi
 from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry, make_asgi_app
 
 logger = logging.getLogger(__name__)
 
 
-def kafka_service_app(broker: KafkaBroker, **kwargs: object) -> AsgiFastStream:
-    """The ASGI app of a Kafka service; ``/health`` answers 204 while the broker is connected."""
+def kafka_service_app(broker: KafkaBroker, metrics: CollectorRegistry, **kwargs: Any) -> AsgiFastStream:
+    """The ASGI app of a Kafka service: ``/health`` answers 204 while the broker is connected, ``/metrics`` serves
+    Prometheus text."""
     return AsgiFastStream(
         broker,
-        asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0))],
+        asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0)), ("/metrics", make_asgi_app(metrics))],
         logger=logging.getLogger("shared.runtime.app"),
         **kwargs,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import CollectorRegistry
+
 from services.batcher.config import BatcherSettings
 from services.batcher.handlers import SERVICE, BatcherDeps, register
 from shared.db import connect_pool
@@ -24,7 +26,8 @@ async def main() -> None:
         by_topic = {common.topics.requests(m): m for m in model_ids}
         await wait_for_kafka(common)
         await ensure_topics(common, [*by_topic, *(common.topics.batches(m) for m in model_ids)])
-        broker = new_broker(common, SERVICE, provider)
+        metrics = CollectorRegistry()
+        broker = new_broker(common, SERVICE, provider, metrics)
         register(
             BatcherDeps(
                 settings=settings,
@@ -34,7 +37,7 @@ async def main() -> None:
                 tracer=provider.get_tracer(__name__),
             )
         )
-        await serve(kafka_service_app(broker), settings.host, settings.port)
+        await serve(kafka_service_app(broker, metrics), settings.host, settings.port)
     finally:
         provider.shutdown()
 

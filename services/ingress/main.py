@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.ingress.adapters import ModelCatalog, ReplyListener, RequestPublisher
 from services.ingress.config import IngressSettings
@@ -24,12 +26,14 @@ SERVICE = "ingress"
 
 
 def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
+    metrics = CollectorRegistry()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         provider = setup_tracing(SERVICE, common)
         pool = await connect_pool(common.postgres_dsn)
         await wait_for_kafka(common)
-        broker = new_broker(common, SERVICE, provider)
+        broker = new_broker(common, SERVICE, provider, metrics)
         await broker.start()
         tracer = provider.get_tracer(__name__)
         listener = ReplyListener(common, common.topics.replies(f"ingress-{settings.instance_id}"), broker, tracer)
@@ -51,6 +55,11 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
 
     app = FastAPI(title="ferry", summary="OpenAI-compatible LLM serving over Kafka", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+
     install_error_handlers(app)
     return app
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from prometheus_client import CollectorRegistry
+
 from services.worker.config import WorkerSettings
 from services.worker.engine import Engine, EngineConfig
 from services.worker.handlers import SERVICE, WorkerDeps, drain, register
@@ -38,7 +40,8 @@ async def main() -> None:
         )
         await wait_for_kafka(common)
         await ensure_topics(common, [common.topics.batches(model.id)])
-        broker = new_broker(common, SERVICE, provider)
+        metrics = CollectorRegistry()
+        broker = new_broker(common, SERVICE, provider, metrics)
         deps = WorkerDeps(
             settings=settings,
             common=common,
@@ -52,7 +55,7 @@ async def main() -> None:
         async def drain_then_close() -> None:
             await drain(deps, seconds=20)
 
-        app = kafka_service_app(broker, on_shutdown=[drain_then_close])
+        app = kafka_service_app(broker, metrics, on_shutdown=[drain_then_close])
         logger.info("serving %s from %s", model.id, path)
         try:
             await serve(app, settings.host, settings.port)

@@ -1,0 +1,44 @@
+"""What an operator checks: every service is healthy and its metrics count the traffic it handled."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from tests.e2e.platform import TINY_MODEL, Platform
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{name}\{{(.*)\}} ([0-9.e+-]+)$", line)
+        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def test_every_service_is_healthy_and_counts_its_kafka_traffic(platform: Platform) -> None:
+    response = httpx.post(
+        f"{platform.base_url}/v1/chat/completions",
+        json={"model": TINY_MODEL, "messages": [{"role": "user", "content": "count me"}], "max_tokens": 4},
+        timeout=60,
+    )
+    assert response.status_code == 200
+
+    topics = platform.common.topics
+    ports = {s.name: s.port for s in platform.services}
+    for name, port in ports.items():
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code < 300, name
+
+    def metrics(name: str) -> str:
+        return httpx.get(f"http://127.0.0.1:{ports[name]}/metrics", timeout=5).text
+
+    published = "faststream_published_messages_total"
+    received = "faststream_received_messages_total"
+    assert metric_total(metrics("ingress"), published, destination=topics.requests(TINY_MODEL)) >= 1
+    assert metric_total(metrics("batcher"), received, app_name="ferry-batcher") >= 1
+    assert metric_total(metrics("batcher"), published, destination=topics.batches(TINY_MODEL)) >= 1
+    worker = metrics(f"worker-{TINY_MODEL}")
+    assert metric_total(worker, received, app_name="ferry-worker") >= 1
+    assert metric_total(worker, published, app_name="ferry-worker") >= 1
