@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from services.worker.engine import Engine, PromptTooLong
 from shared.contracts import (
@@ -23,6 +24,36 @@ logger = logging.getLogger(__name__)
 PublishReply = Callable[[CompletionRequested, Message], Awaitable[None]]
 
 
+@dataclass
+class DeltaBuffer:
+    """Gathers engine steps into deltas so Kafka carries few records without visible delay: the first delta goes out at
+    once (time to first token is what users feel most), later ones at most every ``window_s``."""
+
+    window_s: float
+    text: str = ""
+    tokens: int = 0
+    last_flush: float | None = None
+
+    def add(self, text: str, tokens: int, now: float) -> tuple[str, int] | None:
+        """Adds a step; returns the delta to send now, if one is due."""
+        self.text += text
+        self.tokens += tokens
+        due = self.last_flush is None or now - self.last_flush >= self.window_s
+        if self.text and due:
+            self.last_flush = now
+            return self.take()
+        return None
+
+    def take(self) -> tuple[str, int] | None:
+        """Empties the buffer. Tokens without text (an end-of-sequence token) still count, so the deltas' token
+        counts always add up to the completion's."""
+        if not self.text and not self.tokens:
+            return None
+        delta = (self.text, self.tokens)
+        self.text, self.tokens = "", 0
+        return delta
+
+
 async def serve_request(engine: Engine, request: CompletionRequested, publish: PublishReply, coalesce_ms: int) -> None:
     sequence = 0
     if request.deadline_at is not None and request.deadline_at <= utc_now():
@@ -37,45 +68,31 @@ async def serve_request(engine: Engine, request: CompletionRequested, publish: P
             ),
         )
         return
+
+    async def send_delta(delta: tuple[str, int] | None) -> None:
+        nonlocal sequence
+        if delta is None or not request.stream:
+            return
+        text, tokens = delta
+        await publish(
+            request,
+            TokensGenerated(request_id=request.request_id, sequence=sequence, text=text, token_count=tokens),
+        )
+        sequence += 1
+
     try:
         prompt = engine.render_prompt(request.messages)
         pieces: list[str] = []
-        pending_text, pending_tokens = "", 0
+        buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
         completion_tokens = prompt_tokens = 0
         finish_reason = None
-        last_flush = None  # the first delta goes out at once: time to first token is what users feel most
         async for step in engine.generate(request.request_id, prompt, request.sampling):
             prompt_tokens = step.prompt_tokens
             completion_tokens += step.new_tokens
             pieces.append(step.text)
-            pending_text += step.text
-            pending_tokens += step.new_tokens
             finish_reason = step.finish_reason or finish_reason
-            now = time.monotonic()
-            due = last_flush is None or (now - last_flush) * 1000 >= coalesce_ms
-            if request.stream and pending_text and due and step.finish_reason is None:
-                await publish(
-                    request,
-                    TokensGenerated(
-                        request_id=request.request_id,
-                        sequence=sequence,
-                        text=pending_text,
-                        token_count=pending_tokens,
-                    ),
-                )
-                sequence += 1
-                pending_text, pending_tokens, last_flush = "", 0, now
-        if request.stream and pending_text:
-            await publish(
-                request,
-                TokensGenerated(
-                    request_id=request.request_id,
-                    sequence=sequence,
-                    text=pending_text,
-                    token_count=pending_tokens,
-                ),
-            )
-            sequence += 1
+            await send_delta(buffer.add(step.text, step.new_tokens, time.monotonic()))
+        await send_delta(buffer.take())
         await publish(
             request,
             CompletionFinished(
