@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker
 from opentelemetry import trace
 from pydantic import ValidationError
@@ -61,6 +61,10 @@ class ReplyListener:
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="reply-listener")
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
@@ -94,21 +98,26 @@ class ReplyListener:
         assert self._consumer is not None
         async for record in self._consumer:
             try:
-                event = reply_event_adapter.validate_json(record.value or b"")
-            except ValidationError as exc:
-                await dead_letter(
-                    self._broker, self._common, record, f"invalid reply event: {exc.errors()[0]['msg']}", "ingress"
-                )
-                continue
-            queue = self._queues.get(event.request_id)
-            if queue is None:
-                continue  # the client is gone, or the event is a redelivery of a finished request
-            with self._tracer.start_as_current_span(
-                "ferry.ingress.reply",
-                context=context_from(record_headers(record)),
-                attributes={"ferry.request_id": event.request_id, "ferry.event": event.event},
-            ):
-                queue.put_nowait(event)
+                await self._route(record)
+            except Exception:  # one bad record must not stop the replies of every other request
+                logger.exception("reply %s[%d]@%d could not be routed", record.topic, record.partition, record.offset)
+
+    async def _route(self, record: ConsumerRecord) -> None:
+        try:
+            event = reply_event_adapter.validate_json(record.value or b"")
+        except ValidationError as exc:
+            reason = f"invalid reply event: {exc.errors()[0]['msg']}"
+            await dead_letter(self._broker, self._common, record, reason, "ingress")
+            return
+        queue = self._queues.get(event.request_id)
+        if queue is None:
+            return  # the client is gone, or the event is a redelivery of a finished request
+        with self._tracer.start_as_current_span(
+            "ferry.ingress.reply",
+            context=context_from(record_headers(record)),
+            attributes={"ferry.request_id": event.request_id, "ferry.event": event.event},
+        ):
+            queue.put_nowait(event)
 
 
 class RequestPublisher:

@@ -61,9 +61,14 @@ ERRORS = {
 router = APIRouter()
 
 
-@router.get("/health", tags=["operations"])
-async def health(deps: DepsDep) -> dict[str, str]:
-    return {"status": "ok", "reply_topic": deps.listener.topic}
+@router.get("/health", tags=["operations"], responses={503: {"model": ErrorResponse}})
+async def health(deps: DepsDep) -> JSONResponse:
+    """Ready while this instance can hear replies; a stopped reply listener would leave every request hanging."""
+    if not deps.listener.running:
+        return JSONResponse(
+            error_json("the reply listener is not running", "service_unavailable_error"), status_code=503
+        )
+    return JSONResponse({"status": "ok", "reply_topic": deps.listener.topic})
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["openai"])
