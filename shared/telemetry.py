@@ -6,7 +6,7 @@ import sys
 from typing import IO
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import propagate
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
@@ -59,11 +59,3 @@ def current_trace_context() -> dict[str, str]:
 def context_from(carrier: dict[str, str]) -> otel_context.Context:
     """The trace context a carrier (headers or a message's trace_context field) holds."""
     return propagate.extract(carrier)
-
-
-def kafka_headers(carrier: dict[str, str]) -> list[tuple[str, bytes]]:
-    return [(k, v.encode()) for k, v in carrier.items()]
-
-
-def tracer(provider: TracerProvider, name: str) -> trace.Tracer:
-    return provider.get_tracer(name)

@@ -104,9 +104,6 @@ class Engine:
         prompt: str = self._tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         return prompt
 
-    def count_tokens(self, text: str) -> int:
-        return len(self._token_ids(text))
-
     def generate(self, request_id: str, prompt: str, sampling: SamplingParams) -> AsyncIterator[GenerationStep]:
         """Streams the completion of ``prompt``; the last step carries the finish reason. Raises PromptTooLong at once
         when the prompt does not fit; the stream raises EngineError when vLLM fails the request."""
