@@ -1,0 +1,140 @@
+"""The bench command: ``./infra/platform bench [options]`` (or ``python -m benchmarks.bench``).
+
+Drives an OpenAI-compatible endpoint with a chosen load shape and prompt set, prints a summary and writes a report
+(JSON, markdown, PNG plots). With --compare-vllm or --compare, a second target runs right after on the same prompts and
+arrivals, and the report adds the ratios (first / second)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from benchmarks.bench import load, prompts, report
+from benchmarks.bench.metrics import parse_slos, summarize
+from benchmarks.bench.runner import Target, run
+from benchmarks.bench.targets import vllm_server
+from shared.registry import read_seed
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    return int(low), int(high or low)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="the endpoint to measure (ends in /v1)")
+    p.add_argument("--name", default="ferry", help="label of that target in the report")
+    p.add_argument("--model", default="tiny-random", help="model id to request")
+    p.add_argument("--compare", metavar="NAME=URL", help="a second OpenAI-compatible target to run on the same load")
+    p.add_argument(
+        "--compare-vllm",
+        action="store_true",
+        help="start vLLM's own OpenAI server on the same model folder and run it as the second target",
+    )
+    p.add_argument("--prompts", choices=["synthetic", "conversations", "trace"], default="synthetic")
+    p.add_argument("--input-words", type=_range, default=(32, 128), help="synthetic prompt length range, LOW:HIGH")
+    p.add_argument("--output-tokens", type=_range, default=(64, 64), help="max_tokens range, LOW:HIGH")
+    p.add_argument("--trace", type=Path, help="JSONL trace to replay (offset_s, prompt_tokens, output_tokens)")
+    p.add_argument(
+        "--shape",
+        choices=["burst", "poisson", "gamma", "ramp"],
+        default="burst",
+        help="arrivals: burst (all at once, use --concurrency), poisson, gamma (--burstiness), ramp",
+    )
+    p.add_argument("--rate", type=float, help="requests per second (poisson, gamma, ramp start)")
+    p.add_argument("--ramp-to", type=float, help="requests per second at the end of a ramp")
+    p.add_argument("--burstiness", type=float, default=1.0, help="gamma shape: <1 burstier, 1 = poisson")
+    p.add_argument("--concurrency", type=int, help="most requests in flight at once")
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        metavar="METRIC:MS",
+        help="goodput SLO, repeatable: ttft:500 tpot:50 e2el:5000",
+    )
+    p.add_argument("--timeout", type=float, default=300, help="seconds before one request counts as failed")
+    p.add_argument("--out", type=Path, help="report folder (default benchmarks/results/<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    return p.parse_args(argv)
+
+
+def build_load(args: argparse.Namespace) -> tuple[list[prompts.BenchRequest], list[float]]:
+    if args.prompts == "trace" or args.trace:
+        if not args.trace:
+            raise SystemExit("--prompts trace needs --trace FILE")
+        entries = load.read_trace(args.trace)
+        return prompts.from_trace(entries, seed=args.seed), [e.offset_s for e in entries]
+    if args.prompts == "conversations":
+        requests = prompts.conversations(args.num_prompts, seed=args.seed, output_tokens=args.output_tokens)
+    else:
+        requests = prompts.synthetic(args.num_prompts, args.input_words, args.output_tokens, seed=args.seed)
+    offsets = load.arrival_offsets(
+        len(requests), args.shape, rate=args.rate, burstiness=args.burstiness, ramp_to=args.ramp_to, seed=args.seed
+    )
+    return requests, offsets
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    slos = parse_slos(args.slo)
+    requests, offsets = build_load(args)
+    out = args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [Target(args.name, args.base_url.rstrip("/"), args.model)]
+    with ExitStack() as stack:
+        if args.compare:
+            name, _, url = args.compare.partition("=")
+            targets.append(Target(name, url.rstrip("/"), args.model))
+        elif args.compare_vllm:
+            record = next((m for m in read_seed() if m.id == args.model), None)
+            if record is None:
+                raise SystemExit(f"--compare-vllm: {args.model} is not in infra/models/models.yaml")
+            models_dir = Path(os.environ.get("FERRY_WORKER_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
+            print(f"starting vLLM's OpenAI server on {models_dir / args.model} ...", file=sys.stderr)
+            targets.append(
+                stack.enter_context(
+                    vllm_server(args.model, models_dir / args.model, record.max_model_len, out / "vllm-server.log")
+                )
+            )
+        runs = []
+        for target in targets:
+            results, started_at, duration = asyncio.run(
+                run(target, requests, offsets, args.concurrency, args.timeout, show_progress=not args.quiet)
+            )
+            runs.append(
+                report.TargetRun(target.name, target.base_url, summarize(results, duration, slos), results, started_at)
+            )
+    config = {
+        "command": ["bench", *(argv if argv is not None else sys.argv[1:])],
+        "model": args.model,
+        "prompts": args.prompts,
+        "num_prompts": len(requests),
+        "shape": args.shape,
+        "rate": args.rate,
+        "ramp_to": args.ramp_to,
+        "burstiness": args.burstiness,
+        "concurrency": args.concurrency,
+        "input_words": list(args.input_words),
+        "output_tokens": list(args.output_tokens),
+        "seed": args.seed,
+        "slos_ms": slos,
+        "machine": f"{os.cpu_count()} cores",
+    }
+    paths = report.write(out, config, runs)
+    print(paths["markdown"].read_text())
+    print(f"report: {out}", file=sys.stderr)
+    return 0 if all(r.summary.completed for r in runs) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""A short benchmark run against the real platform produces a complete report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.bench.__main__ import main
+from tests.e2e.platform import TINY_MODEL, Platform
+
+
+def test_short_run_in_comparison_mode_fills_every_field(platform: Platform, tmp_path: Path) -> None:
+    url = f"{platform.base_url}/v1"
+    status = main(
+        [
+            "--base-url",
+            url,
+            "--name",
+            "ferry",
+            "--compare",
+            f"again={url}",
+            "--model",
+            TINY_MODEL,
+            "--num-prompts",
+            "8",
+            "--concurrency",
+            "4",
+            "--output-tokens",
+            "16:24",
+            "--input-words",
+            "8:32",
+            "--slo",
+            "ttft:60000",
+            "--slo",
+            "e2el:60000",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [t["name"] for t in data["targets"]] == ["ferry", "again"]
+    for target in data["targets"]:
+        summary = target["summary"]
+        assert summary["completed"] == 8 and summary["failed"] == 0, summary["failures"]
+        assert summary["total_output_tokens"] >= 8 and summary["total_input_tokens"] > 0
+        for field in ("request_throughput", "output_throughput", "total_token_throughput"):
+            assert summary[field] > 0, field
+        assert summary["goodput"] == summary["request_throughput"]  # SLOs generous enough for every request
+        for metric in ("ttft", "tpot", "itl", "e2el"):
+            dist = summary[metric]
+            assert dist is not None, metric
+            assert 0 < dist["median"] <= dist["p99"], (metric, dist)
+        assert len(target["requests"]) == 8
+        assert all(r["ok"] and r["chunk_times"] for r in target["requests"])
+    assert {"output_throughput", "ttft.p99", "e2el.median"} <= set(data["ratios"])
+
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| time to first token p99 (ms) |" in markdown and "ratio" in markdown
+    for plot in ("latency_cdf.png", "throughput.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
