@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         runs = []
+        wall_start = time.time()
         for target in targets:
             results, started_at, duration = asyncio.run(
                 run(target, requests, offsets, args.concurrency, args.timeout, show_progress=not args.quiet)
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "slos_ms": slos,
         "machine": f"{os.cpu_count()} cores",
+        # wall-clock window of the run, to find its spans in the services' trace files (benchmarks.bench.hops)
+        "wall_clock": [wall_start, time.time()],
     }
     paths = report.write(out, config, runs)
     print(paths["markdown"].read_text())

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from benchmarks.bench.hops import hop_durations
+
+
+def span(name: str, trace: str, start: float, end: float) -> dict:
+    def stamp(t: float) -> str:  # seconds after 2026-11-24T09:00:00Z
+        return f"2026-11-24T09:00:{t:09.6f}Z"
+
+    return {"name": name, "context": {"trace_id": trace}, "start_time": stamp(start), "end_time": stamp(end)}
+
+
+def test_hops_are_the_gaps_and_spans_of_one_trace_computed_by_hand() -> None:
+    spans = [
+        span("ferry.ingress.chat_completions", "t1", 1.000, 1.002),
+        span("ferry.batcher.dispatch", "t1", 1.010, 1.011),
+        span("ferry.worker.generate", "t1", 1.020, 1.500),
+        span("ferry.ingress.reply", "t1", 1.060, 1.060),
+        span("ferry.ingress.reply", "t1", 1.499, 1.499),
+        # an incomplete trace (no worker span) is left out
+        span("ferry.ingress.chat_completions", "t2", 2.000, 2.001),
+        span("ferry.ingress.reply", "t2", 2.100, 2.100),
+    ]
+    hops = {hop: [round(v * 1000, 3) for v in values] for hop, values in hop_durations(spans).items()}
+    assert hops == {
+        "ingress: validate + publish to Kafka": [2.0],
+        "Kafka + batcher poll": [8.0],
+        "batcher: publish batch": [1.0],
+        "Kafka -> worker": [9.0],
+        "worker start -> first reply at ingress": [40.0],
+        "worker: whole generation": [480.0],
+    }
+
+
+def test_only_traces_starting_inside_the_window_count() -> None:
+    spans = [
+        span("ferry.ingress.chat_completions", "t1", 1.0, 1.1),
+        span("ferry.batcher.dispatch", "t1", 1.2, 1.3),
+        span("ferry.worker.generate", "t1", 1.4, 1.5),
+        span("ferry.ingress.reply", "t1", 1.45, 1.45),
+    ]
+    from datetime import datetime
+
+    at_nine = datetime.fromisoformat("2026-11-24T09:00:00+00:00").timestamp()
+    assert hop_durations(spans, (at_nine + 5, at_nine + 10))["Kafka -> worker"] == []
+    assert len(hop_durations(spans, (at_nine, at_nine + 5))["Kafka -> worker"]) == 1
