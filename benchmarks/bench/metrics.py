@@ -13,7 +13,7 @@ import numpy as np
 SLO_KEYS = ("ttft", "tpot", "e2el")
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 THROUGHPUT_METRICS = ("request_throughput", "output_throughput", "total_token_throughput", "goodput")
-RATIO_STATISTICS = ("mean", "median", "p99")
+RATIO_STATISTICS = ("mean", "median", "p90", "p99")
 NO_CONTENT_ERROR = "no content chunks"
 
 
@@ -164,7 +164,8 @@ def summarize(results: list[RequestResult], duration_s: float, slos_ms: dict[str
 
 
 def ratios(ours: Summary, baseline: Summary) -> dict[str, float]:
-    """ours / baseline for throughputs and latency mean, median, p99; a metric missing or zero in either is skipped."""
+    """ours / baseline for throughputs and latency mean, median, p90, p99; a metric missing or zero in either is
+    skipped."""
     pairs: dict[str, tuple[float | None, float | None]] = {
         name: (getattr(ours, name), getattr(baseline, name)) for name in THROUGHPUT_METRICS
     }
