@@ -2,7 +2,7 @@
 
 Drives an OpenAI-compatible endpoint with a chosen load shape and prompt set, prints a summary and writes a report
 (JSON, markdown, PNG plots). With --compare-vllm or --compare, a second target runs right after on the same prompts and
-arrivals, and the report adds the ratios (first / second)."""
+arrivals, and the report adds the ratios (first / second). --compare-engine runs the engine in this process instead."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from benchmarks.bench import load, prompts, report
-from benchmarks.bench.metrics import parse_slos, summarize
+from benchmarks.bench.metrics import RequestResult, parse_slos, summarize
 from benchmarks.bench.runner import Target, run
-from benchmarks.bench.targets import vllm_server
+from benchmarks.bench.targets import run_in_process, vllm_server
 from shared.registry import read_seed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compare-vllm",
         action="store_true",
         help="start vLLM's own OpenAI server on the same model folder and run it as the second target",
+    )
+    p.add_argument(
+        "--compare-engine",
+        action="store_true",
+        help="run ferry's engine adapter in this process (no HTTP, no Kafka) as the second target",
     )
     p.add_argument("--prompts", choices=["synthetic", "conversations", "trace"], default="synthetic")
     p.add_argument("--input-words", type=_range, default=(32, 128), help="synthetic prompt length range, LOW:HIGH")
@@ -84,37 +92,72 @@ def build_load(args: argparse.Namespace) -> tuple[list[prompts.BenchRequest], li
     return requests, offsets
 
 
+@dataclass(frozen=True)
+class Job:
+    """One target's run: its label, where it is, and how to start it (in a fresh event loop)."""
+
+    name: str
+    where: str
+    start: Callable[[], Coroutine[Any, Any, tuple[list[RequestResult], float, float]]]
+
+
+def _local_model(model_id: str) -> tuple[Path, int]:
+    """The built model folder and context length of a registry model, for targets that load it themselves."""
+    record = next((m for m in read_seed() if m.id == model_id), None)
+    if record is None:
+        raise SystemExit(f"{model_id} is not in infra/models/models.yaml")
+    models_dir = Path(os.environ.get("FERRY_WORKER_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
+    return models_dir / model_id, record.max_model_len
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     slos = parse_slos(args.slo)
     requests, offsets = build_load(args)
     out = args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    targets = [Target(args.name, args.base_url.rstrip("/"), args.model)]
+
+    def over_http(target: Target) -> Job:
+        return Job(
+            target.name,
+            target.base_url,
+            lambda: run(target, requests, offsets, args.concurrency, args.timeout, show_progress=not args.quiet),
+        )
+
+    jobs = [over_http(Target(args.name, args.base_url.rstrip("/"), args.model))]
     with ExitStack() as stack:
         if args.compare:
             name, _, url = args.compare.partition("=")
-            targets.append(Target(name, url.rstrip("/"), args.model))
+            jobs.append(over_http(Target(name, url.rstrip("/"), args.model)))
         elif args.compare_vllm:
-            record = next((m for m in read_seed() if m.id == args.model), None)
-            if record is None:
-                raise SystemExit(f"--compare-vllm: {args.model} is not in infra/models/models.yaml")
-            models_dir = Path(os.environ.get("FERRY_WORKER_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
-            print(f"starting vLLM's OpenAI server on {models_dir / args.model} ...", file=sys.stderr)
-            targets.append(
-                stack.enter_context(
-                    vllm_server(args.model, models_dir / args.model, record.max_model_len, out / "vllm-server.log")
+            path, max_model_len = _local_model(args.model)
+            print(f"starting vLLM's OpenAI server on {path} ...", file=sys.stderr)
+            jobs.append(
+                over_http(stack.enter_context(vllm_server(args.model, path, max_model_len, out / "vllm-server.log")))
+            )
+        elif args.compare_engine:
+            path, max_model_len = _local_model(args.model)
+            jobs.append(
+                Job(
+                    "engine-in-process",
+                    f"in-process:{path}",
+                    lambda: run_in_process(
+                        args.model,
+                        path,
+                        max_model_len,
+                        requests,
+                        offsets,
+                        args.concurrency,
+                        args.timeout,
+                        show_progress=not args.quiet,
+                    ),
                 )
             )
         runs = []
         wall_start = time.time()
-        for target in targets:
-            results, started_at, duration = asyncio.run(
-                run(target, requests, offsets, args.concurrency, args.timeout, show_progress=not args.quiet)
-            )
-            runs.append(
-                report.TargetRun(target.name, target.base_url, summarize(results, duration, slos), results, started_at)
-            )
+        for job in jobs:
+            results, started_at, duration = asyncio.run(job.start())
+            runs.append(report.TargetRun(job.name, job.where, summarize(results, duration, slos), results, started_at))
     config = {
         "command": ["bench", *(argv if argv is not None else sys.argv[1:])],
         "model": args.model,

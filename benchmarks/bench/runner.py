@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -83,6 +84,49 @@ async def send(client: httpx.AsyncClient, target: Target, request: BenchRequest,
     )
 
 
+Send = Callable[[BenchRequest], Awaitable[RequestResult]]
+
+
+async def drive(
+    name: str,
+    send_one: Send,
+    requests: list[BenchRequest],
+    offsets: list[float],
+    concurrency: int | None,
+    show_progress: bool = True,
+) -> tuple[list[RequestResult], float, float]:
+    """Sends each request at its offset (under the concurrency cap) through ``send_one``, whatever the target is;
+    returns the results (in request order), the start instant and the duration in seconds."""
+    cap = asyncio.Semaphore(concurrency) if concurrency else None
+    done = 0
+    start = time.monotonic()
+
+    async def one(request: BenchRequest, offset: float) -> RequestResult:
+        nonlocal done
+        await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
+        if cap:
+            async with cap:
+                result = await send_one(request)
+        else:
+            result = await send_one(request)
+        done += 1
+        return result
+
+    async def progress() -> None:
+        while True:
+            print(f"\r{name}: {done}/{len(requests)} requests", end="", file=sys.stderr, flush=True)
+            await asyncio.sleep(0.5)
+
+    reporter = asyncio.create_task(progress()) if show_progress else None
+    try:
+        results = await asyncio.gather(*(one(r, o) for r, o in zip(requests, offsets, strict=True)))
+    finally:
+        if reporter:
+            reporter.cancel()
+            print(f"\r{name}: {done}/{len(requests)} requests", file=sys.stderr)
+    return list(results), start, time.monotonic() - start
+
+
 async def run(
     target: Target,
     requests: list[BenchRequest],
@@ -91,34 +135,11 @@ async def run(
     timeout_s: float = 300,
     show_progress: bool = True,
 ) -> tuple[list[RequestResult], float, float]:
-    """Runs the benchmark; returns the results (in request order), the start instant and the duration in seconds."""
-    cap = asyncio.Semaphore(concurrency) if concurrency else None
-    done = 0
+    """Runs the benchmark against an HTTP target (see ``drive``)."""
     limits = httpx.Limits(max_connections=max(concurrency or len(requests), 1), max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=None, limits=limits) as client:
-        start = time.monotonic()
 
-        async def one(request: BenchRequest, offset: float) -> RequestResult:
-            nonlocal done
-            await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
-            if cap:
-                async with cap:
-                    result = await send(client, target, request, timeout_s)
-            else:
-                result = await send(client, target, request, timeout_s)
-            done += 1
-            return result
+        async def send_one(request: BenchRequest) -> RequestResult:
+            return await send(client, target, request, timeout_s)
 
-        async def progress() -> None:
-            while True:
-                print(f"\r{target.name}: {done}/{len(requests)} requests", end="", file=sys.stderr, flush=True)
-                await asyncio.sleep(0.5)
-
-        reporter = asyncio.create_task(progress()) if show_progress else None
-        try:
-            results = await asyncio.gather(*(one(r, o) for r, o in zip(requests, offsets, strict=True)))
-        finally:
-            if reporter:
-                reporter.cancel()
-                print(f"\r{target.name}: {done}/{len(requests)} requests", file=sys.stderr)
-        return list(results), start, time.monotonic() - start
+        return await drive(target.name, send_one, requests, offsets, concurrency, show_progress)

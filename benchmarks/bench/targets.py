@@ -1,20 +1,25 @@
-"""Baselines to compare the platform with: a vLLM OpenAI server on the same model folder, started and stopped here."""
+"""Baselines to compare the platform with: a vLLM OpenAI server on the same model folder, started and stopped here,
+and the engine itself called in-process (no HTTP, no Kafka: the floor any serving stack adds to)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from benchmarks.bench.runner import Target
+from benchmarks.bench.metrics import RequestResult
+from benchmarks.bench.prompts import BenchRequest
+from benchmarks.bench.runner import Target, drive
 
 
 def _free_port() -> int:
@@ -75,3 +80,47 @@ def vllm_server(model_id: str, path: Path, max_model_len: int, log: Path, kv_cac
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+
+
+async def run_in_process(
+    model_id: str,
+    path: Path,
+    max_model_len: int,
+    requests: list[BenchRequest],
+    offsets: list[float],
+    concurrency: int | None,
+    timeout_s: float = 300,
+    show_progress: bool = True,
+) -> tuple[list[RequestResult], float, float]:
+    """The benchmark against ferry's own engine adapter in this process, set up as the worker sets it up. Each engine
+    step with text counts as a chunk (no coalescing), as vLLM's server streams them."""
+    from services.worker.engine import Engine, EngineConfig  # imports vLLM: seconds, and only when asked for
+    from shared.contracts import ChatMessage, SamplingParams
+
+    engine = await Engine.start(EngineConfig(model_id=model_id, path=path, max_model_len=max_model_len))
+
+    async def send_one(request: BenchRequest) -> RequestResult:
+        started = time.monotonic()
+        chunk_times: list[float] = []
+        prompt_tokens = output_tokens = 0
+        try:
+            async with asyncio.timeout(timeout_s):
+                prompt = engine.render_prompt([ChatMessage.model_validate(m) for m in request.messages])
+                sampling = SamplingParams(max_tokens=request.max_tokens, temperature=0)
+                async for step in engine.generate(uuid.uuid4().hex, prompt, sampling):
+                    prompt_tokens = step.prompt_tokens
+                    output_tokens += step.new_tokens
+                    if step.text:
+                        chunk_times.append(time.monotonic())
+        except TimeoutError:
+            return RequestResult(False, started, time.monotonic(), chunk_times, error="timeout")
+        except Exception as exc:  # reported as a failure reason, like any target's
+            return RequestResult(False, started, time.monotonic(), chunk_times, error=type(exc).__name__)
+        if not chunk_times:
+            return RequestResult(False, started, time.monotonic(), chunk_times, error="no content streamed")
+        return RequestResult(True, started, time.monotonic(), chunk_times, prompt_tokens, output_tokens)
+
+    try:
+        return await drive("engine-in-process", send_one, requests, offsets, concurrency, show_progress)
+    finally:
+        await engine.shutdown()
