@@ -47,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run ferry's engine adapter in this process (no HTTP, no Kafka) as the second target",
     )
+    p.add_argument(
+        "--baseline-first",
+        action="store_true",
+        help="run the second target first (ratios stay first / second), to rule out an order effect",
+    )
     p.add_argument("--prompts", choices=["synthetic", "conversations", "trace"], default="synthetic")
     p.add_argument("--input-words", type=_range, default=(32, 128), help="synthetic prompt length range, LOW:HIGH")
     p.add_argument("--output-tokens", type=_range, default=(64, 64), help="max_tokens range, LOW:HIGH")
@@ -153,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 )
             )
-        runs = []
+        runs: dict[str, report.TargetRun] = {}
         wall_start = time.time()
-        for job in jobs:
+        for job in reversed(jobs) if args.baseline_first else jobs:
             results, started_at, duration = asyncio.run(job.start())
-            runs.append(report.TargetRun(job.name, job.where, summarize(results, duration, slos), results, started_at))
+            runs[job.name] = report.TargetRun(
+                job.name, job.where, summarize(results, duration, slos), results, started_at
+            )
     config = {
         "command": ["bench", *(argv if argv is not None else sys.argv[1:])],
         "model": args.model,
@@ -171,15 +178,16 @@ def main(argv: list[str] | None = None) -> int:
         "input_words": list(args.input_words),
         "output_tokens": list(args.output_tokens),
         "seed": args.seed,
+        "order": [job.name for job in (reversed(jobs) if args.baseline_first else jobs)],
         "slos_ms": slos,
         "machine": f"{os.cpu_count()} cores",
         # wall-clock window of the run, to find its spans in the services' trace files (benchmarks.bench.hops)
         "wall_clock": [wall_start, time.time()],
     }
-    paths = report.write(out, config, runs)
+    paths = report.write(out, config, [runs[job.name] for job in jobs])
     print(paths["markdown"].read_text())
     print(f"report: {out}", file=sys.stderr)
-    return 0 if all(r.summary.completed for r in runs) else 1
+    return 0 if all(r.summary.completed for r in runs.values()) else 1
 
 
 if __name__ == "__main__":

@@ -142,3 +142,10 @@ async def test_malformed_kafka_records_are_dead_lettered_and_serving_continues(
     response = await asyncio.to_thread(post, platform, GOOD)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_prompt_longer_than_the_context_is_a_400_from_the_worker(platform: Platform) -> None:
+    long_prompt = " ".join(["serendipitous"] * 3000)  # several tokens each with the tiny tokenizer: > 2048
+    body = GOOD | {"messages": [{"role": "user", "content": long_prompt}]}
+    error = assert_openai_error(post(platform, body), 400)
+    assert error["code"] == "context_length_exceeded" and "2048" in error["message"]
