@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from benchmarks.bench.__main__ import main
-from tests.e2e.platform import TINY_MODEL, Platform
+from tests.e2e.platform import ROOT, TINY_MODEL, Platform
 
 
 def test_short_run_in_comparison_mode_fills_every_field(platform: Platform, tmp_path: Path) -> None:
@@ -61,3 +64,36 @@ def test_short_run_in_comparison_mode_fills_every_field(platform: Platform, tmp_
     assert "| time to first token p99 (ms) |" in markdown and "ratio" in markdown
     for plot in ("latency_cdf.png", "throughput.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+
+
+def test_bench_command_compares_with_the_engine_in_process(platform: Platform, tmp_path: Path) -> None:
+    # as users run it: its own process, since it loads a vLLM engine
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench",
+        "--base-url",
+        f"{platform.base_url}/v1",
+        "--model",
+        TINY_MODEL,
+        "--compare-engine",
+        "--num-prompts",
+        "6",
+        "--concurrency",
+        "3",
+        "--output-tokens",
+        "16:16",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
+    env = os.environ | {"PYTHONPATH": str(ROOT), "FERRY_WORKER_MODELS_DIR": str(platform.models_dir)}
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [t["name"] for t in data["targets"]] == ["ferry", "engine-in-process"]
+    engine = data["targets"][1]["summary"]
+    assert engine["completed"] == 6 and engine["failed"] == 0
+    assert engine["ttft"]["median"] > 0 and engine["output_throughput"] > 0
+    assert data["ratios"]["output_throughput"] > 0
