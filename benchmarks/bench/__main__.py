@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmarks.bench import load, prompts, report
 from benchmarks.bench.metrics import RequestResult, parse_slos, summarize
-from benchmarks.bench.runner import Target, run
+from benchmarks.bench.runner import Load, Target, run
 from benchmarks.bench.targets import run_in_process, vllm_server
 from shared.registry import read_seed
 
@@ -119,15 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     slos = parse_slos(args.slo)
     requests, offsets = build_load(args)
+    load = Load(requests, offsets, args.concurrency, args.timeout, show_progress=not args.quiet)
     out = args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
 
     def over_http(target: Target) -> Job:
-        return Job(
-            target.name,
-            target.base_url,
-            lambda: run(target, requests, offsets, args.concurrency, args.timeout, show_progress=not args.quiet),
-        )
+        return Job(target.name, target.base_url, lambda: run(target, load))
 
     jobs = [over_http(Target(args.name, args.base_url.rstrip("/"), args.model))]
     with ExitStack() as stack:
@@ -146,16 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 Job(
                     "engine-in-process",
                     f"in-process:{path}",
-                    lambda: run_in_process(
-                        args.model,
-                        path,
-                        max_model_len,
-                        requests,
-                        offsets,
-                        args.concurrency,
-                        args.timeout,
-                        show_progress=not args.quiet,
-                    ),
+                    lambda: run_in_process(args.model, path, max_model_len, load),
                 )
             )
         runs: dict[str, report.TargetRun] = {}

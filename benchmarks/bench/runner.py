@@ -87,17 +87,22 @@ async def send(client: httpx.AsyncClient, target: Target, request: BenchRequest,
 Send = Callable[[BenchRequest], Awaitable[RequestResult]]
 
 
-async def drive(
-    name: str,
-    send_one: Send,
-    requests: list[BenchRequest],
-    offsets: list[float],
-    concurrency: int | None,
-    show_progress: bool = True,
-) -> tuple[list[RequestResult], float, float]:
+@dataclass(frozen=True)
+class Load:
+    """What every target is given: the same requests, sent at the same offsets, under the same cap."""
+
+    requests: list[BenchRequest]
+    offsets: list[float]
+    concurrency: int | None
+    timeout_s: float = 300
+    show_progress: bool = True
+
+
+async def drive(name: str, send_one: Send, load: Load) -> tuple[list[RequestResult], float, float]:
     """Sends each request at its offset (under the concurrency cap) through ``send_one``, whatever the target is;
     returns the results (in request order), the start instant and the duration in seconds."""
-    cap = asyncio.Semaphore(concurrency) if concurrency else None
+    requests = load.requests
+    cap = asyncio.Semaphore(load.concurrency) if load.concurrency else None
     done = 0
     start = time.monotonic()
 
@@ -117,9 +122,9 @@ async def drive(
             print(f"\r{name}: {done}/{len(requests)} requests", end="", file=sys.stderr, flush=True)
             await asyncio.sleep(0.5)
 
-    reporter = asyncio.create_task(progress()) if show_progress else None
+    reporter = asyncio.create_task(progress()) if load.show_progress else None
     try:
-        results = await asyncio.gather(*(one(r, o) for r, o in zip(requests, offsets, strict=True)))
+        results = await asyncio.gather(*(one(r, o) for r, o in zip(requests, load.offsets, strict=True)))
     finally:
         if reporter:
             reporter.cancel()
@@ -127,19 +132,13 @@ async def drive(
     return list(results), start, time.monotonic() - start
 
 
-async def run(
-    target: Target,
-    requests: list[BenchRequest],
-    offsets: list[float],
-    concurrency: int | None,
-    timeout_s: float = 300,
-    show_progress: bool = True,
-) -> tuple[list[RequestResult], float, float]:
+async def run(target: Target, load: Load) -> tuple[list[RequestResult], float, float]:
     """Runs the benchmark against an HTTP target (see ``drive``)."""
-    limits = httpx.Limits(max_connections=max(concurrency or len(requests), 1), max_keepalive_connections=None)
+    connections = max(load.concurrency or len(load.requests), 1)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=None, limits=limits) as client:
 
         async def send_one(request: BenchRequest) -> RequestResult:
-            return await send(client, target, request, timeout_s)
+            return await send(client, target, request, load.timeout_s)
 
-        return await drive(target.name, send_one, requests, offsets, concurrency, show_progress)
+        return await drive(target.name, send_one, load)

@@ -19,7 +19,7 @@ import httpx
 
 from benchmarks.bench.metrics import RequestResult
 from benchmarks.bench.prompts import BenchRequest
-from benchmarks.bench.runner import Target, drive
+from benchmarks.bench.runner import Load, Target, drive
 
 
 def _free_port() -> int:
@@ -83,14 +83,7 @@ def vllm_server(model_id: str, path: Path, max_model_len: int, log: Path, kv_cac
 
 
 async def run_in_process(
-    model_id: str,
-    path: Path,
-    max_model_len: int,
-    requests: list[BenchRequest],
-    offsets: list[float],
-    concurrency: int | None,
-    timeout_s: float = 300,
-    show_progress: bool = True,
+    model_id: str, path: Path, max_model_len: int, load: Load
 ) -> tuple[list[RequestResult], float, float]:
     """The benchmark against ferry's own engine adapter in this process, set up as the worker sets it up. Each engine
     step with text counts as a chunk (no coalescing), as vLLM's server streams them."""
@@ -104,7 +97,7 @@ async def run_in_process(
         chunk_times: list[float] = []
         prompt_tokens = output_tokens = 0
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(load.timeout_s):
                 prompt = engine.render_prompt([ChatMessage.model_validate(m) for m in request.messages])
                 sampling = SamplingParams(max_tokens=request.max_tokens, temperature=0)
                 async for step in engine.generate(uuid.uuid4().hex, prompt, sampling):
@@ -121,6 +114,6 @@ async def run_in_process(
         return RequestResult(True, started, time.monotonic(), chunk_times, prompt_tokens, output_tokens)
 
     try:
-        return await drive("engine-in-process", send_one, requests, offsets, concurrency, show_progress)
+        return await drive("engine-in-process", send_one, load)
     finally:
         await engine.shutdown()
