@@ -8,6 +8,8 @@ import asyncpg
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.db import connect_pool
+
 SEED_FILE = Path(__file__).resolve().parent.parent / "infra" / "models" / "models.yaml"
 
 
@@ -25,6 +27,15 @@ class ModelRecord(BaseModel):
 
 def read_seed(path: Path = SEED_FILE) -> list[ModelRecord]:
     return [ModelRecord.model_validate(m) for m in yaml.safe_load(path.read_text())["models"]]
+
+
+async def enabled_models(dsn: str) -> list[ModelRecord]:
+    """Start-up read for services that only need the list once: connects, reads, disconnects."""
+    pool = await connect_pool(dsn)
+    try:
+        return await ModelRegistry(pool).enabled()
+    finally:
+        await pool.close()
 
 
 class ModelRegistry:

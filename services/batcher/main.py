@@ -8,10 +8,9 @@ from prometheus_client import CollectorRegistry
 
 from services.batcher.config import BatcherSettings
 from services.batcher.handlers import SERVICE, BatcherDeps, register
-from shared.db import connect_pool
 from shared.kafka import ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
-from shared.registry import ModelRegistry
+from shared.registry import enabled_models
 from shared.runtime import kafka_service_app, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
@@ -22,7 +21,7 @@ async def main() -> None:
     configure_logging(SERVICE, common.log_level)
     provider = setup_tracing(SERVICE, common)
     try:
-        model_ids = settings.models or await _enabled_models(common)
+        model_ids = settings.models or [m.id for m in await enabled_models(common.postgres_dsn)]
         by_topic = {common.topics.requests(m): m for m in model_ids}
         await wait_for_kafka(common)
         await ensure_topics(common, [*by_topic, *(common.topics.batches(m) for m in model_ids)])
@@ -40,14 +39,6 @@ async def main() -> None:
         await serve(kafka_service_app(broker, metrics), settings.host, settings.port)
     finally:
         provider.shutdown()
-
-
-async def _enabled_models(common: CommonSettings) -> list[str]:
-    pool = await connect_pool(common.postgres_dsn)
-    try:
-        return [m.id for m in await ModelRegistry(pool).enabled()]
-    finally:
-        await pool.close()
 
 
 if __name__ == "__main__":

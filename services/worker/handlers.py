@@ -77,7 +77,8 @@ def register(deps: WorkerDeps) -> None:
 
 
 async def drain(deps: WorkerDeps, seconds: float) -> None:
-    """Shutdown: lets running generations finish for a while, then aborts the rest (they reply with an error)."""
+    """Shutdown: lets running generations finish for a while, then aborts the rest; each aborted request still gets
+    its final CompletionFinished, with finish_reason "abort"."""
     if not deps.in_flight:
         return
     logger.info("draining %d request(s)", len(deps.in_flight))

@@ -11,10 +11,9 @@ from services.worker.config import WorkerSettings
 from services.worker.engine import Engine, EngineConfig
 from services.worker.handlers import SERVICE, WorkerDeps, drain, register
 from services.worker.model_store import ensure_model
-from shared.db import connect_pool
 from shared.kafka import ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
-from shared.registry import ModelRecord, ModelRegistry
+from shared.registry import ModelRecord, enabled_models
 from shared.runtime import kafka_service_app, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
@@ -52,10 +51,10 @@ async def main() -> None:
         )
         register(deps)
 
-        async def drain_then_close() -> None:
+        async def drain_in_flight() -> None:
             await drain(deps, seconds=20)
 
-        app = kafka_service_app(broker, metrics, on_shutdown=[drain_then_close])
+        app = kafka_service_app(broker, metrics, on_shutdown=[drain_in_flight])
         logger.info("serving %s from %s", model.id, path)
         try:
             await serve(app, settings.host, settings.port)
@@ -66,11 +65,7 @@ async def main() -> None:
 
 
 async def _served_model(common: CommonSettings, settings: WorkerSettings) -> ModelRecord:
-    pool = await connect_pool(common.postgres_dsn)
-    try:
-        models = await ModelRegistry(pool).enabled()
-    finally:
-        await pool.close()
+    models = await enabled_models(common.postgres_dsn)
     wanted = [m for m in models if (m.id == settings.model if settings.model else m.default)]
     if not wanted:
         raise SystemExit(
