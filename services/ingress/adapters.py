@@ -72,10 +72,22 @@ class ReplyListener:
         if self._consumer:
             await self._consumer.stop()
 
-    async def events(self, request_id: str, deadline_at: datetime) -> AsyncIterator[ReplyEvent]:
-        """Yields the request's reply events until its final one; raises TimeoutError at the deadline.
-        Register with ``expect`` before publishing the request."""
-        queue = self._queues[request_id]
+    def expect(self, request_id: str, deadline_at: datetime) -> AsyncIterator[ReplyEvent]:
+        """Registers the request (call it before publishing) and returns its reply events, up to the final one; the
+        iterator raises TimeoutError at the deadline. The queue is bound now, not at the first read, so replies that
+        arrive before the reader starts are kept."""
+        queue: asyncio.Queue[ReplyEvent] = asyncio.Queue()
+        self._queues[request_id] = queue
+        return self._read(request_id, queue, deadline_at)
+
+    @property
+    def waiting(self) -> int:
+        """Requests registered and not finished yet."""
+        return len(self._queues)
+
+    async def _read(
+        self, request_id: str, queue: asyncio.Queue[ReplyEvent], deadline_at: datetime
+    ) -> AsyncIterator[ReplyEvent]:
         try:
             while True:
                 remaining = (deadline_at - utc_now()).total_seconds()
@@ -87,9 +99,6 @@ class ReplyListener:
                     return
         finally:
             self._queues.pop(request_id, None)
-
-    def expect(self, request_id: str) -> None:
-        self._queues[request_id] = asyncio.Queue()
 
     def forget(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
@@ -118,6 +127,9 @@ class ReplyListener:
             attributes={"ferry.request_id": event.request_id, "ferry.event": event.event},
         ):
             queue.put_nowait(event)
+        if isinstance(event, CompletionFinished | GenerationFailed):
+            # the request is done here, even if its reader never resumes (a client gone, a failure raised mid-read)
+            self._queues.pop(event.request_id, None)
 
 
 class RequestPublisher:

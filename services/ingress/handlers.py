@@ -68,7 +68,7 @@ async def health(deps: DepsDep) -> JSONResponse:
         return JSONResponse(
             error_json("the reply listener is not running", "service_unavailable_error"), status_code=503
         )
-    return JSONResponse({"status": "ok", "reply_topic": deps.listener.topic})
+    return JSONResponse({"status": "ok", "reply_topic": deps.listener.topic, "requests_waiting": deps.listener.waiting})
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["openai"])
@@ -108,7 +108,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
                 default_max_tokens=deps.settings.default_max_tokens,
             ),
         )
-        deps.listener.expect(request_id)
+        events = deps.listener.expect(request_id, deadline_at)
         try:
             await deps.publisher.publish(message)
         except Exception:
@@ -123,7 +123,6 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
             ) from None
     logger.info("request %s queued for %s (stream=%s)", request_id, body.model, body.stream)
 
-    events = deps.listener.events(request_id, deadline_at)
     headers = {"x-request-id": request_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -42,3 +42,16 @@ def test_every_service_is_healthy_and_counts_its_kafka_traffic(platform: Platfor
     worker = metrics(f"worker-{TINY_MODEL}")
     assert metric_total(worker, received, app_name="ferry-worker") >= 1
     assert metric_total(worker, published, app_name="ferry-worker") >= 1
+
+
+def test_ingress_forgets_finished_and_failed_requests(platform: Platform) -> None:
+    too_long = " ".join(["serendipitous"] * 3000)
+    for content, status in (("hi", 200), (too_long, 400)):
+        response = httpx.post(
+            f"{platform.base_url}/v1/chat/completions",
+            json={"model": TINY_MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4},
+            timeout=60,
+        )
+        assert response.status_code == status
+    health = httpx.get(f"{platform.base_url}/health", timeout=5).json()
+    assert health["requests_waiting"] == 0
