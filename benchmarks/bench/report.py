@@ -7,9 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench.metrics import RequestResult, Summary, ratios
+from benchmarks.bench.metrics import LATENCY_METRICS, RequestResult, Summary, ratios
 
-LATENCIES = ("ttft", "tpot", "itl", "e2el")
 LATENCY_NAMES = {
     "ttft": "time to first token",
     "tpot": "time per output token",
@@ -96,7 +95,7 @@ def markdown(config: dict[str, Any], runs: list[TargetRun], comparison: dict[str
     )
     if any(s.goodput is not None for s in summaries):
         row("goodput (req/s)", [f"{s.goodput:.2f}" if s.goodput is not None else "-" for s in summaries])
-    for metric in LATENCIES:
+    for metric in LATENCY_METRICS:
         for stat in ("mean", "median", "p90", "p99"):
             values = []
             for s in summaries:
