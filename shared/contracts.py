@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -50,12 +50,26 @@ class SamplingParams(BaseModel):
     seed: int | None = Field(None, description="Random seed for reproducible sampling.")
 
 
+Priority = Literal["interactive", "batch", "best_effort"]
+"""Priority classes, highest first: interactive (a person waits), batch (a job waits), best_effort (leftover room)."""
+
+BatchingProfile = Literal["latency", "throughput", "cost"]
+"""How long the batcher may hold a request to form bigger batches: latency < throughput < cost."""
+
+
 class CompletionRequested(Message):
-    """A client asked for a completion. Produced to ``<prefix>requests.<model>`` keyed by ``request_id``."""
+    """A client asked for a completion. Produced to ``<prefix>requests.<model>`` keyed by ``request_id``.
+
+    Exactly one of ``messages`` (chat) and ``prompt`` (plain completion) is set."""
 
     request_id: str = Field(min_length=1, max_length=200, description="Unique id; every reply carries it back.")
     model: str = Field(min_length=1, description="Registry id of the model to run; must match the topic's model.")
-    messages: list[ChatMessage] = Field(min_length=1, description="The conversation to complete.")
+    messages: list[ChatMessage] = Field(
+        default_factory=list, description="The conversation to complete (chat); empty when ``prompt`` is set."
+    )
+    prompt: str | None = Field(
+        None, description="Raw prompt text to continue, without a chat template (OpenAI's /v1/completions)."
+    )
     sampling: SamplingParams = Field(default_factory=SamplingParams, description="Sampling parameters.")
     stream: bool = Field(True, description="Send TokensGenerated deltas before the final CompletionFinished.")
     reply_topic: str = Field(min_length=1, description="Topic the worker publishes this request's replies to.")
@@ -66,6 +80,119 @@ class CompletionRequested(Message):
         default_factory=dict,
         description="W3C trace context (traceparent, tracestate) of the request; in the body so it survives batching.",
     )
+    priority: Priority = Field("interactive", description="Priority class; higher classes are dispatched first.")
+    profile: BatchingProfile | None = Field(
+        None, description="Batching profile; unset means the tenant's or model's default."
+    )
+    variant: str | None = Field(
+        None, description="Model variant wanted (e.g. bf16, int8, int4); unset means the model's default variant."
+    )
+    variant_fallback: bool = Field(
+        True, description="Whether another variant may serve the request when the wanted one cannot run here."
+    )
+    retain_text: bool = Field(
+        False,
+        description="The tenant opted in to storing prompt and completion text; without it no service stores or "
+        "logs the text (caches, review queues and logs keep ids and scores only).",
+    )
+    cache_salt: str | None = Field(
+        None,
+        description="Salt of the engine's prefix cache: requests with different salts never share cached prefixes, "
+        "so one tenant cannot time another's prompts. The ingress sets it per tenant.",
+    )
+
+    @model_validator(mode="after")
+    def _messages_or_prompt(self) -> CompletionRequested:
+        if bool(self.messages) == (self.prompt is not None):
+            raise ValueError("exactly one of messages (chat) and prompt (completion) must be given")
+        return self
+
+
+class RequestCancelled(Message):
+    """Nobody wants this request's result any more; produced to ``<prefix>cancellations`` keyed by ``request_id``.
+
+    Every worker and batcher reads every cancellation (no consumer group) and drops or aborts the request if it holds
+    it; the requester gets a GenerationFailed with code ``cancelled`` or ``deadline_exceeded`` if it still listens."""
+
+    request_id: str = Field(min_length=1, description="The request to stop.")
+    model: str = Field(description="Registry id of the request's model.")
+    reason: Literal["client_disconnected", "deadline_exceeded", "requested"] = Field(
+        description="Why: the client went away, its deadline passed, or someone asked."
+    )
+    reply_topic: str | None = Field(None, description="The request's reply topic, to tell the requester.")
+    cancelled_at: datetime = Field(default_factory=utc_now, description="When the cancellation was decided (UTC).")
+
+
+class LoadedModel(BaseModel):
+    """One model a worker holds, as reported in its status."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: str = Field(description="Registry id of the model.")
+    variant: str = Field(description="Which variant is loaded (e.g. bf16, int8).")
+    state: Literal["loading", "ready", "sleeping"] = Field(
+        description="loading: not serving yet; ready: serving; sleeping: kept warm, not serving until woken."
+    )
+    memory_bytes: int = Field(0, ge=0, description="Memory the model takes on this worker (weights plus KV cache).")
+    last_used_at: datetime | None = Field(None, description="When a request last used it (UTC).")
+
+
+class WorkerStatusReported(Message):
+    """A worker's heartbeat with its capacity; produced every few seconds to ``<prefix>worker-status`` keyed by
+    ``worker_id``. The batcher dispatches at once while workers have room; the scaler reads loaded models."""
+
+    worker_id: str = Field(description="Unique id of the worker process.")
+    models: list[LoadedModel] = Field(default_factory=list, description="Models the worker holds.")
+    running: int = Field(ge=0, description="Requests generating now.")
+    waiting: int = Field(ge=0, description="Requests taken from Kafka but not generating yet.")
+    max_running: int = Field(ge=1, description="Requests the worker can generate at once (the engine's max_num_seqs).")
+    kv_cache_free: float = Field(ge=0.0, le=1.0, description="Fraction of the KV cache that is free.")
+    free_tokens: int = Field(
+        ge=0, description="Tokens (prompt plus max new tokens) the worker can take on now without queueing."
+    )
+    draining: bool = Field(False, description="The worker is shutting down and takes no new work.")
+    interval_seconds: float = Field(
+        gt=0, description="Seconds until the next report; two missed reports mean the worker is gone."
+    )
+    reported_at: datetime = Field(default_factory=utc_now, description="When the report was made (UTC).")
+
+
+class QueueDepthReported(Message):
+    """How much work waits for a model in the batcher; produced to ``<prefix>queue-status`` keyed by ``model``.
+    The ingress refuses new work early (admission control) when the expected wait passes a request's deadline."""
+
+    model: str = Field(description="Registry id of the model.")
+    batcher_id: str = Field(description="The batcher instance reporting; depths of several instances add up.")
+    waiting: int = Field(ge=0, description="Requests held by this batcher for the model.")
+    waiting_tokens: int = Field(ge=0, description="Prompt plus max new tokens of the waiting requests.")
+    waiting_by_priority: dict[str, int] = Field(
+        default_factory=dict, description="Waiting requests per priority class."
+    )
+    expected_wait_seconds: float = Field(ge=0.0, description="Estimated wait of a request arriving now.")
+    interval_seconds: float = Field(gt=0, description="Seconds until the next report.")
+    reported_at: datetime = Field(default_factory=utc_now, description="When the report was made (UTC).")
+
+
+class ModelPreloadRequested(Message):
+    """Load (or wake) a model ahead of demand; produced to ``<prefix>worker-control`` by the scaler or an operator."""
+
+    model: str = Field(description="Registry id of the model to load.")
+    variant: str | None = Field(None, description="Variant to load; unset means the model's default.")
+    worker_id: str | None = Field(None, description="Only this worker acts; unset means any worker that may host it.")
+    reason: str = Field("", description="Why, for the audit trail (e.g. 'forecast 1400 req/h at 09:00').")
+    requested_at: datetime = Field(default_factory=utc_now, description="When it was asked (UTC).")
+
+
+class ModelEvictionRequested(Message):
+    """Unload a model to free memory; produced to ``<prefix>worker-control`` by the scaler or an operator."""
+
+    model: str = Field(description="Registry id of the model to unload.")
+    worker_id: str | None = Field(None, description="Only this worker acts; unset means every worker holding it.")
+    reason: str = Field("", description="Why, for the audit trail.")
+    requested_at: datetime = Field(default_factory=utc_now, description="When it was asked (UTC).")
+
+
+WorkerControl = ModelPreloadRequested | ModelEvictionRequested
 
 
 class BatchFormed(Message):

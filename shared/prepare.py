@@ -25,7 +25,11 @@ async def prepare(settings: CommonSettings) -> None:
     await wait_for_kafka(settings)
     topics = settings.topics
     await ensure_topics(settings, [n for m in models for n in (topics.requests(m.id), topics.batches(m.id))])
-    await ensure_topics(settings, [topics.dead_letter], partitions=1)
+    await ensure_topics(
+        settings,
+        [topics.dead_letter, topics.cancellations, topics.worker_status, topics.queue_status, topics.worker_control],
+        partitions=1,
+    )
     for m in models:
         print(f"{m.id}\t{m.source}\t{'default' if m.default else ''}")
 

@@ -31,6 +31,26 @@ class Topics:
         return f"{self.prefix}replies.{topic_safe(consumer)}"
 
     @property
+    def cancellations(self) -> str:
+        """Where RequestCancelled goes; every worker and batcher reads all of it."""
+        return f"{self.prefix}cancellations"
+
+    @property
+    def worker_status(self) -> str:
+        """Where workers publish WorkerStatusReported heartbeats."""
+        return f"{self.prefix}worker-status"
+
+    @property
+    def queue_status(self) -> str:
+        """Where batchers publish QueueDepthReported per model."""
+        return f"{self.prefix}queue-status"
+
+    @property
+    def worker_control(self) -> str:
+        """Where ModelPreloadRequested and ModelEvictionRequested go to workers."""
+        return f"{self.prefix}worker-control"
+
+    @property
     def dead_letter(self) -> str:
         """Where records that cannot be processed are parked, with the reason."""
         return f"{self.prefix}dead-letter"

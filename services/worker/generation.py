@@ -81,7 +81,7 @@ async def serve_request(engine: Engine, request: CompletionRequested, publish: P
         sequence += 1
 
     try:
-        prompt = engine.render_prompt(request.messages)
+        prompt = request.prompt if request.prompt is not None else engine.render_prompt(request.messages)
         pieces: list[str] = []
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
         completion_tokens = prompt_tokens = 0
