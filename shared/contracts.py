@@ -222,6 +222,12 @@ class TokensGenerated(Message):
     sequence: int = Field(ge=0, description="Position of this event among the request's reply events.")
     text: str = Field(description="The new text since the previous event.")
     token_count: int = Field(ge=0, description="How many tokens this text holds.")
+    text_offset: int | None = Field(
+        None,
+        ge=0,
+        description="Characters of the completion that come before this text. A request redelivered after a worker "
+        "died is generated again from the start (with the same seed); readers drop the part they already have.",
+    )
 
 
 FinishReason = Literal["stop", "length", "abort"]
