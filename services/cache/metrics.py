@@ -1,0 +1,45 @@
+"""Prometheus series of the response cache, registered on the registry of the process that uses the cache."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class CacheMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.lookups = Counter(
+            "ferry_cache_lookups",
+            "Response cache lookups by result (hit, miss, error); hit ratio = hit / (hit + miss).",
+            ["model", "result"],
+            registry=registry,
+        )
+        self.bypassed = Counter(
+            "ferry_cache_bypassed",
+            "Requests that did not use the response cache, by reason (no_retention, non_deterministic, no_store, "
+            "no_cache, disabled).",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.stores = Counter(
+            "ferry_cache_stores",
+            "Completions offered to the response cache, by outcome (stored, too_large, incomplete, error).",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self.stored_bytes = Counter(
+            "ferry_cache_stored_bytes", "Bytes of entries written to the response cache.", ["model"], registry=registry
+        )
+        self.invalidations = Counter(
+            "ferry_cache_invalidations",
+            "Invalidations this process made, by cause (model_version).",
+            ["cause"],
+            registry=registry,
+        )
+        self.redis_evicted_keys = Gauge(
+            "ferry_cache_redis_evicted_keys",
+            "Keys Redis evicted under memory pressure since it started (Redis-wide: INFO stats evicted_keys).",
+            registry=registry,
+        )
+        self.redis_used_memory = Gauge(
+            "ferry_cache_redis_used_memory_bytes", "Memory Redis uses (INFO memory used_memory).", registry=registry
+        )

@@ -1,0 +1,229 @@
+"""What the response cache may keep, under which key, for how long. Pure logic: no client library.
+
+Privacy rules, in order:
+- A request whose tenant has not opted in to retention (``CompletionRequested.retain_text`` false) is never looked up
+  and never stored: no text stored means no response cache entry at all for that tenant. Anonymous requests carry
+  ``retain_text`` false, so they are not cached either.
+- Entries are scoped to the tenant, or to a shared scope the tenant explicitly opted into; a key never matches across
+  scopes, because the scope is part of the hashed key.
+- Only the completion (text, finish reason, usage) is stored; the key is a SHA-256 digest, so no prompt text is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.contracts import (
+    CompletionFinished,
+    CompletionRequested,
+    FinishReason,
+    ReplyEvent,
+    TokensGenerated,
+    Usage,
+    utc_now,
+)
+
+ContentClass = Literal["greedy", "seeded", "conversation", "sampled"]
+CONTENT_CLASSES: tuple[ContentClass, ...] = get_args(ContentClass)
+MIN_TTL_S, MAX_TTL_S = 3600, 24 * 3600
+
+BypassReason = Literal["disabled", "no_store", "no_retention", "non_deterministic"]
+
+_UNSAFE = re.compile(r"[^a-zA-Z0-9._-]")
+KEY_VERSION = 1  # bump when the normalization changes, so old entries are never read with a new meaning
+
+
+@dataclass(frozen=True)
+class TenantCachePolicy:
+    """A tenant's cache settings (issue 4 stores them with the tenant; the default is the safe one).
+
+    ``shared_scope``: entries go to (and come from) this scope instead of the tenant's own, so tenants that opted in to
+    the same scope share answers. ``cache_sampled``: requests with temperature > 0 and no seed are cached too (one
+    sample then stands for all)."""
+
+    shared_scope: str | None = None
+    cache_sampled: bool = False
+
+
+@dataclass(frozen=True)
+class RequestCacheOptions:
+    """What the client asked of the cache, from ``Cache-Control`` (as in HTTP): ``no-store`` neither reads nor
+    writes, ``no-cache`` skips the lookup but stores the fresh answer, ``max-age=N`` accepts entries at most N s old."""
+
+    no_store: bool = False
+    no_cache: bool = False
+    max_age_s: int | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RequestCacheOptions:
+        directives: dict[str, str | None] = {}
+        for value in headers.get("cache-control", "").split(","):
+            name, _, arg = value.strip().partition("=")
+            if name:
+                directives[name.lower()] = arg.strip().strip('"') or None
+        max_age = directives.get("max-age")
+        return cls(
+            no_store="no-store" in directives,
+            no_cache="no-cache" in directives or max_age == "0",
+            max_age_s=int(max_age) if max_age and max_age.isdigit() else None,
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether (and how) one request uses the cache. ``digest`` is None exactly when the request bypasses it."""
+
+    read: bool
+    write: bool
+    scope: str | None = None
+    digest: str | None = None
+    content_class: ContentClass | None = None
+    ttl_s: int | None = None
+    bypass: BypassReason | None = None
+
+    @classmethod
+    def bypassed(cls, reason: BypassReason) -> Decision:
+        return cls(read=False, write=False, bypass=reason)
+
+
+def scope_of(request: CompletionRequested, policy: TenantCachePolicy) -> str:
+    """Whose entries a request may read and write: the opted-in shared scope, else its tenant, else anonymous."""
+    if policy.shared_scope:
+        return f"s.{_UNSAFE.sub('-', policy.shared_scope)}"
+    if request.tenant_id is not None:
+        return f"t.{_UNSAFE.sub('-', request.tenant_id)}"
+    return "anon"
+
+
+def content_class(request: CompletionRequested, policy: TenantCachePolicy) -> ContentClass | None:
+    """The class that sets an entry's TTL, or None when the answer is not reproducible and the tenant did not opt in
+    to caching sampled output."""
+    sampling = request.sampling
+    if sampling.temperature > 0 and sampling.seed is None and not policy.cache_sampled:
+        return None
+    if sum(1 for m in request.messages if m.role == "user") > 1:
+        return "conversation"
+    if sampling.temperature == 0:
+        return "greedy"
+    return "seeded" if sampling.seed is not None else "sampled"
+
+
+def normalized(request: CompletionRequested, model_version: str, scope: str) -> dict[str, object]:
+    """Everything that changes the answer, in a canonical form; nothing that does not (request id, stream, reply topic,
+    deadline, priority). Greedy decoding ignores top_p and the seed, and the order of stop strings does not matter."""
+    sampling = request.sampling
+    greedy = sampling.temperature == 0
+    return {
+        "v": KEY_VERSION,
+        "model": request.model,
+        "model_version": model_version,
+        "variant": request.variant,
+        "scope": scope,
+        "messages": [[m.role, m.content] for m in request.messages] if request.prompt is None else None,
+        "prompt": request.prompt,
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": 1.0 if greedy else sampling.top_p,
+        "seed": None if greedy else sampling.seed,
+        "stop": sorted(set(sampling.stop)),
+    }
+
+
+def request_digest(request: CompletionRequested, model_version: str, scope: str) -> str:
+    canonical = json.dumps(normalized(request, model_version, scope), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def decide(
+    request: CompletionRequested,
+    model_version: str,
+    options: RequestCacheOptions,
+    policy: TenantCachePolicy,
+    ttl_s: Mapping[ContentClass, int],
+    enabled: bool = True,
+) -> Decision:
+    if not enabled:
+        return Decision.bypassed("disabled")
+    if options.no_store:
+        return Decision.bypassed("no_store")
+    if not request.retain_text:
+        return Decision.bypassed("no_retention")
+    cls = content_class(request, policy)
+    if cls is None:
+        return Decision.bypassed("non_deterministic")
+    scope = scope_of(request, policy)
+    return Decision(
+        read=not options.no_cache,
+        write=True,
+        scope=scope,
+        digest=request_digest(request, model_version, scope),
+        content_class=cls,
+        ttl_s=ttl_s[cls],
+    )
+
+
+class CachedCompletion(BaseModel):
+    """What one entry holds: the answer and its accounting, never the prompt."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str = Field(description="The whole completion.")
+    finish_reason: FinishReason = Field(description="Why generation ended.")
+    usage: Usage = Field(description="Token counts of the original generation.")
+    model_version: str = Field(description="Registry version of the model that generated it.")
+    created_at: datetime = Field(default_factory=utc_now, description="When it was stored (UTC).")
+
+    def fresh_enough(self, options: RequestCacheOptions, now: datetime) -> bool:
+        return options.max_age_s is None or (now - self.created_at).total_seconds() <= options.max_age_s
+
+
+def storable(finished: CompletionFinished) -> bool:
+    """An aborted generation is not the answer to the request; only complete ones are kept."""
+    return finished.finish_reason in ("stop", "length")
+
+
+def entry_of(finished: CompletionFinished, model_version: str) -> CachedCompletion:
+    return CachedCompletion(
+        text=finished.text, finish_reason=finished.finish_reason, usage=finished.usage, model_version=model_version
+    )
+
+
+async def replay(entry: CachedCompletion, request: CompletionRequested) -> AsyncIterator[ReplyEvent]:
+    """The reply events a worker would have sent for ``request``, from a cached answer: one delta when streaming, then
+    the final event. The ingress turns them into the same JSON or SSE chunks as a live answer."""
+    sequence = 0
+    if request.stream and entry.text:
+        yield TokensGenerated(
+            request_id=request.request_id,
+            sequence=0,
+            text=entry.text,
+            token_count=entry.usage.completion_tokens,
+            text_offset=0,
+        )
+        sequence = 1
+    yield CompletionFinished(
+        request_id=request.request_id,
+        sequence=sequence,
+        model=request.model,
+        text=entry.text,
+        finish_reason=entry.finish_reason,
+        usage=entry.usage,
+    )
+
+
+def prefix_cache_salt(tenant_id: str | None, secret: str) -> str | None:
+    """The engine prefix-cache salt of a tenant (CompletionRequested.cache_salt): requests of different tenants never
+    share cached prefixes, so one cannot time another's prompts. An HMAC, so knowing a tenant id does not give its
+    salt to a producer that could set it on a Kafka request. Anonymous requests share one unsalted cache."""
+    if tenant_id is None:
+        return None
+    return hmac.new(secret.encode(), tenant_id.encode(), hashlib.sha256).hexdigest()[:32]

@@ -1,0 +1,122 @@
+"""Redis adapter of the response cache.
+
+Layout under the prefix ``P`` (``<topic prefix>cache:`` by default):
+- ``P resp:<model>:<scope>:<sha256>`` one entry (JSON of CachedCompletion) with its TTL. The hash covers the normalized
+  request and three generation counters, so bumping a counter makes every entry it covers unreachable at once (no
+  race: a completion stored after an invalidation is stored under the old generation and never read);
+- ``P gen:all``, ``P gen:model:<model>``, ``P gen:scope:<scope>`` the generation counters;
+- ``P stats`` a hash of cumulative counts across every ingress (hits, misses, stores, stored_bytes, invalidations).
+Invalidation bumps the counter, then deletes the entries it covers (found by key pattern) to free their memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+_GLOB = re.compile(r"([*?\[\]\\])")
+_UNSAFE = re.compile(r"[^a-zA-Z0-9._-]")
+
+
+def _glob_escape(text: str) -> str:
+    return _GLOB.sub(r"\\\1", text)
+
+
+@dataclass
+class CacheStats:
+    entries: int = 0
+    bytes: int = 0
+    by_model: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> (entries, bytes)
+    counters: dict[str, int] = field(default_factory=dict)  # cumulative: hits, misses, stores, ...
+    redis: dict[str, object] = field(default_factory=dict)  # evicted_keys, used_memory, maxmemory_policy
+
+
+class RedisResponseStore:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis, self.prefix = redis, prefix
+
+    def _model(self, model: str) -> str:
+        return _UNSAFE.sub("-", model)
+
+    async def entry_key(self, model: str, scope: str, digest: str) -> str:
+        generations = await self._redis.mget(
+            [f"{self.prefix}gen:all", f"{self.prefix}gen:model:{model}", f"{self.prefix}gen:scope:{scope}"]
+        )
+        stamp = ".".join((g.decode() if isinstance(g, bytes) else str(g or 0)) for g in generations)
+        full = hashlib.sha256(f"{digest}:{stamp}".encode()).hexdigest()
+        return f"{self.prefix}resp:{self._model(model)}:{scope}:{full}"
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._redis.get(key)
+        return value
+
+    async def put(self, key: str, value: bytes, ttl_s: int) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, value, ex=ttl_s)
+            pipe.hincrby(f"{self.prefix}stats", "stores", 1)
+            pipe.hincrby(f"{self.prefix}stats", "stored_bytes", len(value))
+            await pipe.execute()
+
+    async def count(self, counter: str) -> None:
+        await self._redis.hincrby(f"{self.prefix}stats", counter, 1)
+
+    async def invalidate(self, model: str | None = None, scope: str | None = None) -> int:
+        """Makes every entry of ``model`` (and/or ``scope``; everything when neither) unreachable, then deletes them.
+        Returns how many entries were deleted."""
+        counters = []
+        if model is not None:
+            counters.append(f"{self.prefix}gen:model:{model}")
+        if scope is not None:
+            counters.append(f"{self.prefix}gen:scope:{scope}")
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for counter in counters or [f"{self.prefix}gen:all"]:
+                pipe.incr(counter)
+            pipe.hincrby(f"{self.prefix}stats", "invalidations", 1)
+            await pipe.execute()
+        pattern = (
+            f"{_glob_escape(self.prefix)}resp:{_glob_escape(self._model(model)) if model is not None else '*'}:"
+            f"{_glob_escape(scope) if scope is not None else '*'}:*"
+        )
+        deleted, batch = 0, []
+        async for key in self._redis.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += await self._redis.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += await self._redis.unlink(*batch)
+        return deleted
+
+    async def server_figures(self) -> dict[str, object]:
+        info = await self._redis.info()
+        return {k: info.get(k) for k in ("evicted_keys", "used_memory", "maxmemory", "maxmemory_policy")}
+
+    async def stats(self) -> CacheStats:
+        """Entries and their bytes per model (a scan: for the ops command, not the request path), the cumulative
+        counters, and Redis-wide figures."""
+        sizes: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        keys = [k async for k in self._redis.scan_iter(match=f"{_glob_escape(self.prefix)}resp:*", count=1000)]
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    pipe.memory_usage(key)
+                usages = await pipe.execute()
+            for key, usage in zip(chunk, usages, strict=True):
+                if usage is None:
+                    continue  # expired meanwhile
+                model = key.decode()[len(self.prefix) + len("resp:") :].split(":", 1)[0]
+                sizes[model][0] += 1
+                sizes[model][1] += int(usage)
+        raw = await self._redis.hgetall(f"{self.prefix}stats")
+        return CacheStats(
+            entries=sum(n for n, _ in sizes.values()),
+            bytes=sum(b for _, b in sizes.values()),
+            by_model={m: (n, b) for m, (n, b) in sorted(sizes.items())},
+            counters={k.decode(): int(v) for k, v in raw.items()},
+            redis=await self.server_figures(),
+        )

@@ -1,0 +1,198 @@
+"""The response cache's rules: what is cacheable, the key, TTL by class, what is stored, and the replayed events."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from services.cache.config import DEFAULT_TTL_S, CacheSettings
+from services.cache.policy import (
+    CachedCompletion,
+    RequestCacheOptions,
+    TenantCachePolicy,
+    decide,
+    prefix_cache_salt,
+    replay,
+    scope_of,
+    storable,
+)
+from services.ingress.serving import stream_sse
+from shared.contracts import (
+    ChatMessage,
+    CompletionFinished,
+    CompletionRequested,
+    SamplingParams,
+    TokensGenerated,
+    Usage,
+    utc_now,
+)
+
+USAGE = Usage(prompt_tokens=7, completion_tokens=2, total_tokens=9)
+TTL = DEFAULT_TTL_S
+NO_OPTIONS = RequestCacheOptions()
+DEFAULT = TenantCachePolicy()
+
+
+def request(**overrides: object) -> CompletionRequested:
+    fields: dict[str, object] = {
+        "request_id": "r1",
+        "model": "m",
+        "messages": [ChatMessage(role="user", content="What is the capital of France?")],
+        "sampling": SamplingParams(temperature=0, max_tokens=16),
+        "reply_topic": "replies",
+        "tenant_id": "acme",
+        "retain_text": True,
+    }
+    return CompletionRequested.model_validate(fields | overrides)
+
+
+def digest(r: CompletionRequested, version: str = "1", policy: TenantCachePolicy = DEFAULT) -> str | None:
+    return decide(r, version, NO_OPTIONS, policy, TTL).digest
+
+
+def test_identical_requests_share_a_key_whatever_their_id_stream_or_deadline() -> None:
+    a = request()
+    b = request(request_id="r2", stream=False, reply_topic="other", deadline_at=utc_now(), priority="batch")
+    assert digest(a) is not None and digest(a) == digest(b)
+
+
+def test_key_changes_with_model_version_messages_and_output_changing_sampling() -> None:
+    base = digest(request())
+    assert digest(request(), version="2") != base
+    assert digest(request(model="other")) != base
+    assert digest(request(messages=[ChatMessage(role="user", content="What is the capital of Spain?")])) != base
+    assert digest(request(messages=[ChatMessage(role="system", content="What is the capital of France?")])) != base
+    assert digest(request(sampling=SamplingParams(temperature=0, max_tokens=17))) != base
+    assert digest(request(sampling=SamplingParams(temperature=0, max_tokens=16, stop=["."]))) != base
+    assert digest(request(variant="int8")) != base
+    assert digest(request(messages=[], prompt="What is the capital of France?")) != base
+
+
+def test_greedy_key_ignores_top_p_seed_and_stop_order() -> None:
+    a = request(sampling=SamplingParams(temperature=0, max_tokens=16, top_p=0.5, seed=3, stop=["b", "a"]))
+    b = request(sampling=SamplingParams(temperature=0, max_tokens=16, stop=["a", "b", "a"]))
+    assert digest(a) == digest(b)
+    seeded = request(sampling=SamplingParams(temperature=0.7, max_tokens=16, seed=3))
+    assert digest(seeded) != digest(request(sampling=SamplingParams(temperature=0.7, max_tokens=16, seed=4)))
+
+
+def test_tenants_never_share_a_key_unless_both_opted_into_the_same_shared_scope() -> None:
+    a, b = request(tenant_id="a"), request(tenant_id="b")
+    assert digest(a) != digest(b)
+    shared = TenantCachePolicy(shared_scope="faq")
+    assert digest(a, policy=shared) == digest(b, policy=shared)
+    assert digest(a, policy=shared) != digest(a)
+    assert scope_of(a, DEFAULT) == "t.a" and scope_of(a, shared) == "s.faq"
+
+
+def test_a_tenant_without_retention_gets_no_cache_at_all() -> None:
+    decision = decide(request(retain_text=False), "1", NO_OPTIONS, DEFAULT, TTL)
+    assert (decision.read, decision.write, decision.digest, decision.bypass) == (False, False, None, "no_retention")
+    anonymous = decide(request(tenant_id=None, retain_text=False), "1", NO_OPTIONS, DEFAULT, TTL)
+    assert anonymous.bypass == "no_retention"
+
+
+def test_only_reproducible_requests_are_cached_unless_the_tenant_opts_in() -> None:
+    sampled = request(sampling=SamplingParams(temperature=0.8, max_tokens=16))
+    assert decide(sampled, "1", NO_OPTIONS, DEFAULT, TTL).bypass == "non_deterministic"
+    opted = decide(sampled, "1", NO_OPTIONS, TenantCachePolicy(cache_sampled=True), TTL)
+    assert opted.write and opted.content_class == "sampled" and opted.ttl_s == TTL["sampled"]
+    seeded = decide(request(sampling=SamplingParams(temperature=0.8, seed=1)), "1", NO_OPTIONS, DEFAULT, TTL)
+    assert seeded.content_class == "seeded" and seeded.ttl_s == TTL["seeded"]
+    greedy = decide(request(), "1", NO_OPTIONS, DEFAULT, TTL)
+    assert greedy.content_class == "greedy" and greedy.ttl_s == 24 * 3600
+
+
+def test_multi_turn_chats_are_the_conversation_class() -> None:
+    turns = [
+        ChatMessage(role="user", content="hi"),
+        ChatMessage(role="assistant", content="hello"),
+        ChatMessage(role="user", content="and?"),
+    ]
+    decision = decide(request(messages=turns), "1", NO_OPTIONS, DEFAULT, TTL)
+    assert decision.content_class == "conversation" and decision.ttl_s == 2 * 3600
+
+
+def test_cache_control_is_honoured() -> None:
+    options = RequestCacheOptions.from_headers
+    assert options({"cache-control": "no-store"}) == RequestCacheOptions(no_store=True)
+    assert options({"cache-control": "No-Cache"}).no_cache
+    assert options({"cache-control": "max-age=0"}).no_cache
+    assert options({"cache-control": "public, max-age=60"}).max_age_s == 60
+    assert options({}) == RequestCacheOptions()
+    assert decide(request(), "1", options({"cache-control": "no-store"}), DEFAULT, TTL).bypass == "no_store"
+    refresh = decide(request(), "1", options({"cache-control": "no-cache"}), DEFAULT, TTL)
+    assert (refresh.read, refresh.write) == (False, True)
+    assert decide(request(), "1", NO_OPTIONS, DEFAULT, TTL, enabled=False).bypass == "disabled"
+
+
+def test_max_age_rejects_older_entries() -> None:
+    entry = CachedCompletion(
+        text="x", finish_reason="stop", usage=USAGE, model_version="1", created_at=utc_now() - timedelta(seconds=90)
+    )
+    assert entry.fresh_enough(RequestCacheOptions(max_age_s=120), utc_now())
+    assert not entry.fresh_enough(RequestCacheOptions(max_age_s=60), utc_now())
+    assert entry.fresh_enough(NO_OPTIONS, utc_now())
+
+
+def test_ttl_settings_stay_within_one_to_24_hours() -> None:
+    assert CacheSettings(ttl_s={"greedy": 7200}).ttl_s == {**DEFAULT_TTL_S, "greedy": 7200}
+    for bad in (59, 25 * 3600):
+        try:
+            CacheSettings(ttl_s={"greedy": bad})
+        except ValueError:
+            continue
+        raise AssertionError(f"ttl {bad} accepted")
+
+
+def test_only_complete_generations_are_stored() -> None:
+    def finished(reason: str) -> CompletionFinished:
+        return CompletionFinished.model_validate(
+            {"request_id": "r", "sequence": 0, "model": "m", "text": "t", "finish_reason": reason, "usage": USAGE}
+        )
+
+    assert storable(finished("stop")) and storable(finished("length")) and not storable(finished("abort"))
+
+
+async def test_a_hit_replays_as_the_events_of_a_live_answer() -> None:
+    entry = CachedCompletion(text="Paris.", finish_reason="stop", usage=USAGE, model_version="1")
+    streamed = [e async for e in replay(entry, request(request_id="r9", stream=True))]
+    assert [type(e) for e in streamed] == [TokensGenerated, CompletionFinished]
+    assert all(e.request_id == "r9" for e in streamed) and [e.sequence for e in streamed] == [0, 1]
+    final = streamed[-1]
+    assert isinstance(final, CompletionFinished) and (final.text, final.usage) == ("Paris.", USAGE)
+    plain = [e async for e in replay(entry, request(stream=False))]
+    assert [type(e) for e in plain] == [CompletionFinished]
+
+    async def live():  # type: ignore[no-untyped-def]
+        yield TokensGenerated(request_id="r9", sequence=0, text="Par", token_count=1)
+        yield TokensGenerated(request_id="r9", sequence=1, text="is.", token_count=1)
+        yield CompletionFinished(
+            request_id="r9", sequence=2, model="m", text="Paris.", finish_reason="stop", usage=USAGE
+        )
+
+    def shapes(lines: list[str]) -> list[object]:
+        import json
+
+        out = []
+        for line in lines:
+            data = line.removeprefix("data: ").strip()
+            if data == "[DONE]":
+                out.append(data)
+                continue
+            chunk = json.loads(data)
+            out.append([sorted(chunk), [sorted(c) + sorted(c["delta"]) for c in chunk["choices"]]])
+        return out
+
+    cached_lines = [x async for x in stream_sse("r9", "m", True, replay(entry, request(request_id="r9", stream=True)))]
+    live_lines = [x async for x in stream_sse("r9", "m", True, live())]
+    # same framing: role chunk, content, finish, usage, [DONE]; the cache sends the text in one content chunk
+    assert shapes(cached_lines)[0] == shapes(live_lines)[0]
+    assert shapes(cached_lines)[-3:] == shapes(live_lines)[-3:]
+    assert len(cached_lines) == 5
+
+
+def test_prefix_cache_salt_is_per_tenant_and_not_the_tenant_id() -> None:
+    assert prefix_cache_salt(None, "s") is None
+    a, b = prefix_cache_salt("a", "s"), prefix_cache_salt("b", "s")
+    assert a and b and a != b and "a" != a
+    assert prefix_cache_salt("a", "other secret") != a
