@@ -33,6 +33,9 @@ class CacheSettings(BaseSettings):
         description="Secret of the per-tenant prefix-cache salt (services.cache.policy.prefix_cache_salt); set a real "
         "one in production.",
     )
+    redis_timeout_s: float = Field(
+        0.25, gt=0, description="Longest a Redis call may take before the request is answered live instead."
+    )
     stats_interval_s: float = Field(30.0, gt=0, description="How often Redis-wide figures (evictions) are read.")
 
     @field_validator("ttl_s")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.cache.config import CacheSettings
@@ -21,11 +23,13 @@ from services.cache.policy import (
     TenantCachePolicy,
     decide,
     entry_of,
+    prefix_cache_salt,
     replay,
     storable,
 )
 from services.cache.store import RedisResponseStore
 from shared.contracts import CompletionFinished, CompletionRequested, ReplyEvent, utc_now
+from shared.settings import CommonSettings
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +64,28 @@ class Lookup:
 
 class ResponseCache:
     def __init__(self, store: RedisResponseStore, settings: CacheSettings, metrics: CacheMetrics) -> None:
-        self._store, self._settings, self._metrics = store, settings, metrics
+        self._store, self.settings, self._metrics = store, settings, metrics
         self._versions: dict[str, str] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    @classmethod
+    def open(cls, common: CommonSettings, settings: CacheSettings, registry: CollectorRegistry) -> ResponseCache:
+        """The cache with its own Redis client and its metrics on ``registry``; ``close()`` it at shutdown."""
+        redis = Redis.from_url(common.redis_url, socket_timeout=settings.redis_timeout_s, socket_connect_timeout=1.0)
+        cache = cls(RedisResponseStore(redis, settings.prefix(common.topic_prefix)), settings, CacheMetrics(registry))
+        figures = asyncio.create_task(cache.refresh_server_figures(), name="cache-figures")
+
+        async def close() -> None:
+            figures.cancel()
+            await asyncio.gather(figures, return_exceptions=True)
+            await redis.aclose()
+
+        cache._closers.append(close)
+        return cache
+
+    async def close(self) -> None:
+        for close in self._closers:
+            await close()
 
     async def lookup(
         self,
@@ -73,7 +97,7 @@ class ResponseCache:
         """Decides whether ``request`` may use the cache (see services.cache.policy) and reads its entry if so."""
         options = RequestCacheOptions.from_headers(headers)
         decision = decide(
-            request, model_version, options, policy or TenantCachePolicy(), self._settings.ttl_s, self._settings.enabled
+            request, model_version, options, policy or TenantCachePolicy(), self.settings.ttl_s, self.settings.enabled
         )
         model = request.model
         if decision.digest is None or decision.scope is None:
@@ -118,7 +142,7 @@ class ResponseCache:
             self._metrics.stores.labels(model, "incomplete").inc()
             return
         value = entry_of(finished, lookup.model_version).model_dump_json().encode()
-        if len(value) > self._settings.max_entry_bytes:
+        if len(value) > self.settings.max_entry_bytes:
             self._metrics.stores.labels(model, "too_large").inc()
             return
         try:
@@ -156,4 +180,23 @@ class ResponseCache:
                 self._metrics.redis_used_memory.set(float(figures.get("used_memory") or 0))
             except _FAILURES as exc:
                 logger.warning("cache: reading Redis figures failed (%s)", exc)
-            await asyncio.sleep(self._settings.stats_interval_s)
+            await asyncio.sleep(self.settings.stats_interval_s)
+
+
+TENANT_HEADER, RETAIN_HEADER = "x-ferry-tenant", "x-ferry-retain-text"
+
+
+def with_development_tenant(
+    request: CompletionRequested, headers: Mapping[str, str], settings: CacheSettings
+) -> CompletionRequested:
+    """Stand-in until API keys and tenants (issue 4), for development and tests only (the ingress's
+    ``trust_tenant_headers``): the tenant and its retention opt-in come from ``x-ferry-tenant`` and
+    ``x-ferry-retain-text: true`` headers, and the prefix-cache salt follows the tenant."""
+    tenant = headers.get(TENANT_HEADER) or None
+    return request.model_copy(
+        update={
+            "tenant_id": tenant,
+            "retain_text": headers.get(RETAIN_HEADER, "").lower() == "true",
+            "cache_salt": prefix_cache_salt(tenant, settings.salt_secret),
+        }
+    )

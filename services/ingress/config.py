@@ -18,3 +18,8 @@ class IngressSettings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0, description="Longest a request may take end to end.")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when the client sends none.")
     model_cache_s: float = Field(5.0, ge=0, description="How long a registry lookup is reused.")
+    trust_tenant_headers: bool = Field(
+        False,
+        description="Development and tests only, until API keys (issue 4): take the tenant and its retention opt-in "
+        "from x-ferry-tenant and x-ferry-retain-text headers.",
+    )

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.cache.service import ResponseCache, with_development_tenant
 from services.ingress.adapters import ModelCatalog, ReplyListener, RequestPublisher
 from services.ingress.config import IngressSettings
 from services.ingress.protocol import (
@@ -39,6 +40,7 @@ class IngressDeps:
     publisher: RequestPublisher
     listener: ReplyListener
     tracer: trace.Tracer
+    cache: ResponseCache
 
 
 def get_deps(request: Request) -> IngressDeps:
@@ -88,7 +90,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     if ignored := ignored_fields(body):
         logger.warning("request %s: ignored unsupported fields %s", request_id, ignored)
-    if body.model not in await deps.catalog.all():
+    model = (await deps.catalog.all()).get(body.model)
+    if model is None:
         raise ApiError(404, f"The model `{body.model}` does not exist.", param="model", code="model_not_found")
 
     deadline_at = utc_now() + timedelta(seconds=deps.settings.request_timeout_s)
@@ -108,22 +111,29 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
                 default_max_tokens=deps.settings.default_max_tokens,
             ),
         )
-        events = deps.listener.expect(request_id, deadline_at)
-        try:
-            await deps.publisher.publish(message)
-        except Exception:
-            deps.listener.forget(request_id)
-            logger.exception("request %s: could not publish", request_id)
-            raise ApiError(
-                503,
-                "The request could not be queued; try again.",
-                "service_unavailable_error",
-                code="queue_unavailable",
-                headers={"Retry-After": "1"},
-            ) from None
-    logger.info("request %s queued for %s (stream=%s)", request_id, body.model, body.stream)
+        if deps.settings.trust_tenant_headers:
+            message = with_development_tenant(message, request.headers, deps.cache.settings)
+        cached = await deps.cache.lookup(message, model.version, request.headers)
+        trace.get_current_span().set_attribute("ferry.cache", cached.status)
+        if cached.entry is not None:
+            events = deps.cache.replay(cached)
+        else:
+            events = deps.cache.record(cached, deps.listener.expect(request_id, deadline_at))
+            try:
+                await deps.publisher.publish(message)
+            except Exception:
+                deps.listener.forget(request_id)
+                logger.exception("request %s: could not publish", request_id)
+                raise ApiError(
+                    503,
+                    "The request could not be queued; try again.",
+                    "service_unavailable_error",
+                    code="queue_unavailable",
+                    headers={"Retry-After": "1"},
+                ) from None
+    logger.info("request %s for %s (stream=%s, cache %s)", request_id, body.model, body.stream, cached.status)
 
-    headers = {"x-request-id": request_id}
+    headers = {"x-request-id": request_id} | cached.headers
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(

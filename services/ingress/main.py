@@ -11,6 +11,8 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from services.cache.config import CacheSettings
+from services.cache.service import ResponseCache
 from services.ingress.adapters import ModelCatalog, ReplyListener, RequestPublisher
 from services.ingress.config import IngressSettings
 from services.ingress.handlers import IngressDeps, install_error_handlers, router
@@ -38,17 +40,20 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
         tracer = provider.get_tracer(__name__)
         listener = ReplyListener(common, common.topics.replies(f"ingress-{settings.instance_id}"), broker, tracer)
         await listener.start()
+        cache = ResponseCache.open(common, CacheSettings(), metrics)
         app.state.deps = IngressDeps(
             settings=settings,
             catalog=ModelCatalog(ModelRegistry(pool), settings.model_cache_s),
             publisher=RequestPublisher(common, broker),
             listener=listener,
             tracer=tracer,
+            cache=cache,
         )
         try:
             yield
         finally:
             await listener.stop()
+            await cache.close()
             await broker.stop()
             await pool.close()
             provider.shutdown()
