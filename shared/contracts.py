@@ -135,6 +135,12 @@ class LoadedModel(BaseModel):
     )
     memory_bytes: int = Field(0, ge=0, description="Memory the model takes on this worker (weights plus KV cache).")
     last_used_at: datetime | None = Field(None, description="When a request last used it (UTC).")
+    requests_found_loaded: int = Field(
+        0, ge=0, description="Requests since the worker started that found this model ready (model cache hits)."
+    )
+    requests_waited_for_load: int = Field(
+        0, ge=0, description="Requests since the worker started that waited for this model to load or wake (misses)."
+    )
 
 
 class WorkerStatusReported(Message):

@@ -54,6 +54,7 @@ class GenerationStep:
     new_tokens: int  # tokens generated in this step
     prompt_tokens: int
     finish_reason: FinishReason | None  # set on the last step only
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache (same salt, same leading blocks)
 
 
 class Engine:
@@ -85,6 +86,7 @@ class Engine:
             enforce_eager=on_cpu,
             kv_cache_memory_bytes=int(config.kv_cache_gib * GiB) if on_cpu else None,
             generation_config="vllm",  # sampling is what the request says, not the model folder's defaults
+            enable_prefix_caching=True,  # isolated per tenant by each request's cache_salt (see generate)
             disable_log_stats=True,
         )
         started = time.monotonic()
@@ -104,9 +106,12 @@ class Engine:
         prompt: str = self._tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         return prompt
 
-    def generate(self, request_id: str, prompt: str, sampling: SamplingParams) -> AsyncIterator[GenerationStep]:
+    def generate(
+        self, request_id: str, prompt: str, sampling: SamplingParams, cache_salt: str | None = None
+    ) -> AsyncIterator[GenerationStep]:
         """Streams the completion of ``prompt``; the last step carries the finish reason. Raises PromptTooLong at once
-        when the prompt does not fit; the stream raises EngineError when vLLM fails the request."""
+        when the prompt does not fit; the stream raises EngineError when vLLM fails the request. Requests share cached
+        prompt prefixes only when their ``cache_salt`` is the same (vLLM hashes it into the first block)."""
         token_ids = self._token_ids(prompt)
         room = self.config.max_model_len - len(token_ids)
         if room < 1:
@@ -115,12 +120,13 @@ class Engine:
                 f"{self.config.max_model_len} tokens of prompt and completion together"
             )
         params = self._sampling_params(sampling, max_tokens=min(sampling.max_tokens, room))
-        return self._stream(request_id, token_ids, params)
+        return self._stream(request_id, token_ids, params, cache_salt)
 
     async def _stream(
-        self, request_id: str, token_ids: list[int], params: VllmSamplingParams
+        self, request_id: str, token_ids: list[int], params: VllmSamplingParams, cache_salt: str | None = None
     ) -> AsyncIterator[GenerationStep]:
-        (engine_input,) = await self._llm.renderer.render_cmpl_async([{"prompt_token_ids": token_ids}])
+        prompt = {"prompt_token_ids": token_ids} | ({"cache_salt": cache_salt} if cache_salt else {})
+        (engine_input,) = await self._llm.renderer.render_cmpl_async([prompt])
         # aclosing: a consumer that stops early closes vLLM's stream, and vLLM then aborts the request.
         async with aclosing(self._llm.generate(engine_input, params, request_id)) as outputs:
             async for output in outputs:
@@ -135,6 +141,7 @@ class Engine:
                     new_tokens=len(completion.token_ids),
                     prompt_tokens=len(token_ids),
                     finish_reason=finish_reason,
+                    cached_tokens=output.num_cached_tokens or 0,
                 )
 
     async def abort(self, request_id: str) -> None:

@@ -86,7 +86,7 @@ async def serve_request(engine: Engine, request: CompletionRequested, publish: P
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
         completion_tokens = prompt_tokens = 0
         finish_reason = None
-        async for step in engine.generate(request.request_id, prompt, request.sampling):
+        async for step in engine.generate(request.request_id, prompt, request.sampling, request.cache_salt):
             prompt_tokens = step.prompt_tokens
             completion_tokens += step.new_tokens
             pieces.append(step.text)

@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio import Redis
 
 from shared.settings import CommonSettings
 
@@ -151,6 +152,9 @@ def start_platform(workdir: Path, models_dir: Path) -> Platform:
             {
                 "FERRY_INGRESS_PORT": str(ingress_port),
                 "FERRY_INGRESS_INSTANCE_ID": f"test-{run_id}",
+                # until API keys (issue 4): tests name their tenant in x-ferry-tenant / x-ferry-retain-text
+                "FERRY_INGRESS_TRUST_TENANT_HEADERS": "true",
+                "FERRY_INGRESS_MODEL_CACHE_S": "0.5",  # registry changes (a model version bump) seen quickly
             },
         )
     )
@@ -192,3 +196,14 @@ def stop_platform(platform: Platform) -> None:
     database = platform.common.postgres_dsn.rsplit("/", 1)[1]
     asyncio.run(_drop_database(base.postgres_dsn, database))
     asyncio.run(_delete_topics(platform.common))
+    asyncio.run(_delete_cache_keys(platform.common))
+
+
+async def _delete_cache_keys(common: CommonSettings) -> None:
+    redis = Redis.from_url(common.redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{common.topic_prefix}cache:*", count=1000)]
+        if keys:
+            await redis.unlink(*keys)
+    finally:
+        await redis.aclose()

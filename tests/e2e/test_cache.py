@@ -1,0 +1,169 @@
+"""The response cache through the public HTTP API: hits and misses, streaming from the cache, tenant isolation,
+invalidation by a model version bump, and what is never cached."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+import redis
+
+from tests.e2e.platform import TINY_MODEL, Platform
+
+
+def tenant(name: str, retain: bool = True) -> dict[str, str]:
+    """Until API keys (issue 4) the test ingress trusts these headers; with keys, this becomes the tenant's key."""
+    return {"x-ferry-tenant": name, "x-ferry-retain-text": "true" if retain else "false"}
+
+
+def body(question: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": TINY_MODEL,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": 16,
+        "temperature": 0,
+    } | extra
+
+
+def ask(platform: Platform, payload: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+    response = httpx.post(f"{platform.base_url}/v1/chat/completions", json=payload, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def ask_streaming(platform: Platform, payload: dict[str, Any], headers: dict[str, str]) -> tuple[httpx.Response, list]:
+    payload = payload | {"stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream(
+        "POST", f"{platform.base_url}/v1/chat/completions", json=payload, headers=headers, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        lines = list(response.iter_lines())
+    events = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+    assert all(line.startswith("data: ") or line == "" for line in lines), lines
+    return response, [e if e == "[DONE]" else json.loads(e) for e in events]
+
+
+def unique(text: str) -> str:
+    return f"{text} ({uuid.uuid4().hex[:8]})"
+
+
+def cache_entries(platform: Platform, scope: str = "*") -> list[bytes]:
+    client = redis.Redis.from_url(platform.common.redis_url)
+    try:
+        return list(client.scan_iter(match=f"{platform.common.topic_prefix}cache:resp:*:{scope}:*"))
+    finally:
+        client.close()
+
+
+def framing(events: list) -> list[object]:
+    """The SSE sequence with consecutive content chunks merged: what a client parses, without the chunking."""
+    shapes: list[object] = []
+    for event in events:
+        if event == "[DONE]":
+            shape: object = "[DONE]"
+        else:
+            choices = [(sorted(c), sorted(c["delta"]), c["finish_reason"]) for c in event["choices"]]
+            shape = (event["object"], sorted(event), choices)
+        if not shapes or shape != shapes[-1] or shape == "[DONE]":
+            shapes.append(shape)
+    return shapes
+
+
+def text_of(events: list) -> str:
+    return "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e != "[DONE]" and e["choices"])
+
+
+def test_second_identical_request_is_answered_from_the_cache(platform: Platform) -> None:
+    question, who = unique("Name three rivers."), tenant("acme")
+    first = ask(platform, body(question), who)
+    second = ask(platform, body(question), who)
+    assert first.headers["x-ferry-cache"] == "miss"
+    assert second.headers["x-ferry-cache"] == "hit"
+    live, cached = first.json(), second.json()
+    assert cached["choices"] == live["choices"]
+    assert cached["usage"] == live["usage"]
+    assert cached["id"] == second.headers["x-request-id"] != live["id"]
+    # the hit never reached a worker
+    assert second.headers["x-request-id"] not in platform.log(f"worker-{TINY_MODEL}")
+
+
+def test_a_streamed_hit_has_the_sse_framing_of_a_live_answer(platform: Platform) -> None:
+    question, who = unique("Tell me about the sea."), tenant("acme")
+    live_response, live = ask_streaming(platform, body(question), who)
+    hit_response, cached = ask_streaming(platform, body(question), who)
+    assert live_response.headers["x-ferry-cache"] == "miss"
+    assert hit_response.headers["x-ferry-cache"] == "hit"
+    assert hit_response.headers["content-type"].startswith("text/event-stream")
+    assert framing(cached) == framing(live)
+    assert text_of(cached) == text_of(live) and text_of(live)
+    assert cached[-2]["usage"] == live[-2]["usage"]
+    assert all(c["id"] == hit_response.headers["x-request-id"] for c in cached[:-1])
+    # an answer stored from a stream serves a non-streaming request too
+    plain = ask(platform, body(question), who)
+    assert plain.headers["x-ferry-cache"] == "hit"
+    assert plain.json()["choices"][0]["message"]["content"] == text_of(live)
+
+
+def test_tenant_b_never_gets_tenant_a_entry(platform: Platform) -> None:
+    question = unique("What is the secret plan?")
+    assert ask(platform, body(question), tenant("tenant-a")).headers["x-ferry-cache"] == "miss"
+    assert ask(platform, body(question), tenant("tenant-a")).headers["x-ferry-cache"] == "hit"
+    assert ask(platform, body(question), tenant("tenant-b")).headers["x-ferry-cache"] == "miss"
+    assert cache_entries(platform, "t.tenant-a") and cache_entries(platform, "t.tenant-b")
+
+
+def test_a_model_version_bump_invalidates(platform: Platform) -> None:
+    question, who = unique("Count to five."), tenant("acme")
+    ask(platform, body(question), who)
+    assert ask(platform, body(question), who).headers["x-ferry-cache"] == "hit"
+
+    async def set_version(expression: str) -> None:
+        conn = await asyncpg.connect(platform.common.postgres_dsn)
+        try:
+            await conn.execute(f"UPDATE models SET version = {expression} WHERE id = $1", TINY_MODEL)
+        finally:
+            await conn.close()
+
+    asyncio.run(set_version("version || '-next'"))
+    try:
+        time.sleep(1.0)  # the ingress rereads the registry every 0.5 s in tests
+        assert ask(platform, body(question), who).headers["x-ferry-cache"] == "miss"
+        assert ask(platform, body(question), who).headers["x-ferry-cache"] == "hit"
+    finally:
+        asyncio.run(set_version("regexp_replace(version, '-next$', '')"))
+
+
+def test_non_deterministic_requests_are_not_cached(platform: Platform) -> None:
+    question, who = unique("Write a poem."), tenant("acme")
+    for _ in range(2):
+        sampled = ask(platform, body(question, temperature=1.0), who)
+        assert sampled.headers["x-ferry-cache"] == "bypass"
+    seeded = body(question, temperature=1.0, seed=7)
+    assert ask(platform, seeded, who).headers["x-ferry-cache"] == "miss"
+    assert ask(platform, seeded, who).headers["x-ferry-cache"] == "hit"
+
+
+def test_no_entry_for_a_tenant_without_retention(platform: Platform) -> None:
+    question = unique("My account number is 1234.")
+    private = tenant("private-co", retain=False)
+    for _ in range(2):
+        assert ask(platform, body(question), private).headers["x-ferry-cache"] == "bypass"
+        ask_streaming(platform, body(question), private)
+    assert ask(platform, body(question), {}).headers["x-ferry-cache"] == "bypass"  # anonymous: no retention
+    assert cache_entries(platform, "t.private-co") == []
+    assert cache_entries(platform, "anon") == []
+
+
+def test_cache_control_no_store_and_no_cache(platform: Platform) -> None:
+    question, who = unique("Spell cat."), tenant("acme")
+    assert ask(platform, body(question), who | {"cache-control": "no-store"}).headers["x-ferry-cache"] == "bypass"
+    assert ask(platform, body(question), who).headers["x-ferry-cache"] == "miss"
+    assert ask(platform, body(question), who | {"cache-control": "no-cache"}).headers["x-ferry-cache"] == "refresh"
+    assert ask(platform, body(question), who).headers["x-ferry-cache"] == "hit"
+    metrics = httpx.get(f"{platform.base_url}/metrics", timeout=10).text
+    assert f'ferry_cache_lookups_total{{model="{TINY_MODEL}",result="hit"}}' in metrics

@@ -1,0 +1,43 @@
+"""The worker's engine with prefix caching on: a repeated prompt reuses its cached prefix only under the same
+cache_salt, so one tenant's prompts never warm (or time) another's. Real vLLM, tiny model, in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+from services.worker.engine import Engine, EngineConfig
+from shared.contracts import ChatMessage, SamplingParams
+from shared.registry import read_seed
+from tests.e2e.platform import TINY_MODEL
+
+
+async def cached_tokens_per_request(salts: list[str | None]) -> list[int]:
+    models_dir = Path(os.environ.get("FERRY_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
+    record = next(m for m in read_seed() if m.id == TINY_MODEL)
+    engine = await Engine.start(EngineConfig(TINY_MODEL, models_dir / TINY_MODEL, record.max_model_len, 0.25, 4))
+    try:
+        words = " ".join(f"word{i}" for i in range(600))
+        prompt = engine.render_prompt([ChatMessage(role="user", content=f"{uuid.uuid4().hex} {words}")])
+        found = []
+        for salt in salts:
+            cached = 0
+            steps = engine.generate(uuid.uuid4().hex, prompt, SamplingParams(max_tokens=2, temperature=0), salt)
+            async for step in steps:
+                cached = max(cached, step.cached_tokens)
+            found.append(cached)
+        return found
+    finally:
+        await engine.shutdown()
+
+
+def test_prefix_cache_is_shared_within_a_salt_and_never_across_salts() -> None:
+    first_a, again_a, first_b, again_b = asyncio.run(
+        cached_tokens_per_request(["tenant-a", "tenant-a", "tenant-b", "tenant-b"])
+    )
+    assert first_a == 0
+    assert again_a > 0, "the same tenant's repeated prompt should reuse its cached prefix"
+    assert first_b == 0, "another tenant's identical prompt must not hit tenant A's cached prefix"
+    assert again_b > 0
