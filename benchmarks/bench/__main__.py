@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import load, prompts, report
+from benchmarks.bench import cache, load, prompts, report
 from benchmarks.bench.metrics import RequestResult, parse_slos, summarize
 from benchmarks.bench.runner import Load, Target, run
 from benchmarks.bench.targets import run_in_process, vllm_server
@@ -46,6 +47,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compare-engine",
         action="store_true",
         help="run ferry's engine adapter in this process (no HTTP, no Kafka) as the second target",
+    )
+    p.add_argument(
+        "--compare-cache",
+        action="store_true",
+        help="send the same requests twice to the target (misses, then response cache hits) and compare latency; "
+        "the target must cache them: temperature 0 and a tenant that retains text (--tenant)",
+    )
+    p.add_argument(
+        "--tenant",
+        help="tenant to send as (x-ferry-tenant, retention opted in); only an ingress started with "
+        "FERRY_INGRESS_TRUST_TENANT_HEADERS=true honours it, until API keys exist",
     )
     p.add_argument(
         "--baseline-first",
@@ -119,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     slos = parse_slos(args.slo)
     requests, offsets = build_load(args)
+    if args.compare_cache:
+        if args.baseline_first or args.compare or args.compare_vllm or args.compare_engine:
+            raise SystemExit("--compare-cache runs misses then hits on one target; it takes no other comparison")
+        requests = cache.unique_to_run(requests)
     load = Load(requests, offsets, args.concurrency, args.timeout, show_progress=not args.quiet)
     out = args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -126,9 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     def over_http(target: Target) -> Job:
         return Job(target.name, target.base_url, lambda: run(target, load))
 
-    jobs = [over_http(Target(args.name, args.base_url.rstrip("/"), args.model))]
+    headers = (("x-ferry-tenant", args.tenant), ("x-ferry-retain-text", "true")) if args.tenant else ()
+    jobs = [over_http(Target(args.name, args.base_url.rstrip("/"), args.model, headers=headers))]
     with ExitStack() as stack:
-        if args.compare:
+        if args.compare_cache:
+            jobs = [
+                over_http(Target(name, args.base_url.rstrip("/"), args.model, headers=headers))
+                for name in ("miss", "hit")
+            ]
+        elif args.compare:
             name, _, url = args.compare.partition("=")
             jobs.append(over_http(Target(name, url.rstrip("/"), args.model)))
         elif args.compare_vllm:
@@ -173,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         "wall_clock": [wall_start, time.time()],
     }
     paths = report.write(out, config, [runs[job.name] for job in jobs])
+    if args.compare_cache:
+        figures = cache.cache_comparison(runs["miss"].results, runs["hit"].results)
+        data = json.loads(paths["json"].read_text())
+        paths["json"].write_text(json.dumps(data | {"cache": figures}, indent=2))
+        with paths["markdown"].open("a") as md:
+            md.write(cache.markdown(figures))
     print(paths["markdown"].read_text())
     print(f"report: {out}", file=sys.stderr)
     return 0 if all(r.summary.completed for r in runs.values()) else 1

@@ -28,6 +28,7 @@ class RequestResult:
     prompt_tokens: int = 0
     output_tokens: int = 0
     error: str | None = None
+    cache: str | None = None  # the response's x-ferry-cache header (hit, miss, ...), when it had one
 
     @property
     def ttft(self) -> float | None:

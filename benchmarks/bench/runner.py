@@ -24,6 +24,7 @@ class Target:
     base_url: str
     model: str
     api_key: str = "bench"
+    headers: tuple[tuple[str, str], ...] = ()  # extra request headers (e.g. a tenant, until API keys exist)
 
 
 async def send(client: httpx.AsyncClient, target: Target, request: BenchRequest, timeout_s: float) -> RequestResult:
@@ -48,11 +49,12 @@ async def send(client: httpx.AsyncClient, target: Target, request: BenchRequest,
                 "POST",
                 f"{target.base_url}/chat/completions",
                 json=body,
-                headers={"authorization": f"Bearer {target.api_key}"},
+                headers={"authorization": f"Bearer {target.api_key}", **dict(target.headers)},
             ) as response:
                 if response.status_code != 200:
                     await response.aread()
                     return failed(f"http {response.status_code}")
+                cache_status = response.headers.get("x-ferry-cache")
                 async for line in response.aiter_lines():
                     if not line.startswith("data: "):
                         continue
@@ -81,6 +83,7 @@ async def send(client: httpx.AsyncClient, target: Target, request: BenchRequest,
         chunk_times,
         prompt_tokens=usage.get("prompt_tokens", 0),
         output_tokens=usage.get("completion_tokens", 0),
+        cache=cache_status,
     )
 
 

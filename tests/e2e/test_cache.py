@@ -7,12 +7,14 @@ import asyncio
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import redis
 
+from benchmarks.bench.__main__ import main as bench_main
 from tests.e2e.platform import TINY_MODEL, Platform
 
 
@@ -167,3 +169,35 @@ def test_cache_control_no_store_and_no_cache(platform: Platform) -> None:
     assert ask(platform, body(question), who).headers["x-ferry-cache"] == "hit"
     metrics = httpx.get(f"{platform.base_url}/metrics", timeout=10).text
     assert f'ferry_cache_lookups_total{{model="{TINY_MODEL}",result="hit"}}' in metrics
+
+
+def test_cache_bench_reports_misses_then_hits_of_the_same_requests(platform: Platform, tmp_path: Path) -> None:
+    status = bench_main(
+        [
+            "--base-url",
+            f"{platform.base_url}/v1",
+            "--model",
+            TINY_MODEL,
+            "--compare-cache",
+            "--tenant",
+            "bench",
+            "--num-prompts",
+            "6",
+            "--concurrency",
+            "1",
+            "--output-tokens",
+            "16:16",
+            "--input-words",
+            "8:16",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    figures = json.loads((tmp_path / "report.json").read_text())["cache"]
+    assert figures["cache_status"] == {"miss_pass": {"miss": 6}, "hit_pass": {"hit": 6}}
+    for metric in ("e2el", "ttft"):
+        assert 0 < figures[f"{metric}.hit"]["p50"] <= figures[f"{metric}.hit"]["p99"]
+        assert 0 < figures[f"{metric}.miss"]["p50"] <= figures[f"{metric}.miss"]["p99"]
+    assert "## Cache hit vs miss" in (tmp_path / "report.md").read_text()
