@@ -111,7 +111,7 @@ def _tail(workdir: Path, name: str, lines: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
-def start_platform(workdir: Path, models_dir: Path) -> Platform:
+def start_platform(workdir: Path, models_dir: Path, models: tuple[str, ...] = (DEFAULT_MODEL, TINY_MODEL)) -> Platform:
     run_id = uuid.uuid4().hex[:8]
     base = CommonSettings()
     database = f"ferry_test_{run_id}"
@@ -138,7 +138,7 @@ def start_platform(workdir: Path, models_dir: Path) -> Platform:
                 "FERRY_WORKER_MODELS_DIR": str(models_dir),
             },
         )
-        for m, port in ((DEFAULT_MODEL, free_port()), (TINY_MODEL, free_port()))
+        for m, port in ((m, free_port()) for m in models)
     ]
     batcher_port = free_port()
     services.append(
