@@ -24,7 +24,6 @@ class Target:
     base_url: str
     model: str
     api_key: str = "bench"
-    headers: tuple[tuple[str, str], ...] = ()  # extra request headers (e.g. a tenant, until API keys exist)
 
 
 async def send(client: httpx.AsyncClient, target: Target, request: BenchRequest, timeout_s: float) -> RequestResult:
@@ -49,7 +48,7 @@ async def send(client: httpx.AsyncClient, target: Target, request: BenchRequest,
                 "POST",
                 f"{target.base_url}/chat/completions",
                 json=body,
-                headers={"authorization": f"Bearer {target.api_key}", **dict(target.headers)},
+                headers={"authorization": f"Bearer {target.api_key}"},
             ) as response:
                 if response.status_code != 200:
                     await response.aread()

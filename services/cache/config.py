@@ -28,11 +28,6 @@ class CacheSettings(BaseSettings):
         "As JSON, e.g. FERRY_CACHE_TTL_S='{\"greedy\": 3600}'; classes not given keep their default.",
     )
     max_entry_bytes: int = Field(1 << 20, ge=1, description="Completions larger than this are not stored.")
-    salt_secret: str = Field(
-        "ferry-development-salt",
-        description="Secret of the per-tenant prefix-cache salt (services.cache.policy.prefix_cache_salt); set a real "
-        "one in production.",
-    )
     redis_timeout_s: float = Field(
         0.25, gt=0, description="Longest a Redis call may take before the request is answered live instead."
     )

@@ -12,7 +12,6 @@ Privacy rules, in order:
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -218,12 +217,3 @@ async def replay(entry: CachedCompletion, request: CompletionRequested) -> Async
         finish_reason=entry.finish_reason,
         usage=entry.usage,
     )
-
-
-def prefix_cache_salt(tenant_id: str | None, secret: str) -> str | None:
-    """The engine prefix-cache salt of a tenant (CompletionRequested.cache_salt): requests of different tenants never
-    share cached prefixes, so one cannot time another's prompts. An HMAC, so knowing a tenant id does not give its
-    salt to a producer that could set it on a Kafka request. Anonymous requests share one unsalted cache."""
-    if tenant_id is None:
-        return None
-    return hmac.new(secret.encode(), tenant_id.encode(), hashlib.sha256).hexdigest()[:32]

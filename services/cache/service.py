@@ -23,7 +23,6 @@ from services.cache.policy import (
     TenantCachePolicy,
     decide,
     entry_of,
-    prefix_cache_salt,
     replay,
     storable,
 )
@@ -181,22 +180,3 @@ class ResponseCache:
             except _FAILURES as exc:
                 logger.warning("cache: reading Redis figures failed (%s)", exc)
             await asyncio.sleep(self.settings.stats_interval_s)
-
-
-TENANT_HEADER, RETAIN_HEADER = "x-ferry-tenant", "x-ferry-retain-text"
-
-
-def with_development_tenant(
-    request: CompletionRequested, headers: Mapping[str, str], settings: CacheSettings
-) -> CompletionRequested:
-    """Stand-in until API keys and tenants (issue 4), for development and tests only (the ingress's
-    ``trust_tenant_headers``): the tenant and its retention opt-in come from ``x-ferry-tenant`` and
-    ``x-ferry-retain-text: true`` headers, and the prefix-cache salt follows the tenant."""
-    tenant = headers.get(TENANT_HEADER) or None
-    return request.model_copy(
-        update={
-            "tenant_id": tenant,
-            "retain_text": headers.get(RETAIN_HEADER, "").lower() == "true",
-            "cache_salt": prefix_cache_salt(tenant, settings.salt_secret),
-        }
-    )

@@ -49,7 +49,31 @@ class Platform:
     common: CommonSettings
     workdir: Path
     models_dir: Path
+    env: dict[str, str]
+    api_key: str = ""
     services: list[Service] = field(default_factory=list)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers carrying the key of the test session's tenant ("default")."""
+        return {"authorization": f"Bearer {self.api_key}"}
+
+    def admin(self, *args: str) -> str:
+        """Runs the tenant/key admin command against this session's database; returns its output."""
+        done = subprocess.run(
+            [sys.executable, "-m", "services.ingress.admin", *args],
+            env=self.env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout.strip()
+
+    def new_tenant(self, tenant_id: str, *options: str) -> str:
+        """Creates (or updates) a tenant with admin options (e.g. "--rpm", "5") and returns a fresh key of it."""
+        self.admin("tenants", "create", tenant_id, *options)
+        return self.admin("keys", "create", tenant_id).split("\t")[1]
 
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
@@ -122,6 +146,9 @@ def start_platform(workdir: Path, models_dir: Path, models: tuple[str, ...] = (D
         "FERRY_TOPIC_PREFIX": f"ferrytest-{run_id}.",
         "FERRY_POSTGRES_DSN": _dsn(base.postgres_dsn, database),
         "FERRY_OTEL_EXPORTER": "console",
+        # consumer groups are cluster-wide: runs sharing the Kafka must not join (and stall) each other's groups
+        "FERRY_BATCHER_GROUP_ID": f"ferrytest-{run_id}.batcher",
+        "FERRY_WORKER_GROUP_PREFIX": f"ferrytest-{run_id}.worker.",
     }
     common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
     subprocess.run([sys.executable, "-m", "shared.prepare"], env=env, cwd=ROOT, check=True, capture_output=True)
@@ -152,13 +179,13 @@ def start_platform(workdir: Path, models_dir: Path, models: tuple[str, ...] = (D
             {
                 "FERRY_INGRESS_PORT": str(ingress_port),
                 "FERRY_INGRESS_INSTANCE_ID": f"test-{run_id}",
-                # until API keys (issue 4): tests name their tenant in x-ferry-tenant / x-ferry-retain-text
-                "FERRY_INGRESS_TRUST_TENANT_HEADERS": "true",
+                "FERRY_INGRESS_AUTH_CACHE_S": "0.5",
                 "FERRY_INGRESS_MODEL_CACHE_S": "0.5",  # registry changes (a model version bump) seen quickly
             },
         )
     )
-    platform = Platform(f"http://127.0.0.1:{ingress_port}", common, workdir, models_dir, services)
+    platform = Platform(f"http://127.0.0.1:{ingress_port}", common, workdir, models_dir, env, services=services)
+    platform.api_key = platform.admin("dev-key", str(workdir / "api-key"))
     try:
         for s in services:
             log = open(workdir / f"{s.name}.log", "ab")

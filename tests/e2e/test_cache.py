@@ -17,10 +17,14 @@ import redis
 from benchmarks.bench.__main__ import main as bench_main
 from tests.e2e.platform import TINY_MODEL, Platform
 
+_keys: dict[tuple[str, bool], str] = {}
 
-def tenant(name: str, retain: bool = True) -> dict[str, str]:
-    """Until API keys (issue 4) the test ingress trusts these headers; with keys, this becomes the tenant's key."""
-    return {"x-ferry-tenant": name, "x-ferry-retain-text": "true" if retain else "false"}
+
+def tenant(platform: Platform, name: str, retain: bool = True) -> dict[str, str]:
+    """Headers of a tenant of this session (made once), with text retention opted in (30 days) or not (0)."""
+    if (name, retain) not in _keys:
+        _keys[name, retain] = platform.new_tenant(name, "--retention-days", "30" if retain else "0")
+    return {"authorization": f"Bearer {_keys[name, retain]}"}
 
 
 def body(question: str, **extra: Any) -> dict[str, Any]:
@@ -81,7 +85,7 @@ def text_of(events: list) -> str:
 
 
 def test_second_identical_request_is_answered_from_the_cache(platform: Platform) -> None:
-    question, who = unique("Name three rivers."), tenant("acme")
+    question, who = unique("Name three rivers."), tenant(platform, "acme")
     first = ask(platform, body(question), who)
     second = ask(platform, body(question), who)
     assert first.headers["x-ferry-cache"] == "miss"
@@ -95,7 +99,7 @@ def test_second_identical_request_is_answered_from_the_cache(platform: Platform)
 
 
 def test_a_streamed_hit_has_the_sse_framing_of_a_live_answer(platform: Platform) -> None:
-    question, who = unique("Tell me about the sea."), tenant("acme")
+    question, who = unique("Tell me about the sea."), tenant(platform, "acme")
     live_response, live = ask_streaming(platform, body(question), who)
     hit_response, cached = ask_streaming(platform, body(question), who)
     assert live_response.headers["x-ferry-cache"] == "miss"
@@ -113,14 +117,14 @@ def test_a_streamed_hit_has_the_sse_framing_of_a_live_answer(platform: Platform)
 
 def test_tenant_b_never_gets_tenant_a_entry(platform: Platform) -> None:
     question = unique("What is the secret plan?")
-    assert ask(platform, body(question), tenant("tenant-a")).headers["x-ferry-cache"] == "miss"
-    assert ask(platform, body(question), tenant("tenant-a")).headers["x-ferry-cache"] == "hit"
-    assert ask(platform, body(question), tenant("tenant-b")).headers["x-ferry-cache"] == "miss"
+    assert ask(platform, body(question), tenant(platform, "tenant-a")).headers["x-ferry-cache"] == "miss"
+    assert ask(platform, body(question), tenant(platform, "tenant-a")).headers["x-ferry-cache"] == "hit"
+    assert ask(platform, body(question), tenant(platform, "tenant-b")).headers["x-ferry-cache"] == "miss"
     assert cache_entries(platform, "t.tenant-a") and cache_entries(platform, "t.tenant-b")
 
 
 def test_a_model_version_bump_invalidates(platform: Platform) -> None:
-    question, who = unique("Count to five."), tenant("acme")
+    question, who = unique("Count to five."), tenant(platform, "acme")
     ask(platform, body(question), who)
     assert ask(platform, body(question), who).headers["x-ferry-cache"] == "hit"
 
@@ -141,7 +145,7 @@ def test_a_model_version_bump_invalidates(platform: Platform) -> None:
 
 
 def test_non_deterministic_requests_are_not_cached(platform: Platform) -> None:
-    question, who = unique("Write a poem."), tenant("acme")
+    question, who = unique("Write a poem."), tenant(platform, "acme")
     for _ in range(2):
         sampled = ask(platform, body(question, temperature=1.0), who)
         assert sampled.headers["x-ferry-cache"] == "bypass"
@@ -152,17 +156,15 @@ def test_non_deterministic_requests_are_not_cached(platform: Platform) -> None:
 
 def test_no_entry_for_a_tenant_without_retention(platform: Platform) -> None:
     question = unique("My account number is 1234.")
-    private = tenant("private-co", retain=False)
+    private = tenant(platform, "private-co", retain=False)
     for _ in range(2):
         assert ask(platform, body(question), private).headers["x-ferry-cache"] == "bypass"
         ask_streaming(platform, body(question), private)
-    assert ask(platform, body(question), {}).headers["x-ferry-cache"] == "bypass"  # anonymous: no retention
     assert cache_entries(platform, "t.private-co") == []
-    assert cache_entries(platform, "anon") == []
 
 
 def test_cache_control_no_store_and_no_cache(platform: Platform) -> None:
-    question, who = unique("Spell cat."), tenant("acme")
+    question, who = unique("Spell cat."), tenant(platform, "acme")
     assert ask(platform, body(question), who | {"cache-control": "no-store"}).headers["x-ferry-cache"] == "bypass"
     assert ask(platform, body(question), who).headers["x-ferry-cache"] == "miss"
     assert ask(platform, body(question), who | {"cache-control": "no-cache"}).headers["x-ferry-cache"] == "refresh"
@@ -179,8 +181,8 @@ def test_cache_bench_reports_misses_then_hits_of_the_same_requests(platform: Pla
             "--model",
             TINY_MODEL,
             "--compare-cache",
-            "--tenant",
-            "bench",
+            "--api-key",
+            platform.new_tenant("bench-cache", "--retention-days", "1"),
             "--num-prompts",
             "6",
             "--concurrency",

@@ -10,7 +10,6 @@ from services.cache.policy import (
     RequestCacheOptions,
     TenantCachePolicy,
     decide,
-    prefix_cache_salt,
     replay,
     scope_of,
     storable,
@@ -189,10 +188,3 @@ async def test_a_hit_replays_as_the_events_of_a_live_answer() -> None:
     assert shapes(cached_lines)[0] == shapes(live_lines)[0]
     assert shapes(cached_lines)[-3:] == shapes(live_lines)[-3:]
     assert len(cached_lines) == 5
-
-
-def test_prefix_cache_salt_is_per_tenant_and_not_the_tenant_id() -> None:
-    assert prefix_cache_salt(None, "s") is None
-    a, b = prefix_cache_salt("a", "s"), prefix_cache_salt("b", "s")
-    assert a and b and a != b and "a" != a
-    assert prefix_cache_salt("a", "other secret") != a
