@@ -19,7 +19,7 @@ async def cached_tokens_per_request(salts: list[str | None]) -> list[int]:
     record = next(m for m in read_seed() if m.id == TINY_MODEL)
     engine = await Engine.start(EngineConfig(TINY_MODEL, models_dir / TINY_MODEL, record.max_model_len, 0.25, 4))
     try:
-        words = " ".join(f"word{i}" for i in range(600))
+        words = " ".join(f"word{i}" for i in range(150))
         prompt = engine.render_prompt([ChatMessage(role="user", content=f"{uuid.uuid4().hex} {words}")])
         found = []
         for salt in salts:
