@@ -127,6 +127,18 @@ def _local_model(model_id: str) -> tuple[Path, int]:
     return models_dir / model_id, record.max_model_len
 
 
+def _redacted(argv: list[str]) -> list[str]:
+    """The command line as written to reports: API keys replaced by ***."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--api-key":
+            arg = "***"
+        elif arg.startswith("--api-key="):
+            arg = "--api-key=***"
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     slos = parse_slos(args.slo)
@@ -174,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 job.name, job.where, summarize(results, duration, slos), results, started_at
             )
     config = {
-        "command": ["bench", *(argv if argv is not None else sys.argv[1:])],
+        "command": ["bench", *_redacted(argv if argv is not None else sys.argv[1:])],
         "model": args.model,
         "prompts": args.prompts,
         "num_prompts": len(requests),

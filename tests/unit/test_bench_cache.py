@@ -35,3 +35,10 @@ def test_requests_are_made_unique_to_the_run_without_changing_the_rest() -> None
     first, second = unique_to_run(requests), unique_to_run(requests)
     assert first[0].messages[0]["content"].endswith("hello") and first[0].max_tokens == 8
     assert first[0].messages != second[0].messages and requests[0].messages[0]["content"] == "hello"
+
+
+def test_reports_never_hold_the_api_key() -> None:
+    from benchmarks.bench.__main__ import _redacted
+
+    assert _redacted(["--api-key", "ferry-secret", "--model", "m"]) == ["--api-key", "***", "--model", "m"]
+    assert _redacted(["--api-key=ferry-secret"]) == ["--api-key=***"]
