@@ -148,6 +148,8 @@ def test_token_limits_refuse_early_and_count_real_usage(platform: Platform) -> N
     # charged 1 + (100 - used) : one token more than what is left once the real count is settled
     assert_error(chat(platform, key, max_tokens=100 - used), 429, "rate_limit_tokens")
     assert chat(platform, key, max_tokens=99 - used).status_code == 200
+
+
 def test_monthly_quota_is_enforced(platform: Platform) -> None:
     key = platform.new_tenant(f"quota-{uuid.uuid4().hex[:6]}", "--monthly-tokens", "60")
     assert chat(platform, key, max_tokens=30).status_code == 200
