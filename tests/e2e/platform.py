@@ -135,6 +135,45 @@ def _tail(workdir: Path, name: str, lines: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
+def launch(platform: Platform, service: Service) -> None:
+    """Starts one service process in its own session (so its vLLM child can be killed with it), logging to workdir."""
+    log = open(platform.workdir / f"{service.name}.log", "ab")
+    service.process = subprocess.Popen(
+        [sys.executable, "-m", service.module],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=platform.env | service.env | {"FERRY_OTEL_CONSOLE_PATH": str(platform.traces(service.name))},
+    )
+
+
+def start_extra(platform: Platform, service: Service, timeout_s: float = 120) -> Service:
+    """Starts one more service next to the session's (e.g. a second ingress) and waits until it is healthy; the
+    caller stops it with stop_service."""
+    launch(platform, service)
+    try:
+        _wait_healthy(service, platform.workdir, time.monotonic() + timeout_s)
+    except BaseException:
+        stop_service(service)
+        raise
+    return service
+
+
+def stop_service(service: Service, timeout_s: float = 60) -> None:
+    if service.process is None:
+        return
+    if service.process.poll() is None:
+        service.process.send_signal(signal.SIGTERM)
+    try:
+        service.process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    # the whole session: a worker's vLLM EngineCore child must not outlive it
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(service.process.pid, signal.SIGKILL)
+
+
 def start_platform(workdir: Path, models_dir: Path, models: tuple[str, ...] = (DEFAULT_MODEL, TINY_MODEL)) -> Platform:
     run_id = uuid.uuid4().hex[:8]
     base = CommonSettings()
@@ -188,15 +227,7 @@ def start_platform(workdir: Path, models_dir: Path, models: tuple[str, ...] = (D
     platform.api_key = platform.admin("dev-key", str(workdir / "api-key"))
     try:
         for s in services:
-            log = open(workdir / f"{s.name}.log", "ab")
-            s.process = subprocess.Popen(
-                [sys.executable, "-m", s.module],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=env | s.env | {"FERRY_OTEL_CONSOLE_PATH": str(platform.traces(s.name))},
-            )
+            launch(platform, s)
         deadline = time.monotonic() + 300
         for s in services:
             _wait_healthy(s, workdir, deadline)
@@ -211,14 +242,7 @@ def stop_platform(platform: Platform) -> None:
         if s.process and s.process.poll() is None:
             s.process.send_signal(signal.SIGTERM)
     for s in platform.services:
-        if s.process:
-            try:
-                s.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-            # the whole session: a worker's vLLM EngineCore child must not outlive it
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(s.process.pid, signal.SIGKILL)
+        stop_service(s)
     base = CommonSettings()
     database = platform.common.postgres_dsn.rsplit("/", 1)[1]
     asyncio.run(_drop_database(base.postgres_dsn, database))
