@@ -19,9 +19,9 @@ from redis.asyncio import Redis
 
 from services.cache.config import CacheSettings
 from services.cache.model_view import model_cache_view
-from services.cache.policy import TenantCachePolicy, scope_of
+from services.cache.policy import shared_scope, tenant_scope
 from services.cache.store import RedisResponseStore
-from shared.contracts import CompletionRequested, WorkerStatusReported
+from shared.contracts import WorkerStatusReported
 from shared.settings import CommonSettings
 
 
@@ -67,10 +67,21 @@ async def stats(store: RedisResponseStore) -> str:
 
 
 def _scope(tenant: str | None, shared: str | None) -> str | None:
-    if tenant is None and shared is None:
-        return None
-    probe = CompletionRequested(request_id="ops", model="ops", prompt="", reply_topic="ops", tenant_id=tenant)
-    return scope_of(probe, TenantCachePolicy(shared_scope=shared))
+    if tenant is not None:
+        return tenant_scope(tenant)
+    return shared_scope(shared) if shared is not None else None
+
+
+async def invalidate_tenant(tenant_id: str) -> int:
+    """Drops a tenant's cached responses, e.g. when its retention is turned off; returns how many."""
+    common, settings = CommonSettings(), CacheSettings()
+    redis = Redis.from_url(common.redis_url)
+    try:
+        return await RedisResponseStore(redis, settings.prefix(common.topic_prefix)).invalidate(
+            scope=tenant_scope(tenant_id)
+        )
+    finally:
+        await redis.aclose()
 
 
 async def recent_heartbeats(common: CommonSettings, seconds: float) -> list[WorkerStatusReported]:

@@ -94,12 +94,20 @@ class Decision:
         return cls(read=False, write=False, bypass=reason)
 
 
+def tenant_scope(tenant_id: str) -> str:
+    return f"t.{_UNSAFE.sub('-', tenant_id)}"
+
+
+def shared_scope(name: str) -> str:
+    return f"s.{_UNSAFE.sub('-', name)}"
+
+
 def scope_of(request: CompletionRequested, policy: TenantCachePolicy) -> str:
     """Whose entries a request may read and write: the opted-in shared scope, else its tenant, else anonymous."""
     if policy.shared_scope:
-        return f"s.{_UNSAFE.sub('-', policy.shared_scope)}"
+        return shared_scope(policy.shared_scope)
     if request.tenant_id is not None:
-        return f"t.{_UNSAFE.sub('-', request.tenant_id)}"
+        return tenant_scope(request.tenant_id)
     return "anon"
 
 

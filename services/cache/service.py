@@ -25,6 +25,7 @@ from services.cache.policy import (
     entry_of,
     replay,
     storable,
+    tenant_scope,
 )
 from services.cache.store import RedisResponseStore
 from shared.contracts import CompletionFinished, CompletionRequested, ReplyEvent, utc_now
@@ -120,6 +121,12 @@ class ResponseCache:
             logger.warning("request %s: cache lookup failed (%s); answering live", request.request_id, exc)
             self._metrics.lookups.labels(model, "error").inc()
             return Lookup(request, decision, model_version)  # no key: nothing is stored either
+
+    async def invalidate_tenant(self, tenant_id: str) -> int:
+        """Drops every entry of the tenant's own scope (a tenant's request, or its retention turned off)."""
+        deleted = await self._store.invalidate(scope=tenant_scope(tenant_id))
+        self._metrics.invalidations.labels("tenant").inc()
+        return deleted
 
     def replay(self, lookup: Lookup) -> AsyncIterator[ReplyEvent]:
         """The hit's answer as reply events, for the ingress's usual JSON or SSE rendering."""

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
+from services.cache.ops import invalidate_tenant
 from services.ingress.adapters import TenantDirectory
 from services.ingress.tenants import Tenant
 from shared.contracts import BatchingProfile, Priority
@@ -71,6 +72,8 @@ async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
             )
         )
         print(f"tenant {args.tenant_id} saved")
+        if args.retention_days == 0:  # no text may be kept: drop what the response cache holds for the tenant
+            print(f"{await invalidate_tenant(args.tenant_id)} cached responses of {args.tenant_id} dropped")
     elif args.command == "tenants":
         for t in await directory.tenants():
             print(

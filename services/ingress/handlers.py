@@ -153,6 +153,14 @@ async def list_models(deps: DepsDep, _: TenantDep) -> ModelList:
     return ModelList(data=[ModelCard(id=m.id, created=0, max_model_len=m.max_model_len) for m in models.values()])
 
 
+@router.delete("/v1/cache", tags=["ferry"], responses=ERRORS)
+async def invalidate_cache(deps: DepsDep, tenant: TenantDep) -> JSONResponse:
+    """Drops every response the cache holds for the caller's tenant."""
+    deleted = await deps.cache.invalidate_tenant(tenant.id)
+    logger.info("tenant %s dropped its %d cached responses", tenant.id, deleted)
+    return JSONResponse({"object": "cache.invalidation", "tenant": tenant.id, "deleted": deleted})
+
+
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAM_DOC | ERRORS, tags=["openai"])
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, deps: DepsDep, tenant: TenantDep):  # type: ignore[no-untyped-def]
     return await _serve(body, "chat", request, deps, tenant)

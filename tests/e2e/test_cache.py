@@ -203,3 +203,28 @@ def test_cache_bench_reports_misses_then_hits_of_the_same_requests(platform: Pla
         assert 0 < figures[f"{metric}.hit"]["p50"] <= figures[f"{metric}.hit"]["p99"]
         assert 0 < figures[f"{metric}.miss"]["p50"] <= figures[f"{metric}.miss"]["p99"]
     assert "## Cache hit vs miss" in (tmp_path / "report.md").read_text()
+
+
+def test_a_tenant_drops_its_own_entries_and_only_its_own(platform: Platform) -> None:
+    question = unique("What did I ask?")
+    mine, theirs = tenant(platform, "forgetful"), tenant(platform, "bystander")
+    for who in (mine, theirs):
+        ask(platform, body(question), who)
+        assert ask(platform, body(question), who).headers["x-ferry-cache"] == "hit"
+    response = httpx.delete(f"{platform.base_url}/v1/cache", headers=mine, timeout=10)
+    assert response.status_code == 200 and response.json()["deleted"] == 1
+    assert ask(platform, body(question), mine).headers["x-ferry-cache"] == "miss"
+    assert ask(platform, body(question), theirs).headers["x-ferry-cache"] == "hit"
+    assert httpx.delete(f"{platform.base_url}/v1/cache", timeout=10).status_code == 401
+
+
+def test_turning_retention_off_drops_the_tenant_entries(platform: Platform) -> None:
+    question = unique("Remember this.")
+    key = platform.new_tenant("changes-mind", "--retention-days", "7")
+    who = {"authorization": f"Bearer {key}"}
+    ask(platform, body(question), who)
+    assert cache_entries(platform, "t.changes-mind")
+    platform.admin("tenants", "create", "changes-mind", "--retention-days", "0")
+    assert cache_entries(platform, "t.changes-mind") == []
+    time.sleep(1.0)  # the ingress rereads a key's tenant every 0.5 s in tests
+    assert ask(platform, body(question), who).headers["x-ferry-cache"] == "bypass"
