@@ -22,7 +22,7 @@ def test_the_api_keeps_its_published_contract(platform: Platform, tmp_path: Path
         "--checks",
         CHECKS,
         "--max-examples",
-        "40",
+        "15",
         "--request-timeout",
         "60",
         "--seed",
