@@ -1,11 +1,11 @@
 """Tenants and API keys from the command line: ``python -m services.ingress.admin --help``.
 
-    tenants create acme --name "Acme" --rpm 600 --tpm 200000 --retention-days 0
-    tenants list
-    keys create acme --name ci         prints the key once; only its SHA-256 digest is stored
-    keys list [acme]
-    keys revoke key_0123abcd
-    dev-key .state/dev-api-key         the local platform's key: reused while valid, else made (tenant "default")
+tenants create acme --name "Acme" --rpm 600 --tpm 200000 --retention-days 0
+tenants list
+keys create acme --name ci         prints the key once; only its SHA-256 digest is stored
+keys list [acme]
+keys revoke key_0123abcd
+dev-key .state/dev-api-key         the local platform's key: reused while valid, else made (tenant "default")
 """
 
 from __future__ import annotations

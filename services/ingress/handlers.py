@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.cache.service import ResponseCache
 from services.ingress.adapters import ModelCatalog, QueueMonitor, ReplyListener, RequestPublisher, TenantDirectory
 from services.ingress.config import IngressSettings
+from services.ingress.metrics import IngressMetrics
 from services.ingress.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -70,6 +72,7 @@ class IngressDeps:
     tenants: TenantDirectory
     limiter: RateLimiter
     queues: QueueMonitor
+    metrics: IngressMetrics
     cache: ResponseCache
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -252,22 +255,33 @@ async def _serve(  # type: ignore[no-untyped-def]
         request_id, tenant.id, body.model, body.stream, cached.status,
     )  # fmt: skip
 
+    published_at = time.monotonic()
+
+    def on_first() -> None:
+        deps.metrics.time_to_first_event.labels(body.model).observe(time.monotonic() - published_at)
+
     def on_final(event: CompletionFinished | GenerationFailed) -> None:
+        used = 0
         # a cache hit generated nothing: it counts as a request, not as tokens
-        used = event.usage.total_tokens if isinstance(event, CompletionFinished) and cached.entry is None else 0
+        if isinstance(event, CompletionFinished) and cached.entry is None:
+            used = event.usage.total_tokens
+            deps.metrics.tokens.labels(body.model, "prompt").inc(event.usage.prompt_tokens)
+            deps.metrics.tokens.labels(body.model, "completion").inc(event.usage.completion_tokens)
         deps.spawn(deps.limiter.settle(charge, used), f"settlement of {request_id}")
 
     def on_abandoned(reason: Literal["client_disconnected", "deadline_exceeded"]) -> None:
         if cached.entry is not None:
             return  # answered from the cache: no work to cancel
         logger.info("request %s abandoned (%s); cancelling its work", request_id, reason)
+        deps.metrics.cancelled.labels(reason).inc()
         cancelled = RequestCancelled(
             request_id=request_id, model=body.model, reason=reason, reply_topic=deps.listener.topic
         )
         deps.spawn(deps.publisher.cancel(cancelled), f"cancel of {request_id}")
 
-    replies = watched(without_repeats(events), on_final, on_abandoned)
+    replies = watched(without_repeats(events), on_final, on_abandoned, on_first)
     echo = body.prompt_text() if isinstance(body, CompletionRequest) and body.echo else ""
+    deps.metrics.responses.labels(request.url.path, "200").inc()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
@@ -375,7 +389,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_json("client closed the request", "invalid_request_error"), status_code=499)
 
     @app.exception_handler(ApiError)
-    async def on_api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+        deps: IngressDeps | None = getattr(request.app.state, "deps", None)
+        if deps is not None:
+            deps.metrics.responses.labels(request.url.path, str(exc.status)).inc()
+            if exc.status in (429, 503) and exc.code:
+                deps.metrics.refused.labels(exc.code).inc()
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -17,6 +17,7 @@ from services.cache.service import ResponseCache
 from services.ingress.adapters import ModelCatalog, QueueMonitor, ReplyListener, RequestPublisher, TenantDirectory
 from services.ingress.config import IngressSettings
 from services.ingress.handlers import IngressDeps, install_error_handlers, router
+from services.ingress.metrics import IngressMetrics
 from services.ingress.rate_limits import RateLimiter
 from shared.db import connect_pool
 from shared.kafka import new_broker, wait_for_kafka
@@ -56,6 +57,7 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
             tenants=TenantDirectory(pool, settings.auth_cache_s),
             limiter=RateLimiter(redis, namespace=common.topic_prefix),
             queues=queues,
+            metrics=IngressMetrics(metrics),
             cache=cache,
         )
         try:

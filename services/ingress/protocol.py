@@ -4,11 +4,13 @@ logged as ignored, as vLLM's server does."""
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts import BatchingProfile, Priority
+
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class TextPart(BaseModel):
@@ -36,15 +38,17 @@ class SamplingFields(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, description="A model id from GET /v1/models.", examples=["tiny-random"])
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = None
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=4)] | None = Field(
+        None, description="Up to 4 non-empty sequences that end generation."
+    )
     seed: int | None = None
-    n: int = Field(1, ge=1, description="Only 1 is supported; larger values are refused with a 400.")
+    n: int = Field(1, ge=1, le=1, description="Only 1 is supported; larger values are refused with a 400.")
     user: str | None = None
     priority: Priority | None = Field(
         None, description="ferry: priority class (also the x-ferry-priority header); the tenant's default if unset."
@@ -53,20 +57,6 @@ class SamplingFields(BaseModel):
         None,
         description="ferry: batching profile (or the x-ferry-batching-profile header); tenant default if unset.",
     )
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return v
-
-    @field_validator("n")
-    @classmethod
-    def _single_choice(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError("only n=1 is supported")
-        return v
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -77,19 +67,14 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     """OpenAI's legacy /v1/completions: a raw prompt, no chat template."""
 
-    prompt: str | list[str] = Field(description="The prompt; a list must hold exactly one string.")
+    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=1)] = Field(
+        description="The prompt; a list must hold exactly one string."
+    )
     max_tokens: int | None = Field(16, ge=1, description="Most tokens to generate (OpenAI's default is 16).")
     echo: bool = Field(False, description="Put the prompt before the completion in the returned text.")
     suffix: None = Field(None, description="Not supported; must be null.")
     logprobs: None = Field(None, description="Not supported; must be null.")
     best_of: int | None = Field(None, ge=1, le=1, description="Only 1 is supported.")
-
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and len(v) != 1:
-            raise ValueError("exactly one prompt is supported per request")
-        return v
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]

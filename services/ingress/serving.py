@@ -156,14 +156,18 @@ async def watched(
     events: AsyncIterator[ReplyEvent],
     on_final: Callable[[CompletionFinished | GenerationFailed], None],
     on_abandoned: Callable[[Literal["client_disconnected", "deadline_exceeded"]], None],
+    on_first: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[ReplyEvent]:
-    """Passes events through and reports how the request ended: ``on_final`` with its last event, or
-    ``on_abandoned`` when the reader stopped first (the client went away, or the deadline passed), so that the
-    work can be cancelled. Both callbacks must not block: they run while the stream is being torn down."""
-    done = False
+    """Passes events through and reports how the request went: ``on_first`` at its first event, ``on_final`` with
+    its last, or ``on_abandoned`` when the reader stopped first (the client went away, or the deadline passed), so
+    that the work can be cancelled. Callbacks must not block: they run while the stream is being torn down."""
+    done = first = False
     reason: Literal["client_disconnected", "deadline_exceeded"] = "client_disconnected"
     try:
         async for event in events:
+            if not first:
+                first = True
+                on_first()
             if isinstance(event, CompletionFinished | GenerationFailed):
                 done = True
                 on_final(event)

@@ -1,0 +1,42 @@
+"""The ingress's Prometheus series: what clients asked for and got, as the ingress saw it."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class IngressMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.responses = Counter(
+            "ferry_ingress_responses",
+            "HTTP responses by route and status (streams count when they start).",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "ferry_ingress_refused",
+            "Requests refused before entering Kafka, by reason (rate_limit_requests, model_overloaded, ...).",
+            ["reason"],
+            registry=registry,
+        )
+        self.cancelled = Counter(
+            "ferry_ingress_cancellations",
+            "Cancellations published, by reason (client_disconnected, deadline_exceeded).",
+            ["reason"],
+            registry=registry,
+        )
+        self.time_to_first_event = Histogram(
+            "ferry_ingress_time_to_first_event_seconds",
+            "From publishing a request to its first reply event (first tokens, or the result when not streamed).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "ferry_ingress_tokens",
+            "Tokens of finished requests, by model and kind (prompt, completion).",
+            ["model", "kind"],
+            registry=registry,
+        )
