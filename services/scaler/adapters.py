@@ -30,6 +30,7 @@ class KafkaLag:
             bootstrap_servers=bootstrap, client_id="ferry-scaler-lag", group_id=None, enable_auto_commit=False
         )
         self._peek_records = peek_records
+        self._partitions: dict[str, list[TopicPartition]] = {}
 
     async def start(self) -> None:
         await self._admin.start()
@@ -40,11 +41,13 @@ class KafkaLag:
         await self._admin.close()
 
     async def partitions(self, topic: str) -> list[TopicPartition]:
-        found = self._consumer.partitions_for_topic(topic)
-        if not found:
-            await self._consumer.topics()  # refreshes metadata
-            found = self._consumer.partitions_for_topic(topic) or set()
-        return [TopicPartition(topic, p) for p in sorted(found)]
+        if topic not in self._partitions:
+            [described] = await self._admin.describe_topics([topic])
+            found = sorted(p["partition"] for p in described.get("partitions", []))
+            if not found:
+                return []  # not created yet: ask again next time
+            self._partitions[topic] = [TopicPartition(topic, p) for p in found]
+        return self._partitions[topic]
 
     async def end_offset(self, topic: str) -> int:
         """Records ever produced to the topic (the sum of its partitions' end offsets)."""

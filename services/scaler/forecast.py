@@ -3,6 +3,7 @@ level. Pure: no clients, no clock; observations and instants are passed in.
 
 forecast(t) = level x seasonal(t), where seasonal(t) is the mean request rate seen in t's hour of the week (once at
 least ``min_weeks`` weeks have been seen there), else in t's hour of the day (once ``min_days`` days have been seen),
+interpolated linearly between the centres of the two nearest hours,
 and level is an exponentially smoothed ratio of actual to seasonal demand (1.0 = "like usual"). Without any seasonal
 profile yet the forecast is the smoothed rate itself. Every forecast says which of these it used, so a decision can be
 explained in one line.
@@ -120,11 +121,23 @@ class SeasonalForecaster:
         return best
 
     def _seasonal(self, at: datetime) -> tuple[str, float | None]:
+        """The profile's rate at ``at``, interpolated between the centres of its two nearest hour slots, so a ramp
+        within an hour is not read as a change of level."""
+        shifted = at - timedelta(minutes=30)
+        before = shifted.replace(minute=0, second=0, microsecond=0)
+        frac = (shifted - before) / timedelta(hours=1)
+        basis, a = self._slot(before, at)
+        if a is None:
+            return basis, None
+        basis_b, b = self._slot(before + timedelta(hours=1), at)
+        return basis, a if b is None else a * (1 - frac) + b * frac
+
+    def _slot(self, hour: datetime, at: datetime) -> tuple[str, float | None]:
         # Only earlier weeks (days) count as history: the current one is what is being forecast.
-        weekly = self._weekly.get((at.weekday(), at.hour))
+        weekly = self._weekly.get((hour.weekday(), hour.hour))
         if weekly and len(weekly.periods - {_week_id(at)}) >= self.config.min_weeks:
             return "weekly", weekly.rate_per_hour()
-        daily = self._daily.get(at.hour)
+        daily = self._daily.get(hour.hour)
         if daily and len(daily.periods - {_day_id(at)}) >= self.config.min_days:
             return "daily", daily.rate_per_hour()
         return "level", None

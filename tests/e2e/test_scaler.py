@@ -253,8 +253,13 @@ async def test_idle_workers_drain_and_stop_without_losing_a_request(scaled: Scal
     assert downs and downs[-1]["desired_replicas"] == 0
     assert downs[-1]["reason"].startswith("scale to zero: cold and idle")
     assert "draining" in scaled.worker_logs(), "no worker held a request when it was stopped"
+    deadline = time.monotonic() + 60
+    while scaled.log("scaler").count(" exited (") < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
     scaler_log = scaled.log("scaler")
-    assert scaler_log.count("exited (0)") >= 2  # drained workers exit cleanly; none was killed
+    # both stopped on their own once drained (0, or -15: uvicorn re-raises SIGTERM after its graceful shutdown)
+    exits = [line.rsplit("(", 1)[1].rstrip(")") for line in scaler_log.splitlines() if " exited (" in line]
+    assert sorted(exits) in (["-15", "-15"], ["-15", "0"], ["0", "0"]), exits
     assert "did not drain" not in scaler_log
 
 

@@ -28,18 +28,21 @@ def test_without_history_the_forecast_is_the_smoothed_rate() -> None:
 def test_a_day_of_history_gives_the_daily_profile() -> None:
     f = SeasonalForecaster()
     feed(f, MONDAY, 24, lambda t: 1000 if t.hour == 9 else 100)
-    fc = f.forecast(MONDAY + timedelta(days=1, hours=9))
+    fc = f.forecast(MONDAY + timedelta(days=1, hours=9, minutes=30))  # the centre of the 09:00 slot
     assert (fc.basis, fc.seasonal_per_hour, fc.level) == ("daily", 1000, 1.0)
     assert fc.requests_per_hour == 1000
     assert f.forecast(MONDAY + timedelta(days=1, hours=3)).requests_per_hour == 100
+    # between slot centres the profile is interpolated: 09:00 is halfway from 08:30 (100) to 09:30 (1000)
+    assert f.forecast(MONDAY + timedelta(days=1, hours=9)).requests_per_hour == pytest.approx(550)
+    assert f.forecast(MONDAY + timedelta(days=1, hours=9, minutes=45)).requests_per_hour == pytest.approx(775)
 
 
 def test_weekly_profile_wins_once_two_weeks_are_seen() -> None:
     f = SeasonalForecaster()
     # weekdays 09:00 busy (1000), weekends quiet (50)
     feed(f, MONDAY, 24 * 14, lambda t: (1000 if t.weekday() < 5 else 50) if t.hour == 9 else 100)
-    saturday_9 = MONDAY + timedelta(days=19, hours=9)
-    monday_9 = MONDAY + timedelta(days=14, hours=9)
+    saturday_9 = MONDAY + timedelta(days=19, hours=9, minutes=30)
+    monday_9 = MONDAY + timedelta(days=14, hours=9, minutes=30)
     assert f.forecast(saturday_9).basis == "weekly"
     assert f.forecast(saturday_9).seasonal_per_hour == 50
     assert f.forecast(monday_9).seasonal_per_hour == 1000
@@ -54,15 +57,15 @@ def test_level_follows_a_day_busier_than_usual() -> None:
     feed(f, MONDAY, 24, lambda t: 200)
     day2 = MONDAY + timedelta(days=1)
     f.observe(day2, 400, 3600)  # ratio 2: level 0.5 x 1 + 0.5 x 2 = 1.5
-    fc = f.forecast(day2 + timedelta(hours=1))
+    fc = f.forecast(day2 + timedelta(hours=1, minutes=30))
     assert fc.level == pytest.approx(1.5)
-    assert fc.requests_per_hour == pytest.approx(300)  # 1.5 x 200 (day 1's 01:00; day 2's 00:00 was 400)
+    assert fc.requests_per_hour == pytest.approx(300)  # 1.5 x 200 (day 1's 01:00)
 
 
 def test_peak_looks_across_the_horizon() -> None:
     f = SeasonalForecaster()
     feed(f, MONDAY, 24, lambda t: 1200 if t.hour == 9 else 100)
-    peak = f.peak(MONDAY + timedelta(days=1, hours=8, minutes=45), timedelta(minutes=30))
+    peak = f.peak(MONDAY + timedelta(days=1, hours=9), timedelta(minutes=30))  # 09:00, 09:15, 09:30
     assert peak.requests_per_hour == 1200
     assert f.peak(MONDAY + timedelta(days=1, hours=7), timedelta(minutes=30)).requests_per_hour == 100
 
