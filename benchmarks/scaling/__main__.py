@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -29,14 +28,20 @@ HISTORY_START = datetime(2026, 10, 5, tzinfo=UTC)  # a Monday
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.scaling", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("replay", help="replay a daily trace against the policies")
     r.add_argument("--out", type=Path, default=Path("benchmarks/reports/scaling-replay"))
     r.add_argument("--history-days", type=int, default=14, help="days of history the forecast learns first")
-    r.add_argument("--startup-s", type=float, nargs="+", default=[20.0, 60.0, 180.0],
-                   help="seconds from starting a replica to it serving; one run per value (the plots use the first)")
+    r.add_argument(
+        "--startup-s",
+        type=float,
+        nargs="+",
+        default=[20.0, 60.0, 180.0],
+        help="seconds from starting a replica to it serving; one run per value (the plots use the first)",
+    )
     r.add_argument("--peak", type=float, default=12000.0, help="weekday peak, requests per hour")
     r.add_argument("--spike-factor", type=float, default=2.0, help="the unforecast spike multiplies demand by this")
     r.add_argument("--seed", type=int, default=7)
@@ -77,8 +82,17 @@ def run_replay(args: argparse.Namespace) -> dict:
                 if name == "keda-lag"
                 else Autoscaler("sim", policy_config, predictive=name == "predictive+reactive")
             )
-            outcome = replay(policy, trace, eval_day, 24, model, random.Random(args.seed), initial_replicas=1,
-                             forecaster=forecaster, horizon=policy_config.horizon)
+            outcome = replay(
+                policy,
+                trace,
+                eval_day,
+                24,
+                model,
+                random.Random(args.seed),
+                initial_replicas=1,
+                forecaster=forecaster,
+                horizon=policy_config.horizon,
+            )
             outcomes.append(outcome)
             if startup == args.startup_s[0]:
                 timelines[name] = outcome
@@ -116,22 +130,23 @@ def run_replay(args: argparse.Namespace) -> dict:
     wape = predictive.forecast_wape
     lines += [
         "",
-        f"Forecast accuracy on the replayed day (per-minute buckets, forecast made before each bucket): WAPE "
-        f"{wape:.1%}" if wape is not None else "Forecast accuracy: no data",
+        f"Forecast accuracy on the replayed day (per-minute buckets, forecast made before each bucket): WAPE {wape:.1%}"
+        if wape is not None
+        else "Forecast accuracy: no data",
         f"(training history: WAPE {trained.accuracy.wape:.1%} over {trained.accuracy.buckets} buckets).",
     ]
     report = "\n".join(lines)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.md").write_text(report + "\n\n![replicas](replicas.png)\n")
-    (args.out / "report.json").write_text(json.dumps(
-        {
-            "runs": [
-                {"startup_s": r["startup_s"], "outcomes": [_summary(o) for o in r["outcomes"]]} for r in runs
-            ],
-            "forecast_wape": wape,
-        },
-        indent=2,
-    ))
+    (args.out / "report.json").write_text(
+        json.dumps(
+            {
+                "runs": [{"startup_s": r["startup_s"], "outcomes": [_summary(o) for o in r["outcomes"]]} for r in runs],
+                "forecast_wape": wape,
+            },
+            indent=2,
+        )
+    )
     _plot(timelines, args.out / "replicas.png", args.startup_s[0])
     print(report)
     print(f"\nwritten to {args.out}/ (report.md, report.json, replicas.png)")
@@ -192,6 +207,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["main", "statistics"]

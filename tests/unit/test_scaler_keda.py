@@ -85,3 +85,24 @@ async def test_bad_trigger_metadata_gets_clear_grpc_errors(keda_client) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as wrong_metric:
         await stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref("tiny"), metricName="other"))
     assert wrong_metric.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_scaledobject_manifest_points_keda_at_this_service() -> None:
+    import yaml
+
+    from services.scaler.config import ScalerSettings
+    from shared.registry import read_seed
+    from tests.e2e.platform import ROOT
+
+    documents = list(yaml.safe_load_all((ROOT / "infra" / "k8s" / "scaler.yaml").read_text()))
+    [scaled_object] = [d for d in documents if d["kind"] == "ScaledObject"]
+    [trigger] = scaled_object["spec"]["triggers"]
+    defaults = ScalerSettings()
+    assert trigger["type"] in ("external", "external-push")
+    assert trigger["metricType"] == "AverageValue"  # ceil(value / target) is then the policy's replicas
+    assert trigger["metadata"]["scalerAddress"].endswith(f":{defaults.grpc_port}")
+    assert trigger["metadata"]["model"] in {m.id for m in read_seed()}
+    assert scaled_object["spec"]["maxReplicaCount"] == defaults.max_replicas
+    [deployment] = [d for d in documents if d["kind"] == "Deployment"]
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FERRY_SCALER_SUPERVISE"] == "false"
