@@ -26,6 +26,11 @@ class ScalerSettings(BaseSettings):
         description="Start and stop worker processes on this machine. Off by default: the scaler then only decides, "
         "records, exports metrics and serves KEDA. It only ever stops workers it started itself.",
     )
+    worker_control: bool = Field(
+        False,
+        description="Publish ModelPreloadRequested / ModelEvictionRequested on tier changes, wake-ups, scale-to-zero. "
+        "Off by default so a scaler that only advises never makes static workers unload their model.",
+    )
     worker_models_dir: Path | None = Field(None, description="FERRY_WORKER_MODELS_DIR of the workers it starts.")
     worker_env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment of the workers it starts (JSON object)."

@@ -197,7 +197,7 @@ class Scaler:
         elif decision.desired == 0 and decision.current > 0:
             control = ModelEvictionRequested(model=state.model, reason=decision.reason)
         state.tier = decision.tier
-        if control is not None:
+        if control is not None and d.settings.worker_control:
             await d.publish(control, d.topics.worker_control, state.model)
             logger.info("%s: %s (%s)", state.model, type(control).__name__, decision.reason)
         if decision.action != "hold":

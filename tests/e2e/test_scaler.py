@@ -119,6 +119,7 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
         "FERRY_SCALER_GRPC_PORT": str(grpc_port),
         "FERRY_SCALER_MODELS": json.dumps([TINY_MODEL]),
         "FERRY_SCALER_SUPERVISE": "true",
+        "FERRY_SCALER_WORKER_CONTROL": "true",
         "FERRY_SCALER_PREDICTIVE": "false",  # no history here: the forecast would only echo the step back
         "FERRY_SCALER_INTERVAL_S": "1",
         "FERRY_SCALER_TARGET_BACKLOG_TOKENS": str(TARGET_TOKENS),
@@ -216,6 +217,25 @@ async def send_and_collect(scaled: Scaled, count: int, max_tokens: int, seconds:
     return finals
 
 
+async def _worker_control(scaled: Scaled) -> list[tuple[str, str]]:
+    consumer = AIOKafkaConsumer(
+        scaled.common.topics.worker_control,
+        bootstrap_servers=scaled.common.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=3000)
+    finally:
+        await consumer.stop()
+    return [
+        (dict(r.headers)["ferry-message-type"].decode(), json.loads(r.value)["model"])
+        for records in batch.values()
+        for r in records
+    ]
+
+
 def _finished_ids(log: str) -> set[str]:
     return {line.split("request ", 1)[1].split(" ", 1)[0] for line in log.splitlines() if " finished: " in line}
 
@@ -288,6 +308,9 @@ async def test_a_cold_model_at_zero_wakes_on_a_request_that_completes(scaled: Sc
         desired = scaled.metrics()["desired"]
         assert metric.metricValues[0].metricValueFloat == desired * TARGET_TOKENS
         assert (await keda.IsActive(ref)).result is (desired > 0)
+    commands = await _worker_control(scaled)
+    assert ("ModelPreloadRequested", TINY_MODEL) in commands  # woken: load it
+    assert ("ModelEvictionRequested", TINY_MODEL) in commands  # scaled to zero earlier: unload it
     ops = subprocess.run(
         [sys.executable, "-m", "services.scaler.ops", "--url", scaled.scaler_url, TINY_MODEL],
         env=scaled.env,
