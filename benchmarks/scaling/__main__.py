@@ -45,6 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--peak", type=float, default=12000.0, help="weekday peak, requests per hour")
     r.add_argument("--spike-factor", type=float, default=2.0, help="the unforecast spike multiplies demand by this")
     r.add_argument("--seed", type=int, default=7)
+    r.add_argument(
+        "--also-utilization",
+        type=float,
+        nargs="*",
+        default=[1.0],
+        help="extra predictive runs with these utilization targets (the cost/latency trade-off)",
+    )
     r.add_argument("--max-replicas", type=int, default=16)
     s = sub.add_parser("load-step", help="time from a load step to a new worker serving, on this machine")
     s.add_argument("--out", type=Path, default=Path("benchmarks/reports/scaling-load-step"))
@@ -72,15 +79,20 @@ def run_replay(args: argparse.Namespace) -> dict:
     for startup in args.startup_s:
         model = replace(service, startup_s=startup)
         outcomes = []
-        for name in ("predictive+reactive", "reactive", "keda-lag"):
+        variants = [("predictive+reactive", policy_config)]
+        variants += [
+            (f"predictive+reactive (utilization {u:.0%})", replace(policy_config, utilization_target=u))
+            for u in args.also_utilization
+        ]
+        for name, config in [*variants, ("reactive", policy_config), ("keda-lag", policy_config)]:
             forecaster = None
-            if name == "predictive+reactive":
+            if name.startswith("predictive"):
                 forecaster = SeasonalForecaster()
                 train(forecaster, history, HISTORY_START, args.history_days, random.Random(args.seed + 1))
             policy = (
                 KedaLagPolicy("sim", lag_threshold, min_replicas=1, max_replicas=args.max_replicas)
                 if name == "keda-lag"
-                else Autoscaler("sim", policy_config, predictive=name == "predictive+reactive")
+                else Autoscaler("sim", config, predictive=forecaster is not None)
             )
             outcome = replay(
                 policy,
@@ -91,10 +103,11 @@ def run_replay(args: argparse.Namespace) -> dict:
                 random.Random(args.seed),
                 initial_replicas=1,
                 forecaster=forecaster,
-                horizon=policy_config.horizon,
+                horizon=config.horizon,
             )
+            outcome.policy = name
             outcomes.append(outcome)
-            if startup == args.startup_s[0]:
+            if startup == args.startup_s[0] and "(" not in name:
                 timelines[name] = outcome
         runs.append({"startup_s": startup, "outcomes": outcomes})
 

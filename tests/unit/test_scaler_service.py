@@ -43,6 +43,11 @@ class FakeStore:
     async def add_forecast(self, model, start, per_hour, basis) -> None:
         self.forecasts.append((model, start, per_hour, basis))
 
+    async def demand_history(self, model, since) -> list[tuple[datetime, int, int]]:
+        # yesterday: quiet (60 req/h) except a busy 10:00-11:00 (6000 req/h)
+        day = (T0 - timedelta(days=1)).replace(hour=0, minute=0, second=0)
+        return [(day + timedelta(hours=h), 6000 if h == 10 else 60, 3600) for h in range(24)]
+
 
 def build(**settings: object) -> tuple[Scaler, FakeLag, FakeStore, list, list[datetime]]:
     lag, store, published, now = FakeLag(), FakeStore(), [], [T0]
@@ -53,14 +58,18 @@ def build(**settings: object) -> tuple[Scaler, FakeLag, FakeStore, list, list[da
     scaler = Scaler(
         ScalerDeps(
             settings=ScalerSettings(
-                models=["m"],
-                predictive=False,
-                up_window_s=0,
-                zero_after_s=60,
-                down_window_s=0,
-                down_cooldown_s=0,
-                target_backlog_tokens=1000,
-                **settings,
+                **(
+                    {
+                        "models": ["m"],
+                        "predictive": False,
+                        "up_window_s": 0,
+                        "zero_after_s": 60,
+                        "down_window_s": 0,
+                        "down_cooldown_s": 0,
+                        "target_backlog_tokens": 1000,
+                    }
+                    | settings
+                ),
             ),
             topics=TOPICS,
             models=["m"],
@@ -124,3 +133,15 @@ async def test_closed_demand_buckets_are_stored_with_the_forecast_made_for_the_n
     bucket = T0.replace(second=0)
     assert store.demand == [("m", bucket, 30, 60)]
     assert store.forecasts == [("m", bucket + timedelta(minutes=1), 1800.0, "level")]  # 30 per minute, smoothed
+
+
+async def test_history_from_postgres_lets_the_scaler_scale_ahead_of_demand() -> None:
+    scaler, _, store, _, now = build(predictive=True, replica_tokens_per_second=500, utilization_target=1.0)
+    await scaler.load_history()
+    now[0] = T0.replace(hour=9, minute=50)  # the busy hour starts in 10 minutes; nothing has arrived today
+    [ahead] = await scaler.tick()
+    # the forecast peak over the next 20 min is the busy hour's profile: 6000 req/h x 300 tokens / 3600 s = 500 tok/s
+    assert ahead.forecast_per_hour is not None and ahead.forecast_per_hour > 3000
+    assert ahead.reactive_replicas == 0 and ahead.predictive_replicas >= 1
+    assert ahead.desired == ahead.predictive_replicas and "predictive wants" in ahead.reason
+    assert "daily profile" in ahead.reason
