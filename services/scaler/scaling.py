@@ -167,8 +167,10 @@ class Scaler:
 
         if d.supervisor is not None:
             replicas = d.supervisor.replicas(model)
-        else:
+        elif d.board.heard_from_workers():
             replicas = len(d.board.workers(model, now))
+        else:  # no heartbeats at all (workers without them): assume the actuator (KEDA) applied the last decision
+            replicas = state.last.desired if state.last is not None else 0
         usual = state.forecaster.forecast(now)
         per_hour = self.demand.per_hour(model, now, usual.requests_per_hour if usual.seasonal_per_hour else None)
         signals = Signals(

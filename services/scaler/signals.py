@@ -62,6 +62,10 @@ class StatusBoard:
         # two missed reports mean the reporter is gone (the contract's rule), capped by max_age
         return now - reported_at <= min(self.max_age, timedelta(seconds=2 * interval))
 
+    def heard_from_workers(self) -> bool:
+        """Whether any worker heartbeat has arrived since start (workers that do not report cannot be counted)."""
+        return bool(self._workers)
+
     def waiting_tokens(self, model: str, now: datetime) -> tuple[int, int]:
         """(requests, tokens) batchers hold for the model, summed over fresh reports."""
         fresh = [

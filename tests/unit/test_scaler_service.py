@@ -102,6 +102,22 @@ async def test_arrivals_wake_a_model_at_zero_and_tell_workers_to_preload_it() ->
     assert scaler.states["m"].tokens_per_request < 800  # moving towards the 800 seen, from 300
 
 
+async def test_without_supervisor_or_heartbeats_the_last_decision_counts_as_applied() -> None:
+    scaler, lag, store, _, now = build()
+    await scaler.tick()
+    for seconds in (5, 10, 15):
+        lag.ends[TOPICS.requests("m")] = seconds  # steady arrivals
+        now[0] = T0 + timedelta(seconds=seconds)
+        await scaler.tick()
+    # one wake-up, then holds at 1 (not a wake-up every round because nobody reports replicas)
+    assert [(d.current, d.desired, d.action) for d in store.decisions] == [
+        (0, 0, "hold"),
+        (0, 1, "scale_up"),
+        (1, 1, "hold"),
+    ]
+    assert scaler.states["m"].last is not None and scaler.states["m"].last.current == 1
+
+
 async def test_worker_control_is_off_unless_asked() -> None:
     scaler, lag, _, published, now = build()
     lag.ends[TOPICS.requests("m")] = 0
