@@ -160,7 +160,7 @@ def run_replay(args: argparse.Namespace) -> dict:
             indent=2,
         )
     )
-    _plot(timelines, args.out / "replicas.png", args.startup_s[0])
+    _plot(timelines, args.out / "replicas.png", args.startup_s[0], service.latency_target_s)
     print(report)
     print(f"\nwritten to {args.out}/ (report.md, report.json, replicas.png)")
     return {"runs": runs}
@@ -179,7 +179,7 @@ def _summary(o: Outcome) -> dict:
     }
 
 
-def _plot(timelines: dict[str, Outcome], path: Path, startup: float) -> None:
+def _plot(timelines: dict[str, Outcome], path: Path, startup: float, latency_target: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,7 +198,7 @@ def _plot(timelines: dict[str, Outcome], path: Path, startup: float) -> None:
     mid.legend()
     bottom.set_ylabel("expected wait (s, capped at 600)")
     bottom.set_yscale("symlog", linthresh=10)
-    bottom.axhline(any_run and 20, color="red", linestyle=":", linewidth=1)
+    bottom.axhline(latency_target, color="red", linestyle=":", linewidth=1, label="latency target")
     bottom.legend()
     fig.autofmt_xdate()
     fig.tight_layout()
