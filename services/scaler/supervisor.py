@@ -53,6 +53,8 @@ class SupervisorConfig:
     env: dict[str, str] = field(default_factory=dict)
     ready_s: float = 300.0
     drain_s: float = 60.0
+    restart_backoff_s: float = 30.0
+    """After a worker of a model fails (exits unasked), no new one for that model is started for this long."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Supervisor:
         self.workers: list[WorkerProcess] = []
         self._ids = itertools.count(1)
         self._http = httpx.AsyncClient(timeout=2.0)
+        self._failed_at: dict[str, float] = {}
 
     def replicas(self, model: str) -> int:
         """Workers that count as replicas: starting or ready, not draining."""
@@ -85,6 +88,9 @@ class Supervisor:
 
     def scale(self, model: str, desired: int) -> list[Event]:
         events: list[Event] = []
+        failed = self._failed_at.get(model)
+        if failed is not None and time.monotonic() - failed < self.config.restart_backoff_s:
+            desired = min(desired, self.replicas(model))  # a crashing worker is not restarted in a tight loop
         while self.replicas(model) < desired:
             events.append(self._start(model))
         while self.replicas(model) > desired:
@@ -143,6 +149,8 @@ class Supervisor:
                 self._kill_group(w)
                 self.workers.remove(w)
                 kind = "exited" if w.state == "draining" else "failed"
+                if kind == "failed":
+                    self._failed_at[w.model] = now
                 events.append(Event(kind, w.name, w.model, now, f"exit code {code}"))
                 (logger.info if kind == "exited" else logger.error)("worker %s exited (%d)", w.name, code)
                 continue
