@@ -53,6 +53,7 @@ class SupervisorConfig:
     env: dict[str, str] = field(default_factory=dict)
     ready_s: float = 300.0
     drain_s: float = 60.0
+    command: tuple[str, ...] = (sys.executable, "-m", "services.worker.main")
     restart_backoff_s: float = 30.0
     """After a worker of a model fails (exits unasked), no new one for that model is started for this long."""
 
@@ -113,7 +114,7 @@ class Supervisor:
         with open(self.config.logs_dir / f"worker-{name}.log", "ab") as log:
             # its own session, so the whole group (vLLM may fork an engine process) can be reaped
             process = subprocess.Popen(
-                [sys.executable, "-m", "services.worker.main"],
+                list(self.config.command),
                 cwd=ROOT,
                 env=env,
                 stdout=log,
