@@ -186,17 +186,20 @@ class Scaler:
         state.forecast = state.forecaster.peak(now, state.policy.config.horizon) if s.predictive else None
         decision = state.policy.decide(signals, state.forecast)
         await self._act(state, decision)
-        self._observe(state, decision, queued.records, batched.records)
+        self._observe(state, decision)
         return decision
 
     async def _act(self, state: ModelState, decision: Decision) -> None:
         d = self.deps
         if d.supervisor is not None and decision.desired != d.supervisor.replicas(state.model):
             self._worker_events(d.supervisor.scale(state.model, decision.desired))
+        # commands on transitions only: waking from zero or warming up from cold (load), going to zero (unload)
+        was = state.last.desired if state.last is not None else 0
+        warmed = state.tier == "cold" and decision.tier != "cold"
         control: Message | None = None
-        if decision.desired > 0 and (state.tier != decision.tier and decision.tier != "cold" or decision.current == 0):
+        if decision.desired > 0 and (was == 0 or warmed):
             control = ModelPreloadRequested(model=state.model, reason=decision.reason)
-        elif decision.desired == 0 and decision.current > 0:
+        elif decision.desired == 0 and was > 0:
             control = ModelEvictionRequested(model=state.model, reason=decision.reason)
         state.tier = decision.tier
         if control is not None and d.settings.worker_control:
@@ -218,7 +221,7 @@ class Scaler:
         same_rule = last.action == "hold" and last.reason.split(":")[0] == decision.reason.split(":")[0]
         return not same_rule or decision.at - last.at >= timedelta(minutes=1)
 
-    def _observe(self, state: ModelState, decision: Decision, queued_records: int, batched_records: int) -> None:
+    def _observe(self, state: ModelState, decision: Decision) -> None:
         m, model = self.deps.metrics, state.model
         state.last = decision
         state.history = [*state.history[-19:], decision] if decision.action != "hold" else state.history

@@ -99,6 +99,9 @@ async def test_arrivals_wake_a_model_at_zero_and_tell_workers_to_preload_it() ->
     assert woken.signals["recent_requests"] == 3
     assert published == [("ModelPreloadRequested", "t.worker-control", "m")]
     assert [d.action for d in store.decisions] == ["hold", "scale_up"]
+    now[0] = T0 + timedelta(seconds=10)
+    await scaler.tick()
+    assert len(published) == 1  # commands go out on transitions, not every round
     assert scaler.states["m"].tokens_per_request < 800  # moving towards the 800 seen, from 300
 
 
