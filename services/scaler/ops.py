@@ -10,6 +10,7 @@ import asyncio
 from collections import defaultdict
 from datetime import timedelta
 
+import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -93,7 +94,10 @@ def main() -> None:
     parser.add_argument("--url", default=f"http://{settings.host}:{settings.port}", help="the scaler's HTTP address")
     parser.add_argument("--decisions", type=int, default=5, help="last decisions to show per model")
     args = parser.parse_args()
-    print(asyncio.run(report(args.url, args.models, args.decisions)))
+    try:
+        print(asyncio.run(report(args.url, args.models, args.decisions)))
+    except asyncpg.UndefinedTableError:
+        raise SystemExit("the scaler's tables are missing: apply migration 0005 (python -m shared.prepare)") from None
 
 
 if __name__ == "__main__":
