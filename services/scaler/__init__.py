@@ -1,3 +1,2 @@
-"""Scaler: forecasts demand and scales worker groups from Kafka lag.
-
-Not built yet (issue 7); the platform runs without it. Nothing here is started by infra/platform up."""
+"""Scaler: predictive autoscaling with a reactive fallback, driven by Kafka lag and token-weighted backlog; acts on
+local worker processes (supervisor) and on Kubernetes through KEDA's external scaler gRPC interface."""
