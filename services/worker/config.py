@@ -21,3 +21,27 @@ class WorkerSettings(BaseSettings):
     coalesce_ms: int = Field(
         25, ge=0, description="Deltas produced within this window go out as one Kafka record (the first goes at once)."
     )
+    session_timeout_ms: int = Field(
+        6000,
+        ge=1000,
+        description="Kafka session timeout: a worker that stops heartbeating loses its partitions after this long "
+        "(the broker's group.min.session.timeout.ms, 6 s by default, is the floor).",
+    )
+    heartbeat_interval_ms: int = Field(1000, ge=100, description="Kafka consumer heartbeat interval.")
+    max_poll_interval_ms: int = Field(
+        60000, ge=1000, description="Kafka max poll interval; consuming never waits for generation, so it stays short."
+    )
+    commit_interval_ms: int = Field(
+        100, ge=0, description="Finished batches' offsets are committed at most this often."
+    )
+    max_in_flight: int = Field(
+        256,
+        ge=1,
+        description="Requests taken from Kafka at once (generating or waiting in the engine); above it consuming "
+        "pauses, so other workers of the group get the rest.",
+    )
+    drain_seconds: float = Field(
+        20.0, ge=0, description="On SIGTERM, how long in-flight requests may finish before the rest are handed back."
+    )
+    status_interval_s: float = Field(2.0, gt=0, description="Seconds between WorkerStatusReported heartbeats.")
+    worker_id: str | None = Field(None, description="Id in heartbeats; host, port and pid if unset.")
