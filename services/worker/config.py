@@ -45,3 +45,8 @@ class WorkerSettings(BaseSettings):
     )
     status_interval_s: float = Field(2.0, gt=0, description="Seconds between WorkerStatusReported heartbeats.")
     worker_id: str | None = Field(None, description="Id in heartbeats; host, port and pid if unset.")
+    variant: str | None = Field(
+        None,
+        description="Variant of the model to load (fp32, fp16, int8, ...; see services/worker/variants.py); unset: "
+        "float32 on CPU, vLLM's choice on GPU.",
+    )

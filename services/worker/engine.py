@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
 from shared.contracts import ChatMessage, FinishReason, SamplingParams
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class EngineConfig:
     max_model_len: int
     kv_cache_gib: float = 1.0
     max_num_seqs: int = 64
-    variant: str = "default"
+    variant: str | None = None  # a name in variants.VARIANTS; None: float32 on CPU, vLLM's choice on GPU
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Engine:
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         self.stats = stats or EngineStats()
+        self.on_cpu = True
 
     @classmethod
     async def start(cls, config: EngineConfig) -> Engine:
@@ -104,6 +106,7 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = current_platform.is_cpu()
+        variant = VARIANTS[config.variant] if config.variant else None
         args = AsyncEngineArgs(
             model=str(config.path),
             served_model_name=[config.model_id],
@@ -111,7 +114,8 @@ class Engine:
             max_num_seqs=config.max_num_seqs,
             # On CPUs with AMX, vLLM 0.32's AMX bf16 attention garbles SmolLM2 (it answers "L'Étoile, la
             # Marseillaise..." where float32 and float16 say Paris); float32 is right on every CPU, ~10% slower here.
-            dtype="float32" if on_cpu else "auto",
+            dtype=variant.dtype if variant else "float32" if on_cpu else "auto",
+            quantization=variant.quantization if variant else None,
             # On CPU, torch.compile and an unsized KV cache cost a minute of start-up and a failing memory check;
             # on a GPU, CUDA graphs and the default memory fraction are the better choice.
             enforce_eager=on_cpu,
@@ -124,6 +128,7 @@ class Engine:
         # Blocks the event loop while the model loads; this runs before the worker serves anything. No local variable
         # holds the AsyncLLM: vLLM's start-up keeps a traceback alive whose frames include this one (see shutdown).
         engine = cls(config, AsyncLLM.from_engine_args(args, stat_loggers=[_stats_logger_factory(stats)]), stats)
+        engine.on_cpu = on_cpu
         stats.load_seconds = time.monotonic() - started
         logger.info(
             "engine for %s ready in %.1f s (%s)",
@@ -173,7 +178,7 @@ class Engine:
 
     @property
     def variant(self) -> str:
-        return self.config.variant
+        return self.config.variant or (DEFAULT_CPU_VARIANT if self.on_cpu else "auto")
 
     def free_tokens(self) -> int:
         """Tokens the KV cache can still take: its capacity times the free fraction."""

@@ -28,10 +28,12 @@ from services.worker.engine import Engine
 from services.worker.generation import RequestControl, StopReason, serve_request
 from services.worker.metrics import WorkerMetrics
 from services.worker.offsets import OffsetTracker, RecentIds
+from services.worker.variants import VariantUnavailable, serving_variant
 from shared.contracts import (
     BatchFormed,
     CompletionFinished,
     CompletionRequested,
+    GenerationFailed,
     LoadedModel,
     Message,
     RequestCancelled,
@@ -116,7 +118,14 @@ def register(deps: WorkerDeps) -> None:
             "ferry.worker.generate", context=context_from(request.trace_context), attributes=attributes
         ):
             try:
+                serving_variant(request.variant, request.variant_fallback, deps.engine.variant, deps.engine.on_cpu)
                 done = await serve_request(deps.engine, request, publish_reply, settings.coalesce_ms, control)
+            except VariantUnavailable as exc:
+                refusal = GenerationFailed(
+                    request_id=request.request_id, sequence=0, code="variant_unavailable", message=str(exc)
+                )
+                await publish_reply(request, refusal)
+                done = True
             except Exception:
                 # Only a failed publish gets here (serve_request reports everything else to the requester): leave the
                 # record uncommitted so the request is delivered again.

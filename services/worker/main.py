@@ -38,6 +38,7 @@ async def main() -> None:
                 max_model_len=model.max_model_len,
                 kv_cache_gib=settings.kv_cache_gib,
                 max_num_seqs=settings.max_num_seqs,
+                variant=settings.variant,
             )
         )
         await wait_for_kafka(common)

@@ -27,6 +27,7 @@ class WorkerMetrics:
             registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         ).labels(**labels)
+
         def gauge(name: str, documentation: str) -> Gauge:
             return Gauge(name, documentation, list(labels), registry=registry)
 

@@ -23,7 +23,14 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from shared.contracts import BatchFormed, CompletionRequested, RequestCancelled, SamplingParams, utc_now
+from shared.contracts import (
+    BatchFormed,
+    CompletionRequested,
+    RequestCancelled,
+    SamplingParams,
+    WorkerStatusReported,
+    utc_now,
+)
 from shared.settings import CommonSettings
 from tests.e2e.platform import (
     ROOT,
@@ -258,6 +265,49 @@ async def test_a_cancel_stops_generation_in_the_engine(workers: Workers) -> None
     metrics = httpx.get(f"http://127.0.0.1:{worker.port}/metrics", timeout=5).text
     assert metric(metrics, "ferry_worker_running") == 0  # the engine holds nothing any more
     assert metric(metrics, "ferry_worker_stop_to_abort_seconds_count") >= 1
+
+
+async def test_a_variant_that_cannot_run_gets_a_clear_error_unless_fallback_is_allowed(workers: Workers) -> None:
+    if not workers.live():
+        workers.start("worker-a")
+    async with client(workers.common) as c:
+        strict = c.request(max_tokens=4, variant="int4", variant_fallback=False)
+        lenient = c.request(max_tokens=4, variant="int4", variant_fallback=True)
+        await c.send_batch([strict, lenient])
+        await c.wait_final([strict.request_id, lenient.request_id], seconds=60)
+    refused = c.final(strict.request_id)
+    assert refused is not None and refused["code"] == "variant_unavailable"
+    assert "cannot run on this hardware" in refused["message"] and "variant_fallback" in refused["message"]
+    served = c.final(lenient.request_id)
+    assert served is not None and served["event"] == "completion_finished"
+
+
+async def test_worker_reports_its_capacity_and_readiness(workers: Workers) -> None:
+    if not workers.live():
+        workers.start("worker-a")
+    worker = workers.live()[0]
+    assert httpx.get(f"http://127.0.0.1:{worker.port}/ready", timeout=5).status_code == 204
+    assert httpx.get(f"http://127.0.0.1:{worker.port}/live", timeout=5).status_code == 204
+    common = workers.common
+    consumer = AIOKafkaConsumer(
+        common.topics.worker_status,
+        bootstrap_servers=common.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(30):
+            async for record in consumer:
+                report = WorkerStatusReported.model_validate_json(record.value)
+                if record.key and report.reported_at > utc_now() - timedelta(seconds=5):
+                    break
+    finally:
+        await consumer.stop()
+    assert [m.model for m in report.models] == [TINY_MODEL]
+    assert report.max_running == 64 and report.running == 0 and not report.draining
+    assert 0.99 <= report.kv_cache_free <= 1.0 and report.free_tokens > 100_000  # 1 GiB of KV cache, idle
+    assert report.interval_seconds == 1
 
 
 async def test_sigterm_drains_in_flight_requests(workers: Workers) -> None:
