@@ -21,7 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.contracts import (
     BatchFormed,
@@ -217,6 +218,26 @@ def assembled(events: list[dict]) -> str:
     return text
 
 
+async def committed_to_the_end(common: CommonSettings, seconds: float = 10) -> None:
+    topic = common.topics.batches(TINY_MODEL)
+    admin = AIOKafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=common.kafka_bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(common.topic_partitions)]
+        ends = await consumer.end_offsets(partitions)
+        async with asyncio.timeout(seconds):
+            while True:
+                committed = await admin.list_consumer_group_offsets("ferry-worker." + TINY_MODEL)
+                if all(tp in committed and committed[tp].offset == ends[tp] for tp in partitions):
+                    return
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+        await consumer.stop()
+
+
 def metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
@@ -240,6 +261,8 @@ async def test_many_concurrent_streams_complete_in_order(workers: Workers) -> No
         offsets = [d["text_offset"] for d in deltas]
         assert offsets == [sum(len(d["text"]) for d in deltas[:i]) for i in range(len(deltas))]
         assert sum(d["token_count"] for d in deltas) == final["usage"]["completion_tokens"] > 0
+    # every request finished, so the group's committed offsets reach the end of the batch topic
+    await committed_to_the_end(workers.common)
 
 
 async def test_a_cancel_stops_generation_in_the_engine(workers: Workers) -> None:
