@@ -81,3 +81,9 @@ def evictions_to_fit(residents: list[Resident], memory_bytes: int, budget_bytes:
     raise DoesNotFit(
         f"{memory_bytes} bytes do not fit in a budget of {budget_bytes} bytes without evicting hot or busy models"
     )
+
+
+def hourly_rate(previous_hour: int, current_hour: int, fraction_elapsed: float) -> float:
+    """Requests in the last 60 minutes from hourly buckets (a sliding window): all of the current hour so far, plus the
+    part of the previous hour that is still inside the window, assuming it was spread evenly."""
+    return current_hour + previous_hour * (1.0 - min(max(fraction_elapsed, 0.0), 1.0))

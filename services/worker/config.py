@@ -5,6 +5,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.worker.caching import TierPolicy
+
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FERRY_WORKER_", extra="ignore")
@@ -50,3 +52,18 @@ class WorkerSettings(BaseSettings):
         description="Variant of the model to load (fp32, fp16, int8, ...; see services/worker/variants.py); unset: "
         "float32 on CPU, vLLM's choice on GPU.",
     )
+    demand_flush_s: float = Field(30.0, gt=0, description="Seconds between writes of served-request counts.")
+    tier_hot_above: float = Field(1000, ge=0, description="Requests per hour above which a model is hot.")
+    tier_warm_above: float = Field(100, ge=0, description="Requests per hour above which a model is warm (else cold).")
+    tier_hot_replicas: int = Field(3, ge=0, description="Replicas a hot model calls for.")
+    tier_warm_replicas: int = Field(2, ge=0, description="Replicas a warm model calls for.")
+    tier_cold_replicas: int = Field(0, ge=0, description="Replicas a cold model calls for (loaded on demand).")
+
+    def tier_policy(self) -> TierPolicy:
+        return TierPolicy(
+            hot_above=self.tier_hot_above,
+            warm_above=self.tier_warm_above,
+            hot_replicas=self.tier_hot_replicas,
+            warm_replicas=self.tier_warm_replicas,
+            cold_replicas=self.tier_cold_replicas,
+        )

@@ -23,6 +23,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry import trace
 
+from services.worker.catalog import ModelCatalog
 from services.worker.config import WorkerSettings
 from services.worker.engine import Engine
 from services.worker.generation import RequestControl, StopReason, serve_request
@@ -39,6 +40,7 @@ from shared.contracts import (
     RequestCancelled,
     TokensGenerated,
     WorkerStatusReported,
+    utc_now,
 )
 from shared.kafka import Rejected, dead_letter, decode, publish_message
 from shared.settings import CommonSettings
@@ -78,6 +80,8 @@ class WorkerDeps:
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
     consumer: AIOKafkaConsumer | None = None  # the batch consumer, once started
+    catalog: ModelCatalog | None = None  # where served-request counts go (the tiers are computed from them)
+    served: int = 0  # requests finished since the last demand write
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -135,6 +139,7 @@ def register(deps: WorkerDeps) -> None:
                 if control.stop_requested_at is not None and control.ended_at is not None:
                     deps.metrics.stop_to_abort.observe(max(0.0, control.ended_at - control.stop_requested_at))
         if done:
+            deps.served += 1
             deps.finished.add(request.request_id)
             deps.offsets.finished(request.request_id)
             deps.progress.set()
@@ -212,6 +217,7 @@ async def start_background(deps: WorkerDeps) -> None:
     deps.background = [
         asyncio.create_task(_committer(deps), name="offset-committer"),
         asyncio.create_task(_heartbeat(deps), name="worker-status"),
+        asyncio.create_task(_demand_writer(deps), name="demand-writer"),
     ]
 
 
@@ -278,6 +284,23 @@ def status_report(deps: WorkerDeps) -> WorkerStatusReported:
     )
 
 
+async def _demand_writer(deps: WorkerDeps) -> None:
+    while True:
+        await asyncio.sleep(deps.settings.demand_flush_s)
+        await flush_demand(deps)
+
+
+async def flush_demand(deps: WorkerDeps) -> None:
+    served, deps.served = deps.served, 0
+    if deps.catalog is None or not served:
+        return
+    try:
+        await deps.catalog.record_demand({deps.model_id: served}, utc_now())
+    except Exception:  # counted again next time rather than lost
+        deps.served += served
+        logger.exception("demand not recorded")
+
+
 async def _heartbeat(deps: WorkerDeps) -> None:
     topic = deps.common.topics.worker_status
     while True:
@@ -312,3 +335,4 @@ async def drain(deps: WorkerDeps, seconds: float) -> None:
     if points := deps.offsets.due():
         await _commit(deps, points)
     await stop_background(deps)
+    await flush_demand(deps)

@@ -9,11 +9,13 @@ from faststream.asgi import AsgiResponse, get
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry
 
+from services.worker.catalog import ModelCatalog
 from services.worker.config import WorkerSettings
 from services.worker.engine import Engine, EngineConfig
 from services.worker.handlers import SERVICE, WorkerDeps, drain, register, start_background
 from services.worker.metrics import WorkerMetrics
 from services.worker.model_store import ensure_model
+from shared.db import connect_pool
 from shared.kafka import ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import ModelRecord, enabled_models
@@ -58,6 +60,8 @@ async def main() -> None:
             tracer=provider.get_tracer(__name__),
             metrics=worker_metrics,
         )
+        pool = await connect_pool(common.postgres_dsn)
+        deps.catalog = ModelCatalog(pool)
         register(deps)
 
         async def background() -> None:
@@ -77,6 +81,7 @@ async def main() -> None:
         try:
             await serve(app, settings.host, settings.port)
         finally:
+            await pool.close()
             await engine.shutdown()
     finally:
         provider.shutdown()

@@ -43,3 +43,10 @@ def test_hot_and_busy_models_are_never_evicted() -> None:
     residents = [Resident("hot", 100 * MiB, "hot", T0), Resident("busy", 100 * MiB, "warm", T0, busy=True)]
     with pytest.raises(DoesNotFit):
         evictions_to_fit(residents, 50 * MiB, budget_bytes=200 * MiB)
+
+
+def test_the_hourly_rate_slides_over_the_previous_hour() -> None:
+    from services.worker.caching import hourly_rate
+
+    assert hourly_rate(previous_hour=600, current_hour=50, fraction_elapsed=0.25) == 50 + 450
+    assert hourly_rate(previous_hour=600, current_hour=900, fraction_elapsed=1.0) == 900
