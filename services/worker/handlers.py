@@ -111,7 +111,16 @@ def register(deps: WorkerDeps) -> None:
     topics = common.topics
 
     async def publish_reply(request: CompletionRequested, event: Message) -> None:
-        await publish_message(broker, event, request.reply_topic, key=request.request_id, request_id=request.request_id)
+        # Deltas are not waited for; the final event is, and with it every delta before it (same key, same order).
+        # Offsets are committed only after the final event is confirmed.
+        await publish_message(
+            broker,
+            event,
+            request.reply_topic,
+            key=request.request_id,
+            request_id=request.request_id,
+            confirm=not isinstance(event, TokensGenerated),
+        )
         if isinstance(event, TokensGenerated | CompletionFinished):
             deps.metrics.replies(request.stream, event)
 
