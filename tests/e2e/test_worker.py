@@ -379,3 +379,24 @@ async def test_killed_worker_s_requests_are_completed_by_another_without_duplica
         assert final is not None and final["event"] == "completion_finished", (r.request_id, final)
         assert assembled(events) == final["text"], r.request_id
     print(f"{len(restarted)} requests redone; all {len(requests)} completed {recovered_in:.1f} s after the kill")
+
+
+async def test_requests_a_draining_worker_cannot_finish_are_redone_by_another(workers: Workers) -> None:
+    if not workers.live():
+        workers.start(f"worker-{len(workers.started)}")
+    impatient = workers.start("worker-impatient", FERRY_WORKER_DRAIN_SECONDS="0")
+    workers.wait_balanced()
+    async with client(workers.common) as c:
+        requests = [c.request(max_tokens=1200) for _ in range(12)]
+        for i, start in enumerate(range(0, len(requests), 2)):
+            await c.send_batch(requests[start : start + 2], partition=i % workers.common.topic_partitions)
+        await c.read_until(lambda: sum(1 for r in requests if c.events[r.request_id]) >= 3, seconds=60)
+        workers.terminate(impatient)
+        await c.wait_final([r.request_id for r in requests], seconds=90)
+
+    handed_back = re.search(r"(\d+) handed back", workers.log(impatient))
+    assert handed_back and int(handed_back.group(1)) >= 1, "the draining worker held no unfinished request"
+    for r in requests:
+        final = c.final(r.request_id)
+        assert final is not None and final["event"] == "completion_finished", (r.request_id, final)
+        assert assembled(c.events[r.request_id]) == final["text"]
