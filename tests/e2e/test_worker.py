@@ -230,7 +230,8 @@ async def committed_to_the_end(common: CommonSettings, seconds: float = 10) -> N
         async with asyncio.timeout(seconds):
             while True:
                 committed = await admin.list_consumer_group_offsets("ferry-worker." + TINY_MODEL)
-                if all(tp in committed and committed[tp].offset == ends[tp] for tp in partitions):
+                # a partition that never got a batch has nothing to commit
+                if all(committed[tp].offset == ends[tp] if tp in committed else ends[tp] == 0 for tp in partitions):
                     return
                 await asyncio.sleep(0.2)
     finally:
@@ -362,10 +363,13 @@ async def test_killed_worker_s_requests_are_completed_by_another_without_duplica
     victim = workers.live()[0]
     async with client(workers.common) as c:
         requests = [c.request(max_tokens=1200) for _ in range(18)]
+        partitions = workers.common.topic_partitions
+        by_partition: dict[int, list[str]] = defaultdict(list)
         for i, start in enumerate(range(0, len(requests), 3)):
-            await c.send_batch(requests[start : start + 3], partition=i % workers.common.topic_partitions)
-        # kill the victim while it generates: once every request has streamed something and none has finished
-        await c.read_until(lambda: sum(1 for r in requests if c.events[r.request_id]) >= 3, seconds=60)
+            await c.send_batch(requests[start : start + 3], partition=i % partitions)
+            by_partition[i % partitions] += [r.request_id for r in requests[start : start + 3]]
+        # kill the victim while it generates: once every partition (so both workers) has streamed something
+        await c.read_until(lambda: all(any(c.events[r] for r in ids) for ids in by_partition.values()), seconds=60)
         workers.kill(victim)
         killed_at = time.monotonic()
         await c.wait_final([r.request_id for r in requests], seconds=90)
@@ -387,7 +391,7 @@ async def test_requests_a_draining_worker_cannot_finish_are_redone_by_another(wo
     impatient = workers.start("worker-impatient", FERRY_WORKER_DRAIN_SECONDS="0")
     workers.wait_balanced()
     async with client(workers.common) as c:
-        requests = [c.request(max_tokens=1200) for _ in range(12)]
+        requests = [c.request(max_tokens=800) for _ in range(12)]
         for i, start in enumerate(range(0, len(requests), 2)):
             await c.send_batch(requests[start : start + 2], partition=i % workers.common.topic_partitions)
         await c.read_until(lambda: sum(1 for r in requests if c.events[r.request_id]) >= 3, seconds=60)
