@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Any
 from benchmarks.bench import load, prompts, report
 from benchmarks.bench.metrics import RequestResult, parse_slos, summarize
 from benchmarks.bench.runner import Load, Target, run
-from benchmarks.bench.targets import run_in_process, vllm_server
+from benchmarks.bench.targets import model_start_times, run_in_process, run_through_worker, vllm_server
 from shared.registry import read_seed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compare-engine",
         action="store_true",
         help="run ferry's engine adapter in this process (no HTTP, no Kafka) as the second target",
+    )
+    p.add_argument(
+        "--through-worker",
+        action="store_true",
+        help="measure the running worker of --model through Kafka alone (batches in, replies out), not --base-url",
+    )
+    p.add_argument(
+        "--start-times",
+        action="store_true",
+        help="only measure --model's cold start (registry to first token) and warm reload, and print them as JSON",
     )
     p.add_argument(
         "--baseline-first",
@@ -122,6 +133,13 @@ def _local_model(model_id: str) -> tuple[Path, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.start_times:
+        times = asyncio.run(model_start_times(args.model))
+        print(json.dumps({"model": args.model, "machine": f"{os.cpu_count()} cores", **times}, indent=2))
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "start-times.json").write_text(json.dumps({"model": args.model, **times}, indent=2) + "\n")
+        return 0
     slos = parse_slos(args.slo)
     requests, offsets = build_load(args)
     load = Load(requests, offsets, args.concurrency, args.timeout, show_progress=not args.quiet)
@@ -131,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     def over_http(target: Target) -> Job:
         return Job(target.name, target.base_url, lambda: run(target, load))
 
-    jobs = [over_http(Target(args.name, args.base_url.rstrip("/"), args.model, args.api_key))]
+    if args.through_worker:
+        jobs = [Job("worker-over-kafka", "kafka", lambda: run_through_worker(args.model, load))]
+    else:
+        jobs = [over_http(Target(args.name, args.base_url.rstrip("/"), args.model, args.api_key))]
     with ExitStack() as stack:
         if args.compare:
             name, _, url = args.compare.partition("=")
