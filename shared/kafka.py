@@ -57,14 +57,22 @@ def message_headers(message: Message, request_id: str | None = None) -> dict[str
 
 
 async def publish_message(
-    broker: KafkaBroker, message: Message, topic: str, key: str | None, request_id: str | None = None
+    broker: KafkaBroker,
+    message: Message,
+    topic: str,
+    key: str | None,
+    request_id: str | None = None,
+    confirm: bool = True,
 ) -> None:
-    """Publishes a contract message as JSON with the platform's headers (the tracing middleware adds trace context)."""
+    """Publishes a contract message as JSON with the platform's headers (the tracing middleware adds trace context).
+    With ``confirm=False`` it returns once the record is queued in the producer, without waiting for the broker: the
+    producer keeps records of one key in order, so confirming a later record confirms the earlier ones too."""
     await broker.publish(
         message.model_dump_json().encode(),
         topic,
         key=key.encode() if key is not None else None,
         headers=message_headers(message, request_id) | {"content-type": "application/json"},
+        no_confirm=not confirm,
     )
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
@@ -14,12 +15,18 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 logger = logging.getLogger(__name__)
 
 
-def kafka_service_app(broker: KafkaBroker, metrics: CollectorRegistry, **kwargs: Any) -> AsgiFastStream:
+def kafka_service_app(
+    broker: KafkaBroker, metrics: CollectorRegistry, routes: Sequence[tuple[str, Any]] = (), **kwargs: Any
+) -> AsgiFastStream:
     """The ASGI app of a Kafka service: ``/health`` answers 204 while the broker is connected, ``/metrics`` serves
-    Prometheus text."""
+    Prometheus text; ``routes`` adds the service's own (path, ASGI app) pairs."""
     return AsgiFastStream(
         broker,
-        asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0)), ("/metrics", make_asgi_app(metrics))],
+        asgi_routes=[
+            ("/health", make_ping_asgi(broker, timeout=5.0)),
+            ("/metrics", make_asgi_app(metrics)),
+            *routes,
+        ],
         logger=logging.getLogger("shared.runtime.app"),
         **kwargs,
     )

@@ -21,7 +21,7 @@ from typing import Any
 from benchmarks.bench import cache, load, prompts, report
 from benchmarks.bench.metrics import RequestResult, parse_slos, summarize
 from benchmarks.bench.runner import Load, Target, run
-from benchmarks.bench.targets import run_in_process, vllm_server
+from benchmarks.bench.targets import model_start_times, run_in_process, run_through_worker, vllm_server
 from shared.registry import read_seed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +58,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="send the same requests twice to the target (misses, then response cache hits) and compare latency; "
         "the target must cache them: temperature 0 and the key of a tenant that retains text (--api-key)",
+    )
+    p.add_argument(
+        "--through-worker",
+        action="store_true",
+        help="measure the running worker of --model through Kafka alone (batches in, replies out), not --base-url",
+    )
+    p.add_argument(
+        "--start-times",
+        action="store_true",
+        help="only measure --model's cold start (registry to first token) and warm reload, and print them as JSON",
     )
     p.add_argument(
         "--baseline-first",
@@ -141,10 +151,17 @@ def _redacted(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.start_times:
+        times = asyncio.run(model_start_times(args.model))
+        print(json.dumps({"model": args.model, "machine": f"{os.cpu_count()} cores", **times}, indent=2))
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "start-times.json").write_text(json.dumps({"model": args.model, **times}, indent=2) + "\n")
+        return 0
     slos = parse_slos(args.slo)
     requests, offsets = build_load(args)
     if args.compare_cache:
-        if args.baseline_first or args.compare or args.compare_vllm or args.compare_engine:
+        if args.baseline_first or args.compare or args.compare_vllm or args.compare_engine or args.through_worker:
             raise SystemExit("--compare-cache runs misses then hits on one target; it takes no other comparison")
         requests = cache.unique_to_run(requests)
     load = Load(requests, offsets, args.concurrency, args.timeout, show_progress=not args.quiet)
@@ -154,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     def over_http(target: Target) -> Job:
         return Job(target.name, target.base_url, lambda: run(target, load))
 
-    jobs = [over_http(Target(args.name, args.base_url.rstrip("/"), args.model, args.api_key))]
+    if args.through_worker:
+        jobs = [Job("worker-over-kafka", "kafka", lambda: run_through_worker(args.model, load))]
+    else:
+        jobs = [over_http(Target(args.name, args.base_url.rstrip("/"), args.model, args.api_key))]
     with ExitStack() as stack:
         if args.compare_cache:
             jobs = [

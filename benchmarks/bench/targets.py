@@ -117,3 +117,134 @@ async def run_in_process(
         return await drive("engine-in-process", send_one, load)
     finally:
         await engine.shutdown()
+
+
+async def run_through_worker(model_id: str, load: Load) -> tuple[list[RequestResult], float, float]:
+    """The benchmark against a running worker through Kafka alone (no ingress, no batcher): each request goes to the
+    model's batch topic as a one-request BatchFormed, and its replies are read from a reply topic of the bench's own.
+    Each TokensGenerated with text counts as a chunk. Kafka settings come from FERRY_* (the running platform's)."""
+    import json
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from shared.contracts import BatchFormed, ChatMessage, CompletionRequested, SamplingParams
+    from shared.kafka import ensure_topics
+    from shared.settings import CommonSettings
+
+    common = CommonSettings()
+    reply_topic = common.topics.replies(f"bench-{uuid.uuid4().hex[:8]}")
+    await ensure_topics(common, [reply_topic], partitions=1)
+    producer = AIOKafkaProducer(bootstrap_servers=common.kafka_bootstrap, linger_ms=0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=common.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    await producer.start()
+    await consumer.start()
+    partition = TopicPartition(reply_topic, 0)
+    consumer.assign([partition])
+    await consumer.seek_to_end(partition)
+    await consumer.position(partition)
+    queues: dict[str, asyncio.Queue[tuple[float, dict[str, object]]]] = {}
+
+    async def route() -> None:
+        async for record in consumer:
+            event = json.loads(record.value)
+            queue = queues.get(event["request_id"])
+            if queue is not None:
+                queue.put_nowait((time.monotonic(), event))
+
+    router = asyncio.create_task(route())
+
+    async def send_one(request: BenchRequest) -> RequestResult:
+        request_id = f"bench-{uuid.uuid4().hex}"
+        queue = queues[request_id] = asyncio.Queue()
+        started = time.monotonic()
+        chunk_times: list[float] = []
+        completion = CompletionRequested(
+            request_id=request_id,
+            model=model_id,
+            messages=[ChatMessage.model_validate(m) for m in request.messages],
+            sampling=SamplingParams(max_tokens=request.max_tokens, temperature=0),
+            reply_topic=reply_topic,
+        )
+        batch = BatchFormed(batch_id=request_id, model=model_id, requests=[completion])
+        try:
+            async with asyncio.timeout(load.timeout_s):
+                await producer.send_and_wait(common.topics.batches(model_id), batch.model_dump_json().encode())
+                while True:
+                    at, event = await queue.get()
+                    if event["event"] == "tokens_generated" and event["text"]:
+                        chunk_times.append(at)
+                    elif event["event"] == "generation_failed":
+                        return RequestResult(False, started, at, chunk_times, error=str(event["code"]))
+                    elif event["event"] == "completion_finished":
+                        usage: dict[str, int] = event["usage"]  # type: ignore[assignment]
+                        if not chunk_times:
+                            return RequestResult(False, started, at, chunk_times, error="no content streamed")
+                        return RequestResult(
+                            True, started, at, chunk_times, usage["prompt_tokens"], usage["completion_tokens"]
+                        )
+        except TimeoutError:
+            return RequestResult(False, started, time.monotonic(), chunk_times, error="timeout")
+        finally:
+            queues.pop(request_id, None)
+
+    try:
+        return await drive("worker-over-kafka", send_one, load)
+    finally:
+        router.cancel()
+        await producer.stop()
+        await consumer.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([reply_topic])
+        finally:
+            await admin.close()
+
+
+async def model_start_times(model_id: str) -> dict[str, float]:
+    """Cold start of ``model_id`` as a worker does it, in seconds: registry read, model folder, engine start, first
+    token (``cold_*``); then a warm reload: the engine stopped and started again in the same process, with vLLM
+    imported and the weights in the page cache (``warm_*``). vLLM's sleep/wake is not available on CPU."""
+    started = time.monotonic()
+    from services.worker.engine import Engine, EngineConfig
+    from services.worker.model_store import ensure_model
+    from shared.contracts import ChatMessage, SamplingParams
+    from shared.db import connect_pool
+    from shared.registry import ModelRegistry
+    from shared.settings import CommonSettings
+
+    imported = time.monotonic()
+    pool = await connect_pool(CommonSettings().postgres_dsn)
+    try:
+        record = await ModelRegistry(pool).get(model_id)
+    finally:
+        await pool.close()
+    if record is None:
+        raise SystemExit(f"{model_id} is not in the registry")
+    models_dir = Path(os.environ.get("FERRY_WORKER_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
+    path = await asyncio.to_thread(ensure_model, record.id, record.source, models_dir)
+    registry_read = time.monotonic()
+
+    async def start_and_first_token() -> tuple[float, float]:
+        begin = time.monotonic()
+        engine = await Engine.start(EngineConfig(model_id=record.id, path=path, max_model_len=record.max_model_len))
+        ready = time.monotonic()
+        prompt = engine.render_prompt([ChatMessage(role="user", content="Hello!")])
+        async for _ in engine.generate(uuid.uuid4().hex, prompt, SamplingParams(max_tokens=1, temperature=0)):
+            break
+        first = time.monotonic()
+        await engine.shutdown()
+        return ready - begin, first - begin
+
+    cold_engine, cold_first = await start_and_first_token()
+    warm_engine, warm_first = await start_and_first_token()
+    return {
+        "cold_import_s": imported - started,
+        "cold_registry_and_folder_s": registry_read - imported,
+        "cold_engine_start_s": cold_engine,
+        "cold_registry_to_first_token_s": registry_read - imported + cold_first,
+        "cold_process_to_first_token_s": registry_read - started + cold_first,
+        "warm_engine_start_s": warm_engine,
+        "warm_reload_to_first_token_s": warm_first,
+    }

@@ -5,6 +5,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.worker.caching import TierPolicy
+
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FERRY_WORKER_", extra="ignore")
@@ -21,3 +23,47 @@ class WorkerSettings(BaseSettings):
     coalesce_ms: int = Field(
         25, ge=0, description="Deltas produced within this window go out as one Kafka record (the first goes at once)."
     )
+    session_timeout_ms: int = Field(
+        6000,
+        ge=1000,
+        description="Kafka session timeout: a worker that stops heartbeating loses its partitions after this long "
+        "(the broker's group.min.session.timeout.ms, 6 s by default, is the floor).",
+    )
+    heartbeat_interval_ms: int = Field(1000, ge=100, description="Kafka consumer heartbeat interval.")
+    max_poll_interval_ms: int = Field(
+        60000, ge=1000, description="Kafka max poll interval; consuming never waits for generation, so it stays short."
+    )
+    commit_interval_ms: int = Field(
+        100, ge=0, description="Finished batches' offsets are committed at most this often."
+    )
+    max_in_flight: int = Field(
+        256,
+        ge=1,
+        description="Requests taken from Kafka at once (generating or waiting in the engine); above it consuming "
+        "pauses, so other workers of the group get the rest.",
+    )
+    drain_seconds: float = Field(
+        20.0, ge=0, description="On SIGTERM, how long in-flight requests may finish before the rest are handed back."
+    )
+    status_interval_s: float = Field(2.0, gt=0, description="Seconds between WorkerStatusReported heartbeats.")
+    worker_id: str | None = Field(None, description="Id in heartbeats; host, port and pid if unset.")
+    variant: str | None = Field(
+        None,
+        description="Variant of the model to load (fp32, fp16, int8, ...; see services/worker/variants.py); unset: "
+        "float32 on CPU, vLLM's choice on GPU.",
+    )
+    demand_flush_s: float = Field(30.0, gt=0, description="Seconds between writes of served-request counts.")
+    tier_hot_above: float = Field(1000, ge=0, description="Requests per hour above which a model is hot.")
+    tier_warm_above: float = Field(100, ge=0, description="Requests per hour above which a model is warm (else cold).")
+    tier_hot_replicas: int = Field(3, ge=0, description="Replicas a hot model calls for.")
+    tier_warm_replicas: int = Field(2, ge=0, description="Replicas a warm model calls for.")
+    tier_cold_replicas: int = Field(0, ge=0, description="Replicas a cold model calls for (loaded on demand).")
+
+    def tier_policy(self) -> TierPolicy:
+        return TierPolicy(
+            hot_above=self.tier_hot_above,
+            warm_above=self.tier_warm_above,
+            hot_replicas=self.tier_hot_replicas,
+            warm_replicas=self.tier_warm_replicas,
+            cold_replicas=self.tier_cold_replicas,
+        )

@@ -6,12 +6,13 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
 from shared.contracts import ChatMessage, FinishReason, SamplingParams
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class EngineConfig:
     max_model_len: int
     kv_cache_gib: float = 1.0
     max_num_seqs: int = 64
+    variant: str | None = None  # a name in variants.VARIANTS; None: float32 on CPU, vLLM's choice on GPU
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,43 @@ class GenerationStep:
     cached_tokens: int = 0  # prompt tokens found in the prefix cache (same salt, same leading blocks)
 
 
+@dataclass
+class EngineStats:
+    """The scheduler's latest figures, updated by vLLM after each engine step."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0  # fraction of the KV cache in use, 0..1
+    load_seconds: float = 0.0  # how long the engine took to start
+
+
+def _stats_logger_factory(stats: EngineStats) -> Callable[..., object]:
+    """A vLLM per-engine stat logger that copies the scheduler's figures into ``stats``."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class _Recorder(StatLoggerBase):
+        def __init__(self, vllm_config: object, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0):
+            if scheduler_stats is not None:
+                stats.running = scheduler_stats.num_running_reqs
+                stats.waiting = scheduler_stats.num_waiting_reqs
+                stats.kv_cache_usage = scheduler_stats.kv_cache_usage
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return _Recorder
+
+
 class Engine:
-    def __init__(self, config: EngineConfig, llm: AsyncLLM) -> None:
+    def __init__(self, config: EngineConfig, llm: AsyncLLM, stats: EngineStats | None = None) -> None:
         self.config = config
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
+        self.stats = stats or EngineStats()
+        self.on_cpu = True
 
     @classmethod
     async def start(cls, config: EngineConfig) -> Engine:
@@ -73,6 +107,7 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = current_platform.is_cpu()
+        variant = VARIANTS[config.variant] if config.variant else None
         args = AsyncEngineArgs(
             model=str(config.path),
             served_model_name=[config.model_id],
@@ -80,7 +115,8 @@ class Engine:
             max_num_seqs=config.max_num_seqs,
             # On CPUs with AMX, vLLM 0.32's AMX bf16 attention garbles SmolLM2 (it answers "L'Étoile, la
             # Marseillaise..." where float32 and float16 say Paris); float32 is right on every CPU, ~10% slower here.
-            dtype="float32" if on_cpu else "auto",
+            dtype=variant.dtype if variant else "float32" if on_cpu else "auto",
+            quantization=variant.quantization if variant else None,
             # On CPU, torch.compile and an unsized KV cache cost a minute of start-up and a failing memory check;
             # on a GPU, CUDA graphs and the default memory fraction are the better choice.
             enforce_eager=on_cpu,
@@ -90,13 +126,16 @@ class Engine:
             disable_log_stats=True,
         )
         started = time.monotonic()
+        stats = EngineStats()
         # Blocks the event loop while the model loads; this runs before the worker serves anything. No local variable
         # holds the AsyncLLM: vLLM's start-up keeps a traceback alive whose frames include this one (see shutdown).
-        engine = cls(config, AsyncLLM.from_engine_args(args))
+        engine = cls(config, AsyncLLM.from_engine_args(args, stat_loggers=[_stats_logger_factory(stats)]), stats)
+        engine.on_cpu = on_cpu
+        stats.load_seconds = time.monotonic() - started
         logger.info(
             "engine for %s ready in %.1f s (%s)",
             config.model_id,
-            time.monotonic() - started,
+            stats.load_seconds,
             "cpu" if on_cpu else current_platform.device_name,
         )
         return engine
@@ -143,6 +182,16 @@ class Engine:
                     finish_reason=finish_reason,
                     cached_tokens=output.num_cached_tokens or 0,
                 )
+
+    @property
+    def variant(self) -> str:
+        return self.config.variant or (DEFAULT_CPU_VARIANT if self.on_cpu else "auto")
+
+    def free_tokens(self) -> int:
+        """Tokens the KV cache can still take: its capacity times the free fraction."""
+        cache = self._llm.vllm_config.cache_config
+        capacity = (cache.num_gpu_blocks or 0) * (cache.block_size or 0)
+        return max(0, int(capacity * (1.0 - self.stats.kv_cache_usage)))
 
     async def abort(self, request_id: str) -> None:
         """Stops a running request: its stream ends with a step whose finish_reason is "abort"."""

@@ -1,12 +1,16 @@
 """Serving one request on the engine: stream coalesced deltas, then a final event. Never drops a request silently:
-every request ends with CompletionFinished or GenerationFailed."""
+every request ends with CompletionFinished or GenerationFailed, except one handed back on shutdown (its record stays
+uncommitted, so another worker generates it again from the start, with the same seed)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from services.worker.engine import Engine, PromptTooLong
 from shared.contracts import (
@@ -14,6 +18,7 @@ from shared.contracts import (
     CompletionRequested,
     GenerationFailed,
     Message,
+    SamplingParams,
     TokensGenerated,
     Usage,
     utc_now,
@@ -22,6 +27,40 @@ from shared.contracts import (
 logger = logging.getLogger(__name__)
 
 PublishReply = Callable[[CompletionRequested, Message], Awaitable[None]]
+
+StopReason = Literal["cancelled", "deadline_exceeded", "handed_back"]
+
+_STOPPED_MESSAGES: dict[StopReason, str] = {
+    "cancelled": "the request was cancelled",
+    "deadline_exceeded": "the request's deadline passed during generation",
+    "handed_back": "the worker shut down",
+}
+
+
+@dataclass
+class RequestControl:
+    """Lets the worker stop a running request from outside (cancel event, deadline, shutdown). The first reason
+    wins; ``ended_at`` is when the engine stream really ended, so the time from stop to abort can be measured."""
+
+    stop_reason: StopReason | None = None
+    stop_requested_at: float | None = None
+    ended_at: float | None = None
+
+    def stop(self, reason: StopReason) -> bool:
+        """Marks the request stopped; returns False when it already was (the caller then need not abort it again)."""
+        if self.stop_reason is not None:
+            return False
+        self.stop_reason, self.stop_requested_at = reason, time.monotonic()
+        return True
+
+
+def seeded(sampling: SamplingParams, request_id: str) -> SamplingParams:
+    """A request without a seed gets one derived from its id, so a redelivered request samples the same text again and
+    readers can drop the part they already have (TokensGenerated.text_offset)."""
+    if sampling.seed is not None:
+        return sampling
+    digest = hashlib.sha256(request_id.encode()).digest()
+    return sampling.model_copy(update={"seed": int.from_bytes(digest[:4], "big") & 0x7FFFFFFF})
 
 
 @dataclass
@@ -54,8 +93,18 @@ class DeltaBuffer:
         return delta
 
 
-async def serve_request(engine: Engine, request: CompletionRequested, publish: PublishReply, coalesce_ms: int) -> None:
+async def serve_request(
+    engine: Engine,
+    request: CompletionRequested,
+    publish: PublishReply,
+    coalesce_ms: int,
+    control: RequestControl | None = None,
+) -> bool:
+    """Generates ``request`` and publishes its replies; returns whether its final event went out (False only when it
+    was handed back)."""
+    control = control or RequestControl()
     sequence = 0
+    text_offset = 0
     if request.deadline_at is not None and request.deadline_at <= utc_now():
         await publish(
             request,
@@ -67,31 +116,49 @@ async def serve_request(engine: Engine, request: CompletionRequested, publish: P
                 retryable=True,
             ),
         )
-        return
+        return True
+    if control.stop_reason is not None:  # cancelled before it reached the worker
+        await _publish_stopped(request, publish, control.stop_reason, sequence)
+        return control.stop_reason != "handed_back"
 
     async def send_delta(delta: tuple[str, int] | None) -> None:
-        nonlocal sequence
+        nonlocal sequence, text_offset
         if delta is None or not request.stream:
             return
         text, tokens = delta
         await publish(
             request,
-            TokensGenerated(request_id=request.request_id, sequence=sequence, text=text, token_count=tokens),
+            TokensGenerated(
+                request_id=request.request_id,
+                sequence=sequence,
+                text=text,
+                token_count=tokens,
+                text_offset=text_offset,
+            ),
         )
         sequence += 1
+        text_offset += len(text)
 
+    deadline_timer = _abort_at_deadline(engine, request, control)
     try:
         prompt = request.prompt if request.prompt is not None else engine.render_prompt(request.messages)
         pieces: list[str] = []
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
         completion_tokens = prompt_tokens = 0
         finish_reason = None
-        async for step in engine.generate(request.request_id, prompt, request.sampling, request.cache_salt):
+        sampling = seeded(request.sampling, request.request_id)
+        async for step in engine.generate(request.request_id, prompt, sampling, request.cache_salt):
+            if control.stop_reason is not None:
+                break  # closing the stream aborts the request in vLLM, even if the abort raced its start
             prompt_tokens = step.prompt_tokens
             completion_tokens += step.new_tokens
             pieces.append(step.text)
             finish_reason = step.finish_reason or finish_reason
             await send_delta(buffer.add(step.text, step.new_tokens, time.monotonic()))
+        control.ended_at = time.monotonic()
+        if control.stop_reason is not None:
+            await _publish_stopped(request, publish, control.stop_reason, sequence)
+            return control.stop_reason != "handed_back"
         await send_delta(buffer.take())
         await publish(
             request,
@@ -111,6 +178,7 @@ async def serve_request(engine: Engine, request: CompletionRequested, publish: P
         logger.info(
             "request %s finished: %s, %d+%d tokens", request.request_id, finish_reason, prompt_tokens, completion_tokens
         )
+        return True
     except PromptTooLong as exc:
         await publish(
             request,
@@ -121,6 +189,7 @@ async def serve_request(engine: Engine, request: CompletionRequested, publish: P
                 message=str(exc),
             ),
         )
+        return True
     except Exception as exc:  # the requester must hear about any failure, whatever it is
         logger.exception("request %s failed", request.request_id)
         await publish(
@@ -133,3 +202,37 @@ async def serve_request(engine: Engine, request: CompletionRequested, publish: P
                 retryable=True,
             ),
         )
+        return True
+    finally:
+        control.ended_at = control.ended_at or time.monotonic()
+        if deadline_timer is not None:
+            deadline_timer.cancel()
+
+
+async def _publish_stopped(
+    request: CompletionRequested, publish: PublishReply, reason: StopReason, sequence: int
+) -> None:
+    logger.info("request %s stopped: %s", request.request_id, reason)
+    if reason == "handed_back":
+        return  # no final event: the record stays uncommitted and another worker generates the request again
+    await publish(
+        request,
+        GenerationFailed(
+            request_id=request.request_id, sequence=sequence, code=reason, message=_STOPPED_MESSAGES[reason]
+        ),
+    )
+
+
+def _abort_at_deadline(
+    engine: Engine, request: CompletionRequested, control: RequestControl
+) -> asyncio.TimerHandle | None:
+    if request.deadline_at is None:
+        return None
+    loop = asyncio.get_running_loop()
+
+    def expire() -> None:
+        if control.stop("deadline_exceeded"):
+            # the task is referenced by the loop until it ends; the request's stream then ends with an abort step
+            asyncio.ensure_future(engine.abort(request.request_id))
+
+    return loop.call_later(max(0.0, (request.deadline_at - utc_now()).total_seconds()), expire)

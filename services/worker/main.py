@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from faststream.asgi import AsgiResponse, get
+from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry
 
+from services.worker.catalog import ModelCatalog
 from services.worker.config import WorkerSettings
 from services.worker.engine import Engine, EngineConfig
-from services.worker.handlers import SERVICE, WorkerDeps, drain, register
+from services.worker.handlers import SERVICE, WorkerDeps, drain, register, start_background
+from services.worker.metrics import WorkerMetrics
 from services.worker.model_store import ensure_model
+from shared.db import connect_pool
 from shared.kafka import ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import ModelRecord, enabled_models
@@ -35,11 +40,16 @@ async def main() -> None:
                 max_model_len=model.max_model_len,
                 kv_cache_gib=settings.kv_cache_gib,
                 max_num_seqs=settings.max_num_seqs,
+                variant=settings.variant,
             )
         )
         await wait_for_kafka(common)
-        await ensure_topics(common, [common.topics.batches(model.id)])
+        topics = common.topics
+        await ensure_topics(common, [topics.batches(model.id)])
+        await ensure_topics(common, [topics.cancellations, topics.worker_status, topics.worker_control], partitions=1)
         metrics = CollectorRegistry()
+        worker_metrics = WorkerMetrics(metrics, model.id)
+        worker_metrics.watch(engine.stats)
         broker = new_broker(common, SERVICE, provider, metrics)
         deps = WorkerDeps(
             settings=settings,
@@ -48,20 +58,53 @@ async def main() -> None:
             engine=engine,
             model_id=model.id,
             tracer=provider.get_tracer(__name__),
+            metrics=worker_metrics,
         )
+        pool = await connect_pool(common.postgres_dsn)
+        deps.catalog = ModelCatalog(pool)
         register(deps)
 
-        async def drain_in_flight() -> None:
-            await drain(deps, seconds=20)
+        async def background() -> None:
+            await start_background(deps)
 
-        app = kafka_service_app(broker, metrics, on_shutdown=[drain_in_flight])
-        logger.info("serving %s from %s", model.id, path)
+        async def drain_in_flight() -> None:
+            await drain(deps, seconds=settings.drain_seconds)
+
+        app = kafka_service_app(
+            broker,
+            metrics,
+            routes=_probes(deps, broker),
+            after_startup=[background],
+            on_shutdown=[drain_in_flight],
+        )
+        logger.info("serving %s from %s as %s", model.id, path, deps.worker_id)
         try:
             await serve(app, settings.host, settings.port)
         finally:
+            await pool.close()
             await engine.shutdown()
     finally:
         provider.shutdown()
+
+
+def _probes(deps: WorkerDeps, broker: KafkaBroker) -> list[tuple[str, object]]:
+    """Liveness: the process answers and its background loops run. Readiness: it takes work (broker connected, not
+    draining); a load balancer or the scaler stops counting on a draining worker."""
+
+    @get
+    async def live(scope: object) -> AsgiResponse:
+        dead = [t.get_name() for t in deps.background if t.done()]
+        return AsgiResponse(f"stopped: {dead}".encode(), 500) if dead else AsgiResponse(b"", 204)
+
+    @get
+    async def ready(scope: object) -> AsgiResponse:
+        if deps.draining:
+            return AsgiResponse(b"draining", 503)
+        if not await broker.ping(5.0):
+            return AsgiResponse(b"kafka unreachable", 503)
+        return AsgiResponse(b"", 204)
+
+    return [("/live", live), ("/ready", ready)]
 
 
 async def _served_model(common: CommonSettings, settings: WorkerSettings) -> ModelRecord:

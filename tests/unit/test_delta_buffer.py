@@ -20,3 +20,23 @@ def test_tokens_without_text_wait_for_text_and_still_count() -> None:
     assert buffer.add("é", 1, now=1.1) == ("é", 2)
     assert buffer.add("", 1, now=1.2) is None  # the end-of-sequence token
     assert buffer.take() == ("", 1)
+
+
+def test_a_request_without_seed_gets_the_same_seed_on_every_delivery() -> None:
+    from services.worker.generation import seeded
+    from shared.contracts import SamplingParams
+
+    unseeded = SamplingParams(temperature=1.0)
+    first, again = seeded(unseeded, "req-1"), seeded(unseeded, "req-1")
+    assert first.seed is not None and first.seed == again.seed
+    assert seeded(unseeded, "req-2").seed != first.seed
+    assert seeded(SamplingParams(seed=7), "req-1").seed == 7  # the client's seed wins
+
+
+def test_the_first_stop_reason_wins() -> None:
+    from services.worker.generation import RequestControl
+
+    control = RequestControl()
+    assert control.stop("cancelled")
+    assert not control.stop("deadline_exceeded")
+    assert control.stop_reason == "cancelled" and control.stop_requested_at is not None

@@ -1,0 +1,408 @@
+"""The worker through its Kafka interface, with real Kafka and vLLM (tiny model): batches in, replies out. Its own topic
+prefix, database and workers (no batcher, no ingress), so workers can be killed without disturbing other tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from shared.contracts import (
+    BatchFormed,
+    CompletionRequested,
+    RequestCancelled,
+    SamplingParams,
+    WorkerStatusReported,
+    utc_now,
+)
+from shared.settings import CommonSettings
+from tests.e2e.platform import (
+    ROOT,
+    TINY_MODEL,
+    Service,
+    _create_database,
+    _delete_topics,
+    _drop_database,
+    _dsn,
+    _wait_healthy,
+    free_port,
+)
+
+FINAL = ("completion_finished", "generation_failed")
+
+
+@dataclass
+class Workers:
+    common: CommonSettings
+    env: dict[str, str]
+    workdir: Path
+    models_dir: Path
+    started: list[Service] = field(default_factory=list)
+
+    def start(self, name: str, **env: str) -> Service:
+        port = free_port()
+        service = Service(
+            name,
+            "services.worker.main",
+            port,
+            {
+                "FERRY_WORKER_MODEL": TINY_MODEL,
+                "FERRY_WORKER_PORT": str(port),
+                "FERRY_WORKER_MODELS_DIR": str(self.models_dir),
+                "FERRY_WORKER_STATUS_INTERVAL_S": "1",
+                **env,
+            },
+        )
+        log = open(self.workdir / f"{name}.log", "ab")
+        service.process = subprocess.Popen(
+            [sys.executable, "-m", service.module],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.env | service.env,
+        )
+        self.started.append(service)
+        _wait_healthy(service, self.workdir, time.monotonic() + 180)
+        return service
+
+    def kill(self, service: Service) -> None:
+        """kill -9 of the worker and its vLLM EngineCore child."""
+        assert service.process is not None
+        os.killpg(service.process.pid, signal.SIGKILL)
+
+    def terminate(self, service: Service) -> None:
+        """SIGTERM to the worker process only, as an orchestrator sends it; the engine child is the worker's to stop."""
+        assert service.process is not None
+        service.process.send_signal(signal.SIGTERM)
+
+    def live(self) -> list[Service]:
+        return [s for s in self.started if s.process and s.process.poll() is None]
+
+    def wait_balanced(self, seconds: float = 60) -> None:
+        """Waits until the live workers' latest assignments split every batch partition between them."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            owned = [self._assigned(s) for s in self.live()]
+            if all(owned) and sum(len(o) for o in owned) == len(set().union(*owned)) == self.common.topic_partitions:
+                return
+            time.sleep(0.3)
+        raise AssertionError("the workers never settled on an assignment")
+
+    def _assigned(self, service: Service) -> set[int]:
+        lines = [ln for ln in self.log(service).splitlines() if "assigned to partitions" in ln and "batches" in ln]
+        return {int(p) for p in re.findall(r"partition=(\d+)", lines[-1])} if lines else set()
+
+    def log(self, service: Service) -> str:
+        return (self.workdir / f"{service.name}.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    run_id = uuid.uuid4().hex[:8]
+    base = CommonSettings()
+    database = f"ferry_test_worker_{run_id}"
+    asyncio.run(_create_database(base.postgres_dsn, database))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "FERRY_TOPIC_PREFIX": f"ferrytest-w{run_id}.",
+        "FERRY_POSTGRES_DSN": _dsn(base.postgres_dsn, database),
+        "FERRY_OTEL_EXPORTER": "none",
+    }
+    common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
+    subprocess.run([sys.executable, "-m", "shared.prepare"], env=env, cwd=ROOT, check=True, capture_output=True)
+    models_dir = Path(os.environ.get("FERRY_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
+    pool = Workers(common, env, tmp_path_factory.mktemp("workers"), models_dir)
+    try:
+        yield pool
+    finally:
+        for s in pool.started:
+            if s.process and s.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(s.process.pid, signal.SIGKILL)
+                s.process.wait(timeout=30)
+        asyncio.run(_drop_database(base.postgres_dsn, database))
+        asyncio.run(_delete_topics(common))
+
+
+@dataclass
+class Client:
+    """Produces batches straight to the worker's topic and collects the reply events per request."""
+
+    common: CommonSettings
+    reply_topic: str
+    producer: AIOKafkaProducer
+    consumer: AIOKafkaConsumer
+    events: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+
+    def request(self, max_tokens: int, **fields: object) -> CompletionRequested:
+        return CompletionRequested(
+            request_id=f"w-{uuid.uuid4().hex[:12]}",
+            model=TINY_MODEL,
+            messages=[{"role": "user", "content": "Tell me about message brokers and consumer groups."}],
+            sampling=SamplingParams(max_tokens=max_tokens, temperature=1.0),
+            reply_topic=self.reply_topic,
+            deadline_at=utc_now() + timedelta(seconds=120),
+            **fields,
+        )
+
+    async def send_batch(self, requests: list[CompletionRequested], partition: int | None = None) -> None:
+        batch = BatchFormed(batch_id=uuid.uuid4().hex, model=TINY_MODEL, requests=requests)
+        topic = self.common.topics.batches(TINY_MODEL)
+        await self.producer.send_and_wait(topic, batch.model_dump_json().encode(), partition=partition)
+
+    async def cancel(self, request: CompletionRequested) -> None:
+        cancel = RequestCancelled(request_id=request.request_id, model=TINY_MODEL, reason="client_disconnected")
+        await self.producer.send_and_wait(self.common.topics.cancellations, cancel.model_dump_json().encode())
+
+    async def read_until(self, done: object, seconds: float) -> None:
+        """Reads replies until ``done()`` is true."""
+        async with asyncio.timeout(seconds):
+            while not done():  # type: ignore[operator]
+                batches = await self.consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        event = json.loads(record.value)
+                        self.events[event["request_id"]].append(event)
+
+    def final(self, request_id: str) -> dict | None:
+        return next((e for e in self.events[request_id] if e["event"] in FINAL), None)
+
+    async def wait_final(self, request_ids: list[str], seconds: float) -> None:
+        await self.read_until(lambda: all(self.final(r) for r in request_ids), seconds)
+
+
+@contextlib.asynccontextmanager
+async def client(common: CommonSettings) -> AsyncIterator[Client]:
+    reply_topic = common.topics.replies(f"worker-test-{uuid.uuid4().hex[:6]}")
+    producer = AIOKafkaProducer(bootstrap_servers=common.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(
+        reply_topic, bootstrap_servers=common.kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await producer.start()
+    await consumer.start()
+    try:
+        yield Client(common, reply_topic, producer, consumer)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def assembled(events: list[dict]) -> str:
+    """The text a reader puts together from the deltas, dropping what a redelivered generation repeats."""
+    text = ""
+    for event in events:
+        if event["event"] != "tokens_generated":
+            continue
+        offset = event["text_offset"]
+        assert offset <= len(text), f"gap: delta at {offset}, {len(text)} characters so far"
+        text += event["text"][len(text) - offset :]
+    return text
+
+
+async def committed_to_the_end(common: CommonSettings, seconds: float = 10) -> None:
+    topic = common.topics.batches(TINY_MODEL)
+    admin = AIOKafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=common.kafka_bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(common.topic_partitions)]
+        ends = await consumer.end_offsets(partitions)
+        async with asyncio.timeout(seconds):
+            while True:
+                committed = await admin.list_consumer_group_offsets("ferry-worker." + TINY_MODEL)
+                # a partition that never got a batch has nothing to commit
+                if all(committed[tp].offset == ends[tp] if tp in committed else ends[tp] == 0 for tp in partitions):
+                    return
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+        await consumer.stop()
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+async def test_many_concurrent_streams_complete_in_order(workers: Workers) -> None:
+    if not workers.started:
+        workers.start("worker-a")
+    async with client(workers.common) as c:
+        requests = [c.request(max_tokens=24) for _ in range(40)]
+        for i in range(0, len(requests), 8):
+            await c.send_batch(requests[i : i + 8])
+        await c.wait_final([r.request_id for r in requests], seconds=120)
+
+    for r in requests:
+        events = c.events[r.request_id]
+        assert [e["sequence"] for e in events] == list(range(len(events))), r.request_id
+        final = events[-1]
+        assert final["event"] == "completion_finished", final
+        deltas = [e for e in events if e["event"] == "tokens_generated"]
+        assert "".join(d["text"] for d in deltas) == final["text"] == assembled(events)
+        offsets = [d["text_offset"] for d in deltas]
+        assert offsets == [sum(len(d["text"]) for d in deltas[:i]) for i in range(len(deltas))]
+        assert sum(d["token_count"] for d in deltas) == final["usage"]["completion_tokens"] > 0
+    # every request finished, so the group's committed offsets reach the end of the batch topic
+    await committed_to_the_end(workers.common)
+
+
+async def test_a_cancel_stops_generation_in_the_engine(workers: Workers) -> None:
+    if not workers.started:
+        workers.start("worker-a")
+    worker = workers.started[0]
+    async with client(workers.common) as c:
+        request = c.request(max_tokens=1900)
+        await c.send_batch([request])
+        await c.read_until(lambda: c.events[request.request_id], seconds=60)
+        await c.cancel(request)
+        await c.wait_final([request.request_id], seconds=30)
+        await asyncio.sleep(1)  # anything the engine still produced would arrive now
+        await c.read_until(lambda: True, seconds=5)
+
+    events = c.events[request.request_id]
+    final = c.final(request.request_id)
+    assert final is not None and final["event"] == "generation_failed", final
+    assert final["code"] == "cancelled"
+    assert events[-1] is final, "no tokens after the failure"
+    streamed = sum(e["token_count"] for e in events if e["event"] == "tokens_generated")
+    assert streamed < 1900
+    metrics = httpx.get(f"http://127.0.0.1:{worker.port}/metrics", timeout=5).text
+    assert metric(metrics, "ferry_worker_running") == 0  # the engine holds nothing any more
+    aborts = metric(metrics, "ferry_worker_stop_to_abort_seconds_count")
+    assert aborts >= 1
+    print(f"cancel to abort: {metric(metrics, 'ferry_worker_stop_to_abort_seconds_sum') / aborts * 1000:.1f} ms mean")
+
+
+async def test_a_variant_that_cannot_run_gets_a_clear_error_unless_fallback_is_allowed(workers: Workers) -> None:
+    if not workers.live():
+        workers.start("worker-a")
+    async with client(workers.common) as c:
+        strict = c.request(max_tokens=4, variant="int4", variant_fallback=False)
+        lenient = c.request(max_tokens=4, variant="int4", variant_fallback=True)
+        await c.send_batch([strict, lenient])
+        await c.wait_final([strict.request_id, lenient.request_id], seconds=60)
+    refused = c.final(strict.request_id)
+    assert refused is not None and refused["code"] == "variant_unavailable"
+    assert "cannot run on this hardware" in refused["message"] and "variant_fallback" in refused["message"]
+    served = c.final(lenient.request_id)
+    assert served is not None and served["event"] == "completion_finished"
+
+
+async def test_worker_reports_its_capacity_and_readiness(workers: Workers) -> None:
+    if not workers.live():
+        workers.start("worker-a")
+    worker = workers.live()[0]
+    assert httpx.get(f"http://127.0.0.1:{worker.port}/ready", timeout=5).status_code == 204
+    assert httpx.get(f"http://127.0.0.1:{worker.port}/live", timeout=5).status_code == 204
+    common = workers.common
+    consumer = AIOKafkaConsumer(
+        common.topics.worker_status,
+        bootstrap_servers=common.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(30):
+            async for record in consumer:
+                report = WorkerStatusReported.model_validate_json(record.value)
+                if record.key and report.reported_at > utc_now() - timedelta(seconds=5):
+                    break
+    finally:
+        await consumer.stop()
+    assert [m.model for m in report.models] == [TINY_MODEL]
+    assert report.max_running == 64 and report.running == 0 and not report.draining
+    assert 0.99 <= report.kv_cache_free <= 1.0 and report.free_tokens > 100_000  # 1 GiB of KV cache, idle
+    assert report.interval_seconds == 1
+
+
+async def test_sigterm_drains_in_flight_requests(workers: Workers) -> None:
+    if not workers.started:
+        workers.start("worker-a")
+    (draining,) = workers.live()  # the only worker of the group: it holds every request
+    async with client(workers.common) as c:
+        requests = [c.request(max_tokens=300) for _ in range(6)]
+        for p in range(workers.common.topic_partitions):
+            await c.send_batch(requests[p * 2 : p * 2 + 2], partition=p)
+        await c.read_until(lambda: sum(1 for r in requests if c.events[r.request_id]) >= 2, seconds=60)
+        workers.terminate(draining)
+        await c.wait_final([r.request_id for r in requests], seconds=90)
+    assert draining.process is not None
+    # uvicorn re-raises the SIGTERM it caught once shutdown is done, so the exit status is the signal's
+    assert draining.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    for r in requests:
+        final = c.final(r.request_id)
+        assert final is not None and final["event"] == "completion_finished", final
+        assert assembled(c.events[r.request_id]) == final["text"]
+    log = workers.log(draining)
+    assert "0 handed back" in log and "shut down gracefully" in log
+
+
+async def test_killed_worker_s_requests_are_completed_by_another_without_duplicate_text(workers: Workers) -> None:
+    while len(workers.live()) < 2:
+        workers.start(f"worker-{len(workers.started)}")
+    workers.wait_balanced()
+    victim = workers.live()[0]
+    async with client(workers.common) as c:
+        requests = [c.request(max_tokens=1200) for _ in range(18)]
+        partitions = workers.common.topic_partitions
+        by_partition: dict[int, list[str]] = defaultdict(list)
+        for i, start in enumerate(range(0, len(requests), 3)):
+            await c.send_batch(requests[start : start + 3], partition=i % partitions)
+            by_partition[i % partitions] += [r.request_id for r in requests[start : start + 3]]
+        # kill the victim while it generates: once every partition (so both workers) has streamed something
+        await c.read_until(lambda: all(any(c.events[r] for r in ids) for ids in by_partition.values()), seconds=60)
+        workers.kill(victim)
+        killed_at = time.monotonic()
+        await c.wait_final([r.request_id for r in requests], seconds=90)
+        recovered_in = time.monotonic() - killed_at
+
+    restarted = [r for r in requests if [e["sequence"] for e in c.events[r.request_id]].count(0) > 1]
+    assert restarted, "the killed worker held none of the requests mid-generation"
+    for r in requests:
+        events = c.events[r.request_id]
+        final = c.final(r.request_id)
+        assert final is not None and final["event"] == "completion_finished", (r.request_id, final)
+        assert assembled(events) == final["text"], r.request_id
+    print(f"{len(restarted)} requests redone; all {len(requests)} completed {recovered_in:.1f} s after the kill")
+
+
+async def test_requests_a_draining_worker_cannot_finish_are_redone_by_another(workers: Workers) -> None:
+    if not workers.live():
+        workers.start(f"worker-{len(workers.started)}")
+    impatient = workers.start("worker-impatient", FERRY_WORKER_DRAIN_SECONDS="0")
+    workers.wait_balanced()
+    async with client(workers.common) as c:
+        requests = [c.request(max_tokens=800) for _ in range(12)]
+        for i, start in enumerate(range(0, len(requests), 2)):
+            await c.send_batch(requests[start : start + 2], partition=i % workers.common.topic_partitions)
+        await c.read_until(lambda: sum(1 for r in requests if c.events[r.request_id]) >= 3, seconds=60)
+        workers.terminate(impatient)
+        await c.wait_final([r.request_id for r in requests], seconds=90)
+
+    handed_back = re.search(r"(\d+) handed back", workers.log(impatient))
+    assert handed_back and int(handed_back.group(1)) >= 1, "the draining worker held no unfinished request"
+    for r in requests:
+        final = c.final(r.request_id)
+        assert final is not None and final["event"] == "completion_finished", (r.request_id, final)
+        assert assembled(c.events[r.request_id]) == final["text"]
