@@ -14,12 +14,17 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 logger = logging.getLogger(__name__)
 
 
-def kafka_service_app(broker: KafkaBroker, metrics: CollectorRegistry, **kwargs: Any) -> AsgiFastStream:
-    """The ASGI app of a Kafka service: ``/health`` answers 204 while the broker is connected, ``/metrics`` serves
-    Prometheus text."""
+def kafka_service_app(
+    broker: KafkaBroker, metrics: CollectorRegistry, health: Any = None, **kwargs: Any
+) -> AsgiFastStream:
+    """The ASGI app of a Kafka service: ``/health`` answers 204 while the broker is connected (or runs ``health``, an
+    ASGI handler of the service's own), ``/metrics`` serves Prometheus text."""
     return AsgiFastStream(
         broker,
-        asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0)), ("/metrics", make_asgi_app(metrics))],
+        asgi_routes=[
+            ("/health", health or make_ping_asgi(broker, timeout=5.0)),
+            ("/metrics", make_asgi_app(metrics)),
+        ],
         logger=logging.getLogger("shared.runtime.app"),
         **kwargs,
     )

@@ -32,7 +32,7 @@ from shared.contracts import CompletionRequested
 PRIORITY_RANK: dict[str, int] = {"interactive": 0, "batch": 1, "best_effort": 2}
 PRIORITIES = tuple(PRIORITY_RANK)
 
-DispatchReason = Literal["capacity", "full", "max_wait"]
+DispatchReason = Literal["capacity", "full", "max_wait", "drain"]
 
 
 @dataclass(frozen=True)
@@ -325,6 +325,10 @@ class ModelScheduler:
                 batches.append(self._must_form(queue, now, "max_wait"))
         return batches
 
+    def drain(self, now: float) -> list[Batch]:
+        """Everything held, in batches (shutdown)."""
+        return [self._must_form(q, now, "drain") for q in self._queues.values() for _ in range(q.count) if q.count]
+
     def _must_form(self, queue: _ProfileQueue, now: float, reason: DispatchReason) -> Batch:
         batch = self._form(queue, queue.profile.max_batch, self.policy.batch_token_budget, now, reason, force=True)
         assert batch is not None
@@ -350,9 +354,7 @@ class ModelScheduler:
 
     def next_due(self, now: float) -> float | None:
         """When the oldest request of some profile reaches its wait limit (for the caller's timer)."""
-        due = [
-            oldest + q.profile.max_wait_s for q in self._queues.values() if (oldest := q.oldest()) is not None
-        ]
+        due = [oldest + q.profile.max_wait_s for q in self._queues.values() if (oldest := q.oldest()) is not None]
         return min(due, default=None)
 
     def service_rate(self, now: float) -> float:
