@@ -14,9 +14,29 @@ def input_topic(topics: Topics, model: str) -> str:
 
 
 class ProfileSettings(BaseModel):
+    """One batching profile; each field can be set alone, e.g. FERRY_BATCHER_LATENCY__MAX_WAIT_MS=20."""
+
     max_batch: int = Field(ge=1, description="Most requests in one batch.")
     max_wait_ms: int = Field(ge=0, description="Longest a request is held to fill a batch while workers are saturated.")
     p95_target_s: float = Field(gt=0, description="Latency the profile aims at (95th percentile), for reports.")
+
+
+class LatencyProfile(ProfileSettings):
+    max_batch: int = Field(8, ge=1)
+    max_wait_ms: int = Field(50, ge=0)
+    p95_target_s: float = Field(2.0, gt=0)
+
+
+class ThroughputProfile(ProfileSettings):
+    max_batch: int = Field(32, ge=1)
+    max_wait_ms: int = Field(200, ge=0)
+    p95_target_s: float = Field(5.0, gt=0)
+
+
+class CostProfile(ProfileSettings):
+    max_batch: int = Field(64, ge=1)
+    max_wait_ms: int = Field(500, ge=0)
+    p95_target_s: float = Field(8.0, gt=0)
 
 
 class BatcherSettings(BaseSettings):
@@ -25,17 +45,15 @@ class BatcherSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Where /health and /metrics listen.")
     port: int = Field(8010, description="Port of /health and /metrics.")
     instance_id: str | None = Field(None, description="Id in queue reports; host name and pid if unset.")
-    group_id: str = Field("ferry-batcher", description="Consumer group shared by every batcher instance.")
+    group_id: str | None = Field(
+        None,
+        description="Consumer group shared by every batcher instance; '<topic prefix>batcher' if unset, so deployments "
+        "(and test runs) sharing a cluster never share a group.",
+    )
     models: list[str] | None = Field(None, description="Models to batch for; every enabled model when unset.")
-    latency: ProfileSettings = Field(
-        ProfileSettings(max_batch=8, max_wait_ms=50, p95_target_s=2.0), description="The latency profile."
-    )
-    throughput: ProfileSettings = Field(
-        ProfileSettings(max_batch=32, max_wait_ms=200, p95_target_s=5.0), description="The throughput profile."
-    )
-    cost: ProfileSettings = Field(
-        ProfileSettings(max_batch=64, max_wait_ms=500, p95_target_s=8.0), description="The cost profile."
-    )
+    latency: LatencyProfile = Field(default_factory=LatencyProfile, description="The latency profile.")
+    throughput: ThroughputProfile = Field(default_factory=ThroughputProfile, description="The throughput profile.")
+    cost: CostProfile = Field(default_factory=CostProfile, description="The cost profile.")
     default_profile: BatchingProfile = Field("latency", description="Profile of requests that name none.")
     model_profiles: dict[str, BatchingProfile] = Field(
         default_factory=dict, description="Profile per model id, for requests that name none (JSON)."
@@ -52,6 +70,8 @@ class BatcherSettings(BaseSettings):
     queue_report_interval_s: float = Field(1.0, gt=0, description="How often queue depth is published per model.")
     cancel_memory_s: float = Field(300.0, gt=0, description="How long a cancellation read before its request counts.")
     max_poll_records: int = Field(500, ge=1, description="Most records one poll returns.")
+    session_timeout_ms: int = Field(10000, ge=1, description="A batcher silent this long leaves the group.")
+    heartbeat_interval_ms: int = Field(3000, ge=1, description="Heartbeats to the group coordinator.")
     poll_ms: int = Field(100, ge=1, description="Longest a poll waits for records when nothing is due sooner.")
 
     def policy(self) -> Policy:

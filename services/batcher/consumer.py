@@ -55,9 +55,11 @@ class Consumers:
         self.requests = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             client_id=f"ferry-batcher-{self.batcher.deps.instance_id}",
-            group_id=settings.group_id,
+            group_id=settings.group_id or f"{self.batcher.deps.common.topic_prefix}batcher",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
             # aiokafka has no cooperative (incremental) rebalancing; sticky keeps assignments stable across them
             partition_assignment_strategy=(StickyPartitionAssignor,),
         )

@@ -82,7 +82,8 @@ class Batcher:
     async def _take(self, record: ConsumerRecord, now: float) -> None:
         tp = (record.topic, record.partition)
         self.ledger.read(tp, record.offset)
-        model = self.deps.model_by_topic.get(record.topic)
+        model = self.deps.model_by_topic.get(record.topic, "")
+        received = self.deps.metrics.received
         try:
             request = decode(CompletionRequested, record)
             if request.model != model:
@@ -90,20 +91,24 @@ class Batcher:
         except Rejected as exc:
             await dead_letter(self.deps.broker, self.deps.common, record, str(exc), SERVICE)
             self.deps.metrics.dead_lettered.inc()
+            received.labels(model, "dead_lettered").inc()
             self.ledger.resolved(tp, record.offset)
             return
         scheduler = self.schedulers[model]
         if scheduler.holds(request.request_id):
             logger.info("request %s read again while held; duplicate ignored", request.request_id)
+            received.labels(model, "duplicate").inc()
             self.ledger.resolved(tp, record.offset)
             return
         if request.request_id in self.cancelled:
             await self._tell(request, "cancelled", "the request was cancelled before it was scheduled", False)
             self.deps.metrics.cancelled.labels(model).inc()
+            received.labels(model, "cancelled").inc()
             self.ledger.resolved(tp, record.offset)
             return
         if request.deadline_at is not None and request.deadline_at <= utc_now():
             await self._refuse_expired(request)
+            received.labels(model, "expired").inc()
             self.ledger.resolved(tp, record.offset)
             return
         if not request.trace_context:
@@ -111,6 +116,7 @@ class Batcher:
             carried = {k: v for k, v in record_headers(record).items() if k in ("traceparent", "tracestate")}
             request = request.model_copy(update={"trace_context": carried})
         scheduler.add(request, (tp, record.offset), now)
+        received.labels(model, "held").inc()
 
     # ---- the dispatch cycle ---------------------------------------------------------------------------------------
 

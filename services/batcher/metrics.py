@@ -12,6 +12,12 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 class BatcherMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.received = Counter(
+            "ferry_batcher_received",
+            "Request records read, by what became of them on arrival.",
+            ["model", "outcome"],
+            registry=registry,
+        )
         self.queue_depth = Gauge(
             "ferry_batcher_queue_depth",
             "Requests held, per model and priority.",

@@ -37,7 +37,7 @@ def test_every_service_is_healthy_and_counts_its_kafka_traffic(platform: Platfor
     published = "faststream_published_messages_total"
     received = "faststream_received_messages_total"
     assert metric_total(metrics("ingress"), published, destination=topics.requests(TINY_MODEL)) >= 1
-    assert metric_total(metrics("batcher"), received, app_name="ferry-batcher") >= 1
+    assert metric_total(metrics("batcher"), "ferry_batcher_received_total", model=TINY_MODEL) >= 1
     assert metric_total(metrics("batcher"), published, destination=topics.batches(TINY_MODEL)) >= 1
     worker = metrics(f"worker-{TINY_MODEL}")
     assert metric_total(worker, received, app_name="ferry-worker") >= 1
