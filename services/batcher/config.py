@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -61,6 +63,11 @@ class BatcherSettings(BaseSettings):
     tenant_profiles: dict[str, BatchingProfile] = Field(
         default_factory=dict, description="Profile per tenant id, before the model's (JSON)."
     )
+    without_reports: Literal["dispatch", "wait"] = Field(
+        "dispatch",
+        description="With no fresh worker report, dispatch at once (dispatch) or hold as if workers were saturated "
+        "(wait).",
+    )
     aging_ms: int = Field(
         1000, gt=0, description="Waiting this long raises a request one priority class (lower classes never starve)."
     )
@@ -85,6 +92,7 @@ class BatcherSettings(BaseSettings):
             model_profiles=dict(self.model_profiles),
             tenant_profiles=dict(self.tenant_profiles),
             aging_s=self.aging_ms / 1000,
+            without_reports=self.without_reports,
             batch_token_budget=self.batch_token_budget,
             cancel_memory_s=self.cancel_memory_s,
         )

@@ -11,7 +11,9 @@ Rules, per model:
   (start-time fair queuing by tokens; a tenant returning from idle starts at the class's current virtual time, so it
   cannot bank credit), then to the older request.
 - While workers report free room (slots and tokens), requests leave at once ("capacity"), as many as fit.
-- Otherwise (workers saturated, or no fresh report) a profile's batch closes when it is full (``max_batch`` requests or
+- With no fresh report at all, requests leave at once too ("no_reports"; ``without_reports="wait"`` treats that as
+  saturated instead): nothing says the workers are busy, and vLLM batches continuously anyway.
+- Otherwise (workers saturated) a profile's batch closes when it is full (``max_batch`` requests or
   the token budget, "full") or its oldest request has waited ``max_wait`` ("max_wait").
 - A batch never exceeds its profile's ``max_batch`` nor the token budget (prompt estimate plus max new tokens), except
   a lone request larger than the budget, which goes alone rather than never.
@@ -32,7 +34,7 @@ from shared.contracts import CompletionRequested
 PRIORITY_RANK: dict[str, int] = {"interactive": 0, "batch": 1, "best_effort": 2}
 PRIORITIES = tuple(PRIORITY_RANK)
 
-DispatchReason = Literal["capacity", "full", "max_wait", "drain"]
+DispatchReason = Literal["capacity", "no_reports", "full", "max_wait", "drain"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Policy:
     aging_s: float = 1.0
     batch_token_budget: int = 65536
     chars_per_token: float = 4.0
+    without_reports: Literal["dispatch", "wait"] = "dispatch"
+    """No fresh worker report: dispatch at once (nothing says workers are saturated) or wait as if saturated."""
     cancel_memory_s: float = 300.0
     rate_window_s: float = 10.0
 
@@ -115,10 +119,11 @@ class Capacity:
 
     @property
     def free(self) -> bool:
-        return self.known and self.free_slots > 0 and self.free_tokens > 0
+        return self.free_slots > 0 and self.free_tokens > 0
 
 
 NO_REPORTS = Capacity(0, 0, known=False)
+UNBOUNDED = Capacity(2**62, 2**62, known=False)
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,7 @@ class CapacityTracker:
         stale = [w for w, r in self._reports.items() if now - r.made_at > 2 * r.interval_s]
         for w in stale:
             del self._reports[w]
-        return [r for r in self._reports.values() if not r.draining]
+        return list(self._reports.values())
 
     def capacity(self, now: float) -> Capacity:
         fresh = self.fresh(now)
@@ -165,8 +170,9 @@ class CapacityTracker:
         since = min(r.made_at for r in fresh)
         while self._charges and self._charges[0][0] < since:
             self._charges.popleft()
-        slots = sum(r.free_slots for r in fresh) - sum(c[1] for c in self._charges)
-        tokens = sum(r.free_tokens for r in fresh) - sum(c[2] for c in self._charges)
+        serving = [r for r in fresh if not r.draining]
+        slots = sum(r.free_slots for r in serving) - sum(c[1] for c in self._charges)
+        tokens = sum(r.free_tokens for r in serving) - sum(c[2] for c in self._charges)
         return Capacity(max(0, slots), max(0, tokens), known=True)
 
     def workers_waiting(self, now: float) -> int:
@@ -306,24 +312,31 @@ class ModelScheduler:
         """Batches due now, in dispatch order; each is charged against the workers' room."""
         batches: list[Batch] = []
         budget = self.policy.batch_token_budget
-        capacity = self.capacity.capacity(now)
+        capacity = self._room(now)
         while capacity.free:
             candidates = [(b[0], q) for q in self._queues.values() if (b := q.best(now, self.policy.aging_s))]
             if not candidates:
                 break
             _, queue = min(candidates, key=lambda c: c[0])
             room = min(budget, capacity.free_tokens)
-            batch = self._form(queue, min(queue.profile.max_batch, capacity.free_slots), room, now, "capacity")
+            reason: DispatchReason = "capacity" if capacity.known else "no_reports"
+            batch = self._form(queue, min(queue.profile.max_batch, capacity.free_slots), room, now, reason)
             if batch is None:
                 break
             batches.append(batch)
-            capacity = self.capacity.capacity(now)
+            capacity = self._room(now)
         for queue in self._queues.values():
             while queue.count and (queue.count >= queue.profile.max_batch or queue.tokens >= budget):
                 batches.append(self._must_form(queue, now, "full"))
             while (oldest := queue.oldest()) is not None and now - oldest >= queue.profile.max_wait_s:
                 batches.append(self._must_form(queue, now, "max_wait"))
         return batches
+
+    def _room(self, now: float) -> Capacity:
+        capacity = self.capacity.capacity(now)
+        if not capacity.known and self.policy.without_reports == "dispatch":
+            return UNBOUNDED
+        return capacity
 
     def drain(self, now: float) -> list[Batch]:
         """Everything held, in batches (shutdown)."""

@@ -110,7 +110,13 @@ def _tail(workdir: Path, name: str, lines: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
-def start_platform(workdir: Path, models_dir: Path) -> Platform:
+def start_platform(
+    workdir: Path,
+    models_dir: Path,
+    models: tuple[str, ...] = (DEFAULT_MODEL, TINY_MODEL),
+    extra_env: dict[str, str] | None = None,
+) -> Platform:
+    """Starts a worker per model in ``models``, the batcher and the ingress; ``extra_env`` goes to every service."""
     run_id = uuid.uuid4().hex[:8]
     base = CommonSettings()
     database = f"ferry_test_{run_id}"
@@ -121,6 +127,7 @@ def start_platform(workdir: Path, models_dir: Path) -> Platform:
         "FERRY_TOPIC_PREFIX": f"ferrytest-{run_id}.",
         "FERRY_POSTGRES_DSN": _dsn(base.postgres_dsn, database),
         "FERRY_OTEL_EXPORTER": "console",
+        **(extra_env or {}),
     }
     common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
     subprocess.run([sys.executable, "-m", "shared.prepare"], env=env, cwd=ROOT, check=True, capture_output=True)
@@ -137,7 +144,7 @@ def start_platform(workdir: Path, models_dir: Path) -> Platform:
                 "FERRY_WORKER_MODELS_DIR": str(models_dir),
             },
         )
-        for m, port in ((DEFAULT_MODEL, free_port()), (TINY_MODEL, free_port()))
+        for m, port in ((m, free_port()) for m in models)
     ]
     batcher_port = free_port()
     services.append(

@@ -55,8 +55,16 @@ def test_profile_comes_from_request_then_tenant_then_model_then_default() -> Non
     assert policy().profile_for(request("a")).name == "latency"
 
 
-def test_without_worker_reports_a_batch_waits_for_max_wait() -> None:
+def test_without_worker_reports_requests_leave_at_once_in_profile_sized_batches() -> None:
     s = ModelScheduler("m", policy())
+    for i in range(10):
+        s.add(request(f"r{i}"), ("p", i), now=0.0)
+    batches = s.release(0.0)
+    assert [(b.reason, len(b.items)) for b in batches] == [("no_reports", 8), ("no_reports", 2)]
+
+
+def test_without_worker_reports_a_batch_can_wait_for_max_wait() -> None:
+    s = ModelScheduler("m", policy(without_reports="wait"))
     s.add(request("a"), ("p", 0), now=10.0)
     s.add(request("b"), ("p", 1), now=10.02)
     assert s.release(10.049) == []
@@ -79,7 +87,7 @@ def test_saturated_batch_closes_when_full_at_the_profile_size() -> None:
 
 
 def test_profiles_keep_their_own_limits() -> None:
-    s = ModelScheduler("m", policy())
+    s = ModelScheduler("m", policy(without_reports="wait"))
     for i in range(9):
         s.add(request(f"t{i}", profile="throughput"), ("p", i), now=0.0)
     s.add(request("l0"), ("p", 9), now=0.0)
@@ -121,7 +129,7 @@ def test_free_tokens_bound_an_immediate_batch() -> None:
 
 
 def test_reports_older_than_two_intervals_are_ignored() -> None:
-    s = ModelScheduler("m", policy())
+    s = ModelScheduler("m", policy(without_reports="wait"))
     free_workers(s, 0.0, slots=4, interval=1.0)
     s.add(request("a"), ("p", 0), now=2.5)
     assert s.release(2.5) == []
@@ -136,7 +144,7 @@ def test_draining_workers_offer_no_room() -> None:
 
 
 def test_batch_respects_the_token_budget_and_a_lone_oversized_request_still_goes() -> None:
-    s = ModelScheduler("m", policy(batch_token_budget=60))
+    s = ModelScheduler("m", policy(batch_token_budget=60, without_reports="wait"))
     s.add(request("big", max_tokens=100), ("p", 0), now=0.0)
     s.add(request("a"), ("p", 1), now=0.0)
     s.add(request("b"), ("p", 2), now=0.0)
@@ -238,7 +246,7 @@ def test_expired_requests_come_back_for_an_explicit_error() -> None:
 
 
 def test_remove_drops_held_requests_by_ref() -> None:
-    s = ModelScheduler("m", policy())
+    s = ModelScheduler("m", policy(without_reports="wait"))
     for i in range(4):
         s.add(request(f"r{i}"), (i % 2, i), now=0.0)
     dropped = s.remove(lambda h: h.ref[0] != 1)  # type: ignore[index]

@@ -1,0 +1,137 @@
+"""``--compare-batching``: the batcher's profiles against no batching, side by side in one run, on the real engine.
+
+Each configuration gets a private platform (tests/e2e/platform.py: its own topics, database and ports) serving one
+model, and the same load through the ingress:
+- ``no-batching``: the worker's engine runs one sequence at a time (FERRY_WORKER_MAX_NUM_SEQS=1);
+- ``latency``, ``throughput``, ``cost``: the engine's default, every request under that batcher profile
+  (FERRY_BATCHER_DEFAULT_PROFILE).
+Then a low-load run (one request at a time) per configuration measures the wait the batcher adds, read from the
+batcher's own spans (``ferry.batcher_wait_ms``: from reading a request to handing its batch on)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+from benchmarks.bench.metrics import RequestResult, summarize
+from benchmarks.bench.report import TargetRun
+from benchmarks.bench.runner import Load, Target, run
+
+CONFIGS: dict[str, dict[str, str]] = {
+    "no-batching": {"FERRY_WORKER_MAX_NUM_SEQS": "1", "FERRY_BATCHER_DEFAULT_PROFILE": "latency"},
+    "latency": {"FERRY_BATCHER_DEFAULT_PROFILE": "latency"},
+    "throughput": {"FERRY_BATCHER_DEFAULT_PROFILE": "throughput"},
+    "cost": {"FERRY_BATCHER_DEFAULT_PROFILE": "cost"},
+}
+CLAIMS = {"latency": "4-6x", "throughput": "15-20x", "cost": "25-30x"}
+
+
+@dataclass
+class BatchingRun:
+    name: str
+    run: TargetRun
+    low_load: list[RequestResult]
+    batcher_waits_ms: list[float]
+    dispatch_reasons: dict[str, int]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _batcher_spans(path: Path, since_ns: int) -> tuple[list[float], dict[str, int]]:
+    waits: list[float] = []
+    reasons: dict[str, int] = {}
+    if not path.exists():
+        return waits, reasons
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            span = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if span.get("name") != "ferry.batcher.dispatch":
+            continue
+        attributes = span.get("attributes", {})
+        started = span.get("start_time", "")
+        if isinstance(started, str) and started and _iso_ns(started) < since_ns:
+            continue
+        if "ferry.batcher_wait_ms" in attributes:
+            waits.append(float(attributes["ferry.batcher_wait_ms"]))
+        reason = attributes.get("ferry.batch_reason", "?")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return waits, reasons
+
+
+def _iso_ns(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1e9)
+
+
+def run_all(
+    model: str, load: Load, low_load_prompts: int, models_dir: Path, slos: dict[str, float]
+) -> list[BatchingRun]:
+    from tests.e2e.platform import start_platform, stop_platform  # the test platform starter, reused
+
+    low = replace(load, requests=load.requests[:low_load_prompts], offsets=[0.0] * low_load_prompts, concurrency=1)
+    runs = []
+    for name, env in CONFIGS.items():
+        workdir = Path(tempfile.mkdtemp(prefix=f"bench-batching-{name}-"))
+        print(f"[{name}] starting a private platform for {model} ...", file=sys.stderr)
+        platform = start_platform(workdir, models_dir, models=(model,), extra_env=env)
+        try:
+            target = Target(name, platform.base_url + "/v1", model)
+            results, started_at, duration = asyncio.run(run(target, load))
+            summary = summarize(results, duration, slos)
+            since_ns = time.time_ns()
+            low_results, _, _ = asyncio.run(run(replace(target, name=f"{name}-low-load"), low))
+            waits, _ = _batcher_spans(platform.traces("batcher"), since_ns)
+            _, reasons = _batcher_spans(platform.traces("batcher"), 0)
+        finally:
+            stop_platform(platform)
+        runs.append(
+            BatchingRun(
+                name, TargetRun(name, target.base_url, summary, results, started_at), low_results, waits, reasons
+            )
+        )
+    return runs
+
+
+def markdown(runs: list[BatchingRun]) -> str:
+    base = next(r for r in runs if r.name == "no-batching").run.summary
+    lines = [
+        "## Batching profiles vs no batching",
+        "",
+        "| configuration | req/s | output tok/s | speed-up (req/s) vs no batching | design claim | E2E p50 (ms) | "
+        "E2E p95 (ms) | TTFT p50 (ms) | batcher wait at low load p50 / p95 (ms) | batches by reason |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in runs:
+        s = r.run.summary
+        e2e = [(x.ended_at - x.started_at) * 1000 for x in r.run.results if x.ok]
+        ttft = [x.ttft * 1000 for x in r.run.results if x.ok and x.ttft is not None]
+        speedup = s.request_throughput / base.request_throughput if base.request_throughput else float("nan")
+        waits = r.batcher_waits_ms
+        lines.append(
+            f"| {r.name} | {s.request_throughput:.2f} | {s.output_throughput:.1f} | {speedup:.2f}x | "
+            f"{CLAIMS.get(r.name, '-')} | {_percentile(e2e, 0.5):.0f} | {_percentile(e2e, 0.95):.0f} | "
+            f"{_percentile(ttft, 0.5):.0f} | {_percentile(waits, 0.5):.2f} / {_percentile(waits, 0.95):.2f} "
+            f"(n={len(waits)}) | {', '.join(f'{k}: {v}' for k, v in sorted(r.dispatch_reasons.items()))} |"
+        )
+        if s.failed:
+            lines.append(f"|  ↳ {r.name} failures | {s.failures} | | | | | | | | |")
+    low_e2e = {
+        r.name: statistics.median([(x.ended_at - x.started_at) * 1000 for x in r.low_load if x.ok] or [float("nan")])
+        for r in runs
+    }
+    lines += ["", "Low load (one request at a time), E2E median (ms): "]
+    lines.append(", ".join(f"{k} {v:.0f}" for k, v in low_e2e.items()))
+    return "\n".join(lines) + "\n"
