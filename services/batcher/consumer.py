@@ -126,7 +126,26 @@ class Consumers:
             generation = self.batcher.generation
             polled = await self.requests.getmany(timeout_ms=math.ceil(wait_ms), max_records=settings.max_poll_records)
             records = [r for rs in polled.values() for r in rs]
-            due = await (self.batcher.on_requests(records, generation) if records else self.batcher.tick())
+            try:
+                due = await (self.batcher.on_requests(records, generation) if records else self.batcher.tick())
+            except KafkaError:
+                # what could not be handed on is held again (or, for records not yet held, read again after the
+                # next rebalance or restart: their offsets were not committed)
+                logger.exception("dispatch cycle failed; reading again from the committed offsets in a second")
+                await asyncio.sleep(1)
+                await self._rewind()
+                due = None
+
+    async def _rewind(self) -> None:
+        """Records of a failed poll may not all be held: read every partition again from its committed offset (held
+        requests read again are recognised as such)."""
+        assert self.requests is not None
+        for tp in self.requests.assignment():
+            committed = await self.requests.committed(tp)
+            if committed is None:
+                await self.requests.seek_to_beginning(tp)
+            else:
+                self.requests.seek(tp, committed)
 
     async def _run_side(self, consumer: AIOKafkaConsumer, handle: Callable[[ConsumerRecord], Awaitable[None]]) -> None:
         async for record in consumer:

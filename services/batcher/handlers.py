@@ -95,10 +95,12 @@ class Batcher:
             self.ledger.resolved(tp, record.offset)
             return
         scheduler = self.schedulers[model]
-        if scheduler.holds(request.request_id):
+        held_ref = scheduler.ref_of(request.request_id)
+        if held_ref is not None:
             logger.info("request %s read again while held; duplicate ignored", request.request_id)
             received.labels(model, "duplicate").inc()
-            self.ledger.resolved(tp, record.offset)
+            if held_ref != (tp, record.offset):  # the same record read again stays pinned by the held copy
+                self.ledger.resolved(tp, record.offset)
             return
         if request.request_id in self.cancelled:
             await self._tell(request, "cancelled", "the request was cancelled before it was scheduled", False)
@@ -128,11 +130,21 @@ class Batcher:
     async def _cycle(self) -> float | None:
         now, wall = self.deps.clock(), utc_now()
         for scheduler in self.schedulers.values():
-            for held in scheduler.expire(wall):
-                await self._refuse_expired(held.request)
+            expired = scheduler.expire(wall)
+            for i, held in enumerate(expired):
+                try:
+                    await self._refuse_expired(held.request)
+                except Exception:
+                    scheduler.restore(expired[i:])  # told next cycle; the offsets stay uncommitted meanwhile
+                    raise
                 self._resolve(held)
-            for batch in scheduler.release(now):
-                await self._dispatch(batch, now)
+            batches = scheduler.release(now)
+            for i, batch in enumerate(batches):
+                try:
+                    await self._dispatch(batch, now)
+                except Exception:
+                    scheduler.restore(h for b in batches[i:] for h in b.items)
+                    raise
         await self._commit()
         due = [d for s in self.schedulers.values() if (d := s.next_due(now)) is not None]
         return min(due, default=None)

@@ -284,7 +284,7 @@ class ModelScheduler:
         self.policy = policy
         self.capacity = CapacityTracker()
         self._queues = {name: _ProfileQueue(p) for name, p in policy.profiles.items()}
-        self._held_ids: set[str] = set()
+        self._held_ids: dict[str, Hashable] = {}
         self._dispatched: deque[tuple[float, int]] = deque()
 
     def __len__(self) -> int:
@@ -293,16 +293,26 @@ class ModelScheduler:
     def holds(self, request_id: str) -> bool:
         return request_id in self._held_ids
 
+    def ref_of(self, request_id: str) -> Hashable | None:
+        return self._held_ids.get(request_id)
+
     def add(self, request: CompletionRequested, ref: Hashable, now: float) -> Held:
         profile = self.policy.profile_for(request)
         held = Held(request, ref, now, self.policy.tokens_of(request), profile)
         self._queues[profile.name].push(held)
-        self._held_ids.add(request.request_id)
+        self._held_ids[request.request_id] = ref
         return held
+
+    def restore(self, items: Iterable[Held]) -> None:
+        """Puts back requests whose hand-over failed, with their original arrival time."""
+        for held in items:
+            self._queues[held.profile.name].push(held)
+            self._held_ids[held.request_id] = held.ref
 
     def remove(self, keep: Callable[[Held], bool]) -> list[Held]:
         removed = [h for q in self._queues.values() for h in q.remove(keep)]
-        self._held_ids.difference_update(h.request_id for h in removed)
+        for h in removed:
+            self._held_ids.pop(h.request_id, None)
         return removed
 
     def expire(self, wall: datetime) -> list[Held]:
@@ -360,7 +370,8 @@ class ModelScheduler:
             tokens += head.tokens
         if not items:
             return None
-        self._held_ids.difference_update(h.request_id for h in items)
+        for h in items:
+            self._held_ids.pop(h.request_id, None)
         self.capacity.charge(now, len(items), tokens)
         self._dispatched.append((now, len(items)))
         return Batch(self.model, queue.profile.name, reason, items)

@@ -278,3 +278,14 @@ def test_cancelled_ids_are_remembered_for_a_while() -> None:
     assert "a" in c
     c.add("c", 10.5)
     assert "a" not in c and "b" in c and "c" in c
+
+
+def test_a_batch_that_could_not_be_handed_on_is_restored_in_place() -> None:
+    s = ModelScheduler("m", policy(without_reports="wait"))
+    s.add(request("a"), ("p", 0), now=0.0)
+    s.add(request("b"), ("p", 1), now=0.01)
+    [batch] = s.release(0.05)
+    s.restore(batch.items)
+    assert s.holds("a") and s.holds("b")
+    [again] = s.release(0.05)
+    assert (again.reason, ids(again)) == ("max_wait", ["a", "b"])
