@@ -3,8 +3,9 @@
 Each configuration gets a private platform (tests/e2e/platform.py: its own topics, database and ports) serving one
 model, and the same load through the ingress:
 - ``no-batching``: the worker's engine runs one sequence at a time (FERRY_WORKER_MAX_NUM_SEQS=1);
+- ``adaptive``: the engine's default, the batcher's default mode;
 - ``latency``, ``throughput``, ``cost``: the engine's default, every request under that batcher profile
-  (FERRY_BATCHER_DEFAULT_PROFILE).
+  (FERRY_BATCHER_DEFAULT_PROFILE) with its wait limit always applied (FERRY_BATCHER_WITHOUT_REPORTS=wait).
 Then a low-load run (one request at a time) per configuration measures the wait the batcher adds, read from the
 batcher's own spans (``ferry.batcher_wait_ms``: from reading a request to handing its batch on)."""
 
@@ -24,11 +25,14 @@ from benchmarks.bench.metrics import RequestResult, summarize
 from benchmarks.bench.report import TargetRun
 from benchmarks.bench.runner import Load, Target, run
 
+# Until workers publish WorkerStatusReported, the profiles' wait limits apply only with without_reports=wait (as if
+# the workers were always saturated); "adaptive" is the default mode (dispatch at once while nothing says saturated).
 CONFIGS: dict[str, dict[str, str]] = {
-    "no-batching": {"FERRY_WORKER_MAX_NUM_SEQS": "1", "FERRY_BATCHER_DEFAULT_PROFILE": "latency"},
-    "latency": {"FERRY_BATCHER_DEFAULT_PROFILE": "latency"},
-    "throughput": {"FERRY_BATCHER_DEFAULT_PROFILE": "throughput"},
-    "cost": {"FERRY_BATCHER_DEFAULT_PROFILE": "cost"},
+    "no-batching": {"FERRY_WORKER_MAX_NUM_SEQS": "1"},
+    "adaptive": {},
+    "latency": {"FERRY_BATCHER_DEFAULT_PROFILE": "latency", "FERRY_BATCHER_WITHOUT_REPORTS": "wait"},
+    "throughput": {"FERRY_BATCHER_DEFAULT_PROFILE": "throughput", "FERRY_BATCHER_WITHOUT_REPORTS": "wait"},
+    "cost": {"FERRY_BATCHER_DEFAULT_PROFILE": "cost", "FERRY_BATCHER_WITHOUT_REPORTS": "wait"},
 }
 CLAIMS = {"latency": "4-6x", "throughput": "15-20x", "cost": "25-30x"}
 
@@ -39,6 +43,7 @@ class BatchingRun:
     run: TargetRun
     low_load: list[RequestResult]
     batcher_waits_ms: list[float]
+    publish_ms: list[float]
     dispatch_reasons: dict[str, int]
 
 
@@ -49,11 +54,14 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def _batcher_spans(path: Path, since_ns: int) -> tuple[list[float], dict[str, int]]:
+def _batcher_spans(path: Path, since_ns: int) -> tuple[list[float], list[float], dict[str, int]]:
+    """Per dispatched request after ``since_ns``: the hold (read to batch closed) and the publish (acks=all) in ms;
+    and the number of requests per dispatch reason."""
     waits: list[float] = []
+    publishes: list[float] = []
     reasons: dict[str, int] = {}
     if not path.exists():
-        return waits, reasons
+        return waits, publishes, reasons
     for line in path.read_text(errors="replace").splitlines():
         try:
             span = json.loads(line)
@@ -67,9 +75,10 @@ def _batcher_spans(path: Path, since_ns: int) -> tuple[list[float], dict[str, in
             continue
         if "ferry.batcher_wait_ms" in attributes:
             waits.append(float(attributes["ferry.batcher_wait_ms"]))
+            publishes.append((_iso_ns(span["end_time"]) - _iso_ns(started)) / 1e6)
         reason = attributes.get("ferry.batch_reason", "?")
         reasons[reason] = reasons.get(reason, 0) + 1
-    return waits, reasons
+    return waits, publishes, reasons
 
 
 def _iso_ns(text: str) -> int:
@@ -93,8 +102,8 @@ def run_all(
             summary = summarize(results, duration, slos)
             since_ns = time.time_ns()
             low_results, _, _ = asyncio.run(run(replace(target, name=f"{name}-low-load"), low))
-            waits, _ = _batcher_spans(platform.traces("batcher"), since_ns)
-            _, reasons = _batcher_spans(platform.traces("batcher"), 0)
+            waits, publishes, _ = _batcher_spans(platform.traces("batcher"), since_ns)
+            _, _, reasons = _batcher_spans(platform.traces("batcher"), 0)
         finally:
             stop_platform(platform)
         runs.append(
@@ -111,8 +120,9 @@ def markdown(runs: list[BatchingRun]) -> str:
         "## Batching profiles vs no batching",
         "",
         "| configuration | req/s | output tok/s | speed-up (req/s) vs no batching | design claim | E2E p50 (ms) | "
-        "E2E p95 (ms) | TTFT p50 (ms) | batcher wait at low load p50 / p95 (ms) | batches by reason |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "E2E p95 (ms) | TTFT p50 (ms) | low load: batcher hold p50 / p95 (ms) | low load: batch publish p50 (ms) | "
+        "requests by dispatch reason |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         s = r.run.summary
@@ -120,14 +130,15 @@ def markdown(runs: list[BatchingRun]) -> str:
         ttft = [x.ttft * 1000 for x in r.run.results if x.ok and x.ttft is not None]
         speedup = s.request_throughput / base.request_throughput if base.request_throughput else float("nan")
         waits = r.batcher_waits_ms
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(r.dispatch_reasons.items()))
         lines.append(
             f"| {r.name} | {s.request_throughput:.2f} | {s.output_throughput:.1f} | {speedup:.2f}x | "
             f"{CLAIMS.get(r.name, '-')} | {_percentile(e2e, 0.5):.0f} | {_percentile(e2e, 0.95):.0f} | "
             f"{_percentile(ttft, 0.5):.0f} | {_percentile(waits, 0.5):.2f} / {_percentile(waits, 0.95):.2f} "
-            f"(n={len(waits)}) | {', '.join(f'{k}: {v}' for k, v in sorted(r.dispatch_reasons.items()))} |"
+            f"(n={len(waits)}) | {_percentile(r.publish_ms, 0.5):.2f} | {reasons} |"
         )
         if s.failed:
-            lines.append(f"|  ↳ {r.name} failures | {s.failures} | | | | | | | | |")
+            lines.append(f"|  ↳ {r.name} failures | {s.failures} | | | | | | | | | |")
     low_e2e = {
         r.name: statistics.median([(x.ended_at - x.started_at) * 1000 for x in r.low_load if x.ok] or [float("nan")])
         for r in runs
