@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from services.batcher.handlers import Batcher
 
 logger = logging.getLogger(__name__)
+
+STATUS_LOOKBACK_S = 30.0
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -66,8 +69,9 @@ class Consumers:
         self.batcher.commit = self._commit
         await self.requests.start()
         self.requests.subscribe(self.request_topics, listener=_Rebalance(self.batcher))
-        cancellations = await self._side_consumer(self.cancellations_topic)
-        statuses = await self._side_consumer(self.worker_status_topic)
+        # a restarted batcher reads held requests again: it needs the cancellations it saw before, and fresh reports
+        cancellations = await self._side_consumer(self.cancellations_topic, lookback_s=settings.cancel_memory_s)
+        statuses = await self._side_consumer(self.worker_status_topic, lookback_s=STATUS_LOOKBACK_S)
         self.tasks = [
             asyncio.create_task(self._run_requests(), name="batcher-requests"),
             asyncio.create_task(self._run_side(cancellations, self.batcher.on_cancellation), name="batcher-cancel"),
@@ -91,16 +95,21 @@ class Consumers:
         for consumer in self.side:
             await consumer.stop()
 
-    async def _side_consumer(self, topic: str) -> AIOKafkaConsumer:
+    async def _side_consumer(self, topic: str, lookback_s: float) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="latest"
         )
         await consumer.start()
         consumer.subscribe([topic])
         self.side.append(consumer)
-        # resolve "latest" now, so a record produced once the batcher reports healthy is never skipped
         while not consumer.assignment():
             await asyncio.sleep(0.05)
+        since_ms = int((time.time() - lookback_s) * 1000)
+        found = await consumer.offsets_for_times({tp: since_ms for tp in consumer.assignment()})
+        for tp, at in found.items():
+            if at is not None:
+                consumer.seek(tp, at.offset)
+        # resolve the rest ("latest") now, so a record produced once the batcher reports healthy is never skipped
         for tp in consumer.assignment():
             await consumer.position(tp)
         return consumer

@@ -186,3 +186,16 @@ async def test_two_batchers_split_the_partitions_and_lose_nothing(kafka: Kafka) 
         batches = await kafka.batches(until=60)
     assert sorted(r for b in batches for r in ids(b)) == sorted(keys)
     assert one.metric("ferry_batcher_batches_total") > 0 and two.metric("ferry_batcher_batches_total") > 0
+
+
+async def test_a_cancellation_read_before_its_request_still_drops_it_even_across_a_restart(kafka: Kafka) -> None:
+    await kafka.send(
+        RequestCancelled(request_id="early", model=MODEL, reason="requested"), kafka.topics.cancellations, "early"
+    )
+    kafka.start_batcher()  # started after the cancellation was produced
+    await kafka.request("early")
+    await kafka.request("other")
+    batches = await kafka.batches(until=1)
+    [reply] = await kafka.replies(until=1)
+    assert [r for b in batches for r in ids(b)] == ["other"]
+    assert isinstance(reply, GenerationFailed) and (reply.request_id, reply.code) == ("early", "cancelled")
