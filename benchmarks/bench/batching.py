@@ -108,7 +108,12 @@ def run_all(
             stop_platform(platform)
         runs.append(
             BatchingRun(
-                name, TargetRun(name, target.base_url, summary, results, started_at), low_results, waits, reasons
+                name,
+                TargetRun(name, target.base_url, summary, results, started_at),
+                low_results,
+                waits,
+                publishes,
+                reasons,
             )
         )
     return runs
