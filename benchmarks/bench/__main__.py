@@ -197,7 +197,7 @@ def _compare_batching(args: argparse.Namespace, load: Load, out: Path, slos: dic
 
     models_dir = Path(os.environ.get("FERRY_WORKER_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
     wall_start = time.time()
-    runs = batching.run_all(args.model, load, args.low_load_prompts, models_dir, slos)
+    runs = batching.run_all(args.model, load, args.low_load_prompts, models_dir, slos, reverse=args.baseline_first)
     config = {
         "command": ["bench", *sys.argv[1:]],
         "model": args.model,
@@ -209,10 +209,11 @@ def _compare_batching(args: argparse.Namespace, load: Load, out: Path, slos: dic
         "output_tokens": list(args.output_tokens),
         "low_load_prompts": args.low_load_prompts,
         "seed": args.seed,
-        "order": list(batching.CONFIGS),
+        "order": [r.name for r in runs],
         "machine": f"{os.cpu_count()} cores",
         "wall_clock": [wall_start, time.time()],
     }
+    runs.sort(key=lambda r: list(batching.CONFIGS).index(r.name))
     paths = report.write(out, config, [r.run for r in runs])
     with paths["markdown"].open("a") as md:
         md.write("\n" + batching.markdown(runs))

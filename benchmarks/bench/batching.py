@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +46,8 @@ class BatchingRun:
     batcher_waits_ms: list[float]
     publish_ms: list[float]
     dispatch_reasons: dict[str, int]
+    load_average: float
+    """The machine's 1-minute load average when the configuration's runs ended (2 cores; other agents share them)."""
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -86,13 +89,14 @@ def _iso_ns(text: str) -> int:
 
 
 def run_all(
-    model: str, load: Load, low_load_prompts: int, models_dir: Path, slos: dict[str, float]
+    model: str, load: Load, low_load_prompts: int, models_dir: Path, slos: dict[str, float], reverse: bool = False
 ) -> list[BatchingRun]:
     from tests.e2e.platform import start_platform, stop_platform  # the test platform starter, reused
 
     low = replace(load, requests=load.requests[:low_load_prompts], offsets=[0.0] * low_load_prompts, concurrency=1)
     runs = []
-    for name, env in CONFIGS.items():
+    order = list(CONFIGS.items())
+    for name, env in reversed(order) if reverse else order:
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-batching-{name}-"))
         print(f"[{name}] starting a private platform for {model} ...", file=sys.stderr)
         platform = start_platform(workdir, models_dir, models=(model,), extra_env=env)
@@ -104,6 +108,7 @@ def run_all(
             low_results, _, _ = asyncio.run(run(replace(target, name=f"{name}-low-load"), low))
             waits, publishes, _ = _batcher_spans(platform.traces("batcher"), since_ns)
             _, _, reasons = _batcher_spans(platform.traces("batcher"), 0)
+            load_average = os.getloadavg()[0]
         finally:
             stop_platform(platform)
         runs.append(
@@ -114,20 +119,22 @@ def run_all(
                 waits,
                 publishes,
                 reasons,
+                load_average,
             )
         )
     return runs
 
 
 def markdown(runs: list[BatchingRun]) -> str:
+    runs = sorted(runs, key=lambda r: list(CONFIGS).index(r.name))
     base = next(r for r in runs if r.name == "no-batching").run.summary
     lines = [
         "## Batching profiles vs no batching",
         "",
         "| configuration | req/s | output tok/s | speed-up (req/s) vs no batching | design claim | E2E p50 (ms) | "
         "E2E p95 (ms) | TTFT p50 (ms) | low load: batcher hold p50 / p95 (ms) | low load: batch publish p50 (ms) | "
-        "requests by dispatch reason |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "requests by dispatch reason | load average |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         s = r.run.summary
@@ -140,10 +147,10 @@ def markdown(runs: list[BatchingRun]) -> str:
             f"| {r.name} | {s.request_throughput:.2f} | {s.output_throughput:.1f} | {speedup:.2f}x | "
             f"{CLAIMS.get(r.name, '-')} | {_percentile(e2e, 0.5):.0f} | {_percentile(e2e, 0.95):.0f} | "
             f"{_percentile(ttft, 0.5):.0f} | {_percentile(waits, 0.5):.2f} / {_percentile(waits, 0.95):.2f} "
-            f"(n={len(waits)}) | {_percentile(r.publish_ms, 0.5):.2f} | {reasons} |"
+            f"(n={len(waits)}) | {_percentile(r.publish_ms, 0.5):.2f} | {reasons} | {r.load_average:.1f} |"
         )
         if s.failed:
-            lines.append(f"|  ↳ {r.name} failures | {s.failures} | | | | | | | | | |")
+            lines.append(f"|  ↳ {r.name} failures | {s.failures} | | | | | | | | | | |")
     low_e2e = {
         r.name: statistics.median([(x.ended_at - x.started_at) * 1000 for x in r.low_load if x.ok] or [float("nan")])
         for r in runs
