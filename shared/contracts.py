@@ -46,7 +46,9 @@ class SamplingParams(BaseModel):
     max_tokens: int = Field(256, ge=1, description="Most tokens to generate.")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling probability mass.")
-    stop: list[str] = Field(default_factory=list, description="Strings that end generation when produced.")
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Non-empty strings that end generation when produced."
+    )
     seed: int | None = Field(None, description="Random seed for reproducible sampling.")
 
 
@@ -68,7 +70,9 @@ class CompletionRequested(Message):
         default_factory=list, description="The conversation to complete (chat); empty when ``prompt`` is set."
     )
     prompt: str | None = Field(
-        None, description="Raw prompt text to continue, without a chat template (OpenAI's /v1/completions)."
+        None,
+        min_length=1,
+        description="Raw prompt text to continue, without a chat template (OpenAI's /v1/completions).",
     )
     sampling: SamplingParams = Field(default_factory=SamplingParams, description="Sampling parameters.")
     stream: bool = Field(True, description="Send TokensGenerated deltas before the final CompletionFinished.")

@@ -35,6 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="the endpoint to measure (ends in /v1)")
     p.add_argument("--name", default="ferry", help="label of that target in the report")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("FERRY_API_KEY", "bench"),
+        help="key sent to --base-url and --compare (default $FERRY_API_KEY; `platform bench` sets the local dev key)",
+    )
     p.add_argument("--model", default="tiny-random", help="model id to request")
     p.add_argument("--compare", metavar="NAME=URL", help="a second OpenAI-compatible target to run on the same load")
     p.add_argument(
@@ -140,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     def over_http(target: Target) -> Job:
         return Job(target.name, target.base_url, lambda: run(target, load))
 
-    jobs = [over_http(Target(args.name, args.base_url.rstrip("/"), args.model))]
+    jobs = [over_http(Target(args.name, args.base_url.rstrip("/"), args.model, args.api_key))]
     with ExitStack() as stack:
         if args.compare:
             name, _, url = args.compare.partition("=")
-            jobs.append(over_http(Target(name, url.rstrip("/"), args.model)))
+            jobs.append(over_http(Target(name, url.rstrip("/"), args.model, args.api_key)))
         elif args.compare_vllm:
             path, max_model_len = _local_model(args.model)
             print(f"starting vLLM's OpenAI server on {path} ...", file=sys.stderr)

@@ -101,7 +101,7 @@ def run_all(
         print(f"[{name}] starting a private platform for {model} ...", file=sys.stderr)
         platform = start_platform(workdir, models_dir, models=(model,), extra_env=env)
         try:
-            target = Target(name, platform.base_url + "/v1", model)
+            target = Target(name, platform.base_url + "/v1", model, platform.api_key)
             results, started_at, duration = asyncio.run(run(target, load))
             summary = summarize(results, duration, slos)
             since_ns = time.time_ns()

@@ -32,7 +32,8 @@ async def main() -> None:
         by_topic = {input_topic(topics, m): m for m in model_ids}
         await wait_for_kafka(common)
         await ensure_topics(common, [*by_topic, *(topics.batches(m) for m in model_ids)])
-        await ensure_topics(common, [topics.cancellations, topics.worker_status, topics.queue_status])
+        await ensure_topics(common, [topics.cancellations, topics.worker_status])
+        await ensure_topics(common, [topics.queue_status], partitions=1)  # as the ingress, which reads it, creates it
         registry = CollectorRegistry()
         broker = new_broker(common, SERVICE, provider, registry)
         batcher = Batcher(

@@ -1,5 +1,5 @@
-"""Adapters of the ingress: its reply topic (aiokafka), the request publisher (FastStream) and the model catalog
-(PostgreSQL registry with a short cache)."""
+"""Adapters of the ingress: its reply topic and the batchers' queue reports (aiokafka), the request publisher
+(FastStream), the model catalog and the tenant directory (PostgreSQL, each with a short cache)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,20 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker
 from opentelemetry import trace
 from pydantic import ValidationError
 
+from services.ingress.tenants import NewKey, Tenant, key_digest, new_api_key
 from shared.contracts import (
     CompletionFinished,
     CompletionRequested,
     GenerationFailed,
+    QueueDepthReported,
     ReplyEvent,
+    RequestCancelled,
     reply_event_adapter,
     utc_now,
 )
@@ -144,6 +148,158 @@ class RequestPublisher:
             key=request.request_id,
             request_id=request.request_id,
         )
+
+    async def cancel(self, cancelled: RequestCancelled) -> None:
+        await publish_message(
+            self._broker,
+            cancelled,
+            self._common.topics.cancellations,
+            key=cancelled.request_id,
+            request_id=cancelled.request_id,
+        )
+
+
+class QueueMonitor:
+    """Keeps the latest QueueDepthReported of every batcher, so the ingress can refuse work it could not serve in
+    time without asking anyone on the request path. Reports older than two intervals are ignored."""
+
+    def __init__(self, common: CommonSettings) -> None:
+        self._common = common
+        self._reports: dict[tuple[str, str], QueueDepthReported] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        topic = self._common.topics.queue_status
+        await ensure_topics(self._common, [topic], partitions=1)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._common.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id="ferry-ingress-queue-status",
+            auto_offset_reset="latest",
+        )
+        await consumer.start()
+        consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})])
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name="queue-monitor")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer:
+            await self._consumer.stop()
+
+    def expected_wait_s(self, model: str) -> float:
+        """The longest wait any live batcher expects for ``model`` (a request may land on any of them)."""
+        now = utc_now()
+        return max(
+            (
+                r.expected_wait_seconds
+                for (m, _), r in self._reports.items()
+                if m == model and (now - r.reported_at).total_seconds() <= 2 * r.interval_seconds
+            ),
+            default=0.0,
+        )
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        async for record in self._consumer:
+            try:
+                report = QueueDepthReported.model_validate_json(record.value or b"")
+            except ValidationError:
+                logger.warning("ignored an invalid queue report at %s@%d", record.topic, record.offset)
+                continue
+            self._reports[(report.model, report.batcher_id)] = report
+
+
+class TenantDirectory:
+    """Tenants and API keys in PostgreSQL. Key checks are cached for a few seconds, so a revoked key stops working
+    within ``ttl_s`` while the database stays off the hot path."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 5.0) -> None:
+        self._pool, self._ttl_s = pool, ttl_s
+        self._cache: dict[bytes, tuple[float, Tenant | None]] = {}
+
+    async def authenticate(self, secret: str) -> Tenant | None:
+        digest = key_digest(secret)
+        hit = self._cache.get(digest)
+        if hit and time.monotonic() - hit[0] < self._ttl_s:
+            return hit[1]
+        row = await self._pool.fetchrow(
+            f"SELECT {_TENANT_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
+            " WHERE k.key_digest = $1 AND k.revoked_at IS NULL",
+            digest,
+        )
+        tenant = _tenant(row) if row else None
+        if len(self._cache) > 100_000:  # unknown keys must not grow memory without bound
+            self._cache.clear()
+        self._cache[digest] = (time.monotonic(), tenant)
+        return tenant
+
+    async def upsert_tenant(self, tenant: Tenant) -> None:
+        await self._pool.execute(
+            """INSERT INTO tenants (id, name, requests_per_minute, tokens_per_minute, monthly_token_quota,
+                 retention_days, max_priority, default_priority, default_profile)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name,
+                 requests_per_minute = EXCLUDED.requests_per_minute, tokens_per_minute = EXCLUDED.tokens_per_minute,
+                 monthly_token_quota = EXCLUDED.monthly_token_quota, retention_days = EXCLUDED.retention_days,
+                 max_priority = EXCLUDED.max_priority, default_priority = EXCLUDED.default_priority,
+                 default_profile = EXCLUDED.default_profile, updated_at = now()""",
+            tenant.id,
+            tenant.name,
+            tenant.requests_per_minute,
+            tenant.tokens_per_minute,
+            tenant.monthly_token_quota,
+            tenant.retention_days,
+            tenant.max_priority,
+            tenant.default_priority,
+            tenant.default_profile,
+        )
+
+    async def tenant(self, tenant_id: str) -> Tenant | None:
+        row = await self._pool.fetchrow(f"SELECT {_TENANT_COLUMNS} FROM tenants t WHERE t.id = $1", tenant_id)
+        return _tenant(row) if row else None
+
+    async def tenants(self) -> list[Tenant]:
+        return [_tenant(r) for r in await self._pool.fetch(f"SELECT {_TENANT_COLUMNS} FROM tenants t ORDER BY t.id")]
+
+    async def create_key(self, tenant_id: str, name: str = "") -> NewKey:
+        key = new_api_key()
+        await self._pool.execute(
+            "INSERT INTO api_keys (id, tenant_id, name, key_digest, key_prefix) VALUES ($1, $2, $3, $4, $5)",
+            key.id,
+            tenant_id,
+            name,
+            key.digest,
+            key.prefix,
+        )
+        return key
+
+    async def keys(self, tenant_id: str | None = None) -> list[asyncpg.Record]:
+        return await self._pool.fetch(
+            "SELECT id, tenant_id, name, key_prefix, created_at, revoked_at FROM api_keys"
+            " WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY created_at",
+            tenant_id,
+        )
+
+    async def revoke_key(self, key_id: str) -> bool:
+        status = await self._pool.execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
+        )
+        return status.endswith(" 1")
+
+
+_TENANT_COLUMNS = (
+    "t.id, t.name, t.requests_per_minute, t.tokens_per_minute, t.monthly_token_quota, t.retention_days,"
+    " t.max_priority, t.default_priority, t.default_profile"
+)
+
+
+def _tenant(row: asyncpg.Record) -> Tenant:
+    return Tenant(**dict(row))
 
 
 class ModelCatalog:

@@ -15,6 +15,15 @@ class IngressSettings(BaseSettings):
         default_factory=lambda: socket.gethostname(),
         description="Names this instance's reply topic; stable across restarts, unique among running instances.",
     )
-    request_timeout_s: float = Field(300.0, gt=0, description="Longest a request may take end to end.")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Deadline of a request that sets none (x-request-timeout header, seconds)."
+    )
+    max_request_timeout_s: float = Field(3600.0, gt=0, description="Longest deadline a client may ask for.")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when the client sends none.")
     model_cache_s: float = Field(5.0, ge=0, description="How long a registry lookup is reused.")
+    auth_cache_s: float = Field(
+        5.0, ge=0, description="How long an API key check is reused; a revoked key works at most this long."
+    )
+    max_in_flight: int = Field(
+        10_000, ge=1, description="Requests this instance holds at once; beyond it new ones get 503 at once."
+    )

@@ -1,44 +1,88 @@
-"""HTTP edge of the ingress: OpenAI routes and OpenAI-format errors. Logic lives in serving.py."""
+"""HTTP edge of the ingress: OpenAI routes, API-key checks and OpenAI-format errors. Logic lives in serving.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.ingress.adapters import ModelCatalog, ReplyListener, RequestPublisher
+from services.ingress.adapters import ModelCatalog, QueueMonitor, ReplyListener, RequestPublisher, TenantDirectory
 from services.ingress.config import IngressSettings
 from services.ingress.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
     ErrorResponse,
     ModelCard,
     ModelList,
     error_json,
     ignored_fields,
 )
-from services.ingress.serving import ApiError, Submission, collect, stream_sse, to_completion_requested
-from shared.contracts import utc_now
+from services.ingress.rate_limits import Charge, RateLimiter
+from services.ingress.serving import (
+    ApiError,
+    ApiKind,
+    Submission,
+    chat_completion,
+    final_event,
+    stream_sse,
+    text_completion,
+    to_completion_requested,
+    watched,
+    without_repeats,
+)
+from services.ingress.tenants import PriorityNotAllowed, Tenant, estimated_tokens
+from shared.contracts import (
+    BatchingProfile,
+    CompletionFinished,
+    GenerationFailed,
+    Priority,
+    RequestCancelled,
+    utc_now,
+)
 from shared.telemetry import context_from, current_trace_context
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass
 class IngressDeps:
     settings: IngressSettings
     catalog: ModelCatalog
     publisher: RequestPublisher
     listener: ReplyListener
     tracer: trace.Tracer
+    tenants: TenantDirectory
+    limiter: RateLimiter
+    queues: QueueMonitor
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Runs follow-up work (a cancel, a settlement) that must outlive the HTTP exchange that caused it."""
+
+        async def logged() -> None:
+            try:
+                await work
+            except Exception:
+                logger.exception("%s failed", what)
+
+        task = asyncio.get_running_loop().create_task(logged())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 def get_deps(request: Request) -> IngressDeps:
@@ -47,16 +91,46 @@ def get_deps(request: Request) -> IngressDeps:
 
 
 DepsDep = Annotated[IngressDeps, Depends(get_deps)]
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer ferry-...`")
+
+
+async def authenticated(
+    deps: DepsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Tenant:
+    if credentials is None:
+        raise ApiError(
+            401,
+            "You didn't provide an API key. Send it in the Authorization header: `Authorization: Bearer YOUR_KEY`.",
+            code="missing_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    tenant = await deps.tenants.authenticate(credentials.credentials)
+    if tenant is None:
+        shown = credentials.credentials[:10] + "..." if len(credentials.credentials) > 10 else "***"
+        raise ApiError(
+            401,
+            f"Incorrect API key provided: {shown}. The key is unknown or has been revoked.",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return tenant
+
+
+TenantDep = Annotated[Tenant, Depends(authenticated)]
 
 ERRORS = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in [
         (400, "Invalid request"),
+        (401, "Missing, unknown or revoked API key"),
+        (403, "The tenant may not ask for this (e.g. a priority above its ceiling)"),
         (404, "Unknown model"),
-        (503, "The platform could not take the request"),
+        (429, "A rate limit or quota of the tenant is used up; see Retry-After"),
+        (503, "The platform could not take the request in time; see Retry-After"),
         (504, "The request did not complete before its deadline"),
     ]
 }
+STREAM_DOC = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks when stream is true"}}
 
 router = APIRouter()
 
@@ -71,32 +145,61 @@ async def health(deps: DepsDep) -> JSONResponse:
     return JSONResponse({"status": "ok", "reply_topic": deps.listener.topic, "requests_waiting": deps.listener.waiting})
 
 
-@router.get("/v1/models", response_model=ModelList, tags=["openai"])
-async def list_models(deps: DepsDep) -> ModelList:
+@router.get("/v1/models", response_model=ModelList, tags=["openai"], responses=ERRORS)
+async def list_models(deps: DepsDep, _: TenantDep) -> ModelList:
     models = await deps.catalog.all()
     return ModelList(data=[ModelCard(id=m.id, created=0, max_model_len=m.max_model_len) for m in models.values()])
 
 
-@router.post(
-    "/v1/chat/completions",
-    response_model=ChatCompletion,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks when stream is true"}}
-    | ERRORS,
-    tags=["openai"],
-)
-async def create_chat_completion(body: ChatCompletionRequest, request: Request, deps: DepsDep):  # type: ignore[no-untyped-def]
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAM_DOC | ERRORS, tags=["openai"])
+async def create_chat_completion(body: ChatCompletionRequest, request: Request, deps: DepsDep, tenant: TenantDep):  # type: ignore[no-untyped-def]
+    return await _serve(body, "chat", request, deps, tenant)
+
+
+@router.post("/v1/completions", response_model=Completion, responses=STREAM_DOC | ERRORS, tags=["openai"])
+async def create_completion(body: CompletionRequest, request: Request, deps: DepsDep, tenant: TenantDep):  # type: ignore[no-untyped-def]
+    return await _serve(body, "text", request, deps, tenant)
+
+
+async def _serve(  # type: ignore[no-untyped-def]
+    body: ChatCompletionRequest | CompletionRequest, kind: ApiKind, request: Request, deps: DepsDep, tenant: Tenant
+):
+    request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+    headers = {"x-request-id": request_id}
     if ignored := ignored_fields(body):
         logger.warning("request %s: ignored unsupported fields %s", request_id, ignored)
     if body.model not in await deps.catalog.all():
         raise ApiError(404, f"The model `{body.model}` does not exist.", param="model", code="model_not_found")
+    priority = _choice(body.priority, request, "x-ferry-priority", Priority)
+    profile = _choice(body.batching_profile, request, "x-ferry-batching-profile", BatchingProfile)
+    try:
+        priority = tenant.priority_for(priority)
+    except PriorityNotAllowed as exc:
+        raise ApiError(403, str(exc), "permission_error", param="priority", code="priority_not_allowed") from None
+    timeout_s = _timeout(request.headers.get("x-ferry-timeout"), deps.settings)
 
-    deadline_at = utc_now() + timedelta(seconds=deps.settings.request_timeout_s)
+    if deps.listener.waiting >= deps.settings.max_in_flight:
+        raise ApiError(
+            503, "This instance is at capacity; try again shortly.", "service_unavailable_error",
+            code="ingress_at_capacity", headers={"Retry-After": "1"} | headers,
+        )  # fmt: skip
+    expected_wait = deps.queues.expected_wait_s(body.model)
+    if expected_wait > timeout_s:
+        raise ApiError(
+            503,
+            f"The model `{body.model}` has a backlog of about {expected_wait:.0f} s, longer than this request's "
+            f"deadline of {timeout_s:.0f} s; try again later or with a longer x-ferry-timeout.",
+            "service_unavailable_error",
+            code="model_overloaded",
+            headers={"Retry-After": str(math.ceil(expected_wait - timeout_s))} | headers,
+        )
+
+    deadline_at = utc_now() + timedelta(seconds=timeout_s)
     with deps.tracer.start_as_current_span(
-        "ferry.ingress.chat_completions",
+        f"ferry.ingress.{'chat_completions' if kind == 'chat' else 'completions'}",
         context=context_from(dict(request.headers)),
         kind=trace.SpanKind.SERVER,
-        attributes={"ferry.request_id": request_id, "ferry.model": body.model},
+        attributes={"ferry.request_id": request_id, "ferry.model": body.model, "ferry.tenant": tenant.id},
     ):
         message = to_completion_requested(
             body,
@@ -106,37 +209,147 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
                 deadline_at=deadline_at,
                 trace_context=current_trace_context(),
                 default_max_tokens=deps.settings.default_max_tokens,
+                tenant_id=tenant.id,
+                priority=priority,
+                profile=profile or tenant.default_profile,
+                retain_text=tenant.retains_text,
             ),
         )
+        charge = await _charge(deps, tenant, estimated_tokens(message), headers)
         events = deps.listener.expect(request_id, deadline_at)
         try:
             await deps.publisher.publish(message)
         except Exception:
             deps.listener.forget(request_id)
+            deps.spawn(deps.limiter.settle(charge, 0), f"refund of {request_id}")
             logger.exception("request %s: could not publish", request_id)
             raise ApiError(
                 503,
                 "The request could not be queued; try again.",
                 "service_unavailable_error",
                 code="queue_unavailable",
-                headers={"Retry-After": "1"},
+                headers={"Retry-After": "1"} | headers,
             ) from None
-    logger.info("request %s queued for %s (stream=%s)", request_id, body.model, body.stream)
+    logger.info("request %s of tenant %s queued for %s (stream=%s)", request_id, tenant.id, body.model, body.stream)
 
-    headers = {"x-request-id": request_id}
+    def on_final(event: CompletionFinished | GenerationFailed) -> None:
+        used = event.usage.total_tokens if isinstance(event, CompletionFinished) else 0
+        deps.spawn(deps.limiter.settle(charge, used), f"settlement of {request_id}")
+
+    def on_abandoned(reason: Literal["client_disconnected", "deadline_exceeded"]) -> None:
+        logger.info("request %s abandoned (%s); cancelling its work", request_id, reason)
+        cancelled = RequestCancelled(
+            request_id=request_id, model=body.model, reason=reason, reply_topic=deps.listener.topic
+        )
+        deps.spawn(deps.publisher.cancel(cancelled), f"cancel of {request_id}")
+
+    replies = watched(without_repeats(events), on_final, on_abandoned)
+    echo = body.prompt_text() if isinstance(body, CompletionRequest) and body.echo else ""
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            stream_sse(request_id, body.model, include_usage, events),
+            stream_sse(request_id, body.model, include_usage, replies, kind, echo),
             media_type="text/event-stream",
             headers=headers | {"cache-control": "no-cache"},
         )
-    completion = await collect(request_id, body.model, events)
-    return JSONResponse(completion.model_dump(), headers=headers)
+    finished = await _unless_disconnected(request, final_event(replies))
+    response = (
+        chat_completion(request_id, body.model, finished)
+        if kind == "chat"
+        else text_completion(request_id, body.model, finished, echo)
+    )
+    return JSONResponse(response.model_dump(), headers=headers)
+
+
+def _choice(body_value: str | None, request: Request, header: str, allowed: Any) -> Any:
+    """A scheduling hint from the body, else from its header (for clients that cannot add body fields)."""
+    if body_value is not None:
+        return body_value
+    value = request.headers.get(header)
+    if value is not None and value not in get_args(allowed):
+        raise ApiError(
+            400,
+            f"Invalid value for header {header}: '{value}'; expected one of {', '.join(get_args(allowed))}.",
+            param=header,
+            code="invalid_value",
+        )
+    return value
+
+
+def _timeout(header: str | None, settings: IngressSettings) -> float:
+    if header is None:
+        return settings.request_timeout_s
+    try:
+        value = float(header)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= settings.max_request_timeout_s:
+        raise ApiError(
+            400,
+            f"Invalid x-ferry-timeout '{header}': give seconds, above 0 and"
+            f" at most {settings.max_request_timeout_s:g}.",
+            param="x-ferry-timeout",
+            code="invalid_value",
+        )
+    return value
+
+
+async def _charge(deps: IngressDeps, tenant: Tenant, tokens: int, headers: dict[str, str]) -> Charge:
+    admission = await deps.limiter.admit(tenant, tokens)
+    if admission.allowed:
+        assert admission.charge is not None
+        return admission.charge
+    if admission.retry_after_s is None:
+        raise ApiError(
+            400,
+            f"This request may use up to {tokens} tokens (prompt estimate plus max_tokens), more than the tenant's"
+            f" limit of {tenant.tokens_per_minute} tokens per minute; lower max_tokens.",
+            param="max_tokens",
+            code="tokens_exceed_rate_limit",
+        )
+    retry = {"Retry-After": str(admission.retry_after_s)} | headers
+    if admission.limit == "quota":
+        raise ApiError(
+            429,
+            f"The tenant's monthly quota of {tenant.monthly_token_quota} tokens is used up.",
+            "insufficient_quota",
+            code="insufficient_quota",
+            headers=retry,
+        )
+    limit = tenant.requests_per_minute if admission.limit == "requests" else tenant.tokens_per_minute
+    raise ApiError(
+        429,
+        f"Rate limit reached: {limit} {admission.limit} per minute for this tenant."
+        f" Try again in {admission.retry_after_s} s.",
+        "rate_limit_exceeded",
+        code=f"rate_limit_{admission.limit}",
+        headers=retry,
+    )
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Non-streaming requests hear of a disconnect only by asking; the work is cancelled if the client leaves."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise ClientGone
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves in OpenAI's format; bad input is a 4xx, never a 500."""
+
+    @app.exception_handler(ClientGone)
+    async def on_client_gone(_: Request, exc: ClientGone) -> JSONResponse:
+        return JSONResponse(error_json("client closed the request", "invalid_request_error"), status_code=499)
 
     @app.exception_handler(ApiError)
     async def on_api_error(_: Request, exc: ApiError) -> JSONResponse:

@@ -10,10 +10,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.asyncio import Redis
 
-from services.ingress.adapters import ModelCatalog, ReplyListener, RequestPublisher
+from services.ingress.adapters import ModelCatalog, QueueMonitor, ReplyListener, RequestPublisher, TenantDirectory
 from services.ingress.config import IngressSettings
 from services.ingress.handlers import IngressDeps, install_error_handlers, router
+from services.ingress.rate_limits import RateLimiter
 from shared.db import connect_pool
 from shared.kafka import new_broker, wait_for_kafka
 from shared.logging import configure_logging
@@ -38,18 +40,29 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
         tracer = provider.get_tracer(__name__)
         listener = ReplyListener(common, common.topics.replies(f"ingress-{settings.instance_id}"), broker, tracer)
         await listener.start()
-        app.state.deps = IngressDeps(
+        queues = QueueMonitor(common)
+        await queues.start()
+        redis = Redis.from_url(common.redis_url)
+        await redis.ping()
+        deps = app.state.deps = IngressDeps(
             settings=settings,
             catalog=ModelCatalog(ModelRegistry(pool), settings.model_cache_s),
             publisher=RequestPublisher(common, broker),
             listener=listener,
             tracer=tracer,
+            tenants=TenantDirectory(pool, settings.auth_cache_s),
+            limiter=RateLimiter(redis, namespace=common.topic_prefix),
+            queues=queues,
         )
         try:
             yield
         finally:
+            # cancels and settlements of requests that just ended still go out
+            await asyncio.gather(*deps.background, return_exceptions=True)
+            await queues.stop()
             await listener.stop()
             await broker.stop()
+            await redis.aclose()
             await pool.close()
             provider.shutdown()
 

@@ -4,9 +4,13 @@ logged as ignored, as vLLM's server does."""
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.contracts import BatchingProfile, Priority
+
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class TextPart(BaseModel):
@@ -29,35 +33,51 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class SamplingFields(BaseModel):
+    """What chat and plain completions share: sampling, streaming, and the platform's scheduling hints."""
+
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1)
-    messages: list[ChatMessageIn] = Field(min_length=1)
+    model: str = Field(min_length=1, description="A model id from GET /v1/models.", examples=["tiny-random"])
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = None
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=4)] | None = Field(
+        None, description="Up to 4 non-empty sequences that end generation."
+    )
     seed: int | None = None
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=1, description="Only 1 is supported; larger values are refused with a 400.")
     user: str | None = None
+    priority: Priority | None = Field(
+        None, description="ferry: priority class (also the x-ferry-priority header); the tenant's default if unset."
+    )
+    batching_profile: BatchingProfile | None = Field(
+        None,
+        description="ferry: batching profile (or the x-ferry-batching-profile header); tenant default if unset.",
+    )
 
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return v
 
-    @field_validator("n")
-    @classmethod
-    def _single_choice(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError("only n=1 is supported")
-        return v
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(SamplingFields):
+    """OpenAI's legacy /v1/completions: a raw prompt, no chat template."""
+
+    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=1)] = Field(
+        description="The prompt; a list must hold exactly one string."
+    )
+    max_tokens: int | None = Field(16, ge=1, description="Most tokens to generate (OpenAI's default is 16).")
+    echo: bool = Field(False, description="Put the prompt before the completion in the returned text.")
+    suffix: None = Field(None, description="Not supported; must be null.")
+    logprobs: None = Field(None, description="Not supported; must be null.")
+    best_of: int | None = Field(None, ge=1, le=1, description="Only 1 is supported.")
+
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
 class ErrorBody(BaseModel):
@@ -116,6 +136,22 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChunkChoice]
+    usage: UsageOut | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
     usage: UsageOut | None = None
 
 

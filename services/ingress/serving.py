@@ -1,13 +1,14 @@
-"""Chat completions logic: API request -> CompletionRequested, and reply events -> OpenAI responses or SSE chunks.
-Imports no client library: events come from any async iterator."""
+"""Completions logic: API request -> CompletionRequested, and reply events -> OpenAI responses or SSE chunks, for chat
+and plain (legacy) completions. Imports no client library: events come from any async iterator."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from services.ingress.protocol import (
     ChatCompletion,
@@ -16,19 +17,26 @@ from services.ingress.protocol import (
     Choice,
     ChoiceMessage,
     ChunkChoice,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
     Delta,
     UsageOut,
     error_json,
 )
 from shared.contracts import (
+    BatchingProfile,
     ChatMessage,
     CompletionFinished,
     CompletionRequested,
     GenerationFailed,
+    Priority,
     ReplyEvent,
     SamplingParams,
     TokensGenerated,
 )
+
+ApiKind = Literal["chat", "text"]
 
 
 class ApiError(Exception):
@@ -56,7 +64,9 @@ _FAILURE_STATUS = {
     "context_length_exceeded": (400, "invalid_request_error"),
     "invalid_request": (400, "invalid_request_error"),
     "deadline_exceeded": (504, "timeout_error"),
+    "cancelled": (499, "invalid_request_error"),
     "model_unavailable": (503, "service_unavailable_error"),
+    "variant_unavailable": (400, "invalid_request_error"),
 }
 
 
@@ -72,34 +82,51 @@ def failure_error(failure: GenerationFailed) -> ApiError:
 
 @dataclass(frozen=True)
 class Submission:
-    """What the ingress adds to a client's request."""
+    """What the ingress adds to a client's request: ids, deadline, trace, and the tenant's settings."""
 
     request_id: str
     reply_topic: str
     deadline_at: datetime
     trace_context: dict[str, str]
     default_max_tokens: int
+    tenant_id: str | None = None
+    priority: Priority = "interactive"
+    profile: BatchingProfile | None = None
+    retain_text: bool = False
 
 
-def to_completion_requested(api: ChatCompletionRequest, sub: Submission) -> CompletionRequested:
+def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub: Submission) -> CompletionRequested:
     stop = [api.stop] if isinstance(api.stop, str) else (api.stop or [])
+    max_tokens = api.max_completion_tokens if isinstance(api, ChatCompletionRequest) else None
     sampling = SamplingParams(
-        max_tokens=api.max_completion_tokens or api.max_tokens or sub.default_max_tokens,
+        max_tokens=max_tokens or api.max_tokens or sub.default_max_tokens,
         temperature=1.0 if api.temperature is None else api.temperature,
         top_p=1.0 if api.top_p is None else api.top_p,
         stop=stop,
         seed=api.seed,
     )
-    messages = [ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in api.messages]
+    if isinstance(api, ChatCompletionRequest):
+        chat = {
+            "messages": [
+                ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in api.messages
+            ]
+        }
+    else:
+        chat = {"prompt": api.prompt_text()}
     return CompletionRequested(
         request_id=sub.request_id,
         model=api.model,
-        messages=messages,
         sampling=sampling,
         stream=api.stream,
         reply_topic=sub.reply_topic,
         deadline_at=sub.deadline_at,
         trace_context=sub.trace_context,
+        tenant_id=sub.tenant_id,
+        priority=sub.priority,
+        profile=sub.profile,
+        retain_text=sub.retain_text,
+        cache_salt=sub.tenant_id,
+        **chat,
     )
 
 
@@ -107,26 +134,82 @@ def _usage(finished: CompletionFinished) -> UsageOut:
     return UsageOut(**finished.usage.model_dump())
 
 
-async def collect(request_id: str, model: str, events: AsyncIterator[ReplyEvent]) -> ChatCompletion:
-    """Non-streaming: waits for the final event."""
+async def without_repeats(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[ReplyEvent]:
+    """Drops text the client already has. When a worker dies mid-generation the request is generated again from the
+    start by another worker; its deltas carry ``text_offset``, so the repeated part is cut and the client sees each
+    piece of text once."""
+    delivered = 0
+    async for event in events:
+        if isinstance(event, TokensGenerated) and event.text_offset is not None:
+            end = event.text_offset + len(event.text)
+            if end <= delivered:
+                continue
+            if event.text_offset < delivered:
+                event = event.model_copy(update={"text": event.text[delivered - event.text_offset :]})
+            delivered = end
+        elif isinstance(event, TokensGenerated):
+            delivered += len(event.text)
+        yield event
+
+
+async def watched(
+    events: AsyncIterator[ReplyEvent],
+    on_final: Callable[[CompletionFinished | GenerationFailed], None],
+    on_abandoned: Callable[[Literal["client_disconnected", "deadline_exceeded"]], None],
+) -> AsyncIterator[ReplyEvent]:
+    """Passes events through and reports how the request ended: ``on_final`` with its last event, or
+    ``on_abandoned`` when the reader stopped first (the client went away, or the deadline passed), so that the
+    work can be cancelled. Both callbacks must not block: they run while the stream is being torn down."""
+    done = False
+    reason: Literal["client_disconnected", "deadline_exceeded"] = "client_disconnected"
     try:
-        return await _final(request_id, model, events)
+        async for event in events:
+            if isinstance(event, CompletionFinished | GenerationFailed):
+                done = True
+                on_final(event)
+            yield event
+    except TimeoutError:
+        reason = "deadline_exceeded"
+        raise
+    finally:
+        if not done:
+            on_abandoned(reason)
+
+
+async def final_event(events: AsyncIterator[ReplyEvent]) -> CompletionFinished:
+    """Non-streaming: waits for the result; failures and the deadline become ApiError."""
+    try:
+        async for event in events:
+            if isinstance(event, GenerationFailed):
+                raise failure_error(event)
+            if isinstance(event, CompletionFinished):
+                return event
     except TimeoutError:
         raise DEADLINE_EXCEEDED from None
-
-
-async def _final(request_id: str, model: str, events: AsyncIterator[ReplyEvent]) -> ChatCompletion:
-    async for event in events:
-        if isinstance(event, GenerationFailed):
-            raise failure_error(event)
-        if isinstance(event, CompletionFinished):
-            return ChatCompletion(
-                id=request_id,
-                model=model,
-                usage=_usage(event),
-                choices=[Choice(message=ChoiceMessage(content=event.text), finish_reason=event.finish_reason)],
-            )
     raise ApiError(503, "the reply stream ended without a result", "server_error", code="no_result")
+
+
+def chat_completion(request_id: str, model: str, finished: CompletionFinished) -> ChatCompletion:
+    return ChatCompletion(
+        id=request_id,
+        model=model,
+        usage=_usage(finished),
+        choices=[Choice(message=ChoiceMessage(content=finished.text), finish_reason=finished.finish_reason)],
+    )
+
+
+def text_completion(request_id: str, model: str, finished: CompletionFinished, echo: str = "") -> Completion:
+    return Completion(
+        id=request_id,
+        model=model,
+        usage=_usage(finished),
+        choices=[CompletionChoice(text=echo + finished.text, finish_reason=finished.finish_reason)],
+    )
+
+
+async def collect(request_id: str, model: str, events: AsyncIterator[ReplyEvent]) -> ChatCompletion:
+    """Non-streaming chat completion."""
+    return chat_completion(request_id, model, await final_event(events))
 
 
 def _sse(payload: object) -> str:
@@ -134,31 +217,39 @@ def _sse(payload: object) -> str:
 
 
 async def stream_sse(
-    request_id: str, model: str, include_usage: bool, events: AsyncIterator[ReplyEvent]
+    request_id: str,
+    model: str,
+    include_usage: bool,
+    events: AsyncIterator[ReplyEvent],
+    kind: ApiKind = "chat",
+    echo: str = "",
 ) -> AsyncIterator[str]:
-    """Streaming: OpenAI's chunk sequence (role, content deltas, finish reason, optional usage), then [DONE].
-    Failures after the stream began arrive as an ``error`` object, as OpenAI sends them."""
+    """Streaming: OpenAI's chunk sequence (chat: role, content deltas, finish reason; text: text deltas, finish reason),
+    optional usage, then [DONE]. Failures after the stream began arrive as an ``error`` object, as OpenAI sends them."""
     created = int(time.time())
+    chunk = _chat_chunk if kind == "chat" else _text_chunk
 
-    def chunk(delta: Delta, finish_reason: str | None = None) -> str:
-        c = ChatCompletionChunk(
-            id=request_id, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)]
-        )
-        return _sse(c.model_dump(exclude_none=True, exclude={"usage"}) | _with_null_finish(c))
-
-    yield chunk(Delta(role="assistant", content=""))
+    first = chunk(request_id, created, model, "" if kind == "chat" else echo, None, opening=True)
+    if first:
+        yield first
     try:
         async for event in events:
             if isinstance(event, TokensGenerated):
                 if event.text:
-                    yield chunk(Delta(content=event.text))
+                    yield chunk(request_id, created, model, event.text, None)
             elif isinstance(event, CompletionFinished):
-                yield chunk(Delta(), event.finish_reason)
+                yield chunk(request_id, created, model, None, event.finish_reason)
                 if include_usage:
-                    usage_chunk = ChatCompletionChunk(
-                        id=request_id, created=created, model=model, choices=[], usage=_usage(event)
+                    yield _sse(
+                        {
+                            "id": request_id,
+                            "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": _usage(event).model_dump(),
+                        }
                     )
-                    yield _sse(usage_chunk.model_dump(exclude_none=True))
                 break
             elif isinstance(event, GenerationFailed):
                 yield _sse(failure_error(event).body())
@@ -168,6 +259,30 @@ async def stream_sse(
     except TimeoutError:
         yield _sse(DEADLINE_EXCEEDED.body())
     yield _sse("[DONE]")
+
+
+def _chat_chunk(
+    request_id: str, created: int, model: str, text: str | None, finish_reason: str | None, opening: bool = False
+) -> str:
+    delta = Delta(role="assistant", content="") if opening else Delta(content=text)
+    c = ChatCompletionChunk(
+        id=request_id, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)]
+    )
+    return _sse(c.model_dump(exclude_none=True, exclude={"usage"}) | _with_null_finish(c))
+
+
+def _text_chunk(
+    request_id: str, created: int, model: str, text: str | None, finish_reason: str | None, opening: bool = False
+) -> str:
+    if opening and not text:
+        return ""  # OpenAI's text stream has no opening chunk; with echo the first chunk is the prompt
+    c = Completion(
+        id=request_id,
+        created=created,
+        model=model,
+        choices=[CompletionChoice(text=text or "", finish_reason=finish_reason)],
+    )
+    return _sse(c.model_dump(exclude={"usage"}))
 
 
 def _with_null_finish(c: ChatCompletionChunk) -> dict[str, object]:

@@ -48,7 +48,31 @@ class Platform:
     common: CommonSettings
     workdir: Path
     models_dir: Path
+    env: dict[str, str]
+    api_key: str = ""
     services: list[Service] = field(default_factory=list)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers carrying the key of the test session's tenant ("default")."""
+        return {"authorization": f"Bearer {self.api_key}"}
+
+    def admin(self, *args: str) -> str:
+        """Runs the tenant/key admin command against this session's database; returns its output."""
+        done = subprocess.run(
+            [sys.executable, "-m", "services.ingress.admin", *args],
+            env=self.env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout.strip()
+
+    def new_tenant(self, tenant_id: str, *options: str) -> str:
+        """Creates (or updates) a tenant with admin options (e.g. "--rpm", "5") and returns a fresh key of it."""
+        self.admin("tenants", "create", tenant_id, *options)
+        return self.admin("keys", "create", tenant_id).split("\t")[1]
 
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
@@ -110,6 +134,45 @@ def _tail(workdir: Path, name: str, lines: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
+def launch(platform: Platform, service: Service) -> None:
+    """Starts one service process in its own session (so its vLLM child can be killed with it), logging to workdir."""
+    log = open(platform.workdir / f"{service.name}.log", "ab")
+    service.process = subprocess.Popen(
+        [sys.executable, "-m", service.module],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=platform.env | service.env | {"FERRY_OTEL_CONSOLE_PATH": str(platform.traces(service.name))},
+    )
+
+
+def start_extra(platform: Platform, service: Service, timeout_s: float = 120) -> Service:
+    """Starts one more service next to the session's (e.g. a second ingress) and waits until it is healthy; the
+    caller stops it with stop_service."""
+    launch(platform, service)
+    try:
+        _wait_healthy(service, platform.workdir, time.monotonic() + timeout_s)
+    except BaseException:
+        stop_service(service)
+        raise
+    return service
+
+
+def stop_service(service: Service, timeout_s: float = 60) -> None:
+    if service.process is None:
+        return
+    if service.process.poll() is None:
+        service.process.send_signal(signal.SIGTERM)
+    try:
+        service.process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    # the whole session: a worker's vLLM EngineCore child must not outlive it
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(service.process.pid, signal.SIGKILL)
+
+
 def start_platform(
     workdir: Path,
     models_dir: Path,
@@ -127,6 +190,9 @@ def start_platform(
         "FERRY_TOPIC_PREFIX": f"ferrytest-{run_id}.",
         "FERRY_POSTGRES_DSN": _dsn(base.postgres_dsn, database),
         "FERRY_OTEL_EXPORTER": "console",
+        # consumer groups are cluster-wide: runs sharing the Kafka must not join (and stall) each other's groups
+        "FERRY_BATCHER_GROUP_ID": f"ferrytest-{run_id}.batcher",
+        "FERRY_WORKER_GROUP_PREFIX": f"ferrytest-{run_id}.worker.",
         **(extra_env or {}),
     }
     common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
@@ -158,21 +224,15 @@ def start_platform(
             {
                 "FERRY_INGRESS_PORT": str(ingress_port),
                 "FERRY_INGRESS_INSTANCE_ID": f"test-{run_id}",
+                "FERRY_INGRESS_AUTH_CACHE_S": "0.5",
             },
         )
     )
-    platform = Platform(f"http://127.0.0.1:{ingress_port}", common, workdir, models_dir, services)
+    platform = Platform(f"http://127.0.0.1:{ingress_port}", common, workdir, models_dir, env, services=services)
+    platform.api_key = platform.admin("dev-key", str(workdir / "api-key"))
     try:
         for s in services:
-            log = open(workdir / f"{s.name}.log", "ab")
-            s.process = subprocess.Popen(
-                [sys.executable, "-m", s.module],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=env | s.env | {"FERRY_OTEL_CONSOLE_PATH": str(platform.traces(s.name))},
-            )
+            launch(platform, s)
         deadline = time.monotonic() + 300
         for s in services:
             _wait_healthy(s, workdir, deadline)
@@ -187,14 +247,7 @@ def stop_platform(platform: Platform) -> None:
         if s.process and s.process.poll() is None:
             s.process.send_signal(signal.SIGTERM)
     for s in platform.services:
-        if s.process:
-            try:
-                s.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-            # the whole session: a worker's vLLM EngineCore child must not outlive it
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(s.process.pid, signal.SIGKILL)
+        stop_service(s)
     base = CommonSettings()
     database = platform.common.postgres_dsn.rsplit("/", 1)[1]
     asyncio.run(_drop_database(base.postgres_dsn, database))

@@ -18,8 +18,8 @@ GOOD = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "hi"}], "m
 def post(platform: Platform, body: object, raw: bytes | None = None) -> httpx.Response:
     url = f"{platform.base_url}/v1/chat/completions"
     if raw is not None:
-        return httpx.post(url, content=raw, headers={"content-type": "application/json"}, timeout=30)
-    return httpx.post(url, json=body, timeout=30)
+        return httpx.post(url, content=raw, headers={"content-type": "application/json"} | platform.auth, timeout=30)
+    return httpx.post(url, json=body, headers=platform.auth, timeout=30)
 
 
 def assert_openai_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
@@ -68,11 +68,11 @@ def test_body_that_is_not_an_object_is_a_400(platform: Platform) -> None:
 
 
 def test_unknown_route_is_an_openai_format_404(platform: Platform) -> None:
-    assert_openai_error(httpx.get(f"{platform.base_url}/v1/engines", timeout=10), 404)
+    assert_openai_error(httpx.get(f"{platform.base_url}/v1/engines", headers=platform.auth, timeout=10), 404)
 
 
 def test_models_come_from_the_registry(platform: Platform) -> None:
-    models = httpx.get(f"{platform.base_url}/v1/models", timeout=10).json()
+    models = httpx.get(f"{platform.base_url}/v1/models", headers=platform.auth, timeout=10).json()
     assert models["object"] == "list"
     assert {m["id"] for m in models["data"]} == {"smollm2-135m-instruct", TINY_MODEL}
 
@@ -83,7 +83,9 @@ def bad_records(platform: Platform, consumer: str) -> tuple[str, dict[bytes, str
     if consumer == "batcher":
         return topics.requests(TINY_MODEL), {
             b"{this is not json": "invalid CompletionRequested",
-            json.dumps({"request_id": "x", "model": TINY_MODEL}).encode(): "messages: Field required",
+            json.dumps(
+                {"request_id": "x", "model": TINY_MODEL, "reply_topic": "r"}
+            ).encode(): "exactly one of messages",
             json.dumps(
                 {
                     "request_id": f"wrong-{uuid.uuid4().hex}",

@@ -18,6 +18,8 @@ def test_short_run_in_comparison_mode_fills_every_field(platform: Platform, tmp_
         [
             "--base-url",
             url,
+            "--api-key",
+            platform.api_key,
             "--name",
             "ferry",
             "--compare",
@@ -74,6 +76,8 @@ def test_bench_command_compares_with_the_engine_in_process(platform: Platform, t
         "benchmarks.bench",
         "--base-url",
         f"{platform.base_url}/v1",
+        "--api-key",
+        platform.api_key,
         "--model",
         TINY_MODEL,
         "--compare-engine",

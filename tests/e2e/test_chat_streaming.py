@@ -17,7 +17,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def client(platform: Platform) -> OpenAI:
-    return OpenAI(base_url=f"{platform.base_url}/v1", api_key="not-checked-yet", max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{platform.base_url}/v1", api_key=platform.api_key, max_retries=0, timeout=120)
 
 
 def prompt_token_count(platform: Platform, model: str, messages: list[dict[str, str]]) -> int:
@@ -71,7 +71,9 @@ def test_default_model_knows_the_capital_of_france(platform: Platform) -> None:
 
 def test_stream_ends_with_done_and_request_id_header(platform: Platform) -> None:
     body = {"model": TINY_MODEL, "messages": QUESTION, "stream": True, "max_tokens": 16}
-    with httpx.stream("POST", f"{platform.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+    with httpx.stream(
+        "POST", f"{platform.base_url}/v1/chat/completions", json=body, headers=platform.auth, timeout=60
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["x-request-id"].startswith("chatcmpl-")
@@ -88,7 +90,7 @@ def test_one_request_is_one_trace_across_every_hop(platform: Platform) -> None:
     traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
     response = httpx.post(
         f"{platform.base_url}/v1/chat/completions",
-        headers={"traceparent": traceparent},
+        headers={"traceparent": traceparent} | platform.auth,
         timeout=60,
         json={"model": TINY_MODEL, "messages": QUESTION, "max_tokens": 8},
     )

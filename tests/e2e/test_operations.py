@@ -22,6 +22,7 @@ def test_every_service_is_healthy_and_counts_its_kafka_traffic(platform: Platfor
     response = httpx.post(
         f"{platform.base_url}/v1/chat/completions",
         json={"model": TINY_MODEL, "messages": [{"role": "user", "content": "count me"}], "max_tokens": 4},
+        headers=platform.auth,
         timeout=60,
     )
     assert response.status_code == 200
@@ -50,6 +51,7 @@ def test_ingress_forgets_finished_and_failed_requests(platform: Platform) -> Non
         response = httpx.post(
             f"{platform.base_url}/v1/chat/completions",
             json={"model": TINY_MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4},
+            headers=platform.auth,
             timeout=60,
         )
         assert response.status_code == status

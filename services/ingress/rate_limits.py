@@ -1,0 +1,135 @@
+"""Per-tenant rate limits and quotas, kept in Redis so that every ingress instance sees the same counts.
+
+Requests and tokens per minute use a sliding window approximated from two fixed one-minute windows (the previous
+window's count weighted by how much of it still overlaps the last minute), checked and charged in one Lua script so
+two instances cannot both take the last unit. Tokens are charged at admission from an estimate and settled when the
+request finishes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from services.ingress.tenants import Tenant
+
+WINDOW_MS = 60_000
+
+# KEYS: requests (this window, previous), tokens (this window, previous), monthly quota.
+# ARGV: now_ms, window_ms, requests_per_minute, tokens_per_minute, token_cost, monthly_quota (0 = unlimited).
+# Returns {allowed, retry_after_ms, limit_name}.
+_CHECK_AND_CHARGE = """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rpm, tpm, cost, quota = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local into = now % window
+local function wait_ms(limit, cur_key, prev_key, add)
+  if limit == 0 then return 0 end
+  if add > limit then return -1 end
+  local cur = tonumber(redis.call('GET', cur_key) or '0')
+  local prev = tonumber(redis.call('GET', prev_key) or '0')
+  if cur + add > limit then
+    -- only the next window can take it, once enough of this window has slid out
+    local frac = 1 - (limit - add) / cur
+    return (window - into) + math.ceil(frac * window)
+  end
+  if prev == 0 then return 0 end
+  local need = (1 - (limit - cur - add) / prev) * window
+  if need <= into then return 0 end
+  return math.ceil(need - into)
+end
+local req_wait = wait_ms(rpm, KEYS[1], KEYS[2], 1)
+if req_wait ~= 0 then return {0, req_wait, 'requests'} end
+local tok_wait = wait_ms(tpm, KEYS[3], KEYS[4], cost)
+if tok_wait ~= 0 then return {0, tok_wait, 'tokens'} end
+if quota > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') + cost > quota then return {0, -2, 'quota'} end
+redis.call('INCR', KEYS[1]); redis.call('PEXPIRE', KEYS[1], 2 * window)
+redis.call('INCRBY', KEYS[3], cost); redis.call('PEXPIRE', KEYS[3], 2 * window)
+redis.call('INCRBY', KEYS[5], cost); redis.call('EXPIRE', KEYS[5], 3024000)
+return {1, 0, ''}
+"""
+
+# KEYS: counters to correct; ARGV: delta. A counter that has expired stays gone (its window is over); none goes below 0.
+_SETTLE = """
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 and redis.call('INCRBY', key, ARGV[1]) < 0 then
+    redis.call('SET', key, 0, 'KEEPTTL')
+  end
+end
+"""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The outcome of charging a request: allowed, or which limit refused it and when to retry."""
+
+    allowed: bool
+    limit: str = ""
+    retry_after_s: int | None = None
+    """None when waiting cannot help (the request alone is larger than the limit)."""
+    charge: Charge | None = None
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What was charged, so the difference with the real token count can be settled later."""
+
+    tenant_id: str
+    window: int
+    month: str
+    tokens: int
+
+
+class RateLimiter:
+    def __init__(self, redis: Redis, namespace: str) -> None:
+        self._ns = namespace
+        self._check_and_charge = redis.register_script(_CHECK_AND_CHARGE)
+        self._settle = redis.register_script(_SETTLE)
+
+    def _keys(self, tenant_id: str, window: int, month: str) -> list[str]:
+        base = f"{self._ns}ratelimit:{{{tenant_id}}}"
+        return [
+            f"{base}:req:{window}",
+            f"{base}:req:{window - 1}",
+            f"{base}:tok:{window}",
+            f"{base}:tok:{window - 1}",
+            f"{base}:quota:{month}",
+        ]
+
+    async def admit(self, tenant: Tenant, tokens: int, now: datetime | None = None) -> Admission:
+        now = now or datetime.now(UTC)
+        now_ms = int(now.timestamp() * 1000)
+        window, month = now_ms // WINDOW_MS, now.strftime("%Y%m")
+        allowed, wait_ms, limit = await self._check_and_charge(
+            keys=self._keys(tenant.id, window, month),
+            args=[
+                now_ms,
+                WINDOW_MS,
+                tenant.requests_per_minute or 0,
+                tenant.tokens_per_minute or 0,
+                tokens,
+                tenant.monthly_token_quota or 0,
+            ],
+        )
+        limit = limit.decode() if isinstance(limit, bytes) else str(limit)
+        if allowed:
+            return Admission(True, charge=Charge(tenant.id, window, month, tokens))
+        if wait_ms == -1:
+            return Admission(False, limit, None)
+        if wait_ms == -2:
+            return Admission(False, limit, _seconds_to_next_month(now))
+        return Admission(False, limit, max(1, math.ceil(wait_ms / 1000)))
+
+    async def settle(self, charge: Charge, actual_tokens: int) -> None:
+        """Replaces the admission estimate by the real token count (usually a refund: max_tokens is rarely used up)."""
+        delta = actual_tokens - charge.tokens
+        if delta == 0:
+            return
+        keys = self._keys(charge.tenant_id, charge.window, charge.month)
+        await self._settle(keys=[keys[2], keys[4]], args=[delta])
+
+
+def _seconds_to_next_month(now: datetime) -> int:
+    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
+    return max(1, math.ceil((datetime(year, month, 1, tzinfo=UTC) - now).total_seconds()))

@@ -1,0 +1,81 @@
+"""Tenants, API keys and what a tenant may ask for. Pure logic: storage lives in adapters.py."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from dataclasses import dataclass
+
+from shared.contracts import BatchingProfile, CompletionRequested, Priority
+
+KEY_PREFIX = "ferry-"
+PRIORITY_RANK: dict[str, int] = {"interactive": 0, "batch": 1, "best_effort": 2}
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Who a request belongs to, and the limits and privacy settings that come with it."""
+
+    id: str
+    name: str = ""
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    monthly_token_quota: int | None = None
+    retention_days: int = 0
+    max_priority: Priority = "interactive"
+    default_priority: Priority = "interactive"
+    default_profile: BatchingProfile | None = None
+
+    @property
+    def retains_text(self) -> bool:
+        """Only a tenant that opted in to retention has prompt or completion text stored or logged anywhere."""
+        return self.retention_days > 0
+
+    def priority_for(self, asked: Priority | None) -> Priority:
+        """The tenant's default when none is asked; raises PriorityNotAllowed above the tenant's ceiling."""
+        priority = asked or self.default_priority
+        if PRIORITY_RANK[priority] < PRIORITY_RANK[self.max_priority]:
+            raise PriorityNotAllowed(priority, self.max_priority)
+        return priority
+
+
+class PriorityNotAllowed(Exception):
+    def __init__(self, asked: str, ceiling: str) -> None:
+        super().__init__(f"priority '{asked}' is above this tenant's highest allowed priority '{ceiling}'")
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly made key: ``secret`` is shown once and never stored; ``digest`` is what is stored."""
+
+    id: str
+    secret: str
+    digest: bytes
+    prefix: str
+
+
+def new_api_key() -> NewKey:
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    return NewKey(id=f"key_{secrets.token_hex(8)}", secret=secret, digest=key_digest(secret), prefix=secret[:12])
+
+
+def key_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, or None."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value else None
+
+
+def estimated_tokens(request: CompletionRequested) -> int:
+    """Tokens charged against the tenant's limits at admission, before the worker counts them: prompt characters / 4
+    (the usual rule of thumb; the ingress runs no tokenizer) plus every token the request may generate. The
+    difference with the real count is settled when the request finishes."""
+    chars = len(request.prompt) if request.prompt is not None else sum(len(m.content) for m in request.messages)
+    return math.ceil(chars / 4) + request.sampling.max_tokens

@@ -1,0 +1,104 @@
+"""OpenAI's clients (sync and async, streaming and not) on both completion routes, and /v1/completions' own format."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from openai import AsyncOpenAI, BadRequestError, OpenAI
+
+from tests.e2e.platform import TINY_MODEL, Platform
+
+PROMPT = "Once upon a time"
+
+
+def sync_client(platform: Platform) -> OpenAI:
+    return OpenAI(base_url=f"{platform.base_url}/v1", api_key=platform.api_key, max_retries=0, timeout=120)
+
+
+def async_client(platform: Platform) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=f"{platform.base_url}/v1", api_key=platform.api_key, max_retries=0, timeout=120)
+
+
+def test_sync_client_text_completion_not_streamed(platform: Platform) -> None:
+    completion = sync_client(platform).completions.create(model=TINY_MODEL, prompt=PROMPT, max_tokens=8, seed=3)
+    assert completion.object == "text_completion" and completion.id.startswith("cmpl-")
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage is not None and 0 < completion.usage.completion_tokens <= 8
+    if completion.choices[0].finish_reason == "length":
+        assert completion.usage.completion_tokens == 8
+
+
+async def test_async_client_text_completion_streamed_matches_the_unstreamed_text(platform: Platform) -> None:
+    client = async_client(platform)
+    whole = await client.completions.create(model=TINY_MODEL, prompt=PROMPT, max_tokens=12, seed=5)
+    stream = await client.completions.create(
+        model=TINY_MODEL, prompt=PROMPT, max_tokens=12, seed=5, stream=True, stream_options={"include_usage": True}
+    )
+    pieces, finish, usage = [], [], None
+    async for chunk in stream:
+        assert chunk.object == "text_completion"
+        if chunk.choices:
+            pieces.append(chunk.choices[0].text)
+            if chunk.choices[0].finish_reason:
+                finish.append(chunk.choices[0].finish_reason)
+        if chunk.usage:
+            usage = chunk.usage
+    assert "".join(pieces) == whole.choices[0].text
+    assert finish == [whole.choices[0].finish_reason]
+    assert usage is not None and usage.total_tokens == whole.usage.total_tokens
+
+
+async def test_async_client_chat_streamed_and_not(platform: Platform) -> None:
+    client = async_client(platform)
+    messages = [{"role": "user", "content": "Say something"}]
+    whole = await client.chat.completions.create(model=TINY_MODEL, messages=messages, max_tokens=10, seed=9)
+    stream = await client.chat.completions.create(
+        model=TINY_MODEL, messages=messages, max_tokens=10, seed=9, stream=True
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == whole.choices[0].message.content
+
+
+def test_echo_puts_the_prompt_first(platform: Platform) -> None:
+    completion = sync_client(platform).completions.create(
+        model=TINY_MODEL, prompt=PROMPT, max_tokens=4, echo=True, seed=1
+    )
+    assert completion.choices[0].text.startswith(PROMPT)
+    chunks = sync_client(platform).completions.create(
+        model=TINY_MODEL, prompt=PROMPT, max_tokens=4, echo=True, seed=1, stream=True
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == completion.choices[0].text
+
+
+def test_text_stream_framing_is_openais(platform: Platform) -> None:
+    body = {"model": TINY_MODEL, "prompt": PROMPT, "max_tokens": 4, "stream": True}
+    url = f"{platform.base_url}/v1/completions"
+    with httpx.stream("POST", url, json=body, headers=platform.auth, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        raw = response.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(c["id"] == response.headers["x-request-id"] for c in chunks)
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert set(chunks[0]) == {"id", "object", "created", "model", "choices"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"prompt": ["one", "two"]}, "prompt"),
+        ({"suffix": "tail"}, "suffix"),
+        ({"n": 2}, "n"),
+        ({"best_of": 3}, "best_of"),
+        ({"logprobs": 2}, "logprobs"),
+    ],
+)
+def test_unsupported_completion_options_are_clear_400s(platform: Platform, extra: dict, param: str) -> None:
+    with pytest.raises(BadRequestError) as err:
+        sync_client(platform).completions.create(**({"model": TINY_MODEL, "prompt": PROMPT} | extra))
+    assert err.value.body["param"].split(".")[0] == param  # type: ignore[index]

@@ -1,0 +1,125 @@
+"""Flow control at the ingress: a client that leaves or a deadline that passes cancels the work; a backlog longer than
+the deadline is refused at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from shared.contracts import QueueDepthReported, RequestCancelled
+from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
+
+LONG = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 1500}
+
+
+async def cancellations(
+    platform: Platform, until: Callable[[RequestCancelled], bool] | None = None
+) -> list[RequestCancelled]:
+    """Every RequestCancelled on the topic so far, or (with ``until``) up to the first one that matches."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=platform.common.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    seen: list[RequestCancelled] = []
+    try:
+        tp = TopicPartition(platform.common.topics.cancellations, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning()
+        end = (await consumer.end_offsets([tp]))[tp]
+        async with asyncio.timeout(20):
+            while until is not None or await consumer.position(tp) < end:
+                record = await consumer.getone()
+                seen.append(RequestCancelled.model_validate_json(record.value))
+                if until is not None and until(seen[-1]):
+                    break
+    finally:
+        await consumer.stop()
+    return seen
+
+
+async def cancellation_of(platform: Platform, request_id: str) -> RequestCancelled:
+    return (await cancellations(platform, lambda c: c.request_id == request_id))[-1]
+
+
+async def test_a_client_leaving_mid_stream_cancels_its_request(platform: Platform) -> None:
+    async with httpx.AsyncClient(base_url=platform.base_url, headers=platform.auth, timeout=60) as client:
+        async with client.stream("POST", "/v1/chat/completions", json=LONG | {"stream": True}) as response:
+            assert response.status_code == 200
+            request_id = response.headers["x-request-id"]
+            async for line in response.aiter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    break  # tokens are flowing: leave
+    cancelled = await cancellation_of(platform, request_id)
+    assert cancelled.reason == "client_disconnected" and cancelled.model == DEFAULT_MODEL
+
+
+async def test_a_client_leaving_a_non_streamed_request_cancels_it(platform: Platform) -> None:
+    before = {c.request_id for c in await cancellations(platform)}
+    async with httpx.AsyncClient(base_url=platform.base_url, headers=platform.auth, timeout=2) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/v1/chat/completions", json=LONG)
+    # its id was in the response headers, which never came: it is the one new cancellation
+    new = await cancellations(platform, lambda c: c.request_id not in before)
+    assert new[-1].reason == "client_disconnected" and new[-1].model == DEFAULT_MODEL
+
+
+async def test_a_deadline_ends_the_stream_with_an_error_and_cancels_the_work(platform: Platform) -> None:
+    async with httpx.AsyncClient(base_url=platform.base_url, timeout=60) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json=LONG | {"stream": True},
+            headers=platform.auth | {"x-ferry-timeout": "1.5"},
+        )
+    assert response.status_code == 200
+    events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "deadline_exceeded"
+    cancelled = await cancellation_of(platform, response.headers["x-request-id"])
+    assert cancelled.reason == "deadline_exceeded"
+
+
+async def test_a_backlog_longer_than_the_deadline_is_refused_at_once(platform: Platform) -> None:
+    body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+    async def report(wait_s: float) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=platform.common.kafka_bootstrap)
+        await producer.start()
+        try:
+            depth = QueueDepthReported(
+                model=TINY_MODEL,
+                batcher_id="test-report",
+                waiting=500,
+                waiting_tokens=50_000,
+                expected_wait_seconds=wait_s,
+                interval_seconds=30,
+            )
+            await producer.send_and_wait(platform.common.topics.queue_status, depth.model_dump_json().encode())
+        finally:
+            await producer.stop()
+
+    async with httpx.AsyncClient(base_url=platform.base_url, headers=platform.auth, timeout=60) as client:
+        await report(400)
+        for _ in range(50):  # the ingress reads the report asynchronously
+            refused = await client.post("/v1/chat/completions", json=body)
+            if refused.status_code == 503:
+                break
+            await asyncio.sleep(0.1)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "model_overloaded"
+        assert int(refused.headers["retry-after"]) == 100  # 400 s of backlog minus the default 300 s deadline
+        # a client willing to wait longer than the backlog is taken
+        patient = await client.post("/v1/chat/completions", json=body, headers={"x-ferry-timeout": "600"})
+        assert patient.status_code == 200, patient.text
+        # other models are not affected
+        other = await client.post("/v1/chat/completions", json=body | {"model": DEFAULT_MODEL})
+        assert other.status_code == 200
+        await report(0)
+        for _ in range(50):
+            accepted = await client.post("/v1/chat/completions", json=body)
+            if accepted.status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert accepted.status_code == 200

@@ -1,0 +1,33 @@
+"""Schemathesis fuzzes the published OpenAPI spec against the real server and infrastructure: every response must
+match the spec (status, content type, body schema), none may be a 5xx, and none may hang."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.platform import Platform
+
+CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+
+
+def test_the_api_keeps_its_published_contract(platform: Platform, tmp_path: Path) -> None:
+    command = [
+        str(Path(sys.executable).with_name("st")),
+        "run",
+        f"{platform.base_url}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {platform.api_key}",
+        "--checks",
+        CHECKS,
+        "--max-examples",
+        "40",
+        "--request-timeout",
+        "60",
+        "--seed",
+        "1",
+        "--no-color",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]

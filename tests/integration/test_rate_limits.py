@@ -1,0 +1,79 @@
+"""The tenant rate limiter against real Redis: sliding windows, settlement, quotas, and two limiters sharing state."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from redis.asyncio import Redis
+
+from services.ingress.rate_limits import RateLimiter
+from services.ingress.tenants import Tenant
+from shared.settings import CommonSettings
+
+T0 = datetime(2026, 3, 10, 12, 0, 0, tzinfo=UTC)  # the start of a one-minute window
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(CommonSettings().redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}."
+
+
+async def test_requests_per_minute_slide_instead_of_resetting(redis: Redis, namespace: str) -> None:
+    limiter = RateLimiter(redis, namespace)
+    tenant = Tenant(id="t", requests_per_minute=10)
+    for i in range(10):
+        assert (await limiter.admit(tenant, 1, T0 + timedelta(seconds=i))).allowed
+    refused = await limiter.admit(tenant, 1, T0 + timedelta(seconds=30))
+    assert not refused.allowed and refused.limit == "requests"
+    assert refused.retry_after_s is not None and 30 <= refused.retry_after_s <= 42
+    # 15 s into the next window, 3/4 of the previous window's 10 still count: 7.5 + 1 <= 10, then 8.5 + 1, not 9.5 + 1
+    later = T0 + timedelta(seconds=75)
+    assert (await limiter.admit(tenant, 1, later)).allowed
+    assert (await limiter.admit(tenant, 1, later)).allowed
+    assert not (await limiter.admit(tenant, 1, later)).allowed
+
+
+async def test_two_limiters_share_one_count(redis: Redis, namespace: str) -> None:
+    a, b = RateLimiter(redis, namespace), RateLimiter(redis, namespace)
+    tenant = Tenant(id="t", requests_per_minute=3)
+    results = [await (a if i % 2 else b).admit(tenant, 1, T0) for i in range(5)]
+    assert [r.allowed for r in results] == [True, True, True, False, False]
+
+
+async def test_tokens_are_settled_to_the_real_count(redis: Redis, namespace: str) -> None:
+    limiter = RateLimiter(redis, namespace)
+    tenant = Tenant(id="t", tokens_per_minute=1000)
+    first = await limiter.admit(tenant, 900, T0)
+    assert first.allowed and not (await limiter.admit(tenant, 200, T0)).allowed
+    assert first.charge is not None
+    await limiter.settle(first.charge, 300)  # the request used 300 of the 900 it could have
+    assert (await limiter.admit(tenant, 700, T0)).allowed
+    too_big = await limiter.admit(tenant, 1001, T0)
+    assert not too_big.allowed and too_big.retry_after_s is None
+
+
+async def test_monthly_quota_refuses_until_next_month(redis: Redis, namespace: str) -> None:
+    limiter = RateLimiter(redis, namespace)
+    tenant = Tenant(id="t", monthly_token_quota=100)
+    assert (await limiter.admit(tenant, 80, T0)).allowed
+    refused = await limiter.admit(tenant, 30, T0 + timedelta(days=5))
+    assert not refused.allowed and refused.limit == "quota"
+    assert refused.retry_after_s == int((datetime(2026, 4, 1, tzinfo=UTC) - (T0 + timedelta(days=5))).total_seconds())
+    assert (await limiter.admit(tenant, 30, datetime(2026, 4, 1, tzinfo=UTC))).allowed
+
+
+async def test_tenants_do_not_share_counts(redis: Redis, namespace: str) -> None:
+    limiter = RateLimiter(redis, namespace)
+    assert (await limiter.admit(Tenant(id="a", requests_per_minute=1), 1, T0)).allowed
+    assert not (await limiter.admit(Tenant(id="a", requests_per_minute=1), 1, T0)).allowed
+    assert (await limiter.admit(Tenant(id="b", requests_per_minute=1), 1, T0)).allowed
