@@ -199,3 +199,22 @@ async def test_a_cancellation_read_before_its_request_still_drops_it_even_across
     [reply] = await kafka.replies(until=1)
     assert [r for b in batches for r in ids(b)] == ["other"]
     assert isinstance(reply, GenerationFailed) and (reply.request_id, reply.code) == ("early", "cancelled")
+
+
+async def test_a_rebalance_while_requests_are_held_loses_none(kafka: Kafka) -> None:
+    slow = {"FERRY_BATCHER_COST__MAX_WAIT_MS": "4000"}  # holds requests long enough for a rebalance to meet them
+    first = kafka.start_batcher("first", **slow)
+    sent: list[str] = []
+    async with kafka.workers(running=8):
+        for i in range(20):
+            sent.append((await kafka.request(f"h{i:02}", profile="cost", tenant_id=f"t{i % 4}")).request_id)
+        # the first batcher holds these when a second one joins and takes partitions from it
+        second = kafka.start_batcher("second", **slow)
+        for i in range(20, 40):
+            sent.append((await kafka.request(f"h{i:02}", profile="cost")).request_id)
+            await asyncio.sleep(0.02)
+        batches = await kafka.batches(ids=set(sent), seconds=30)
+    assert {r for b in batches for r in ids(b)} == set(sent)
+    assert assigned_partitions(second.log.read_text()) >= 1
+    revoked = [line for line in first.log.read_text().splitlines() if "partitions revoked" in line]
+    assert revoked and " 0 held request(s)" not in revoked[0], revoked
