@@ -47,10 +47,10 @@ class BatcherSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Where /health and /metrics listen.")
     port: int = Field(8010, description="Port of /health and /metrics.")
     instance_id: str | None = Field(None, description="Id in queue reports; host name and pid if unset.")
-    group_id: str | None = Field(
-        None,
-        description="Consumer group shared by every batcher instance; '<topic prefix>batcher' if unset, so deployments "
-        "(and test runs) sharing a cluster never share a group.",
+    group_id: str = Field(
+        "ferry-batcher",
+        description="Consumer group shared by every batcher instance of a deployment (a restarted batcher resumes "
+        "from its committed offsets; deployments sharing a cluster need different groups).",
     )
     models: list[str] | None = Field(None, description="Models to batch for; every enabled model when unset.")
     latency: LatencyProfile = Field(default_factory=LatencyProfile, description="The latency profile.")

@@ -58,7 +58,7 @@ class Consumers:
         self.requests = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             client_id=f"ferry-batcher-{self.batcher.deps.instance_id}",
-            group_id=settings.group_id or f"{self.batcher.deps.common.topic_prefix}batcher",
+            group_id=settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=settings.session_timeout_ms,
