@@ -16,14 +16,19 @@ logger = logging.getLogger(__name__)
 
 
 def kafka_service_app(
-    broker: KafkaBroker, metrics: CollectorRegistry, routes: Sequence[tuple[str, Any]] = (), **kwargs: Any
+    broker: KafkaBroker,
+    metrics: CollectorRegistry,
+    routes: Sequence[tuple[str, Any]] = (),
+    health: Any = None,
+    **kwargs: Any,
 ) -> AsgiFastStream:
-    """The ASGI app of a Kafka service: ``/health`` answers 204 while the broker is connected, ``/metrics`` serves
-    Prometheus text; ``routes`` adds the service's own (path, ASGI app) pairs."""
+    """The ASGI app of a Kafka service: ``/health`` answers 204 while the broker is connected (or runs ``health``, an
+    ASGI handler of the service's own), ``/metrics`` serves Prometheus text; ``routes`` adds the service's own
+    (path, ASGI app) pairs."""
     return AsgiFastStream(
         broker,
         asgi_routes=[
-            ("/health", make_ping_asgi(broker, timeout=5.0)),
+            ("/health", health or make_ping_asgi(broker, timeout=5.0)),
             ("/metrics", make_asgi_app(metrics)),
             *routes,
         ],

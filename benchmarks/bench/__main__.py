@@ -70,6 +70,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only measure --model's cold start (registry to first token) and warm reload, and print them as JSON",
     )
     p.add_argument(
+        "--compare-batching",
+        action="store_true",
+        help="no batching vs each batcher profile, each on a private platform started here (see bench/batching.py)",
+    )
+    p.add_argument(
+        "--low-load-prompts",
+        type=int,
+        default=20,
+        help="with --compare-batching: requests sent one at a time to measure the wait the batcher adds",
+    )
+    p.add_argument(
         "--baseline-first",
         action="store_true",
         help="run the second target first (ratios stay first / second), to rule out an order effect",
@@ -168,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.compare_batching:
+        return _compare_batching(args, load, out, slos, len(requests))
+
     def over_http(target: Target) -> Job:
         return Job(target.name, target.base_url, lambda: run(target, load))
 
@@ -234,6 +248,36 @@ def main(argv: list[str] | None = None) -> int:
     print(paths["markdown"].read_text())
     print(f"report: {out}", file=sys.stderr)
     return 0 if all(r.summary.completed for r in runs.values()) else 1
+
+
+def _compare_batching(args: argparse.Namespace, load: Load, out: Path, slos: dict[str, float], count: int) -> int:
+    from benchmarks.bench import batching
+
+    models_dir = Path(os.environ.get("FERRY_WORKER_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
+    wall_start = time.time()
+    runs = batching.run_all(args.model, load, args.low_load_prompts, models_dir, slos, reverse=args.baseline_first)
+    config = {
+        "command": ["bench", *sys.argv[1:]],
+        "model": args.model,
+        "num_prompts": count,
+        "shape": args.shape,
+        "rate": args.rate,
+        "concurrency": args.concurrency,
+        "input_words": list(args.input_words),
+        "output_tokens": list(args.output_tokens),
+        "low_load_prompts": args.low_load_prompts,
+        "seed": args.seed,
+        "order": [r.name for r in runs],
+        "machine": f"{os.cpu_count()} cores",
+        "wall_clock": [wall_start, time.time()],
+    }
+    runs.sort(key=lambda r: list(batching.CONFIGS).index(r.name))
+    paths = report.write(out, config, [r.run for r in runs])
+    with paths["markdown"].open("a") as md:
+        md.write("\n" + batching.markdown(runs))
+    print(paths["markdown"].read_text())
+    print(f"report: {out}", file=sys.stderr)
+    return 0 if all(r.run.summary.completed for r in runs) else 1
 
 
 if __name__ == "__main__":

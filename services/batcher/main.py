@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
+from faststream.asgi import AsgiResponse, get
+from faststream.asgi.types import Scope
 from prometheus_client import CollectorRegistry
 
-from services.batcher.config import BatcherSettings
-from services.batcher.handlers import SERVICE, BatcherDeps, register
+from services.batcher.config import BatcherSettings, input_topic
+from services.batcher.consumer import Consumers
+from services.batcher.handlers import SERVICE, Batcher, BatcherDeps
+from services.batcher.metrics import BatcherMetrics
 from shared.kafka import ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import enabled_models
@@ -20,23 +26,44 @@ async def main() -> None:
     common, settings = CommonSettings(), BatcherSettings()
     configure_logging(SERVICE, common.log_level)
     provider = setup_tracing(SERVICE, common)
+    topics = common.topics
     try:
         model_ids = settings.models or [m.id for m in await enabled_models(common.postgres_dsn)]
-        by_topic = {common.topics.requests(m): m for m in model_ids}
+        by_topic = {input_topic(topics, m): m for m in model_ids}
         await wait_for_kafka(common)
-        await ensure_topics(common, [*by_topic, *(common.topics.batches(m) for m in model_ids)])
-        metrics = CollectorRegistry()
-        broker = new_broker(common, SERVICE, provider, metrics)
-        register(
+        await ensure_topics(common, [*by_topic, *(topics.batches(m) for m in model_ids)])
+        await ensure_topics(common, [topics.cancellations, topics.worker_status])
+        await ensure_topics(common, [topics.queue_status], partitions=1)  # as the ingress, which reads it, creates it
+        registry = CollectorRegistry()
+        broker = new_broker(common, SERVICE, provider, registry)
+        batcher = Batcher(
             BatcherDeps(
                 settings=settings,
                 common=common,
                 broker=broker,
                 model_by_topic=by_topic,
                 tracer=provider.get_tracer(__name__),
+                metrics=BatcherMetrics(registry),
+                instance_id=settings.instance_id or f"{socket.gethostname()}-{os.getpid()}",
             )
         )
-        await serve(kafka_service_app(broker, metrics), settings.host, settings.port)
+        consumers = Consumers(
+            batcher,
+            common.kafka_bootstrap,
+            request_topics=list(by_topic),
+            cancellations_topic=topics.cancellations,
+            worker_status_topic=topics.worker_status,
+        )
+
+        @get
+        async def health(scope: Scope) -> AsgiResponse:
+            alive = consumers.healthy and await broker.ping(5.0)
+            return AsgiResponse(b"", 204) if alive else AsgiResponse(b"consumers stopped", 500)
+
+        app = kafka_service_app(
+            broker, registry, health=health, after_startup=[consumers.start], on_shutdown=[consumers.stop]
+        )
+        await serve(app, settings.host, settings.port)
     finally:
         provider.shutdown()
 

@@ -174,7 +174,13 @@ def stop_service(service: Service, timeout_s: float = 60) -> None:
         os.killpg(service.process.pid, signal.SIGKILL)
 
 
-def start_platform(workdir: Path, models_dir: Path, models: tuple[str, ...] = (DEFAULT_MODEL, TINY_MODEL)) -> Platform:
+def start_platform(
+    workdir: Path,
+    models_dir: Path,
+    models: tuple[str, ...] = (DEFAULT_MODEL, TINY_MODEL),
+    extra_env: dict[str, str] | None = None,
+) -> Platform:
+    """Starts a worker per model in ``models``, the batcher and the ingress; ``extra_env`` goes to every service."""
     run_id = uuid.uuid4().hex[:8]
     base = CommonSettings()
     database = f"ferry_test_{run_id}"
@@ -188,6 +194,7 @@ def start_platform(workdir: Path, models_dir: Path, models: tuple[str, ...] = (D
         # consumer groups are cluster-wide: runs sharing the Kafka must not join (and stall) each other's groups
         "FERRY_BATCHER_GROUP_ID": f"ferrytest-{run_id}.batcher",
         "FERRY_WORKER_GROUP_PREFIX": f"ferrytest-{run_id}.worker.",
+        **(extra_env or {}),
     }
     common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
     subprocess.run([sys.executable, "-m", "shared.prepare"], env=env, cwd=ROOT, check=True, capture_output=True)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from shared.contracts import QueueDepthReported, RequestCancelled
+from shared.contracts import QueueDepthReported, ReplyEvent, RequestCancelled, reply_event_adapter
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
 
 LONG = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 1500}
@@ -54,6 +54,34 @@ async def test_a_client_leaving_mid_stream_cancels_its_request(platform: Platfor
                     break  # tokens are flowing: leave
     cancelled = await cancellation_of(platform, request_id)
     assert cancelled.reason == "client_disconnected" and cancelled.model == DEFAULT_MODEL
+    # the worker aborted it: its last reply is a `cancelled` failure, long before max_tokens were generated
+    events = await replies_of(platform, request_id)
+    assert events[-1].event == "generation_failed" and events[-1].code == "cancelled", events[-1]
+    assert not any(e.event == "completion_finished" for e in events)
+    generated = sum(e.token_count for e in events if e.event == "tokens_generated")
+    assert generated < LONG["max_tokens"] / 4, generated
+
+
+async def replies_of(platform: Platform, request_id: str) -> list[ReplyEvent]:
+    """The events a worker sent to the ingress's reply topic for one request, up to its final one."""
+    ingress = next(s for s in platform.services if s.name == "ingress")
+    topic = platform.common.topics.replies(f"ingress-{ingress.env['FERRY_INGRESS_INSTANCE_ID']}")
+    consumer = AIOKafkaConsumer(bootstrap_servers=platform.common.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    events: list[ReplyEvent] = []
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        await consumer.seek_to_beginning()
+        async with asyncio.timeout(30):
+            async for record in consumer:
+                event = reply_event_adapter.validate_json(record.value)
+                if event.request_id == request_id:
+                    events.append(event)
+                    if event.event != "tokens_generated":
+                        return events
+    finally:
+        await consumer.stop()
+    return events
 
 
 async def test_a_client_leaving_a_non_streamed_request_cancels_it(platform: Platform) -> None:

@@ -42,7 +42,7 @@ def test_every_service_is_healthy_and_counts_its_kafka_traffic(platform: Platfor
     assert metric_total(ingress, "ferry_ingress_responses_total", route="/v1/chat/completions", status="200") >= 1
     assert metric_total(ingress, "ferry_ingress_time_to_first_event_seconds_count", model=TINY_MODEL) >= 1
     assert metric_total(ingress, "ferry_ingress_tokens_total", model=TINY_MODEL, kind="completion") >= 1
-    assert metric_total(metrics("batcher"), received, app_name="ferry-batcher") >= 1
+    assert metric_total(metrics("batcher"), "ferry_batcher_received_total", model=TINY_MODEL) >= 1
     assert metric_total(metrics("batcher"), published, destination=topics.batches(TINY_MODEL)) >= 1
     worker = metrics(f"worker-{TINY_MODEL}")
     assert metric_total(worker, received, app_name="ferry-worker") >= 1
