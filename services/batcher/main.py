@@ -22,7 +22,7 @@ async def main() -> None:
     provider = setup_tracing(SERVICE, common)
     try:
         model_ids = settings.models or [m.id for m in await enabled_models(common.postgres_dsn)]
-        by_topic = {common.topics.requests(m): m for m in model_ids}
+        by_topic = {common.topics.screened(m): m for m in model_ids}  # prompts the safety stage let through
         await wait_for_kafka(common)
         await ensure_topics(common, [*by_topic, *(common.topics.batches(m) for m in model_ids)])
         metrics = CollectorRegistry()

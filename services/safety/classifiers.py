@@ -71,7 +71,7 @@ class EmbeddingClassifier:
         X = self.embed([e.text for e in usable])
         y = [_model_label(e) for e in usable]
         self._clf = LogisticRegression(C=4.0, max_iter=2000, class_weight="balanced").fit(X, y)
-        self._classes = list(self._clf.classes_)
+        self._classes = [str(c) for c in self._clf.classes_]
         logger.info("embedding classifier trained on %d examples, classes %s", len(usable), self._classes)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

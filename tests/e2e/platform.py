@@ -50,6 +50,11 @@ class Platform:
     models_dir: Path
     services: list[Service] = field(default_factory=list)
 
+    def url(self, name: str) -> str:
+        """Base URL of a service by name (e.g. the safety service's review UI)."""
+        service = next(s for s in self.services if s.name == name)
+        return f"http://127.0.0.1:{service.port}"
+
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
 
@@ -139,6 +144,8 @@ def start_platform(workdir: Path, models_dir: Path) -> Platform:
         )
         for m, port in ((DEFAULT_MODEL, free_port()), (TINY_MODEL, free_port()))
     ]
+    safety_port = free_port()
+    services.append(Service("safety", "services.safety.main", safety_port, {"FERRY_SAFETY_PORT": str(safety_port)}))
     batcher_port = free_port()
     services.append(
         Service("batcher", "services.batcher.main", batcher_port, {"FERRY_BATCHER_PORT": str(batcher_port)})
