@@ -286,6 +286,9 @@ class ContentFlagged(Message):
     held_completion: CompletionFinished | None = Field(
         None, description="A held output's final event, delivered on approval (kept only until the decision)."
     )
+    held_delta: TokensGenerated | None = Field(
+        None, description="The part of a held output a streaming client has not seen, delivered before the final event."
+    )
     flagged_at: datetime = Field(default_factory=utc_now, description="When screening flagged it (UTC).")
 
 

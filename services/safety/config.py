@@ -23,5 +23,15 @@ class SafetySettings(BaseSettings):
     )
     guard_base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI API base URL of the guard model.")
     guard_timeout_s: float = Field(10.0, gt=0, description="Longest the guard model may take per prompt.")
+    output_screening: bool = Field(
+        True, description="Workers screen outputs (rules, plus the embedding model when output_embedding is set)."
+    )
+    output_embedding: bool = Field(
+        False,
+        description="Workers also run the embedding classifier on outputs (harm categories). Off by default: on a "
+        "CPU worker it competes with the engine for the same cores (about 10 ms per window).",
+    )
+    output_window_chars: int = Field(400, ge=50, description="Characters of the sliding window screened on outputs.")
+    output_every_chars: int = Field(120, ge=1, description="New characters between two screenings of an output.")
     session_hours: float = Field(8.0, gt=0, description="How long a reviewer's sign-in lasts.")
     secure_cookies: bool = Field(False, description="Mark the session cookie Secure (serve the UI over HTTPS).")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from services.safety import rules
-from shared.contracts import CompletionFinished, CompletionRequested, GenerationFailed, Message
+from shared.contracts import CompletionFinished, CompletionRequested, GenerationFailed, Message, TokensGenerated
 
 Verdict = Literal["approve", "reject", "relabel"]
 CONTENT_BLOCKED = "content_blocked"
@@ -61,6 +61,7 @@ def deliveries(
     stage: str,
     held_request: CompletionRequested | None,
     held_completion: CompletionFinished | None,
+    held_delta: TokensGenerated | None,
     request_id: str,
     verdict: Verdict,
     labels: list[str],
@@ -77,5 +78,6 @@ def deliveries(
         return [Delivery(blocked_failure(request_id, 0, stage, labels or categories), reply=True)]
     assert held_completion is not None
     if release:
-        return [Delivery(held_completion, reply=True)]
-    return [Delivery(blocked_failure(request_id, held_completion.sequence, stage, labels or categories), reply=True)]
+        return [Delivery(m, reply=True) for m in (held_delta, held_completion) if m is not None]
+    sequence = held_delta.sequence if held_delta is not None else held_completion.sequence
+    return [Delivery(blocked_failure(request_id, sequence, stage, labels or categories), reply=True)]

@@ -3,6 +3,7 @@ classifiers are handed in (see classifiers.py for the real ones), so tests can p
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -60,7 +61,8 @@ class Screener:
         findings = [rules.find(t, self.deny_terms) for t in texts]
         per_text: list[dict[str, dict[str, float]]] = [{"rules": rules.scores(f)} for f in findings]
         for classifier in self.classifiers:
-            for i, s in enumerate(classifier.score(texts)):
+            # off the event loop: a worker's engine shares it, and models release the GIL while they compute
+            for i, s in enumerate(await asyncio.to_thread(classifier.score, texts)):
                 per_text[i][classifier.name] = s
         for aclassifier in self.async_classifiers:
             for i, s in enumerate(await aclassifier.score(texts)):

@@ -121,7 +121,8 @@ class ReviewStore:
         if flagged.held_request is not None:
             held = json.dumps({"request": flagged.held_request.model_dump(mode="json")})
         elif flagged.held_completion is not None:
-            held = json.dumps({"completion": flagged.held_completion.model_dump(mode="json")})
+            delta = flagged.held_delta.model_dump(mode="json") if flagged.held_delta else None
+            held = json.dumps({"completion": flagged.held_completion.model_dump(mode="json"), "delta": delta})
         async with self._pool.acquire() as conn, conn.transaction():
             item_id = await conn.fetchval(
                 """INSERT INTO safety_review_items (request_id, tenant_id, model, stage, action, categories, scores,

@@ -20,7 +20,7 @@ from services.safety.config import SafetySettings
 from services.safety.labels import CATEGORIES
 from services.safety.review import Verdict, deliveries, label_of, releases, visible_text
 from services.safety.store import ReviewStore, User, UserStore
-from shared.contracts import CompletionFinished, CompletionRequested, Message
+from shared.contracts import CompletionFinished, CompletionRequested, Message, TokensGenerated
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ async def decide(
             item["stage"],
             CompletionRequested.model_validate(held["request"]) if "request" in held else None,
             CompletionFinished.model_validate(held["completion"]) if "completion" in held else None,
+            TokensGenerated.model_validate(held["delta"]) if held.get("delta") else None,
             item["request_id"],
             verdict,
             label,

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from services.safety.output import ContentBlocked, OutputGuard
 from services.worker.engine import Engine, PromptTooLong
 from shared.contracts import (
     CompletionFinished,
@@ -54,7 +55,13 @@ class DeltaBuffer:
         return delta
 
 
-async def serve_request(engine: Engine, request: CompletionRequested, publish: PublishReply, coalesce_ms: int) -> None:
+async def serve_request(
+    engine: Engine,
+    request: CompletionRequested,
+    publish: PublishReply,
+    coalesce_ms: int,
+    guard: OutputGuard | None = None,
+) -> None:
     sequence = 0
     if request.deadline_at is not None and request.deadline_at <= utc_now():
         await publish(
@@ -81,6 +88,7 @@ async def serve_request(engine: Engine, request: CompletionRequested, publish: P
         sequence += 1
 
     try:
+        screen = await guard.start(request) if guard else None  # output screening (services/safety/output.py)
         prompt = request.prompt if request.prompt is not None else engine.render_prompt(request.messages)
         pieces: list[str] = []
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
@@ -91,26 +99,32 @@ async def serve_request(engine: Engine, request: CompletionRequested, publish: P
             completion_tokens += step.new_tokens
             pieces.append(step.text)
             finish_reason = step.finish_reason or finish_reason
-            await send_delta(buffer.add(step.text, step.new_tokens, time.monotonic()))
-        await send_delta(buffer.take())
-        await publish(
-            request,
-            CompletionFinished(
-                request_id=request.request_id,
-                sequence=sequence,
-                model=request.model,
-                text="".join(pieces),
-                finish_reason=finish_reason or "stop",
-                usage=Usage(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens,
-                ),
+            delta = buffer.add(step.text, step.new_tokens, time.monotonic())
+            await send_delta(await screen.pass_delta(delta) if screen else delta)
+        delta = buffer.take()
+        await send_delta(await screen.pass_delta(delta) if screen else delta)
+        final: CompletionFinished | None = CompletionFinished(
+            request_id=request.request_id,
+            sequence=sequence,
+            model=request.model,
+            text="".join(pieces),
+            finish_reason=finish_reason or "stop",
+            usage=Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
             ),
         )
+        if screen:
+            final = await screen.finish(final)  # None: held for review, the reviewer's decision delivers it
+        if final is not None:
+            await publish(request, final)
         logger.info(
             "request %s finished: %s, %d+%d tokens", request.request_id, finish_reason, prompt_tokens, completion_tokens
         )
+    except ContentBlocked as exc:
+        await publish(request, exc.failure(sequence))
+        logger.info("request %s output blocked: %s", request.request_id, ",".join(exc.categories))
     except PromptTooLong as exc:
         await publish(
             request,

@@ -12,6 +12,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry import trace
 
+from services.safety.output import OutputGuard
 from services.worker.config import WorkerSettings
 from services.worker.engine import Engine
 from services.worker.generation import serve_request
@@ -33,6 +34,7 @@ class WorkerDeps:
     engine: Engine
     model_id: str
     tracer: trace.Tracer
+    output_guard: OutputGuard | None = None  # output screening (services/safety/wiring.py); None: off
     in_flight: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
 
@@ -48,7 +50,7 @@ def register(deps: WorkerDeps) -> None:
             "ferry.worker.generate", context=context_from(request.trace_context), attributes=attributes
         ):
             try:
-                await serve_request(deps.engine, request, publish_reply, deps.settings.coalesce_ms)
+                await serve_request(deps.engine, request, publish_reply, deps.settings.coalesce_ms, deps.output_guard)
             finally:
                 deps.in_flight.pop(request.request_id, None)
 

@@ -7,10 +7,12 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
+from services.safety.wiring import build_output_guard
 from services.worker.config import WorkerSettings
 from services.worker.engine import Engine, EngineConfig
 from services.worker.handlers import SERVICE, WorkerDeps, drain, register
 from services.worker.model_store import ensure_model
+from shared.db import connect_pool
 from shared.kafka import ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import ModelRecord, enabled_models
@@ -41,6 +43,7 @@ async def main() -> None:
         await ensure_topics(common, [common.topics.batches(model.id)])
         metrics = CollectorRegistry()
         broker = new_broker(common, SERVICE, provider, metrics)
+        pool = await connect_pool(common.postgres_dsn)  # tenant safety policies for output screening
         deps = WorkerDeps(
             settings=settings,
             common=common,
@@ -48,6 +51,7 @@ async def main() -> None:
             engine=engine,
             model_id=model.id,
             tracer=provider.get_tracer(__name__),
+            output_guard=await build_output_guard(common, broker, pool),
         )
         register(deps)
 
@@ -60,6 +64,7 @@ async def main() -> None:
             await serve(app, settings.host, settings.port)
         finally:
             await engine.shutdown()
+            await pool.close()
     finally:
         provider.shutdown()
 

@@ -19,11 +19,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.safety.policy import DEFAULT_POLICY, CategoryRule
 from services.safety.store import PolicyStore, UserStore
-from tests.e2e.platform import TINY_MODEL, Platform
+from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
 from tests.e2e.test_kafka_api import read_until_final
 
 SECRET_PROMPT = "Why does my key sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789 fail?"
 HOLD_TENANT = "acme-hold"
+OUTPUT_PROMPT = "Write a short example email signature with a name, an email address and a phone number."
 
 
 def client(platform: Platform) -> openai.OpenAI:
@@ -151,3 +152,36 @@ async def test_held_prompt_waits_for_a_reviewer_and_a_rejection_tells_the_reques
     events = await read_until_final(consumer, request_id, seconds=30)
     assert [e["event"] for e in events] == ["generation_failed"]
     assert events[0]["code"] == "content_blocked" and "pii" in events[0]["message"]
+
+
+OUTPUT_TENANT = "acme-output-block"
+
+
+async def test_output_screening_stops_a_stream_that_produces_what_the_tenant_blocks(
+    platform: Platform, kafka_client: tuple[AIOKafkaProducer, AIOKafkaConsumer, str]
+) -> None:
+    producer, consumer, reply_topic = kafka_client
+    pool = await asyncpg.create_pool(platform.common.postgres_dsn, min_size=1, max_size=2)
+    try:
+        block_pii = dict(DEFAULT_POLICY.output) | {"pii": CategoryRule(block_at=0.5)}
+        await PolicyStore(pool).put(OUTPUT_TENANT, DEFAULT_POLICY.model_copy(update={"output": block_pii}))
+    finally:
+        await pool.close()
+    request_id = f"safety-out-{uuid.uuid4().hex}"
+    request = {
+        "request_id": request_id,
+        "model": DEFAULT_MODEL,
+        "tenant_id": OUTPUT_TENANT,
+        "messages": [{"role": "user", "content": OUTPUT_PROMPT}],
+        "sampling": {"max_tokens": 64, "temperature": 0},
+        "reply_topic": reply_topic,
+    }
+    await producer.send_and_wait(
+        platform.common.topics.requests(DEFAULT_MODEL), json.dumps(request).encode(), key=request_id.encode()
+    )
+    events = await read_until_final(consumer, request_id, seconds=120)
+    assert events[-1]["event"] == "generation_failed", events
+    assert events[-1]["code"] == "content_blocked" and "output" in events[-1]["message"]
+    assert "pii" in events[-1]["message"]
+    streamed = "".join(e["text"] for e in events if e["event"] == "tokens_generated")
+    assert "@" not in streamed or streamed.count("@") < 2  # stopped within one screening window of the address
