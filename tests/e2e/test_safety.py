@@ -24,7 +24,7 @@ from tests.e2e.test_kafka_api import read_until_final
 
 SECRET_PROMPT = "Why does my key sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789 fail?"
 HOLD_TENANT = "acme-hold"
-OUTPUT_PROMPT = "Write a short example email signature with a name, an email address and a phone number."
+OUTPUT_PROMPT = "Repeat this sentence exactly: You can reach Anna at anna.lee@example.com or on +1 415 555 0199."
 
 
 def client(platform: Platform) -> openai.OpenAI:
@@ -180,8 +180,8 @@ async def test_output_screening_stops_a_stream_that_produces_what_the_tenant_blo
         platform.common.topics.requests(DEFAULT_MODEL), json.dumps(request).encode(), key=request_id.encode()
     )
     events = await read_until_final(consumer, request_id, seconds=120)
-    assert events[-1]["event"] == "generation_failed", events
+    text = "".join(e.get("text", "") for e in events)
+    assert events[-1]["event"] == "generation_failed", text
     assert events[-1]["code"] == "content_blocked" and "output" in events[-1]["message"]
     assert "pii" in events[-1]["message"]
-    streamed = "".join(e["text"] for e in events if e["event"] == "tokens_generated")
-    assert "@" not in streamed or streamed.count("@") < 2  # stopped within one screening window of the address
+    assert not any(e["event"] == "completion_finished" for e in events)
