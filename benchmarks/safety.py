@@ -87,13 +87,16 @@ async def through_kafka(n: int) -> list[str]:
     admin_conn = await asyncpg.connect(base.postgres_dsn)
     await admin_conn.execute(f'CREATE DATABASE "{database}"')
     common = CommonSettings(
-        topic_prefix=f"bench-{run}.", postgres_dsn=base.postgres_dsn.rsplit("/", 1)[0] + "/" + database
+        topic_prefix=f"bench-{run}.",
+        postgres_dsn=base.postgres_dsn.rsplit("/", 1)[0] + "/" + database,
+        otel_exporter="none",
     )
     model = "tiny-random"
     topics = common.topics
     bare = f"{common.topic_prefix}bare"
     stage_ms: list[float] = []
     bare_ms: list[float] = []
+    held = 0
     try:
         pool = await connect_pool(common.postgres_dsn)
         await migrate(pool)
@@ -131,7 +134,11 @@ async def through_kafka(n: int) -> list[str]:
                     ).encode()
                     t = time.perf_counter()
                     await producer.send_and_wait(topics.requests(model), body, key=rid.encode())
-                    await screened.getone()
+                    try:
+                        await asyncio.wait_for(screened.getone(), 10)
+                    except TimeoutError:  # the default policy held it (the labeled "safe" set has borderline texts)
+                        held += 1
+                        continue
                     stage = (time.perf_counter() - t) * 1000
                     t = time.perf_counter()
                     await producer.send_and_wait(bare, body, key=rid.encode())
@@ -166,6 +173,7 @@ async def through_kafka(n: int) -> list[str]:
         "",
         f"Added by the stage: p50 {added50:.2f} ms, p99 {added99:.2f} ms "
         f"({'meets' if added50 < GOAL_P50_MS else 'misses'} the goal of < {GOAL_P50_MS:.0f} ms p50).",
+        f"Prompts the default policy held (not timed): {held}.",
     ]
 
 

@@ -74,7 +74,7 @@ def evaluate(
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.0%}"
+    return "n/a" if x is None else f"{x:.1%}"
 
 
 def report(counts: dict[str, dict[str, Counts]], escalation: float, n_test: int, n_train: int) -> str:
@@ -106,7 +106,8 @@ def report(counts: dict[str, dict[str, Counts]], escalation: float, n_test: int,
     )
     lines += [
         "",
-        f"Escalation rate: {escalation:.1%} of held-out texts (design: 5-10%).",
+        f"Escalation rate: {escalation:.1%} of held-out texts (design: 5-10%). Not comparable with the design's figure:"
+        " most of this set is harmful or carries PII on purpose, while real traffic is mostly benign.",
         "",
         "Anchors from the design: AI 95% precision / 90% recall; hybrid 98% / 95%.",
     ]
