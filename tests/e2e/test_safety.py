@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -152,6 +155,17 @@ async def test_held_prompt_waits_for_a_reviewer_and_a_rejection_tells_the_reques
     events = await read_until_final(consumer, request_id, seconds=30)
     assert [e["event"] for e in events] == ["generation_failed"]
     assert events[0]["code"] == "content_blocked" and "pii" in events[0]["message"]
+
+    exported = subprocess.run(
+        [sys.executable, "-m", "services.safety.admin", "export-labels"],
+        env=os.environ | {"FERRY_POSTGRES_DSN": platform.common.postgres_dsn},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (label,) = [row for row in map(json.loads, exported.splitlines()) if row["request_id"] == request_id]
+    assert (label["decision"], label["categories"], label["masked"]) == ("reject", ["pii"], True)
+    assert label["text"] == "Please email the summary to [EMAIL]"
 
 
 OUTPUT_TENANT = "acme-output-block"
