@@ -33,15 +33,17 @@ class Policy(BaseModel):
     review_minutes: int = Field(60, ge=1, description="Time a reviewer has to decide an escalated item.")
 
 
-_HARM = CategoryRule(block_at=0.7, escalate_at=0.35, escalate="hold")
+# The default escalates by release-then-review: a false positive must not keep a requester waiting on a person
+# (random text scores 0.3-0.4 on some harm class). Tenants opt in to holding with their own policy.
+_HARM = CategoryRule(block_at=0.7, escalate_at=0.35, escalate="release")
 DEFAULT_POLICY = Policy(
     prompt={
         "secrets": CategoryRule(block_at=0.5),
         "deny_list": CategoryRule(block_at=0.5),
         "pii": CategoryRule(escalate_at=0.5, escalate="release"),
-        "injection": CategoryRule(block_at=0.9, escalate_at=0.7, escalate="hold"),
+        "injection": CategoryRule(block_at=0.9, escalate_at=0.7, escalate="release"),
         "violence": _HARM,
-        "self_harm": CategoryRule(block_at=0.7, escalate_at=0.3, escalate="hold"),
+        "self_harm": CategoryRule(block_at=0.7, escalate_at=0.3, escalate="release"),
         "hate": _HARM,
         "illegal": _HARM,
     },
