@@ -84,7 +84,7 @@ def bad_records(platform: Platform, consumer: str) -> tuple[str, dict[bytes, str
         topic = topics.requests(TINY_MODEL) if consumer == "safety" else topics.screened(TINY_MODEL)
         return topic, {
             b"{this is not json": "invalid CompletionRequested",
-            json.dumps({"request_id": "x", "model": TINY_MODEL}).encode(): "messages: Field required",
+            json.dumps({"request_id": "x", "model": TINY_MODEL}).encode(): "reply_topic: Field required",
             json.dumps(
                 {
                     "request_id": f"wrong-{uuid.uuid4().hex}",

@@ -44,6 +44,8 @@ def sign_in(browser: webdriver.Chrome, base: str, username: str, password: str) 
     browser.find_element(By.ID, "username").send_keys(username)
     browser.find_element(By.ID, "password").send_keys(password)
     browser.find_element(By.ID, "sign-in").click()
+    if password != "wrong-password":  # wait for the signed-in page, so the session cookie is set before moving on
+        browser.find_element(By.ID, "whoami")
 
 
 async def test_reviewer_signs_in_claims_approves_and_the_held_prompt_is_released(
