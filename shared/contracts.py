@@ -272,6 +272,36 @@ ReplyEvent = TokensGenerated | CompletionFinished | GenerationFailed
 reply_event_adapter: TypeAdapter[ReplyEvent] = TypeAdapter(Annotated[ReplyEvent, Field(discriminator="event")])
 
 
+class ContentFlagged(Message):
+    """Screening flagged a prompt or an output for human review; produced to ``<prefix>safety.flagged`` keyed by
+    ``request_id`` by the safety stage (prompts) and by workers (outputs). Text travels only when the tenant opted in
+    (``retain_text``); otherwise reviewers see the redacted snippet."""
+
+    request_id: str = Field(description="The request whose content was flagged.")
+    tenant_id: str | None = Field(None, description="Tenant that owns the request, when known.")
+    model: str = Field(description="Registry id of the request's model.")
+    stage: Literal["prompt", "output"] = Field(description="Whether the prompt or the generated output was flagged.")
+    action: Literal["hold", "release", "block"] = Field(
+        description="hold: not delivered until a reviewer approves; release: delivered, reviewed afterwards; "
+        "block: refused already, reviewed to label."
+    )
+    categories: list[str] = Field(description="Categories whose scores crossed the policy's thresholds.")
+    scores: dict[str, float] = Field(description="Score in [0, 1] per category, from the combined classifiers.")
+    snippet: str = Field(description="Up to a few hundred characters of the content with PII and secrets masked.")
+    text: str | None = Field(None, description="The full content, only when the tenant set retain_text.")
+    reply_topic: str = Field(description="The request's reply topic, to tell the requester about a decision.")
+    held_request: CompletionRequested | None = Field(
+        None, description="A held prompt's request, forwarded on approval (kept only until the decision)."
+    )
+    held_completion: CompletionFinished | None = Field(
+        None, description="A held output's final event, delivered on approval (kept only until the decision)."
+    )
+    held_delta: TokensGenerated | None = Field(
+        None, description="The part of a held output a streaming client has not seen, delivered before the final event."
+    )
+    flagged_at: datetime = Field(default_factory=utc_now, description="When screening flagged it (UTC).")
+
+
 class MessageDeadLettered(Message):
     """A record could not be processed; it is parked here with the reason instead of blocking or vanishing."""
 

@@ -30,6 +30,9 @@ async def prepare(settings: CommonSettings) -> None:
         [topics.dead_letter, topics.cancellations, topics.worker_status, topics.queue_status, topics.worker_control],
         partitions=1,
     )
+    # safety: the stage forwards screened prompts per model and collects flagged content for review
+    await ensure_topics(settings, [topics.screened(m.id) for m in models])
+    await ensure_topics(settings, [topics.safety_flagged], partitions=1)
     for m in models:
         print(f"{m.id}\t{m.source}\t{'default' if m.default else ''}")
 

@@ -22,6 +22,11 @@ class Topics:
         """Where CompletionRequested for ``model`` is produced (by the ingress or any internal system)."""
         return f"{self.prefix}requests.{topic_safe(model)}"
 
+    def screened(self, model: str) -> str:
+        """Where the safety service forwards CompletionRequested for ``model`` once its prompt passed screening; the
+        batcher reads this topic, so every prompt is screened whoever produced it."""
+        return f"{self.prefix}screened.{topic_safe(model)}"
+
     def batches(self, model: str) -> str:
         """Where the batcher hands BatchFormed to ``model``'s worker group."""
         return f"{self.prefix}batches.{topic_safe(model)}"
@@ -49,6 +54,11 @@ class Topics:
     def worker_control(self) -> str:
         """Where ModelPreloadRequested and ModelEvictionRequested go to workers."""
         return f"{self.prefix}worker-control"
+
+    @property
+    def safety_flagged(self) -> str:
+        """Where ContentFlagged goes (from the safety stage and from workers' output screening) for human review."""
+        return f"{self.prefix}safety.flagged"
 
     @property
     def dead_letter(self) -> str:

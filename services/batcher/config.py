@@ -11,8 +11,9 @@ from shared.topics import Topics
 
 
 def input_topic(topics: Topics, model: str) -> str:
-    """The one place that names the topic the batcher reads a model's requests from."""
-    return topics.requests(model)
+    """The one place that names the topic the batcher reads a model's requests from: the prompts the safety stage
+    let through."""
+    return topics.screened(model)
 
 
 class ProfileSettings(BaseModel):

@@ -67,6 +67,7 @@ _FAILURE_STATUS = {
     "cancelled": (499, "invalid_request_error"),
     "model_unavailable": (503, "service_unavailable_error"),
     "variant_unavailable": (400, "invalid_request_error"),
+    "content_blocked": (400, "invalid_request_error"),  # the safety stage or output screening refused the content
 }
 
 
@@ -77,7 +78,8 @@ DEADLINE_EXCEEDED = ApiError(
 
 def failure_error(failure: GenerationFailed) -> ApiError:
     status, type_ = _FAILURE_STATUS.get(failure.code, (503, "server_error"))
-    return ApiError(status, failure.message, type_, code=failure.code)
+    code = "content_policy_violation" if failure.code == "content_blocked" else failure.code
+    return ApiError(status, failure.message, type_, code=code)
 
 
 @dataclass(frozen=True)

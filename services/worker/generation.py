@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from services.safety.output import ContentBlocked, OutputGuard
 from services.worker.engine import Engine, PromptTooLong
 from shared.contracts import (
     CompletionFinished,
@@ -99,9 +100,10 @@ async def serve_request(
     publish: PublishReply,
     coalesce_ms: int,
     control: RequestControl | None = None,
+    guard: OutputGuard | None = None,
 ) -> bool:
-    """Generates ``request`` and publishes its replies; returns whether its final event went out (False only when it
-    was handed back)."""
+    """Generates ``request`` and publishes its replies, screening the output when ``guard`` is set; returns whether it
+    is done here (False only when it was handed back; a final held for review counts as done)."""
     control = control or RequestControl()
     sequence = 0
     text_offset = 0
@@ -141,6 +143,7 @@ async def serve_request(
 
     deadline_timer = _abort_at_deadline(engine, request, control)
     try:
+        screen = await guard.start(request) if guard else None  # output screening (services/safety/output.py)
         prompt = request.prompt if request.prompt is not None else engine.render_prompt(request.messages)
         pieces: list[str] = []
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
@@ -154,30 +157,37 @@ async def serve_request(
             completion_tokens += step.new_tokens
             pieces.append(step.text)
             finish_reason = step.finish_reason or finish_reason
-            await send_delta(buffer.add(step.text, step.new_tokens, time.monotonic()))
+            delta = buffer.add(step.text, step.new_tokens, time.monotonic())
+            await send_delta(await screen.pass_delta(delta) if screen else delta)
         control.ended_at = time.monotonic()
         if control.stop_reason is not None:
             await _publish_stopped(request, publish, control.stop_reason, sequence)
             return control.stop_reason != "handed_back"
-        await send_delta(buffer.take())
-        await publish(
-            request,
-            CompletionFinished(
-                request_id=request.request_id,
-                sequence=sequence,
-                model=request.model,
-                text="".join(pieces),
-                finish_reason=finish_reason or "stop",
-                usage=Usage(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens,
-                ),
+        delta = buffer.take()
+        await send_delta(await screen.pass_delta(delta) if screen else delta)
+        final: CompletionFinished | None = CompletionFinished(
+            request_id=request.request_id,
+            sequence=sequence,
+            model=request.model,
+            text="".join(pieces),
+            finish_reason=finish_reason or "stop",
+            usage=Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
             ),
         )
+        if screen:
+            final = await screen.finish(final)  # None: held for review, the reviewer's decision delivers it
+        if final is not None:
+            await publish(request, final)
         logger.info(
             "request %s finished: %s, %d+%d tokens", request.request_id, finish_reason, prompt_tokens, completion_tokens
         )
+        return True
+    except ContentBlocked as exc:
+        await publish(request, exc.failure(sequence))
+        logger.info("request %s output blocked: %s", request.request_id, ",".join(exc.categories))
         return True
     except PromptTooLong as exc:
         await publish(

@@ -23,6 +23,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry import trace
 
+from services.safety.output import OutputGuard
 from services.worker.catalog import ModelCatalog
 from services.worker.config import WorkerSettings
 from services.worker.engine import Engine
@@ -72,6 +73,7 @@ class WorkerDeps:
     model_id: str
     tracer: trace.Tracer
     metrics: WorkerMetrics
+    output_guard: OutputGuard | None = None  # output screening (services/safety/wiring.py); None: off
     worker_id: str = ""
     in_flight: dict[str, Flight] = field(default_factory=dict)
     offsets: OffsetTracker[TopicPartition] = field(default_factory=OffsetTracker)
@@ -132,7 +134,9 @@ def register(deps: WorkerDeps) -> None:
         ):
             try:
                 serving_variant(request.variant, request.variant_fallback, deps.engine.variant, deps.engine.on_cpu)
-                done = await serve_request(deps.engine, request, publish_reply, settings.coalesce_ms, control)
+                done = await serve_request(
+                    deps.engine, request, publish_reply, settings.coalesce_ms, control, deps.output_guard
+                )
             except VariantUnavailable as exc:
                 refusal = GenerationFailed(
                     request_id=request.request_id, sequence=0, code="variant_unavailable", message=str(exc)

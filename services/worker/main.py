@@ -9,6 +9,7 @@ from faststream.asgi import AsgiResponse, get
 from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry
 
+from services.safety.wiring import build_output_guard
 from services.worker.catalog import ModelCatalog
 from services.worker.config import WorkerSettings
 from services.worker.engine import Engine, EngineConfig
@@ -51,6 +52,7 @@ async def main() -> None:
         worker_metrics = WorkerMetrics(metrics, model.id)
         worker_metrics.watch(engine.stats)
         broker = new_broker(common, SERVICE, provider, metrics)
+        pool = await connect_pool(common.postgres_dsn)  # served-request counts and tenants' output-screening policies
         deps = WorkerDeps(
             settings=settings,
             common=common,
@@ -59,8 +61,8 @@ async def main() -> None:
             model_id=model.id,
             tracer=provider.get_tracer(__name__),
             metrics=worker_metrics,
+            output_guard=await build_output_guard(common, broker, pool),
         )
-        pool = await connect_pool(common.postgres_dsn)
         deps.catalog = ModelCatalog(pool)
         register(deps)
 
@@ -81,8 +83,8 @@ async def main() -> None:
         try:
             await serve(app, settings.host, settings.port)
         finally:
-            await pool.close()
             await engine.shutdown()
+            await pool.close()
     finally:
         provider.shutdown()
 

@@ -75,6 +75,11 @@ class Platform:
         self.admin("tenants", "create", tenant_id, *options)
         return self.admin("keys", "create", tenant_id).split("\t")[1]
 
+    def url(self, name: str) -> str:
+        """Base URL of a service by name (e.g. the safety service's review UI)."""
+        service = next(s for s in self.services if s.name == name)
+        return f"http://127.0.0.1:{service.port}"
+
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
 
@@ -213,6 +218,8 @@ def start_platform(
         )
         for m, port in ((m, free_port()) for m in models)
     ]
+    safety_port = free_port()
+    services.append(Service("safety", "services.safety.main", safety_port, {"FERRY_SAFETY_PORT": str(safety_port)}))
     batcher_port = free_port()
     services.append(
         Service("batcher", "services.batcher.main", batcher_port, {"FERRY_BATCHER_PORT": str(batcher_port)})

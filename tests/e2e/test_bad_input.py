@@ -80,8 +80,9 @@ def test_models_come_from_the_registry(platform: Platform) -> None:
 def bad_records(platform: Platform, consumer: str) -> tuple[str, dict[bytes, str]]:
     """A topic each consumer reads, and records it must park, with the reason each must give."""
     topics = platform.common.topics
-    if consumer == "batcher":
-        return topics.requests(TINY_MODEL), {
+    if consumer in ("safety", "batcher"):  # the safety stage reads requests, the batcher what the stage forwards
+        topic = topics.requests(TINY_MODEL) if consumer == "safety" else topics.screened(TINY_MODEL)
+        return topic, {
             b"{this is not json": "invalid CompletionRequested",
             json.dumps(
                 {"request_id": "x", "model": TINY_MODEL, "reply_topic": "r"}
@@ -106,7 +107,7 @@ def bad_records(platform: Platform, consumer: str) -> tuple[str, dict[bytes, str
     }
 
 
-@pytest.mark.parametrize("consumer", ["batcher", "worker", "ingress"])
+@pytest.mark.parametrize("consumer", ["safety", "batcher", "worker", "ingress"])
 async def test_malformed_kafka_records_are_dead_lettered_and_serving_continues(
     platform: Platform, consumer: str
 ) -> None:

@@ -1,0 +1,152 @@
+"""Evaluation command: precision and recall per category on the held-out split of the labeled set, with the default
+policy, compared with the design's anchors. ``python -m services.safety.evaluate [--out report.md]``.
+
+- "AI" counts a category as predicted when its combined score reaches the policy's escalation or block threshold
+  (what the classifiers flag by themselves).
+- "hybrid" keeps the auto-blocked items as predicted and sends the escalated ones to a reviewer assumed right (an
+  upper bound: real reviewers make mistakes); items the policy allows stay unflagged.
+- Escalation rate: share of held-out texts the policy escalates (hold or release) rather than allowing or blocking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.safety.labels import CATEGORIES, LabeledExample, load_labeled
+from services.safety.policy import DEFAULT_POLICY, CategoryRule, decide
+from services.safety.screening import Screener, Screening
+
+ANCHORS = {"AI": (0.95, 0.90), "hybrid": (0.98, 0.95)}
+
+
+@dataclass
+class Counts:
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def add(self, predicted: bool, actual: bool) -> None:
+        self.tp += predicted and actual
+        self.fp += predicted and not actual
+        self.fn += actual and not predicted
+
+    @property
+    def precision(self) -> float | None:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+
+
+def _flag_threshold(rule: CategoryRule) -> float | None:
+    levels = [x for x in (rule.block_at, rule.escalate_at) if x is not None]
+    return min(levels) if levels else None
+
+
+def evaluate(
+    examples: Sequence[LabeledExample], screenings: Sequence[Screening], rules: dict[str, CategoryRule]
+) -> tuple[dict[str, dict[str, Counts]], float]:
+    """Counts per mode (AI, hybrid) and category, and the escalation rate."""
+    counts = {mode: {c: Counts() for c in CATEGORIES} for mode in ANCHORS}
+    escalated = 0
+    for example, screening in zip(examples, screenings, strict=True):
+        decision = decide(screening.scores, rules)
+        escalated += decision.action in ("hold", "release")
+        for c in CATEGORIES:
+            actual = c in example.categories
+            rule = rules.get(c)
+            threshold = _flag_threshold(rule) if rule else None
+            ai = threshold is not None and screening.scores.get(c, 0.0) >= threshold
+            counts["AI"][c].add(ai, actual)
+            if decision.action == "block":
+                hybrid = c in decision.flagged
+            elif decision.action in ("hold", "release"):
+                hybrid = actual  # the reviewer decides correctly
+            else:
+                hybrid = False
+            counts["hybrid"][c].add(hybrid, actual)
+    return counts, escalated / max(1, len(examples))
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def report(counts: dict[str, dict[str, Counts]], escalation: float, n_test: int, n_train: int) -> str:
+    lines = [
+        "# Safety screening: evaluation on the held-out split",
+        "",
+        f"Held-out examples: {n_test} (train: {n_train}); default policy, prompt rules; classifiers: rules, guardify,"
+        " MiniLM embeddings + logistic regression.",
+        "",
+        "| category | AI precision | AI recall | hybrid precision | hybrid recall | positives |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    totals = {mode: Counts() for mode in ANCHORS}
+    for c in CATEGORIES:
+        ai, hy = counts["AI"][c], counts["hybrid"][c]
+        for mode in ANCHORS:
+            k = counts[mode][c]
+            totals[mode].tp += k.tp
+            totals[mode].fp += k.fp
+            totals[mode].fn += k.fn
+        lines.append(
+            f"| {c} | {_pct(ai.precision)} | {_pct(ai.recall)} | {_pct(hy.precision)} | {_pct(hy.recall)} "
+            f"| {ai.tp + ai.fn} |"
+        )
+    ai, hy = totals["AI"], totals["hybrid"]
+    lines.append(
+        f"| **all (micro)** | {_pct(ai.precision)} | {_pct(ai.recall)} | {_pct(hy.precision)} | {_pct(hy.recall)} "
+        f"| {ai.tp + ai.fn} |"
+    )
+    lines += [
+        "",
+        f"Escalation rate: {escalation:.1%} of held-out texts (design: 5-10%). Not comparable with the design's figure:"
+        " most of this set is harmful or carries PII on purpose, while real traffic is mostly benign.",
+        "",
+        "Anchors from the design: AI 95% precision / 90% recall; hybrid 98% / 95%.",
+    ]
+    for mode, (p, r) in ANCHORS.items():
+        k = totals[mode]
+        ok = (k.precision or 0) >= p and (k.recall or 0) >= r
+        lines.append(
+            f"- {mode}: {_pct(k.precision)} / {_pct(k.recall)} -> {'meets' if ok else 'falls short of'} the anchor"
+        )
+    lines += [
+        "",
+        "Hybrid assumes every escalated item is decided right by a reviewer: an upper bound, not a measurement of "
+        "people. The labeled set is small and written by the ferry team (see services/safety/data/build_labeled.py),"
+        " so these figures say little about real traffic.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def run(out: Path | None) -> str:
+    from services.safety.classifiers import EmbeddingClassifier, InjectionClassifier, load_embedder
+
+    examples = load_labeled()
+    test = [e for e in examples if e.split == "test"]
+    embedding = EmbeddingClassifier(load_embedder(), [e for e in examples if e.split == "train"])
+    screener = Screener(classifiers=[InjectionClassifier(), embedding])
+    screenings = await screener.screen([e.text for e in test])
+    counts, escalation = evaluate(test, screenings, DEFAULT_POLICY.prompt)
+    text = report(counts, escalation, len(test), len(examples) - len(test))
+    if out:
+        out.write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="also write the markdown report here")
+    args = parser.parse_args()
+    print(asyncio.run(run(args.out)))
+
+
+if __name__ == "__main__":
+    main()

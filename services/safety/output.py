@@ -1,0 +1,133 @@
+"""Output screening for the worker, in-process: each request's text is screened over a sliding window while it streams
+and in full when it completes (see screening.OutputScreen). What the worker gets back:
+
+- block, while streaming or at the end: ``ContentBlocked`` is raised; the worker stops generating and ends the
+  request with ``failure(sequence)``, a GenerationFailed with code ``content_blocked`` naming the category (the
+  ingress turns it into a 400 ``content_policy_violation``, or an error event on a stream already under way).
+- hold: the rest of the stream is kept back (``pass_delta`` returns None) and the final event is not sent; the held
+  text and final event go to the review queue, and the reviewer's decision delivers them or sends content_blocked.
+- release-then-review: nothing changes for the client; the output is flagged for review.
+
+Flagged outputs are published as ContentFlagged (stage ``output``) through the ``flag`` callable handed in. Pure: no
+client imports; the worker wires the policy lookup and the publisher (see ``build_output_guard`` in wiring.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from services.safety.policy import Decision, Policy
+from services.safety.review import blocked_failure
+from services.safety.screening import OutputScreen, Screener, Screening
+from shared.contracts import CompletionFinished, CompletionRequested, ContentFlagged, GenerationFailed, TokensGenerated
+
+
+class ContentBlocked(Exception):
+    """The output must stop here."""
+
+    def __init__(self, request_id: str, categories: tuple[str, ...]) -> None:
+        super().__init__(f"output blocked: {', '.join(categories)}")
+        self.request_id, self.categories = request_id, categories
+
+    def failure(self, sequence: int) -> GenerationFailed:
+        return blocked_failure(self.request_id, sequence, "output", self.categories)
+
+
+@dataclass
+class RequestOutputScreen:
+    request: CompletionRequested
+    screen: OutputScreen
+    flag: Callable[[ContentFlagged], Awaitable[None]]
+    sent: str = ""
+    withheld: str = ""
+    held: tuple[Decision, Screening] | None = None
+    flagged_release: bool = False
+
+    async def pass_delta(self, delta: tuple[str, int] | None) -> tuple[str, int] | None:
+        """The delta to send on, or None while the output is held. Raises ContentBlocked."""
+        if delta is None:
+            return None
+        text, _ = delta
+        verdict = await self.screen.feed(text)
+        if verdict is not None:
+            self._stop_or_hold(verdict)
+        if self.held is not None:
+            self.withheld += text
+            return None
+        self.sent += text
+        return delta
+
+    async def finish(self, final: CompletionFinished) -> CompletionFinished | None:
+        """The final event to send, or None when it is held for review. Raises ContentBlocked."""
+        if self.held is None:
+            verdict = await self.screen.finish()
+            if verdict is not None:
+                self._stop_or_hold(verdict)
+        if self.held is not None:
+            decision, screening = self.held
+            held_delta = None
+            completion = final
+            if self.request.stream and self.withheld:
+                held_delta = TokensGenerated(
+                    request_id=final.request_id,
+                    sequence=final.sequence,
+                    text=self.withheld,
+                    token_count=0,
+                    text_offset=len(self.sent),
+                )
+                completion = final.model_copy(update={"sequence": final.sequence + 1})
+            await self.flag(self._flagged("hold", decision, screening, final.text, completion, held_delta))
+            return None
+        if self.screen.flagged and not self.flagged_release:
+            decision, screening = self.screen.flagged[-1]
+            self.flagged_release = True
+            await self.flag(self._flagged("release", decision, screening, final.text, None, None))
+        return final
+
+    def _stop_or_hold(self, verdict: tuple[Decision, Screening]) -> None:
+        decision, _ = verdict
+        if decision.action == "block":
+            raise ContentBlocked(self.request.request_id, decision.categories)
+        if self.held is None:
+            self.held = verdict
+
+    def _flagged(
+        self,
+        action: str,
+        decision: Decision,
+        screening: Screening,
+        text: str,
+        completion: CompletionFinished | None,
+        held_delta: TokensGenerated | None,
+    ) -> ContentFlagged:
+        return ContentFlagged(
+            request_id=self.request.request_id,
+            tenant_id=self.request.tenant_id,
+            model=self.request.model,
+            stage="output",
+            action=action,  # type: ignore[arg-type]
+            categories=list(decision.flagged),
+            scores={k: round(v, 4) for k, v in screening.scores.items()},
+            snippet=screening.snippet,
+            text=text if self.request.retain_text else None,
+            reply_topic=self.request.reply_topic,
+            held_completion=completion,
+            held_delta=held_delta,
+        )
+
+
+@dataclass
+class OutputGuard:
+    """Made once per worker; ``start`` gives each request its own screen."""
+
+    screener: Screener
+    policy_for: Callable[[str | None], Awaitable[Policy]]
+    flag: Callable[[ContentFlagged], Awaitable[None]]
+    window_chars: int = 400
+    every_chars: int = 120
+
+    async def start(self, request: CompletionRequested) -> RequestOutputScreen:
+        policy = await self.policy_for(request.tenant_id)
+        screen = OutputScreen(self.screener, policy.output, self.window_chars, self.every_chars)
+        return RequestOutputScreen(request, screen, self.flag)

@@ -1,0 +1,83 @@
+"""Review decisions, as pure functions: what a reviewer may see of an item, and what a decision sends where."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from services.safety import rules
+from shared.contracts import CompletionFinished, CompletionRequested, GenerationFailed, Message, TokensGenerated
+
+Verdict = Literal["approve", "reject", "relabel"]
+CONTENT_BLOCKED = "content_blocked"
+
+
+def blocked_failure(
+    request_id: str, sequence: int, stage: str, categories: list[str] | tuple[str, ...]
+) -> GenerationFailed:
+    what = "prompt" if stage == "prompt" else "output"
+    return GenerationFailed(
+        request_id=request_id,
+        sequence=sequence,
+        code=CONTENT_BLOCKED,
+        message=f"the {what} was blocked by the content policy (category: {', '.join(categories) or 'unspecified'})",
+    )
+
+
+def visible_text(snippet: str, text: str | None, can_unmask: bool) -> tuple[str, bool]:
+    """What a reviewer sees, and whether it is masked. Without retained text (the tenant did not set retain_text) every
+    reviewer sees the masked snippet only; with it, reviewers holding the unmask privilege see the text as written."""
+    if text is None:
+        return snippet, True
+    if can_unmask:
+        return text, False
+    return rules.redact(text, rules.find(text)), True
+
+
+def releases(verdict: Verdict, labels: list[str]) -> bool:
+    """approve releases; reject withholds; relabel releases only when the reviewer left no category on the item."""
+    return verdict == "approve" or (verdict == "relabel" and not labels)
+
+
+def label_of(verdict: Verdict, chosen: list[str], flagged: list[str]) -> list[str]:
+    """The categories a decision says apply (the exported label): none on approve, the flagged ones on reject, the
+    reviewer's choice on relabel."""
+    if verdict == "approve":
+        return []
+    if verdict == "reject":
+        return flagged
+    return chosen
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message a decision sends: to ``topic`` (None: the model's screened topic) keyed by the request id."""
+
+    message: Message
+    reply: bool
+
+
+def deliveries(
+    stage: str,
+    held_request: CompletionRequested | None,
+    held_completion: CompletionFinished | None,
+    held_delta: TokensGenerated | None,
+    request_id: str,
+    verdict: Verdict,
+    labels: list[str],
+    categories: list[str],
+) -> list[Delivery]:
+    """A held prompt is forwarded to generation on release, or refused to the requester; a held output is delivered
+    or replaced with a failure. Items that were not held (released or blocked already) send nothing."""
+    if held_request is None and held_completion is None:
+        return []
+    release = releases(verdict, labels)
+    if held_request is not None:
+        if release:
+            return [Delivery(held_request, reply=False)]
+        return [Delivery(blocked_failure(request_id, 0, stage, labels or categories), reply=True)]
+    assert held_completion is not None
+    if release:
+        return [Delivery(m, reply=True) for m in (held_delta, held_completion) if m is not None]
+    sequence = held_delta.sequence if held_delta is not None else held_completion.sequence
+    return [Delivery(blocked_failure(request_id, sequence, stage, labels or categories), reply=True)]

@@ -1,0 +1,119 @@
+"""Combining classifiers into one verdict per text, and screening a streamed output over a sliding window. Pure: the
+classifiers are handed in (see classifiers.py for the real ones), so tests can pass fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from services.safety import rules
+from services.safety.policy import CategoryRule, Decision, decide
+
+SNIPPET_CHARS = 300
+
+
+class Classifier(Protocol):
+    """Scores texts: for each text, a score in [0, 1] per category it knows."""
+
+    name: str
+
+    def score(self, texts: Sequence[str]) -> list[dict[str, float]]: ...
+
+
+class AsyncClassifier(Protocol):
+    name: str
+
+    async def score(self, texts: Sequence[str]) -> list[dict[str, float]]: ...
+
+
+@dataclass(frozen=True)
+class Screening:
+    """What screening found in one text."""
+
+    scores: dict[str, float]
+    """Combined score per category: the highest any classifier gave."""
+    by_classifier: dict[str, dict[str, float]]
+    snippet: str
+    """The start of the text with PII and secrets masked: what a reviewer sees when no text is retained."""
+    redacted: str
+    """The whole text with PII and secrets masked."""
+
+
+def combine(per_classifier: dict[str, dict[str, float]]) -> dict[str, float]:
+    combined: dict[str, float] = {}
+    for scores in per_classifier.values():
+        for category, score in scores.items():
+            combined[category] = max(combined.get(category, 0.0), score)
+    return combined
+
+
+@dataclass
+class Screener:
+    """Rules plus any number of model classifiers."""
+
+    classifiers: Sequence[Classifier] = ()
+    async_classifiers: Sequence[AsyncClassifier] = ()
+    deny_terms: tuple[str, ...] = ()
+
+    async def screen(self, texts: Sequence[str]) -> list[Screening]:
+        findings = [rules.find(t, self.deny_terms) for t in texts]
+        per_text: list[dict[str, dict[str, float]]] = [{"rules": rules.scores(f)} for f in findings]
+        for classifier in self.classifiers:
+            # off the event loop: a worker's engine shares it, and models release the GIL while they compute
+            for i, s in enumerate(await asyncio.to_thread(classifier.score, texts)):
+                per_text[i][classifier.name] = s
+        for aclassifier in self.async_classifiers:
+            for i, s in enumerate(await aclassifier.score(texts)):
+                per_text[i][aclassifier.name] = s
+        out = []
+        for text, found, by in zip(texts, findings, per_text, strict=True):
+            redacted = rules.redact(text, found)
+            snippet = redacted if len(redacted) <= SNIPPET_CHARS else redacted[:SNIPPET_CHARS] + "…"
+            out.append(Screening(combine(by), by, snippet, redacted))
+        return out
+
+
+def prompt_text(messages: Sequence[tuple[str, str]], prompt: str | None) -> str:
+    """The text screened for a request: every user and system turn (assistant turns were screened as outputs)."""
+    if prompt is not None:
+        return prompt
+    return "\n".join(content for role, content in messages if role != "assistant")
+
+
+@dataclass
+class OutputScreen:
+    """Screens one streamed output: every ``every_chars`` new characters, the last ``window_chars`` are screened, so
+    a harmful passage is caught while it streams at a bounded cost per check; the whole text is screened at the end.
+
+    ``feed`` returns a Decision once the text must not continue (block, or hold: the rest is kept back for review),
+    else None. Release-then-review decisions do not stop the stream; they are remembered in ``flagged``."""
+
+    screener: Screener
+    rules: dict[str, CategoryRule]
+    window_chars: int = 400
+    every_chars: int = 120
+    text: str = ""
+    checked_at: int = 0
+    flagged: list[tuple[Decision, Screening]] = field(default_factory=list)
+
+    async def feed(self, delta: str) -> tuple[Decision, Screening] | None:
+        self.text += delta
+        if len(self.text) - self.checked_at < self.every_chars:
+            return None
+        self.checked_at = len(self.text)
+        return await self._check(self.text[-self.window_chars :])
+
+    async def finish(self) -> tuple[Decision, Screening] | None:
+        """Screens the whole output once generation ended."""
+        return await self._check(self.text)
+
+    async def _check(self, text: str) -> tuple[Decision, Screening] | None:
+        (screening,) = await self.screener.screen([text])
+        decision = decide(screening.scores, self.rules)
+        if decision.action in ("block", "hold"):
+            return decision, screening
+        if decision.action == "release":
+            self.flagged.append((decision, screening))
+        return None

@@ -1,0 +1,237 @@
+"""PostgreSQL adapter: tenant policies, the review queue, reviewers, sessions and the audit trail."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from services.safety.auth import hash_password, new_session_token, token_hash, verify_password
+from services.safety.policy import DEFAULT_POLICY, Policy, priority
+from shared.contracts import ContentFlagged, utc_now
+
+DEFAULT_TENANT = "*"
+
+Act = Callable[[dict[str, Any]], Awaitable[tuple[list[str], str | None]]]
+
+
+class PolicyStore:
+    """Per-tenant policies with a short in-memory cache (policy edits apply within ``ttl_s``)."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 10.0) -> None:
+        self._pool, self._ttl = pool, ttl_s
+        self._cache: dict[str, tuple[float, Policy]] = {}
+
+    async def get(self, tenant_id: str | None) -> Policy:
+        key = tenant_id or DEFAULT_TENANT
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit and now - hit[0] < self._ttl:
+            return hit[1]
+        rows = await self._pool.fetch(
+            "SELECT tenant_id, policy FROM safety_policies WHERE tenant_id = ANY($1::text[])", [key, DEFAULT_TENANT]
+        )
+        found = {r["tenant_id"]: r["policy"] for r in rows}
+        raw = found.get(key, found.get(DEFAULT_TENANT))
+        policy = Policy.model_validate_json(raw) if raw else DEFAULT_POLICY
+        self._cache[key] = (now, policy)
+        return policy
+
+    async def put(self, tenant_id: str, policy: Policy) -> None:
+        await self._pool.execute(
+            """INSERT INTO safety_policies (tenant_id, policy) VALUES ($1, $2::jsonb)
+               ON CONFLICT (tenant_id) DO UPDATE SET policy = EXCLUDED.policy, updated_at = now()""",
+            tenant_id,
+            policy.model_dump_json(),
+        )
+        self._cache.pop(tenant_id, None)
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    role: str
+    can_unmask: bool
+
+
+class UserStore:
+    def __init__(self, pool: asyncpg.Pool, session_hours: float = 8.0) -> None:
+        self._pool, self._session = pool, timedelta(hours=session_hours)
+
+    async def add(self, username: str, password: str, role: str, can_unmask: bool, actor: str) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO safety_users (username, password_hash, role, can_unmask) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (username) DO UPDATE SET password_hash = EXCLUDED.password_hash,
+                     role = EXCLUDED.role, can_unmask = EXCLUDED.can_unmask""",
+                username,
+                hash_password(password),
+                role,
+                can_unmask,
+            )
+            await _audit(conn, None, actor, "user_added", {"username": username, "role": role, "unmask": can_unmask})
+
+    async def list(self) -> list[User]:
+        rows = await self._pool.fetch("SELECT username, role, can_unmask FROM safety_users ORDER BY username")
+        return [User(r["username"], r["role"], r["can_unmask"]) for r in rows]
+
+    async def sign_in(self, username: str, password: str) -> str | None:
+        """A new session token, or None when the name or password is wrong."""
+        row = await self._pool.fetchrow("SELECT password_hash FROM safety_users WHERE username = $1", username)
+        if row is None or not verify_password(password, row["password_hash"]):
+            return None
+        token = new_session_token()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM safety_sessions WHERE expires_at < now()")
+            await conn.execute(
+                "INSERT INTO safety_sessions (token_hash, username, expires_at) VALUES ($1, $2, $3)",
+                token_hash(token),
+                username,
+                utc_now() + self._session,
+            )
+            await _audit(conn, None, username, "signed_in", {})
+        return token
+
+    async def session_user(self, token: str | None) -> User | None:
+        if not token:
+            return None
+        row = await self._pool.fetchrow(
+            """SELECT u.username, u.role, u.can_unmask FROM safety_sessions s JOIN safety_users u USING (username)
+               WHERE s.token_hash = $1 AND s.expires_at > now()""",
+            token_hash(token),
+        )
+        return User(row["username"], row["role"], row["can_unmask"]) if row else None
+
+    async def sign_out(self, token: str) -> None:
+        await self._pool.execute("DELETE FROM safety_sessions WHERE token_hash = $1", token_hash(token))
+
+
+class ReviewStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def add(self, flagged: ContentFlagged, review_minutes: int) -> int | None:
+        """Stores a flagged item once (a redelivery is ignored); returns its id when new."""
+        held = None
+        if flagged.held_request is not None:
+            held = json.dumps({"request": flagged.held_request.model_dump(mode="json")})
+        elif flagged.held_completion is not None:
+            delta = flagged.held_delta.model_dump(mode="json") if flagged.held_delta else None
+            held = json.dumps({"completion": flagged.held_completion.model_dump(mode="json"), "delta": delta})
+        async with self._pool.acquire() as conn, conn.transaction():
+            item_id = await conn.fetchval(
+                """INSERT INTO safety_review_items (request_id, tenant_id, model, stage, action, categories, scores,
+                     priority, deadline_at, snippet, text, reply_topic, held)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13::jsonb)
+                   ON CONFLICT (request_id, stage) DO NOTHING RETURNING id""",
+                flagged.request_id,
+                flagged.tenant_id,
+                flagged.model,
+                flagged.stage,
+                flagged.action,
+                flagged.categories,
+                json.dumps(flagged.scores),
+                priority(flagged.scores, flagged.action if flagged.action != "block" else "release"),
+                flagged.flagged_at + timedelta(minutes=review_minutes),
+                flagged.snippet,
+                flagged.text,
+                flagged.reply_topic,
+                held,
+            )
+            if item_id is not None:
+                await _audit(conn, item_id, "system", "flagged", {"action": flagged.action})
+        return item_id
+
+    async def queue(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Undecided items, highest priority first, then oldest first."""
+        rows = await self._pool.fetch(
+            """SELECT id, request_id, tenant_id, model, stage, action, categories, priority, deadline_at, status,
+                      claimed_by, created_at, snippet
+               FROM safety_review_items WHERE status <> 'decided'
+               ORDER BY priority DESC, created_at ASC LIMIT $1""",
+            limit,
+        )
+        return [dict(r) for r in rows]
+
+    async def get(self, item_id: int) -> dict[str, Any] | None:
+        row = await self._pool.fetchrow("SELECT * FROM safety_review_items WHERE id = $1", item_id)
+        if row is None:
+            return None
+        item = dict(row)
+        item["scores"] = json.loads(item["scores"])
+        item["held"] = json.loads(item["held"]) if item["held"] else None
+        return item
+
+    async def audit(self, item_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        if item_id is None:
+            rows = await self._pool.fetch("SELECT * FROM safety_audit ORDER BY at DESC, id DESC LIMIT $1", limit)
+        else:
+            rows = await self._pool.fetch("SELECT * FROM safety_audit WHERE item_id = $1 ORDER BY at, id", item_id)
+        return [dict(r) | {"detail": json.loads(r["detail"])} for r in rows]
+
+    async def claim(self, item_id: int, username: str) -> bool:
+        """Claims a pending item (or one this reviewer already holds); False when someone else has it or it is
+        decided."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                """UPDATE safety_review_items SET status = 'claimed', claimed_by = $2, claimed_at = now()
+                   WHERE id = $1 AND (status = 'pending' OR (status = 'claimed' AND claimed_by = $2)) RETURNING id""",
+                item_id,
+                username,
+            )
+            if done is not None:
+                await _audit(conn, item_id, username, "claimed", {})
+        return done is not None
+
+    async def decide(self, item_id: int, username: str, verdict: str, note: str, act: Act) -> bool:
+        """Records a decision on an item this reviewer claimed. ``act(item)`` sends what the decision releases or
+        refuses, before the decision commits (a failed send leaves the item claimed for another try), and returns the
+        item's label and what happened to held content. The held content is erased with the decision."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT * FROM safety_review_items WHERE id = $1 AND status = 'claimed' AND claimed_by = $2 FOR UPDATE",
+                item_id,
+                username,
+            )
+            if row is None:
+                return False
+            item = dict(row) | {"held": json.loads(row["held"]) if row["held"] else None}
+            labels, outcome = await act(item)
+            await conn.execute(
+                """UPDATE safety_review_items SET status = 'decided', decision = $2, labels = $3, note = $4,
+                     decided_by = $5, decided_at = now(), held = NULL WHERE id = $1""",
+                item_id,
+                verdict,
+                labels,
+                note,
+                username,
+            )
+            await _audit(conn, item_id, username, "decided", {"decision": verdict, "labels": labels, "note": note})
+            if outcome:
+                await _audit(conn, item_id, "system", outcome, {})
+        return True
+
+    async def decided(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        rows = await self._pool.fetch(
+            """SELECT id, request_id, tenant_id, model, stage, action, categories, scores, decision, labels, note,
+                      decided_by, decided_at, snippet, text
+               FROM safety_review_items WHERE status = 'decided' AND ($1::timestamptz IS NULL OR decided_at >= $1)
+               ORDER BY decided_at""",
+            since,
+        )
+        return [dict(r) | {"scores": json.loads(r["scores"])} for r in rows]
+
+
+async def _audit(conn: asyncpg.Connection, item_id: int | None, actor: str, action: str, detail: dict) -> None:  # type: ignore[type-arg]
+    await conn.execute(
+        "INSERT INTO safety_audit (item_id, actor, action, detail) VALUES ($1, $2, $3, $4::jsonb)",
+        item_id,
+        actor,
+        action,
+        json.dumps(detail),
+    )

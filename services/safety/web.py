@@ -1,0 +1,220 @@
+"""HTTP edge of the review UI (server-rendered): sign-in, queue, claim, decide, audit trail, user administration.
+
+Sessions are random tokens in an HttpOnly, SameSite=Strict cookie (so other sites cannot post forms with it); only
+their hash is stored. Unauthenticated requests get 401 with the sign-in form, wrong roles 403."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from services.safety.config import SafetySettings
+from services.safety.labels import CATEGORIES
+from services.safety.review import Verdict, deliveries, label_of, releases, visible_text
+from services.safety.store import ReviewStore, User, UserStore
+from shared.contracts import CompletionFinished, CompletionRequested, Message, TokensGenerated
+
+logger = logging.getLogger(__name__)
+
+COOKIE = "ferry_review_session"
+templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
+
+# (message, topic): sends a decision's message (to the screened topic of a held prompt's model, or a reply topic)
+Send = Callable[[Message, str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ReviewDeps:
+    settings: SafetySettings
+    users: UserStore
+    reviews: ReviewStore
+    send: Send
+    screened_topic: Callable[[str], str]
+
+
+class NotSignedIn(Exception):
+    def __init__(self, next_url: str) -> None:
+        self.next_url = next_url
+
+
+class Forbidden(Exception):
+    pass
+
+
+def get_deps(request: Request) -> ReviewDeps:
+    deps: ReviewDeps = request.app.state.review
+    return deps
+
+
+DepsDep = Annotated[ReviewDeps, Depends(get_deps)]
+
+
+async def current_user(request: Request, deps: DepsDep) -> User:
+    user = await deps.users.session_user(request.cookies.get(COOKIE))
+    if user is None:
+        raise NotSignedIn(request.url.path)
+    return user
+
+
+UserDep = Annotated[User, Depends(current_user)]
+
+
+async def admin_user(user: UserDep) -> User:
+    if user.role != "admin":
+        raise Forbidden()
+    return user
+
+
+AdminDep = Annotated[User, Depends(admin_user)]
+
+router = APIRouter(prefix="/review")
+
+
+def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status)
+
+
+def install_error_pages(app: Any) -> None:
+    @app.exception_handler(NotSignedIn)
+    async def _not_signed_in(request: Request, exc: NotSignedIn) -> HTMLResponse:
+        return page(request, "login.html", 401, user=None, next=exc.next_url, error="Please sign in.")
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> HTMLResponse:
+        user = await request.app.state.review.users.session_user(request.cookies.get(COOKIE))
+        return page(request, "queue.html", 403, user=user, items=[], error="Your role may not open this page.")
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_form(request: Request, next: str = "/review/") -> HTMLResponse:
+    return page(request, "login.html", user=None, next=next)
+
+
+@router.post("/login", response_model=None)
+async def login(
+    request: Request,
+    deps: DepsDep,
+    username: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+    next: Annotated[str, Form()] = "/review/",
+) -> Response:
+    token = await deps.users.sign_in(username, password)
+    if token is None:
+        return page(request, "login.html", 401, user=None, next=next, error="Wrong user name or password.")
+    target = next if next.startswith("/review/") else "/review/"
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=deps.settings.secure_cookies,
+        max_age=int(deps.settings.session_hours * 3600),
+        path="/review",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, deps: DepsDep) -> RedirectResponse:
+    token = request.cookies.get(COOKIE)
+    if token:
+        await deps.users.sign_out(token)
+    response = RedirectResponse("/review/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/review")
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+async def queue(request: Request, deps: DepsDep, user: UserDep, flash: str | None = None) -> HTMLResponse:
+    return page(request, "queue.html", user=user, items=await deps.reviews.queue(), flash=flash)
+
+
+@router.get("/items/{item_id}", response_class=HTMLResponse)
+async def item_page(
+    request: Request, item_id: int, deps: DepsDep, user: UserDep, flash: str | None = None
+) -> HTMLResponse:
+    item = await deps.reviews.get(item_id)
+    if item is None:
+        return page(request, "queue.html", 404, user=user, items=[], error=f"No item {item_id}.")
+    content, masked = visible_text(item["snippet"], item["text"], user.can_unmask)
+    return page(
+        request,
+        "item.html",
+        user=user,
+        item=item,
+        content=content,
+        masked=masked,
+        audit=await deps.reviews.audit(item_id),
+        categories=CATEGORIES,
+        flash=flash,
+    )
+
+
+@router.post("/items/{item_id}/claim")
+async def claim(item_id: int, deps: DepsDep, user: UserDep) -> RedirectResponse:
+    ok = await deps.reviews.claim(item_id, user.username)
+    flash = "Claimed." if ok else "Someone else holds this item, or it is decided."
+    return RedirectResponse(f"/review/items/{item_id}?flash={quote(flash)}", status_code=303)
+
+
+@router.post("/items/{item_id}/decide")
+async def decide(
+    item_id: int,
+    deps: DepsDep,
+    user: UserDep,
+    verdict: Annotated[Verdict, Form()],
+    note: Annotated[str, Form()] = "",
+    labels: Annotated[list[str] | None, Form()] = None,
+) -> RedirectResponse:
+    chosen = [c for c in (labels or []) if c in CATEGORIES]
+
+    async def act(item: dict[str, Any]) -> tuple[list[str], str | None]:
+        label = label_of(verdict, chosen, list(item["categories"]))
+        held = item["held"] or {}
+        sends = deliveries(
+            item["stage"],
+            CompletionRequested.model_validate(held["request"]) if "request" in held else None,
+            CompletionFinished.model_validate(held["completion"]) if "completion" in held else None,
+            TokensGenerated.model_validate(held["delta"]) if held.get("delta") else None,
+            item["request_id"],
+            verdict,
+            label,
+            list(item["categories"]),
+        )
+        for d in sends:
+            topic = item["reply_topic"] if d.reply else deps.screened_topic(item["model"])
+            await deps.send(d.message, topic, item["request_id"])
+        return label, (("released" if releases(verdict, label) else "withheld") if sends else None)
+
+    ok = await deps.reviews.decide(item_id, user.username, verdict, note, act)
+    flash = "Decision recorded." if ok else "Claim the item before deciding."
+    return RedirectResponse(f"/review/items/{item_id}?flash={quote(flash)}", status_code=303)
+
+
+@router.get("/admin", response_class=HTMLResponse)
+async def admin_page(request: Request, deps: DepsDep, user: AdminDep, flash: str | None = None) -> HTMLResponse:
+    return page(
+        request, "admin.html", user=user, users=await deps.users.list(), audit=await deps.reviews.audit(), flash=flash
+    )
+
+
+@router.post("/admin/users")
+async def add_user(
+    deps: DepsDep,
+    user: AdminDep,
+    username: Annotated[str, Form(min_length=1, max_length=64)],
+    password: Annotated[str, Form(min_length=8)],
+    role: Annotated[str, Form(pattern="^(reviewer|admin)$")],
+    can_unmask: Annotated[bool, Form()] = False,
+) -> RedirectResponse:
+    await deps.users.add(username, password, role, can_unmask, actor=user.username)
+    return RedirectResponse(f"/review/admin?flash={quote('Saved ' + username)}", status_code=303)

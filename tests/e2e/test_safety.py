@@ -1,0 +1,201 @@
+"""Prompt screening on the request path: every prompt passes the safety stage, whether it came over HTTP or straight
+from Kafka. Blocked prompts get a clear error naming the category; held prompts wait for a reviewer, who releases or
+refuses them through the review UI (reject here over plain HTTP; the browser test drives approve)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import openai
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from services.safety.policy import DEFAULT_POLICY, CategoryRule
+from services.safety.store import PolicyStore, UserStore
+from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
+from tests.e2e.test_kafka_api import read_until_final
+
+SECRET_PROMPT = "Why does my key sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789 fail?"
+HOLD_TENANT = "acme-hold"
+OUTPUT_PROMPT = "Repeat this sentence exactly: You can reach Anna at anna.lee@example.com or on +1 415 555 0199."
+
+
+def client(platform: Platform) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{platform.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def test_blocked_prompt_gets_an_openai_error_naming_the_category(platform: Platform) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(platform).chat.completions.create(
+            model=TINY_MODEL, messages=[{"role": "user", "content": SECRET_PROMPT}], max_tokens=8
+        )
+    assert caught.value.status_code == 400
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "content_policy_violation"
+    assert "secrets" in error["message"]
+    assert "sk-proj" not in platform.log("safety")  # the prompt text never reaches the logs
+
+
+def test_allowed_prompt_completes_through_the_safety_stage(platform: Platform) -> None:
+    completion = client(platform).chat.completions.create(
+        model=TINY_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=8
+    )
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+async def _setup(platform: Platform) -> None:
+    pool = await asyncpg.create_pool(platform.common.postgres_dsn, min_size=1, max_size=2)
+    try:
+        hold_pii = dict(DEFAULT_POLICY.prompt) | {"pii": CategoryRule(escalate_at=0.5, escalate="hold")}
+        await PolicyStore(pool).put(HOLD_TENANT, DEFAULT_POLICY.model_copy(update={"prompt": hold_pii}))
+        users = UserStore(pool)
+        await users.add("rita", "reviewer-pass-1", "reviewer", False, actor="test")
+        await users.add("ada", "admin-pass-123", "admin", True, actor="test")
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def kafka_client(platform: Platform) -> AsyncIterator[tuple[AIOKafkaProducer, AIOKafkaConsumer, str]]:
+    await _setup(platform)
+    reply_topic = platform.common.topics.replies(f"safety-test-{uuid.uuid4().hex[:6]}")
+    admin = AIOKafkaAdminClient(bootstrap_servers=platform.common.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(reply_topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=platform.common.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(
+        reply_topic, bootstrap_servers=platform.common.kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await producer.start()
+    await consumer.start()
+    try:
+        yield producer, consumer, reply_topic
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def produce(platform: Platform, producer: AIOKafkaProducer, reply_topic: str, text: str, **extra: object) -> str:
+    request_id = f"safety-{uuid.uuid4().hex}"
+    request = {
+        "request_id": request_id,
+        "model": TINY_MODEL,
+        "messages": [{"role": "user", "content": text}],
+        "sampling": {"max_tokens": 8, "temperature": 0},
+        "reply_topic": reply_topic,
+        **extra,
+    }
+    await producer.send_and_wait(
+        platform.common.topics.requests(TINY_MODEL), json.dumps(request).encode(), key=request_id.encode()
+    )
+    return request_id
+
+
+async def wait_for_item(platform: Platform, request_id: str, seconds: float = 30) -> int:
+    conn = await asyncpg.connect(platform.common.postgres_dsn)
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                item_id = await conn.fetchval("SELECT id FROM safety_review_items WHERE request_id = $1", request_id)
+                if item_id is not None:
+                    return int(item_id)
+                await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
+async def test_prompt_produced_straight_to_kafka_is_screened_too(
+    platform: Platform, kafka_client: tuple[AIOKafkaProducer, AIOKafkaConsumer, str]
+) -> None:
+    producer, consumer, reply_topic = kafka_client
+    request_id = await produce(platform, producer, reply_topic, SECRET_PROMPT)
+    events = await read_until_final(consumer, request_id, seconds=30)
+    assert [e["event"] for e in events] == ["generation_failed"]
+    assert events[0]["code"] == "content_blocked" and "secrets" in events[0]["message"]
+
+
+async def test_held_prompt_waits_for_a_reviewer_and_a_rejection_tells_the_requester(
+    platform: Platform, kafka_client: tuple[AIOKafkaProducer, AIOKafkaConsumer, str]
+) -> None:
+    producer, consumer, reply_topic = kafka_client
+    request_id = await produce(
+        platform, producer, reply_topic, "Please email the summary to jane@example.com", tenant_id=HOLD_TENANT
+    )
+    item_id = await wait_for_item(platform, request_id)
+    with pytest.raises(TimeoutError):  # held: nothing reaches the requester before a decision
+        await read_until_final(consumer, request_id, seconds=2)
+
+    async with httpx.AsyncClient(base_url=platform.url("safety")) as web:
+        assert (await web.get(f"/review/items/{item_id}")).status_code == 401
+        signed_in = await web.post("/review/login", data={"username": "rita", "password": "reviewer-pass-1"})
+        assert signed_in.status_code == 303
+        page = (await web.get(f"/review/items/{item_id}")).text
+        assert "[EMAIL]" in page and "jane@example.com" not in page  # no retained text: masked snippet only
+        assert (await web.get("/review/admin")).status_code == 403
+        await web.post(f"/review/items/{item_id}/claim")
+        await web.post(f"/review/items/{item_id}/decide", data={"verdict": "reject", "note": "not allowed"})
+        page = (await web.get(f"/review/items/{item_id}")).text
+        assert re.search(r"decided.*reject", page, re.S) and "withheld" in page
+
+    events = await read_until_final(consumer, request_id, seconds=30)
+    assert [e["event"] for e in events] == ["generation_failed"]
+    assert events[0]["code"] == "content_blocked" and "pii" in events[0]["message"]
+
+    exported = subprocess.run(
+        [sys.executable, "-m", "services.safety.admin", "export-labels"],
+        env=os.environ | {"FERRY_POSTGRES_DSN": platform.common.postgres_dsn},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (label,) = [row for row in map(json.loads, exported.splitlines()) if row["request_id"] == request_id]
+    assert (label["decision"], label["categories"], label["masked"]) == ("reject", ["pii"], True)
+    assert label["text"] == "Please email the summary to [EMAIL]"
+
+
+OUTPUT_TENANT = "acme-output-block"
+
+
+async def test_output_screening_stops_a_stream_that_produces_what_the_tenant_blocks(
+    platform: Platform, kafka_client: tuple[AIOKafkaProducer, AIOKafkaConsumer, str]
+) -> None:
+    producer, consumer, reply_topic = kafka_client
+    pool = await asyncpg.create_pool(platform.common.postgres_dsn, min_size=1, max_size=2)
+    try:
+        block_pii = dict(DEFAULT_POLICY.output) | {"pii": CategoryRule(block_at=0.5)}
+        await PolicyStore(pool).put(OUTPUT_TENANT, DEFAULT_POLICY.model_copy(update={"output": block_pii}))
+    finally:
+        await pool.close()
+    request_id = f"safety-out-{uuid.uuid4().hex}"
+    request = {
+        "request_id": request_id,
+        "model": DEFAULT_MODEL,
+        "tenant_id": OUTPUT_TENANT,
+        "messages": [{"role": "user", "content": OUTPUT_PROMPT}],
+        "sampling": {"max_tokens": 64, "temperature": 0},
+        "reply_topic": reply_topic,
+    }
+    await producer.send_and_wait(
+        platform.common.topics.requests(DEFAULT_MODEL), json.dumps(request).encode(), key=request_id.encode()
+    )
+    events = await read_until_final(consumer, request_id, seconds=120)
+    text = "".join(e.get("text", "") for e in events)
+    assert events[-1]["event"] == "generation_failed", text
+    assert events[-1]["code"] == "content_blocked" and "output" in events[-1]["message"]
+    assert "pii" in events[-1]["message"]
+    assert not any(e["event"] == "completion_finished" for e in events)
