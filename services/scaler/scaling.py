@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.batcher.config import input_topic
 from services.scaler.adapters import KafkaLag, ScalerStore
 from services.scaler.config import ScalerSettings
 from services.scaler.forecast import Forecast, SeasonalForecaster
@@ -155,7 +156,7 @@ class Scaler:
             made = state.forecaster.forecast(opened[0])
             await d.store.add_forecast(model, opened[0], made.requests_per_hour, made.basis)
 
-        queued = await d.lag.backlog(d.batcher_group, d.topics.requests(model), CompletionRequested)
+        queued = await d.lag.backlog(d.batcher_group, input_topic(d.topics, model), CompletionRequested)
         batched = await d.lag.backlog(d.worker_group_prefix + model, d.topics.batches(model), BatchFormed)
         held, held_tokens = d.board.waiting_tokens(model, now)
         peeked_requests = queued.requests + batched.requests

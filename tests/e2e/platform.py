@@ -199,6 +199,8 @@ def start_platform(
         # consumer groups are cluster-wide: runs sharing the Kafka must not join (and stall) each other's groups
         "FERRY_BATCHER_GROUP_ID": f"ferrytest-{run_id}.batcher",
         "FERRY_WORKER_GROUP_PREFIX": f"ferrytest-{run_id}.worker.",
+        "FERRY_SAFETY_GROUP_ID": f"ferrytest-{run_id}.safety",
+        "FERRY_SAFETY_REVIEW_GROUP_ID": f"ferrytest-{run_id}.safety-review",
         **(extra_env or {}),
     }
     common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])

@@ -108,6 +108,10 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
         "FERRY_TOPIC_PREFIX": f"ferrytest-{run_id}.",
         "FERRY_POSTGRES_DSN": _dsn(base.postgres_dsn, database),
         "FERRY_OTEL_EXPORTER": "none",
+        "FERRY_BATCHER_GROUP_ID": f"ferrytest-{run_id}.batcher",
+        "FERRY_WORKER_GROUP_PREFIX": f"ferrytest-{run_id}.worker.",
+        "FERRY_SAFETY_GROUP_ID": f"ferrytest-{run_id}.safety",
+        "FERRY_SAFETY_REVIEW_GROUP_ID": f"ferrytest-{run_id}.safety-review",
     }
     common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
     subprocess.run([sys.executable, "-m", "shared.prepare"], env=env, cwd=ROOT, check=True, capture_output=True)
@@ -136,7 +140,21 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
         "FERRY_SCALER_WORKER_LOGS_DIR": str(workdir),
         "FERRY_SCALER_WORKER_ENV": json.dumps({"FERRY_WORKER_KV_CACHE_GIB": "0.25"}),
     }
+    safety_port = free_port()
     processes = {
+        # the real pipeline: prompts reach the batcher through the safety stage (rules only, to start fast)
+        "safety": _start(
+            workdir,
+            "safety",
+            "services.safety.main",
+            env
+            | {
+                "FERRY_SAFETY_PORT": str(safety_port),
+                "FERRY_SAFETY_MODELS": json.dumps([TINY_MODEL]),
+                "FERRY_SAFETY_EMBEDDING": "false",
+                "FERRY_SAFETY_INJECTION": "false",
+            },
+        ),
         "batcher": _start(
             workdir,
             "batcher",
@@ -149,6 +167,7 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
         common, env, workdir, f"http://127.0.0.1:{scaler_port}", f"127.0.0.1:{grpc_port}", reply_topic, processes
     )
     try:
+        _wait_healthy(f"http://127.0.0.1:{safety_port}", processes["safety"])
         _wait_healthy(f"http://127.0.0.1:{batcher_port}", processes["batcher"])
         _wait_healthy(result.scaler_url, processes["scaler"])
         yield result

@@ -21,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from services.batcher.config import input_topic
 from shared.contracts import (
     BatchFormed,
     ChatMessage,
@@ -80,7 +81,7 @@ class Kafka:
             sampling=SamplingParams(max_tokens=10),
             **fields,  # type: ignore[arg-type]
         )
-        await self.send(request, self.topics.requests(MODEL), request_id)
+        await self.send(request, input_topic(self.topics, MODEL), request_id)
         return request
 
     async def report_workers(self, running: int, max_running: int = 8, free_tokens: int = 100_000) -> None:
@@ -192,7 +193,7 @@ async def kafka(tmp_path: Path) -> AsyncIterator[Kafka]:
     await ensure_topics(
         common,
         [
-            topics.requests(MODEL),
+            input_topic(topics, MODEL),
             topics.batches(MODEL),
             topics.cancellations,
             topics.worker_status,
