@@ -31,7 +31,7 @@ OUTPUT_PROMPT = "Repeat this sentence exactly: You can reach Anna at anna.lee@ex
 
 
 def client(platform: Platform) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{platform.base_url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{platform.base_url}/v1", api_key=platform.api_key, max_retries=0)
 
 
 def test_blocked_prompt_gets_an_openai_error_naming_the_category(platform: Platform) -> None:

@@ -279,8 +279,9 @@ async def test_a_load_step_on_a_model_at_zero_starts_workers_that_consume_it(sca
 
 async def test_idle_workers_drain_and_stop_without_losing_a_request(scaled: Scaled) -> None:
     scaled.wait_for("a ready worker", lambda v: v.get("replicas", 0) >= 1)
-    # long generations: the model goes idle in Kafka (nothing left to consume) while the workers still generate, so
-    # the scale-down SIGTERMs workers holding requests, which must drain them
+    seen = len(scaled.log("scaler"))  # earlier tests' workers exited too: count this test's only
+    # workers commit a request only once it finished, so Kafka shows the model busy until its last request is done:
+    # scale-down comes after the work, and the workers it stops drain and exit on their own
     finals = await send_and_collect(scaled, 24, max_tokens=1500)
     scaled.wait_for("scale to zero", lambda v: v.get("replicas") == 0 and v.get("desired") == 0, seconds=120)
 
@@ -291,11 +292,10 @@ async def test_idle_workers_drain_and_stop_without_losing_a_request(scaled: Scal
     downs = [d for d in await scaled.decisions() if d["action"] == "scale_down"]
     assert downs and downs[-1]["desired_replicas"] == 0
     assert downs[-1]["reason"].startswith("scale to zero: cold and idle")
-    assert "draining" in scaled.worker_logs(), "no worker held a request when it was stopped"
     deadline = time.monotonic() + 60
-    while scaled.log("scaler").count(" exited (") < 2 and time.monotonic() < deadline:
+    while scaled.log("scaler")[seen:].count(" exited (") < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
-    scaler_log = scaled.log("scaler")
+    scaler_log = scaled.log("scaler")[seen:]
     # both stopped on their own once drained (0, or -15: uvicorn re-raises SIGTERM after its graceful shutdown)
     exits = [line.rsplit("(", 1)[1].rstrip(")") for line in scaler_log.splitlines() if " exited (" in line]
     assert sorted(exits) in (["-15", "-15"], ["-15", "0"], ["0", "0"]), exits
