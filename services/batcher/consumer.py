@@ -137,6 +137,13 @@ class Consumers:
             records = [r for rs in polled.values() for r in rs]
             try:
                 due = await (self.batcher.on_requests(records, generation) if records else self.batcher.tick())
+                if records and self.batcher.generation != generation:
+                    # A rebalance during the poll: its records were dropped (or held, then dropped on revocation),
+                    # but a poll that waited through the rebalance returns records of the new assignment, already
+                    # read from the committed offsets, so the position has moved past them: read them again.
+                    again = {TopicPartition(r.topic, r.partition) for r in records}
+                    logger.info("a rebalance during the poll; reading %s again from the committed offsets", again)
+                    await self._rewind(again)
             except KafkaError:
                 # what could not be handed on is held again (or, for records not yet held, read again after the
                 # next rebalance or restart: their offsets were not committed)
@@ -145,16 +152,21 @@ class Consumers:
                 await self._rewind()
                 due = None
 
-    async def _rewind(self) -> None:
-        """Records of a failed poll may not all be held: read every partition again from its committed offset (held
-        requests read again are recognised as such)."""
+    async def _rewind(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Records of a failed or dropped poll may not all be held: read these partitions (default: all assigned) again
+        from their committed offsets (held requests read again are recognised as such)."""
         assert self.requests is not None
         for tp in self.requests.assignment():
+            if partitions is not None and tp not in partitions:
+                continue
             committed = await self.requests.committed(tp)
-            if committed is None:
-                await self.requests.seek_to_beginning(tp)
-            else:
-                self.requests.seek(tp, committed)
+            try:
+                if committed is None:
+                    await self.requests.seek_to_beginning(tp)
+                else:
+                    self.requests.seek(tp, committed)
+            except IllegalStateError:
+                pass  # revoked meanwhile: its next owner starts from the committed offset anyway
 
     async def _run_side(self, consumer: AIOKafkaConsumer, handle: Callable[[ConsumerRecord], Awaitable[None]]) -> None:
         async for record in consumer:

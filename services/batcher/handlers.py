@@ -69,8 +69,8 @@ class Batcher:
     # ---- requests -------------------------------------------------------------------------------------------------
 
     async def on_requests(self, records: Iterable[ConsumerRecord], generation: int) -> float | None:
-        """Holds the records of one poll, unless a rebalance happened since the poll began (the records' partitions
-        were then re-read from the committed offset, so these would be read twice)."""
+        """Holds the records of one poll, unless a rebalance happened since the poll began (their partitions may no
+        longer be ours; the consumer then seeks the ones still assigned back to their committed offsets)."""
         async with self.lock:
             if generation != self.generation:
                 return None

@@ -8,8 +8,6 @@ import signal
 import uuid
 from datetime import timedelta
 
-import pytest
-
 from services.batcher.config import input_topic
 from shared.contracts import (
     CompletionRequested,
@@ -204,11 +202,6 @@ async def test_a_cancellation_read_before_its_request_still_drops_it_even_across
     assert isinstance(reply, GenerationFailed) and (reply.request_id, reply.code) == ("early", "cancelled")
 
 
-@pytest.mark.xfail(
-    reason="known bug (issue 5): after an eager rebalance that gives partitions back to the same batcher, the requests "
-    "it dropped uncommitted are not dispatched again; under investigation",
-    strict=False,
-)
 async def test_a_rebalance_while_requests_are_held_loses_none(kafka: Kafka) -> None:
     # holds requests long enough for the second batcher's start (a few seconds on a busy machine) to meet them
     slow = {"FERRY_BATCHER_COST__MAX_WAIT_MS": "12000"}
