@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,8 +39,21 @@ def kafka_service_app(
 
 
 async def serve(app: object, host: str, port: int) -> None:
+    """Serves until SIGTERM or SIGINT, then returns after uvicorn's graceful shutdown, so the caller's clean-up runs
+    (closing pools, stopping vLLM's engine process)."""
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=30)
     )
+    # uvicorn raises the signal it handled again once it has shut down; with the default handlers that would end the
+    # process before the caller's clean-up, leaving a worker's EngineCore child running on its own
+    previous = {sig: signal.signal(sig, _already_stopping) for sig in (signal.SIGTERM, signal.SIGINT)}
     logger.info("listening on http://%s:%d", host, port)
-    await server.serve()
+    try:
+        await server.serve()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _already_stopping(signum: int, _frame: object) -> None:
+    logger.info("signal %d after shutdown began; finishing clean-up", signum)
