@@ -151,6 +151,7 @@ def test_non_deterministic_requests_are_not_cached(platform: Platform) -> None:
         assert sampled.headers["x-ferry-cache"] == "bypass"
     seeded = body(question, temperature=1.0, seed=7)
     assert ask(platform, seeded, who).headers["x-ferry-cache"] == "miss"
+    time.sleep(0.5)  # the entry is written after the answer is sent
     assert ask(platform, seeded, who).headers["x-ferry-cache"] == "hit"
 
 

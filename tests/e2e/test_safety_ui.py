@@ -10,8 +10,10 @@ from collections.abc import Iterator
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.e2e.platform import Platform
 from tests.e2e.test_kafka_api import read_until_final
@@ -78,11 +80,11 @@ async def test_reviewer_signs_in_claims_approves_and_the_held_prompt_is_released
     row.find_element(By.LINK_TEXT, str(item_id)).click()
     assert "7946" not in browser.find_element(By.ID, "content").text
     browser.find_element(By.ID, "claim").click()
-    assert browser.find_element(By.ID, "flash").text == "Claimed."
+    assert flash_reads(browser, "Claimed.")
     browser.find_element(By.ID, "verdict-approve").click()
     browser.find_element(By.ID, "note").send_keys("a phone number the customer chose to share")
     browser.find_element(By.ID, "decide").click()
-    assert browser.find_element(By.ID, "flash").text == "Decision recorded."
+    assert flash_reads(browser, "Decision recorded.")
     assert "approve" in browser.find_element(By.ID, "status").text
     audit = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#audit tr.audit")]
     assert any("rita decided" in r and "a phone number the customer chose to share" in r for r in audit), audit
@@ -99,3 +101,16 @@ async def test_reviewer_signs_in_claims_approves_and_the_held_prompt_is_released
     browser.get(f"{base}/review/admin")
     admin_audit = browser.find_element(By.ID, "audit").text
     assert "decided" in admin_audit and "rita" in admin_audit
+
+
+def flash_reads(browser: object, text: str, seconds: float = 15) -> bool:
+    """A form post navigates: wait for the page that answers it instead of reading the old one."""
+
+    def shown(b: object) -> bool:
+        try:
+            return b.find_element(By.ID, "flash").text == text  # type: ignore[attr-defined]
+        except WebDriverException:
+            return False
+
+    WebDriverWait(browser, seconds).until(shown)
+    return True
