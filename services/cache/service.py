@@ -105,7 +105,7 @@ class ResponseCache:
             return Lookup(request, decision, model_version)
         try:
             await self._on_version(model, model_version)
-            key = await self._store.entry_key(model, decision.scope, decision.digest)
+            key = await self._store.entry_key(model, model_version, decision.scope, decision.digest)
             if not decision.read:
                 self._metrics.bypassed.labels(model, "no_cache").inc()
                 return Lookup(request, decision, model_version, key)
@@ -162,11 +162,12 @@ class ResponseCache:
 
     async def _on_version(self, model: str, version: str) -> None:
         """A new registry version of a model invalidates its entries. The version is part of every key, so old
-        entries can never be read; this also deletes them to free their memory."""
+        entries can never be read; this also deletes them to free their memory. Only the old version's entries go:
+        other ingress instances may already have stored answers of the new one."""
         seen = self._versions.get(model)
         self._versions[model] = version
         if seen is not None and seen != version:
-            deleted = await self._store.invalidate(model=model)
+            deleted = await self._store.drop_version(model, seen)
             self._metrics.invalidations.labels("model_version").inc()
             logger.info("model %s changed version %s -> %s: %d cache entries dropped", model, seen, version, deleted)
 

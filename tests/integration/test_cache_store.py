@@ -129,6 +129,19 @@ async def test_a_new_model_version_misses_and_drops_the_old_entries(cache) -> No
     assert sample(registry, "ferry_cache_invalidations_total", cause="model_version") == 1
 
 
+async def test_an_instance_that_sees_a_new_version_late_keeps_what_others_stored_under_it(cache) -> None:  # type: ignore[no-untyped-def]
+    """Two ingress instances reread the registry at different moments. The late one must drop the old version's
+    entries only, not the answers the early one already stored under the new version."""
+    early, store, _ = cache
+    late = ResponseCache(store, CacheSettings(), CacheMetrics(CollectorRegistry()))
+    await fill(early, request(text="old"), version="1")
+    assert (await late.lookup(request(text="old"), "1", {})).status == "hit"
+    await fill(early, request(), version="2")  # the early instance saw version 2 first
+    assert (await late.lookup(request(), "2", {})).status == "hit"  # the late one sees 2 now: still a hit
+    assert (await early.lookup(request(), "2", {})).status == "hit"
+    assert (await store.stats()).entries == 1  # version 1's entry is gone
+
+
 async def test_redis_down_answers_live(cache) -> None:  # type: ignore[no-untyped-def]
     _, _, registry = cache
     broken = RedisResponseStore(Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2), "x:")
