@@ -24,6 +24,7 @@ from services.cache.policy import (
     decide,
     entry_of,
     replay,
+    shared_scope,
     storable,
     tenant_scope,
 )
@@ -122,9 +123,12 @@ class ResponseCache:
             self._metrics.lookups.labels(model, "error").inc()
             return Lookup(request, decision, model_version)  # no key: nothing is stored either
 
-    async def invalidate_tenant(self, tenant_id: str) -> int:
-        """Drops every entry of the tenant's own scope (a tenant's request, or its retention turned off)."""
+    async def invalidate_tenant(self, tenant_id: str, policy: TenantCachePolicy | None = None) -> int:
+        """Drops every entry of the tenant's own scope (a tenant's request, or its retention turned off), and of the
+        shared scope it opted into: its answers may be there, and entries do not record who stored them."""
         deleted = await self._store.invalidate(scope=tenant_scope(tenant_id))
+        if policy is not None and policy.shared_scope:
+            deleted += await self._store.invalidate(scope=shared_scope(policy.shared_scope))
         self._metrics.invalidations.labels("tenant").inc()
         return deleted
 
