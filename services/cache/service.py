@@ -67,6 +67,7 @@ class ResponseCache:
     def __init__(self, store: RedisResponseStore, settings: CacheSettings, metrics: CacheMetrics) -> None:
         self._store, self.settings, self._metrics = store, settings, metrics
         self._versions: dict[str, str] = {}
+        self._sized_models: set[str] = set()
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     @classmethod
@@ -183,12 +184,26 @@ class ResponseCache:
             return None
 
     async def refresh_server_figures(self) -> None:
-        """Copies Redis-wide figures (evictions, memory) into the metrics every few seconds; runs until cancelled."""
+        """Copies the cache's size (entries and bytes per model, from a scan), its hit ratio across every ingress and
+        Redis-wide figures (evictions, memory) into the metrics every ``stats_interval_s``; runs until cancelled."""
         while True:
             try:
-                figures = await self._store.server_figures()
-                self._metrics.redis_evicted_keys.set(float(figures.get("evicted_keys") or 0))
-                self._metrics.redis_used_memory.set(float(figures.get("used_memory") or 0))
+                await self.update_figures()
             except _FAILURES as exc:
                 logger.warning("cache: reading Redis figures failed (%s)", exc)
             await asyncio.sleep(self.settings.stats_interval_s)
+
+    async def update_figures(self) -> None:
+        stats = await self._store.stats()
+        for model in self._sized_models - stats.by_model.keys():  # a model whose entries are all gone shows 0
+            self._metrics.entries.labels(model).set(0)
+            self._metrics.bytes.labels(model).set(0)
+        for model, (entries, size) in stats.by_model.items():
+            self._metrics.entries.labels(model).set(entries)
+            self._metrics.bytes.labels(model).set(size)
+        self._sized_models |= stats.by_model.keys()
+        hits, misses = stats.counters.get("hits", 0), stats.counters.get("misses", 0)
+        if hits + misses:
+            self._metrics.hit_ratio.set(hits / (hits + misses))
+        self._metrics.redis_evicted_keys.set(float(stats.redis.get("evicted_keys") or 0))
+        self._metrics.redis_used_memory.set(float(stats.redis.get("used_memory") or 0))

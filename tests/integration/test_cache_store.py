@@ -75,6 +75,21 @@ async def test_second_lookup_hits_with_the_stored_answer_and_metrics_count_it(ca
     assert stats.entries == 1 and stats.bytes > 0 and stats.counters["hits"] == 1 and stats.counters["misses"] == 1
 
 
+async def test_size_and_hit_ratio_gauges_follow_redis(cache) -> None:  # type: ignore[no-untyped-def]
+    c, store, registry = cache
+    await fill(c, request(model="m1"))
+    await fill(c, request(model="m1", text="other"))
+    await c.lookup(request(model="m1"), "1", {})  # a hit: 1 hit, 2 misses so far
+    await c.update_figures()
+    assert sample(registry, "ferry_cache_entries", model="m1") == 2
+    assert sample(registry, "ferry_cache_bytes", model="m1") > 0
+    assert sample(registry, "ferry_cache_hit_ratio") == pytest.approx(1 / 3)
+    await store.invalidate(model="m1")
+    await c.update_figures()
+    assert sample(registry, "ferry_cache_entries", model="m1") == 0
+    assert sample(registry, "ferry_cache_bytes", model="m1") == 0
+
+
 async def test_tenants_are_isolated_and_nothing_is_stored_without_retention(cache) -> None:  # type: ignore[no-untyped-def]
     c, store, _ = cache
     await fill(c, request(tenant="a"))
