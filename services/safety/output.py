@@ -114,6 +114,7 @@ class RequestOutputScreen:
             reply_topic=self.request.reply_topic,
             held_completion=completion,
             held_delta=held_delta,
+            retention_days=self.request.retention_days,
         )
 
 

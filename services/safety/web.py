@@ -18,9 +18,9 @@ from fastapi.templating import Jinja2Templates
 
 from services.safety.config import SafetySettings
 from services.safety.labels import CATEGORIES
-from services.safety.review import Verdict, deliveries, label_of, releases, visible_text
+from services.safety.review import Verdict, deliveries, held_messages, label_of, releases, visible_text
 from services.safety.store import ReviewStore, User, UserStore
-from shared.contracts import CompletionFinished, CompletionRequested, Message, TokensGenerated
+from shared.contracts import Message
 
 logger = logging.getLogger(__name__)
 
@@ -179,12 +179,9 @@ async def decide(
 
     async def act(item: dict[str, Any]) -> tuple[list[str], str | None]:
         label = label_of(verdict, chosen, list(item["categories"]))
-        held = item["held"] or {}
         sends = deliveries(
             item["stage"],
-            CompletionRequested.model_validate(held["request"]) if "request" in held else None,
-            CompletionFinished.model_validate(held["completion"]) if "completion" in held else None,
-            TokensGenerated.model_validate(held["delta"]) if held.get("delta") else None,
+            *held_messages(item["held"]),
             item["request_id"],
             verdict,
             label,
