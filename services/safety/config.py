@@ -61,12 +61,17 @@ class SafetySettings(BaseSettings):
         30, ge=1, description="Days retained text is kept when a request carries retain_text without retention_days."
     )
     output_screening: bool = Field(
-        True, description="Workers screen outputs (rules, plus the embedding model when output_embedding is set)."
+        True, description="Workers screen outputs (rules, plus the embedding model as output_embedding* say)."
     )
     output_embedding: bool = Field(
         False,
-        description="Workers also run the embedding classifier on outputs (harm categories). Off by default: on a "
-        "CPU worker it competes with the engine for the same cores (about 10 ms per window).",
+        description="Workers also run the embedding classifier on every sliding window of an output (harm categories)."
+        " Off by default: a window check costs about as much as the final one, several times per completion.",
+    )
+    output_embedding_final: bool = Field(
+        True,
+        description="Workers run the embedding classifier on each completed output, once (about 1% of a completion's "
+        "CPU time on this machine, see README); windows use rules only unless output_embedding is set.",
     )
     output_window_chars: int = Field(400, ge=50, description="Characters of the sliding window screened on outputs.")
     output_every_chars: int = Field(120, ge=1, description="New characters between two screenings of an output.")

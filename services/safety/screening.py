@@ -118,6 +118,8 @@ class OutputScreen:
     rules: dict[str, CategoryRule]
     window_chars: int = 400
     every_chars: int = 120
+    final_screener: Screener | None = None
+    """Screens the whole output at the end instead of ``screener`` (e.g. with the embedding model added)."""
     text: str = ""
     checked_at: int = 0
     flagged: list[tuple[Decision, Screening]] = field(default_factory=list)
@@ -131,10 +133,10 @@ class OutputScreen:
 
     async def finish(self) -> tuple[Decision, Screening] | None:
         """Screens the whole output once generation ended."""
-        return await self._check(self.text)
+        return await self._check(self.text, self.final_screener or self.screener)
 
-    async def _check(self, text: str) -> tuple[Decision, Screening] | None:
-        (screening,) = await self.screener.screen([text])
+    async def _check(self, text: str, screener: Screener | None = None) -> tuple[Decision, Screening] | None:
+        (screening,) = await (screener or self.screener).screen([text])
         decision = decide(screening.scores, self.rules)
         if decision.action in ("block", "hold"):
             return decision, screening

@@ -118,3 +118,19 @@ def test_an_expired_held_prompt_is_refused_with_the_reason_or_released_per_polic
     (released,) = expiry_deliveries("prompt", (held, None, None), "r1", "release", ["pii"])
     assert not released.reply and released.message == held  # forwarded to generation
     assert expiry_deliveries("prompt", (None, None, None), "r1", "withhold", ["pii"]) == []
+
+
+async def test_output_windows_use_rules_and_the_completed_output_the_final_screener() -> None:
+    from services.safety.screening import OutputScreen
+
+    final = CountingClassifier()
+    screen = OutputScreen(
+        Screener(), DEFAULT_POLICY.output, window_chars=50, every_chars=10, final_screener=Screener([final])
+    )
+    for _ in range(5):
+        assert await screen.feed("a calm story ") is None
+    assert final.seen == []  # windows: rules only
+    await screen.feed("then the attack began")
+    verdict = await screen.finish()
+    assert final.seen == [screen.text]  # the whole output, once
+    assert verdict is not None and verdict[0].action == "block"  # violence 0.9 >= 0.7
