@@ -76,6 +76,44 @@ async def in_process(n: int) -> list[str]:
     return out
 
 
+async def output_cost(rounds: int = 20) -> list[str]:
+    """CPU time output screening adds per completion, by completion length: what a worker spends besides generating."""
+    from services.safety.classifiers import EmbeddingClassifier, load_embedder
+    from services.safety.labels import load_labeled
+    from services.safety.policy import DEFAULT_POLICY
+    from services.safety.screening import OutputScreen, Screener
+
+    blob = " ".join(e.text for e in load_labeled() if not e.categories) * 20
+    embedding = EmbeddingClassifier.trained(load_embedder(int8=True))
+    rules, with_embedding = Screener(), Screener([embedding])
+    modes = {
+        "rules only (windows and final)": (rules, None),
+        "rules on windows, embedding on the final output (default)": (rules, with_embedding),
+        "embedding on windows and final (output_embedding=true)": (with_embedding, None),
+    }
+    out = [
+        "## Output screening: CPU time per completion (ms, int8 embedding model, 400-char windows every 120 chars)",
+        "",
+        "| mode | 250 chars (~64 tokens) | 1000 chars (~256 tokens) | 2000 chars (~512 tokens) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, (window, final) in modes.items():
+        cells = []
+        for length in (250, 1000, 2000):
+            ms = []
+            for r in range(rounds):
+                text = blob[r * 97 : r * 97 + length]
+                screen = OutputScreen(window, DEFAULT_POLICY.output, final_screener=final)
+                t = time.perf_counter()
+                for i in range(0, length, 16):  # deltas of 16 characters, as a worker coalesces them
+                    await screen.feed(text[i : i + 16])
+                await screen.finish()
+                ms.append((time.perf_counter() - t) * 1000)
+            cells.append(f"{pct(ms, 50):.1f}")
+        out.append(f"| {name} | {' | '.join(cells)} |")
+    return out
+
+
 async def through_kafka(n: int) -> list[str]:
     import contextlib
 
@@ -225,6 +263,7 @@ async def through_kafka(n: int) -> list[str]:
 async def main_async(args: argparse.Namespace) -> str:
     out = ["# Safety: added latency of prompt screening", "", f"{os.cpu_count()} CPUs, shared machine.", ""]
     out += await in_process(args.n)
+    out += [""] + await output_cost()
     if args.kafka:
         out += [""] + await through_kafka(args.n)
     return "\n".join(out) + "\n"
