@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,12 @@ class StageConsumer:
     async def _run(self) -> None:
         assert self.consumer is not None
         while True:
-            polled = await self.consumer.getmany(timeout_ms=self.idle_poll_ms, max_records=self.max_records)
+            try:
+                polled = await self.consumer.getmany(timeout_ms=self.idle_poll_ms, max_records=self.max_records)
+            except KafkaError:
+                logger.exception("polling the request topics failed; trying again in a second")
+                await asyncio.sleep(1)
+                continue
             records = [r for rs in polled.values() for r in rs]
             if not records:
                 continue

@@ -77,12 +77,14 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
-def report(counts: dict[str, dict[str, Counts]], escalation: float, n_test: int, n_train: int) -> str:
+def report(
+    counts: dict[str, dict[str, Counts]], escalation: float, n_test: int, n_train: int, embedding: str = "int8"
+) -> str:
     lines = [
         "# Safety screening: evaluation on the held-out split",
         "",
         f"Held-out examples: {n_test} (train: {n_train}); default policy, prompt rules; classifiers: rules, guardify,"
-        " MiniLM embeddings + logistic regression.",
+        f" MiniLM embeddings ({embedding}) + logistic regression.",
         "",
         "| category | AI precision | AI recall | hybrid precision | hybrid recall | positives |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -135,7 +137,7 @@ async def run(out: Path | None, int8: bool = True) -> str:
     screener = Screener(classifiers=[InjectionClassifier(), embedding])
     screenings = await screener.screen([e.text for e in test])
     counts, escalation = evaluate(test, screenings, DEFAULT_POLICY.prompt)
-    text = report(counts, escalation, len(test), len(examples) - len(test))
+    text = report(counts, escalation, len(test), len(examples) - len(test), "int8" if int8 else "float32")
     if out:
         out.write_text(text)
     return text
