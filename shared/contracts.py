@@ -104,6 +104,12 @@ class CompletionRequested(Message):
         description="Salt of the engine's prefix cache: requests with different salts never share cached prefixes, "
         "so one tenant cannot time another's prompts. The ingress sets it per tenant.",
     )
+    retention_days: int | None = Field(
+        None,
+        ge=0,
+        description="Days the tenant lets stored text be kept (the ingress sets it from the tenant); a service that "
+        "keeps text (the review queue) erases it after this many days. None: that service's own default.",
+    )
 
     @model_validator(mode="after")
     def _messages_or_prompt(self) -> CompletionRequested:
@@ -300,6 +306,9 @@ class ContentFlagged(Message):
         None, description="The part of a held output a streaming client has not seen, delivered before the final event."
     )
     flagged_at: datetime = Field(default_factory=utc_now, description="When screening flagged it (UTC).")
+    retention_days: int | None = Field(
+        None, ge=0, description="The request's retention_days: the review queue erases ``text`` after this many days."
+    )
 
 
 class MessageDeadLettered(Message):

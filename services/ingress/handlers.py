@@ -230,6 +230,7 @@ async def _serve(  # type: ignore[no-untyped-def]
                 retain_text=tenant.retains_text,
             ),
         )
+        message = message.model_copy(update={"retention_days": tenant.retention_days})  # review queue erases text then
         charge = await _charge(deps, tenant, estimated_tokens(message), headers)
         cached = await deps.cache.lookup(message, model.version, request.headers, _cache_policy(tenant))
         headers |= cached.headers

@@ -33,3 +33,13 @@ def new_session_token() -> str:
 def token_hash(token: str) -> str:
     """What is stored for a session: a stolen database does not give usable cookies."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def session_csrf(session_token: str) -> str:
+    """The CSRF token of a signed-in session's forms, derived from its (HttpOnly) cookie: another site can neither read
+    the cookie nor compute the token, and nothing more is stored."""
+    return hmac.new(session_token.encode(), b"ferry-review-csrf", hashlib.sha256).hexdigest()
+
+
+def csrf_matches(sent: str | None, expected: str | None) -> bool:
+    return bool(sent) and bool(expected) and hmac.compare_digest(str(sent), str(expected))

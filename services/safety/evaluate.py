@@ -77,12 +77,14 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
-def report(counts: dict[str, dict[str, Counts]], escalation: float, n_test: int, n_train: int) -> str:
+def report(
+    counts: dict[str, dict[str, Counts]], escalation: float, n_test: int, n_train: int, embedding: str = "int8"
+) -> str:
     lines = [
         "# Safety screening: evaluation on the held-out split",
         "",
         f"Held-out examples: {n_test} (train: {n_train}); default policy, prompt rules; classifiers: rules, guardify,"
-        " MiniLM embeddings + logistic regression.",
+        f" MiniLM embeddings ({embedding}) + logistic regression.",
         "",
         "| category | AI precision | AI recall | hybrid precision | hybrid recall | positives |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -126,16 +128,16 @@ def report(counts: dict[str, dict[str, Counts]], escalation: float, n_test: int,
     return "\n".join(lines) + "\n"
 
 
-async def run(out: Path | None) -> str:
+async def run(out: Path | None, int8: bool = True) -> str:
     from services.safety.classifiers import EmbeddingClassifier, InjectionClassifier, load_embedder
 
     examples = load_labeled()
     test = [e for e in examples if e.split == "test"]
-    embedding = EmbeddingClassifier(load_embedder(), [e for e in examples if e.split == "train"])
+    embedding = EmbeddingClassifier(load_embedder(int8=int8), [e for e in examples if e.split == "train"])
     screener = Screener(classifiers=[InjectionClassifier(), embedding])
     screenings = await screener.screen([e.text for e in test])
     counts, escalation = evaluate(test, screenings, DEFAULT_POLICY.prompt)
-    text = report(counts, escalation, len(test), len(examples) - len(test))
+    text = report(counts, escalation, len(test), len(examples) - len(test), "int8" if int8 else "float32")
     if out:
         out.write_text(text)
     return text
@@ -144,8 +146,11 @@ async def run(out: Path | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
+    parser.add_argument(
+        "--fp32", action="store_true", help="evaluate the embedding model in float32 (the service default is int8)"
+    )
     args = parser.parse_args()
-    print(asyncio.run(run(args.out)))
+    print(asyncio.run(run(args.out, int8=not args.fp32)))
 
 
 if __name__ == "__main__":

@@ -1,27 +1,34 @@
 """Kafka edge of the safety service.
 
-- ``on_requests``: the prompt screening stage. Reads every model's request topic (group ``safety``), screens each
-  prompt, and per the tenant's policy forwards it to ``<prefix>screened.<model>`` (allow; release-then-review also
-  flags it), keeps it back for a reviewer (hold: flagged with the request), or refuses it (block: GenerationFailed
-  ``content_blocked`` on the reply topic, and flagged so a reviewer can label it). Offsets are committed after the
-  poll's messages are published.
+- ``screen_prompts``: the prompt screening stage, fed by ``consumer.StageConsumer`` (every model's request topic,
+  group ``safety``). Screens each prompt (model scores cached per tenant for identical prompts; the guard model asked
+  for tenants in its scope) and per the tenant's policy forwards it to ``<prefix>screened.<model>`` (allow;
+  release-then-review also flags it), keeps it back for a reviewer (hold: flagged with the request), or refuses it
+  (block: GenerationFailed ``content_blocked`` on the reply topic, and flagged so a reviewer can label it). The poll
+  is committed once its messages are published.
 - ``on_flagged``: persists ContentFlagged (from this stage and from workers' output screening) in the review queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry import trace
 
 from services.safety.config import SafetySettings
-from services.safety.policy import decide
+from services.safety.guard import GuardCheck, GuardVerdict
+from services.safety.metrics import SafetyMetrics
+from services.safety.policy import decide, escalate
 from services.safety.review import blocked_failure
-from services.safety.screening import Screener, Screening, prompt_text
+from services.safety.screening import Screener, Screening, combine, prompt_text
 from services.safety.store import PolicyStore, ReviewStore
 from shared.contracts import CompletionRequested, ContentFlagged
 from shared.kafka import Rejected, dead_letter, decode, publish_message, record_headers
@@ -31,6 +38,7 @@ from shared.telemetry import context_from
 logger = logging.getLogger(__name__)
 
 SERVICE = "safety"
+GUARD_UNVERIFIED = "guard_unverified"
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class SafetyDeps:
     policies: PolicyStore
     reviews: ReviewStore
     tracer: trace.Tracer
+    metrics: SafetyMetrics
+    guard: GuardCheck | None = None
 
 
 def flagged_from(
@@ -61,60 +71,100 @@ def flagged_from(
         text=text if request.retain_text else None,
         reply_topic=request.reply_topic,
         held_request=request if action == "hold" else None,
+        retention_days=request.retention_days,
     )
+
+
+def guarded(deps: SafetyDeps, tenant_id: str | None) -> bool:
+    scope = deps.settings.guard_tenants
+    return deps.guard is not None and (scope is None or tenant_id in scope)
+
+
+async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) -> None:
+    """The stage's work on one poll: decode, screen, decide and publish; raises (so the poll is read again) only when
+    publishing fails."""
+    broker, common, metrics = deps.broker, deps.common, deps.metrics
+    topics = common.topics
+    accepted: list[CompletionRequested] = []
+    produced_ms: dict[str, int] = {}
+    for record in records:
+        try:
+            request = decode(CompletionRequested, record)
+            if request.model != deps.model_by_topic.get(record.topic):
+                raise Rejected(f"model {request.model!r} does not match topic {record.topic!r}")
+        except Rejected as exc:
+            await dead_letter(broker, common, record, str(exc), SERVICE)
+            continue
+        if not request.trace_context:
+            carried = {k: v for k, v in record_headers(record).items() if k in ("traceparent", "tracestate")}
+            request = request.model_copy(update={"trace_context": carried})
+        accepted.append(request)
+        produced_ms[request.request_id] = record.timestamp
+    if not accepted:
+        return
+    texts = [prompt_text([(m.role, m.content) for m in r.messages], r.prompt) for r in accepted]
+    started = time.perf_counter()
+    cache = deps.screener.cache
+    hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
+    screenings = await deps.screener.screen(texts, [r.tenant_id for r in accepted])
+    if cache is not None:
+        metrics.cache.labels("hit").inc(cache.hits - hits)
+        metrics.cache.labels("miss").inc(cache.misses - misses)
+        metrics.cache_entries.set(cache.size)
+    verdicts: dict[int, GuardVerdict] = {}
+    if deps.guard is not None:
+        ask = [i for i, r in enumerate(accepted) if guarded(deps, r.tenant_id)]
+        if ask:
+            for i, verdict in zip(ask, await deps.guard.check([texts[i] for i in ask]), strict=True):
+                verdicts[i] = verdict
+                if verdict.scores:
+                    screenings[i] = with_scores(screenings[i], "guard_model", verdict.scores)
+    metrics.screen_seconds.observe(time.perf_counter() - started)
+    sends = []
+    for i, (request, screening) in enumerate(zip(accepted, screenings, strict=True)):
+        with deps.tracer.start_as_current_span(
+            "ferry.safety.screen_prompt",
+            context=context_from(request.trace_context),
+            attributes={"ferry.request_id": request.request_id},
+        ) as span:
+            policy = await deps.policies.get(request.tenant_id)
+            decision = decide(screening.scores, policy.prompt)
+            rid = request.request_id
+            verdict = verdicts.get(i)
+            if verdict is not None:
+                fallback = deps.settings.guard_fallback if verdict.needs_fallback else "none"
+                if verdict.needs_fallback:
+                    decision = escalate(decision, deps.settings.guard_fallback, GUARD_UNVERIFIED)
+                metrics.guard.labels(verdict.outcome, fallback).inc()
+                span.set_attribute("ferry.safety.guard", verdict.outcome)
+                logger.info("request %s guard model: %s (fallback %s)", rid, verdict.outcome, fallback)
+            span.set_attribute("ferry.safety.action", decision.action)
+            span.set_attribute("ferry.safety.categories", list(decision.flagged))
+            metrics.prompts.labels(decision.action).inc()
+            if decision.action in ("allow", "release"):
+                sends.append((request, topics.screened(request.model), rid))
+            if decision.action == "block":
+                sends.append((blocked_failure(rid, 0, "prompt", decision.categories), request.reply_topic, rid))
+            if decision.action != "allow":
+                flagged = flagged_from(request, screening, decision.action, list(decision.flagged))
+                sends.append((flagged, topics.safety_flagged, rid))
+                logger.info("request %s prompt %s: %s", rid, decision.action, ",".join(decision.flagged))
+    # published together: each waits for the broker's acknowledgement, and they are independent of each other
+    await asyncio.gather(*(publish_message(broker, m, t, key=k, request_id=k) for m, t, k in sends))
+    now_ms = time.time() * 1000
+    for request in accepted:
+        metrics.stage_seconds.observe(max(0.0, now_ms - produced_ms.get(request.request_id, now_ms)) / 1000)
+
+
+def with_scores(screening: Screening, name: str, scores: dict[str, float]) -> Screening:
+    by = screening.by_classifier | {name: scores}
+    return Screening(combine(by), by, screening.snippet, screening.redacted)
 
 
 def register(deps: SafetyDeps) -> None:
+    """The review-queue subscriber (the prompt stage has its own consumer, see consumer.py)."""
     settings, common, broker = deps.settings, deps.common, deps.broker
     topics = common.topics
-
-    @broker.subscriber(
-        *deps.model_by_topic,
-        group_id=settings.group_id,
-        batch=True,
-        max_records=settings.max_batch_size,
-        batch_timeout_ms=settings.max_wait_ms,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-    )
-    async def on_requests(message: KafkaMessage) -> None:
-        accepted: list[CompletionRequested] = []
-        for record in message.raw_message:
-            try:
-                request = decode(CompletionRequested, record)
-                if request.model != deps.model_by_topic[record.topic]:
-                    raise Rejected(f"model {request.model!r} does not match topic {record.topic!r}")
-            except Rejected as exc:
-                await dead_letter(broker, common, record, str(exc), SERVICE)
-                continue
-            if not request.trace_context:
-                carried = {k: v for k, v in record_headers(record).items() if k in ("traceparent", "tracestate")}
-                request = request.model_copy(update={"trace_context": carried})
-            accepted.append(request)
-        if not accepted:
-            return
-        texts = [prompt_text([(m.role, m.content) for m in r.messages], r.prompt) for r in accepted]
-        screenings = await deps.screener.screen(texts)
-        for request, screening in zip(accepted, screenings, strict=True):
-            with deps.tracer.start_as_current_span(
-                "ferry.safety.screen_prompt",
-                context=context_from(request.trace_context),
-                attributes={"ferry.request_id": request.request_id},
-            ) as span:
-                policy = await deps.policies.get(request.tenant_id)
-                decision = decide(screening.scores, policy.prompt)
-                span.set_attribute("ferry.safety.action", decision.action)
-                span.set_attribute("ferry.safety.categories", list(decision.flagged))
-                rid = request.request_id
-                if decision.action in ("allow", "release"):
-                    await publish_message(broker, request, topics.screened(request.model), key=rid, request_id=rid)
-                if decision.action == "block":
-                    failure = blocked_failure(rid, 0, "prompt", decision.categories)
-                    await publish_message(broker, failure, request.reply_topic, key=rid, request_id=rid)
-                if decision.action != "allow":
-                    flagged = flagged_from(request, screening, decision.action, list(decision.flagged))
-                    await publish_message(broker, flagged, topics.safety_flagged, key=rid, request_id=rid)
-                    logger.info("request %s prompt %s: %s", rid, decision.action, ",".join(decision.flagged))
 
     @broker.subscriber(
         topics.safety_flagged,

@@ -4,19 +4,25 @@ and serves the review UI under /review, with /health and /metrics."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from services.safety.cache import ScreeningCache
 from services.safety.config import SafetySettings
-from services.safety.handlers import SERVICE, SafetyDeps, register
-from services.safety.screening import AsyncClassifier, Classifier, Screener
+from services.safety.consumer import StageConsumer
+from services.safety.guard import GuardCheck
+from services.safety.handlers import SERVICE, SafetyDeps, register, screen_prompts
+from services.safety.labels import LABELED_FILE
+from services.safety.metrics import SafetyMetrics
+from services.safety.screening import Classifier, Screener
 from services.safety.store import PolicyStore, ReviewStore, UserStore
+from services.safety.sweeps import Sweeper
 from services.safety.web import ReviewDeps, install_error_pages, router
 from shared.contracts import Message
 from shared.db import connect_pool
@@ -30,74 +36,106 @@ from shared.telemetry import setup_tracing
 logger = logging.getLogger(__name__)
 
 
-def build_screener(settings: SafetySettings, http: httpx.AsyncClient | None) -> Screener:
+def build_screener(settings: SafetySettings) -> Screener:
     """The classifiers the settings ask for (loading the embedding model takes about ten seconds)."""
-    from services.safety.classifiers import (
-        EmbeddingClassifier,
-        GuardModelClassifier,
-        InjectionClassifier,
-        load_embedder,
-    )
+    from services.safety.classifiers import EmbeddingClassifier, InjectionClassifier, load_embedder
 
     classifiers: list[Classifier] = []
     if settings.injection:
         classifiers.append(InjectionClassifier())
     if settings.embedding:
-        classifiers.append(EmbeddingClassifier.trained(load_embedder(settings.torch_threads)))
-    async_classifiers: list[AsyncClassifier] = []
-    if settings.guard_model and http is not None:
-        async_classifiers.append(
-            GuardModelClassifier(http, settings.guard_base_url, settings.guard_model, settings.guard_timeout_s)
-        )
-    return Screener(classifiers, async_classifiers, tuple(settings.deny_terms))
+        embedder = load_embedder(settings.torch_threads, int8=settings.embedding_int8)
+        classifiers.append(EmbeddingClassifier.trained(embedder))
+    cache = None
+    if settings.screening_cache_ttl_s > 0 and classifiers:
+        ttl, entries = settings.screening_cache_ttl_s, settings.screening_cache_entries
+        cache = ScreeningCache(classifier_version(settings), ttl, entries)
+    return Screener(classifiers, (), tuple(settings.deny_terms), cache)
+
+
+def classifier_version(settings: SafetySettings) -> str:
+    """What the cached scores depend on: which classifiers, how the embedding model runs, the data it is trained on."""
+    data = hashlib.sha256(LABELED_FILE.read_bytes()).hexdigest()[:16]
+    return f"injection={settings.injection};embedding={settings.embedding};int8={settings.embedding_int8};data={data}"
 
 
 def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
     metrics = CollectorRegistry()
+    safety_metrics = SafetyMetrics(metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         provider = setup_tracing(SERVICE, common)
         pool = await connect_pool(common.postgres_dsn)
-        http = httpx.AsyncClient()
         try:
             model_ids = settings.models or [m.id for m in await ModelRegistry(pool).enabled()]
             topics = common.topics
             by_topic = {topics.requests(m): m for m in model_ids}
-            screener = await asyncio.to_thread(build_screener, settings, http)
+            screener = await asyncio.to_thread(build_screener, settings)
             await wait_for_kafka(common)
             await ensure_topics(common, [*by_topic, *(topics.screened(m) for m in model_ids)])
             await ensure_topics(common, [topics.safety_flagged, topics.dead_letter], partitions=1)
             broker = new_broker(common, SERVICE, provider, metrics)
-            reviews = ReviewStore(pool)
-            register(
-                SafetyDeps(
-                    settings=settings,
-                    common=common,
-                    broker=broker,
-                    model_by_topic=by_topic,
-                    screener=screener,
-                    policies=PolicyStore(pool),
-                    reviews=reviews,
-                    tracer=provider.get_tracer(__name__),
-                )
-            )
+            reviews = ReviewStore(pool, settings.default_retention_days)
+            policies = PolicyStore(pool)
 
             async def send(message: Message, topic: str, request_id: str) -> None:
                 await publish_message(broker, message, topic, key=request_id, request_id=request_id)
 
+            guard = None
+            if settings.guard_model:
+                if settings.guard_model not in model_ids:
+                    await ensure_topics(common, [topics.screened(settings.guard_model)])
+                guard = GuardCheck(
+                    common,
+                    settings.guard_model,
+                    settings.instance_id,
+                    lambda m, t: send(m, t, m.request_id),
+                    settings.guard_timeout_s,
+                    settings.guard_max_tokens,
+                )
+            deps = SafetyDeps(
+                settings=settings,
+                common=common,
+                broker=broker,
+                model_by_topic=by_topic,
+                screener=screener,
+                policies=policies,
+                reviews=reviews,
+                tracer=provider.get_tracer(__name__),
+                metrics=safety_metrics,
+                guard=guard,
+            )
+            register(deps)
             app.state.review = ReviewDeps(
                 settings, UserStore(pool, settings.session_hours), reviews, send, topics.screened
             )
             app.state.broker = broker
+            stage = StageConsumer(
+                common.kafka_bootstrap,
+                list(by_topic),
+                settings.group_id,
+                settings.max_batch_size,
+                lambda records: screen_prompts(deps, records),
+            )
+            app.state.stage, app.state.guard = stage, guard
+            sweeper = Sweeper(reviews, policies, send, topics.screened, safety_metrics)
             await broker.start()
-            logger.info("screening prompts of %s", model_ids)
+            if guard is not None:
+                await guard.start()
+            await stage.start()
+            sweeping = asyncio.create_task(sweeper.run(settings.sweep_interval_s), name="review-sweeps")
+            logger.info("screening prompts of %s (guard model: %s)", model_ids, settings.guard_model or "off")
             try:
                 yield
             finally:
+                sweeping.cancel()
+                await asyncio.gather(sweeping, return_exceptions=True)
+                await stage.stop()
+                if guard is not None:
+                    await guard.stop()
                 await broker.stop()
         finally:
-            await http.aclose()
             await pool.close()
             provider.shutdown()
 
@@ -107,7 +145,9 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
 
     @app.get("/health", include_in_schema=False)
     async def health() -> Response:
-        ok = await app.state.broker.ping(timeout=5.0)
+        guard = app.state.guard
+        running = app.state.stage.running and (guard is None or guard.running)
+        ok = running and await app.state.broker.ping(timeout=5.0)
         return Response(status_code=204 if ok else 503)
 
     @app.get("/metrics", include_in_schema=False)
@@ -118,6 +158,7 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
     async def root() -> RedirectResponse:
         return RedirectResponse("/review/")
 
+    app.state.metrics = metrics
     return app
 
 

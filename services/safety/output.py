@@ -114,6 +114,7 @@ class RequestOutputScreen:
             reply_topic=self.request.reply_topic,
             held_completion=completion,
             held_delta=held_delta,
+            retention_days=self.request.retention_days,
         )
 
 
@@ -126,8 +127,12 @@ class OutputGuard:
     flag: Callable[[ContentFlagged], Awaitable[None]]
     window_chars: int = 400
     every_chars: int = 120
+    final_screener: Screener | None = None
+    """Screens each completed output instead of ``screener`` (the embedding model runs here by default)."""
 
     async def start(self, request: CompletionRequested) -> RequestOutputScreen:
         policy = await self.policy_for(request.tenant_id)
-        screen = OutputScreen(self.screener, policy.output, self.window_chars, self.every_chars)
+        screen = OutputScreen(
+            self.screener, policy.output, self.window_chars, self.every_chars, final_screener=self.final_screener
+        )
         return RequestOutputScreen(request, screen, self.flag)

@@ -31,6 +31,11 @@ class Policy(BaseModel):
     prompt: dict[str, CategoryRule] = Field(description="Rules applied to prompts, per category.")
     output: dict[str, CategoryRule] = Field(description="Rules applied to generated outputs, per category.")
     review_minutes: int = Field(60, ge=1, description="Time a reviewer has to decide an escalated item.")
+    on_review_expiry: Literal["withhold", "release"] = Field(
+        "withhold",
+        description="What happens to held content nobody decided by its deadline: withhold (the requester gets "
+        "content_blocked saying why) or release (delivered, as if approved).",
+    )
 
 
 # The default escalates by release-then-review: a false positive must not keep a requester waiting on a person
@@ -88,3 +93,15 @@ def priority(scores: dict[str, float], action: Action) -> int:
     """Review priority, 0 (low) to 100: held items first (someone waits), then by the highest score."""
     top = max(scores.values(), default=0.0)
     return min(100, int(top * 50) + (50 if action == "hold" else 0))
+
+
+def escalate(decision: Decision, action: Action, category: str) -> Decision:
+    """``decision`` raised to at least ``action`` because of ``category`` (e.g. the guard model's fallback)."""
+    flagged = tuple(sorted({*decision.flagged, category}))
+    if action == "allow":
+        return decision
+    if _RANK[action] > _RANK[decision.action]:
+        return Decision(action, (category,), flagged)
+    if action == decision.action:
+        return Decision(action, tuple(sorted({*decision.categories, category})), flagged)
+    return Decision(decision.action, decision.categories, flagged)

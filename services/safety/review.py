@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from services.safety import rules
 from shared.contracts import CompletionFinished, CompletionRequested, GenerationFailed, Message, TokensGenerated
@@ -81,3 +81,36 @@ def deliveries(
         return [Delivery(m, reply=True) for m in (held_delta, held_completion) if m is not None]
     sequence = held_delta.sequence if held_delta is not None else held_completion.sequence
     return [Delivery(blocked_failure(request_id, sequence, stage, labels or categories), reply=True)]
+
+
+Held = tuple[CompletionRequested | None, CompletionFinished | None, TokensGenerated | None]
+
+
+def held_messages(held: dict[str, Any] | None) -> Held:
+    """A review item's stored held content as messages: the held request, or the held final event and delta."""
+    held = held or {}
+    return (
+        CompletionRequested.model_validate(held["request"]) if held.get("request") else None,
+        CompletionFinished.model_validate(held["completion"]) if held.get("completion") else None,
+        TokensGenerated.model_validate(held["delta"]) if held.get("delta") else None,
+    )
+
+
+def expiry_deliveries(stage: str, held: Held, request_id: str, on_expiry: str, categories: list[str]) -> list[Delivery]:
+    """What a held item nobody decided by its deadline sends: delivered as if approved (release), or a
+    content_blocked failure that says the review deadline passed (withhold)."""
+    request, completion, delta = held
+    if request is None and completion is None:
+        return []
+    if on_expiry == "release":
+        return deliveries(stage, request, completion, delta, request_id, "approve", [], categories)
+    what = "prompt" if stage == "prompt" else "output"
+    sequence = 0 if request is not None else (delta.sequence if delta is not None else completion.sequence)  # type: ignore[union-attr]
+    failure = GenerationFailed(
+        request_id=request_id,
+        sequence=sequence,
+        code=CONTENT_BLOCKED,
+        message=f"the {what} was held for human review (category: {', '.join(categories) or 'unspecified'}) and no "
+        "reviewer decided before the review deadline; it is withheld by the content policy",
+    )
+    return [Delivery(failure, reply=True)]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.safety import rules
+from services.safety.cache import ScreeningCache
 from services.safety.policy import CategoryRule, Decision, decide
 
 SNIPPET_CHARS = 300
@@ -51,19 +52,35 @@ def combine(per_classifier: dict[str, dict[str, float]]) -> dict[str, float]:
 
 @dataclass
 class Screener:
-    """Rules plus any number of model classifiers."""
+    """Rules plus any number of model classifiers, with an optional cache of the model classifiers' scores."""
 
     classifiers: Sequence[Classifier] = ()
     async_classifiers: Sequence[AsyncClassifier] = ()
     deny_terms: tuple[str, ...] = ()
+    cache: ScreeningCache | None = None
 
-    async def screen(self, texts: Sequence[str]) -> list[Screening]:
+    async def screen(self, texts: Sequence[str], tenants: Sequence[str | None] | None = None) -> list[Screening]:
+        """``tenants`` (one per text) scopes cached scores per tenant; without it nothing is cached."""
         findings = [rules.find(t, self.deny_terms) for t in texts]
         per_text: list[dict[str, dict[str, float]]] = [{"rules": rules.scores(f)} for f in findings]
-        for classifier in self.classifiers:
-            # off the event loop: a worker's engine shares it, and models release the GIL while they compute
-            for i, s in enumerate(await asyncio.to_thread(classifier.score, texts)):
-                per_text[i][classifier.name] = s
+        if self.classifiers:
+            cache = self.cache if tenants is not None else None
+            keys: list[bytes] = []
+            cached: list[dict[str, dict[str, float]] | None] = [None] * len(texts)
+            if cache is not None and tenants is not None:
+                keys = [cache.key(tenant, t) for tenant, t in zip(tenants, texts, strict=True)]
+                cached = [cache.get(k) for k in keys]
+            todo = [i for i, c in enumerate(cached) if c is None]
+            if todo:
+                # one hop off the event loop for every classifier: a worker's engine shares the loop, and models
+                # release the GIL while they compute
+                scored = await asyncio.to_thread(self._score, [texts[i] for i in todo])
+                for i, by in zip(todo, scored, strict=True):
+                    cached[i] = by
+                    if cache is not None:
+                        cache.put(keys[i], by)
+            for i, by in enumerate(cached):
+                per_text[i] |= by or {}
         for aclassifier in self.async_classifiers:
             for i, s in enumerate(await aclassifier.score(texts)):
                 per_text[i][aclassifier.name] = s
@@ -72,6 +89,13 @@ class Screener:
             redacted = rules.redact(text, found)
             snippet = redacted if len(redacted) <= SNIPPET_CHARS else redacted[:SNIPPET_CHARS] + "…"
             out.append(Screening(combine(by), by, snippet, redacted))
+        return out
+
+    def _score(self, texts: list[str]) -> list[dict[str, dict[str, float]]]:
+        out: list[dict[str, dict[str, float]]] = [{} for _ in texts]
+        for classifier in self.classifiers:
+            for i, s in enumerate(classifier.score(texts)):
+                out[i][classifier.name] = s
         return out
 
 
@@ -94,6 +118,8 @@ class OutputScreen:
     rules: dict[str, CategoryRule]
     window_chars: int = 400
     every_chars: int = 120
+    final_screener: Screener | None = None
+    """Screens the whole output at the end instead of ``screener`` (e.g. with the embedding model added)."""
     text: str = ""
     checked_at: int = 0
     flagged: list[tuple[Decision, Screening]] = field(default_factory=list)
@@ -107,10 +133,10 @@ class OutputScreen:
 
     async def finish(self) -> tuple[Decision, Screening] | None:
         """Screens the whole output once generation ended."""
-        return await self._check(self.text)
+        return await self._check(self.text, self.final_screener or self.screener)
 
-    async def _check(self, text: str) -> tuple[Decision, Screening] | None:
-        (screening,) = await self.screener.screen([text])
+    async def _check(self, text: str, screener: Screener | None = None) -> tuple[Decision, Screening] | None:
+        (screening,) = await (screener or self.screener).screen([text])
         decision = decide(screening.scores, self.rules)
         if decision.action in ("block", "hold"):
             return decision, screening

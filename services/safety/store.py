@@ -112,8 +112,8 @@ class UserStore:
 
 
 class ReviewStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, pool: asyncpg.Pool, default_retention_days: int = 30) -> None:
+        self._pool, self._default_retention = pool, timedelta(days=default_retention_days)
 
     async def add(self, flagged: ContentFlagged, review_minutes: int) -> int | None:
         """Stores a flagged item once (a redelivery is ignored); returns its id when new."""
@@ -123,11 +123,17 @@ class ReviewStore:
         elif flagged.held_completion is not None:
             delta = flagged.held_delta.model_dump(mode="json") if flagged.held_delta else None
             held = json.dumps({"completion": flagged.held_completion.model_dump(mode="json"), "delta": delta})
+        text, text_expires_at = flagged.text, None
+        if flagged.retention_days == 0:
+            text = None  # the tenant keeps nothing, whatever the producer sent
+        elif text is not None:
+            days = self._default_retention if flagged.retention_days is None else timedelta(days=flagged.retention_days)
+            text_expires_at = flagged.flagged_at + days
         async with self._pool.acquire() as conn, conn.transaction():
             item_id = await conn.fetchval(
                 """INSERT INTO safety_review_items (request_id, tenant_id, model, stage, action, categories, scores,
-                     priority, deadline_at, snippet, text, reply_topic, held)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13::jsonb)
+                     priority, deadline_at, snippet, text, reply_topic, held, text_expires_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13::jsonb, $14)
                    ON CONFLICT (request_id, stage) DO NOTHING RETURNING id""",
                 flagged.request_id,
                 flagged.tenant_id,
@@ -139,9 +145,10 @@ class ReviewStore:
                 priority(flagged.scores, flagged.action if flagged.action != "block" else "release"),
                 flagged.flagged_at + timedelta(minutes=review_minutes),
                 flagged.snippet,
-                flagged.text,
+                text,
                 flagged.reply_topic,
                 held,
+                text_expires_at,
             )
             if item_id is not None:
                 await _audit(conn, item_id, "system", "flagged", {"action": flagged.action})
@@ -152,7 +159,7 @@ class ReviewStore:
         rows = await self._pool.fetch(
             """SELECT id, request_id, tenant_id, model, stage, action, categories, priority, deadline_at, status,
                       claimed_by, created_at, snippet
-               FROM safety_review_items WHERE status <> 'decided'
+               FROM safety_review_items WHERE status IN ('pending', 'claimed')
                ORDER BY priority DESC, created_at ASC LIMIT $1""",
             limit,
         )
@@ -215,6 +222,46 @@ class ReviewStore:
             if outcome:
                 await _audit(conn, item_id, "system", outcome, {})
         return True
+
+    async def expire_overdue(self, act: Act, limit: int = 100) -> int:
+        """Held items nobody decided by their deadline, one transaction each: ``act(item)`` sends what the tenant's
+        policy applies (before the commit, so a failed send leaves the item for the next sweep) and returns what was
+        applied and what happened to the held content. The item is marked expired and its held content erased."""
+        expired = 0
+        async with self._pool.acquire() as conn:
+            while expired < limit:
+                async with conn.transaction():
+                    row = await conn.fetchrow(
+                        """SELECT * FROM safety_review_items
+                           WHERE held IS NOT NULL AND status IN ('pending', 'claimed') AND deadline_at < now()
+                           ORDER BY deadline_at LIMIT 1 FOR UPDATE SKIP LOCKED"""
+                    )
+                    if row is None:
+                        break
+                    item = dict(row) | {"held": json.loads(row["held"])}
+                    applied, outcome = await act(item)
+                    await conn.execute(
+                        """UPDATE safety_review_items SET status = 'expired', expired_at = now(), held = NULL
+                           WHERE id = $1""",
+                        row["id"],
+                    )
+                    deadline = row["deadline_at"].isoformat()
+                    await _audit(conn, row["id"], "system", "expired", {"applied": applied, "deadline": deadline})
+                    if outcome:
+                        await _audit(conn, row["id"], "system", outcome, {"reason": "review deadline passed"})
+                expired += 1
+        return expired
+
+    async def purge_texts(self) -> int:
+        """Erases retained text whose retention ended (scores, labels, the masked snippet and the audit trail stay)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """UPDATE safety_review_items SET text = NULL, text_expires_at = NULL
+                   WHERE text IS NOT NULL AND text_expires_at < now() RETURNING id"""
+            )
+            for row in rows:
+                await _audit(conn, row["id"], "system", "text_purged", {"reason": "retention ended"})
+        return len(rows)
 
     async def decided(self, since: datetime | None = None) -> list[dict[str, Any]]:
         rows = await self._pool.fetch(

@@ -1,7 +1,12 @@
 """HTTP edge of the review UI (server-rendered): sign-in, queue, claim, decide, audit trail, user administration.
 
-Sessions are random tokens in an HttpOnly, SameSite=Strict cookie (so other sites cannot post forms with it); only
-their hash is stored. Unauthenticated requests get 401 with the sign-in form, wrong roles 403."""
+Sessions are random tokens in an HttpOnly, SameSite=Strict cookie; only their hash is stored. Unauthenticated requests
+get 401 with the sign-in form, wrong roles 403.
+
+Every form post carries a CSRF token, and a post without the right one is refused with 403 (SameSite=Strict alone
+leaves older browsers and same-site pages open): signed-in forms carry a token derived from the session cookie
+(``auth.session_csrf``); the sign-in form, before any session exists, a random token that must match a second
+HttpOnly cookie set with the form (double submit)."""
 
 from __future__ import annotations
 
@@ -16,15 +21,18 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from services.safety.auth import csrf_matches, new_session_token, session_csrf
 from services.safety.config import SafetySettings
 from services.safety.labels import CATEGORIES
-from services.safety.review import Verdict, deliveries, label_of, releases, visible_text
+from services.safety.review import Verdict, deliveries, held_messages, label_of, releases, visible_text
 from services.safety.store import ReviewStore, User, UserStore
-from shared.contracts import CompletionFinished, CompletionRequested, Message, TokensGenerated
+from shared.contracts import Message
 
 logger = logging.getLogger(__name__)
 
 COOKIE = "ferry_review_session"
+CSRF_COOKIE = "ferry_review_csrf"
+CSRF_FIELD = "csrf_token"
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 
 # (message, topic): sends a decision's message (to the screened topic of a held prompt's model, or a reply topic)
@@ -46,6 +54,10 @@ class NotSignedIn(Exception):
 
 
 class Forbidden(Exception):
+    pass
+
+
+class CsrfRefused(Exception):
     pass
 
 
@@ -75,17 +87,54 @@ async def admin_user(user: UserDep) -> User:
 
 AdminDep = Annotated[User, Depends(admin_user)]
 
+
+async def signed_in_csrf(request: Request, user: UserDep, csrf_token: Annotated[str, Form()] = "") -> User:
+    """The signed-in user, when the post carries their session's CSRF token."""
+    if not csrf_matches(csrf_token, session_csrf(request.cookies.get(COOKIE, ""))):
+        raise CsrfRefused()
+    return user
+
+
+async def sign_in_csrf(request: Request, csrf_token: Annotated[str, Form()] = "") -> None:
+    if not csrf_matches(csrf_token, request.cookies.get(CSRF_COOKIE)):
+        raise CsrfRefused()
+
+
+PostingUserDep = Annotated[User, Depends(signed_in_csrf)]
+
 router = APIRouter(prefix="/review")
 
 
 def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=status)
+    """A rendered page whose forms carry the CSRF token: the session's when signed in, else the sign-in form's (a new
+    one, with its cookie, when the browser has none)."""
+    session = request.cookies.get(COOKIE)
+    fresh = None
+    if context.get("user") is not None and session:
+        csrf = session_csrf(session)
+    else:
+        csrf = request.cookies.get(CSRF_COOKIE) or ""
+        if not csrf:
+            csrf = fresh = new_session_token()
+    response = templates.TemplateResponse(request, name, context | {"csrf": csrf}, status_code=status)
+    if fresh:
+        secure = request.app.state.review.settings.secure_cookies
+        response.set_cookie(CSRF_COOKIE, fresh, httponly=True, samesite="strict", secure=secure, path="/review")
+    return response
 
 
 def install_error_pages(app: Any) -> None:
     @app.exception_handler(NotSignedIn)
     async def _not_signed_in(request: Request, exc: NotSignedIn) -> HTMLResponse:
         return page(request, "login.html", 401, user=None, next=exc.next_url, error="Please sign in.")
+
+    @app.exception_handler(CsrfRefused)
+    async def _csrf_refused(request: Request, exc: CsrfRefused) -> HTMLResponse:
+        user = await request.app.state.review.users.session_user(request.cookies.get(COOKIE))
+        error = "This form was refused: it carries no valid CSRF token. Reload the page and send it again."
+        if user is None:
+            return page(request, "login.html", 403, user=None, next="/review/", error=error)
+        return page(request, "queue.html", 403, user=user, items=[], error=error)
 
     @app.exception_handler(Forbidden)
     async def _forbidden(request: Request, exc: Forbidden) -> HTMLResponse:
@@ -102,6 +151,7 @@ async def login_form(request: Request, next: str = "/review/") -> HTMLResponse:
 async def login(
     request: Request,
     deps: DepsDep,
+    _csrf: Annotated[None, Depends(sign_in_csrf)],
     username: Annotated[str, Form()],
     password: Annotated[str, Form()],
     next: Annotated[str, Form()] = "/review/",
@@ -124,7 +174,7 @@ async def login(
 
 
 @router.post("/logout")
-async def logout(request: Request, deps: DepsDep) -> RedirectResponse:
+async def logout(request: Request, deps: DepsDep, user: PostingUserDep) -> RedirectResponse:
     token = request.cookies.get(COOKIE)
     if token:
         await deps.users.sign_out(token)
@@ -160,7 +210,7 @@ async def item_page(
 
 
 @router.post("/items/{item_id}/claim")
-async def claim(item_id: int, deps: DepsDep, user: UserDep) -> RedirectResponse:
+async def claim(item_id: int, deps: DepsDep, user: PostingUserDep) -> RedirectResponse:
     ok = await deps.reviews.claim(item_id, user.username)
     flash = "Claimed." if ok else "Someone else holds this item, or it is decided."
     return RedirectResponse(f"/review/items/{item_id}?flash={quote(flash)}", status_code=303)
@@ -170,7 +220,7 @@ async def claim(item_id: int, deps: DepsDep, user: UserDep) -> RedirectResponse:
 async def decide(
     item_id: int,
     deps: DepsDep,
-    user: UserDep,
+    user: PostingUserDep,
     verdict: Annotated[Verdict, Form()],
     note: Annotated[str, Form()] = "",
     labels: Annotated[list[str] | None, Form()] = None,
@@ -179,12 +229,9 @@ async def decide(
 
     async def act(item: dict[str, Any]) -> tuple[list[str], str | None]:
         label = label_of(verdict, chosen, list(item["categories"]))
-        held = item["held"] or {}
         sends = deliveries(
             item["stage"],
-            CompletionRequested.model_validate(held["request"]) if "request" in held else None,
-            CompletionFinished.model_validate(held["completion"]) if "completion" in held else None,
-            TokensGenerated.model_validate(held["delta"]) if held.get("delta") else None,
+            *held_messages(item["held"]),
             item["request_id"],
             verdict,
             label,
@@ -211,6 +258,7 @@ async def admin_page(request: Request, deps: DepsDep, user: AdminDep, flash: str
 async def add_user(
     deps: DepsDep,
     user: AdminDep,
+    _posting: PostingUserDep,
     username: Annotated[str, Form(min_length=1, max_length=64)],
     password: Annotated[str, Form(min_length=8)],
     role: Annotated[str, Form(pattern="^(reviewer|admin)$")],

@@ -4,7 +4,8 @@
     ...
     await serve_request(engine, request, publish_reply, coalesce_ms, guard)
 
-It loads the classifiers (about ten seconds with the embedding model), reads tenant policies from PostgreSQL, and
+It loads the classifiers (a few seconds for the embedding model, which by default screens each completed output once;
+``FERRY_SAFETY_OUTPUT_EMBEDDING=true`` adds it to the sliding windows too), reads tenant policies from PostgreSQL, and
 publishes flagged outputs to ``<prefix>safety.flagged`` for the review queue.
 """
 
@@ -30,22 +31,28 @@ async def build_output_guard(
     settings = settings or SafetySettings()
     if not settings.output_screening:
         return None
-    classifiers: list[Classifier] = []
-    if settings.output_embedding:
+    window: list[Classifier] = []
+    final: list[Classifier] = []
+    if settings.output_embedding or settings.output_embedding_final:
         from services.safety.classifiers import EmbeddingClassifier, load_embedder
 
-        embedder = await asyncio.to_thread(load_embedder, None)
-        classifiers.append(await asyncio.to_thread(EmbeddingClassifier.trained, embedder))
+        embedder = await asyncio.to_thread(load_embedder, None, settings.embedding_int8)
+        embedding = await asyncio.to_thread(EmbeddingClassifier.trained, embedder)
+        final.append(embedding)
+        if settings.output_embedding:
+            window.append(embedding)
     policies = PolicyStore(pool)
     topic = common.topics.safety_flagged
 
     async def flag(flagged: ContentFlagged) -> None:
         await publish_message(broker, flagged, topic, key=flagged.request_id, request_id=flagged.request_id)
 
+    deny = tuple(settings.deny_terms)
     return OutputGuard(
-        Screener(classifiers, (), tuple(settings.deny_terms)),
+        Screener(window, (), deny),
         policies.get,
         flag,
         settings.output_window_chars,
         settings.output_every_chars,
+        final_screener=Screener(final, (), deny) if final != window else None,
     )

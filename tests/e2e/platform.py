@@ -221,7 +221,14 @@ def start_platform(
         for m, port in ((m, free_port()) for m in models)
     ]
     safety_port = free_port()
-    services.append(Service("safety", "services.safety.main", safety_port, {"FERRY_SAFETY_PORT": str(safety_port)}))
+    safety_env = {
+        "FERRY_SAFETY_PORT": str(safety_port),
+        # the guard-model check, through the platform's own request path, for one test tenant only (test_safety.py)
+        "FERRY_SAFETY_GUARD_MODEL": TINY_MODEL,
+        "FERRY_SAFETY_GUARD_TENANTS": '["guard-e2e"]',
+        "FERRY_SAFETY_GUARD_TIMEOUT_S": "30",
+    }
+    services.append(Service("safety", "services.safety.main", safety_port, safety_env))
     batcher_port = free_port()
     services.append(
         Service("batcher", "services.batcher.main", batcher_port, {"FERRY_BATCHER_PORT": str(batcher_port)})

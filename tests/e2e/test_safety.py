@@ -106,6 +106,12 @@ async def produce(platform: Platform, producer: AIOKafkaProducer, reply_topic: s
     return request_id
 
 
+def csrf_in(page: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, "the page's form carries no CSRF token"
+    return match.group(1)
+
+
 async def wait_for_item(platform: Platform, request_id: str, seconds: float = 30) -> int:
     conn = await asyncpg.connect(platform.common.postgres_dsn)
     try:
@@ -141,14 +147,17 @@ async def test_held_prompt_waits_for_a_reviewer_and_a_rejection_tells_the_reques
         await read_until_final(consumer, request_id, seconds=2)
 
     async with httpx.AsyncClient(base_url=platform.url("safety")) as web:
-        assert (await web.get(f"/review/items/{item_id}")).status_code == 401
-        signed_in = await web.post("/review/login", data={"username": "rita", "password": "reviewer-pass-1"})
+        refused = await web.get(f"/review/items/{item_id}")
+        assert refused.status_code == 401
+        credentials = {"username": "rita", "password": "reviewer-pass-1", "csrf_token": csrf_in(refused.text)}
+        signed_in = await web.post("/review/login", data=credentials)
         assert signed_in.status_code == 303
         page = (await web.get(f"/review/items/{item_id}")).text
         assert "[EMAIL]" in page and "jane@example.com" not in page  # no retained text: masked snippet only
         assert (await web.get("/review/admin")).status_code == 403
-        await web.post(f"/review/items/{item_id}/claim")
-        await web.post(f"/review/items/{item_id}/decide", data={"verdict": "reject", "note": "not allowed"})
+        token = {"csrf_token": csrf_in(page)}
+        await web.post(f"/review/items/{item_id}/claim", data=token)
+        await web.post(f"/review/items/{item_id}/decide", data={"verdict": "reject", "note": "not allowed"} | token)
         page = (await web.get(f"/review/items/{item_id}")).text
         assert re.search(r"decided.*reject", page, re.S) and "withheld" in page
 
@@ -199,3 +208,51 @@ async def test_output_screening_stops_a_stream_that_produces_what_the_tenant_blo
     assert events[-1]["code"] == "content_blocked" and "output" in events[-1]["message"]
     assert "pii" in events[-1]["message"]
     assert not any(e["event"] == "completion_finished" for e in events)
+
+
+GUARD_TENANT = "guard-e2e"  # the one tenant the session's safety service asks the guard model about (platform.py)
+
+
+def guard_checks(platform: Platform) -> dict[tuple[str, str], float]:
+    """ferry_safety_guard_checks_total per (outcome, fallback), from the safety service's /metrics."""
+    found = {}
+    for line in httpx.get(f"{platform.url('safety')}/metrics", timeout=5).text.splitlines():
+        if line.startswith("ferry_safety_guard_checks_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            found[(labels["outcome"], labels["fallback"])] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+async def test_guard_model_served_by_the_platform_is_asked_and_its_verdict_or_fallback_is_recorded(
+    platform: Platform, kafka_client: tuple[AIOKafkaProducer, AIOKafkaConsumer, str]
+) -> None:
+    """The guard here is the tiny random model, so its answer is noise: this proves the round trip (the safety service
+    asked a model served by ferry, through ferry's own Kafka request path, and an answer came back in time), that the
+    answer was read or the configured fallback applied, and that both are counted and acted on. It says nothing about
+    how well a guard model judges."""
+    producer, consumer, reply_topic = kafka_client
+    before = guard_checks(platform)
+    request_id = await produce(
+        platform, producer, reply_topic, "What is the capital of France?", tenant_id=GUARD_TENANT
+    )
+    events = await read_until_final(consumer, request_id, seconds=90)
+    after = guard_checks(platform)
+    changed = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert list(changed.values()) == [1.0], changed  # exactly one check: the guard's own question is not screened
+    ((outcome, fallback),) = changed
+    assert outcome in ("safe", "unsafe", "unreadable"), outcome  # an answer came back, neither late nor failed
+    assert f"request {request_id} guard model: {outcome}" in platform.log("safety")
+    if outcome == "unreadable":  # what random tokens almost always give: the configured fallback, release-then-review
+        assert fallback == "release"
+        assert events[-1]["event"] == "completion_finished"
+        item_id = await wait_for_item(platform, request_id)
+        conn = await asyncpg.connect(platform.common.postgres_dsn)
+        try:
+            categories = await conn.fetchval("SELECT categories FROM safety_review_items WHERE id = $1", item_id)
+        finally:
+            await conn.close()
+        assert "guard_unverified" in categories
+    elif outcome == "safe":
+        assert fallback == "none" and events[-1]["event"] == "completion_finished"
+    else:  # unsafe: the named category scores 1.0, which the default policy blocks
+        assert fallback == "none" and events[-1]["code"] == "content_blocked"

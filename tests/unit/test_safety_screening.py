@@ -110,7 +110,10 @@ def test_prompt_text_skips_assistant_turns() -> None:
 def test_guard_answer_parsing() -> None:
     assert parse_guard_answer("unsafe: violence, Self-Harm") == {"violence": 1.0, "self_harm": 1.0}
     assert parse_guard_answer("safe") == {}
-    assert parse_guard_answer("I cannot tell") == {}
+    assert parse_guard_answer("unsafe\nS1,S10") == {"violence": 1.0, "hate": 1.0}  # Llama Guard 3's format
+    assert parse_guard_answer("I cannot tell") is None  # unreadable: the caller's fallback applies
+    assert parse_guard_answer("unsafe: S7") is None  # a hazard with no category of ours
+    assert parse_guard_answer("") is None
 
 
 def test_labeled_set_has_sources_every_category_and_a_stable_held_out_split() -> None:

@@ -1,0 +1,225 @@
+"""The review queue against the real PostgreSQL and Kafka: CSRF protection of the review UI's forms (over HTTP), the
+sweep that expires held items past their deadline (the requester is told through Kafka), and the purge of retained
+text at the end of its retention. Each test uses a database and topics of its own."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.safety.config import SafetySettings
+from services.safety.metrics import SafetyMetrics
+from services.safety.policy import DEFAULT_POLICY
+from services.safety.store import PolicyStore, ReviewStore, UserStore
+from services.safety.sweeps import Sweeper
+from services.safety.web import ReviewDeps, install_error_pages, router
+from shared.contracts import ChatMessage, CompletionRequested, ContentFlagged, Message, reply_event_adapter, utc_now
+from shared.db import connect_pool, migrate
+from shared.kafka import ensure_topics
+from shared.settings import CommonSettings
+
+
+@dataclass
+class Queue:
+    pool: asyncpg.Pool
+    common: CommonSettings
+    reviews: ReviewStore
+    policies: PolicyStore
+    users: UserStore
+    producer: AIOKafkaProducer
+    reply_topic: str
+
+    async def send(self, message: Message, topic: str, request_id: str) -> None:
+        await self.producer.send_and_wait(topic, message.model_dump_json().encode(), key=request_id.encode())
+
+    def sweeper(self) -> Sweeper:
+        return Sweeper(
+            self.reviews, self.policies, self.send, self.common.topics.screened, SafetyMetrics(CollectorRegistry())
+        )
+
+    async def read(self, topic: str, request_id: str, seconds: float = 10) -> list[bytes]:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=self.common.kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            polled = await consumer.getmany(timeout_ms=int(seconds * 1000))
+            return [r.value for rs in polled.values() for r in rs if r.key == request_id.encode()]
+        finally:
+            await consumer.stop()
+
+
+@pytest.fixture
+async def queue() -> AsyncIterator[Queue]:
+    run = uuid.uuid4().hex[:8]
+    base = CommonSettings()
+    database = f"ferry_test_safety_{run}"
+    admin_conn = await asyncpg.connect(base.postgres_dsn)
+    await admin_conn.execute(f'CREATE DATABASE "{database}"')
+    common = CommonSettings(
+        topic_prefix=f"ferrytest-s{run}.",
+        postgres_dsn=base.postgres_dsn.rsplit("/", 1)[0] + "/" + database,
+        otel_exporter="none",
+    )
+    reply_topic = common.topics.replies("safety-it")
+    await ensure_topics(common, [reply_topic, common.topics.screened("m")], partitions=1)
+    pool = await connect_pool(common.postgres_dsn)
+    producer = AIOKafkaProducer(bootstrap_servers=common.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await migrate(pool)
+        yield Queue(pool, common, ReviewStore(pool), PolicyStore(pool), UserStore(pool), producer, reply_topic)
+    finally:
+        await producer.stop()
+        await pool.close()
+        await admin_conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin_conn.close()
+        admin = AIOKafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(common.topic_prefix)])
+        finally:
+            await admin.close()
+
+
+def flagged(
+    queue: Queue, action: str = "hold", ago: timedelta = timedelta(0), tenant: str = "acme", **extra: object
+) -> ContentFlagged:
+    request_id = f"r-{uuid.uuid4().hex[:8]}"
+    request = CompletionRequested(
+        request_id=request_id,
+        model="m",
+        messages=[ChatMessage(role="user", content="mail jane@example.com")],
+        reply_topic=queue.reply_topic,
+        tenant_id=tenant,
+    )
+    return ContentFlagged(
+        request_id=request_id,
+        tenant_id=tenant,
+        model="m",
+        stage="prompt",
+        action=action,  # type: ignore[arg-type]
+        categories=["pii"],
+        scores={"pii": 1.0},
+        snippet="mail [EMAIL]",
+        reply_topic=queue.reply_topic,
+        held_request=request if action == "hold" else None,
+        flagged_at=utc_now() - ago,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def status_of(queue: Queue, item_id: int) -> str:
+    return str(await queue.pool.fetchval("SELECT status FROM safety_review_items WHERE id = $1", item_id))
+
+
+def csrf_in(page: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, "the page's form carries no CSRF token"
+    return match.group(1)
+
+
+async def test_review_ui_refuses_form_posts_without_the_csrf_token(queue: Queue) -> None:
+    await queue.users.add("rita", "reviewer-pass-1", "reviewer", False, actor="test")
+    item_id = await queue.reviews.add(flagged(queue), review_minutes=60)
+    assert item_id is not None
+    app = FastAPI()
+    app.include_router(router)
+    install_error_pages(app)
+    app.state.review = ReviewDeps(
+        SafetySettings(), queue.users, queue.reviews, queue.send, queue.common.topics.screened
+    )
+    credentials = {"username": "rita", "password": "reviewer-pass-1"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://review.test") as web:
+        login_page = (await web.get("/review/login")).text
+        assert (await web.post("/review/login", data=credentials)).status_code == 403  # no token
+        refused = await web.post("/review/login", data=credentials | {"csrf_token": "forged"})
+        assert refused.status_code == 403 and "CSRF" in refused.text
+        signed_in = await web.post("/review/login", data=credentials | {"csrf_token": csrf_in(login_page)})
+        assert signed_in.status_code == 303
+
+        # signed in: a cross-site form post carries the session cookie but cannot know the token
+        assert (await web.post(f"/review/items/{item_id}/claim")).status_code == 403
+        assert (await web.post(f"/review/items/{item_id}/claim", data={"csrf_token": "forged"})).status_code == 403
+        assert await status_of(queue, item_id) == "pending"
+        token = csrf_in((await web.get(f"/review/items/{item_id}")).text)
+        assert csrf_in(login_page) != token  # the session's token, not the sign-in form's
+        assert (await web.post(f"/review/items/{item_id}/claim", data={"csrf_token": token})).status_code == 303
+        assert await status_of(queue, item_id) == "claimed"
+        decided = await web.post(f"/review/items/{item_id}/decide", data={"verdict": "reject"})
+        assert decided.status_code == 403 and await status_of(queue, item_id) == "claimed"
+        assert (await web.post("/review/logout")).status_code == 403
+        assert (await web.get("/review/")).status_code == 200  # still signed in
+
+
+async def test_held_item_past_its_deadline_is_withheld_with_the_reason_and_marked_expired(queue: Queue) -> None:
+    overdue = flagged(queue, ago=timedelta(minutes=61))
+    on_time = flagged(queue)
+    released_then_reviewed = flagged(queue, action="release", ago=timedelta(minutes=61))
+    ids = [await queue.reviews.add(f, review_minutes=60) for f in (overdue, on_time, released_then_reviewed)]
+    assert None not in ids
+
+    assert await queue.sweeper().sweep() == (1, 0)
+
+    assert [await status_of(queue, i) for i in ids] == ["expired", "pending", "pending"]  # type: ignore[arg-type]
+    (reply,) = await queue.read(queue.reply_topic, overdue.request_id)
+    event = reply_event_adapter.validate_json(reply)
+    assert event.event == "generation_failed" and event.code == "content_blocked"
+    assert "review deadline" in event.message
+    audit = [(a["actor"], a["action"], a["detail"]) for a in await queue.reviews.audit(ids[0])]
+    assert ("system", "expired", {"applied": "withhold", "deadline": audit[1][2]["deadline"]}) in audit
+    assert ("system", "withheld", {"reason": "review deadline passed"}) in audit
+    assert await queue.pool.fetchval("SELECT held FROM safety_review_items WHERE id = $1", ids[0]) is None
+    assert ids[0] not in [i["id"] for i in await queue.reviews.queue()]
+    assert await queue.sweeper().sweep() == (0, 0)  # done once
+
+
+async def test_tenant_policy_can_release_held_items_at_their_deadline(queue: Queue) -> None:
+    await queue.policies.put("lenient", DEFAULT_POLICY.model_copy(update={"on_review_expiry": "release"}))
+    overdue = flagged(queue, ago=timedelta(minutes=61), tenant="lenient")
+    item_id = await queue.reviews.add(overdue, review_minutes=60)
+    assert item_id is not None
+
+    assert await queue.sweeper().sweep() == (1, 0)
+
+    (forwarded,) = await queue.read(queue.common.topics.screened("m"), overdue.request_id)
+    assert CompletionRequested.model_validate_json(forwarded).request_id == overdue.request_id
+    assert await queue.read(queue.reply_topic, overdue.request_id, seconds=1) == []
+    actions = [a["action"] for a in await queue.reviews.audit(item_id)]
+    assert actions == ["flagged", "expired", "released"]
+
+
+async def test_retained_text_is_erased_when_its_retention_ends(queue: Queue) -> None:
+    old = flagged(queue, action="release", ago=timedelta(days=2), text="mail jane@example.com", retention_days=1)
+    recent = flagged(queue, action="release", text="mail jane@example.com", retention_days=1)
+    unstated = flagged(queue, action="release", ago=timedelta(days=2), text="mail jane@example.com")
+    nothing_kept = flagged(queue, action="release", text="mail jane@example.com", retention_days=0)
+    ids = [await queue.reviews.add(f, review_minutes=60 * 24 * 7) for f in (old, recent, unstated, nothing_kept)]
+
+    assert await queue.sweeper().sweep() == (0, 1)
+
+    rows = {
+        r["id"]: r
+        for r in await queue.pool.fetch(
+            "SELECT id, text, snippet, scores, text_expires_at FROM safety_review_items WHERE id = ANY($1)", ids
+        )
+    }
+    assert rows[ids[0]]["text"] is None and rows[ids[0]]["snippet"] == "mail [EMAIL]"  # scores and snippet stay
+    assert rows[ids[0]]["scores"] is not None
+    assert rows[ids[1]]["text"] == "mail jane@example.com"
+    assert rows[ids[2]]["text"] == "mail jane@example.com"  # without retention_days: the 30-day default
+    assert rows[ids[2]]["text_expires_at"] > utc_now() + timedelta(days=27)
+    assert rows[ids[3]]["text"] is None  # retention 0: never stored
+    assert [a["action"] for a in await queue.reviews.audit(ids[0])] == ["flagged", "text_purged"]
+    assert await queue.sweeper().sweep() == (0, 0)
