@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.worker.caching import TierPlan, TierPolicy, hourly_rate, plan_tiers
+from services.worker.caching import Tier, TierPlan, TierPolicy, hourly_rate, plan_tiers
 
 
 def _hour(at: datetime) -> datetime:
@@ -55,3 +55,8 @@ class ModelCatalog:
             [(p.model, p.tier, p.requests_per_hour, p.replicas, now) for p in plans],
         )
         return plans
+
+    async def tiers(self) -> dict[str, Tier]:
+        """The latest computed tier of each model (a model never computed has no entry: treat it as cold)."""
+        rows = await self._pool.fetch("SELECT model_id, tier FROM model_tiers")
+        return {r["model_id"]: r["tier"] for r in rows}
