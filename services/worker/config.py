@@ -65,6 +65,11 @@ class WorkerSettings(BaseSettings):
         description="Variant of the model to load (fp32, fp16, int8, ...; see services/worker/variants.py); unset: "
         "float32 on CPU, vLLM's choice on GPU.",
     )
+    variants: list[str] = Field(
+        default_factory=list,
+        description='Other variants (a JSON list, e.g. ["int8"]) this worker may load on demand for a request or a '
+        "preload that asks for one; each loaded variant is an engine of its own within the memory budget.",
+    )
     demand_flush_s: float = Field(30.0, gt=0, description="Seconds between writes of served-request counts.")
     tier_hot_above: float = Field(1000, ge=0, description="Requests per hour above which a model is hot.")
     tier_warm_above: float = Field(100, ge=0, description="Requests per hour above which a model is warm (else cold).")

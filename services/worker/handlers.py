@@ -35,7 +35,7 @@ from services.worker.generation import RequestControl, StopReason, serve_request
 from services.worker.hosting import ModelHost, ModelUnavailable
 from services.worker.metrics import WorkerMetrics
 from services.worker.offsets import OffsetTracker, RecentIds
-from services.worker.variants import VariantUnavailable, serving_variant
+from services.worker.variants import VariantUnavailable
 from shared.contracts import (
     BatchFormed,
     CompletionFinished,
@@ -75,6 +75,7 @@ class Flight:
     task: asyncio.Task[None]
     control: RequestControl
     model: str
+    variant: str | None = None  # known once the request is accepted
 
 
 @dataclass
@@ -142,13 +143,16 @@ def register(deps: WorkerDeps) -> None:
     async def run(request: CompletionRequested, control: RequestControl) -> None:
         attributes = {"ferry.request_id": request.request_id, "ferry.model": request.model}
         done = acquired = False
+        variant: str | None = None
         with deps.tracer.start_as_current_span(
             "ferry.worker.generate", context=context_from(request.trace_context), attributes=attributes
         ):
             try:
-                engine = await _acquire(deps, request)
+                variant = deps.host.variant_for(request.variant, request.variant_fallback)
+                if (flight := deps.in_flight.get(request.request_id)) is not None:
+                    flight.variant = variant
+                engine = await _acquire(deps, request, variant)
                 acquired = True
-                serving_variant(request.variant, request.variant_fallback, engine.variant, engine.on_cpu)
                 done = await serve_request(
                     engine, request, publish_reply, settings.coalesce_ms, control, deps.output_guard
                 )
@@ -173,7 +177,7 @@ def register(deps: WorkerDeps) -> None:
             finally:
                 deps.in_flight.pop(request.request_id, None)
                 if acquired:
-                    deps.host.release(request.model)
+                    deps.host.release(request.model, variant)
                 if control.stop_requested_at is not None and control.ended_at is not None:
                     deps.metrics.stop_to_abort(request.model, max(0.0, control.ended_at - control.stop_requested_at))
         if done:
@@ -275,24 +279,24 @@ def register(deps: WorkerDeps) -> None:
         if command.worker_id not in (None, deps.worker_id) or deps.draining:
             return
         if isinstance(command, ModelPreloadRequested):
-            if deps.host.preload(command.model):
+            if deps.host.preload(command.model, command.variant):
                 logger.info("preload of %s (%s)", command.model, command.reason or "no reason given")
             else:
-                logger.info("preload of %s ignored: not hosted here", command.model)
+                logger.info("preload of %s (%s) ignored: not hosted here", command.model, command.variant or "default")
         elif await deps.host.evict(command.model, "requested"):
             logger.info("eviction of %s (%s)", command.model, command.reason or "no reason given")
 
 
-async def _acquire(deps: WorkerDeps, request: CompletionRequested) -> Engine:
+async def _acquire(deps: WorkerDeps, request: CompletionRequested, variant: str) -> Engine:
     """The request's engine: at once when its model is loaded, else once it is (up to the request's deadline)."""
     if request.deadline_at is None:
-        return await deps.host.acquire(request.model)
+        return await deps.host.acquire(request.model, variant)
     async with asyncio.timeout(max(0.0, (request.deadline_at - utc_now()).total_seconds())):
-        return await deps.host.acquire(request.model)
+        return await deps.host.acquire(request.model, variant)
 
 
 async def _abort(deps: WorkerDeps, flight: Flight) -> None:
-    engine = deps.host.engine(flight.model)
+    engine = deps.host.engine(flight.model, flight.variant)
     if engine is not None:  # else it still waits for its model: it sees its stop before generating
         await engine.abort(flight.task.get_name())
 
@@ -362,7 +366,7 @@ def status_report(deps: WorkerDeps) -> WorkerStatusReported:
     engines = deps.host.engines()
     capacity = sum(e.kv_capacity_tokens() for e in engines)
     free = sum(e.free_tokens() for e in engines)
-    loading = sum(1 for f in deps.in_flight.values() if deps.host.engine(f.model) is None)
+    loading = sum(1 for f in deps.in_flight.values() if deps.host.engine(f.model, f.variant) is None)
     return WorkerStatusReported(
         worker_id=deps.worker_id,
         models=deps.host.report(),

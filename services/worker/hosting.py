@@ -7,6 +7,7 @@ time. Each model counts the requests that found it loaded and those that waited 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from typing import Literal, Protocol
 from services.worker.caching import DoesNotFit, Resident, Tier, evictions_to_fit
 from services.worker.engine import Engine, EngineConfig, GiB
 from services.worker.metrics import WorkerMetrics
-from services.worker.variants import VARIANTS
+from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS, choose_variant
 from shared.contracts import LoadedModel, utc_now
 from shared.registry import ModelRecord
 
@@ -44,11 +45,11 @@ def estimate_memory_bytes(path: Path, dtype: str, quantization: str | None, kv_c
 
 
 class Loader(Protocol):
-    """Turns a registry record into a running engine, and says how much memory it will take."""
+    """Turns a registry record into a running engine of one variant, and says how much memory it will take."""
 
-    async def footprint(self, record: ModelRecord) -> int: ...
+    async def footprint(self, record: ModelRecord, variant: str) -> int: ...
 
-    async def start(self, record: ModelRecord) -> Engine: ...
+    async def start(self, record: ModelRecord, variant: str) -> Engine: ...
 
 
 @dataclass
@@ -58,37 +59,41 @@ class VllmLoader:
     models_dir: Path
     kv_cache_gib: float
     max_num_seqs: int
-    variant: str | None
     ensure_model: Callable[[str, str, Path], Path]
+    implicit_variant: str | None = None  # a variant that stands for vLLM's own choice (FERRY_WORKER_VARIANT unset)
 
     async def _path(self, record: ModelRecord) -> Path:
         return await asyncio.to_thread(self.ensure_model, record.id, record.source, self.models_dir)
 
-    async def footprint(self, record: ModelRecord) -> int:
-        variant = VARIANTS.get(self.variant or "fp32")
+    async def footprint(self, record: ModelRecord, variant: str) -> int:
+        known = VARIANTS.get(variant)
         path = await self._path(record)
         return estimate_memory_bytes(
             path,
-            variant.dtype if variant else "float32",
-            variant.quantization if variant else None,
+            known.dtype if known else "float32",
+            known.quantization if known else None,
             int(self.kv_cache_gib * GiB),
         )
 
-    async def start(self, record: ModelRecord) -> Engine:
+    async def start(self, record: ModelRecord, variant: str) -> Engine:
         config = EngineConfig(
             model_id=record.id,
             path=await self._path(record),
             max_model_len=record.max_model_len,
             kv_cache_gib=self.kv_cache_gib,
             max_num_seqs=self.max_num_seqs,
-            variant=self.variant,
+            variant=None if variant == self.implicit_variant or variant not in VARIANTS else variant,
         )
         return await Engine.start(config)
+
+
+Key = tuple[str, str]  # (model id, variant): each loaded variant of a model is an engine of its own
 
 
 @dataclass
 class Hosted:
     model_id: str
+    variant: str
     state: Literal["loading", "ready"]
     loaded: asyncio.Future[Engine]
     memory_bytes: int = 0
@@ -96,6 +101,10 @@ class Hosted:
     engine: Engine | None = None
     busy: int = 0  # requests holding it (acquired, not released)
     evict_when_idle: str | None = None  # an eviction asked while it was busy: done on the last release
+
+    @property
+    def name(self) -> str:
+        return f"{self.model_id}:{self.variant}"
 
 
 @dataclass
@@ -113,17 +122,20 @@ class ModelHost:
         tiers: Callable[[], Awaitable[dict[str, Tier]]],
         metrics: WorkerMetrics,
         budget_bytes: int | None = None,
-        default_variant: str = "fp32",
+        default_variant: str = DEFAULT_CPU_VARIANT,
+        variants: list[str] | None = None,
     ) -> None:
         self.allowed = list(dict.fromkeys(allowed))
         self.budget_bytes = budget_bytes
         self.default_variant = default_variant
+        self.variants = list(dict.fromkeys([default_variant, *(variants or [])]))  # what this worker may load
+        self.on_cpu = True  # learnt from the first engine
         self._loader = loader
         self._registry = registry
         self._tiers = tiers
         self._metrics = metrics
-        self._models: dict[str, Hosted] = {}
-        self._hits: dict[str, Hits] = {}
+        self._models: dict[Key, Hosted] = {}
+        self._hits: dict[Key, Hits] = {}
         self._load_lock = asyncio.Lock()
         self._released = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -131,36 +143,43 @@ class ModelHost:
     def hosts(self, model_id: str) -> bool:
         return model_id in self.allowed
 
-    def engine(self, model_id: str) -> Engine | None:
-        """The model's engine if it is loaded and ready."""
-        hosted = self._models.get(model_id)
+    def variant_for(self, wanted: str | None, fallback: bool) -> str:
+        """The variant that serves a request wanting ``wanted``: that one when this worker may load it, else the
+        default when the request allows a fallback; raises VariantUnavailable with the reason otherwise."""
+        return choose_variant(wanted, fallback, self.variants, self.default_variant, self.on_cpu)
+
+    def engine(self, model_id: str, variant: str | None = None) -> Engine | None:
+        """The engine of the model's variant if it is loaded and ready."""
+        hosted = self._models.get((model_id, variant or self.default_variant))
         return hosted.engine if hosted is not None and hosted.state == "ready" else None
 
     def engines(self) -> list[Engine]:
         return [h.engine for h in self._models.values() if h.engine is not None and h.state == "ready"]
 
-    async def acquire(self, model_id: str) -> Engine:
-        """The model's engine for one request, loading it first if needed (the request then counts as having waited
-        for a load). The caller must release it once the request ends. Raises ModelUnavailable."""
-        hosted = self._models.get(model_id)
+    async def acquire(self, model_id: str, variant: str | None = None) -> Engine:
+        """The engine for one request, loading it first if needed (the request then counts as having waited for a
+        load). The caller must release it once the request ends. Raises ModelUnavailable."""
+        key = (model_id, variant or self.default_variant)
+        hosted = self._models.get(key)
         found = hosted is not None and hosted.state == "ready"
-        hits = self._hits.setdefault(model_id, Hits())
+        hits = self._hits.setdefault(key, Hits())
         if found:
             hits.found_loaded += 1
         else:
             hits.waited_for_load += 1
         self._metrics.arrived(model_id, found)
         while True:
-            hosted = self._models.get(model_id) or self._start_loading(model_id)
+            hosted = self._models.get(key) or self._start_loading(key)
             engine = await asyncio.shield(hosted.loaded)
-            if self._models.get(model_id) is hosted:  # not evicted between its load and now
+            if self._models.get(key) is hosted:  # not evicted between its load and now
                 hosted.busy += 1
                 hosted.last_used_at = utc_now()
                 hosted.evict_when_idle = None  # demand came back: keep it
                 return engine
 
-    def release(self, model_id: str) -> None:
-        hosted = self._models.get(model_id)
+    def release(self, model_id: str, variant: str | None = None) -> None:
+        key = (model_id, variant or self.default_variant)
+        hosted = self._models.get(key)
         if hosted is None:
             return
         hosted.busy = max(0, hosted.busy - 1)
@@ -168,71 +187,74 @@ class ModelHost:
         if not hosted.busy:
             self._released.set()
             if hosted.evict_when_idle:
-                self._spawn(self._unload(model_id, hosted.evict_when_idle))
+                self._spawn(self._unload(key, hosted.evict_when_idle))
 
-    async def load(self, model_id: str) -> Engine:
+    async def load(self, model_id: str, variant: str | None = None) -> Engine:
         """Loads the model (if it is not loaded) and waits until it is ready, without counting a request."""
-        hosted = self._models.get(model_id) or self._start_loading(model_id)
+        key = (model_id, variant or self.default_variant)
+        hosted = self._models.get(key) or self._start_loading(key)
         return await asyncio.shield(hosted.loaded)
 
-    def preload(self, model_id: str) -> bool:
-        """Starts loading the model in the background ahead of demand; False if this worker does not host it."""
-        if not self.hosts(model_id):
+    def preload(self, model_id: str, variant: str | None = None) -> bool:
+        """Starts loading the model in the background ahead of demand; False if this worker does not host it or may
+        not load that variant."""
+        key = (model_id, variant or self.default_variant)
+        if not self.hosts(model_id) or key[1] not in self.variants:
             return False
-        if model_id not in self._models:
-            self._start_loading(model_id)
+        if key not in self._models:
+            self._start_loading(key)
         return True
 
     async def evict(self, model_id: str, reason: str = "requested") -> bool:
-        """Unloads the model now, or once its running requests end; False if it is not loaded here."""
-        hosted = self._models.get(model_id)
-        if hosted is None:
-            return False
-        if hosted.state != "ready":
-            await asyncio.shield(hosted.loaded)
-        if hosted.busy:
-            logger.info("%s: eviction (%s) deferred until its %d request(s) end", model_id, reason, hosted.busy)
-            hosted.evict_when_idle = reason
-            return True
-        await self._unload(model_id, reason)
-        return True
+        """Unloads every variant of the model now, or once its running requests end; False if none is loaded here."""
+        keys = [k for k in self._models if k[0] == model_id]
+        for key in keys:
+            hosted = self._models[key]
+            if hosted.state != "ready":
+                with contextlib.suppress(ModelUnavailable):
+                    await asyncio.shield(hosted.loaded)
+            if hosted.busy:
+                logger.info("%s: eviction (%s) deferred until its %d request(s) end", hosted.name, reason, hosted.busy)
+                hosted.evict_when_idle = reason
+            else:
+                await self._unload(key, reason)
+        return bool(keys)
 
     def report(self) -> list[LoadedModel]:
         """What heartbeats carry: each model held, with its state, footprint, last use and hit counts."""
         return [
             LoadedModel(
-                model=model_id,
-                variant=hosted.engine.variant if hosted.engine is not None else self.default_variant,
+                model=hosted.model_id,
+                variant=hosted.engine.variant if hosted.engine is not None else hosted.variant,
                 state=hosted.state,
                 memory_bytes=hosted.memory_bytes,
                 last_used_at=hosted.last_used_at,
-                requests_found_loaded=self._hits.get(model_id, Hits()).found_loaded,
-                requests_waited_for_load=self._hits.get(model_id, Hits()).waited_for_load,
+                requests_found_loaded=self._hits.get(key, Hits()).found_loaded,
+                requests_waited_for_load=self._hits.get(key, Hits()).waited_for_load,
             )
-            for model_id, hosted in self._models.items()
+            for key, hosted in self._models.items()
         ]
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for model_id in list(self._models):
-            hosted = self._models.pop(model_id)
+        for key in list(self._models):
+            hosted = self._models.pop(key)
             if hosted.engine is not None:
                 await hosted.engine.shutdown()
 
     # ---- loading and evicting -------------------------------------------------------------------------------------
 
-    def _start_loading(self, model_id: str) -> Hosted:
+    def _start_loading(self, key: Key) -> Hosted:
+        model_id, variant = key
         if not self.hosts(model_id):
             raise ModelUnavailable(f"this worker does not host {model_id!r} (it hosts {', '.join(self.allowed)})")
         hosted = Hosted(
-            model_id=model_id,
-            state="loading",
-            loaded=asyncio.get_running_loop().create_future(),
+            model_id=model_id, variant=variant, state="loading", loaded=asyncio.get_running_loop().create_future()
         )
         hosted.loaded.add_done_callback(lambda f: f.exception())  # read here, so an unawaited failure is not logged
-        self._models[model_id] = hosted
-        self._spawn(self._load(hosted))
+        self._models[key] = hosted
+        self._spawn(self._load(key, hosted))
         return hosted
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
@@ -240,29 +262,34 @@ class ModelHost:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _load(self, hosted: Hosted) -> None:
-        model_id = hosted.model_id
+    async def _load(self, key: Key, hosted: Hosted) -> None:
+        model_id, variant = key
         try:
             record = await self._registry(model_id)
             if record is None:
                 raise ModelUnavailable(f"model {model_id!r} is not in the registry (or not enabled)")
             async with self._load_lock:
-                hosted.memory_bytes = await self._loader.footprint(record)
-                await self._make_room(model_id, hosted.memory_bytes)
-                logger.info("loading %s (%.0f MiB)", model_id, hosted.memory_bytes / (1 << 20))
-                engine = await self._loader.start(record)
+                hosted.memory_bytes = await self._loader.footprint(record, variant)
+                await self._make_room(key, hosted.memory_bytes)
+                logger.info("loading %s (%s, %.0f MiB)", model_id, variant, hosted.memory_bytes / (1 << 20))
+                engine = await self._loader.start(record, variant)
         except Exception as exc:
-            self._models.pop(model_id, None)
+            self._models.pop(key, None)
             failure = exc if isinstance(exc, ModelUnavailable) else ModelUnavailable(f"{model_id} did not load: {exc}")
-            logger.warning("%s not loaded: %s", model_id, failure)
+            logger.warning("%s not loaded: %s", hosted.name, failure)
             hosted.loaded.set_exception(failure)
             return
         hosted.engine, hosted.state, hosted.last_used_at = engine, "ready", utc_now()
-        self._metrics.watch(model_id, engine.stats, hosted.memory_bytes)
+        self.on_cpu = engine.on_cpu
+        self._metrics.watch(self._label(key), engine.stats, hosted.memory_bytes)
         hosted.loaded.set_result(engine)
-        logger.info("%s ready in %.1f s", model_id, engine.stats.load_seconds)
+        logger.info("%s ready in %.1f s", hosted.name, engine.stats.load_seconds)
 
-    async def _make_room(self, model_id: str, memory_bytes: int) -> None:
+    def _label(self, key: Key) -> str:
+        """The model label of a loaded engine's gauges: the model id, with the variant when it is not the default."""
+        return key[0] if key[1] == self.default_variant else f"{key[0]}:{key[1]}"
+
+    async def _make_room(self, key: Key, memory_bytes: int) -> None:
         """Evicts what the LRU rule picks so ``memory_bytes`` more fit in the budget. While only busy models stand in
         the way, waits for them to go idle; when hot models do (or the model is larger than the budget), gives up."""
         if self.budget_bytes is None:
@@ -270,9 +297,11 @@ class ModelHost:
         while True:
             tiers = await self._read_tiers()
             residents = [
-                Resident(m, h.memory_bytes, tiers.get(m, "cold"), h.last_used_at, busy=h.busy > 0 or h.state != "ready")
-                for m, h in self._models.items()
-                if m != model_id
+                Resident(
+                    h.name, h.memory_bytes, tiers.get(k[0], "cold"), h.last_used_at, h.busy > 0 or h.state != "ready"
+                )
+                for k, h in self._models.items()
+                if k != key
             ]
             try:
                 victims = evictions_to_fit(residents, memory_bytes, self.budget_bytes)
@@ -280,17 +309,18 @@ class ModelHost:
                 try:
                     evictions_to_fit([replace(r, busy=False) for r in residents], memory_bytes, self.budget_bytes)
                 except DoesNotFit:
-                    raise ModelUnavailable(f"{model_id} cannot be loaded on this worker: {exc}") from None
-                logger.info("%s waits for busy models to go idle before it fits", model_id)
+                    raise ModelUnavailable(f"{key[0]} cannot be loaded on this worker: {exc}") from None
+                logger.info("%s waits for busy models to go idle before it fits", key[0])
                 self._released.clear()
                 try:
                     await asyncio.wait_for(self._released.wait(), timeout=1.0)
                 except TimeoutError:
                     pass
                 continue
+            by_name = {h.name: k for k, h in self._models.items()}
             for victim in victims:
-                logger.info("evicting %s (least recently used) to fit %s", victim, model_id)
-                await self._unload(victim, "lru")
+                logger.info("evicting %s (least recently used) to fit %s", by_name[victim][0], key[0])
+                await self._unload(by_name[victim], "lru")
             return
 
     async def _read_tiers(self) -> dict[str, Tier]:
@@ -300,11 +330,11 @@ class ModelHost:
             logger.exception("model tiers not read; every model counts as cold")
             return {}
 
-    async def _unload(self, model_id: str, reason: str) -> None:
-        hosted = self._models.get(model_id)
+    async def _unload(self, key: Key, reason: str) -> None:
+        hosted = self._models.get(key)
         if hosted is None or hosted.engine is None or hosted.busy:
             return
-        del self._models[model_id]
-        self._metrics.unwatch(model_id, reason)
+        del self._models[key]
+        self._metrics.unwatch(self._label(key), reason)
         await hosted.engine.shutdown()
-        logger.info("%s unloaded (%s), %.0f MiB freed", model_id, reason, hosted.memory_bytes / (1 << 20))
+        logger.info("%s unloaded (%s), %.0f MiB freed", hosted.name, reason, hosted.memory_bytes / (1 << 20))

@@ -42,15 +42,22 @@ async def main() -> None:
         host = ModelHost(
             allowed=[model.id, *settings.models],
             loader=VllmLoader(
-                settings.models_dir, settings.kv_cache_gib, settings.max_num_seqs, settings.variant, ensure_model
+                settings.models_dir,
+                settings.kv_cache_gib,
+                settings.max_num_seqs,
+                ensure_model,
+                implicit_variant=None if settings.variant else DEFAULT_CPU_VARIANT,
             ),
             registry=registry.get,
             tiers=catalog.tiers,
             metrics=worker_metrics,
             budget_bytes=settings.budget_bytes(),
             default_variant=settings.variant or DEFAULT_CPU_VARIANT,
+            variants=settings.variants,
         )
         await host.load(model.id)
+        hosted = [r for r in [await registry.get(m) for m in host.allowed] if r is not None]
+        await catalog.record_models(hosted, host.default_variant, host.on_cpu)
         await wait_for_kafka(common)
         topics = common.topics
         await ensure_topics(common, [topics.batches(m) for m in host.allowed])

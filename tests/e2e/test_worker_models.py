@@ -181,8 +181,10 @@ async def test_a_model_loads_in_the_background_and_the_least_recently_used_warm_
         stop(worker)
 
 
-async def test_preload_over_worker_control_loads_a_model_before_its_first_request(hosting: Workers) -> None:
-    worker = hosting.start("worker-preload")
+async def test_preload_over_worker_control_loads_a_model_before_its_first_request_and_variants_load_on_demand(
+    hosting: Workers,
+) -> None:
+    worker = hosting.start("worker-preload", FERRY_WORKER_VARIANTS='["fp16"]')
     common = hosting.common
     try:
         started = utc_now()
@@ -206,5 +208,25 @@ async def test_preload_over_worker_control_loads_a_model_before_its_first_reques
                 pass
         assert await held(common, worker) == {TINY_MODEL: "ready"}
         assert "eviction of tiny-c" in hosting.log(worker)
+
+        # a variant this worker may load is loaded for the request that asks for it, as an engine of its own
+        async with client(common) as c:
+            half = c.request(max_tokens=8, variant="fp16", variant_fallback=False)
+            await c.send_batch([half])
+            await c.wait_final([half.request_id], seconds=120)
+            assert c.final(half.request_id)["event"] == "completion_finished"  # type: ignore[index]
+        report = await status(common, worker, utc_now())
+        assert sorted((m.model, m.variant, m.state) for m in report.models) == [
+            (TINY_MODEL, "fp16", "ready"),
+            (TINY_MODEL, "fp32", "ready"),
+        ]
+        conn = await asyncpg.connect(common.postgres_dsn)
+        try:
+            variants = {
+                r["variant"]: r for r in await conn.fetch("SELECT * FROM model_variants WHERE model_id = $1", MODEL_C)
+            }
+        finally:
+            await conn.close()
+        assert variants["fp32"]["is_default"] and variants["fp16"]["enabled"] and not variants["int4"]["enabled"]
     finally:
         stop(worker)

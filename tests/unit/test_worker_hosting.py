@@ -13,6 +13,7 @@ from services.worker.caching import Tier
 from services.worker.engine import EngineStats
 from services.worker.hosting import ModelHost, ModelUnavailable
 from services.worker.metrics import WorkerMetrics
+from services.worker.variants import VariantUnavailable
 from shared.registry import ModelRecord
 
 MiB = 1 << 20
@@ -24,6 +25,7 @@ class FakeEngine:
     stats: EngineStats = field(default_factory=EngineStats)
     variant: str = "fp32"
     stopped: bool = False
+    on_cpu: bool = True
 
     async def shutdown(self) -> None:
         self.stopped = True
@@ -35,14 +37,14 @@ class FakeLoader:
     gates: dict[str, asyncio.Event] = field(default_factory=dict)  # a load waits for its gate when it has one
     started: list[str] = field(default_factory=list)
 
-    async def footprint(self, record: ModelRecord) -> int:
-        return self.sizes[record.id]
+    async def footprint(self, record: ModelRecord, variant: str) -> int:
+        return self.sizes[record.id] // (2 if variant == "int8" else 1)
 
-    async def start(self, record: ModelRecord) -> FakeEngine:
+    async def start(self, record: ModelRecord, variant: str) -> FakeEngine:
         self.started.append(record.id)
         if record.id in self.gates:
             await self.gates[record.id].wait()
-        return FakeEngine(record.id)
+        return FakeEngine(record.id, variant=variant)
 
 
 def host(loader: FakeLoader, budget: int | None, tiers: dict[str, Tier] | None = None) -> ModelHost:
@@ -59,6 +61,7 @@ def host(loader: FakeLoader, budget: int | None, tiers: dict[str, Tier] | None =
         tiers=read_tiers,
         metrics=WorkerMetrics(CollectorRegistry()),
         budget_bytes=budget,
+        variants=["int8"],
     )
 
 
@@ -136,3 +139,25 @@ async def test_an_eviction_asked_while_busy_happens_when_the_model_goes_idle() -
     assert h.preload("a") and not h.preload("elsewhere")
     await h.load("a")
     assert held(h) == {"a": "ready"}
+
+
+async def test_another_variant_of_a_model_is_an_engine_of_its_own() -> None:
+    h = host(FakeLoader({"a": 100 * MiB}), budget=None)
+    assert h.variant_for(None, fallback=False) == "fp32"
+    assert h.variant_for("int8", fallback=False) == "int8"
+    assert h.variant_for("fp16", fallback=True) == "fp32"
+    with pytest.raises(VariantUnavailable, match="not loaded on this worker"):
+        h.variant_for("fp16", fallback=False)
+    with pytest.raises(VariantUnavailable, match="cannot run on this hardware"):
+        h.variant_for("int4", fallback=False)
+    await h.acquire("a")
+    engine = await h.acquire("a", "int8")
+    assert engine.variant == "int8"  # type: ignore[attr-defined]
+    assert sorted((m.model, m.variant, m.memory_bytes) for m in h.report()) == [
+        ("a", "fp32", 100 * MiB),
+        ("a", "int8", 50 * MiB),
+    ]
+    h.release("a")
+    h.release("a", "int8")
+    assert await h.evict("a")
+    assert h.report() == []
