@@ -139,6 +139,7 @@ class ModelHost:
         self._load_lock = asyncio.Lock()
         self._released = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._starting: Hosted | None = None  # the model whose engine is starting now
 
     def hosts(self, model_id: str) -> bool:
         return model_id in self.allowed
@@ -236,6 +237,11 @@ class ModelHost:
         ]
 
     async def shutdown(self) -> None:
+        # An engine that is starting in its thread cannot be stopped half-way: wait for it, so its EngineCore child is
+        # shut down below rather than left running. Loads not started yet are cancelled.
+        if self._starting is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._starting.loaded), timeout=120)
         for task in list(self._tasks):
             task.cancel()
         for key in list(self._models):
@@ -272,7 +278,11 @@ class ModelHost:
                 hosted.memory_bytes = await self._loader.footprint(record, variant)
                 await self._make_room(key, hosted.memory_bytes)
                 logger.info("loading %s (%s, %.0f MiB)", model_id, variant, hosted.memory_bytes / (1 << 20))
-                engine = await self._loader.start(record, variant)
+                self._starting = hosted
+                try:
+                    engine = await self._loader.start(record, variant)
+                finally:
+                    self._starting = None
         except Exception as exc:
             self._models.pop(key, None)
             failure = exc if isinstance(exc, ModelUnavailable) else ModelUnavailable(f"{model_id} did not load: {exc}")

@@ -161,3 +161,18 @@ async def test_another_variant_of_a_model_is_an_engine_of_its_own() -> None:
     h.release("a", "int8")
     assert await h.evict("a")
     assert h.report() == []
+
+
+async def test_shutdown_waits_for_an_engine_that_is_starting_and_stops_it() -> None:
+    loader = FakeLoader({"a": 100 * MiB, "b": 100 * MiB}, gates={"b": asyncio.Event()})
+    h = host(loader, budget=None)
+    a = await h.load("a")
+    h.preload("b")
+    await asyncio.sleep(0.01)
+    assert loader.started == ["a", "b"]
+    closing = asyncio.create_task(h.shutdown())
+    await asyncio.sleep(0.01)
+    assert not closing.done()
+    loader.gates["b"].set()
+    await asyncio.wait_for(closing, timeout=1)
+    assert a.stopped and h.report() == []  # type: ignore[attr-defined]
