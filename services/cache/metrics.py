@@ -35,6 +35,20 @@ class CacheMetrics:
             ["cause"],
             registry=registry,
         )
+        self.hit_ratio = Gauge(
+            "ferry_cache_hit_ratio",
+            "hits / (hits + misses) of every ingress since the cache's counters began (Redis-wide stats hash).",
+            registry=registry,
+        )
+        self.entries = Gauge(
+            "ferry_cache_entries", "Entries the response cache holds, per model.", ["model"], registry=registry
+        )
+        self.bytes = Gauge(
+            "ferry_cache_bytes",
+            "Memory the response cache's entries use in Redis (MEMORY USAGE), per model.",
+            ["model"],
+            registry=registry,
+        )
         self.redis_evicted_keys = Gauge(
             "ferry_cache_redis_evicted_keys",
             "Keys Redis evicted under memory pressure since it started (Redis-wide: INFO stats evicted_keys).",

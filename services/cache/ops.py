@@ -72,14 +72,17 @@ def _scope(tenant: str | None, shared: str | None) -> str | None:
     return shared_scope(shared) if shared is not None else None
 
 
-async def invalidate_tenant(tenant_id: str) -> int:
-    """Drops a tenant's cached responses, e.g. when its retention is turned off; returns how many."""
+async def invalidate_tenant(tenant_id: str, *shared: str | None) -> int:
+    """Drops a tenant's cached responses, e.g. when its retention is turned off, and the entries of the ``shared``
+    scopes given (the tenant's answers may be among them); returns how many."""
     common, settings = CommonSettings(), CacheSettings()
     redis = Redis.from_url(common.redis_url)
     try:
-        return await RedisResponseStore(redis, settings.prefix(common.topic_prefix)).invalidate(
-            scope=tenant_scope(tenant_id)
-        )
+        store = RedisResponseStore(redis, settings.prefix(common.topic_prefix))
+        deleted = await store.invalidate(scope=tenant_scope(tenant_id))
+        for name in {s for s in shared if s}:
+            deleted += await store.invalidate(scope=shared_scope(name))
+        return deleted
     finally:
         await redis.aclose()
 

@@ -43,7 +43,7 @@ KEY_VERSION = 1  # bump when the normalization changes, so old entries are never
 
 @dataclass(frozen=True)
 class TenantCachePolicy:
-    """A tenant's cache settings (issue 4 stores them with the tenant; the default is the safe one).
+    """A tenant's cache settings, stored with the tenant (migration 0006); the default is the safe one.
 
     ``shared_scope``: entries go to (and come from) this scope instead of the tenant's own, so tenants that opted in to
     the same scope share answers. ``cache_sampled``: requests with temperature > 0 and no seed are cached too (one

@@ -24,6 +24,7 @@ from services.cache.policy import (
     decide,
     entry_of,
     replay,
+    shared_scope,
     storable,
     tenant_scope,
 )
@@ -66,6 +67,7 @@ class ResponseCache:
     def __init__(self, store: RedisResponseStore, settings: CacheSettings, metrics: CacheMetrics) -> None:
         self._store, self.settings, self._metrics = store, settings, metrics
         self._versions: dict[str, str] = {}
+        self._sized_models: set[str] = set()
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     @classmethod
@@ -105,7 +107,7 @@ class ResponseCache:
             return Lookup(request, decision, model_version)
         try:
             await self._on_version(model, model_version)
-            key = await self._store.entry_key(model, decision.scope, decision.digest)
+            key = await self._store.entry_key(model, model_version, decision.scope, decision.digest)
             if not decision.read:
                 self._metrics.bypassed.labels(model, "no_cache").inc()
                 return Lookup(request, decision, model_version, key)
@@ -122,9 +124,12 @@ class ResponseCache:
             self._metrics.lookups.labels(model, "error").inc()
             return Lookup(request, decision, model_version)  # no key: nothing is stored either
 
-    async def invalidate_tenant(self, tenant_id: str) -> int:
-        """Drops every entry of the tenant's own scope (a tenant's request, or its retention turned off)."""
+    async def invalidate_tenant(self, tenant_id: str, policy: TenantCachePolicy | None = None) -> int:
+        """Drops every entry of the tenant's own scope (a tenant's request, or its retention turned off), and of the
+        shared scope it opted into: its answers may be there, and entries do not record who stored them."""
         deleted = await self._store.invalidate(scope=tenant_scope(tenant_id))
+        if policy is not None and policy.shared_scope:
+            deleted += await self._store.invalidate(scope=shared_scope(policy.shared_scope))
         self._metrics.invalidations.labels("tenant").inc()
         return deleted
 
@@ -162,11 +167,12 @@ class ResponseCache:
 
     async def _on_version(self, model: str, version: str) -> None:
         """A new registry version of a model invalidates its entries. The version is part of every key, so old
-        entries can never be read; this also deletes them to free their memory."""
+        entries can never be read; this also deletes them to free their memory. Only the old version's entries go:
+        other ingress instances may already have stored answers of the new one."""
         seen = self._versions.get(model)
         self._versions[model] = version
         if seen is not None and seen != version:
-            deleted = await self._store.invalidate(model=model)
+            deleted = await self._store.drop_version(model, seen)
             self._metrics.invalidations.labels("model_version").inc()
             logger.info("model %s changed version %s -> %s: %d cache entries dropped", model, seen, version, deleted)
 
@@ -178,12 +184,26 @@ class ResponseCache:
             return None
 
     async def refresh_server_figures(self) -> None:
-        """Copies Redis-wide figures (evictions, memory) into the metrics every few seconds; runs until cancelled."""
+        """Copies the cache's size (entries and bytes per model, from a scan), its hit ratio across every ingress and
+        Redis-wide figures (evictions, memory) into the metrics every ``stats_interval_s``; runs until cancelled."""
         while True:
             try:
-                figures = await self._store.server_figures()
-                self._metrics.redis_evicted_keys.set(float(figures.get("evicted_keys") or 0))
-                self._metrics.redis_used_memory.set(float(figures.get("used_memory") or 0))
+                await self.update_figures()
             except _FAILURES as exc:
                 logger.warning("cache: reading Redis figures failed (%s)", exc)
             await asyncio.sleep(self.settings.stats_interval_s)
+
+    async def update_figures(self) -> None:
+        stats = await self._store.stats()
+        for model in self._sized_models - stats.by_model.keys():  # a model whose entries are all gone shows 0
+            self._metrics.entries.labels(model).set(0)
+            self._metrics.bytes.labels(model).set(0)
+        for model, (entries, size) in stats.by_model.items():
+            self._metrics.entries.labels(model).set(entries)
+            self._metrics.bytes.labels(model).set(size)
+        self._sized_models |= stats.by_model.keys()
+        hits, misses = stats.counters.get("hits", 0), stats.counters.get("misses", 0)
+        if hits + misses:
+            self._metrics.hit_ratio.set(hits / (hits + misses))
+        self._metrics.redis_evicted_keys.set(float(stats.redis.get("evicted_keys") or 0))
+        self._metrics.redis_used_memory.set(float(stats.redis.get("used_memory") or 0))

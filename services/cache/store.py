@@ -1,9 +1,12 @@
 """Redis adapter of the response cache.
 
 Layout under the prefix ``P`` (``<topic prefix>cache:`` by default):
-- ``P resp:<model>:<scope>:<sha256>`` one entry (JSON of CachedCompletion) with its TTL. The hash covers the normalized
-  request and three generation counters, so bumping a counter makes every entry it covers unreachable at once (no
-  race: a completion stored after an invalidation is stored under the old generation and never read);
+- ``P resp:<model>:<version>:<scope>:<sha256>`` one entry (JSON of CachedCompletion) with its TTL. The hash covers the
+  normalized request (model version included) and three generation counters, so bumping a counter makes every entry it
+  covers unreachable at once (no race: a completion stored after an invalidation is stored under the old generation and
+  never read). The model version is in the key's path too, so a version change deletes the old version's entries only
+  (``drop_version``) without bumping a counter: ingress instances see a new version at different moments, and a
+  counter bump by a late one would throw away what the others already stored under the new version;
 - ``P gen:all``, ``P gen:model:<model>``, ``P gen:scope:<scope>`` the generation counters;
 - ``P stats`` a hash of cumulative counts across every ingress (hits, misses, stores, stored_bytes, invalidations).
 Invalidation bumps the counter, then deletes the entries it covers (found by key pattern) to free their memory.
@@ -42,13 +45,13 @@ class RedisResponseStore:
     def _model(self, model: str) -> str:
         return _UNSAFE.sub("-", model)
 
-    async def entry_key(self, model: str, scope: str, digest: str) -> str:
+    async def entry_key(self, model: str, version: str, scope: str, digest: str) -> str:
         generations = await self._redis.mget(
             [f"{self.prefix}gen:all", f"{self.prefix}gen:model:{model}", f"{self.prefix}gen:scope:{scope}"]
         )
         stamp = ".".join((g.decode() if isinstance(g, bytes) else str(g or 0)) for g in generations)
         full = hashlib.sha256(f"{digest}:{stamp}".encode()).hexdigest()
-        return f"{self.prefix}resp:{self._model(model)}:{scope}:{full}"
+        return f"{self.prefix}resp:{self._model(model)}:{self._model(version)}:{scope}:{full}"
 
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._redis.get(key)
@@ -77,10 +80,19 @@ class RedisResponseStore:
                 pipe.incr(counter)
             pipe.hincrby(f"{self.prefix}stats", "invalidations", 1)
             await pipe.execute()
-        pattern = (
-            f"{_glob_escape(self.prefix)}resp:{_glob_escape(self._model(model)) if model is not None else '*'}:"
+        return await self._delete(
+            f"{_glob_escape(self.prefix)}resp:{_glob_escape(self._model(model)) if model is not None else '*'}:*:"
             f"{_glob_escape(scope) if scope is not None else '*'}:*"
         )
+
+    async def drop_version(self, model: str, version: str) -> int:
+        """Deletes the entries of one version of a model (unreachable once the registry moved on: the version is
+        hashed into every key). Returns how many."""
+        return await self._delete(
+            f"{_glob_escape(self.prefix)}resp:{_glob_escape(self._model(model))}:{_glob_escape(self._model(version))}:*"
+        )
+
+    async def _delete(self, pattern: str) -> int:
         deleted, batch = 0, []
         async for key in self._redis.scan_iter(match=pattern, count=1000):
             batch.append(key)

@@ -1,6 +1,7 @@
 """Tenants and API keys from the command line: ``python -m services.ingress.admin --help``.
 
 tenants create acme --name "Acme" --rpm 600 --tpm 200000 --retention-days 0
+tenants update acme --cache-shared-scope docs-bot --cache-sampled     changes only the options given
 tenants list
 keys create acme --name ci         prints the key once; only its SHA-256 digest is stored
 keys list [acme]
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 from typing import get_args
@@ -40,6 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--max-priority", choices=get_args(Priority), default="interactive")
     create.add_argument("--default-priority", choices=get_args(Priority), default="interactive")
     create.add_argument("--default-profile", choices=get_args(BatchingProfile))
+    _cache_options(create)
+    update = tenants.add_parser("update", help="change the options given of an existing tenant, keep the others")
+    update.add_argument("tenant_id")
+    update.add_argument("--name")
+    update.add_argument("--rpm", type=int, help="requests per minute")
+    update.add_argument("--tpm", type=int, help="tokens per minute")
+    update.add_argument("--monthly-tokens", type=int, help="monthly token quota")
+    update.add_argument("--retention-days", type=int, help="days text may be kept; 0 keeps none")
+    update.add_argument("--max-priority", choices=get_args(Priority))
+    update.add_argument("--default-priority", choices=get_args(Priority))
+    update.add_argument("--default-profile", choices=get_args(BatchingProfile))
+    _cache_options(update, default=None)
+    update.add_argument(
+        "--no-cache-shared-scope", action="store_true", help="leave the shared scope: back to the tenant's own entries"
+    )
     tenants.add_parser("list", help="list tenants")
 
     keys = sub.add_parser("keys", help="create, list or revoke API keys").add_subparsers(dest="action", required=True)
@@ -56,30 +74,85 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _scope_name(text: str) -> str:
+    if not re.fullmatch(r"[a-zA-Z0-9._-]{1,64}", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return text
+
+
+def _cache_options(parser: argparse.ArgumentParser, default: bool | None = False) -> None:
+    parser.add_argument(
+        "--cache-shared-scope",
+        metavar="NAME",
+        type=_scope_name,
+        help="response cache: share entries with every tenant that opted in to the same NAME (default: own entries)",
+    )
+    parser.add_argument(
+        "--cache-sampled",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help="response cache: cache sampled answers too (temperature > 0 without a seed); off by default",
+    )
+
+
+_UPDATABLE = {
+    "name": "name",
+    "rpm": "requests_per_minute",
+    "tpm": "tokens_per_minute",
+    "monthly_tokens": "monthly_token_quota",
+    "retention_days": "retention_days",
+    "max_priority": "max_priority",
+    "default_priority": "default_priority",
+    "default_profile": "default_profile",
+    "cache_shared_scope": "cache_shared_scope",
+    "cache_sampled": "cache_sampled",
+}
+
+
+async def _save_tenant(directory: TenantDirectory, tenant: Tenant, before: Tenant | None) -> None:
+    await directory.upsert_tenant(tenant)
+    print(f"tenant {tenant.id} saved")
+    old_scope = before.cache_shared_scope if before else None
+    if tenant.retention_days == 0:  # no text may be kept: drop what the response cache holds for the tenant
+        dropped = await invalidate_tenant(tenant.id, old_scope, tenant.cache_shared_scope)
+        print(f"{dropped} cached responses of {tenant.id} dropped")
+    elif old_scope and old_scope != tenant.cache_shared_scope:  # its answers must not stay where it no longer shares
+        dropped = await invalidate_tenant(tenant.id, old_scope)
+        print(f"{dropped} cached responses of {tenant.id} and shared scope {old_scope} dropped")
+
+
 async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
     if args.command == "tenants" and args.action == "create":
-        await directory.upsert_tenant(
-            Tenant(
-                id=args.tenant_id,
-                name=args.name,
-                requests_per_minute=args.rpm,
-                tokens_per_minute=args.tpm,
-                monthly_token_quota=args.monthly_tokens,
-                retention_days=args.retention_days,
-                max_priority=args.max_priority,
-                default_priority=args.default_priority,
-                default_profile=args.default_profile,
-            )
+        tenant = Tenant(
+            id=args.tenant_id,
+            name=args.name,
+            requests_per_minute=args.rpm,
+            tokens_per_minute=args.tpm,
+            monthly_token_quota=args.monthly_tokens,
+            retention_days=args.retention_days,
+            max_priority=args.max_priority,
+            default_priority=args.default_priority,
+            default_profile=args.default_profile,
+            cache_shared_scope=args.cache_shared_scope,
+            cache_sampled=args.cache_sampled,
         )
-        print(f"tenant {args.tenant_id} saved")
-        if args.retention_days == 0:  # no text may be kept: drop what the response cache holds for the tenant
-            print(f"{await invalidate_tenant(args.tenant_id)} cached responses of {args.tenant_id} dropped")
+        await _save_tenant(directory, tenant, await directory.tenant(args.tenant_id))
+    elif args.command == "tenants" and args.action == "update":
+        before = await directory.tenant(args.tenant_id)
+        if before is None:
+            print(f"error: no tenant {args.tenant_id}; create it first", file=sys.stderr)
+            return 1
+        changes = {field: getattr(args, arg) for arg, field in _UPDATABLE.items() if getattr(args, arg) is not None}
+        if args.no_cache_shared_scope:
+            changes["cache_shared_scope"] = None
+        await _save_tenant(directory, dataclasses.replace(before, **changes), before)
     elif args.command == "tenants":
         for t in await directory.tenants():
             print(
                 f"{t.id}\tname={t.name!r} rpm={t.requests_per_minute} tpm={t.tokens_per_minute}"
                 f" monthly_tokens={t.monthly_token_quota} retention_days={t.retention_days}"
                 f" priority={t.default_priority}<= {t.max_priority} profile={t.default_profile}"
+                f" cache_shared_scope={t.cache_shared_scope} cache_sampled={t.cache_sampled}"
             )
     elif args.command == "keys" and args.action == "create":
         if await directory.tenant(args.tenant_id) is None:

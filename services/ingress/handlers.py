@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.cache.policy import TenantCachePolicy
 from services.cache.service import ResponseCache
 from services.ingress.adapters import ModelCatalog, QueueMonitor, ReplyListener, RequestPublisher, TenantDirectory
 from services.ingress.config import IngressSettings
@@ -158,8 +159,8 @@ async def list_models(deps: DepsDep, _: TenantDep) -> ModelList:
 
 @router.delete("/v1/cache", tags=["ferry"], responses=ERRORS)
 async def invalidate_cache(deps: DepsDep, tenant: TenantDep) -> JSONResponse:
-    """Drops every response the cache holds for the caller's tenant."""
-    deleted = await deps.cache.invalidate_tenant(tenant.id)
+    """Drops every response the cache holds for the caller's tenant, and those of the shared scope it opted into."""
+    deleted = await deps.cache.invalidate_tenant(tenant.id, _cache_policy(tenant))
     logger.info("tenant %s dropped its %d cached responses", tenant.id, deleted)
     return JSONResponse({"object": "cache.invalidation", "tenant": tenant.id, "deleted": deleted})
 
@@ -230,7 +231,7 @@ async def _serve(  # type: ignore[no-untyped-def]
             ),
         )
         charge = await _charge(deps, tenant, estimated_tokens(message), headers)
-        cached = await deps.cache.lookup(message, model.version, request.headers)
+        cached = await deps.cache.lookup(message, model.version, request.headers, _cache_policy(tenant))
         headers |= cached.headers
         trace.get_current_span().set_attribute("ferry.cache", cached.status)
         if cached.entry is not None:
@@ -296,6 +297,10 @@ async def _serve(  # type: ignore[no-untyped-def]
         else text_completion(request_id, body.model, finished, echo)
     )
     return JSONResponse(response.model_dump(), headers=headers)
+
+
+def _cache_policy(tenant: Tenant) -> TenantCachePolicy:
+    return TenantCachePolicy(shared_scope=tenant.cache_shared_scope, cache_sampled=tenant.cache_sampled)
 
 
 def _choice(body_value: str | None, request: Request, header: str, allowed: Any) -> Any:

@@ -26,6 +26,8 @@ class Tenant:
     max_priority: Priority = "interactive"
     default_priority: Priority = "interactive"
     default_profile: BatchingProfile | None = None
+    cache_shared_scope: str | None = None  # response cache: share entries with tenants that opted in to this name
+    cache_sampled: bool = False  # response cache: cache sampled (temperature > 0, unseeded) answers too
 
     @property
     def retains_text(self) -> bool:

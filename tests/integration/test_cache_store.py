@@ -75,6 +75,21 @@ async def test_second_lookup_hits_with_the_stored_answer_and_metrics_count_it(ca
     assert stats.entries == 1 and stats.bytes > 0 and stats.counters["hits"] == 1 and stats.counters["misses"] == 1
 
 
+async def test_size_and_hit_ratio_gauges_follow_redis(cache) -> None:  # type: ignore[no-untyped-def]
+    c, store, registry = cache
+    await fill(c, request(model="m1"))
+    await fill(c, request(model="m1", text="other"))
+    await c.lookup(request(model="m1"), "1", {})  # a hit: 1 hit, 2 misses so far
+    await c.update_figures()
+    assert sample(registry, "ferry_cache_entries", model="m1") == 2
+    assert sample(registry, "ferry_cache_bytes", model="m1") > 0
+    assert sample(registry, "ferry_cache_hit_ratio") == pytest.approx(1 / 3)
+    await store.invalidate(model="m1")
+    await c.update_figures()
+    assert sample(registry, "ferry_cache_entries", model="m1") == 0
+    assert sample(registry, "ferry_cache_bytes", model="m1") == 0
+
+
 async def test_tenants_are_isolated_and_nothing_is_stored_without_retention(cache) -> None:  # type: ignore[no-untyped-def]
     c, store, _ = cache
     await fill(c, request(tenant="a"))
@@ -127,6 +142,19 @@ async def test_a_new_model_version_misses_and_drops_the_old_entries(cache) -> No
     assert (await c.lookup(request(), "2", {})).status == "miss"
     assert (await store.stats()).entries == 0
     assert sample(registry, "ferry_cache_invalidations_total", cause="model_version") == 1
+
+
+async def test_an_instance_that_sees_a_new_version_late_keeps_what_others_stored_under_it(cache) -> None:  # type: ignore[no-untyped-def]
+    """Two ingress instances reread the registry at different moments. The late one must drop the old version's
+    entries only, not the answers the early one already stored under the new version."""
+    early, store, _ = cache
+    late = ResponseCache(store, CacheSettings(), CacheMetrics(CollectorRegistry()))
+    await fill(early, request(text="old"), version="1")
+    assert (await late.lookup(request(text="old"), "1", {})).status == "hit"
+    await fill(early, request(), version="2")  # the early instance saw version 2 first
+    assert (await late.lookup(request(), "2", {})).status == "hit"  # the late one sees 2 now: still a hit
+    assert (await early.lookup(request(), "2", {})).status == "hit"
+    assert (await store.stats()).entries == 1  # version 1's entry is gone
 
 
 async def test_redis_down_answers_live(cache) -> None:  # type: ignore[no-untyped-def]
