@@ -1,5 +1,5 @@
-"""PostgreSQL adapter for the worker's side of the model registry: demand counts per model and hour, and the tiers
-computed from them (tables of migration 0003)."""
+"""PostgreSQL adapter for the worker's side of the model registry: versions and variants of the models it hosts, demand
+counts per model and hour, and the tiers computed from them (tables of migration 0003)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.worker.caching import TierPlan, TierPolicy, hourly_rate, plan_tiers
+from services.worker.caching import Tier, TierPlan, TierPolicy, hourly_rate, plan_tiers
+from services.worker.variants import VARIANTS
+from shared.registry import ModelRecord
 
 
 def _hour(at: datetime) -> datetime:
@@ -55,3 +57,40 @@ class ModelCatalog:
             [(p.model, p.tier, p.requests_per_hour, p.replicas, now) for p in plans],
         )
         return plans
+
+    async def tiers(self) -> dict[str, Tier]:
+        """The latest computed tier of each model (a model never computed has no entry: treat it as cold)."""
+        rows = await self._pool.fetch("SELECT model_id, tier FROM model_tiers")
+        return {r["model_id"]: r["tier"] for r in rows}
+
+    async def record_models(self, records: list[ModelRecord], default_variant: str, on_cpu: bool) -> None:
+        """Records each model's current version and its variants: enabled when they can run on this hardware. The
+        first worker to record a model sets its default variant (its own); later ones leave it."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                """INSERT INTO model_versions (model_id, version, source) VALUES ($1, $2, $3)
+                   ON CONFLICT (model_id, version) DO NOTHING""",
+                [(r.id, r.version, r.source) for r in records],
+            )
+            for record in records:
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"model_variants:{record.id}")
+                has_default = await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM model_variants WHERE model_id = $1 AND is_default)", record.id
+                )
+                await conn.executemany(
+                    """INSERT INTO model_variants (model_id, variant, quantization, dtype, is_default, enabled)
+                       VALUES ($1, $2, $3, $4, $5, $6)
+                       ON CONFLICT (model_id, variant) DO UPDATE SET quantization = EXCLUDED.quantization,
+                         dtype = EXCLUDED.dtype, enabled = EXCLUDED.enabled""",
+                    [
+                        (
+                            record.id,
+                            v.name,
+                            v.quantization,
+                            v.dtype,
+                            v.name == default_variant and not has_default,
+                            not (on_cpu and v.cpu_problem),
+                        )
+                        for v in VARIANTS.values()
+                    ],
+                )

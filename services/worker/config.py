@@ -16,6 +16,19 @@ class WorkerSettings(BaseSettings):
     model: str | None = Field(
         None, description="Registry id of the model this worker serves; the default model if unset."
     )
+    models: list[str] = Field(
+        default_factory=list,
+        description="Other models (registry ids, a JSON list) this worker may host next to FERRY_WORKER_MODEL: it "
+        "reads their batch topics too and loads one on demand (a batch for it) or ahead of demand "
+        "(ModelPreloadRequested).",
+    )
+    memory_budget_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="Memory the hosted models may take together (weights plus KV cache each); loading one more evicts "
+        "the least recently used idle warm or cold models. Unset: no limit (FERRY_WORKER_MEMORY_BUDGET_GB also works).",
+    )
+    memory_budget_gb: float | None = Field(None, gt=0, description="The budget in GiB, if the bytes are not set.")
     models_dir: Path = Field(Path.home() / ".cache" / "ferry" / "models", description="Where built model folders live.")
     group_prefix: str = Field("ferry-worker.", description="Consumer group is this prefix plus the model id.")
     kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on CPU, in GiB.")
@@ -52,12 +65,22 @@ class WorkerSettings(BaseSettings):
         description="Variant of the model to load (fp32, fp16, int8, ...; see services/worker/variants.py); unset: "
         "float32 on CPU, vLLM's choice on GPU.",
     )
+    variants: list[str] = Field(
+        default_factory=list,
+        description='Other variants (a JSON list, e.g. ["int8"]) this worker may load on demand for a request or a '
+        "preload that asks for one; each loaded variant is an engine of its own within the memory budget.",
+    )
     demand_flush_s: float = Field(30.0, gt=0, description="Seconds between writes of served-request counts.")
     tier_hot_above: float = Field(1000, ge=0, description="Requests per hour above which a model is hot.")
     tier_warm_above: float = Field(100, ge=0, description="Requests per hour above which a model is warm (else cold).")
     tier_hot_replicas: int = Field(3, ge=0, description="Replicas a hot model calls for.")
     tier_warm_replicas: int = Field(2, ge=0, description="Replicas a warm model calls for.")
     tier_cold_replicas: int = Field(0, ge=0, description="Replicas a cold model calls for (loaded on demand).")
+
+    def budget_bytes(self) -> int | None:
+        if self.memory_budget_bytes is not None:
+            return self.memory_budget_bytes
+        return int(self.memory_budget_gb * (1 << 30)) if self.memory_budget_gb is not None else None
 
     def tier_policy(self) -> TierPolicy:
         return TierPolicy(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -127,9 +128,14 @@ class Engine:
         )
         started = time.monotonic()
         stats = EngineStats()
-        # Blocks the event loop while the model loads; this runs before the worker serves anything. No local variable
-        # holds the AsyncLLM: vLLM's start-up keeps a traceback alive whose frames include this one (see shutdown).
-        engine = cls(config, AsyncLLM.from_engine_args(args, stat_loggers=[_stats_logger_factory(stats)]), stats)
+        # In a thread, so models already loaded keep serving while this one loads (vLLM starts the AsyncLLM's loop
+        # tasks lazily when it is built outside a running loop). No local variable holds the AsyncLLM: vLLM's start-up
+        # keeps a traceback alive whose frames include this one (see shutdown).
+        engine = cls(
+            config,
+            await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[_stats_logger_factory(stats)]),
+            stats,
+        )
         engine.on_cpu = on_cpu
         stats.load_seconds = time.monotonic() - started
         logger.info(
@@ -187,11 +193,14 @@ class Engine:
     def variant(self) -> str:
         return self.config.variant or (DEFAULT_CPU_VARIANT if self.on_cpu else "auto")
 
+    def kv_capacity_tokens(self) -> int:
+        """Tokens the whole KV cache holds."""
+        cache = self._llm.vllm_config.cache_config
+        return (cache.num_gpu_blocks or 0) * (cache.block_size or 0)
+
     def free_tokens(self) -> int:
         """Tokens the KV cache can still take: its capacity times the free fraction."""
-        cache = self._llm.vllm_config.cache_config
-        capacity = (cache.num_gpu_blocks or 0) * (cache.block_size or 0)
-        return max(0, int(capacity * (1.0 - self.stats.kv_cache_usage)))
+        return max(0, int(self.kv_capacity_tokens() * (1.0 - self.stats.kv_cache_usage)))
 
     async def abort(self, request_id: str) -> None:
         """Stops a running request: its stream ends with a step whose finish_reason is "abort"."""

@@ -4,7 +4,11 @@ long generation cannot exceed the poll interval), replies out to each request's 
 Delivery is at-least-once: a batch's offset is committed only once every request in it (and in every earlier batch of
 its partition) has published its final event. A worker that dies leaves its unfinished batches uncommitted; the group
 hands its partitions to another worker within the session timeout, which generates them again from the start with the
-same seed. Cancellations are read by every worker (no group) and abort the request in the engine."""
+same seed. Cancellations are read by every worker (no group) and abort the request in the engine.
+
+A worker may host several models (hosting.py): it reads each one's batch topic in that model's consumer group, and a
+batch for a model that is not loaded waits for its load while the loaded models keep generating. Worker-control
+commands (preload, evict) are read by every worker (no group)."""
 
 from __future__ import annotations
 
@@ -28,24 +32,27 @@ from services.worker.catalog import ModelCatalog
 from services.worker.config import WorkerSettings
 from services.worker.engine import Engine
 from services.worker.generation import RequestControl, StopReason, serve_request
+from services.worker.hosting import ModelHost, ModelUnavailable
 from services.worker.metrics import WorkerMetrics
 from services.worker.offsets import OffsetTracker, RecentIds
-from services.worker.variants import VariantUnavailable, serving_variant
+from services.worker.variants import VariantUnavailable
 from shared.contracts import (
     BatchFormed,
     CompletionFinished,
     CompletionRequested,
     GenerationFailed,
-    LoadedModel,
     Message,
+    ModelEvictionRequested,
+    ModelPreloadRequested,
     RequestCancelled,
     TokensGenerated,
     WorkerStatusReported,
     utc_now,
 )
-from shared.kafka import Rejected, dead_letter, decode, publish_message
+from shared.kafka import MESSAGE_TYPE_HEADER, Rejected, dead_letter, decode, publish_message, record_headers
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
+from shared.topics import topic_safe
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +64,18 @@ _STOP_REASONS: dict[str, StopReason] = {
     "deadline_exceeded": "deadline_exceeded",
 }
 
+_CONTROL_TYPES: dict[str, type[ModelPreloadRequested | ModelEvictionRequested]] = {
+    "ModelPreloadRequested": ModelPreloadRequested,
+    "ModelEvictionRequested": ModelEvictionRequested,
+}
+
 
 @dataclass
 class Flight:
     task: asyncio.Task[None]
     control: RequestControl
+    model: str
+    variant: str | None = None  # known once the request is accepted
 
 
 @dataclass
@@ -69,8 +83,8 @@ class WorkerDeps:
     settings: WorkerSettings
     common: CommonSettings
     broker: KafkaBroker
-    engine: Engine
-    model_id: str
+    host: ModelHost  # the models this worker holds, loaded on demand within its memory budget
+    model_id: str  # the model loaded at start (FERRY_WORKER_MODEL)
     tracer: trace.Tracer
     metrics: WorkerMetrics
     output_guard: OutputGuard | None = None  # output screening (services/safety/wiring.py); None: off
@@ -81,9 +95,9 @@ class WorkerDeps:
     cancelled: RecentIds = field(default_factory=lambda: RecentIds(10_000))  # cancels that beat their request
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
-    consumer: AIOKafkaConsumer | None = None  # the batch consumer, once started
+    consumers: dict[str, AIOKafkaConsumer] = field(default_factory=dict)  # batch topic -> its consumer, once started
     catalog: ModelCatalog | None = None  # where served-request counts go (the tiers are computed from them)
-    served: int = 0  # requests finished since the last demand write
+    served: dict[str, int] = field(default_factory=dict)  # requests finished per model since the last demand write
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -124,22 +138,35 @@ def register(deps: WorkerDeps) -> None:
             confirm=not isinstance(event, TokensGenerated),
         )
         if isinstance(event, TokensGenerated | CompletionFinished):
-            deps.metrics.replies(request.stream, event)
+            deps.metrics.replies(request.model, request.stream, event)
 
     async def run(request: CompletionRequested, control: RequestControl) -> None:
         attributes = {"ferry.request_id": request.request_id, "ferry.model": request.model}
-        done = False
+        done = acquired = False
+        variant: str | None = None
         with deps.tracer.start_as_current_span(
             "ferry.worker.generate", context=context_from(request.trace_context), attributes=attributes
         ):
             try:
-                serving_variant(request.variant, request.variant_fallback, deps.engine.variant, deps.engine.on_cpu)
+                variant = deps.host.variant_for(request.variant, request.variant_fallback)
+                if (flight := deps.in_flight.get(request.request_id)) is not None:
+                    flight.variant = variant
+                engine = await _acquire(deps, request, variant)
+                acquired = True
                 done = await serve_request(
-                    deps.engine, request, publish_reply, settings.coalesce_ms, control, deps.output_guard
+                    engine, request, publish_reply, settings.coalesce_ms, control, deps.output_guard
                 )
-            except VariantUnavailable as exc:
+            except (VariantUnavailable, ModelUnavailable, TimeoutError) as exc:
+                code = {VariantUnavailable: "variant_unavailable", ModelUnavailable: "model_unavailable"}.get(
+                    type(exc), "deadline_exceeded"
+                )
+                message = str(exc) or "the request's deadline passed while its model was loading"
                 refusal = GenerationFailed(
-                    request_id=request.request_id, sequence=0, code="variant_unavailable", message=str(exc)
+                    request_id=request.request_id,
+                    sequence=0,
+                    code=code,
+                    message=message,
+                    retryable=code != "variant_unavailable",
                 )
                 await publish_reply(request, refusal)
                 done = True
@@ -149,61 +176,73 @@ def register(deps: WorkerDeps) -> None:
                 logger.exception("request %s: its replies could not be published", request.request_id)
             finally:
                 deps.in_flight.pop(request.request_id, None)
+                if acquired:
+                    deps.host.release(request.model, variant)
                 if control.stop_requested_at is not None and control.ended_at is not None:
-                    deps.metrics.stop_to_abort.observe(max(0.0, control.ended_at - control.stop_requested_at))
+                    deps.metrics.stop_to_abort(request.model, max(0.0, control.ended_at - control.stop_requested_at))
         if done:
-            deps.served += 1
+            deps.served[request.model] = deps.served.get(request.model, 0) + 1
             deps.finished.add(request.request_id)
             deps.offsets.finished(request.request_id)
             deps.progress.set()
         _apply_backpressure(deps)
 
-    # MANUAL: FastStream never commits; offsets are committed by the committer task once batches are finished.
-    batches = broker.subscriber(
-        topics.batches(deps.model_id),
-        group_id=settings.group_prefix + deps.model_id,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=settings.heartbeat_interval_ms,
-        max_poll_interval_ms=settings.max_poll_interval_ms,
-        listener=_Rebalance(deps),
-    )
+    def subscribe(model_id: str) -> None:
+        # MANUAL: FastStream never commits; offsets are committed by the committer task once batches are finished.
+        # One consumer per hosted model, in that model's group: a model's partitions are shared by the workers that
+        # host it, whichever other models each of them holds.
+        topic = topics.batches(model_id)
+        batches = broker.subscriber(
+            topic,
+            group_id=settings.group_prefix + model_id,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.MANUAL,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            listener=_Rebalance(deps),
+        )
 
-    @batches
-    async def on_batch(message: KafkaMessage) -> None:
-        record = message.raw_message
-        deps.consumer = message.consumer  # type: ignore[assignment]
-        if deps.draining:
-            return  # not taken: left uncommitted for the partition's next owner
-        partition = TopicPartition(record.topic, record.partition)
-        try:
-            batch = decode(BatchFormed, record)
-            if batch.model != deps.model_id:
-                raise Rejected(f"batch for model {batch.model!r} reached the worker of {deps.model_id!r}")
-        except Rejected as exc:
-            await dead_letter(broker, common, record, str(exc), SERVICE)
-            deps.offsets.taken(partition, record.offset, [])
-            deps.progress.set()
-            return
-        waiting_on = []
-        for request in batch.requests:
-            request_id = request.request_id
-            if request_id in deps.in_flight:
-                logger.info("request %s delivered again while generating; joined", request_id)
+        async def on_batch(message: KafkaMessage) -> None:
+            record = message.raw_message
+            deps.consumers[topic] = message.consumer  # type: ignore[assignment]
+            if deps.draining:
+                return  # not taken: left uncommitted for the partition's next owner
+            partition = TopicPartition(record.topic, record.partition)
+            try:
+                batch = decode(BatchFormed, record)
+                if batch.model != model_id:
+                    raise Rejected(f"batch for model {batch.model!r} reached the {model_id!r} batch topic")
+            except Rejected as exc:
+                await dead_letter(broker, common, record, str(exc), SERVICE)
+                deps.offsets.taken(partition, record.offset, [])
+                deps.progress.set()
+                return
+            waiting_on = []
+            for request in batch.requests:
+                request_id = request.request_id
+                if request_id in deps.in_flight:
+                    logger.info("request %s delivered again while generating; joined", request_id)
+                    waiting_on.append(request_id)
+                    continue
+                if request_id in deps.finished:
+                    logger.info("request %s delivered again after it finished here; skipped", request_id)
+                    continue
+                control = RequestControl()
+                if (reason := deps.cancelled.get(request_id)) is not None:
+                    control.stop(_STOP_REASONS.get(reason, "cancelled"))
                 waiting_on.append(request_id)
-                continue
-            if request_id in deps.finished:
-                logger.info("request %s delivered again after it finished here; skipped", request_id)
-                continue
-            control = RequestControl()
-            if (reason := deps.cancelled.get(request_id)) is not None:
-                control.stop(_STOP_REASONS.get(reason, "cancelled"))
-            waiting_on.append(request_id)
-            deps.in_flight[request_id] = Flight(asyncio.create_task(run(request, control), name=request_id), control)
-        deps.offsets.taken(partition, record.offset, waiting_on)
-        deps.progress.set()
-        _apply_backpressure(deps)
+                task = asyncio.create_task(run(request, control), name=request_id)
+                deps.in_flight[request_id] = Flight(task, control, model_id)
+            deps.offsets.taken(partition, record.offset, waiting_on)
+            deps.progress.set()
+            _apply_backpressure(deps)
+
+        on_batch.__name__ = f"on_batch_{topic_safe(model_id).replace('-', '_').replace('.', '_')}"
+        batches(on_batch)
+
+    for model_id in deps.host.allowed:
+        subscribe(model_id)
 
     # No group: every worker reads every cancellation from the moment it starts.
     @broker.subscriber(topics.cancellations, group_id=None, auto_offset_reset="latest", ack_policy=AckPolicy.MANUAL)
@@ -214,7 +253,7 @@ def register(deps: WorkerDeps) -> None:
         except Rejected as exc:
             await dead_letter(broker, common, record, str(exc), SERVICE)
             return
-        if cancel.model != deps.model_id:
+        if not deps.host.hosts(cancel.model):
             return
         flight = deps.in_flight.get(cancel.request_id)
         if flight is None:
@@ -222,7 +261,44 @@ def register(deps: WorkerDeps) -> None:
             return
         if flight.control.stop(_STOP_REASONS.get(cancel.reason, "cancelled")):
             logger.info("request %s cancelled (%s); aborting", cancel.request_id, cancel.reason)
-            await deps.engine.abort(cancel.request_id)
+            await _abort(deps, flight)
+
+    # No group: every worker reads every command; worker_id narrows it to one worker.
+    @broker.subscriber(topics.worker_control, group_id=None, auto_offset_reset="latest", ack_policy=AckPolicy.MANUAL)
+    async def on_worker_control(message: KafkaMessage) -> None:
+        record = message.raw_message
+        kind = record_headers(record).get(MESSAGE_TYPE_HEADER, "")
+        try:
+            command: ModelPreloadRequested | ModelEvictionRequested = decode(_CONTROL_TYPES[kind], record)
+        except KeyError:
+            await dead_letter(broker, common, record, f"unknown worker-control message type {kind!r}", SERVICE)
+            return
+        except Rejected as exc:
+            await dead_letter(broker, common, record, str(exc), SERVICE)
+            return
+        if command.worker_id not in (None, deps.worker_id) or deps.draining:
+            return
+        if isinstance(command, ModelPreloadRequested):
+            if deps.host.preload(command.model, command.variant):
+                logger.info("preload of %s (%s)", command.model, command.reason or "no reason given")
+            else:
+                logger.info("preload of %s (%s) ignored: not hosted here", command.model, command.variant or "default")
+        elif await deps.host.evict(command.model, "requested"):
+            logger.info("eviction of %s (%s)", command.model, command.reason or "no reason given")
+
+
+async def _acquire(deps: WorkerDeps, request: CompletionRequested, variant: str) -> Engine:
+    """The request's engine: at once when its model is loaded, else once it is (up to the request's deadline)."""
+    if request.deadline_at is None:
+        return await deps.host.acquire(request.model, variant)
+    async with asyncio.timeout(max(0.0, (request.deadline_at - utc_now()).total_seconds())):
+        return await deps.host.acquire(request.model, variant)
+
+
+async def _abort(deps: WorkerDeps, flight: Flight) -> None:
+    engine = deps.host.engine(flight.model, flight.variant)
+    if engine is not None:  # else it still waits for its model: it sees its stop before generating
+        await engine.abort(flight.task.get_name())
 
 
 async def start_background(deps: WorkerDeps) -> None:
@@ -252,46 +328,53 @@ async def _committer(deps: WorkerDeps) -> None:
 
 
 async def _commit(deps: WorkerDeps, points: dict[TopicPartition, int], forget_on_failure: bool = False) -> None:
-    consumer = deps.consumer
-    if consumer is None:
-        deps.offsets.failed(points)
-        return
-    assigned = consumer.assignment()
-    ours = {tp: offset for tp, offset in points.items() if tp in assigned}
-    if not ours:
-        return
-    try:
-        await consumer.commit(ours)
-        logger.debug("committed %s", ours)
-    except KafkaError as exc:  # a rebalance is under way; the next owner reads from the last commit
-        logger.warning("commit of %s failed: %s", ours, exc)
-        if not forget_on_failure:
-            deps.offsets.failed(ours)
+    by_topic: dict[str, dict[TopicPartition, int]] = {}
+    for tp, offset in points.items():
+        by_topic.setdefault(tp.topic, {})[tp] = offset
+    for topic, topic_points in by_topic.items():
+        consumer = deps.consumers.get(topic)
+        if consumer is None:
+            deps.offsets.failed(topic_points)
+            continue
+        assigned = consumer.assignment()
+        ours = {tp: offset for tp, offset in topic_points.items() if tp in assigned}
+        if not ours:
+            continue
+        try:
+            await consumer.commit(ours)
+            logger.debug("committed %s", ours)
+        except KafkaError as exc:  # a rebalance is under way; the next owner reads from the last commit
+            logger.warning("commit of %s failed: %s", ours, exc)
+            if not forget_on_failure:
+                deps.offsets.failed(ours)
 
 
 def _apply_backpressure(deps: WorkerDeps) -> None:
     """Pauses the batch partitions while the worker holds ``max_in_flight`` requests (or drains). Paused, the consumer
     still polls, so the group does not think it is stuck."""
-    consumer = deps.consumer
-    if consumer is None:
-        return
-    assigned = consumer.assignment()
-    if deps.draining or len(deps.in_flight) >= deps.settings.max_in_flight:
-        consumer.pause(*assigned)
-    else:
-        consumer.resume(*assigned)
+    pause = deps.draining or len(deps.in_flight) >= deps.settings.max_in_flight
+    for consumer in deps.consumers.values():
+        assigned = consumer.assignment()
+        if pause:
+            consumer.pause(*assigned)
+        else:
+            consumer.resume(*assigned)
 
 
 def status_report(deps: WorkerDeps) -> WorkerStatusReported:
-    stats = deps.engine.stats
+    """Capacity summed over the loaded engines; requests waiting for a model to load count as waiting."""
+    engines = deps.host.engines()
+    capacity = sum(e.kv_capacity_tokens() for e in engines)
+    free = sum(e.free_tokens() for e in engines)
+    loading = sum(1 for f in deps.in_flight.values() if deps.host.engine(f.model, f.variant) is None)
     return WorkerStatusReported(
         worker_id=deps.worker_id,
-        models=[LoadedModel(model=deps.model_id, variant=deps.engine.variant, state="ready")],
-        running=stats.running,
-        waiting=stats.waiting,
-        max_running=deps.engine.config.max_num_seqs,
-        kv_cache_free=min(1.0, max(0.0, 1.0 - stats.kv_cache_usage)),
-        free_tokens=deps.engine.free_tokens(),
+        models=deps.host.report(),
+        running=sum(e.stats.running for e in engines),
+        waiting=sum(e.stats.waiting for e in engines) + loading,
+        max_running=sum(e.config.max_num_seqs for e in engines) or deps.settings.max_num_seqs,
+        kv_cache_free=min(1.0, max(0.0, free / capacity)) if capacity else 1.0,
+        free_tokens=free,
         draining=deps.draining,
         interval_seconds=deps.settings.status_interval_s,
     )
@@ -304,13 +387,14 @@ async def _demand_writer(deps: WorkerDeps) -> None:
 
 
 async def flush_demand(deps: WorkerDeps) -> None:
-    served, deps.served = deps.served, 0
+    served, deps.served = deps.served, {}
     if deps.catalog is None or not served:
         return
     try:
-        await deps.catalog.record_demand({deps.model_id: served}, utc_now())
+        await deps.catalog.record_demand(served, utc_now())
     except Exception:  # counted again next time rather than lost
-        deps.served += served
+        for model, count in served.items():
+            deps.served[model] = deps.served.get(model, 0) + count
         logger.exception("demand not recorded")
 
 
@@ -340,7 +424,7 @@ async def drain(deps: WorkerDeps, seconds: float) -> None:
         handed_back = [f for f in flights if f.task in pending]
         for flight in handed_back:
             if flight.control.stop("handed_back"):
-                await deps.engine.abort(flight.task.get_name())
+                await _abort(deps, flight)
         if handed_back:
             logger.info("handing back %d request(s)", len(handed_back))
             await asyncio.wait([f.task for f in handed_back], timeout=5)

@@ -1,4 +1,5 @@
-"""Entrypoint: ``python -m services.worker.main`` (serves FERRY_WORKER_MODEL, or the registry's default model)."""
+"""Entrypoint: ``python -m services.worker.main`` (serves FERRY_WORKER_MODEL, or the registry's default model, and may
+host the models of FERRY_WORKER_MODELS next to it within FERRY_WORKER_MEMORY_BUDGET_BYTES)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from prometheus_client import CollectorRegistry
 from services.safety.wiring import build_output_guard
 from services.worker.catalog import ModelCatalog
 from services.worker.config import WorkerSettings
-from services.worker.engine import Engine, EngineConfig
 from services.worker.handlers import SERVICE, WorkerDeps, drain, register, start_background
+from services.worker.hosting import ModelHost, VllmLoader
 from services.worker.metrics import WorkerMetrics
 from services.worker.model_store import ensure_model
+from services.worker.variants import DEFAULT_CPU_VARIANT
 from shared.db import connect_pool
 from shared.kafka import ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
-from shared.registry import ModelRecord, enabled_models
+from shared.registry import ModelRecord, ModelRegistry, enabled_models
 from shared.runtime import kafka_service_app, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
@@ -33,37 +35,45 @@ async def main() -> None:
     provider = setup_tracing(SERVICE, common)
     try:
         model = await _served_model(common, settings)
-        path = await asyncio.to_thread(ensure_model, model.id, model.source, settings.models_dir)
-        engine = await Engine.start(
-            EngineConfig(
-                model_id=model.id,
-                path=path,
-                max_model_len=model.max_model_len,
-                kv_cache_gib=settings.kv_cache_gib,
-                max_num_seqs=settings.max_num_seqs,
-                variant=settings.variant,
-            )
+        pool = await connect_pool(common.postgres_dsn)  # registry, tiers, demand counts, output-screening policies
+        registry, catalog = ModelRegistry(pool), ModelCatalog(pool)
+        metrics = CollectorRegistry()
+        worker_metrics = WorkerMetrics(metrics)
+        host = ModelHost(
+            allowed=[model.id, *settings.models],
+            loader=VllmLoader(
+                settings.models_dir,
+                settings.kv_cache_gib,
+                settings.max_num_seqs,
+                ensure_model,
+                implicit_variant=None if settings.variant else DEFAULT_CPU_VARIANT,
+            ),
+            registry=registry.get,
+            tiers=catalog.tiers,
+            metrics=worker_metrics,
+            budget_bytes=settings.budget_bytes(),
+            default_variant=settings.variant or DEFAULT_CPU_VARIANT,
+            variants=settings.variants,
         )
+        await host.load(model.id)
+        hosted = [r for r in [await registry.get(m) for m in host.allowed] if r is not None]
+        await catalog.record_models(hosted, host.default_variant, host.on_cpu)
         await wait_for_kafka(common)
         topics = common.topics
-        await ensure_topics(common, [topics.batches(model.id)])
+        await ensure_topics(common, [topics.batches(m) for m in host.allowed])
         await ensure_topics(common, [topics.cancellations, topics.worker_status, topics.worker_control], partitions=1)
-        metrics = CollectorRegistry()
-        worker_metrics = WorkerMetrics(metrics, model.id)
-        worker_metrics.watch(engine.stats)
         broker = new_broker(common, SERVICE, provider, metrics)
-        pool = await connect_pool(common.postgres_dsn)  # served-request counts and tenants' output-screening policies
         deps = WorkerDeps(
             settings=settings,
             common=common,
             broker=broker,
-            engine=engine,
+            host=host,
             model_id=model.id,
             tracer=provider.get_tracer(__name__),
             metrics=worker_metrics,
             output_guard=await build_output_guard(common, broker, pool),
         )
-        deps.catalog = ModelCatalog(pool)
+        deps.catalog = catalog
         register(deps)
 
         async def background() -> None:
@@ -79,11 +89,11 @@ async def main() -> None:
             after_startup=[background],
             on_shutdown=[drain_in_flight],
         )
-        logger.info("serving %s from %s as %s", model.id, path, deps.worker_id)
+        logger.info("serving %s as %s (may host %s)", model.id, deps.worker_id, ", ".join(host.allowed))
         try:
             await serve(app, settings.host, settings.port)
         finally:
-            await engine.shutdown()
+            await host.shutdown()
             await pool.close()
     finally:
         provider.shutdown()

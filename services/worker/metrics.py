@@ -1,4 +1,5 @@
-"""The worker's own Prometheus series, next to FastStream's faststream_* ones in the same registry."""
+"""The worker's own Prometheus series, next to FastStream's faststream_* ones in the same registry. Every series is
+labelled by model: a worker may host several."""
 
 from __future__ import annotations
 
@@ -9,46 +10,76 @@ from shared.contracts import CompletionFinished, TokensGenerated
 
 
 class WorkerMetrics:
-    def __init__(self, registry: CollectorRegistry, model: str) -> None:
-        labels = {"model": model}
-        self.tokens = Counter(
-            "ferry_worker_generated_tokens",
-            "Tokens generated (rate() gives tokens/s).",
-            list(labels),
-            registry=registry,
-        ).labels(**labels)
-        self.completions = Counter(
-            "ferry_worker_completions", "Requests that finished generating.", list(labels), registry=registry
-        ).labels(**labels)
-        self.stop_to_abort = Histogram(
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["model"]
+        self._tokens = Counter(
+            "ferry_worker_generated_tokens", "Tokens generated (rate() gives tokens/s).", labels, registry=registry
+        )
+        self._completions = Counter(
+            "ferry_worker_completions", "Requests that finished generating.", labels, registry=registry
+        )
+        self._stop_to_abort = Histogram(
             "ferry_worker_stop_to_abort_seconds",
             "From a cancel, deadline or shutdown reaching the worker to the engine's stream ending.",
-            list(labels),
+            labels,
             registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-        ).labels(**labels)
+        )
+        self._model_requests = Counter(
+            "ferry_worker_model_requests",
+            "Requests by whether their model was loaded when they arrived (found_loaded) or had to wait for it.",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self._loads = Counter(
+            "ferry_worker_model_loads", "Models loaded (at start, on demand or preloaded).", labels, registry=registry
+        )
+        self._evictions = Counter(
+            "ferry_worker_model_evictions",
+            "Models unloaded, by reason (lru, requested).",
+            ["model", "reason"],
+            registry=registry,
+        )
 
         def gauge(name: str, documentation: str) -> Gauge:
-            return Gauge(name, documentation, list(labels), registry=registry)
+            return Gauge(name, documentation, labels, registry=registry)
 
         self._running = gauge("ferry_worker_running", "Requests generating in the engine.")
         self._waiting = gauge("ferry_worker_waiting", "Requests queued in the engine.")
         self._kv = gauge("ferry_worker_kv_cache_usage", "Fraction of the KV cache in use.")
         self._load = gauge("ferry_worker_model_load_seconds", "How long the model took to load.")
-        self._labels = labels
+        self._memory = gauge("ferry_worker_model_memory_bytes", "Memory a loaded model takes (weights plus KV cache).")
+        self._watched = (self._running, self._waiting, self._kv, self._load, self._memory)
 
-    def watch(self, stats: EngineStats) -> None:
-        """The gauges read the engine's latest figures when scraped."""
-        self._running.labels(**self._labels).set_function(lambda: stats.running)
-        self._waiting.labels(**self._labels).set_function(lambda: stats.waiting)
-        self._kv.labels(**self._labels).set_function(lambda: stats.kv_cache_usage)
-        self._load.labels(**self._labels).set_function(lambda: stats.load_seconds)
+    def watch(self, model: str, stats: EngineStats, memory_bytes: int = 0) -> None:
+        """The gauges read a loaded engine's latest figures when scraped."""
+        self._running.labels(model).set_function(lambda: stats.running)
+        self._waiting.labels(model).set_function(lambda: stats.waiting)
+        self._kv.labels(model).set_function(lambda: stats.kv_cache_usage)
+        self._load.labels(model).set_function(lambda: stats.load_seconds)
+        self._memory.labels(model).set(memory_bytes)
+        self._loads.labels(model).inc()
 
-    def replies(self, streamed: bool, event: TokensGenerated | CompletionFinished) -> None:
+    def unwatch(self, model: str, reason: str) -> None:
+        """The model was unloaded: its gauges go away."""
+        for gauge in self._watched:
+            try:
+                gauge.remove(model)
+            except KeyError:
+                pass
+        self._evictions.labels(model, reason).inc()
+
+    def arrived(self, model: str, found_loaded: bool) -> None:
+        self._model_requests.labels(model, "found_loaded" if found_loaded else "waited_for_load").inc()
+
+    def stop_to_abort(self, model: str, seconds: float) -> None:
+        self._stop_to_abort.labels(model).observe(seconds)
+
+    def replies(self, model: str, streamed: bool, event: TokensGenerated | CompletionFinished) -> None:
         """Counts tokens as deltas go out (streaming) or when the completion finishes (not streaming)."""
         if isinstance(event, TokensGenerated):
-            self.tokens.inc(event.token_count)
+            self._tokens.labels(model).inc(event.token_count)
             return
-        self.completions.inc()
+        self._completions.labels(model).inc()
         if not streamed:
-            self.tokens.inc(event.usage.completion_tokens)
+            self._tokens.labels(model).inc(event.usage.completion_tokens)

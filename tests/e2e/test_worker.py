@@ -153,10 +153,10 @@ class Client:
     consumer: AIOKafkaConsumer
     events: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
 
-    def request(self, max_tokens: int, **fields: object) -> CompletionRequested:
+    def request(self, max_tokens: int, model: str = TINY_MODEL, **fields: object) -> CompletionRequested:
         return CompletionRequested(
             request_id=f"w-{uuid.uuid4().hex[:12]}",
-            model=TINY_MODEL,
+            model=model,
             messages=[{"role": "user", "content": "Tell me about message brokers and consumer groups."}],
             sampling=SamplingParams(max_tokens=max_tokens, temperature=1.0),
             reply_topic=self.reply_topic,
@@ -165,8 +165,9 @@ class Client:
         )
 
     async def send_batch(self, requests: list[CompletionRequested], partition: int | None = None) -> None:
-        batch = BatchFormed(batch_id=uuid.uuid4().hex, model=TINY_MODEL, requests=requests)
-        topic = self.common.topics.batches(TINY_MODEL)
+        model = requests[0].model
+        batch = BatchFormed(batch_id=uuid.uuid4().hex, model=model, requests=requests)
+        topic = self.common.topics.batches(model)
         await self.producer.send_and_wait(topic, batch.model_dump_json().encode(), partition=partition)
 
     async def cancel(self, request: CompletionRequested) -> None:
@@ -177,11 +178,16 @@ class Client:
         """Reads replies until ``done()`` is true."""
         async with asyncio.timeout(seconds):
             while not done():  # type: ignore[operator]
-                batches = await self.consumer.getmany(timeout_ms=200)
-                for records in batches.values():
-                    for record in records:
-                        event = json.loads(record.value)
-                        self.events[event["request_id"]].append(event)
+                await self.poll()
+
+    async def poll(self, timeout_ms: int = 200) -> None:
+        """Reads the replies that arrive within ``timeout_ms``, noting when each arrived (``_received_at``)."""
+        batches = await self.consumer.getmany(timeout_ms=timeout_ms)
+        for records in batches.values():
+            for record in records:
+                event = json.loads(record.value)
+                event["_received_at"] = time.monotonic()
+                self.events[event["request_id"]].append(event)
 
     def final(self, request_id: str) -> dict | None:
         return next((e for e in self.events[request_id] if e["event"] in FINAL), None)
@@ -277,7 +283,7 @@ async def test_a_cancel_stops_generation_in_the_engine(workers: Workers) -> None
         await c.cancel(request)
         await c.wait_final([request.request_id], seconds=30)
         await asyncio.sleep(1)  # anything the engine still produced would arrive now
-        await c.read_until(lambda: True, seconds=5)
+        await c.poll(timeout_ms=1000)
 
     events = c.events[request.request_id]
     final = c.final(request.request_id)

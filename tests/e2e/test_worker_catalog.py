@@ -48,3 +48,19 @@ async def test_tiers_are_recomputed_from_the_demand_workers_record(pool: asyncpg
     await catalog.recompute_tiers(TierPolicy(), now)
     rows = {r["model_id"]: r for r in await pool.fetch("SELECT * FROM model_tiers")}
     assert rows[DEFAULT_MODEL]["tier"] == "hot" and rows[DEFAULT_MODEL]["replicas"] == 3
+
+
+async def test_workers_record_the_versions_and_variants_of_the_models_they_host(pool: asyncpg.Pool) -> None:
+    catalog = ModelCatalog(pool)
+    records = [r for r in read_seed() if r.id in (DEFAULT_MODEL, TINY_MODEL)]
+    await catalog.record_models(records, default_variant="fp32", on_cpu=True)
+    await catalog.record_models(records, default_variant="int8", on_cpu=True)  # a second worker: the default stays
+
+    versions = {(r["model_id"], r["version"]) for r in await pool.fetch("SELECT * FROM model_versions")}
+    assert versions == {(r.id, r.version) for r in records}
+    rows = {(r["model_id"], r["variant"]): r for r in await pool.fetch("SELECT * FROM model_variants")}
+    tiny = {variant: row for (model, variant), row in rows.items() if model == TINY_MODEL}
+    assert [v for v, row in tiny.items() if row["is_default"]] == ["fp32"]
+    assert tiny["int8"]["quantization"] == "int8_per_channel_weight_only" and tiny["int8"]["dtype"] == "float16"
+    assert tiny["int8"]["enabled"] and tiny["fp16"]["enabled"]
+    assert not tiny["int4"]["enabled"] and not tiny["bf16"]["enabled"]  # cannot run on this CPU

@@ -1,0 +1,232 @@
+"""A worker hosting several models within a memory budget, through Kafka with real vLLM engines. The tiny model is
+registered four times under different ids (the same weights), so there are four cheap models: tiny-random (hot, loaded
+at start), tiny-b and tiny-c (warm) and tiny-d (cold). The budget holds three of them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from services.worker.model_store import BUILD_MARKER, RECIPE_VERSION, ensure_model
+from shared.contracts import WorkerStatusReported, utc_now
+from shared.settings import CommonSettings
+from tests.e2e.platform import ROOT, TINY_MODEL, Service, _create_database, _delete_topics, _drop_database, _dsn
+from tests.e2e.test_worker import Workers, client
+
+MODEL_B, MODEL_C, MODEL_D = "tiny-b", "tiny-c", "tiny-d"
+KV_CACHE_GIB = 0.25
+BUDGET_GIB = 0.875  # three tiny models (a few MiB of weights and 0.25 GiB of KV cache each) fit, four do not
+
+
+def same_weights(models_dir: Path, source: Path, model_ids: list[str]) -> None:
+    """Model folders for ``model_ids`` that link to the tiny model's files, marked as built for their own id."""
+    for model_id in model_ids:
+        folder = models_dir / model_id
+        folder.mkdir(parents=True)
+        for item in source.iterdir():
+            if item.name != BUILD_MARKER:
+                (folder / item.name).symlink_to(item)
+        recipe = {"model_id": model_id, "source": "tiny-random", "recipe": RECIPE_VERSION}
+        (folder / BUILD_MARKER).write_text(json.dumps(recipe) + "\n")
+
+
+async def register(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.executemany(
+            "INSERT INTO models (id, source, version, max_model_len) VALUES ($1, 'tiny-random', '1', 2048)",
+            [(m,) for m in (MODEL_B, MODEL_C, MODEL_D)],
+        )
+        await conn.executemany(
+            "INSERT INTO model_tiers (model_id, tier, requests_per_hour, replicas) VALUES ($1, $2, $3, $4)",
+            [(TINY_MODEL, "hot", 5000, 3), (MODEL_B, "warm", 500, 2), (MODEL_C, "warm", 400, 2)],
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def hosting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    run_id = uuid.uuid4().hex[:8]
+    base = CommonSettings()
+    database = f"ferry_test_models_{run_id}"
+    asyncio.run(_create_database(base.postgres_dsn, database))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "FERRY_TOPIC_PREFIX": f"ferrytest-m{run_id}.",
+        "FERRY_POSTGRES_DSN": _dsn(base.postgres_dsn, database),
+        "FERRY_OTEL_EXPORTER": "none",
+        "FERRY_WORKER_GROUP_PREFIX": f"ferrytest-m{run_id}.worker.",
+        "FERRY_WORKER_KV_CACHE_GIB": str(KV_CACHE_GIB),
+        "FERRY_WORKER_MODELS": json.dumps([MODEL_B, MODEL_C, MODEL_D]),
+    }
+    common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
+    subprocess.run([sys.executable, "-m", "shared.prepare"], env=env, cwd=ROOT, check=True, capture_output=True)
+    asyncio.run(register(env["FERRY_POSTGRES_DSN"]))
+    shared_dir = Path(os.environ.get("FERRY_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
+    models_dir = tmp_path_factory.mktemp("models")
+    tiny = ensure_model(TINY_MODEL, "tiny-random", shared_dir)
+    same_weights(models_dir, tiny, [TINY_MODEL, MODEL_B, MODEL_C, MODEL_D])
+    pool = Workers(common, env, tmp_path_factory.mktemp("workers"), models_dir)
+    try:
+        yield pool
+    finally:
+        for s in pool.started:
+            stop(s)
+        asyncio.run(_drop_database(base.postgres_dsn, database))
+        asyncio.run(_delete_topics(common))
+
+
+def stop(service: Service) -> None:
+    if service.process and service.process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.process.pid, signal.SIGKILL)
+        service.process.wait(timeout=30)
+
+
+async def status(common: CommonSettings, worker: Service, after: datetime, seconds: float = 30) -> WorkerStatusReported:
+    """The worker's first heartbeat made after ``after``."""
+    topic = common.topics.worker_status
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=common.kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(seconds):
+            async for record in consumer:
+                report = WorkerStatusReported.model_validate_json(record.value)
+                ours = report.worker_id.endswith(f":{worker.port}:{worker.process.pid}")  # type: ignore[union-attr]
+                if ours and report.reported_at > after:
+                    return report
+    finally:
+        await consumer.stop()
+    raise AssertionError("no heartbeat")
+
+
+async def held(common: CommonSettings, worker: Service) -> dict[str, str]:
+    report = await status(common, worker, utc_now())
+    return {m.model: m.state for m in report.models}
+
+
+def control(workers: Workers, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "services.worker.control", *args], env=workers.env, cwd=ROOT, check=True, timeout=60
+    )
+
+
+async def test_a_model_loads_in_the_background_and_the_least_recently_used_warm_model_makes_room(
+    hosting: Workers,
+) -> None:
+    worker = hosting.start("worker-lru", FERRY_WORKER_MEMORY_BUDGET_GB=str(BUDGET_GIB))
+    common = hosting.common
+    try:
+        assert await held(common, worker) == {TINY_MODEL: "ready"}
+        async with client(common) as c:
+            # tiny-b is not loaded: its request waits for the load, while tiny-random keeps answering
+            cold = c.request(max_tokens=8, model=MODEL_B)
+            await c.send_batch([cold])
+            sent_during_load = []
+            async with asyncio.timeout(120):
+                while not c.events[cold.request_id]:
+                    meanwhile = c.request(max_tokens=8)
+                    await c.send_batch([meanwhile])
+                    sent_during_load.append(meanwhile)
+                    await c.poll(timeout_ms=300)
+                    await asyncio.sleep(0.2)
+            await c.wait_final([cold.request_id] + [r.request_id for r in sent_during_load], seconds=60)
+            b_first = c.events[cold.request_id][0]["_received_at"]
+            answered_before_b = [
+                r for r in sent_during_load if (final := c.final(r.request_id)) and final["_received_at"] < b_first
+            ]
+            assert len(answered_before_b) >= 3, "tiny-random stalled while tiny-b loaded"
+            assert c.final(cold.request_id)["event"] == "completion_finished"  # type: ignore[index]
+
+            # room for a third model: nothing is evicted
+            for model in (MODEL_C, MODEL_B):  # then tiny-b again, so tiny-c is the least recently used warm model
+                request = c.request(max_tokens=8, model=model)
+                await c.send_batch([request])
+                await c.wait_final([request.request_id], seconds=120)
+                assert c.final(request.request_id)["event"] == "completion_finished"  # type: ignore[index]
+            assert await held(common, worker) == {TINY_MODEL: "ready", MODEL_B: "ready", MODEL_C: "ready"}
+
+            # a fourth does not fit: tiny-c goes; tiny-random stays although it was used last of all, as it is hot
+            fourth = c.request(max_tokens=8, model=MODEL_D)
+            await c.send_batch([fourth])
+            await c.wait_final([fourth.request_id], seconds=120)
+            assert c.final(fourth.request_id)["event"] == "completion_finished"  # type: ignore[index]
+        report = await status(common, worker, utc_now())
+        models = {m.model: m for m in report.models}
+        assert set(models) == {TINY_MODEL, MODEL_B, MODEL_D}
+        assert f"evicting {MODEL_C} (least recently used) to fit {MODEL_D}" in hosting.log(worker)
+        assert (models[MODEL_B].requests_waited_for_load, models[MODEL_B].requests_found_loaded) == (1, 1)
+        assert (models[MODEL_D].requests_waited_for_load, models[MODEL_D].requests_found_loaded) == (1, 0)
+        assert models[TINY_MODEL].requests_found_loaded >= len(sent_during_load)
+        assert all(KV_CACHE_GIB * (1 << 30) < m.memory_bytes < BUDGET_GIB / 3 * (1 << 30) for m in models.values())
+        print(f"{len(answered_before_b)} of {len(sent_during_load)} tiny-random requests answered while tiny-b loaded")
+    finally:
+        stop(worker)
+
+
+async def test_preload_over_worker_control_loads_a_model_before_its_first_request_and_variants_load_on_demand(
+    hosting: Workers,
+) -> None:
+    worker = hosting.start("worker-preload", FERRY_WORKER_VARIANTS='["fp16"]')
+    common = hosting.common
+    try:
+        started = utc_now()
+        control(hosting, "preload", MODEL_C, "--reason", "forecast")
+        async with asyncio.timeout(120):
+            while (await held(common, worker)).get(MODEL_C) != "ready":
+                pass
+        async with client(common) as c:
+            request = c.request(max_tokens=8, model=MODEL_C)
+            await c.send_batch([request])
+            await c.wait_final([request.request_id], seconds=60)
+            assert c.final(request.request_id)["event"] == "completion_finished"  # type: ignore[index]
+        report = await status(common, worker, utc_now())
+        (preloaded,) = [m for m in report.models if m.model == MODEL_C]
+        assert (preloaded.requests_found_loaded, preloaded.requests_waited_for_load) == (1, 0)
+        assert preloaded.last_used_at is not None and preloaded.last_used_at > started
+
+        control(hosting, "evict", MODEL_C)
+        async with asyncio.timeout(60):
+            while MODEL_C in await held(common, worker):
+                pass
+        assert await held(common, worker) == {TINY_MODEL: "ready"}
+        assert "eviction of tiny-c" in hosting.log(worker)
+
+        # a variant this worker may load is loaded for the request that asks for it, as an engine of its own
+        async with client(common) as c:
+            half = c.request(max_tokens=8, variant="fp16", variant_fallback=False)
+            await c.send_batch([half])
+            await c.wait_final([half.request_id], seconds=120)
+            assert c.final(half.request_id)["event"] == "completion_finished"  # type: ignore[index]
+        report = await status(common, worker, utc_now())
+        assert sorted((m.model, m.variant, m.state) for m in report.models) == [
+            (TINY_MODEL, "fp16", "ready"),
+            (TINY_MODEL, "fp32", "ready"),
+        ]
+        conn = await asyncpg.connect(common.postgres_dsn)
+        try:
+            variants = {
+                r["variant"]: r for r in await conn.fetch("SELECT * FROM model_variants WHERE model_id = $1", MODEL_C)
+            }
+        finally:
+            await conn.close()
+        assert variants["fp32"]["is_default"] and variants["fp16"]["enabled"] and not variants["int4"]["enabled"]
+    finally:
+        stop(worker)
