@@ -73,12 +73,11 @@ async def in_process(n: int) -> list[str]:
 async def through_kafka(n: int) -> list[str]:
     import asyncpg
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient
 
     from services.safety.config import SafetySettings
     from services.safety.main import build_app
     from shared.db import connect_pool, migrate
-    from shared.kafka import ensure_topics
+    from shared.kafka import delete_topics, ensure_topics
     from shared.settings import CommonSettings
 
     base = CommonSettings()
@@ -152,14 +151,7 @@ async def through_kafka(n: int) -> list[str]:
                 await screened.stop()
                 await plain.stop()
     finally:
-        admin = AIOKafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
-        await admin.start()
-        try:
-            ours = [t for t in await admin.list_topics() if t.startswith(common.topic_prefix)]
-            if ours:
-                await admin.delete_topics(ours)
-        finally:
-            await admin.close()
+        await delete_topics(common)
         await admin_conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin_conn.close()
     added50, added99 = pct(stage_ms, 50) - pct(bare_ms, 50), pct(stage_ms, 99) - pct(bare_ms, 99)

@@ -100,6 +100,20 @@ async def ensure_topics(settings: CommonSettings, names: Iterable[str], partitio
         await admin.close()
 
 
+async def delete_topics(settings: CommonSettings) -> list[str]:
+    """Deletes every topic whose name starts with the settings' topic prefix (a test run's or a benchmark's private
+    topics); returns their names."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="ferry-admin")
+    await admin.start()
+    try:
+        ours = sorted(t for t in await admin.list_topics() if t.startswith(settings.topic_prefix))
+        if ours:
+            await admin.delete_topics(ours)
+        return ours
+    finally:
+        await admin.close()
+
+
 async def wait_for_kafka(settings: CommonSettings, seconds: float = 60) -> None:
     """Start-up step: waits until the cluster answers, so services can start in any order."""
     loop = asyncio.get_running_loop()

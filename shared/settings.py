@@ -44,3 +44,10 @@ class CommonSettings(BaseSettings):
         if self.environment == "production" and f":{_DEV_PASSWORD}@" in self.postgres_dsn:
             raise ValueError("FERRY_POSTGRES_DSN uses the development password; set a real one in production")
         return self
+
+
+def consumer_group(name: str) -> str:
+    """The default of every consumer-group setting: named after the topic prefix (``ferry.`` gives ``ferry-<name>``),
+    so deployments and test runs that share a Kafka cluster, each with its own prefix, never join each other's
+    groups."""
+    return CommonSettings().topic_prefix.rstrip(".") + "-" + name

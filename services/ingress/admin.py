@@ -5,6 +5,9 @@ tenants list
 keys create acme --name ci         prints the key once; only its SHA-256 digest is stored
 keys list [acme]
 keys revoke key_0123abcd
+admin-keys create --name ops       a key of the admin HTTP API (/admin/v1/...), printed once
+admin-keys list
+admin-keys revoke adminkey_0123abcd
 dev-key .state/dev-api-key         the local platform's key: reused while valid, else made (tenant "default")
 """
 
@@ -14,12 +17,13 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import get_args
 
 from services.cache.ops import invalidate_tenant
 from services.ingress.adapters import TenantDirectory
-from services.ingress.tenants import Tenant
+from services.ingress.tenants import NewKey, Tenant
 from shared.contracts import BatchingProfile, Priority
 from shared.db import connect_pool
 from shared.settings import CommonSettings
@@ -51,29 +55,61 @@ def _parser() -> argparse.ArgumentParser:
     key_revoke = keys.add_parser("revoke", help="revoke a key by its id")
     key_revoke.add_argument("key_id")
 
+    admin_keys = sub.add_parser("admin-keys", help="create, list or revoke keys of the admin HTTP API")
+    admin_actions = admin_keys.add_subparsers(dest="action", required=True)
+    admin_create = admin_actions.add_parser("create", help="create an admin key and print it (shown only once)")
+    admin_create.add_argument("--name", default="")
+    admin_actions.add_parser("list", help="list admin keys (never the secrets)")
+    admin_revoke = admin_actions.add_parser("revoke", help="revoke an admin key by its id")
+    admin_revoke.add_argument("key_id")
+
     dev = sub.add_parser("dev-key", help="print the local platform's key, making it (and tenant 'default') if needed")
     dev.add_argument("file", type=Path)
     return parser
 
 
+async def save_tenant(
+    directory: TenantDirectory, tenant: Tenant, invalidate_cache: Callable[[str], Awaitable[int]]
+) -> int | None:
+    """Creates or updates a tenant (the CLI and the admin API both call this). A tenant whose retention is 0 may have
+    no text kept anywhere, so its cached responses are dropped: returns how many, or None when it retains text."""
+    await directory.upsert_tenant(tenant)
+    if tenant.retention_days == 0:
+        return await invalidate_cache(tenant.id)
+    return None
+
+
+async def create_key(directory: TenantDirectory, tenant_id: str, name: str = "") -> NewKey | None:
+    """A new key of an existing tenant; None if there is no such tenant."""
+    if await directory.tenant(tenant_id) is None:
+        return None
+    return await directory.create_key(tenant_id, name)
+
+
+def _print_keys(rows: list, tenant_column: bool = True) -> None:  # type: ignore[type-arg]
+    for k in rows:
+        state = f"revoked {k['revoked_at']:%Y-%m-%d %H:%M}" if k["revoked_at"] else "active"
+        owner = f"\t{k['tenant_id']}" if tenant_column else ""
+        print(f"{k['id']}{owner}\t{k['key_prefix']}...\t{k['name']!r}\t{state}")
+
+
 async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
     if args.command == "tenants" and args.action == "create":
-        await directory.upsert_tenant(
-            Tenant(
-                id=args.tenant_id,
-                name=args.name,
-                requests_per_minute=args.rpm,
-                tokens_per_minute=args.tpm,
-                monthly_token_quota=args.monthly_tokens,
-                retention_days=args.retention_days,
-                max_priority=args.max_priority,
-                default_priority=args.default_priority,
-                default_profile=args.default_profile,
-            )
+        tenant = Tenant(
+            id=args.tenant_id,
+            name=args.name,
+            requests_per_minute=args.rpm,
+            tokens_per_minute=args.tpm,
+            monthly_token_quota=args.monthly_tokens,
+            retention_days=args.retention_days,
+            max_priority=args.max_priority,
+            default_priority=args.default_priority,
+            default_profile=args.default_profile,
         )
+        dropped = await save_tenant(directory, tenant, invalidate_tenant)
         print(f"tenant {args.tenant_id} saved")
-        if args.retention_days == 0:  # no text may be kept: drop what the response cache holds for the tenant
-            print(f"{await invalidate_tenant(args.tenant_id)} cached responses of {args.tenant_id} dropped")
+        if dropped is not None:  # no text may be kept: what the response cache held for the tenant is gone
+            print(f"{dropped} cached responses of {args.tenant_id} dropped")
     elif args.command == "tenants":
         for t in await directory.tenants():
             print(
@@ -82,21 +118,30 @@ async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
                 f" priority={t.default_priority}<= {t.max_priority} profile={t.default_profile}"
             )
     elif args.command == "keys" and args.action == "create":
-        if await directory.tenant(args.tenant_id) is None:
+        key = await create_key(directory, args.tenant_id, args.name)
+        if key is None:
             print(f"error: no tenant {args.tenant_id}; create it first", file=sys.stderr)
             return 1
-        key = await directory.create_key(args.tenant_id, args.name)
         print(f"{key.id}\t{key.secret}")
         print("store the key now: it cannot be shown again", file=sys.stderr)
     elif args.command == "keys" and args.action == "list":
-        for k in await directory.keys(args.tenant_id):
-            state = f"revoked {k['revoked_at']:%Y-%m-%d %H:%M}" if k["revoked_at"] else "active"
-            print(f"{k['id']}\t{k['tenant_id']}\t{k['key_prefix']}...\t{k['name']!r}\t{state}")
+        _print_keys(await directory.keys(args.tenant_id))
     elif args.command == "keys":
         if not await directory.revoke_key(args.key_id):
             print(f"error: no active key {args.key_id}", file=sys.stderr)
             return 1
         print(f"key {args.key_id} revoked")
+    elif args.command == "admin-keys" and args.action == "create":
+        key = await directory.create_admin_key(args.name)
+        print(f"{key.id}\t{key.secret}")
+        print("store the key now: it cannot be shown again", file=sys.stderr)
+    elif args.command == "admin-keys" and args.action == "list":
+        _print_keys(await directory.admin_keys(), tenant_column=False)
+    elif args.command == "admin-keys":
+        if not await directory.revoke_admin_key(args.key_id):
+            print(f"error: no active admin key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"admin key {args.key_id} revoked")
     else:
         print(await dev_key(directory, args.file))
     return 0

@@ -13,12 +13,22 @@ CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,re
 
 
 def test_the_api_keeps_its_published_contract(platform: Platform, tmp_path: Path) -> None:
+    _fuzz(platform, platform.api_key, tmp_path)
+
+
+def test_the_admin_api_keeps_its_published_contract_with_an_admin_key(platform: Platform, tmp_path: Path) -> None:
+    admin_key = platform.admin("admin-keys", "create", "--name", "fuzz").split("\t")[1]
+    _fuzz(platform, admin_key, tmp_path, "--include-path-regex", "^/admin/")
+
+
+def _fuzz(platform: Platform, key: str, workdir: Path, *options: str) -> None:
     command = [
         str(Path(sys.executable).with_name("st")),
         "run",
         f"{platform.base_url}/openapi.json",
+        *options,
         "--header",
-        f"Authorization: Bearer {platform.api_key}",
+        f"Authorization: Bearer {key}",
         "--checks",
         CHECKS,
         "--max-examples",
@@ -29,5 +39,5 @@ def test_the_api_keeps_its_published_contract(platform: Platform, tmp_path: Path
         "1",
         "--no-color",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=workdir)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]

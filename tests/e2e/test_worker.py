@@ -32,13 +32,13 @@ from shared.contracts import (
     WorkerStatusReported,
     utc_now,
 )
+from shared.kafka import delete_topics
 from shared.settings import CommonSettings
 from tests.e2e.platform import (
     ROOT,
     TINY_MODEL,
     Service,
     _create_database,
-    _delete_topics,
     _drop_database,
     _dsn,
     _wait_healthy,
@@ -140,7 +140,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
                     os.killpg(s.process.pid, signal.SIGKILL)
                 s.process.wait(timeout=30)
         asyncio.run(_drop_database(base.postgres_dsn, database))
-        asyncio.run(_delete_topics(common))
+        asyncio.run(delete_topics(common))
 
 
 @dataclass
