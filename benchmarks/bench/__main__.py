@@ -277,7 +277,7 @@ def _overhead(args: argparse.Namespace, argv: list[str] | None) -> int:
     command = " ".join(["bench", *_redacted(argv if argv is not None else sys.argv[1:])])
     print(overhead.write(out, steps, command).read_text())
     print(f"report: {out}", file=sys.stderr)
-    return 0 if all(s.ferry.completed and s.vllm.completed for s in steps) else 1
+    return 0 if all(all(r.completed for r in s.summaries.values()) for s in steps) else 1
 
 
 def _compare_batching(args: argparse.Namespace, load: Load, out: Path, slos: dict[str, float], count: int) -> int:
