@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -95,6 +97,8 @@ def register(deps: SafetyDeps) -> None:
             return
         texts = [prompt_text([(m.role, m.content) for m in r.messages], r.prompt) for r in accepted]
         screenings = await deps.screener.screen(texts)
+        # every record of the poll goes out at once; the poll is committed only once the broker has confirmed them all
+        sent: list[asyncio.Future[Any] | None] = []
         for request, screening in zip(accepted, screenings, strict=True):
             with deps.tracer.start_as_current_span(
                 "ferry.safety.screen_prompt",
@@ -107,14 +111,16 @@ def register(deps: SafetyDeps) -> None:
                 span.set_attribute("ferry.safety.categories", list(decision.flagged))
                 rid = request.request_id
                 if decision.action in ("allow", "release"):
-                    await publish_message(broker, request, topics.screened(request.model), key=rid, request_id=rid)
+                    screened = topics.screened(request.model)
+                    sent.append(await publish_message(broker, request, screened, rid, rid, confirm=False))
                 if decision.action == "block":
                     failure = blocked_failure(rid, 0, "prompt", decision.categories)
-                    await publish_message(broker, failure, request.reply_topic, key=rid, request_id=rid)
+                    sent.append(await publish_message(broker, failure, request.reply_topic, rid, rid, confirm=False))
                 if decision.action != "allow":
                     flagged = flagged_from(request, screening, decision.action, list(decision.flagged))
-                    await publish_message(broker, flagged, topics.safety_flagged, key=rid, request_id=rid)
+                    sent.append(await publish_message(broker, flagged, topics.safety_flagged, rid, rid, confirm=False))
                     logger.info("request %s prompt %s: %s", rid, decision.action, ",".join(decision.flagged))
+        await asyncio.gather(*(f for f in sent if f is not None))
 
     @broker.subscriber(
         topics.safety_flagged,
