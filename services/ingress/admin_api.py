@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from services.ingress import admin
-from services.ingress.handlers import DepsDep, bearer
+from services.ingress.handlers import DepsDep, bearer, unauthorized
 from services.ingress.protocol import ErrorResponse
 from services.ingress.serving import ApiError
 from services.ingress.tenants import PriorityNotAllowed, Tenant
@@ -129,12 +129,7 @@ async def administrator(
     deps: DepsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> None:
     if credentials is None:
-        raise ApiError(
-            401,
-            "You didn't provide an admin key. Send it in the Authorization header: `Authorization: Bearer ADMIN_KEY`.",
-            code="missing_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise unauthorized("admin key", "ADMIN_KEY")
     if await deps.tenants.is_admin(credentials.credentials):
         return
     if await deps.tenants.authenticate(credentials.credentials) is not None:
@@ -142,12 +137,7 @@ async def administrator(
             403, "This key belongs to a tenant; the admin API needs an admin key.", "permission_error",
             code="admin_key_required",
         )  # fmt: skip
-    raise ApiError(
-        401,
-        "Incorrect admin key provided. The key is unknown or has been revoked.",
-        code="invalid_api_key",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+    raise unauthorized("admin key", "ADMIN_KEY", credentials.credentials)
 
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(administrator)], responses=ERRORS)

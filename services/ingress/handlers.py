@@ -103,22 +103,22 @@ async def authenticated(
     deps: DepsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Tenant:
     if credentials is None:
-        raise ApiError(
-            401,
-            "You didn't provide an API key. Send it in the Authorization header: `Authorization: Bearer YOUR_KEY`.",
-            code="missing_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise unauthorized("API key", "YOUR_KEY")
     tenant = await deps.tenants.authenticate(credentials.credentials)
     if tenant is None:
-        shown = credentials.credentials[:10] + "..." if len(credentials.credentials) > 10 else "***"
-        raise ApiError(
-            401,
-            f"Incorrect API key provided: {shown}. The key is unknown or has been revoked.",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise unauthorized("API key", "YOUR_KEY", credentials.credentials)
     return tenant
+
+
+def unauthorized(kind: str, placeholder: str, sent: str | None = None) -> ApiError:
+    """401 for a missing key (``sent`` None) or an unknown or revoked one, in OpenAI's wording."""
+    if sent is None:
+        header = f"`Authorization: Bearer {placeholder}`"
+        message = f"You didn't provide an {kind}. Send it in the Authorization header: {header}."
+        return ApiError(401, message, code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
+    shown = sent[:10] + "..." if len(sent) > 10 else "***"
+    message = f"Incorrect {kind} provided: {shown}. The key is unknown or has been revoked."
+    return ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 TenantDep = Annotated[Tenant, Depends(authenticated)]
