@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.bench import prompts
@@ -77,9 +77,9 @@ def run_overhead(
     try:
         with vllm_server(model, model_path, max_model_len, out / "vllm-server.log") as vllm:
             ferry = Target("ferry", platform.base_url + "/v1", model, platform.api_key)
-            warm = Load(prompts.synthetic(WARMUP_PROMPTS, input_words, output_tokens, seed=99), [0.0] * 8, 4)
+            warm_up = prompts.synthetic(WARMUP_PROMPTS, input_words, output_tokens, seed=99)
             for target in (ferry, vllm):
-                asyncio.run(run(target, replace(warm, show_progress=False)))
+                asyncio.run(run(target, Load(warm_up, [0.0] * WARMUP_PROMPTS, 4, show_progress=False)))
             for i, concurrency in enumerate(concurrencies):
                 count = max(64, 2 * concurrency)
                 requests = prompts.synthetic(count, input_words, output_tokens, seed=i)
