@@ -392,7 +392,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
         deps: IngressDeps | None = getattr(request.app.state, "deps", None)
         if deps is not None:
-            deps.metrics.responses.labels(request.url.path, str(exc.status)).inc()
+            # the route's template, not the path: ids in paths (or fuzzed paths) must not make new series
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            deps.metrics.responses.labels(route, str(exc.status)).inc()
             if exc.status in (429, 503) and exc.code:
                 deps.metrics.refused.labels(exc.code).inc()
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)

@@ -18,7 +18,9 @@ def test_the_api_keeps_its_published_contract(platform: Platform, tmp_path: Path
 
 def test_the_admin_api_keeps_its_published_contract_with_an_admin_key(platform: Platform, tmp_path: Path) -> None:
     admin_key = platform.admin("admin-keys", "create", "--name", "fuzz").split("\t")[1]
-    _fuzz(platform, admin_key, tmp_path, "--include-path-regex", "^/admin/")
+    # no stateful phase: it would feed ids from list responses back into PATCH and DELETE, changing the session's own
+    # tenants and revoking its key under the tests that run next
+    _fuzz(platform, admin_key, tmp_path, "--include-path-regex", "^/admin/", "--phases", "examples,coverage,fuzzing")
 
 
 def _fuzz(platform: Platform, key: str, workdir: Path, *options: str) -> None:
