@@ -33,7 +33,7 @@ from shared.contracts import (
     utc_now,
 )
 from shared.kafka import delete_topics
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, consumer_group
 from tests.e2e.platform import (
     ROOT,
     TINY_MODEL,
@@ -229,7 +229,8 @@ async def committed_to_the_end(common: CommonSettings, seconds: float = 10) -> N
         ends = await consumer.end_offsets(partitions)
         async with asyncio.timeout(seconds):
             while True:
-                committed = await admin.list_consumer_group_offsets("ferry-worker." + TINY_MODEL)
+                group = consumer_group("worker.", common.topic_prefix) + TINY_MODEL
+                committed = await admin.list_consumer_group_offsets(group)
                 # a partition that never got a batch has nothing to commit
                 if all(committed[tp].offset == ends[tp] if tp in committed else ends[tp] == 0 for tp in partitions):
                     return
