@@ -120,13 +120,12 @@ async def through_kafka(n: int) -> list[str]:
 
     import asyncpg
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient
 
     from services.safety.config import SafetySettings
     from services.safety.labels import load_labeled
     from services.safety.main import build_app
     from shared.db import connect_pool, migrate
-    from shared.kafka import ensure_topics
+    from shared.kafka import delete_topics, ensure_topics
     from shared.settings import CommonSettings
 
     base = CommonSettings()
@@ -233,14 +232,7 @@ async def through_kafka(n: int) -> list[str]:
                         timings[k].append(v)
                     timings["bare"].append(hop)
     finally:
-        admin = AIOKafkaAdminClient(bootstrap_servers=base.kafka_bootstrap)
-        await admin.start()
-        try:
-            ours = [t for t in await admin.list_topics() if t.startswith(f"bench-{run}")]
-            if ours:
-                await admin.delete_topics(ours)
-        finally:
-            await admin.close()
+        await delete_topics(base.model_copy(update={"topic_prefix": f"bench-{run}"}))  # every stage's and the bare one
         await admin_conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin_conn.close()
     bare_ms = timings["bare"]

@@ -26,8 +26,8 @@ cleanup() {
   db "DROP DATABASE IF EXISTS ferry_bench_$run_id WITH (FORCE)" || true
   "$py" -c "import asyncio
 from shared.settings import CommonSettings
-from tests.e2e.platform import _delete_topics
-asyncio.run(_delete_topics(CommonSettings()))" || true
+from shared.kafka import delete_topics
+asyncio.run(delete_topics(CommonSettings()))" || true
 }
 trap cleanup EXIT
 

@@ -10,6 +10,7 @@ from typing import TypeVar
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.structs import RecordMetadata
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
@@ -63,17 +64,20 @@ async def publish_message(
     key: str | None,
     request_id: str | None = None,
     confirm: bool = True,
-) -> None:
+) -> asyncio.Future[RecordMetadata] | None:
     """Publishes a contract message as JSON with the platform's headers (the tracing middleware adds trace context).
     With ``confirm=False`` it returns once the record is queued in the producer, without waiting for the broker: the
-    producer keeps records of one key in order, so confirming a later record confirms the earlier ones too."""
-    await broker.publish(
+    producer keeps records of one key in order, so confirming a later record confirms the earlier ones too. It then
+    returns the broker's confirmation to await later, so a handler publishing several records pays one round trip,
+    not one per record, before it lets its input be committed."""
+    sent = await broker.publish(
         message.model_dump_json().encode(),
         topic,
         key=key.encode() if key is not None else None,
         headers=message_headers(message, request_id) | {"content-type": "application/json"},
         no_confirm=not confirm,
     )
+    return None if confirm else sent  # type: ignore[return-value]
 
 
 def record_headers(record: ConsumerRecord) -> dict[str, str]:
@@ -96,6 +100,20 @@ async def ensure_topics(settings: CommonSettings, names: Iterable[str], partitio
             except TopicAlreadyExistsError:
                 pass
             logger.info("created topics %s", [t.name for t in wanted])
+    finally:
+        await admin.close()
+
+
+async def delete_topics(settings: CommonSettings) -> list[str]:
+    """Deletes every topic whose name starts with the settings' topic prefix (a test run's or a benchmark's private
+    topics); returns their names."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="ferry-admin")
+    await admin.start()
+    try:
+        ours = sorted(t for t in await admin.list_topics() if t.startswith(settings.topic_prefix))
+        if ours:
+            await admin.delete_topics(ours)
+        return ours
     finally:
         await admin.close()
 

@@ -44,3 +44,11 @@ class CommonSettings(BaseSettings):
         if self.environment == "production" and f":{_DEV_PASSWORD}@" in self.postgres_dsn:
             raise ValueError("FERRY_POSTGRES_DSN uses the development password; set a real one in production")
         return self
+
+
+def consumer_group(name: str, topic_prefix: str | None = None) -> str:
+    """The default of every consumer-group setting: named after the topic prefix (``ferry.`` gives ``ferry-<name>``),
+    so deployments and test runs that share a Kafka cluster, each with its own prefix, never join each other's
+    groups. The prefix is FERRY_TOPIC_PREFIX's unless given."""
+    prefix = CommonSettings().topic_prefix if topic_prefix is None else topic_prefix
+    return prefix.rstrip(".") + "-" + name

@@ -75,6 +75,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="no batching vs each batcher profile, each on a private platform started here (see bench/batching.py)",
     )
     p.add_argument(
+        "--overhead",
+        action="store_true",
+        help="the time ferry adds to TTFT and TPOT vs vLLM's own server on the same model, at each --concurrencies, "
+        "on a private platform started from this checkout (see bench/overhead.py)",
+    )
+    p.add_argument(
+        "--concurrencies",
+        type=lambda text: [int(c) for c in text.split(",")],
+        default=[1, 16, 64],
+        help="with --overhead: concurrent streams of each step, comma-separated",
+    )
+    p.add_argument(
         "--low-load-prompts",
         type=int,
         default=20,
@@ -169,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "start-times.json").write_text(json.dumps({"model": args.model, **times}, indent=2) + "\n")
         return 0
+    if args.overhead:
+        return _overhead(args, argv)
     slos = parse_slos(args.slo)
     requests, offsets = build_load(args)
     if args.compare_cache:
@@ -248,6 +262,22 @@ def main(argv: list[str] | None = None) -> int:
     print(paths["markdown"].read_text())
     print(f"report: {out}", file=sys.stderr)
     return 0 if all(r.summary.completed for r in runs.values()) else 1
+
+
+def _overhead(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from benchmarks.bench import overhead
+
+    out = args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    path, max_model_len = _local_model(args.model)
+    models_dir = Path(os.environ.get("FERRY_WORKER_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
+    steps = overhead.run_overhead(
+        args.model, path, max_model_len, args.concurrencies, args.input_words, args.output_tokens, models_dir, out
+    )
+    command = " ".join(["bench", *_redacted(argv if argv is not None else sys.argv[1:])])
+    print(overhead.write(out, steps, command).read_text())
+    print(f"report: {out}", file=sys.stderr)
+    return 0 if all(all(r.completed for r in s.summaries.values()) for s in steps) else 1
 
 
 def _compare_batching(args: argparse.Namespace, load: Load, out: Path, slos: dict[str, float], count: int) -> int:

@@ -17,7 +17,9 @@ import numpy as np
 # Hops in request order; each is (end of one span, start of the next) or a span's own duration.
 HOPS = {
     "ingress: validate + publish to Kafka": "ingress_span",
-    "Kafka + batcher poll": "ingress_end->dispatch_start",
+    "Kafka -> safety poll + screening": "ingress_end->safety_start",
+    "safety: policy + publish to screened": "safety_span",
+    "Kafka + batcher poll": "safety_end->dispatch_start",
     "batcher: publish batch": "dispatch_span",
     "Kafka -> worker": "dispatch_end->generate_start",
     "worker start -> first reply at ingress": "generate_start->first_reply",
@@ -52,16 +54,21 @@ def hop_durations(spans: list[dict], window: tuple[float, float] | None = None) 
         dispatch = named["ferry.batcher.dispatch"][0]
         generate = named["ferry.worker.generate"][0]
         first_reply = min(start for start, _ in named["ferry.ingress.reply"])
-        values = {
+        # with the safety stage, the gap from the ingress to the batcher splits in three; without it, it is one hop
+        safety = named["ferry.safety.screen_prompt"][0] if named.get("ferry.safety.screen_prompt") else None
+        values: dict[str, float | None] = {
             "ingress_span": ingress[1] - ingress[0],
-            "ingress_end->dispatch_start": dispatch[0] - ingress[1],
+            "ingress_end->safety_start": safety[0] - ingress[1] if safety else None,
+            "safety_span": safety[1] - safety[0] if safety else None,
+            "safety_end->dispatch_start": dispatch[0] - (safety[1] if safety else ingress[1]),
             "dispatch_span": dispatch[1] - dispatch[0],
             "dispatch_end->generate_start": generate[0] - dispatch[1],
             "generate_start->first_reply": first_reply - generate[0],
             "generate_span": generate[1] - generate[0],
         }
         for hop, key in HOPS.items():
-            hops[hop].append(values[key])
+            if values[key] is not None:
+                hops[hop].append(values[key])
     return hops
 
 

@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 from benchmarks.bench.metrics import RequestResult
 from benchmarks.bench.prompts import BenchRequest
 from benchmarks.bench.runner import Load, Target, drive
@@ -60,18 +58,9 @@ def vllm_server(model_id: str, path: Path, max_model_len: int, log: Path, kv_cac
     with open(log, "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"vLLM server exited ({process.returncode}); see {log}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM server not ready in 300 s; see {log}")
-            time.sleep(0.5)
+        from tests.e2e.platform import wait_healthy  # the one health wait
+
+        wait_healthy(f"http://127.0.0.1:{port}", process, time.monotonic() + 300, "vLLM server", log)
         yield Target(name="vllm-direct", base_url=f"http://127.0.0.1:{port}/v1", model=model_id)
     finally:
         if process.poll() is None:

@@ -19,11 +19,12 @@ from pathlib import Path
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.scaler.supervisor import free_port
+from shared.kafka import delete_topics, ensure_topics
 from shared.settings import CommonSettings
+from tests.e2e.platform import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "tiny-random"
@@ -128,7 +129,7 @@ def run_load_step(out: Path, repeats: int, count: int) -> dict:
     }
     subprocess.run([sys.executable, "-m", "shared.prepare"], env=env, cwd=ROOT, check=True, capture_output=True)
     reply_topic = common.topics.replies(f"bench-{run_id}")
-    asyncio.run(_create_topic(common, reply_topic))
+    asyncio.run(ensure_topics(common, [reply_topic], partitions=1))
     scaler_port = free_port()
     url = f"http://127.0.0.1:{scaler_port}"
     models_dir = os.environ.get("FERRY_WORKER_MODELS_DIR", str(Path.home() / ".cache" / "ferry" / "models"))
@@ -166,13 +167,7 @@ def run_load_step(out: Path, repeats: int, count: int) -> dict:
     ]
     results: list[dict[str, float]] = []
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code < 300:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_healthy(url, procs[1], time.monotonic() + 120, "scaler", workdir / "scaler.log")
         for i in range(repeats):
             marks = asyncio.run(_step(common, url, reply_topic, count))
             print(f"repeat {i + 1}: " + ", ".join(f"{k} {v:.1f} s" for k, v in marks.items()), flush=True)
@@ -186,7 +181,7 @@ def run_load_step(out: Path, repeats: int, count: int) -> dict:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
         asyncio.run(_database(base.postgres_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        asyncio.run(_delete_topics(common))
+        asyncio.run(delete_topics(common))
     keys = ["decision", "worker_ready", "first_completion", "all_completed"]
     summary = {k: statistics.median(r[k] for r in results) for k in keys if results and all(k in r for r in results)}
     lines = [
@@ -215,23 +210,3 @@ def _start(workdir: Path, name: str, module: str, env: dict[str, str]) -> subpro
     return subprocess.Popen(
         [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-
-
-async def _create_topic(common: CommonSettings, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
-
-
-async def _delete_topics(common: CommonSettings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
-    await admin.start()
-    try:
-        ours = [t for t in await admin.list_topics() if t.startswith(common.topic_prefix)]
-        if ours:
-            await admin.delete_topics(ours)
-    finally:
-        await admin.close()

@@ -7,6 +7,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.batcher.scheduling import Policy, Profile
 from shared.contracts import BatchingProfile
+from shared.settings import consumer_group
 from shared.topics import Topics
 
 
@@ -49,9 +50,9 @@ class BatcherSettings(BaseSettings):
     port: int = Field(8010, description="Port of /health and /metrics.")
     instance_id: str | None = Field(None, description="Id in queue reports; host name and pid if unset.")
     group_id: str = Field(
-        "ferry-batcher",
+        default_factory=lambda: consumer_group("batcher"),
         description="Consumer group shared by every batcher instance of a deployment (a restarted batcher resumes "
-        "from its committed offsets; deployments sharing a cluster need different groups).",
+        "from its committed offsets); <topic prefix>-batcher by default, e.g. ferry-batcher.",
     )
     models: list[str] | None = Field(None, description="Models to batch for; every enabled model when unset.")
     latency: LatencyProfile = Field(default_factory=LatencyProfile, description="The latency profile.")

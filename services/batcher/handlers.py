@@ -11,10 +11,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from services.batcher.config import BatcherSettings
 from services.batcher.metrics import BatcherMetrics
@@ -139,17 +141,30 @@ class Batcher:
                     raise
                 self._resolve(held)
             batches = scheduler.release(now)
-            for i, batch in enumerate(batches):
-                try:
-                    await self._dispatch(batch, now)
-                except Exception:
-                    scheduler.restore(h for b in batches[i:] for h in b.items)
-                    raise
+            # all of this release's batches go out at once and are confirmed together: one broker round trip, not
+            # one per batch; if any fails, every one is held again (one that did go out is dispatched twice, which
+            # at-least-once allows: readers drop duplicates by request id)
+            sent: list[tuple[asyncio.Future[Any], list[Span], str]] = []
+            try:
+                for batch in batches:
+                    sent.append(await self._send(batch, now))
+                await asyncio.gather(*(confirmed for confirmed, _, _ in sent))
+            except Exception:
+                scheduler.restore(h for b in batches for h in b.items)
+                raise
+            finally:
+                for _, spans, _ in sent:
+                    for span in spans:
+                        span.end()
+            for batch, (_, _, batch_id) in zip(batches, sent, strict=True):
+                self._dispatched(batch, batch_id, now)
         await self._commit()
         due = [d for s in self.schedulers.values() if (d := s.next_due(now)) is not None]
         return min(due, default=None)
 
-    async def _dispatch(self, batch: Batch, now: float) -> None:
+    async def _send(self, batch: Batch, now: float) -> tuple[asyncio.Future[Any], list[Span], str]:
+        """Publishes a batch without waiting for the broker; returns its confirmation, the requests' open spans (ended
+        once it is confirmed) and the batch id."""
         formed = BatchFormed(batch_id=uuid.uuid4().hex, model=batch.model, requests=[h.request for h in batch.items])
         # A span per request in the request's own trace keeps one request one trace across every hop.
         spans = [
@@ -168,18 +183,27 @@ class Batcher:
             for h in batch.items
         ]
         try:
-            await publish_message(
-                self.deps.broker, formed, self.deps.common.topics.batches(batch.model), key=formed.batch_id
+            confirmed = await publish_message(
+                self.deps.broker,
+                formed,
+                self.deps.common.topics.batches(batch.model),
+                key=formed.batch_id,
+                confirm=False,
             )
-        finally:
+        except BaseException:
             for span in spans:
                 span.end()
+            raise
+        assert confirmed is not None
+        return confirmed, spans, formed.batch_id
+
+    def _dispatched(self, batch: Batch, batch_id: str, now: float) -> None:
         for held in batch.items:
             self._resolve(held)
         self.deps.metrics.observe_batch(batch, now)
         logger.info(
             "batch %s (%s, %s): %d request(s) for %s: %s",
-            formed.batch_id,
+            batch_id,
             batch.profile,
             batch.reason,
             len(batch.items),

@@ -18,23 +18,14 @@ class BatcherMetrics:
             ["model", "outcome"],
             registry=registry,
         )
-        self.queue_depth = Gauge(
-            "ferry_batcher_queue_depth",
-            "Requests held, per model and priority.",
-            ["model", "priority"],
-            registry=registry,
-        )
-        self.queue_tokens = Gauge(
-            "ferry_batcher_queue_tokens",
-            "Tokens (prompt estimate plus max new) held, per model.",
-            ["model"],
-            registry=registry,
-        )
-        self.expected_wait = Gauge(
-            "ferry_batcher_expected_wait_seconds",
-            "Expected wait of a request arriving now, per model.",
-            ["model"],
-            registry=registry,
+
+        def gauge(name: str, documentation: str, *labels: str) -> Gauge:
+            return Gauge(f"ferry_batcher_{name}", documentation, labels, registry=registry)
+
+        self.queue_depth = gauge("queue_depth", "Requests held, per model and priority.", "model", "priority")
+        self.queue_tokens = gauge("queue_tokens", "Tokens (prompt estimate plus max new) held, per model.", "model")
+        self.expected_wait = gauge(
+            "expected_wait_seconds", "Expected wait of a request arriving now, per model.", "model"
         )
         self.wait = Histogram(
             "ferry_batcher_wait_seconds",

@@ -124,12 +124,13 @@ class ResponseCache:
             self._metrics.lookups.labels(model, "error").inc()
             return Lookup(request, decision, model_version)  # no key: nothing is stored either
 
-    async def invalidate_tenant(self, tenant_id: str, policy: TenantCachePolicy | None = None) -> int:
+    async def invalidate_tenant(self, tenant_id: str, *shared: str | None) -> int:
         """Drops every entry of the tenant's own scope (a tenant's request, or its retention turned off), and of the
-        shared scope it opted into: its answers may be there, and entries do not record who stored them."""
+        ``shared`` scopes given (those it opted into: its answers may be there, and entries do not record who stored
+        them)."""
         deleted = await self._store.invalidate(scope=tenant_scope(tenant_id))
-        if policy is not None and policy.shared_scope:
-            deleted += await self._store.invalidate(scope=shared_scope(policy.shared_scope))
+        for name in {s for s in shared if s}:
+            deleted += await self._store.invalidate(scope=shared_scope(name))
         self._metrics.invalidations.labels("tenant").inc()
         return deleted
 

@@ -15,7 +15,7 @@ from faststream.kafka import KafkaBroker
 from opentelemetry import trace
 from pydantic import ValidationError
 
-from services.ingress.tenants import NewKey, Tenant, key_digest, new_api_key
+from services.ingress.tenants import ADMIN_KEY_PREFIX, NewKey, Tenant, key_digest, new_api_key
 from shared.contracts import (
     CompletionFinished,
     CompletionRequested,
@@ -288,9 +288,43 @@ class TenantDirectory:
             tenant_id,
         )
 
+    async def key(self, key_id: str) -> asyncpg.Record | None:
+        return await self._pool.fetchrow(
+            "SELECT id, tenant_id, name, key_prefix, created_at, revoked_at FROM api_keys WHERE id = $1", key_id
+        )
+
     async def revoke_key(self, key_id: str) -> bool:
         status = await self._pool.execute(
             "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
+        )
+        return status.endswith(" 1")
+
+    async def is_admin(self, secret: str) -> bool:
+        """Whether ``secret`` is an active admin key (not cached: admin calls are rare, revocation is immediate)."""
+        row = await self._pool.fetchval(
+            "SELECT 1 FROM admin_keys WHERE key_digest = $1 AND revoked_at IS NULL", key_digest(secret)
+        )
+        return row is not None
+
+    async def create_admin_key(self, name: str = "") -> NewKey:
+        key = new_api_key(ADMIN_KEY_PREFIX)
+        await self._pool.execute(
+            "INSERT INTO admin_keys (id, name, key_digest, key_prefix) VALUES ($1, $2, $3, $4)",
+            key.id,
+            name,
+            key.digest,
+            key.prefix,
+        )
+        return key
+
+    async def admin_keys(self) -> list[asyncpg.Record]:
+        return await self._pool.fetch(
+            "SELECT id, name, key_prefix, created_at, revoked_at FROM admin_keys ORDER BY created_at"
+        )
+
+    async def revoke_admin_key(self, key_id: str) -> bool:
+        status = await self._pool.execute(
+            "UPDATE admin_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
         )
         return status.endswith(" 1")
 

@@ -6,6 +6,9 @@ tenants list
 keys create acme --name ci         prints the key once; only its SHA-256 digest is stored
 keys list [acme]
 keys revoke key_0123abcd
+admin-keys create --name ops       a key of the admin HTTP API (/admin/v1/...), printed once
+admin-keys list
+admin-keys revoke adminkey_0123abcd
 dev-key .state/dev-api-key         the local platform's key: reused while valid, else made (tenant "default")
 """
 
@@ -17,12 +20,13 @@ import dataclasses
 import os
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import get_args
 
 from services.cache.ops import invalidate_tenant
 from services.ingress.adapters import TenantDirectory
-from services.ingress.tenants import Tenant
+from services.ingress.tenants import NewKey, Tenant
 from shared.contracts import BatchingProfile, Priority
 from shared.db import connect_pool
 from shared.settings import CommonSettings
@@ -69,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     key_revoke = keys.add_parser("revoke", help="revoke a key by its id")
     key_revoke.add_argument("key_id")
 
+    admin_keys = sub.add_parser("admin-keys", help="create, list or revoke keys of the admin HTTP API")
+    admin_actions = admin_keys.add_subparsers(dest="action", required=True)
+    admin_create = admin_actions.add_parser("create", help="create an admin key and print it (shown only once)")
+    admin_create.add_argument("--name", default="")
+    admin_actions.add_parser("list", help="list admin keys (never the secrets)")
+    admin_revoke = admin_actions.add_parser("revoke", help="revoke an admin key by its id")
+    admin_revoke.add_argument("key_id")
+
     dev = sub.add_parser("dev-key", help="print the local platform's key, making it (and tenant 'default') if needed")
     dev.add_argument("file", type=Path)
     return parser
@@ -109,16 +121,44 @@ _UPDATABLE = {
 }
 
 
-async def _save_tenant(directory: TenantDirectory, tenant: Tenant, before: Tenant | None) -> None:
+async def save_tenant(
+    directory: TenantDirectory,
+    tenant: Tenant,
+    before: Tenant | None,
+    invalidate_cache: Callable[..., Awaitable[int]],
+) -> int | None:
+    """Creates or updates a tenant (the CLI and the admin API both call this); ``before`` is the tenant as it was.
+    ``invalidate_cache(tenant_id, *shared_scopes)`` drops cached responses: all of the tenant's when its retention is 0
+    (no text may be kept anywhere; entries of a shared scope do not record who stored them, so the scope's go too),
+    and the old scope's when it leaves a shared scope. Returns how many were dropped, or None when none had to be."""
     await directory.upsert_tenant(tenant)
-    print(f"tenant {tenant.id} saved")
     old_scope = before.cache_shared_scope if before else None
-    if tenant.retention_days == 0:  # no text may be kept: drop what the response cache holds for the tenant
-        dropped = await invalidate_tenant(tenant.id, old_scope, tenant.cache_shared_scope)
+    if tenant.retention_days == 0:
+        return await invalidate_cache(tenant.id, old_scope, tenant.cache_shared_scope)
+    if old_scope and old_scope != tenant.cache_shared_scope:
+        return await invalidate_cache(tenant.id, old_scope)
+    return None
+
+
+async def _save_and_report(directory: TenantDirectory, tenant: Tenant, before: Tenant | None) -> None:
+    dropped = await save_tenant(directory, tenant, before, invalidate_tenant)
+    print(f"tenant {tenant.id} saved")
+    if dropped is not None:
         print(f"{dropped} cached responses of {tenant.id} dropped")
-    elif old_scope and old_scope != tenant.cache_shared_scope:  # its answers must not stay where it no longer shares
-        dropped = await invalidate_tenant(tenant.id, old_scope)
-        print(f"{dropped} cached responses of {tenant.id} and shared scope {old_scope} dropped")
+
+
+async def create_key(directory: TenantDirectory, tenant_id: str, name: str = "") -> NewKey | None:
+    """A new key of an existing tenant; None if there is no such tenant."""
+    if await directory.tenant(tenant_id) is None:
+        return None
+    return await directory.create_key(tenant_id, name)
+
+
+def _print_keys(rows: list, tenant_column: bool = True) -> None:  # type: ignore[type-arg]
+    for k in rows:
+        state = f"revoked {k['revoked_at']:%Y-%m-%d %H:%M}" if k["revoked_at"] else "active"
+        owner = f"\t{k['tenant_id']}" if tenant_column else ""
+        print(f"{k['id']}{owner}\t{k['key_prefix']}...\t{k['name']!r}\t{state}")
 
 
 async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
@@ -136,7 +176,7 @@ async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
             cache_shared_scope=args.cache_shared_scope,
             cache_sampled=args.cache_sampled,
         )
-        await _save_tenant(directory, tenant, await directory.tenant(args.tenant_id))
+        await _save_and_report(directory, tenant, await directory.tenant(args.tenant_id))
     elif args.command == "tenants" and args.action == "update":
         before = await directory.tenant(args.tenant_id)
         if before is None:
@@ -145,7 +185,7 @@ async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
         changes = {field: getattr(args, arg) for arg, field in _UPDATABLE.items() if getattr(args, arg) is not None}
         if args.no_cache_shared_scope:
             changes["cache_shared_scope"] = None
-        await _save_tenant(directory, dataclasses.replace(before, **changes), before)
+        await _save_and_report(directory, dataclasses.replace(before, **changes), before)
     elif args.command == "tenants":
         for t in await directory.tenants():
             print(
@@ -155,21 +195,30 @@ async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
                 f" cache_shared_scope={t.cache_shared_scope} cache_sampled={t.cache_sampled}"
             )
     elif args.command == "keys" and args.action == "create":
-        if await directory.tenant(args.tenant_id) is None:
+        key = await create_key(directory, args.tenant_id, args.name)
+        if key is None:
             print(f"error: no tenant {args.tenant_id}; create it first", file=sys.stderr)
             return 1
-        key = await directory.create_key(args.tenant_id, args.name)
         print(f"{key.id}\t{key.secret}")
         print("store the key now: it cannot be shown again", file=sys.stderr)
     elif args.command == "keys" and args.action == "list":
-        for k in await directory.keys(args.tenant_id):
-            state = f"revoked {k['revoked_at']:%Y-%m-%d %H:%M}" if k["revoked_at"] else "active"
-            print(f"{k['id']}\t{k['tenant_id']}\t{k['key_prefix']}...\t{k['name']!r}\t{state}")
+        _print_keys(await directory.keys(args.tenant_id))
     elif args.command == "keys":
         if not await directory.revoke_key(args.key_id):
             print(f"error: no active key {args.key_id}", file=sys.stderr)
             return 1
         print(f"key {args.key_id} revoked")
+    elif args.command == "admin-keys" and args.action == "create":
+        key = await directory.create_admin_key(args.name)
+        print(f"{key.id}\t{key.secret}")
+        print("store the key now: it cannot be shown again", file=sys.stderr)
+    elif args.command == "admin-keys" and args.action == "list":
+        _print_keys(await directory.admin_keys(), tenant_column=False)
+    elif args.command == "admin-keys":
+        if not await directory.revoke_admin_key(args.key_id):
+            print(f"error: no active admin key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"admin key {args.key_id} revoked")
     else:
         print(await dev_key(directory, args.file))
     return 0

@@ -104,22 +104,22 @@ async def authenticated(
     deps: DepsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Tenant:
     if credentials is None:
-        raise ApiError(
-            401,
-            "You didn't provide an API key. Send it in the Authorization header: `Authorization: Bearer YOUR_KEY`.",
-            code="missing_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise unauthorized("API key", "YOUR_KEY")
     tenant = await deps.tenants.authenticate(credentials.credentials)
     if tenant is None:
-        shown = credentials.credentials[:10] + "..." if len(credentials.credentials) > 10 else "***"
-        raise ApiError(
-            401,
-            f"Incorrect API key provided: {shown}. The key is unknown or has been revoked.",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise unauthorized("API key", "YOUR_KEY", credentials.credentials)
     return tenant
+
+
+def unauthorized(kind: str, placeholder: str, sent: str | None = None) -> ApiError:
+    """401 for a missing key (``sent`` None) or an unknown or revoked one, in OpenAI's wording."""
+    if sent is None:
+        header = f"`Authorization: Bearer {placeholder}`"
+        message = f"You didn't provide an {kind}. Send it in the Authorization header: {header}."
+        return ApiError(401, message, code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
+    shown = sent[:10] + "..." if len(sent) > 10 else "***"
+    message = f"Incorrect {kind} provided: {shown}. The key is unknown or has been revoked."
+    return ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 TenantDep = Annotated[Tenant, Depends(authenticated)]
@@ -160,7 +160,7 @@ async def list_models(deps: DepsDep, _: TenantDep) -> ModelList:
 @router.delete("/v1/cache", tags=["ferry"], responses=ERRORS)
 async def invalidate_cache(deps: DepsDep, tenant: TenantDep) -> JSONResponse:
     """Drops every response the cache holds for the caller's tenant, and those of the shared scope it opted into."""
-    deleted = await deps.cache.invalidate_tenant(tenant.id, _cache_policy(tenant))
+    deleted = await deps.cache.invalidate_tenant(tenant.id, tenant.cache_shared_scope)
     logger.info("tenant %s dropped its %d cached responses", tenant.id, deleted)
     return JSONResponse({"object": "cache.invalidation", "tenant": tenant.id, "deleted": deleted})
 
@@ -398,7 +398,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
         deps: IngressDeps | None = getattr(request.app.state, "deps", None)
         if deps is not None:
-            deps.metrics.responses.labels(request.url.path, str(exc.status)).inc()
+            # the route's template, not the path: ids in paths (or fuzzed paths) must not make new series
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            deps.metrics.responses.labels(route, str(exc.status)).inc()
             if exc.status in (429, 503) and exc.code:
                 deps.metrics.refused.labels(exc.code).inc()
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from services.cache.config import CacheSettings
 from services.cache.service import ResponseCache
 from services.ingress.adapters import ModelCatalog, QueueMonitor, ReplyListener, RequestPublisher, TenantDirectory
+from services.ingress.admin_api import router as admin_router
 from services.ingress.config import IngressSettings
 from services.ingress.handlers import IngressDeps, install_error_handlers, router
 from services.ingress.metrics import IngressMetrics
@@ -75,6 +76,7 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
 
     app = FastAPI(title="ferry", summary="OpenAI-compatible LLM serving over Kafka", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
+    app.include_router(admin_router)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

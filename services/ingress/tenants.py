@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from shared.contracts import BatchingProfile, CompletionRequested, Priority
 
 KEY_PREFIX = "ferry-"
+ADMIN_KEY_PREFIX = "ferry-admin-"
 PRIORITY_RANK: dict[str, int] = {"interactive": 0, "batch": 1, "best_effort": 2}
 
 
@@ -57,9 +58,11 @@ class NewKey:
     prefix: str
 
 
-def new_api_key() -> NewKey:
-    secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    return NewKey(id=f"key_{secrets.token_hex(8)}", secret=secret, digest=key_digest(secret), prefix=secret[:12])
+def new_api_key(prefix: str = KEY_PREFIX) -> NewKey:
+    secret = prefix + secrets.token_urlsafe(32)
+    kind = "adminkey" if prefix == ADMIN_KEY_PREFIX else "key"
+    shown = len(prefix) + 6
+    return NewKey(id=f"{kind}_{secrets.token_hex(8)}", secret=secret, digest=key_digest(secret), prefix=secret[:shown])
 
 
 def key_digest(secret: str) -> bytes:

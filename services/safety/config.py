@@ -7,14 +7,22 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.settings import consumer_group
+
 
 class SafetySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FERRY_SAFETY_", extra="ignore")
 
     host: str = Field("127.0.0.1", description="Where /health, /metrics and the review UI (/review) listen.")
     port: int = Field(8040, description="Port of /health, /metrics and the review UI.")
-    group_id: str = Field("safety", description="Consumer group of the prompt screening stage.")
-    review_group_id: str = Field("safety-review", description="Consumer group that persists flagged items.")
+    group_id: str = Field(
+        default_factory=lambda: consumer_group("safety"),
+        description="Consumer group of the prompt screening stage; <topic prefix>-safety by default.",
+    )
+    review_group_id: str = Field(
+        default_factory=lambda: consumer_group("safety-review"),
+        description="Consumer group that persists flagged items; <topic prefix>-safety-review by default.",
+    )
     max_batch_size: int = Field(16, ge=1, description="Most requests screened together in one poll.")
     max_wait_ms: int = Field(5, ge=0, description="Longest a poll waits for more requests.")
     models: list[str] | None = Field(None, description="Models to screen for; every enabled model when unset.")

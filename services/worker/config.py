@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.worker.caching import TierPolicy
+from shared.settings import consumer_group
 
 
 class WorkerSettings(BaseSettings):
@@ -30,7 +31,10 @@ class WorkerSettings(BaseSettings):
     )
     memory_budget_gb: float | None = Field(None, gt=0, description="The budget in GiB, if the bytes are not set.")
     models_dir: Path = Field(Path.home() / ".cache" / "ferry" / "models", description="Where built model folders live.")
-    group_prefix: str = Field("ferry-worker.", description="Consumer group is this prefix plus the model id.")
+    group_prefix: str = Field(
+        default_factory=lambda: consumer_group("worker."),
+        description="Consumer group is this prefix plus the model id; <topic prefix>-worker. by default.",
+    )
     kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on CPU, in GiB.")
     max_num_seqs: int = Field(64, ge=1, description="Most sequences the engine runs at once.")
     coalesce_ms: int = Field(

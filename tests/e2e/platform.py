@@ -18,9 +18,9 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
+from shared.kafka import delete_topics
 from shared.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,32 +107,31 @@ async def _drop_database(base_dsn: str, name: str) -> None:
         await conn.close()
 
 
-async def _delete_topics(common: CommonSettings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
-    await admin.start()
-    try:
-        ours = [t for t in await admin.list_topics() if t.startswith(common.topic_prefix)]
-        if ours:
-            await admin.delete_topics(ours)
-    finally:
-        await admin.close()
+def wait_healthy(
+    url: str, process: subprocess.Popen[bytes] | None, deadline: float, name: str = "", log: Path | None = None
+) -> None:
+    """Waits until ``url``/health answers 2xx, failing early if ``process`` exits; the error carries ``log``'s tail.
+    The one health wait of the tests and the benchmarks."""
 
+    def failure(what: str) -> RuntimeError:
+        return RuntimeError(f"{name or url} {what}" + (":\n" + _tail(log.parent, log.stem) if log else ""))
 
-def _wait_healthy(service: Service, workdir: Path, deadline: float) -> None:
-    url = f"http://127.0.0.1:{service.port}/health"
     while time.monotonic() < deadline:
-        assert service.process is not None
-        if service.process.poll() is not None:
-            raise RuntimeError(
-                f"{service.name} exited ({service.process.returncode}):\n" + _tail(workdir, service.name)
-            )
+        if process is not None and process.poll() is not None:
+            raise failure(f"exited ({process.returncode})")
         try:
-            if httpx.get(url, timeout=2).status_code < 300:
+            if httpx.get(f"{url}/health", timeout=2).status_code < 300:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"{service.name} not healthy in time:\n" + _tail(workdir, service.name))
+    raise failure("not healthy in time")
+
+
+def _wait_healthy(service: Service, workdir: Path, deadline: float) -> None:
+    wait_healthy(
+        f"http://127.0.0.1:{service.port}", service.process, deadline, service.name, workdir / f"{service.name}.log"
+    )
 
 
 def _tail(workdir: Path, name: str, lines: int = 60) -> str:
@@ -196,11 +195,6 @@ def start_platform(
         "FERRY_TOPIC_PREFIX": f"ferrytest-{run_id}.",
         "FERRY_POSTGRES_DSN": _dsn(base.postgres_dsn, database),
         "FERRY_OTEL_EXPORTER": "console",
-        # consumer groups are cluster-wide: runs sharing the Kafka must not join (and stall) each other's groups
-        "FERRY_BATCHER_GROUP_ID": f"ferrytest-{run_id}.batcher",
-        "FERRY_WORKER_GROUP_PREFIX": f"ferrytest-{run_id}.worker.",
-        "FERRY_SAFETY_GROUP_ID": f"ferrytest-{run_id}.safety",
-        "FERRY_SAFETY_REVIEW_GROUP_ID": f"ferrytest-{run_id}.safety-review",
         **(extra_env or {}),
     }
     common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
@@ -269,7 +263,7 @@ def stop_platform(platform: Platform) -> None:
     base = CommonSettings()
     database = platform.common.postgres_dsn.rsplit("/", 1)[1]
     asyncio.run(_drop_database(base.postgres_dsn, database))
-    asyncio.run(_delete_topics(platform.common))
+    asyncio.run(delete_topics(platform.common))
     asyncio.run(_delete_cache_keys(platform.common))
 
 

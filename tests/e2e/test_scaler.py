@@ -23,13 +23,13 @@ import grpc
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.scaler.externalscaler import externalscaler_pb2 as pb
 from services.scaler.externalscaler import externalscaler_pb2_grpc as pb_grpc
 from services.scaler.ops import live_values
+from shared.kafka import delete_topics, ensure_topics
 from shared.settings import CommonSettings
-from tests.e2e.platform import ROOT, TINY_MODEL, _create_database, _delete_topics, _drop_database, _dsn, free_port
+from tests.e2e.platform import ROOT, TINY_MODEL, _create_database, _drop_database, _dsn, free_port, wait_healthy
 
 TARGET_TOKENS = 1000
 
@@ -81,19 +81,6 @@ def _start(workdir: Path, name: str, module: str, env: dict[str, str]) -> subpro
     )
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"exited with {process.returncode}"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code < 300:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} not healthy")
-
-
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
     workdir = tmp_path_factory.mktemp("scaler")
@@ -108,15 +95,11 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
         "FERRY_TOPIC_PREFIX": f"ferrytest-{run_id}.",
         "FERRY_POSTGRES_DSN": _dsn(base.postgres_dsn, database),
         "FERRY_OTEL_EXPORTER": "none",
-        "FERRY_BATCHER_GROUP_ID": f"ferrytest-{run_id}.batcher",
-        "FERRY_WORKER_GROUP_PREFIX": f"ferrytest-{run_id}.worker.",
-        "FERRY_SAFETY_GROUP_ID": f"ferrytest-{run_id}.safety",
-        "FERRY_SAFETY_REVIEW_GROUP_ID": f"ferrytest-{run_id}.safety-review",
     }
     common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
     subprocess.run([sys.executable, "-m", "shared.prepare"], env=env, cwd=ROOT, check=True, capture_output=True)
     reply_topic = common.topics.replies(f"scaler-test-{run_id}")
-    asyncio.run(_create_topic(common, reply_topic))
+    asyncio.run(ensure_topics(common, [reply_topic], partitions=1))
     batcher_port, scaler_port, grpc_port = free_port(), free_port(), free_port()
     scaler_env = {
         "FERRY_SCALER_PORT": str(scaler_port),
@@ -167,9 +150,10 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
         common, env, workdir, f"http://127.0.0.1:{scaler_port}", f"127.0.0.1:{grpc_port}", reply_topic, processes
     )
     try:
-        _wait_healthy(f"http://127.0.0.1:{safety_port}", processes["safety"])
-        _wait_healthy(f"http://127.0.0.1:{batcher_port}", processes["batcher"])
-        _wait_healthy(result.scaler_url, processes["scaler"])
+        deadline = time.monotonic() + 120
+        wait_healthy(f"http://127.0.0.1:{safety_port}", processes["safety"], deadline, log=workdir / "safety.log")
+        wait_healthy(f"http://127.0.0.1:{batcher_port}", processes["batcher"], deadline, log=workdir / "batcher.log")
+        wait_healthy(result.scaler_url, processes["scaler"], deadline, log=workdir / "scaler.log")
         yield result
     finally:
         for p in processes.values():  # the scaler stops (and drains) the workers it started
@@ -180,16 +164,7 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
         asyncio.run(_drop_database(base.postgres_dsn, database))
-        asyncio.run(_delete_topics(common))
-
-
-async def _create_topic(common: CommonSettings, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
+        asyncio.run(delete_topics(common))
 
 
 def _request(scaled: Scaled, request_id: str, max_tokens: int) -> bytes:

@@ -32,13 +32,13 @@ from shared.contracts import (
     WorkerStatusReported,
     utc_now,
 )
-from shared.settings import CommonSettings
+from shared.kafka import delete_topics
+from shared.settings import CommonSettings, consumer_group
 from tests.e2e.platform import (
     ROOT,
     TINY_MODEL,
     Service,
     _create_database,
-    _delete_topics,
     _drop_database,
     _dsn,
     _wait_healthy,
@@ -140,7 +140,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
                     os.killpg(s.process.pid, signal.SIGKILL)
                 s.process.wait(timeout=30)
         asyncio.run(_drop_database(base.postgres_dsn, database))
-        asyncio.run(_delete_topics(common))
+        asyncio.run(delete_topics(common))
 
 
 @dataclass
@@ -235,7 +235,8 @@ async def committed_to_the_end(common: CommonSettings, seconds: float = 10) -> N
         ends = await consumer.end_offsets(partitions)
         async with asyncio.timeout(seconds):
             while True:
-                committed = await admin.list_consumer_group_offsets("ferry-worker." + TINY_MODEL)
+                group = consumer_group("worker.", common.topic_prefix) + TINY_MODEL
+                committed = await admin.list_consumer_group_offsets(group)
                 # a partition that never got a batch has nothing to commit
                 if all(committed[tp].offset == ends[tp] if tp in committed else ends[tp] == 0 for tp in partitions):
                     return

@@ -131,7 +131,6 @@ class Kafka:
                 "FERRY_TOPIC_PREFIX": self.common.topic_prefix,
                 "FERRY_OTEL_EXPORTER": "none",
                 "FERRY_BATCHER_MODELS": json.dumps([MODEL]),
-                "FERRY_BATCHER_GROUP_ID": f"{self.common.topic_prefix}batcher",
                 "FERRY_BATCHER_PORT": str(port),
                 "FERRY_BATCHER_INSTANCE_ID": name,
                 **env,

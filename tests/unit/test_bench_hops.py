@@ -24,12 +24,29 @@ def test_hops_are_the_gaps_and_spans_of_one_trace_computed_by_hand() -> None:
     hops = {hop: [round(v * 1000, 3) for v in values] for hop, values in hop_durations(spans).items()}
     assert hops == {
         "ingress: validate + publish to Kafka": [2.0],
+        "Kafka -> safety poll + screening": [],
+        "safety: policy + publish to screened": [],
         "Kafka + batcher poll": [8.0],
         "batcher: publish batch": [1.0],
         "Kafka -> worker": [9.0],
         "worker start -> first reply at ingress": [40.0],
         "worker: whole generation": [480.0],
     }
+
+
+def test_the_safety_stage_splits_the_way_from_ingress_to_batcher_in_three() -> None:
+    spans = [
+        span("ferry.ingress.chat_completions", "t1", 1.000, 1.002),
+        span("ferry.safety.screen_prompt", "t1", 1.020, 1.021),
+        span("ferry.batcher.dispatch", "t1", 1.025, 1.026),
+        span("ferry.worker.generate", "t1", 1.030, 1.500),
+        span("ferry.ingress.reply", "t1", 1.060, 1.060),
+    ]
+    hops = {hop: [round(v * 1000, 3) for v in values] for hop, values in hop_durations(spans).items()}
+    assert hops["Kafka -> safety poll + screening"] == [18.0]
+    assert hops["safety: policy + publish to screened"] == [1.0]
+    assert hops["Kafka + batcher poll"] == [4.0]
+    assert hops["Kafka -> worker"] == [4.0]
 
 
 def test_only_traces_starting_inside_the_window_count() -> None:

@@ -1,0 +1,164 @@
+"""``--overhead``: the time the platform adds to a stream, against the same vLLM engine called directly.
+
+One run starts a private platform from this checkout (tests/e2e/platform.py: its own topics, database and ports, one
+worker for the model, the safety stage, the batcher, the ingress) and vLLM's OpenAI server on the same model folder,
+configured as the worker configures its engine. For each concurrency (1, 16 and 64 streams by default) it sends the
+same prompts to ferry, to vLLM's server and to the engine in this process (ferry's engine adapter, no HTTP: the
+floor), ferry first at one step and last at the next, and reports time to first token and time per output token at
+p50 and p99 for each, and ferry's difference with each baseline: the added time. The services' spans of each ferry
+run give the hop-by-hop breakdown (benchmarks.bench.hops)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.bench import prompts
+from benchmarks.bench.hops import hop_durations
+from benchmarks.bench.hops import table as hop_table
+from benchmarks.bench.metrics import Summary, summarize
+from benchmarks.bench.runner import Load, Target, run
+from benchmarks.bench.targets import run_in_process, vllm_server
+
+WARMUP_PROMPTS = 8
+
+
+BASELINES = ("vllm-direct", "engine-in-process")
+
+
+@dataclass
+class Step:
+    concurrency: int
+    summaries: dict[str, Summary]
+    """ferry's and each baseline's, by name."""
+    hops: str
+    order: list[str]
+    load_average: float
+
+    @property
+    def ferry(self) -> Summary:
+        return self.summaries["ferry"]
+
+
+def _spans(workdir: Path, window: tuple[float, float]) -> dict[str, list[float]]:
+    spans = []
+    for path in sorted(workdir.glob("*.traces.jsonl")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                spans.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line being written when the run ended
+    return hop_durations(spans, window)
+
+
+def run_overhead(
+    model: str,
+    model_path: Path,
+    max_model_len: int,
+    concurrencies: list[int],
+    input_words: tuple[int, int],
+    output_tokens: tuple[int, int],
+    models_dir: Path,
+    out: Path,
+    extra_env: dict[str, str] | None = None,
+) -> list[Step]:
+    from tests.e2e.platform import start_platform, stop_platform  # the test platform starter, reused
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    print(f"starting a private platform for {model} in {workdir} ...", file=sys.stderr)
+    platform = start_platform(workdir, models_dir, models=(model,), extra_env=extra_env)
+    steps: list[Step] = []
+    try:
+        with vllm_server(model, model_path, max_model_len, out / "vllm-server.log") as vllm:
+            ferry = Target("ferry", platform.base_url + "/v1", model, platform.api_key)
+            warm_up = prompts.synthetic(WARMUP_PROMPTS, input_words, output_tokens, seed=99)
+            for target in (ferry, vllm):
+                asyncio.run(run(target, Load(warm_up, [0.0] * WARMUP_PROMPTS, 4, show_progress=False)))
+            for i, concurrency in enumerate(concurrencies):
+                count = max(64, 2 * concurrency)
+                requests = prompts.synthetic(count, input_words, output_tokens, seed=i)
+                load = Load(requests, [0.0] * count, concurrency, show_progress=False)
+                runs = {
+                    "ferry": lambda load=load: run(ferry, load),
+                    "vllm-direct": lambda load=load: run(vllm, load),
+                    "engine-in-process": lambda load=load: run_in_process(model, model_path, max_model_len, load),
+                }
+                order = list(runs) if i % 2 == 0 else list(reversed(runs))
+                summaries: dict[str, Summary] = {}
+                window = (0.0, 0.0)
+                for name in order:
+                    started = time.time()
+                    results, _, duration = asyncio.run(runs[name]())
+                    summaries[name] = summarize(results, duration)
+                    if name == "ferry":
+                        window = (started, time.time())
+                    print(f"{concurrency} streams, {name}: {summaries[name].completed}/{count}", file=sys.stderr)
+                time.sleep(1.0)  # the last spans reach the trace files
+                hops = hop_table(_spans(workdir, window))
+                steps.append(Step(concurrency, summaries, hops, order, os.getloadavg()[0]))
+    finally:
+        stop_platform(platform)
+    return steps
+
+
+def markdown(steps: list[Step], command: str) -> str:
+    lines = [
+        "# Platform overhead: ferry vs the same engine called directly",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "Added = ferry minus the baseline, percentile by percentile. TTFT counts to the first chunk that carries text;",
+        "TPOT is (end - first token) / (tokens - 1) per request. Baselines: `vllm-direct` is vLLM's own OpenAI server",
+        "on the same model folder; `engine-in-process` is the engine called in the bench process (no HTTP at all).",
+        "",
+        "| streams | baseline | TTFT p50 ferry / base / added (ms) | TTFT p99 ferry / base / added (ms)"
+        " | TPOT p50 ferry / base / added (ms) | TPOT p99 ferry / base / added (ms) | completed (ferry, base) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in steps:
+        for baseline in BASELINES:
+            base = s.summaries[baseline]
+            cells = []
+            for metric, q in (("ttft", "median"), ("ttft", "p99"), ("tpot", "median"), ("tpot", "p99")):
+                ours, theirs = getattr(s.ferry, metric), getattr(base, metric)
+                if ours is None or theirs is None:
+                    cells.append("n/a")
+                    continue
+                a, b = getattr(ours, q), getattr(theirs, q)
+                cells.append(f"{a:.1f} / {b:.1f} / {a - b:+.1f}")
+            done = f"{s.ferry.completed}, {base.completed} of {s.ferry.completed + s.ferry.failed}"
+            lines.append(f"| {s.concurrency} | {baseline} | {' | '.join(cells)} | {done} |")
+    lines += ["", "Run order and the machine's 1-minute load average (2 shared cores) after each step:", ""]
+    lines += [f"- {s.concurrency} streams: {', '.join(s.order)}; load average {s.load_average:.1f}" for s in steps]
+    lines.append("")
+    for s in steps:
+        lines += [f"## Hops at {s.concurrency} streams (ferry run, from the services' spans)", "", s.hops]
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, steps: list[Step], command: str) -> Path:
+    data = {
+        "command": command,
+        "machine": f"{os.cpu_count()} cores",
+        "steps": [
+            {
+                "concurrency": s.concurrency,
+                "order": s.order,
+                "load_average": s.load_average,
+                **{name: summary.to_dict() for name, summary in s.summaries.items()},
+            }
+            for s in steps
+        ],
+    }
+    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    path = out / "report.md"
+    path.write_text(markdown(steps, command))
+    return path

@@ -1,0 +1,257 @@
+"""The admin HTTP API (``/admin/v1/...``): tenants, their limits and privacy settings, and their API keys. It does what
+the admin command does (services/ingress/admin.py), through the same functions. Callers authenticate with an admin
+key (``python -m services.ingress.admin admin-keys create``); a tenant's key gets 403."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from services.ingress import admin
+from services.ingress.handlers import DepsDep, bearer, unauthorized
+from services.ingress.protocol import ErrorResponse
+from services.ingress.serving import ApiError
+from services.ingress.tenants import PriorityNotAllowed, Tenant
+from shared.contracts import BatchingProfile, Priority
+
+logger = logging.getLogger(__name__)
+
+TENANT_ID_PATTERN = r"^[a-zA-Z0-9._-]{1,64}$"  # the tenants table's CHECK
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL text holds no NUL character and only valid UTF-8 (no lone surrogates)."""
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return text
+
+
+Label = Annotated[str, Field(max_length=200), AfterValidator(_storable)]
+PerMinute = Annotated[int, Field(ge=1, le=INT32_MAX)]
+
+
+class TenantSettings(BaseModel):
+    """A tenant's limits and privacy settings; on PATCH, only the fields sent change (null means unlimited)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Label = Field("", description="A display name.")
+    requests_per_minute: PerMinute | None = Field(None, description="Requests per minute; null for unlimited.")
+    tokens_per_minute: PerMinute | None = Field(None, description="Tokens per minute; null for unlimited.")
+    monthly_token_quota: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = Field(
+        None, description="Tokens per calendar month; null for unlimited."
+    )
+    retention_days: int = Field(
+        0, ge=0, le=36_500, description="Days prompt and completion text may be kept; 0 (the default) keeps none."
+    )
+    max_priority: Priority = Field("interactive", description="The highest priority the tenant may ask for.")
+    default_priority: Priority = Field("interactive", description="The priority of a request that asks for none.")
+    default_profile: BatchingProfile | None = Field(None, description="The batching profile of its requests.")
+    cache_shared_scope: Annotated[str, Field(pattern=TENANT_ID_PATTERN)] | None = Field(
+        None,
+        description="Response cache: share entries with every tenant that opted in to this scope name; null keeps "
+        "the tenant's entries its own.",
+    )
+    cache_sampled: bool = Field(
+        False, description="Response cache: cache sampled answers too (temperature > 0 without a seed)."
+    )
+
+
+class TenantCreate(TenantSettings):
+    id: Annotated[str, Field(pattern=TENANT_ID_PATTERN, description="The tenant's id: letters, digits, . _ -")]
+
+
+class TenantOut(BaseModel):
+    object: str = "tenant"
+    id: str
+    name: str
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    monthly_token_quota: int | None
+    retention_days: int
+    max_priority: Priority
+    default_priority: Priority
+    default_profile: BatchingProfile | None
+    cache_shared_scope: str | None
+    cache_sampled: bool
+    cached_responses_dropped: int | None = Field(
+        None,
+        description="On a save with retention_days 0, or leaving a shared cache scope: how many cached responses "
+        "were dropped.",
+    )
+
+
+class TenantList(BaseModel):
+    object: str = "list"
+    data: list[TenantOut]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Label = Field("", description="A label to tell keys apart.")
+
+
+class KeyOut(BaseModel):
+    object: str = "api_key"
+    id: str
+    tenant_id: str
+    name: str
+    prefix: str = Field(description="The key's first characters.")
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="The secret, shown only in this response; only its SHA-256 digest is stored.")
+
+
+class KeyList(BaseModel):
+    object: str = "list"
+    data: list[KeyOut]
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in [
+        (400, "Invalid request"),
+        (401, "Missing, unknown or revoked admin key"),
+        (403, "The key is not an admin key"),
+        (404, "No such tenant or key"),
+        (409, "The tenant exists already"),
+    ]
+}
+
+
+async def administrator(
+    deps: DepsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    if credentials is None:
+        raise unauthorized("admin key", "ADMIN_KEY")
+    if await deps.tenants.is_admin(credentials.credentials):
+        return
+    if await deps.tenants.authenticate(credentials.credentials) is not None:
+        raise ApiError(
+            403, "This key belongs to a tenant; the admin API needs an admin key.", "permission_error",
+            code="admin_key_required",
+        )  # fmt: skip
+    raise unauthorized("admin key", "ADMIN_KEY", credentials.credentials)
+
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(administrator)], responses=ERRORS)
+TenantId = Annotated[str, Path(description="A tenant id.")]
+
+
+def _tenant_out(tenant: Tenant, dropped: int | None = None) -> TenantOut:
+    return TenantOut(**dataclasses.asdict(tenant), cached_responses_dropped=dropped)
+
+
+def _key_out(row: Any) -> KeyOut:
+    return KeyOut(
+        id=row["id"], tenant_id=row["tenant_id"], name=row["name"], prefix=row["key_prefix"],
+        created_at=row["created_at"], revoked_at=row["revoked_at"],
+    )  # fmt: skip
+
+
+def _no_tenant(tenant_id: str) -> ApiError:
+    return ApiError(404, f"No tenant `{tenant_id}`.", param="tenant_id", code="tenant_not_found")
+
+
+async def _save(deps: DepsDep, tenant: Tenant, before: Tenant | None = None) -> TenantOut:
+    dropped = await admin.save_tenant(deps.tenants, tenant, before, deps.cache.invalidate_tenant)
+    logger.info("tenant %s saved through the admin API", tenant.id)
+    return _tenant_out(tenant, dropped)
+
+
+def _checked(tenant: Tenant) -> Tenant:
+    """The default priority must be within the tenant's ceiling."""
+    try:
+        tenant.priority_for(None)
+    except PriorityNotAllowed as exc:
+        message = f"Invalid default_priority: {exc}."
+        raise ApiError(400, message, param="default_priority", code="invalid_value") from None
+    return tenant
+
+
+@router.post("/tenants", status_code=201, response_model=TenantOut)
+async def create_tenant(body: TenantCreate, deps: DepsDep) -> JSONResponse:
+    if await deps.tenants.tenant(body.id) is not None:
+        raise ApiError(409, f"Tenant `{body.id}` exists already; change it with PATCH.", param="id", code="conflict")
+    tenant = _checked(Tenant(**body.model_dump()))
+    return JSONResponse((await _save(deps, tenant)).model_dump(mode="json"), status_code=201)
+
+
+@router.get("/tenants", response_model=TenantList)
+async def list_tenants(deps: DepsDep) -> TenantList:
+    return TenantList(data=[_tenant_out(t) for t in await deps.tenants.tenants()])
+
+
+@router.get("/tenants/{tenant_id}", response_model=TenantOut)
+async def get_tenant(tenant_id: TenantId, deps: DepsDep) -> TenantOut:
+    tenant = await deps.tenants.tenant(tenant_id) if _valid_id(tenant_id) else None
+    if tenant is None:
+        raise _no_tenant(tenant_id)
+    return _tenant_out(tenant)
+
+
+@router.patch("/tenants/{tenant_id}", response_model=TenantOut)
+async def change_tenant(tenant_id: TenantId, body: TenantSettings, deps: DepsDep) -> TenantOut:
+    tenant = await deps.tenants.tenant(tenant_id) if _valid_id(tenant_id) else None
+    if tenant is None:
+        raise _no_tenant(tenant_id)
+    changed = _checked(dataclasses.replace(tenant, **body.model_dump(include=body.model_fields_set)))
+    return await _save(deps, changed, tenant)
+
+
+@router.post("/tenants/{tenant_id}/keys", status_code=201, response_model=NewKeyOut)
+async def create_key(tenant_id: TenantId, body: KeyCreate, deps: DepsDep) -> JSONResponse:
+    key = await admin.create_key(deps.tenants, tenant_id, body.name) if _valid_id(tenant_id) else None
+    if key is None:
+        raise _no_tenant(tenant_id)
+    logger.info("key %s of tenant %s created through the admin API", key.id, tenant_id)
+    out = NewKeyOut(id=key.id, tenant_id=tenant_id, name=body.name, prefix=key.prefix, key=key.secret)
+    return JSONResponse(out.model_dump(mode="json"), status_code=201)
+
+
+@router.get("/keys", response_model=KeyList)
+async def list_keys(
+    deps: DepsDep, tenant_id: Annotated[str | None, Query(description="Only this tenant's keys.")] = None
+) -> KeyList:
+    if tenant_id is not None and not _valid_id(tenant_id):
+        return KeyList(data=[])
+    return KeyList(data=[_key_out(row) for row in await deps.tenants.keys(tenant_id)])
+
+
+@router.delete("/keys/{key_id}", response_model=KeyOut)
+async def revoke_key(key_id: Annotated[str, Path(description="A key id (key_...).")], deps: DepsDep) -> KeyOut:
+    """Revokes a key: requests with it are refused within the ingress's key cache time (FERRY_INGRESS_AUTH_CACHE_S)."""
+    if not _storable_id(key_id) or not await deps.tenants.revoke_key(key_id):
+        raise ApiError(404, f"No active key `{key_id}`.", param="key_id", code="key_not_found")
+    logger.info("key %s revoked through the admin API", key_id)
+    return _key_out(await deps.tenants.key(key_id))
+
+
+def _valid_id(tenant_id: str) -> bool:
+    return re.fullmatch(TENANT_ID_PATTERN, tenant_id) is not None
+
+
+def _storable_id(key_id: str) -> bool:
+    try:
+        _storable(key_id)
+    except ValueError:
+        return False
+    return True
