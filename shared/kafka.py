@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable
 from typing import TypeVar
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from aiokafka.structs import RecordMetadata
@@ -102,6 +102,26 @@ async def ensure_topics(settings: CommonSettings, names: Iterable[str], partitio
             logger.info("created topics %s", [t.name for t in wanted])
     finally:
         await admin.close()
+
+
+async def tail(settings: CommonSettings, topic: str, client_id: str) -> AIOKafkaConsumer:
+    """A started consumer of every partition of ``topic`` (created if missing), without a group and positioned at the
+    end before it returns: a reader of its own reply topic sees every reply to what it sends afterwards."""
+    await ensure_topics(settings, [topic], partitions=1)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        client_id=client_id,
+        auto_offset_reset="latest",
+    )
+    await consumer.start()
+    assigned = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+    consumer.assign(assigned)
+    await consumer.seek_to_end(*assigned)
+    for tp in assigned:
+        await consumer.position(tp)  # resolves the end now, not at the first fetch
+    return consumer
 
 
 async def delete_topics(settings: CommonSettings) -> list[str]:

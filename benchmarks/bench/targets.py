@@ -114,24 +114,18 @@ async def run_through_worker(model_id: str, load: Load) -> tuple[list[RequestRes
     Each TokensGenerated with text counts as a chunk. Kafka settings come from FERRY_* (the running platform's)."""
     import json
 
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient
 
     from shared.contracts import BatchFormed, ChatMessage, CompletionRequested, SamplingParams
-    from shared.kafka import ensure_topics
+    from shared.kafka import tail
     from shared.settings import CommonSettings
 
     common = CommonSettings()
     reply_topic = common.topics.replies(f"bench-{uuid.uuid4().hex[:8]}")
-    await ensure_topics(common, [reply_topic], partitions=1)
     producer = AIOKafkaProducer(bootstrap_servers=common.kafka_bootstrap, linger_ms=0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=common.kafka_bootstrap, group_id=None, enable_auto_commit=False)
     await producer.start()
-    await consumer.start()
-    partition = TopicPartition(reply_topic, 0)
-    consumer.assign([partition])
-    await consumer.seek_to_end(partition)
-    await consumer.position(partition)
+    consumer = await tail(common, reply_topic, "ferry-bench")
     queues: dict[str, asyncio.Queue[tuple[float, dict[str, object]]]] = {}
 
     async def route() -> None:

@@ -26,7 +26,7 @@ from shared.contracts import (
     reply_event_adapter,
     utc_now,
 )
-from shared.kafka import dead_letter, ensure_topics, publish_message, record_headers
+from shared.kafka import dead_letter, ensure_topics, publish_message, record_headers, tail
 from shared.registry import ModelRecord, ModelRegistry
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
@@ -47,21 +47,7 @@ class ReplyListener:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await ensure_topics(self._common, [self.topic], partitions=1)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._common.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            client_id="ferry-ingress-replies",
-            auto_offset_reset="latest",
-        )
-        await consumer.start()
-        partitions = consumer.partitions_for_topic(self.topic) or {0}
-        assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_end(*assigned)
-        for tp in assigned:
-            await consumer.position(tp)
+        consumer = await tail(self._common, self.topic, "ferry-ingress-replies")
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="reply-listener")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from services.safety.classifiers import GUARD_PROMPT, parse_guard_answer
@@ -31,7 +31,7 @@ from shared.contracts import (
     reply_event_adapter,
     utc_now,
 )
-from shared.kafka import ensure_topics
+from shared.kafka import tail
 from shared.settings import CommonSettings
 
 logger = logging.getLogger(__name__)
@@ -88,21 +88,7 @@ class GuardCheck:
 
     async def start(self) -> None:
         """Reads the reply topic from its end, positioned before the first question is asked."""
-        await ensure_topics(self._common, [self.reply_topic], partitions=1)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._common.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            client_id="ferry-safety-guard",
-            auto_offset_reset="latest",
-        )
-        await consumer.start()
-        partitions = sorted(consumer.partitions_for_topic(self.reply_topic) or {0})
-        assigned = [TopicPartition(self.reply_topic, p) for p in partitions]
-        consumer.assign(assigned)
-        await consumer.seek_to_end(*assigned)
-        for tp in assigned:
-            await consumer.position(tp)
+        consumer = await tail(self._common, self.reply_topic, "ferry-safety-guard")
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="guard-replies")
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from services.batcher.config import input_topic
 from shared.contracts import (
@@ -32,7 +31,7 @@ from shared.contracts import (
     WorkerStatusReported,
     reply_event_adapter,
 )
-from shared.kafka import ensure_topics
+from shared.kafka import delete_topics, ensure_topics
 from shared.settings import CommonSettings
 from tests.e2e.platform import ROOT, free_port
 
@@ -216,9 +215,4 @@ async def kafka(tmp_path: Path) -> AsyncIterator[Kafka]:
                 b.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 b.process.kill()
-        admin = AIOKafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(common.topic_prefix)])
-        finally:
-            await admin.close()
+        await delete_topics(common)

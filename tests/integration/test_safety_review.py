@@ -14,7 +14,6 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
@@ -26,7 +25,7 @@ from services.safety.sweeps import Sweeper
 from services.safety.web import ReviewDeps, install_error_pages, router
 from shared.contracts import ChatMessage, CompletionRequested, ContentFlagged, Message, reply_event_adapter, utc_now
 from shared.db import connect_pool, migrate
-from shared.kafka import ensure_topics
+from shared.kafka import delete_topics, ensure_topics
 from shared.settings import CommonSettings
 
 
@@ -85,12 +84,7 @@ async def queue() -> AsyncIterator[Queue]:
         await pool.close()
         await admin_conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin_conn.close()
-        admin = AIOKafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(common.topic_prefix)])
-        finally:
-            await admin.close()
+        await delete_topics(common)
 
 
 def flagged(
