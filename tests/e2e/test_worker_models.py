@@ -22,8 +22,9 @@ from aiokafka import AIOKafkaConsumer
 
 from services.worker.model_store import BUILD_MARKER, RECIPE_VERSION, ensure_model
 from shared.contracts import WorkerStatusReported, utc_now
+from shared.kafka import delete_topics
 from shared.settings import CommonSettings
-from tests.e2e.platform import ROOT, TINY_MODEL, Service, _create_database, _delete_topics, _drop_database, _dsn
+from tests.e2e.platform import ROOT, TINY_MODEL, Service, _create_database, _drop_database, _dsn
 from tests.e2e.test_worker import Workers, client
 
 MODEL_B, MODEL_C, MODEL_D = "tiny-b", "tiny-c", "tiny-d"
@@ -88,7 +89,7 @@ def hosting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
         for s in pool.started:
             stop(s)
         asyncio.run(_drop_database(base.postgres_dsn, database))
-        asyncio.run(_delete_topics(common))
+        asyncio.run(delete_topics(common))
 
 
 def stop(service: Service) -> None:
