@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 SCHEMA_VERSION = 1
+VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # how variant names look (fp32, int8, ...), for edge validation
 
 
 def utc_now() -> datetime:
@@ -153,6 +154,19 @@ class LoadedModel(BaseModel):
     )
 
 
+class ModelRequestCounts(BaseModel):
+    """Model cache hits and misses of one model variant on one worker, kept after the model is evicted."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: str = Field(description="Registry id of the model.")
+    variant: str = Field(description="The variant the requests asked for (or the worker's default).")
+    requests_found_loaded: int = Field(0, ge=0, description="Requests since the worker started that found it ready.")
+    requests_waited_for_load: int = Field(
+        0, ge=0, description="Requests since the worker started that waited for it to load or wake."
+    )
+
+
 class WorkerStatusReported(Message):
     """A worker's heartbeat with its capacity; produced every few seconds to ``<prefix>worker-status`` keyed by
     ``worker_id``. The batcher dispatches at once while workers have room; the scaler reads loaded models."""
@@ -169,6 +183,11 @@ class WorkerStatusReported(Message):
     draining: bool = Field(False, description="The worker is shutting down and takes no new work.")
     interval_seconds: float = Field(
         gt=0, description="Seconds until the next report; two missed reports mean the worker is gone."
+    )
+    model_requests: list[ModelRequestCounts] = Field(
+        default_factory=list,
+        description="Cumulative model cache counts of every model variant this worker was asked for since it started, "
+        "evicted ones included (the counts in ``models`` leave with an evicted model). Empty from older workers.",
     )
     reported_at: datetime = Field(default_factory=utc_now, description="When the report was made (UTC).")
 
@@ -260,6 +279,9 @@ class CompletionFinished(Message):
     finish_reason: FinishReason = Field(description="Why generation ended, as in OpenAI's API.")
     usage: Usage = Field(description="Token counts.")
     created_at: datetime = Field(default_factory=utc_now, description="When generation finished (UTC).")
+    variant: str | None = Field(
+        None, description="The model variant that generated the text (e.g. fp32, int8); unset on a cache replay."
+    )
 
 
 class GenerationFailed(Message):

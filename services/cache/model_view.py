@@ -16,7 +16,7 @@ class ModelCacheFigures:
     workers: int
     found_loaded: int
     waited_for_load: int
-    states: tuple[str, ...]
+    states: tuple[str, ...]  # of the workers holding it now; empty once every worker has evicted it
 
     @property
     def hit_ratio(self) -> float | None:
@@ -30,19 +30,24 @@ def model_cache_view(reports: Iterable[WorkerStatusReported]) -> list[ModelCache
         seen = latest.get(report.worker_id)
         if seen is None or report.reported_at >= seen.reported_at:
             latest[report.worker_id] = report
-    per_model: dict[str, list[tuple[int, int, str]]] = {}
+    counts: dict[str, dict[str, list[int]]] = {}  # model -> worker -> [found loaded, waited]
+    states: dict[str, set[str]] = {}
     for report in latest.values():
         for loaded in report.models:
-            per_model.setdefault(loaded.model, []).append(
-                (loaded.requests_found_loaded, loaded.requests_waited_for_load, loaded.state)
-            )
+            states.setdefault(loaded.model, set()).add(loaded.state)
+        # model_requests keeps evicted models' counts; workers that predate it only report what they hold
+        rows = report.model_requests or report.models
+        for row in rows:
+            found = counts.setdefault(row.model, {}).setdefault(report.worker_id, [0, 0])
+            found[0] += row.requests_found_loaded
+            found[1] += row.requests_waited_for_load
     return [
         ModelCacheFigures(
             model=model,
-            workers=len(rows),
-            found_loaded=sum(r[0] for r in rows),
-            waited_for_load=sum(r[1] for r in rows),
-            states=tuple(sorted({r[2] for r in rows})),
+            workers=len(per_worker),
+            found_loaded=sum(c[0] for c in per_worker.values()),
+            waited_for_load=sum(c[1] for c in per_worker.values()),
+            states=tuple(sorted(states.get(model, ()))),
         )
-        for model, rows in sorted(per_model.items())
+        for model, per_worker in sorted(counts.items())
     ]

@@ -127,7 +127,7 @@ def models_report(reports: list[WorkerStatusReported], seconds: float) -> str:
         ratio = f"{v.hit_ratio:.1%}" if v.hit_ratio is not None else "n/a"
         lines.append(
             f"  {v.model}: hit ratio {ratio} ({v.found_loaded} found loaded, {v.waited_for_load} waited) "
-            f"on {v.workers} workers, {'/'.join(v.states)}"
+            f"on {v.workers} workers, {'/'.join(v.states) or 'evicted'}"
         )
     return "\n".join(lines)
 

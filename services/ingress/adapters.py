@@ -227,14 +227,16 @@ class TenantDirectory:
     async def upsert_tenant(self, tenant: Tenant) -> None:
         await self._pool.execute(
             """INSERT INTO tenants (id, name, requests_per_minute, tokens_per_minute, monthly_token_quota,
-                 retention_days, max_priority, default_priority, default_profile, cache_shared_scope, cache_sampled)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 retention_days, max_priority, default_priority, default_profile, cache_shared_scope, cache_sampled,
+                 default_variant)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name,
                  requests_per_minute = EXCLUDED.requests_per_minute, tokens_per_minute = EXCLUDED.tokens_per_minute,
                  monthly_token_quota = EXCLUDED.monthly_token_quota, retention_days = EXCLUDED.retention_days,
                  max_priority = EXCLUDED.max_priority, default_priority = EXCLUDED.default_priority,
                  default_profile = EXCLUDED.default_profile, cache_shared_scope = EXCLUDED.cache_shared_scope,
-                 cache_sampled = EXCLUDED.cache_sampled, updated_at = now()""",
+                 cache_sampled = EXCLUDED.cache_sampled, default_variant = EXCLUDED.default_variant,
+                 updated_at = now()""",
             tenant.id,
             tenant.name,
             tenant.requests_per_minute,
@@ -246,6 +248,7 @@ class TenantDirectory:
             tenant.default_profile,
             tenant.cache_shared_scope,
             tenant.cache_sampled,
+            tenant.default_variant,
         )
 
     async def tenant(self, tenant_id: str) -> Tenant | None:
@@ -317,7 +320,7 @@ class TenantDirectory:
 
 _TENANT_COLUMNS = (
     "t.id, t.name, t.requests_per_minute, t.tokens_per_minute, t.monthly_token_quota, t.retention_days,"
-    " t.max_priority, t.default_priority, t.default_profile, t.cache_shared_scope, t.cache_sampled"
+    " t.max_priority, t.default_priority, t.default_profile, t.cache_shared_scope, t.cache_sampled, t.default_variant"
 )
 
 

@@ -27,7 +27,7 @@ from typing import get_args
 from services.cache.ops import invalidate_tenant
 from services.ingress.adapters import TenantDirectory
 from services.ingress.tenants import NewKey, Tenant
-from shared.contracts import BatchingProfile, Priority
+from shared.contracts import VARIANT_NAME_PATTERN, BatchingProfile, Priority
 from shared.db import connect_pool
 from shared.settings import CommonSettings
 
@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--default-priority", choices=get_args(Priority), default="interactive")
     create.add_argument("--default-profile", choices=get_args(BatchingProfile))
     _cache_options(create)
+    create.add_argument("--default-variant", type=_variant_name, help="model variant of requests that name none")
     update = tenants.add_parser("update", help="change the options given of an existing tenant, keep the others")
     update.add_argument("tenant_id")
     update.add_argument("--name")
@@ -59,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--default-priority", choices=get_args(Priority))
     update.add_argument("--default-profile", choices=get_args(BatchingProfile))
     _cache_options(update, default=None)
+    update.add_argument("--default-variant", type=_variant_name, help="model variant of requests that name none")
+    update.add_argument(
+        "--no-default-variant", action="store_true", help="back to each model's default variant from the registry"
+    )
     update.add_argument(
         "--no-cache-shared-scope", action="store_true", help="leave the shared scope: back to the tenant's own entries"
     )
@@ -92,6 +97,12 @@ def _scope_name(text: str) -> str:
     return text
 
 
+def _variant_name(text: str) -> str:
+    if not re.fullmatch(VARIANT_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a variant name such as fp32, fp16 or int8")
+    return text
+
+
 def _cache_options(parser: argparse.ArgumentParser, default: bool | None = False) -> None:
     parser.add_argument(
         "--cache-shared-scope",
@@ -118,6 +129,7 @@ _UPDATABLE = {
     "default_profile": "default_profile",
     "cache_shared_scope": "cache_shared_scope",
     "cache_sampled": "cache_sampled",
+    "default_variant": "default_variant",
 }
 
 
@@ -175,6 +187,7 @@ async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
             default_profile=args.default_profile,
             cache_shared_scope=args.cache_shared_scope,
             cache_sampled=args.cache_sampled,
+            default_variant=args.default_variant,
         )
         await _save_and_report(directory, tenant, await directory.tenant(args.tenant_id))
     elif args.command == "tenants" and args.action == "update":
@@ -185,6 +198,8 @@ async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
         changes = {field: getattr(args, arg) for arg, field in _UPDATABLE.items() if getattr(args, arg) is not None}
         if args.no_cache_shared_scope:
             changes["cache_shared_scope"] = None
+        if args.no_default_variant:
+            changes["default_variant"] = None
         await _save_and_report(directory, dataclasses.replace(before, **changes), before)
     elif args.command == "tenants":
         for t in await directory.tenants():
@@ -193,6 +208,7 @@ async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
                 f" monthly_tokens={t.monthly_token_quota} retention_days={t.retention_days}"
                 f" priority={t.default_priority}<= {t.max_priority} profile={t.default_profile}"
                 f" cache_shared_scope={t.cache_shared_scope} cache_sampled={t.cache_sampled}"
+                f" default_variant={t.default_variant}"
             )
     elif args.command == "keys" and args.action == "create":
         key = await create_key(directory, args.tenant_id, args.name)

@@ -20,7 +20,7 @@ from services.ingress.handlers import DepsDep, bearer, unauthorized
 from services.ingress.protocol import ErrorResponse
 from services.ingress.serving import ApiError
 from services.ingress.tenants import PriorityNotAllowed, Tenant
-from shared.contracts import BatchingProfile, Priority
+from shared.contracts import VARIANT_NAME_PATTERN, BatchingProfile, Priority
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,12 @@ class TenantSettings(BaseModel):
     cache_sampled: bool = Field(
         False, description="Response cache: cache sampled answers too (temperature > 0 without a seed)."
     )
+    default_variant: Annotated[str, Field(pattern=VARIANT_NAME_PATTERN)] | None = Field(
+        None,
+        description="Model variant (fp32, fp16, int8, ...) of requests that name none; null: the model's default "
+        "variant from the registry.",
+        examples=["int8"],
+    )
 
 
 class TenantCreate(TenantSettings):
@@ -88,6 +94,7 @@ class TenantOut(BaseModel):
     default_profile: BatchingProfile | None
     cache_shared_scope: str | None
     cache_sampled: bool
+    default_variant: str | None
     cached_responses_dropped: int | None = Field(
         None,
         description="On a save with retention_days 0, or leaving a shared cache scope: how many cached responses "

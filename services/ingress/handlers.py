@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Coroutine
@@ -50,6 +51,7 @@ from services.ingress.serving import (
 )
 from services.ingress.tenants import PriorityNotAllowed, Tenant, estimated_tokens
 from shared.contracts import (
+    VARIANT_NAME_PATTERN,
     BatchingProfile,
     CompletionFinished,
     GenerationFailed,
@@ -187,6 +189,7 @@ async def _serve(  # type: ignore[no-untyped-def]
         raise ApiError(404, f"The model `{body.model}` does not exist.", param="model", code="model_not_found")
     priority = _choice(body.priority, request, "x-ferry-priority", Priority)
     profile = _choice(body.batching_profile, request, "x-ferry-batching-profile", BatchingProfile)
+    variant = body.variant or _variant_header(request) or tenant.default_variant
     try:
         priority = tenant.priority_for(priority)
     except PriorityNotAllowed as exc:
@@ -228,6 +231,7 @@ async def _serve(  # type: ignore[no-untyped-def]
                 priority=priority,
                 profile=profile or tenant.default_profile,
                 retain_text=tenant.retains_text,
+                variant=variant,
             ),
         )
         message = message.model_copy(update={"retention_days": tenant.retention_days})  # review queue erases text then
@@ -292,6 +296,8 @@ async def _serve(  # type: ignore[no-untyped-def]
             headers=headers | {"cache-control": "no-cache"},
         )
     finished = await _unless_disconnected(request, final_event(replies))
+    if finished.variant:
+        headers["x-ferry-variant"] = finished.variant
     response = (
         chat_completion(request_id, body.model, finished)
         if kind == "chat"
@@ -314,6 +320,18 @@ def _choice(body_value: str | None, request: Request, header: str, allowed: Any)
             400,
             f"Invalid value for header {header}: '{value}'; expected one of {', '.join(get_args(allowed))}.",
             param=header,
+            code="invalid_value",
+        )
+    return value
+
+
+def _variant_header(request: Request) -> str | None:
+    value = request.headers.get("x-ferry-variant")
+    if value is not None and not re.fullmatch(VARIANT_NAME_PATTERN, value):
+        raise ApiError(
+            400,
+            f"Invalid value for header x-ferry-variant: '{value}'; expected a variant name such as fp32 or int8.",
+            param="x-ferry-variant",
             code="invalid_value",
         )
     return value

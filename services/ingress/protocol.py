@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.contracts import BatchingProfile, Priority
+from shared.contracts import VARIANT_NAME_PATTERN, BatchingProfile, Priority
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -56,6 +56,17 @@ class SamplingFields(BaseModel):
     batching_profile: BatchingProfile | None = Field(
         None,
         description="ferry: batching profile (or the x-ferry-batching-profile header); tenant default if unset.",
+    )
+    variant: Annotated[str, Field(pattern=VARIANT_NAME_PATTERN)] | None = Field(
+        None,
+        description="ferry: model variant (fp32, fp16, int8, ...; or the x-ferry-variant header): a cheaper quantized "
+        "one or a more exact one. Unset: the tenant's default, else the model's default variant in the registry.",
+        examples=["int8"],
+    )
+    variant_fallback: bool = Field(
+        True,
+        description="ferry: whether the model's default variant may answer when the one asked for cannot run on the "
+        "serving hardware; false gets a 400 variant_unavailable (or an error event when streaming) instead.",
     )
 
 

@@ -79,7 +79,9 @@ DEADLINE_EXCEEDED = ApiError(
 def failure_error(failure: GenerationFailed) -> ApiError:
     status, type_ = _FAILURE_STATUS.get(failure.code, (503, "server_error"))
     code = "content_policy_violation" if failure.code == "content_blocked" else failure.code
-    return ApiError(status, failure.message, type_, code=code)
+    return ApiError(
+        status, failure.message, type_, param="variant" if code == "variant_unavailable" else None, code=code
+    )
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class Submission:
     priority: Priority = "interactive"
     profile: BatchingProfile | None = None
     retain_text: bool = False
+    variant: str | None = None  # the request's, else its tenant's default; None leaves it to the model's default
 
 
 def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub: Submission) -> CompletionRequested:
@@ -127,6 +130,8 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         priority=sub.priority,
         profile=sub.profile,
         retain_text=sub.retain_text,
+        variant=sub.variant,
+        variant_fallback=api.variant_fallback,
         cache_salt=sub.tenant_id,
         **chat,
     )

@@ -29,6 +29,7 @@ class Tenant:
     default_profile: BatchingProfile | None = None
     cache_shared_scope: str | None = None  # response cache: share entries with tenants that opted in to this name
     cache_sampled: bool = False  # response cache: cache sampled (temperature > 0, unseeded) answers too
+    default_variant: str | None = None  # model variant of requests that name none (None: the model's default)
 
     @property
     def retains_text(self) -> bool:

@@ -63,6 +63,31 @@ class ModelCatalog:
         rows = await self._pool.fetch("SELECT model_id, tier FROM model_tiers")
         return {r["model_id"]: r["tier"] for r in rows}
 
+    async def default_variants(self, model_ids: list[str]) -> dict[str, str]:
+        """The default variant of each of these models that has an enabled one (model_variants.is_default)."""
+        rows = await self._pool.fetch(
+            "SELECT model_id, variant FROM model_variants WHERE is_default AND enabled AND model_id = ANY($1)",
+            model_ids,
+        )
+        return {r["model_id"]: r["variant"] for r in rows}
+
+    async def set_default_variant(self, model_id: str, variant: str) -> bool:
+        """Makes ``variant`` the model's default, for requests that name none; False when the registry has no enabled
+        variant of that name for the model (workers record the variants when they start)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"model_variants:{model_id}")
+            enabled = await conn.fetchval(
+                "SELECT enabled FROM model_variants WHERE model_id = $1 AND variant = $2", model_id, variant
+            )
+            if not enabled:
+                return False
+            # two statements: the one-default index is checked row by row, so the old default goes first
+            await conn.execute("UPDATE model_variants SET is_default = false WHERE model_id = $1", model_id)
+            await conn.execute(
+                "UPDATE model_variants SET is_default = true WHERE model_id = $1 AND variant = $2", model_id, variant
+            )
+        return True
+
     async def record_models(self, records: list[ModelRecord], default_variant: str, on_cpu: bool) -> None:
         """Records each model's current version and its variants: enabled when they can run on this hardware. The
         first worker to record a model sets its default variant (its own); later ones leave it."""

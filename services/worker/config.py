@@ -75,6 +75,13 @@ class WorkerSettings(BaseSettings):
         "preload that asks for one; each loaded variant is an engine of its own within the memory budget.",
     )
     demand_flush_s: float = Field(30.0, gt=0, description="Seconds between writes of served-request counts.")
+    tier_recompute_s: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds between recomputations of every model's tier from the recorded demand (checked after "
+        "each demand write; every worker does it, and the result is the same); 0: only `python -m "
+        "services.worker.tiers` recomputes them.",
+    )
     tier_hot_above: float = Field(1000, ge=0, description="Requests per hour above which a model is hot.")
     tier_warm_above: float = Field(100, ge=0, description="Requests per hour above which a model is warm (else cold).")
     tier_hot_replicas: int = Field(3, ge=0, description="Replicas a hot model calls for.")

@@ -171,6 +171,7 @@ async def serve_request(
             model=request.model,
             text="".join(pieces),
             finish_reason=finish_reason or "stop",
+            variant=engine.variant,
             usage=Usage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,

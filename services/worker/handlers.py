@@ -148,7 +148,7 @@ def register(deps: WorkerDeps) -> None:
             "ferry.worker.generate", context=context_from(request.trace_context), attributes=attributes
         ):
             try:
-                variant = deps.host.variant_for(request.variant, request.variant_fallback)
+                variant = deps.host.variant_for(request.model, request.variant, request.variant_fallback)
                 if (flight := deps.in_flight.get(request.request_id)) is not None:
                     flight.variant = variant
                 engine = await _acquire(deps, request, variant)
@@ -377,13 +377,42 @@ def status_report(deps: WorkerDeps) -> WorkerStatusReported:
         free_tokens=free,
         draining=deps.draining,
         interval_seconds=deps.settings.status_interval_s,
+        model_requests=deps.host.request_counts(),
     )
 
 
 async def _demand_writer(deps: WorkerDeps) -> None:
+    """Writes served-request counts and rereads the models' default variants every ``demand_flush_s``, and
+    recomputes the tiers from the counts every ``tier_recompute_s``."""
+    tiers_at = time.monotonic()
     while True:
         await asyncio.sleep(deps.settings.demand_flush_s)
         await flush_demand(deps)
+        await read_default_variants(deps)
+        every = deps.settings.tier_recompute_s
+        if every and time.monotonic() - tiers_at >= every:
+            tiers_at = time.monotonic()
+            await recompute_tiers(deps)
+
+
+async def read_default_variants(deps: WorkerDeps) -> None:
+    if deps.catalog is None:
+        return
+    try:
+        deps.host.model_defaults = await deps.catalog.default_variants(deps.host.allowed)
+    except Exception:  # the defaults read last stay in force
+        logger.exception("default variants not read")
+
+
+async def recompute_tiers(deps: WorkerDeps) -> None:
+    if deps.catalog is None:
+        return
+    try:
+        plans = await deps.catalog.recompute_tiers(deps.settings.tier_policy(), utc_now())
+    except Exception:  # the tiers computed last stay in force until the next try
+        logger.exception("model tiers not recomputed")
+        return
+    logger.info("model tiers: %s", ", ".join(f"{p.model} {p.tier} ({p.requests_per_hour:.0f}/h)" for p in plans))
 
 
 async def flush_demand(deps: WorkerDeps) -> None:

@@ -20,7 +20,7 @@ from services.worker.caching import DoesNotFit, Resident, Tier, evictions_to_fit
 from services.worker.engine import Engine, EngineConfig, GiB
 from services.worker.metrics import WorkerMetrics
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS, choose_variant
-from shared.contracts import LoadedModel, utc_now
+from shared.contracts import LoadedModel, ModelRequestCounts, utc_now
 from shared.registry import ModelRecord
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ class ModelHost:
         self.default_variant = default_variant
         self.variants = list(dict.fromkeys([default_variant, *(variants or [])]))  # what this worker may load
         self.on_cpu = True  # learnt from the first engine
+        self.model_defaults: dict[str, str] = {}  # the registry's default variant per model (model_variants.is_default)
         self._loader = loader
         self._registry = registry
         self._tiers = tiers
@@ -144,9 +145,13 @@ class ModelHost:
     def hosts(self, model_id: str) -> bool:
         return model_id in self.allowed
 
-    def variant_for(self, wanted: str | None, fallback: bool) -> str:
+    def variant_for(self, model_id: str, wanted: str | None, fallback: bool) -> str:
         """The variant that serves a request wanting ``wanted``: that one when this worker may load it, else the
-        default when the request allows a fallback; raises VariantUnavailable with the reason otherwise."""
+        worker's default when the request allows a fallback; raises VariantUnavailable with the reason otherwise. A
+        request that names none gets the model's default variant from the registry, or the worker's default if this
+        worker may not load that one."""
+        if wanted is None:
+            wanted, fallback = self.model_defaults.get(model_id), True
         return choose_variant(wanted, fallback, self.variants, self.default_variant, self.on_cpu)
 
     def engine(self, model_id: str, variant: str | None = None) -> Engine | None:
@@ -199,7 +204,7 @@ class ModelHost:
     def preload(self, model_id: str, variant: str | None = None) -> bool:
         """Starts loading the model in the background ahead of demand; False if this worker does not host it or may
         not load that variant."""
-        key = (model_id, variant or self.default_variant)
+        key = (model_id, variant or self.variant_for(model_id, None, fallback=True))
         if not self.hosts(model_id) or key[1] not in self.variants:
             return False
         if key not in self._models:
@@ -234,6 +239,18 @@ class ModelHost:
                 requests_waited_for_load=self._hits.get(key, Hits()).waited_for_load,
             )
             for key, hosted in self._models.items()
+        ]
+
+    def request_counts(self) -> list[ModelRequestCounts]:
+        """Model cache hits and misses of every model variant asked for since start, evicted ones included."""
+        return [
+            ModelRequestCounts(
+                model=model_id,
+                variant=variant,
+                requests_found_loaded=hits.found_loaded,
+                requests_waited_for_load=hits.waited_for_load,
+            )
+            for (model_id, variant), hits in self._hits.items()
         ]
 
     async def shutdown(self) -> None:

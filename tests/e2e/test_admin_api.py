@@ -84,6 +84,16 @@ def test_an_admin_manages_tenants_and_keys_over_http(platform: Platform) -> None
         )
         assert bad_scope.status_code == 400 and bad_scope.json()["error"]["param"] == "cache_shared_scope"
 
+        # so is the model variant of requests that name none
+        variant = client.patch(
+            f"/admin/v1/tenants/{tenant}", json={"default_variant": "int8"}, headers=_bearer(admin_key)
+        )
+        assert variant.status_code == 200 and variant.json()["default_variant"] == "int8", variant.text
+        bad_variant = client.patch(
+            f"/admin/v1/tenants/{tenant}", json={"default_variant": "Int 8"}, headers=_bearer(admin_key)
+        )
+        assert bad_variant.status_code == 400 and bad_variant.json()["error"]["param"] == "default_variant"
+
         keys = client.get("/admin/v1/keys", params={"tenant_id": tenant}, headers=_bearer(admin_key)).json()
         assert [(k["id"], k["revoked_at"]) for k in keys["data"]] == [(key_id, None)]
         assert "key" not in keys["data"][0]  # the secret is shown once, at creation

@@ -94,6 +94,7 @@ async def test_reviewer_signs_in_claims_approves_and_the_held_prompt_is_released
     assert events and events[-1]["event"] == "completion_finished"
 
     browser.find_element(By.ID, "logout").click()
+    browser.find_element(By.ID, "sign-in")  # the sign-out has answered: navigating earlier would abort its post
     browser.get(f"{base}/review/")
     assert browser.find_element(By.ID, "error").text == "Please sign in."
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -46,6 +47,7 @@ from tests.e2e.platform import (
 )
 
 FINAL = ("completion_finished", "generation_failed")
+WARM_ABOVE = 20  # requests per hour, for the workers of this module
 
 
 @dataclass
@@ -126,6 +128,10 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
         "FERRY_TOPIC_PREFIX": f"ferrytest-w{run_id}.",
         "FERRY_POSTGRES_DSN": _dsn(base.postgres_dsn, database),
         "FERRY_OTEL_EXPORTER": "none",
+        # demand written and tiers recomputed every few seconds, with a warm threshold a test can pass
+        "FERRY_WORKER_DEMAND_FLUSH_S": "1",
+        "FERRY_WORKER_TIER_RECOMPUTE_S": "2",
+        "FERRY_WORKER_TIER_WARM_ABOVE": str(WARM_ABOVE),
     }
     common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
     subprocess.run([sys.executable, "-m", "shared.prepare"], env=env, cwd=ROOT, check=True, capture_output=True)
@@ -271,6 +277,30 @@ async def test_many_concurrent_streams_complete_in_order(workers: Workers) -> No
         assert sum(d["token_count"] for d in deltas) == final["usage"]["completion_tokens"] > 0
     # every request finished, so the group's committed offsets reach the end of the batch topic
     await committed_to_the_end(workers.common)
+
+
+async def test_workers_recompute_tiers_from_the_demand_they_serve(workers: Workers) -> None:
+    if not workers.live():
+        workers.start("worker-a")
+    async with client(workers.common) as c:
+        requests = [c.request(max_tokens=4) for _ in range(WARM_ABOVE + 5)]
+        await c.send_batch(requests)
+        await c.wait_final([r.request_id for r in requests], seconds=60)
+    served_at = utc_now()
+    conn = await asyncpg.connect(workers.common.postgres_dsn)
+    try:
+        async with asyncio.timeout(30):  # a demand write, then a recomputation, with no command run
+            while True:
+                rows = {r["model_id"]: r for r in await conn.fetch("SELECT * FROM model_tiers")}
+                tiny = rows.get(TINY_MODEL)
+                if tiny is not None and tiny["computed_at"] > served_at and tiny["requests_per_hour"] > WARM_ABOVE:
+                    break
+                await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+    assert (tiny["tier"], tiny["replicas"]) == ("warm", 2)
+    unused = [r for model, r in rows.items() if model != TINY_MODEL]
+    assert unused and all((r["tier"], r["requests_per_hour"], r["replicas"]) == ("cold", 0, 0) for r in unused)
 
 
 async def test_a_cancel_stops_generation_in_the_engine(workers: Workers) -> None:

@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from services.cache.model_view import model_cache_view
 from services.worker.model_store import BUILD_MARKER, RECIPE_VERSION, ensure_model
 from shared.contracts import WorkerStatusReported, utc_now
 from shared.kafka import delete_topics
@@ -74,6 +75,8 @@ def hosting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
         "FERRY_WORKER_GROUP_PREFIX": f"ferrytest-m{run_id}.worker.",
         "FERRY_WORKER_KV_CACHE_GIB": str(KV_CACHE_GIB),
         "FERRY_WORKER_MODELS": json.dumps([MODEL_B, MODEL_C, MODEL_D]),
+        "FERRY_WORKER_TIER_RECOMPUTE_S": "0",  # the tiers set below stay: no demand recomputes them
+        "FERRY_WORKER_DEMAND_FLUSH_S": "1",  # the registry's default variants are reread this often
     }
     common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
     subprocess.run([sys.executable, "-m", "shared.prepare"], env=env, cwd=ROOT, check=True, capture_output=True)
@@ -177,6 +180,12 @@ async def test_a_model_loads_in_the_background_and_the_least_recently_used_warm_
         assert (models[MODEL_D].requests_waited_for_load, models[MODEL_D].requests_found_loaded) == (1, 0)
         assert models[TINY_MODEL].requests_found_loaded >= len(sent_during_load)
         assert all(KV_CACHE_GIB * (1 << 30) < m.memory_bytes < BUDGET_GIB / 3 * (1 << 30) for m in models.values())
+        # the evicted model's request still counts in the model cache view
+        (evicted,) = [r for r in report.model_requests if r.model == MODEL_C]
+        assert (evicted.requests_found_loaded, evicted.requests_waited_for_load) == (0, 1)
+        view = {v.model: v for v in model_cache_view([report])}
+        assert (view[MODEL_C].states, view[MODEL_C].waited_for_load) == ((), 1)
+        assert (view[MODEL_B].found_loaded, view[MODEL_B].waited_for_load) == (1, 1)
         print(f"{len(answered_before_b)} of {len(sent_during_load)} tiny-random requests answered while tiny-b loaded")
     finally:
         stop(worker)
@@ -229,5 +238,26 @@ async def test_preload_over_worker_control_loads_a_model_before_its_first_reques
         finally:
             await conn.close()
         assert variants["fp32"]["is_default"] and variants["fp16"]["enabled"] and not variants["int4"]["enabled"]
+
+        # the model's default variant is a registry setting: requests that name none get it from then on
+        control(hosting, "default-variant", MODEL_B, "fp16")
+        refused = subprocess.run(
+            [sys.executable, "-m", "services.worker.control", "default-variant", MODEL_B, "int4"],
+            env=hosting.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode != 0 and "no enabled variant 'int4'" in refused.stderr
+        async with client(common) as c:
+            async with asyncio.timeout(120):
+                while True:  # the worker rereads the defaults every second here
+                    plain = c.request(max_tokens=4, model=MODEL_B)
+                    await c.send_batch([plain])
+                    await c.wait_final([plain.request_id], seconds=60)
+                    if c.final(plain.request_id).get("variant") == "fp16":  # type: ignore[union-attr]
+                        break
+                    await asyncio.sleep(0.5)
+            named = c.request(max_tokens=4, model=MODEL_B, variant="fp32", variant_fallback=False)
+            await c.send_batch([named])
+            await c.wait_final([named.request_id], seconds=60)
+            assert c.final(named.request_id)["variant"] == "fp32"  # type: ignore[index]
     finally:
         stop(worker)

@@ -143,13 +143,13 @@ async def test_an_eviction_asked_while_busy_happens_when_the_model_goes_idle() -
 
 async def test_another_variant_of_a_model_is_an_engine_of_its_own() -> None:
     h = host(FakeLoader({"a": 100 * MiB}), budget=None)
-    assert h.variant_for(None, fallback=False) == "fp32"
-    assert h.variant_for("int8", fallback=False) == "int8"
-    assert h.variant_for("fp16", fallback=True) == "fp32"
+    assert h.variant_for("a", None, fallback=False) == "fp32"
+    assert h.variant_for("a", "int8", fallback=False) == "int8"
+    assert h.variant_for("a", "fp16", fallback=True) == "fp32"
     with pytest.raises(VariantUnavailable, match="not loaded on this worker"):
-        h.variant_for("fp16", fallback=False)
+        h.variant_for("a", "fp16", fallback=False)
     with pytest.raises(VariantUnavailable, match="cannot run on this hardware"):
-        h.variant_for("int4", fallback=False)
+        h.variant_for("a", "int4", fallback=False)
     await h.acquire("a")
     engine = await h.acquire("a", "int8")
     assert engine.variant == "int8"  # type: ignore[attr-defined]
@@ -176,3 +176,12 @@ async def test_shutdown_waits_for_an_engine_that_is_starting_and_stops_it() -> N
     loader.gates["b"].set()
     await asyncio.wait_for(closing, timeout=1)
     assert a.stopped and h.report() == []  # type: ignore[attr-defined]
+
+
+def test_a_request_without_a_variant_gets_the_model_s_default_from_the_registry_when_this_worker_may_load_it() -> None:
+    h = host(FakeLoader({"a": 100 * MiB, "b": 100 * MiB, "c": 100 * MiB}), budget=None)
+    h.model_defaults = {"a": "int8", "b": "fp16"}  # this worker may load fp32 and int8, not fp16
+    assert h.variant_for("a", None, fallback=False) == "int8"
+    assert h.variant_for("b", None, fallback=False) == "fp32"  # not refused: the request did not ask for fp16
+    assert h.variant_for("c", None, fallback=False) == "fp32"
+    assert h.variant_for("a", "fp32", fallback=False) == "fp32"  # a variant asked for wins over the default
