@@ -58,6 +58,10 @@ class Screener:
     async_classifiers: Sequence[AsyncClassifier] = ()
     deny_terms: tuple[str, ...] = ()
     cache: ScreeningCache | None = None
+    _waiting: list[tuple[list[str], asyncio.Future[list[dict[str, dict[str, float]]]]]] = field(
+        default_factory=list, init=False, repr=False
+    )
+    _scorer: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def screen(self, texts: Sequence[str], tenants: Sequence[str | None] | None = None) -> list[Screening]:
         """``tenants`` (one per text) scopes cached scores per tenant; without it nothing is cached."""
@@ -72,9 +76,7 @@ class Screener:
                 cached = [cache.get(k) for k in keys]
             todo = [i for i, c in enumerate(cached) if c is None]
             if todo:
-                # one hop off the event loop for every classifier: a worker's engine shares the loop, and models
-                # release the GIL while they compute
-                scored = await asyncio.to_thread(self._score, [texts[i] for i in todo])
+                scored = await self._score_together([texts[i] for i in todo])
                 for i, by in zip(todo, scored, strict=True):
                     cached[i] = by
                     if cache is not None:
@@ -90,6 +92,33 @@ class Screener:
             snippet = redacted if len(redacted) <= SNIPPET_CHARS else redacted[:SNIPPET_CHARS] + "…"
             out.append(Screening(combine(by), by, snippet, redacted))
         return out
+
+    async def _score_together(self, texts: list[str]) -> list[dict[str, dict[str, float]]]:
+        """The model classifiers' scores of ``texts``. Texts of calls made while a scoring runs are scored together
+        once it ends: a worker screens each completed output, and a model scores a batch of 16 texts for 2-4 times
+        less CPU per text than one at a time. A call made while none runs starts at once."""
+        future: asyncio.Future[list[dict[str, dict[str, float]]]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((texts, future))
+        if self._scorer is None or self._scorer.done():
+            self._scorer = asyncio.create_task(self._score_waiting(), name="screener-scoring")
+        return await future
+
+    async def _score_waiting(self) -> None:
+        while self._waiting:
+            calls, self._waiting = self._waiting, []
+            try:
+                # off the event loop: a worker's engine shares the loop, and models release the GIL while they compute
+                scored = await asyncio.to_thread(self._score, [t for texts, _ in calls for t in texts])
+            except Exception as exc:
+                for _, future in calls:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for texts, future in calls:
+                if not future.done():  # its caller may have been cancelled
+                    future.set_result(scored[start : start + len(texts)])
+                start += len(texts)
 
     def _score(self, texts: list[str]) -> list[dict[str, dict[str, float]]]:
         out: list[dict[str, dict[str, float]]] = [{} for _ in texts]

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Sequence
 
 from services.safety import rules
@@ -74,6 +77,55 @@ async def test_screener_combines_rules_and_classifiers_and_snippets_are_redacted
     assert b.scores == {"pii": 0.0, "secrets": 0.0, "deny_list": 0.0, "violence": 0.0}
     assert decide(a.scores, DEFAULT_POLICY.prompt).action == "block"
     assert decide(b.scores, DEFAULT_POLICY.prompt).action == "allow"
+
+
+class SlowClassifier:
+    """Scores a text by its length, slowly, and records the batches it was given."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.fail = False
+        self.lock = threading.Lock()
+
+    def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        with self.lock:
+            self.batches.append(list(texts))
+        time.sleep(0.05)
+        if self.fail:
+            raise RuntimeError("model failed")
+        return [{"violence": len(t) / 100} for t in texts]
+
+
+async def test_concurrent_screenings_are_scored_together_and_each_gets_its_own_scores() -> None:
+    slow = SlowClassifier()
+    screener = Screener(classifiers=[slow])
+    (alone,) = await screener.screen(["x" * 10])
+    assert alone.scores["violence"] == 0.1 and slow.batches == [["x" * 10]]  # a lone call is scored at once
+
+    slow.batches.clear()
+    first = asyncio.create_task(screener.screen(["a" * 1]))
+    await asyncio.sleep(0.01)  # the first scoring is running: the next calls wait for it, then go in one batch
+    rest = [screener.screen(["b" * n, "c" * (n + 1)]) for n in range(2, 12, 2)]
+    results = await asyncio.gather(first, *rest)
+    assert [len(b) for b in slow.batches] == [1, 10]
+    assert [[s.scores["violence"] for s in r] for r in results] == [
+        [0.01],
+        *[[n / 100, (n + 1) / 100] for n in range(2, 12, 2)],
+    ]
+
+
+async def test_a_failed_scoring_fails_every_call_in_it_and_the_next_call_works() -> None:
+    slow = SlowClassifier()
+    screener = Screener(classifiers=[slow])
+    slow.fail = True
+    calls = [screener.screen([t]) for t in ("one", "two", "three")]
+    for outcome in await asyncio.gather(*calls, return_exceptions=True):
+        assert isinstance(outcome, RuntimeError)
+    slow.fail = False
+    (ok,) = await screener.screen(["four"])
+    assert ok.scores["violence"] == 0.04
 
 
 async def test_output_screen_stops_a_stream_within_one_window_of_the_harm() -> None:
