@@ -295,7 +295,10 @@ async def _serve(  # type: ignore[no-untyped-def]
             media_type="text/event-stream",
             headers=headers | {"cache-control": "no-cache"},
         )
-    finished = await _unless_disconnected(request, final_event(replies))
+    try:
+        finished = await _unless_disconnected(request, final_event(replies))
+    except ApiError as exc:  # a failure reported by the worker, or the deadline: still answered with the request's id
+        raise ApiError(exc.status, exc.message, exc.type, exc.param, exc.code, headers | exc.headers) from None
     if finished.variant:
         headers["x-ferry-variant"] = finished.variant
     response = (
