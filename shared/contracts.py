@@ -280,7 +280,9 @@ class CompletionFinished(Message):
     usage: Usage = Field(description="Token counts.")
     created_at: datetime = Field(default_factory=utc_now, description="When generation finished (UTC).")
     variant: str | None = Field(
-        None, description="The model variant that generated the text (e.g. fp32, int8); unset on a cache replay."
+        None,
+        description="The model variant that generated the text (e.g. fp32, int8); on a cache replay, the one that "
+        "generated the cached answer (unset for entries stored before variants were recorded).",
     )
 
 

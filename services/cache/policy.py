@@ -187,6 +187,7 @@ class CachedCompletion(BaseModel):
     finish_reason: FinishReason = Field(description="Why generation ended.")
     usage: Usage = Field(description="Token counts of the original generation.")
     model_version: str = Field(description="Registry version of the model that generated it.")
+    variant: str | None = Field(None, description="The model variant that generated it; unset in older entries.")
     created_at: datetime = Field(default_factory=utc_now, description="When it was stored (UTC).")
 
     def fresh_enough(self, options: RequestCacheOptions, now: datetime) -> bool:
@@ -200,7 +201,11 @@ def storable(finished: CompletionFinished) -> bool:
 
 def entry_of(finished: CompletionFinished, model_version: str) -> CachedCompletion:
     return CachedCompletion(
-        text=finished.text, finish_reason=finished.finish_reason, usage=finished.usage, model_version=model_version
+        text=finished.text,
+        finish_reason=finished.finish_reason,
+        usage=finished.usage,
+        model_version=model_version,
+        variant=finished.variant,
     )
 
 
@@ -224,4 +229,5 @@ async def replay(entry: CachedCompletion, request: CompletionRequested) -> Async
         text=entry.text,
         finish_reason=entry.finish_reason,
         usage=entry.usage,
+        variant=entry.variant,
     )

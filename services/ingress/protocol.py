@@ -11,6 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.contracts import VARIANT_NAME_PATTERN, BatchingProfile, Priority
 
 NonEmpty = Annotated[str, Field(min_length=1)]
+SystemFingerprint = Annotated[
+    str | None,
+    Field(
+        description="ferry: the model variant that generated the text (fp32, fp16, int8, ...), the backend setting "
+        "that changes answers; on a stream, in the chunk with the finish reason and in the usage chunk. Null when "
+        "unknown (a response cached before variants were recorded)."
+    ),
+]
 
 
 class TextPart(BaseModel):
@@ -127,6 +135,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: UsageOut
+    system_fingerprint: SystemFingerprint = None
 
 
 class Delta(BaseModel):
@@ -148,6 +157,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: UsageOut | None = None
+    system_fingerprint: SystemFingerprint = None
 
 
 class CompletionChoice(BaseModel):
@@ -164,6 +174,7 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: UsageOut | None = None
+    system_fingerprint: SystemFingerprint = None
 
 
 class ModelCard(BaseModel):

@@ -206,6 +206,7 @@ def chat_completion(request_id: str, model: str, finished: CompletionFinished) -
         model=model,
         usage=_usage(finished),
         choices=[Choice(message=ChoiceMessage(content=finished.text), finish_reason=finished.finish_reason)],
+        system_fingerprint=finished.variant,
     )
 
 
@@ -215,6 +216,7 @@ def text_completion(request_id: str, model: str, finished: CompletionFinished, e
         model=model,
         usage=_usage(finished),
         choices=[CompletionChoice(text=echo + finished.text, finish_reason=finished.finish_reason)],
+        system_fingerprint=finished.variant,
     )
 
 
@@ -249,7 +251,7 @@ async def stream_sse(
                 if event.text:
                     yield chunk(request_id, created, model, event.text, None)
             elif isinstance(event, CompletionFinished):
-                yield chunk(request_id, created, model, None, event.finish_reason)
+                yield chunk(request_id, created, model, None, event.finish_reason, fingerprint=event.variant)
                 if include_usage:
                     yield _sse(
                         {
@@ -260,6 +262,7 @@ async def stream_sse(
                             "choices": [],
                             "usage": _usage(event).model_dump(),
                         }
+                        | ({"system_fingerprint": event.variant} if event.variant else {})
                     )
                 break
             elif isinstance(event, GenerationFailed):
@@ -273,17 +276,33 @@ async def stream_sse(
 
 
 def _chat_chunk(
-    request_id: str, created: int, model: str, text: str | None, finish_reason: str | None, opening: bool = False
+    request_id: str,
+    created: int,
+    model: str,
+    text: str | None,
+    finish_reason: str | None,
+    opening: bool = False,
+    fingerprint: str | None = None,
 ) -> str:
     delta = Delta(role="assistant", content="") if opening else Delta(content=text)
     c = ChatCompletionChunk(
-        id=request_id, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)]
+        id=request_id,
+        created=created,
+        model=model,
+        choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],
+        system_fingerprint=fingerprint,
     )
     return _sse(c.model_dump(exclude_none=True, exclude={"usage"}) | _with_null_finish(c))
 
 
 def _text_chunk(
-    request_id: str, created: int, model: str, text: str | None, finish_reason: str | None, opening: bool = False
+    request_id: str,
+    created: int,
+    model: str,
+    text: str | None,
+    finish_reason: str | None,
+    opening: bool = False,
+    fingerprint: str | None = None,
 ) -> str:
     if opening and not text:
         return ""  # OpenAI's text stream has no opening chunk; with echo the first chunk is the prompt
@@ -292,8 +311,9 @@ def _text_chunk(
         created=created,
         model=model,
         choices=[CompletionChoice(text=text or "", finish_reason=finish_reason)],
+        system_fingerprint=fingerprint,
     )
-    return _sse(c.model_dump(exclude={"usage"}))
+    return _sse(c.model_dump(exclude={"usage"} | ({"system_fingerprint"} if fingerprint is None else set())))
 
 
 def _with_null_finish(c: ChatCompletionChunk) -> dict[str, object]:

@@ -98,6 +98,7 @@ def test_second_identical_request_is_answered_from_the_cache(platform: Platform)
     live, cached = first.json(), second.json()
     assert cached["choices"] == live["choices"]
     assert cached["usage"] == live["usage"]
+    assert cached["system_fingerprint"] == live["system_fingerprint"] == "fp32"  # the variant that generated it
     assert cached["id"] == second.headers["x-request-id"] != live["id"]
     # the hit never reached a worker
     assert second.headers["x-request-id"] not in platform.log(f"worker-{TINY_MODEL}")
@@ -113,6 +114,7 @@ def test_a_streamed_hit_has_the_sse_framing_of_a_live_answer(platform: Platform)
     assert framing(cached) == framing(live)
     assert text_of(cached) == text_of(live) and text_of(live)
     assert cached[-2]["usage"] == live[-2]["usage"]
+    assert cached[-2]["system_fingerprint"] == live[-2]["system_fingerprint"] == "fp32"
     assert all(c["id"] == hit_response.headers["x-request-id"] for c in cached[:-1])
     # an answer stored from a stream serves a non-streaming request too
     plain = ask(platform, body(question), who)

@@ -4,6 +4,7 @@ and the clear error a client gets when it refuses the fallback."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -20,9 +21,29 @@ def test_a_variant_that_cannot_run_is_refused_unless_the_request_accepts_the_def
 
     served = chat(platform, platform.api_key, variant="int4")  # variant_fallback defaults to true
     assert served.status_code == 200, served.text
-    assert served.headers["x-ferry-variant"] == "fp32"  # the variant that really answered
+    assert served.headers["x-ferry-variant"] == served.json()["system_fingerprint"] == "fp32"  # what really answered
     plain = chat(platform, platform.api_key)
     assert plain.status_code == 200 and plain.headers["x-ferry-variant"] == "fp32"  # the registry's default
+
+
+def test_a_stream_names_the_variant_that_generated_it_once_it_is_known(platform: Platform) -> None:
+    payload = {
+        "model": TINY_MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 8,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "variant": "int8",  # these workers may not load int8: fp32 answers
+    }
+    with httpx.stream(
+        "POST", f"{platform.base_url}/v1/chat/completions", json=payload, headers=platform.auth, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    finish, usage = chunks[-2], chunks[-1]
+    assert finish["choices"][0]["finish_reason"] in ("stop", "length") and usage["usage"]["completion_tokens"] > 0
+    assert finish["system_fingerprint"] == usage["system_fingerprint"] == "fp32"
+    assert all("system_fingerprint" not in c for c in chunks[:-2])
 
 
 def test_a_tenant_s_default_variant_applies_when_a_request_names_none(platform: Platform) -> None:

@@ -153,12 +153,13 @@ def test_only_complete_generations_are_stored() -> None:
 
 
 async def test_a_hit_replays_as_the_events_of_a_live_answer() -> None:
-    entry = CachedCompletion(text="Paris.", finish_reason="stop", usage=USAGE, model_version="1")
+    entry = CachedCompletion(text="Paris.", finish_reason="stop", usage=USAGE, model_version="1", variant="fp32")
     streamed = [e async for e in replay(entry, request(request_id="r9", stream=True))]
     assert [type(e) for e in streamed] == [TokensGenerated, CompletionFinished]
     assert all(e.request_id == "r9" for e in streamed) and [e.sequence for e in streamed] == [0, 1]
     final = streamed[-1]
     assert isinstance(final, CompletionFinished) and (final.text, final.usage) == ("Paris.", USAGE)
+    assert final.variant == "fp32"  # the variant that generated the cached answer, as a live answer names it
     plain = [e async for e in replay(entry, request(stream=False))]
     assert [type(e) for e in plain] == [CompletionFinished]
 
@@ -166,7 +167,7 @@ async def test_a_hit_replays_as_the_events_of_a_live_answer() -> None:
         yield TokensGenerated(request_id="r9", sequence=0, text="Par", token_count=1)
         yield TokensGenerated(request_id="r9", sequence=1, text="is.", token_count=1)
         yield CompletionFinished(
-            request_id="r9", sequence=2, model="m", text="Paris.", finish_reason="stop", usage=USAGE
+            request_id="r9", sequence=2, model="m", text="Paris.", finish_reason="stop", usage=USAGE, variant="fp32"
         )
 
     def shapes(lines: list[str]) -> list[object]:

@@ -34,7 +34,9 @@ async def test_stream_is_openai_chunk_sequence_with_usage_and_done() -> None:
     events = events_of(
         TokensGenerated(request_id="r", sequence=0, text="Par", token_count=2),
         TokensGenerated(request_id="r", sequence=1, text="is", token_count=1),
-        CompletionFinished(request_id="r", sequence=2, model="m", text="Paris", finish_reason="stop", usage=USAGE),
+        CompletionFinished(
+            request_id="r", sequence=2, model="m", text="Paris", finish_reason="stop", usage=USAGE, variant="int8"
+        ),
     )
     out = parse([line async for line in stream_sse("r", "m", True, events)])
     assert out[-1] == "[DONE]"
@@ -44,6 +46,9 @@ async def test_stream_is_openai_chunk_sequence_with_usage_and_done() -> None:
     assert [first["choices"][0]["delta"]["content"], second["choices"][0]["delta"]["content"]] == ["Par", "is"]
     assert final["choices"][0]["finish_reason"] == "stop"
     assert usage["choices"] == [] and usage["usage"] == USAGE.model_dump()
+    # the variant that generated the text is known once it finished: the last two chunks name it, the others do not
+    assert final["system_fingerprint"] == usage["system_fingerprint"] == "int8"
+    assert all("system_fingerprint" not in c for c in (role, first, second))
 
 
 async def test_stream_without_include_usage_has_no_usage_chunk() -> None:
