@@ -144,7 +144,18 @@ class LoadedModel(BaseModel):
     state: Literal["loading", "ready", "sleeping"] = Field(
         description="loading: not serving yet; ready: serving; sleeping: kept warm, not serving until woken."
     )
-    memory_bytes: int = Field(0, ge=0, description="Memory the model takes on this worker (weights plus KV cache).")
+    memory_bytes: int = Field(
+        0,
+        ge=0,
+        description="Memory the worker's budget counts for the model: its estimate (weights plus KV cache) until it is"
+        " loaded, then the larger of that and measured_memory_bytes.",
+    )
+    measured_memory_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="How much the worker's resident memory grew while the model's engine started (null while loading"
+        " or when not measured). Other models' activity during the load blurs it.",
+    )
     last_used_at: datetime | None = Field(None, description="When a request last used it (UTC).")
     requests_found_loaded: int = Field(
         0, ge=0, description="Requests since the worker started that found this model ready (model cache hits)."

@@ -188,9 +188,12 @@ async def run_through_worker(model_id: str, load: Load) -> tuple[list[RequestRes
 async def model_start_times(model_id: str) -> dict[str, float]:
     """Cold start of ``model_id`` as a worker does it, in seconds: registry read, model folder, engine start, first
     token (``cold_*``); then a warm reload: the engine stopped and started again in the same process, with vLLM
-    imported and the weights in the page cache (``warm_*``). vLLM's sleep/wake is not available on CPU."""
+    imported and the weights in the page cache (``warm_*``). vLLM's sleep/wake is not available on CPU. Also the memory
+    the cold engine took, as the worker measures it, next to the worker's estimate before a load (weights plus KV
+    cache)."""
     started = time.monotonic()
-    from services.worker.engine import Engine, EngineConfig
+    from services.worker.engine import Engine, EngineConfig, GiB
+    from services.worker.hosting import estimate_memory_bytes
     from services.worker.model_store import ensure_model
     from shared.contracts import ChatMessage, SamplingParams
     from shared.db import connect_pool
@@ -209,9 +212,13 @@ async def model_start_times(model_id: str) -> dict[str, float]:
     path = await asyncio.to_thread(ensure_model, record.id, record.source, models_dir)
     registry_read = time.monotonic()
 
+    config = EngineConfig(model_id=record.id, path=path, max_model_len=record.max_model_len)
+    taken: list[int] = []
+
     async def start_and_first_token() -> tuple[float, float]:
         begin = time.monotonic()
-        engine = await Engine.start(EngineConfig(model_id=record.id, path=path, max_model_len=record.max_model_len))
+        engine = await Engine.start(config)
+        taken.append(engine.stats.load_memory_bytes)
         ready = time.monotonic()
         prompt = engine.render_prompt([ChatMessage(role="user", content="Hello!")])
         async for _ in engine.generate(uuid.uuid4().hex, prompt, SamplingParams(max_tokens=1, temperature=0)):
@@ -230,4 +237,8 @@ async def model_start_times(model_id: str) -> dict[str, float]:
         "cold_process_to_first_token_s": registry_read - started + cold_first,
         "warm_engine_start_s": warm_engine,
         "warm_reload_to_first_token_s": warm_first,
+        "kv_cache_gib": config.kv_cache_gib,
+        "engine_memory_estimated_mib": estimate_memory_bytes(path, "float32", None, int(config.kv_cache_gib * GiB))
+        / (1 << 20),
+        "engine_memory_measured_mib": taken[0] / (1 << 20),
     }

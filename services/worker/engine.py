@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +68,35 @@ class EngineStats:
     waiting: int = 0
     kv_cache_usage: float = 0.0  # fraction of the KV cache in use, 0..1
     load_seconds: float = 0.0  # how long the engine took to start
+    load_memory_bytes: int = 0  # memory the engine took when it started, see MemoryProbe (0: not measured)
+
+
+@dataclass
+class MemoryProbe:
+    """Measures what starting an engine costs: the unique memory (USS) of the processes it started (vLLM's EngineCore,
+    which holds the weights, the KV cache and a Python runtime of its own) plus the growth of this process's resident
+    memory. Taken after vLLM's imports, which the first model would otherwise be charged for."""
+
+    resident_before: int = 0
+    children_before: frozenset[int] = frozenset()
+
+    @classmethod
+    def start(cls) -> MemoryProbe:
+        import psutil
+
+        me = psutil.Process()
+        return cls(me.memory_info().rss, frozenset(c.pid for c in me.children(recursive=True)))
+
+    def taken(self) -> int:
+        import psutil
+
+        me = psutil.Process()
+        total = me.memory_info().rss - self.resident_before
+        for child in me.children(recursive=True):
+            if child.pid not in self.children_before:
+                with suppress(psutil.Error):  # it ended meanwhile
+                    total += child.memory_full_info().uss
+        return max(0, total)
 
 
 def _stats_logger_factory(stats: EngineStats) -> Callable[..., object]:
@@ -127,6 +156,7 @@ class Engine:
             disable_log_stats=True,
         )
         started = time.monotonic()
+        probe = MemoryProbe.start()
         stats = EngineStats()
         # In a thread, so models already loaded keep serving while this one loads (vLLM starts the AsyncLLM's loop
         # tasks lazily when it is built outside a running loop). No local variable holds the AsyncLLM: vLLM's start-up
@@ -138,10 +168,14 @@ class Engine:
         )
         engine.on_cpu = on_cpu
         stats.load_seconds = time.monotonic() - started
+        if on_cpu:  # on a GPU the budget is device memory, which this does not see
+            # Memory other models allocate or free meanwhile in this process blurs the figure a little.
+            stats.load_memory_bytes = await asyncio.to_thread(probe.taken)
         logger.info(
-            "engine for %s ready in %.1f s (%s)",
+            "engine for %s ready in %.1f s, taking %.0f MiB (%s)",
             config.model_id,
             stats.load_seconds,
+            stats.load_memory_bytes / (1 << 20),
             "cpu" if on_cpu else current_platform.device_name,
         )
         return engine

@@ -96,7 +96,8 @@ class Hosted:
     variant: str
     state: Literal["loading", "ready"]
     loaded: asyncio.Future[Engine]
-    memory_bytes: int = 0
+    memory_bytes: int = 0  # what the budget counts: see ModelHost._load
+    measured_memory_bytes: int | None = None  # what its engine took when it started (Engine.stats.load_memory_bytes)
     last_used_at: datetime = field(default_factory=utc_now)
     engine: Engine | None = None
     busy: int = 0  # requests holding it (acquired, not released)
@@ -141,6 +142,9 @@ class ModelHost:
         self._released = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting: Hosted | None = None  # the model whose engine is starting now
+        # What the last measured engine took beyond its weights and KV cache (a runtime of its own, buffers): added to
+        # the next estimates, so a load makes room for what it will really take.
+        self._engine_overhead_bytes = 0
 
     def hosts(self, model_id: str) -> bool:
         return model_id in self.allowed
@@ -234,6 +238,7 @@ class ModelHost:
                 variant=hosted.engine.variant if hosted.engine is not None else hosted.variant,
                 state=hosted.state,
                 memory_bytes=hosted.memory_bytes,
+                measured_memory_bytes=hosted.measured_memory_bytes,
                 last_used_at=hosted.last_used_at,
                 requests_found_loaded=self._hits.get(key, Hits()).found_loaded,
                 requests_waited_for_load=self._hits.get(key, Hits()).waited_for_load,
@@ -292,7 +297,8 @@ class ModelHost:
             if record is None:
                 raise ModelUnavailable(f"model {model_id!r} is not in the registry (or not enabled)")
             async with self._load_lock:
-                hosted.memory_bytes = await self._loader.footprint(record, variant)
+                estimate = await self._loader.footprint(record, variant)
+                hosted.memory_bytes = estimate + self._engine_overhead_bytes
                 await self._make_room(key, hosted.memory_bytes)
                 logger.info("loading %s (%s, %.0f MiB)", model_id, variant, hosted.memory_bytes / (1 << 20))
                 self._starting = hosted
@@ -308,9 +314,25 @@ class ModelHost:
             return
         hosted.engine, hosted.state, hosted.last_used_at = engine, "ready", utc_now()
         self.on_cpu = engine.on_cpu
+        made_room_for = hosted.memory_bytes
+        measured = engine.stats.load_memory_bytes
+        if measured:
+            # from now on the budget counts what it took (never less than its weights and KV cache)
+            hosted.measured_memory_bytes = measured
+            hosted.memory_bytes = max(estimate, measured)
+            self._engine_overhead_bytes = max(0, measured - estimate)
         self._metrics.watch(self._label(key), engine.stats, hosted.memory_bytes)
         hosted.loaded.set_result(engine)
-        logger.info("%s ready in %.1f s", hosted.name, engine.stats.load_seconds)
+        logger.info(
+            "%s ready in %.1f s; weights and KV cache %.0f MiB, made room for %.0f MiB, took %s",
+            hosted.name,
+            engine.stats.load_seconds,
+            estimate / (1 << 20),
+            made_room_for / (1 << 20),
+            f"{measured / (1 << 20):.0f} MiB" if measured else "(not measured)",
+        )
+        if hosted.memory_bytes > made_room_for and self.budget_bytes is not None:
+            self._spawn(self._fit_after_load(key, hosted))
 
     def _label(self, key: Key) -> str:
         """The model label of a loaded engine's gauges: the model id, with the variant when it is not the default."""
@@ -349,6 +371,17 @@ class ModelHost:
                 logger.info("evicting %s (least recently used) to fit %s", by_name[victim][0], key[0])
                 await self._unload(by_name[victim], "lru")
             return
+
+    async def _fit_after_load(self, key: Key, hosted: Hosted) -> None:
+        """A model that measured larger than its estimate may have pushed the worker over its budget: evict what the
+        LRU rule picks to get back under it (waiting for busy models like a load does), or say it cannot."""
+        async with self._load_lock:
+            if self._models.get(key) is not hosted:
+                return
+            try:
+                await self._make_room(key, hosted.memory_bytes)
+            except ModelUnavailable as exc:
+                logger.warning("%s measured larger than estimated and the worker is over its budget: %s", key[0], exc)
 
     async def _read_tiers(self) -> dict[str, Tier]:
         try:

@@ -48,8 +48,16 @@ class WorkerMetrics:
         self._waiting = gauge("ferry_worker_waiting", "Requests queued in the engine.")
         self._kv = gauge("ferry_worker_kv_cache_usage", "Fraction of the KV cache in use.")
         self._load = gauge("ferry_worker_model_load_seconds", "How long the model took to load.")
-        self._memory = gauge("ferry_worker_model_memory_bytes", "Memory a loaded model takes (weights plus KV cache).")
-        self._watched = (self._running, self._waiting, self._kv, self._load, self._memory)
+        self._memory = gauge(
+            "ferry_worker_model_memory_bytes",
+            "Memory the budget counts for a loaded model: the larger of its estimate (weights plus KV cache) and the"
+            " measured figure.",
+        )
+        self._measured = gauge(
+            "ferry_worker_model_measured_memory_bytes",
+            "How much the worker's resident memory grew while the model's engine started (0: not measured).",
+        )
+        self._watched = (self._running, self._waiting, self._kv, self._load, self._memory, self._measured)
 
     def watch(self, model: str, stats: EngineStats, memory_bytes: int = 0) -> None:
         """The gauges read a loaded engine's latest figures when scraped."""
@@ -58,6 +66,7 @@ class WorkerMetrics:
         self._kv.labels(model).set_function(lambda: stats.kv_cache_usage)
         self._load.labels(model).set_function(lambda: stats.load_seconds)
         self._memory.labels(model).set(memory_bytes)
+        self._measured.labels(model).set_function(lambda: stats.load_memory_bytes)
         self._loads.labels(model).inc()
 
     def unwatch(self, model: str, reason: str) -> None:

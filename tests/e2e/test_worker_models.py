@@ -30,7 +30,9 @@ from tests.e2e.test_worker import Workers, client
 
 MODEL_B, MODEL_C, MODEL_D = "tiny-b", "tiny-c", "tiny-d"
 KV_CACHE_GIB = 0.25
-BUDGET_GIB = 0.875  # three tiny models (a few MiB of weights and 0.25 GiB of KV cache each) fit, four do not
+# An engine of the tiny model takes about 0.9 GiB on CPU (measured: its EngineCore process, with a runtime of its own
+# and the 0.25 GiB KV cache), against 0.25 GiB of weights and KV cache: three fit, four do not.
+BUDGET_GIB = 3.25
 
 
 def same_weights(models_dir: Path, source: Path, model_ids: list[str]) -> None:
@@ -179,7 +181,9 @@ async def test_a_model_loads_in_the_background_and_the_least_recently_used_warm_
         assert (models[MODEL_B].requests_waited_for_load, models[MODEL_B].requests_found_loaded) == (1, 1)
         assert (models[MODEL_D].requests_waited_for_load, models[MODEL_D].requests_found_loaded) == (1, 0)
         assert models[TINY_MODEL].requests_found_loaded >= len(sent_during_load)
-        assert all(KV_CACHE_GIB * (1 << 30) < m.memory_bytes < BUDGET_GIB / 3 * (1 << 30) for m in models.values())
+        for m in models.values():  # what the budget counts is what each engine was measured to take
+            assert m.measured_memory_bytes is not None
+            assert KV_CACHE_GIB * (1 << 30) < m.measured_memory_bytes <= m.memory_bytes < BUDGET_GIB / 3 * (1 << 30)
         # the evicted model's request still counts in the model cache view
         (evicted,) = [r for r in report.model_requests if r.model == MODEL_C]
         assert (evicted.requests_found_loaded, evicted.requests_waited_for_load) == (0, 1)

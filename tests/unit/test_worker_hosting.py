@@ -35,6 +35,7 @@ class FakeEngine:
 class FakeLoader:
     sizes: dict[str, int]
     gates: dict[str, asyncio.Event] = field(default_factory=dict)  # a load waits for its gate when it has one
+    measured: dict[str, int] = field(default_factory=dict)  # what an engine's start measures (none: not measured)
     started: list[str] = field(default_factory=list)
 
     async def footprint(self, record: ModelRecord, variant: str) -> int:
@@ -44,7 +45,7 @@ class FakeLoader:
         self.started.append(record.id)
         if record.id in self.gates:
             await self.gates[record.id].wait()
-        return FakeEngine(record.id, variant=variant)
+        return FakeEngine(record.id, EngineStats(load_memory_bytes=self.measured.get(record.id, 0)), variant=variant)
 
 
 def host(loader: FakeLoader, budget: int | None, tiers: dict[str, Tier] | None = None) -> ModelHost:
@@ -102,6 +103,40 @@ async def test_the_least_recently_used_warm_model_is_evicted_and_hot_ones_stay()
         await asyncio.sleep(0.001)
     await h.acquire("c")
     assert held(h) == {"hot": "ready", "a": "ready", "c": "ready"}
+
+
+async def test_the_budget_counts_a_model_s_measured_memory_when_it_is_larger_than_the_estimate() -> None:
+    loader = FakeLoader({"a": 100 * MiB, "b": 100 * MiB}, measured={"a": 60 * MiB, "b": 180 * MiB})
+    h = host(loader, budget=None)
+    await h.load("a")
+    await h.load("b")
+    reported = {m.model: (m.memory_bytes, m.measured_memory_bytes) for m in h.report()}
+    assert reported == {"a": (100 * MiB, 60 * MiB), "b": (180 * MiB, 180 * MiB)}
+
+
+async def test_a_model_measured_larger_than_estimated_evicts_the_lru_one_to_stay_within_the_budget() -> None:
+    # the estimates (100 + 100) fit in 250 MiB; b measures 180 MiB once loaded, so a (idle, least recent) must go
+    loader = FakeLoader({"a": 100 * MiB, "b": 100 * MiB}, measured={"b": 180 * MiB})
+    h = host(loader, budget=250 * MiB, tiers={"a": "warm"})
+    await h.load("a")
+    await h.load("b")
+    for _ in range(100):
+        if "a" not in held(h):
+            break
+        await asyncio.sleep(0.01)
+    assert held(h) == {"b": "ready"}
+
+
+async def test_a_load_makes_room_for_what_the_last_engine_took_beyond_its_estimate() -> None:
+    # a took 80 MiB more than its weights and KV cache; b's load makes room for that much more too (180 MiB), which
+    # needs a out of a 300 MiB budget, although b's own estimate (100 MiB) would have fitted next to a
+    loader = FakeLoader({"a": 100 * MiB, "b": 100 * MiB}, measured={"a": 180 * MiB, "b": 100 * MiB})
+    h = host(loader, budget=300 * MiB, tiers={"a": "warm"})
+    await h.load("a")
+    await h.load("b")
+    assert held(h) == {"b": "ready"}
+    (b,) = h.report()
+    assert (b.memory_bytes, b.measured_memory_bytes) == (100 * MiB, 100 * MiB)
 
 
 async def test_a_load_waits_for_a_busy_model_to_go_idle_before_evicting_it() -> None:
