@@ -35,9 +35,12 @@ class ModelUnavailable(Exception):
 
 def estimate_memory_bytes(path: Path, dtype: str, quantization: str | None, kv_cache_bytes: int) -> int:
     """A loaded model's footprint: its weights at the precision they run in, plus the KV cache vLLM reserves for it.
-    Weights are counted from the safetensors files and the dtype they are stored in (config.json)."""
+    Weights are counted from the safetensors files and the dtype they are stored in (config.json); a checkpoint
+    quantized ahead of time runs as stored."""
     stored = sum(f.stat().st_size for f in path.glob("*.safetensors"))
     config = json.loads((path / "config.json").read_text())
+    if "quantization_config" in config:
+        return stored + kv_cache_bytes
     stored_dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
     parameters = stored // _DTYPE_BYTES.get(stored_dtype, 4)
     runtime = 1 if quantization and "int8" in quantization else _DTYPE_BYTES.get(dtype, 4)
@@ -59,15 +62,16 @@ class VllmLoader:
     models_dir: Path
     kv_cache_gib: float
     max_num_seqs: int
-    ensure_model: Callable[[str, str, Path], Path]
+    ensure_model: Callable[[str, str, Path, str | None], Path]  # model_store.ensure_model
     implicit_variant: str | None = None  # a variant that stands for vLLM's own choice (FERRY_WORKER_VARIANT unset)
 
-    async def _path(self, record: ModelRecord) -> Path:
-        return await asyncio.to_thread(self.ensure_model, record.id, record.source, self.models_dir)
+    async def _path(self, record: ModelRecord, variant: str) -> Path:
+        """The model's folder, or the variant's own when it needs a checkpoint quantized ahead of time."""
+        return await asyncio.to_thread(self.ensure_model, record.id, record.source, self.models_dir, variant)
 
     async def footprint(self, record: ModelRecord, variant: str) -> int:
         known = VARIANTS.get(variant)
-        path = await self._path(record)
+        path = await self._path(record, variant)
         return estimate_memory_bytes(
             path,
             known.dtype if known else "float32",
@@ -78,7 +82,7 @@ class VllmLoader:
     async def start(self, record: ModelRecord, variant: str) -> Engine:
         config = EngineConfig(
             model_id=record.id,
-            path=await self._path(record),
+            path=await self._path(record, variant),
             max_model_len=record.max_model_len,
             kv_cache_gib=self.kv_cache_gib,
             max_num_seqs=self.max_num_seqs,

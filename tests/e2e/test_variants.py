@@ -14,12 +14,12 @@ from tests.e2e.test_tenants import assert_error, chat
 
 
 def test_a_variant_that_cannot_run_is_refused_unless_the_request_accepts_the_default(platform: Platform) -> None:
-    refused = chat(platform, platform.api_key, variant="int4", variant_fallback=False)
+    refused = chat(platform, platform.api_key, variant="fp8", variant_fallback=False)
     error = assert_error(refused, 400, "variant_unavailable")
     assert error["param"] == "variant" and "cannot run on this hardware" in error["message"]
     assert refused.headers["x-request-id"]
 
-    served = chat(platform, platform.api_key, variant="int4")  # variant_fallback defaults to true
+    served = chat(platform, platform.api_key, variant="fp8")  # variant_fallback defaults to true
     assert served.status_code == 200, served.text
     assert served.headers["x-ferry-variant"] == served.json()["system_fingerprint"] == "fp32"  # what really answered
     plain = chat(platform, platform.api_key)

@@ -334,8 +334,8 @@ async def test_a_variant_that_cannot_run_gets_a_clear_error_unless_fallback_is_a
     if not workers.live():
         workers.start("worker-a")
     async with client(workers.common) as c:
-        strict = c.request(max_tokens=4, variant="int4", variant_fallback=False)
-        lenient = c.request(max_tokens=4, variant="int4", variant_fallback=True)
+        strict = c.request(max_tokens=4, variant="fp8", variant_fallback=False)
+        lenient = c.request(max_tokens=4, variant="fp8", variant_fallback=True)
         await c.send_batch([strict, lenient])
         await c.wait_final([strict.request_id, lenient.request_id], seconds=60)
     refused = c.final(strict.request_id)

@@ -198,7 +198,7 @@ async def test_a_model_loads_in_the_background_and_the_least_recently_used_warm_
 async def test_preload_over_worker_control_loads_a_model_before_its_first_request_and_variants_load_on_demand(
     hosting: Workers,
 ) -> None:
-    worker = hosting.start("worker-preload", FERRY_WORKER_VARIANTS='["fp16"]')
+    worker = hosting.start("worker-preload", FERRY_WORKER_VARIANTS='["fp16", "int4"]')
     common = hosting.common
     try:
         started = utc_now()
@@ -223,16 +223,23 @@ async def test_preload_over_worker_control_loads_a_model_before_its_first_reques
         assert await held(common, worker) == {TINY_MODEL: "ready"}
         assert "eviction of tiny-c" in hosting.log(worker)
 
-        # a variant this worker may load is loaded for the request that asks for it, as an engine of its own
+        # a variant this worker may load is loaded for the request that asks for it, as an engine of its own; int4's
+        # checkpoint is built from the model's folder first
         async with client(common) as c:
             half = c.request(max_tokens=8, variant="fp16", variant_fallback=False)
-            await c.send_batch([half])
-            await c.wait_final([half.request_id], seconds=120)
-            assert c.final(half.request_id)["event"] == "completion_finished"  # type: ignore[index]
+            quarter = c.request(max_tokens=8, variant="int4", variant_fallback=False)
+            await c.send_batch([half, quarter])
+            await c.wait_final([half.request_id, quarter.request_id], seconds=180)
+            for request, variant in ((half, "fp16"), (quarter, "int4")):
+                final = c.final(request.request_id)
+                assert final is not None and final["event"] == "completion_finished", final
+                assert final["variant"] == variant and final["usage"]["completion_tokens"] > 0
+        assert (hosting.models_dir / f"{TINY_MODEL}@int4" / "config.json").exists()
         report = await status(common, worker, utc_now())
         assert sorted((m.model, m.variant, m.state) for m in report.models) == [
             (TINY_MODEL, "fp16", "ready"),
             (TINY_MODEL, "fp32", "ready"),
+            (TINY_MODEL, "int4", "ready"),
         ]
         conn = await asyncpg.connect(common.postgres_dsn)
         try:
@@ -241,15 +248,15 @@ async def test_preload_over_worker_control_loads_a_model_before_its_first_reques
             }
         finally:
             await conn.close()
-        assert variants["fp32"]["is_default"] and variants["fp16"]["enabled"] and not variants["int4"]["enabled"]
+        assert variants["fp32"]["is_default"] and variants["int4"]["enabled"] and not variants["fp8"]["enabled"]
 
         # the model's default variant is a registry setting: requests that name none get it from then on
         control(hosting, "default-variant", MODEL_B, "fp16")
         refused = subprocess.run(
-            [sys.executable, "-m", "services.worker.control", "default-variant", MODEL_B, "int4"],
+            [sys.executable, "-m", "services.worker.control", "default-variant", MODEL_B, "fp8"],
             env=hosting.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        assert refused.returncode != 0 and "no enabled variant 'int4'" in refused.stderr
+        assert refused.returncode != 0 and "no enabled variant 'fp8'" in refused.stderr
         async with client(common) as c:
             async with asyncio.timeout(120):
                 while True:  # the worker rereads the defaults every second here

@@ -184,7 +184,7 @@ async def test_another_variant_of_a_model_is_an_engine_of_its_own() -> None:
     with pytest.raises(VariantUnavailable, match="not loaded on this worker"):
         h.variant_for("a", "fp16", fallback=False)
     with pytest.raises(VariantUnavailable, match="cannot run on this hardware"):
-        h.variant_for("a", "int4", fallback=False)
+        h.variant_for("a", "fp8", fallback=False)
     await h.acquire("a")
     engine = await h.acquire("a", "int8")
     assert engine.variant == "int8"  # type: ignore[attr-defined]

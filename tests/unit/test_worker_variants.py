@@ -17,7 +17,7 @@ def test_another_variant_falls_back_only_when_allowed() -> None:
 
 
 def test_a_variant_the_hardware_cannot_run_says_why() -> None:
-    with pytest.raises(VariantUnavailable, match="cannot run on this hardware: int4"):
-        serving_variant("int4", fallback=False, loaded="fp32", on_cpu=True)
+    with pytest.raises(VariantUnavailable, match="cannot run on this hardware: fp8"):
+        serving_variant("fp8", fallback=False, loaded="fp32", on_cpu=True)
     with pytest.raises(VariantUnavailable, match="there is no variant 'q3'"):
         serving_variant("q3", fallback=False, loaded="fp32", on_cpu=True)
