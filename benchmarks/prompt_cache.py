@@ -18,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks import emit_report
 from services.worker.engine import Engine, EngineConfig
 from shared.contracts import ChatMessage, SamplingParams
 
@@ -131,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="also write the report to this file")
     args = p.parse_args(argv)
     report = asyncio.run(run(args))
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    emit_report(report, args.out)
     return 0
 
 

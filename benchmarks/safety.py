@@ -24,6 +24,8 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks import emit_report
+
 GOAL_P50_MS = 15.0
 
 
@@ -271,10 +273,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     args = parser.parse_args()
     text = asyncio.run(main_async(args))
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit_report(text, args.out)
 
 
 if __name__ == "__main__":
