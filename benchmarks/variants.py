@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from benchmarks import emit_report
+from services.worker.config import WorkerSettings
 from services.worker.engine import Engine, EngineConfig
 from services.worker.model_store import ensure_model
 from shared.contracts import ChatMessage, SamplingParams
@@ -53,7 +54,7 @@ async def greedy_answer(engine: Engine) -> str:
 
 async def run(args: argparse.Namespace) -> str:
     record = next(m for m in read_seed() if m.id == args.model)
-    models_dir = Path(os.environ.get("FERRY_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
+    models_dir = WorkerSettings().models_dir  # where the worker builds and finds model folders
     engines: dict[str, Engine] = {}
     disk: dict[str, int] = {}
     try:

@@ -153,8 +153,9 @@ class LoadedModel(BaseModel):
     measured_memory_bytes: int | None = Field(
         None,
         ge=0,
-        description="How much the worker's resident memory grew while the model's engine started (null while loading"
-        " or when not measured). Other models' activity during the load blurs it.",
+        description="What the model's engine took when it started: the unique memory of the engine process vLLM started"
+        " plus the worker's own growth meanwhile (null while loading, or when not measured: on a GPU). Other models'"
+        " activity during the load blurs it.",
     )
     last_used_at: datetime | None = Field(None, description="When a request last used it (UTC).")
     requests_found_loaded: int = Field(

@@ -101,7 +101,6 @@ class Hosted:
     state: Literal["loading", "ready"]
     loaded: asyncio.Future[Engine]
     memory_bytes: int = 0  # what the budget counts: see ModelHost._load
-    measured_memory_bytes: int | None = None  # what its engine took when it started (Engine.stats.load_memory_bytes)
     last_used_at: datetime = field(default_factory=utc_now)
     engine: Engine | None = None
     busy: int = 0  # requests holding it (acquired, not released)
@@ -242,7 +241,7 @@ class ModelHost:
                 variant=hosted.engine.variant if hosted.engine is not None else hosted.variant,
                 state=hosted.state,
                 memory_bytes=hosted.memory_bytes,
-                measured_memory_bytes=hosted.measured_memory_bytes,
+                measured_memory_bytes=(hosted.engine.stats.load_memory_bytes or None) if hosted.engine else None,
                 last_used_at=hosted.last_used_at,
                 requests_found_loaded=self._hits.get(key, Hits()).found_loaded,
                 requests_waited_for_load=self._hits.get(key, Hits()).waited_for_load,
@@ -322,7 +321,6 @@ class ModelHost:
         measured = engine.stats.load_memory_bytes
         if measured:
             # from now on the budget counts what it took (never less than its weights and KV cache)
-            hosted.measured_memory_bytes = measured
             hosted.memory_bytes = max(estimate, measured)
             self._engine_overhead_bytes = max(0, measured - estimate)
         self._metrics.watch(self._label(key), engine.stats, hosted.memory_bytes)

@@ -55,7 +55,8 @@ class WorkerMetrics:
         )
         self._measured = gauge(
             "ferry_worker_model_measured_memory_bytes",
-            "How much the worker's resident memory grew while the model's engine started (0: not measured).",
+            "What the model's engine took when it started: the unique memory of the engine process vLLM started plus"
+            " the worker's own growth meanwhile (0: not measured).",
         )
         self._watched = (self._running, self._waiting, self._kv, self._load, self._memory, self._measured)
 
