@@ -360,15 +360,16 @@ async def test_worker_reports_its_capacity_and_readiness(workers: Workers) -> No
     )
     await consumer.start()
     try:
-        async with asyncio.timeout(30):
+        # a fresh heartbeat once the requests of earlier tests have finished (one run saw 20 still generating)
+        async with asyncio.timeout(60):
             async for record in consumer:
                 report = WorkerStatusReported.model_validate_json(record.value)
-                if record.key and report.reported_at > utc_now() - timedelta(seconds=5):
+                if record.key and report.reported_at > utc_now() - timedelta(seconds=5) and report.running == 0:
                     break
     finally:
         await consumer.stop()
     assert [m.model for m in report.models] == [TINY_MODEL]
-    assert report.max_running == 64 and report.running == 0 and not report.draining
+    assert report.max_running == 64 and not report.draining
     assert 0.99 <= report.kv_cache_free <= 1.0 and report.free_tokens > 100_000  # 1 GiB of KV cache, idle
     assert report.interval_seconds == 1
 
