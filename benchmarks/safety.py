@@ -1,15 +1,15 @@
 """Added latency of prompt screening, printed as a report: ``python -m benchmarks.safety [--n 300] [--kafka]``.
 
-1. In-process: the time to screen one prompt (rules, guardify, MiniLM embedding classifier in float32 and int8, policy
-   decision), per classifier and combined, over the labeled set's prompts (one prompt per call, as the stage sees them
-   at low load).
+1. In-process: the time to screen one prompt (rules, guardify, MiniLM embedding classifier in float32 and int8 on
+   PyTorch, int8 on ONNX Runtime, policy decision), per classifier and combined, over the labeled set's prompts (one
+   prompt per call, as the stage sees them at low load).
 2. ``--kafka`` (needs Kafka and PostgreSQL running, e.g. ``infra/platform infra``): the real added hop. Three safety
-   services run in this process, each on its own throw-away topic prefix (one database): the embedding model in
-   float32 without the screening cache (the former classifiers), int8 without the cache (what a cache miss costs: the
-   lookup itself takes microseconds), and the default (int8, cache on), which is sent each prompt once untimed, so the
-   timed request is a cache hit. Requests are produced one at a time and timed until they come out of
-   ``screened.<model>``; each round ends with a plain produce-consume on a bare topic (the cost of any Kafka hop).
-   Added latency = path p50/p99 - bare hop p50/p99, measured side by side in one run.
+   services run in this process, each on its own throw-away topic prefix (one database): the embedding model in int8
+   on PyTorch without the screening cache (the former default's miss path), the default runtime (int8 on ONNX Runtime)
+   without the cache (what a cache miss costs: the lookup itself takes microseconds), and the default (cache on), which
+   is sent each prompt once untimed, so the timed request is a cache hit. Requests are produced one at a time and timed
+   until they come out of ``screened.<model>``; each round ends with a plain produce-consume on a bare topic (the cost
+   of any Kafka hop). Added latency = path p50/p99 - bare hop p50/p99, measured side by side in one run.
 """
 
 from __future__ import annotations
@@ -49,13 +49,16 @@ async def in_process(n: int) -> list[str]:
     injection = InjectionClassifier()
     embedding = EmbeddingClassifier.trained(load_embedder())
     embedding8 = EmbeddingClassifier.trained(load_embedder(int8=True))
+    onnx8 = EmbeddingClassifier.trained(load_embedder(int8=True, runtime="onnx"))
     screeners = {
         "rules only": Screener(),
         "rules + guardify": Screener([injection]),
-        "rules + embedding (float32)": Screener([embedding]),
-        "rules + embedding (int8)": Screener([embedding8]),
-        "all, float32 (the stage's former default)": Screener([injection, embedding]),
-        "all, int8 (the stage's default)": Screener([injection, embedding8]),
+        "rules + embedding (float32, torch)": Screener([embedding]),
+        "rules + embedding (int8, torch)": Screener([embedding8]),
+        "rules + embedding (int8, onnx)": Screener([onnx8]),
+        "all, float32 torch": Screener([injection, embedding]),
+        "all, int8 torch (the stage's former default)": Screener([injection, embedding8]),
+        "all, int8 onnx (the stage's default)": Screener([injection, onnx8]),
     }
     for s in screeners.values():  # warm-up
         await s.screen(prompts[:5])
@@ -73,9 +76,14 @@ async def in_process(n: int) -> list[str]:
         "| --- | --- | --- | --- | --- |",
     ]
     out += [line(name, ms) for name, ms in timings.items()]
-    p50 = pct(timings["all, int8 (the stage's default)"], 50)
+    p50 = pct(timings["all, int8 onnx (the stage's default)"], 50)
+    former = pct(timings["all, int8 torch (the stage's former default)"], 50)
     verdict = "meets" if p50 < GOAL_P50_MS else "misses"
-    out += ["", f"Default classifiers: p50 {p50:.2f} ms, {verdict} the goal of < {GOAL_P50_MS:.0f} ms p50."]
+    out += [
+        "",
+        f"Default classifiers: p50 {p50:.2f} ms, {verdict} the goal of < {GOAL_P50_MS:.0f} ms p50; "
+        f"{p50 / former:.2f}x the former default's (int8 on torch) in the same run.",
+    ]
     return out
 
 
@@ -87,15 +95,18 @@ async def output_cost(rounds: int = 20) -> list[str]:
     from services.safety.screening import OutputScreen, Screener
 
     blob = " ".join(e.text for e in load_labeled() if not e.categories) * 20
-    embedding = EmbeddingClassifier.trained(load_embedder(int8=True))
+    embedding = EmbeddingClassifier.trained(load_embedder(int8=True, runtime="onnx"))
+    torch8 = EmbeddingClassifier.trained(load_embedder(int8=True))
     rules, with_embedding = Screener(), Screener([embedding])
     modes = {
         "rules only (windows and final)": (rules, None),
         "rules on windows, embedding on the final output (default)": (rules, with_embedding),
+        "the same with the embedding model on torch (former default)": (rules, Screener([torch8])),
         "embedding on windows and final (output_embedding=true)": (with_embedding, None),
     }
     out = [
-        "## Output screening: CPU time per completion (ms, int8 embedding model, 400-char windows every 120 chars)",
+        "## Output screening: time per completion (ms, int8 embedding model on ONNX Runtime unless said, 400-char"
+        " windows every 120 chars)",
         "",
         "| mode | 250 chars (~64 tokens) | 1000 chars (~256 tokens) | 2000 chars (~512 tokens) |",
         "| --- | --- | --- | --- |",
@@ -138,9 +149,9 @@ async def through_kafka(n: int) -> list[str]:
     dsn = base.postgres_dsn.rsplit("/", 1)[0] + "/" + database
     model = "tiny-random"
     configs = {
-        "fp32": SafetySettings(
+        "torch": SafetySettings(
             models=[model],
-            embedding_int8=False,
+            embedding_runtime="torch",
             screening_cache_ttl_s=0,
             group_id=f"b{run}-a",
             review_group_id=f"b{run}-ar",
@@ -156,9 +167,9 @@ async def through_kafka(n: int) -> list[str]:
     }
     bare = f"bench-{run}-bare"
     paths = {
-        "fp32": "float32, no cache (former classifiers)",
-        "miss": "int8, no cache (the default's miss path)",
-        "hit": "default: int8, cache hit",
+        "torch": "int8 on torch, no cache (the former default's miss path)",
+        "miss": "int8 on onnx, no cache (the default's miss path)",
+        "hit": "default: cache hit",
     }
     timings: dict[str, list[float]] = {k: [] for k in [*paths, "bare"]}
     held = 0
@@ -215,7 +226,7 @@ async def through_kafka(n: int) -> list[str]:
                 text = texts[i % len(texts)]
                 await through("default", f"bench-{i}-w", text)  # puts it in the default stage's cache (not timed)
                 got = {
-                    "fp32": await through("fp32", f"bench-{i}-a", text),
+                    "torch": await through("torch", f"bench-{i}-a", text),
                     "miss": await through("int8", f"bench-{i}-b", text),
                     "hit": await through("default", f"bench-{i}-c", text),
                 }
@@ -252,6 +263,8 @@ async def through_kafka(n: int) -> list[str]:
         "",
         f"Added by the default stage on a cache miss: p50 {miss50:.2f} ms "
         f"({'meets' if miss50 < GOAL_P50_MS else 'misses'} the goal of < {GOAL_P50_MS:.0f} ms p50).",
+        f"Against the former default's miss path (int8 on torch) in the same run: "
+        f"{miss50 / (pct(timings['torch'], 50) - pct(bare_ms, 50)):.2f}x its added p50.",
         f"Rounds skipped because a prompt was held or refused (not timed): {held}.",
     ]
     return out

