@@ -56,6 +56,10 @@ bench tiny-random 16 512
 # tiny model's random text fills the classifier's 256 word pieces, about 26 ms of CPU per completion.
 bench tiny-random 16 512 no-final-embedding FERRY_SAFETY_OUTPUT_EMBEDDING_FINAL=false
 bench smollm2-135m-instruct 16 48
+# Both sides with the model on one OpenMP thread, the other core left to everything else, as vLLM sets up its own CPU
+# worker on two cores (FERRY_WORKER_ENGINE_CPU_THREADS reaches the worker and the engine in-process alike).
+FERRY_WORKER_ENGINE_CPU_THREADS=1 bench tiny-random 16 512 one-thread
+FERRY_WORKER_ENGINE_CPU_THREADS=1 bench smollm2-135m-instruct 16 48 one-thread
 for model in tiny-random smollm2-135m-instruct; do
   "$py" -m benchmarks.bench --model "$model" --start-times --out "$out/start-$model" 2>/dev/null | tail -n +1
 done

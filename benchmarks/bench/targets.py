@@ -76,10 +76,13 @@ async def run_in_process(
 ) -> tuple[list[RequestResult], float, float]:
     """The benchmark against ferry's own engine adapter in this process, set up as the worker sets it up. Each engine
     step with text counts as a chunk (no coalescing), as vLLM's server streams them."""
+    from services.worker.config import WorkerSettings
     from services.worker.engine import Engine, EngineConfig  # imports vLLM: seconds, and only when asked for
     from shared.contracts import ChatMessage, SamplingParams
 
-    engine = await Engine.start(EngineConfig(model_id=model_id, path=path, max_model_len=max_model_len))
+    # the worker's thread count (FERRY_WORKER_ENGINE_CPU_THREADS): both sides compute alike
+    threads = WorkerSettings().engine_cpu_threads
+    engine = await Engine.start(EngineConfig(model_id, path, max_model_len, cpu_threads=threads))
 
     async def send_one(request: BenchRequest) -> RequestResult:
         started = time.monotonic()

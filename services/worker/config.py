@@ -37,6 +37,14 @@ class WorkerSettings(BaseSettings):
     )
     kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on CPU, in GiB.")
     max_num_seqs: int = Field(64, ge=1, description="Most sequences the engine runs at once.")
+    engine_cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="OpenMP threads of each model on CPU (ignored on a GPU); unset: one per core. Fewer threads "
+        "leave cores to the worker's Kafka, screening and vLLM front end, which pays off for models whose steps are "
+        "short (on 2 cores, 1 thread nearly doubles the tiny model's tokens/s through the worker) and costs models "
+        "whose steps are long (SmolLM2-135M is about 25% slower on 1 thread): benchmarks/README.md.",
+    )
     coalesce_ms: int = Field(
         25, ge=0, description="Deltas produced within this window go out as one Kafka record (the first goes at once)."
     )

@@ -49,6 +49,7 @@ class EngineConfig:
     kv_cache_gib: float = 1.0
     max_num_seqs: int = 64
     variant: str | None = None  # a name in variants.VARIANTS; None: float32 on CPU, vLLM's choice on GPU
+    cpu_threads: int | None = None  # the model's OpenMP threads on CPU; None: torch's default, one per core
 
 
 @dataclass(frozen=True)
@@ -161,11 +162,29 @@ class Engine:
         # In a thread, so models already loaded keep serving while this one loads (vLLM starts the AsyncLLM's loop
         # tasks lazily when it is built outside a running loop). No local variable holds the AsyncLLM: vLLM's start-up
         # keeps a traceback alive whose frames include this one (see shutdown).
-        engine = cls(
-            config,
-            await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[_stats_logger_factory(stats)]),
-            stats,
-        )
+        threads = config.cpu_threads if on_cpu else None
+
+        def build() -> AsyncLLM:
+            if threads is None:
+                return AsyncLLM.from_engine_args(args, stat_loggers=[_stats_logger_factory(stats)])
+            # Run in-process, the model is not bound to cores the way vLLM binds its own CPU worker process (one
+            # core left for everything else), so its OpenMP threads compete with the worker's Python for the cores.
+            # The engine process is forked from this thread and keeps its thread count; OMP_NUM_THREADS, set only
+            # while it starts, covers a spawn.
+            import torch
+
+            torch.set_num_threads(threads)
+            previous = os.environ.get("OMP_NUM_THREADS")
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            try:
+                return AsyncLLM.from_engine_args(args, stat_loggers=[_stats_logger_factory(stats)])
+            finally:
+                if previous is None:
+                    del os.environ["OMP_NUM_THREADS"]
+                else:
+                    os.environ["OMP_NUM_THREADS"] = previous
+
+        engine = cls(config, await asyncio.to_thread(build), stats)
         engine.on_cpu = on_cpu
         stats.load_seconds = time.monotonic() - started
         if on_cpu:  # on a GPU the budget is device memory, which this does not see
@@ -176,7 +195,7 @@ class Engine:
             config.model_id,
             stats.load_seconds,
             stats.load_memory_bytes / (1 << 20),
-            "cpu" if on_cpu else current_platform.device_name,
+            (f"cpu, {threads} OpenMP thread(s)" if threads else "cpu") if on_cpu else current_platform.device_name,
         )
         return engine
 

@@ -47,6 +47,7 @@ async def main() -> None:
                 settings.max_num_seqs,
                 ensure_model,
                 implicit_variant=None if settings.variant else DEFAULT_CPU_VARIANT,
+                cpu_threads=settings.engine_cpu_threads,
             ),
             registry=registry.get,
             tiers=catalog.tiers,
