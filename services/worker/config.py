@@ -42,8 +42,8 @@ class WorkerSettings(BaseSettings):
         ge=1,
         description="OpenMP threads of each model on CPU (ignored on a GPU); unset: one per core. Fewer threads "
         "leave cores to the worker's Kafka, screening and vLLM front end, which pays off for models whose steps are "
-        "short (on 2 cores, 1 thread nearly doubles the tiny model's tokens/s through the worker) and costs models "
-        "whose steps are long (SmolLM2-135M is about 25% slower on 1 thread): benchmarks/README.md.",
+        "short (on 2 cores, 1 thread gives the tiny model 1.5-1.8x the tokens/s through the worker) and costs models "
+        "whose steps are long (SmolLM2-135M is 20-30% slower on 1 thread): benchmarks/README.md.",
     )
     coalesce_ms: int = Field(
         25, ge=0, description="Deltas produced within this window go out as one Kafka record (the first goes at once)."

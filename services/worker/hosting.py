@@ -64,7 +64,7 @@ class VllmLoader:
     max_num_seqs: int
     ensure_model: Callable[[str, str, Path, str | None], Path]  # model_store.ensure_model
     implicit_variant: str | None = None  # a variant that stands for vLLM's own choice (FERRY_WORKER_VARIANT unset)
-    cpu_threads: int | None = None  # each model's OpenMP threads on CPU (None: engine.default_cpu_threads)
+    cpu_threads: int | None = None  # each model's OpenMP threads on CPU (None: one per core)
 
     async def _path(self, record: ModelRecord, variant: str) -> Path:
         """The model's folder, or the variant's own when it needs a checkpoint quantized ahead of time."""
