@@ -7,8 +7,8 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,6 +120,29 @@ def _stats_logger_factory(stats: EngineStats) -> Callable[..., object]:
     return _Recorder
 
 
+@contextmanager
+def _cpu_threads(threads: int | None) -> Iterator[None]:
+    """While vLLM starts its engine process: the model's OpenMP threads (None: torch's default, one per core). Run
+    in-process, the model is not bound to cores the way vLLM binds its own CPU worker process (one core left for
+    everything else), so its threads compete with the worker's Python for the cores. The engine process is forked from
+    the calling thread and keeps its thread count; OMP_NUM_THREADS, set only meanwhile, covers a spawn."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous
+
+
 class Engine:
     def __init__(self, config: EngineConfig, llm: AsyncLLM, stats: EngineStats | None = None) -> None:
         self.config = config
@@ -165,24 +188,8 @@ class Engine:
         threads = config.cpu_threads if on_cpu else None
 
         def build() -> AsyncLLM:
-            if threads is None:
+            with _cpu_threads(threads):
                 return AsyncLLM.from_engine_args(args, stat_loggers=[_stats_logger_factory(stats)])
-            # Run in-process, the model is not bound to cores the way vLLM binds its own CPU worker process (one
-            # core left for everything else), so its OpenMP threads compete with the worker's Python for the cores.
-            # The engine process is forked from this thread and keeps its thread count; OMP_NUM_THREADS, set only
-            # while it starts, covers a spawn.
-            import torch
-
-            torch.set_num_threads(threads)
-            previous = os.environ.get("OMP_NUM_THREADS")
-            os.environ["OMP_NUM_THREADS"] = str(threads)
-            try:
-                return AsyncLLM.from_engine_args(args, stat_loggers=[_stats_logger_factory(stats)])
-            finally:
-                if previous is None:
-                    del os.environ["OMP_NUM_THREADS"]
-                else:
-                    os.environ["OMP_NUM_THREADS"] = previous
 
         engine = cls(config, await asyncio.to_thread(build), stats)
         engine.on_cpu = on_cpu
