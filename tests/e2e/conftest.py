@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.platform import Platform, start_platform, stop_platform
+from tests.e2e.platform import MODELS_DIR, Platform, start_platform, stop_platform
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -17,8 +15,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    models_dir = Path(os.environ.get("FERRY_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
-    running = start_platform(tmp_path_factory.mktemp("platform"), models_dir)
+    running = start_platform(tmp_path_factory.mktemp("platform"), MODELS_DIR)
     try:
         yield running
     finally:

@@ -26,6 +26,8 @@ from shared.settings import CommonSettings
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random"
+# the model folders the tests share (built once, reused by every run): FERRY_MODELS_DIR or the installs' cache
+MODELS_DIR = Path(os.environ.get("FERRY_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
 
 
 def free_port() -> int:

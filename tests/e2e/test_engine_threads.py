@@ -5,25 +5,22 @@ worker's own Kafka and screening need. Real vLLM, tiny model, in this process.""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from pathlib import Path
 
 import psutil
 
 from services.worker.engine import Engine, EngineConfig
 from shared.contracts import SamplingParams
 from shared.registry import read_seed
-from tests.e2e.platform import TINY_MODEL
+from tests.e2e.platform import MODELS_DIR, TINY_MODEL
 
 
 async def busy_engine_threads(cpu_threads: int) -> int:
     """How many threads of the engine's process did a real share of the work of 32 concurrent requests."""
-    models_dir = Path(os.environ.get("FERRY_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
     record = next(m for m in read_seed() if m.id == TINY_MODEL)
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     engine = await Engine.start(
-        EngineConfig(TINY_MODEL, models_dir / TINY_MODEL, record.max_model_len, 0.25, 32, cpu_threads=cpu_threads)
+        EngineConfig(TINY_MODEL, MODELS_DIR / TINY_MODEL, record.max_model_len, 0.25, 32, cpu_threads=cpu_threads)
     )
     try:
         started = [c for c in psutil.Process().children(recursive=True) if c.pid not in before]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from services.worker.engine import Engine, EngineConfig
 from services.worker.model_store import ensure_model
 from shared.contracts import ChatMessage, SamplingParams
 from shared.registry import read_seed
+from tests.e2e.platform import MODELS_DIR
 
 SMOLLM2 = "smollm2-135m-instruct"
 
@@ -35,15 +35,14 @@ async def answer(path: Path, question: str) -> tuple[str, str]:
 
 
 def test_smollm2_in_int4_takes_less_than_half_the_disk_and_still_knows_the_capital_of_france() -> None:
-    models_dir = Path(os.environ.get("FERRY_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
     source = next(m for m in read_seed() if m.id == SMOLLM2).source
-    base = ensure_model(SMOLLM2, source, models_dir)
-    int4 = ensure_model(SMOLLM2, source, models_dir, "int4")
-    assert int4 == models_dir / f"{SMOLLM2}@int4"
+    base = ensure_model(SMOLLM2, source, MODELS_DIR)
+    int4 = ensure_model(SMOLLM2, source, MODELS_DIR, "int4")
+    assert int4 == MODELS_DIR / f"{SMOLLM2}@int4"
     quantization = json.loads((int4 / "config.json").read_text())["quantization_config"]
     assert (quantization["quant_method"], quantization["bits"], quantization["group_size"]) == ("gptq", 4, 64)
     assert folder_bytes(int4) < folder_bytes(base) / 2  # bf16 weights against int4 layers and float16 embeddings
-    assert ensure_model(SMOLLM2, source, models_dir, "int4") == int4  # built once, then reused
+    assert ensure_model(SMOLLM2, source, MODELS_DIR, "int4") == int4  # built once, then reused
 
     text, variant = asyncio.run(answer(int4, "What is the capital of France?"))
     assert variant == "int4"

@@ -4,20 +4,17 @@ cache_salt, so one tenant's prompts never warm (or time) another's. Real vLLM, t
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from pathlib import Path
 
 from services.worker.engine import Engine, EngineConfig
 from shared.contracts import ChatMessage, SamplingParams
 from shared.registry import read_seed
-from tests.e2e.platform import TINY_MODEL
+from tests.e2e.platform import MODELS_DIR, TINY_MODEL
 
 
 async def cached_tokens_per_request(salts: list[str | None]) -> list[int]:
-    models_dir = Path(os.environ.get("FERRY_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
     record = next(m for m in read_seed() if m.id == TINY_MODEL)
-    engine = await Engine.start(EngineConfig(TINY_MODEL, models_dir / TINY_MODEL, record.max_model_len, 0.25, 4))
+    engine = await Engine.start(EngineConfig(TINY_MODEL, MODELS_DIR / TINY_MODEL, record.max_model_len, 0.25, 4))
     try:
         words = " ".join(f"word{i}" for i in range(150))
         prompt = engine.render_prompt([ChatMessage(role="user", content=f"{uuid.uuid4().hex} {words}")])

@@ -29,7 +29,16 @@ from services.scaler.externalscaler import externalscaler_pb2_grpc as pb_grpc
 from services.scaler.ops import live_values
 from shared.kafka import delete_topics, ensure_topics
 from shared.settings import CommonSettings
-from tests.e2e.platform import ROOT, TINY_MODEL, _create_database, _drop_database, _dsn, free_port, wait_healthy
+from tests.e2e.platform import (
+    MODELS_DIR,
+    ROOT,
+    TINY_MODEL,
+    _create_database,
+    _drop_database,
+    _dsn,
+    free_port,
+    wait_healthy,
+)
 
 TARGET_TOKENS = 1000
 
@@ -88,7 +97,7 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
     base = CommonSettings()
     database = f"ferry_test_{run_id}"
     asyncio.run(_create_database(base.postgres_dsn, database))
-    models_dir = os.environ.get("FERRY_MODELS_DIR", str(Path.home() / ".cache" / "ferry" / "models"))
+    models_dir = str(MODELS_DIR)
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),

@@ -36,6 +36,7 @@ from shared.contracts import (
 from shared.kafka import delete_topics
 from shared.settings import CommonSettings, consumer_group
 from tests.e2e.platform import (
+    MODELS_DIR,
     ROOT,
     TINY_MODEL,
     Service,
@@ -135,8 +136,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     }
     common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
     subprocess.run([sys.executable, "-m", "shared.prepare"], env=env, cwd=ROOT, check=True, capture_output=True)
-    models_dir = Path(os.environ.get("FERRY_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
-    pool = Workers(common, env, tmp_path_factory.mktemp("workers"), models_dir)
+    pool = Workers(common, env, tmp_path_factory.mktemp("workers"), MODELS_DIR)
     try:
         yield pool
     finally:

@@ -25,7 +25,7 @@ from services.worker.model_store import BUILD_MARKER, RECIPE_VERSION, ensure_mod
 from shared.contracts import WorkerStatusReported, utc_now
 from shared.kafka import delete_topics
 from shared.settings import CommonSettings
-from tests.e2e.platform import ROOT, TINY_MODEL, Service, _create_database, _drop_database, _dsn
+from tests.e2e.platform import MODELS_DIR, ROOT, TINY_MODEL, Service, _create_database, _drop_database, _dsn
 from tests.e2e.test_worker import Workers, client
 
 MODEL_B, MODEL_C, MODEL_D = "tiny-b", "tiny-c", "tiny-d"
@@ -83,9 +83,8 @@ def hosting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     common = CommonSettings(topic_prefix=env["FERRY_TOPIC_PREFIX"], postgres_dsn=env["FERRY_POSTGRES_DSN"])
     subprocess.run([sys.executable, "-m", "shared.prepare"], env=env, cwd=ROOT, check=True, capture_output=True)
     asyncio.run(register(env["FERRY_POSTGRES_DSN"]))
-    shared_dir = Path(os.environ.get("FERRY_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
     models_dir = tmp_path_factory.mktemp("models")
-    tiny = ensure_model(TINY_MODEL, "tiny-random", shared_dir)
+    tiny = ensure_model(TINY_MODEL, "tiny-random", MODELS_DIR)
     same_weights(models_dir, tiny, [TINY_MODEL, MODEL_B, MODEL_C, MODEL_D])
     pool = Workers(common, env, tmp_path_factory.mktemp("workers"), models_dir)
     try:
