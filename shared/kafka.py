@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from aiokafka.structs import RecordMetadata
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared.contracts import Message, MessageDeadLettered
 from shared.settings import CommonSettings
+from shared.telemetry import current_trace_context
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,41 @@ async def publish_message(
         no_confirm=not confirm,
     )
     return None if confirm else sent  # type: ignore[return-value]
+
+
+class DirectPublisher:
+    """Publishes contract messages as ``publish_message`` does, but on a plain aiokafka producer, outside FastStream's
+    tracing and metrics middlewares: for the per-token path, where a span and a metrics update per record cost more
+    than the record (in a worker at 16 streams, about 15% of its main thread's samples were in those middlewares).
+    Records carry the same headers plus the current trace context, so a reader still joins the request's trace. One
+    instance publishes every record of a key, so they stay in order."""
+
+    def __init__(self, settings: CommonSettings, client_id: str) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, client_id=client_id, enable_idempotence=True, acks="all"
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()  # sends what is still queued first
+
+    async def publish(
+        self, message: Message, topic: str, key: str, request_id: str | None = None, confirm: bool = True
+    ) -> asyncio.Future[RecordMetadata] | None:
+        """Like ``publish_message``: with ``confirm=False`` it returns the broker's confirmation to await later."""
+        headers = message_headers(message, request_id) | current_trace_context() | {"content-type": "application/json"}
+        sent = await self._producer.send(
+            topic,
+            message.model_dump_json().encode(),
+            key=key.encode(),
+            headers=[(k, v.encode()) for k, v in headers.items()],
+        )
+        if confirm:
+            await sent
+            return None
+        return sent
 
 
 def record_headers(record: ConsumerRecord) -> dict[str, str]:

@@ -23,6 +23,7 @@ from shared.contracts import (
     QueueDepthReported,
     ReplyEvent,
     RequestCancelled,
+    TokensGenerated,
     reply_event_adapter,
     utc_now,
 )
@@ -111,12 +112,15 @@ class ReplyListener:
         queue = self._queues.get(event.request_id)
         if queue is None:
             return  # the client is gone, or the event is a redelivery of a finished request
-        with self._tracer.start_as_current_span(
-            "ferry.ingress.reply",
-            context=context_from(record_headers(record)),
-            attributes={"ferry.request_id": event.request_id, "ferry.event": event.event},
-        ):
-            queue.put_nowait(event)
+        if isinstance(event, TokensGenerated) and event.sequence > 0:
+            queue.put_nowait(event)  # no span per delta: the first one and the final event mark the stream in a trace
+        else:
+            with self._tracer.start_as_current_span(
+                "ferry.ingress.reply",
+                context=context_from(record_headers(record)),
+                attributes={"ferry.request_id": event.request_id, "ferry.event": event.event},
+            ):
+                queue.put_nowait(event)
         if isinstance(event, CompletionFinished | GenerationFailed):
             # the request is done here, even if its reader never resumes (a client gone, a failure raised mid-read)
             self._queues.pop(event.request_id, None)

@@ -49,7 +49,15 @@ from shared.contracts import (
     WorkerStatusReported,
     utc_now,
 )
-from shared.kafka import MESSAGE_TYPE_HEADER, Rejected, dead_letter, decode, publish_message, record_headers
+from shared.kafka import (
+    MESSAGE_TYPE_HEADER,
+    DirectPublisher,
+    Rejected,
+    dead_letter,
+    decode,
+    publish_message,
+    record_headers,
+)
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
 from shared.topics import topic_safe
@@ -83,6 +91,7 @@ class WorkerDeps:
     settings: WorkerSettings
     common: CommonSettings
     broker: KafkaBroker
+    replies: DirectPublisher  # every reply event (deltas above all), past the broker's per-record middlewares
     host: ModelHost  # the models this worker holds, loaded on demand within its memory budget
     model_id: str  # the model loaded at start (FERRY_WORKER_MODEL)
     tracer: trace.Tracer
@@ -127,10 +136,9 @@ def register(deps: WorkerDeps) -> None:
     topics = common.topics
 
     async def publish_reply(request: CompletionRequested, event: Message) -> None:
-        # Deltas are not waited for; the final event is, and with it every delta before it (same key, same order).
-        # Offsets are committed only after the final event is confirmed.
-        await publish_message(
-            broker,
+        # Deltas are not waited for; the final event is, and with it every delta before it (same key, same producer,
+        # same order). Offsets are committed only after the final event is confirmed.
+        await deps.replies.publish(
             event,
             request.reply_topic,
             key=request.request_id,

@@ -19,7 +19,7 @@ from services.worker.metrics import WorkerMetrics
 from services.worker.model_store import ensure_model
 from services.worker.variants import DEFAULT_CPU_VARIANT
 from shared.db import connect_pool
-from shared.kafka import ensure_topics, new_broker, wait_for_kafka
+from shared.kafka import DirectPublisher, ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import ModelRecord, ModelRegistry, enabled_models
 from shared.runtime import kafka_service_app, serve
@@ -65,10 +65,13 @@ async def main() -> None:
         await ensure_topics(common, [topics.batches(m) for m in host.allowed])
         await ensure_topics(common, [topics.cancellations, topics.worker_status, topics.worker_control], partitions=1)
         broker = new_broker(common, SERVICE, provider, metrics)
+        replies = DirectPublisher(common, client_id=f"ferry-{SERVICE}-replies")
+        await replies.start()
         deps = WorkerDeps(
             settings=settings,
             common=common,
             broker=broker,
+            replies=replies,
             host=host,
             model_id=model.id,
             tracer=provider.get_tracer(__name__),
@@ -95,6 +98,7 @@ async def main() -> None:
         try:
             await serve(app, settings.host, settings.port)
         finally:
+            await replies.stop()  # after the drain: it published the in-flight requests' last replies
             await host.shutdown()
             await pool.close()
     finally:

@@ -98,16 +98,19 @@ def test_one_request_is_one_trace_across_every_hop(platform: Platform) -> None:
 
     services = ("ingress", "batcher", f"worker-{TINY_MODEL}")
 
-    def spans_in_trace() -> dict[str, set[str]]:
-        found: dict[str, set[str]] = {name: set() for name in services}
+    def spans_in_trace() -> dict[str, list[dict]]:
+        found: dict[str, list[dict]] = {name: [] for name in services}
         for name in services:
             path: Path = platform.traces(name)
             if path.exists():
                 for line in path.read_text().splitlines():
                     span = json.loads(line)
                     if span["context"]["trace_id"] == f"0x{trace_id}":
-                        found[name].add(span["name"])
+                        found[name].append(span)
         return found
+
+    def names(spans: list[dict]) -> set[str]:
+        return {span["name"] for span in spans}
 
     topics = platform.common.topics
     expected = {
@@ -118,10 +121,12 @@ def test_one_request_is_one_trace_across_every_hop(platform: Platform) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         found = spans_in_trace()
-        if all(expected[name] <= found[name] for name in services):
+        if all(expected[name] <= names(found[name]) for name in services):
             break
         time.sleep(0.2)
     for name in services:
-        assert expected[name] <= found[name], f"{name}: {found[name]}"
-    # the worker's reply publish (keyed by request id) is exported too, in the same trace
-    assert any(n.endswith(" publish") for n in found[f"worker-{TINY_MODEL}"]), found
+        assert expected[name] <= names(found[name]), f"{name}: {names(found[name])}"
+    # the worker's reply carries its generation's context: the ingress's reply span is a child of the worker's span
+    (generate,) = [s for s in found[f"worker-{TINY_MODEL}"] if s["name"] == "ferry.worker.generate"]
+    replies = [s for s in found["ingress"] if s["name"] == "ferry.ingress.reply"]
+    assert [s["parent_id"] for s in replies] == [generate["context"]["span_id"]], (generate, replies)
