@@ -176,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.start_times:
         times = asyncio.run(model_start_times(args.model))
-        print(json.dumps({"model": args.model, "machine": f"{os.cpu_count()} cores", **times}, indent=2))
+        summary = json.dumps({"model": args.model, "machine": f"{os.cpu_count()} cores", **times}, indent=2)
+        print(summary)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "start-times.json").write_text(json.dumps({"model": args.model, **times}, indent=2) + "\n")
+            (args.out / "start-times.json").write_text(summary + "\n")
         return 0
     if args.overhead:
         return _overhead(args, argv)

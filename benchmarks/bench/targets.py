@@ -188,13 +188,15 @@ async def run_through_worker(model_id: str, load: Load) -> tuple[list[RequestRes
             await admin.close()
 
 
-async def model_start_times(model_id: str) -> dict[str, float]:
-    """Cold start of ``model_id`` as a worker does it, in seconds: registry read, model folder, engine start, first
-    token (``cold_*``); then a warm reload: the engine stopped and started again in the same process, with vLLM
-    imported and the weights in the page cache (``warm_*``). vLLM's sleep/wake is not available on CPU. Also the memory
+async def model_start_times(model_id: str) -> dict[str, float | None]:
+    """Cold start of ``model_id`` as a worker does it, on the worker's settings (models folder,
+    ``FERRY_WORKER_ENGINE_CPU_THREADS``), in seconds: registry read, model folder, engine start, first token
+    (``cold_*``); then a warm reload: the engine stopped and started again in the same process, with vLLM imported
+    and the weights in the page cache (``warm_*``). vLLM's sleep/wake is not available on CPU. Also the memory
     the cold engine took, as the worker measures it, next to the worker's estimate before a load (weights plus KV
     cache)."""
     started = time.monotonic()
+    from services.worker.config import WorkerSettings
     from services.worker.engine import Engine, EngineConfig, GiB
     from services.worker.hosting import estimate_memory_bytes
     from services.worker.model_store import ensure_model
@@ -211,11 +213,13 @@ async def model_start_times(model_id: str) -> dict[str, float]:
         await pool.close()
     if record is None:
         raise SystemExit(f"{model_id} is not in the registry")
-    models_dir = Path(os.environ.get("FERRY_WORKER_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
-    path = await asyncio.to_thread(ensure_model, record.id, record.source, models_dir)
+    worker = WorkerSettings()  # the models folder and thread count a worker would use
+    path = await asyncio.to_thread(ensure_model, record.id, record.source, worker.models_dir)
     registry_read = time.monotonic()
 
-    config = EngineConfig(model_id=record.id, path=path, max_model_len=record.max_model_len)
+    config = EngineConfig(
+        model_id=record.id, path=path, max_model_len=record.max_model_len, cpu_threads=worker.engine_cpu_threads
+    )
 
     async def start_and_first_token() -> tuple[float, float, int]:
         """Seconds to the engine ready and to the first token, and the memory the engine took."""
@@ -232,6 +236,7 @@ async def model_start_times(model_id: str) -> dict[str, float]:
     cold_engine, cold_first, cold_memory = await start_and_first_token()
     warm_engine, warm_first, _ = await start_and_first_token()
     return {
+        "engine_cpu_threads": worker.engine_cpu_threads,  # None: one per core
         "cold_import_s": imported - started,
         "cold_registry_and_folder_s": registry_read - imported,
         "cold_engine_start_s": cold_engine,
