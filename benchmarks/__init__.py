@@ -2,10 +2,17 @@
 
 from pathlib import Path
 
+OUT_HELP = "also write the Markdown report here: a file, or a folder (then report.md in it, as for bench --out)"
 
-def emit_report(report: str, out: Path | None) -> None:
-    """Prints a benchmark's Markdown report, and writes it to ``out`` too when given."""
+
+def emit_report(report: str, out: Path | None) -> Path | None:
+    """Prints a benchmark's Markdown report and, when ``out`` is given, writes it there too: into report.md when
+    ``out`` is a folder or has no extension (made if missing, as for `bench --out DIR`), else to that file. Returns
+    the file written."""
     print(report)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(report)
+    if not out:
+        return None
+    path = out / "report.md" if out.is_dir() or not out.suffix else out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report)
+    return path

@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks import emit_report
+from benchmarks import OUT_HELP, emit_report
 from services.worker.engine import Engine, EngineConfig
 from shared.contracts import ChatMessage, SamplingParams
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--requests", type=int, default=20)
-    p.add_argument("--out", type=Path, help="also write the report to this file")
+    p.add_argument("--out", type=Path, help=OUT_HELP)
     args = p.parse_args(argv)
     report = asyncio.run(run(args))
     emit_report(report, args.out)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import emit_report
+from benchmarks import OUT_HELP, emit_report
 
 GOAL_P50_MS = 15.0
 
@@ -292,7 +292,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Added latency of prompt screening (p50/p99)")
     parser.add_argument("--n", type=int, default=300, help="prompts per configuration")
     parser.add_argument("--kafka", action="store_true", help="also measure the stage on real Kafka")
-    parser.add_argument("--out", type=Path, help="also write the markdown report here")
+    parser.add_argument("--out", type=Path, help=OUT_HELP)
     args = parser.parse_args()
     text = asyncio.run(main_async(args))
     emit_report(text, args.out)

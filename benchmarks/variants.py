@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks import emit_report
+from benchmarks import OUT_HELP, emit_report
 from services.worker.config import WorkerSettings
 from services.worker.engine import Engine, EngineConfig
 from services.worker.model_store import ensure_model
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--kv-cache-gib", type=float, default=1.0)
-    parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    parser.add_argument("--out", type=Path, help=OUT_HELP)
     args = parser.parse_args()
     report = asyncio.run(run(args))
     emit_report(report, args.out)
