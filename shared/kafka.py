@@ -51,8 +51,13 @@ def new_broker(
 
 
 def message_headers(message: Message, request_id: str | None = None) -> dict[str, str]:
-    """Headers every record carries: its type and schema version, and the request it concerns."""
-    headers = {MESSAGE_TYPE_HEADER: type(message).__name__, SCHEMA_VERSION_HEADER: str(message.schema_version)}
+    """Headers every record carries: its content type (JSON), message type and schema version, and the request it
+    concerns."""
+    headers = {
+        "content-type": "application/json",
+        MESSAGE_TYPE_HEADER: type(message).__name__,
+        SCHEMA_VERSION_HEADER: str(message.schema_version),
+    }
     if request_id:
         headers[REQUEST_ID_HEADER] = request_id
     return headers
@@ -75,7 +80,7 @@ async def publish_message(
         message.model_dump_json().encode(),
         topic,
         key=key.encode() if key is not None else None,
-        headers=message_headers(message, request_id) | {"content-type": "application/json"},
+        headers=message_headers(message, request_id),
         no_confirm=not confirm,
     )
     return None if confirm else sent  # type: ignore[return-value]
@@ -103,7 +108,7 @@ class DirectPublisher:
         self, message: Message, topic: str, key: str, request_id: str | None = None, confirm: bool = True
     ) -> asyncio.Future[RecordMetadata] | None:
         """Like ``publish_message``: with ``confirm=False`` it returns the broker's confirmation to await later."""
-        headers = message_headers(message, request_id) | current_trace_context() | {"content-type": "application/json"}
+        headers = message_headers(message, request_id) | current_trace_context()
         sent = await self._producer.send(
             topic,
             message.model_dump_json().encode(),
