@@ -60,6 +60,10 @@ BatchingProfile = Literal["latency", "throughput", "cost"]
 """How long the batcher may hold a request to form bigger batches: latency < throughput < cost."""
 
 
+PromptScreening = Literal["before", "beside"]
+"""When a request's prompt is screened: before generation starts, or beside it with the output held until cleared."""
+
+
 class CompletionRequested(Message):
     """A client asked for a completion. Produced to ``<prefix>requests.<model>`` keyed by ``request_id``.
 
@@ -110,6 +114,15 @@ class CompletionRequested(Message):
         ge=0,
         description="Days the tenant lets stored text be kept (the ingress sets it from the tenant); a service that "
         "keeps text (the review queue) erases it after this many days. None: that service's own default.",
+    )
+
+    prompt_screening: PromptScreening = Field(
+        "before",
+        description="before: the safety stage forwards the request to generation once its prompt is screened (the "
+        "default; any producer). beside: the producer sent the request to the model's screened topic as well, so it "
+        "is generated while the prompt is screened; the safety stage then answers on the reply topic (PromptCleared, "
+        "or a content_blocked GenerationFailed) and the producer must release no output before PromptCleared. The "
+        "ingress uses it for HTTP requests.",
     )
 
     @model_validator(mode="after")
@@ -309,8 +322,22 @@ class GenerationFailed(Message):
     retryable: bool = Field(False, description="Whether sending the same request again may succeed.")
 
 
-ReplyEvent = TokensGenerated | CompletionFinished | GenerationFailed
-"""Any event a worker publishes to a request's reply topic; ``event`` tells which."""
+class PromptCleared(Message):
+    """The safety stage let a prompt screened beside generation through (``prompt_screening="beside"``): its output may
+    now reach the client. Sent once, to the request's reply topic; a refused prompt gets a GenerationFailed with code
+    ``content_blocked`` instead, and a held one gets either when a reviewer decides."""
+
+    event: Literal["prompt_cleared"] = "prompt_cleared"
+    request_id: str = Field(description="The request whose prompt was cleared.")
+    by: Literal["screening", "review"] = Field(
+        description="screening: the classifiers and the tenant's policy allowed it (perhaps flagged for a later "
+        "look); review: it was held and a reviewer, or the tenant's policy at the review deadline, released it."
+    )
+
+
+ReplyEvent = TokensGenerated | CompletionFinished | GenerationFailed | PromptCleared
+"""Any event on a request's reply topic; ``event`` tells which. Workers publish the first three; PromptCleared comes
+from the safety stage, only for requests whose producer asked for it."""
 reply_event_adapter: TypeAdapter[ReplyEvent] = TypeAdapter(Annotated[ReplyEvent, Field(discriminator="event")])
 
 

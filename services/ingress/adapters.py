@@ -15,6 +15,7 @@ from faststream.kafka import KafkaBroker
 from opentelemetry import trace
 from pydantic import ValidationError
 
+from services.ingress.serving import ReleaseGate
 from services.ingress.tenants import ADMIN_KEY_PREFIX, NewKey, Tenant, key_digest, new_api_key
 from shared.contracts import (
     CompletionFinished,
@@ -43,7 +44,7 @@ class ReplyListener:
 
     def __init__(self, common: CommonSettings, topic: str, broker: KafkaBroker, tracer: trace.Tracer) -> None:
         self._common, self.topic, self._broker, self._tracer = common, topic, broker, tracer
-        self._queues: dict[str, asyncio.Queue[ReplyEvent]] = {}
+        self._queues: dict[str, tuple[asyncio.Queue[ReplyEvent], ReleaseGate]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -63,12 +64,13 @@ class ReplyListener:
         if self._consumer:
             await self._consumer.stop()
 
-    def expect(self, request_id: str, deadline_at: datetime) -> AsyncIterator[ReplyEvent]:
+    def expect(self, request_id: str, deadline_at: datetime, cleared: bool = True) -> AsyncIterator[ReplyEvent]:
         """Registers the request (call it before publishing) and returns its reply events, up to the final one; the
         iterator raises TimeoutError at the deadline. The queue is bound now, not at the first read, so replies that
-        arrive before the reader starts are kept."""
+        arrive before the reader starts are kept. ``cleared=False`` (a prompt screened beside generation) holds the
+        output back until the safety stage's PromptCleared arrives."""
         queue: asyncio.Queue[ReplyEvent] = asyncio.Queue()
-        self._queues[request_id] = queue
+        self._queues[request_id] = (queue, ReleaseGate(cleared=cleared))
         return self._read(request_id, queue, deadline_at)
 
     @property
@@ -109,19 +111,22 @@ class ReplyListener:
             reason = f"invalid reply event: {exc.errors()[0]['msg']}"
             await dead_letter(self._broker, self._common, record, reason, "ingress")
             return
-        queue = self._queues.get(event.request_id)
-        if queue is None:
+        waiting = self._queues.get(event.request_id)
+        if waiting is None:
             return  # the client is gone, or the event is a redelivery of a finished request
+        queue, gate = waiting
         if isinstance(event, TokensGenerated) and event.sequence > 0:
-            queue.put_nowait(event)  # no span per delta: the first one and the final event mark the stream in a trace
+            released = gate.admit(event)  # no span per delta: the first one and the final event mark the stream
         else:
             with self._tracer.start_as_current_span(
                 "ferry.ingress.reply",
                 context=context_from(record_headers(record)),
                 attributes={"ferry.request_id": event.request_id, "ferry.event": event.event},
             ):
-                queue.put_nowait(event)
-        if isinstance(event, CompletionFinished | GenerationFailed):
+                released = gate.admit(event)
+        for ready in released:
+            queue.put_nowait(ready)
+        if any(isinstance(ready, CompletionFinished | GenerationFailed) for ready in released):
             # the request is done here, even if its reader never resumes (a client gone, a failure raised mid-read)
             self._queues.pop(event.request_id, None)
 
@@ -131,13 +136,14 @@ class RequestPublisher:
         self._common, self._broker = common, broker
 
     async def publish(self, request: CompletionRequested) -> None:
-        await publish_message(
-            self._broker,
-            request,
-            self._common.topics.requests(request.model),
-            key=request.request_id,
-            request_id=request.request_id,
-        )
+        """To the model's request topic, where the safety stage screens it; a request screened beside generation
+        goes to the model's screened topic (the batcher's) at the same time."""
+        topics = self._common.topics
+        targets = [topics.requests(request.model)]
+        if request.prompt_screening == "beside":
+            targets.append(topics.screened(request.model))
+        rid = request.request_id
+        await asyncio.gather(*(publish_message(self._broker, request, t, key=rid, request_id=rid) for t in targets))
 
     async def cancel(self, cancelled: RequestCancelled) -> None:
         await publish_message(

@@ -5,6 +5,8 @@ import socket
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.contracts import PromptScreening
+
 
 class IngressSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FERRY_INGRESS_", extra="ignore")
@@ -23,6 +25,14 @@ class IngressSettings(BaseSettings):
     model_cache_s: float = Field(5.0, ge=0, description="How long a registry lookup is reused.")
     auth_cache_s: float = Field(
         5.0, ge=0, description="How long an API key check is reused; a revoked key works at most this long."
+    )
+    prompt_screening: PromptScreening = Field(
+        "before",
+        description="before: the safety stage forwards a request to generation once its prompt is screened, so no "
+        "blocked or held prompt reaches a model. beside: the request is generated while its prompt is screened, and "
+        "its output is held here until the safety stage clears the prompt; a blocked prompt's generation is "
+        "cancelled, after using the engine meanwhile. beside only pays where screening and the engine do not share "
+        "cores (the engine on a GPU): on 2 shared CPU cores it measured no gain (benchmarks/README.md).",
     )
     max_in_flight: int = Field(
         10_000, ge=1, description="Requests this instance holds at once; beyond it new ones get 503 at once."

@@ -217,7 +217,12 @@ async def _serve(  # type: ignore[no-untyped-def]
         f"ferry.ingress.{'chat_completions' if kind == 'chat' else 'completions'}",
         context=context_from(dict(request.headers)),
         kind=trace.SpanKind.SERVER,
-        attributes={"ferry.request_id": request_id, "ferry.model": body.model, "ferry.tenant": tenant.id},
+        attributes={
+            "ferry.request_id": request_id,
+            "ferry.model": body.model,
+            "ferry.tenant": tenant.id,
+            "ferry.prompt_screening": deps.settings.prompt_screening,
+        },
     ):
         message = to_completion_requested(
             body,
@@ -232,6 +237,7 @@ async def _serve(  # type: ignore[no-untyped-def]
                 profile=profile or tenant.default_profile,
                 retain_text=tenant.retains_text,
                 variant=variant,
+                prompt_screening=deps.settings.prompt_screening,
             ),
         )
         message = message.model_copy(update={"retention_days": tenant.retention_days})  # review queue erases text then
@@ -242,11 +248,15 @@ async def _serve(  # type: ignore[no-untyped-def]
         if cached.entry is not None:
             events = deps.cache.replay(cached)
         else:
-            events = deps.cache.record(cached, deps.listener.expect(request_id, deadline_at))
+            cleared = message.prompt_screening == "before"  # else nothing is released before the safety stage's verdict
+            events = deps.cache.record(cached, deps.listener.expect(request_id, deadline_at, cleared))
             try:
                 await deps.publisher.publish(message)
             except Exception:
                 deps.listener.forget(request_id)
+                if not cleared:  # one of its two records may have gone out: stop work whose output nobody will read
+                    cancelled = RequestCancelled(request_id=request_id, model=body.model, reason="requested")
+                    deps.spawn(deps.publisher.cancel(cancelled), f"cancel of {request_id}")
                 deps.spawn(deps.limiter.settle(charge, 0), f"refund of {request_id}")
                 logger.exception("request %s: could not publish", request_id)
                 raise ApiError(

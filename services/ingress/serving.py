@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -31,6 +31,8 @@ from shared.contracts import (
     CompletionRequested,
     GenerationFailed,
     Priority,
+    PromptCleared,
+    PromptScreening,
     ReplyEvent,
     SamplingParams,
     TokensGenerated,
@@ -98,6 +100,7 @@ class Submission:
     profile: BatchingProfile | None = None
     retain_text: bool = False
     variant: str | None = None  # the request's, else its tenant's default; None leaves it to the model's default
+    prompt_screening: PromptScreening = "before"
 
 
 def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub: Submission) -> CompletionRequested:
@@ -133,12 +136,36 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         variant=sub.variant,
         variant_fallback=api.variant_fallback,
         cache_salt=sub.tenant_id,
+        prompt_screening=sub.prompt_screening,
         **chat,
     )
 
 
 def _usage(finished: CompletionFinished) -> UsageOut:
     return UsageOut(**finished.usage.model_dump())
+
+
+@dataclass
+class ReleaseGate:
+    """Holds a request's output until its prompt is cleared, for prompts screened beside generation: the worker may
+    answer before the safety stage does, and no generated text may reach the client before the verdict. A failure
+    passes at once: it carries no generated text (a block from the safety stage, or the worker's own error)."""
+
+    cleared: bool
+    held: list[ReplyEvent] = field(default_factory=list)
+
+    def admit(self, event: ReplyEvent) -> list[ReplyEvent]:
+        """The events to deliver now, in order, given one that arrived."""
+        if isinstance(event, PromptCleared):
+            if self.cleared:
+                return []
+            self.cleared = True
+            released, self.held = self.held, []
+            return released
+        if self.cleared or isinstance(event, GenerationFailed):
+            return [event]
+        self.held.append(event)
+        return []
 
 
 async def without_repeats(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[ReplyEvent]:

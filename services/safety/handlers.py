@@ -4,8 +4,10 @@
   group ``safety``). Screens each prompt (model scores cached per tenant for identical prompts; the guard model asked
   for tenants in its scope) and per the tenant's policy forwards it to ``<prefix>screened.<model>`` (allow;
   release-then-review also flags it), keeps it back for a reviewer (hold: flagged with the request), or refuses it
-  (block: GenerationFailed ``content_blocked`` on the reply topic, and flagged so a reviewer can label it). The poll
-  is committed once its messages are published.
+  (block: GenerationFailed ``content_blocked`` on the reply topic, and flagged so a reviewer can label it). A request
+  screened beside generation (its producer sent it to the screened topic too) is not forwarded: allow and release
+  answer PromptCleared on the reply topic, and block also cancels its generation. The poll is committed once its
+  messages are published.
 - ``on_flagged``: persists ContentFlagged (from this stage and from workers' output screening) in the review queue.
 """
 
@@ -27,7 +29,7 @@ from services.safety.config import SafetySettings
 from services.safety.guard import GuardCheck, GuardVerdict
 from services.safety.metrics import SafetyMetrics
 from services.safety.policy import decide, escalate
-from services.safety.review import blocked_failure
+from services.safety.review import prompt_verdict
 from services.safety.screening import Screener, Screening, combine, prompt_text
 from services.safety.store import PolicyStore, ReviewStore
 from shared.contracts import CompletionRequested, ContentFlagged
@@ -120,7 +122,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
                 if verdict.scores:
                     screenings[i] = with_scores(screenings[i], "guard_model", verdict.scores)
     metrics.screen_seconds.observe(time.perf_counter() - started)
-    sends = []
+    confirmations = []
     for i, (request, screening) in enumerate(zip(accepted, screenings, strict=True)):
         with deps.tracer.start_as_current_span(
             "ferry.safety.screen_prompt",
@@ -141,16 +143,17 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
             span.set_attribute("ferry.safety.action", decision.action)
             span.set_attribute("ferry.safety.categories", list(decision.flagged))
             metrics.prompts.labels(decision.action).inc()
-            if decision.action in ("allow", "release"):
-                sends.append((request, topics.screened(request.model), rid))
-            if decision.action == "block":
-                sends.append((blocked_failure(rid, 0, "prompt", decision.categories), request.reply_topic, rid))
+            sends = prompt_verdict(request, decision.action, decision.categories, topics)
             if decision.action != "allow":
                 flagged = flagged_from(request, screening, decision.action, list(decision.flagged))
-                sends.append((flagged, topics.safety_flagged, rid))
+                sends.append((flagged, topics.safety_flagged))
                 logger.info("request %s prompt %s: %s", rid, decision.action, ",".join(decision.flagged))
-    # published together: each waits for the broker's acknowledgement, and they are independent of each other
-    await asyncio.gather(*(publish_message(broker, m, t, key=k, request_id=k) for m, t, k in sends))
+            for message, topic in sends:  # inside the span, so each record carries its context to the reader
+                confirmations.append(
+                    await publish_message(broker, message, topic, key=rid, request_id=rid, confirm=False)
+                )
+    # published together, then confirmed together: one round trip to the broker for the whole poll
+    await asyncio.gather(*confirmations)
     now_ms = time.time() * 1000
     for request in accepted:
         metrics.stage_seconds.observe(max(0.0, now_ms - produced_ms.get(request.request_id, now_ms)) / 1000)

@@ -6,7 +6,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from services.safety import rules
-from shared.contracts import CompletionFinished, CompletionRequested, GenerationFailed, Message, TokensGenerated
+from services.safety.policy import Action
+from shared.contracts import (
+    CompletionFinished,
+    CompletionRequested,
+    GenerationFailed,
+    Message,
+    PromptCleared,
+    RequestCancelled,
+    TokensGenerated,
+)
+from shared.topics import Topics
 
 Verdict = Literal["approve", "reject", "relabel"]
 CONTENT_BLOCKED = "content_blocked"
@@ -22,6 +32,28 @@ def blocked_failure(
         code=CONTENT_BLOCKED,
         message=f"the {what} was blocked by the content policy (category: {', '.join(categories) or 'unspecified'})",
     )
+
+
+def prompt_verdict(
+    request: CompletionRequested, action: Action, categories: list[str] | tuple[str, ...], topics: Topics
+) -> list[tuple[Message, str]]:
+    """What the stage's decision on a prompt sends, and to which topic (flagging it for review aside). allow and
+    release forward it to generation, block refuses it to the requester, hold sends nothing until a reviewer decides.
+    A request already sent to generation by its producer (screened beside generation) is cleared instead of
+    forwarded, and a block also cancels its generation."""
+    beside = request.prompt_screening == "beside"
+    rid = request.request_id
+    if action in ("allow", "release"):
+        if beside:
+            return [(PromptCleared(request_id=rid, by="screening"), request.reply_topic)]
+        return [(request, topics.screened(request.model))]
+    if action == "block":
+        refused: list[tuple[Message, str]] = [(blocked_failure(rid, 0, "prompt", categories), request.reply_topic)]
+        if beside:  # the requester has its answer; stop the work under way
+            cancel = RequestCancelled(request_id=rid, model=request.model, reason="requested")
+            refused.append((cancel, topics.cancellations))
+        return refused
+    return []
 
 
 def visible_text(snippet: str, text: str | None, can_unmask: bool) -> tuple[str, bool]:
@@ -67,12 +99,15 @@ def deliveries(
     labels: list[str],
     categories: list[str],
 ) -> list[Delivery]:
-    """A held prompt is forwarded to generation on release, or refused to the requester; a held output is delivered
-    or replaced with a failure. Items that were not held (released or blocked already) send nothing."""
+    """A held prompt is forwarded to generation on release (or, when it was generated beside its screening, cleared
+    to its requester), or refused to the requester; a held output is delivered or replaced with a failure. Items that
+    were not held (released or blocked already) send nothing."""
     if held_request is None and held_completion is None:
         return []
     release = releases(verdict, labels)
     if held_request is not None:
+        if release and held_request.prompt_screening == "beside":
+            return [Delivery(PromptCleared(request_id=request_id, by="review"), reply=True)]
         if release:
             return [Delivery(held_request, reply=False)]
         return [Delivery(blocked_failure(request_id, 0, stage, labels or categories), reply=True)]

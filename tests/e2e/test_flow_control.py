@@ -79,7 +79,7 @@ async def replies_of(platform: Platform, request_id: str) -> list[ReplyEvent]:
                     event = reply_event_adapter.validate_json(record.value)
                 except ValidationError:
                     continue  # other tests park bad records on this topic
-                if event.request_id == request_id:
+                if event.request_id == request_id and event.event != "prompt_cleared":  # the safety stage's
                     events.append(event)
                     if event.event != "tokens_generated":
                         return events

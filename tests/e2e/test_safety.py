@@ -1,6 +1,8 @@
 """Prompt screening on the request path: every prompt passes the safety stage, whether it came over HTTP or straight
-from Kafka. Blocked prompts get a clear error naming the category; held prompts wait for a reviewer, who releases or
-refuses them through the review UI (reject here over plain HTTP; the browser test drives approve)."""
+from Kafka, and whether it is screened before generation (the default) or beside it (an ingress set so, which holds
+the output until the verdict). Blocked prompts get a clear error naming the category; held prompts wait for a
+reviewer, who releases or refuses them through the review UI (over plain HTTP here; the browser test drives approve
+for a Kafka request)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import httpx
@@ -22,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.safety.policy import DEFAULT_POLICY, CategoryRule
 from services.safety.store import PolicyStore, UserStore
-from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
+from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform, Service, free_port, start_extra, stop_service
 from tests.e2e.test_kafka_api import read_until_final
 
 SECRET_PROMPT = "Why does my key sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789 fail?"
@@ -53,6 +55,140 @@ def test_allowed_prompt_completes_through_the_safety_stage(platform: Platform) -
     )
     assert completion.choices[0].finish_reason in ("stop", "length")
     assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+async def sse_events(response: httpx.Response, into: list[object]) -> None:
+    """Appends each SSE data payload of a streamed response as it arrives (JSON, or the "[DONE]" string)."""
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            into.append(line[6:] if line == "data: [DONE]" else json.loads(line[6:]))
+
+
+def content_of(events: list[object]) -> str:
+    return "".join(
+        e["choices"][0]["delta"].get("content", "") for e in events if isinstance(e, dict) and e.get("choices")
+    )
+
+
+@pytest.fixture(scope="module")
+def beside(platform: Platform) -> Iterator[Service]:
+    """An ingress that has prompts screened beside generation (FERRY_INGRESS_PROMPT_SCREENING=beside): the worker may
+    answer before the safety stage, and the ingress must hold the output until the verdict."""
+    first = next(s for s in platform.services if s.name == "ingress")
+    port = free_port()
+    env = first.env | {
+        "FERRY_INGRESS_PORT": str(port),
+        "FERRY_INGRESS_INSTANCE_ID": f"beside-{uuid.uuid4().hex[:6]}",
+        "FERRY_INGRESS_PROMPT_SCREENING": "beside",
+    }
+    service = start_extra(platform, Service("ingress-beside", "services.ingress.main", port, env))
+    yield service
+    stop_service(service)
+
+
+def spans_of(platform: Platform, service: str, request_id: str) -> list[dict]:
+    path = platform.traces(service)
+    spans = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [s for s in spans if s.get("attributes", {}).get("ferry.request_id") == request_id]
+
+
+async def test_allowed_prompt_screened_beside_generation_streams_once_cleared_in_the_request_trace(
+    platform: Platform, beside: Service
+) -> None:
+    events: list[object] = []
+    body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "Hi there"}], "max_tokens": 8, "stream": True}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{beside.port}", headers=platform.auth, timeout=60) as http:
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            request_id = response.headers["x-request-id"]
+            await sse_events(response, events)
+    assert events[-1] == "[DONE]" and content_of(events)
+    # the verdict reached the ingress inside the request's trace (the stage publishes it within its screening span)
+    async with asyncio.timeout(10):
+        while True:
+            spans = spans_of(platform, "ingress-beside", request_id)
+            cleared = [s for s in spans if s["attributes"].get("ferry.event") == "prompt_cleared"]
+            if cleared:
+                break
+            await asyncio.sleep(0.2)
+    (request_span,) = [s for s in spans if s["name"] == "ferry.ingress.chat_completions"]
+    assert cleared[0]["context"]["trace_id"] == request_span["context"]["trace_id"]
+    assert request_span["attributes"]["ferry.prompt_screening"] == "beside"
+
+
+async def test_blocked_prompt_screened_beside_generation_shows_no_generated_text_and_its_generation_is_cancelled(
+    platform: Platform, beside: Service
+) -> None:
+    events: list[object] = []
+    body = {
+        "model": TINY_MODEL,
+        "messages": [{"role": "user", "content": SECRET_PROMPT}],
+        "max_tokens": 64,
+        "stream": True,
+    }
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{beside.port}", headers=platform.auth, timeout=60) as http:
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200  # a stream's status is sent before any verdict
+            request_id = response.headers["x-request-id"]
+            await sse_events(response, events)
+    assert content_of(events) == ""  # the opening chunk (role only), then the error: no generated text
+    error, done = events[-2:]
+    assert done == "[DONE]" and isinstance(error, dict) and error["error"]["code"] == "content_policy_violation"
+
+    consumer = AIOKafkaConsumer(
+        platform.common.topics.cancellations,
+        bootstrap_servers=platform.common.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(30):
+            async for record in consumer:
+                cancel = json.loads(record.value or b"{}")
+                if cancel.get("request_id") == request_id:
+                    break
+    finally:
+        await consumer.stop()
+    assert cancel["reason"] == "requested" and cancel["model"] == TINY_MODEL
+
+
+async def test_held_prompt_screened_beside_generation_streams_nothing_until_a_reviewer_approves_it(
+    platform: Platform, beside: Service
+) -> None:
+    await _setup(platform)
+    key = platform.new_tenant(HOLD_TENANT)
+    events: list[object] = []
+    body = {
+        "model": TINY_MODEL,
+        "messages": [{"role": "user", "content": "Please email the summary to jane@example.com"}],
+        "max_tokens": 8,
+        "stream": True,  # sampled without a seed: never answered from the response cache
+    }
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{beside.port}", headers={"authorization": f"Bearer {key}"}, timeout=120
+    ) as http:
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            request_id = response.headers["x-request-id"]
+            reading = asyncio.create_task(sse_events(response, events))
+            item_id = await wait_for_item(platform, request_id)
+            await asyncio.sleep(3)  # long enough for the tiny model to have answered, had anything been let through
+            assert not reading.done() and content_of(events) == "" and len(events) == 1, events
+
+            async with httpx.AsyncClient(base_url=platform.url("safety")) as web:
+                page = (await web.get("/review/login")).text
+                credentials = {"username": "rita", "password": "reviewer-pass-1", "csrf_token": csrf_in(page)}
+                assert (await web.post("/review/login", data=credentials)).status_code == 303
+                token = {"csrf_token": csrf_in((await web.get(f"/review/items/{item_id}")).text)}
+                await web.post(f"/review/items/{item_id}/claim", data=token)
+                await web.post(f"/review/items/{item_id}/decide", data={"verdict": "approve"} | token)
+            async with asyncio.timeout(60):
+                await reading
+    assert events[-1] == "[DONE]"
+    finish = [e["choices"][0]["finish_reason"] for e in events if isinstance(e, dict) and e.get("choices")]
+    assert finish[-1] in ("stop", "length")
+    assert content_of(events)  # the approved prompt's completion reached the client
 
 
 async def _setup(platform: Platform) -> None:

@@ -5,7 +5,7 @@ import json
 import pytest
 from aiokafka import ConsumerRecord
 
-from shared.contracts import CompletionRequested, TokensGenerated, reply_event_adapter
+from shared.contracts import CompletionRequested, PromptCleared, TokensGenerated, reply_event_adapter
 from shared.kafka import Rejected, decode
 from shared.topics import Topics
 
@@ -65,6 +65,15 @@ def test_reply_events_are_told_apart_by_their_event_field() -> None:
         TokensGenerated(request_id="r", sequence=0, text="x", token_count=1).model_dump_json()
     )
     assert isinstance(event, TokensGenerated)
+    cleared = reply_event_adapter.validate_json(PromptCleared(request_id="r", by="screening").model_dump_json())
+    assert cleared == PromptCleared(request_id="r", by="screening")
+
+
+def test_a_request_without_prompt_screening_is_screened_before_generation() -> None:
+    request = CompletionRequested.model_validate_json(
+        '{"request_id": "r", "model": "m", "prompt": "hi", "reply_topic": "t"}'
+    )  # what an internal producer that predates the field sends
+    assert request.prompt_screening == "before"
 
 
 def test_topic_names_are_prefixed_and_kafka_safe() -> None:

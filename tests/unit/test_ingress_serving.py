@@ -9,8 +9,16 @@ from datetime import timedelta
 import pytest
 
 from services.ingress.protocol import ChatCompletionRequest
-from services.ingress.serving import ApiError, Submission, collect, stream_sse, to_completion_requested
-from shared.contracts import CompletionFinished, GenerationFailed, ReplyEvent, TokensGenerated, Usage, utc_now
+from services.ingress.serving import ApiError, ReleaseGate, Submission, collect, stream_sse, to_completion_requested
+from shared.contracts import (
+    CompletionFinished,
+    GenerationFailed,
+    PromptCleared,
+    ReplyEvent,
+    TokensGenerated,
+    Usage,
+    utc_now,
+)
 
 USAGE = Usage(prompt_tokens=5, completion_tokens=3, total_tokens=8)
 
@@ -110,9 +118,30 @@ def test_openai_request_maps_to_the_kafka_contract() -> None:
     assert req.sampling.seed == 3 and req.stream and req.deadline_at == deadline
     assert [(m.role, m.content) for m in req.messages] == [("system", "be brief"), ("user", "ab")]
     assert req.trace_context == {"traceparent": "x"} and req.reply_topic == "replies.i"
+    assert req.prompt_screening == "before"
+    beside = Submission("r", "replies.i", deadline, {}, 512, prompt_screening="beside")
+    assert to_completion_requested(api, beside).prompt_screening == "beside"
 
 
 def test_default_max_tokens_applies_when_the_client_sends_none() -> None:
     api = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "a"}]})
     req = to_completion_requested(api, Submission("r", "t", utc_now(), {}, 77))
     assert req.sampling.max_tokens == 77 and req.sampling.temperature == 1.0 and not req.stream
+
+
+def test_output_screened_beside_generation_is_held_until_the_prompt_is_cleared() -> None:
+    delta = TokensGenerated(request_id="r", sequence=0, text="Par", token_count=2)
+    final = CompletionFinished(request_id="r", sequence=1, model="m", text="Par", finish_reason="stop", usage=USAGE)
+    cleared = PromptCleared(request_id="r", by="screening")
+    gate = ReleaseGate(cleared=False)
+    assert gate.admit(delta) == [] and gate.admit(final) == []  # the worker answered before the safety stage
+    assert gate.admit(cleared) == [delta, final]  # then everything, in order
+    assert gate.admit(cleared) == []  # a redelivered verdict releases nothing twice
+
+    gate = ReleaseGate(cleared=False)
+    assert gate.admit(cleared) == [] and gate.admit(delta) == [delta]  # cleared first: the output flows as it comes
+
+    blocked = GenerationFailed(request_id="r", sequence=0, code="content_blocked", message="the prompt was blocked")
+    gate = ReleaseGate(cleared=False)
+    assert gate.admit(delta) == [] and gate.admit(blocked) == [blocked]  # the failure ends it; the text never goes
+    assert ReleaseGate(cleared=True).admit(delta) == [delta]  # screened before generation: nothing to hold

@@ -1,5 +1,5 @@
-"""Pure parts of the safety stage: the screening cache, the guard model's verdicts and fallback, what an expired held
-item sends."""
+"""Pure parts of the safety stage: the screening cache, the guard model's verdicts and fallback, what a decision on a
+prompt and an expired held item send."""
 
 from __future__ import annotations
 
@@ -8,9 +8,18 @@ from collections.abc import Sequence
 from services.safety.cache import ScreeningCache
 from services.safety.guard import verdict_of
 from services.safety.policy import DEFAULT_POLICY, Decision, decide, escalate
-from services.safety.review import expiry_deliveries
+from services.safety.review import deliveries, expiry_deliveries, prompt_verdict
 from services.safety.screening import Screener
-from shared.contracts import ChatMessage, CompletionFinished, CompletionRequested, GenerationFailed, Usage
+from shared.contracts import (
+    ChatMessage,
+    CompletionFinished,
+    CompletionRequested,
+    GenerationFailed,
+    PromptCleared,
+    RequestCancelled,
+    Usage,
+)
+from shared.topics import Topics
 
 
 class CountingClassifier:
@@ -134,3 +143,29 @@ async def test_output_windows_use_rules_and_the_completed_output_the_final_scree
     verdict = await screen.finish()
     assert final.seen == [screen.text]  # the whole output, once
     assert verdict is not None and verdict[0].action == "block"  # violence 0.9 >= 0.7
+
+
+def test_a_prompt_screened_beside_generation_is_cleared_not_forwarded_and_a_block_cancels_its_generation() -> None:
+    topics = Topics("t.")
+    before, beside = _request(), _request().model_copy(update={"prompt_screening": "beside"})
+    assert prompt_verdict(before, "allow", (), topics) == [(before, "t.screened.m")]
+    assert prompt_verdict(beside, "release", ("pii",), topics) == [
+        (PromptCleared(request_id="r1", by="screening"), "replies")
+    ]
+    (refused,) = prompt_verdict(before, "block", ("secrets",), topics)
+    assert refused[1] == "replies" and isinstance(refused[0], GenerationFailed)
+    refused_beside, (cancel, topic) = prompt_verdict(beside, "block", ("secrets",), topics)
+    assert refused_beside == refused
+    assert topic == "t.cancellations" and isinstance(cancel, RequestCancelled) and cancel.request_id == "r1"
+    assert prompt_verdict(beside, "hold", ("pii",), topics) == []  # the reviewer decides later
+
+
+def test_a_held_prompt_screened_beside_generation_is_cleared_to_its_requester_on_release() -> None:
+    held = _request().model_copy(update={"prompt_screening": "beside"})
+    (approved,) = deliveries("prompt", held, None, None, "r1", "approve", [], ["pii"])
+    assert approved.reply and approved.message == PromptCleared(request_id="r1", by="review")
+    (expired,) = expiry_deliveries("prompt", (held, None, None), "r1", "release", ["pii"])
+    assert expired.reply and expired.message == approved.message
+    (rejected,) = deliveries("prompt", held, None, None, "r1", "reject", ["pii"], ["pii"])
+    assert rejected.reply and isinstance(rejected.message, GenerationFailed)
+    assert rejected.message.code == "content_blocked"
