@@ -14,17 +14,23 @@ from pathlib import Path
 
 import numpy as np
 
-# Hops in request order; each is (end of one span, start of the next) or a span's own duration.
+# Hops in request order; each is (end of one span, start of the next) or a span's own duration. A prompt screened
+# beside generation goes from the ingress to the safety stage and to the batcher at once; its verdict comes back to
+# the ingress, which holds the worker's first reply until then.
 HOPS = {
     "ingress: validate + publish to Kafka": "ingress_span",
     "Kafka -> safety poll + screening": "ingress_end->safety_start",
-    "safety: policy + publish to screened": "safety_span",
-    "Kafka + batcher poll": "safety_end->dispatch_start",
+    "safety: policy + publish (screened topic, or the verdict)": "safety_span",
+    "Kafka + batcher poll": "before_batcher->dispatch_start",
     "batcher: publish batch": "dispatch_span",
     "Kafka -> worker": "dispatch_end->generate_start",
     "worker start -> first reply at ingress": "generate_start->first_reply",
     "worker: whole generation": "generate_span",
+    "beside: ingress -> safety verdict at ingress": "ingress_end->cleared",
+    "beside: first reply held for the verdict": "first_reply->cleared",
 }
+CLEARED = "ferry.ingress.reply:prompt_cleared"  # the safety stage's verdict, told apart from the worker's replies
+SCREENED_PUBLISH = "publish to screened"  # FastStream's producer span, named after the topic
 
 
 def _seconds(stamp: str) -> float:
@@ -39,7 +45,17 @@ def hop_durations(spans: list[dict], window: tuple[float, float] | None = None) 
         start, end = _seconds(span["start_time"]), _seconds(span["end_time"])
         if window and not window[0] <= start <= window[1]:
             continue
-        by_trace[span["context"]["trace_id"]][span["name"]].append((start, end))
+        name = span["name"]
+        if name == "ferry.ingress.reply" and span.get("attributes", {}).get("ferry.event") == "prompt_cleared":
+            name = CLEARED
+        elif (
+            name == "ferry.ingress.chat_completions"
+            and span.get("attributes", {}).get("ferry.prompt_screening") == "beside"
+        ):
+            by_trace[span["context"]["trace_id"]]["beside"].append((start, end))
+        elif ".screened." in name and name.endswith(" publish"):
+            name = SCREENED_PUBLISH
+        by_trace[span["context"]["trace_id"]][name].append((start, end))
     hops: dict[str, list[float]] = {hop: [] for hop in HOPS}
     needed = (
         "ferry.ingress.chat_completions",
@@ -54,17 +70,25 @@ def hop_durations(spans: list[dict], window: tuple[float, float] | None = None) 
         dispatch = named["ferry.batcher.dispatch"][0]
         generate = named["ferry.worker.generate"][0]
         first_reply = min(start for start, _ in named["ferry.ingress.reply"])
-        # with the safety stage, the gap from the ingress to the batcher splits in three; without it, it is one hop
+        # with the safety stage before generation, the gap from the ingress to the batcher splits in three; without
+        # it, or beside generation, it is one hop
         safety = named["ferry.safety.screen_prompt"][0] if named.get("ferry.safety.screen_prompt") else None
+        cleared = named[CLEARED][0][0] if named.get(CLEARED) else None
+        # beside: from the ingress's publish to the screened topic (its own span ends only once both records are
+        # confirmed, often after the batcher has the request)
+        beside_sent = named[SCREENED_PUBLISH][0][0] if named.get("beside") and named.get(SCREENED_PUBLISH) else None
         values: dict[str, float | None] = {
             "ingress_span": ingress[1] - ingress[0],
             "ingress_end->safety_start": safety[0] - ingress[1] if safety else None,
             "safety_span": safety[1] - safety[0] if safety else None,
-            "safety_end->dispatch_start": dispatch[0] - (safety[1] if safety else ingress[1]),
+            "before_batcher->dispatch_start": dispatch[0]
+            - (beside_sent if beside_sent is not None else safety[1] if safety else ingress[1]),
             "dispatch_span": dispatch[1] - dispatch[0],
             "dispatch_end->generate_start": generate[0] - dispatch[1],
             "generate_start->first_reply": first_reply - generate[0],
             "generate_span": generate[1] - generate[0],
+            "ingress_end->cleared": cleared - ingress[1] if cleared is not None else None,
+            "first_reply->cleared": max(0.0, cleared - first_reply) if cleared is not None else None,
         }
         for hop, key in HOPS.items():
             if values[key] is not None:

@@ -25,12 +25,14 @@ def test_hops_are_the_gaps_and_spans_of_one_trace_computed_by_hand() -> None:
     assert hops == {
         "ingress: validate + publish to Kafka": [2.0],
         "Kafka -> safety poll + screening": [],
-        "safety: policy + publish to screened": [],
+        "safety: policy + publish (screened topic, or the verdict)": [],
         "Kafka + batcher poll": [8.0],
         "batcher: publish batch": [1.0],
         "Kafka -> worker": [9.0],
         "worker start -> first reply at ingress": [40.0],
         "worker: whole generation": [480.0],
+        "beside: ingress -> safety verdict at ingress": [],
+        "beside: first reply held for the verdict": [],
     }
 
 
@@ -44,9 +46,31 @@ def test_the_safety_stage_splits_the_way_from_ingress_to_batcher_in_three() -> N
     ]
     hops = {hop: [round(v * 1000, 3) for v in values] for hop, values in hop_durations(spans).items()}
     assert hops["Kafka -> safety poll + screening"] == [18.0]
-    assert hops["safety: policy + publish to screened"] == [1.0]
+    assert hops["safety: policy + publish (screened topic, or the verdict)"] == [1.0]
     assert hops["Kafka + batcher poll"] == [4.0]
     assert hops["Kafka -> worker"] == [4.0]
+
+
+def test_beside_generation_the_batcher_hears_from_the_ingress_and_the_verdict_may_hold_the_first_reply() -> None:
+    ingress = span("ferry.ingress.chat_completions", "t1", 1.000, 1.002)
+    ingress["attributes"] = {"ferry.prompt_screening": "beside"}
+    cleared = span("ferry.ingress.reply", "t1", 1.040, 1.040)
+    cleared["attributes"] = {"ferry.event": "prompt_cleared"}
+    spans = [
+        ingress,
+        span("p.screened.m publish", "t1", 1.001, 1.0015),  # the ingress's publish to the batcher's topic
+        span("ferry.safety.screen_prompt", "t1", 1.020, 1.021),
+        span("ferry.batcher.dispatch", "t1", 1.005, 1.006),
+        span("ferry.worker.generate", "t1", 1.010, 1.500),
+        span("ferry.ingress.reply", "t1", 1.030, 1.030),
+        cleared,
+    ]
+    hops = {hop: [round(v * 1000, 3) for v in values] for hop, values in hop_durations(spans).items()}
+    assert hops["Kafka -> safety poll + screening"] == [18.0]
+    assert hops["Kafka + batcher poll"] == [4.0]  # from the ingress's publish, not from the safety stage
+    assert hops["worker start -> first reply at ingress"] == [20.0]  # the worker's reply, not the verdict
+    assert hops["beside: ingress -> safety verdict at ingress"] == [38.0]
+    assert hops["beside: first reply held for the verdict"] == [10.0]
 
 
 def test_only_traces_starting_inside_the_window_count() -> None:
