@@ -31,8 +31,8 @@ class IngressSettings(BaseSettings):
         description="before: the safety stage forwards a request to generation once its prompt is screened, so no "
         "blocked or held prompt reaches a model. beside: the request is generated while its prompt is screened, and "
         "its output is held here until the safety stage clears the prompt; a blocked prompt's generation is "
-        "cancelled, after using the engine meanwhile. beside only pays where screening and the engine do not share "
-        "cores (the engine on a GPU): on 2 shared CPU cores it measured no gain (benchmarks/README.md).",
+        "cancelled, after using the engine meanwhile. beside pays only where screening and the engine do not share "
+        "cores (the engine on a GPU, or on cores of its own): measured in benchmarks/README.md.",
     )
     max_in_flight: int = Field(
         10_000, ge=1, description="Requests this instance holds at once; beyond it new ones get 503 at once."
