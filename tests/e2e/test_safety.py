@@ -25,6 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from services.safety.policy import DEFAULT_POLICY, CategoryRule
 from services.safety.store import PolicyStore, UserStore
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform, Service, free_port, start_extra, stop_service
+from tests.e2e.test_flow_control import cancellation_of
 from tests.e2e.test_kafka_api import read_until_final
 
 SECRET_PROMPT = "Why does my key sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789 fail?"
@@ -135,22 +136,8 @@ async def test_blocked_prompt_screened_beside_generation_shows_no_generated_text
     error, done = events[-2:]
     assert done == "[DONE]" and isinstance(error, dict) and error["error"]["code"] == "content_policy_violation"
 
-    consumer = AIOKafkaConsumer(
-        platform.common.topics.cancellations,
-        bootstrap_servers=platform.common.kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        async with asyncio.timeout(30):
-            async for record in consumer:
-                cancel = json.loads(record.value or b"{}")
-                if cancel.get("request_id") == request_id:
-                    break
-    finally:
-        await consumer.stop()
-    assert cancel["reason"] == "requested" and cancel["model"] == TINY_MODEL
+    cancel = await cancellation_of(platform, request_id)
+    assert cancel.reason == "requested" and cancel.model == TINY_MODEL
 
 
 async def test_held_prompt_screened_beside_generation_streams_nothing_until_a_reviewer_approves_it(
