@@ -122,7 +122,7 @@ class CompletionRequested(Message):
         "default; any producer). beside: the producer sent the request to the model's screened topic as well, so it "
         "is generated while the prompt is screened; the safety stage then answers on the reply topic (PromptCleared, "
         "or a content_blocked GenerationFailed) and the producer must release no output before PromptCleared. The "
-        "ingress uses it for HTTP requests.",
+        "ingress sets it when FERRY_INGRESS_PROMPT_SCREENING is beside.",
     )
 
     @model_validator(mode="after")

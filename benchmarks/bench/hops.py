@@ -41,21 +41,19 @@ def hop_durations(spans: list[dict], window: tuple[float, float] | None = None) 
     """Seconds spent in each hop, one value per request whose trace has every span; spans as the console exporter
     writes them (name, context.trace_id, start_time, end_time)."""
     by_trace: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    beside: set[str] = set()  # traces of requests screened beside generation
     for span in spans:
         start, end = _seconds(span["start_time"]), _seconds(span["end_time"])
         if window and not window[0] <= start <= window[1]:
             continue
-        name = span["name"]
-        if name == "ferry.ingress.reply" and span.get("attributes", {}).get("ferry.event") == "prompt_cleared":
+        name, trace_id, attributes = span["name"], span["context"]["trace_id"], span.get("attributes", {})
+        if name == "ferry.ingress.reply" and attributes.get("ferry.event") == "prompt_cleared":
             name = CLEARED
-        elif (
-            name == "ferry.ingress.chat_completions"
-            and span.get("attributes", {}).get("ferry.prompt_screening") == "beside"
-        ):
-            by_trace[span["context"]["trace_id"]]["beside"].append((start, end))
         elif ".screened." in name and name.endswith(" publish"):
             name = SCREENED_PUBLISH
-        by_trace[span["context"]["trace_id"]][name].append((start, end))
+        elif name == "ferry.ingress.chat_completions" and attributes.get("ferry.prompt_screening") == "beside":
+            beside.add(trace_id)
+        by_trace[trace_id][name].append((start, end))
     hops: dict[str, list[float]] = {hop: [] for hop in HOPS}
     needed = (
         "ferry.ingress.chat_completions",
@@ -63,7 +61,7 @@ def hop_durations(spans: list[dict], window: tuple[float, float] | None = None) 
         "ferry.worker.generate",
         "ferry.ingress.reply",
     )
-    for named in by_trace.values():
+    for trace_id, named in by_trace.items():
         if not all(named.get(n) for n in needed):
             continue
         ingress = named["ferry.ingress.chat_completions"][0]
@@ -76,7 +74,7 @@ def hop_durations(spans: list[dict], window: tuple[float, float] | None = None) 
         cleared = named[CLEARED][0][0] if named.get(CLEARED) else None
         # beside: from the ingress's publish to the screened topic (its own span ends only once both records are
         # confirmed, often after the batcher has the request)
-        beside_sent = named[SCREENED_PUBLISH][0][0] if named.get("beside") and named.get(SCREENED_PUBLISH) else None
+        beside_sent = named[SCREENED_PUBLISH][0][0] if trace_id in beside and named.get(SCREENED_PUBLISH) else None
         values: dict[str, float | None] = {
             "ingress_span": ingress[1] - ingress[0],
             "ingress_end->safety_start": safety[0] - ingress[1] if safety else None,
