@@ -9,9 +9,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from shared.settings import CommonSettings
+
+CONSOLE_EXPORT_DELAY_MS = 500
+"""Longest a finished span waits before the console exporter writes it (readers of trace files wait at least this)."""
 
 
 def _one_json_line(span: ReadableSpan) -> str:
@@ -41,7 +44,10 @@ def setup_tracing(service: str, settings: CommonSettings) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": f"ferry-{service}"}))
     if settings.otel_exporter == "console":
         out: IO[str] = open(settings.otel_console_path, "a", buffering=1) if settings.otel_console_path else sys.stderr
-        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=out, formatter=_one_json_line)))
+        # Batched in the SDK's export thread, as for OTLP: a span's JSON encoding and write stay off the request's path,
+        # and a slow or blocked output drops spans (the queue is bounded) instead of stalling the event loop.
+        exporter = ConsoleSpanExporter(out=out, formatter=_one_json_line)
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=CONSOLE_EXPORT_DELAY_MS))
     elif settings.otel_exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
