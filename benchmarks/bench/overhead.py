@@ -6,7 +6,8 @@ configured as the worker configures its engine. For each concurrency (1, 16 and 
 same prompts to ferry, to vLLM's server and to the engine in this process (ferry's engine adapter, no HTTP: the
 floor), ferry first at one step and last at the next, and reports time to first token and time per output token at
 p50 and p99 for each, and ferry's difference with each baseline: the added time. The services' spans of each ferry
-run give the hop-by-hop breakdown (benchmarks.bench.hops)."""
+run give the hop-by-hop breakdown (benchmarks.bench.hops), and /proc the CPU time each of ferry's services and its
+Kafka, PostgreSQL and Redis spent on the run, against vLLM's server on the same requests (benchmarks.bench.cpu)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.bench import prompts
+from benchmarks.bench.cpu import CpuMeter, infra_pids
 from benchmarks.bench.hops import hop_durations
 from benchmarks.bench.hops import table as hop_table
 from benchmarks.bench.metrics import Summary, summarize
 from benchmarks.bench.runner import Load, Target, run
 from benchmarks.bench.targets import run_in_process, vllm_server
+from shared.telemetry import CONSOLE_EXPORT_DELAY_MS
 
 WARMUP_PROMPTS = 8
 
@@ -40,6 +43,8 @@ class Step:
     hops: str
     order: list[str]
     load_average: float
+    cpu_seconds: dict[str, dict[str, float]]
+    """CPU seconds spent during a target's run, by target (ferry, vllm-direct), then by component."""
 
     @property
     def ferry(self) -> Summary:
@@ -77,6 +82,10 @@ def run_overhead(
     try:
         with vllm_server(model, model_path, max_model_len, out / "vllm-server.log") as vllm:
             ferry = Target("ferry", platform.base_url + "/v1", model, platform.api_key)
+            components = {
+                "ferry": {s.name: s.process.pid for s in platform.services if s.process} | infra_pids(),
+                "vllm-direct": {"vLLM server": vllm.pid} if vllm.pid else {},
+            }
             warm_up = prompts.synthetic(WARMUP_PROMPTS, input_words, output_tokens, seed=99)
             for target in (ferry, vllm):
                 asyncio.run(run(target, Load(warm_up, [0.0] * WARMUP_PROMPTS, 4, show_progress=False)))
@@ -92,16 +101,21 @@ def run_overhead(
                 order = list(runs) if i % 2 == 0 else list(reversed(runs))
                 summaries: dict[str, Summary] = {}
                 window = (0.0, 0.0)
+                cpu_seconds: dict[str, dict[str, float]] = {}
                 for name in order:
                     started = time.time()
+                    meter = CpuMeter(components.get(name, {}))
+                    meter.start()
                     results, _, duration = asyncio.run(runs[name]())
+                    if name in components:
+                        cpu_seconds[name] = meter.stop()
                     summaries[name] = summarize(results, duration)
                     if name == "ferry":
                         window = (started, time.time())
                     print(f"{concurrency} streams, {name}: {summaries[name].completed}/{count}", file=sys.stderr)
-                time.sleep(1.0)  # the last spans reach the trace files
+                time.sleep(2 * CONSOLE_EXPORT_DELAY_MS / 1000)  # the last spans reach the trace files
                 hops = hop_table(_spans(workdir, window))
-                steps.append(Step(concurrency, summaries, hops, order, os.getloadavg()[0]))
+                steps.append(Step(concurrency, summaries, hops, order, os.getloadavg()[0], cpu_seconds))
     finally:
         stop_platform(platform)
     return steps
@@ -139,9 +153,47 @@ def markdown(steps: list[Step], command: str) -> str:
     lines += ["", "Run order and the machine's 1-minute load average (2 shared cores) after each step:", ""]
     lines += [f"- {s.concurrency} streams: {', '.join(s.order)}; load average {s.load_average:.1f}" for s in steps]
     lines.append("")
+    lines += cpu_table(steps)
     for s in steps:
         lines += [f"## Hops at {s.concurrency} streams (ferry run, from the services' spans)", "", s.hops]
     return "\n".join(lines) + "\n"
+
+
+def cpu_table(steps: list[Step]) -> list[str]:
+    """CPU milliseconds per completed request: ferry's total and each of its components, and vLLM's server's."""
+    if not any(s.cpu_seconds.get("ferry") for s in steps):
+        return []
+    components = sorted({c for s in steps for c in s.cpu_seconds.get("ferry", {})}, key=_component_order)
+    lines = [
+        "## CPU time per completed request (ms, all cores, from /proc)",
+        "",
+        "Each component counts its processes, their threads and children (a worker's or vLLM server's EngineCore)."
+        " Kafka, PostgreSQL and Redis count whatever they did during ferry's run. The worker includes its engine,"
+        " whose OpenMP threads also spin while they wait for work.",
+        "",
+        f"| streams | ferry total | {' | '.join(components)} | ferry without the worker | vLLM server"
+        " | ferry / vLLM server |",
+        "|" + " --- |" * (len(components) + 5),
+    ]
+    for s in steps:
+        ferry = s.cpu_seconds.get("ferry", {})
+        per_request = {c: 1000 * v / max(s.ferry.completed, 1) for c, v in ferry.items()}
+        total = sum(per_request.values())
+        platform_part = sum(v for c, v in per_request.items() if not c.startswith("worker"))
+        vllm_seconds = sum(s.cpu_seconds.get("vllm-direct", {}).values())
+        vllm = 1000 * vllm_seconds / max(s.summaries["vllm-direct"].completed, 1) if vllm_seconds else None
+        cells = [f"{per_request[c]:.1f}" if c in per_request else "n/a" for c in components]
+        ratio = f"{total / vllm:.2f}" if vllm else "n/a"
+        vllm_cell = f"{vllm:.1f}" if vllm else "n/a"
+        lines.append(
+            f"| {s.concurrency} | {total:.1f} | {' | '.join(cells)} | {platform_part:.1f} | {vllm_cell} | {ratio} |"
+        )
+    return [*lines, ""]
+
+
+def _component_order(name: str) -> tuple[int, str]:
+    order = ("ingress", "safety", "batcher", "worker", "kafka", "postgres", "redis")
+    return next((i for i, prefix in enumerate(order) if name.startswith(prefix)), len(order)), name
 
 
 def write(out: Path, steps: list[Step], command: str) -> Path:
@@ -153,6 +205,7 @@ def write(out: Path, steps: list[Step], command: str) -> Path:
                 "concurrency": s.concurrency,
                 "order": s.order,
                 "load_average": s.load_average,
+                "cpu_seconds": s.cpu_seconds,
                 **{name: summary.to_dict() for name, summary in s.summaries.items()},
             }
             for s in steps

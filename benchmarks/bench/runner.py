@@ -24,6 +24,7 @@ class Target:
     base_url: str
     model: str
     api_key: str = "bench"
+    pid: int | None = None  # the serving process, when this benchmark started it (for its CPU time)
 
 
 async def send(client: httpx.AsyncClient, target: Target, request: BenchRequest, timeout_s: float) -> RequestResult:

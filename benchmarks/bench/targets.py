@@ -61,7 +61,7 @@ def vllm_server(model_id: str, path: Path, max_model_len: int, log: Path, kv_cac
         from tests.e2e.platform import wait_healthy  # the one health wait
 
         wait_healthy(f"http://127.0.0.1:{port}", process, time.monotonic() + 300, "vLLM server", log)
-        yield Target(name="vllm-direct", base_url=f"http://127.0.0.1:{port}/v1", model=model_id)
+        yield Target(name="vllm-direct", base_url=f"http://127.0.0.1:{port}/v1", model=model_id, pid=process.pid)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
