@@ -60,7 +60,7 @@ async def measure(engine: Engine, messages: list[ChatMessage], repeats: int, req
     for _ in range(repeats):
         started = time.perf_counter()
         prompt = engine.render_prompt(messages)
-        tokens = len(engine._token_ids(prompt))
+        tokens = len(engine.token_ids(prompt))
         render_ms.append((time.perf_counter() - started) * 1000)
     table = {key_of(messages): (prompt, list(range(tokens)))}
     hit_ms: list[float] = []

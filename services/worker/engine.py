@@ -61,6 +61,15 @@ class GenerationStep:
     cached_tokens: int = 0  # prompt tokens found in the prefix cache (same salt, same leading blocks)
 
 
+@dataclass(frozen=True)
+class TokenScore:
+    """How the model saw one token of a text, given the tokens before it."""
+
+    token_id: int
+    logprob: float  # the token's log-probability
+    top_token_id: int  # the token the model ranked first at this position (== token_id when it guessed right)
+
+
 @dataclass
 class EngineStats:
     """The scheduler's latest figures, updated by vLLM after each engine step."""
@@ -217,7 +226,7 @@ class Engine:
         """Streams the completion of ``prompt``; the last step carries the finish reason. Raises PromptTooLong at once
         when the prompt does not fit; the stream raises EngineError when vLLM fails the request. Requests share cached
         prompt prefixes only when their ``cache_salt`` is the same (vLLM hashes it into the first block)."""
-        token_ids = self._token_ids(prompt)
+        token_ids = self.token_ids(prompt)
         room = self.config.max_model_len - len(token_ids)
         if room < 1:
             raise PromptTooLong(
@@ -249,6 +258,25 @@ class Engine:
                     cached_tokens=output.num_cached_tokens or 0,
                 )
 
+    async def score(self, token_ids: list[int]) -> list[TokenScore]:
+        """Each token of ``token_ids`` after the first, as the model scores it given the ones before: for measuring a
+        variant's quality (perplexity, agreement with another variant), not for serving."""
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import SamplingParams as VllmSamplingParams
+
+        # one generated token is the least vLLM runs; prompt_logprobs=1 adds the top-ranked token at each position
+        params = VllmSamplingParams(max_tokens=1, prompt_logprobs=1, output_kind=RequestOutputKind.FINAL_ONLY)
+        (engine_input,) = await self._llm.renderer.render_cmpl_async([{"prompt_token_ids": token_ids}])
+        scores: list[TokenScore] = []
+        async for output in self._llm.generate(engine_input, params, f"score-{time.monotonic_ns()}"):
+            if output.prompt_logprobs is None:
+                continue
+            for token_id, position in zip(token_ids[1:], output.prompt_logprobs[1:], strict=True):
+                assert position is not None
+                top = next(t for t, lp in position.items() if lp.rank == 1)
+                scores.append(TokenScore(token_id, position[token_id].logprob, top))
+        return scores
+
     @property
     def variant(self) -> str:
         return self.config.variant or (DEFAULT_CPU_VARIANT if self.on_cpu else "auto")
@@ -272,8 +300,9 @@ class Engine:
         del self._llm
         gc.collect()
 
-    def _token_ids(self, text: str) -> list[int]:
-        # Chat templates write their own special tokens.
+    def token_ids(self, text: str) -> list[int]:
+        """The tokens of ``text`` as this model's tokenizer splits it; chat templates write their own special tokens,
+        so none is added."""
         ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False)
         return ids
 
