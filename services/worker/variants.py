@@ -34,8 +34,8 @@ VARIANTS: dict[str, Variant] = {
             "bfloat16",
             cpu_problem="fp8 needs bf16 activations, whose CPU attention garbles the output here",
         ),
-        # a GPTQ-format checkpoint the model store builds from the model's folder (model_store.build_int4)
-        Variant("int4", "gptq", "float16"),
+        # an AWQ-format checkpoint the model store builds from the model's folder (model_store.build_int4)
+        Variant("int4", "awq", "float16"),
     )
 }
 

@@ -63,5 +63,5 @@ async def test_workers_record_the_versions_and_variants_of_the_models_they_host(
     assert [v for v, row in tiny.items() if row["is_default"]] == ["fp32"]
     assert tiny["int8"]["quantization"] == "int8_per_channel_weight_only" and tiny["int8"]["dtype"] == "float16"
     assert tiny["int8"]["enabled"] and tiny["fp16"]["enabled"]
-    assert tiny["int4"]["enabled"] and tiny["int4"]["quantization"] == "gptq"  # a checkpoint the model store builds
+    assert tiny["int4"]["enabled"] and tiny["int4"]["quantization"] == "awq"  # a checkpoint the model store builds
     assert not tiny["fp8"]["enabled"] and not tiny["bf16"]["enabled"]  # cannot run on this CPU
