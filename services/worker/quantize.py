@@ -3,10 +3,11 @@ GPUs. Round-to-nearest, asymmetric (a scale and an integer zero point per group 
 data is needed, and none ships with the models here. Pure: tensors in, tensors out.
 
 Why asymmetric groups of 32: SmolLM2's weights come from a Q4_1 GGUF, itself asymmetric 4-bit in blocks of 32 along
-the input. On the Python language reference its perplexity goes from 14.70 (the float32 folder) to 18.03 this way,
-against 21.99 with the symmetric groups of 64 used before (benchmarks/reports/variants). GPTQ, which corrects rounding
-errors with calibration samples, was tried with a few thousand tokens of the model's own output: it gained on text
-like its calibration samples and lost on other text (24-27), so it is not used.
+the input. On the Python language reference its perplexity goes from 14.70 (the float32 folder) to 18.02 this way,
+against 21.98 with the symmetric groups of 64 used before, at the same speed (benchmarks/reports/variants/
+int4-formats-ab.md). GPTQ, which corrects rounding errors with calibration samples, was tried with a few thousand
+tokens of the model's own output: it gained on text like its calibration samples and lost on other text (26.7 on the
+reference), so it is not used.
 
 The format (AWQ "gemm", as AutoAWQ writes it), for a linear layer's weight W of shape [out, in]:
 - ``qweight`` int32 [in, out / 8]: eight 4-bit values per int32 along the output dimension, in AWQ's order (output
