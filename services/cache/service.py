@@ -12,7 +12,6 @@ from typing import Literal
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from services.cache.config import CacheSettings
 from services.cache.metrics import CacheMetrics
@@ -30,11 +29,11 @@ from services.cache.policy import (
 )
 from services.cache.store import RedisResponseStore
 from shared.contracts import CompletionFinished, CompletionRequested, ReplyEvent, utc_now
+from shared.outages import REDIS_FAILURES
 from shared.settings import CommonSettings
 
 logger = logging.getLogger(__name__)
 
-_FAILURES = (RedisError, OSError, TimeoutError)
 
 CACHE_HEADER = "x-ferry-cache"
 
@@ -119,7 +118,7 @@ class ResponseCache:
             self._metrics.lookups.labels(model, result).inc()
             await self._store.count("hits" if entry is not None else "misses")
             return Lookup(request, decision, model_version, key, entry)
-        except _FAILURES as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("request %s: cache lookup failed (%s); answering live", request.request_id, exc)
             self._metrics.lookups.labels(model, "error").inc()
             return Lookup(request, decision, model_version)  # no key: nothing is stored either
@@ -159,7 +158,7 @@ class ResponseCache:
             return
         try:
             await self._store.put(lookup.key, value, ttl_s)
-        except _FAILURES as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("request %s: cache store failed (%s)", lookup.request.request_id, exc)
             self._metrics.stores.labels(model, "error").inc()
             return
@@ -190,7 +189,7 @@ class ResponseCache:
         while True:
             try:
                 await self.update_figures()
-            except _FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 logger.warning("cache: reading Redis figures failed (%s)", exc)
             await asyncio.sleep(self.settings.stats_interval_s)
 

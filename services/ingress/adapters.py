@@ -1,13 +1,17 @@
 """Adapters of the ingress: its reply topic and the batchers' queue reports (aiokafka), the request publisher
-(FastStream), the model catalog and the tenant directory (PostgreSQL, each with a short cache)."""
+(FastStream), the model catalog and the tenant directory (PostgreSQL, each with a short cache).
+
+Database calls are bounded in time (shared.outages): a database that does not answer turns into DependencyUnavailable
+(a 503 with Retry-After) instead of holding the request, and the last answer read is reused where that is safe."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -29,11 +33,13 @@ from shared.contracts import (
     utc_now,
 )
 from shared.kafka import dead_letter, ensure_topics, publish_message, record_headers, tail
+from shared.outages import DATABASE_FAILURES, Breaker, DependencyUnavailable, bounded
 from shared.registry import ModelRecord, ModelRegistry
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ReplyListener:
@@ -212,22 +218,37 @@ class QueueMonitor:
 
 class TenantDirectory:
     """Tenants and API keys in PostgreSQL. Key checks are cached for a few seconds, so a revoked key stops working
-    within ``ttl_s`` while the database stays off the hot path."""
+    within ``ttl_s`` while the database stays off the hot path. Every call waits at most ``timeout_s`` for the
+    database; while it cannot answer, a key checked within the last ``outage_grace_s`` keeps its last verdict (its
+    clients keep working through a short outage), and any other call raises DependencyUnavailable."""
 
-    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 5.0) -> None:
-        self._pool, self._ttl_s = pool, ttl_s
+    def __init__(
+        self, pool: asyncpg.Pool, ttl_s: float = 5.0, timeout_s: float = 2.0, outage_grace_s: float = 300.0
+    ) -> None:
+        self._pool, self._ttl_s, self._outage_grace_s = pool, ttl_s, outage_grace_s
         self._cache: dict[bytes, tuple[float, Tenant | None]] = {}
+        self._database = Breaker("database", timeout_s, max(ttl_s, 1.0), DATABASE_FAILURES)
+
+    async def _db(self, call: Callable[[], Awaitable[T]]) -> T:
+        return await self._database.call(call)
 
     async def authenticate(self, secret: str) -> Tenant | None:
         digest = key_digest(secret)
         hit = self._cache.get(digest)
         if hit and time.monotonic() - hit[0] < self._ttl_s:
             return hit[1]
-        row = await self._pool.fetchrow(
-            f"SELECT {_TENANT_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
-            " WHERE k.key_digest = $1 AND k.revoked_at IS NULL",
-            digest,
-        )
+        try:
+            row = await self._db(
+                lambda: self._pool.fetchrow(
+                    f"SELECT {_TENANT_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
+                    " WHERE k.key_digest = $1 AND k.revoked_at IS NULL",
+                    digest,
+                )
+            )
+        except DependencyUnavailable:
+            if hit and time.monotonic() - hit[0] < self._outage_grace_s:
+                return hit[1]
+            raise
         tenant = _tenant(row) if row else None
         if len(self._cache) > 100_000:  # unknown keys must not grow memory without bound
             self._cache.clear()
@@ -235,8 +256,9 @@ class TenantDirectory:
         return tenant
 
     async def upsert_tenant(self, tenant: Tenant) -> None:
-        await self._pool.execute(
-            """INSERT INTO tenants (id, name, requests_per_minute, tokens_per_minute, monthly_token_quota,
+        await self._db(
+            lambda: self._pool.execute(
+                """INSERT INTO tenants (id, name, requests_per_minute, tokens_per_minute, monthly_token_quota,
                  retention_days, max_priority, default_priority, default_profile, cache_shared_scope, cache_sampled,
                  default_variant)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -247,83 +269,103 @@ class TenantDirectory:
                  default_profile = EXCLUDED.default_profile, cache_shared_scope = EXCLUDED.cache_shared_scope,
                  cache_sampled = EXCLUDED.cache_sampled, default_variant = EXCLUDED.default_variant,
                  updated_at = now()""",
-            tenant.id,
-            tenant.name,
-            tenant.requests_per_minute,
-            tenant.tokens_per_minute,
-            tenant.monthly_token_quota,
-            tenant.retention_days,
-            tenant.max_priority,
-            tenant.default_priority,
-            tenant.default_profile,
-            tenant.cache_shared_scope,
-            tenant.cache_sampled,
-            tenant.default_variant,
+                tenant.id,
+                tenant.name,
+                tenant.requests_per_minute,
+                tenant.tokens_per_minute,
+                tenant.monthly_token_quota,
+                tenant.retention_days,
+                tenant.max_priority,
+                tenant.default_priority,
+                tenant.default_profile,
+                tenant.cache_shared_scope,
+                tenant.cache_sampled,
+                tenant.default_variant,
+            )
         )
 
     async def tenant(self, tenant_id: str) -> Tenant | None:
-        row = await self._pool.fetchrow(f"SELECT {_TENANT_COLUMNS} FROM tenants t WHERE t.id = $1", tenant_id)
+        row = await self._db(
+            lambda: self._pool.fetchrow(f"SELECT {_TENANT_COLUMNS} FROM tenants t WHERE t.id = $1", tenant_id)
+        )
         return _tenant(row) if row else None
 
     async def tenants(self) -> list[Tenant]:
-        return [_tenant(r) for r in await self._pool.fetch(f"SELECT {_TENANT_COLUMNS} FROM tenants t ORDER BY t.id")]
+        rows = await self._db(lambda: self._pool.fetch(f"SELECT {_TENANT_COLUMNS} FROM tenants t ORDER BY t.id"))
+        return [_tenant(r) for r in rows]
 
     async def create_key(self, tenant_id: str, name: str = "") -> NewKey:
         key = new_api_key()
-        await self._pool.execute(
-            "INSERT INTO api_keys (id, tenant_id, name, key_digest, key_prefix) VALUES ($1, $2, $3, $4, $5)",
-            key.id,
-            tenant_id,
-            name,
-            key.digest,
-            key.prefix,
+        await self._db(
+            lambda: self._pool.execute(
+                "INSERT INTO api_keys (id, tenant_id, name, key_digest, key_prefix) VALUES ($1, $2, $3, $4, $5)",
+                key.id,
+                tenant_id,
+                name,
+                key.digest,
+                key.prefix,
+            )
         )
         return key
 
     async def keys(self, tenant_id: str | None = None) -> list[asyncpg.Record]:
-        return await self._pool.fetch(
-            "SELECT id, tenant_id, name, key_prefix, created_at, revoked_at FROM api_keys"
-            " WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY created_at",
-            tenant_id,
+        return await self._db(
+            lambda: self._pool.fetch(
+                "SELECT id, tenant_id, name, key_prefix, created_at, revoked_at FROM api_keys"
+                " WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY created_at",
+                tenant_id,
+            )
         )
 
     async def key(self, key_id: str) -> asyncpg.Record | None:
-        return await self._pool.fetchrow(
-            "SELECT id, tenant_id, name, key_prefix, created_at, revoked_at FROM api_keys WHERE id = $1", key_id
+        return await self._db(
+            lambda: self._pool.fetchrow(
+                "SELECT id, tenant_id, name, key_prefix, created_at, revoked_at FROM api_keys WHERE id = $1", key_id
+            )
         )
 
     async def revoke_key(self, key_id: str) -> bool:
-        status = await self._pool.execute(
-            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
+        status = await self._db(
+            lambda: self._pool.execute(
+                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
+            )
         )
         return status.endswith(" 1")
 
     async def is_admin(self, secret: str) -> bool:
         """Whether ``secret`` is an active admin key (not cached: admin calls are rare, revocation is immediate)."""
-        row = await self._pool.fetchval(
-            "SELECT 1 FROM admin_keys WHERE key_digest = $1 AND revoked_at IS NULL", key_digest(secret)
+        row = await self._db(
+            lambda: self._pool.fetchval(
+                "SELECT 1 FROM admin_keys WHERE key_digest = $1 AND revoked_at IS NULL", key_digest(secret)
+            )
         )
         return row is not None
 
     async def create_admin_key(self, name: str = "") -> NewKey:
         key = new_api_key(ADMIN_KEY_PREFIX)
-        await self._pool.execute(
-            "INSERT INTO admin_keys (id, name, key_digest, key_prefix) VALUES ($1, $2, $3, $4)",
-            key.id,
-            name,
-            key.digest,
-            key.prefix,
+        await self._db(
+            lambda: self._pool.execute(
+                "INSERT INTO admin_keys (id, name, key_digest, key_prefix) VALUES ($1, $2, $3, $4)",
+                key.id,
+                name,
+                key.digest,
+                key.prefix,
+            )
         )
         return key
 
     async def admin_keys(self) -> list[asyncpg.Record]:
-        return await self._pool.fetch(
-            "SELECT id, name, key_prefix, created_at, revoked_at FROM admin_keys ORDER BY created_at"
+        return await self._db(
+            lambda: self._pool.fetch(
+                "SELECT id, name, key_prefix, created_at, revoked_at FROM admin_keys ORDER BY created_at"
+            )
         )
 
     async def revoke_admin_key(self, key_id: str) -> bool:
-        status = await self._pool.execute(
-            "UPDATE admin_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
+        status = await self._db(
+            lambda: self._pool.execute(
+                "UPDATE admin_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
+            )
         )
         return status.endswith(" 1")
 
@@ -339,17 +381,27 @@ def _tenant(row: asyncpg.Record) -> Tenant:
 
 
 class ModelCatalog:
-    """Registry lookups for every request, cached for a few seconds so the database is not on the hot path."""
+    """Registry lookups for every request, cached for a few seconds so the database is not on the hot path. A lookup
+    waits at most ``timeout_s``; while the database cannot answer, the models last read are served (models change
+    rarely), and only an ingress that never read them raises DependencyUnavailable."""
 
-    def __init__(self, registry: ModelRegistry, ttl_s: float) -> None:
-        self._registry, self._ttl_s = registry, ttl_s
-        self._models: dict[str, ModelRecord] = {}
+    def __init__(self, registry: ModelRegistry, ttl_s: float, timeout_s: float = 2.0) -> None:
+        self._registry, self._ttl_s, self._timeout_s = registry, ttl_s, timeout_s
+        self._models: dict[str, ModelRecord] | None = None
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
 
     async def all(self) -> dict[str, ModelRecord]:
         async with self._lock:
             if time.monotonic() - self._loaded_at > self._ttl_s:
-                self._models = {m.id: m for m in await self._registry.enabled()}
+                try:
+                    enabled = await bounded("database", self._timeout_s, DATABASE_FAILURES, self._registry.enabled())
+                    self._models = {m.id: m for m in enabled}
+                except DependencyUnavailable:
+                    if self._models is None:
+                        raise
+                    logger.warning("PostgreSQL did not answer a registry lookup; serving the models last read")
+                # a failed lookup is retried after ttl_s too, not by every request queued on the lock
                 self._loaded_at = time.monotonic()
+        assert self._models is not None
         return self._models

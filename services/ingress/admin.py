@@ -258,7 +258,7 @@ async def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     pool = await connect_pool(CommonSettings().postgres_dsn)
     try:
-        return await run(args, TenantDirectory(pool, ttl_s=0))
+        return await run(args, TenantDirectory(pool, ttl_s=0, timeout_s=30))  # a command waits longer than a request
     finally:
         await pool.close()
 

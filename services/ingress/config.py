@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,33 @@ class IngressSettings(BaseSettings):
     model_cache_s: float = Field(5.0, ge=0, description="How long a registry lookup is reused.")
     auth_cache_s: float = Field(
         5.0, ge=0, description="How long an API key check is reused; a revoked key works at most this long."
+    )
+    postgres_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="Longest a key check or registry lookup waits for PostgreSQL. Past it, the last answer read is "
+        "reused (see auth_outage_grace_s), else the request gets 503 database_unavailable with Retry-After.",
+    )
+    auth_outage_grace_s: float = Field(
+        300.0,
+        ge=0,
+        description="While PostgreSQL cannot answer, a key checked within this long keeps its last verdict, so its "
+        "clients ride out a short outage; a revocation made during the outage cannot be seen until it ends.",
+    )
+    redis_timeout_s: float = Field(
+        0.5, gt=0, description="Longest a rate-limit check waits for Redis before rate_limits_unavailable applies."
+    )
+    rate_limits_unavailable: Literal["allow", "refuse"] = Field(
+        "allow",
+        description="What a request gets when Redis cannot check its tenant's limits. allow: it is served uncounted "
+        "(ferry_ingress_limits_unchecked counts them), so a Redis outage does not stop the API. refuse: 503 "
+        "rate_limits_unavailable with Retry-After, for deployments where no request may pass unmetered.",
+    )
+    publish_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Longest the ingress waits for Kafka to take a request; past it the client gets 503 "
+        "queue_unavailable, and a cancel follows in case the record reaches Kafka later.",
     )
     prompt_screening: PromptScreening = Field(
         "before",

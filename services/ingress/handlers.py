@@ -59,6 +59,7 @@ from shared.contracts import (
     RequestCancelled,
     utc_now,
 )
+from shared.outages import DependencyUnavailable
 from shared.telemetry import context_from, current_trace_context
 
 logger = logging.getLogger(__name__)
@@ -251,13 +252,17 @@ async def _serve(  # type: ignore[no-untyped-def]
             cleared = message.prompt_screening == "before"  # else nothing is released before the safety stage's verdict
             events = deps.cache.record(cached, deps.listener.expect(request_id, deadline_at, cleared))
             try:
-                await deps.publisher.publish(message)
-            except Exception:
+                async with asyncio.timeout(deps.settings.publish_timeout_s):
+                    await deps.publisher.publish(message)
+            except Exception as exc:
                 deps.listener.forget(request_id)
-                if not cleared:  # one of its two records may have gone out: stop work whose output nobody will read
+                if isinstance(exc, TimeoutError) or not cleared:
+                    # a record may still reach Kafka (it waits in the producer; or one of the two records of a prompt
+                    # screened beside generation went out): stop work whose output nobody will read
                     cancelled = RequestCancelled(request_id=request_id, model=body.model, reason="requested")
                     deps.spawn(deps.publisher.cancel(cancelled), f"cancel of {request_id}")
-                deps.spawn(deps.limiter.settle(charge, 0), f"refund of {request_id}")
+                if charge is not None:
+                    deps.spawn(deps.limiter.settle(charge, 0), f"refund of {request_id}")
                 logger.exception("request %s: could not publish", request_id)
                 raise ApiError(
                     503,
@@ -283,7 +288,8 @@ async def _serve(  # type: ignore[no-untyped-def]
             used = event.usage.total_tokens
             deps.metrics.tokens.labels(body.model, "prompt").inc(event.usage.prompt_tokens)
             deps.metrics.tokens.labels(body.model, "completion").inc(event.usage.completion_tokens)
-        deps.spawn(deps.limiter.settle(charge, used), f"settlement of {request_id}")
+        if charge is not None:
+            deps.spawn(deps.limiter.settle(charge, used), f"settlement of {request_id}")
 
     def on_abandoned(reason: Literal["client_disconnected", "deadline_exceeded"]) -> None:
         if cached.entry is not None:
@@ -368,8 +374,16 @@ def _timeout(header: str | None, settings: IngressSettings) -> float:
     return value
 
 
-async def _charge(deps: IngressDeps, tenant: Tenant, tokens: int, headers: dict[str, str]) -> Charge:
-    admission = await deps.limiter.admit(tenant, tokens)
+async def _charge(deps: IngressDeps, tenant: Tenant, tokens: int, headers: dict[str, str]) -> Charge | None:
+    """Checks and charges the tenant's limits; None when Redis could not check them and the settings let the
+    request through unchecked."""
+    try:
+        admission = await deps.limiter.admit(tenant, tokens)
+    except DependencyUnavailable:
+        if deps.settings.rate_limits_unavailable == "refuse":
+            raise
+        deps.metrics.limits_unchecked.inc()  # the outage itself is logged once a second, not once a request
+        return None
     if admission.allowed:
         assert admission.charge is not None
         return admission.charge
@@ -435,6 +449,18 @@ def install_error_handlers(app: FastAPI) -> None:
             if exc.status in (429, 503) and exc.code:
                 deps.metrics.refused.labels(exc.code).inc()
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(DependencyUnavailable)
+    async def on_dependency_unavailable(request: Request, exc: DependencyUnavailable) -> JSONResponse:
+        logger.warning("%s %s: %s (%r)", request.method, request.url.path, exc, exc.__cause__)
+        error = ApiError(
+            503,
+            f"The platform's {exc.dependency.replace('_', ' ')} did not answer in time; try again shortly.",
+            "service_unavailable_error",
+            code=f"{exc.dependency}_unavailable",
+            headers={"Retry-After": "1"},
+        )
+        return await on_api_error(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

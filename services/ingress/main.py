@@ -46,17 +46,20 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
         await listener.start()
         queues = QueueMonitor(common)
         await queues.start()
-        redis = Redis.from_url(common.redis_url)
+        timeout = settings.redis_timeout_s
+        redis = Redis.from_url(common.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         await redis.ping()
         cache = ResponseCache.open(common, CacheSettings(), metrics)
         deps = app.state.deps = IngressDeps(
             settings=settings,
-            catalog=ModelCatalog(ModelRegistry(pool), settings.model_cache_s),
+            catalog=ModelCatalog(ModelRegistry(pool), settings.model_cache_s, settings.postgres_timeout_s),
             publisher=RequestPublisher(common, broker),
             listener=listener,
             tracer=tracer,
-            tenants=TenantDirectory(pool, settings.auth_cache_s),
-            limiter=RateLimiter(redis, namespace=common.topic_prefix),
+            tenants=TenantDirectory(
+                pool, settings.auth_cache_s, settings.postgres_timeout_s, settings.auth_outage_grace_s
+            ),
+            limiter=RateLimiter(redis, common.topic_prefix, settings.redis_timeout_s),
             queues=queues,
             metrics=IngressMetrics(metrics),
             cache=cache,

@@ -21,6 +21,12 @@ class IngressMetrics:
             ["reason"],
             registry=registry,
         )
+        self.limits_unchecked = Counter(
+            "ferry_ingress_limits_unchecked",
+            "Requests let through without a rate-limit check because Redis did not answer "
+            "(FERRY_INGRESS_RATE_LIMITS_UNAVAILABLE=allow).",
+            registry=registry,
+        )
         self.cancelled = Counter(
             "ferry_ingress_cancellations",
             "Cancellations published, by reason (client_disconnected, deadline_exceeded).",

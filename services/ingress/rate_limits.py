@@ -3,10 +3,12 @@
 Requests and tokens per minute use a sliding window approximated from two fixed one-minute windows (the previous
 window's count weighted by how much of it still overlaps the last minute), checked and charged in one Lua script so
 two instances cannot both take the last unit. Tokens are charged at admission from an estimate and settled when the
-request finishes."""
+request finishes. A check waits at most ``timeout_s`` for Redis; a failure or timeout raises DependencyUnavailable,
+and the caller decides whether the request passes unchecked."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +16,9 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 
 from services.ingress.tenants import Tenant
+from shared.outages import REDIS_FAILURES, Breaker, DependencyUnavailable
+
+logger = logging.getLogger(__name__)
 
 WINDOW_MS = 60_000
 
@@ -82,8 +87,9 @@ class Charge:
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, namespace: str) -> None:
+    def __init__(self, redis: Redis, namespace: str, timeout_s: float = 0.5) -> None:
         self._ns = namespace
+        self._redis = Breaker("rate_limits", timeout_s, 1.0, REDIS_FAILURES)
         self._check_and_charge = redis.register_script(_CHECK_AND_CHARGE)
         self._settle = redis.register_script(_SETTLE)
 
@@ -101,16 +107,18 @@ class RateLimiter:
         now = now or datetime.now(UTC)
         now_ms = int(now.timestamp() * 1000)
         window, month = now_ms // WINDOW_MS, now.strftime("%Y%m")
-        allowed, wait_ms, limit = await self._check_and_charge(
-            keys=self._keys(tenant.id, window, month),
-            args=[
-                now_ms,
-                WINDOW_MS,
-                tenant.requests_per_minute or 0,
-                tenant.tokens_per_minute or 0,
-                tokens,
-                tenant.monthly_token_quota or 0,
-            ],
+        allowed, wait_ms, limit = await self._redis.call(
+            lambda: self._check_and_charge(
+                keys=self._keys(tenant.id, window, month),
+                args=[
+                    now_ms,
+                    WINDOW_MS,
+                    tenant.requests_per_minute or 0,
+                    tenant.tokens_per_minute or 0,
+                    tokens,
+                    tenant.monthly_token_quota or 0,
+                ],
+            )
         )
         limit = limit.decode() if isinstance(limit, bytes) else str(limit)
         if allowed:
@@ -127,7 +135,11 @@ class RateLimiter:
         if delta == 0:
             return
         keys = self._keys(charge.tenant_id, charge.window, charge.month)
-        await self._settle(keys=[keys[2], keys[4]], args=[delta])
+        try:
+            await self._redis.call(lambda: self._settle(keys=[keys[2], keys[4]], args=[delta]))
+        except DependencyUnavailable:
+            # the admission estimate stays charged: the tenant is over-counted, never under
+            logger.warning("Redis did not take a settlement of tenant %s's tokens (%+d)", charge.tenant_id, delta)
 
 
 def _seconds_to_next_month(now: datetime) -> int:

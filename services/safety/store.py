@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ import asyncpg
 from services.safety.auth import hash_password, new_session_token, token_hash, verify_password
 from services.safety.policy import DEFAULT_POLICY, Policy, priority
 from shared.contracts import ContentFlagged, utc_now
+from shared.outages import DATABASE_FAILURES, DependencyUnavailable, bounded
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "*"
 
@@ -21,10 +25,13 @@ Act = Callable[[dict[str, Any]], Awaitable[tuple[list[str], str | None]]]
 
 
 class PolicyStore:
-    """Per-tenant policies with a short in-memory cache (policy edits apply within ``ttl_s``)."""
+    """Per-tenant policies with a short in-memory cache (policy edits apply within ``ttl_s``). A read waits at most
+    ``timeout_s`` for the database; while it cannot answer, a tenant's policy last read stays in force (policies
+    change rarely), and only a tenant whose policy was never read raises DependencyUnavailable: its poll is screened
+    again once the database answers, never under a policy that may not be the tenant's."""
 
-    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 10.0) -> None:
-        self._pool, self._ttl = pool, ttl_s
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 10.0, timeout_s: float = 2.0) -> None:
+        self._pool, self._ttl, self._timeout_s = pool, ttl_s, timeout_s
         self._cache: dict[str, tuple[float, Policy]] = {}
 
     async def get(self, tenant_id: str | None) -> Policy:
@@ -33,9 +40,17 @@ class PolicyStore:
         now = time.monotonic()
         if hit and now - hit[0] < self._ttl:
             return hit[1]
-        rows = await self._pool.fetch(
-            "SELECT tenant_id, policy FROM safety_policies WHERE tenant_id = ANY($1::text[])", [key, DEFAULT_TENANT]
-        )
+        query = "SELECT tenant_id, policy FROM safety_policies WHERE tenant_id = ANY($1::text[])"
+        try:
+            rows = await bounded(
+                "database", self._timeout_s, DATABASE_FAILURES, self._pool.fetch(query, [key, DEFAULT_TENANT])
+            )
+        except DependencyUnavailable:
+            if hit is None:
+                raise
+            logger.warning("PostgreSQL did not answer; tenant %s's policy last read stays in force", key)
+            self._cache[key] = (now, hit[1])  # asked again after ttl_s, not by every request meanwhile
+            return hit[1]
         found = {r["tenant_id"]: r["policy"] for r in rows}
         raw = found.get(key, found.get(DEFAULT_TENANT))
         policy = Policy.model_validate_json(raw) if raw else DEFAULT_POLICY

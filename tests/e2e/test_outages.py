@@ -1,0 +1,195 @@
+"""When PostgreSQL or Redis stops answering, the ingress answers in bounded time: known keys keep working, unknown
+ones get 503 at once, and rate limits are skipped or enforced as configured. The servers are the real ones; a TCP
+proxy in front of them stops passing bytes, which is what a stopped server or a network partition looks like to a
+client (connections stay open, nothing comes back)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from tests.e2e.platform import TINY_MODEL, Platform, Service, free_port, start_extra, stop_service
+
+CHAT = "/v1/chat/completions"
+
+
+class FreezableProxy:
+    """A TCP proxy to ``host:port`` that can be frozen: while frozen it accepts connections and holds every byte."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="freezable-proxy", daemon=True)
+        self.port = 0
+
+    def __enter__(self) -> FreezableProxy:
+        self._thread.start()
+        assert self._started.wait(10), "the proxy did not start"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._flowing.set()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._started.set()
+        self._loop.run_forever()
+        server.close()
+
+    async def _serve(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        try:
+            server_in, server_out = await asyncio.open_connection(*self._target)
+        except OSError:
+            client_out.close()
+            return
+        await asyncio.gather(
+            self._pipe(client_in, server_out), self._pipe(server_in, client_out), return_exceptions=True
+        )
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                while not self._flowing.is_set():
+                    await asyncio.sleep(0.02)
+                sink.write(data)
+                await sink.drain()
+        finally:
+            sink.close()
+
+
+def through(url: str, proxy: FreezableProxy) -> str:
+    """``url`` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+
+
+@dataclass
+class Outages:
+    postgres: FreezableProxy
+    redis: FreezableProxy
+    lenient: str  # base URL of an ingress that lets requests through unchecked while Redis is down (the default)
+    strict: str  # one with FERRY_INGRESS_RATE_LIMITS_UNAVAILABLE=refuse
+
+
+@pytest.fixture(scope="module")
+def outages(platform: Platform) -> Iterator[Outages]:
+    postgres = urlsplit(platform.env["FERRY_POSTGRES_DSN"])
+    redis = urlsplit(platform.common.redis_url)
+    with (
+        FreezableProxy(postgres.hostname or "127.0.0.1", postgres.port or 5432) as pg_proxy,
+        FreezableProxy(redis.hostname or "127.0.0.1", redis.port or 6379) as redis_proxy,
+    ):
+        first = next(s for s in platform.services if s.name == "ingress")
+        started: list[Service] = []
+        try:
+            for name, mode in (("lenient", "allow"), ("strict", "refuse")):
+                port = free_port()
+                env = first.env | {
+                    "FERRY_INGRESS_PORT": str(port),
+                    "FERRY_INGRESS_INSTANCE_ID": f"{name}-{uuid.uuid4().hex[:6]}",
+                    "FERRY_POSTGRES_DSN": through(platform.env["FERRY_POSTGRES_DSN"], pg_proxy),
+                    "FERRY_REDIS_URL": through(platform.common.redis_url, redis_proxy),
+                    "FERRY_INGRESS_POSTGRES_TIMEOUT_S": "1",
+                    "FERRY_INGRESS_REDIS_TIMEOUT_S": "0.3",
+                    "FERRY_INGRESS_RATE_LIMITS_UNAVAILABLE": mode,
+                }
+                started.append(start_extra(platform, Service(f"ingress-{name}", "services.ingress.main", port, env)))
+            yield Outages(pg_proxy, redis_proxy, *(f"http://127.0.0.1:{s.port}" for s in started))
+        finally:
+            for service in started:
+                stop_service(service)
+
+
+def chat(base_url: str, key: str) -> httpx.Response:
+    body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    return httpx.post(f"{base_url}{CHAT}", json=body, headers={"authorization": f"Bearer {key}"}, timeout=60)
+
+
+def assert_unavailable(response: httpx.Response, code: str) -> None:
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["type"] == "service_unavailable_error" and error["code"] == code and error["message"]
+    assert response.headers["retry-after"] == "1"
+
+
+def unchecked(base_url: str) -> float:
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    match = re.search(r"^ferry_ingress_limits_unchecked_total ([0-9.e+]+)$", text, re.MULTILINE)
+    assert match, "the ingress exports ferry_ingress_limits_unchecked_total"
+    return float(match.group(1))
+
+
+def test_while_redis_hangs_requests_pass_unchecked_or_get_503_as_configured(
+    platform: Platform, outages: Outages
+) -> None:
+    key = platform.new_tenant(f"redis-outage-{uuid.uuid4().hex[:6]}", "--rpm", "100")
+    for url in (outages.lenient, outages.strict):
+        assert chat(url, key).status_code == 200
+    before = unchecked(outages.lenient)
+    outages.redis.freeze()
+    try:
+        started = time.monotonic()
+        served = chat(outages.lenient, key)
+        assert served.status_code == 200, served.text
+        assert served.json()["choices"][0]["message"]["content"]
+        assert unchecked(outages.lenient) == before + 1
+        assert_unavailable(chat(outages.strict, key), "rate_limits_unavailable")
+        # bounded by the Redis timeouts (0.3 s here), not by a client or socket default
+        assert time.monotonic() - started < 30
+    finally:
+        outages.redis.thaw()
+    deadline = time.monotonic() + 30
+    while (response := chat(outages.strict, key)).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)  # the limiter skips Redis for a second after a failure
+    assert response.status_code == 200, response.text
+    assert unchecked(outages.lenient) == before + 1  # counted again once Redis answers
+    chat(outages.lenient, key).raise_for_status()
+    assert unchecked(outages.lenient) == before + 1
+
+
+def test_while_postgres_hangs_known_keys_keep_working_and_unknown_ones_get_503(
+    platform: Platform, outages: Outages
+) -> None:
+    known = platform.new_tenant(f"pg-known-{uuid.uuid4().hex[:6]}")
+    unknown = platform.new_tenant(f"pg-unknown-{uuid.uuid4().hex[:6]}")
+    assert chat(outages.lenient, known).status_code == 200  # checked once, before the outage
+    outages.postgres.freeze()
+    try:
+        time.sleep(1.0)  # past the key-check cache (0.5 s in these tests): the database is asked again
+        started = time.monotonic()
+        served = chat(outages.lenient, known)
+        assert served.status_code == 200, served.text
+        assert_unavailable(chat(outages.lenient, unknown), "database_unavailable")
+        models = httpx.get(f"{outages.lenient}/v1/models", headers={"authorization": f"Bearer {known}"}, timeout=60)
+        assert models.status_code == 200 and TINY_MODEL in {m["id"] for m in models.json()["data"]}
+        assert time.monotonic() - started < 30
+    finally:
+        outages.postgres.thaw()
+    deadline = time.monotonic() + 30
+    while (response := chat(outages.lenient, unknown)).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert response.status_code == 200, response.text
