@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,19 +17,14 @@ from pathlib import Path
 from benchmarks.bench.metrics import RequestResult
 from benchmarks.bench.prompts import BenchRequest
 from benchmarks.bench.runner import Load, Target, drive
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from shared.ports import free_port
 
 
 @contextmanager
 def vllm_server(model_id: str, path: Path, max_model_len: int, log: Path, kv_cache_gib: int = 1) -> Iterator[Target]:
     """vLLM's own OpenAI server on ``path``, configured as ferry's worker runs the engine (float32 and eager on CPU,
     the same KV cache), so that a comparison measures the platform's overhead and not a different engine setup."""
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable,
         "-m",

@@ -21,8 +21,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.scaler.supervisor import free_port
 from shared.kafka import delete_topics, ensure_topics
+from shared.ports import free_port
 from shared.settings import CommonSettings
 from tests.e2e.platform import wait_healthy
 

@@ -70,6 +70,7 @@ _FAILURE_STATUS = {
     "model_unavailable": (503, "service_unavailable_error"),
     "variant_unavailable": (400, "invalid_request_error"),
     "content_blocked": (400, "invalid_request_error"),  # the safety stage or output screening refused the content
+    "screening_unavailable": (503, "service_unavailable_error"),  # a tenant's safety policy could not be read
 }
 
 
@@ -81,8 +82,14 @@ DEADLINE_EXCEEDED = ApiError(
 def failure_error(failure: GenerationFailed) -> ApiError:
     status, type_ = _FAILURE_STATUS.get(failure.code, (503, "server_error"))
     code = "content_policy_violation" if failure.code == "content_blocked" else failure.code
+    retry = {"Retry-After": "1"} if failure.retryable and status == 503 else None
     return ApiError(
-        status, failure.message, type_, param="variant" if code == "variant_unavailable" else None, code=code
+        status,
+        failure.message,
+        type_,
+        param="variant" if code == "variant_unavailable" else None,
+        code=code,
+        headers=retry,
     )
 
 

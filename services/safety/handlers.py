@@ -29,11 +29,12 @@ from services.safety.config import SafetySettings
 from services.safety.guard import GuardCheck, GuardVerdict
 from services.safety.metrics import SafetyMetrics
 from services.safety.policy import decide, escalate
-from services.safety.review import prompt_verdict
+from services.safety.review import prompt_verdict, unscreened
 from services.safety.screening import Screener, Screening, combine, prompt_text
 from services.safety.store import PolicyStore, ReviewStore
 from shared.contracts import CompletionRequested, ContentFlagged
 from shared.kafka import Rejected, dead_letter, decode, publish_message, record_headers
+from shared.outages import DependencyUnavailable
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
 
@@ -129,9 +130,21 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
             context=context_from(request.trace_context),
             attributes={"ferry.request_id": request.request_id},
         ) as span:
-            policy = await deps.policies.get(request.tenant_id)
-            decision = decide(screening.scores, policy.prompt)
             rid = request.request_id
+            try:
+                policy = await deps.policies.get(request.tenant_id)
+            except DependencyUnavailable:
+                # the tenant's policy was never read and the database does not answer: this one request is refused
+                # (retryable), rather than judged under a policy that may not be its tenant's or left to stall the poll
+                span.set_attribute("ferry.safety.action", "unavailable")
+                metrics.prompts.labels("unavailable").inc()
+                logger.warning("request %s: tenant %s's policy is unavailable; refused", rid, request.tenant_id)
+                for message, topic in unscreened(request, topics):
+                    confirmations.append(
+                        await publish_message(broker, message, topic, key=rid, request_id=rid, confirm=False)
+                    )
+                continue
+            decision = decide(screening.scores, policy.prompt)
             verdict = verdicts.get(i)
             if verdict is not None:
                 fallback = deps.settings.guard_fallback if verdict.needs_fallback else "none"

@@ -34,6 +34,26 @@ def blocked_failure(
     )
 
 
+SCREENING_UNAVAILABLE = "screening_unavailable"
+
+
+def unscreened(request: CompletionRequested, topics: Topics) -> list[tuple[Message, str]]:
+    """What the stage sends for a prompt it cannot judge (the tenant's policy cannot be read): a retryable failure to
+    the requester, and a cancel of the generation already under way for a prompt screened beside it."""
+    rid = request.request_id
+    failure = GenerationFailed(
+        request_id=rid,
+        sequence=0,
+        code=SCREENING_UNAVAILABLE,
+        message="the prompt could not be screened: the tenant's safety policy is unavailable; try again shortly",
+        retryable=True,
+    )
+    sends: list[tuple[Message, str]] = [(failure, request.reply_topic)]
+    if request.prompt_screening == "beside":
+        sends.append((RequestCancelled(request_id=rid, model=request.model, reason="requested"), topics.cancellations))
+    return sends
+
+
 def prompt_verdict(
     request: CompletionRequested, action: Action, categories: list[str] | tuple[str, ...], topics: Topics
 ) -> list[tuple[Message, str]]:

@@ -27,8 +27,8 @@ Act = Callable[[dict[str, Any]], Awaitable[tuple[list[str], str | None]]]
 class PolicyStore:
     """Per-tenant policies with a short in-memory cache (policy edits apply within ``ttl_s``). A read waits at most
     ``timeout_s`` for the database; while it cannot answer, a tenant's policy last read stays in force (policies
-    change rarely), and only a tenant whose policy was never read raises DependencyUnavailable: its poll is screened
-    again once the database answers, never under a policy that may not be the tenant's."""
+    change rarely), and only a tenant whose policy was never read raises DependencyUnavailable: its request is
+    refused as retryable, never judged under a policy that may not be the tenant's."""
 
     def __init__(self, pool: asyncpg.Pool, ttl_s: float = 10.0, timeout_s: float = 2.0) -> None:
         self._pool, self._ttl, self._timeout_s = pool, ttl_s, timeout_s

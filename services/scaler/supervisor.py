@@ -11,7 +11,6 @@ import itertools
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,13 @@ from typing import Literal
 
 import httpx
 
+from shared.ports import free_port
+
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 
 State = Literal["starting", "ready", "draining"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

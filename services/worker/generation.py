@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from services.safety.output import ContentBlocked, OutputGuard
+from services.safety.review import SCREENING_UNAVAILABLE
 from services.worker.engine import Engine, PromptTooLong
 from shared.contracts import (
     CompletionFinished,
@@ -24,6 +25,7 @@ from shared.contracts import (
     Usage,
     utc_now,
 )
+from shared.outages import DependencyUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +200,18 @@ async def serve_request(
                 sequence=sequence,
                 code="context_length_exceeded",
                 message=str(exc),
+            ),
+        )
+        return True
+    except DependencyUnavailable:  # the output screening could not read the tenant's policy
+        await publish(
+            request,
+            GenerationFailed(
+                request_id=request.request_id,
+                sequence=sequence,
+                code=SCREENING_UNAVAILABLE,
+                message="the output could not be screened: the tenant's safety policy is unavailable",
+                retryable=True,
             ),
         )
         return True

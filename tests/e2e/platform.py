@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import httpx
 from redis.asyncio import Redis
 
 from shared.kafka import delete_topics
+from shared.ports import free_port
 from shared.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,12 +28,6 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random"
 # the model folders the tests share (built once, reused by every run): FERRY_MODELS_DIR or the installs' cache
 MODELS_DIR = Path(os.environ.get("FERRY_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -9,7 +9,15 @@ from datetime import timedelta
 import pytest
 
 from services.ingress.protocol import ChatCompletionRequest
-from services.ingress.serving import ApiError, ReleaseGate, Submission, collect, stream_sse, to_completion_requested
+from services.ingress.serving import (
+    ApiError,
+    ReleaseGate,
+    Submission,
+    collect,
+    failure_error,
+    stream_sse,
+    to_completion_requested,
+)
 from shared.contracts import (
     CompletionFinished,
     GenerationFailed,
@@ -145,3 +153,17 @@ def test_output_screened_beside_generation_is_held_until_the_prompt_is_cleared()
     gate = ReleaseGate(cleared=False)
     assert gate.admit(delta) == [] and gate.admit(blocked) == [blocked]  # the failure ends it; the text never goes
     assert ReleaseGate(cleared=True).admit(delta) == [delta]  # screened before generation: nothing to hold
+
+
+def test_a_retryable_failure_of_the_platform_is_a_503_with_retry_after_and_a_refusal_is_not() -> None:
+    unavailable = failure_error(
+        GenerationFailed(request_id="r", sequence=0, code="screening_unavailable", message="m", retryable=True)
+    )
+    assert (unavailable.status, unavailable.type, unavailable.code) == (
+        503,
+        "service_unavailable_error",
+        "screening_unavailable",
+    )
+    assert unavailable.headers == {"Retry-After": "1"}
+    blocked = failure_error(GenerationFailed(request_id="r", sequence=0, code="content_blocked", message="m"))
+    assert (blocked.status, blocked.code, blocked.headers) == (400, "content_policy_violation", {})

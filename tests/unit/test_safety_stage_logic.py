@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from services.safety.cache import ScreeningCache
 from services.safety.guard import verdict_of
 from services.safety.policy import DEFAULT_POLICY, Decision, decide, escalate
-from services.safety.review import deliveries, expiry_deliveries, prompt_verdict
+from services.safety.review import deliveries, expiry_deliveries, prompt_verdict, unscreened
 from services.safety.screening import Screener
 from shared.contracts import (
     ChatMessage,
@@ -169,3 +169,14 @@ def test_a_held_prompt_screened_beside_generation_is_cleared_to_its_requester_on
     (rejected,) = deliveries("prompt", held, None, None, "r1", "reject", ["pii"], ["pii"])
     assert rejected.reply and isinstance(rejected.message, GenerationFailed)
     assert rejected.message.code == "content_blocked"
+
+
+def test_a_prompt_whose_policy_cannot_be_read_is_refused_as_retryable_and_its_generation_beside_cancelled() -> None:
+    topics = Topics("t.")
+    before, beside = _request(), _request().model_copy(update={"prompt_screening": "beside"})
+    ((failure, topic),) = unscreened(before, topics)
+    assert topic == "replies" and isinstance(failure, GenerationFailed)
+    assert failure.code == "screening_unavailable" and failure.retryable and failure.request_id == "r1"
+    refused, (cancel, cancel_topic) = unscreened(beside, topics)
+    assert refused == (failure, "replies")
+    assert cancel_topic == "t.cancellations" and isinstance(cancel, RequestCancelled) and cancel.request_id == "r1"
