@@ -259,7 +259,11 @@ async def test_a_load_step_on_a_model_at_zero_starts_workers_that_consume_it(sca
     # it woke on a backlog: records not yet read from Kafka, or requests the batcher already holds (its queue depth)
     assert json.loads(ups[0]["signals"])["backlog_tokens"] > 0
     assert max(d["desired_replicas"] for d in ups) == 2
-    # the workers the scaler started are the ones that served the requests
+    # the workers the scaler started are the ones that served the requests; a worker logs a request's end just after
+    # publishing its final event, so the line may trail the reply by a moment
+    deadline = time.monotonic() + 30
+    while not _finished_ids(scaled.worker_logs()) >= set(finals) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
     assert _finished_ids(scaled.worker_logs()) >= set(finals)
     assert len(list(scaled.workdir.glob("worker-scaled-*.log"))) == 2
 
