@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -33,13 +32,12 @@ from shared.contracts import (
     utc_now,
 )
 from shared.kafka import dead_letter, ensure_topics, publish_message, record_headers, tail
-from shared.outages import DATABASE_FAILURES, Breaker, DependencyUnavailable, bounded
+from shared.outages import DATABASE_FAILURES, Breaker, DependencyUnavailable
 from shared.registry import ModelRecord, ModelRegistry
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class ReplyListener:
@@ -229,16 +227,13 @@ class TenantDirectory:
         self._cache: dict[bytes, tuple[float, Tenant | None]] = {}
         self._database = Breaker("database", timeout_s, max(ttl_s, 1.0), DATABASE_FAILURES)
 
-    async def _db(self, call: Callable[[], Awaitable[T]]) -> T:
-        return await self._database.call(call)
-
     async def authenticate(self, secret: str) -> Tenant | None:
         digest = key_digest(secret)
         hit = self._cache.get(digest)
         if hit and time.monotonic() - hit[0] < self._ttl_s:
             return hit[1]
         try:
-            row = await self._db(
+            row = await self._database.call(
                 lambda: self._pool.fetchrow(
                     f"SELECT {_TENANT_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
                     " WHERE k.key_digest = $1 AND k.revoked_at IS NULL",
@@ -256,7 +251,7 @@ class TenantDirectory:
         return tenant
 
     async def upsert_tenant(self, tenant: Tenant) -> None:
-        await self._db(
+        await self._database.call(
             lambda: self._pool.execute(
                 """INSERT INTO tenants (id, name, requests_per_minute, tokens_per_minute, monthly_token_quota,
                  retention_days, max_priority, default_priority, default_profile, cache_shared_scope, cache_sampled,
@@ -285,18 +280,20 @@ class TenantDirectory:
         )
 
     async def tenant(self, tenant_id: str) -> Tenant | None:
-        row = await self._db(
+        row = await self._database.call(
             lambda: self._pool.fetchrow(f"SELECT {_TENANT_COLUMNS} FROM tenants t WHERE t.id = $1", tenant_id)
         )
         return _tenant(row) if row else None
 
     async def tenants(self) -> list[Tenant]:
-        rows = await self._db(lambda: self._pool.fetch(f"SELECT {_TENANT_COLUMNS} FROM tenants t ORDER BY t.id"))
+        rows = await self._database.call(
+            lambda: self._pool.fetch(f"SELECT {_TENANT_COLUMNS} FROM tenants t ORDER BY t.id")
+        )
         return [_tenant(r) for r in rows]
 
     async def create_key(self, tenant_id: str, name: str = "") -> NewKey:
         key = new_api_key()
-        await self._db(
+        await self._database.call(
             lambda: self._pool.execute(
                 "INSERT INTO api_keys (id, tenant_id, name, key_digest, key_prefix) VALUES ($1, $2, $3, $4, $5)",
                 key.id,
@@ -309,7 +306,7 @@ class TenantDirectory:
         return key
 
     async def keys(self, tenant_id: str | None = None) -> list[asyncpg.Record]:
-        return await self._db(
+        return await self._database.call(
             lambda: self._pool.fetch(
                 "SELECT id, tenant_id, name, key_prefix, created_at, revoked_at FROM api_keys"
                 " WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY created_at",
@@ -318,14 +315,14 @@ class TenantDirectory:
         )
 
     async def key(self, key_id: str) -> asyncpg.Record | None:
-        return await self._db(
+        return await self._database.call(
             lambda: self._pool.fetchrow(
                 "SELECT id, tenant_id, name, key_prefix, created_at, revoked_at FROM api_keys WHERE id = $1", key_id
             )
         )
 
     async def revoke_key(self, key_id: str) -> bool:
-        status = await self._db(
+        status = await self._database.call(
             lambda: self._pool.execute(
                 "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
             )
@@ -334,7 +331,7 @@ class TenantDirectory:
 
     async def is_admin(self, secret: str) -> bool:
         """Whether ``secret`` is an active admin key (not cached: admin calls are rare, revocation is immediate)."""
-        row = await self._db(
+        row = await self._database.call(
             lambda: self._pool.fetchval(
                 "SELECT 1 FROM admin_keys WHERE key_digest = $1 AND revoked_at IS NULL", key_digest(secret)
             )
@@ -343,7 +340,7 @@ class TenantDirectory:
 
     async def create_admin_key(self, name: str = "") -> NewKey:
         key = new_api_key(ADMIN_KEY_PREFIX)
-        await self._db(
+        await self._database.call(
             lambda: self._pool.execute(
                 "INSERT INTO admin_keys (id, name, key_digest, key_prefix) VALUES ($1, $2, $3, $4)",
                 key.id,
@@ -355,14 +352,14 @@ class TenantDirectory:
         return key
 
     async def admin_keys(self) -> list[asyncpg.Record]:
-        return await self._db(
+        return await self._database.call(
             lambda: self._pool.fetch(
                 "SELECT id, name, key_prefix, created_at, revoked_at FROM admin_keys ORDER BY created_at"
             )
         )
 
     async def revoke_admin_key(self, key_id: str) -> bool:
-        status = await self._db(
+        status = await self._database.call(
             lambda: self._pool.execute(
                 "UPDATE admin_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
             )
@@ -386,7 +383,8 @@ class ModelCatalog:
     rarely), and only an ingress that never read them raises DependencyUnavailable."""
 
     def __init__(self, registry: ModelRegistry, ttl_s: float, timeout_s: float = 2.0) -> None:
-        self._registry, self._ttl_s, self._timeout_s = registry, ttl_s, timeout_s
+        self._registry, self._ttl_s = registry, ttl_s
+        self._database = Breaker("database", timeout_s, max(ttl_s, 1.0), DATABASE_FAILURES)
         self._models: dict[str, ModelRecord] | None = None
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -395,13 +393,12 @@ class ModelCatalog:
         async with self._lock:
             if time.monotonic() - self._loaded_at > self._ttl_s:
                 try:
-                    enabled = await bounded("database", self._timeout_s, DATABASE_FAILURES, self._registry.enabled())
-                    self._models = {m.id: m for m in enabled}
+                    enabled = await self._database.call(self._registry.enabled)
                 except DependencyUnavailable:
                     if self._models is None:
                         raise
-                    logger.warning("PostgreSQL did not answer a registry lookup; serving the models last read")
-                # a failed lookup is retried after ttl_s too, not by every request queued on the lock
-                self._loaded_at = time.monotonic()
+                else:
+                    self._models = {m.id: m for m in enabled}
+                    self._loaded_at = time.monotonic()
         assert self._models is not None
         return self._models

@@ -452,7 +452,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DependencyUnavailable)
     async def on_dependency_unavailable(request: Request, exc: DependencyUnavailable) -> JSONResponse:
-        logger.warning("%s %s: %s (%r)", request.method, request.url.path, exc, exc.__cause__)
+        # the outage is logged by the Breaker that saw it fail, once per pause rather than once per request
         error = ApiError(
             503,
             f"The platform's {exc.dependency.replace('_', ' ')} did not answer in time; try again shortly.",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,9 +14,7 @@ import asyncpg
 from services.safety.auth import hash_password, new_session_token, token_hash, verify_password
 from services.safety.policy import DEFAULT_POLICY, Policy, priority
 from shared.contracts import ContentFlagged, utc_now
-from shared.outages import DATABASE_FAILURES, DependencyUnavailable, bounded
-
-logger = logging.getLogger(__name__)
+from shared.outages import DATABASE_FAILURES, Breaker, DependencyUnavailable
 
 DEFAULT_TENANT = "*"
 
@@ -31,7 +28,8 @@ class PolicyStore:
     refused as retryable, never judged under a policy that may not be the tenant's."""
 
     def __init__(self, pool: asyncpg.Pool, ttl_s: float = 10.0, timeout_s: float = 2.0) -> None:
-        self._pool, self._ttl, self._timeout_s = pool, ttl_s, timeout_s
+        self._pool, self._ttl = pool, ttl_s
+        self._database = Breaker("database", timeout_s, max(ttl_s, 1.0), DATABASE_FAILURES)
         self._cache: dict[str, tuple[float, Policy]] = {}
 
     async def get(self, tenant_id: str | None) -> Policy:
@@ -42,14 +40,10 @@ class PolicyStore:
             return hit[1]
         query = "SELECT tenant_id, policy FROM safety_policies WHERE tenant_id = ANY($1::text[])"
         try:
-            rows = await bounded(
-                "database", self._timeout_s, DATABASE_FAILURES, self._pool.fetch(query, [key, DEFAULT_TENANT])
-            )
+            rows = await self._database.call(lambda: self._pool.fetch(query, [key, DEFAULT_TENANT]))
         except DependencyUnavailable:
             if hit is None:
                 raise
-            logger.warning("PostgreSQL did not answer; tenant %s's policy last read stays in force", key)
-            self._cache[key] = (now, hit[1])  # asked again after ttl_s, not by every request meanwhile
             return hit[1]
         found = {r["tenant_id"]: r["policy"] for r in rows}
         raw = found.get(key, found.get(DEFAULT_TENANT))
