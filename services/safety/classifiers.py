@@ -5,6 +5,11 @@
   regression trained at start-up on the train split of ``data/labeled.jsonl`` (a second or two).
 - The guard model's prompt and answer parser (the check itself, through the platform's own Kafka request path, is in
   guard.py).
+
+Both score a long text window by window (its highest score per category): the embedding model reads at most 256 word
+pieces and would silently drop the rest, and either model's score of a short harmful passage fades in a long text.
+Windows of 254 word pieces still dilute one harmful sentence for the embedding model, so prompts are also screened
+turn by turn (see screening.py).
 """
 
 from __future__ import annotations
@@ -21,12 +26,19 @@ import numpy as np
 
 from services.safety.config import DEFAULT_EMBEDDER_CACHE
 from services.safety.labels import MODEL_CATEGORIES, LabeledExample, load_labeled
+from services.safety.screening import max_per_category, windows
 
 logger = logging.getLogger(__name__)
 
 
 class InjectionClassifier:
     name = "guardify"
+
+    window_words = 32
+    overlap_words = 8
+    """Words scored together, and shared by neighbouring windows. Measured on the labeled set's 26 injections, each
+    after 500 words of a benign text: 4 reach the escalation threshold, as many as alone, with windows of 32 words;
+    1-2 with 64 or 128; none on the whole text. No benign labeled text or README paragraph reaches it either way."""
 
     def __init__(self) -> None:
         with warnings.catch_warnings():
@@ -40,10 +52,27 @@ class InjectionClassifier:
         if not texts:
             return []
         clf, vectorizer = self._guardrail._clf, self._guardrail._vectorizer
-        # probability of class 1 (injection) for all texts in one call, rather than guardify.detect's max-probability
-        probabilities = clf.predict_proba(vectorizer.transform(list(texts)))
+        pieces = [
+            [text[a:b] for a, b in windows(_words(text), self.window_words, self.overlap_words)] for text in texts
+        ]
+        # probability of class 1 (injection) for all windows in one call, rather than guardify.detect's max-probability
+        probabilities = clf.predict_proba(vectorizer.transform([p for ps in pieces for p in ps]))
         column = list(clf.classes_).index(1)
-        return [{"injection": float(p[column])} for p in probabilities]
+        scores = [{"injection": float(p[column])} for p in probabilities]
+        return _highest_per_text(scores, pieces)
+
+
+def _words(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+def _highest_per_text(scores: Sequence[dict[str, float]], pieces: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+    """Each text's highest score per category over its windows (``scores`` holds the windows' scores in order)."""
+    out, start = [], 0
+    for ps in pieces:
+        out.append(max_per_category(scores[start : start + len(ps)]))
+        start += len(ps)
+    return out
 
 
 def load_embedder(
@@ -91,6 +120,9 @@ class EmbeddingClassifier:
         from sklearn.linear_model import LogisticRegression
 
         self._embedder = embedder
+        self._tokenizer = embedder.tokenizer
+        self._window_tokens = embedder.max_seq_length - 2  # the model's limit less its [CLS] and [SEP]
+        self._overlap_tokens = 32
         usable = [e for e in examples if _model_label(e) is not None]
         X = self.embed([e.text for e in usable])
         y = [_model_label(e) for e in usable]
@@ -104,8 +136,20 @@ class EmbeddingClassifier:
     def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
         if not texts:
             return []
-        probabilities = self._clf.predict_proba(self.embed(texts))
-        return [{c: float(p[i]) for i, c in enumerate(self._classes) if c != "safe"} for p in probabilities]
+        pieces = [
+            [text[a:b] for a, b in windows(self._tokens(text), self._window_tokens, self._overlap_tokens)]
+            for text in texts
+        ]
+        probabilities = self._clf.predict_proba(self.embed([p for ps in pieces for p in ps]))
+        scores = [{c: float(p[i]) for i, c in enumerate(self._classes) if c != "safe"} for p in probabilities]
+        return _highest_per_text(scores, pieces)
+
+    def _tokens(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the text's word pieces, as the model reads them (no special tokens)."""
+        # verbose=False: a text longer than the model reads is expected here, no warning
+        encoded = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        offsets = encoded["offset_mapping"]
+        return [(a, b) for a, b in offsets]
 
     @classmethod
     def trained(cls, embedder: Any, path: Path | None = None) -> EmbeddingClassifier:

@@ -6,6 +6,8 @@ policy, compared with the design's anchors. ``python -m services.safety.evaluate
 - "hybrid" keeps the auto-blocked items as predicted and sends the escalated ones to a reviewer assumed right (an
   upper bound: real reviewers make mistakes); items the policy allows stay unflagged.
 - Escalation rate: share of held-out texts the policy escalates (hold or release) rather than allowing or blocking.
+- The held-out texts are also screened as the last turn of a chat behind a 180-word system prompt: turn by turn, as
+  the stage screens a chat request, and as one text (how the stage screened one before 4 December 2026).
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ from services.safety.policy import DEFAULT_POLICY, CategoryRule, decide
 from services.safety.screening import Screener, Screening
 
 ANCHORS = {"AI": (0.95, 0.90), "hybrid": (0.98, 0.95)}
+
+SYSTEM_PROMPT = (
+    "You are a friendly support agent for Acme Software. Our products include the Acme Editor, Acme Cloud Sync and "
+    "Acme Team Chat. Always greet the customer politely, keep answers short, use numbered steps for instructions, "
+    "never promise refunds, escalate billing disputes to a human, and link to the knowledge base when relevant. "
+    "Business hours are nine to five Monday to Friday, Central European Time. If you do not know an answer, say so "
+    "and offer to open a ticket. Do not discuss competitors. Use British spelling. Keep a warm, professional tone. "
+) * 2
+"""An ordinary system prompt of about 230 word pieces, in front of each held-out text in the chat comparison."""
 
 
 @dataclass
@@ -78,6 +89,32 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
+def micro(counts: dict[str, Counts]) -> Counts:
+    total = Counts()
+    for k in counts.values():
+        total.tp, total.fp, total.fn = total.tp + k.tp, total.fp + k.fp, total.fn + k.fn
+    return total
+
+
+def chat_report(rows: Sequence[tuple[str, dict[str, dict[str, Counts]], float]]) -> str:
+    """The micro-averaged figures of each way of screening the held-out set, side by side."""
+    lines = [
+        "## The same texts as the last turn of a chat",
+        "",
+        "Each held-out text follows a system prompt of about 230 word pieces (`evaluate.SYSTEM_PROMPT`).",
+        "",
+        "| screened | AI precision | AI recall | hybrid precision | hybrid recall | escalation rate |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, counts, escalation in rows:
+        ai, hy = micro(counts["AI"]), micro(counts["hybrid"])
+        lines.append(
+            f"| {label} | {_pct(ai.precision)} | {_pct(ai.recall)} | {_pct(hy.precision)} | {_pct(hy.recall)} "
+            f"| {escalation:.1%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def report(
     counts: dict[str, dict[str, Counts]], escalation: float, n_test: int, n_train: int, embedding: str = "int8"
 ) -> str:
@@ -90,14 +127,9 @@ def report(
         "| category | AI precision | AI recall | hybrid precision | hybrid recall | positives |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    totals = {mode: Counts() for mode in ANCHORS}
+    totals = {mode: micro(counts[mode]) for mode in ANCHORS}
     for c in CATEGORIES:
         ai, hy = counts["AI"][c], counts["hybrid"][c]
-        for mode in ANCHORS:
-            k = counts[mode][c]
-            totals[mode].tp += k.tp
-            totals[mode].fp += k.fp
-            totals[mode].fn += k.fn
         lines.append(
             f"| {c} | {_pct(ai.precision)} | {_pct(ai.recall)} | {_pct(hy.precision)} | {_pct(hy.recall)} "
             f"| {ai.tp + ai.fn} |"
@@ -140,6 +172,15 @@ async def run(out: Path | None, int8: bool = True, runtime: Literal["onnx", "tor
     counts, escalation = evaluate(test, screenings, DEFAULT_POLICY.prompt)
     text = report(
         counts, escalation, len(test), len(examples) - len(test), f"{'int8' if int8 else 'float32'}, {runtime}"
+    )
+    by_turn = await screener.screen_parts([[SYSTEM_PROMPT, e.text] for e in test])
+    as_one = await screener.screen([f"{SYSTEM_PROMPT}\n{e.text}" for e in test])
+    text += "\n" + chat_report(
+        [
+            ("alone (above)", counts, escalation),
+            ("turn by turn, after the system prompt", *evaluate(test, by_turn, DEFAULT_POLICY.prompt)),
+            ("as one text with the system prompt", *evaluate(test, as_one, DEFAULT_POLICY.prompt)),
+        ]
     )
     if out:
         out.write_text(text)

@@ -1,13 +1,13 @@
 """Kafka edge of the safety service.
 
 - ``screen_prompts``: the prompt screening stage, fed by ``consumer.StageConsumer`` (every model's request topic,
-  group ``safety``). Screens each prompt (model scores cached per tenant for identical prompts; the guard model asked
-  for tenants in its scope) and per the tenant's policy forwards it to ``<prefix>screened.<model>`` (allow;
-  release-then-review also flags it), keeps it back for a reviewer (hold: flagged with the request), or refuses it
-  (block: GenerationFailed ``content_blocked`` on the reply topic, and flagged so a reviewer can label it). A request
-  screened beside generation (its producer sent it to the screened topic too) is not forwarded: allow and release
-  answer PromptCleared on the reply topic, and block also cancels its generation. The poll is committed once its
-  messages are published.
+  group ``safety``). Screens each prompt, turn by turn (model scores cached per tenant for identical turns, such as a
+  system prompt or a resent history; the guard model asked for tenants in its scope), and per the tenant's policy
+  forwards it to ``<prefix>screened.<model>`` (allow; release-then-review also flags it), keeps it back for a
+  reviewer (hold: flagged with the request), or refuses it (block: GenerationFailed ``content_blocked`` on the reply
+  topic, and flagged so a reviewer can label it). A request screened beside generation (its producer sent it to the
+  screened topic too) is not forwarded: allow and release answer PromptCleared on the reply topic, and block also
+  cancels its generation. The poll is committed once its messages are published.
 - ``on_flagged``: persists ContentFlagged (from this stage and from workers' output screening) in the review queue.
 """
 
@@ -30,7 +30,7 @@ from services.safety.guard import GuardCheck, GuardVerdict
 from services.safety.metrics import SafetyMetrics
 from services.safety.policy import decide, escalate
 from services.safety.review import prompt_verdict, unscreened
-from services.safety.screening import Screener, Screening, combine, prompt_text
+from services.safety.screening import Screener, Screening, combine, prompt_parts, prompt_text
 from services.safety.store import PolicyStore, ReviewStore
 from shared.contracts import CompletionRequested, ContentFlagged
 from shared.kafka import Rejected, dead_letter, decode, publish_message, record_headers
@@ -105,11 +105,11 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
         produced_ms[request.request_id] = record.timestamp
     if not accepted:
         return
-    texts = [prompt_text([(m.role, m.content) for m in r.messages], r.prompt) for r in accepted]
+    parts = [prompt_parts([(m.role, m.content) for m in r.messages], r.prompt) for r in accepted]
     started = time.perf_counter()
     cache = deps.screener.cache
     hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
-    screenings = await deps.screener.screen(texts, [r.tenant_id for r in accepted])
+    screenings = await deps.screener.screen_parts(parts, [r.tenant_id for r in accepted])
     if cache is not None:
         metrics.cache.labels("hit").inc(cache.hits - hits)
         metrics.cache.labels("miss").inc(cache.misses - misses)
@@ -118,7 +118,8 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
     if deps.guard is not None:
         ask = [i for i, r in enumerate(accepted) if guarded(deps, r.tenant_id)]
         if ask:
-            for i, verdict in zip(ask, await deps.guard.check([texts[i] for i in ask]), strict=True):
+            texts = ["\n".join(parts[i]) for i in ask]
+            for i, verdict in zip(ask, await deps.guard.check(texts), strict=True):
                 verdicts[i] = verdict
                 if verdict.scores:
                     screenings[i] = with_scores(screenings[i], "guard_model", verdict.scores)

@@ -99,8 +99,9 @@ class OnnxEmbedder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self._session.get_inputs()]
-        self._tokenizer = tokenizer
-        self._max_tokens = max_tokens
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_tokens
+        """Word pieces read per text, special tokens included; the rest is cut off (as SentenceTransformer does)."""
 
     def encode(self, texts: Sequence[str], normalize_embeddings: bool = True, **_: Any) -> np.ndarray:
         if not texts:
@@ -108,7 +109,7 @@ class OnnxEmbedder:
         return np.stack([self._one(t, normalize_embeddings) for t in texts])
 
     def _one(self, text: str, normalize: bool) -> np.ndarray:
-        tokens = self._tokenizer([text], truncation=True, max_length=self._max_tokens, return_tensors="np")
+        tokens = self.tokenizer([text], truncation=True, max_length=self.max_seq_length, return_tensors="np")
         (token_embeddings,) = self._session.run(None, {n: tokens[n].astype(np.int64) for n in self._inputs})
         vector = token_embeddings[0].mean(axis=0)  # one text, no padding: every token counts
         if normalize:

@@ -43,11 +43,44 @@ class Screening:
 
 
 def combine(per_classifier: dict[str, dict[str, float]]) -> dict[str, float]:
-    combined: dict[str, float] = {}
-    for scores in per_classifier.values():
-        for category, score in scores.items():
-            combined[category] = max(combined.get(category, 0.0), score)
-    return combined
+    return max_per_category(list(per_classifier.values()))
+
+
+def max_per_category(scores: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The highest score each category got in ``scores``."""
+    out: dict[str, float] = {}
+    for s in scores:
+        for category, score in s.items():
+            out[category] = max(out.get(category, 0.0), score)
+    return out
+
+
+def merge(parts: Sequence[Screening]) -> Screening:
+    """The screening of a text made of ``parts`` screened one by one: per classifier, the highest score any part got
+    in each category; the masked parts joined by new lines."""
+    names = dict.fromkeys(name for part in parts for name in part.by_classifier)
+    by_classifier = {name: max_per_category([p.by_classifier.get(name, {}) for p in parts]) for name in names}
+    redacted = "\n".join(p.redacted for p in parts)
+    return Screening(combine(by_classifier), by_classifier, snippet_of(redacted), redacted)
+
+
+def snippet_of(redacted: str) -> str:
+    return redacted if len(redacted) <= SNIPPET_CHARS else redacted[:SNIPPET_CHARS] + "…"
+
+
+def windows(spans: Sequence[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int]]:
+    """Character ranges covering a text's ``spans`` (its tokens or words, in order) ``size`` spans at a time, each
+    window starting ``size - overlap`` spans after the previous one, so that a passage cut by one window's edge lies
+    whole in the next. One range for a text of at most ``size`` spans (the whole text, even when empty)."""
+    if not 0 <= overlap < size:
+        raise ValueError("overlap must be at least 0 and below size")
+    if len(spans) <= size:
+        return [(0, spans[-1][1])] if spans else [(0, 0)]
+    out = []
+    for start in range(0, len(spans) - overlap, size - overlap):
+        chunk = spans[start : start + size]
+        out.append((chunk[0][0], chunk[-1][1]))
+    return out
 
 
 @dataclass
@@ -89,8 +122,26 @@ class Screener:
         out = []
         for text, found, by in zip(texts, findings, per_text, strict=True):
             redacted = rules.redact(text, found)
-            snippet = redacted if len(redacted) <= SNIPPET_CHARS else redacted[:SNIPPET_CHARS] + "…"
-            out.append(Screening(combine(by), by, snippet, redacted))
+            out.append(Screening(combine(by), by, snippet_of(redacted), redacted))
+        return out
+
+    async def screen_parts(
+        self, parts: Sequence[Sequence[str]], tenants: Sequence[str | None] | None = None
+    ) -> list[Screening]:
+        """One Screening per item (a request) made of parts (its turns), each part screened on its own: one turn is
+        then neither cut off behind a long system prompt nor diluted by the others (measured: a harmful or injected
+        turn after a 232-token system prompt scored like a benign one), and parts seen before (a tenant's system
+        prompt, the history a chat sends again each turn) come from the cache."""
+        flat = [part for item in parts for part in (item or [""])]
+        flat_tenants = None
+        if tenants is not None:
+            flat_tenants = [t for item, t in zip(parts, tenants, strict=True) for _ in (item or [""])]
+        screened = await self.screen(flat, flat_tenants)
+        out, start = [], 0
+        for item in parts:
+            count = len(item) or 1
+            out.append(merge(screened[start : start + count]))
+            start += count
         return out
 
     async def _score_together(self, texts: list[str]) -> list[dict[str, dict[str, float]]]:
@@ -128,11 +179,17 @@ class Screener:
         return out
 
 
-def prompt_text(messages: Sequence[tuple[str, str]], prompt: str | None) -> str:
-    """The text screened for a request: every user and system turn (assistant turns were screened as outputs)."""
+def prompt_parts(messages: Sequence[tuple[str, str]], prompt: str | None) -> list[str]:
+    """The texts screened for a request, each on its own: every user and system turn (assistant turns were screened
+    as outputs), or the completion prompt."""
     if prompt is not None:
-        return prompt
-    return "\n".join(content for role, content in messages if role != "assistant")
+        return [prompt]
+    return [content for role, content in messages if role != "assistant"]
+
+
+def prompt_text(messages: Sequence[tuple[str, str]], prompt: str | None) -> str:
+    """A request's screened texts as one (what a reviewer or the guard model reads)."""
+    return "\n".join(prompt_parts(messages, prompt))
 
 
 @dataclass

@@ -6,11 +6,12 @@ import time
 from collections.abc import Sequence
 
 from services.safety import rules
+from services.safety.cache import ScreeningCache
 from services.safety.classifiers import parse_guard_answer
 from services.safety.evaluate import evaluate
 from services.safety.labels import CATEGORIES, LabeledExample, load_labeled
 from services.safety.policy import DEFAULT_POLICY, CategoryRule, decide, priority
-from services.safety.screening import OutputScreen, Screener, prompt_text
+from services.safety.screening import OutputScreen, Screener, prompt_parts, prompt_text, windows
 
 
 def kinds(text: str, deny: tuple[str, ...] = ()) -> set[str]:
@@ -155,8 +156,61 @@ async def test_output_screen_release_does_not_stop_but_is_remembered() -> None:
 
 
 def test_prompt_text_skips_assistant_turns() -> None:
+    assert prompt_parts([("system", "be nice"), ("assistant", "x"), ("user", "hi")], None) == ["be nice", "hi"]
     assert prompt_text([("system", "be nice"), ("assistant", "x"), ("user", "hi")], None) == "be nice\nhi"
-    assert prompt_text([], "raw") == "raw"
+    assert prompt_parts([], "raw") == ["raw"] and prompt_text([], "raw") == "raw"
+
+
+class DilutingClassifier:
+    """Scores the share of a text's words that are "attack": like a mean-pooled embedding, a long benign preface
+    drowns a short harmful turn. Records what it was given."""
+
+    name = "diluting"
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def score(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        self.seen += texts
+        return [{"violence": t.split().count("attack") / max(1, len(t.split()))} for t in texts]
+
+
+async def test_each_turn_is_screened_on_its_own_and_turns_seen_before_come_from_the_cache() -> None:
+    classifier = DilutingClassifier()
+    screener = Screener([classifier], cache=ScreeningCache("v1"))
+    system = "You are the support agent of a shop; be brief and polite. " * 20
+    (benign,) = await screener.screen_parts([[system, "where is my parcel?"]], ["t1"])
+    first, second = await screener.screen_parts(
+        [[system, "where is my parcel?", "attack attack"], ["mail me at x@example.com"]], ["t1", "t1"]
+    )
+    assert decide(benign.scores, DEFAULT_POLICY.prompt).action == "allow"
+    assert first.scores["violence"] == 1.0  # as the harmful turn alone, not a share of the whole conversation
+    assert decide(first.scores, DEFAULT_POLICY.prompt).action == "block"
+    assert first.by_classifier["diluting"]["violence"] == 1.0
+    assert classifier.seen == [system, "where is my parcel?", "attack attack", "mail me at x@example.com"]
+    assert first.redacted == system + "\nwhere is my parcel?\nattack attack"
+    assert len(first.snippet) <= 301 and first.snippet.startswith("You are the support agent")
+    assert second.scores["pii"] == 1.0 and second.scores["violence"] == 0.0 and "[EMAIL]" in second.snippet
+
+    (empty,) = await screener.screen_parts([[]], ["t1"])  # a request without a screened turn still gets a verdict
+    assert decide(empty.scores, DEFAULT_POLICY.prompt).action == "allow"
+
+
+def test_windows_cover_every_span_and_neighbours_share_the_overlap() -> None:
+    text = " ".join(f"w{i}" for i in range(10))
+    spans = [(i * 3, i * 3 + 2) for i in range(10)]  # "w0" at 0-2, "w1" at 3-5, ...
+    assert [text[a:b] for a, b in windows(spans, 4, 1)] == ["w0 w1 w2 w3", "w3 w4 w5 w6", "w6 w7 w8 w9"]
+    assert [text[a:b] for a, b in windows(spans, 4, 2)] == [
+        "w0 w1 w2 w3",
+        "w2 w3 w4 w5",
+        "w4 w5 w6 w7",
+        "w6 w7 w8 w9",
+    ]
+    assert windows(spans, 10, 3) == [(0, 29)]  # short enough: the whole text at once
+    assert windows([], 4, 1) == [(0, 0)]
+    for size, overlap in ((5, 0), (3, 2), (7, 3)):
+        covered = windows(spans, size, overlap)
+        assert all(any(a <= start and end <= b for a, b in covered) for start, end in spans)  # every word whole
 
 
 def test_guard_answer_parsing() -> None:
