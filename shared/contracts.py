@@ -124,6 +124,12 @@ class CompletionRequested(Message):
         "or a content_blocked GenerationFailed) and the producer must release no output before PromptCleared. The "
         "ingress sets it when FERRY_INGRESS_PROMPT_SCREENING is beside.",
     )
+    screening_policy: str | None = Field(
+        None,
+        description="Digest of the tenant's prompt-screening policy as the producer last read it (the ingress: it is "
+        "part of the response cache's key). A safety stage holding another digest reads the policy again before "
+        "judging, so an answer is never cached under a policy it was not screened with. None: the stage's own.",
+    )
 
     @model_validator(mode="after")
     def _messages_or_prompt(self) -> CompletionRequested:

@@ -38,7 +38,7 @@ MIN_TTL_S, MAX_TTL_S = 3600, 24 * 3600
 BypassReason = Literal["disabled", "no_store", "no_retention", "non_deterministic"]
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9._-]")
-KEY_VERSION = 1  # bump when the normalization changes, so old entries are never read with a new meaning
+KEY_VERSION = 2  # bump when the normalization changes, so old entries are never read with a new meaning
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,16 @@ class TenantCachePolicy:
 
     ``shared_scope``: entries go to (and come from) this scope instead of the tenant's own, so tenants that opted in to
     the same scope share answers. ``cache_sampled``: requests with temperature > 0 and no seed are cached too (one
-    sample then stands for all)."""
+    sample then stands for all).
+
+    ``screening_policy``: digest of the prompt-screening policy in force for the tenant. A hit skips the safety stage,
+    so it is part of the key: after a policy edit, and between tenants of one shared scope under different policies,
+    a request misses and is screened under its own policy rather than answered from what another policy let through.
+    """
 
     shared_scope: str | None = None
     cache_sampled: bool = False
+    screening_policy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,9 +130,12 @@ def content_class(request: CompletionRequested, policy: TenantCachePolicy) -> Co
     return "seeded" if sampling.seed is not None else "sampled"
 
 
-def normalized(request: CompletionRequested, model_version: str, scope: str) -> dict[str, object]:
-    """Everything that changes the answer, in a canonical form; nothing that does not (request id, stream, reply topic,
-    deadline, priority). Greedy decoding ignores top_p and the seed, and the order of stop strings does not matter."""
+def normalized(
+    request: CompletionRequested, model_version: str, scope: str, screening_policy: str | None = None
+) -> dict[str, object]:
+    """Everything that changes the answer, or whether it may be given (the tenant's screening policy), in a canonical
+    form; nothing that does not (request id, stream, reply topic, deadline, priority). Greedy decoding ignores top_p
+    and the seed, and the order of stop strings does not matter."""
     sampling = request.sampling
     greedy = sampling.temperature == 0
     return {
@@ -135,6 +144,7 @@ def normalized(request: CompletionRequested, model_version: str, scope: str) -> 
         "model_version": model_version,
         "variant": request.variant,
         "scope": scope,
+        "screening_policy": screening_policy,
         "messages": [[m.role, m.content] for m in request.messages] if request.prompt is None else None,
         "prompt": request.prompt,
         "max_tokens": sampling.max_tokens,
@@ -145,8 +155,12 @@ def normalized(request: CompletionRequested, model_version: str, scope: str) -> 
     }
 
 
-def request_digest(request: CompletionRequested, model_version: str, scope: str) -> str:
-    canonical = json.dumps(normalized(request, model_version, scope), sort_keys=True, separators=(",", ":"))
+def request_digest(
+    request: CompletionRequested, model_version: str, scope: str, screening_policy: str | None = None
+) -> str:
+    canonical = json.dumps(
+        normalized(request, model_version, scope, screening_policy), sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -172,7 +186,7 @@ def decide(
         read=not options.no_cache,
         write=True,
         scope=scope,
-        digest=request_digest(request, model_version, scope),
+        digest=request_digest(request, model_version, scope, policy.screening_policy),
         content_class=cls,
         ttl_s=ttl_s[cls],
     )

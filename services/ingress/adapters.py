@@ -369,7 +369,10 @@ class TenantDirectory:
 
 _TENANT_COLUMNS = (
     "t.id, t.name, t.requests_per_minute, t.tokens_per_minute, t.monthly_token_quota, t.retention_days,"
-    " t.max_priority, t.default_priority, t.default_profile, t.cache_shared_scope, t.cache_sampled, t.default_variant"
+    " t.max_priority, t.default_priority, t.default_profile, t.cache_shared_scope, t.cache_sampled, t.default_variant,"
+    # the same digest the safety stage computes (services/safety/store.py); jsonb's text form is canonical
+    " (SELECT md5(p.policy::text) FROM safety_policies p WHERE p.tenant_id IN (t.id, '*')"
+    "  ORDER BY p.tenant_id = '*' LIMIT 1) AS screening_policy"
 )
 
 

@@ -239,6 +239,7 @@ async def _serve(  # type: ignore[no-untyped-def]
                 retain_text=tenant.retains_text,
                 variant=variant,
                 prompt_screening=deps.settings.prompt_screening,
+                screening_policy=tenant.screening_policy,
             ),
         )
         message = message.model_copy(update={"retention_days": tenant.retention_days})  # review queue erases text then
@@ -326,7 +327,11 @@ async def _serve(  # type: ignore[no-untyped-def]
 
 
 def _cache_policy(tenant: Tenant) -> TenantCachePolicy:
-    return TenantCachePolicy(shared_scope=tenant.cache_shared_scope, cache_sampled=tenant.cache_sampled)
+    return TenantCachePolicy(
+        shared_scope=tenant.cache_shared_scope,
+        cache_sampled=tenant.cache_sampled,
+        screening_policy=tenant.screening_policy,
+    )
 
 
 def _choice(body_value: str | None, request: Request, header: str, allowed: Any) -> Any:

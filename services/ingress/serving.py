@@ -108,6 +108,7 @@ class Submission:
     retain_text: bool = False
     variant: str | None = None  # the request's, else its tenant's default; None leaves it to the model's default
     prompt_screening: PromptScreening = "before"
+    screening_policy: str | None = None  # digest of the tenant's screening policy (see Tenant.screening_policy)
 
 
 def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub: Submission) -> CompletionRequested:
@@ -144,6 +145,7 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         variant_fallback=api.variant_fallback,
         cache_salt=sub.tenant_id,
         prompt_screening=sub.prompt_screening,
+        screening_policy=sub.screening_policy,
         **chat,
     )
 

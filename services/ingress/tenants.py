@@ -30,6 +30,9 @@ class Tenant:
     cache_shared_scope: str | None = None  # response cache: share entries with tenants that opted in to this name
     cache_sampled: bool = False  # response cache: cache sampled (temperature > 0, unseeded) answers too
     default_variant: str | None = None  # model variant of requests that name none (None: the model's default)
+    screening_policy: str | None = None
+    """Digest of the prompt-screening policy in force for the tenant (its own row of ``safety_policies``, else the
+    ``*`` row; None without either), read with the tenant. It keys the response cache: see services/cache/policy.py."""
 
     @property
     def retains_text(self) -> bool:

@@ -133,7 +133,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
         ) as span:
             rid = request.request_id
             try:
-                policy = await deps.policies.get(request.tenant_id)
+                policy = await deps.policies.get(request.tenant_id, request.screening_policy)
             except DependencyUnavailable:
                 # the tenant's policy was never read and the database does not answer: this one request is refused
                 # (retryable), rather than judged under a policy that may not be its tenant's or left to stall the poll

@@ -123,7 +123,8 @@ class OutputGuard:
     """Made once per worker; ``start`` gives each request its own screen."""
 
     screener: Screener
-    policy_for: Callable[[str | None], Awaitable[Policy]]
+    policy_for: Callable[[str | None, str | None], Awaitable[Policy]]
+    """The tenant's policy, given the tenant and the digest its producer read (PolicyStore.get)."""
     flag: Callable[[ContentFlagged], Awaitable[None]]
     window_chars: int = 400
     every_chars: int = 120
@@ -131,7 +132,7 @@ class OutputGuard:
     """Screens each completed output instead of ``screener`` (the embedding model runs here by default)."""
 
     async def start(self, request: CompletionRequested) -> RequestOutputScreen:
-        policy = await self.policy_for(request.tenant_id)
+        policy = await self.policy_for(request.tenant_id, request.screening_policy)
         screen = OutputScreen(
             self.screener, policy.output, self.window_chars, self.every_chars, final_screener=self.final_screener
         )

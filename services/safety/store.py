@@ -25,30 +25,36 @@ class PolicyStore:
     """Per-tenant policies with a short in-memory cache (policy edits apply within ``ttl_s``). A read waits at most
     ``timeout_s`` for the database; while it cannot answer, a tenant's policy last read stays in force (policies
     change rarely), and only a tenant whose policy was never read raises DependencyUnavailable: its request is
-    refused as retryable, never judged under a policy that may not be the tenant's."""
+    refused as retryable, never judged under a policy that may not be the tenant's.
+
+    A request may carry the digest of the policy its producer read (``CompletionRequested.screening_policy``); when the
+    one kept here differs, the policy is read again at once, so a policy edit the ingress has seen (it keys the
+    response cache) is never judged under the former policy for the rest of ``ttl_s``."""
 
     def __init__(self, pool: asyncpg.Pool, ttl_s: float = 10.0, timeout_s: float = 2.0) -> None:
         self._pool, self._ttl = pool, ttl_s
         self._database = Breaker("database", timeout_s, max(ttl_s, 1.0), DATABASE_FAILURES)
-        self._cache: dict[str, tuple[float, Policy]] = {}
+        self._cache: dict[str, tuple[float, Policy, str | None]] = {}
 
-    async def get(self, tenant_id: str | None) -> Policy:
+    async def get(self, tenant_id: str | None, digest: str | None = None) -> Policy:
+        """The tenant's policy; ``digest``, when given, is the one its producer read (see the class)."""
         key = tenant_id or DEFAULT_TENANT
         hit = self._cache.get(key)
         now = time.monotonic()
-        if hit and now - hit[0] < self._ttl:
+        if hit and now - hit[0] < self._ttl and (digest is None or digest == hit[2]):
             return hit[1]
-        query = "SELECT tenant_id, policy FROM safety_policies WHERE tenant_id = ANY($1::text[])"
+        # md5 of jsonb's canonical text: the digest the ingress reads with the tenant (services/ingress/adapters.py)
+        query = "SELECT tenant_id, policy, md5(policy::text) AS digest FROM safety_policies WHERE tenant_id = ANY($1)"
         try:
             rows = await self._database.call(lambda: self._pool.fetch(query, [key, DEFAULT_TENANT]))
         except DependencyUnavailable:
             if hit is None:
                 raise
             return hit[1]
-        found = {r["tenant_id"]: r["policy"] for r in rows}
-        raw = found.get(key, found.get(DEFAULT_TENANT))
-        policy = Policy.model_validate_json(raw) if raw else DEFAULT_POLICY
-        self._cache[key] = (now, policy)
+        found = {r["tenant_id"]: r for r in rows}
+        row = found.get(key, found.get(DEFAULT_TENANT))
+        policy = Policy.model_validate_json(row["policy"]) if row else DEFAULT_POLICY
+        self._cache[key] = (now, policy, row["digest"] if row else None)
         return policy
 
     async def put(self, tenant_id: str, policy: Policy) -> None:

@@ -1,5 +1,5 @@
 """The response cache through the public HTTP API: hits and misses, streaming from the cache, tenant isolation,
-invalidation by a model version bump, and what is never cached."""
+invalidation by a model version bump or a screening policy edit, and what is never cached."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import httpx
 import redis
 
 from benchmarks.bench.__main__ import main as bench_main
+from services.safety.policy import DEFAULT_POLICY, CategoryRule
+from services.safety.store import PolicyStore
 from tests.e2e.platform import TINY_MODEL, Platform
 
 _keys: dict[tuple[str, bool], str] = {}
@@ -156,6 +158,26 @@ def test_a_model_version_bump_invalidates(platform: Platform) -> None:
     # back on the first version: what was cached under the bumped one is not served, and caching works again
     assert ask(platform, body(question), who).headers["x-ferry-cache"] == "miss"
     assert ask(platform, body(question), who).headers["x-ferry-cache"] == "hit"
+
+
+def test_an_answer_cached_before_a_screening_policy_edit_is_not_served_after_it(platform: Platform) -> None:
+    question, who = unique("Please write to jane.doe@example.com about the meeting."), tenant(platform, "policy-edit")
+    assert ask(platform, body(question), who).headers["x-ferry-cache"] == "miss"  # PII: released, then reviewed
+    assert ask(platform, body(question), who).headers["x-ferry-cache"] == "hit"
+
+    async def block_pii() -> None:
+        pool = await asyncpg.create_pool(platform.common.postgres_dsn, min_size=1, max_size=1)
+        try:
+            strict = DEFAULT_POLICY.prompt | {"pii": CategoryRule(block_at=0.5)}
+            await PolicyStore(pool).put("policy-edit", DEFAULT_POLICY.model_copy(update={"prompt": strict}))
+        finally:
+            await pool.close()
+
+    asyncio.run(block_pii())
+    time.sleep(1.0)  # the ingress rereads a key's tenant every 0.5 s in tests
+    refused = httpx.post(f"{platform.base_url}/v1/chat/completions", json=body(question), headers=who, timeout=60)
+    assert refused.status_code == 400, refused.text  # screened under the new policy, not answered from the cache
+    assert refused.json()["error"]["code"] == "content_policy_violation" and "pii" in refused.json()["error"]["message"]
 
 
 def test_non_deterministic_requests_are_not_cached(platform: Platform) -> None:

@@ -1,6 +1,7 @@
 """The review queue against the real PostgreSQL and Kafka: CSRF protection of the review UI's forms (over HTTP), the
-sweep that expires held items past their deadline (the requester is told through Kafka), and the purge of retained
-text at the end of its retention. Each test uses a database and topics of its own."""
+sweep that expires held items past their deadline (the requester is told through Kafka), the purge of retained
+text at the end of its retention, and policy edits reaching the stage as soon as the ingress sees them. Each test uses
+a database and topics of its own."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from services.ingress.adapters import TenantDirectory
+from services.ingress.tenants import Tenant
 from services.safety.config import SafetySettings
 from services.safety.metrics import SafetyMetrics
-from services.safety.policy import DEFAULT_POLICY
+from services.safety.policy import DEFAULT_POLICY, CategoryRule
 from services.safety.store import PolicyStore, ReviewStore, UserStore
 from services.safety.sweeps import Sweeper
 from services.safety.web import ReviewDeps, install_error_pages, router
@@ -217,3 +220,28 @@ async def test_retained_text_is_erased_when_its_retention_ends(queue: Queue) -> 
     assert rows[ids[3]]["text"] is None  # retention 0: never stored
     assert [a["action"] for a in await queue.reviews.audit(ids[0])] == ["flagged", "text_purged"]
     assert await queue.sweeper().sweep() == (0, 0)
+
+
+async def test_a_policy_edit_the_ingress_has_seen_is_applied_by_the_stage_at_once(queue: Queue) -> None:
+    """The ingress keys its response cache by the digest of the tenant's policy; a request carrying a digest the stage
+    does not hold makes it read the policy again, so an answer is never cached under a policy it was not judged by."""
+    directory = TenantDirectory(queue.pool)
+    await directory.upsert_tenant(Tenant(id="acme", retention_days=30))
+    default_tenant = await directory.tenant("acme")
+    assert default_tenant is not None and default_tenant.screening_policy is None  # no row: the built-in default
+
+    await queue.policies.put("*", DEFAULT_POLICY)
+    stage = PolicyStore(queue.pool, ttl_s=60)  # the stage's own, with a cache that outlives this test
+    assert await stage.get("acme") == DEFAULT_POLICY
+    by_default = await directory.tenant("acme")
+    assert by_default is not None and by_default.screening_policy is not None
+
+    strict = DEFAULT_POLICY.model_copy(update={"prompt": DEFAULT_POLICY.prompt | {"pii": CategoryRule(block_at=0.5)}})
+    await PolicyStore(queue.pool).put("acme", strict)  # the admin command, in another process
+    edited = await directory.tenant("acme")
+    assert edited is not None and edited.screening_policy not in (None, by_default.screening_policy)
+
+    assert await stage.get("acme") == DEFAULT_POLICY  # still within its cache period
+    assert await stage.get("acme", by_default.screening_policy) == DEFAULT_POLICY  # the digest it holds: no read
+    assert await stage.get("acme", edited.screening_policy) == strict  # a newer digest: read at once
+    assert await stage.get("acme") == strict

@@ -83,6 +83,19 @@ def test_tenants_never_share_a_key_unless_both_opted_into_the_same_shared_scope(
     assert scope_of(a, DEFAULT) == "t.a" and scope_of(a, shared) == "s.faq"
 
 
+def test_a_screening_policy_edit_or_another_tenants_policy_means_another_key() -> None:
+    """A hit skips the safety stage: it may only give what the same screening policy let through."""
+    strict, lenient = TenantCachePolicy(screening_policy="aa11"), TenantCachePolicy(screening_policy="bb22")
+    assert digest(request(), policy=strict) != digest(request(), policy=lenient)
+    assert digest(request(), policy=strict) != digest(request())  # the built-in default policy (no row)
+    assert digest(request(request_id="r2"), policy=strict) == digest(request(), policy=strict)
+    a, b = request(tenant_id="a"), request(tenant_id="b")
+    shared_strict = TenantCachePolicy(shared_scope="faq", screening_policy="aa11")
+    shared_lenient = TenantCachePolicy(shared_scope="faq", screening_policy="bb22")
+    assert digest(a, policy=shared_strict) == digest(b, policy=shared_strict)
+    assert digest(a, policy=shared_strict) != digest(b, policy=shared_lenient)
+
+
 def test_a_tenant_without_retention_gets_no_cache_at_all() -> None:
     decision = decide(request(retain_text=False), "1", NO_OPTIONS, DEFAULT, TTL)
     assert (decision.read, decision.write, decision.digest, decision.bypass) == (False, False, None, "no_retention")

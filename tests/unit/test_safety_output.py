@@ -36,7 +36,7 @@ def final(text: str, sequence: int) -> CompletionFinished:
 
 
 async def guard_for(policy: Policy, flagged: list[ContentFlagged], every: int = 10) -> OutputGuard:
-    async def policy_for(tenant: str | None) -> Policy:
+    async def policy_for(tenant: str | None, digest: str | None) -> Policy:
         return policy
 
     async def flag(item: ContentFlagged) -> None:
