@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
+from aiokafka.errors import MessageSizeTooLargeError
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -134,6 +135,7 @@ ERRORS = {
         (401, "Missing, unknown or revoked API key"),
         (403, "The tenant may not ask for this (e.g. a priority above its ceiling)"),
         (404, "Unknown model"),
+        (413, "The request is too large to queue"),
         (429, "A rate limit or quota of the tenant is used up; see Retry-After"),
         (503, "The platform could not take the request in time; see Retry-After"),
         (504, "The request did not complete before its deadline"),
@@ -255,6 +257,19 @@ async def _serve(  # type: ignore[no-untyped-def]
             try:
                 async with asyncio.timeout(deps.settings.publish_timeout_s):
                     await deps.publisher.publish(message)
+            except MessageSizeTooLargeError:
+                # refused by the producer before anything was sent: not retryable, and nothing to cancel
+                deps.listener.forget(request_id)
+                if charge is not None:
+                    deps.spawn(deps.limiter.settle(charge, 0), f"refund of {request_id}")
+                raise ApiError(
+                    413,
+                    "The request is too large to queue: its Kafka record would exceed the producer's 1 MiB limit. "
+                    "Send a shorter prompt.",
+                    param="messages" if kind == "chat" else "prompt",
+                    code="request_too_large",
+                    headers=headers,
+                ) from None
             except Exception as exc:
                 deps.listener.forget(request_id)
                 if isinstance(exc, TimeoutError) or not cleared:

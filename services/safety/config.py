@@ -46,6 +46,13 @@ class SafetySettings(BaseSettings):
         description="What runs the embedding model: ONNX Runtime (exported once from the packaged weights into "
         "embedding_cache_dir; about 1.6x less CPU per prompt than torch in int8, see README) or PyTorch.",
     )
+    embedding_max_windows: int = Field(
+        16,
+        ge=1,
+        description="Most windows of 254 word pieces the embedding model reads of one text (the first ones; about "
+        "45 ms of one core each here): a bound on one prompt's cost. 16 hold about 3,600 word pieces; the rules and "
+        "the injection classifier read the whole text.",
+    )
     embedding_cache_dir: Path = Field(
         DEFAULT_EMBEDDER_CACHE, description="Where the embedding model exported to ONNX is kept."
     )

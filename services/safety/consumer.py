@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ class StageConsumer:
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(
-            *self.topics,
             bootstrap_servers=self.bootstrap,
             client_id="ferry-safety",
             group_id=self.group_id,
@@ -51,6 +50,7 @@ class StageConsumer:
             auto_offset_reset="earliest",
         )
         await self.consumer.start()
+        self.consumer.subscribe(self.topics, listener=AssignmentLog())
         self.task = asyncio.create_task(self._run(), name="safety-prompts")
 
     async def stop(self) -> None:
@@ -108,3 +108,15 @@ class StageConsumer:
         assert self.consumer is not None
         with contextlib.suppress(Exception):  # revoked meanwhile: the next owner starts from the committed offset
             self.consumer.seek(tp, offset)
+
+
+class AssignmentLog(ConsumerRebalanceListener):
+    """Logs which request partitions this instance screens after each rebalance: when an instance dies, the line in
+    the others' logs shows who took its partitions over (from their committed offsets, so nothing is skipped)."""
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned))
+        logger.info("screening %d request partitions: %s", len(assigned), names or "none")

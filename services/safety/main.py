@@ -47,7 +47,7 @@ def build_screener(settings: SafetySettings) -> Screener:
         embedder = load_embedder(
             settings.torch_threads, settings.embedding_int8, settings.embedding_runtime, settings.embedding_cache_dir
         )
-        classifiers.append(EmbeddingClassifier.trained(embedder))
+        classifiers.append(EmbeddingClassifier.trained(embedder, max_windows=settings.embedding_max_windows))
     cache = None
     if settings.screening_cache_ttl_s > 0 and classifiers:
         ttl, entries = settings.screening_cache_ttl_s, settings.screening_cache_entries
@@ -60,7 +60,7 @@ def classifier_version(settings: SafetySettings) -> str:
     data = hashlib.sha256(LABELED_FILE.read_bytes()).hexdigest()[:16]
     return (
         f"injection={settings.injection};embedding={settings.embedding};int8={settings.embedding_int8};"
-        f"runtime={settings.embedding_runtime};data={data}"
+        f"runtime={settings.embedding_runtime};windows={settings.embedding_max_windows};data={data}"
     )
 
 

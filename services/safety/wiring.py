@@ -40,7 +40,7 @@ async def build_output_guard(
         embedder = await asyncio.to_thread(
             load_embedder, None, settings.embedding_int8, settings.embedding_runtime, settings.embedding_cache_dir
         )
-        embedding = await asyncio.to_thread(EmbeddingClassifier.trained, embedder)
+        embedding = await asyncio.to_thread(EmbeddingClassifier.trained, embedder, None, settings.embedding_max_windows)
         final.append(embedding)
         if settings.output_embedding:
             window.append(embedding)

@@ -152,3 +152,11 @@ def test_prompt_longer_than_the_context_is_a_400_from_the_worker(platform: Platf
     body = GOOD | {"messages": [{"role": "user", "content": long_prompt}]}
     error = assert_openai_error(post(platform, body), 400)
     assert error["code"] == "context_length_exceeded" and "2048" in error["message"]
+
+
+def test_a_prompt_too_large_for_kafka_is_a_413_and_the_platform_keeps_serving(platform: Platform) -> None:
+    huge = "word " * 300_000  # 1.5 MB: more than a Kafka record may hold
+    body = GOOD | {"messages": [{"role": "user", "content": huge}]}
+    error = assert_openai_error(post(platform, body), 413, param="messages")
+    assert error["code"] == "request_too_large" and error["type"] == "invalid_request_error"
+    assert post(platform, GOOD).status_code == 200

@@ -10,8 +10,10 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -21,6 +23,7 @@ import openai
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 
 from services.safety.policy import DEFAULT_POLICY, CategoryRule
 from services.safety.store import PolicyStore, UserStore
@@ -238,8 +241,15 @@ async def kafka_client(platform: Platform) -> AsyncIterator[tuple[AIOKafkaProduc
         await consumer.stop()
 
 
-async def produce(platform: Platform, producer: AIOKafkaProducer, reply_topic: str, text: str, **extra: object) -> str:
-    request_id = f"safety-{uuid.uuid4().hex}"
+async def produce(
+    platform: Platform,
+    producer: AIOKafkaProducer,
+    reply_topic: str,
+    text: str,
+    request_id: str | None = None,
+    **extra: object,
+) -> str:
+    request_id = request_id or f"safety-{uuid.uuid4().hex}"
     request = {
         "request_id": request_id,
         "model": TINY_MODEL,
@@ -281,6 +291,62 @@ async def test_prompt_produced_straight_to_kafka_is_screened_too(
     events = await read_until_final(consumer, request_id, seconds=30)
     assert [e["event"] for e in events] == ["generation_failed"]
     assert events[0]["code"] == "content_blocked" and "secrets" in events[0]["message"]
+
+
+def partitions_screened_by(platform: Platform, name: str, topic: str, seconds: float = 90) -> set[int]:
+    """The partitions of ``topic`` that the safety instance ``name`` screens after its latest rebalance (its log's last
+    "screening N request partitions" line), once that includes at least one of them."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        lines = [line for line in platform.log(name).splitlines() if "request partitions:" in line]
+        owned = {int(p) for p in re.findall(re.escape(topic) + r"\[(\d+)\]", lines[-1])} if lines else set()
+        if owned:
+            return owned
+        time.sleep(0.5)
+    raise AssertionError(f"{name} was assigned no partition of {topic} within {seconds} s")
+
+
+async def test_requests_on_a_killed_safety_instance_s_partitions_are_screened_by_the_other(
+    platform: Platform, kafka_client: tuple[AIOKafkaProducer, AIOKafkaConsumer, str]
+) -> None:
+    """kill -9 of one of two safety instances: the requests produced to the partitions it had are screened by the
+    survivor once the group notices (its session timeout), from the committed offsets. None is lost."""
+    producer, consumer, reply_topic = kafka_client
+    topic = platform.common.topics.requests(TINY_MODEL)
+    port = free_port()
+    env = next(s for s in platform.services if s.name == "safety").env | {"FERRY_SAFETY_PORT": str(port)}
+    second = start_extra(platform, Service("safety-2", "services.safety.main", port, env))
+    try:
+        owned = partitions_screened_by(platform, "safety-2", topic)
+        assert second.process is not None
+        os.killpg(second.process.pid, signal.SIGKILL)
+        second.process.wait()
+        partitions = list(range(platform.common.topic_partitions))
+        partition_of = DefaultPartitioner()  # the producer's own choice of partition for a key
+        request_ids: list[str] = []
+        while len(request_ids) < 3:  # ids whose records land on the dead instance's partitions
+            candidate = f"safety-kill-{uuid.uuid4().hex}"
+            if partition_of(candidate.encode(), partitions, partitions) in owned:
+                request_ids.append(candidate)
+        for request_id in request_ids:
+            await produce(platform, producer, reply_topic, "What is the capital of France?", request_id)
+
+        finals: dict[str, str] = {}
+        async with asyncio.timeout(120):
+            async for record in consumer:
+                event = json.loads(record.value)
+                if event.get("request_id") in request_ids and event["event"] in (
+                    "completion_finished",
+                    "generation_failed",
+                ):
+                    finals[event["request_id"]] = event["event"]
+                    if len(finals) == len(request_ids):
+                        break
+        assert finals == {request_id: "completion_finished" for request_id in request_ids}
+        survivor = [line for line in platform.log("safety").splitlines() if "request partitions:" in line][-1]
+        assert all(f"{topic}[{p}]" in survivor for p in owned)  # the survivor took the dead instance's partitions
+    finally:
+        stop_service(second)
 
 
 async def test_held_prompt_waits_for_a_reviewer_and_a_rejection_tells_the_requester(
