@@ -51,6 +51,20 @@ class SamplingParams(BaseModel):
         default_factory=list, description="Non-empty strings that end generation when produced."
     )
     seed: int | None = Field(None, description="Random seed for reproducible sampling.")
+    presence_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        description="Lowers (positive) or raises (negative) the odds of every token already in the output, once "
+        "(OpenAI's presence_penalty); 0 is off.",
+    )
+    frequency_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        description="Lowers (positive) or raises (negative) the odds of a token in proportion to how often it is "
+        "already in the output (OpenAI's frequency_penalty); 0 is off.",
+    )
 
 
 Priority = Literal["interactive", "batch", "best_effort"]

@@ -138,7 +138,16 @@ def normalized(
     and the seed, and the order of stop strings does not matter."""
     sampling = request.sampling
     greedy = sampling.temperature == 0
-    return {
+    # penalties join the key only when set, so the keys of entries stored before they existed stay valid
+    penalties = {
+        name: value
+        for name, value in (
+            ("presence_penalty", sampling.presence_penalty),
+            ("frequency_penalty", sampling.frequency_penalty),
+        )
+        if value
+    }
+    return penalties | {
         "v": KEY_VERSION,
         "model": request.model,
         "model_version": model_version,

@@ -36,6 +36,7 @@ from services.ingress.protocol import (
     ModelList,
     error_json,
     ignored_fields,
+    unsupported_option,
 )
 from services.ingress.rate_limits import Charge, RateLimiter
 from services.ingress.serving import (
@@ -185,6 +186,9 @@ async def _serve(  # type: ignore[no-untyped-def]
 ):
     request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
     headers = {"x-request-id": request_id}
+    if unsupported := unsupported_option(body):
+        param, message = unsupported
+        raise ApiError(400, message, param=param, code="unsupported_parameter")
     if ignored := ignored_fields(body):
         logger.warning("request %s: ignored unsupported fields %s", request_id, ignored)
     model = (await deps.catalog.all()).get(body.model)

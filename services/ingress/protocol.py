@@ -56,6 +56,15 @@ class SamplingFields(BaseModel):
         None, description="Up to 4 non-empty sequences that end generation."
     )
     seed: int | None = None
+    presence_penalty: float | None = Field(
+        None, ge=-2, le=2, description="Penalises tokens already in the output, once each; 0 (the default) is off."
+    )
+    frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, description="Penalises tokens by how often they are in the output; 0 (the default) is off."
+    )
+    logit_bias: dict[str, float] | None = Field(
+        None, description="Not supported: null or empty; a bias is refused with a 400 unsupported_parameter."
+    )
     n: int = Field(1, ge=1, le=1, description="Only 1 is supported; larger values are refused with a 400.")
     user: str | None = None
     priority: Priority | None = Field(
@@ -81,6 +90,17 @@ class SamplingFields(BaseModel):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    # Accepted only at values that ask for nothing ferry lacks; anything else gets a 400 unsupported_parameter
+    # (unsupported_option), since ignoring it would hand the client another kind of answer than it asked for.
+    logprobs: bool | None = Field(None, description="Not supported: false or null.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Not supported: 0 or null.")
+    tools: list[dict[str, Any]] | None = Field(None, description="Not supported (no tool calling): null or empty.")
+    tool_choice: str | dict[str, Any] | None = Field(None, description='Not supported: null or "none".')
+    functions: list[dict[str, Any]] | None = Field(None, description="Not supported (deprecated): null or empty.")
+    function_call: str | dict[str, Any] | None = Field(None, description='Not supported (deprecated): null or "none".')
+    response_format: dict[str, Any] | None = Field(
+        None, description='Only {"type": "text"} (or null): JSON modes and schemas are not supported.'
+    )
 
 
 class CompletionRequest(SamplingFields):
@@ -192,6 +212,29 @@ class ModelList(BaseModel):
 
 def ignored_fields(request: BaseModel) -> list[str]:
     return sorted((request.model_extra or {}).keys())
+
+
+def unsupported_option(request: ChatCompletionRequest | CompletionRequest) -> tuple[str, str] | None:
+    """The first option set to something ferry cannot give, with why, or None. Options that only tune the answer are
+    ignored when unknown (``ignored_fields``); these would change what kind of answer the client gets (tool calls,
+    JSON, log probabilities), so pretending to honour them is worse than refusing."""
+    if request.logit_bias:
+        return "logit_bias", "logit_bias is not supported."
+    if not isinstance(request, ChatCompletionRequest):
+        return None
+    if request.logprobs:
+        return "logprobs", "logprobs is not supported: ferry returns no log probabilities."
+    if request.top_logprobs:
+        return "top_logprobs", "top_logprobs is not supported: ferry returns no log probabilities."
+    for name in ("tools", "functions"):
+        if getattr(request, name):
+            return name, f"{name} is not supported: ferry's models do not call tools."
+    for name in ("tool_choice", "function_call"):
+        if getattr(request, name) not in (None, "none"):
+            return name, f'{name} is not supported: ferry\'s models do not call tools (only "none" is accepted).'
+    if request.response_format is not None and request.response_format.get("type") != "text":
+        return "response_format", 'response_format is not supported: only {"type": "text"} is accepted.'
+    return None
 
 
 def error_json(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

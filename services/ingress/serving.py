@@ -120,6 +120,8 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         top_p=1.0 if api.top_p is None else api.top_p,
         stop=stop,
         seed=api.seed,
+        presence_penalty=api.presence_penalty or 0.0,
+        frequency_penalty=api.frequency_penalty or 0.0,
     )
     if isinstance(api, ChatCompletionRequest):
         chat = {

@@ -317,5 +317,7 @@ class Engine:
             max_tokens=max_tokens,
             stop=list(sampling.stop),
             seed=sampling.seed,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
             output_kind=RequestOutputKind.DELTA,
         )

@@ -102,3 +102,66 @@ def test_unsupported_completion_options_are_clear_400s(platform: Platform, extra
     with pytest.raises(BadRequestError) as err:
         sync_client(platform).completions.create(**({"model": TINY_MODEL, "prompt": PROMPT} | extra))
     assert err.value.body["param"].split(".")[0] == param  # type: ignore[index]
+
+
+def test_penalties_reach_the_engine(platform: Platform) -> None:
+    # greedy, so only the penalty can change the text; the tiny random model repeats tokens, which penalties punish
+    client = sync_client(platform)
+
+    def greedy(**penalties: float) -> str:
+        completion = client.completions.create(
+            model=TINY_MODEL, prompt=PROMPT, max_tokens=32, temperature=0, **penalties
+        )
+        return completion.choices[0].text
+
+    def distinct_words(text: str) -> int:
+        return len(set(text.split()))
+
+    plain = greedy()
+    assert greedy(frequency_penalty=0.0, presence_penalty=0.0) == plain
+    assert distinct_words(greedy(frequency_penalty=2.0)) > distinct_words(plain)
+    assert distinct_words(greedy(presence_penalty=2.0)) > distinct_words(plain)
+    chat = client.chat.completions.create(
+        model=TINY_MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=32, temperature=0
+    )
+    penalised = client.chat.completions.create(
+        model=TINY_MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=32,
+        temperature=0,
+        frequency_penalty=2.0,
+    )
+    assert distinct_words(penalised.choices[0].message.content or "") > distinct_words(
+        chat.choices[0].message.content or ""
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ({"logit_bias": {"42": -100}}, "logit_bias"),
+    ],
+)
+def test_options_ferry_cannot_honour_are_refused_not_ignored(platform: Platform, option: dict, param: str) -> None:
+    with pytest.raises(BadRequestError) as err:
+        sync_client(platform).chat.completions.create(
+            model=TINY_MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=4, **option
+        )
+    assert err.value.status_code == 400
+    assert err.value.body["param"] == param and err.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
+
+
+def test_options_at_their_neutral_values_are_served(platform: Platform) -> None:
+    completion = sync_client(platform).chat.completions.create(
+        model=TINY_MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=4,
+        tools=[],
+        tool_choice="none",
+        response_format={"type": "text"},
+        logprobs=False,
+    )
+    assert completion.choices[0].finish_reason in ("stop", "length")

@@ -74,6 +74,20 @@ def test_greedy_key_ignores_top_p_seed_and_stop_order() -> None:
     assert digest(seeded) != digest(request(sampling=SamplingParams(temperature=0.7, max_tokens=16, seed=4)))
 
 
+def test_penalties_change_the_key_even_when_greedy() -> None:
+    base = digest(request())
+    presence = digest(request(sampling=SamplingParams(temperature=0, max_tokens=16, presence_penalty=0.5)))
+    frequency = digest(request(sampling=SamplingParams(temperature=0, max_tokens=16, frequency_penalty=0.5)))
+    assert len({base, presence, frequency}) == 3
+
+
+def test_keys_without_penalties_are_the_ones_stored_before_penalties_existed() -> None:
+    # digests computed by the code of 5cbfb40 (key version 2): entries it stored are still found after the upgrade
+    assert digest(request()) == "4258d2c563833215cc7db1191cd17a568c8e2bb3dca4ebb6579bf5c2c8d95312"
+    seeded = request(sampling=SamplingParams(temperature=0.7, max_tokens=16, seed=3))
+    assert digest(seeded) == "06ba2a49c2e3ec9233e3e276b5b1de9a492927f8cb32d0fc031961daac1137b8"
+
+
 def test_tenants_never_share_a_key_unless_both_opted_into_the_same_shared_scope() -> None:
     a, b = request(tenant_id="a"), request(tenant_id="b")
     assert digest(a) != digest(b)

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from services.ingress.protocol import ChatCompletionRequest
+from services.ingress.protocol import ChatCompletionRequest, CompletionRequest, unsupported_option
 from services.ingress.serving import (
     ApiError,
     ReleaseGate,
@@ -129,6 +129,57 @@ def test_openai_request_maps_to_the_kafka_contract() -> None:
     assert req.prompt_screening == "before"
     beside = Submission("r", "replies.i", deadline, {}, 512, prompt_screening="beside")
     assert to_completion_requested(api, beside).prompt_screening == "beside"
+
+
+def test_penalties_reach_the_kafka_contract_and_default_to_off() -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "a"}]}
+    sub = Submission("r", "t", utc_now(), {}, 77)
+    penalised = ChatCompletionRequest.model_validate(chat | {"presence_penalty": 0.5, "frequency_penalty": -1.5})
+    sampling = to_completion_requested(penalised, sub).sampling
+    assert (sampling.presence_penalty, sampling.frequency_penalty) == (0.5, -1.5)
+    plain = to_completion_requested(ChatCompletionRequest.model_validate(chat), sub).sampling
+    assert (plain.presence_penalty, plain.frequency_penalty) == (0.0, 0.0)
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "a"}]}
+
+
+@pytest.mark.parametrize(
+    "harmless",
+    [
+        {},
+        {"tools": [], "tool_choice": "none", "functions": [], "function_call": "none"},
+        {"response_format": {"type": "text"}, "logprobs": False, "top_logprobs": 0, "logit_bias": {}},
+        {"tools": None, "response_format": None, "logprobs": None, "store": True, "metadata": {"a": "b"}},
+    ],
+)
+def test_options_at_values_that_ask_for_nothing_are_accepted(harmless: dict) -> None:
+    assert unsupported_option(ChatCompletionRequest.model_validate(CHAT | harmless)) is None
+
+
+@pytest.mark.parametrize(
+    ("option", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ],
+)
+def test_options_that_would_change_the_kind_of_answer_are_refused_by_name(option: dict, param: str) -> None:
+    refused = unsupported_option(ChatCompletionRequest.model_validate(CHAT | option))
+    assert refused is not None and refused[0] == param and param in refused[1]
+
+
+def test_a_logit_bias_is_refused_on_plain_completions_too() -> None:
+    request = CompletionRequest.model_validate({"model": "m", "prompt": "a", "logit_bias": {"1": 5}})
+    assert unsupported_option(request) == ("logit_bias", "logit_bias is not supported.")
 
 
 def test_default_max_tokens_applies_when_the_client_sends_none() -> None:
