@@ -1,23 +1,29 @@
-"""When PostgreSQL or Redis stops answering, the ingress answers in bounded time: known keys keep working, unknown
-ones get 503 at once, and rate limits are skipped or enforced as configured. The servers are the real ones; a TCP
-proxy in front of them stops passing bytes, which is what a stopped server or a network partition looks like to a
-client (connections stay open, nothing comes back)."""
+"""When PostgreSQL, Redis or Kafka stops answering, the ingress answers in bounded time: known keys keep working,
+unknown ones get 503 at once, rate limits are skipped or enforced as configured, and a request Kafka does not take gets
+503. The servers are the real ones. A TCP proxy in front of PostgreSQL and Redis stops passing bytes, which is what a
+stopped server or a network partition looks like to a client (connections stay open, nothing comes back). Kafka
+clients connect to the address the broker advertises, past any proxy, so the broker itself is paused (SIGSTOP)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
-from tests.e2e.platform import TINY_MODEL, Platform, Service, free_port, start_extra, stop_service
+from tests.e2e.platform import ROOT, TINY_MODEL, Platform, Service, free_port, start_extra, stop_service
+from tests.e2e.test_flow_control import cancellation_of
 
 CHAT = "/v1/chat/completions"
 
@@ -193,3 +199,58 @@ def test_while_postgres_hangs_known_keys_keep_working_and_unknown_ones_get_503(
     while (response := chat(outages.lenient, unknown)).status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert response.status_code == 200, response.text
+
+
+@contextmanager
+def kafka_paused() -> Iterator[None]:
+    """Freezes the Kafka broker that infra/platform runs for this checkout (SIGSTOP), and resumes it on leaving. Paused
+    for less than the consumers' session timeouts (6-10 s), the session's services keep their partitions."""
+    pidfile = Path(os.environ.get("FERRY_STATE", ROOT / ".state")) / "run" / "kafka.pid"
+    if not pidfile.is_file():
+        pytest.skip(f"Kafka is not run by infra/platform for this checkout (no {pidfile}): nothing to pause")
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+async def test_while_kafka_hangs_a_request_gets_503_at_the_publish_timeout_its_charge_back_and_a_cancel(
+    platform: Platform,
+) -> None:
+    first = next(s for s in platform.services if s.name == "ingress")
+    port = free_port()
+    env = first.env | {
+        "FERRY_INGRESS_PORT": str(port),
+        "FERRY_INGRESS_INSTANCE_ID": f"kafka-outage-{uuid.uuid4().hex[:6]}",
+        "FERRY_INGRESS_PUBLISH_TIMEOUT_S": "1",
+    }
+    ingress = start_extra(platform, Service("ingress-kafka-outage", "services.ingress.main", port, env))
+    # 600 tokens a minute: the 501 charged for the refused request must come back for the next one (201) to fit
+    key = platform.new_tenant(f"kafka-outage-{uuid.uuid4().hex[:6]}", "--tpm", "600")
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers={"authorization": f"Bearer {key}"}, timeout=60
+        ) as client:
+
+            async def chat(max_tokens: int) -> httpx.Response:
+                body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+                return await client.post(CHAT, json=body)
+
+            with kafka_paused():
+                started = time.monotonic()
+                refused = await chat(500)
+                waited = time.monotonic() - started
+            assert_unavailable(refused, "queue_unavailable")
+            assert waited < 10  # the 1 s publish timeout, not the Kafka client's 40 s request timeout
+            # the record may still reach Kafka from the producer's buffer once the broker is back: a cancel follows it
+            cancelled = await cancellation_of(platform, refused.headers["x-request-id"])
+            assert cancelled.reason == "requested" and cancelled.model == TINY_MODEL
+            deadline = time.monotonic() + 30
+            while (served := await chat(200)).status_code == 503 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            assert served.status_code == 200, served.text  # not 429: the refused request's tokens were refunded
+            assert served.json()["choices"][0]["message"]["content"]
+    finally:
+        stop_service(ingress)
