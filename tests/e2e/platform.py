@@ -160,6 +160,17 @@ def start_extra(platform: Platform, service: Service, timeout_s: float = 120) ->
     return service
 
 
+def start_extra_ingress(platform: Platform, name: str, settings: dict[str, str] | None = None) -> Service:
+    """Starts one more ingress next to the session's, with its settings changed by ``settings`` (environment
+    variables), its own port and instance id (so its own reply topic); the caller stops it with stop_service."""
+    first = next(s for s in platform.services if s.name == "ingress")
+    port = free_port()
+    own = {"FERRY_INGRESS_PORT": str(port), "FERRY_INGRESS_INSTANCE_ID": f"{name}-{uuid.uuid4().hex[:6]}"}
+    return start_extra(
+        platform, Service(f"ingress-{name}", "services.ingress.main", port, first.env | own | (settings or {}))
+    )
+
+
 def stop_service(service: Service, timeout_s: float = 60) -> None:
     if service.process is None:
         return

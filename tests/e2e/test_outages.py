@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from tests.e2e.platform import ROOT, TINY_MODEL, Platform, Service, free_port, start_extra, stop_service
+from tests.e2e.platform import ROOT, TINY_MODEL, Platform, Service, start_extra_ingress, stop_service
 from tests.e2e.test_flow_control import cancellation_of
 
 CHAT = "/v1/chat/completions"
@@ -109,21 +109,17 @@ def outages(platform: Platform) -> Iterator[Outages]:
         FreezableProxy(postgres.hostname or "127.0.0.1", postgres.port or 5432) as pg_proxy,
         FreezableProxy(redis.hostname or "127.0.0.1", redis.port or 6379) as redis_proxy,
     ):
-        first = next(s for s in platform.services if s.name == "ingress")
         started: list[Service] = []
         try:
             for name, mode in (("lenient", "allow"), ("strict", "refuse")):
-                port = free_port()
-                env = first.env | {
-                    "FERRY_INGRESS_PORT": str(port),
-                    "FERRY_INGRESS_INSTANCE_ID": f"{name}-{uuid.uuid4().hex[:6]}",
+                settings = {
                     "FERRY_POSTGRES_DSN": through(platform.env["FERRY_POSTGRES_DSN"], pg_proxy),
                     "FERRY_REDIS_URL": through(platform.common.redis_url, redis_proxy),
                     "FERRY_INGRESS_POSTGRES_TIMEOUT_S": "1",
                     "FERRY_INGRESS_REDIS_TIMEOUT_S": "0.3",
                     "FERRY_INGRESS_RATE_LIMITS_UNAVAILABLE": mode,
                 }
-                started.append(start_extra(platform, Service(f"ingress-{name}", "services.ingress.main", port, env)))
+                started.append(start_extra_ingress(platform, name, settings))
             yield Outages(pg_proxy, redis_proxy, *(f"http://127.0.0.1:{s.port}" for s in started))
         finally:
             for service in started:
@@ -219,19 +215,12 @@ def kafka_paused() -> Iterator[None]:
 async def test_while_kafka_hangs_a_request_gets_503_at_the_publish_timeout_its_charge_back_and_a_cancel(
     platform: Platform,
 ) -> None:
-    first = next(s for s in platform.services if s.name == "ingress")
-    port = free_port()
-    env = first.env | {
-        "FERRY_INGRESS_PORT": str(port),
-        "FERRY_INGRESS_INSTANCE_ID": f"kafka-outage-{uuid.uuid4().hex[:6]}",
-        "FERRY_INGRESS_PUBLISH_TIMEOUT_S": "1",
-    }
-    ingress = start_extra(platform, Service("ingress-kafka-outage", "services.ingress.main", port, env))
+    ingress = start_extra_ingress(platform, "kafka-outage", {"FERRY_INGRESS_PUBLISH_TIMEOUT_S": "1"})
     # 600 tokens a minute: the 501 charged for the refused request must come back for the next one (201) to fit
     key = platform.new_tenant(f"kafka-outage-{uuid.uuid4().hex[:6]}", "--tpm", "600")
     try:
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", headers={"authorization": f"Bearer {key}"}, timeout=60
+            base_url=f"http://127.0.0.1:{ingress.port}", headers={"authorization": f"Bearer {key}"}, timeout=60
         ) as client:
 
             async def chat(max_tokens: int) -> httpx.Response:

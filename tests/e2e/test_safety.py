@@ -27,7 +27,16 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from services.safety.policy import DEFAULT_POLICY, CategoryRule
 from services.safety.store import PolicyStore, UserStore
-from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform, Service, free_port, start_extra, stop_service
+from tests.e2e.platform import (
+    DEFAULT_MODEL,
+    TINY_MODEL,
+    Platform,
+    Service,
+    free_port,
+    start_extra,
+    start_extra_ingress,
+    stop_service,
+)
 from tests.e2e.test_flow_control import cancellation_of
 from tests.e2e.test_kafka_api import read_until_final
 
@@ -103,14 +112,7 @@ def content_of(events: list[object]) -> str:
 def beside(platform: Platform) -> Iterator[Service]:
     """An ingress that has prompts screened beside generation (FERRY_INGRESS_PROMPT_SCREENING=beside): the worker may
     answer before the safety stage, and the ingress must hold the output until the verdict."""
-    first = next(s for s in platform.services if s.name == "ingress")
-    port = free_port()
-    env = first.env | {
-        "FERRY_INGRESS_PORT": str(port),
-        "FERRY_INGRESS_INSTANCE_ID": f"beside-{uuid.uuid4().hex[:6]}",
-        "FERRY_INGRESS_PROMPT_SCREENING": "beside",
-    }
-    service = start_extra(platform, Service("ingress-beside", "services.ingress.main", port, env))
+    service = start_extra_ingress(platform, "beside", {"FERRY_INGRESS_PROMPT_SCREENING": "beside"})
     yield service
     stop_service(service)
 

@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.e2e.platform import TINY_MODEL, Platform, Service, free_port, start_extra, stop_service
+from tests.e2e.platform import TINY_MODEL, Platform, start_extra_ingress, stop_service
 
 CHAT = "/v1/chat/completions"
 
@@ -100,17 +100,10 @@ async def test_concurrent_tenants_each_get_exactly_their_own_answers(platform: P
     assert together == [alone[name] for name in list(keys) * 4]
 
 
-def second_ingress(platform: Platform) -> Service:
-    first = next(s for s in platform.services if s.name == "ingress")
-    port = free_port()
-    env = first.env | {"FERRY_INGRESS_PORT": str(port), "FERRY_INGRESS_INSTANCE_ID": f"second-{uuid.uuid4().hex[:6]}"}
-    return start_extra(platform, Service("ingress-2", "services.ingress.main", port, env))
-
-
 def test_rate_limits_hold_across_two_ingress_instances(platform: Platform) -> None:
     key = platform.new_tenant(f"limited-{uuid.uuid4().hex[:6]}", "--rpm", "4")
     other = platform.new_tenant(f"unlimited-{uuid.uuid4().hex[:6]}")
-    extra = second_ingress(platform)
+    extra = start_extra_ingress(platform, "second")
     away_from_a_minute_boundary()
     try:
         urls = [platform.base_url, f"http://127.0.0.1:{extra.port}"]
