@@ -101,6 +101,9 @@ class ChatCompletionRequest(SamplingFields):
     response_format: dict[str, Any] | None = Field(
         None, description='Only {"type": "text"} (or null): JSON modes and schemas are not supported.'
     )
+    modalities: list[str] | None = Field(None, description='Only ["text"] (or null): no audio output.')
+    audio: dict[str, Any] | None = Field(None, description="Not supported (no audio output): null.")
+    web_search_options: dict[str, Any] | None = Field(None, description="Not supported (no web search): null.")
 
 
 class CompletionRequest(SamplingFields):
@@ -234,6 +237,12 @@ def unsupported_option(request: ChatCompletionRequest | CompletionRequest) -> tu
             return name, f'{name} is not supported: ferry\'s models do not call tools (only "none" is accepted).'
     if request.response_format is not None and request.response_format.get("type") != "text":
         return "response_format", 'response_format is not supported: only {"type": "text"} is accepted.'
+    if request.modalities is not None and set(request.modalities) != {"text"}:
+        return "modalities", 'modalities is not supported: only ["text"] is accepted.'
+    if request.audio is not None:
+        return "audio", "audio is not supported: ferry's models answer in text."
+    if request.web_search_options is not None:
+        return "web_search_options", "web_search_options is not supported: ferry's models do not search the web."
     return None
 
 

@@ -151,6 +151,7 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "a"}]}
         {"tools": [], "tool_choice": "none", "functions": [], "function_call": "none"},
         {"response_format": {"type": "text"}, "logprobs": False, "top_logprobs": 0, "logit_bias": {}},
         {"tools": None, "response_format": None, "logprobs": None, "store": True, "metadata": {"a": "b"}},
+        {"modalities": ["text"], "audio": None, "web_search_options": None},
     ],
 )
 def test_options_at_values_that_ask_for_nothing_are_accepted(harmless: dict) -> None:
@@ -170,6 +171,9 @@ def test_options_at_values_that_ask_for_nothing_are_accepted(harmless: dict) -> 
         ({"logprobs": True}, "logprobs"),
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"web_search_options": {}}, "web_search_options"),
     ],
 )
 def test_options_that_would_change_the_kind_of_answer_are_refused_by_name(option: dict, param: str) -> None:
