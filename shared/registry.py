@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -23,6 +24,7 @@ class ModelRecord(BaseModel):
     version: str = Field(description="Version of the weights; a change invalidates what depends on them.")
     max_model_len: int = Field(gt=0, description="Most tokens of prompt plus completion.")
     default: bool = Field(False, description="The model `up` serves when none is named.")
+    created_at: datetime | None = Field(None, description="When the registry first listed it; None before that.")
 
 
 def read_seed(path: Path = SEED_FILE) -> list[ModelRecord]:
@@ -55,13 +57,14 @@ class ModelRegistry:
 
     async def enabled(self) -> list[ModelRecord]:
         rows = await self._pool.fetch(
-            "SELECT id, source, version, max_model_len, is_default FROM models WHERE enabled ORDER BY id"
+            "SELECT id, source, version, max_model_len, is_default, created_at FROM models WHERE enabled ORDER BY id"
         )
         return [self._record(r) for r in rows]
 
     async def get(self, model_id: str) -> ModelRecord | None:
         row = await self._pool.fetchrow(
-            "SELECT id, source, version, max_model_len, is_default FROM models WHERE id = $1 AND enabled", model_id
+            "SELECT id, source, version, max_model_len, is_default, created_at FROM models WHERE id = $1 AND enabled",
+            model_id,
         )
         return self._record(row) if row else None
 
@@ -73,4 +76,5 @@ class ModelRegistry:
             version=row["version"],
             max_model_len=row["max_model_len"],
             default=row["is_default"],
+            created_at=row["created_at"],
         )

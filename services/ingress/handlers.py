@@ -160,7 +160,19 @@ async def health(deps: DepsDep) -> JSONResponse:
 @router.get("/v1/models", response_model=ModelList, tags=["openai"], responses=ERRORS)
 async def list_models(deps: DepsDep, _: TenantDep) -> ModelList:
     models = await deps.catalog.all()
-    return ModelList(data=[ModelCard(id=m.id, created=0, max_model_len=m.max_model_len) for m in models.values()])
+    return ModelList(data=[ModelCard.of(m) for m in models.values()])
+
+
+def unknown_model(model: str) -> ApiError:
+    return ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+
+
+@router.get("/v1/models/{model}", response_model=ModelCard, tags=["openai"], responses=ERRORS)
+async def retrieve_model(model: str, deps: DepsDep, _: TenantDep) -> ModelCard:
+    record = (await deps.catalog.all()).get(model)
+    if record is None:
+        raise unknown_model(model)
+    return ModelCard.of(record)
 
 
 @router.delete("/v1/cache", tags=["ferry"], responses=ERRORS)
@@ -193,7 +205,7 @@ async def _serve(  # type: ignore[no-untyped-def]
         logger.warning("request %s: ignored unsupported fields %s", request_id, ignored)
     model = (await deps.catalog.all()).get(body.model)
     if model is None:
-        raise ApiError(404, f"The model `{body.model}` does not exist.", param="model", code="model_not_found")
+        raise unknown_model(body.model)
     priority = _choice(body.priority, request, "x-ferry-priority", Priority)
     profile = _choice(body.batching_profile, request, "x-ferry-batching-profile", BatchingProfile)
     variant = body.variant or _variant_header(request) or tenant.default_variant

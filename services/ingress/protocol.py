@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts import VARIANT_NAME_PATTERN, BatchingProfile, Priority
+from shared.registry import ModelRecord
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 SystemFingerprint = Annotated[
@@ -203,9 +204,14 @@ class Completion(BaseModel):
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
-    created: int
+    created: int = Field(description="Unix time at which the registry first listed the model.")
     owned_by: str = "ferry"
-    max_model_len: int
+    max_model_len: int = Field(description="ferry: most tokens of prompt plus completion.")
+
+    @classmethod
+    def of(cls, model: ModelRecord) -> ModelCard:
+        created = int(model.created_at.timestamp()) if model.created_at is not None else 0
+        return cls(id=model.id, created=created, max_model_len=model.max_model_len)
 
 
 class ModelList(BaseModel):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
-from openai import AsyncOpenAI, BadRequestError, OpenAI
+from openai import AsyncOpenAI, BadRequestError, NotFoundError, OpenAI
 
 from tests.e2e.platform import TINY_MODEL, Platform
 
@@ -165,3 +166,14 @@ def test_options_at_their_neutral_values_are_served(platform: Platform) -> None:
         logprobs=False,
     )
     assert completion.choices[0].finish_reason in ("stop", "length")
+
+
+def test_models_are_listed_and_retrieved_as_openai_does(platform: Platform) -> None:
+    client = sync_client(platform)
+    listed = {m.id: m for m in client.models.list()}
+    tiny = client.models.retrieve(TINY_MODEL)
+    assert tiny == listed[TINY_MODEL] and tiny.object == "model"
+    assert 1_700_000_000 < tiny.created <= time.time()  # when the registry listed it, in Unix seconds
+    with pytest.raises(NotFoundError) as err:
+        client.models.retrieve("no-such-model")
+    assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "model"  # type: ignore[index]

@@ -28,10 +28,11 @@ def assert_error(response: httpx.Response, status: int, code: str | None) -> dic
     return error
 
 
-@pytest.mark.parametrize("path", ["/v1/models", CHAT, "/v1/completions"])
+@pytest.mark.parametrize("path", ["/v1/models", f"/v1/models/{TINY_MODEL}", CHAT, "/v1/completions"])
 def test_every_api_route_needs_a_key(platform: Platform, path: str) -> None:
-    method = httpx.get if path == "/v1/models" else httpx.post
-    kwargs = {} if path == "/v1/models" else {"json": {"model": TINY_MODEL, "prompt": "hi"}}
+    reading = path.startswith("/v1/models")
+    method = httpx.get if reading else httpx.post
+    kwargs = {} if reading else {"json": {"model": TINY_MODEL, "prompt": "hi"}}
     missing = method(f"{platform.base_url}{path}", timeout=10, **kwargs)  # type: ignore[operator]
     assert_error(missing, 401, "missing_api_key")
     assert missing.headers["www-authenticate"] == "Bearer"
