@@ -420,6 +420,7 @@ async def _charge(deps: IngressDeps, tenant: Tenant, tokens: int, headers: dict[
             raise
         deps.metrics.limits_unchecked.inc()  # the outage itself is logged once a second, not once a request
         return None
+    headers |= admission.headers(tenant)
     if admission.allowed:
         assert admission.charge is not None
         return admission.charge

@@ -24,7 +24,8 @@ WINDOW_MS = 60_000
 
 # KEYS: requests (this window, previous), tokens (this window, previous), monthly quota.
 # ARGV: now_ms, window_ms, requests_per_minute, tokens_per_minute, token_cost, monthly_quota (0 = unlimited).
-# Returns {allowed, retry_after_ms, limit_name}.
+# Returns {allowed, retry_after_ms, limit_name, requests_left, tokens_left}: what is left of each per-minute limit in
+# the sliding window after this request (its charge included when allowed); -1 for a limit the tenant does not have.
 _CHECK_AND_CHARGE = """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rpm, tpm, cost, quota = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -44,15 +45,24 @@ local function wait_ms(limit, cur_key, prev_key, add)
   if need <= into then return 0 end
   return math.ceil(need - into)
 end
+local function left(limit, cur_key, prev_key)
+  if limit == 0 then return -1 end
+  local cur = tonumber(redis.call('GET', cur_key) or '0')
+  local prev = tonumber(redis.call('GET', prev_key) or '0')
+  return math.max(0, limit - math.ceil(cur + prev * (window - into) / window))
+end
+local function answer(allowed, wait, name)
+  return {allowed, wait, name, left(rpm, KEYS[1], KEYS[2]), left(tpm, KEYS[3], KEYS[4])}
+end
 local req_wait = wait_ms(rpm, KEYS[1], KEYS[2], 1)
-if req_wait ~= 0 then return {0, req_wait, 'requests'} end
+if req_wait ~= 0 then return answer(0, req_wait, 'requests') end
 local tok_wait = wait_ms(tpm, KEYS[3], KEYS[4], cost)
-if tok_wait ~= 0 then return {0, tok_wait, 'tokens'} end
-if quota > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') + cost > quota then return {0, -2, 'quota'} end
+if tok_wait ~= 0 then return answer(0, tok_wait, 'tokens') end
+if quota > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') + cost > quota then return answer(0, -2, 'quota') end
 redis.call('INCR', KEYS[1]); redis.call('PEXPIRE', KEYS[1], 2 * window)
 redis.call('INCRBY', KEYS[3], cost); redis.call('PEXPIRE', KEYS[3], 2 * window)
 redis.call('INCRBY', KEYS[5], cost); redis.call('EXPIRE', KEYS[5], 3024000)
-return {1, 0, ''}
+return answer(1, 0, '')
 """
 
 # KEYS: counters to correct; ARGV: delta. A counter that has expired stays gone (its window is over); none goes below 0.
@@ -74,6 +84,23 @@ class Admission:
     retry_after_s: int | None = None
     """None when waiting cannot help (the request alone is larger than the limit)."""
     charge: Charge | None = None
+    requests_left: int | None = None
+    """Requests the tenant may still make in the sliding minute; None without a requests-per-minute limit."""
+    tokens_left: int | None = None
+    """Tokens left in the sliding minute, counting admitted requests at their estimate until they are settled; None
+    without a tokens-per-minute limit."""
+
+    def headers(self, tenant: Tenant) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-limit-*`` and ``x-ratelimit-remaining-*`` headers, for the limits the tenant has."""
+        headers: dict[str, str] = {}
+        for kind, limit, left in (
+            ("requests", tenant.requests_per_minute, self.requests_left),
+            ("tokens", tenant.tokens_per_minute, self.tokens_left),
+        ):
+            if limit and left is not None:
+                headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+                headers[f"x-ratelimit-remaining-{kind}"] = str(left)
+        return headers
 
 
 @dataclass(frozen=True)
@@ -107,7 +134,7 @@ class RateLimiter:
         now = now or datetime.now(UTC)
         now_ms = int(now.timestamp() * 1000)
         window, month = now_ms // WINDOW_MS, now.strftime("%Y%m")
-        allowed, wait_ms, limit = await self._redis.call(
+        allowed, wait_ms, limit, requests_left, tokens_left = await self._redis.call(
             lambda: self._check_and_charge(
                 keys=self._keys(tenant.id, window, month),
                 args=[
@@ -121,13 +148,17 @@ class RateLimiter:
             )
         )
         limit = limit.decode() if isinstance(limit, bytes) else str(limit)
+        left = {
+            "requests_left": None if requests_left < 0 else requests_left,
+            "tokens_left": None if tokens_left < 0 else tokens_left,
+        }
         if allowed:
-            return Admission(True, charge=Charge(tenant.id, window, month, tokens))
+            return Admission(True, charge=Charge(tenant.id, window, month, tokens), **left)
         if wait_ms == -1:
-            return Admission(False, limit, None)
+            return Admission(False, limit, None, **left)
         if wait_ms == -2:
-            return Admission(False, limit, _seconds_to_next_month(now))
-        return Admission(False, limit, max(1, math.ceil(wait_ms / 1000)))
+            return Admission(False, limit, _seconds_to_next_month(now), **left)
+        return Admission(False, limit, max(1, math.ceil(wait_ms / 1000)), **left)
 
     async def settle(self, charge: Charge, actual_tokens: int) -> None:
         """Replaces the admission estimate by the real token count (usually a refund: max_tokens is rarely used up)."""

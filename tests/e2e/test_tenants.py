@@ -108,14 +108,20 @@ def test_rate_limits_hold_across_two_ingress_instances(platform: Platform) -> No
     away_from_a_minute_boundary()
     try:
         urls = [platform.base_url, f"http://127.0.0.1:{extra.port}"]
-        statuses = [chat(platform, key, base_url=urls[i % 2]).status_code for i in range(6)]
+        responses = [chat(platform, key, base_url=urls[i % 2]) for i in range(6)]
+        statuses = [r.status_code for r in responses]
         assert statuses.count(200) == 4, statuses
+        # OpenAI's headers say what is left, counted across both instances
+        left = [r.headers.get("x-ratelimit-remaining-requests") for r in responses]
+        assert left == ["3", "2", "1", "0", "0", "0"], left
+        assert {r.headers.get("x-ratelimit-limit-requests") for r in responses} == {"4"}
         refused = chat(platform, key, base_url=urls[1])
         error = assert_error(refused, 429, "rate_limit_requests")
         assert error["type"] == "rate_limit_exceeded"
         assert 1 <= int(refused.headers["retry-after"]) <= 120
         # one tenant's limit is not another's
-        assert chat(platform, other, base_url=urls[0]).status_code == 200
+        unlimited = chat(platform, other, base_url=urls[0])
+        assert unlimited.status_code == 200 and "x-ratelimit-limit-requests" not in unlimited.headers
         assert chat(platform, other, base_url=urls[1]).status_code == 200
     finally:
         stop_service(extra)

@@ -77,3 +77,30 @@ async def test_tenants_do_not_share_counts(redis: Redis, namespace: str) -> None
     assert (await limiter.admit(Tenant(id="a", requests_per_minute=1), 1, T0)).allowed
     assert not (await limiter.admit(Tenant(id="a", requests_per_minute=1), 1, T0)).allowed
     assert (await limiter.admit(Tenant(id="b", requests_per_minute=1), 1, T0)).allowed
+
+
+async def test_what_is_left_of_each_limit_is_reported_after_the_charge(redis: Redis, namespace: str) -> None:
+    limiter = RateLimiter(redis, namespace)
+    tenant = Tenant(id="t", requests_per_minute=3, tokens_per_minute=1000)
+    first = await limiter.admit(tenant, 400, T0)
+    assert (first.requests_left, first.tokens_left) == (2, 600)
+    assert first.headers(tenant) == {
+        "x-ratelimit-limit-requests": "3",
+        "x-ratelimit-remaining-requests": "2",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "600",
+    }
+    refused = await limiter.admit(tenant, 700, T0)  # nothing is charged: what is left stays
+    assert not refused.allowed and (refused.requests_left, refused.tokens_left) == (2, 600)
+    # 30 s into the next window half of the previous one still counts: 3 - ceil(1 + 1 * 0.5), 1000 - (100 + 400 * 0.5)
+    later = await limiter.admit(tenant, 100, T0 + timedelta(seconds=90))
+    assert (later.requests_left, later.tokens_left) == (1, 700)
+
+
+async def test_limits_a_tenant_does_not_have_are_not_reported(redis: Redis, namespace: str) -> None:
+    limiter = RateLimiter(redis, namespace)
+    tenant = Tenant(id="t", tokens_per_minute=50)
+    admitted = await limiter.admit(tenant, 20, T0)
+    assert admitted.requests_left is None and admitted.tokens_left == 30
+    assert set(admitted.headers(tenant)) == {"x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens"}
+    assert (await limiter.admit(Tenant(id="free"), 20, T0)).headers(Tenant(id="free")) == {}
