@@ -40,6 +40,9 @@ async def enabled_models(dsn: str) -> list[ModelRecord]:
         await pool.close()
 
 
+_COLUMNS = "id, source, version, max_model_len, is_default, created_at"  # what ModelRegistry._record reads
+
+
 class ModelRegistry:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -56,16 +59,11 @@ class ModelRegistry:
             )
 
     async def enabled(self) -> list[ModelRecord]:
-        rows = await self._pool.fetch(
-            "SELECT id, source, version, max_model_len, is_default, created_at FROM models WHERE enabled ORDER BY id"
-        )
+        rows = await self._pool.fetch(f"SELECT {_COLUMNS} FROM models WHERE enabled ORDER BY id")
         return [self._record(r) for r in rows]
 
     async def get(self, model_id: str) -> ModelRecord | None:
-        row = await self._pool.fetchrow(
-            "SELECT id, source, version, max_model_len, is_default, created_at FROM models WHERE id = $1 AND enabled",
-            model_id,
-        )
+        row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM models WHERE id = $1 AND enabled", model_id)
         return self._record(row) if row else None
 
     @staticmethod
