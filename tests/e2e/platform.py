@@ -98,7 +98,16 @@ async def _create_database(base_dsn: str, name: str) -> None:
 async def _drop_database(base_dsn: str, name: str) -> None:
     conn = await asyncpg.connect(base_dsn)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for attempt in range(20):
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except asyncpg.InsufficientPrivilegeError:
+                # an autovacuum worker (the superuser's) is in the database and the ferry role may not end it; it
+                # finishes within moments on these small databases
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.5)
     finally:
         await conn.close()
 
