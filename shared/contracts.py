@@ -8,12 +8,16 @@ contract for internal systems that produce requests or read replies directly (se
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 SCHEMA_VERSION = 1
 VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # how variant names look (fp32, int8, ...), for edge validation
+
+
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer.")]
+"""A sampling seed: torch's generators take 64 bits, and a seed beyond them failed in the engine."""
 
 
 def utc_now() -> datetime:
@@ -39,6 +43,28 @@ class ChatMessage(BaseModel):
     content: str = Field(description="The text of the turn.")
 
 
+class ResponseFormat(BaseModel):
+    """Constrains the completion to JSON (OpenAI's response_format): the engine masks every token that would break the
+    format, so a completion that ends with finish reason ``stop`` parses (one cut short by ``length`` may not)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["json_object", "json_schema"] = Field(
+        description="json_object: any JSON object. json_schema: JSON that matches ``json_schema``."
+    )
+    json_schema: dict[str, Any] | None = Field(
+        None,
+        description="The JSON Schema the completion must match, as written (type json_schema only). A schema the "
+        "engine cannot use gets a GenerationFailed with code invalid_request and param response_format.",
+    )
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema and not allowed with json_object")
+        return self
+
+
 class SamplingParams(BaseModel):
     """How to sample the completion; the OpenAI parameters the platform accepts."""
 
@@ -50,7 +76,7 @@ class SamplingParams(BaseModel):
     stop: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="Non-empty strings that end generation when produced."
     )
-    seed: int | None = Field(None, description="Random seed for reproducible sampling.")
+    seed: Seed | None = Field(None, description="Random seed for reproducible sampling.")
     presence_penalty: float = Field(
         0.0,
         ge=-2.0,
@@ -64,6 +90,9 @@ class SamplingParams(BaseModel):
         le=2.0,
         description="Lowers (positive) or raises (negative) the odds of a token in proportion to how often it is "
         "already in the output (OpenAI's frequency_penalty); 0 is off.",
+    )
+    response_format: ResponseFormat | None = Field(
+        None, description="JSON the completion must be (OpenAI's response_format); None: free text."
     )
 
 
@@ -339,6 +368,9 @@ class GenerationFailed(Message):
     sequence: int = Field(ge=0, description="Position of this event among the request's reply events.")
     code: str = Field(description="Machine-readable reason, e.g. invalid_request, model_unavailable, engine_error.")
     message: str = Field(description="Human-readable explanation.")
+    param: str | None = Field(
+        None, description="The request parameter the failure is about, when it is about one (e.g. response_format)."
+    )
     retryable: bool = Field(False, description="Whether sending the same request again may succeed.")
 
 

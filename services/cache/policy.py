@@ -138,16 +138,17 @@ def normalized(
     and the seed, and the order of stop strings does not matter."""
     sampling = request.sampling
     greedy = sampling.temperature == 0
-    # penalties join the key only when set, so the keys of entries stored before they existed stay valid
-    penalties = {
+    # options added after key version 2 join the key only when set, so the keys of entries stored before stay valid
+    later_options = {
         name: value
         for name, value in (
             ("presence_penalty", sampling.presence_penalty),
             ("frequency_penalty", sampling.frequency_penalty),
+            ("response_format", sampling.response_format and sampling.response_format.model_dump()),
         )
         if value
     }
-    return penalties | {
+    return later_options | {
         "v": KEY_VERSION,
         "model": request.model,
         "model_version": model_version,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.contracts import VARIANT_NAME_PATTERN, BatchingProfile, Priority
+from shared.contracts import VARIANT_NAME_PATTERN, BatchingProfile, Priority, Seed
 from shared.registry import ModelRecord
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -38,6 +38,33 @@ class ChatMessageIn(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="The format's name.")
+    description: str | None = Field(None, description="What the format is for; not shown to the model.")
+    schema_: dict[str, Any] = Field(
+        alias="schema",
+        description="The JSON Schema the output must match, enforced as written (additional properties are allowed "
+        "unless the schema says false). A schema the engine cannot use gets a 400 with param response_format.",
+    )
+    strict: bool | None = Field(None, description="Accepted; the schema is always enforced.")
+
+
+class ResponseFormatIn(BaseModel):
+    type: Literal["text", "json_object", "json_schema"] = Field(
+        description="text: free text (the default). json_object: any JSON object. json_schema: JSON matching "
+        "json_schema.schema."
+    )
+    json_schema: JsonSchemaSpec | None = Field(None, description="Required with type json_schema, else ignored.")
+
+    @model_validator(mode="after")
+    def _schema_with_json_schema(self) -> ResponseFormatIn:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema is required when type is json_schema")
+        return self
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -56,12 +83,17 @@ class SamplingFields(BaseModel):
     stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=4)] | None = Field(
         None, description="Up to 4 non-empty sequences that end generation."
     )
-    seed: int | None = None
+    seed: Seed | None = None
     presence_penalty: float | None = Field(
         None, ge=-2, le=2, description="Penalises tokens already in the output, once each; 0 (the default) is off."
     )
     frequency_penalty: float | None = Field(
         None, ge=-2, le=2, description="Penalises tokens by how often they are in the output; 0 (the default) is off."
+    )
+    response_format: ResponseFormatIn | None = Field(
+        None,
+        description="JSON output, enforced token by token by the engine's grammar-guided decoding: an output that ends "
+        "with finish_reason stop parses; one cut short by max_tokens (length) may not.",
     )
     logit_bias: dict[str, float] | None = Field(
         None, description="Not supported: null or empty; a bias is refused with a 400 unsupported_parameter."
@@ -99,9 +131,6 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: str | dict[str, Any] | None = Field(None, description='Not supported: null or "none".')
     functions: list[dict[str, Any]] | None = Field(None, description="Not supported (deprecated): null or empty.")
     function_call: str | dict[str, Any] | None = Field(None, description='Not supported (deprecated): null or "none".')
-    response_format: dict[str, Any] | None = Field(
-        None, description='Only {"type": "text"} (or null): JSON modes and schemas are not supported.'
-    )
     modalities: list[str] | None = Field(None, description='Only ["text"] (or null): no audio output.')
     audio: dict[str, Any] | None = Field(None, description="Not supported (no audio output): null.")
     web_search_options: dict[str, Any] | None = Field(None, description="Not supported (no web search): null.")
@@ -226,7 +255,7 @@ def ignored_fields(request: BaseModel) -> list[str]:
 def unsupported_option(request: ChatCompletionRequest | CompletionRequest) -> tuple[str, str] | None:
     """The first option set to something ferry cannot give, with why, or None. Options that only tune the answer are
     ignored when unknown (``ignored_fields``); these would change what kind of answer the client gets (tool calls,
-    JSON, log probabilities), so pretending to honour them is worse than refusing."""
+    log probabilities), so pretending to honour them is worse than refusing."""
     if request.logit_bias:
         return "logit_bias", "logit_bias is not supported."
     if not isinstance(request, ChatCompletionRequest):
@@ -241,8 +270,6 @@ def unsupported_option(request: ChatCompletionRequest | CompletionRequest) -> tu
     for name in ("tool_choice", "function_call"):
         if getattr(request, name) not in (None, "none"):
             return name, f'{name} is not supported: ferry\'s models do not call tools (only "none" is accepted).'
-    if request.response_format is not None and request.response_format.get("type") != "text":
-        return "response_format", 'response_format is not supported: only {"type": "text"} is accepted.'
     if request.modalities is not None and set(request.modalities) != {"text"}:
         return "modalities", 'modalities is not supported: only ["text"] is accepted.'
     if request.audio is not None:

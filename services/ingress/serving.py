@@ -21,6 +21,7 @@ from services.ingress.protocol import (
     CompletionChoice,
     CompletionRequest,
     Delta,
+    ResponseFormatIn,
     UsageOut,
     error_json,
 )
@@ -34,6 +35,7 @@ from shared.contracts import (
     PromptCleared,
     PromptScreening,
     ReplyEvent,
+    ResponseFormat,
     SamplingParams,
     TokensGenerated,
 )
@@ -87,7 +89,7 @@ def failure_error(failure: GenerationFailed) -> ApiError:
         status,
         failure.message,
         type_,
-        param="variant" if code == "variant_unavailable" else None,
+        param=failure.param or ("variant" if code == "variant_unavailable" else None),
         code=code,
         headers=retry,
     )
@@ -122,6 +124,7 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         seed=api.seed,
         presence_penalty=api.presence_penalty or 0.0,
         frequency_penalty=api.frequency_penalty or 0.0,
+        response_format=_response_format(api.response_format),
     )
     if isinstance(api, ChatCompletionRequest):
         chat = {
@@ -150,6 +153,15 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         screening_policy=sub.screening_policy,
         **chat,
     )
+
+
+def _response_format(api: ResponseFormatIn | None) -> ResponseFormat | None:
+    if api is None or api.type == "text":
+        return None
+    if api.type == "json_object":
+        return ResponseFormat(type="json_object")
+    assert api.json_schema is not None  # ResponseFormatIn requires it with this type
+    return ResponseFormat(type="json_schema", json_schema=api.json_schema.schema_)
 
 
 def _usage(finished: CompletionFinished) -> UsageOut:

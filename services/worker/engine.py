@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
-from shared.contracts import ChatMessage, FinishReason, SamplingParams
+from shared.contracts import ChatMessage, FinishReason, ResponseFormat, SamplingParams
 
 if TYPE_CHECKING:
     from vllm.sampling_params import SamplingParams as VllmSamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
     from vllm.v1.engine.async_llm import AsyncLLM
 
 logger = logging.getLogger(__name__)
@@ -33,8 +34,21 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 }
 
 
-class PromptTooLong(ValueError):
+class InvalidRequest(ValueError):
+    """The request cannot be served as it is (sending it again will not help); ``code`` and ``param`` are what the
+    requester is told."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class PromptTooLong(InvalidRequest):
     """The prompt leaves no room for a single generated token within the model's context."""
+
+    code = "context_length_exceeded"
 
 
 class EngineError(RuntimeError):
@@ -224,8 +238,9 @@ class Engine:
         self, request_id: str, prompt: str, sampling: SamplingParams, cache_salt: str | None = None
     ) -> AsyncIterator[GenerationStep]:
         """Streams the completion of ``prompt``; the last step carries the finish reason. Raises PromptTooLong at once
-        when the prompt does not fit; the stream raises EngineError when vLLM fails the request. Requests share cached
-        prompt prefixes only when their ``cache_salt`` is the same (vLLM hashes it into the first block)."""
+        when the prompt does not fit; the stream raises InvalidRequest before its first step when vLLM refuses a
+        parameter (a JSON schema it cannot compile), and EngineError when vLLM fails the request. Requests share
+        cached prompt prefixes only when their ``cache_salt`` is the same (vLLM hashes it into the first block)."""
         token_ids = self.token_ids(prompt)
         room = self.config.max_model_len - len(token_ids)
         if room < 1:
@@ -239,24 +254,30 @@ class Engine:
     async def _stream(
         self, request_id: str, token_ids: list[int], params: VllmSamplingParams, cache_salt: str | None = None
     ) -> AsyncIterator[GenerationStep]:
+        from vllm.exceptions import VLLMValidationError
+
         prompt = {"prompt_token_ids": token_ids} | ({"cache_salt": cache_salt} if cache_salt else {})
         (engine_input,) = await self._llm.renderer.render_cmpl_async([prompt])
         # aclosing: a consumer that stops early closes vLLM's stream, and vLLM then aborts the request.
         async with aclosing(self._llm.generate(engine_input, params, request_id)) as outputs:
-            async for output in outputs:
-                completion = output.outputs[0]
-                finish_reason = None
-                if output.finished:
-                    if completion.finish_reason == "error":
-                        raise EngineError(f"vLLM failed request {request_id}")
-                    finish_reason = _FINISH_REASONS.get(completion.finish_reason or "", "stop")
-                yield GenerationStep(
-                    text=completion.text,
-                    new_tokens=len(completion.token_ids),
-                    prompt_tokens=len(token_ids),
-                    finish_reason=finish_reason,
-                    cached_tokens=output.num_cached_tokens or 0,
-                )
+            try:
+                async for output in outputs:
+                    completion = output.outputs[0]
+                    finish_reason = None
+                    if output.finished:
+                        if completion.finish_reason == "error":
+                            raise EngineError(f"vLLM failed request {request_id}")
+                        finish_reason = _FINISH_REASONS.get(completion.finish_reason or "", "stop")
+                    yield GenerationStep(
+                        text=completion.text,
+                        new_tokens=len(completion.token_ids),
+                        prompt_tokens=len(token_ids),
+                        finish_reason=finish_reason,
+                        cached_tokens=output.num_cached_tokens or 0,
+                    )
+            except VLLMValidationError as exc:  # checked as the request is added, before any output
+                param = "response_format" if params.structured_outputs else exc.parameter or "sampling"
+                raise InvalidRequest(f"{param}: {exc}", param) from exc
 
     async def score(self, token_ids: list[int]) -> list[TokenScore]:
         """Each token of ``token_ids`` after the first, as the model scores it given the ones before: for measuring a
@@ -319,5 +340,17 @@ class Engine:
             seed=sampling.seed,
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
+            structured_outputs=_structured_outputs(sampling.response_format),
             output_kind=RequestOutputKind.DELTA,
         )
+
+
+def _structured_outputs(response_format: ResponseFormat | None) -> StructuredOutputsParams | None:
+    """vLLM's grammar-guided decoding for a response format: it masks the tokens that would break the JSON."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if response_format is None:
+        return None
+    if response_format.type == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(json=response_format.json_schema)

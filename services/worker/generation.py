@@ -14,7 +14,7 @@ from typing import Literal
 
 from services.safety.output import ContentBlocked, OutputGuard
 from services.safety.review import SCREENING_UNAVAILABLE
-from services.worker.engine import Engine, PromptTooLong
+from services.worker.engine import Engine, InvalidRequest
 from shared.contracts import (
     CompletionFinished,
     CompletionRequested,
@@ -192,14 +192,11 @@ async def serve_request(
         await publish(request, exc.failure(sequence))
         logger.info("request %s output blocked: %s", request.request_id, ",".join(exc.categories))
         return True
-    except PromptTooLong as exc:
+    except InvalidRequest as exc:  # PromptTooLong, or a parameter vLLM refused
         await publish(
             request,
             GenerationFailed(
-                request_id=request.request_id,
-                sequence=sequence,
-                code="context_length_exceeded",
-                message=str(exc),
+                request_id=request.request_id, sequence=sequence, code=exc.code, message=str(exc), param=exc.param
             ),
         )
         return True

@@ -175,6 +175,7 @@ def register(deps: WorkerDeps) -> None:
                     code=code,
                     message=message,
                     retryable=code != "variant_unavailable",
+                    param="variant" if code == "variant_unavailable" else None,
                 )
                 await publish_reply(request, refusal)
                 done = True

@@ -54,6 +54,8 @@ def test_unknown_model_is_a_404_naming_the_model(platform: Platform) -> None:
         ({"max_tokens": 0}, "max_tokens"),
         ({"model": 42}, "model"),
         ({"n": 3}, "n"),
+        ({"seed": -159809401058587190493184}, "seed"),  # beyond torch's 64 bits: it failed in the engine, as a 503
+        ({"seed": 2**63}, "seed"),
     ],
 )
 def test_missing_empty_or_wrong_typed_fields_are_400_naming_the_field(
@@ -87,6 +89,15 @@ def bad_records(platform: Platform, consumer: str) -> tuple[str, dict[bytes, str
             json.dumps(
                 {"request_id": "x", "model": TINY_MODEL, "reply_topic": "r"}
             ).encode(): "exactly one of messages",
+            json.dumps(
+                {
+                    "request_id": "s",
+                    "model": TINY_MODEL,
+                    "reply_topic": "r",
+                    "prompt": "hi",
+                    "sampling": {"seed": 2**64, "response_format": {"type": "json_schema"}},
+                }
+            ).encode(): "sampling.seed",
             json.dumps(
                 {
                     "request_id": f"wrong-{uuid.uuid4().hex}",

@@ -141,7 +141,6 @@ def test_penalties_reach_the_engine(platform: Platform) -> None:
     ("option", "param"),
     [
         ({"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
         ({"logit_bias": {"42": -100}}, "logit_bias"),
     ],

@@ -81,6 +81,19 @@ def test_penalties_change_the_key_even_when_greedy() -> None:
     assert len({base, presence, frequency}) == 3
 
 
+def test_a_response_format_and_its_schema_change_the_key() -> None:
+    def formatted(response_format: dict[str, object]) -> str | None:
+        return digest(request(sampling={"temperature": 0, "max_tokens": 16, "response_format": response_format}))
+
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}}
+    same_schema_reordered = {"properties": {"b": {"type": "integer"}, "a": {"type": "string"}}, "type": "object"}
+    json_object = formatted({"type": "json_object"})
+    with_schema = formatted({"type": "json_schema", "json_schema": schema})
+    assert len({digest(request()), json_object, with_schema}) == 3
+    assert formatted({"type": "json_schema", "json_schema": same_schema_reordered}) == with_schema
+    assert formatted({"type": "json_schema", "json_schema": {"type": "object"}}) != with_schema
+
+
 def test_keys_without_penalties_are_the_ones_stored_before_penalties_existed() -> None:
     # digests computed by the code of 5cbfb40 (key version 2): entries it stored are still found after the upgrade
     assert digest(request()) == "4258d2c563833215cc7db1191cd17a568c8e2bb3dca4ebb6579bf5c2c8d95312"

@@ -52,6 +52,17 @@ def test_readers_tolerate_fields_added_by_newer_writers() -> None:
         (json.dumps({k: v for k, v in MINIMAL.items() if k != "messages"}).encode(), "exactly one of messages"),
         (json.dumps(MINIMAL | {"messages": []}).encode(), "exactly one of messages"),
         (json.dumps(MINIMAL | {"prompt": "Once upon a time"}).encode(), "exactly one of messages"),
+        (json.dumps(MINIMAL | {"sampling": {"response_format": {"type": "yaml"}}}).encode(), "response_format"),
+        (
+            json.dumps(MINIMAL | {"sampling": {"response_format": {"type": "json_schema"}}}).encode(),
+            "json_schema is required with type json_schema",
+        ),
+        (
+            json.dumps(
+                MINIMAL | {"sampling": {"response_format": {"type": "json_object", "json_schema": {"type": "object"}}}}
+            ).encode(),
+            "not allowed with json_object",
+        ),
     ],
 )
 def test_undecodable_records_are_rejected_with_a_readable_reason(value: bytes | None, reason: str) -> None:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from services.ingress.protocol import ChatCompletionRequest, CompletionRequest, unsupported_option
 from services.ingress.serving import (
@@ -23,6 +24,7 @@ from shared.contracts import (
     GenerationFailed,
     PromptCleared,
     ReplyEvent,
+    ResponseFormat,
     TokensGenerated,
     Usage,
     utc_now,
@@ -142,6 +144,57 @@ def test_penalties_reach_the_kafka_contract_and_default_to_off() -> None:
 
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "a"}]}
+SCHEMA = {"type": "object", "properties": {"color": {"enum": ["red", "green"]}}, "required": ["color"]}
+
+
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_a_response_format_reaches_the_kafka_contract_on_both_routes(route: str) -> None:
+    body = CHAT if route == "chat" else {"model": "m", "prompt": "a"}
+    parse = ChatCompletionRequest.model_validate if route == "chat" else CompletionRequest.model_validate
+    sub = Submission("r", "t", utc_now(), {}, 77)
+
+    def sent(response_format: object) -> object:
+        api = parse(body | {"response_format": response_format})
+        assert unsupported_option(api) is None
+        return to_completion_requested(api, sub).sampling.response_format
+
+    assert sent(None) is None and sent({"type": "text"}) is None
+    assert sent({"type": "json_object"}) == ResponseFormat(type="json_object")
+    named = {"name": "color", "description": "a color", "strict": True, "schema": SCHEMA}
+    assert sent({"type": "json_schema", "json_schema": named}) == ResponseFormat(type="json_schema", json_schema=SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [
+        {"type": "json_schema", "json_schema": {"name": "x"}},  # no schema
+        {"type": "json_schema", "json_schema": {"name": "has space", "schema": SCHEMA}},
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": "not an object"}},
+        {"type": "json_schema"},
+        {"type": "yaml"},
+    ],
+)
+def test_a_malformed_response_format_is_a_validation_error(response_format: object) -> None:
+    with pytest.raises(ValidationError, match="response_format"):
+        ChatCompletionRequest.model_validate(CHAT | {"response_format": response_format})
+
+
+def test_a_schema_the_worker_refused_is_a_400_naming_response_format() -> None:
+    refused = GenerationFailed(
+        request_id="r",
+        sequence=0,
+        code="invalid_request",
+        message="response_format: Grammar error: Invalid type: nonsense",
+        param="response_format",
+    )
+    error = failure_error(refused)
+    assert error.status == 400
+    assert error.body()["error"] == {
+        "message": "response_format: Grammar error: Invalid type: nonsense",
+        "type": "invalid_request_error",
+        "param": "response_format",
+        "code": "invalid_request",
+    }
 
 
 @pytest.mark.parametrize(
@@ -166,8 +219,6 @@ def test_options_at_values_that_ask_for_nothing_are_accepted(harmless: dict) -> 
         ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"function_call": "auto"}, "function_call"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
         ({"logprobs": True}, "logprobs"),
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
