@@ -24,8 +24,10 @@ WINDOW_MS = 60_000
 
 # KEYS: requests (this window, previous), tokens (this window, previous), monthly quota.
 # ARGV: now_ms, window_ms, requests_per_minute, tokens_per_minute, token_cost, monthly_quota (0 = unlimited).
-# Returns {allowed, retry_after_ms, limit_name, requests_left, tokens_left}: what is left of each per-minute limit in
-# the sliding window after this request (its charge included when allowed); -1 for a limit the tenant does not have.
+# Returns {allowed, retry_after_ms, limit_name, requests_left, tokens_left, requests_reset_ms, tokens_reset_ms}: what is
+# left of each per-minute limit in the sliding window after this request (its charge included when allowed), and how
+# long until the window holds nothing of it any more (what is left is then the whole limit, if nothing else is
+# charged); -1 for a limit the tenant does not have.
 _CHECK_AND_CHARGE = """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rpm, tpm, cost, quota = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -51,8 +53,17 @@ local function left(limit, cur_key, prev_key)
   local prev = tonumber(redis.call('GET', prev_key) or '0')
   return math.max(0, limit - math.ceil(cur + prev * (window - into) / window))
 end
+local function reset_ms(limit, cur_key, prev_key)
+  if limit == 0 then return -1 end
+  -- this window's count weighs on the sliding minute until the end of the next window, the previous one's until
+  -- the end of this one
+  if tonumber(redis.call('GET', cur_key) or '0') > 0 then return 2 * window - into end
+  if tonumber(redis.call('GET', prev_key) or '0') > 0 then return window - into end
+  return 0
+end
 local function answer(allowed, wait, name)
-  return {allowed, wait, name, left(rpm, KEYS[1], KEYS[2]), left(tpm, KEYS[3], KEYS[4])}
+  return {allowed, wait, name, left(rpm, KEYS[1], KEYS[2]), left(tpm, KEYS[3], KEYS[4]),
+          reset_ms(rpm, KEYS[1], KEYS[2]), reset_ms(tpm, KEYS[3], KEYS[4])}
 end
 local req_wait = wait_ms(rpm, KEYS[1], KEYS[2], 1)
 if req_wait ~= 0 then return answer(0, req_wait, 'requests') end
@@ -89,17 +100,25 @@ class Admission:
     tokens_left: int | None = None
     """Tokens left in the sliding minute, counting admitted requests at their estimate until they are settled; None
     without a tokens-per-minute limit."""
+    requests_reset_ms: int | None = None
+    """Time until the sliding minute holds none of the tenant's requests, so that all of its limit is left if it makes
+    no other; None without a requests-per-minute limit."""
+    tokens_reset_ms: int | None = None
+    """The same for tokens; None without a tokens-per-minute limit."""
 
     def headers(self, tenant: Tenant) -> dict[str, str]:
-        """OpenAI's ``x-ratelimit-limit-*`` and ``x-ratelimit-remaining-*`` headers, for the limits the tenant has."""
+        """OpenAI's ``x-ratelimit-limit-*``, ``x-ratelimit-remaining-*`` and ``x-ratelimit-reset-*`` headers, for the
+        limits the tenant has."""
         headers: dict[str, str] = {}
-        for kind, limit, left in (
-            ("requests", tenant.requests_per_minute, self.requests_left),
-            ("tokens", tenant.tokens_per_minute, self.tokens_left),
+        for kind, limit, left, reset_ms in (
+            ("requests", tenant.requests_per_minute, self.requests_left, self.requests_reset_ms),
+            ("tokens", tenant.tokens_per_minute, self.tokens_left, self.tokens_reset_ms),
         ):
             if limit and left is not None:
                 headers[f"x-ratelimit-limit-{kind}"] = str(limit)
                 headers[f"x-ratelimit-remaining-{kind}"] = str(left)
+            if limit and reset_ms is not None:
+                headers[f"x-ratelimit-reset-{kind}"] = go_duration(reset_ms)
         return headers
 
 
@@ -134,7 +153,7 @@ class RateLimiter:
         now = now or datetime.now(UTC)
         now_ms = int(now.timestamp() * 1000)
         window, month = now_ms // WINDOW_MS, now.strftime("%Y%m")
-        allowed, wait_ms, limit, requests_left, tokens_left = await self._redis.call(
+        allowed, wait_ms, limit, requests_left, tokens_left, requests_reset, tokens_reset = await self._redis.call(
             lambda: self._check_and_charge(
                 keys=self._keys(tenant.id, window, month),
                 args=[
@@ -151,6 +170,8 @@ class RateLimiter:
         left = {
             "requests_left": None if requests_left < 0 else requests_left,
             "tokens_left": None if tokens_left < 0 else tokens_left,
+            "requests_reset_ms": None if requests_reset < 0 else requests_reset,
+            "tokens_reset_ms": None if tokens_reset < 0 else tokens_reset,
         }
         if allowed:
             return Admission(True, charge=Charge(tenant.id, window, month, tokens), **left)
@@ -171,6 +192,15 @@ class RateLimiter:
         except DependencyUnavailable:
             # the admission estimate stays charged: the tenant is over-counted, never under
             logger.warning("Redis did not take a settlement of tenant %s's tokens (%+d)", charge.tenant_id, delta)
+
+
+def go_duration(ms: int) -> str:
+    """A duration as OpenAI writes its reset headers, in Go's notation: 20ms, 1.5s, 6m0s."""
+    if 0 < ms < 1000:
+        return f"{ms}ms"
+    minutes, rest_ms = divmod(ms, 60_000)
+    seconds = f"{rest_ms / 1000:.3f}".rstrip("0").rstrip(".")
+    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
 
 
 def _seconds_to_next_month(now: datetime) -> int:

@@ -87,14 +87,31 @@ async def test_what_is_left_of_each_limit_is_reported_after_the_charge(redis: Re
     assert first.headers(tenant) == {
         "x-ratelimit-limit-requests": "3",
         "x-ratelimit-remaining-requests": "2",
+        "x-ratelimit-reset-requests": "2m0s",  # this window's charge weighs on the sliding minute to the next's end
         "x-ratelimit-limit-tokens": "1000",
         "x-ratelimit-remaining-tokens": "600",
+        "x-ratelimit-reset-tokens": "2m0s",
     }
     refused = await limiter.admit(tenant, 700, T0)  # nothing is charged: what is left stays
     assert not refused.allowed and (refused.requests_left, refused.tokens_left) == (2, 600)
     # 30 s into the next window half of the previous one still counts: 3 - ceil(1 + 1 * 0.5), 1000 - (100 + 400 * 0.5)
     later = await limiter.admit(tenant, 100, T0 + timedelta(seconds=90))
     assert (later.requests_left, later.tokens_left) == (1, 700)
+    assert (later.requests_reset_ms, later.tokens_reset_ms) == (90_000, 90_000)
+
+
+async def test_reset_is_when_the_sliding_minute_holds_nothing_of_the_tenant(redis: Redis, namespace: str) -> None:
+    limiter = RateLimiter(redis, namespace)
+    tenant = Tenant(id="t", requests_per_minute=1)
+    first = await limiter.admit(tenant, 1, T0 + timedelta(seconds=15))
+    assert first.allowed and first.requests_reset_ms == 105_000 and first.tokens_reset_ms is None
+    # 10 s into the next window: 5/6 of the last request still counts, so this one is refused and charges nothing;
+    # what is left of the limit is then whole at the end of this window
+    refused = await limiter.admit(tenant, 1, T0 + timedelta(seconds=70))
+    assert not refused.allowed and refused.requests_reset_ms == 50_000
+    assert refused.headers(tenant)["x-ratelimit-reset-requests"] == "50s"
+    after_reset = await limiter.admit(tenant, 1, T0 + timedelta(seconds=120))
+    assert after_reset.allowed and after_reset.requests_left == 0
 
 
 async def test_limits_a_tenant_does_not_have_are_not_reported(redis: Redis, namespace: str) -> None:
@@ -102,5 +119,9 @@ async def test_limits_a_tenant_does_not_have_are_not_reported(redis: Redis, name
     tenant = Tenant(id="t", tokens_per_minute=50)
     admitted = await limiter.admit(tenant, 20, T0)
     assert admitted.requests_left is None and admitted.tokens_left == 30
-    assert set(admitted.headers(tenant)) == {"x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens"}
+    assert set(admitted.headers(tenant)) == {
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    }
     assert (await limiter.admit(Tenant(id="free"), 20, T0)).headers(Tenant(id="free")) == {}
