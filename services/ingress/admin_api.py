@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from services.ingress import admin
 from services.ingress.handlers import DepsDep, bearer, unauthorized
-from services.ingress.protocol import ErrorResponse
+from services.ingress.protocol import STRICT_INPUT, ErrorResponse
 from services.ingress.serving import ApiError
 from services.ingress.tenants import PriorityNotAllowed, Tenant
 from shared.contracts import VARIANT_NAME_PATTERN, BatchingProfile, Priority
@@ -47,7 +47,7 @@ PerMinute = Annotated[int, Field(ge=1, le=INT32_MAX)]
 class TenantSettings(BaseModel):
     """A tenant's limits and privacy settings; on PATCH, only the fields sent change (null means unlimited)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_INPUT | ConfigDict(extra="forbid")
 
     name: Label = Field("", description="A display name.")
     requests_per_minute: PerMinute | None = Field(None, description="Requests per minute; null for unlimited.")
@@ -108,7 +108,7 @@ class TenantList(BaseModel):
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_INPUT | ConfigDict(extra="forbid")
 
     name: Label = Field("", description="A label to tell keys apart.")
 

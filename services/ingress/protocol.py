@@ -1,5 +1,6 @@
 """OpenAI API schemas (the subset the platform serves). Requests are tolerant readers: unknown fields are accepted and
-logged as ignored, as vLLM's server does."""
+logged as ignored, as vLLM's server does. Known fields take their JSON types only, as OpenAI's API does ("0.5" is not a
+temperature): request models are strict (STRICT_INPUT), so that the published spec is what the server accepts."""
 
 from __future__ import annotations
 
@@ -22,13 +23,18 @@ SystemFingerprint = Annotated[
 ]
 
 
+STRICT_INPUT = ConfigDict(strict=True)
+
+
 class TextPart(BaseModel):
+    model_config = STRICT_INPUT
+
     type: Literal["text"]
     text: str
 
 
 class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT_INPUT | ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
@@ -39,7 +45,7 @@ class ChatMessageIn(BaseModel):
 
 
 class JsonSchemaSpec(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = STRICT_INPUT | ConfigDict(populate_by_name=True)
 
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="The format's name.")
     description: str | None = Field(None, description="What the format is for; not shown to the model.")
@@ -52,6 +58,14 @@ class JsonSchemaSpec(BaseModel):
 
 
 class ResponseFormatIn(BaseModel):
+    # the spec says what the validator checks, so that generated clients and fuzzers know it
+    model_config = STRICT_INPUT | ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"type": {"const": "json_schema"}}, "required": ["type"]},
+            "then": {"required": ["json_schema"], "properties": {"json_schema": {"type": "object"}}},
+        }
+    )
+
     type: Literal["text", "json_object", "json_schema"] = Field(
         description="text: free text (the default). json_object: any JSON object. json_schema: JSON matching "
         "json_schema.schema."
@@ -66,13 +80,15 @@ class ResponseFormatIn(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT_INPUT
+
     include_usage: bool = False
 
 
 class SamplingFields(BaseModel):
     """What chat and plain completions share: sampling, streaming, and the platform's scheduling hints."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT_INPUT | ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, description="A model id from GET /v1/models.", examples=["tiny-random"])
     stream: bool = False
@@ -96,7 +112,9 @@ class SamplingFields(BaseModel):
         "with finish_reason stop parses; one cut short by max_tokens (length) may not.",
     )
     logit_bias: dict[str, float] | None = Field(
-        None, description="Not supported: null or empty; a bias is refused with a 400 unsupported_parameter."
+        None,
+        description="Not supported: null or empty; a bias is refused with a 400 unsupported_parameter.",
+        json_schema_extra={"maxProperties": 0},
     )
     n: int = Field(1, ge=1, le=1, description="Only 1 is supported; larger values are refused with a 400.")
     user: str | None = None
@@ -125,15 +143,43 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     # Accepted only at values that ask for nothing ferry lacks; anything else gets a 400 unsupported_parameter
     # (unsupported_option), since ignoring it would hand the client another kind of answer than it asked for.
-    logprobs: bool | None = Field(None, description="Not supported: false or null.")
-    top_logprobs: int | None = Field(None, ge=0, le=20, description="Not supported: 0 or null.")
-    tools: list[dict[str, Any]] | None = Field(None, description="Not supported (no tool calling): null or empty.")
-    tool_choice: str | dict[str, Any] | None = Field(None, description='Not supported: null or "none".')
-    functions: list[dict[str, Any]] | None = Field(None, description="Not supported (deprecated): null or empty.")
-    function_call: str | dict[str, Any] | None = Field(None, description='Not supported (deprecated): null or "none".')
-    modalities: list[str] | None = Field(None, description='Only ["text"] (or null): no audio output.')
-    audio: dict[str, Any] | None = Field(None, description="Not supported (no audio output): null.")
-    web_search_options: dict[str, Any] | None = Field(None, description="Not supported (no web search): null.")
+    # The spec lists only the accepted values (json_schema_extra), so that clients and fuzzers know them; the types
+    # stay wide so that other values reach unsupported_option and get its error.
+    logprobs: bool | None = Field(
+        None, description="Not supported: false or null.", json_schema_extra={"enum": [False, None]}
+    )
+    top_logprobs: int | None = Field(
+        None, ge=0, le=20, description="Not supported: 0 or null.", json_schema_extra={"enum": [0, None]}
+    )
+    tools: list[dict[str, Any]] | None = Field(
+        None,
+        description="Not supported (no tool calling): null or empty.",
+        json_schema_extra={"maxItems": 0},
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description='Not supported: null or "none".', json_schema_extra={"enum": ["none", None]}
+    )
+    functions: list[dict[str, Any]] | None = Field(
+        None,
+        description="Not supported (deprecated): null or empty.",
+        json_schema_extra={"maxItems": 0},
+    )
+    function_call: str | dict[str, Any] | None = Field(
+        None,
+        description='Not supported (deprecated): null or "none".',
+        json_schema_extra={"enum": ["none", None]},
+    )
+    modalities: list[str] | None = Field(
+        None,
+        description='Only ["text"] (or null): no audio output.',
+        json_schema_extra={"items": {"const": "text"}, "minItems": 1},
+    )
+    audio: dict[str, Any] | None = Field(
+        None, description="Not supported (no audio output): null.", json_schema_extra={"enum": [None]}
+    )
+    web_search_options: dict[str, Any] | None = Field(
+        None, description="Not supported (no web search): null.", json_schema_extra={"enum": [None]}
+    )
 
 
 class CompletionRequest(SamplingFields):

@@ -22,7 +22,10 @@ from tests.e2e.platform import (
     stop_service,
 )
 
-CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+CHECKS = (
+    "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,"
+    "negative_data_rejection,ignored_auth"
+)
 
 
 def test_the_api_keeps_its_published_contract(platform: Platform, tmp_path: Path) -> None:
