@@ -47,23 +47,21 @@ local function wait_ms(limit, cur_key, prev_key, add)
   if need <= into then return 0 end
   return math.ceil(need - into)
 end
-local function left(limit, cur_key, prev_key)
-  if limit == 0 then return -1 end
+local function standing(limit, cur_key, prev_key)
+  if limit == 0 then return -1, -1 end
   local cur = tonumber(redis.call('GET', cur_key) or '0')
   local prev = tonumber(redis.call('GET', prev_key) or '0')
-  return math.max(0, limit - math.ceil(cur + prev * (window - into) / window))
-end
-local function reset_ms(limit, cur_key, prev_key)
-  if limit == 0 then return -1 end
+  local left = math.max(0, limit - math.ceil(cur + prev * (window - into) / window))
   -- this window's count weighs on the sliding minute until the end of the next window, the previous one's until
   -- the end of this one
-  if tonumber(redis.call('GET', cur_key) or '0') > 0 then return 2 * window - into end
-  if tonumber(redis.call('GET', prev_key) or '0') > 0 then return window - into end
-  return 0
+  local reset = 0
+  if cur > 0 then reset = 2 * window - into elseif prev > 0 then reset = window - into end
+  return left, reset
 end
 local function answer(allowed, wait, name)
-  return {allowed, wait, name, left(rpm, KEYS[1], KEYS[2]), left(tpm, KEYS[3], KEYS[4]),
-          reset_ms(rpm, KEYS[1], KEYS[2]), reset_ms(tpm, KEYS[3], KEYS[4])}
+  local requests_left, requests_reset = standing(rpm, KEYS[1], KEYS[2])
+  local tokens_left, tokens_reset = standing(tpm, KEYS[3], KEYS[4])
+  return {allowed, wait, name, requests_left, tokens_left, requests_reset, tokens_reset}
 end
 local req_wait = wait_ms(rpm, KEYS[1], KEYS[2], 1)
 if req_wait ~= 0 then return answer(0, req_wait, 'requests') end
