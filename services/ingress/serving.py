@@ -89,6 +89,7 @@ def failure_error(failure: GenerationFailed) -> ApiError:
         status,
         failure.message,
         type_,
+        # workers that predate GenerationFailed.param name no param; variant_unavailable is always about the variant
         param=failure.param or ("variant" if code == "variant_unavailable" else None),
         code=code,
         headers=retry,
