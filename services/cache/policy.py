@@ -131,7 +131,11 @@ def content_class(request: CompletionRequested, policy: TenantCachePolicy) -> Co
 
 
 def normalized(
-    request: CompletionRequested, model_version: str, scope: str, screening_policy: str | None = None
+    request: CompletionRequested,
+    model_version: str,
+    scope: str,
+    screening_policy: str | None = None,
+    sample: int = 0,
 ) -> dict[str, object]:
     """Everything that changes the answer, or whether it may be given (the tenant's screening policy), in a canonical
     form; nothing that does not (request id, stream, reply topic, deadline, priority). Greedy decoding ignores top_p
@@ -145,6 +149,7 @@ def normalized(
             ("presence_penalty", sampling.presence_penalty),
             ("frequency_penalty", sampling.frequency_penalty),
             ("response_format", sampling.response_format and sampling.response_format.model_dump()),
+            ("sample", sample),
         )
         if value
     }
@@ -166,10 +171,14 @@ def normalized(
 
 
 def request_digest(
-    request: CompletionRequested, model_version: str, scope: str, screening_policy: str | None = None
+    request: CompletionRequested,
+    model_version: str,
+    scope: str,
+    screening_policy: str | None = None,
+    sample: int = 0,
 ) -> str:
     canonical = json.dumps(
-        normalized(request, model_version, scope, screening_policy), sort_keys=True, separators=(",", ":")
+        normalized(request, model_version, scope, screening_policy, sample), sort_keys=True, separators=(",", ":")
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -181,7 +190,11 @@ def decide(
     policy: TenantCachePolicy,
     ttl_s: Mapping[ContentClass, int],
     enabled: bool = True,
+    sample: int = 0,
 ) -> Decision:
+    """``sample``: the index of the choice in a request for several. Each choice is a request of its own; the
+    choices of a sampled request (no seed) would all have one key and so one answer, so each keeps its own entry.
+    Greedy choices are all the same answer and share it; seeded ones differ by their seeds already."""
     if not enabled:
         return Decision.bypassed("disabled")
     if options.no_store:
@@ -192,11 +205,12 @@ def decide(
     if cls is None:
         return Decision.bypassed("non_deterministic")
     scope = scope_of(request, policy)
+    unseeded = request.sampling.temperature > 0 and request.sampling.seed is None
     return Decision(
         read=not options.no_cache,
         write=True,
         scope=scope,
-        digest=request_digest(request, model_version, scope, policy.screening_policy),
+        digest=request_digest(request, model_version, scope, policy.screening_policy, sample if unseeded else 0),
         content_class=cls,
         ttl_s=ttl_s[cls],
     )

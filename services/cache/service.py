@@ -62,6 +62,12 @@ class Lookup:
         return {CACHE_HEADER: self.status}
 
 
+def cache_headers(lookups: list[Lookup]) -> dict[str, str]:
+    """``x-ferry-cache`` of a request: its status, or with several choices that differ, each choice's in order."""
+    statuses = [lookup.status for lookup in lookups]
+    return {CACHE_HEADER: statuses[0] if len(set(statuses)) == 1 else ", ".join(statuses)}
+
+
 class ResponseCache:
     def __init__(self, store: RedisResponseStore, settings: CacheSettings, metrics: CacheMetrics) -> None:
         self._store, self.settings, self._metrics = store, settings, metrics
@@ -94,11 +100,19 @@ class ResponseCache:
         model_version: str,
         headers: Mapping[str, str],
         policy: TenantCachePolicy | None = None,
+        sample: int = 0,
     ) -> Lookup:
-        """Decides whether ``request`` may use the cache (see services.cache.policy) and reads its entry if so."""
+        """Decides whether ``request`` may use the cache (see services.cache.policy) and reads its entry if so.
+        ``sample`` is the choice's index in a request for several (see ``decide``)."""
         options = RequestCacheOptions.from_headers(headers)
         decision = decide(
-            request, model_version, options, policy or TenantCachePolicy(), self.settings.ttl_s, self.settings.enabled
+            request,
+            model_version,
+            options,
+            policy or TenantCachePolicy(),
+            self.settings.ttl_s,
+            self.settings.enabled,
+            sample,
         )
         model = request.model
         if decision.digest is None or decision.scope is None:

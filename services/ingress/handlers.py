@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, TypeVar, get_args
 
 from aiokafka.errors import MessageSizeTooLargeError
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -22,7 +22,7 @@ from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.cache.policy import TenantCachePolicy
-from services.cache.service import ResponseCache
+from services.cache.service import CACHE_HEADER, ResponseCache, cache_headers
 from services.ingress.adapters import ModelCatalog, QueueMonitor, ReplyListener, RequestPublisher, TenantDirectory
 from services.ingress.config import IngressSettings
 from services.ingress.metrics import IngressMetrics
@@ -40,14 +40,18 @@ from services.ingress.protocol import (
 )
 from services.ingress.rate_limits import Charge, RateLimiter
 from services.ingress.serving import (
+    AbandonReason,
     ApiError,
     ApiKind,
     Submission,
     chat_completion,
-    final_event,
+    choice_requests,
+    final_events,
+    merged,
     stream_sse,
     text_completion,
     to_completion_requested,
+    usage_of,
     watched,
     without_repeats,
 )
@@ -215,7 +219,7 @@ async def _serve(  # type: ignore[no-untyped-def]
         raise ApiError(403, str(exc), "permission_error", param="priority", code="priority_not_allowed") from None
     timeout_s = _timeout(request.headers.get("x-ferry-timeout"), deps.settings)
 
-    if deps.listener.waiting >= deps.settings.max_in_flight:
+    if deps.listener.waiting + body.n > deps.settings.max_in_flight:
         raise ApiError(
             503, "This instance is at capacity; try again shortly.", "service_unavailable_error",
             code="ingress_at_capacity", headers={"Retry-After": "1"} | headers,
@@ -261,23 +265,38 @@ async def _serve(  # type: ignore[no-untyped-def]
             ),
         )
         message = message.model_copy(update={"retention_days": tenant.retention_days})  # review queue erases text then
-        charge = await _charge(deps, tenant, estimated_tokens(message), headers)
-        cached = await deps.cache.lookup(message, model.version, request.headers, _cache_policy(tenant))
-        headers |= cached.headers
-        trace.get_current_span().set_attribute("ferry.cache", cached.status)
-        if cached.entry is not None:
-            events = deps.cache.replay(cached)
-        else:
-            cleared = message.prompt_screening == "before"  # else nothing is released before the safety stage's verdict
-            events = deps.cache.record(cached, deps.listener.expect(request_id, deadline_at, cleared))
-            try:
-                async with asyncio.timeout(deps.settings.publish_timeout_s):
-                    await deps.publisher.publish(message)
-            except MessageSizeTooLargeError:
-                # refused by the producer before anything was sent: not retryable, and nothing to cancel
-                deps.listener.forget(request_id)
-                if charge is not None:
-                    deps.spawn(deps.limiter.settle(charge, 0), f"refund of {request_id}")
+        choices = choice_requests(message, body.n)
+        charge = await _charge(deps, tenant, estimated_tokens(message, len(choices)), headers)
+        policy = _cache_policy(tenant)
+        lookups = [
+            await deps.cache.lookup(choice, model.version, request.headers, policy, sample=i)
+            for i, choice in enumerate(choices)
+        ]
+        headers |= cache_headers(lookups)
+        trace.get_current_span().set_attribute("ferry.cache", headers[CACHE_HEADER])
+        cleared = message.prompt_screening == "before"  # else nothing is released before the safety stage's verdict
+        streams = [
+            deps.cache.replay(lookup)
+            if lookup.entry is not None
+            else deps.cache.record(lookup, deps.listener.expect(lookup.request.request_id, deadline_at, cleared))
+            for lookup in lookups
+        ]
+        live = [lookup.request for lookup in lookups if lookup.entry is None]
+        try:
+            async with asyncio.timeout(deps.settings.publish_timeout_s):
+                await asyncio.gather(*(deps.publisher.publish(choice) for choice in live))
+        except Exception as exc:
+            for choice in live:
+                deps.listener.forget(choice.request_id)
+            if isinstance(exc, TimeoutError) or not cleared or len(live) > 1:
+                # a record may still reach Kafka (it waits in the producer; or another of the request's records went
+                # out): stop work whose output nobody will read
+                for choice in live:
+                    cancelled = RequestCancelled(request_id=choice.request_id, model=body.model, reason="requested")
+                    deps.spawn(deps.publisher.cancel(cancelled), f"cancel of {choice.request_id}")
+            if charge is not None:
+                deps.spawn(deps.limiter.settle(charge, 0), f"refund of {request_id}")
+            if isinstance(exc, MessageSizeTooLargeError):  # refused by the producer before it was sent: not retryable
                 raise ApiError(
                     413,
                     "The request is too large to queue: its Kafka record would exceed the producer's 1 MiB limit. "
@@ -286,73 +305,72 @@ async def _serve(  # type: ignore[no-untyped-def]
                     code="request_too_large",
                     headers=headers,
                 ) from None
-            except Exception as exc:
-                deps.listener.forget(request_id)
-                if isinstance(exc, TimeoutError) or not cleared:
-                    # a record may still reach Kafka (it waits in the producer; or one of the two records of a prompt
-                    # screened beside generation went out): stop work whose output nobody will read
-                    cancelled = RequestCancelled(request_id=request_id, model=body.model, reason="requested")
-                    deps.spawn(deps.publisher.cancel(cancelled), f"cancel of {request_id}")
-                if charge is not None:
-                    deps.spawn(deps.limiter.settle(charge, 0), f"refund of {request_id}")
-                logger.exception("request %s: could not publish", request_id)
-                raise ApiError(
-                    503,
-                    "The request could not be queued; try again.",
-                    "service_unavailable_error",
-                    code="queue_unavailable",
-                    headers={"Retry-After": "1"} | headers,
-                ) from None
+            logger.exception("request %s: could not publish", request_id)
+            raise ApiError(
+                503,
+                "The request could not be queued; try again.",
+                "service_unavailable_error",
+                code="queue_unavailable",
+                headers={"Retry-After": "1"} | headers,
+            ) from None
     logger.info(
-        "request %s of tenant %s for %s (stream=%s, cache %s)",
-        request_id, tenant.id, body.model, body.stream, cached.status,
+        "request %s of tenant %s for %s (stream=%s, n=%d, cache %s)",
+        request_id, tenant.id, body.model, body.stream, body.n, headers[CACHE_HEADER],
     )  # fmt: skip
 
     published_at = time.monotonic()
+    generated: list[CompletionFinished] = []  # a cache hit generated nothing: it counts as a request, not as tokens
+    done: set[int] = set()
 
     def on_first() -> None:
         deps.metrics.time_to_first_event.labels(body.model).observe(time.monotonic() - published_at)
 
-    def on_final(event: CompletionFinished | GenerationFailed) -> None:
-        used = 0
-        # a cache hit generated nothing: it counts as a request, not as tokens
-        if isinstance(event, CompletionFinished) and cached.entry is None:
-            used = event.usage.total_tokens
-            deps.metrics.tokens.labels(body.model, "prompt").inc(event.usage.prompt_tokens)
+    def on_final(index: int, event: CompletionFinished | GenerationFailed) -> None:
+        done.add(index)
+        if isinstance(event, CompletionFinished) and lookups[index].entry is None:
+            generated.append(event)
             deps.metrics.tokens.labels(body.model, "completion").inc(event.usage.completion_tokens)
-        if charge is not None:
+        if isinstance(event, CompletionFinished) and len(done) < len(lookups):
+            return  # settled once: when the last choice is done, or at once on a failure
+        if generated:
+            deps.metrics.tokens.labels(body.model, "prompt").inc(generated[0].usage.prompt_tokens)
+        if charge is not None:  # the prompt counts once, as in the usage returned
+            used = usage_of(generated).total_tokens if generated else 0
             deps.spawn(deps.limiter.settle(charge, used), f"settlement of {request_id}")
 
-    def on_abandoned(reason: Literal["client_disconnected", "deadline_exceeded"]) -> None:
-        if cached.entry is not None:
+    def on_abandoned(reason: AbandonReason, indexes: list[int]) -> None:
+        live_choices = [lookups[i].request.request_id for i in indexes if lookups[i].entry is None]
+        if not live_choices:
             return  # answered from the cache: no work to cancel
-        logger.info("request %s abandoned (%s); cancelling its work", request_id, reason)
-        deps.metrics.cancelled.labels(reason).inc()
-        cancelled = RequestCancelled(
-            request_id=request_id, model=body.model, reason=reason, reply_topic=deps.listener.topic
-        )
-        deps.spawn(deps.publisher.cancel(cancelled), f"cancel of {request_id}")
+        logger.info("request %s abandoned (%s); cancelling the work of %s", request_id, reason, live_choices)
+        if reason != "requested":
+            deps.metrics.cancelled.labels(reason).inc()
+        for choice_id in live_choices:
+            cancelled = RequestCancelled(
+                request_id=choice_id, model=body.model, reason=reason, reply_topic=deps.listener.topic
+            )
+            deps.spawn(deps.publisher.cancel(cancelled), f"cancel of {choice_id}")
 
-    replies = watched(without_repeats(events), on_final, on_abandoned, on_first)
+    replies = watched(merged([without_repeats(s) for s in streams]), on_final, on_abandoned, on_first, len(choices))
     echo = body.prompt_text() if isinstance(body, CompletionRequest) and body.echo else ""
     deps.metrics.responses.labels(request.url.path, "200").inc()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            stream_sse(request_id, body.model, include_usage, replies, kind, echo),
+            stream_sse(request_id, body.model, include_usage, replies, kind, echo, len(choices)),
             media_type="text/event-stream",
             headers=headers | {"cache-control": "no-cache"},
         )
     try:
-        finished = await _unless_disconnected(request, final_event(replies))
+        completed = await _unless_disconnected(request, final_events(replies, len(choices)))
     except ApiError as exc:  # a failure reported by the worker, or the deadline: still answered with the request's id
         raise ApiError(exc.status, exc.message, exc.type, exc.param, exc.code, headers | exc.headers) from None
-    if finished.variant:
-        headers["x-ferry-variant"] = finished.variant
+    if completed[0].variant:
+        headers["x-ferry-variant"] = completed[0].variant
     response = (
-        chat_completion(request_id, body.model, finished)
+        chat_completion(request_id, body.model, completed)
         if kind == "chat"
-        else text_completion(request_id, body.model, finished, echo)
+        else text_completion(request_id, body.model, completed, echo)
     )
     return JSONResponse(response.model_dump(), headers=headers)
 

@@ -24,6 +24,8 @@ SystemFingerprint = Annotated[
 
 
 STRICT_INPUT = ConfigDict(strict=True)
+# Each choice is a generation of its own (see serving.choice_requests); OpenAI's API allows up to 128.
+MAX_CHOICES = 16
 
 
 class TextPart(BaseModel):
@@ -116,7 +118,13 @@ class SamplingFields(BaseModel):
         description="Not supported: null or empty; a bias is refused with a 400 unsupported_parameter.",
         json_schema_extra={"maxProperties": 0},
     )
-    n: int = Field(1, ge=1, le=1, description="Only 1 is supported; larger values are refused with a 400.")
+    n: int = Field(
+        1,
+        ge=1,
+        le=MAX_CHOICES,
+        description=f"How many choices to generate, each sampled independently (at most {MAX_CHOICES}). Usage counts "
+        "the prompt once and every choice's tokens; rate limits charge max_tokens for each choice.",
+    )
     user: str | None = None
     priority: Priority | None = Field(
         None, description="ferry: priority class (also the x-ferry-priority header); the tenant's default if unset."

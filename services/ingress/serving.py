@@ -3,9 +3,10 @@ and plain (legacy) completions. Imports no client library: events come from any 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -41,6 +42,7 @@ from shared.contracts import (
 )
 
 ApiKind = Literal["chat", "text"]
+IndexedEvent = tuple[int, ReplyEvent]  # a reply event and the index of the choice it belongs to
 
 
 class ApiError(Exception):
@@ -156,6 +158,29 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
     )
 
 
+def choice_requests(message: CompletionRequested, n: int) -> list[CompletionRequested]:
+    """The requests that generate the ``n`` choices of one API request. Choices are sampled independently, so each is a
+    request of its own through Kafka (vLLM's engine also splits ``n`` into one request per choice): choice i has the id
+    ``<request id>-<i>`` and, when the request is seeded, the seed + i, as vLLM derives it, so that seeded choices
+    differ from one another and each is reproducible (wrapped around within 64 bits)."""
+    if n == 1:
+        return [message]
+    seed = message.sampling.seed
+    return [
+        message.model_copy(
+            update={
+                "request_id": f"{message.request_id}-{i}",
+                "sampling": message.sampling.model_copy(update={"seed": None if seed is None else _int64(seed + i)}),
+            }
+        )
+        for i in range(n)
+    ]
+
+
+def _int64(value: int) -> int:
+    return (value + 2**63) % 2**64 - 2**63
+
+
 def _response_format(api: ResponseFormatIn | None) -> ResponseFormat | None:
     if api is None or api.type == "text":
         return None
@@ -165,8 +190,11 @@ def _response_format(api: ResponseFormatIn | None) -> ResponseFormat | None:
     return ResponseFormat(type="json_schema", json_schema=api.json_schema.schema_)
 
 
-def _usage(finished: CompletionFinished) -> UsageOut:
-    return UsageOut(**finished.usage.model_dump())
+def usage_of(finals: Sequence[CompletionFinished]) -> UsageOut:
+    """The request's usage over its choices: the prompt counts once, as in OpenAI's API, and the completions add up."""
+    prompt = finals[0].usage.prompt_tokens
+    completion = sum(f.usage.completion_tokens for f in finals)
+    return UsageOut(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 @dataclass
@@ -210,70 +238,122 @@ async def without_repeats(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[Re
         yield event
 
 
-async def watched(
-    events: AsyncIterator[ReplyEvent],
-    on_final: Callable[[CompletionFinished | GenerationFailed], None],
-    on_abandoned: Callable[[Literal["client_disconnected", "deadline_exceeded"]], None],
-    on_first: Callable[[], None] = lambda: None,
-) -> AsyncIterator[ReplyEvent]:
-    """Passes events through and reports how the request went: ``on_first`` at its first event, ``on_final`` with
-    its last, or ``on_abandoned`` when the reader stopped first (the client went away, or the deadline passed), so
-    that the work can be cancelled. Callbacks must not block: they run while the stream is being torn down."""
-    done = first = False
-    reason: Literal["client_disconnected", "deadline_exceeded"] = "client_disconnected"
+async def merged(streams: Sequence[AsyncIterator[ReplyEvent]]) -> AsyncIterator[IndexedEvent]:
+    """The reply events of a request's choices as they arrive, each with its choice's index. A stream that raises
+    (TimeoutError at the deadline) ends the whole; the others are then no longer read."""
+    if len(streams) == 1:
+        async for event in streams[0]:
+            yield 0, event
+        return
+    arrivals: asyncio.Queue[tuple[int, ReplyEvent | Exception | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[ReplyEvent]) -> None:
+        try:
+            async for event in stream:
+                await arrivals.put((index, event))
+        except Exception as exc:
+            await arrivals.put((index, exc))
+            return
+        await arrivals.put((index, None))
+
+    pumps = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
     try:
-        async for event in events:
+        open_streams = len(streams)
+        while open_streams:
+            index, item = await arrivals.get()
+            if item is None:
+                open_streams -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+
+AbandonReason = Literal["client_disconnected", "deadline_exceeded", "requested"]
+
+
+async def watched(
+    events: AsyncIterator[IndexedEvent],
+    on_final: Callable[[int, CompletionFinished | GenerationFailed], None],
+    on_abandoned: Callable[[AbandonReason, list[int]], None],
+    on_first: Callable[[], None] = lambda: None,
+    choices: int = 1,
+) -> AsyncIterator[IndexedEvent]:
+    """Passes events through and reports how the request went: ``on_first`` at its first event, ``on_final`` with
+    each choice's last event, and ``on_abandoned`` with the choices still generating when nobody will read them: the
+    reader stopped first (the client went away, or the deadline passed), or another choice failed, which fails the
+    request. So that work can be cancelled. Callbacks must not block: they run while the stream is being torn down."""
+    open_choices = set(range(choices))
+    first = False
+    reason: AbandonReason = "client_disconnected"
+    try:
+        async for index, event in events:
             if not first:
                 first = True
                 on_first()
             if isinstance(event, CompletionFinished | GenerationFailed):
-                done = True
-                on_final(event)
-            yield event
+                open_choices.discard(index)
+                on_final(index, event)
+                if isinstance(event, GenerationFailed) and open_choices:
+                    on_abandoned("requested", sorted(open_choices))
+                    open_choices.clear()
+            yield index, event
     except TimeoutError:
         reason = "deadline_exceeded"
         raise
     finally:
-        if not done:
-            on_abandoned(reason)
+        if open_choices:
+            on_abandoned(reason, sorted(open_choices))
 
 
-async def final_event(events: AsyncIterator[ReplyEvent]) -> CompletionFinished:
-    """Non-streaming: waits for the result; failures and the deadline become ApiError."""
+async def final_events(events: AsyncIterator[IndexedEvent], choices: int = 1) -> list[CompletionFinished]:
+    """Non-streaming: waits for every choice's result, in choice order; a failure and the deadline become ApiError."""
+    finals: dict[int, CompletionFinished] = {}
     try:
-        async for event in events:
+        async for index, event in events:
             if isinstance(event, GenerationFailed):
                 raise failure_error(event)
             if isinstance(event, CompletionFinished):
-                return event
+                finals[index] = event
+                if len(finals) == choices:
+                    return [finals[i] for i in range(choices)]
     except TimeoutError:
         raise DEADLINE_EXCEEDED from None
     raise ApiError(503, "the reply stream ended without a result", "server_error", code="no_result")
 
 
-def chat_completion(request_id: str, model: str, finished: CompletionFinished) -> ChatCompletion:
+def chat_completion(request_id: str, model: str, finals: Sequence[CompletionFinished]) -> ChatCompletion:
     return ChatCompletion(
         id=request_id,
         model=model,
-        usage=_usage(finished),
-        choices=[Choice(message=ChoiceMessage(content=finished.text), finish_reason=finished.finish_reason)],
-        system_fingerprint=finished.variant,
+        usage=usage_of(finals),
+        choices=[
+            Choice(index=i, message=ChoiceMessage(content=f.text), finish_reason=f.finish_reason)
+            for i, f in enumerate(finals)
+        ],
+        system_fingerprint=finals[0].variant,
     )
 
 
-def text_completion(request_id: str, model: str, finished: CompletionFinished, echo: str = "") -> Completion:
+def text_completion(request_id: str, model: str, finals: Sequence[CompletionFinished], echo: str = "") -> Completion:
     return Completion(
         id=request_id,
         model=model,
-        usage=_usage(finished),
-        choices=[CompletionChoice(text=echo + finished.text, finish_reason=finished.finish_reason)],
-        system_fingerprint=finished.variant,
+        usage=usage_of(finals),
+        choices=[
+            CompletionChoice(index=i, text=echo + f.text, finish_reason=f.finish_reason) for i, f in enumerate(finals)
+        ],
+        system_fingerprint=finals[0].variant,
     )
 
 
-async def collect(request_id: str, model: str, events: AsyncIterator[ReplyEvent]) -> ChatCompletion:
+async def collect(request_id: str, model: str, events: AsyncIterator[IndexedEvent], choices: int = 1) -> ChatCompletion:
     """Non-streaming chat completion."""
-    return chat_completion(request_id, model, await final_event(events))
+    return chat_completion(request_id, model, await final_events(events, choices))
 
 
 def _sse(payload: object) -> str:
@@ -284,26 +364,34 @@ async def stream_sse(
     request_id: str,
     model: str,
     include_usage: bool,
-    events: AsyncIterator[ReplyEvent],
+    events: AsyncIterator[IndexedEvent],
     kind: ApiKind = "chat",
     echo: str = "",
+    choices: int = 1,
 ) -> AsyncIterator[str]:
-    """Streaming: OpenAI's chunk sequence (chat: role, content deltas, finish reason; text: text deltas, finish reason),
-    optional usage, then [DONE]. Failures after the stream began arrive as an ``error`` object, as OpenAI sends them."""
+    """Streaming: OpenAI's chunk sequence (chat: role, content deltas, finish reason; text: text deltas, finish reason)
+    for each choice, its index in every chunk and choices interleaved as their text arrives; then, once every choice
+    has finished, the usage when asked, and [DONE]. Failures after the stream began arrive as an ``error`` object, as
+    OpenAI sends them."""
     created = int(time.time())
     chunk = _chat_chunk if kind == "chat" else _text_chunk
 
-    first = chunk(request_id, created, model, "" if kind == "chat" else echo, None, opening=True)
-    if first:
-        yield first
+    for index in range(choices):
+        if first := chunk(request_id, created, model, "" if kind == "chat" else echo, None, index, opening=True):
+            yield first
+    finals: dict[int, CompletionFinished] = {}
     try:
-        async for event in events:
+        async for index, event in events:
             if isinstance(event, TokensGenerated):
                 if event.text:
-                    yield chunk(request_id, created, model, event.text, None)
+                    yield chunk(request_id, created, model, event.text, None, index)
             elif isinstance(event, CompletionFinished):
-                yield chunk(request_id, created, model, None, event.finish_reason, fingerprint=event.variant)
+                finals[index] = event
+                yield chunk(request_id, created, model, None, event.finish_reason, index, fingerprint=event.variant)
+                if len(finals) < choices:
+                    continue
                 if include_usage:
+                    variant = finals[0].variant
                     yield _sse(
                         {
                             "id": request_id,
@@ -311,9 +399,9 @@ async def stream_sse(
                             "created": created,
                             "model": model,
                             "choices": [],
-                            "usage": _usage(event).model_dump(),
+                            "usage": usage_of([finals[i] for i in range(choices)]).model_dump(),
                         }
-                        | ({"system_fingerprint": event.variant} if event.variant else {})
+                        | ({"system_fingerprint": variant} if variant else {})
                     )
                 break
             elif isinstance(event, GenerationFailed):
@@ -332,6 +420,7 @@ def _chat_chunk(
     model: str,
     text: str | None,
     finish_reason: str | None,
+    index: int,
     opening: bool = False,
     fingerprint: str | None = None,
 ) -> str:
@@ -340,7 +429,7 @@ def _chat_chunk(
         id=request_id,
         created=created,
         model=model,
-        choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],
+        choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish_reason)],
         system_fingerprint=fingerprint,
     )
     return _sse(c.model_dump(exclude_none=True, exclude={"usage"}) | _with_null_finish(c))
@@ -352,6 +441,7 @@ def _text_chunk(
     model: str,
     text: str | None,
     finish_reason: str | None,
+    index: int,
     opening: bool = False,
     fingerprint: str | None = None,
 ) -> str:
@@ -361,7 +451,7 @@ def _text_chunk(
         id=request_id,
         created=created,
         model=model,
-        choices=[CompletionChoice(text=text or "", finish_reason=finish_reason)],
+        choices=[CompletionChoice(index=index, text=text or "", finish_reason=finish_reason)],
         system_fingerprint=fingerprint,
     )
     return _sse(c.model_dump(exclude={"usage"} | ({"system_fingerprint"} if fingerprint is None else set())))

@@ -109,11 +109,14 @@ class Screener:
                 cached = [cache.get(k) for k in keys]
             todo = [i for i, c in enumerate(cached) if c is None]
             if todo:
-                scored = await self._score_together([texts[i] for i in todo])
-                for i, by in zip(todo, scored, strict=True):
-                    cached[i] = by
+                # a text is scored once however often it comes in one call (the choices of a request for several,
+                # a burst of chats behind one system prompt); scores depend on the text only
+                unique = list(dict.fromkeys(texts[i] for i in todo))
+                scored = dict(zip(unique, await self._score_together(unique), strict=True))
+                for i in todo:
+                    cached[i] = scored[texts[i]]
                     if cache is not None:
-                        cache.put(keys[i], by)
+                        cache.put(keys[i], scored[texts[i]])
             for i, by in enumerate(cached):
                 per_text[i] |= by or {}
         for aclassifier in self.async_classifiers:

@@ -94,7 +94,7 @@ def test_text_stream_framing_is_openais(platform: Platform) -> None:
     [
         ({"prompt": ["one", "two"]}, "prompt"),
         ({"suffix": "tail"}, "suffix"),
-        ({"n": 2}, "n"),
+        ({"n": 17}, "n"),
         ({"best_of": 3}, "best_of"),
         ({"logprobs": 2}, "logprobs"),
     ],

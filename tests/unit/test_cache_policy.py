@@ -14,7 +14,7 @@ from services.cache.policy import (
     scope_of,
     storable,
 )
-from services.ingress.serving import stream_sse
+from services.ingress.serving import merged, stream_sse
 from shared.contracts import (
     ChatMessage,
     CompletionFinished,
@@ -141,6 +141,26 @@ def test_only_reproducible_requests_are_cached_unless_the_tenant_opts_in() -> No
     assert greedy.content_class == "greedy" and greedy.ttl_s == 24 * 3600
 
 
+def test_the_choices_of_a_request_for_several_share_an_answer_only_when_it_is_the_same_answer() -> None:
+    def choice_key(r: CompletionRequested, sample: int, policy: TenantCachePolicy = DEFAULT) -> str | None:
+        return decide(r, "1", NO_OPTIONS, policy, TTL, sample=sample).digest
+
+    greedy = request()
+    assert choice_key(greedy, 0) == choice_key(greedy, 3) == digest(greedy)  # greedy choices are one answer
+    seeded = request(sampling=SamplingParams(temperature=0.8, seed=7))
+    assert choice_key(seeded, 2) == digest(seeded)  # seeded choices differ by their seeds (see choice_requests)
+    sampled = request(sampling=SamplingParams(temperature=0.8))
+    opted = TenantCachePolicy(cache_sampled=True)
+    keys = [choice_key(sampled, i, opted) for i in range(3)]
+    assert keys[0] == digest(sampled, policy=opted)  # the first choice is the answer a request for one would get
+    assert len(set(keys)) == 3  # else every choice would be the one cached sample
+    chat = request(
+        messages=[ChatMessage(role="user", content="a"), ChatMessage(role="user", content="b")],
+        sampling=SamplingParams(temperature=0.8),
+    )
+    assert choice_key(chat, 0, opted) != choice_key(chat, 1, opted)  # also when its class is "conversation"
+
+
 def test_multi_turn_chats_are_the_conversation_class() -> None:
     turns = [
         ChatMessage(role="user", content="hi"),
@@ -223,8 +243,10 @@ async def test_a_hit_replays_as_the_events_of_a_live_answer() -> None:
             out.append([sorted(chunk), [sorted(c) + sorted(c["delta"]) for c in chunk["choices"]]])
         return out
 
-    cached_lines = [x async for x in stream_sse("r9", "m", True, replay(entry, request(request_id="r9", stream=True)))]
-    live_lines = [x async for x in stream_sse("r9", "m", True, live())]
+    cached_lines = [
+        x async for x in stream_sse("r9", "m", True, merged([replay(entry, request(request_id="r9", stream=True))]))
+    ]
+    live_lines = [x async for x in stream_sse("r9", "m", True, merged([live()]))]
     # same framing: role chunk, content, finish, usage, [DONE]; the cache sends the text in one content chunk
     assert shapes(cached_lines)[0] == shapes(live_lines)[0]
     assert shapes(cached_lines)[-3:] == shapes(live_lines)[-3:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -14,9 +15,12 @@ from services.ingress.serving import (
     ApiError,
     ReleaseGate,
     Submission,
+    choice_requests,
     collect,
     failure_error,
+    merged,
     stream_sse,
+    text_completion,
     to_completion_requested,
 )
 from shared.contracts import (
@@ -56,7 +60,7 @@ async def test_stream_is_openai_chunk_sequence_with_usage_and_done() -> None:
             request_id="r", sequence=2, model="m", text="Paris", finish_reason="stop", usage=USAGE, variant="int8"
         ),
     )
-    out = parse([line async for line in stream_sse("r", "m", True, events)])
+    out = parse([line async for line in stream_sse("r", "m", True, merged([events]))])
     assert out[-1] == "[DONE]"
     role, first, second, final, usage = out[:-1]
     assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -73,15 +77,15 @@ async def test_stream_without_include_usage_has_no_usage_chunk() -> None:
     events = events_of(
         CompletionFinished(request_id="r", sequence=0, model="m", text="", finish_reason="length", usage=USAGE)
     )
-    out = parse([line async for line in stream_sse("r", "m", False, events)])
+    out = parse([line async for line in stream_sse("r", "m", False, merged([events]))])
     assert all("usage" not in c for c in out[:-1])
 
 
 async def test_failures_and_deadlines_mid_stream_end_with_an_error_then_done() -> None:
     failed = events_of(GenerationFailed(request_id="r", sequence=0, code="context_length_exceeded", message="too long"))
-    out = parse([line async for line in stream_sse("r", "m", False, failed)])
+    out = parse([line async for line in stream_sse("r", "m", False, merged([failed]))])
     assert out[-2]["error"]["code"] == "context_length_exceeded" and out[-1] == "[DONE]"
-    out = parse([line async for line in stream_sse("r", "m", False, timing_out())])
+    out = parse([line async for line in stream_sse("r", "m", False, merged([timing_out()]))])
     assert out[-2]["error"]["code"] == "deadline_exceeded" and out[-1] == "[DONE]"
 
 
@@ -89,8 +93,14 @@ async def test_collect_maps_failures_to_http_statuses() -> None:
     done = await collect(
         "r",
         "m",
-        events_of(
-            CompletionFinished(request_id="r", sequence=0, model="m", text="hi", finish_reason="stop", usage=USAGE)
+        merged(
+            [
+                events_of(
+                    CompletionFinished(
+                        request_id="r", sequence=0, model="m", text="hi", finish_reason="stop", usage=USAGE
+                    )
+                )
+            ]
         ),
     )
     assert done.choices[0].message.content == "hi" and done.usage.total_tokens == 8
@@ -98,12 +108,92 @@ async def test_collect_maps_failures_to_http_statuses() -> None:
         await collect(
             "r",
             "m",
-            events_of(GenerationFailed(request_id="r", sequence=0, code="context_length_exceeded", message="too long")),
+            merged(
+                [
+                    events_of(
+                        GenerationFailed(request_id="r", sequence=0, code="context_length_exceeded", message="too long")
+                    )
+                ]
+            ),
         )
     assert err.value.status == 400
     with pytest.raises(ApiError) as err:
-        await collect("r", "m", timing_out())
+        await collect("r", "m", merged([timing_out()]))
     assert err.value.status == 504
+
+
+def finished(text: str, prompt: int = 5, completion: int = 3, request_id: str = "r") -> CompletionFinished:
+    usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return CompletionFinished(
+        request_id=request_id, sequence=1, model="m", text=text, finish_reason="stop", usage=usage
+    )
+
+
+def test_each_choice_is_a_request_of_its_own_with_vllms_seed_for_it() -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "a"}]}
+    sub = Submission("chatcmpl-1", "t", utc_now(), {}, 77)
+    seeded = to_completion_requested(ChatCompletionRequest.model_validate(chat | {"seed": 40, "n": 3}), sub)
+    choices = choice_requests(seeded, 3)
+    assert [c.request_id for c in choices] == ["chatcmpl-1-0", "chatcmpl-1-1", "chatcmpl-1-2"]
+    assert [c.sampling.seed for c in choices] == [40, 41, 42]
+    assert all(c.messages == seeded.messages and c.sampling.max_tokens == 77 for c in choices)
+    assert choice_requests(seeded, 1) == [seeded]  # one choice keeps the request's own id
+    top = seeded.model_copy(update={"sampling": seeded.sampling.model_copy(update={"seed": 2**63 - 1})})
+    assert [c.sampling.seed for c in choice_requests(top, 2)] == [2**63 - 1, -(2**63)]  # still a 64-bit seed
+    unseeded = to_completion_requested(ChatCompletionRequest.model_validate(chat | {"n": 2}), sub)
+    assert [c.sampling.seed for c in choice_requests(unseeded, 2)] == [None, None]
+
+
+async def test_several_choices_stream_interleaved_with_their_indexes_and_one_usage() -> None:
+    async def first() -> AsyncIterator[ReplyEvent]:
+        yield TokensGenerated(request_id="r-0", sequence=0, text="Par", token_count=1)
+        await asyncio.sleep(0.02)
+        yield TokensGenerated(request_id="r-0", sequence=1, text="is", token_count=1)
+        yield finished("Paris", completion=2, request_id="r-0")
+
+    async def second() -> AsyncIterator[ReplyEvent]:
+        await asyncio.sleep(0.01)
+        yield TokensGenerated(request_id="r-1", sequence=0, text="Lyon", token_count=1)
+        yield finished("Lyon", completion=1, request_id="r-1")
+
+    out = parse([line async for line in stream_sse("r", "m", True, merged([first(), second()]), choices=2)])
+    assert out[-1] == "[DONE]"
+    chunks = out[:-1]
+    assert all(c["id"] == "r" for c in chunks)
+    assert [c["choices"][0]["delta"] for c in chunks[:2]] == [{"role": "assistant", "content": ""}] * 2
+    assert [c["choices"][0]["index"] for c in chunks[:2]] == [0, 1]
+    content = [(c["choices"][0]["index"], c["choices"][0]["delta"].get("content")) for c in chunks[2:-1]]
+    assert content == [(0, "Par"), (1, "Lyon"), (1, None), (0, "is"), (0, None)]  # as the text arrived
+    finishes = [(c["choices"][0]["index"], c["choices"][0]["finish_reason"]) for c in chunks[2:-1]]
+    assert [f for f in finishes if f[1]] == [(1, "stop"), (0, "stop")]
+    # usage comes once, after the last choice finished: the prompt once, the completions added up
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 3,
+        "total_tokens": 8,
+    }
+
+
+async def test_several_choices_collect_in_index_order_and_fail_together() -> None:
+    events = events_of((1, finished("b", completion=4)), (0, finished("a", completion=2)))
+    done = await collect("r", "m", events, choices=2)
+    assert [(c.index, c.message.content) for c in done.choices] == [(0, "a"), (1, "b")]
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens, done.usage.total_tokens) == (5, 6, 11)
+    text = text_completion("r", "m", [finished("a"), finished("b")], echo="Q: ")
+    assert [(c.index, c.text) for c in text.choices] == [(0, "Q: a"), (1, "Q: b")]
+    failed = GenerationFailed(request_id="r-1", sequence=0, code="context_length_exceeded", message="too long")
+    with pytest.raises(ApiError) as err:
+        await collect("r", "m", events_of((0, finished("a")), (1, failed)), choices=2)
+    assert err.value.status == 400
+
+
+async def test_merged_streams_end_at_the_first_deadline() -> None:
+    async def slow() -> AsyncIterator[ReplyEvent]:
+        await asyncio.sleep(10)
+        yield finished("never")
+
+    with pytest.raises(TimeoutError):
+        [e async for e in merged([slow(), timing_out()])]
 
 
 def test_openai_request_maps_to_the_kafka_contract() -> None:

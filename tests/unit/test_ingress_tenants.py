@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from services.ingress.serving import watched, without_repeats
+from services.ingress.serving import merged, watched, without_repeats
 from services.ingress.tenants import PriorityNotAllowed, Tenant, bearer_key, estimated_tokens, key_digest, new_api_key
 from shared.contracts import (
     ChatMessage,
     CompletionFinished,
     CompletionRequested,
+    GenerationFailed,
     ReplyEvent,
     SamplingParams,
     TokensGenerated,
@@ -62,9 +64,10 @@ def test_estimate_is_a_quarter_of_the_characters_plus_every_token_that_may_be_ge
     assert estimated_tokens(chat) == 5 + 100
     text = CompletionRequested(request_id="r", model="m", reply_topic="t", prompt="z" * 8, sampling=SamplingParams())
     assert estimated_tokens(text) == 2 + 256
+    assert estimated_tokens(text, choices=3) == 2 + 3 * 256  # the prompt is read once; each choice may run to the end
 
 
-async def events_of(*events: ReplyEvent) -> AsyncIterator[ReplyEvent]:
+async def events_of(*events: Any) -> AsyncIterator[Any]:
     for e in events:
         yield e
 
@@ -89,19 +92,38 @@ async def test_deltas_without_offsets_pass_through() -> None:
 
 async def test_watched_reports_the_final_event_or_why_the_reader_stopped() -> None:
     finals, abandoned = [], []
-    done = CompletionFinished(request_id="r", sequence=1, model="m", text="a", finish_reason="stop", usage=USAGE)
-    out = [e async for e in watched(events_of(delta(0, "a", 0), done), finals.append, abandoned.append)]
-    assert out[-1] == done and finals == [done] and abandoned == []
 
-    stream = watched(events_of(delta(0, "a", 0), done), finals.append, abandoned.append)
+    def on_final(index: int, event: object) -> None:
+        finals.append((index, event))
+
+    def on_abandoned(reason: str, indexes: list[int]) -> None:
+        abandoned.append((reason, indexes))
+
+    done = CompletionFinished(request_id="r", sequence=1, model="m", text="a", finish_reason="stop", usage=USAGE)
+    out = [e async for e in watched(merged([events_of(delta(0, "a", 0), done)]), on_final, on_abandoned)]
+    assert out[-1] == (0, done) and finals == [(0, done)] and abandoned == []
+
+    stream = watched(merged([events_of(delta(0, "a", 0), done)]), on_final, on_abandoned)
     await anext(stream)
     await stream.aclose()  # the client went away
-    assert abandoned == ["client_disconnected"]
+    assert abandoned == [("client_disconnected", [0])]
 
     async def timing_out() -> AsyncIterator[ReplyEvent]:
         yield delta(0, "a", 0)
         raise TimeoutError
 
     with pytest.raises(TimeoutError):
-        [e async for e in watched(timing_out(), finals.append, abandoned.append)]
-    assert abandoned == ["client_disconnected", "deadline_exceeded"]
+        [e async for e in watched(merged([timing_out()]), on_final, on_abandoned)]
+    assert abandoned[-1] == ("deadline_exceeded", [0])
+
+
+async def test_a_failed_choice_abandons_the_choices_still_generating_and_only_those() -> None:
+    finals, abandoned = [], []
+    done = CompletionFinished(request_id="r", sequence=1, model="m", text="a", finish_reason="stop", usage=USAGE)
+    failed = GenerationFailed(request_id="r", sequence=1, code="engine_error", message="boom")
+    events = events_of((0, delta(0, "a", 0)), (0, done), (2, delta(0, "b", 0)), (1, failed), (2, delta(1, "c", 1)))
+    stream = watched(events, lambda i, e: finals.append(i), lambda r, ix: abandoned.append((r, ix)), choices=3)
+    out = [e async for e in stream]
+    assert finals == [0, 1]
+    assert abandoned == [("requested", [2])]  # once: not again when the stream is closed
+    assert out[-1] == (2, delta(1, "c", 1))

@@ -60,6 +60,16 @@ async def test_identical_prompts_of_one_tenant_reuse_the_model_scores_until_the_
     assert classifier.seen[-1] == "hello" and len(classifier.seen) == 5
 
 
+async def test_a_text_that_comes_several_times_in_one_call_is_scored_once() -> None:
+    classifier = CountingClassifier()
+    screener = Screener([classifier], cache=ScreeningCache("v1"))
+    screened = await screener.screen(["plan the attack", "hello", "plan the attack"], ["t1", "t2", "t1"])
+    assert classifier.seen == ["plan the attack", "hello"]
+    assert [s.scores["violence"] for s in screened] == [0.9, 0.0, 0.9]
+    await screener.screen(["plan the attack"], ["t1"])
+    assert len(classifier.seen) == 2  # and cached for the tenant
+
+
 async def test_rules_run_on_every_prompt_even_on_a_cache_hit() -> None:
     screener = Screener([CountingClassifier()], cache=ScreeningCache("v1"))
     await screener.screen(["mail x@example.com"], ["t"])
