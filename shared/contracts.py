@@ -65,6 +65,26 @@ class ResponseFormat(BaseModel):
         return self
 
 
+MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs, and OpenAI's top_logprobs limit
+
+
+class TopLogprob(BaseModel):
+    """One of the most likely tokens at a position of the completion."""
+
+    model_config = ConfigDict(frozen=True)
+
+    token: str = Field(description="The token's text, as the tokenizer decodes it alone.")
+    logprob: float = Field(description="Its log-probability at this position (the model's, before sampling changes).")
+
+
+class TokenLogprob(TopLogprob):
+    """A generated token's log-probability, with the most likely tokens at its position when asked for."""
+
+    top_logprobs: list[TopLogprob] = Field(
+        default_factory=list, description="The most likely tokens at this position, most likely first."
+    )
+
+
 class SamplingParams(BaseModel):
     """How to sample the completion; the OpenAI parameters the platform accepts."""
 
@@ -93,6 +113,13 @@ class SamplingParams(BaseModel):
     )
     response_format: ResponseFormat | None = Field(
         None, description="JSON the completion must be (OpenAI's response_format); None: free text."
+    )
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="Return each generated token's log-probability and, at each position, those of this many most "
+        "likely tokens (0: the generated token's only); None returns none.",
     )
 
 
@@ -337,6 +364,15 @@ class TokensGenerated(Message):
         description="Characters of the completion that come before this text. A request redelivered after a worker "
         "died is generated again from the start (with the same seed); readers drop the part they already have.",
     )
+    logprobs: list[TokenLogprob] | None = Field(
+        None, description="One per token of this event, in order, when the request asked for logprobs."
+    )
+    token_offset: int | None = Field(
+        None,
+        ge=0,
+        description="Tokens of the completion that come before this event's, set with logprobs: what text_offset is "
+        "to the text, this is to the logprobs.",
+    )
 
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -357,6 +393,9 @@ class CompletionFinished(Message):
         None,
         description="The model variant that generated the text (e.g. fp32, int8); on a cache replay, the one that "
         "generated the cached answer (unset for entries stored before variants were recorded).",
+    )
+    logprobs: list[TokenLogprob] | None = Field(
+        None, description="One per generated token, in order, when the request asked for logprobs."
     )
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from shared.contracts import VARIANT_NAME_PATTERN, BatchingProfile, Priority, Seed
+from shared.contracts import MAX_TOP_LOGPROBS, VARIANT_NAME_PATTERN, BatchingProfile, Priority, Seed
 from shared.registry import ModelRecord
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -147,18 +147,39 @@ class SamplingFields(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
+    # the spec says what the validator checks, so that generated clients and fuzzers know it
+    model_config = SamplingFields.model_config | ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"top_logprobs": {"type": "integer", "minimum": 1}}, "required": ["top_logprobs"]},
+            "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+        }
+    )
+
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = Field(
+        None,
+        description="Return each output token's log-probability, in choices[].logprobs.content (in every chunk when "
+        "streaming, for the chunk's tokens). These are the model's own, before temperature, top_p and penalties.",
+    )
+    top_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="With logprobs true: also the log-probabilities of this many most likely tokens at each position.",
+    )
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_with_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):  # 0 asks for nothing, as before logprobs were served
+            raise ValueError("top_logprobs above 0 needs logprobs: true")
+        return value
+
     # Accepted only at values that ask for nothing ferry lacks; anything else gets a 400 unsupported_parameter
     # (unsupported_option), since ignoring it would hand the client another kind of answer than it asked for.
     # The spec lists only the accepted values (json_schema_extra), so that clients and fuzzers know them; the types
     # stay wide so that other values reach unsupported_option and get its error.
-    logprobs: bool | None = Field(
-        None, description="Not supported: false or null.", json_schema_extra={"enum": [False, None]}
-    )
-    top_logprobs: int | None = Field(
-        None, ge=0, le=20, description="Not supported: 0 or null.", json_schema_extra={"enum": [0, None]}
-    )
     tools: list[dict[str, Any]] | None = Field(
         None,
         description="Not supported (no tool calling): null or empty.",
@@ -193,13 +214,28 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     """OpenAI's legacy /v1/completions: a raw prompt, no chat template."""
 
+    # the spec says what unsupported_option refuses: logprobs of an echoed prompt
+    model_config = SamplingFields.model_config | ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"echo": {"const": True}}, "required": ["echo"]},
+            "then": {"properties": {"logprobs": {"type": "null"}}},
+        }
+    )
+
     prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=1)] = Field(
         description="The prompt; a list must hold exactly one string."
     )
     max_tokens: int | None = Field(16, ge=1, description="Most tokens to generate (OpenAI's default is 16).")
     echo: bool = Field(False, description="Put the prompt before the completion in the returned text.")
     suffix: None = Field(None, description="Not supported; must be null.")
-    logprobs: None = Field(None, description="Not supported; must be null.")
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="Return each output token's log-probability and those of this many most likely tokens at each "
+        "position, in choices[].logprobs (the model's own, before temperature, top_p and penalties). Not with echo: "
+        "the prompt's log-probabilities are not returned.",
+    )
     best_of: int | None = Field(None, ge=1, le=1, description="Only 1 is supported.")
 
     def prompt_text(self) -> str:
@@ -228,11 +264,26 @@ class ChoiceMessage(BaseModel):
     content: str
 
 
+class TopLogprobOut(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = Field(description="The token's UTF-8 bytes.")
+
+
+class TokenLogprobOut(TopLogprobOut):
+    top_logprobs: list[TopLogprobOut] = Field(description="The most likely tokens at this position, most likely first.")
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobOut] | None
+    refusal: list[TokenLogprobOut] | None = None
+
+
 class Choice(BaseModel):
     index: int = 0
     message: ChoiceMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -254,7 +305,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -267,11 +318,20 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: SystemFingerprint = None
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy completions API's form: one entry per token in each list."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int] = Field(description="Where each token starts in the choice's text.")
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -309,15 +369,13 @@ def ignored_fields(request: BaseModel) -> list[str]:
 def unsupported_option(request: ChatCompletionRequest | CompletionRequest) -> tuple[str, str] | None:
     """The first option set to something ferry cannot give, with why, or None. Options that only tune the answer are
     ignored when unknown (``ignored_fields``); these would change what kind of answer the client gets (tool calls,
-    log probabilities), so pretending to honour them is worse than refusing."""
+    the prompt's log-probabilities), so pretending to honour them is worse than refusing."""
     if request.logit_bias:
         return "logit_bias", "logit_bias is not supported."
     if not isinstance(request, ChatCompletionRequest):
+        if request.echo and request.logprobs is not None:
+            return "logprobs", "logprobs with echo is not supported: ferry returns no log-probabilities of the prompt."
         return None
-    if request.logprobs:
-        return "logprobs", "logprobs is not supported: ferry returns no log probabilities."
-    if request.top_logprobs:
-        return "top_logprobs", "top_logprobs is not supported: ferry returns no log probabilities."
     for name in ("tools", "functions"):
         if getattr(request, name):
             return name, f"{name} is not supported: ferry's models do not call tools."

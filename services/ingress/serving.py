@@ -16,13 +16,17 @@ from services.ingress.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChoiceMessage,
     ChunkChoice,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     Delta,
     ResponseFormatIn,
+    TokenLogprobOut,
+    TopLogprobOut,
     UsageOut,
     error_json,
 )
@@ -38,6 +42,7 @@ from shared.contracts import (
     ReplyEvent,
     ResponseFormat,
     SamplingParams,
+    TokenLogprob,
     TokensGenerated,
 )
 
@@ -128,6 +133,7 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         presence_penalty=api.presence_penalty or 0.0,
         frequency_penalty=api.frequency_penalty or 0.0,
         response_format=_response_format(api.response_format),
+        logprobs=_logprobs(api),
     )
     if isinstance(api, ChatCompletionRequest):
         chat = {
@@ -181,6 +187,13 @@ def _int64(value: int) -> int:
     return (value + 2**63) % 2**64 - 2**63
 
 
+def _logprobs(api: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """How many alternatives per position the request asks for with its logprobs; None: no logprobs."""
+    if isinstance(api, CompletionRequest):
+        return api.logprobs
+    return (api.top_logprobs or 0) if api.logprobs else None
+
+
 def _response_format(api: ResponseFormatIn | None) -> ResponseFormat | None:
     if api is None or api.type == "text":
         return None
@@ -188,6 +201,41 @@ def _response_format(api: ResponseFormatIn | None) -> ResponseFormat | None:
         return ResponseFormat(type="json_object")
     assert api.json_schema is not None  # ResponseFormatIn requires it with this type
     return ResponseFormat(type="json_schema", json_schema=api.json_schema.schema_)
+
+
+def chat_logprobs(entries: Sequence[TokenLogprob] | None) -> ChoiceLogprobs | None:
+    """Logprobs in the chat API's form (choices[].logprobs.content); None when the request asked for none."""
+    if entries is None:
+        return None
+
+    def out(token: str, logprob: float) -> dict[str, object]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8", errors="replace"))}
+
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprobOut(
+                **out(e.token, e.logprob),
+                top_logprobs=[TopLogprobOut(**out(t.token, t.logprob)) for t in e.top_logprobs],
+            )
+            for e in entries
+        ]
+    )
+
+
+def text_logprobs(entries: Sequence[TokenLogprob] | None, start: int) -> CompletionLogprobs | None:
+    """Logprobs in the legacy completions API's form, the first token starting at character ``start`` of the text."""
+    if entries is None:
+        return None
+    offsets = []
+    for e in entries:
+        offsets.append(start)
+        start += len(e.token)
+    return CompletionLogprobs(
+        tokens=[e.token for e in entries],
+        token_logprobs=[e.logprob for e in entries],
+        top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+        text_offset=offsets,
+    )
 
 
 def usage_of(finals: Sequence[CompletionFinished]) -> UsageOut:
@@ -221,18 +269,28 @@ class ReleaseGate:
 
 
 async def without_repeats(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[ReplyEvent]:
-    """Drops text the client already has. When a worker dies mid-generation the request is generated again from the
-    start by another worker; its deltas carry ``text_offset``, so the repeated part is cut and the client sees each
-    piece of text once."""
-    delivered = 0
+    """Drops output the client already has. When a worker dies mid-generation the request is generated again from the
+    start by another worker; its deltas carry ``text_offset`` (and ``token_offset`` with logprobs), so the repeated
+    part is cut and the client sees each piece of text, and each token's logprob, once."""
+    delivered = delivered_tokens = 0
     async for event in events:
         if isinstance(event, TokensGenerated) and event.text_offset is not None:
+            update: dict[str, object] = {}
             end = event.text_offset + len(event.text)
-            if end <= delivered:
-                continue
             if event.text_offset < delivered:
-                event = event.model_copy(update={"text": event.text[delivered - event.text_offset :]})
-            delivered = end
+                update["text"] = event.text[max(0, delivered - event.text_offset) :]
+            new_tokens = False
+            if event.logprobs is not None and event.token_offset is not None:
+                tokens_end = event.token_offset + len(event.logprobs)
+                new_tokens = tokens_end > delivered_tokens
+                if event.token_offset < delivered_tokens:
+                    update["logprobs"] = event.logprobs[max(0, delivered_tokens - event.token_offset) :]
+                delivered_tokens = max(delivered_tokens, tokens_end)
+            if end <= delivered and not new_tokens:
+                continue
+            if update:
+                event = event.model_copy(update=update)
+            delivered = max(delivered, end)
         elif isinstance(event, TokensGenerated):
             delivered += len(event.text)
         yield event
@@ -332,7 +390,12 @@ def chat_completion(request_id: str, model: str, finals: Sequence[CompletionFini
         model=model,
         usage=usage_of(finals),
         choices=[
-            Choice(index=i, message=ChoiceMessage(content=f.text), finish_reason=f.finish_reason)
+            Choice(
+                index=i,
+                message=ChoiceMessage(content=f.text),
+                finish_reason=f.finish_reason,
+                logprobs=chat_logprobs(f.logprobs),
+            )
             for i, f in enumerate(finals)
         ],
         system_fingerprint=finals[0].variant,
@@ -345,7 +408,13 @@ def text_completion(request_id: str, model: str, finals: Sequence[CompletionFini
         model=model,
         usage=usage_of(finals),
         choices=[
-            CompletionChoice(index=i, text=echo + f.text, finish_reason=f.finish_reason) for i, f in enumerate(finals)
+            CompletionChoice(
+                index=i,
+                text=echo + f.text,
+                finish_reason=f.finish_reason,
+                logprobs=text_logprobs(f.logprobs, len(echo)),
+            )
+            for i, f in enumerate(finals)
         ],
         system_fingerprint=finals[0].variant,
     )
@@ -380,11 +449,19 @@ async def stream_sse(
         if first := chunk(request_id, created, model, "" if kind == "chat" else echo, None, index, opening=True):
             yield first
     finals: dict[int, CompletionFinished] = {}
+    token_starts = dict.fromkeys(range(choices), len(echo))  # text route: where each choice's next token starts
     try:
         async for index, event in events:
             if isinstance(event, TokensGenerated):
-                if event.text:
-                    yield chunk(request_id, created, model, event.text, None, index)
+                if not event.text and not event.logprobs:
+                    continue
+                logprobs: ChoiceLogprobs | CompletionLogprobs | None = None
+                if kind == "chat":
+                    logprobs = chat_logprobs(event.logprobs)
+                elif event.logprobs is not None:
+                    logprobs = text_logprobs(event.logprobs, token_starts[index])
+                    token_starts[index] += sum(len(e.token) for e in event.logprobs)
+                yield chunk(request_id, created, model, event.text, None, index, logprobs=logprobs)
             elif isinstance(event, CompletionFinished):
                 finals[index] = event
                 yield chunk(request_id, created, model, None, event.finish_reason, index, fingerprint=event.variant)
@@ -423,13 +500,15 @@ def _chat_chunk(
     index: int,
     opening: bool = False,
     fingerprint: str | None = None,
+    logprobs: ChoiceLogprobs | CompletionLogprobs | None = None,
 ) -> str:
     delta = Delta(role="assistant", content="") if opening else Delta(content=text)
+    assert logprobs is None or isinstance(logprobs, ChoiceLogprobs)
     c = ChatCompletionChunk(
         id=request_id,
         created=created,
         model=model,
-        choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish_reason)],
+        choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)],
         system_fingerprint=fingerprint,
     )
     return _sse(c.model_dump(exclude_none=True, exclude={"usage"}) | _with_null_finish(c))
@@ -444,14 +523,16 @@ def _text_chunk(
     index: int,
     opening: bool = False,
     fingerprint: str | None = None,
+    logprobs: ChoiceLogprobs | CompletionLogprobs | None = None,
 ) -> str:
     if opening and not text:
         return ""  # OpenAI's text stream has no opening chunk; with echo the first chunk is the prompt
+    assert logprobs is None or isinstance(logprobs, CompletionLogprobs)
     c = Completion(
         id=request_id,
         created=created,
         model=model,
-        choices=[CompletionChoice(index=index, text=text or "", finish_reason=finish_reason)],
+        choices=[CompletionChoice(index=index, text=text or "", finish_reason=finish_reason, logprobs=logprobs)],
         system_fingerprint=fingerprint,
     )
     return _sse(c.model_dump(exclude={"usage"} | ({"system_fingerprint"} if fingerprint is None else set())))

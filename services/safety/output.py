@@ -16,11 +16,28 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from services.safety.policy import Decision, Policy
 from services.safety.review import blocked_failure
 from services.safety.screening import OutputScreen, Screener, Screening
-from shared.contracts import CompletionFinished, CompletionRequested, ContentFlagged, GenerationFailed, TokensGenerated
+from shared.contracts import (
+    CompletionFinished,
+    CompletionRequested,
+    ContentFlagged,
+    GenerationFailed,
+    TokenLogprob,
+    TokensGenerated,
+)
+
+
+class OutputDelta(NamedTuple):
+    """Output generated since the last delta sent: its text, how many tokens it holds and, when the request asked for
+    them, those tokens' logprobs."""
+
+    text: str
+    tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class ContentBlocked(Exception):
@@ -40,22 +57,27 @@ class RequestOutputScreen:
     screen: OutputScreen
     flag: Callable[[ContentFlagged], Awaitable[None]]
     sent: str = ""
+    sent_tokens: int = 0
     withheld: str = ""
+    withheld_tokens: int = 0
+    withheld_logprobs: tuple[TokenLogprob, ...] = ()
     held: tuple[Decision, Screening] | None = None
     flagged_release: bool = False
 
-    async def pass_delta(self, delta: tuple[str, int] | None) -> tuple[str, int] | None:
+    async def pass_delta(self, delta: OutputDelta | None) -> OutputDelta | None:
         """The delta to send on, or None while the output is held. Raises ContentBlocked."""
         if delta is None:
             return None
-        text, _ = delta
-        verdict = await self.screen.feed(text)
+        verdict = await self.screen.feed(delta.text)
         if verdict is not None:
             self._stop_or_hold(verdict)
         if self.held is not None:
-            self.withheld += text
+            self.withheld += delta.text
+            self.withheld_tokens += delta.tokens
+            self.withheld_logprobs += delta.logprobs
             return None
-        self.sent += text
+        self.sent += delta.text
+        self.sent_tokens += delta.tokens
         return delta
 
     async def finish(self, final: CompletionFinished) -> CompletionFinished | None:
@@ -69,12 +91,15 @@ class RequestOutputScreen:
             held_delta = None
             completion = final
             if self.request.stream and self.withheld:
+                asked = self.request.sampling.logprobs is not None
                 held_delta = TokensGenerated(
                     request_id=final.request_id,
                     sequence=final.sequence,
                     text=self.withheld,
-                    token_count=0,
+                    token_count=self.withheld_tokens,
                     text_offset=len(self.sent),
+                    logprobs=list(self.withheld_logprobs) if asked else None,
+                    token_offset=self.sent_tokens if asked else None,
                 )
                 completion = final.model_copy(update={"sequence": final.sequence + 1})
             await self.flag(self._flagged("hold", decision, screening, final.text, completion, held_delta))

@@ -7,14 +7,14 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
-from shared.contracts import ChatMessage, FinishReason, ResponseFormat, SamplingParams
+from shared.contracts import ChatMessage, FinishReason, ResponseFormat, SamplingParams, TokenLogprob, TopLogprob
 
 if TYPE_CHECKING:
     from vllm.sampling_params import SamplingParams as VllmSamplingParams
@@ -73,6 +73,45 @@ class GenerationStep:
     prompt_tokens: int
     finish_reason: FinishReason | None  # set on the last step only
     cached_tokens: int = 0  # prompt tokens found in the prefix cache (same salt, same leading blocks)
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per new token, when the request asked for logprobs
+
+
+class RankedLogprob(Protocol):
+    """What vLLM reports of a token at a position (vllm.logprobs.Logprob)."""
+
+    logprob: float
+    rank: int | None
+    decoded_token: str | None
+
+
+def token_logprobs(
+    token_ids: Sequence[int],
+    positions: Sequence[Mapping[int, RankedLogprob] | None],
+    top: int,
+    decode: Callable[[int], str],
+) -> tuple[TokenLogprob, ...]:
+    """The generated tokens' logprobs as the contract carries them, from vLLM's per-position maps (the generated token
+    and the ``top`` most likely ones, keyed by token id). The alternatives are those of rank 1 to ``top``, most likely
+    first: the generated token is among them only when it is one of the most likely. vLLM floors -inf at -9999."""
+
+    def text(token_id: int, found: RankedLogprob) -> str:
+        return found.decoded_token if found.decoded_token is not None else decode(token_id)
+
+    out = []
+    for token_id, position in zip(token_ids, positions, strict=True):
+        if position is None or token_id not in position:
+            raise EngineError(f"vLLM returned no logprob for generated token {token_id}")
+        ranked = sorted(
+            ((t, p) for t, p in position.items() if p.rank is not None and p.rank <= top), key=lambda tp: tp[1].rank
+        )
+        out.append(
+            TokenLogprob(
+                token=text(token_id, position[token_id]),
+                logprob=max(position[token_id].logprob, -9999.0),
+                top_logprobs=[TopLogprob(token=text(t, p), logprob=max(p.logprob, -9999.0)) for t, p in ranked],
+            )
+        )
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -268,12 +307,19 @@ class Engine:
                         if completion.finish_reason == "error":
                             raise EngineError(f"vLLM failed request {request_id}")
                         finish_reason = _FINISH_REASONS.get(completion.finish_reason or "", "stop")
+                    logprobs = ()
+                    if params.logprobs is not None and completion.token_ids:
+                        assert completion.logprobs is not None  # asked for: vLLM sends one map per new token
+                        logprobs = token_logprobs(
+                            completion.token_ids, completion.logprobs, params.logprobs, self._decode_one
+                        )
                     yield GenerationStep(
                         text=completion.text,
                         new_tokens=len(completion.token_ids),
                         prompt_tokens=len(token_ids),
                         finish_reason=finish_reason,
                         cached_tokens=output.num_cached_tokens or 0,
+                        logprobs=logprobs,
                     )
             except VLLMValidationError as exc:  # checked as the request is added, before any output
                 param = "response_format" if params.structured_outputs else exc.parameter or "sampling"
@@ -321,6 +367,10 @@ class Engine:
         del self._llm
         gc.collect()
 
+    def _decode_one(self, token_id: int) -> str:
+        text: str = self._tokenizer.decode([token_id])
+        return text
+
     def token_ids(self, text: str) -> list[int]:
         """The tokens of ``text`` as this model's tokenizer splits it; chat templates write their own special tokens,
         so none is added."""
@@ -341,6 +391,7 @@ class Engine:
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
             structured_outputs=_structured_outputs(sampling.response_format),
+            logprobs=sampling.logprobs,
             output_kind=RequestOutputKind.DELTA,
         )
 

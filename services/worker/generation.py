@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from services.safety.output import ContentBlocked, OutputGuard
+from services.safety.output import ContentBlocked, OutputDelta, OutputGuard
 from services.safety.review import SCREENING_UNAVAILABLE
 from services.worker.engine import Engine, InvalidRequest
 from shared.contracts import (
@@ -21,6 +21,7 @@ from shared.contracts import (
     GenerationFailed,
     Message,
     SamplingParams,
+    TokenLogprob,
     TokensGenerated,
     Usage,
     utc_now,
@@ -74,25 +75,27 @@ class DeltaBuffer:
     window_s: float
     text: str = ""
     tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
     last_flush: float | None = None
 
-    def add(self, text: str, tokens: int, now: float) -> tuple[str, int] | None:
+    def add(self, text: str, tokens: int, now: float, logprobs: tuple[TokenLogprob, ...] = ()) -> OutputDelta | None:
         """Adds a step; returns the delta to send now, if one is due."""
         self.text += text
         self.tokens += tokens
+        self.logprobs += logprobs
         due = self.last_flush is None or now - self.last_flush >= self.window_s
         if self.text and due:
             self.last_flush = now
             return self.take()
         return None
 
-    def take(self) -> tuple[str, int] | None:
+    def take(self) -> OutputDelta | None:
         """Empties the buffer. Tokens without text (an end-of-sequence token) still count, so the deltas' token
         counts always add up to the completion's."""
         if not self.text and not self.tokens:
             return None
-        delta = (self.text, self.tokens)
-        self.text, self.tokens = "", 0
+        delta = OutputDelta(self.text, self.tokens, self.logprobs)
+        self.text, self.tokens, self.logprobs = "", 0, ()
         return delta
 
 
@@ -125,29 +128,35 @@ async def serve_request(
         await _publish_stopped(request, publish, control.stop_reason, sequence)
         return control.stop_reason != "handed_back"
 
-    async def send_delta(delta: tuple[str, int] | None) -> None:
-        nonlocal sequence, text_offset
+    with_logprobs = request.sampling.logprobs is not None
+    token_offset = 0
+
+    async def send_delta(delta: OutputDelta | None) -> None:
+        nonlocal sequence, text_offset, token_offset
         if delta is None or not request.stream:
             return
-        text, tokens = delta
         await publish(
             request,
             TokensGenerated(
                 request_id=request.request_id,
                 sequence=sequence,
-                text=text,
-                token_count=tokens,
+                text=delta.text,
+                token_count=delta.tokens,
                 text_offset=text_offset,
+                logprobs=list(delta.logprobs) if with_logprobs else None,
+                token_offset=token_offset if with_logprobs else None,
             ),
         )
         sequence += 1
-        text_offset += len(text)
+        text_offset += len(delta.text)
+        token_offset += delta.tokens
 
     deadline_timer = _abort_at_deadline(engine, request, control)
     try:
         screen = await guard.start(request) if guard else None  # output screening (services/safety/output.py)
         prompt = request.prompt if request.prompt is not None else engine.render_prompt(request.messages)
         pieces: list[str] = []
+        logprobs: list[TokenLogprob] = []
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
         completion_tokens = prompt_tokens = 0
         finish_reason = None
@@ -158,8 +167,9 @@ async def serve_request(
             prompt_tokens = step.prompt_tokens
             completion_tokens += step.new_tokens
             pieces.append(step.text)
+            logprobs += step.logprobs
             finish_reason = step.finish_reason or finish_reason
-            delta = buffer.add(step.text, step.new_tokens, time.monotonic())
+            delta = buffer.add(step.text, step.new_tokens, time.monotonic(), step.logprobs)
             await send_delta(await screen.pass_delta(delta) if screen else delta)
         control.ended_at = time.monotonic()
         if control.stop_reason is not None:
@@ -174,6 +184,7 @@ async def serve_request(
             text="".join(pieces),
             finish_reason=finish_reason or "stop",
             variant=engine.variant,
+            logprobs=logprobs if with_logprobs else None,
             usage=Usage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,

@@ -2,11 +2,18 @@ from __future__ import annotations
 
 import pytest
 
-from services.safety.output import ContentBlocked, OutputGuard
+from services.safety.output import ContentBlocked, OutputDelta, OutputGuard
 from services.safety.policy import DEFAULT_POLICY, CategoryRule, Policy
 from services.safety.review import deliveries
 from services.safety.screening import Screener
-from shared.contracts import CompletionFinished, CompletionRequested, ContentFlagged, Usage
+from shared.contracts import (
+    CompletionFinished,
+    CompletionRequested,
+    ContentFlagged,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
 
 HOLD_PII = DEFAULT_POLICY.model_copy(
     update={"output": dict(DEFAULT_POLICY.output) | {"pii": CategoryRule(escalate_at=0.5, escalate="hold")}}
@@ -47,9 +54,9 @@ async def guard_for(policy: Policy, flagged: list[ContentFlagged], every: int = 
 
 async def test_a_secret_in_the_output_stops_the_stream_with_content_blocked() -> None:
     screen = await (await guard_for(DEFAULT_POLICY, [])).start(request())
-    assert await screen.pass_delta(("Here is a key: ", 4)) == ("Here is a key: ", 4)
+    assert await screen.pass_delta(OutputDelta("Here is a key: ", 4)) == OutputDelta("Here is a key: ", 4)
     with pytest.raises(ContentBlocked) as caught:
-        await screen.pass_delta(("AKIAIOSFODNN7EXAMPLE and more", 6))
+        await screen.pass_delta(OutputDelta("AKIAIOSFODNN7EXAMPLE and more", 6))
     failure = caught.value.failure(1)
     assert (failure.code, failure.sequence) == ("content_blocked", 1)
     assert "output" in failure.message and "secrets" in failure.message
@@ -58,9 +65,9 @@ async def test_a_secret_in_the_output_stops_the_stream_with_content_blocked() ->
 async def test_a_held_output_keeps_the_rest_back_and_goes_to_review_with_its_final_event() -> None:
     flagged: list[ContentFlagged] = []
     screen = await (await guard_for(HOLD_PII, flagged)).start(request())
-    assert await screen.pass_delta(("Sure, write to ", 4)) == ("Sure, write to ", 4)
-    assert await screen.pass_delta(("bob@example.com today", 5)) is None
-    assert await screen.pass_delta((" and tomorrow", 2)) is None
+    assert await screen.pass_delta(OutputDelta("Sure, write to ", 4)) == OutputDelta("Sure, write to ", 4)
+    assert await screen.pass_delta(OutputDelta("bob@example.com today", 5)) is None
+    assert await screen.pass_delta(OutputDelta(" and tomorrow", 2)) is None
     text = "Sure, write to bob@example.com today and tomorrow"
     assert await screen.finish(final(text, 1)) is None
     (item,) = flagged
@@ -68,6 +75,7 @@ async def test_a_held_output_keeps_the_rest_back_and_goes_to_review_with_its_fin
     assert "bob@example.com" not in item.snippet
     assert item.held_delta is not None and item.held_completion is not None
     assert item.held_delta.text == "bob@example.com today and tomorrow" and item.held_delta.text_offset == 15
+    assert item.held_delta.token_count == 7 and item.held_delta.logprobs is None  # none asked for
     assert (item.held_delta.sequence, item.held_completion.sequence) == (1, 2)
 
     approved = deliveries("output", None, item.held_completion, item.held_delta, "r1", "approve", [], ["pii"])
@@ -76,11 +84,28 @@ async def test_a_held_output_keeps_the_rest_back_and_goes_to_review_with_its_fin
     assert rejected.message.code == "content_blocked" and rejected.message.sequence == 1  # type: ignore[attr-defined]
 
 
+async def test_a_held_output_keeps_its_tokens_logprobs_with_the_held_text() -> None:
+    flagged: list[ContentFlagged] = []
+    asked = request().model_copy(update={"sampling": SamplingParams(logprobs=1)})
+    screen = await (await guard_for(HOLD_PII, flagged)).start(asked)
+
+    def logprobs(*tokens: str) -> tuple[TokenLogprob, ...]:
+        return tuple(TokenLogprob(token=t, logprob=-0.5) for t in tokens)
+
+    await screen.pass_delta(OutputDelta("Sure, write to ", 4, logprobs("Sure", ",", " write", " to ")))
+    assert await screen.pass_delta(OutputDelta("bob@example.com", 2, logprobs("bob@", "example.com"))) is None
+    await screen.finish(final("Sure, write to bob@example.com", 1))
+    (item,) = flagged
+    assert item.held_delta is not None and item.held_delta.logprobs is not None
+    assert [e.token for e in item.held_delta.logprobs] == ["bob@", "example.com"]
+    assert (item.held_delta.token_offset, item.held_delta.token_count) == (4, 2)
+
+
 async def test_release_then_review_delivers_and_flags_once_with_text_only_when_retained() -> None:
     flagged: list[ContentFlagged] = []
     screen = await (await guard_for(DEFAULT_POLICY, flagged, every=5)).start(request(stream=False, retain=True))
     for piece in ["mail ", "ann@example.org ", "or ", "call ", "later"]:
-        assert await screen.pass_delta((piece, 1)) == (piece, 1)
+        assert await screen.pass_delta(OutputDelta(piece, 1)) == OutputDelta(piece, 1)
     text = "mail ann@example.org or call later"
     done = await screen.finish(final(text, 0))
     assert done is not None and done.text == text
@@ -91,6 +116,6 @@ async def test_release_then_review_delivers_and_flags_once_with_text_only_when_r
 async def test_a_clean_output_passes_untouched() -> None:
     flagged: list[ContentFlagged] = []
     screen = await (await guard_for(DEFAULT_POLICY, flagged)).start(request())
-    assert await screen.pass_delta(("Paris is the capital.", 5)) == ("Paris is the capital.", 5)
+    assert await screen.pass_delta(OutputDelta("Paris is the capital.", 5)) == OutputDelta("Paris is the capital.", 5)
     assert await screen.finish(final("Paris is the capital.", 1)) is not None
     assert flagged == []

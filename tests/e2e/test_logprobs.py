@@ -1,0 +1,83 @@
+"""Log-probabilities through the whole platform with OpenAI's client: the engine's figures for each generated token,
+in the chat API's form and the legacy completions API's form, streamed and not."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
+from tests.e2e.test_tenants import assert_error, chat
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def client(platform: Platform) -> OpenAI:
+    return OpenAI(base_url=f"{platform.base_url}/v1", api_key=platform.api_key, max_retries=0, timeout=120)
+
+
+def test_greedy_tokens_are_the_most_likely_ones_and_spell_the_answer(platform: Platform) -> None:
+    answer = client(platform).chat.completions.create(
+        model=DEFAULT_MODEL, messages=QUESTION, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3
+    )
+    choice = answer.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None and answer.usage is not None
+    entries = choice.logprobs.content
+    assert len(entries) == answer.usage.completion_tokens  # one per generated token
+    assert "".join(e.token for e in entries).startswith(choice.message.content or "-")
+    assert "Paris" in "".join(e.token for e in entries)
+    for e in entries:
+        assert e.bytes == list(e.token.encode())
+        assert len(e.top_logprobs) == 3
+        ranked = [t.logprob for t in e.top_logprobs]
+        assert ranked == sorted(ranked, reverse=True) and all(lp <= 0 for lp in ranked)
+        assert sum(math.exp(lp) for lp in ranked) <= 1 + 1e-4  # probabilities of distinct tokens
+        # temperature 0 picks the most likely token at every position
+        assert e.token == e.top_logprobs[0].token and e.logprob == pytest.approx(e.top_logprobs[0].logprob, abs=1e-4)
+
+
+async def test_streamed_chunks_carry_the_logprobs_of_the_unstreamed_answer(platform: Platform) -> None:
+    aclient = AsyncOpenAI(base_url=f"{platform.base_url}/v1", api_key=platform.api_key, max_retries=0, timeout=120)
+    asked = {"model": TINY_MODEL, "messages": QUESTION, "max_tokens": 16, "seed": 3, "logprobs": True}
+    whole = await aclient.chat.completions.create(**asked)  # type: ignore[call-overload]
+    stream = await aclient.chat.completions.create(**asked, stream=True)  # type: ignore[call-overload]
+    streamed, text = [], ""
+    async for chunk in stream:
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            if choice.logprobs and choice.logprobs.content:
+                streamed += choice.logprobs.content
+    expected = whole.choices[0].logprobs.content
+    assert text == whole.choices[0].message.content
+    assert [e.token for e in streamed] == [e.token for e in expected]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in expected], abs=1e-3)
+    assert all(e.top_logprobs == [] for e in streamed)  # top_logprobs not asked for
+
+
+def test_text_completions_give_tokens_their_logprobs_alternatives_and_offsets(platform: Platform) -> None:
+    completion = client(platform).completions.create(
+        model=TINY_MODEL, prompt="Once upon a time", max_tokens=8, temperature=0, logprobs=2
+    )
+    choice = completion.choices[0]
+    assert choice.logprobs is not None and completion.usage is not None
+    lp = choice.logprobs
+    count = completion.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == count
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    assert all(len(top) == 2 and lp.tokens[i] in top for i, top in enumerate(lp.top_logprobs))  # greedy: the best
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"top_logprobs": 3}, 400, "top_logprobs"),  # alternatives without logprobs: true
+        ({"logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+    ],
+)
+def test_impossible_logprob_requests_are_400s_naming_the_field(
+    platform: Platform, body: dict, status: int, param: str
+) -> None:
+    error = assert_error(chat(platform, platform.api_key, **body), status, "invalid_value")
+    assert error["param"] == param
