@@ -296,3 +296,28 @@ def test_cache_sampled_makes_sampled_requests_cacheable_for_that_tenant_only(pla
     platform.admin("tenants", "update", "sampler", "--no-cache-sampled")
     time.sleep(1.0)
     assert ask(platform, sampled, sampler).headers["x-ferry-cache"] == "bypass"
+
+
+def test_several_choices_share_an_entry_only_when_they_are_one_answer(platform: Platform) -> None:
+    question = f"Name a colour. {uuid.uuid4().hex[:6]}"
+    greedy = body(question, n=2)
+    who = tenant(platform, "acme")
+    first = ask(platform, greedy, who)
+    again = ask(platform, greedy, who)
+    assert (first.headers["x-ferry-cache"], again.headers["x-ferry-cache"]) == ("miss", "hit")
+    texts = [c["message"]["content"] for c in again.json()["choices"]]
+    assert texts == [c["message"]["content"] for c in first.json()["choices"]] and texts[0] == texts[1]
+
+    # sampled, for a tenant that lets one sample stand for all: each choice keeps its own entry, so a hit still gives
+    # as many different samples as a live answer
+    sampler = with_options(platform, "sampler-n", "--retention-days", "7", "--cache-sampled")
+    sampled = body(question, temperature=1.0, n=3)
+    live = ask(platform, sampled, sampler)
+    hit = ask(platform, sampled, sampler)
+    assert (live.headers["x-ferry-cache"], hit.headers["x-ferry-cache"]) == ("miss", "hit")
+    samples = [c["message"]["content"] for c in hit.json()["choices"]]
+    assert samples == [c["message"]["content"] for c in live.json()["choices"]]
+    assert len(set(samples)) > 1, "every choice was the one cached sample"
+    # the first choice's entry is the one a request for one answer uses
+    single = ask(platform, body(question, temperature=1.0), sampler)
+    assert single.headers["x-ferry-cache"] == "hit" and single.json()["choices"][0]["message"]["content"] == samples[0]
