@@ -117,11 +117,16 @@ def scope_of(request: CompletionRequested, policy: TenantCachePolicy) -> str:
     return "anon"
 
 
+def unseeded_sampling(request: CompletionRequested) -> bool:
+    """Sampled with no seed: the answer differs each time it is generated."""
+    return request.sampling.temperature > 0 and request.sampling.seed is None
+
+
 def content_class(request: CompletionRequested, policy: TenantCachePolicy) -> ContentClass | None:
     """The class that sets an entry's TTL, or None when the answer is not reproducible and the tenant did not opt in
     to caching sampled output."""
     sampling = request.sampling
-    if sampling.temperature > 0 and sampling.seed is None and not policy.cache_sampled:
+    if unseeded_sampling(request) and not policy.cache_sampled:
         return None
     if sum(1 for m in request.messages if m.role == "user") > 1:
         return "conversation"
@@ -207,12 +212,13 @@ def decide(
     if cls is None:
         return Decision.bypassed("non_deterministic")
     scope = scope_of(request, policy)
-    unseeded = request.sampling.temperature > 0 and request.sampling.seed is None
     return Decision(
         read=not options.no_cache,
         write=True,
         scope=scope,
-        digest=request_digest(request, model_version, scope, policy.screening_policy, sample if unseeded else 0),
+        digest=request_digest(
+            request, model_version, scope, policy.screening_policy, sample if unseeded_sampling(request) else 0
+        ),
         content_class=cls,
         ttl_s=ttl_s[cls],
     )

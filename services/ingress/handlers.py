@@ -268,10 +268,12 @@ async def _serve(  # type: ignore[no-untyped-def]
         choices = choice_requests(message, body.n)
         charge = await _charge(deps, tenant, estimated_tokens(message, len(choices)), headers)
         policy = _cache_policy(tenant)
-        lookups = [
-            await deps.cache.lookup(choice, model.version, request.headers, policy, sample=i)
-            for i, choice in enumerate(choices)
-        ]
+        lookups = await asyncio.gather(
+            *(
+                deps.cache.lookup(choice, model.version, request.headers, policy, sample=i)
+                for i, choice in enumerate(choices)
+            )
+        )
         headers |= cache_headers(lookups)
         trace.get_current_span().set_attribute("ferry.cache", headers[CACHE_HEADER])
         cleared = message.prompt_screening == "before"  # else nothing is released before the safety stage's verdict
