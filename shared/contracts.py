@@ -85,6 +85,19 @@ class TokenLogprob(TopLogprob):
     )
 
 
+class PromptLogprobs(BaseModel):
+    """The prompt's tokens as the model scores them, each given the tokens before it (OpenAI's echo with logprobs)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    first_token: str = Field(
+        description="The prompt's first token, which has no log-probability: no token comes before it."
+    )
+    tokens: list[TokenLogprob] = Field(
+        description="Every later prompt token, in order, with the most likely tokens at its position when asked for."
+    )
+
+
 class SamplingParams(BaseModel):
     """How to sample the completion; the OpenAI parameters the platform accepts."""
 
@@ -120,6 +133,14 @@ class SamplingParams(BaseModel):
         le=MAX_TOP_LOGPROBS,
         description="Return each generated token's log-probability and, at each position, those of this many most "
         "likely tokens (0: the generated token's only); None returns none.",
+    )
+    prompt_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="Return the prompt's tokens with their log-probabilities (PromptLogprobs) and, at each position, "
+        "those of this many most likely tokens; None returns none. The prompt is then computed in full, without the "
+        "prefix cache.",
     )
 
 
@@ -373,6 +394,11 @@ class TokensGenerated(Message):
         description="Tokens of the completion that come before this event's, set with logprobs: what text_offset is "
         "to the text, this is to the logprobs.",
     )
+    prompt_logprobs: PromptLogprobs | None = Field(
+        None,
+        description="The prompt's tokens and log-probabilities, on a request's first TokensGenerated (sequence 0) "
+        "when it asked for prompt_logprobs.",
+    )
 
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -396,6 +422,9 @@ class CompletionFinished(Message):
     )
     logprobs: list[TokenLogprob] | None = Field(
         None, description="One per generated token, in order, when the request asked for logprobs."
+    )
+    prompt_logprobs: PromptLogprobs | None = Field(
+        None, description="The prompt's tokens and log-probabilities, when the request asked for prompt_logprobs."
     )
 
 

@@ -206,7 +206,7 @@ def decide(
         return Decision.bypassed("no_store")
     if not request.retain_text:
         return Decision.bypassed("no_retention")
-    if request.sampling.logprobs is not None:
+    if request.sampling.logprobs is not None or request.sampling.prompt_logprobs is not None:
         return Decision.bypassed("logprobs")  # entries keep the text, not each token's logprobs
     cls = content_class(request, policy)
     if cls is None:

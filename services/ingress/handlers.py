@@ -359,7 +359,16 @@ async def _serve(  # type: ignore[no-untyped-def]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            stream_sse(request_id, body.model, include_usage, replies, kind, echo, len(choices)),
+            stream_sse(
+                request_id,
+                body.model,
+                include_usage,
+                replies,
+                kind,
+                echo,
+                len(choices),
+                echo_logprobs=choices[0].sampling.prompt_logprobs is not None,
+            ),
             media_type="text/event-stream",
             headers=headers | {"cache-control": "no-cache"},
         )

@@ -214,14 +214,6 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     """OpenAI's legacy /v1/completions: a raw prompt, no chat template."""
 
-    # the spec says what unsupported_option refuses: logprobs of an echoed prompt
-    model_config = SamplingFields.model_config | ConfigDict(
-        json_schema_extra={
-            "if": {"properties": {"echo": {"const": True}}, "required": ["echo"]},
-            "then": {"properties": {"logprobs": {"type": "null"}}},
-        }
-    )
-
     prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=1)] = Field(
         description="The prompt; a list must hold exactly one string."
     )
@@ -233,8 +225,8 @@ class CompletionRequest(SamplingFields):
         ge=0,
         le=MAX_TOP_LOGPROBS,
         description="Return each output token's log-probability and those of this many most likely tokens at each "
-        "position, in choices[].logprobs (the model's own, before temperature, top_p and penalties). Not with echo: "
-        "the prompt's log-probabilities are not returned.",
+        "position, in choices[].logprobs (the model's own, before temperature, top_p and penalties). With echo, the "
+        "prompt's tokens come first, each scored given those before it; the first has none (null).",
     )
     best_of: int | None = Field(None, ge=1, le=1, description="Only 1 is supported.")
 
@@ -368,13 +360,11 @@ def ignored_fields(request: BaseModel) -> list[str]:
 
 def unsupported_option(request: ChatCompletionRequest | CompletionRequest) -> tuple[str, str] | None:
     """The first option set to something ferry cannot give, with why, or None. Options that only tune the answer are
-    ignored when unknown (``ignored_fields``); these would change what kind of answer the client gets (tool calls,
-    the prompt's log-probabilities), so pretending to honour them is worse than refusing."""
+    ignored when unknown (``ignored_fields``); these would change what kind of answer the client gets (tool calls),
+    so pretending to honour them is worse than refusing."""
     if request.logit_bias:
         return "logit_bias", "logit_bias is not supported."
     if not isinstance(request, ChatCompletionRequest):
-        if request.echo and request.logprobs is not None:
-            return "logprobs", "logprobs with echo is not supported: ferry returns no log-probabilities of the prompt."
         return None
     for name in ("tools", "functions"):
         if getattr(request, name):

@@ -38,6 +38,7 @@ from shared.contracts import (
     GenerationFailed,
     Priority,
     PromptCleared,
+    PromptLogprobs,
     PromptScreening,
     ReplyEvent,
     ResponseFormat,
@@ -134,6 +135,7 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         frequency_penalty=api.frequency_penalty or 0.0,
         response_format=_response_format(api.response_format),
         logprobs=_logprobs(api),
+        prompt_logprobs=api.logprobs if isinstance(api, CompletionRequest) and api.echo else None,
     )
     if isinstance(api, ChatCompletionRequest):
         chat = {
@@ -222,20 +224,30 @@ def chat_logprobs(entries: Sequence[TokenLogprob] | None) -> ChoiceLogprobs | No
     )
 
 
-def text_logprobs(entries: Sequence[TokenLogprob] | None, start: int) -> CompletionLogprobs | None:
-    """Logprobs in the legacy completions API's form, the first token starting at character ``start`` of the text."""
+def text_logprobs(
+    entries: Sequence[TokenLogprob] | None, start: int, prompt: PromptLogprobs | None = None
+) -> CompletionLogprobs | None:
+    """Logprobs in the legacy completions API's form, the first token starting at character ``start`` of the text.
+    With ``prompt`` (an echoed prompt's), the prompt's tokens come first from character 0, as vLLM's server gives them:
+    the first has no logprob (null), as nothing comes before it."""
     if entries is None:
         return None
-    offsets = []
+    out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+
+    def add(token: str, logprob: float | None, top: dict[str, float] | None, offset: int) -> int:
+        out.tokens.append(token)
+        out.token_logprobs.append(logprob)
+        out.top_logprobs.append(top)
+        out.text_offset.append(offset)
+        return offset + len(token)
+
+    if prompt is not None:
+        offset = add(prompt.first_token, None, None, 0)
+        for e in prompt.tokens:
+            offset = add(e.token, e.logprob, {t.token: t.logprob for t in e.top_logprobs}, offset)
     for e in entries:
-        offsets.append(start)
-        start += len(e.token)
-    return CompletionLogprobs(
-        tokens=[e.token for e in entries],
-        token_logprobs=[e.logprob for e in entries],
-        top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in entries],
-        text_offset=offsets,
-    )
+        start = add(e.token, e.logprob, {t.token: t.logprob for t in e.top_logprobs}, start)
+    return out
 
 
 def usage_of(finals: Sequence[CompletionFinished]) -> UsageOut:
@@ -412,7 +424,7 @@ def text_completion(request_id: str, model: str, finals: Sequence[CompletionFini
                 index=i,
                 text=echo + f.text,
                 finish_reason=f.finish_reason,
-                logprobs=text_logprobs(f.logprobs, len(echo)),
+                logprobs=text_logprobs(f.logprobs, len(echo), f.prompt_logprobs if echo else None),
             )
             for i, f in enumerate(finals)
         ],
@@ -437,21 +449,31 @@ async def stream_sse(
     kind: ApiKind = "chat",
     echo: str = "",
     choices: int = 1,
+    echo_logprobs: bool = False,
 ) -> AsyncIterator[str]:
     """Streaming: OpenAI's chunk sequence (chat: role, content deltas, finish reason; text: text deltas, finish reason)
     for each choice, its index in every chunk and choices interleaved as their text arrives; then, once every choice
     has finished, the usage when asked, and [DONE]. Failures after the stream began arrive as an ``error`` object, as
-    OpenAI sends them."""
+    OpenAI sends them. With ``echo_logprobs`` the echoed prompt's chunk waits for the choice's first reply, which
+    carries the prompt's logprobs."""
     created = int(time.time())
     chunk = _chat_chunk if kind == "chat" else _text_chunk
 
+    echo_waits = set(range(choices)) if echo and echo_logprobs else set()
     for index in range(choices):
+        if index in echo_waits:
+            continue
         if first := chunk(request_id, created, model, "" if kind == "chat" else echo, None, index, opening=True):
             yield first
     finals: dict[int, CompletionFinished] = {}
     token_starts = dict.fromkeys(range(choices), len(echo))  # text route: where each choice's next token starts
     try:
         async for index, event in events:
+            if index in echo_waits and isinstance(event, TokensGenerated | CompletionFinished):
+                echo_waits.discard(index)
+                # a reply from a worker that predates prompt logprobs carries none: the prompt then comes without
+                prompt = None if event.prompt_logprobs is None else text_logprobs([], 0, event.prompt_logprobs)
+                yield chunk(request_id, created, model, echo, None, index, logprobs=prompt)
             if isinstance(event, TokensGenerated):
                 if not event.text and not event.logprobs:
                     continue

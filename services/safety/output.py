@@ -100,6 +100,8 @@ class RequestOutputScreen:
                     text_offset=len(self.sent),
                     logprobs=list(self.withheld_logprobs) if asked else None,
                     token_offset=self.sent_tokens if asked else None,
+                    # the first event of the stream carries the prompt's logprobs, as the worker's own first delta does
+                    prompt_logprobs=final.prompt_logprobs if final.sequence == 0 else None,
                 )
                 completion = final.model_copy(update={"sequence": final.sequence + 1})
             await self.flag(self._flagged("hold", decision, screening, final.text, completion, held_delta))

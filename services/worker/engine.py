@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
-from shared.contracts import ChatMessage, FinishReason, ResponseFormat, SamplingParams, TokenLogprob, TopLogprob
+from shared.contracts import (
+    ChatMessage,
+    FinishReason,
+    PromptLogprobs,
+    ResponseFormat,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+)
 
 if TYPE_CHECKING:
     from vllm.sampling_params import SamplingParams as VllmSamplingParams
@@ -74,6 +82,7 @@ class GenerationStep:
     finish_reason: FinishReason | None  # set on the last step only
     cached_tokens: int = 0  # prompt tokens found in the prefix cache (same salt, same leading blocks)
     logprobs: tuple[TokenLogprob, ...] = ()  # one per new token, when the request asked for logprobs
+    prompt_logprobs: PromptLogprobs | None = None  # on the first step, when the request asked for prompt_logprobs
 
 
 class RankedLogprob(Protocol):
@@ -90,9 +99,10 @@ def token_logprobs(
     top: int,
     decode: Callable[[int], str],
 ) -> tuple[TokenLogprob, ...]:
-    """The generated tokens' logprobs as the contract carries them, from vLLM's per-position maps (the generated token
-    and the ``top`` most likely ones, keyed by token id). The alternatives are those of rank 1 to ``top``, most likely
-    first: the generated token is among them only when it is one of the most likely. vLLM floors -inf at -9999."""
+    """The tokens' logprobs as the contract carries them, from vLLM's per-position maps (the token at the position and
+    the ``top`` most likely ones, keyed by token id), for generated tokens and prompt tokens alike. The alternatives
+    are those of rank 1 to ``top``, most likely first: the token is among them only when it is one of the most likely.
+    vLLM floors -inf at -9999."""
 
     def text(token_id: int, found: RankedLogprob) -> str:
         return found.decoded_token if found.decoded_token is not None else decode(token_id)
@@ -100,7 +110,7 @@ def token_logprobs(
     out = []
     for token_id, position in zip(token_ids, positions, strict=True):
         if position is None or token_id not in position:
-            raise EngineError(f"vLLM returned no logprob for generated token {token_id}")
+            raise EngineError(f"vLLM returned no logprob for token {token_id}")
         ranked = sorted(
             ((t, p) for t, p in position.items() if p.rank is not None and p.rank <= top), key=lambda tp: tp[1].rank
         )
@@ -313,6 +323,16 @@ class Engine:
                         logprobs = token_logprobs(
                             completion.token_ids, completion.logprobs, params.logprobs, self._decode_one
                         )
+                    prompt_logprobs = None
+                    if params.prompt_logprobs is not None and output.prompt_logprobs:  # the first output only
+                        prompt_logprobs = PromptLogprobs(
+                            first_token=self._decode_one(token_ids[0]),
+                            tokens=list(
+                                token_logprobs(
+                                    token_ids[1:], output.prompt_logprobs[1:], params.prompt_logprobs, self._decode_one
+                                )
+                            ),
+                        )
                     yield GenerationStep(
                         text=completion.text,
                         new_tokens=len(completion.token_ids),
@@ -320,6 +340,7 @@ class Engine:
                         finish_reason=finish_reason,
                         cached_tokens=output.num_cached_tokens or 0,
                         logprobs=logprobs,
+                        prompt_logprobs=prompt_logprobs,
                     )
             except VLLMValidationError as exc:  # checked as the request is added, before any output
                 param = "response_format" if params.structured_outputs else exc.parameter or "sampling"
@@ -392,6 +413,7 @@ class Engine:
             frequency_penalty=sampling.frequency_penalty,
             structured_outputs=_structured_outputs(sampling.response_format),
             logprobs=sampling.logprobs,
+            prompt_logprobs=sampling.prompt_logprobs,
             output_kind=RequestOutputKind.DELTA,
         )
 

@@ -20,6 +20,7 @@ from shared.contracts import (
     CompletionRequested,
     GenerationFailed,
     Message,
+    PromptLogprobs,
     SamplingParams,
     TokenLogprob,
     TokensGenerated,
@@ -130,6 +131,7 @@ async def serve_request(
 
     with_logprobs = request.sampling.logprobs is not None
     token_offset = 0
+    prompt_logprobs: PromptLogprobs | None = None  # from the engine's first step, when asked for
 
     async def send_delta(delta: OutputDelta | None) -> None:
         nonlocal sequence, text_offset, token_offset
@@ -145,6 +147,7 @@ async def serve_request(
                 text_offset=text_offset,
                 logprobs=list(delta.logprobs) if with_logprobs else None,
                 token_offset=token_offset if with_logprobs else None,
+                prompt_logprobs=prompt_logprobs if sequence == 0 else None,
             ),
         )
         sequence += 1
@@ -168,6 +171,7 @@ async def serve_request(
             completion_tokens += step.new_tokens
             pieces.append(step.text)
             logprobs += step.logprobs
+            prompt_logprobs = step.prompt_logprobs or prompt_logprobs
             finish_reason = step.finish_reason or finish_reason
             delta = buffer.add(step.text, step.new_tokens, time.monotonic(), step.logprobs)
             await send_delta(await screen.pass_delta(delta) if screen else delta)
@@ -185,6 +189,7 @@ async def serve_request(
             finish_reason=finish_reason or "stop",
             variant=engine.variant,
             logprobs=logprobs if with_logprobs else None,
+            prompt_logprobs=prompt_logprobs,
             usage=Usage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,

@@ -1,5 +1,6 @@
-"""Log-probabilities through the whole platform with OpenAI's client: the engine's figures for each generated token,
-in the chat API's form and the legacy completions API's form, streamed and not."""
+"""Log-probabilities through the whole platform with OpenAI's client: the engine's figures for each generated token
+(and each token of an echoed prompt), in the chat API's form and the legacy completions API's form, streamed and
+not."""
 
 from __future__ import annotations
 
@@ -67,6 +68,49 @@ def test_text_completions_give_tokens_their_logprobs_alternatives_and_offsets(pl
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == count
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
     assert all(len(top) == 2 and lp.tokens[i] in top for i, top in enumerate(lp.top_logprobs))  # greedy: the best
+
+
+def test_an_echoed_prompt_is_scored_as_the_model_scores_its_own_tokens(platform: Platform) -> None:
+    """The way evaluation harnesses (lm-evaluation-harness's local-completions) score a text: echo, logprobs, one
+    token. The score of a prompt's last token is the logprob the model gave that token when it generated it."""
+    openai = client(platform)
+    prompt = "The capital of France is"
+    generated = openai.completions.create(model=DEFAULT_MODEL, prompt=prompt, max_tokens=1, temperature=0, logprobs=1)
+    assert generated.choices[0].logprobs is not None and generated.choices[0].logprobs.token_logprobs is not None
+    word, word_logprob = generated.choices[0].text, generated.choices[0].logprobs.token_logprobs[0]
+    scored = openai.completions.create(
+        model=DEFAULT_MODEL, prompt=prompt + word, max_tokens=1, temperature=0, logprobs=1, echo=True
+    )
+    choice, usage = scored.choices[0], scored.usage
+    assert choice.logprobs is not None and usage is not None
+    lp = choice.logprobs
+    assert lp.tokens is not None and lp.token_logprobs is not None and lp.top_logprobs is not None
+    assert lp.text_offset is not None
+    n = usage.prompt_tokens
+    assert len(lp.tokens) == n + usage.completion_tokens  # the prompt's tokens, then the generated one
+    assert "".join(lp.tokens[:n]) == prompt + word and choice.text.startswith(prompt + word)
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(lp.tokens))]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing comes before the first token
+    assert all(x is not None and x <= 0 for x in lp.token_logprobs[1:])
+    assert lp.tokens[n - 1] == word
+    assert lp.token_logprobs[n - 1] == pytest.approx(word_logprob, abs=1e-2)
+    assert lp.top_logprobs[n - 1] == {word: pytest.approx(word_logprob, abs=1e-2)}  # greedy: the most likely
+
+
+async def test_a_streamed_echo_carries_the_prompts_logprobs_first(platform: Platform) -> None:
+    aclient = AsyncOpenAI(base_url=f"{platform.base_url}/v1", api_key=platform.api_key, max_retries=0, timeout=120)
+    asked = {"model": TINY_MODEL, "prompt": "Once upon a time", "max_tokens": 6, "seed": 5, "logprobs": 2, "echo": True}
+    whole = (await aclient.completions.create(**asked)).choices[0]  # type: ignore[call-overload]
+    stream = await aclient.completions.create(**asked, stream=True)  # type: ignore[call-overload]
+    chunks = [chunk.choices[0] async for chunk in stream if chunk.choices]
+    assert chunks[0].text == "Once upon a time"
+    assert chunks[0].logprobs is not None and chunks[0].logprobs.token_logprobs is not None
+    assert chunks[0].logprobs.token_logprobs[0] is None
+    assert "".join(c.text for c in chunks) == whole.text
+    assert whole.logprobs is not None
+    streamed = [t for c in chunks if c.logprobs for t in c.logprobs.tokens or []]
+    offsets = [o for c in chunks if c.logprobs for o in c.logprobs.text_offset or []]
+    assert streamed == whole.logprobs.tokens and offsets == whole.logprobs.text_offset
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from services.worker.engine import EngineError, token_logprobs
 from shared.contracts import (
     CompletionFinished,
     CompletionRequested,
+    PromptLogprobs,
     ReplyEvent,
     SamplingParams,
     TokenLogprob,
@@ -84,10 +85,54 @@ def test_the_chat_format_has_bytes_and_the_text_format_has_offsets() -> None:
     assert chat_logprobs(None) is None and text_logprobs(None, 0) is None
 
 
-def finished(logprobs: list[TokenLogprob] | None) -> CompletionFinished:
+PROMPT = PromptLogprobs(
+    first_token="Q",
+    tokens=[
+        TokenLogprob(token=":", logprob=-2.0, top_logprobs=[TopLogprob(token=".", logprob=-1.0)]),
+        TokenLogprob(token=" ", logprob=-0.25, top_logprobs=[TopLogprob(token=" ", logprob=-0.25)]),
+    ],
+)
+
+
+def test_an_echoed_prompt_comes_first_with_no_logprob_for_its_first_token() -> None:
+    text = text_logprobs(ENTRIES, start=3, prompt=PROMPT)
+    assert text is not None
+    assert text.tokens == ["Q", ":", " ", "Par", "ís"]
+    assert text.token_logprobs == [None, -2.0, -0.25, -0.5, -1.5]
+    assert text.top_logprobs == [None, {".": -1.0}, {" ": -0.25}, {"Par": -0.5}, {"is": -0.9}]
+    assert text.text_offset == [0, 1, 2, 3, 6]
+    answer = text_completion("r", "m", [finished(ENTRIES, PROMPT)], echo="Q: ").model_dump()["choices"][0]
+    assert answer["text"] == "Q: París" and answer["logprobs"]["tokens"] == text.tokens
+
+
+async def test_a_streamed_echo_waits_for_the_prompts_logprobs() -> None:
+    first = delta(0, "Par", 0, ENTRIES[:1], 0).model_copy(update={"prompt_logprobs": PROMPT})
+    events = events_of(first, delta(1, "ís", 3, ENTRIES[1:], 1), finished(ENTRIES, PROMPT))
+    stream = stream_sse("r", "m", False, merged([events]), kind="text", echo="Q: ", echo_logprobs=True)
+    chunks = [json.loads(line[6:]) for line in [line async for line in stream] if line.startswith("data: {")]
+    texts = [c["choices"][0]["text"] for c in chunks]
+    assert texts == ["Q: ", "Par", "ís", ""]
+    echoed = chunks[0]["choices"][0]["logprobs"]
+    assert echoed["tokens"] == ["Q", ":", " "] and echoed["token_logprobs"] == [None, -2.0, -0.25]
+    assert chunks[1]["choices"][0]["logprobs"]["text_offset"] == [3]
+    # a choice whose output never streamed (everything came with its final) still gets its prompt first
+    stream = stream_sse("r", "m", False, merged([events_of(finished([], PROMPT))]), "text", "Q: ", echo_logprobs=True)
+    chunks = [json.loads(line[6:]) for line in [line async for line in stream] if line.startswith("data: {")]
+    assert [c["choices"][0]["text"] for c in chunks] == ["Q: ", ""]
+    assert chunks[0]["choices"][0]["logprobs"]["token_logprobs"] == [None, -2.0, -0.25]
+
+
+def finished(logprobs: list[TokenLogprob] | None, prompt: PromptLogprobs | None = None) -> CompletionFinished:
     usage = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
     return CompletionFinished(
-        request_id="r", sequence=2, model="m", text="París", finish_reason="stop", usage=usage, logprobs=logprobs
+        request_id="r",
+        sequence=2,
+        model="m",
+        text="París",
+        finish_reason="stop",
+        usage=usage,
+        logprobs=logprobs,
+        prompt_logprobs=prompt,
     )
 
 
@@ -160,11 +205,12 @@ def test_the_api_fields_reach_the_contract() -> None:
         ChatCompletionRequest.model_validate(chat | {"top_logprobs": 3})
     text = CompletionRequest.model_validate({"model": "m", "prompt": "a", "logprobs": 2})
     assert to_completion_requested(text, sub).sampling.logprobs == 2
+    assert to_completion_requested(text, sub).sampling.prompt_logprobs is None  # the prompt's only with echo
     echoed = CompletionRequest.model_validate({"model": "m", "prompt": "a", "logprobs": 0, "echo": True})
-    assert unsupported_option(echoed) == (
-        "logprobs",
-        "logprobs with echo is not supported: ferry returns no log-probabilities of the prompt.",
-    )
+    assert unsupported_option(echoed) is None
+    assert to_completion_requested(echoed, sub).sampling.prompt_logprobs == 0
+    plain_echo = CompletionRequest.model_validate({"model": "m", "prompt": "a", "echo": True})
+    assert to_completion_requested(plain_echo, sub).sampling.prompt_logprobs is None
 
 
 def test_requests_for_logprobs_bypass_the_response_cache() -> None:
@@ -178,3 +224,6 @@ def test_requests_for_logprobs_bypass_the_response_cache() -> None:
     )
     decision = decide(request, "1", RequestCacheOptions(), TenantCachePolicy(), DEFAULT_TTL_S)
     assert decision.bypass == "logprobs" and decision.digest is None
+    # a Kafka producer may ask for the prompt's alone
+    prompt_only = request.model_copy(update={"sampling": SamplingParams(temperature=0, prompt_logprobs=0)})
+    assert decide(prompt_only, "1", RequestCacheOptions(), TenantCachePolicy(), DEFAULT_TTL_S).bypass == "logprobs"

@@ -10,6 +10,7 @@ from shared.contracts import (
     CompletionFinished,
     CompletionRequested,
     ContentFlagged,
+    PromptLogprobs,
     SamplingParams,
     TokenLogprob,
     Usage,
@@ -99,6 +100,18 @@ async def test_a_held_output_keeps_its_tokens_logprobs_with_the_held_text() -> N
     assert item.held_delta is not None and item.held_delta.logprobs is not None
     assert [e.token for e in item.held_delta.logprobs] == ["bob@", "example.com"]
     assert (item.held_delta.token_offset, item.held_delta.token_count) == (4, 2)
+
+
+async def test_an_output_held_from_its_first_token_still_brings_the_prompts_logprobs_first() -> None:
+    flagged: list[ContentFlagged] = []
+    asked = request().model_copy(update={"sampling": SamplingParams(logprobs=0, prompt_logprobs=0)})
+    screen = await (await guard_for(HOLD_PII, flagged)).start(asked)
+    assert await screen.pass_delta(OutputDelta("bob@example.com", 2, ())) is None
+    prompt = PromptLogprobs(first_token="Write", tokens=[TokenLogprob(token=" mail", logprob=-1.0)])
+    await screen.finish(final("bob@example.com", 0).model_copy(update={"prompt_logprobs": prompt}))
+    (item,) = flagged
+    assert item.held_delta is not None and item.held_delta.sequence == 0
+    assert item.held_delta.prompt_logprobs == prompt  # the stream's first event carries them, as the worker's does
 
 
 async def test_release_then_review_delivers_and_flags_once_with_text_only_when_retained() -> None:
