@@ -57,6 +57,12 @@ class ResponseFormat(BaseModel):
         description="The JSON Schema the completion must match, as written (type json_schema only). A schema the "
         "engine cannot use gets a GenerationFailed with code invalid_request and param response_format.",
     )
+    strict: bool = Field(
+        False,
+        description="OpenAI's strict mode: no object of the output has a property the schema does not list, unless "
+        "the schema allows more (additionalProperties). False leaves it to the engine's grammar backend: xgrammar "
+        "adds none, llguidance (for schema features xgrammar lacks) follows JSON Schema and may.",
+    )
 
     @model_validator(mode="after")
     def _schema_with_its_type(self) -> ResponseFormat:

@@ -26,6 +26,7 @@ from shared.contracts import (
     CompletionRequested,
     FinishReason,
     ReplyEvent,
+    ResponseFormat,
     TokensGenerated,
     Usage,
     utc_now,
@@ -117,6 +118,11 @@ def scope_of(request: CompletionRequested, policy: TenantCachePolicy) -> str:
     return "anon"
 
 
+def _response_format_key(response_format: ResponseFormat) -> dict[str, object]:
+    # strict joins the key only when set, as the options after key version 2 do
+    return response_format.model_dump(exclude=set() if response_format.strict else {"strict"})
+
+
 def unseeded_sampling(request: CompletionRequested) -> bool:
     """Sampled with no seed: the answer differs each time it is generated."""
     return request.sampling.temperature > 0 and request.sampling.seed is None
@@ -153,7 +159,7 @@ def normalized(
         for name, value in (
             ("presence_penalty", sampling.presence_penalty),
             ("frequency_penalty", sampling.frequency_penalty),
-            ("response_format", sampling.response_format and sampling.response_format.model_dump()),
+            ("response_format", sampling.response_format and _response_format_key(sampling.response_format)),
             ("sample", sample),
         )
         if value

@@ -53,10 +53,14 @@ class JsonSchemaSpec(BaseModel):
     description: str | None = Field(None, description="What the format is for; not shown to the model.")
     schema_: dict[str, Any] = Field(
         alias="schema",
-        description="The JSON Schema the output must match, enforced as written (additional properties are allowed "
-        "unless the schema says false). A schema the engine cannot use gets a 400 with param response_format.",
+        description="The JSON Schema the output must match, enforced as written. A schema the engine cannot use gets "
+        "a 400 with param response_format.",
     )
-    strict: bool | None = Field(None, description="Accepted; the schema is always enforced.")
+    strict: bool | None = Field(
+        None,
+        description="true: no object of the output has a property the schema does not list, unless the schema says "
+        "additionalProperties (OpenAI's strict mode). The schema is enforced either way.",
+    )
 
 
 class ResponseFormatIn(BaseModel):

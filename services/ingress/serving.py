@@ -202,7 +202,7 @@ def _response_format(api: ResponseFormatIn | None) -> ResponseFormat | None:
     if api.type == "json_object":
         return ResponseFormat(type="json_object")
     assert api.json_schema is not None  # ResponseFormatIn requires it with this type
-    return ResponseFormat(type="json_schema", json_schema=api.json_schema.schema_)
+    return ResponseFormat(type="json_schema", json_schema=api.json_schema.schema_, strict=bool(api.json_schema.strict))
 
 
 def chat_logprobs(entries: Sequence[TokenLogprob] | None) -> ChoiceLogprobs | None:

@@ -426,4 +426,10 @@ def _structured_outputs(response_format: ResponseFormat | None) -> StructuredOut
         return None
     if response_format.type == "json_object":
         return StructuredOutputsParams(json_object=True)
+    if response_format.strict:
+        from vllm.v1.structured_output.backend_guidance import process_for_additional_properties
+
+        # additionalProperties false wherever the schema lists properties and says nothing of others: xgrammar
+        # already generates no unlisted property, llguidance would (JSON Schema allows them)
+        return StructuredOutputsParams(json=process_for_additional_properties(response_format.json_schema))
     return StructuredOutputsParams(json=response_format.json_schema)

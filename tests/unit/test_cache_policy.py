@@ -92,6 +92,11 @@ def test_a_response_format_and_its_schema_change_the_key() -> None:
     assert len({digest(request()), json_object, with_schema}) == 3
     assert formatted({"type": "json_schema", "json_schema": same_schema_reordered}) == with_schema
     assert formatted({"type": "json_schema", "json_schema": {"type": "object"}}) != with_schema
+    strict = formatted({"type": "json_schema", "json_schema": schema, "strict": True})
+    assert strict != with_schema  # strict forbids properties the schema does not list: another answer
+    # computed by the code of b6c6fa9, before strict was carried: entries it stored are still found
+    assert with_schema == "c3a64b1c3ca6906c050bd882e2b4d69b8fb78fe825c04cf33851fff63d82e6fe"
+    assert json_object == "ec4f6dee218d7a22dd5ef502ed28bfde8454a15ca7db4f6ce7e32e72fb23bfce"
 
 
 def test_keys_without_penalties_are_the_ones_stored_before_penalties_existed() -> None:

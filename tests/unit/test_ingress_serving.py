@@ -251,6 +251,9 @@ def test_a_response_format_reaches_the_kafka_contract_on_both_routes(route: str)
     assert sent(None) is None and sent({"type": "text"}) is None
     assert sent({"type": "json_object"}) == ResponseFormat(type="json_object")
     named = {"name": "color", "description": "a color", "strict": True, "schema": SCHEMA}
+    strict = ResponseFormat(type="json_schema", json_schema=SCHEMA, strict=True)
+    assert sent({"type": "json_schema", "json_schema": named}) == strict
+    named.pop("strict")
     assert sent({"type": "json_schema", "json_schema": named}) == ResponseFormat(type="json_schema", json_schema=SCHEMA)
 
 
