@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from services.safety.output import ContentBlocked, OutputDelta, OutputGuard
@@ -50,13 +51,30 @@ class RequestControl:
     stop_reason: StopReason | None = None
     stop_requested_at: float | None = None
     ended_at: float | None = None
+    decided_before_s: float | None = None  # how long before the stop its cancel was decided (by the ingress, say)
 
-    def stop(self, reason: StopReason) -> bool:
-        """Marks the request stopped; returns False when it already was (the caller then need not abort it again)."""
+    def stop(self, reason: StopReason, decided_at: datetime | None = None) -> bool:
+        """Marks the request stopped; returns False when it already was (the caller then need not abort it again).
+        ``decided_at``: when the cancel that stops it was decided, on the deciding service's clock."""
         if self.stop_reason is not None:
             return False
         self.stop_reason, self.stop_requested_at = reason, time.monotonic()
+        if decided_at is not None:
+            self.decided_before_s = max(0.0, (utc_now() - decided_at).total_seconds())
         return True
+
+    def stop_to_abort_s(self) -> float | None:
+        """From the stop reaching this worker to the engine's stream ending; None unless both happened."""
+        if self.stop_requested_at is None or self.ended_at is None:
+            return None
+        return max(0.0, self.ended_at - self.stop_requested_at)
+
+    def decision_to_abort_s(self) -> float | None:
+        """From the cancel's decision to the engine's stream ending: Kafka's delivery of the cancel included."""
+        stop_to_abort = self.stop_to_abort_s()
+        if self.decided_before_s is None or stop_to_abort is None:
+            return None
+        return self.decided_before_s + stop_to_abort
 
 
 def seeded(sampling: SamplingParams, request_id: str) -> SamplingParams:

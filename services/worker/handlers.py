@@ -187,8 +187,10 @@ def register(deps: WorkerDeps) -> None:
                 deps.in_flight.pop(request.request_id, None)
                 if acquired:
                     deps.host.release(request.model, variant)
-                if control.stop_requested_at is not None and control.ended_at is not None:
-                    deps.metrics.stop_to_abort(request.model, max(0.0, control.ended_at - control.stop_requested_at))
+                if (stop_to_abort := control.stop_to_abort_s()) is not None:
+                    deps.metrics.stop_to_abort(request.model, stop_to_abort)
+                if (decision_to_abort := control.decision_to_abort_s()) is not None:
+                    deps.metrics.cancel_to_abort(request.model, decision_to_abort)
         if done:
             deps.served[request.model] = deps.served.get(request.model, 0) + 1
             deps.finished.add(request.request_id)
@@ -268,7 +270,7 @@ def register(deps: WorkerDeps) -> None:
         if flight is None:
             deps.cancelled.add(cancel.request_id, cancel.reason)
             return
-        if flight.control.stop(_STOP_REASONS.get(cancel.reason, "cancelled")):
+        if flight.control.stop(_STOP_REASONS.get(cancel.reason, "cancelled"), cancel.cancelled_at):
             logger.info("request %s cancelled (%s); aborting", cancel.request_id, cancel.reason)
             await _abort(deps, flight)
 

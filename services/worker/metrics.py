@@ -25,6 +25,14 @@ class WorkerMetrics:
             registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
+        self._cancel_to_abort = Histogram(
+            "ferry_worker_cancel_to_abort_seconds",
+            "From a cancel being decided (RequestCancelled.cancelled_at, the sender's clock: the ingress when a client "
+            "leaves or a deadline passes) to the engine's stream ending. Kafka's delivery of the cancel included.",
+            labels,
+            registry=registry,
+            buckets=(0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
         self._model_requests = Counter(
             "ferry_worker_model_requests",
             "Requests by whether their model was loaded when they arrived (found_loaded) or had to wait for it.",
@@ -84,6 +92,9 @@ class WorkerMetrics:
 
     def stop_to_abort(self, model: str, seconds: float) -> None:
         self._stop_to_abort.labels(model).observe(seconds)
+
+    def cancel_to_abort(self, model: str, seconds: float) -> None:
+        self._cancel_to_abort.labels(model).observe(seconds)
 
     def replies(self, model: str, streamed: bool, event: TokensGenerated | CompletionFinished) -> None:
         """Counts tokens as deltas go out (streaming) or when the completion finishes (not streaming)."""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from services.safety.output import OutputDelta
 from services.worker.generation import DeltaBuffer
 
@@ -41,3 +43,25 @@ def test_the_first_stop_reason_wins() -> None:
     assert control.stop("cancelled")
     assert not control.stop("deadline_exceeded")
     assert control.stop_reason == "cancelled" and control.stop_requested_at is not None
+
+
+def test_a_cancels_whole_time_counts_from_its_decision_to_the_engines_stop() -> None:
+    from datetime import timedelta
+
+    from services.worker.generation import RequestControl
+    from shared.contracts import utc_now
+
+    control = RequestControl()
+    assert control.stop("cancelled", decided_at=utc_now() - timedelta(milliseconds=200))  # delivered 0.2 s later
+    assert control.decision_to_abort_s() is None  # the engine has not stopped yet
+    assert control.stop_requested_at is not None
+    control.ended_at = control.stop_requested_at + 0.05
+    assert control.stop_to_abort_s() == pytest.approx(0.05)
+    whole = control.decision_to_abort_s()
+    assert whole is not None and 0.25 <= whole < 1.25
+    assert not control.stop("deadline_exceeded", decided_at=utc_now())  # a later cancel changes nothing
+    assert control.decision_to_abort_s() == whole
+    internal = RequestControl()  # a stop the worker decides itself (its deadline timer, a drain) has no decision time
+    internal.stop("handed_back")
+    internal.ended_at = internal.stop_requested_at
+    assert internal.stop_to_abort_s() == 0.0 and internal.decision_to_abort_s() is None
