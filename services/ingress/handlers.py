@@ -355,6 +355,7 @@ async def _serve(  # type: ignore[no-untyped-def]
 
     replies = watched(merged([without_repeats(s) for s in streams]), on_final, on_abandoned, on_first, len(choices))
     echo = body.prompt_text() if isinstance(body, CompletionRequest) and body.echo else ""
+    prompt_only = isinstance(body, CompletionRequest) and body.prompt_only()
     deps.metrics.responses.labels(request.url.path, "200").inc()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -368,6 +369,7 @@ async def _serve(  # type: ignore[no-untyped-def]
                 echo,
                 len(choices),
                 echo_logprobs=choices[0].sampling.prompt_logprobs is not None,
+                prompt_only=prompt_only,
             ),
             media_type="text/event-stream",
             headers=headers | {"cache-control": "no-cache"},
@@ -381,7 +383,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     response = (
         chat_completion(request_id, body.model, completed)
         if kind == "chat"
-        else text_completion(request_id, body.model, completed, echo)
+        else text_completion(request_id, body.model, completed, echo, prompt_only)
     )
     return JSONResponse(response.model_dump(), headers=headers)
 

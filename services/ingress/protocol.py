@@ -218,11 +218,27 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     """OpenAI's legacy /v1/completions: a raw prompt, no chat template."""
 
+    # the spec says what the validator checks: max_tokens 0 only with echo
+    model_config = SamplingFields.model_config | ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"max_tokens": {"const": 0}}, "required": ["max_tokens"]},
+            "then": {"required": ["echo"], "properties": {"echo": {"const": True}}},
+        }
+    )
+
     prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=1)] = Field(
         description="The prompt; a list must hold exactly one string."
     )
-    max_tokens: int | None = Field(16, ge=1, description="Most tokens to generate (OpenAI's default is 16).")
-    echo: bool = Field(False, description="Put the prompt before the completion in the returned text.")
+    max_tokens: int | None = Field(
+        16,
+        ge=0,
+        description="Most tokens to generate (OpenAI's default is 16). 0, with echo only: the prompt alone comes back, "
+        "with its log-probabilities when logprobs is set (scoring a text); the engine still generates one token, "
+        "which usage counts, as vLLM's server does.",
+    )
+    echo: bool = Field(
+        False, validate_default=True, description="Put the prompt before the completion in the returned text."
+    )
     suffix: None = Field(None, description="Not supported; must be null.")
     logprobs: int | None = Field(
         None,
@@ -234,8 +250,20 @@ class CompletionRequest(SamplingFields):
     )
     best_of: int | None = Field(None, ge=1, le=1, description="Only 1 is supported.")
 
+    @field_validator("echo")
+    @classmethod
+    def _nothing_to_generate_only_with_echo(cls, value: bool, info: ValidationInfo) -> bool:
+        # on echo: max_tokens comes first (SamplingFields declares it), so it is in info.data
+        if info.data.get("max_tokens") == 0 and not value:
+            raise ValueError("max_tokens 0 needs echo: true (the prompt alone comes back)")
+        return value
+
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def prompt_only(self) -> bool:
+        """Whether only the echoed prompt is asked for (max_tokens 0), not a completion."""
+        return self.echo and self.max_tokens == 0
 
 
 class ErrorBody(BaseModel):

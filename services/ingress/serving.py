@@ -125,6 +125,8 @@ class Submission:
 def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub: Submission) -> CompletionRequested:
     stop = [api.stop] if isinstance(api.stop, str) else (api.stop or [])
     max_tokens = api.max_completion_tokens if isinstance(api, ChatCompletionRequest) else None
+    if isinstance(api, CompletionRequest) and api.prompt_only():
+        max_tokens = 1  # as vLLM's server does it: the engine generates at least one token, the response drops it
     sampling = SamplingParams(
         max_tokens=max_tokens or api.max_tokens or sub.default_max_tokens,
         temperature=1.0 if api.temperature is None else api.temperature,
@@ -414,7 +416,14 @@ def chat_completion(request_id: str, model: str, finals: Sequence[CompletionFini
     )
 
 
-def text_completion(request_id: str, model: str, finals: Sequence[CompletionFinished], echo: str = "") -> Completion:
+def text_completion(
+    request_id: str, model: str, finals: Sequence[CompletionFinished], echo: str = "", prompt_only: bool = False
+) -> Completion:
+    """``prompt_only`` (max_tokens 0 with echo): each choice is the echoed prompt alone, the token generated dropped."""
+
+    def generated(f: CompletionFinished) -> list[TokenLogprob] | None:
+        return [] if prompt_only and f.logprobs is not None else f.logprobs
+
     return Completion(
         id=request_id,
         model=model,
@@ -422,9 +431,9 @@ def text_completion(request_id: str, model: str, finals: Sequence[CompletionFini
         choices=[
             CompletionChoice(
                 index=i,
-                text=echo + f.text,
+                text=echo if prompt_only else echo + f.text,
                 finish_reason=f.finish_reason,
-                logprobs=text_logprobs(f.logprobs, len(echo), f.prompt_logprobs if echo else None),
+                logprobs=text_logprobs(generated(f), len(echo), f.prompt_logprobs if echo else None),
             )
             for i, f in enumerate(finals)
         ],
@@ -450,12 +459,13 @@ async def stream_sse(
     echo: str = "",
     choices: int = 1,
     echo_logprobs: bool = False,
+    prompt_only: bool = False,
 ) -> AsyncIterator[str]:
     """Streaming: OpenAI's chunk sequence (chat: role, content deltas, finish reason; text: text deltas, finish reason)
     for each choice, its index in every chunk and choices interleaved as their text arrives; then, once every choice
     has finished, the usage when asked, and [DONE]. Failures after the stream began arrive as an ``error`` object, as
     OpenAI sends them. With ``echo_logprobs`` the echoed prompt's chunk waits for the choice's first reply, which
-    carries the prompt's logprobs."""
+    carries the prompt's logprobs. With ``prompt_only`` (max_tokens 0 with echo) no generated text is sent."""
     created = int(time.time())
     chunk = _chat_chunk if kind == "chat" else _text_chunk
 
@@ -475,7 +485,7 @@ async def stream_sse(
                 prompt = None if event.prompt_logprobs is None else text_logprobs([], 0, event.prompt_logprobs)
                 yield chunk(request_id, created, model, echo, None, index, logprobs=prompt)
             if isinstance(event, TokensGenerated):
-                if not event.text and not event.logprobs:
+                if prompt_only or (not event.text and not event.logprobs):
                     continue
                 logprobs: ChoiceLogprobs | CompletionLogprobs | None = None
                 if kind == "chat":

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from aiokafka.errors import MessageSizeTooLargeError
+
 from services.safety.output import ContentBlocked, OutputDelta, OutputGuard
 from services.safety.review import SCREENING_UNAVAILABLE
 from services.worker.engine import Engine, InvalidRequest
@@ -221,6 +223,22 @@ async def serve_request(
         logger.info(
             "request %s finished: %s, %d+%d tokens", request.request_id, finish_reason, prompt_tokens, completion_tokens
         )
+        return True
+    except MessageSizeTooLargeError:
+        # not retryable: the same request makes the same reply. Only log-probabilities make a reply this large.
+        await publish(
+            request,
+            GenerationFailed(
+                request_id=request.request_id,
+                sequence=sequence,
+                code="invalid_request",
+                message="the reply does not fit in a Kafka record (the producer's limit is 1 MiB): it carries the "
+                "log-probabilities of every token with their alternatives; ask for fewer alternatives (top_logprobs, "
+                "or logprobs on /v1/completions), fewer tokens (max_tokens), or a shorter prompt with echo",
+                param="logprobs",
+            ),
+        )
+        logger.info("request %s: its reply is larger than a Kafka record may be", request.request_id)
         return True
     except ContentBlocked as exc:
         await publish(request, exc.failure(sequence))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from openai import AsyncOpenAI, OpenAI
+from openai import AsyncOpenAI, BadRequestError, OpenAI
 
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
 from tests.e2e.test_tenants import assert_error, chat
@@ -95,6 +95,13 @@ def test_an_echoed_prompt_is_scored_as_the_model_scores_its_own_tokens(platform:
     assert lp.tokens[n - 1] == word
     assert lp.token_logprobs[n - 1] == pytest.approx(word_logprob, abs=1e-2)
     assert lp.top_logprobs[n - 1] == {word: pytest.approx(word_logprob, abs=1e-2)}  # greedy: the most likely
+    # max_tokens 0 (OpenAI's legacy way to score a text): the prompt alone, with the same entries
+    alone = openai.completions.create(
+        model=DEFAULT_MODEL, prompt=prompt + word, max_tokens=0, temperature=0, logprobs=1, echo=True
+    ).choices[0]
+    assert alone.text == prompt + word and alone.logprobs is not None
+    assert alone.logprobs.tokens == lp.tokens[:n] and alone.logprobs.text_offset == lp.text_offset[:n]
+    assert alone.logprobs.token_logprobs == pytest.approx(lp.token_logprobs[:n], abs=1e-3)
 
 
 async def test_a_streamed_echo_carries_the_prompts_logprobs_first(platform: Platform) -> None:
@@ -111,6 +118,21 @@ async def test_a_streamed_echo_carries_the_prompts_logprobs_first(platform: Plat
     streamed = [t for c in chunks if c.logprobs for t in c.logprobs.tokens or []]
     offsets = [o for c in chunks if c.logprobs for o in c.logprobs.text_offset or []]
     assert streamed == whole.logprobs.tokens and offsets == whole.logprobs.text_offset
+
+
+def test_a_reply_too_large_for_a_kafka_record_is_a_clear_400_and_harms_nothing(platform: Platform) -> None:
+    # 1951 prompt tokens of the tiny model, each with its 20 alternatives: about 1.7 MB of JSON, past the 1 MiB a
+    # Kafka record may hold
+    prompt = "Once upon a time there was a ferry. " * 150
+    openai = client(platform)
+    with pytest.raises(BadRequestError) as err:
+        openai.completions.create(model=TINY_MODEL, prompt=prompt, max_tokens=1, logprobs=20, echo=True)
+    body = err.value.body
+    assert isinstance(body, dict) and body["param"] == "logprobs" and "1 MiB" in body["message"]
+    # answered once, not delivered again and again: the worker is free, and a smaller request is served
+    fewer = openai.completions.create(model=TINY_MODEL, prompt=prompt, max_tokens=1, logprobs=1, echo=True)
+    assert fewer.choices[0].logprobs is not None and fewer.usage is not None
+    assert len(fewer.choices[0].logprobs.tokens or []) == fewer.usage.total_tokens
 
 
 @pytest.mark.parametrize(

@@ -227,3 +227,25 @@ def test_requests_for_logprobs_bypass_the_response_cache() -> None:
     # a Kafka producer may ask for the prompt's alone
     prompt_only = request.model_copy(update={"sampling": SamplingParams(temperature=0, prompt_logprobs=0)})
     assert decide(prompt_only, "1", RequestCacheOptions(), TenantCachePolicy(), DEFAULT_TTL_S).bypass == "logprobs"
+
+
+async def test_max_tokens_0_with_echo_scores_the_prompt_alone() -> None:
+    sub = Submission("r", "t", utc_now(), {}, 16)
+    body = {"model": "m", "prompt": "Q: ", "max_tokens": 0, "echo": True, "logprobs": 1}
+    scoring = CompletionRequest.model_validate(body)
+    assert scoring.prompt_only() and to_completion_requested(scoring, sub).sampling.max_tokens == 1  # vLLM's way
+    with pytest.raises(ValidationError, match="echo"):
+        CompletionRequest.model_validate(body | {"echo": False})
+    with pytest.raises(ValidationError, match="max_tokens 0 needs echo"):
+        CompletionRequest.model_validate({"model": "m", "prompt": "Q: ", "max_tokens": 0})  # echo left out
+    answer = text_completion("r", "m", [finished(ENTRIES, PROMPT)], echo="Q: ", prompt_only=True).model_dump()
+    choice = answer["choices"][0]
+    assert choice["text"] == "Q: " and choice["logprobs"]["tokens"] == ["Q", ":", " "]
+    assert answer["usage"]["completion_tokens"] == 2  # what the engine generated, as vLLM's server counts it
+    unscored = text_completion("r", "m", [finished(None)], echo="Q: ", prompt_only=True).model_dump()["choices"][0]
+    assert unscored["text"] == "Q: " and unscored["logprobs"] is None
+    first = delta(0, "Par", 0, ENTRIES[:1], 0).model_copy(update={"prompt_logprobs": PROMPT})
+    events = events_of(first, finished(ENTRIES, PROMPT))
+    stream = stream_sse("r", "m", False, merged([events]), "text", "Q: ", echo_logprobs=True, prompt_only=True)
+    chunks = [json.loads(line[6:]) for line in [line async for line in stream] if line.startswith("data: {")]
+    assert [c["choices"][0]["text"] for c in chunks] == ["Q: ", ""]
