@@ -375,6 +375,12 @@ class Usage(BaseModel):
     prompt_tokens: int = Field(ge=0, description="Tokens in the prompt after the chat template.")
     completion_tokens: int = Field(ge=0, description="Tokens generated.")
     total_tokens: int = Field(ge=0, description="prompt_tokens + completion_tokens.")
+    cached_prompt_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Prompt tokens the engine took from its prefix cache (computed before, for a prompt with the same "
+        "beginning and the same cache_salt) instead of computing them; None when not reported.",
+    )
 
 
 class TokensGenerated(Message):

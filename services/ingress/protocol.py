@@ -277,10 +277,18 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(
+        description="Prompt tokens the engine took from its prefix cache (the same tenant sent a prompt with the same "
+        "beginning before) instead of computing them. On a response cache hit, the figure of the original answer."
+    )
+
+
 class UsageOut(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class ChoiceMessage(BaseModel):

@@ -24,6 +24,7 @@ from services.ingress.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     Delta,
+    PromptTokensDetails,
     ResponseFormatIn,
     TokenLogprobOut,
     TopLogprobOut,
@@ -256,7 +257,13 @@ def usage_of(finals: Sequence[CompletionFinished]) -> UsageOut:
     """The request's usage over its choices: the prompt counts once, as in OpenAI's API, and the completions add up."""
     prompt = finals[0].usage.prompt_tokens
     completion = sum(f.usage.completion_tokens for f in finals)
-    return UsageOut(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    cached = finals[0].usage.cached_prompt_tokens
+    return UsageOut(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=None if cached is None else PromptTokensDetails(cached_tokens=cached),
+    )
 
 
 @dataclass

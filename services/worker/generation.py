@@ -181,13 +181,14 @@ async def serve_request(
         pieces: list[str] = []
         logprobs: list[TokenLogprob] = []
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
-        completion_tokens = prompt_tokens = 0
+        completion_tokens = prompt_tokens = cached_tokens = 0
         finish_reason = None
         sampling = seeded(request.sampling, request.request_id)
         async for step in engine.generate(request.request_id, prompt, sampling, request.cache_salt):
             if control.stop_reason is not None:
                 break  # closing the stream aborts the request in vLLM, even if the abort raced its start
             prompt_tokens = step.prompt_tokens
+            cached_tokens = max(cached_tokens, step.cached_tokens)
             completion_tokens += step.new_tokens
             pieces.append(step.text)
             logprobs += step.logprobs
@@ -214,6 +215,7 @@ async def serve_request(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
+                cached_prompt_tokens=cached_tokens,
             ),
         )
         if screen:

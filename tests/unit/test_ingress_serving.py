@@ -22,6 +22,7 @@ from services.ingress.serving import (
     stream_sse,
     text_completion,
     to_completion_requested,
+    usage_of,
 )
 from shared.contracts import (
     CompletionFinished,
@@ -67,7 +68,9 @@ async def test_stream_is_openai_chunk_sequence_with_usage_and_done() -> None:
     assert role["choices"][0]["finish_reason"] is None
     assert [first["choices"][0]["delta"]["content"], second["choices"][0]["delta"]["content"]] == ["Par", "is"]
     assert final["choices"][0]["finish_reason"] == "stop"
-    assert usage["choices"] == [] and usage["usage"] == USAGE.model_dump()
+    assert usage["choices"] == [] and usage["usage"] == USAGE.model_dump(exclude={"cached_prompt_tokens"}) | {
+        "prompt_tokens_details": None
+    }
     # the variant that generated the text is known once it finished: the last two chunks name it, the others do not
     assert final["system_fingerprint"] == usage["system_fingerprint"] == "int8"
     assert all("system_fingerprint" not in c for c in (role, first, second))
@@ -171,7 +174,19 @@ async def test_several_choices_stream_interleaved_with_their_indexes_and_one_usa
         "prompt_tokens": 5,
         "completion_tokens": 3,
         "total_tokens": 8,
+        "prompt_tokens_details": None,  # workers before cached_prompt_tokens do not say
     }
+
+
+def test_the_usage_says_how_much_of_the_prompt_came_from_the_prefix_cache() -> None:
+    def with_cached(f: CompletionFinished, cached: int) -> CompletionFinished:
+        return f.model_copy(update={"usage": f.usage.model_copy(update={"cached_prompt_tokens": cached})})
+
+    # choices share their prompt, which counts once: so does its cached part (the first choice's figure)
+    usage = usage_of([with_cached(finished("a", prompt=40), 32), with_cached(finished("b", prompt=40), 0)])
+    assert (usage.prompt_tokens, usage.completion_tokens) == (40, 6)
+    assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 32
+    assert usage_of([with_cached(finished("a"), 0)]).model_dump()["prompt_tokens_details"] == {"cached_tokens": 0}
 
 
 async def test_several_choices_collect_in_index_order_and_fail_together() -> None:
