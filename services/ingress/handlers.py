@@ -336,6 +336,7 @@ async def _serve(  # type: ignore[no-untyped-def]
             return  # settled once: when the last choice is done, or at once on a failure
         if generated:
             deps.metrics.tokens.labels(body.model, "prompt").inc(generated[0].usage.prompt_tokens)
+            deps.metrics.tokens.labels(body.model, "cached_prompt").inc(generated[0].usage.cached_prompt_tokens or 0)
         if charge is not None:  # the prompt counts once, as in the usage returned
             used = usage_of(generated).total_tokens if generated else 0
             deps.spawn(deps.limiter.settle(charge, used), f"settlement of {request_id}")

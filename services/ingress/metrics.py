@@ -42,7 +42,8 @@ class IngressMetrics:
         )
         self.tokens = Counter(
             "ferry_ingress_tokens",
-            "Tokens of finished requests, by model and kind (prompt, completion).",
+            "Tokens of finished requests, by model and kind (prompt, completion, and cached_prompt: prompt tokens the "
+            "engine took from its prefix cache).",
             ["model", "kind"],
             registry=registry,
         )

@@ -244,12 +244,15 @@ def text_logprobs(
         out.text_offset.append(offset)
         return offset + len(token)
 
+    def add_entry(e: TokenLogprob, offset: int) -> int:
+        return add(e.token, e.logprob, {t.token: t.logprob for t in e.top_logprobs}, offset)
+
     if prompt is not None:
         offset = add(prompt.first_token, None, None, 0)
         for e in prompt.tokens:
-            offset = add(e.token, e.logprob, {t.token: t.logprob for t in e.top_logprobs}, offset)
+            offset = add_entry(e, offset)
     for e in entries:
-        start = add(e.token, e.logprob, {t.token: t.logprob for t in e.top_logprobs}, start)
+        start = add_entry(e, start)
     return out
 
 

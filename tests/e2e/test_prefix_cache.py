@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import httpx
 from openai import OpenAI
 from openai.types import CompletionUsage
 
@@ -14,6 +15,7 @@ from services.worker.engine import Engine, EngineConfig
 from shared.contracts import ChatMessage, SamplingParams
 from shared.registry import read_seed
 from tests.e2e.platform import MODELS_DIR, TINY_MODEL, Platform
+from tests.e2e.test_operations import metric_total
 
 
 async def cached_tokens_per_request(salts: list[str | None]) -> list[int]:
@@ -60,8 +62,14 @@ def test_the_usage_reports_the_prompt_tokens_taken_from_the_prefix_cache(platfor
         assert answer.usage is not None
         return answer.usage
 
+    def cached_tokens_counted() -> float:  # what operators see: the ingress's token counter
+        text = httpx.get(f"{platform.base_url}/metrics", timeout=5).text
+        return metric_total(text, "ferry_ingress_tokens_total", model=TINY_MODEL, kind="cached_prompt")
+
+    counted_before = cached_tokens_counted()
     first, second = usage("How long is the crossing?"), usage("When does the last ferry leave?")
     assert first.prompt_tokens_details is not None and second.prompt_tokens_details is not None
     assert first.prompt_tokens_details.cached_tokens == 0  # nobody sent this system prompt before
     # the system prompt's whole blocks come from the cache; the question after it is computed
     assert 0 < second.prompt_tokens_details.cached_tokens < second.prompt_tokens
+    assert cached_tokens_counted() - counted_before == second.prompt_tokens_details.cached_tokens
