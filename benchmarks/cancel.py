@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import OUT_HELP, emit_report
 
@@ -55,21 +55,21 @@ class Histogram:
 
 
 def parse_histogram(text: str, name: str, model: str) -> Histogram:
-    label = f'model="{model}"'
+    """The histogram ``name`` of ``model`` in a /metrics page (zero when the page has none yet)."""
     buckets: dict[float, float] = {}
     total = count = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name) or label not in line:
+    for family in text_string_to_metric_families(text):
+        if family.name != name:
             continue
-        value = float(line.rsplit(" ", 1)[1])
-        if line.startswith(f"{name}_bucket"):
-            le = re.search(r'le="([^"]+)"', line)
-            assert le is not None
-            buckets[float(le.group(1))] = value
-        elif line.startswith(f"{name}_sum"):
-            total = value
-        elif line.startswith(f"{name}_count"):
-            count = value
+        for sample in family.samples:
+            if sample.labels.get("model") != model:
+                continue
+            if sample.name == f"{name}_bucket":
+                buckets[float(sample.labels["le"])] = sample.value
+            elif sample.name == f"{name}_sum":
+                total = sample.value
+            elif sample.name == f"{name}_count":
+                count = sample.value
     return Histogram(buckets, total, count)
 
 

@@ -1,10 +1,12 @@
-"""benchmarks/cancel.py reads the worker's Prometheus histograms: what a run added, and the bucket of a quantile."""
+"""benchmarks/cancel.py reads the worker's Prometheus histograms (a /metrics page as prometheus_client writes it):
+what a run added, and the bucket of a quantile."""
 
 from __future__ import annotations
 
 from benchmarks.cancel import parse_histogram
 
 BEFORE = """\
+# TYPE ferry_worker_cancel_to_abort_seconds histogram
 ferry_worker_cancel_to_abort_seconds_bucket{le="0.005",model="m"} 1.0
 ferry_worker_cancel_to_abort_seconds_bucket{le="0.01",model="m"} 1.0
 ferry_worker_cancel_to_abort_seconds_bucket{le="+Inf",model="m"} 1.0
@@ -13,6 +15,7 @@ ferry_worker_cancel_to_abort_seconds_count{model="m"} 1.0
 ferry_worker_cancel_to_abort_seconds_count{model="other"} 7.0
 """
 AFTER = """\
+# TYPE ferry_worker_cancel_to_abort_seconds histogram
 ferry_worker_cancel_to_abort_seconds_bucket{le="0.005",model="m"} 2.0
 ferry_worker_cancel_to_abort_seconds_bucket{le="0.01",model="m"} 4.0
 ferry_worker_cancel_to_abort_seconds_bucket{le="+Inf",model="m"} 5.0
