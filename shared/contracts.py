@@ -34,13 +34,58 @@ class Message(BaseModel):
     )
 
 
-class ChatMessage(BaseModel):
-    """One turn of a conversation, as in OpenAI's chat API (text content only)."""
+class FunctionCall(BaseModel):
+    """The function a tool call invokes, as in OpenAI's chat API."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    role: Literal["system", "user", "assistant"] = Field(description="Who wrote this turn.")
-    content: str = Field(description="The text of the turn.")
+    name: str = Field(description="The function's name, one of the request's tools.")
+    arguments: str = Field(
+        description="The arguments as JSON text, as the model wrote them. It matches the function's parameters "
+        "schema when the call was forced (tool_choice required or a named function) and generation was not cut "
+        "short; a call the model chose (auto) is valid JSON, but its schema is not enforced."
+    )
+
+
+class ToolCall(BaseModel):
+    """A call of one of the request's tools, made by the model (OpenAI's ``tool_calls`` entry)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(description="The call's id; a later ``tool`` message answers it with this ``tool_call_id``.")
+    type: Literal["function"] = Field("function", description="Always function.")
+    function: FunctionCall = Field(description="The function called and its arguments.")
+
+
+class ChatMessage(BaseModel):
+    """One turn of a conversation, as in OpenAI's chat API (text content, tool calls and their results)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    role: Literal["system", "user", "assistant", "tool"] = Field(
+        description="Who wrote this turn; tool: the result of an assistant's tool call."
+    )
+    content: str = Field("", description="The text of the turn; empty for an assistant turn made of tool calls only.")
+    tool_calls: list[ToolCall] = Field(
+        default_factory=list, description="The tool calls of an assistant turn, in order."
+    )
+    tool_call_id: str | None = Field(None, description="For a tool turn: the id of the call it answers.")
+
+
+class FunctionTool(BaseModel):
+    """A function the model may call (OpenAI's ``tools`` entry of type function)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str = Field(description="The function's name.")
+    description: str | None = Field(None, description="What the function does, shown to the model.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="JSON Schema of the arguments object; None: the function takes any object."
+    )
+
+
+ToolChoice = Literal["none", "auto", "required"]
+"""Whether the model may call tools: none (it answers in text), auto (it decides), required (at least one call)."""
 
 
 class ResponseFormat(BaseModel):
@@ -221,6 +266,20 @@ class CompletionRequested(Message):
         "or a content_blocked GenerationFailed) and the producer must release no output before PromptCleared. The "
         "ingress sets it when FERRY_INGRESS_PROMPT_SCREENING is beside.",
     )
+    tools: list[FunctionTool] = Field(
+        default_factory=list, description="Functions the model may call (chat only); empty: none."
+    )
+    tool_choice: ToolChoice = Field(
+        "auto",
+        description="With tools: none (the model answers in text), auto (it decides whether to call), required (it "
+        "calls at least one; the calls are generated under the tools' schemas). Ignored without tools.",
+    )
+    tool_choice_function: str | None = Field(
+        None,
+        description="The one function the model must call (OpenAI's named tool_choice), with tool_choice required; "
+        "its arguments are then generated under its parameters schema.",
+    )
+    parallel_tool_calls: bool = Field(True, description="Whether the model may make several calls in one answer.")
     screening_policy: str | None = Field(
         None,
         description="Digest of the tenant's prompt-screening policy as the producer last read it (the ingress: it is "
@@ -228,10 +287,30 @@ class CompletionRequested(Message):
         "judging, so an answer is never cached under a policy it was not screened with. None: the stage's own.",
     )
 
+    def prompt_chars(self) -> int:
+        """Characters of prompt the model reads, before its chat template: the prompt, or the turns with their tool
+        calls, and the tools' signatures. For token estimates where no tokenizer runs."""
+        if self.prompt is not None:
+            return len(self.prompt)
+        turns = sum(len(m.content) + sum(len(c.function.arguments) for c in m.tool_calls) for m in self.messages)
+        return turns + sum(len(t.model_dump_json()) for t in self.tools)
+
     @model_validator(mode="after")
     def _messages_or_prompt(self) -> CompletionRequested:
         if bool(self.messages) == (self.prompt is not None):
             raise ValueError("exactly one of messages (chat) and prompt (completion) must be given")
+        if self.tools and self.prompt is not None:
+            raise ValueError("tools are for chat (messages) only")
+        if self.tool_choice_function is not None and (
+            self.tool_choice != "required" or self.tool_choice_function not in {t.name for t in self.tools}
+        ):
+            raise ValueError("tool_choice_function must name one of tools, with tool_choice required")
+        if (
+            self.tools
+            and self.tool_choice != "none"
+            and (self.sampling.logprobs is not None or self.sampling.response_format)
+        ):
+            raise ValueError("logprobs and response_format are not served with tools the model may call")
         return self
 
 
@@ -413,7 +492,7 @@ class TokensGenerated(Message):
     )
 
 
-FinishReason = Literal["stop", "length", "abort"]
+FinishReason = Literal["stop", "length", "abort", "tool_calls"]
 
 
 class CompletionFinished(Message):
@@ -437,6 +516,11 @@ class CompletionFinished(Message):
     )
     prompt_logprobs: PromptLogprobs | None = Field(
         None, description="The prompt's tokens and log-probabilities, when the request asked for prompt_logprobs."
+    )
+    tool_calls: list[ToolCall] | None = Field(
+        None,
+        description="The tool calls the model made, in order; None when it made none. ``text`` then holds only the "
+        "text outside the calls (often empty), and TokensGenerated deltas never carry a call's text.",
     )
 
 

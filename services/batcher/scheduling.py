@@ -71,9 +71,8 @@ class Policy:
     def tokens_of(self, request: CompletionRequested) -> int:
         """Prompt estimate (characters / chars_per_token, plus a few tokens of chat template per message) plus the
         most tokens it may generate."""
-        chars = len(request.prompt or "") + sum(len(m.content) for m in request.messages)
         template = 4 * len(request.messages)
-        return math.ceil(chars / self.chars_per_token) + template + request.sampling.max_tokens
+        return math.ceil(request.prompt_chars() / self.chars_per_token) + template + request.sampling.max_tokens
 
 
 @dataclass

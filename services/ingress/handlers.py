@@ -36,6 +36,7 @@ from services.ingress.protocol import (
     ModelList,
     error_json,
     ignored_fields,
+    tool_error,
     unsupported_option,
 )
 from services.ingress.rate_limits import Charge, RateLimiter
@@ -205,6 +206,9 @@ async def _serve(  # type: ignore[no-untyped-def]
     if unsupported := unsupported_option(body):
         param, message = unsupported
         raise ApiError(400, message, param=param, code="unsupported_parameter")
+    if isinstance(body, ChatCompletionRequest) and (unusable := tool_error(body)):
+        param, message = unusable
+        raise ApiError(400, message, param=param, code="invalid_value")
     if ignored := ignored_fields(body):
         logger.warning("request %s: ignored unsupported fields %s", request_id, ignored)
     model = (await deps.catalog.all()).get(body.model)

@@ -35,15 +35,105 @@ class TextPart(BaseModel):
     text: str
 
 
-class ChatMessageIn(BaseModel):
-    model_config = STRICT_INPUT | ConfigDict(extra="allow")
+FUNCTION_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+
+class FunctionCallIn(BaseModel):
+    model_config = STRICT_INPUT
+
+    name: str = Field(description="The function called.")
+    arguments: str = Field(description="Its arguments as JSON text.")
+
+
+class ToolCallIn(BaseModel):
+    model_config = STRICT_INPUT
+
+    id: str = Field(description="The call's id, as the assistant's response gave it.")
+    type: Literal["function"]
+    function: FunctionCallIn
+
+
+class ChatMessageIn(BaseModel):
+    # the spec says what the validator checks: content may be null only in an assistant turn that calls tools, and a
+    # tool turn names the call it answers
+    model_config = STRICT_INPUT | ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"role": {"const": "tool"}}, "required": ["role"]},
+                    "then": {
+                        "required": ["tool_call_id", "content"],
+                        "properties": {"content": {"type": ["string", "array"]}},
+                    },
+                },
+                {
+                    "if": {"properties": {"role": {"enum": ["system", "developer", "user"]}}, "required": ["role"]},
+                    "then": {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}},
+                },
+            ]
+        },
+    )
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = Field(
+        None, description="The turn's text; may be null only in an assistant turn that calls tools."
+    )
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = Field(
+        None, description="An assistant turn's tool calls, as its response gave them."
+    )
+    tool_call_id: str | None = Field(None, description="A tool turn's: the id of the call whose result it gives.")
+
+    @model_validator(mode="after")
+    def _turn_is_whole(self) -> ChatMessageIn:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant turn has tool_calls")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required, except in an assistant turn with tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool turn, and only a tool turn, has a tool_call_id")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class FunctionIn(BaseModel):
+    model_config = STRICT_INPUT
+
+    name: str = Field(pattern=FUNCTION_NAME_PATTERN, description="The function's name.")
+    description: str | None = Field(None, description="What the function does; shown to the model.")
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema of the arguments object. Forced calls (tool_choice required or this function) are "
+        "generated under it; a schema the engine cannot use gets a 400 with param tools.",
+    )
+    strict: bool | None = Field(
+        None, description="Accepted; forced calls follow the schema either way, and calls the model chooses do not."
+    )
+
+
+class ToolIn(BaseModel):
+    model_config = STRICT_INPUT
+
+    type: Literal["function"]
+    function: FunctionIn
+
+
+class NamedFunction(BaseModel):
+    model_config = STRICT_INPUT
+
+    name: str = Field(description="One of the request's tools.")
+
+
+class NamedToolChoice(BaseModel):
+    model_config = STRICT_INPUT
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JsonSchemaSpec(BaseModel):
@@ -180,18 +270,24 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("top_logprobs above 0 needs logprobs: true")
         return value
 
+    tools: list[ToolIn] | None = Field(
+        None,
+        max_length=128,
+        description="Functions the model may call. Calls come back in choices[].message.tool_calls (when streaming, "
+        "each call whole in one delta once the choice is done). Not with logprobs or response_format.",
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None,
+        description="none: answer in text (the tools are not shown to the model). auto (the default with tools): the "
+        "model decides. required, or a named function: the model calls (that function), its arguments generated "
+        "under the parameters schema.",
+    )
+    parallel_tool_calls: bool | None = Field(None, description="false: at most one call per answer.")
+
     # Accepted only at values that ask for nothing ferry lacks; anything else gets a 400 unsupported_parameter
     # (unsupported_option), since ignoring it would hand the client another kind of answer than it asked for.
     # The spec lists only the accepted values (json_schema_extra), so that clients and fuzzers know them; the types
     # stay wide so that other values reach unsupported_option and get its error.
-    tools: list[dict[str, Any]] | None = Field(
-        None,
-        description="Not supported (no tool calling): null or empty.",
-        json_schema_extra={"maxItems": 0},
-    )
-    tool_choice: str | dict[str, Any] | None = Field(
-        None, description='Not supported: null or "none".', json_schema_extra={"enum": ["none", None]}
-    )
     functions: list[dict[str, Any]] | None = Field(
         None,
         description="Not supported (deprecated): null or empty.",
@@ -291,9 +387,21 @@ class UsageOut(BaseModel):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str = Field(description="JSON text, as the model wrote it.")
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ChoiceMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None = Field(description="The answer's text; null when the model answered with tool calls only.")
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class TopLogprobOut(BaseModel):
@@ -328,9 +436,16 @@ class ChatCompletion(BaseModel):
     system_fingerprint: SystemFingerprint = None
 
 
+class DeltaToolCall(ToolCallOut):
+    index: int = Field(description="The call's position among the choice's calls.")
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = Field(
+        None, description="The choice's tool calls, each whole (id, name and all its arguments), in one delta."
+    )
 
 
 class ChunkChoice(BaseModel):
@@ -406,18 +521,37 @@ def unsupported_option(request: ChatCompletionRequest | CompletionRequest) -> tu
         return "logit_bias", "logit_bias is not supported."
     if not isinstance(request, ChatCompletionRequest):
         return None
-    for name in ("tools", "functions"):
-        if getattr(request, name):
-            return name, f"{name} is not supported: ferry's models do not call tools."
-    for name in ("tool_choice", "function_call"):
-        if getattr(request, name) not in (None, "none"):
-            return name, f'{name} is not supported: ferry\'s models do not call tools (only "none" is accepted).'
+    if request.functions:
+        return "functions", "functions is deprecated and not supported: use tools."
+    if request.function_call not in (None, "none"):
+        return (
+            "function_call",
+            'function_call is deprecated and not supported (only "none" is accepted): use tool_choice.',
+        )
     if request.modalities is not None and set(request.modalities) != {"text"}:
         return "modalities", 'modalities is not supported: only ["text"] is accepted.'
     if request.audio is not None:
         return "audio", "audio is not supported: ferry's models answer in text."
     if request.web_search_options is not None:
         return "web_search_options", "web_search_options is not supported: ferry's models do not search the web."
+    return None
+
+
+def tool_error(request: ChatCompletionRequest) -> tuple[str, str] | None:
+    """The parameter that makes a request's tools unusable, with why, or None."""
+    names = [t.function.name for t in request.tools or []]
+    if len(set(names)) < len(names):
+        return "tools", "tools must have different function names."
+    choice = request.tool_choice
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        return "tool_choice", f"tool_choice names the function `{choice.function.name}`, which is not among tools."
+    if choice == "required" and not names:
+        return "tool_choice", "tool_choice required needs tools."
+    if names and choice != "none":
+        if request.logprobs:
+            return "logprobs", "logprobs are not served with tools the model may call."
+        if request.response_format is not None and request.response_format.type != "text":
+            return "response_format", "response_format is not served with tools the model may call."
     return None
 
 

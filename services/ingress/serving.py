@@ -15,6 +15,7 @@ from services.ingress.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatMessageIn,
     Choice,
     ChoiceLogprobs,
     ChoiceMessage,
@@ -24,9 +25,13 @@ from services.ingress.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     Delta,
+    DeltaToolCall,
+    FunctionCallOut,
+    NamedToolChoice,
     PromptTokensDetails,
     ResponseFormatIn,
     TokenLogprobOut,
+    ToolCallOut,
     TopLogprobOut,
     UsageOut,
     error_json,
@@ -36,6 +41,8 @@ from shared.contracts import (
     ChatMessage,
     CompletionFinished,
     CompletionRequested,
+    FunctionCall,
+    FunctionTool,
     GenerationFailed,
     Priority,
     PromptCleared,
@@ -46,6 +53,7 @@ from shared.contracts import (
     SamplingParams,
     TokenLogprob,
     TokensGenerated,
+    ToolCall,
 )
 
 ApiKind = Literal["chat", "text"]
@@ -140,12 +148,9 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         logprobs=_logprobs(api),
         prompt_logprobs=api.logprobs if isinstance(api, CompletionRequest) and api.echo else None,
     )
+    chat: dict[str, object]
     if isinstance(api, ChatCompletionRequest):
-        chat = {
-            "messages": [
-                ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in api.messages
-            ]
-        }
+        chat = {"messages": [_chat_message(m) for m in api.messages]} | _tools(api)
     else:
         chat = {"prompt": api.prompt_text()}
     return CompletionRequested(
@@ -167,6 +172,35 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         screening_policy=sub.screening_policy,
         **chat,
     )
+
+
+def _chat_message(m: ChatMessageIn) -> ChatMessage:
+    return ChatMessage(
+        role="system" if m.role == "developer" else m.role,
+        content=m.text(),
+        tool_calls=[
+            ToolCall(id=c.id, function=FunctionCall(name=c.function.name, arguments=c.function.arguments))
+            for c in m.tool_calls or []
+        ],
+        tool_call_id=m.tool_call_id,
+    )
+
+
+def _tools(api: ChatCompletionRequest) -> dict[str, object]:
+    """The request's tools and how the model may use them, in the contract's fields (none without tools)."""
+    if not api.tools:
+        return {}
+    choice = api.tool_choice
+    named = isinstance(choice, NamedToolChoice)
+    return {
+        "tools": [
+            FunctionTool(name=t.function.name, description=t.function.description, parameters=t.function.parameters)
+            for t in api.tools
+        ],
+        "tool_choice": "required" if named else choice or "auto",
+        "tool_choice_function": choice.function.name if isinstance(choice, NamedToolChoice) else None,
+        "parallel_tool_calls": api.parallel_tool_calls is not False,
+    }
 
 
 def choice_requests(message: CompletionRequested, n: int) -> list[CompletionRequested]:
@@ -416,7 +450,9 @@ def chat_completion(request_id: str, model: str, finals: Sequence[CompletionFini
         choices=[
             Choice(
                 index=i,
-                message=ChoiceMessage(content=f.text),
+                message=ChoiceMessage(
+                    content=None if f.tool_calls and not f.text else f.text, tool_calls=_tool_calls_out(f.tool_calls)
+                ),
                 finish_reason=f.finish_reason,
                 logprobs=chat_logprobs(f.logprobs),
             )
@@ -424,6 +460,15 @@ def chat_completion(request_id: str, model: str, finals: Sequence[CompletionFini
         ],
         system_fingerprint=finals[0].variant,
     )
+
+
+def _tool_calls_out(calls: Sequence[ToolCall] | None) -> list[ToolCallOut] | None:
+    if not calls:
+        return None
+    return [
+        ToolCallOut(id=c.id, function=FunctionCallOut(name=c.function.name, arguments=c.function.arguments))
+        for c in calls
+    ]
 
 
 def text_completion(
@@ -506,6 +551,8 @@ async def stream_sse(
                 yield chunk(request_id, created, model, event.text, None, index, logprobs=logprobs)
             elif isinstance(event, CompletionFinished):
                 finals[index] = event
+                if calls := _tool_calls_out(event.tool_calls):  # chat only: tools are refused on the text route
+                    yield _chat_chunk(request_id, created, model, None, None, index, tool_calls=calls)
                 yield chunk(request_id, created, model, None, event.finish_reason, index, fingerprint=event.variant)
                 if len(finals) < choices:
                     continue
@@ -543,8 +590,14 @@ def _chat_chunk(
     opening: bool = False,
     fingerprint: str | None = None,
     logprobs: ChoiceLogprobs | CompletionLogprobs | None = None,
+    tool_calls: Sequence[ToolCallOut] = (),
 ) -> str:
-    delta = Delta(role="assistant", content="") if opening else Delta(content=text)
+    if opening:
+        delta = Delta(role="assistant", content="")
+    elif tool_calls:
+        delta = Delta(tool_calls=[DeltaToolCall(index=i, **c.model_dump()) for i, c in enumerate(tool_calls)])
+    else:
+        delta = Delta(content=text)
     assert logprobs is None or isinstance(logprobs, ChoiceLogprobs)
     c = ChatCompletionChunk(
         id=request_id,

@@ -86,5 +86,4 @@ def estimated_tokens(request: CompletionRequested, choices: int = 1) -> int:
     """Tokens charged against the tenant's limits at admission, before the worker counts them: prompt characters / 4
     (the usual rule of thumb; the ingress runs no tokenizer) plus every token the request's choices may generate.
     The difference with the real count is settled when the request finishes."""
-    chars = len(request.prompt) if request.prompt is not None else sum(len(m.content) for m in request.messages)
-    return math.ceil(chars / 4) + choices * request.sampling.max_tokens
+    return math.ceil(request.prompt_chars() / 4) + choices * request.sampling.max_tokens

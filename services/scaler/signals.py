@@ -12,8 +12,7 @@ from shared.contracts import BatchFormed, CompletionRequested, QueueDepthReporte
 
 def request_tokens(request: CompletionRequested) -> int:
     """Prompt plus max new tokens, the prompt estimated at 4 characters per token (no tokenizer in the scaler)."""
-    chars = len(request.prompt or "") + sum(len(m.content) for m in request.messages)
-    return math.ceil(chars / 4) + request.sampling.max_tokens
+    return math.ceil(request.prompt_chars() / 4) + request.sampling.max_tokens
 
 
 def batch_tokens(batch: BatchFormed) -> tuple[int, int]:

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from services.worker.tool_calls import conversation
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
 from shared.contracts import (
     ChatMessage,
     FinishReason,
+    FunctionTool,
     PromptLogprobs,
     ResponseFormat,
     SamplingParams,
@@ -278,10 +280,18 @@ class Engine:
         )
         return engine
 
-    def render_prompt(self, messages: list[ChatMessage]) -> str:
-        conversation = [{"role": m.role, "content": m.content} for m in messages]
-        prompt: str = self._tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    def render_prompt(self, messages: list[ChatMessage], tools: list[FunctionTool] | None = None) -> str:
+        """The chat as the model's template writes it, with ``tools`` shown to the model (see tool_calls)."""
+        turns, template_tools = conversation(messages, tools or [], native=self.template_renders_tools)
+        prompt: str = self._tokenizer.apply_chat_template(
+            turns, tools=template_tools, tokenize=False, add_generation_prompt=True
+        )
         return prompt
+
+    @property
+    def template_renders_tools(self) -> bool:
+        """Whether the model's own chat template shows tools to the model (else ferry writes them in, Hermes-style)."""
+        return "tools" in (getattr(self._tokenizer, "chat_template", None) or "")
 
     def generate(
         self, request_id: str, prompt: str, sampling: SamplingParams, cache_salt: str | None = None

@@ -18,12 +18,14 @@ from aiokafka.errors import MessageSizeTooLargeError
 from services.safety.output import ContentBlocked, OutputDelta, OutputGuard
 from services.safety.review import SCREENING_UNAVAILABLE
 from services.worker.engine import Engine, InvalidRequest
+from services.worker.tool_calls import ToolCallReader, forced_schema
 from shared.contracts import (
     CompletionFinished,
     CompletionRequested,
     GenerationFailed,
     Message,
     PromptLogprobs,
+    ResponseFormat,
     SamplingParams,
     TokenLogprob,
     TokensGenerated,
@@ -174,16 +176,38 @@ async def serve_request(
         text_offset += len(delta.text)
         token_offset += delta.tokens
 
+    reader = ToolCallReader(request)
+    held_tokens = 0  # tokens of the text the reader holds back (a tool call's); they go out with the next text
+
+    def readable(delta: OutputDelta | None) -> OutputDelta | None:
+        """The part of a screened delta that is text for the client: a tool call's text is held, and read at the end."""
+        nonlocal held_tokens
+        if delta is None or reader.mode == "text":
+            return delta
+        text = reader.feed(delta.text)
+        if not text:
+            held_tokens += delta.tokens
+            return None
+        tokens, held_tokens = held_tokens + delta.tokens, 0
+        return OutputDelta(text, tokens, delta.logprobs)
+
     deadline_timer = _abort_at_deadline(engine, request, control)
     try:
         screen = await guard.start(request) if guard else None  # output screening (services/safety/output.py)
-        prompt = request.prompt if request.prompt is not None else engine.render_prompt(request.messages)
+        if request.prompt is not None:
+            prompt = request.prompt
+        else:
+            prompt = engine.render_prompt(request.messages, request.tools if reader.mode != "text" else None)
         pieces: list[str] = []
         logprobs: list[TokenLogprob] = []
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
         completion_tokens = prompt_tokens = cached_tokens = 0
         finish_reason = None
         sampling = seeded(request.sampling, request.request_id)
+        if (schema := forced_schema(request)) is not None:  # the ingress refuses response_format with forced calls
+            sampling = sampling.model_copy(
+                update={"response_format": ResponseFormat(type="json_schema", json_schema=schema)}
+            )
         async for step in engine.generate(request.request_id, prompt, sampling, request.cache_salt):
             if control.stop_reason is not None:
                 break  # closing the stream aborts the request in vLLM, even if the abort raced its start
@@ -195,19 +219,25 @@ async def serve_request(
             prompt_logprobs = step.prompt_logprobs or prompt_logprobs
             finish_reason = step.finish_reason or finish_reason
             delta = buffer.add(step.text, step.new_tokens, time.monotonic(), step.logprobs)
-            await send_delta(await screen.pass_delta(delta) if screen else delta)
+            await send_delta(readable(await screen.pass_delta(delta) if screen else delta))
         control.ended_at = time.monotonic()
         if control.stop_reason is not None:
             await _publish_stopped(request, publish, control.stop_reason, sequence)
             return control.stop_reason != "handed_back"
         delta = buffer.take()
-        await send_delta(await screen.pass_delta(delta) if screen else delta)
+        await send_delta(readable(await screen.pass_delta(delta) if screen else delta))
+        if reader.mode != "text" and (screen is None or screen.held is None):
+            rest, _, _ = reader.finish(finish_reason or "stop")  # held text that was not a call after all
+            if rest or held_tokens:
+                await send_delta(OutputDelta(rest, held_tokens))
+        text, tool_calls, reported_finish = ToolCallReader.read_whole(request, "".join(pieces), finish_reason or "stop")
         final: CompletionFinished | None = CompletionFinished(
             request_id=request.request_id,
             sequence=sequence,
             model=request.model,
-            text="".join(pieces),
-            finish_reason=finish_reason or "stop",
+            text=text,
+            tool_calls=tool_calls,
+            finish_reason=reported_finish,
             variant=engine.variant,
             logprobs=logprobs if with_logprobs else None,
             prompt_logprobs=prompt_logprobs,
@@ -247,10 +277,14 @@ async def serve_request(
         logger.info("request %s output blocked: %s", request.request_id, ",".join(exc.categories))
         return True
     except InvalidRequest as exc:  # PromptTooLong, or a parameter vLLM refused
+        # a forced call's schema is the tools' parameters: the client's mistake is there, not in a response_format
+        param, message = exc.param, str(exc)
+        if param == "response_format" and reader.mode in ("required", "named"):
+            param, message = "tools", "tools" + message.removeprefix("response_format")
         await publish(
             request,
             GenerationFailed(
-                request_id=request.request_id, sequence=sequence, code=exc.code, message=str(exc), param=exc.param
+                request_id=request.request_id, sequence=sequence, code=exc.code, message=message, param=param
             ),
         )
         return True

@@ -140,7 +140,7 @@ def test_penalties_reach_the_engine(platform: Platform) -> None:
 @pytest.mark.parametrize(
     ("option", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}, "tools"),
+        ({"functions": [{"name": "lookup", "parameters": {"type": "object"}}]}, "functions"),
         ({"logit_bias": {"42": -100}}, "logit_bias"),
     ],
 )

@@ -92,3 +92,32 @@ def test_topic_names_are_prefixed_and_kafka_safe() -> None:
     assert topics.requests("org/model:v1") == "p.requests.org-model-v1"
     assert topics.batches("m") == "p.batches.m"
     assert topics.dead_letter == "p.dead-letter"
+
+
+def test_token_estimates_count_the_tools_and_the_calls_a_chat_carries() -> None:
+    plain = CompletionRequested.model_validate(MINIMAL | {"messages": [{"role": "user", "content": "abcd"}]})
+    assert plain.prompt_chars() == 4
+    tool = {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    with_tools = CompletionRequested.model_validate(
+        MINIMAL
+        | {
+            "messages": [{"role": "user", "content": "abcd"}, {"role": "assistant", "tool_calls": [call]}],
+            "tools": [tool],
+        }
+    )
+    assert with_tools.prompt_chars() > 4 + len('{"city": "Oslo"}') + len(json.dumps(tool["parameters"]))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"prompt": "x", "messages": [], "tools": [{"name": "f"}]},
+        {"tools": [{"name": "f"}], "tool_choice": "required", "tool_choice_function": "g"},
+        {"tools": [{"name": "f"}], "tool_choice_function": "f"},  # named needs required
+        {"tools": [{"name": "f"}], "sampling": {"logprobs": 1}},
+    ],
+)
+def test_a_request_whose_tools_cannot_be_served_is_invalid(fields: dict) -> None:
+    with pytest.raises(ValueError):
+        CompletionRequested.model_validate(MINIMAL | {"messages": [{"role": "user", "content": "a"}]} | fields)

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from services.ingress.protocol import ChatCompletionRequest, CompletionRequest, unsupported_option
+from services.ingress.protocol import ChatCompletionRequest, CompletionRequest, tool_error, unsupported_option
 from services.ingress.serving import (
     ApiError,
     ReleaseGate,
@@ -26,11 +26,13 @@ from services.ingress.serving import (
 )
 from shared.contracts import (
     CompletionFinished,
+    FunctionCall,
     GenerationFailed,
     PromptCleared,
     ReplyEvent,
     ResponseFormat,
     TokensGenerated,
+    ToolCall,
     Usage,
     utc_now,
 )
@@ -322,9 +324,6 @@ def test_options_at_values_that_ask_for_nothing_are_accepted(harmless: dict) -> 
 @pytest.mark.parametrize(
     ("option", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"tool_choice": "auto"}, "tool_choice"),
-        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"function_call": "auto"}, "function_call"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
@@ -379,3 +378,132 @@ def test_a_retryable_failure_of_the_platform_is_a_503_with_retry_after_and_a_ref
     assert unavailable.headers == {"Retry-After": "1"}
     blocked = failure_error(GenerationFailed(request_id="r", sequence=0, code="content_blocked", message="m"))
     assert (blocked.status, blocked.code, blocked.headers) == (400, "content_policy_violation", {})
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_tools_and_a_tool_conversation_reach_the_kafka_contract() -> None:
+    api = ChatCompletionRequest.model_validate(
+        CHAT
+        | {
+            "tools": [WEATHER_TOOL],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "parallel_tool_calls": False,
+            "messages": [
+                {"role": "user", "content": "Weather in Oslo?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+                    ],
+                },
+                {"role": "tool", "content": "2 C", "tool_call_id": "call_9"},
+            ],
+        }
+    )
+    req = to_completion_requested(api, Submission("r", "replies.i", utc_now(), {}, 16))
+    assert [t.name for t in req.tools] == ["get_weather"] and req.tools[0].parameters == WEATHER_TOOL["function"][
+        "parameters"
+    ]
+    assert (req.tool_choice, req.tool_choice_function, req.parallel_tool_calls) == ("required", "get_weather", False)
+    assistant, tool = req.messages[1:]
+    assert assistant.content == "" and assistant.tool_calls[0].id == "call_9"
+    assert (tool.role, tool.content, tool.tool_call_id) == ("tool", "2 C", "call_9")
+    auto = to_completion_requested(
+        ChatCompletionRequest.model_validate(CHAT | {"tools": [WEATHER_TOOL]}), Submission("r", "t", utc_now(), {}, 16)
+    )
+    assert (auto.tool_choice, auto.tool_choice_function, auto.parallel_tool_calls) == ("auto", None, True)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "user", "content": None},
+        {"role": "tool", "content": "2 C"},  # no tool_call_id
+        {"role": "user", "content": "a", "tool_call_id": "call_1"},
+        {
+            "role": "user",
+            "content": "a",
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
+    ],
+)
+def test_a_tool_turn_out_of_place_is_a_validation_error(message: dict) -> None:
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate(CHAT | {"messages": [message]})
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tool_choice": "required"}, "tool_choice"),
+        (
+            {"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "get_time"}}},
+            "tool_choice",
+        ),
+        ({"tools": [WEATHER_TOOL, WEATHER_TOOL]}, "tools"),
+        ({"tools": [WEATHER_TOOL], "logprobs": True}, "logprobs"),
+        ({"tools": [WEATHER_TOOL], "response_format": {"type": "json_object"}}, "response_format"),
+    ],
+)
+def test_tools_the_model_could_not_use_are_refused_by_name(fields: dict, param: str) -> None:
+    refused = tool_error(ChatCompletionRequest.model_validate(CHAT | fields))
+    assert refused is not None and refused[0] == param
+
+
+def test_tools_shown_with_tool_choice_none_allow_everything_else() -> None:
+    fields = {
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "none",
+        "logprobs": True,
+        "response_format": {"type": "json_object"},
+    }
+    assert tool_error(ChatCompletionRequest.model_validate(CHAT | fields)) is None
+
+
+CALLS = [
+    ToolCall(id="call_a", function=FunctionCall(name="get_weather", arguments='{"city": "Oslo"}')),
+    ToolCall(id="call_b", function=FunctionCall(name="get_weather", arguments='{"city": "Rome"}')),
+]
+
+
+async def test_tool_calls_come_back_as_openai_gives_them_whole_and_streamed() -> None:
+    final = CompletionFinished(
+        request_id="r", sequence=0, model="m", text="", tool_calls=CALLS, finish_reason="tool_calls", usage=USAGE
+    )
+    message = (await collect("r", "m", merged([events_of(final)]))).choices[0]
+    assert message.finish_reason == "tool_calls" and message.message.content is None
+    assert message.message.tool_calls is not None
+    assert [(c.id, c.type, c.function.arguments) for c in message.message.tool_calls] == [
+        ("call_a", "function", '{"city": "Oslo"}'),
+        ("call_b", "function", '{"city": "Rome"}'),
+    ]
+    out = parse([line async for line in stream_sse("r", "m", False, merged([events_of(final)]))])
+    _, calls, finish, done = out
+    assert calls["choices"][0]["delta"] == {
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "call_a",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+            },
+            {
+                "index": 1,
+                "id": "call_b",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+            },
+        ]
+    }
+    assert calls["choices"][0]["finish_reason"] is None
+    assert finish["choices"][0]["finish_reason"] == "tool_calls" and done == "[DONE]"

@@ -1,0 +1,189 @@
+"""Tool calling through the whole platform, with the official client and SmolLM2, whose chat template has no place for
+tools (the worker writes them into the system turn, Hermes-style): forced calls are generated under the tools'
+schemas; in auto mode the model decides, and its call is read out of its text; a conversation carries calls and their
+results back; tools the model could not use are 400s naming the parameter."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+from openai import BadRequestError, OpenAI
+from openai.types.chat import ChatCompletion
+
+from tests.e2e.platform import DEFAULT_MODEL, Platform
+from tests.e2e.test_completions import async_client, sync_client
+
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather in a city.",
+            "parameters": WEATHER_PARAMETERS,
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "Get the current time in a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    },
+]
+QUESTION = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+
+
+def _call(index: int, city: str) -> dict:
+    arguments = json.dumps({"city": city, "unit": "celsius"})
+    return {"id": f"call_{index}", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+
+
+# Two earlier turns in which the assistant called the tool: SmolLM2-135M then calls it itself for a third city (greedy)
+FEW_SHOT = [
+    {"role": "user", "content": "What is the weather in Oslo?"},
+    {"role": "assistant", "content": None, "tool_calls": [_call(1, "Oslo")]},
+    {"role": "user", "content": "What is the weather in London?"},
+    {"role": "assistant", "content": None, "tool_calls": [_call(2, "London")]},
+    {"role": "user", "content": "What is the weather in Rome?"},
+]
+
+
+def required_call(client: OpenAI, **sampling: object) -> ChatCompletion:
+    return client.chat.completions.create(  # type: ignore[call-overload, no-any-return]
+        model=DEFAULT_MODEL, messages=QUESTION, tools=TOOLS, tool_choice="required", max_tokens=80, **sampling
+    )
+
+
+def test_a_required_call_is_a_call_of_an_offered_tool_with_arguments_that_match_its_schema(platform: Platform) -> None:
+    choice = required_call(sync_client(platform), seed=3).choices[0]  # sampled
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert choice.message.tool_calls
+    for call in choice.message.tool_calls:
+        offered = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+        assert call.type == "function" and call.function.name in offered and call.id.startswith("call_")
+        jsonschema.validate(json.loads(call.function.arguments), offered[call.function.name])
+
+
+async def test_a_named_call_streams_whole_in_one_delta_and_matches_the_unstreamed_one(platform: Platform) -> None:
+    asked = {
+        "model": DEFAULT_MODEL,
+        "messages": QUESTION,
+        "tools": TOOLS,
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "parallel_tool_calls": False,
+        "max_tokens": 60,
+        "temperature": 0,
+    }
+    client = async_client(platform)
+    whole = (await client.chat.completions.create(**asked)).choices[0]  # type: ignore[call-overload]
+    assert whole.finish_reason == "stop"  # as OpenAI: a call the request named is not the model's choice to call
+    assert whole.message.tool_calls is not None and len(whole.message.tool_calls) == 1
+    call = whole.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER_PARAMETERS)
+
+    texts, deltas, finishes = [], [], []
+    async for chunk in await client.chat.completions.create(stream=True, **asked):  # type: ignore[call-overload]
+        choice = chunk.choices[0]
+        texts.append(choice.delta.content or "")
+        deltas += choice.delta.tool_calls or []
+        finishes.append(choice.finish_reason)
+    assert "".join(texts) == ""  # the call's JSON is never streamed as text
+    assert [(d.index, d.function.name, d.function.arguments) for d in deltas] == [
+        (0, "get_weather", call.function.arguments)  # type: ignore[union-attr]
+    ]
+    assert finishes[-1] == "stop"
+
+
+async def test_in_auto_mode_the_model_decides_to_call_and_its_call_is_read_out_of_its_text(platform: Platform) -> None:
+    client = async_client(platform)
+    asked = {"model": DEFAULT_MODEL, "messages": FEW_SHOT, "tools": TOOLS, "max_tokens": 60, "temperature": 0}
+    choice = (await client.chat.completions.create(**asked)).choices[0]  # type: ignore[call-overload]
+    assert choice.finish_reason == "tool_calls", choice.message.content
+    assert choice.message.tool_calls is not None
+    assert [c.function.name for c in choice.message.tool_calls] == ["get_weather"]
+    assert json.loads(choice.message.tool_calls[0].function.arguments)["city"] == "Rome"
+
+    texts, deltas, finishes = [], [], []
+    async for chunk in await client.chat.completions.create(stream=True, **asked):  # type: ignore[call-overload]
+        texts.append(chunk.choices[0].delta.content or "")
+        deltas += chunk.choices[0].delta.tool_calls or []
+        finishes.append(chunk.choices[0].finish_reason)
+    assert "<tool_call>" not in "".join(texts) and "get_weather" not in "".join(texts)
+    assert [d.function.arguments for d in deltas] == [choice.message.tool_calls[0].function.arguments]  # type: ignore[union-attr]
+    assert finishes[-1] == "tool_calls"
+
+
+def test_a_tool_result_goes_back_to_the_model_and_tool_choice_none_gets_text(platform: Platform) -> None:
+    client = sync_client(platform)
+    assistant = required_call(client, temperature=0).choices[0].message
+    assert assistant.tool_calls
+    results = [
+        {"role": "tool", "tool_call_id": call.id, "content": "It is 18 degrees and sunny."}
+        for call in assistant.tool_calls
+    ]
+    answer = client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=[*QUESTION, assistant.model_dump(exclude_none=True), *results],  # type: ignore[list-item]
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice="none",
+        max_tokens=40,
+        temperature=0,
+    )
+    assert answer.choices[0].message.tool_calls is None and answer.choices[0].message.content
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    # the tools were not shown with none: the prompt is shorter than with them
+    shown = client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=QUESTION,
+        tools=TOOLS,
+        tool_choice="auto",
+        max_tokens=1,  # type: ignore[arg-type]
+    )
+    hidden = client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=QUESTION,
+        tools=TOOLS,
+        tool_choice="none",
+        max_tokens=1,  # type: ignore[arg-type]
+    )
+    assert hidden.usage is not None and shown.usage is not None
+    assert hidden.usage.prompt_tokens + 100 < shown.usage.prompt_tokens
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tool_choice": {"type": "function", "function": {"name": "get_stock_price"}}}, "tool_choice"),
+        ({"logprobs": True}, "logprobs"),
+        # the engine cannot compile this schema: the worker's refusal names the tools, not a response_format
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}],
+                "tool_choice": "required",
+            },
+            "tools",
+        ),
+    ],
+)
+def test_tools_the_model_could_not_use_are_a_400_naming_the_parameter(
+    platform: Platform, fields: dict, param: str
+) -> None:
+    with pytest.raises(BadRequestError) as err:
+        sync_client(platform).chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=QUESTION,
+            max_tokens=20,
+            **({"tools": TOOLS} | fields),  # type: ignore[arg-type]
+        )
+    assert err.value.status_code == 400
+    assert err.value.body["param"] == param, err.value.body  # type: ignore[index]
