@@ -8,6 +8,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from shared.contracts import MAX_TOP_LOGPROBS, VARIANT_NAME_PATTERN, BatchingProfile, Priority, Seed
 from shared.registry import ModelRecord
@@ -76,24 +77,42 @@ class ChatMessageIn(BaseModel):
     )
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = Field(
-        None, description="The turn's text; may be null only in an assistant turn that calls tools."
-    )
-    name: str | None = None
     tool_calls: list[ToolCallIn] | None = Field(
         None, description="An assistant turn's tool calls, as its response gave them."
     )
-    tool_call_id: str | None = Field(None, description="A tool turn's: the id of the call whose result it gives.")
+    tool_call_id: str | None = Field(
+        None, validate_default=True, description="A tool turn's: the id of the call whose result it gives."
+    )
+    name: str | None = None
+    # after role and tool_calls, which its validator reads: errors then name the field itself
+    content: str | list[TextPart] | None = Field(
+        None,
+        validate_default=True,
+        description="The turn's text; may be null only in an assistant turn that calls tools.",
+    )
 
-    @model_validator(mode="after")
-    def _turn_is_whole(self) -> ChatMessageIn:
-        if self.tool_calls and self.role != "assistant":
+    @field_validator("tool_calls")
+    @classmethod
+    def _calls_in_assistant_turns(cls, value: list[ToolCallIn] | None, info: ValidationInfo) -> list[ToolCallIn] | None:
+        if value and info.data.get("role") != "assistant":
             raise ValueError("only an assistant turn has tool_calls")
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError("content is required, except in an assistant turn with tool_calls")
-        if (self.role == "tool") != (self.tool_call_id is not None):
+        return value
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _id_in_tool_turns(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if (info.data.get("role") == "tool") != (value is not None):
             raise ValueError("a tool turn, and only a tool turn, has a tool_call_id")
-        return self
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _content_unless_calling(
+        cls, value: str | list[TextPart] | None, info: ValidationInfo
+    ) -> str | list[TextPart] | None:
+        if value is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
+            raise PydanticCustomError("missing", "Field required (null only in an assistant turn with tool_calls)")
+        return value
 
     def text(self) -> str:
         if self.content is None:

@@ -25,7 +25,7 @@ from shared.registry import SEED_FILE, read_seed
 logger = logging.getLogger(__name__)
 
 BUILD_MARKER = "ferry-build.json"
-RECIPE_VERSION = 1  # bump when a builder changes what it writes: folders built by an older recipe are rebuilt
+RECIPE_VERSION = 2  # bump when a builder changes what it writes: folders built by an older recipe are rebuilt
 QUANTIZER_VERSION = 2  # the same, for the folders of PREQUANTIZED variants
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
@@ -36,9 +36,38 @@ TINY_SEED = 0
 TINY_VOCAB_SIZE = 4096
 # ChatML markers, as SmolLM2 uses; <|im_end|> ends a turn and is the eos token.
 TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# With tools, it writes them, the calls and their results as Qwen2.5's template does (Hermes-style), exactly as
+# services/worker/tool_calls writes them for a template without tools: so the tiny model serves the path of a model
+# whose own template renders tools, and SmolLM2 the other.
 TINY_CHAT_TEMPLATE = (
+    "{% if tools %}"
+    "{% set ns = namespace(signatures='') %}"
+    "{% for tool in tools %}{% set ns.signatures = ns.signatures + '\n' + (tool | tojson) %}{% endfor %}"
+    "{% set instructions = '# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>' + ns.signatures + "
+    "'\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+    "<args-json-object>}\n</tool_call>' %}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ '<|im_start|>system\n' + messages[0]['content'] + '\n\n' + instructions + '<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>system\n' + instructions + '<|im_end|>\n' }}{% endif %}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{ '<|im_start|>user\n' }}"
+    "{% else %}{{ '\n' }}{% endif %}"
+    "{{ '<tool_response>\n' + message['content'] + '\n</tool_response>' }}"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{ '<|im_end|>\n' }}{% endif %}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% if message['content'] or not loop.first %}{{ '\n' }}{% endif %}"
+    "{{ '<tool_call>\n' + ({'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson)"
+    " + '\n</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )

@@ -12,7 +12,7 @@ import pytest
 from openai import BadRequestError, OpenAI
 from openai.types.chat import ChatCompletion
 
-from tests.e2e.platform import DEFAULT_MODEL, Platform
+from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
 from tests.e2e.test_completions import async_client, sync_client
 
 WEATHER_PARAMETERS = {
@@ -187,3 +187,22 @@ def test_tools_the_model_could_not_use_are_a_400_naming_the_parameter(
         )
     assert err.value.status_code == 400
     assert err.value.body["param"] == param, err.value.body  # type: ignore[index]
+
+
+def test_a_model_whose_own_template_renders_tools_is_shown_them(platform: Platform) -> None:
+    # tiny-random's chat template renders tools itself (services/worker/model_store.py), so the worker hands them to
+    # its template (tests/unit/test_worker_tool_calls.py shows that template writes them as the worker would). Its
+    # weights are random: under a forced call's grammar it writes whitespace until max_tokens, so no call is checked.
+    client = sync_client(platform)
+    prompt_tokens = {}
+    for choice in ("auto", "none"):
+        completion = client.chat.completions.create(
+            model=TINY_MODEL,
+            messages=QUESTION,
+            tools=TOOLS,
+            tool_choice=choice,
+            max_tokens=1,  # type: ignore[arg-type]
+        )
+        assert completion.usage is not None
+        prompt_tokens[choice] = completion.usage.prompt_tokens
+    assert prompt_tokens["auto"] > prompt_tokens["none"] + 100

@@ -46,20 +46,25 @@ def test_a_named_choice_must_be_one_of_the_tools() -> None:
         request(tool_choice="required", tool_choice_function="get_stock_price")
 
 
+TOOL_CONVERSATION = [
+    ChatMessage(role="user", content="Weather in Paris?"),
+    ChatMessage(
+        role="assistant",
+        content="Checking.",
+        tool_calls=[
+            ToolCall(id="call_1", function=FunctionCall(name="get_weather", arguments='{"city": "Paris"}')),
+            ToolCall(id="call_2", function=FunctionCall(name="get_time", arguments="{}")),
+        ],
+    ),
+    ChatMessage(role="tool", content="18 C", tool_call_id="call_1"),
+    ChatMessage(role="tool", content="14:05", tool_call_id="call_2"),
+    ChatMessage(role="assistant", content="18 C at 14:05."),
+    ChatMessage(role="user", content="And Rome?"),
+]
+
+
 def test_tools_are_written_into_the_system_turn_when_the_template_has_no_place_for_them() -> None:
-    messages = [
-        ChatMessage(role="system", content="Be brief."),
-        ChatMessage(role="user", content="Weather in Paris?"),
-        ChatMessage(
-            role="assistant",
-            tool_calls=[
-                ToolCall(id="call_1", function=FunctionCall(name="get_weather", arguments='{"city": "Paris"}')),
-                ToolCall(id="call_2", function=FunctionCall(name="get_time", arguments="{}")),
-            ],
-        ),
-        ChatMessage(role="tool", content="18 C, sunny", tool_call_id="call_1"),
-        ChatMessage(role="tool", content="14:05", tool_call_id="call_2"),
-    ]
+    messages = [ChatMessage(role="system", content="Be brief."), *TOOL_CONVERSATION[:4]]
     turns, template_tools = conversation(messages, [WEATHER], native=False)
     assert template_tools is None
     assert [t["role"] for t in turns] == ["system", "user", "assistant", "user"]
@@ -68,14 +73,11 @@ def test_tools_are_written_into_the_system_turn_when_the_template_has_no_place_f
     listed = system.split("<tools>\n")[1].split("\n</tools>")[0]
     assert json.loads(listed)["function"]["name"] == "get_weather"
     assert turns[2]["content"] == (
-        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+        'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
         '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
     )
     # both results of the turn's calls go back in one turn, in order
-    assert (
-        turns[3]["content"]
-        == "<tool_response>\n18 C, sunny\n</tool_response>\n<tool_response>\n14:05\n</tool_response>"
-    )
+    assert turns[3]["content"] == "<tool_response>\n18 C\n</tool_response>\n<tool_response>\n14:05\n</tool_response>"
 
 
 def test_without_a_system_turn_the_instructions_make_one() -> None:
@@ -193,3 +195,36 @@ def test_without_tools_text_passes_untouched() -> None:
 
 def test_call_ids_are_stable_across_redeliveries() -> None:
     assert call_id("req-1", 0) == call_id("req-1", 0) != call_id("req-1", 1) != call_id("req-2", 1)
+
+
+@pytest.mark.parametrize("system", [[], [ChatMessage(role="system", content="Be brief.")]])
+def test_the_tiny_models_template_writes_tools_as_ferry_writes_them_for_a_template_without(
+    system: list[ChatMessage],
+) -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from services.worker.model_store import TINY_CHAT_TEMPLATE
+
+    def rendered(native: bool) -> str:
+        turns, tools = conversation([*system, *TOOL_CONVERSATION], [WEATHER, TIME], native=native)
+        (prompt,), _ = render_jinja_template(
+            [turns], tools=tools, chat_template=TINY_CHAT_TEMPLATE, add_generation_prompt=True
+        )
+        return str(prompt)
+
+    native = rendered(native=True)
+    assert native == rendered(native=False)
+    assert "<tools>\n" in native and '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>' in native
+    assert (
+        "<|im_start|>user\n<tool_response>\n18 C\n</tool_response>\n<tool_response>\n14:05\n</tool_response>" in native
+    )
+
+
+def test_without_tools_the_tiny_models_template_is_plain_chatml() -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from services.worker.model_store import TINY_CHAT_TEMPLATE
+
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    (prompt,), _ = render_jinja_template([turns], chat_template=TINY_CHAT_TEMPLATE, add_generation_prompt=True)
+    assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
