@@ -80,8 +80,12 @@ class RequestOutputScreen:
         self.sent_tokens += delta.tokens
         return delta
 
-    async def finish(self, final: CompletionFinished) -> CompletionFinished | None:
-        """The final event to send, or None when it is held for review. Raises ContentBlocked."""
+    async def finish(
+        self, final: CompletionFinished, unsent: tuple[int, str] | None = None
+    ) -> CompletionFinished | None:
+        """The final event to send, or None when it is held for review. Raises ContentBlocked. ``unsent``: where the
+        client's text stands and the rest of it, when that text is not the output screened (a tool call's text is
+        screened, but reaches the client as the call, not as text); the held delta then carries that rest."""
         if self.held is None:
             verdict = await self.screen.finish()
             if verdict is not None:
@@ -92,12 +96,13 @@ class RequestOutputScreen:
             completion = final
             if self.request.stream and self.withheld:
                 asked = self.request.sampling.logprobs is not None
+                text_offset, text = unsent if unsent is not None else (len(self.sent), self.withheld)
                 held_delta = TokensGenerated(
                     request_id=final.request_id,
                     sequence=final.sequence,
-                    text=self.withheld,
+                    text=text,
                     token_count=self.withheld_tokens,
-                    text_offset=len(self.sent),
+                    text_offset=text_offset,
                     logprobs=list(self.withheld_logprobs) if asked else None,
                     token_offset=self.sent_tokens if asked else None,
                     # the first event of the stream carries the prompt's logprobs, as the worker's own first delta does

@@ -248,8 +248,8 @@ async def serve_request(
                 cached_prompt_tokens=cached_tokens,
             ),
         )
-        if screen:
-            final = await screen.finish(final)  # None: held for review, the reviewer's decision delivers it
+        if screen:  # None: held for review, the reviewer's decision delivers it
+            final = await screen.finish(final, (text_offset, text[text_offset:]) if reader.mode != "text" else None)
         if final is not None:
             await publish(request, final)
         logger.info(

@@ -46,6 +46,7 @@ from tests.e2e.platform import (
     _wait_healthy,
     free_port,
 )
+from tests.e2e.test_operations import metric_total
 
 FINAL = ("completion_finished", "generation_failed")
 WARM_ABOVE = 20  # requests per hour, for the workers of this module
@@ -252,10 +253,6 @@ async def committed_to_the_end(common: CommonSettings, seconds: float = 10) -> N
         await consumer.stop()
 
 
-def metric(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
-
-
 async def test_many_concurrent_streams_complete_in_order(workers: Workers) -> None:
     if not workers.started:
         workers.start("worker-a")
@@ -325,10 +322,10 @@ async def test_a_cancel_stops_generation_in_the_engine(workers: Workers) -> None
     streamed = sum(e["token_count"] for e in events if e["event"] == "tokens_generated")
     assert streamed < 1900
     metrics = httpx.get(f"http://127.0.0.1:{worker.port}/metrics", timeout=5).text
-    assert metric(metrics, "ferry_worker_running") == 0  # the engine holds nothing any more
+    assert metric_total(metrics, "ferry_worker_running") == 0  # the engine holds nothing any more
 
     def added(name: str) -> float:
-        return metric(metrics, name) - metric(before, name)
+        return metric_total(metrics, name) - metric_total(before, name)
 
     aborts = added("ferry_worker_stop_to_abort_seconds_count")
     assert aborts == 1

@@ -10,9 +10,11 @@ from shared.contracts import (
     CompletionFinished,
     CompletionRequested,
     ContentFlagged,
+    FunctionCall,
     PromptLogprobs,
     SamplingParams,
     TokenLogprob,
+    ToolCall,
     Usage,
 )
 
@@ -132,3 +134,19 @@ async def test_a_clean_output_passes_untouched() -> None:
     assert await screen.pass_delta(OutputDelta("Paris is the capital.", 5)) == OutputDelta("Paris is the capital.", 5)
     assert await screen.finish(final("Paris is the capital.", 1)) is not None
     assert flagged == []
+
+
+async def test_a_held_tool_call_is_released_as_the_call_not_as_its_text() -> None:
+    flagged: list[ContentFlagged] = []
+    screen = await (await guard_for(HOLD_PII, flagged)).start(request())
+    assert await screen.pass_delta(OutputDelta("Mailing. ", 3)) is not None
+    call_text = '<tool_call>{"name": "send", "arguments": {"to": "bob@example.com"}}</tool_call>'
+    assert await screen.pass_delta(OutputDelta(call_text, 20)) is None  # the call's arguments are screened too
+    # the worker read the call out of the text: the client's text is "Mailing. ", all of it sent already
+    call = ToolCall(id="call_1", function=FunctionCall(name="send", arguments='{"to": "bob@example.com"}'))
+    called = final("Mailing. ", 1).model_copy(update={"finish_reason": "tool_calls", "tool_calls": [call]})
+    assert await screen.finish(called, unsent=(9, "")) is None
+    (item,) = flagged
+    assert item.held_delta is not None and item.held_completion is not None
+    assert (item.held_delta.text, item.held_delta.text_offset, item.held_delta.token_count) == ("", 9, 20)
+    assert item.held_completion.tool_calls == [call] and item.held_completion.finish_reason == "tool_calls"
