@@ -10,7 +10,7 @@ import uuid
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.e2e.platform import TINY_MODEL, Platform
+from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
 
 
 async def read_until_final(consumer: AIOKafkaConsumer, request_id: str, seconds: float = 60) -> list[dict]:
@@ -26,9 +26,32 @@ async def read_until_final(consumer: AIOKafkaConsumer, request_id: str, seconds:
     return events
 
 
+async def produce_and_read(platform: Platform, request: dict) -> list[dict]:
+    """Produces ``request`` (its reply_topic is created first, as documented: the requester owns it) and reads its
+    reply events until the final one."""
+    bootstrap = platform.common.kafka_bootstrap
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(request["reply_topic"], num_partitions=2, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(
+        request["reply_topic"], bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await producer.start()
+    await consumer.start()
+    try:
+        topic = platform.common.topics.requests(request["model"])
+        await producer.send_and_wait(topic, json.dumps(request).encode(), key=request["request_id"].encode())
+        return await read_until_final(consumer, request["request_id"])
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
 async def test_request_produced_to_kafka_gets_its_completion_on_its_own_reply_topic(platform: Platform) -> None:
-    topics = platform.common.topics
-    reply_topic = topics.replies(f"billing-system-{uuid.uuid4().hex[:6]}")
     request_id = f"billing-{uuid.uuid4().hex}"
     request = {
         "schema_version": 1,
@@ -37,25 +60,9 @@ async def test_request_produced_to_kafka_gets_its_completion_on_its_own_reply_to
         "messages": [{"role": "user", "content": "Summarise invoice 42."}],
         "sampling": {"max_tokens": 12, "temperature": 0},
         "stream": True,
-        "reply_topic": reply_topic,
+        "reply_topic": platform.common.topics.replies(f"billing-system-{uuid.uuid4().hex[:6]}"),
     }
-    bootstrap = platform.common.kafka_bootstrap
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:  # as documented: the requester owns its reply topic and creates it first
-        await admin.create_topics([NewTopic(reply_topic, num_partitions=2, replication_factor=1)])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(reply_topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
-    await producer.start()
-    await consumer.start()
-    try:
-        await producer.send_and_wait(topics.requests(TINY_MODEL), json.dumps(request).encode(), key=request_id.encode())
-        events = await read_until_final(consumer, request_id)
-    finally:
-        await producer.stop()
-        await consumer.stop()
+    events = await produce_and_read(platform, request)
 
     assert events, "no reply arrived"
     final = events[-1]
@@ -65,3 +72,31 @@ async def test_request_produced_to_kafka_gets_its_completion_on_its_own_reply_to
     assert "".join(d["text"] for d in deltas) == final["text"]
     assert final["usage"]["completion_tokens"] == sum(d["token_count"] for d in deltas) > 0
     assert final["usage"]["total_tokens"] == final["usage"]["prompt_tokens"] + final["usage"]["completion_tokens"]
+
+
+async def test_a_tool_call_produced_to_kafka_comes_back_as_a_call_and_never_as_streamed_text(
+    platform: Platform,
+) -> None:
+    request_id = f"agent-{uuid.uuid4().hex}"
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    request = {
+        "request_id": request_id,
+        "model": DEFAULT_MODEL,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"name": "get_weather", "description": "The weather in a city.", "parameters": parameters}],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "sampling": {"max_tokens": 60, "temperature": 0},
+        "reply_topic": platform.common.topics.replies(f"agent-system-{uuid.uuid4().hex[:6]}"),
+    }
+    events = await produce_and_read(platform, request)
+
+    final = events[-1]
+    assert final["event"] == "completion_finished", final
+    assert final["finish_reason"] == "tool_calls" and final["text"] == ""
+    (call,) = final["tool_calls"]
+    assert call["type"] == "function" and call["function"]["name"] == "get_weather"
+    assert isinstance(json.loads(call["function"]["arguments"])["city"], str)
+    deltas = [e for e in events if e["event"] == "tokens_generated"]
+    assert "".join(d["text"] for d in deltas) == ""  # the call's JSON never streams as text
+    assert sum(d["token_count"] for d in deltas) == final["usage"]["completion_tokens"]  # its tokens are counted
