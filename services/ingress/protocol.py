@@ -455,8 +455,11 @@ class ChatCompletion(BaseModel):
     system_fingerprint: SystemFingerprint = None
 
 
-class DeltaToolCall(ToolCallOut):
-    index: int = Field(description="The call's position among the choice's calls.")
+class DeltaToolCall(BaseModel):
+    index: int = Field(description="The call's position among the choice's calls.")  # first, as OpenAI writes it
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
 
 
 class Delta(BaseModel):
