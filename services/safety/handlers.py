@@ -61,7 +61,7 @@ class SafetyDeps:
 def flagged_from(
     request: CompletionRequested, screening: Screening, action: str, categories: list[str]
 ) -> ContentFlagged:
-    text = prompt_text([(m.role, m.content) for m in request.messages], request.prompt)
+    text = prompt_text(request)
     return ContentFlagged(
         request_id=request.request_id,
         tenant_id=request.tenant_id,
@@ -105,7 +105,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
         produced_ms[request.request_id] = record.timestamp
     if not accepted:
         return
-    parts = [prompt_parts([(m.role, m.content) for m in r.messages], r.prompt) for r in accepted]
+    parts = [prompt_parts(r) for r in accepted]
     started = time.perf_counter()
     cache = deps.screener.cache
     hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)

@@ -11,6 +11,7 @@ from typing import Protocol
 from services.safety import rules
 from services.safety.cache import ScreeningCache
 from services.safety.policy import CategoryRule, Decision, decide
+from shared.contracts import CompletionRequested, FunctionTool
 
 SNIPPET_CHARS = 300
 
@@ -182,17 +183,40 @@ class Screener:
         return out
 
 
-def prompt_parts(messages: Sequence[tuple[str, str]], prompt: str | None) -> list[str]:
-    """The texts screened for a request, each on its own: every user and system turn (assistant turns were screened
-    as outputs), or the completion prompt."""
-    if prompt is not None:
-        return [prompt]
-    return [content for role, content in messages if role != "assistant"]
+def prompt_parts(request: CompletionRequested) -> list[str]:
+    """The texts screened for a request, each on its own: every user, system and tool turn (assistant turns were
+    screened as outputs; a tool's output is untrusted text), the descriptions of the tools shown to the model (the
+    client writes them, and the model reads them as instructions), or the completion prompt."""
+    if request.prompt is not None:
+        return [request.prompt]
+    turns = [m.content for m in request.messages if m.role != "assistant"]
+    return turns + (_descriptions(request.tools) if request.tool_choice != "none" else [])
 
 
-def prompt_text(messages: Sequence[tuple[str, str]], prompt: str | None) -> str:
+def _descriptions(tools: Sequence[FunctionTool]) -> list[str]:
+    """Every description in the tools' signatures: the functions' and those anywhere in their parameters' schemas."""
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("description"), str):
+                found.append(node["description"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for tool in tools:
+        if tool.description:
+            found.append(tool.description)
+        walk(tool.parameters)
+    return found
+
+
+def prompt_text(request: CompletionRequested) -> str:
     """A request's screened texts as one (what a reviewer or the guard model reads)."""
-    return "\n".join(prompt_parts(messages, prompt))
+    return "\n".join(prompt_parts(request))
 
 
 @dataclass

@@ -206,3 +206,18 @@ def test_a_model_whose_own_template_renders_tools_is_shown_them(platform: Platfo
         assert completion.usage is not None
         prompt_tokens[choice] = completion.usage.prompt_tokens
     assert prompt_tokens["auto"] > prompt_tokens["none"] + 100
+
+
+def test_a_tool_result_and_a_tool_description_are_screened_as_prompts_are(platform: Platform) -> None:
+    secret = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"  # what the prompt screening blocks (test_safety.py)
+    leaky_tool = {"type": "function", "function": {"name": "login", "description": f"Logs in with the key {secret}."}}
+    turns = [*QUESTION, {"role": "assistant", "content": None, "tool_calls": [_call(1, "Paris")]}]
+    for fields in (
+        {"tools": [leaky_tool]},
+        {"tools": TOOLS, "messages": [*turns, {"role": "tool", "tool_call_id": "call_1", "content": f"key: {secret}"}]},
+    ):
+        with pytest.raises(BadRequestError) as err:
+            sync_client(platform).chat.completions.create(
+                **({"model": TINY_MODEL, "messages": QUESTION, "max_tokens": 4} | fields)  # type: ignore[arg-type]
+            )
+        assert err.value.body["code"] == "content_policy_violation", err.value.body  # type: ignore[index]

@@ -12,6 +12,7 @@ from services.safety.evaluate import evaluate
 from services.safety.labels import CATEGORIES, LabeledExample, load_labeled
 from services.safety.policy import DEFAULT_POLICY, CategoryRule, decide, priority
 from services.safety.screening import OutputScreen, Screener, prompt_parts, prompt_text, windows
+from shared.contracts import ChatMessage, CompletionRequested, FunctionTool
 
 
 def kinds(text: str, deny: tuple[str, ...] = ()) -> set[str]:
@@ -156,9 +157,37 @@ async def test_output_screen_release_does_not_stop_but_is_remembered() -> None:
 
 
 def test_prompt_text_skips_assistant_turns() -> None:
-    assert prompt_parts([("system", "be nice"), ("assistant", "x"), ("user", "hi")], None) == ["be nice", "hi"]
-    assert prompt_text([("system", "be nice"), ("assistant", "x"), ("user", "hi")], None) == "be nice\nhi"
-    assert prompt_parts([], "raw") == ["raw"] and prompt_text([], "raw") == "raw"
+    chat = CompletionRequested(
+        request_id="r",
+        model="m",
+        reply_topic="t",
+        messages=[
+            ChatMessage(role="system", content="be nice"),
+            ChatMessage(role="assistant", content="x"),
+            ChatMessage(role="user", content="hi"),
+        ],
+    )
+    assert prompt_parts(chat) == ["be nice", "hi"] and prompt_text(chat) == "be nice\nhi"
+    raw = CompletionRequested(request_id="r", model="m", reply_topic="t", prompt="raw")
+    assert prompt_parts(raw) == ["raw"] and prompt_text(raw) == "raw"
+
+
+def test_tool_results_and_the_descriptions_of_tools_shown_to_the_model_are_screened() -> None:
+    tool = FunctionTool(
+        name="lookup",
+        description="Looks a word up.",
+        parameters={"type": "object", "properties": {"word": {"type": "string", "description": "The word."}}},
+    )
+    chat = CompletionRequested(
+        request_id="r",
+        model="m",
+        reply_topic="t",
+        messages=[ChatMessage(role="user", content="hi"), ChatMessage(role="tool", content="42", tool_call_id="c")],
+        tools=[tool],
+    )
+    assert prompt_parts(chat) == ["hi", "42", "Looks a word up.", "The word."]
+    hidden = chat.model_copy(update={"tool_choice": "none"})  # not shown to the model: nothing to screen
+    assert prompt_parts(hidden) == ["hi", "42"]
 
 
 class DilutingClassifier:
