@@ -191,14 +191,14 @@ def _tools(api: ChatCompletionRequest) -> dict[str, object]:
     if not api.tools:
         return {}
     choice = api.tool_choice
-    named = isinstance(choice, NamedToolChoice)
+    named = choice.function.name if isinstance(choice, NamedToolChoice) else None
     return {
         "tools": [
             FunctionTool(name=t.function.name, description=t.function.description, parameters=t.function.parameters)
             for t in api.tools
         ],
         "tool_choice": "required" if named else choice or "auto",
-        "tool_choice_function": choice.function.name if isinstance(choice, NamedToolChoice) else None,
+        "tool_choice_function": named,
         "parallel_tool_calls": api.parallel_tool_calls is not False,
     }
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -288,7 +289,7 @@ class Engine:
         )
         return prompt
 
-    @property
+    @cached_property  # the tokenizer, and so its template, is the engine's for life
     def template_renders_tools(self) -> bool:
         """Whether the model's own chat template shows tools to the model (else ferry writes them in, Hermes-style)."""
         return "tools" in (getattr(self._tokenizer, "chat_template", None) or "")

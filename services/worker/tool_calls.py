@@ -36,11 +36,15 @@ def tool_mode(request: CompletionRequested) -> ToolMode:
     return "named" if request.tool_choice_function is not None else "required"
 
 
+def _parameters(tool: FunctionTool) -> dict[str, Any]:
+    return tool.parameters if tool.parameters is not None else {"type": "object"}
+
+
 def _tool_json(tool: FunctionTool) -> dict[str, Any]:
     function: dict[str, Any] = {"name": tool.name}
     if tool.description is not None:
         function["description"] = tool.description
-    function["parameters"] = tool.parameters if tool.parameters is not None else {"type": "object"}
+    function["parameters"] = _parameters(tool)
     return {"type": "function", "function": function}
 
 
@@ -87,13 +91,13 @@ def conversation(
             turns.append(turn)
         return turns, [_tool_json(t) for t in tools] or None
     turns = []
-    for m in messages:
+    for i, m in enumerate(messages):
         if m.role == "tool":
             response = f"<tool_response>\n{m.content}\n</tool_response>"
-            if turns and turns[-1].get("tool_responses"):  # results of one turn's calls go back together
+            if i > 0 and messages[i - 1].role == "tool":  # results of one turn's calls go back together
                 turns[-1]["content"] += "\n" + response
             else:
-                turns.append({"role": "user", "content": response, "tool_responses": True})
+                turns.append({"role": "user", "content": response})
             continue
         content = m.content
         for call in m.tool_calls:
@@ -101,10 +105,9 @@ def conversation(
                 {"name": call.function.name, "arguments": _arguments_value(call.function.arguments)},
                 ensure_ascii=False,
             )
-            content += f"{chr(10) if content else ''}{CALL_OPEN}\n{written}\n{CALL_CLOSE}"
+            separator = "\n" if content else ""
+            content += f"{separator}{CALL_OPEN}\n{written}\n{CALL_CLOSE}"
         turns.append({"role": m.role, "content": content})
-    for turn in turns:
-        turn.pop("tool_responses", None)
     if tools:
         instructions = tools_instructions(tools)
         if turns and turns[0]["role"] == "system":
@@ -112,10 +115,6 @@ def conversation(
         else:
             turns.insert(0, {"role": "system", "content": instructions})
     return turns, None
-
-
-def _parameters(tool: FunctionTool) -> dict[str, Any]:
-    return tool.parameters if tool.parameters is not None else {"type": "object"}
 
 
 def forced_schema(request: CompletionRequested) -> dict[str, Any] | None:

@@ -63,6 +63,19 @@ def required_call(client: OpenAI, **sampling: object) -> ChatCompletion:
     )
 
 
+def prompt_tokens(client: OpenAI, model: str, tool_choice: str) -> int:
+    """The prompt's tokens for QUESTION with TOOLS and ``tool_choice``: longer when the tools are shown."""
+    completion = client.chat.completions.create(
+        model=model,
+        messages=QUESTION,
+        tools=TOOLS,
+        tool_choice=tool_choice,
+        max_tokens=1,  # type: ignore[arg-type]
+    )
+    assert completion.usage is not None
+    return completion.usage.prompt_tokens
+
+
 def test_a_required_call_is_a_call_of_an_offered_tool_with_arguments_that_match_its_schema(platform: Platform) -> None:
     choice = required_call(sync_client(platform), seed=3).choices[0]  # sampled
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
@@ -142,22 +155,7 @@ def test_a_tool_result_goes_back_to_the_model_and_tool_choice_none_gets_text(pla
     assert answer.choices[0].message.tool_calls is None and answer.choices[0].message.content
     assert answer.choices[0].finish_reason in ("stop", "length")
     # the tools were not shown with none: the prompt is shorter than with them
-    shown = client.chat.completions.create(
-        model=DEFAULT_MODEL,
-        messages=QUESTION,
-        tools=TOOLS,
-        tool_choice="auto",
-        max_tokens=1,  # type: ignore[arg-type]
-    )
-    hidden = client.chat.completions.create(
-        model=DEFAULT_MODEL,
-        messages=QUESTION,
-        tools=TOOLS,
-        tool_choice="none",
-        max_tokens=1,  # type: ignore[arg-type]
-    )
-    assert hidden.usage is not None and shown.usage is not None
-    assert hidden.usage.prompt_tokens + 100 < shown.usage.prompt_tokens
+    assert prompt_tokens(client, DEFAULT_MODEL, "none") + 100 < prompt_tokens(client, DEFAULT_MODEL, "auto")
 
 
 @pytest.mark.parametrize(
@@ -194,18 +192,7 @@ def test_a_model_whose_own_template_renders_tools_is_shown_them(platform: Platfo
     # its template (tests/unit/test_worker_tool_calls.py shows that template writes them as the worker would). Its
     # weights are random: under a forced call's grammar it writes whitespace until max_tokens, so no call is checked.
     client = sync_client(platform)
-    prompt_tokens = {}
-    for choice in ("auto", "none"):
-        completion = client.chat.completions.create(
-            model=TINY_MODEL,
-            messages=QUESTION,
-            tools=TOOLS,
-            tool_choice=choice,
-            max_tokens=1,  # type: ignore[arg-type]
-        )
-        assert completion.usage is not None
-        prompt_tokens[choice] = completion.usage.prompt_tokens
-    assert prompt_tokens["auto"] > prompt_tokens["none"] + 100
+    assert prompt_tokens(client, TINY_MODEL, "auto") > prompt_tokens(client, TINY_MODEL, "none") + 100
 
 
 def test_a_tool_result_and_a_tool_description_are_screened_as_prompts_are(platform: Platform) -> None:
