@@ -117,6 +117,9 @@ class ResponseFormat(BaseModel):
 
 
 MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs, and OpenAI's top_logprobs limit
+MAX_LOGIT_BIAS = 1024  # tokens one request may bias: keeps a request's record small
+TokenId = Annotated[int, Field(ge=0, description="A token id of the model's tokenizer.")]
+LogitBias = Annotated[float, Field(ge=-100.0, le=100.0, description="Added to the token's logit before sampling.")]
 
 
 class TopLogprob(BaseModel):
@@ -192,6 +195,13 @@ class SamplingParams(BaseModel):
         description="Return the prompt's tokens with their log-probabilities (PromptLogprobs) and, at each position, "
         "those of this many most likely tokens; None returns none. The prompt is then computed in full, without the "
         "prefix cache.",
+    )
+    logit_bias: dict[TokenId, LogitBias] = Field(
+        default_factory=dict,
+        max_length=MAX_LOGIT_BIAS,
+        description="Bias added to these tokens' logits before sampling (OpenAI's logit_bias), by token id of the "
+        "model's tokenizer: -100 in effect bans a token, 100 in effect forces it. An id outside the model's vocabulary "
+        "fails the request (GenerationFailed, param logit_bias). Empty: none.",
     )
 
 

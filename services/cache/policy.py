@@ -160,6 +160,7 @@ def normalized(
             ("presence_penalty", sampling.presence_penalty),
             ("frequency_penalty", sampling.frequency_penalty),
             ("response_format", sampling.response_format and _response_format_key(sampling.response_format)),
+            ("logit_bias", sorted(sampling.logit_bias.items())),
             ("sample", sample),
         )
         if value

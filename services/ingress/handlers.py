@@ -548,7 +548,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 ),
                 status_code=400,
             )
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        # a map's bad key is at (..., key, "[key]"): the path to the entry names it
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "[key]")]
         param = ".".join(loc) or None
         message = first.get("msg", "invalid request")
         if first.get("type") == "missing":

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from shared.contracts import MAX_TOP_LOGPROBS, VARIANT_NAME_PATTERN, BatchingProfile, Priority, Seed
+from shared.contracts import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, VARIANT_NAME_PATTERN, BatchingProfile, Priority, Seed
 from shared.registry import ModelRecord
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -226,10 +226,18 @@ class SamplingFields(BaseModel):
         description="JSON output, enforced token by token by the engine's grammar-guided decoding: an output that ends "
         "with finish_reason stop parses; one cut short by max_tokens (length) may not.",
     )
-    logit_bias: dict[str, float] | None = Field(
+    logit_bias: (
+        Annotated[
+            dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]],
+            Field(max_length=MAX_LOGIT_BIAS),
+        ]
+        | None
+    ) = Field(
         None,
-        description="Not supported: null or empty; a bias is refused with a 400 unsupported_parameter.",
-        json_schema_extra={"maxProperties": 0},
+        description=f"Maps token ids (of the model's tokenizer, as strings) to a bias from -100 to 100 added to their "
+        f"logits before sampling: -100 in effect bans a token, 100 in effect forces it. At most {MAX_LOGIT_BIAS} "
+        "tokens; an id outside the model's vocabulary gets a 400 naming logit_bias (in a stream, an error event).",
+        examples=[{"50256": -100}],
     )
     n: int = Field(
         1,
@@ -539,8 +547,6 @@ def unsupported_option(request: ChatCompletionRequest | CompletionRequest) -> tu
     """The first option set to something ferry cannot give, with why, or None. Options that only tune the answer are
     ignored when unknown (``ignored_fields``); these would change what kind of answer the client gets (tool calls),
     so pretending to honour them is worse than refusing."""
-    if request.logit_bias:
-        return "logit_bias", "logit_bias is not supported."
     if not isinstance(request, ChatCompletionRequest):
         return None
     if request.functions:

@@ -147,6 +147,7 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         response_format=_response_format(api.response_format),
         logprobs=_logprobs(api),
         prompt_logprobs=api.logprobs if isinstance(api, CompletionRequest) and api.echo else None,
+        logit_bias={int(token): bias for token, bias in (api.logit_bias or {}).items()},
     )
     chat: dict[str, object]
     if isinstance(api, ChatCompletionRequest):

@@ -354,7 +354,8 @@ class Engine:
                         prompt_logprobs=prompt_logprobs,
                     )
             except VLLMValidationError as exc:  # checked as the request is added, before any output
-                param = "response_format" if params.structured_outputs else exc.parameter or "sampling"
+                # vLLM names the parameter it checked; a grammar that does not compile comes without a name
+                param = exc.parameter or ("response_format" if params.structured_outputs else "sampling")
                 raise InvalidRequest(f"{param}: {exc}", param) from exc
 
     async def score(self, token_ids: list[int]) -> list[TokenScore]:
@@ -425,6 +426,7 @@ class Engine:
             structured_outputs=_structured_outputs(sampling.response_format),
             logprobs=sampling.logprobs,
             prompt_logprobs=sampling.prompt_logprobs,
+            logit_bias=dict(sampling.logit_bias) or None,
             output_kind=RequestOutputKind.DELTA,
         )
 

@@ -138,11 +138,7 @@ def test_penalties_reach_the_engine(platform: Platform) -> None:
 
 
 @pytest.mark.parametrize(
-    ("option", "param"),
-    [
-        ({"functions": [{"name": "lookup", "parameters": {"type": "object"}}]}, "functions"),
-        ({"logit_bias": {"42": -100}}, "logit_bias"),
-    ],
+    ("option", "param"), [({"functions": [{"name": "lookup", "parameters": {"type": "object"}}]}, "functions")]
 )
 def test_options_ferry_cannot_honour_are_refused_not_ignored(platform: Platform, option: dict, param: str) -> None:
     with pytest.raises(BadRequestError) as err:

@@ -24,6 +24,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from transformers import AutoTokenizer
 
 from shared.contracts import (
     BatchFormed,
@@ -160,12 +161,14 @@ class Client:
     consumer: AIOKafkaConsumer
     events: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
 
-    def request(self, max_tokens: int, model: str = TINY_MODEL, **fields: object) -> CompletionRequested:
+    def request(
+        self, max_tokens: int, model: str = TINY_MODEL, logit_bias: dict[int, float] | None = None, **fields: object
+    ) -> CompletionRequested:
         return CompletionRequested(
             request_id=f"w-{uuid.uuid4().hex[:12]}",
             model=model,
             messages=[{"role": "user", "content": "Tell me about message brokers and consumer groups."}],
-            sampling=SamplingParams(max_tokens=max_tokens, temperature=1.0),
+            sampling=SamplingParams(max_tokens=max_tokens, temperature=1.0, logit_bias=logit_bias or {}),
             reply_topic=self.reply_topic,
             deadline_at=utc_now() + timedelta(seconds=120),
             **fields,
@@ -304,29 +307,20 @@ async def test_a_cancel_stops_generation_in_the_engine(workers: Workers) -> None
     if not workers.started:
         workers.start("worker-a")
     worker = workers.started[0]
-
-    async def cancelled_mid_generation() -> tuple[Client, CompletionRequested, str]:
-        async with client(workers.common) as c:
-            request = c.request(max_tokens=1900)
-            await c.send_batch([request])
-            await c.read_until(lambda: c.events[request.request_id], seconds=60)
-            before = httpx.get(f"http://127.0.0.1:{worker.port}/metrics", timeout=5).text  # it may have served more
-            await c.cancel(request)
-            await c.wait_final([request.request_id], seconds=30)
-            await asyncio.sleep(1)  # anything the engine still produced would arrive now
-            await c.poll(timeout_ms=1000)
-        return c, request, before
-
-    # The random model samples its end-of-turn token about once in 2,000 tokens, so now and then it ends on its own
-    # before the cancel lands; only such a natural stop earns another try. A cancel that does nothing still fails:
-    # the generation then runs to max_tokens ("length"), or ends naturally on every try.
-    for _ in range(3):
-        c, request, before = await cancelled_mid_generation()
-        final = c.final(request.request_id)
-        if not (final and final["event"] == "completion_finished" and final["finish_reason"] == "stop"):
-            break
+    # the random model samples its end of turn about once in 2,000 tokens: banned, it cannot end before the cancel
+    end_of_turn = AutoTokenizer.from_pretrained(MODELS_DIR / TINY_MODEL).eos_token_id
+    async with client(workers.common) as c:
+        request = c.request(max_tokens=1900, logit_bias={end_of_turn: -100})
+        await c.send_batch([request])
+        await c.read_until(lambda: c.events[request.request_id], seconds=60)
+        before = httpx.get(f"http://127.0.0.1:{worker.port}/metrics", timeout=5).text  # the worker may have served more
+        await c.cancel(request)
+        await c.wait_final([request.request_id], seconds=30)
+        await asyncio.sleep(1)  # anything the engine still produced would arrive now
+        await c.poll(timeout_ms=1000)
 
     events = c.events[request.request_id]
+    final = c.final(request.request_id)
     assert final is not None and final["event"] == "generation_failed", final
     assert final["code"] == "cancelled"
     assert events[-1] is final, "no tokens after the failure"

@@ -81,6 +81,15 @@ def test_penalties_change_the_key_even_when_greedy() -> None:
     assert len({base, presence, frequency}) == 3
 
 
+def test_a_logit_bias_changes_the_key_whatever_its_order() -> None:
+    def biased(bias: dict[int, float]) -> str | None:
+        return digest(request(sampling={"temperature": 0, "max_tokens": 16, "logit_bias": bias}))
+
+    assert biased({}) == digest(request())  # no bias: the key stored before logit_bias existed
+    assert len({digest(request()), biased({5: -100}), biased({5: 100}), biased({6: -100})}) == 4
+    assert biased({5: -100, 6: 2}) == biased({6: 2, 5: -100})
+
+
 def test_a_response_format_and_its_schema_change_the_key() -> None:
     def formatted(response_format: dict[str, object]) -> str | None:
         return digest(request(sampling={"temperature": 0, "max_tokens": 16, "response_format": response_format}))

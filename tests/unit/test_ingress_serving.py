@@ -26,6 +26,7 @@ from services.ingress.serving import (
 )
 from shared.contracts import (
     CompletionFinished,
+    CompletionRequested,
     FunctionCall,
     GenerationFailed,
     PromptCleared,
@@ -326,7 +327,6 @@ def test_options_at_values_that_ask_for_nothing_are_accepted(harmless: dict) -> 
     [
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"function_call": "auto"}, "function_call"),
-        ({"logit_bias": {"50256": -100}}, "logit_bias"),
         ({"modalities": ["text", "audio"]}, "modalities"),
         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
         ({"web_search_options": {}}, "web_search_options"),
@@ -337,9 +337,35 @@ def test_options_that_would_change_the_kind_of_answer_are_refused_by_name(option
     assert refused is not None and refused[0] == param and param in refused[1]
 
 
-def test_a_logit_bias_is_refused_on_plain_completions_too() -> None:
-    request = CompletionRequest.model_validate({"model": "m", "prompt": "a", "logit_bias": {"1": 5}})
-    assert unsupported_option(request) == ("logit_bias", "logit_bias is not supported.")
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_a_logit_bias_reaches_the_kafka_contract_by_token_id(route: str) -> None:
+    body = CHAT if route == "chat" else {"model": "m", "prompt": "a"}
+    parse = ChatCompletionRequest.model_validate if route == "chat" else CompletionRequest.model_validate
+    sub = Submission("r", "t", utc_now(), {}, 77)
+    biased = to_completion_requested(parse(body | {"logit_bias": {"50256": -100, "7": 2.5, "0": 100}}), sub)
+    assert biased.sampling.logit_bias == {50256: -100.0, 7: 2.5, 0: 100.0}
+    assert to_completion_requested(parse(body), sub).sampling.logit_bias == {}
+    # the record a worker reads carries the same map (JSON keys are strings)
+    assert CompletionRequested.model_validate_json(biased.model_dump_json()).sampling == biased.sampling
+
+
+@pytest.mark.parametrize(
+    "bias",
+    [
+        {"abc": 1},
+        {"-1": 1},
+        {"1.5": 1},
+        {"": 1},
+        {"1": 100.5},
+        {"1": -101},
+        {"1": "5"},
+        {str(i): 1 for i in range(1025)},
+    ],
+)
+def test_a_logit_bias_other_than_token_ids_to_biases_within_100_is_refused(bias: dict) -> None:
+    with pytest.raises(ValidationError) as err:
+        ChatCompletionRequest.model_validate(CHAT | {"logit_bias": bias})
+    assert err.value.errors()[0]["loc"][0] == "logit_bias"
 
 
 def test_default_max_tokens_applies_when_the_client_sends_none() -> None:
