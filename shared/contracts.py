@@ -203,6 +203,34 @@ class SamplingParams(BaseModel):
         "model's tokenizer: -100 in effect bans a token, 100 in effect forces it. An id outside the model's vocabulary "
         "fails the request (GenerationFailed, param logit_bias). Empty: none.",
     )
+    # vLLM's own sampling options beyond OpenAI's, which clients of vLLM's server send (extra_body)
+    top_k: int = Field(0, ge=0, description="Sample among this many most likely tokens only (vLLM's top_k); 0 is off.")
+    min_p: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Drop tokens less likely than this fraction of the most likely token's probability (vLLM's "
+        "min_p); 0 is off.",
+    )
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0.0,
+        le=2.0,
+        description="Divides the logits of tokens already in the prompt or the output (when positive; multiplies "
+        "them when negative), as vLLM's and Hugging Face's repetition_penalty; above 1 discourages repeats, 1 is off.",
+    )
+    min_tokens: int = Field(
+        0,
+        ge=0,
+        description="Tokens to generate before the end of the turn may be sampled (vLLM's min_tokens); at most "
+        "max_tokens. A grammar (response_format, a forced tool call) still ends the output once its JSON is complete.",
+    )
+
+    @model_validator(mode="after")
+    def _min_tokens_within_max_tokens(self) -> SamplingParams:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is more than max_tokens ({self.max_tokens})")
+        return self
 
 
 Priority = Literal["interactive", "batch", "best_effort"]

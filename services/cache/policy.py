@@ -149,8 +149,8 @@ def normalized(
     sample: int = 0,
 ) -> dict[str, object]:
     """Everything that changes the answer, or whether it may be given (the tenant's screening policy), in a canonical
-    form; nothing that does not (request id, stream, reply topic, deadline, priority). Greedy decoding ignores top_p
-    and the seed, and the order of stop strings does not matter."""
+    form; nothing that does not (request id, stream, reply topic, deadline, priority). Greedy decoding ignores top_p,
+    top_k, min_p and the seed, and the order of stop strings does not matter."""
     sampling = request.sampling
     greedy = sampling.temperature == 0
     # options added after key version 2 join the key only when set, so the keys of entries stored before stay valid
@@ -161,6 +161,10 @@ def normalized(
             ("frequency_penalty", sampling.frequency_penalty),
             ("response_format", sampling.response_format and _response_format_key(sampling.response_format)),
             ("logit_bias", sorted(sampling.logit_bias.items())),
+            ("top_k", 0 if greedy else sampling.top_k),
+            ("min_p", 0.0 if greedy else sampling.min_p),
+            ("repetition_penalty", sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None),
+            ("min_tokens", sampling.min_tokens),
             ("sample", sample),
         )
         if value

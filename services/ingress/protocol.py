@@ -239,6 +239,30 @@ class SamplingFields(BaseModel):
         "tokens; an id outside the model's vocabulary gets a 400 naming logit_bias (in a stream, an error event).",
         examples=[{"50256": -100}],
     )
+    # vLLM's sampling options beyond OpenAI's, as vLLM's server takes them (extra_body in OpenAI's clients)
+    top_k: int | None = Field(
+        None, ge=-1, description="vLLM: sample among this many most likely tokens only; 0 or -1 (the default) is off."
+    )
+    min_p: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="vLLM: drop tokens less likely than this fraction of the most likely token's probability; 0 (the "
+        "default) is off.",
+    )
+    repetition_penalty: float | None = Field(
+        None,
+        gt=0,
+        le=2,
+        description="vLLM: penalises tokens already in the prompt or the output, as Hugging Face's "
+        "repetition_penalty; above 1 discourages repeats, 1 (the default) is off.",
+    )
+    min_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="vLLM: tokens to generate before the end of the turn may be; at most max_tokens. A JSON "
+        "response_format or a forced tool call still ends once its JSON is complete.",
+    )
     n: int = Field(
         1,
         ge=1,
@@ -266,6 +290,17 @@ class SamplingFields(BaseModel):
         "serving hardware; false gets a 400 variant_unavailable (or an error event when streaming) instead.",
     )
 
+    @field_validator("min_tokens")
+    @classmethod
+    def _min_tokens_within_max_tokens(cls, value: int | None, info: ValidationInfo) -> int | None:
+        _check_min_tokens(value, info.data.get("max_tokens"), "max_tokens")
+        return value
+
+
+def _check_min_tokens(min_tokens: int | None, max_tokens: int | None, name: str) -> None:
+    if min_tokens is not None and max_tokens is not None and min_tokens > max_tokens:
+        raise ValueError(f"min_tokens ({min_tokens}) is more than {name} ({max_tokens})")
+
 
 class ChatCompletionRequest(SamplingFields):
     # the spec says what the validator checks, so that generated clients and fuzzers know it
@@ -289,6 +324,12 @@ class ChatCompletionRequest(SamplingFields):
         le=MAX_TOP_LOGPROBS,
         description="With logprobs true: also the log-probabilities of this many most likely tokens at each position.",
     )
+
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _room_for_min_tokens(cls, value: int | None, info: ValidationInfo) -> int | None:
+        _check_min_tokens(info.data.get("min_tokens"), value, "max_completion_tokens")
+        return value
 
     @field_validator("top_logprobs")
     @classmethod

@@ -137,7 +137,8 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
     if isinstance(api, CompletionRequest) and api.prompt_only():
         max_tokens = 1  # as vLLM's server does it: the engine generates at least one token, the response drops it
     sampling = SamplingParams(
-        max_tokens=max_tokens or api.max_tokens or sub.default_max_tokens,
+        # the default leaves room for min_tokens; a limit the client set was checked against it
+        max_tokens=max_tokens or api.max_tokens or max(sub.default_max_tokens, api.min_tokens or 0),
         temperature=1.0 if api.temperature is None else api.temperature,
         top_p=1.0 if api.top_p is None else api.top_p,
         stop=stop,
@@ -148,6 +149,10 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         logprobs=_logprobs(api),
         prompt_logprobs=api.logprobs if isinstance(api, CompletionRequest) and api.echo else None,
         logit_bias={int(token): bias for token, bias in (api.logit_bias or {}).items()},
+        top_k=max(api.top_k or 0, 0),  # vLLM's -1 is off, as 0 is
+        min_p=api.min_p or 0.0,
+        repetition_penalty=api.repetition_penalty or 1.0,
+        min_tokens=api.min_tokens or 0,
     )
     chat: dict[str, object]
     if isinstance(api, ChatCompletionRequest):

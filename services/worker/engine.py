@@ -427,6 +427,10 @@ class Engine:
             logprobs=sampling.logprobs,
             prompt_logprobs=sampling.prompt_logprobs,
             logit_bias=dict(sampling.logit_bias) or None,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            repetition_penalty=sampling.repetition_penalty,
+            min_tokens=min(sampling.min_tokens, max_tokens),  # max_tokens may be cut to fit the context
             output_kind=RequestOutputKind.DELTA,
         )
 

@@ -81,6 +81,20 @@ def test_penalties_change_the_key_even_when_greedy() -> None:
     assert len({base, presence, frequency}) == 3
 
 
+def test_vllm_s_sampling_options_change_the_key_unless_greedy_decoding_ignores_them() -> None:
+    def key(**options: object) -> str | None:
+        return digest(request(sampling={"temperature": 0.7, "seed": 1, "max_tokens": 16} | options))
+
+    def greedy(**options: object) -> str | None:
+        return digest(request(sampling={"temperature": 0, "max_tokens": 16} | options))
+
+    off = key(top_k=0, min_p=0.0, repetition_penalty=1.0, min_tokens=0)
+    assert off == key()  # at their defaults: the key stored before they existed
+    assert len({off, key(top_k=5), key(min_p=0.1), key(repetition_penalty=1.2), key(min_tokens=4)}) == 5
+    assert greedy(top_k=5) == greedy(min_p=0.1) == greedy()
+    assert len({greedy(), greedy(repetition_penalty=1.2), greedy(min_tokens=4)}) == 3
+
+
 def test_a_logit_bias_changes_the_key_whatever_its_order() -> None:
     def biased(bias: dict[int, float]) -> str | None:
         return digest(request(sampling={"temperature": 0, "max_tokens": 16, "logit_bias": bias}))

@@ -349,6 +349,37 @@ def test_a_logit_bias_reaches_the_kafka_contract_by_token_id(route: str) -> None
     assert CompletionRequested.model_validate_json(biased.model_dump_json()).sampling == biased.sampling
 
 
+def test_vllm_s_sampling_options_reach_the_kafka_contract_and_default_to_off() -> None:
+    sub = Submission("r", "t", utc_now(), {}, 77)
+    extras = {"top_k": 40, "min_p": 0.05, "repetition_penalty": 1.2, "min_tokens": 10}
+    sampling = to_completion_requested(ChatCompletionRequest.model_validate(CHAT | extras), sub).sampling
+    assert (sampling.top_k, sampling.min_p, sampling.repetition_penalty, sampling.min_tokens) == (40, 0.05, 1.2, 10)
+    plain = to_completion_requested(ChatCompletionRequest.model_validate(CHAT), sub).sampling
+    assert (plain.top_k, plain.min_p, plain.repetition_penalty, plain.min_tokens) == (0, 0.0, 1.0, 0)
+    assert to_completion_requested(ChatCompletionRequest.model_validate(CHAT | {"top_k": -1}), sub).sampling.top_k == 0
+    # the default max_tokens (77 here) leaves room for min_tokens
+    roomy = to_completion_requested(ChatCompletionRequest.model_validate(CHAT | {"min_tokens": 100}), sub).sampling
+    assert (roomy.min_tokens, roomy.max_tokens) == (100, 100)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"min_tokens": 9, "max_tokens": 8}, "min_tokens"),
+        ({"min_tokens": 9, "max_completion_tokens": 8}, "max_completion_tokens"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 1.01}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"repetition_penalty": 2.5}, "repetition_penalty"),
+        ({"min_tokens": -1}, "min_tokens"),
+    ],
+)
+def test_vllm_s_sampling_options_out_of_range_are_refused_by_name(fields: dict, param: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        ChatCompletionRequest.model_validate(CHAT | fields)
+    assert err.value.errors()[0]["loc"] == (param,)
+
+
 @pytest.mark.parametrize(
     "bias",
     [

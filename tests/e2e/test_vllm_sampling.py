@@ -1,0 +1,75 @@
+"""vLLM's sampling options beyond OpenAI's (top_k, min_p, repetition_penalty, min_tokens), sent as clients of vLLM's
+own server send them: in extra_body."""
+
+from __future__ import annotations
+
+import httpx
+from openai import OpenAI
+
+from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def client(platform: Platform) -> OpenAI:
+    return OpenAI(base_url=f"{platform.base_url}/v1", api_key=platform.api_key, max_retries=0, timeout=120)
+
+
+def answer(platform: Platform, **options: object) -> tuple[str, int, str]:
+    """The text, completion tokens and finish reason of SmolLM2's answer to QUESTION."""
+    completion = client(platform).chat.completions.create(
+        model=DEFAULT_MODEL, messages=QUESTION, max_tokens=32, **options
+    )
+    assert completion.usage is not None
+    choice = completion.choices[0]
+    return choice.message.content or "", completion.usage.completion_tokens, choice.finish_reason
+
+
+def test_top_k_1_and_min_p_1_sample_only_the_likeliest_token(platform: Platform) -> None:
+    greedy, _, _ = answer(platform, temperature=0)
+    # at temperature 1.5 and any seed, only the likeliest token is left to sample: the greedy answer
+    for seed in (1, 2):
+        assert answer(platform, temperature=1.5, seed=seed)[0] != greedy  # without the option, other tokens come
+        assert answer(platform, temperature=1.5, seed=seed, extra_body={"top_k": 1})[0] == greedy
+        assert answer(platform, temperature=1.5, seed=seed, extra_body={"min_p": 1.0})[0] == greedy
+    # off (vLLM's -1 and 0), the same seed samples as without the option
+    sampled = answer(platform, temperature=1.5, seed=3)[0]
+    assert answer(platform, temperature=1.5, seed=3, extra_body={"top_k": -1, "min_p": 0})[0] == sampled
+
+
+def test_min_tokens_keeps_the_model_going_past_its_end_of_turn(platform: Platform) -> None:
+    _, tokens, finish = answer(platform, temperature=0)
+    assert finish == "stop" and tokens < 20  # SmolLM2 answers in one short sentence
+    _, longer, _ = answer(platform, temperature=0, extra_body={"min_tokens": 20})
+    assert longer >= 20
+
+
+def test_a_repetition_penalty_changes_a_greedy_answer_that_repeats(platform: Platform) -> None:
+    def greedy(**options: object) -> str:
+        completion = client(platform).completions.create(
+            model=TINY_MODEL, prompt="Once upon a time", max_tokens=32, temperature=0, **options
+        )
+        return completion.choices[0].text
+
+    plain = greedy()
+    assert greedy(extra_body={"repetition_penalty": 1.0}) == plain
+    # the tiny random model repeats tokens, which the penalty punishes
+    assert len(set(greedy(extra_body={"repetition_penalty": 2.0}).split())) > len(set(plain.split()))
+
+
+def test_min_tokens_above_max_tokens_or_out_of_range_options_are_400s_naming_them(platform: Platform) -> None:
+    for options, param in (
+        ({"min_tokens": 10, "max_tokens": 5}, "min_tokens"),
+        ({"max_completion_tokens": 5, "min_tokens": 10}, "max_completion_tokens"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+    ):
+        response = httpx.post(
+            f"{platform.base_url}/v1/chat/completions",
+            headers=platform.auth,
+            json={"model": TINY_MODEL, "messages": QUESTION} | options,
+            timeout=30,
+        )
+        assert response.status_code == 400, options
+        assert response.json()["error"]["param"] == param and response.json()["error"]["code"] == "invalid_value"
