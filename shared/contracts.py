@@ -57,6 +57,26 @@ class ToolCall(BaseModel):
     function: FunctionCall = Field(description="The function called and its arguments.")
 
 
+class ToolCallPiece(BaseModel):
+    """A tool call as it streams: which call, and the next part of its arguments. A call's pieces, in order, add up to
+    its entry in ``CompletionFinished.tool_calls``, which stays the whole answer."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    index: int = Field(ge=0, description="The call's position in the completion's tool_calls.")
+    id: str = Field(description="The call's id, as in CompletionFinished.tool_calls.")
+    name: str = Field(description="The function called.")
+    arguments: str = Field(
+        description="The next characters of the call's arguments (JSON text); empty in the piece that opens a call "
+        "whose arguments have not begun."
+    )
+    arguments_offset: int = Field(
+        ge=0,
+        description="Characters of this call's arguments before this piece. A request redelivered after a worker "
+        "died streams its calls again from the start; readers drop the part they already have.",
+    )
+
+
 class ChatMessage(BaseModel):
     """One turn of a conversation, as in OpenAI's chat API (text content, tool calls and their results)."""
 
@@ -507,7 +527,9 @@ class TokensGenerated(Message):
     request_id: str = Field(description="The request this text belongs to.")
     sequence: int = Field(ge=0, description="Position of this event among the request's reply events.")
     text: str = Field(description="The new text since the previous event.")
-    token_count: int = Field(ge=0, description="How many tokens this text holds.")
+    token_count: int = Field(
+        ge=0, description="How many tokens this event holds (its text's and its tool calls' pieces')."
+    )
     text_offset: int | None = Field(
         None,
         ge=0,
@@ -527,6 +549,11 @@ class TokensGenerated(Message):
         None,
         description="The prompt's tokens and log-probabilities, on a request's first TokensGenerated (sequence 0) "
         "when it asked for prompt_logprobs.",
+    )
+    tool_calls: list[ToolCallPiece] = Field(
+        default_factory=list,
+        description="Pieces of tool calls the model is writing, when the request has tools it may call: their text "
+        "is not in ``text``. Empty otherwise.",
     )
 
 

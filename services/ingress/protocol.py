@@ -342,7 +342,7 @@ class ChatCompletionRequest(SamplingFields):
         None,
         max_length=128,
         description="Functions the model may call. Calls come back in choices[].message.tool_calls (when streaming, "
-        "each call whole in one delta once the choice is done). Not with logprobs or response_format.",
+        "each call opened in one delta, its arguments in pieces after). Not with logprobs or response_format.",
     )
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
         None,
@@ -504,18 +504,25 @@ class ChatCompletion(BaseModel):
     system_fingerprint: SystemFingerprint = None
 
 
+class DeltaFunction(BaseModel):
+    name: str | None = Field(None, description="The function called, in the call's first delta.")
+    arguments: str = Field(description="The next characters of the arguments' JSON text.")
+
+
 class DeltaToolCall(BaseModel):
     index: int = Field(description="The call's position among the choice's calls.")  # first, as OpenAI writes it
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCallOut
+    id: str | None = Field(None, description="The call's id, in its first delta.")
+    type: Literal["function"] | None = Field(None, description="function, in the call's first delta.")
+    function: DeltaFunction
 
 
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = Field(
-        None, description="The choice's tool calls, each whole (id, name and all its arguments), in one delta."
+        None,
+        description="Pieces of the choice's tool calls, as OpenAI streams them: a call's first delta has its index, "
+        "id, type and name, and each delta the next characters of its arguments; joined, they are the call.",
     )
 
 

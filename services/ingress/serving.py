@@ -25,6 +25,7 @@ from services.ingress.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     Delta,
+    DeltaFunction,
     DeltaToolCall,
     FunctionCallOut,
     NamedToolChoice,
@@ -54,6 +55,7 @@ from shared.contracts import (
     TokenLogprob,
     TokensGenerated,
     ToolCall,
+    ToolCallPiece,
 )
 
 ApiKind = Literal["chat", "text"]
@@ -335,14 +337,19 @@ class ReleaseGate:
 async def without_repeats(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[ReplyEvent]:
     """Drops output the client already has. When a worker dies mid-generation the request is generated again from the
     start by another worker; its deltas carry ``text_offset`` (and ``token_offset`` with logprobs), so the repeated
-    part is cut and the client sees each piece of text, and each token's logprob, once."""
+    part is cut and the client sees each piece of text, and each token's logprob, once. Tool calls' pieces carry
+    ``arguments_offset``, and are cut the same way."""
     delivered = delivered_tokens = 0
+    delivered_arguments: dict[int, int] = {}  # characters of each call's arguments delivered, by the call's index
     async for event in events:
         if isinstance(event, TokensGenerated) and event.text_offset is not None:
             update: dict[str, object] = {}
             end = event.text_offset + len(event.text)
             if event.text_offset < delivered:
                 update["text"] = event.text[max(0, delivered - event.text_offset) :]
+            calls = _new_call_pieces(event.tool_calls, delivered_arguments)
+            if calls != event.tool_calls:
+                update["tool_calls"] = calls
             new_tokens = False
             if event.logprobs is not None and event.token_offset is not None:
                 tokens_end = event.token_offset + len(event.logprobs)
@@ -350,7 +357,7 @@ async def without_repeats(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[Re
                 if event.token_offset < delivered_tokens:
                     update["logprobs"] = event.logprobs[max(0, delivered_tokens - event.token_offset) :]
                 delivered_tokens = max(delivered_tokens, tokens_end)
-            if end <= delivered and not new_tokens:
+            if end <= delivered and not new_tokens and not calls:
                 continue
             if update:
                 event = event.model_copy(update=update)
@@ -358,6 +365,23 @@ async def without_repeats(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[Re
         elif isinstance(event, TokensGenerated):
             delivered += len(event.text)
         yield event
+
+
+def _new_call_pieces(pieces: list[ToolCallPiece], delivered: dict[int, int]) -> list[ToolCallPiece]:
+    """The parts of ``pieces`` not delivered yet; ``delivered`` counts each call's arguments delivered so far."""
+    new = []
+    for piece in pieces:
+        have = delivered.get(piece.index)
+        end = piece.arguments_offset + len(piece.arguments)
+        if have is not None and end <= have:
+            continue  # a repeat, opening included
+        if have is not None and piece.arguments_offset < have:
+            piece = piece.model_copy(
+                update={"arguments": piece.arguments[have - piece.arguments_offset :], "arguments_offset": have}
+            )
+        new.append(piece)
+        delivered[piece.index] = end
+    return new
 
 
 async def merged(streams: Sequence[AsyncIterator[ReplyEvent]]) -> AsyncIterator[IndexedEvent]:
@@ -511,6 +535,41 @@ def _sse(payload: object) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
+@dataclass
+class StreamedCalls:
+    """The tool calls a stream has sent so far, by choice and call index: what each call's next delta needs (its id,
+    type and name only in its first), and what the final answer adds to the pieces (all of a call a worker sent whole,
+    as a response held for review and then released)."""
+
+    arguments: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def pieces(self, choice: int, pieces: Sequence[ToolCallPiece]) -> list[DeltaToolCall]:
+        deltas = []
+        for piece in pieces:
+            opening = (choice, piece.index) not in self.arguments
+            self.arguments[(choice, piece.index)] = self.arguments.get((choice, piece.index), "") + piece.arguments
+            deltas.append(_call_delta(piece.index, piece.id, piece.name, piece.arguments, opening))
+        return deltas
+
+    def rest(self, choice: int, calls: Sequence[ToolCall]) -> list[DeltaToolCall]:
+        deltas = []
+        for i, call in enumerate(calls):
+            sent = self.arguments.get((choice, i))
+            if sent is None:
+                deltas.append(_call_delta(i, call.id, call.function.name, call.function.arguments, opening=True))
+            elif len(call.function.arguments) > len(sent) and call.function.arguments.startswith(sent):
+                deltas.append(_call_delta(i, call.id, call.function.name, call.function.arguments[len(sent) :]))
+        return deltas
+
+
+def _call_delta(index: int, call_id: str, name: str, arguments: str, opening: bool = False) -> DeltaToolCall:
+    if not opening:
+        return DeltaToolCall(index=index, function=DeltaFunction(arguments=arguments))
+    return DeltaToolCall(
+        index=index, id=call_id, type="function", function=DeltaFunction(name=name, arguments=arguments)
+    )
+
+
 async def stream_sse(
     request_id: str,
     model: str,
@@ -538,6 +597,7 @@ async def stream_sse(
             yield first
     finals: dict[int, CompletionFinished] = {}
     token_starts = dict.fromkeys(range(choices), len(echo))  # text route: where each choice's next token starts
+    calls = StreamedCalls()
     try:
         async for index, event in events:
             if index in echo_waits and isinstance(event, TokensGenerated | CompletionFinished):
@@ -546,6 +606,10 @@ async def stream_sse(
                 prompt = None if event.prompt_logprobs is None else text_logprobs([], 0, event.prompt_logprobs)
                 yield chunk(request_id, created, model, echo, None, index, logprobs=prompt)
             if isinstance(event, TokensGenerated):
+                if event.tool_calls:  # chat only: tools are refused on the text route
+                    yield _chat_chunk(
+                        request_id, created, model, None, None, index, tool_calls=calls.pieces(index, event.tool_calls)
+                    )
                 if prompt_only or (not event.text and not event.logprobs):
                     continue
                 logprobs: ChoiceLogprobs | CompletionLogprobs | None = None
@@ -557,8 +621,8 @@ async def stream_sse(
                 yield chunk(request_id, created, model, event.text, None, index, logprobs=logprobs)
             elif isinstance(event, CompletionFinished):
                 finals[index] = event
-                if calls := _tool_calls_out(event.tool_calls):  # chat only: tools are refused on the text route
-                    yield _chat_chunk(request_id, created, model, None, None, index, tool_calls=calls)
+                if rest := calls.rest(index, event.tool_calls or []):  # what the pieces did not bring
+                    yield _chat_chunk(request_id, created, model, None, None, index, tool_calls=rest)
                 yield chunk(request_id, created, model, None, event.finish_reason, index, fingerprint=event.variant)
                 if len(finals) < choices:
                     continue
@@ -596,12 +660,12 @@ def _chat_chunk(
     opening: bool = False,
     fingerprint: str | None = None,
     logprobs: ChoiceLogprobs | CompletionLogprobs | None = None,
-    tool_calls: Sequence[ToolCallOut] = (),
+    tool_calls: Sequence[DeltaToolCall] = (),
 ) -> str:
     if opening:
         delta = Delta(role="assistant", content="")
     elif tool_calls:
-        delta = Delta(tool_calls=[DeltaToolCall(index=i, **c.model_dump()) for i, c in enumerate(tool_calls)])
+        delta = Delta(tool_calls=list(tool_calls))
     else:
         delta = Delta(content=text)
     assert logprobs is None or isinstance(logprobs, ChoiceLogprobs)

@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -29,6 +29,7 @@ from shared.contracts import (
     SamplingParams,
     TokenLogprob,
     TokensGenerated,
+    ToolCallPiece,
     Usage,
     utc_now,
 )
@@ -155,7 +156,7 @@ async def serve_request(
     token_offset = 0
     prompt_logprobs: PromptLogprobs | None = None  # from the engine's first step, when asked for
 
-    async def send_delta(delta: OutputDelta | None) -> None:
+    async def send_delta(delta: OutputDelta | None, calls: Sequence[ToolCallPiece] = ()) -> None:
         nonlocal sequence, text_offset, token_offset
         if delta is None or not request.stream:
             return
@@ -170,6 +171,7 @@ async def serve_request(
                 logprobs=list(delta.logprobs) if with_logprobs else None,
                 token_offset=token_offset if with_logprobs else None,
                 prompt_logprobs=prompt_logprobs if sequence == 0 else None,
+                tool_calls=list(calls),
             ),
         )
         sequence += 1
@@ -177,19 +179,20 @@ async def serve_request(
         token_offset += delta.tokens
 
     reader = ToolCallReader(request)
-    held_tokens = 0  # tokens of the text the reader holds back (a tool call's); they go out with the next text
+    held_tokens = 0  # tokens of text the reader holds back (a call not yet readable); they go out with the next delta
 
-    def readable(delta: OutputDelta | None) -> OutputDelta | None:
-        """The part of a screened delta that is text for the client: a tool call's text is held, and read at the end."""
+    async def send_readable(delta: OutputDelta | None) -> None:
+        """Sends what of a screened delta is for the client: its text, and the pieces of the tool calls it wrote."""
         nonlocal held_tokens
         if delta is None or reader.mode == "text":
-            return delta
-        text = reader.feed(delta.text)
-        if not text:
+            await send_delta(delta)
+            return
+        text, calls = reader.feed(delta.text), reader.pieces()
+        if not text and not calls:
             held_tokens += delta.tokens
-            return None
+            return
         tokens, held_tokens = held_tokens + delta.tokens, 0
-        return OutputDelta(text, tokens, delta.logprobs)
+        await send_delta(OutputDelta(text, tokens, delta.logprobs), calls)
 
     deadline_timer = _abort_at_deadline(engine, request, control)
     try:
@@ -219,17 +222,18 @@ async def serve_request(
             prompt_logprobs = step.prompt_logprobs or prompt_logprobs
             finish_reason = step.finish_reason or finish_reason
             delta = buffer.add(step.text, step.new_tokens, time.monotonic(), step.logprobs)
-            await send_delta(readable(await screen.pass_delta(delta) if screen else delta))
+            await send_readable(await screen.pass_delta(delta) if screen else delta)
         control.ended_at = time.monotonic()
         if control.stop_reason is not None:
             await _publish_stopped(request, publish, control.stop_reason, sequence)
             return control.stop_reason != "handed_back"
         delta = buffer.take()
-        await send_delta(readable(await screen.pass_delta(delta) if screen else delta))
+        await send_readable(await screen.pass_delta(delta) if screen else delta)
         if reader.mode != "text" and (screen is None or screen.held is None):
             rest, _, _ = reader.finish(finish_reason or "stop")  # held text that was not a call after all
-            if rest or held_tokens:
-                await send_delta(OutputDelta(rest, held_tokens))
+            calls = reader.pieces()  # the end of the calls, once known to be the end
+            if rest or calls or held_tokens:
+                await send_delta(OutputDelta(rest, held_tokens), calls)
         text, tool_calls, reported_finish = ToolCallReader.read_whole(request, "".join(pieces), finish_reason or "stop")
         final: CompletionFinished | None = CompletionFinished(
             request_id=request.request_id,

@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.contracts import ChatMessage, CompletionRequested, FinishReason, FunctionCall, FunctionTool, ToolCall
+from shared.contracts import (
+    ChatMessage,
+    CompletionRequested,
+    FinishReason,
+    FunctionCall,
+    FunctionTool,
+    ToolCall,
+    ToolCallPiece,
+)
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
-_CALL_BLOCK = re.compile(re.escape(CALL_OPEN) + r"(.*?)(?:" + re.escape(CALL_CLOSE) + r"|$)", re.DOTALL)
 
 ToolMode = Literal["text", "auto", "required", "named"]
 """How a request's output is read: text (no tools shown), auto (the model may write calls), required (a forced JSON
@@ -139,14 +145,6 @@ def forced_schema(request: CompletionRequested) -> dict[str, Any] | None:
     return schema
 
 
-def _compact(arguments: str) -> str:
-    """JSON arguments written the one way every call's are (the model may spread them over lines); else as written."""
-    try:
-        return json.dumps(json.loads(arguments), ensure_ascii=False)
-    except ValueError:
-        return arguments
-
-
 def call_id(request_id: str, index: int) -> str:
     """A call's id, the same each time the request is generated (a redelivered request then names its calls alike)."""
     return "call_" + hashlib.sha256(f"{request_id}:{index}".encode()).hexdigest()[:24]
@@ -160,22 +158,177 @@ def _longest_tag_start(text: str) -> int:
     return 0
 
 
+_SPACE = " \t\n\r"
+
+
+def _string_end(text: str, start: int) -> int | None:
+    """The index after the JSON string opening at ``text[start]``; None if it does not end within ``text``."""
+    i = start + 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+        elif text[i] == '"':
+            return i + 1
+        else:
+            i += 1
+    return None
+
+
+def _value_end(text: str, start: int) -> int | None:
+    """The index after the JSON value beginning at ``text[start]``; None if it may go on past ``text``."""
+    if text[start] == '"':
+        return _string_end(text, start)
+    if text[start] in "{[":
+        depth, i = 0, start
+        while i < len(text):
+            if text[i] == '"':
+                end = _string_end(text, i)
+                if end is None:
+                    return None
+                i = end
+                continue
+            if text[i] in "{[":
+                depth += 1
+            elif text[i] in "}]":
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        return None
+    i = start
+    while i < len(text) and text[i] not in ",}]" + _SPACE:
+        i += 1
+    return i if i < len(text) else None  # a number or a literal at the end may go on
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _SPACE:
+        i += 1
+    return i
+
+
+def _spaced(json_text: str) -> str:
+    """JSON text written the one way every call's arguments are, as ``json.dumps`` spaces it: no whitespace outside
+    strings but a space after each comma and colon (the model may spread its arguments over lines). Reading more of
+    the text only ever adds to the result, so it can stream."""
+    out: list[str] = []
+    in_string = escaped = False
+    for char in json_text:
+        if in_string:
+            out.append(char)
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+            out.append(char)
+        elif char in ",:":
+            out.append(char + " ")
+        elif char not in _SPACE:
+            out.append(char)
+    return "".join(out)
+
+
+@dataclass
+class _WrittenCall:
+    """What a call object written so far holds: ``{"name": ..., "arguments": ...}``, possibly cut short."""
+
+    name: str | None = None  # once its string is whole
+    arguments: str | None = None  # the arguments' JSON text so far; None before it begins
+    arguments_whole: bool = False
+    end: int | None = None  # the index after the object's closing brace, once written
+    broken: bool = False  # not a call object after all
+
+    def arguments_text(self, final: bool) -> str:
+        """The call's arguments as the client gets them, so far (``final``: the output has ended)."""
+        if self.arguments is None:
+            return "{}" if self.end is not None else ""
+        if self.arguments.startswith('"'):  # arguments written as a JSON string of JSON: the string's text
+            if not self.arguments_whole:
+                return self.arguments if final else ""
+            try:
+                text = json.loads(self.arguments)
+            except ValueError:  # a bad escape
+                return self.arguments
+            return text if isinstance(text, str) else self.arguments
+        return _spaced(self.arguments)
+
+
+def _read_call(text: str, start: int) -> _WrittenCall:
+    call = _WrittenCall()
+    i = _skip_space(text, start)
+    if i == len(text):
+        return call
+    if text[i] != "{":
+        call.broken = True
+        return call
+    i += 1
+    while True:
+        i = _skip_space(text, i)
+        if i == len(text):
+            return call
+        if text[i] == "}":
+            call.end = i + 1
+            return call
+        if text[i] == ",":
+            i += 1
+            continue
+        key_end = _string_end(text, i) if text[i] == '"' else None
+        if text[i] != '"' or key_end is None:
+            call.broken = text[i] != '"'
+            return call
+        key = text[i + 1 : key_end - 1]
+        i = _skip_space(text, key_end)
+        if i == len(text):
+            return call
+        if text[i] != ":":
+            call.broken = True
+            return call
+        i = _skip_space(text, i + 1)
+        if i == len(text):
+            return call
+        end = _value_end(text, i)
+        if key == "arguments":
+            call.arguments, call.arguments_whole = text[i:end] if end is not None else text[i:], end is not None
+        elif key == "name" and end is not None:
+            try:
+                name = json.loads(text[i:end])
+            except ValueError:
+                name = None
+            if not isinstance(name, str):
+                call.broken = True
+                return call
+            call.name = name
+        if end is None:
+            return call
+        i = end
+
+
 @dataclass
 class ToolCallReader:
-    """Splits a request's output, as it streams, into text for the client and tool calls. In auto mode, text streams
-    until a call's opening tag, and the rest is held until the end; in the forced modes the whole output is the call.
-    Held text that does not turn out to be calls of the request's tools is given back as text, so nothing is lost."""
+    """Splits a request's output, as it streams, into text for the client and tool calls, whose arguments stream too.
+
+    In auto mode, text streams until a call's opening tag; what follows is read as calls. A call is announced once
+    it names one of the request's tools, and its arguments then stream as the model writes them (spaced one way,
+    ``_spaced``). In the forced modes the whole output is the call(s), which the grammar keeps well-formed. Text
+    that never names an offered tool is given back as text at the end, so nothing is lost; as with OpenAI's models,
+    the arguments of an announced call are what the model wrote, even if cut short by max_tokens."""
 
     request: CompletionRequested
     mode: ToolMode = field(init=False)
     held: str = ""
     calling: bool = False
+    ended: bool = False
+    sent: list[int] = field(default_factory=list)  # characters of each announced call's arguments given out
 
     def __post_init__(self) -> None:
         self.mode = tool_mode(self.request)
 
     def feed(self, text: str) -> str:
-        """The part of ``text`` that may go to the client now."""
+        """The part of ``text`` that may go to the client now as text; calls come out of ``pieces``."""
         if self.mode == "text":
             return text
         if self.mode != "auto" or self.calling:
@@ -189,6 +342,27 @@ class ToolCallReader:
         if keep:
             text, self.held = text[:-keep], text[-keep:]
         return text
+
+    def pieces(self) -> list[ToolCallPiece]:
+        """The calls' pieces written since the last time: a call's first piece opens it, even with no arguments."""
+        out = []
+        for index, (name, arguments) in enumerate(self._announced()):
+            if index == len(self.sent):
+                self.sent.append(0)
+            elif len(arguments) == self.sent[index]:
+                continue
+            piece = arguments[self.sent[index] :]
+            out.append(
+                ToolCallPiece(
+                    index=index,
+                    id=call_id(self.request.request_id, index),
+                    name=name,
+                    arguments=piece,
+                    arguments_offset=self.sent[index],
+                )
+            )
+            self.sent[index] = len(arguments)
+        return out
 
     @classmethod
     def read_whole(
@@ -204,54 +378,58 @@ class ToolCallReader:
     def finish(self, finish_reason: FinishReason) -> tuple[str, list[ToolCall] | None, FinishReason]:
         """The text still to give the client, the calls (None: none), and the finish reason to report: tool_calls
         when the model ended by calling (OpenAI keeps stop for a named function, whose call was not the model's
-        choice)."""
-        held, self.held = self.held, ""
+        choice). ``pieces`` then gives what is left of the calls."""
+        self.ended = True
         if self.mode == "text":
+            return "", None, finish_reason
+        announced = self._announced()
+        if not announced:
+            held, self.held, self.calling = self.held, "", False
             return held, None, finish_reason
-        calls = self._calls(held, finish_reason)
-        if calls is None:
-            return held, None, finish_reason
+        calls = [
+            ToolCall(id=call_id(self.request.request_id, i), function=FunctionCall(name=name, arguments=arguments))
+            for i, (name, arguments) in enumerate(announced)
+        ]
         ended_by_calling = finish_reason == "stop" and self.mode != "named"
         return "", calls, "tool_calls" if ended_by_calling else finish_reason
 
-    def _calls(self, held: str, finish_reason: FinishReason) -> list[ToolCall] | None:
+    def _announced(self) -> list[tuple[str, str]]:
+        """(name, arguments so far) of each call announced in the held text: one naming an offered tool."""
+        if self.mode == "text" or not self.held:
+            return []
         if self.mode == "named":
             assert self.request.tool_choice_function is not None
-            # cut short by max_tokens, the arguments are given as written, as OpenAI does
-            written = [(self.request.tool_choice_function, _compact(held.strip()))]
-        else:
-            found = self._written_calls(held)
-            if not found:
-                return None
-            written = found if self.request.parallel_tool_calls else found[:1]
-        return [
-            ToolCall(id=call_id(self.request.request_id, i), function=FunctionCall(name=name, arguments=arguments))
-            for i, (name, arguments) in enumerate(written)
-        ]
-
-    def _written_calls(self, held: str) -> list[tuple[str, str]] | None:
-        """(name, arguments) of each call in ``held``; None unless every one is a well-formed call of a known tool."""
-        if self.mode == "required":
-            try:
-                objects = json.loads(held)
-            except ValueError:
-                return None
-            if not isinstance(objects, list):
-                return None
-        else:
-            objects = []
-            for block in _CALL_BLOCK.findall(held):
-                try:
-                    objects.append(json.loads(block))
-                except ValueError:
-                    return None
+            return [(self.request.tool_choice_function, _spaced(self.held))]
         names = {t.name for t in self.request.tools}
         calls = []
-        for obj in objects:
-            if not isinstance(obj, dict) or obj.get("name") not in names:
-                return None
-            arguments = obj.get("arguments", {})
-            if not isinstance(arguments, dict):
-                return None
-            calls.append((obj["name"], json.dumps(arguments, ensure_ascii=False)))  # as _compact writes them
-        return calls or None
+        for call in self._written():
+            if call.name not in names:
+                break
+            calls.append((call.name, call.arguments_text(self.ended)))
+            if call.broken or call.end is None:
+                break
+        return calls if self.request.parallel_tool_calls else calls[:1]
+
+    def _written(self) -> list[_WrittenCall]:
+        """The call objects in the held text, up to the first that is broken or not yet closed."""
+        text, calls = self.held, []
+        if self.mode == "required":  # a JSON array of calls
+            i = _skip_space(text, 0)
+            if i == len(text) or text[i] != "[":
+                return []
+            i += 1
+            while True:
+                calls.append(call := _read_call(text, i))
+                if call.broken or call.end is None:
+                    return calls
+                i = _skip_space(text, call.end)
+                if i == len(text) or text[i] != ",":
+                    return calls
+                i += 1
+        start = text.find(CALL_OPEN)  # auto: calls inside <tool_call></tool_call>, anything between them ignored
+        while start >= 0:
+            calls.append(call := _read_call(text, start + len(CALL_OPEN)))
+            if call.broken or call.end is None:
+                return calls
+            start = text.find(CALL_OPEN, call.end)
+        return calls

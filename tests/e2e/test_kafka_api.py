@@ -74,7 +74,7 @@ async def test_request_produced_to_kafka_gets_its_completion_on_its_own_reply_to
     assert final["usage"]["total_tokens"] == final["usage"]["prompt_tokens"] + final["usage"]["completion_tokens"]
 
 
-async def test_a_tool_call_produced_to_kafka_comes_back_as_a_call_and_never_as_streamed_text(
+async def test_a_tool_call_produced_to_kafka_streams_as_pieces_of_the_call_never_as_text(
     platform: Platform,
 ) -> None:
     request_id = f"agent-{uuid.uuid4().hex}"
@@ -100,3 +100,10 @@ async def test_a_tool_call_produced_to_kafka_comes_back_as_a_call_and_never_as_s
     deltas = [e for e in events if e["event"] == "tokens_generated"]
     assert "".join(d["text"] for d in deltas) == ""  # the call's JSON never streams as text
     assert sum(d["token_count"] for d in deltas) == final["usage"]["completion_tokens"]  # its tokens are counted
+    # it streams as pieces of the call instead, which add up to it
+    pieces = [p for d in deltas for p in d["tool_calls"]]
+    assert {(p["index"], p["id"], p["name"]) for p in pieces} == {(0, call["id"], "get_weather")}
+    assert [p["arguments_offset"] for p in pieces] == [
+        sum(len(q["arguments"]) for q in pieces[:i]) for i in range(len(pieces))
+    ]
+    assert "".join(p["arguments"] for p in pieces) == call["function"]["arguments"]

@@ -86,7 +86,7 @@ def test_a_required_call_is_a_call_of_an_offered_tool_with_arguments_that_match_
         jsonschema.validate(json.loads(call.function.arguments), offered[call.function.name])
 
 
-async def test_a_named_call_streams_whole_in_one_delta_and_matches_the_unstreamed_one(platform: Platform) -> None:
+async def test_a_named_call_s_arguments_stream_in_pieces_that_join_to_the_unstreamed_call(platform: Platform) -> None:
     asked = {
         "model": DEFAULT_MODEL,
         "messages": QUESTION,
@@ -111,9 +111,12 @@ async def test_a_named_call_streams_whole_in_one_delta_and_matches_the_unstreame
         deltas += choice.delta.tool_calls or []
         finishes.append(choice.finish_reason)
     assert "".join(texts) == ""  # the call's JSON is never streamed as text
-    assert [(d.index, d.function.name, d.function.arguments) for d in deltas] == [
-        (0, "get_weather", call.function.arguments)  # type: ignore[union-attr]
-    ]
+    # as OpenAI streams a call: the first delta opens it (id, type, name), the others bring its arguments on
+    opening, *rest = deltas
+    assert (opening.index, opening.type, opening.function.name) == (0, "function", "get_weather")  # type: ignore[union-attr]
+    assert opening.id is not None and opening.id.startswith("call_")  # the request's own (ids derive from its id)
+    assert rest and all((d.index, d.id, d.type, d.function.name) == (0, None, None, None) for d in rest)  # type: ignore[union-attr]
+    assert "".join(d.function.arguments for d in deltas) == call.function.arguments  # type: ignore[union-attr]
     assert finishes[-1] == "stop"
 
 
@@ -132,7 +135,8 @@ async def test_in_auto_mode_the_model_decides_to_call_and_its_call_is_read_out_o
         deltas += chunk.choices[0].delta.tool_calls or []
         finishes.append(chunk.choices[0].finish_reason)
     assert "<tool_call>" not in "".join(texts) and "get_weather" not in "".join(texts)
-    assert [d.function.arguments for d in deltas] == [choice.message.tool_calls[0].function.arguments]  # type: ignore[union-attr]
+    assert deltas[0].function.name == "get_weather" and deltas[0].id  # type: ignore[union-attr]
+    assert "".join(d.function.arguments for d in deltas) == choice.message.tool_calls[0].function.arguments  # type: ignore[union-attr]
     assert finishes[-1] == "tool_calls"
 
 

@@ -23,6 +23,7 @@ from services.ingress.serving import (
     text_completion,
     to_completion_requested,
     usage_of,
+    without_repeats,
 )
 from shared.contracts import (
     CompletionFinished,
@@ -34,6 +35,7 @@ from shared.contracts import (
     ResponseFormat,
     TokensGenerated,
     ToolCall,
+    ToolCallPiece,
     Usage,
     utc_now,
 )
@@ -564,3 +566,56 @@ async def test_tool_calls_come_back_as_openai_gives_them_whole_and_streamed() ->
     }
     assert calls["choices"][0]["finish_reason"] is None
     assert finish["choices"][0]["finish_reason"] == "tool_calls" and done == "[DONE]"
+
+
+def piece(sequence: int, arguments: str, offset: int, index: int = 0, text_offset: int = 0) -> TokensGenerated:
+    call = CALLS[index]
+    return TokensGenerated(
+        request_id="r",
+        sequence=sequence,
+        text="",
+        token_count=1,
+        text_offset=text_offset,
+        tool_calls=[
+            ToolCallPiece(
+                index=index, id=call.id, name=call.function.name, arguments=arguments, arguments_offset=offset
+            )
+        ],
+    )
+
+
+async def test_streamed_call_pieces_become_openai_s_call_deltas_and_the_final_adds_only_what_they_lacked() -> None:
+    final = CompletionFinished(
+        request_id="r", sequence=4, model="m", text="", tool_calls=CALLS, finish_reason="tool_calls", usage=USAGE
+    )
+    # a worker died after two pieces; the one that took over streams the calls again from the start
+    events = [
+        piece(0, "", 0),
+        piece(1, '{"city": "O', 0),
+        piece(0, '{"city": "Oslo"', 0),
+        piece(1, "}", len('{"city": "Oslo"')),
+        piece(2, '{"city": "Ro', 0, index=1),
+        final,  # call_b's arguments end in it: as a response held for review and then released would
+    ]
+    chunks = parse([line async for line in stream_sse("r", "m", False, merged([without_repeats(events_of(*events))]))])
+    deltas = [c["choices"][0]["delta"]["tool_calls"] for c in chunks[1:-2]]  # type: ignore[index]
+    assert deltas == [
+        [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}],
+        [{"index": 0, "function": {"arguments": '{"city": "O'}}],
+        [{"index": 0, "function": {"arguments": 'slo"'}}],
+        [{"index": 0, "function": {"arguments": "}"}}],
+        [
+            {
+                "index": 1,
+                "id": "call_b",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Ro'},
+            }
+        ],
+        [{"index": 1, "function": {"arguments": 'me"}'}}],
+    ]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"  # type: ignore[index]
+    joined = {}
+    for delta in (d for ds in deltas for d in ds):
+        joined[delta["index"]] = joined.get(delta["index"], "") + delta["function"]["arguments"]
+    assert joined == {0: CALLS[0].function.arguments, 1: CALLS[1].function.arguments}

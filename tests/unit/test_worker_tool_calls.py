@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import random
 
 import jsonschema
 import pytest
 
 from services.worker.tool_calls import ToolCallReader, call_id, conversation, forced_schema, tool_mode
-from shared.contracts import ChatMessage, CompletionRequested, FunctionCall, FunctionTool, ToolCall
+from shared.contracts import (
+    ChatMessage,
+    CompletionRequested,
+    FinishReason,
+    FunctionCall,
+    FunctionTool,
+    ToolCall,
+    ToolCallPiece,
+)
 
 WEATHER = FunctionTool(
     name="get_weather",
@@ -228,3 +237,124 @@ def test_without_tools_the_tiny_models_template_is_plain_chatml() -> None:
     turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     (prompt,), _ = render_jinja_template([turns], chat_template=TINY_CHAT_TEMPLATE, add_generation_prompt=True)
     assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def streamed_calls(reader: ToolCallReader, chunks: list[str], finish_reason: FinishReason = "stop") -> list[dict]:
+    """Feeds ``chunks`` and finishes, joining the pieces of each call as a client joins OpenAI's deltas."""
+    calls: list[dict] = []
+    for chunk in chunks:
+        reader.feed(chunk)
+        joined(calls, reader.pieces())
+    reader.finish(finish_reason)
+    joined(calls, reader.pieces())
+    return calls
+
+
+def joined(calls: list[dict], pieces: list[ToolCallPiece]) -> None:
+    for piece in pieces:
+        if piece.index == len(calls):
+            calls.append({"id": piece.id, "name": piece.name, "arguments": ""})
+        assert piece.arguments_offset == len(calls[piece.index]["arguments"])
+        calls[piece.index]["arguments"] += piece.arguments
+
+
+def as_dicts(calls: list[ToolCall] | None) -> list[dict]:
+    return [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in calls or []]
+
+
+OUTPUTS = [
+    (request(), 'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris",\n "days": [1, 2]}}\n'
+     "</tool_call>"),
+    (request(), '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>\n<tool_call>{"name": "get_weather", '
+     '"arguments": {"city": "Rio \\"de\\" Janeiro, {RJ}: \\\\o/"}}</tool_call>'),
+    (request(), '<tool_call>{"arguments": {"city": "Oslo"}, "name": "get_weather"}</tool_call>'),
+    (request(), '<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Lima\\"}"}</tool_call>'),
+    (request(tool_choice="required"), '[\n  {"name": "get_weather", "arguments": {"city": "Paris"}},\n'
+     '  {"name": "get_time", "arguments": {}}\n]'),
+    (request(tool_choice="required", tool_choice_function="get_weather"), '\n{\n  "city" :  "Paris"\n}\n'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("req", "output"), OUTPUTS)
+def test_streamed_pieces_join_to_the_calls_read_whole_however_the_output_is_split(
+    req: CompletionRequested, output: str
+) -> None:
+    text, whole, _ = ToolCallReader.read_whole(req, output, "stop")
+    assert whole and text in ("", "Sure.\n")
+    for arguments in (c.function.arguments for c in whole):
+        json.loads(arguments)  # each is JSON text
+    for size in (1, 2, 3, 7, len(output)):
+        chunks = [output[i : i + size] for i in range(0, len(output), size)]
+        assert streamed_calls(ToolCallReader(req), chunks) == as_dicts(whole), size
+
+
+def test_arguments_stream_as_they_are_written_spaced_one_way() -> None:
+    reader = ToolCallReader(request())
+    assert reader.feed('I will look.<tool_call>{"name": "get_w') == "I will look."
+    assert reader.pieces() == []  # no call until it names an offered tool
+    reader.feed('eather", "arguments": {"city":\n  "Par')
+    (opening,) = reader.pieces()
+    assert (opening.index, opening.name, opening.id) == (0, "get_weather", call_id("req-1", 0))
+    assert (opening.arguments, opening.arguments_offset) == ('{"city": "Par', 0)
+    reader.feed('is"}}</tool_call>')
+    (rest,) = reader.pieces()
+    assert (rest.arguments, rest.arguments_offset) == ('is"}', len('{"city": "Par'))
+    assert reader.finish("stop")[1:] == (
+        [ToolCall(id=call_id("req-1", 0), function=FunctionCall(name="get_weather", arguments='{"city": "Paris"}'))],
+        "tool_calls",
+    )
+    assert reader.pieces() == []
+
+
+def test_a_named_call_opens_at_once_and_a_required_call_cut_short_keeps_what_was_written() -> None:
+    named = ToolCallReader(request(tool_choice="required", tool_choice_function="get_time"))
+    named.feed("{")
+    assert [(p.name, p.arguments) for p in named.pieces()] == [("get_time", "{")]
+    cut = ToolCallReader.read_whole(
+        request(tool_choice="required"), '[{"name": "get_weather", "arguments": {"ci', "length"
+    )
+    assert cut == ("", [ToolCall(id=call_id("req-1", 0), function=FunctionCall(name="get_weather", arguments='{"ci'))],
+                   "length")  # fmt: skip
+
+
+def call_like(rng: random.Random, required: bool) -> str:
+    """An output of calls as a model might write them: well-formed or not, cut short or not."""
+    calls = []
+    for _ in range(rng.randint(1, 2)):
+        name = rng.choice(["get_weather", "get_time", "rm_rf"])
+        arguments = rng.choice(
+            ['{"city": "Paris"}', '{"city": "a\\"}{"}', "{}", '"{\\"city\\": 1}"', '{"n": [1, 2.5e3, true, null]}']
+        )
+        written = rng.choice(
+            [f'{{"name": "{name}", "arguments": {arguments}}}', f'{{"arguments": {arguments}, "name": "{name}"}}']
+        )
+        calls.append(written.replace(", ", rng.choice([", ", ",\n  ", ","])))
+    if required:
+        output = "[" + ", ".join(calls) + "]"
+    else:
+        output = "Let me see. " + " ".join(f"<tool_call>\n{c}\n</tool_call>" for c in calls)
+    if rng.random() < 0.3:  # written wrong somewhere
+        at = rng.randrange(len(output))
+        output = output[:at] + rng.choice('{}[]",: x\\') + output[at + 1 :]
+    if rng.random() < 0.5:  # cut short
+        output = output[: rng.randrange(len(output))]
+    return output
+
+
+@pytest.mark.parametrize("mode", [{}, {"tool_choice": "required"}])
+def test_any_output_split_anyhow_streams_pieces_that_join_to_what_is_read_whole(mode: dict) -> None:
+    rng = random.Random(7)
+    req = request(**mode)
+    with_arguments = 0
+    for _ in range(500):
+        output = call_like(rng, required=bool(mode))
+        text, whole, _ = ToolCallReader.read_whole(req, output, "length")
+        with_arguments += any(c.function.arguments not in ("", "{}") for c in whole or [])
+        reader = ToolCallReader(req)
+        cuts = sorted(rng.sample(range(len(output) + 1), min(4, len(output) + 1)))
+        chunks = [output[a:b] for a, b in zip([0, *cuts], [*cuts, len(output)], strict=True)]
+        assert streamed_calls(reader, chunks, "length") == as_dicts(whole), output
+        # without a call, all the text comes back; with calls, what came before them (auto) or nothing (required)
+        before_calls = "" if mode else output[: output.find("<tool_call>")]
+        assert text == (before_calls if whole else output), output
+    assert with_arguments > 100  # the outputs made calls with arguments, not only text
