@@ -210,10 +210,13 @@ def _skip_space(text: str, i: int) -> int:
 def _spaced(json_text: str) -> str:
     """JSON text written the one way every call's arguments are, as ``json.dumps`` spaces it: no whitespace outside
     strings but a space after each comma and colon (the model may spread its arguments over lines). Reading more of
-    the text only ever adds to the result, so it can stream."""
+    the text only ever adds to the result, so it can stream. It ends at a ``<`` outside strings, never JSON: a call
+    whose arguments the model left open ends there, at its closing tag."""
     out: list[str] = []
     in_string = escaped = False
     for char in json_text:
+        if char == "<" and not in_string:
+            break
         if in_string:
             out.append(char)
             if escaped:
@@ -291,9 +294,9 @@ def _read_call(text: str, start: int) -> _WrittenCall:
         if i == len(text):
             return call
         end = _value_end(text, i)
-        if key == "arguments":
+        if key == "arguments" and call.arguments is None:  # the first one written counts: what streamed stays
             call.arguments, call.arguments_whole = text[i:end] if end is not None else text[i:], end is not None
-        elif key == "name" and end is not None:
+        elif key == "name" and end is not None and call.name is None:
             try:
                 name = json.loads(text[i:end])
             except ValueError:

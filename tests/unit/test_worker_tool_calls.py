@@ -268,6 +268,7 @@ OUTPUTS = [
     (request(), '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>\n<tool_call>{"name": "get_weather", '
      '"arguments": {"city": "Rio \\"de\\" Janeiro, {RJ}: \\\\o/"}}</tool_call>'),
     (request(), '<tool_call>{"arguments": {"city": "Oslo"}, "name": "get_weather"}</tool_call>'),
+    (request(), '<tool_call>{"name": "get_time", "arguments": {"a": 1}, "arguments": {}}</tool_call>'),
     (request(), '<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Lima\\"}"}</tool_call>'),
     (request(tool_choice="required"), '[\n  {"name": "get_weather", "arguments": {"city": "Paris"}},\n'
      '  {"name": "get_time", "arguments": {}}\n]'),
@@ -304,6 +305,13 @@ def test_arguments_stream_as_they_are_written_spaced_one_way() -> None:
         "tool_calls",
     )
     assert reader.pieces() == []
+
+
+def test_arguments_the_model_left_open_end_at_the_closing_tag() -> None:
+    output = '<tool_call>{"name": "get_weather", "arguments": {"city": "<b>Paris</b>"</tool_call> Done.'
+    _, calls, _ = ToolCallReader.read_whole(request(), output, "stop")
+    assert calls is not None and calls[0].function.arguments == '{"city": "<b>Paris</b>"'
+    assert streamed_calls(ToolCallReader(request()), list(output)) == as_dicts(calls)
 
 
 def test_a_named_call_opens_at_once_and_a_required_call_cut_short_keeps_what_was_written() -> None:
