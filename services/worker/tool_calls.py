@@ -207,61 +207,101 @@ def _skip_space(text: str, i: int) -> int:
     return i
 
 
-def _spaced(json_text: str) -> str:
-    """JSON text written the one way every call's arguments are, as ``json.dumps`` spaces it: no whitespace outside
-    strings but a space after each comma and colon (the model may spread its arguments over lines). Reading more of
-    the text only ever adds to the result, so it can stream. It ends at a ``<`` outside strings, never JSON: a call
-    whose arguments the model left open ends there, at its closing tag."""
-    out: list[str] = []
-    in_string = escaped = False
-    for char in json_text:
-        if char == "<" and not in_string:
-            break
-        if in_string:
-            out.append(char)
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
+@dataclass
+class _ArgumentsScan:
+    """Reads a call's arguments, a JSON value beginning at ``start`` in a text that only grows, each character once:
+    where the value ends, and its text written the one way every call's arguments are, as ``json.dumps`` spaces it
+    (no whitespace outside strings, a space after each comma and colon; the model may spread its arguments over
+    lines). Reading more of the text only ever adds to ``spaced``, so it can stream. ``spaced`` ends at a ``<``
+    outside strings, never JSON: a call whose arguments the model left open ends there, at its closing tag."""
+
+    start: int
+    position: int = -1  # the next character to read
+    depth: int = 0
+    in_string: bool = False
+    escaped: bool = False
+    stopped: bool = False  # met a < outside strings
+    end: int | None = None  # the index after the value, once it is whole
+    spaced: str = ""
+
+    def read(self, text: str) -> None:
+        if self.end is not None:
+            return
+        scalar = text[self.start] not in '"{['
+        i = max(self.position, self.start)
+        out: list[str] = []
+        while i < len(text):
+            char = text[i]
+            if self.in_string:
+                out.append(char)
+                if self.escaped:
+                    self.escaped = False
+                elif char == "\\":
+                    self.escaped = True
+                elif char == '"':
+                    self.in_string = False
+                    if self.depth == 0:
+                        self.end = i + 1
+                        break
+            elif scalar and char in ",}]" + _SPACE:
+                self.end = i
+                break
+            elif char == "<" and not self.stopped:
+                self.spaced += "".join(out)
+                self.stopped = True
             elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-            out.append(char)
-        elif char in ",:":
-            out.append(char + " ")
-        elif char not in _SPACE:
-            out.append(char)
-    return "".join(out)
+                self.in_string = True
+                out.append(char)
+            elif char in "{[":
+                self.depth += 1
+                out.append(char)
+            elif char in "}]":
+                self.depth -= 1
+                out.append(char)
+                if self.depth == 0:
+                    self.end = i + 1
+                    break
+            elif char in ",:":
+                out.append(char + " ")
+            elif char not in _SPACE:
+                out.append(char)
+            i += 1
+        self.position = i + 1 if self.end is not None else i
+        if not self.stopped:
+            self.spaced += "".join(out)
 
 
 @dataclass
 class _WrittenCall:
     """What a call object written so far holds: ``{"name": ..., "arguments": ...}``, possibly cut short."""
 
+    text: str
     name: str | None = None  # once its string is whole
-    arguments: str | None = None  # the arguments' JSON text so far; None before it begins
-    arguments_whole: bool = False
+    arguments: _ArgumentsScan | None = None  # None before the arguments begin
     end: int | None = None  # the index after the object's closing brace, once written
     broken: bool = False  # not a call object after all
 
     def arguments_text(self, final: bool) -> str:
         """The call's arguments as the client gets them, so far (``final``: the output has ended)."""
-        if self.arguments is None:
+        scan = self.arguments
+        if scan is None:
             return "{}" if self.end is not None else ""
-        if self.arguments.startswith('"'):  # arguments written as a JSON string of JSON: the string's text
-            if not self.arguments_whole:
-                return self.arguments if final else ""
-            try:
-                text = json.loads(self.arguments)
-            except ValueError:  # a bad escape
-                return self.arguments
-            return text if isinstance(text, str) else self.arguments
-        return _spaced(self.arguments)
+        if self.text[scan.start] != '"':
+            return scan.spaced
+        # arguments written as a JSON string of JSON: the string's text, once whole
+        raw = self.text[scan.start : scan.end]
+        if scan.end is None:
+            return raw if final else ""
+        try:
+            text = json.loads(raw)
+        except ValueError:  # a bad escape
+            return raw
+        return text if isinstance(text, str) else raw
 
 
-def _read_call(text: str, start: int) -> _WrittenCall:
-    call = _WrittenCall()
+def _read_call(text: str, start: int, scans: dict[int, _ArgumentsScan]) -> _WrittenCall:
+    """The call object written from ``start``; ``scans`` keeps what was read of arguments the last time."""
+    call = _WrittenCall(text)
     i = _skip_space(text, start)
     if i == len(text):
         return call
@@ -293,10 +333,13 @@ def _read_call(text: str, start: int) -> _WrittenCall:
         i = _skip_space(text, i + 1)
         if i == len(text):
             return call
-        end = _value_end(text, i)
         if key == "arguments" and call.arguments is None:  # the first one written counts: what streamed stays
-            call.arguments, call.arguments_whole = text[i:end] if end is not None else text[i:], end is not None
-        elif key == "name" and end is not None and call.name is None:
+            call.arguments = scans.setdefault(i, _ArgumentsScan(i))
+            call.arguments.read(text)
+            end = call.arguments.end
+        else:
+            end = _value_end(text, i)
+        if key == "name" and end is not None and call.name is None:
             try:
                 name = json.loads(text[i:end])
             except ValueError:
@@ -316,7 +359,7 @@ class ToolCallReader:
 
     In auto mode, text streams until a call's opening tag; what follows is read as calls. A call is announced once
     it names one of the request's tools, and its arguments then stream as the model writes them (spaced one way,
-    ``_spaced``). In the forced modes the whole output is the call(s), which the grammar keeps well-formed. Text
+    ``_ArgumentsScan``). In the forced modes the whole output is the call(s), which the grammar keeps well-formed. Text
     that never names an offered tool is given back as text at the end, so nothing is lost; as with OpenAI's models,
     the arguments of an announced call are what the model wrote, even if cut short by max_tokens."""
 
@@ -326,6 +369,7 @@ class ToolCallReader:
     calling: bool = False
     ended: bool = False
     sent: list[int] = field(default_factory=list)  # characters of each announced call's arguments given out
+    _scans: dict[int, _ArgumentsScan] = field(default_factory=dict)  # arguments read so far, by where they begin
 
     def __post_init__(self) -> None:
         self.mode = tool_mode(self.request)
@@ -402,7 +446,12 @@ class ToolCallReader:
             return []
         if self.mode == "named":
             assert self.request.tool_choice_function is not None
-            return [(self.request.tool_choice_function, _spaced(self.held))]
+            start = _skip_space(self.held, 0)
+            if start == len(self.held):
+                return [(self.request.tool_choice_function, "")]
+            scan = self._scans.setdefault(start, _ArgumentsScan(start))
+            scan.read(self.held)
+            return [(self.request.tool_choice_function, scan.spaced)]
         names = {t.name for t in self.request.tools}
         calls = []
         for call in self._written():
@@ -422,7 +471,7 @@ class ToolCallReader:
                 return []
             i += 1
             while True:
-                calls.append(call := _read_call(text, i))
+                calls.append(call := _read_call(text, i, self._scans))
                 if call.broken or call.end is None:
                     return calls
                 i = _skip_space(text, call.end)
@@ -431,7 +480,7 @@ class ToolCallReader:
                 i += 1
         start = text.find(CALL_OPEN)  # auto: calls inside <tool_call></tool_call>, anything between them ignored
         while start >= 0:
-            calls.append(call := _read_call(text, start + len(CALL_OPEN)))
+            calls.append(call := _read_call(text, start + len(CALL_OPEN), self._scans))
             if call.broken or call.end is None:
                 return calls
             start = text.find(CALL_OPEN, call.end)
