@@ -136,6 +136,31 @@ class ResponseFormat(BaseModel):
         return self
 
 
+class StructuredOutputs(BaseModel):
+    """A form the output must take, beyond JSON (for which see ResponseFormat), as vLLM's ``structured_outputs``
+    takes it: exactly one of ``choice``, ``regex`` and ``grammar``. Enforced token by token by the engine's
+    grammar-guided decoding."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    choice: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="The output is exactly one of these strings."
+    )
+    regex: str | None = Field(None, min_length=1, description="The whole output matches this regular expression.")
+    grammar: str | None = Field(
+        None,
+        min_length=1,
+        description="The output is a sentence of this context-free grammar, in the EBNF (GBNF) or Lark form vLLM "
+        "takes.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredOutputs:
+        if sum(v is not None for v in (self.choice, self.regex, self.grammar)) != 1:
+            raise ValueError("exactly one of choice, regex and grammar must be given")
+        return self
+
+
 MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs, and OpenAI's top_logprobs limit
 MAX_LOGIT_BIAS = 1024  # tokens one request may bias: keeps a request's record small
 TokenId = Annotated[int, Field(ge=0, description="A token id of the model's tokenizer.")]
@@ -223,6 +248,11 @@ class SamplingParams(BaseModel):
         "model's tokenizer: -100 in effect bans a token, 100 in effect forces it. An id outside the model's vocabulary "
         "fails the request (GenerationFailed, param logit_bias). Empty: none.",
     )
+    structured_outputs: StructuredOutputs | None = Field(
+        None,
+        description="A choice, regular expression or grammar the completion must follow (vLLM's structured_outputs); "
+        "not with response_format. None: free text.",
+    )
     # vLLM's own sampling options beyond OpenAI's, which clients of vLLM's server send (extra_body)
     top_k: int = Field(0, ge=0, description="Sample among this many most likely tokens only (vLLM's top_k); 0 is off.")
     min_p: float = Field(
@@ -247,9 +277,11 @@ class SamplingParams(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _min_tokens_within_max_tokens(self) -> SamplingParams:
+    def _consistent(self) -> SamplingParams:
         if self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens ({self.min_tokens}) is more than max_tokens ({self.max_tokens})")
+        if self.response_format is not None and self.structured_outputs is not None:
+            raise ValueError("response_format and structured_outputs cannot both be given")
         return self
 
 
@@ -363,12 +395,15 @@ class CompletionRequested(Message):
             self.tool_choice != "required" or self.tool_choice_function not in {t.name for t in self.tools}
         ):
             raise ValueError("tool_choice_function must name one of tools, with tool_choice required")
+        sampling = self.sampling
         if (
             self.tools
             and self.tool_choice != "none"
-            and (self.sampling.logprobs is not None or self.sampling.response_format)
+            and (sampling.logprobs is not None or sampling.response_format or sampling.structured_outputs)
         ):
-            raise ValueError("logprobs and response_format are not served with tools the model may call")
+            raise ValueError(
+                "logprobs, response_format and structured_outputs are not served with tools the model may call"
+            )
         return self
 
 

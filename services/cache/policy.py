@@ -27,6 +27,7 @@ from shared.contracts import (
     FinishReason,
     ReplyEvent,
     ResponseFormat,
+    StructuredOutputs,
     TokensGenerated,
     Usage,
     utc_now,
@@ -123,6 +124,11 @@ def _response_format_key(response_format: ResponseFormat) -> dict[str, object]:
     return response_format.model_dump(exclude=set() if response_format.strict else {"strict"})
 
 
+def _structured_outputs_key(structured: StructuredOutputs) -> dict[str, object]:
+    # the choices are a set: in another order they allow the same outputs
+    return structured.model_dump() | ({"choice": sorted(set(structured.choice))} if structured.choice else {})
+
+
 def unseeded_sampling(request: CompletionRequested) -> bool:
     """Sampled with no seed: the answer differs each time it is generated."""
     return request.sampling.temperature > 0 and request.sampling.seed is None
@@ -165,6 +171,10 @@ def normalized(
             ("min_p", 0.0 if greedy else sampling.min_p),
             ("repetition_penalty", sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None),
             ("min_tokens", sampling.min_tokens),
+            (
+                "structured_outputs",
+                sampling.structured_outputs and _structured_outputs_key(sampling.structured_outputs),
+            ),
             ("sample", sample),
         )
         if value

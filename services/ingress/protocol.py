@@ -194,6 +194,33 @@ class ResponseFormatIn(BaseModel):
         return self
 
 
+class StructuredOutputsIn(BaseModel):
+    """vLLM's structured_outputs: exactly one of choice, regex and grammar."""
+
+    model_config = STRICT_INPUT | ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1, "maxProperties": 1})
+
+    choice: Annotated[list[NonEmpty], Field(min_length=1, max_length=256)] | None = Field(
+        None, description="The output is exactly one of these strings."
+    )
+    regex: NonEmpty | None = Field(None, description="The whole output matches this regular expression.")
+    grammar: NonEmpty | None = Field(
+        None, description="The output is a sentence of this context-free grammar (EBNF/GBNF or Lark, as vLLM takes it)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_is_response_format_s(cls, data: Any) -> Any:
+        if isinstance(data, dict) and {"json", "json_object"} & data.keys():
+            raise ValueError('for JSON use response_format (type "json_schema" or "json_object")')
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredOutputsIn:
+        if len(self.model_fields_set) != 1 or all(v is None for v in (self.choice, self.regex, self.grammar)):
+            raise ValueError("give exactly one of choice, regex and grammar")
+        return self
+
+
 class StreamOptions(BaseModel):
     model_config = STRICT_INPUT
 
@@ -240,6 +267,12 @@ class SamplingFields(BaseModel):
         examples=[{"50256": -100}],
     )
     # vLLM's sampling options beyond OpenAI's, as vLLM's server takes them (extra_body in OpenAI's clients)
+    structured_outputs: StructuredOutputsIn | None = Field(
+        None,
+        description="vLLM: the output is one of a list of strings (choice), matches a regular expression (regex) or "
+        "follows a grammar (grammar), enforced token by token by grammar-guided decoding. Not with a JSON "
+        "response_format, nor with tools the model may call. One the engine cannot compile gets a 400 naming it.",
+    )
     top_k: int | None = Field(
         None, ge=-1, description="vLLM: sample among this many most likely tokens only; 0 or -1 (the default) is off."
     )
@@ -289,6 +322,16 @@ class SamplingFields(BaseModel):
         description="ferry: whether the model's default variant may answer when the one asked for cannot run on the "
         "serving hardware; false gets a 400 variant_unavailable (or an error event when streaming) instead.",
     )
+
+    @field_validator("structured_outputs")
+    @classmethod
+    def _not_with_json_output(
+        cls, value: StructuredOutputsIn | None, info: ValidationInfo
+    ) -> StructuredOutputsIn | None:
+        form = info.data.get("response_format")
+        if value is not None and form is not None and form.type != "text":
+            raise ValueError("not with a JSON response_format: give one or the other")
+        return value
 
     @field_validator("min_tokens")
     @classmethod
@@ -628,6 +671,8 @@ def tool_error(request: ChatCompletionRequest) -> tuple[str, str] | None:
             return "logprobs", "logprobs are not served with tools the model may call."
         if request.response_format is not None and request.response_format.type != "text":
             return "response_format", "response_format is not served with tools the model may call."
+        if request.structured_outputs is not None:
+            return "structured_outputs", "structured_outputs is not served with tools the model may call."
     return None
 
 

@@ -52,6 +52,7 @@ from shared.contracts import (
     ReplyEvent,
     ResponseFormat,
     SamplingParams,
+    StructuredOutputs,
     TokenLogprob,
     TokensGenerated,
     ToolCall,
@@ -155,6 +156,11 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         min_p=api.min_p or 0.0,
         repetition_penalty=api.repetition_penalty or 1.0,
         min_tokens=api.min_tokens or 0,
+        structured_outputs=(
+            StructuredOutputs.model_validate(api.structured_outputs.model_dump(exclude_none=True))
+            if api.structured_outputs
+            else None
+        ),
     )
     chat: dict[str, object]
     if isinstance(api, ChatCompletionRequest):

@@ -21,7 +21,6 @@ from shared.contracts import (
     FinishReason,
     FunctionTool,
     PromptLogprobs,
-    ResponseFormat,
     SamplingParams,
     TokenLogprob,
     TopLogprob,
@@ -309,11 +308,18 @@ class Engine:
                 f"{self.config.max_model_len} tokens of prompt and completion together"
             )
         params = self._sampling_params(sampling, max_tokens=min(sampling.max_tokens, room))
-        return self._stream(request_id, token_ids, params, cache_salt)
+        form = "structured_outputs" if sampling.structured_outputs else "response_format"
+        return self._stream(request_id, token_ids, params, cache_salt, form)
 
     async def _stream(
-        self, request_id: str, token_ids: list[int], params: VllmSamplingParams, cache_salt: str | None = None
+        self,
+        request_id: str,
+        token_ids: list[int],
+        params: VllmSamplingParams,
+        cache_salt: str | None = None,
+        form: str = "response_format",
     ) -> AsyncIterator[GenerationStep]:
+        """``form``: the request's field that set the grammar, if any, named when vLLM cannot compile it."""
         from vllm.exceptions import VLLMValidationError
 
         prompt = {"prompt_token_ids": token_ids} | ({"cache_salt": cache_salt} if cache_salt else {})
@@ -355,7 +361,7 @@ class Engine:
                     )
             except VLLMValidationError as exc:  # checked as the request is added, before any output
                 # vLLM names the parameter it checked; a grammar that does not compile comes without a name
-                param = exc.parameter or ("response_format" if params.structured_outputs else "sampling")
+                param = exc.parameter or (form if params.structured_outputs else "sampling")
                 raise InvalidRequest(f"{param}: {exc}", param) from exc
 
     async def score(self, token_ids: list[int]) -> list[TokenScore]:
@@ -423,7 +429,7 @@ class Engine:
             seed=sampling.seed,
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
-            structured_outputs=_structured_outputs(sampling.response_format),
+            structured_outputs=_structured_outputs(sampling),
             logprobs=sampling.logprobs,
             prompt_logprobs=sampling.prompt_logprobs,
             logit_bias=dict(sampling.logit_bias) or None,
@@ -435,10 +441,14 @@ class Engine:
         )
 
 
-def _structured_outputs(response_format: ResponseFormat | None) -> StructuredOutputsParams | None:
-    """vLLM's grammar-guided decoding for a response format: it masks the tokens that would break the JSON."""
+def _structured_outputs(sampling: SamplingParams) -> StructuredOutputsParams | None:
+    """vLLM's grammar-guided decoding for a response format or a structured output: it masks the tokens that would
+    break the form."""
     from vllm.sampling_params import StructuredOutputsParams
 
+    if (structured := sampling.structured_outputs) is not None:
+        return StructuredOutputsParams(choice=structured.choice, regex=structured.regex, grammar=structured.grammar)
+    response_format = sampling.response_format
     if response_format is None:
         return None
     if response_format.type == "json_object":

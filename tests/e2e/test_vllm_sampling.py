@@ -1,7 +1,9 @@
-"""vLLM's sampling options beyond OpenAI's (top_k, min_p, repetition_penalty, min_tokens), sent as clients of vLLM's
-own server send them: in extra_body."""
+"""vLLM's sampling options beyond OpenAI's (top_k, min_p, repetition_penalty, min_tokens, structured_outputs), sent
+as clients of vLLM's own server send them: in extra_body."""
 
 from __future__ import annotations
+
+import re
 
 import httpx
 from openai import OpenAI
@@ -73,3 +75,37 @@ def test_min_tokens_above_max_tokens_or_out_of_range_options_are_400s_naming_the
         )
         assert response.status_code == 400, options
         assert response.json()["error"]["param"] == param and response.json()["error"]["code"] == "invalid_value"
+
+
+def test_structured_outputs_hold_the_answer_to_a_choice_a_regex_or_a_grammar(platform: Platform) -> None:
+    yes_no = {"structured_outputs": {"choice": ["yes", "no"]}}
+    for seed in (1, 2, 3):  # sampled: any answer, but only one of the choices
+        assert answer(platform, temperature=1.5, seed=seed, extra_body=yes_no)[0] in ("yes", "no")
+    phone = re.compile(r"\+33 [1-9]( \d\d){4}")
+    text, _, finish = answer(
+        platform, temperature=1.0, seed=4, extra_body={"structured_outputs": {"regex": phone.pattern}}
+    )
+    assert phone.fullmatch(text) and finish == "stop", text
+    # a grammar, on the plain completions route and streamed
+    grammar = 'root ::= city " is in " country\ncity ::= "Paris" | "Rome"\ncountry ::= "France" | "Italy"'
+    stream = client(platform).completions.create(
+        model=DEFAULT_MODEL,
+        prompt="Name a capital city:",
+        max_tokens=16,
+        stream=True,
+        extra_body={"structured_outputs": {"grammar": grammar}},
+    )
+    streamed = "".join(chunk.choices[0].text for chunk in stream if chunk.choices)
+    assert re.fullmatch(r"(Paris|Rome) is in (France|Italy)", streamed), streamed
+
+
+def test_a_structured_output_the_engine_cannot_compile_or_given_wrong_is_a_400_naming_it(platform: Platform) -> None:
+    for form, status in (({"regex": "([a-z"}, 400), ({"grammar": "root ::= ("}, 400), ({"json": {}}, 400)):
+        response = httpx.post(
+            f"{platform.base_url}/v1/chat/completions",
+            headers=platform.auth,
+            json={"model": TINY_MODEL, "messages": QUESTION, "max_tokens": 4, "structured_outputs": form},
+            timeout=60,
+        )
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["param"] == "structured_outputs", response.text

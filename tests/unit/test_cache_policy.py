@@ -95,6 +95,15 @@ def test_vllm_s_sampling_options_change_the_key_unless_greedy_decoding_ignores_t
     assert len({greedy(), greedy(repetition_penalty=1.2), greedy(min_tokens=4)}) == 3
 
 
+def test_a_structured_output_changes_the_key() -> None:
+    def formed(form: dict) -> str | None:
+        return digest(request(sampling={"temperature": 0, "max_tokens": 16, "structured_outputs": form}))
+
+    keys = {digest(request()), formed({"choice": ["a", "b"]}), formed({"choice": ["a", "c"]}), formed({"regex": "a"})}
+    assert len(keys) == 4
+    assert formed({"choice": ["b", "a"]}) == formed({"choice": ["a", "b"]})  # in any order, the same outputs
+
+
 def test_a_logit_bias_changes_the_key_whatever_its_order() -> None:
     def biased(bias: dict[int, float]) -> str | None:
         return digest(request(sampling={"temperature": 0, "max_tokens": 16, "logit_bias": bias}))

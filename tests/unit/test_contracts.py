@@ -66,6 +66,10 @@ def test_readers_tolerate_fields_added_by_newer_writers() -> None:
         (json.dumps(MINIMAL | {"sampling": {"logit_bias": {"-1": 5}}}).encode(), "logit_bias.-1.[key]"),
         (json.dumps(MINIMAL | {"sampling": {"logit_bias": {"7": 101}}}).encode(), "logit_bias.7"),
         (json.dumps(MINIMAL | {"sampling": {"max_tokens": 4, "min_tokens": 5}}).encode(), "is more than max_tokens"),
+        (
+            json.dumps(MINIMAL | {"sampling": {"structured_outputs": {"choice": ["a"], "regex": "a"}}}).encode(),
+            "exactly one of choice, regex and grammar",
+        ),
     ],
 )
 def test_undecodable_records_are_rejected_with_a_readable_reason(value: bytes | None, reason: str) -> None:

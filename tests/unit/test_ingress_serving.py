@@ -364,6 +364,40 @@ def test_vllm_s_sampling_options_reach_the_kafka_contract_and_default_to_off() -
     assert (roomy.min_tokens, roomy.max_tokens) == (100, 100)
 
 
+def test_structured_outputs_reach_the_kafka_contract_as_given() -> None:
+    sub = Submission("r", "t", utc_now(), {}, 77)
+    for form in ({"choice": ["yes", "no"]}, {"regex": "[0-9]+"}, {"grammar": 'root ::= "a"'}):
+        api = ChatCompletionRequest.model_validate(CHAT | {"structured_outputs": form})
+        structured = to_completion_requested(api, sub).sampling.structured_outputs
+        assert structured is not None and structured.model_dump(exclude_none=True) == form
+    assert to_completion_requested(ChatCompletionRequest.model_validate(CHAT), sub).sampling.structured_outputs is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"structured_outputs": {}},
+        {"structured_outputs": {"choice": ["a"], "regex": "a"}},
+        {"structured_outputs": {"choice": ["a"], "regex": None}},
+        {"structured_outputs": {"choice": []}},
+        {"structured_outputs": {"choice": [""]}},
+        {"structured_outputs": {"json": {"type": "object"}}},
+        {"structured_outputs": {"regex": "a", "whitespace": "b"}},
+        {"structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}},
+    ],
+)
+def test_structured_outputs_other_than_exactly_one_form_are_refused(fields: dict) -> None:
+    with pytest.raises(ValidationError) as err:
+        ChatCompletionRequest.model_validate(CHAT | fields)
+    assert err.value.errors()[0]["loc"][0] == "structured_outputs"
+
+
+def test_structured_outputs_are_not_served_with_tools_the_model_may_call() -> None:
+    fields = {"tools": [WEATHER_TOOL], "structured_outputs": {"choice": ["a", "b"]}}
+    assert tool_error(ChatCompletionRequest.model_validate(CHAT | fields))[0] == "structured_outputs"  # type: ignore[index]
+    assert tool_error(ChatCompletionRequest.model_validate(CHAT | fields | {"tool_choice": "none"})) is None
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
