@@ -163,6 +163,7 @@ class StructuredOutputs(BaseModel):
 
 MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs, and OpenAI's top_logprobs limit
 MAX_LOGIT_BIAS = 1024  # tokens one request may bias: keeps a request's record small
+MAX_STOP_TOKEN_IDS = 64
 TokenId = Annotated[int, Field(ge=0, description="A token id of the model's tokenizer.")]
 LogitBias = Annotated[float, Field(ge=-100.0, le=100.0, description="Added to the token's logit before sampling.")]
 
@@ -274,6 +275,18 @@ class SamplingParams(BaseModel):
         ge=0,
         description="Tokens to generate before the end of the turn may be sampled (vLLM's min_tokens); at most "
         "max_tokens. A grammar (response_format, a forced tool call) still ends the output once its JSON is complete.",
+    )
+
+    ignore_eos: bool = Field(
+        False,
+        description="Keep generating past the model's end of turn, up to max_tokens or a stop (vLLM's ignore_eos, "
+        "which benchmarks use to fix output lengths).",
+    )
+    stop_token_ids: list[TokenId] = Field(
+        default_factory=list,
+        max_length=MAX_STOP_TOKEN_IDS,
+        description="Token ids of the model's tokenizer that end generation, as stop strings do, left out of the text "
+        "(vLLM's stop_token_ids). An id outside the vocabulary fails the request (param stop_token_ids).",
     )
 
     @model_validator(mode="after")

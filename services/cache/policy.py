@@ -171,6 +171,8 @@ def normalized(
             ("min_p", 0.0 if greedy else sampling.min_p),
             ("repetition_penalty", sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None),
             ("min_tokens", sampling.min_tokens),
+            ("ignore_eos", sampling.ignore_eos),
+            ("stop_token_ids", sorted(set(sampling.stop_token_ids))),
             (
                 "structured_outputs",
                 sampling.structured_outputs and _structured_outputs_key(sampling.structured_outputs),

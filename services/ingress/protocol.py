@@ -10,7 +10,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from shared.contracts import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, VARIANT_NAME_PATTERN, BatchingProfile, Priority, Seed
+from shared.contracts import (
+    MAX_LOGIT_BIAS,
+    MAX_STOP_TOKEN_IDS,
+    MAX_TOP_LOGPROBS,
+    VARIANT_NAME_PATTERN,
+    BatchingProfile,
+    Priority,
+    Seed,
+)
 from shared.registry import ModelRecord
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -295,6 +303,14 @@ class SamplingFields(BaseModel):
         ge=0,
         description="vLLM: tokens to generate before the end of the turn may be; at most max_tokens. A JSON "
         "response_format or a forced tool call still ends once its JSON is complete.",
+    )
+    ignore_eos: bool | None = Field(
+        None, description="vLLM: keep generating past the end of turn, up to max_tokens or a stop; false by default."
+    )
+    stop_token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = Field(
+        None,
+        description="vLLM: token ids (of the model's tokenizer) that end generation, left out of the text; an id "
+        "outside the vocabulary gets a 400 naming stop_token_ids.",
     )
     n: int = Field(
         1,

@@ -156,6 +156,8 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         min_p=api.min_p or 0.0,
         repetition_penalty=api.repetition_penalty or 1.0,
         min_tokens=api.min_tokens or 0,
+        ignore_eos=bool(api.ignore_eos),
+        stop_token_ids=api.stop_token_ids or [],
         structured_outputs=(
             StructuredOutputs.model_validate(api.structured_outputs.model_dump(exclude_none=True))
             if api.structured_outputs

@@ -437,6 +437,8 @@ class Engine:
             min_p=sampling.min_p,
             repetition_penalty=sampling.repetition_penalty,
             min_tokens=min(sampling.min_tokens, max_tokens),  # max_tokens may be cut to fit the context
+            ignore_eos=sampling.ignore_eos,
+            stop_token_ids=list(sampling.stop_token_ids),
             output_kind=RequestOutputKind.DELTA,
         )
 

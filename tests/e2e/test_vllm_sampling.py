@@ -1,12 +1,14 @@
-"""vLLM's sampling options beyond OpenAI's (top_k, min_p, repetition_penalty, min_tokens, structured_outputs), sent
-as clients of vLLM's own server send them: in extra_body."""
+"""vLLM's sampling options beyond OpenAI's (top_k, min_p, repetition_penalty, min_tokens, ignore_eos, stop_token_ids,
+structured_outputs), sent as clients of vLLM's own server send them: in extra_body."""
 
 from __future__ import annotations
 
 import re
 
 import httpx
-from openai import OpenAI
+import pytest
+from openai import BadRequestError, OpenAI
+from transformers import AutoTokenizer
 
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
 
@@ -44,6 +46,20 @@ def test_min_tokens_keeps_the_model_going_past_its_end_of_turn(platform: Platfor
     assert finish == "stop" and tokens < 20  # SmolLM2 answers in one short sentence
     _, longer, _ = answer(platform, temperature=0, extra_body={"min_tokens": 20})
     assert longer >= 20
+
+
+def test_ignore_eos_runs_to_max_tokens_and_a_stop_token_ends_the_answer_before_it(platform: Platform) -> None:
+    text, tokens, finish = answer(platform, temperature=0)
+    assert " Paris" in text and finish == "stop" and tokens < 32
+    _, tokens, finish = answer(platform, temperature=0, extra_body={"ignore_eos": True})
+    assert (tokens, finish) == (32, "length")
+    tokenizer = AutoTokenizer.from_pretrained(platform.models_dir / DEFAULT_MODEL)
+    paris = tokenizer.encode(" Paris", add_special_tokens=False)
+    cut, _, finish = answer(platform, temperature=0, extra_body={"stop_token_ids": paris})
+    assert (cut, finish) == (text[: text.index(" Paris")], "stop")
+    with pytest.raises(BadRequestError) as err:  # only the worker knows the vocabulary
+        answer(platform, extra_body={"stop_token_ids": [len(tokenizer)]})
+    assert err.value.body["param"] == "stop_token_ids"  # type: ignore[index]
 
 
 def test_a_repetition_penalty_changes_a_greedy_answer_that_repeats(platform: Platform) -> None:

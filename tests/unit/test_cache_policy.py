@@ -91,6 +91,9 @@ def test_vllm_s_sampling_options_change_the_key_unless_greedy_decoding_ignores_t
     off = key(top_k=0, min_p=0.0, repetition_penalty=1.0, min_tokens=0)
     assert off == key()  # at their defaults: the key stored before they existed
     assert len({off, key(top_k=5), key(min_p=0.1), key(repetition_penalty=1.2), key(min_tokens=4)}) == 5
+    assert len({off, key(ignore_eos=True), key(stop_token_ids=[3]), key(stop_token_ids=[4])}) == 4
+    assert key(stop_token_ids=[3, 4]) == key(stop_token_ids=[4, 3])
+    assert key(ignore_eos=False, stop_token_ids=[]) == off
     assert greedy(top_k=5) == greedy(min_p=0.1) == greedy()
     assert len({greedy(), greedy(repetition_penalty=1.2), greedy(min_tokens=4)}) == 3
 

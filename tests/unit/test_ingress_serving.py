@@ -354,10 +354,13 @@ def test_a_logit_bias_reaches_the_kafka_contract_by_token_id(route: str) -> None
 def test_vllm_s_sampling_options_reach_the_kafka_contract_and_default_to_off() -> None:
     sub = Submission("r", "t", utc_now(), {}, 77)
     extras = {"top_k": 40, "min_p": 0.05, "repetition_penalty": 1.2, "min_tokens": 10}
+    extras |= {"ignore_eos": True, "stop_token_ids": [7, 9]}
     sampling = to_completion_requested(ChatCompletionRequest.model_validate(CHAT | extras), sub).sampling
     assert (sampling.top_k, sampling.min_p, sampling.repetition_penalty, sampling.min_tokens) == (40, 0.05, 1.2, 10)
+    assert (sampling.ignore_eos, sampling.stop_token_ids) == (True, [7, 9])
     plain = to_completion_requested(ChatCompletionRequest.model_validate(CHAT), sub).sampling
     assert (plain.top_k, plain.min_p, plain.repetition_penalty, plain.min_tokens) == (0, 0.0, 1.0, 0)
+    assert (plain.ignore_eos, plain.stop_token_ids) == (False, [])
     assert to_completion_requested(ChatCompletionRequest.model_validate(CHAT | {"top_k": -1}), sub).sampling.top_k == 0
     # the default max_tokens (77 here) leaves room for min_tokens
     roomy = to_completion_requested(ChatCompletionRequest.model_validate(CHAT | {"min_tokens": 100}), sub).sampling
@@ -408,12 +411,15 @@ def test_structured_outputs_are_not_served_with_tools_the_model_may_call() -> No
         ({"repetition_penalty": 0}, "repetition_penalty"),
         ({"repetition_penalty": 2.5}, "repetition_penalty"),
         ({"min_tokens": -1}, "min_tokens"),
+        ({"stop_token_ids": [-1]}, "stop_token_ids"),
+        ({"stop_token_ids": list(range(65))}, "stop_token_ids"),
+        ({"ignore_eos": 1}, "ignore_eos"),
     ],
 )
 def test_vllm_s_sampling_options_out_of_range_are_refused_by_name(fields: dict, param: str) -> None:
     with pytest.raises(ValidationError) as err:
         ChatCompletionRequest.model_validate(CHAT | fields)
-    assert err.value.errors()[0]["loc"] == (param,)
+    assert err.value.errors()[0]["loc"][0] == param
 
 
 @pytest.mark.parametrize(
