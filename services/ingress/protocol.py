@@ -401,7 +401,8 @@ class ChatCompletionRequest(SamplingFields):
         None,
         max_length=128,
         description="Functions the model may call. Calls come back in choices[].message.tool_calls (when streaming, "
-        "each call opened in one delta, its arguments in pieces after). Not with logprobs or response_format.",
+        "each call opened in one delta, its arguments in pieces after). Not with logprobs, response_format or "
+        "structured_outputs.",
     )
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
         None,
