@@ -5,6 +5,9 @@ gives up does. The ingress then decides the cancel and publishes it; the worker 
 engine. The worker's histograms time both parts:
 - ``ferry_worker_cancel_to_abort_seconds``: from the ingress's decision (``RequestCancelled.cancelled_at``) to the
   engine's stream ending, Kafka's delivery of the cancel included;
+- ``ferry_worker_cancel_produced_seconds`` and ``ferry_worker_cancel_delivered_seconds``: the cancel's way to the worker
+  in two parts, split at its record's Kafka CreateTime (whole milliseconds, so each part may be off by up to 1 ms;
+  their sum is exact): the sender's own delay, then the producer's batching, the broker, the worker's fetch and loop;
 - ``ferry_worker_stop_to_abort_seconds``: from the cancel reaching the worker to the engine's stream ending.
 Rounds run one at a time, a second apart, so each cancel is timed alone. The report gives each histogram's mean and
 the bucket its p50 and p90 fall in (a histogram keeps buckets, not values). Both clocks are this machine's; across
@@ -17,18 +20,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import statistics
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import OUT_HELP, emit_report
+from shared.settings import CommonSettings
 
 HISTOGRAMS = {
     "ferry_worker_cancel_to_abort_seconds": "cancel decided at the ingress -> engine stopped",
+    "ferry_worker_cancel_produced_seconds": "cancel decided -> its record produced (Kafka CreateTime)",
+    "ferry_worker_cancel_delivered_seconds": "record produced -> read by the worker",
     "ferry_worker_stop_to_abort_seconds": "cancel at the worker -> engine stopped",
 }
 
@@ -84,9 +94,37 @@ async def leave_after_first_text(client: httpx.AsyncClient, body: dict[str, obje
     raise RuntimeError("the stream ended before any text")
 
 
+@contextlib.asynccontextmanager
+async def idle_reader_delays(bootstrap: str, topic: str) -> AsyncIterator[list[float]]:
+    """Kafka's own delivery of each cancel, for comparison: the time from each record's CreateTime to its reading by
+    a consumer in this process, whose event loop is otherwise idle but for the client's streams (ms)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    delays: list[float] = []
+
+    async def read() -> None:
+        async for record in consumer:
+            delays.append(time.time() * 1000 - record.timestamp)
+
+    try:
+        partition = TopicPartition(topic, 0)  # the topic has one partition (services/worker/main.py)
+        consumer.assign([partition])
+        await consumer.seek_to_end(partition)
+        reading = asyncio.create_task(read())
+        yield delays
+        await asyncio.sleep(0.5)
+        reading.cancel()
+    finally:
+        await consumer.stop()
+
+
 async def run(args: argparse.Namespace) -> str:
     headers = {"authorization": f"Bearer {args.key_file.read_text().strip()}"}
-    async with httpx.AsyncClient(timeout=30) as metrics_client:
+    common = CommonSettings()
+    async with (
+        httpx.AsyncClient(timeout=30) as metrics_client,
+        idle_reader_delays(common.kafka_bootstrap, common.topics.cancellations) as idle_delays,
+    ):
 
         async def scrape() -> str:
             return (await metrics_client.get(args.worker_metrics)).text
@@ -111,10 +149,12 @@ async def run(args: argparse.Namespace) -> str:
     }
     if not any(h.count for h in histograms.values()):
         raise SystemExit(f"{args.worker_metrics} timed no cancel of {args.model}: is it that model's worker?")
-    return markdown(args, histograms, first_text_ms)
+    return markdown(args, histograms, first_text_ms, idle_delays)
 
 
-def markdown(args: argparse.Namespace, histograms: dict[str, Histogram], first_ms: list[float]) -> str:
+def markdown(
+    args: argparse.Namespace, histograms: dict[str, Histogram], first_ms: list[float], idle_delays: list[float]
+) -> str:
     lines = [
         "# Cancel: how long generation goes on after a client leaves",
         "",
@@ -132,6 +172,14 @@ def markdown(args: argparse.Namespace, histograms: dict[str, Histogram], first_m
             f"| {what} (`{name}`) | {h.count:.0f} of {args.rounds} | {mean:.1f} "
             f"| {h.bucket_of(0.5) * 1000:g} | {h.bucket_of(0.9) * 1000:g} |"
         )
+    if idle_delays:
+        ordered = sorted(idle_delays)
+        lines += [
+            "",
+            "For comparison, Kafka's own delivery: a consumer in the benchmark's process (whose event loop otherwise "
+            f"only reads the streams) read the same {len(ordered)} cancel records {statistics.mean(ordered):.1f} ms "
+            f"(mean; median {statistics.median(ordered):.1f}, max {ordered[-1]:.1f}) after their CreateTime.",
+        ]
     return "\n".join(lines) + "\n"
 
 

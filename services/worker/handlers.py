@@ -270,6 +270,11 @@ def register(deps: WorkerDeps) -> None:
         if flight is None:
             deps.cancelled.add(cancel.request_id, cancel.reason)
             return
+        if record.timestamp_type == 0:  # CreateTime: when the sender produced it, on the sender's clock
+            produced = record.timestamp / 1000
+            decided = cancel.cancelled_at.timestamp()
+            # CreateTime is cut to whole milliseconds, so it may fall just before the decision
+            deps.metrics.cancel_transit(cancel.model, max(0.0, produced - decided), max(0.0, time.time() - produced))
         if flight.control.stop(_STOP_REASONS.get(cancel.reason, "cancelled"), cancel.cancelled_at):
             logger.info("request %s cancelled (%s); aborting", cancel.request_id, cancel.reason)
             await _abort(deps, flight)

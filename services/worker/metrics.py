@@ -33,6 +33,23 @@ class WorkerMetrics:
             registry=registry,
             buckets=(0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+        transit_buckets = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0)
+        self._cancel_produced = Histogram(
+            "ferry_worker_cancel_produced_seconds",
+            "From a cancel being decided (RequestCancelled.cancelled_at) to its record being produced (the record's "
+            "Kafka CreateTime, in whole milliseconds): the sender's own delay. Both on the sender's clock.",
+            labels,
+            registry=registry,
+            buckets=transit_buckets,
+        )
+        self._cancel_delivered = Histogram(
+            "ferry_worker_cancel_delivered_seconds",
+            "From a cancel's record being produced (its Kafka CreateTime, in whole milliseconds, sender's clock) to "
+            "the worker reading it: the producer's batching, the broker, the worker's fetch and its event loop.",
+            labels,
+            registry=registry,
+            buckets=transit_buckets,
+        )
         self._model_requests = Counter(
             "ferry_worker_model_requests",
             "Requests by whether their model was loaded when they arrived (found_loaded) or had to wait for it.",
@@ -95,6 +112,11 @@ class WorkerMetrics:
 
     def cancel_to_abort(self, model: str, seconds: float) -> None:
         self._cancel_to_abort.labels(model).observe(seconds)
+
+    def cancel_transit(self, model: str, produced_s: float, delivered_s: float) -> None:
+        """The cancel's way to the worker, in two parts (see the histograms' help)."""
+        self._cancel_produced.labels(model).observe(produced_s)
+        self._cancel_delivered.labels(model).observe(delivered_s)
 
     def replies(self, model: str, streamed: bool, event: TokensGenerated | CompletionFinished) -> None:
         """Counts tokens as deltas go out (streaming) or when the completion finishes (not streaming)."""
