@@ -174,33 +174,6 @@ def _string_end(text: str, start: int) -> int | None:
     return None
 
 
-def _value_end(text: str, start: int) -> int | None:
-    """The index after the JSON value beginning at ``text[start]``; None if it may go on past ``text``."""
-    if text[start] == '"':
-        return _string_end(text, start)
-    if text[start] in "{[":
-        depth, i = 0, start
-        while i < len(text):
-            if text[i] == '"':
-                end = _string_end(text, i)
-                if end is None:
-                    return None
-                i = end
-                continue
-            if text[i] in "{[":
-                depth += 1
-            elif text[i] in "}]":
-                depth -= 1
-                if depth == 0:
-                    return i + 1
-            i += 1
-        return None
-    i = start
-    while i < len(text) and text[i] not in ",}]" + _SPACE:
-        i += 1
-    return i if i < len(text) else None  # a number or a literal at the end may go on
-
-
 def _skip_space(text: str, i: int) -> int:
     while i < len(text) and text[i] in _SPACE:
         i += 1
@@ -208,12 +181,13 @@ def _skip_space(text: str, i: int) -> int:
 
 
 @dataclass
-class _ArgumentsScan:
-    """Reads a call's arguments, a JSON value beginning at ``start`` in a text that only grows, each character once:
-    where the value ends, and its text written the one way every call's arguments are, as ``json.dumps`` spaces it
-    (no whitespace outside strings, a space after each comma and colon; the model may spread its arguments over
-    lines). Reading more of the text only ever adds to ``spaced``, so it can stream. ``spaced`` ends at a ``<``
-    outside strings, never JSON: a call whose arguments the model left open ends there, at its closing tag."""
+class _ValueScan:
+    """Reads a JSON value beginning at ``start`` in a text that only grows, each character once: where the value ends
+    (None while it may go on), and, for a call's arguments, its text written the one way every call's arguments are,
+    as ``json.dumps`` spaces it (no whitespace outside strings, a space after each comma and colon; the model may
+    spread its arguments over lines). Reading more of the text only ever adds to ``spaced``, so it can stream.
+    ``spaced`` ends at a ``<`` outside strings, never JSON: a call whose arguments the model left open ends there, at
+    its closing tag."""
 
     start: int
     position: int = -1  # the next character to read
@@ -277,7 +251,7 @@ class _WrittenCall:
 
     text: str
     name: str | None = None  # once its string is whole
-    arguments: _ArgumentsScan | None = None  # None before the arguments begin
+    arguments: _ValueScan | None = None  # None before the arguments begin
     end: int | None = None  # the index after the object's closing brace, once written
     broken: bool = False  # not a call object after all
 
@@ -299,8 +273,8 @@ class _WrittenCall:
         return text if isinstance(text, str) else raw
 
 
-def _read_call(text: str, start: int, scans: dict[int, _ArgumentsScan]) -> _WrittenCall:
-    """The call object written from ``start``; ``scans`` keeps what was read of arguments the last time."""
+def _read_call(text: str, start: int, scans: dict[int, _ValueScan]) -> _WrittenCall:
+    """The call object written from ``start``; ``scans`` keeps what was read of each value the last time."""
     call = _WrittenCall(text)
     i = _skip_space(text, start)
     if i == len(text):
@@ -333,12 +307,11 @@ def _read_call(text: str, start: int, scans: dict[int, _ArgumentsScan]) -> _Writ
         i = _skip_space(text, i + 1)
         if i == len(text):
             return call
+        scan = scans.setdefault(i, _ValueScan(i))
+        scan.read(text)
+        end = scan.end
         if key == "arguments" and call.arguments is None:  # the first one written counts: what streamed stays
-            call.arguments = scans.setdefault(i, _ArgumentsScan(i))
-            call.arguments.read(text)
-            end = call.arguments.end
-        else:
-            end = _value_end(text, i)
+            call.arguments = scan
         if key == "name" and end is not None and call.name is None:
             try:
                 name = json.loads(text[i:end])
@@ -359,7 +332,7 @@ class ToolCallReader:
 
     In auto mode, text streams until a call's opening tag; what follows is read as calls. A call is announced once
     it names one of the request's tools, and its arguments then stream as the model writes them (spaced one way,
-    ``_ArgumentsScan``). In the forced modes the whole output is the call(s), which the grammar keeps well-formed. Text
+    ``_ValueScan``). In the forced modes the whole output is the call(s), which the grammar keeps well-formed. Text
     that never names an offered tool is given back as text at the end, so nothing is lost; as with OpenAI's models,
     the arguments of an announced call are what the model wrote, even if cut short by max_tokens."""
 
@@ -369,7 +342,7 @@ class ToolCallReader:
     calling: bool = False
     ended: bool = False
     sent: list[int] = field(default_factory=list)  # characters of each announced call's arguments given out
-    _scans: dict[int, _ArgumentsScan] = field(default_factory=dict)  # arguments read so far, by where they begin
+    _scans: dict[int, _ValueScan] = field(default_factory=dict)  # JSON values read so far, by where they begin
 
     def __post_init__(self) -> None:
         self.mode = tool_mode(self.request)
@@ -449,7 +422,7 @@ class ToolCallReader:
             start = _skip_space(self.held, 0)
             if start == len(self.held):
                 return [(self.request.tool_choice_function, "")]
-            scan = self._scans.setdefault(start, _ArgumentsScan(start))
+            scan = self._scans.setdefault(start, _ValueScan(start))
             scan.read(self.held)
             return [(self.request.tool_choice_function, scan.spaced)]
         names = {t.name for t in self.request.tools}
