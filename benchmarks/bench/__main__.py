@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import cache, load, prompts, report
+from benchmarks.bench import cache, load, prompts, report, start_times
 from benchmarks.bench.metrics import RequestResult, parse_slos, summarize
 from benchmarks.bench.runner import Load, Target, run
-from benchmarks.bench.targets import model_start_times, run_in_process, run_through_worker, vllm_server
+from benchmarks.bench.targets import run_in_process, run_through_worker, vllm_server
 from shared.registry import read_seed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--start-times",
         action="store_true",
-        help="only measure --model's cold start (registry to first token) and warm reload, and print them as JSON",
+        help="only measure --model's cold start (registry to first token) and warm reload, with its engine process "
+        "forked from the preloaded server and spawned, side by side (see bench/start_times.py)",
+    )
+    p.add_argument(
+        "--start-rounds", type=int, default=3, help="--start-times: rounds, each measuring both ways (default 3)"
     )
     p.add_argument(
         "--compare-batching",
@@ -175,12 +179,14 @@ def _redacted(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.start_times:
-        times = asyncio.run(model_start_times(args.model))
-        summary = json.dumps({"model": args.model, "machine": f"{os.cpu_count()} cores", **times}, indent=2)
-        print(summary)
+        result = start_times.compare(args.model, args.start_rounds)
+        report = start_times.format_comparison(result)
+        print(report)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "start-times.json").write_text(summary + "\n")
+            summary = {"machine": f"{os.cpu_count()} cores", **result}
+            (args.out / "start-times.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (args.out / "report.md").write_text(report + "\n")
         return 0
     if args.overhead:
         return _overhead(args, argv)

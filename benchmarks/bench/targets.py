@@ -182,14 +182,19 @@ async def run_through_worker(model_id: str, load: Load) -> tuple[list[RequestRes
             await admin.close()
 
 
-async def model_start_times(model_id: str) -> dict[str, float | None]:
+async def model_start_times(model_id: str, process_server: bool) -> dict[str, float | bool | None]:
     """Cold start of ``model_id`` as a worker does it, on the worker's settings (models folder,
     ``FERRY_WORKER_ENGINE_CPU_THREADS``), in seconds: registry read, model folder, engine start, first token
     (``cold_*``); then a warm reload: the engine stopped and started again in the same process, with vLLM imported
-    and the weights in the page cache (``warm_*``). vLLM's sleep/wake is not available on CPU. Also the memory
-    the cold engine took, as the worker measures it, next to the worker's estimate before a load (weights plus KV
-    cache)."""
+    and the weights in the page cache (``warm_*``). vLLM's sleep/wake is not available on CPU. ``process_server``:
+    engine processes fork from the preloaded server, started first as the worker starts it (else vLLM spawns them).
+    Also the memory the cold engine took, as the worker measures it, next to the worker's estimate before a load
+    (weights plus KV cache), and the server's own memory."""
     started = time.monotonic()
+    from services.worker.engine_processes import start_engine_process_server
+
+    if process_server:
+        start_engine_process_server()
     from services.worker.config import WorkerSettings
     from services.worker.engine import Engine, EngineConfig, GiB
     from services.worker.hosting import estimate_memory_bytes
@@ -212,7 +217,11 @@ async def model_start_times(model_id: str) -> dict[str, float | None]:
     registry_read = time.monotonic()
 
     config = EngineConfig(
-        model_id=record.id, path=path, max_model_len=record.max_model_len, cpu_threads=worker.engine_cpu_threads
+        model_id=record.id,
+        path=path,
+        max_model_len=record.max_model_len,
+        cpu_threads=worker.engine_cpu_threads,
+        process_server=process_server,
     )
 
     async def start_and_first_token() -> tuple[float, float, int]:
@@ -230,6 +239,7 @@ async def model_start_times(model_id: str) -> dict[str, float | None]:
     cold_engine, cold_first, cold_memory = await start_and_first_token()
     warm_engine, warm_first, _ = await start_and_first_token()
     return {
+        "engine_process_server": process_server,
         "engine_cpu_threads": worker.engine_cpu_threads,  # None: one per core
         "cold_import_s": imported - started,
         "cold_registry_and_folder_s": registry_read - imported,
@@ -242,4 +252,14 @@ async def model_start_times(model_id: str) -> dict[str, float | None]:
         "engine_memory_estimated_mib": estimate_memory_bytes(path, "float32", None, int(config.kv_cache_gib * GiB))
         / (1 << 20),
         "engine_memory_measured_mib": cold_memory / (1 << 20),
+        **(_server_memory_mib() if process_server else {}),
     }
+
+
+def _server_memory_mib() -> dict[str, float]:
+    """The engine-process server's memory once the engines are stopped: its unique memory, then all it holds beyond
+    shared libraries (while engines run, they share part of it)."""
+    import psutil
+
+    (server,) = [c for c in psutil.Process().children() if "multiprocessing.forkserver" in " ".join(c.cmdline())]
+    return {"process_server_memory_mib": server.memory_full_info().uss / (1 << 20)}

@@ -45,6 +45,12 @@ class WorkerSettings(BaseSettings):
         "short (on 2 cores, 1 thread gives the tiny model 1.5-1.8x the tokens/s through the worker) and costs models "
         "whose steps are long (SmolLM2-135M is 20-30% slower on 1 thread): benchmarks/README.md.",
     )
+    engine_process_server: bool = Field(
+        True,
+        description="On CPU, start each model's vLLM engine process from a server process that has imported torch and "
+        "vLLM already (multiprocessing's forkserver, started with the worker), instead of vLLM's spawn, which imports "
+        "them again for every model: a warm reload or an on-demand load takes seconds less (benchmarks/README.md).",
+    )
     coalesce_ms: int = Field(
         25, ge=0, description="Deltas produced within this window go out as one Kafka record (the first goes at once)."
     )

@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from services.worker.engine_processes import use_engine_process_server
 from services.worker.tool_calls import conversation
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
 from shared.contracts import (
@@ -74,6 +75,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     variant: str | None = None  # a name in variants.VARIANTS; None: float32 on CPU, vLLM's choice on GPU
     cpu_threads: int | None = None  # the model's OpenMP threads on CPU; None: torch's default, one per core
+    process_server: bool = True  # on CPU, vLLM's engine process forks from the preloaded server (engine_processes)
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,8 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            use_engine_process_server(config.process_server)
         variant = VARIANTS[config.variant] if config.variant else None
         args = AsyncEngineArgs(
             model=str(config.path),

@@ -65,6 +65,7 @@ class VllmLoader:
     ensure_model: Callable[[str, str, Path, str | None], Path]  # model_store.ensure_model
     implicit_variant: str | None = None  # a variant that stands for vLLM's own choice (FERRY_WORKER_VARIANT unset)
     cpu_threads: int | None = None  # each model's OpenMP threads on CPU (None: one per core)
+    process_server: bool = True  # engine processes fork from the preloaded server (engine_processes)
 
     async def _path(self, record: ModelRecord, variant: str) -> Path:
         """The model's folder, or the variant's own when it needs a checkpoint quantized ahead of time."""
@@ -89,6 +90,7 @@ class VllmLoader:
             max_num_seqs=self.max_num_seqs,
             variant=None if variant == self.implicit_variant or variant not in VARIANTS else variant,
             cpu_threads=self.cpu_threads,
+            process_server=self.process_server,
         )
         return await Engine.start(config)
 

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from services.safety.wiring import build_output_guard
 from services.worker.catalog import ModelCatalog
 from services.worker.config import WorkerSettings
+from services.worker.engine_processes import cpu_build_of_vllm, start_engine_process_server
 from services.worker.handlers import SERVICE, WorkerDeps, drain, register, start_background
 from services.worker.hosting import ModelHost, VllmLoader
 from services.worker.metrics import WorkerMetrics
@@ -33,6 +34,8 @@ async def main() -> None:
     common, settings = CommonSettings(), WorkerSettings()
     configure_logging(SERVICE, common.log_level)
     provider = setup_tracing(SERVICE, common)
+    if settings.engine_process_server and cpu_build_of_vllm():
+        start_engine_process_server()  # it imports vLLM while this process does (see engine_processes)
     try:
         model = await _served_model(common, settings)
         pool = await connect_pool(common.postgres_dsn)  # registry, tiers, demand counts, output-screening policies
@@ -48,6 +51,7 @@ async def main() -> None:
                 ensure_model,
                 implicit_variant=None if settings.variant else DEFAULT_CPU_VARIANT,
                 cpu_threads=settings.engine_cpu_threads,
+                process_server=settings.engine_process_server,
             ),
             registry=registry.get,
             tiers=catalog.tiers,

@@ -1,0 +1,107 @@
+"""On CPU the worker's engine processes fork from a server process that has imported torch and vLLM already
+(services/worker/engine_processes.py, FERRY_WORKER_ENGINE_PROCESS_SERVER) instead of vLLM's spawn, which imports them
+again for every model. An engine started either way answers the same, is named as vLLM names it, and is gone once
+shut down. Real vLLM, tiny model, in this process. (That its thread setting reaches it: test_engine_threads.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+
+import psutil
+
+from services.worker.engine import Engine, EngineConfig
+from shared.contracts import ChatMessage, SamplingParams
+from shared.registry import read_seed
+from tests.e2e.platform import MODELS_DIR, ROOT, TINY_MODEL
+
+
+@dataclass
+class Started:
+    answer: str
+    process_name: str
+    parent_command: str  # the command line of the EngineCore process's parent
+    parent_is_this_process: bool
+    gone_after_shutdown: bool
+
+
+async def start_and_ask(process_server: bool) -> Started:
+    record = next(m for m in read_seed() if m.id == TINY_MODEL)
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    engine = await Engine.start(
+        EngineConfig(TINY_MODEL, MODELS_DIR / TINY_MODEL, record.max_model_len, 0.25, 4, process_server=process_server)
+    )
+    try:
+        # the process that runs the model: the new one with threads (vLLM's I/O and OpenMP threads); the server and
+        # multiprocessing's resource tracker run one each
+        (core,) = [c for c in me.children(recursive=True) if c.pid not in before and c.num_threads() > 4]
+        name, parent = core.name(), core.parent()
+        assert parent is not None
+        prompt = engine.render_prompt([ChatMessage(role="user", content="Name three colours.")])
+        answer = ""
+        async for step in engine.generate(uuid.uuid4().hex, prompt, SamplingParams(max_tokens=24, temperature=0)):
+            answer += step.text
+    finally:
+        await engine.shutdown()
+    gone = await asyncio.to_thread(lambda: not core.is_running() or _wait_gone(core))
+    return Started(answer, name, " ".join(parent.cmdline()), parent.pid == me.pid, gone)
+
+
+def _wait_gone(process: psutil.Process) -> bool:
+    try:
+        process.wait(timeout=30)
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+def test_an_engine_forked_from_the_server_answers_as_one_vllm_spawns() -> None:
+    forked = asyncio.run(start_and_ask(process_server=True))
+    spawned = asyncio.run(start_and_ask(process_server=False))
+
+    assert forked.answer and forked.answer == spawned.answer  # greedy: the same model gives the same tokens
+    assert forked.process_name == spawned.process_name == "VLLM::EngineCore"
+    assert "multiprocessing.forkserver" in forked.parent_command and not forked.parent_is_this_process
+    assert spawned.parent_is_this_process
+    assert forked.gone_after_shutdown and spawned.gone_after_shutdown
+
+
+HOLD_AN_ENGINE = f"""
+import asyncio
+from pathlib import Path
+from services.worker.engine import Engine, EngineConfig
+
+async def main():
+    await Engine.start(EngineConfig({TINY_MODEL!r}, Path({str(MODELS_DIR / TINY_MODEL)!r}), 2048, 0.25, 4))
+    print("ready", flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_workers_engine_process_and_the_server_end_with_it() -> None:
+    """kill -9 of the worker's process alone (not its process group), as when the kernel's OOM killer picks it."""
+    worker = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AN_ENGINE], cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert worker.stdout is not None
+        assert any(line.strip() == "ready" for line in iter(worker.stdout.readline, ""))  # vLLM logs there too
+        left = psutil.Process(worker.pid).children(recursive=True)
+        names = {p.name() for p in left}
+        assert "VLLM::EngineCore" in names
+        worker.kill()
+        worker.wait()
+        _, alive = psutil.wait_procs(left, timeout=60)
+        assert not alive, f"still running after the worker was killed: {[p.name() for p in alive]}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
