@@ -180,13 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.start_times:
         result = start_times.compare(args.model, args.start_rounds)
-        report = start_times.format_comparison(result)
-        print(report)
+        comparison = start_times.format_comparison(result)
+        print(comparison)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             summary = {"machine": f"{os.cpu_count()} cores", **result}
             (args.out / "start-times.json").write_text(json.dumps(summary, indent=2) + "\n")
-            (args.out / "report.md").write_text(report + "\n")
+            (args.out / "report.md").write_text(comparison + "\n")
         return 0
     if args.overhead:
         return _overhead(args, argv)

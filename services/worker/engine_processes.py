@@ -1,8 +1,8 @@
 """vLLM's engine processes started from a server that has imported torch and vLLM already.
 
 On CPU vLLM starts each model's EngineCore process with multiprocessing's ``spawn``: a fresh interpreter that imports
-torch and vLLM again before it loads the model, which is most of a model's start (8-16 s of a 10-16 s warm reload
-here, against about 1 s for the model itself). multiprocessing's ``forkserver`` keeps one single-threaded server
+torch and vLLM again before it loads the model, which is most of a model's start (about 13 s of the tiny model's
+15 s warm reload here on 5 December). multiprocessing's ``forkserver`` keeps one single-threaded server
 process that has imported them once, and forks each new process from it: that is as safe as spawn (the server runs
 no threads, no OpenMP and no event loop, unlike the worker) and starts a model in seconds. vLLM 0.32 offers only
 ``spawn`` and ``fork`` (VLLM_WORKER_MULTIPROC_METHOD) and its CPU platform forces ``spawn``, so the engine module's
