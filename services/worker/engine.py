@@ -237,8 +237,7 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = current_platform.is_cpu()
-        if on_cpu:
-            use_engine_process_server(config.process_server)
+        use_engine_process_server(config.process_server and on_cpu)
         variant = VARIANTS[config.variant] if config.variant else None
         args = AsyncEngineArgs(
             model=str(config.path),

@@ -13,8 +13,8 @@ at its start (vLLM sets variables for its engine just before) and takes it back 
 count, which torch read when the server imported it.
 
 A forked process is the server's child, and the server lives as long as any of them does; so each engine process
-watches the worker that started it and stops once it has ended, kill -9 included (a spawned one outlives a killed
-worker).
+watches the worker that started it and stops once it has ended, kill -9 included. So does one that vLLM starts its
+own way (on a GPU, or with the server turned off), which would otherwise outlive a killed worker too.
 """
 
 from __future__ import annotations
@@ -31,7 +31,16 @@ from collections.abc import Callable
 from contextlib import suppress
 from importlib.metadata import PackageNotFoundError, version
 from multiprocessing import forkserver
-from multiprocessing.context import ForkServerContext, ForkServerProcess
+from multiprocessing.context import (
+    BaseContext,
+    ForkContext,
+    ForkProcess,
+    ForkServerContext,
+    ForkServerProcess,
+    SpawnContext,
+    SpawnProcess,
+)
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -51,14 +60,16 @@ def start_engine_process_server() -> None:
 
 
 def use_engine_process_server(enabled: bool) -> None:
-    """From now on vLLM starts engine processes from the server (started here if needed), or, ``enabled`` false, in
-    its own way."""
+    """From now on vLLM starts engine processes from the server (started here if needed), or, ``enabled`` false, by
+    its own start method. Either way each process stops once the worker has ended."""
     import vllm.v1.engine.utils as engine_utils
     from vllm.utils.system_utils import get_mp_context
 
     if enabled:
         start_engine_process_server()
-    engine_utils.get_mp_context = _ServerContext if enabled else get_mp_context
+        engine_utils.get_mp_context = _ServerContext
+    else:
+        engine_utils.get_mp_context = lambda: _WATCHED[get_mp_context().get_start_method()]()
 
 
 def cpu_build_of_vllm() -> bool:
@@ -74,7 +85,9 @@ def cpu_build_of_vllm() -> bool:
         return True
 
 
-class _ServerProcess(ForkServerProcess):
+class _Carrying(BaseProcess):
+    """A process that runs its target in the starting process's environment, watching the starting process."""
+
     def start(self) -> None:
         target: Callable[..., Any] | None = self._target  # type: ignore[attr-defined]
         if target is not None:
@@ -82,8 +95,32 @@ class _ServerProcess(ForkServerProcess):
         super().start()
 
 
+# One class per start method, at module level: spawn and forkserver pickle the process object, by its class's name.
+class _ServerProcess(_Carrying, ForkServerProcess):
+    pass
+
+
+class _SpawnedProcess(_Carrying, SpawnProcess):
+    pass
+
+
+class _ForkedProcess(_Carrying, ForkProcess):
+    pass
+
+
 class _ServerContext(ForkServerContext):
     Process = _ServerProcess  # type: ignore[assignment]
+
+
+class _SpawnContext(SpawnContext):
+    Process = _SpawnedProcess  # type: ignore[assignment]
+
+
+class _ForkContext(ForkContext):
+    Process = _ForkedProcess  # type: ignore[assignment]
+
+
+_WATCHED: dict[str, type[BaseContext]] = {"spawn": _SpawnContext, "fork": _ForkContext, "forkserver": _ServerContext}
 
 
 def _run_in_environment(
@@ -106,8 +143,8 @@ def _run_in_environment(
 
 
 def _stop_when_gone(worker_pid: int) -> None:
-    """Stops this engine process once the worker that started it has ended, however it ended (kill -9 included): its
-    parent is the server, which lives as long as any process forked from it, so nothing else would."""
+    """Stops this engine process once the worker that started it has ended, however it ended (kill -9 included):
+    nothing else would (vLLM's engine process does not watch its parent, and the server's children are the server's)."""
     try:
         watched = os.pidfd_open(worker_pid)
     except ProcessLookupError:  # it has ended already

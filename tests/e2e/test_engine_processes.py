@@ -13,8 +13,10 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
+import pytest
 
 from services.worker.engine import Engine, EngineConfig
 from shared.contracts import ChatMessage, SamplingParams
@@ -73,24 +75,36 @@ def test_an_engine_forked_from_the_server_answers_as_one_vllm_spawns() -> None:
     assert forked.gone_after_shutdown and spawned.gone_after_shutdown
 
 
-HOLD_AN_ENGINE = f"""
+HOLD_AN_ENGINE = """
 import asyncio
 from pathlib import Path
 from services.worker.engine import Engine, EngineConfig
 
 async def main():
-    await Engine.start(EngineConfig({TINY_MODEL!r}, Path({str(MODELS_DIR / TINY_MODEL)!r}), 2048, 0.25, 4))
+    await Engine.start(EngineConfig({model!r}, Path({path!r}), 2048, 0.25, 4, process_server={process_server}))
     print("ready", flush=True)
     await asyncio.sleep(600)
 
-asyncio.run(main())
+if __name__ == "__main__":  # a spawned process imports this module again
+    asyncio.run(main())
 """
 
 
-def test_a_killed_workers_engine_process_and_the_server_end_with_it() -> None:
-    """kill -9 of the worker's process alone (not its process group), as when the kernel's OOM killer picks it."""
+@pytest.mark.parametrize("process_server", [True, False], ids=["forked-from-the-server", "spawned"])
+def test_a_killed_workers_engine_process_ends_with_it(process_server: bool, tmp_path: Path) -> None:
+    """kill -9 of the worker's process alone (not its process group), as when the kernel's OOM killer picks it: its
+    engine process, and the server it was forked from, end too."""
+    script = tmp_path / "hold_an_engine.py"
+    script.write_text(
+        HOLD_AN_ENGINE.format(model=TINY_MODEL, path=str(MODELS_DIR / TINY_MODEL), process_server=process_server)
+    )
     worker = subprocess.Popen(
-        [sys.executable, "-c", HOLD_AN_ENGINE], cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         assert worker.stdout is not None
