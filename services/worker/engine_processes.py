@@ -1,10 +1,11 @@
 """vLLM's engine processes started from a server that has imported torch and vLLM already.
 
 On CPU vLLM starts each model's EngineCore process with multiprocessing's ``spawn``: a fresh interpreter that imports
-torch and vLLM again before it loads the model, which is most of a model's start (about 13 s of the tiny model's
-15 s warm reload here on 5 December). multiprocessing's ``forkserver`` keeps one single-threaded server
-process that has imported them once, and forks each new process from it: that is as safe as spawn (the server runs
-no threads, no OpenMP and no event loop, unlike the worker) and starts a model in seconds. vLLM 0.32 offers only
+torch and vLLM again before it loads the model, which is most of a model's start (about 11 s of the tiny model's
+12.6 s warm reload here on 5 December). multiprocessing's ``forkserver`` keeps one server process that has imported
+them once, and forks each new process from it; a model then starts in about a second. That is safe where forking the
+worker is not: the server only imports. It runs no event loop, no Kafka client and no OpenMP, and its only threads are
+the idle pools of OpenBLAS (numpy's, scipy's, OpenCV's), which OpenBLAS stops around a fork. vLLM 0.32 offers only
 ``spawn`` and ``fork`` (VLLM_WORKER_MULTIPROC_METHOD) and its CPU platform forces ``spawn``, so the engine module's
 choice of start method is replaced here, on CPU only (use_engine_process_server).
 
@@ -47,9 +48,10 @@ logger = logging.getLogger(__name__)
 
 ENGINE_STOP_GRACE_S = 30.0  # after its worker has ended, an engine process that has not stopped by then is ended
 
-# What the server imports before it forks anything: vLLM's engine process with torch, and this module (each process
-# runs _run_in_environment first); the worker's own modules come with it.
-PRELOAD = ["vllm.v1.engine.core", __name__, "services.worker.main"]
+# What the server imports before it forks anything: vLLM's engine process with torch, its CPU worker (the model
+# runner, attention and model classes: 0.5-0.9 s more per load otherwise), and this module (each process runs
+# _run_in_environment first); the worker's own modules come with it.
+PRELOAD = ["vllm.v1.engine.core", "vllm.v1.worker.cpu_worker", __name__, "services.worker.main"]
 
 
 def start_engine_process_server() -> None:
