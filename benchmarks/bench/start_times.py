@@ -2,8 +2,8 @@
 (FERRY_WORKER_ENGINE_PROCESS_SERVER, the default) and spawned as vLLM does it, side by side: each round measures both
 in fresh processes, one after the other, alternating which goes first.
 
-``python -m benchmarks.bench.start_times MODEL on|off`` measures one (targets.model_start_times) and prints its JSON;
-``bench --start-times`` runs the rounds and prints the comparison.
+``python -m benchmarks.bench.start_times MODEL server|spawn`` measures one (targets.model_start_times) and prints
+its JSON; ``bench --start-times`` runs the rounds and prints the comparison.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ FIGURES = {
 def measure_once(model: str, method: str) -> dict[str, object]:
     """One cold start and warm reload of ``model`` in a fresh process."""
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench.start_times", model, "on" if METHODS[method] else "off"],
+        [sys.executable, "-m", "benchmarks.bench.start_times", model, method],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -77,5 +77,5 @@ def format_comparison(result: dict[str, object]) -> str:
 if __name__ == "__main__":
     from benchmarks.bench.targets import model_start_times
 
-    model_id, switch = sys.argv[1], sys.argv[2]
-    print(json.dumps(asyncio.run(model_start_times(model_id, process_server=switch == "on"))))
+    model_id, method = sys.argv[1], sys.argv[2]
+    print(json.dumps(asyncio.run(model_start_times(model_id, process_server=METHODS[method]))))

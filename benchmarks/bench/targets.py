@@ -257,8 +257,8 @@ async def model_start_times(model_id: str, process_server: bool) -> dict[str, fl
 
 
 def _server_memory_mib() -> dict[str, float]:
-    """The engine-process server's memory once the engines are stopped: its unique memory, then all it holds beyond
-    shared libraries (while engines run, they share part of it)."""
+    """The engine-process server's unique memory, taken once its engines have stopped: then it is all the server
+    holds beyond shared libraries (while engines run, they share part of it)."""
     import psutil
 
     (server,) = [c for c in psutil.Process().children() if "multiprocessing.forkserver" in " ".join(c.cmdline())]

@@ -52,16 +52,8 @@ async def start_and_ask(process_server: bool) -> Started:
             answer += step.text
     finally:
         await engine.shutdown()
-    gone = await asyncio.to_thread(lambda: not core.is_running() or _wait_gone(core))
-    return Started(answer, name, " ".join(parent.cmdline()), parent.pid == me.pid, gone)
-
-
-def _wait_gone(process: psutil.Process) -> bool:
-    try:
-        process.wait(timeout=30)
-    except psutil.TimeoutExpired:
-        return False
-    return True
+    _, alive = await asyncio.to_thread(psutil.wait_procs, [core], timeout=30)
+    return Started(answer, name, " ".join(parent.cmdline()), parent.pid == me.pid, not alive)
 
 
 def test_an_engine_forked_from_the_server_answers_as_one_vllm_spawns() -> None:
