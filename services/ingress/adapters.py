@@ -90,12 +90,19 @@ class ReplyListener:
                 remaining = (deadline_at - utc_now()).total_seconds()
                 if remaining <= 0:
                     raise TimeoutError
-                event = await asyncio.wait_for(queue.get(), remaining)
+                if queue.empty():
+                    async with asyncio.timeout(remaining):  # no task per event, as wait_for would start
+                        event = await queue.get()
+                else:
+                    event = queue.get_nowait()
                 yield event
                 if isinstance(event, CompletionFinished | GenerationFailed):
                     return
         finally:
-            self._queues.pop(request_id, None)
+            # only its own: a reader closed late (an async generator is finalized when collected) must not drop the
+            # queue of a request registered since under the same id
+            if self._queues.get(request_id, (None,))[0] is queue:
+                del self._queues[request_id]
 
     def forget(self, request_id: str) -> None:
         self._queues.pop(request_id, None)

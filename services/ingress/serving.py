@@ -596,6 +596,7 @@ async def stream_sse(
     carries the prompt's logprobs. With ``prompt_only`` (max_tokens 0 with echo) no generated text is sent."""
     created = int(time.time())
     chunk = _chat_chunk if kind == "chat" else _text_chunk
+    text_chunk = text_chunk_writer(request_id, created, model, kind)
 
     echo_waits = set(range(choices)) if echo and echo_logprobs else set()
     for index in range(choices):
@@ -626,7 +627,10 @@ async def stream_sse(
                 elif event.logprobs is not None:
                     logprobs = text_logprobs(event.logprobs, token_starts[index])
                     token_starts[index] += sum(len(e.token) for e in event.logprobs)
-                yield chunk(request_id, created, model, event.text, None, index, logprobs=logprobs)
+                if logprobs is None:
+                    yield text_chunk(event.text, index)
+                else:
+                    yield chunk(request_id, created, model, event.text, None, index, logprobs=logprobs)
             elif isinstance(event, CompletionFinished):
                 finals[index] = event
                 if rest := calls.rest(index, event.tool_calls or []):  # what the pieces did not bring
@@ -656,6 +660,22 @@ async def stream_sse(
     except TimeoutError:
         yield _sse(DEADLINE_EXCEEDED.body())
     yield _sse("[DONE]")
+
+
+def text_chunk_writer(request_id: str, created: int, model: str, kind: ApiKind) -> Callable[[str, int], str]:
+    """Writes a stream's chunks of text alone (no logprobs, tool calls or finish reason), the most frequent chunk by
+    far, as the same bytes as ``_chat_chunk`` and ``_text_chunk`` give them, but without building and dumping a model
+    for each: only the text is encoded per chunk."""
+    object_name = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    head = (
+        f'data: {{"id":{json.dumps(request_id)},"object":"{object_name}","created":{created},'
+        f'"model":{json.dumps(model)},"choices":[{{"index":'
+    )
+    if kind == "chat":
+        return (
+            lambda text, index: f'{head}{index},"delta":{{"content":{json.dumps(text)}}},"finish_reason":null}}]}}\n\n'
+        )
+    return lambda text, index: f'{head}{index},"text":{json.dumps(text)},"finish_reason":null,"logprobs":null}}]}}\n\n'
 
 
 def _chat_chunk(

@@ -20,6 +20,7 @@ from services.ingress.serving import (
     failure_error,
     merged,
     stream_sse,
+    text_chunk_writer,
     text_completion,
     to_completion_requested,
     usage_of,
@@ -79,6 +80,18 @@ async def test_stream_is_openai_chunk_sequence_with_usage_and_done() -> None:
     # the variant that generated the text is known once it finished: the last two chunks name it, the others do not
     assert final["system_fingerprint"] == usage["system_fingerprint"] == "int8"
     assert all("system_fingerprint" not in c for c in (role, first, second))
+
+
+@pytest.mark.parametrize("kind", ["chat", "text"])
+@pytest.mark.parametrize("text", ["", "Paris", 'a "quoted" \\ back\nslash\t', "é ü 中文 😀", "\u2028\x00\x1f</script>"])
+def test_chunks_of_text_are_written_byte_for_byte_as_the_response_models_write_them(kind: str, text: str) -> None:
+    from services.ingress.serving import _chat_chunk, _text_chunk
+
+    request_id, model = 'chatcmpl-"7"', "org/model\\v2"  # characters JSON escapes
+    by_model = _chat_chunk if kind == "chat" else _text_chunk
+    write = text_chunk_writer(request_id, 1764900000, model, kind)  # type: ignore[arg-type]
+    for index in (0, 3):
+        assert write(text, index) == by_model(request_id, 1764900000, model, text, None, index)
 
 
 async def test_stream_without_include_usage_has_no_usage_chunk() -> None:
