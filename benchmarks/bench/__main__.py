@@ -91,6 +91,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --overhead: concurrent streams of each step, comma-separated",
     )
     p.add_argument(
+        "--paced",
+        type=float,
+        metavar="SECONDS",
+        help="with --overhead: first a step of single requests sent every SECONDS (open loop, the same instants for "
+        "every target), so that every target's engine is idle before each request, as a closed loop at one stream "
+        "leaves only ferry's (see bench/overhead.py)",
+    )
+    p.add_argument(
         "--low-load-prompts",
         type=int,
         default=20,
@@ -279,7 +287,15 @@ def _overhead(args: argparse.Namespace, argv: list[str] | None) -> int:
     path, max_model_len = _local_model(args.model)
     models_dir = Path(os.environ.get("FERRY_WORKER_MODELS_DIR", Path.home() / ".cache" / "ferry" / "models"))
     steps = overhead.run_overhead(
-        args.model, path, max_model_len, args.concurrencies, args.input_words, args.output_tokens, models_dir, out
+        args.model,
+        path,
+        max_model_len,
+        args.concurrencies,
+        args.input_words,
+        args.output_tokens,
+        models_dir,
+        out,
+        paced_s=args.paced,
     )
     command = " ".join(["bench", *_redacted(argv if argv is not None else sys.argv[1:])])
     print(overhead.write(out, steps, command).read_text())

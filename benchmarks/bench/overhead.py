@@ -7,7 +7,14 @@ same prompts to ferry, to vLLM's server and to the engine in this process (ferry
 floor), ferry first at one step and last at the next, and reports time to first token and time per output token at
 p50 and p99 for each, and ferry's difference with each baseline: the added time. The services' spans of each ferry
 run give the hop-by-hop breakdown (benchmarks.bench.hops), and /proc the CPU time each of ferry's services and its
-Kafka, PostgreSQL and Redis spent on the run, against vLLM's server on the same requests (benchmarks.bench.cpu)."""
+Kafka, PostgreSQL and Redis spent on the run, against vLLM's server on the same requests (benchmarks.bench.cpu).
+
+With ``paced_s`` a first step sends one request every ``paced_s`` seconds (an open loop: every target gets its
+requests at the same instants, whether or not the one before has finished). At one stream in a closed loop each
+request is sent as the last one ends, so the engine in process gets its requests back to back, while ferry's engine
+sits idle as each request crosses the platform, and an engine that has been idle answers later (a few ms here, see
+benchmarks/README.md). Paced, every target's engine is idle before each request, as it is for users who do not send
+the moment an answer ends, so the added time is the platform's own."""
 
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ BASELINES = ("vllm-direct", "engine-in-process")
 @dataclass
 class Step:
     concurrency: int
+    """Concurrent streams (closed loop); 1 for a paced step."""
     summaries: dict[str, Summary]
     """ferry's and each baseline's, by name."""
     hops: str
@@ -45,10 +53,20 @@ class Step:
     load_average: float
     cpu_seconds: dict[str, dict[str, float]]
     """CPU seconds spent during a target's run, by target (ferry, vllm-direct), then by component."""
+    paced_s: float | None = None
+    """Seconds between requests sent in an open loop; None: ``concurrency`` streams, each request as the last ends."""
+
+    @property
+    def label(self) -> str:
+        return load_name(self.concurrency, self.paced_s)
 
     @property
     def ferry(self) -> Summary:
         return self.summaries["ferry"]
+
+
+def load_name(concurrency: int, paced_s: float | None) -> str:
+    return f"one request every {paced_s:g} s" if paced_s is not None else f"{concurrency} streams"
 
 
 def _spans(workdir: Path, window: tuple[float, float]) -> dict[str, list[float]]:
@@ -72,6 +90,7 @@ def run_overhead(
     models_dir: Path,
     out: Path,
     extra_env: dict[str, str] | None = None,
+    paced_s: float | None = None,
 ) -> list[Step]:
     from tests.e2e.platform import start_platform, stop_platform  # the test platform starter, reused
 
@@ -89,10 +108,14 @@ def run_overhead(
             warm_up = prompts.synthetic(WARMUP_PROMPTS, input_words, output_tokens, seed=99)
             for target in (ferry, vllm):
                 asyncio.run(run(target, Load(warm_up, [0.0] * WARMUP_PROMPTS, 4, show_progress=False)))
-            for i, concurrency in enumerate(concurrencies):
+            plan = ([(1, paced_s)] if paced_s is not None else []) + [(c, None) for c in concurrencies]
+            for i, (concurrency, interval) in enumerate(plan):
                 count = max(64, 2 * concurrency)
                 requests = prompts.synthetic(count, input_words, output_tokens, seed=i)
-                load = Load(requests, [0.0] * count, concurrency, show_progress=False)
+                if interval is None:
+                    load = Load(requests, [0.0] * count, concurrency, show_progress=False)
+                else:
+                    load = Load(requests, [n * interval for n in range(count)], None, show_progress=False)
                 runs = {
                     "ferry": lambda load=load: run(ferry, load),
                     "vllm-direct": lambda load=load: run(vllm, load),
@@ -112,10 +135,13 @@ def run_overhead(
                     summaries[name] = summarize(results, duration)
                     if name == "ferry":
                         window = (started, time.time())
-                    print(f"{concurrency} streams, {name}: {summaries[name].completed}/{count}", file=sys.stderr)
+                    print(
+                        f"{load_name(concurrency, interval)}, {name}: {summaries[name].completed}/{count}",
+                        file=sys.stderr,
+                    )
                 time.sleep(2 * CONSOLE_EXPORT_DELAY_MS / 1000)  # the last spans reach the trace files
                 hops = hop_table(_spans(workdir, window))
-                steps.append(Step(concurrency, summaries, hops, order, os.getloadavg()[0], cpu_seconds))
+                steps.append(Step(concurrency, summaries, hops, order, os.getloadavg()[0], cpu_seconds, interval))
     finally:
         stop_platform(platform)
     return steps
@@ -133,7 +159,7 @@ def markdown(steps: list[Step], command: str) -> str:
         "TPOT is (end - first token) / (tokens - 1) per request. Baselines: `vllm-direct` is vLLM's own OpenAI server",
         "on the same model folder; `engine-in-process` is the engine called in the bench process (no HTTP at all).",
         "",
-        "| streams | baseline | TTFT p50 ferry / base / added (ms) | TTFT p99 ferry / base / added (ms)"
+        "| load | baseline | TTFT p50 ferry / base / added (ms) | TTFT p99 ferry / base / added (ms)"
         " | TPOT p50 ferry / base / added (ms) | TPOT p99 ferry / base / added (ms) | completed (ferry, base) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -149,13 +175,13 @@ def markdown(steps: list[Step], command: str) -> str:
                 a, b = getattr(ours, q), getattr(theirs, q)
                 cells.append(f"{a:.1f} / {b:.1f} / {a - b:+.1f}")
             done = f"{s.ferry.completed}, {base.completed} of {s.ferry.completed + s.ferry.failed}"
-            lines.append(f"| {s.concurrency} | {baseline} | {' | '.join(cells)} | {done} |")
+            lines.append(f"| {s.label} | {baseline} | {' | '.join(cells)} | {done} |")
     lines += ["", "Run order and the machine's 1-minute load average (2 shared cores) after each step:", ""]
-    lines += [f"- {s.concurrency} streams: {', '.join(s.order)}; load average {s.load_average:.1f}" for s in steps]
+    lines += [f"- {s.label}: {', '.join(s.order)}; load average {s.load_average:.1f}" for s in steps]
     lines.append("")
     lines += cpu_table(steps)
     for s in steps:
-        lines += [f"## Hops at {s.concurrency} streams (ferry run, from the services' spans)", "", s.hops]
+        lines += [f"## Hops at {s.label} (ferry run, from the services' spans)", "", s.hops]
     return "\n".join(lines) + "\n"
 
 
@@ -171,7 +197,7 @@ def cpu_table(steps: list[Step]) -> list[str]:
         " Kafka, PostgreSQL and Redis count whatever they did during ferry's run. The worker includes its engine,"
         " whose OpenMP threads also spin while they wait for work.",
         "",
-        f"| streams | ferry total | {' | '.join(components)} | ferry without the worker | vLLM server"
+        f"| load | ferry total | {' | '.join(components)} | ferry without the worker | vLLM server"
         " | ferry / vLLM server |",
         "|" + " --- |" * (len(components) + 5),
     ]
@@ -185,9 +211,7 @@ def cpu_table(steps: list[Step]) -> list[str]:
         cells = [f"{per_request[c]:.1f}" if c in per_request else "n/a" for c in components]
         ratio = f"{total / vllm:.2f}" if vllm else "n/a"
         vllm_cell = f"{vllm:.1f}" if vllm else "n/a"
-        lines.append(
-            f"| {s.concurrency} | {total:.1f} | {' | '.join(cells)} | {platform_part:.1f} | {vllm_cell} | {ratio} |"
-        )
+        lines.append(f"| {s.label} | {total:.1f} | {' | '.join(cells)} | {platform_part:.1f} | {vllm_cell} | {ratio} |")
     return [*lines, ""]
 
 
@@ -203,6 +227,7 @@ def write(out: Path, steps: list[Step], command: str) -> Path:
         "steps": [
             {
                 "concurrency": s.concurrency,
+                "paced_s": s.paced_s,
                 "order": s.order,
                 "load_average": s.load_average,
                 "cpu_seconds": s.cpu_seconds,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from benchmarks.bench.cpu import CpuMeter, infra_pids, tree_cpu_seconds
 from benchmarks.bench.metrics import RequestResult, Summary, summarize
-from benchmarks.bench.overhead import Step, cpu_table
+from benchmarks.bench.overhead import Step, cpu_table, markdown
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
 
@@ -81,11 +81,24 @@ def test_cpu_table_gives_milliseconds_per_completed_request_by_component_and_aga
         },
     )
     lines = cpu_table([step])
-    header = next(line for line in lines if line.startswith("| streams"))
+    header = next(line for line in lines if line.startswith("| load"))
     assert header.split(" | ")[2:7] == ["ingress", "safety", "batcher", "worker-tiny", "kafka"]
     row = lines[-2].strip("| ").split(" | ")
     # per request: ferry 1.2 s / 4 = 300 ms; vLLM 0.5 s / 2 = 250 ms
-    assert row == ["16", "300.0", "30.0", "50.0", "10.0", "200.0", "10.0", "100.0", "250.0", "1.20"]
+    assert row == ["16 streams", "300.0", "30.0", "50.0", "10.0", "200.0", "10.0", "100.0", "250.0", "1.20"]
+
+
+def test_a_paced_step_is_named_by_its_interval_in_every_table() -> None:
+    summaries = {"ferry": _summary(2), "vllm-direct": _summary(2), "engine-in-process": _summary(2)}
+    order = ["ferry", "vllm-direct", "engine-in-process"]
+    seconds = {"ferry": {"ingress": 0.1}, "vllm-direct": {"vLLM server": 0.1}}
+    paced = Step(1, summaries, "hops of the paced step", order, 1.0, seconds, paced_s=0.5)
+    closed = Step(1, summaries, "hops of the closed loop", order, 1.0, seconds)
+    text = markdown([paced, closed], "bench --overhead --paced 0.5 --concurrencies 1")
+    rows = [line.split(" | ")[0].strip("| ") for line in text.splitlines() if line.startswith("| ")]
+    assert rows.count("one request every 0.5 s") == 3  # two baselines, then the CPU table
+    assert rows.count("1 streams") == 3
+    assert "## Hops at one request every 0.5 s (ferry run, from the services' spans)\n\nhops of the paced step" in text
 
 
 def test_no_cpu_table_without_figures() -> None:
