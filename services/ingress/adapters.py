@@ -101,7 +101,8 @@ class ReplyListener:
         finally:
             # only its own: a reader closed late (an async generator is finalized when collected) must not drop the
             # queue of a request registered since under the same id
-            if self._queues.get(request_id, (None,))[0] is queue:
+            registered = self._queues.get(request_id)
+            if registered is not None and registered[0] is queue:
                 del self._queues[request_id]
 
     def forget(self, request_id: str) -> None:

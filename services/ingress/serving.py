@@ -596,7 +596,7 @@ async def stream_sse(
     carries the prompt's logprobs. With ``prompt_only`` (max_tokens 0 with echo) no generated text is sent."""
     created = int(time.time())
     chunk = _chat_chunk if kind == "chat" else _text_chunk
-    text_chunk = text_chunk_writer(request_id, created, model, kind)
+    text_only_chunk = text_only_chunk_writer(request_id, created, model, kind)
 
     echo_waits = set(range(choices)) if echo and echo_logprobs else set()
     for index in range(choices):
@@ -628,7 +628,7 @@ async def stream_sse(
                     logprobs = text_logprobs(event.logprobs, token_starts[index])
                     token_starts[index] += sum(len(e.token) for e in event.logprobs)
                 if logprobs is None:
-                    yield text_chunk(event.text, index)
+                    yield text_only_chunk(event.text, index)
                 else:
                     yield chunk(request_id, created, model, event.text, None, index, logprobs=logprobs)
             elif isinstance(event, CompletionFinished):
@@ -662,7 +662,7 @@ async def stream_sse(
     yield _sse("[DONE]")
 
 
-def text_chunk_writer(request_id: str, created: int, model: str, kind: ApiKind) -> Callable[[str, int], str]:
+def text_only_chunk_writer(request_id: str, created: int, model: str, kind: ApiKind) -> Callable[[str, int], str]:
     """Writes a stream's chunks of text alone (no logprobs, tool calls or finish reason), the most frequent chunk by
     far, as the same bytes as ``_chat_chunk`` and ``_text_chunk`` give them, but without building and dumping a model
     for each: only the text is encoded per chunk."""

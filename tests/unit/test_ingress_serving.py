@@ -20,8 +20,8 @@ from services.ingress.serving import (
     failure_error,
     merged,
     stream_sse,
-    text_chunk_writer,
     text_completion,
+    text_only_chunk_writer,
     to_completion_requested,
     usage_of,
     without_repeats,
@@ -89,7 +89,7 @@ def test_chunks_of_text_are_written_byte_for_byte_as_the_response_models_write_t
 
     request_id, model = 'chatcmpl-"7"', "org/model\\v2"  # characters JSON escapes
     by_model = _chat_chunk if kind == "chat" else _text_chunk
-    write = text_chunk_writer(request_id, 1764900000, model, kind)  # type: ignore[arg-type]
+    write = text_only_chunk_writer(request_id, 1764900000, model, kind)  # type: ignore[arg-type]
     for index in (0, 3):
         assert write(text, index) == by_model(request_id, 1764900000, model, text, None, index)
 
