@@ -1,6 +1,7 @@
-"""The admin HTTP API (``/admin/v1/...``): tenants, their limits and privacy settings, and their API keys. It does what
-the admin command does (services/ingress/admin.py), through the same functions. Callers authenticate with an admin
-key (``python -m services.ingress.admin admin-keys create``); a tenant's key gets 403."""
+"""The admin HTTP API (``/admin/v1/...``): tenants, their limits and privacy settings, their API keys, and the admin
+keys themselves. It does what the admin command does (services/ingress/admin.py), through the same functions. Callers
+authenticate with an admin key; the first one comes from the command (``python -m services.ingress.admin admin-keys
+create``), later ones from either. A tenant's key gets 403."""
 
 from __future__ import annotations
 
@@ -113,14 +114,18 @@ class KeyCreate(BaseModel):
     name: Label = Field("", description="A label to tell keys apart.")
 
 
-class KeyOut(BaseModel):
-    object: str = "api_key"
+class AdminKeyOut(BaseModel):
+    object: str = "admin_key"
     id: str
-    tenant_id: str
     name: str
     prefix: str = Field(description="The key's first characters.")
     created_at: datetime | None = None
     revoked_at: datetime | None = None
+
+
+class KeyOut(AdminKeyOut):
+    object: str = "api_key"
+    tenant_id: str
 
 
 class NewKeyOut(KeyOut):
@@ -130,6 +135,15 @@ class NewKeyOut(KeyOut):
 class KeyList(BaseModel):
     object: str = "list"
     data: list[KeyOut]
+
+
+class NewAdminKeyOut(AdminKeyOut):
+    key: str = Field(description="The secret, shown only in this response; only its SHA-256 digest is stored.")
+
+
+class AdminKeyList(BaseModel):
+    object: str = "list"
+    data: list[AdminKeyOut]
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -250,6 +264,39 @@ async def revoke_key(key_id: Annotated[str, Path(description="A key id (key_...)
         raise ApiError(404, f"No active key `{key_id}`.", param="key_id", code="key_not_found")
     logger.info("key %s revoked through the admin API", key_id)
     return _key_out(await deps.tenants.key(key_id))
+
+
+@router.post("/admin-keys", status_code=201, response_model=NewAdminKeyOut)
+async def create_admin_key(body: KeyCreate, deps: DepsDep) -> JSONResponse:
+    """Creates an admin key, to hand to another operator or to rotate one's own (create, switch, revoke the old)."""
+    key = await deps.tenants.create_admin_key(body.name)
+    logger.info("admin key %s created through the admin API", key.id)
+    out = NewAdminKeyOut(id=key.id, name=body.name, prefix=key.prefix, key=key.secret)
+    return JSONResponse(out.model_dump(mode="json"), status_code=201)
+
+
+@router.get("/admin-keys", response_model=AdminKeyList)
+async def list_admin_keys(deps: DepsDep) -> AdminKeyList:
+    return AdminKeyList(data=[_admin_key_out(row) for row in await deps.tenants.admin_keys()])
+
+
+@router.delete("/admin-keys/{key_id}", response_model=AdminKeyOut)
+async def revoke_admin_key(
+    key_id: Annotated[str, Path(description="An admin key id (adminkey_...).")], deps: DepsDep
+) -> AdminKeyOut:
+    """Revokes an admin key at once (admin keys are not cached), the caller's own included. The command line still
+    makes a new one if the last is revoked."""
+    if not _storable_id(key_id) or not await deps.tenants.revoke_admin_key(key_id):
+        raise ApiError(404, f"No active admin key `{key_id}`.", param="key_id", code="key_not_found")
+    logger.info("admin key %s revoked through the admin API", key_id)
+    return next(_admin_key_out(row) for row in await deps.tenants.admin_keys() if row["id"] == key_id)
+
+
+def _admin_key_out(row: Any) -> AdminKeyOut:
+    return AdminKeyOut(
+        id=row["id"], name=row["name"], prefix=row["key_prefix"], created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )  # fmt: skip
 
 
 def _valid_id(tenant_id: str) -> bool:

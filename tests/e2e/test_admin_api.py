@@ -125,3 +125,31 @@ def test_tenant_keys_and_missing_or_revoked_admin_keys_are_refused(platform: Pla
 
         platform.admin("admin-keys", "revoke", key_id)
         assert client.get("/admin/v1/keys", headers=_bearer(admin_key)).status_code == 401
+
+
+def test_an_admin_rotates_admin_keys_over_http(platform: Platform) -> None:
+    old_id, old_key = platform.admin("admin-keys", "create", "--name", "rotating").split("\t")
+    with httpx.Client(base_url=platform.base_url, timeout=30) as client:
+        made = client.post("/admin/v1/admin-keys", json={"name": "next"}, headers=_bearer(old_key))
+        assert made.status_code == 201, made.text
+        new_id, new_key = made.json()["id"], made.json()["key"]
+        assert new_id.startswith("adminkey_") and new_key.startswith(made.json()["prefix"])
+        assert client.get("/admin/v1/tenants", headers=_bearer(new_key)).status_code == 200
+
+        listed = client.get("/admin/v1/admin-keys", headers=_bearer(new_key))
+        assert listed.status_code == 200
+        by_id = {k["id"]: k for k in listed.json()["data"]}
+        assert by_id[new_id]["name"] == "next" and by_id[old_id]["revoked_at"] is None
+        assert all("key" not in k for k in by_id.values()), "a listing must never show a secret"
+        # the CLI lists the key made over HTTP: both manage the same keys
+        assert new_id in platform.admin("admin-keys", "list")
+
+        revoked = client.delete(f"/admin/v1/admin-keys/{old_id}", headers=_bearer(new_key))
+        assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+        assert client.get("/admin/v1/tenants", headers=_bearer(old_key)).status_code == 401  # at once: not cached
+        again = client.delete(f"/admin/v1/admin-keys/{old_id}", headers=_bearer(new_key))
+        assert again.status_code == 404 and again.json()["error"]["code"] == "key_not_found"
+        # a tenant's key can neither make nor revoke admin keys
+        assert client.post("/admin/v1/admin-keys", json={}, headers=platform.auth).status_code == 403
+        assert client.delete(f"/admin/v1/admin-keys/{new_id}", headers=platform.auth).status_code == 403
+        assert client.get("/admin/v1/tenants", headers=_bearer(new_key)).status_code == 200
