@@ -7,6 +7,7 @@ Database calls are bounded in time (shared.outages): a database that does not an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -301,9 +302,10 @@ class TenantDirectory:
 
     async def create_key(self, tenant_id: str, name: str = "") -> NewKey:
         key = new_api_key()
-        await self._database.call(
-            lambda: self._pool.execute(
-                "INSERT INTO api_keys (id, tenant_id, name, key_digest, key_prefix) VALUES ($1, $2, $3, $4, $5)",
+        created_at = await self._database.call(
+            lambda: self._pool.fetchval(
+                "INSERT INTO api_keys (id, tenant_id, name, key_digest, key_prefix) VALUES ($1, $2, $3, $4, $5)"
+                " RETURNING created_at",
                 key.id,
                 tenant_id,
                 name,
@@ -311,7 +313,7 @@ class TenantDirectory:
                 key.prefix,
             )
         )
-        return key
+        return dataclasses.replace(key, created_at=created_at)
 
     async def keys(self, tenant_id: str | None = None) -> list[asyncpg.Record]:
         return await self._database.call(
@@ -348,16 +350,17 @@ class TenantDirectory:
 
     async def create_admin_key(self, name: str = "") -> NewKey:
         key = new_api_key(ADMIN_KEY_PREFIX)
-        await self._database.call(
-            lambda: self._pool.execute(
-                "INSERT INTO admin_keys (id, name, key_digest, key_prefix) VALUES ($1, $2, $3, $4)",
+        created_at = await self._database.call(
+            lambda: self._pool.fetchval(
+                "INSERT INTO admin_keys (id, name, key_digest, key_prefix) VALUES ($1, $2, $3, $4)"
+                " RETURNING created_at",
                 key.id,
                 name,
                 key.digest,
                 key.prefix,
             )
         )
-        return key
+        return dataclasses.replace(key, created_at=created_at)
 
     async def admin_keys(self) -> list[asyncpg.Record]:
         return await self._database.call(

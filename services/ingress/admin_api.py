@@ -244,7 +244,9 @@ async def create_key(tenant_id: TenantId, body: KeyCreate, deps: DepsDep) -> JSO
     if key is None:
         raise _no_tenant(tenant_id)
     logger.info("key %s of tenant %s created through the admin API", key.id, tenant_id)
-    out = NewKeyOut(id=key.id, tenant_id=tenant_id, name=body.name, prefix=key.prefix, key=key.secret)
+    out = NewKeyOut(
+        id=key.id, tenant_id=tenant_id, name=body.name, prefix=key.prefix, created_at=key.created_at, key=key.secret
+    )
     return JSONResponse(out.model_dump(mode="json"), status_code=201)
 
 
@@ -271,7 +273,7 @@ async def create_admin_key(body: KeyCreate, deps: DepsDep) -> JSONResponse:
     """Creates an admin key, to hand to another operator or to rotate one's own (create, switch, revoke the old)."""
     key = await deps.tenants.create_admin_key(body.name)
     logger.info("admin key %s created through the admin API", key.id)
-    out = NewAdminKeyOut(id=key.id, name=body.name, prefix=key.prefix, key=key.secret)
+    out = NewAdminKeyOut(id=key.id, name=body.name, prefix=key.prefix, created_at=key.created_at, key=key.secret)
     return JSONResponse(out.model_dump(mode="json"), status_code=201)
 
 

@@ -6,6 +6,7 @@ import hashlib
 import math
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 from shared.contracts import BatchingProfile, CompletionRequested, Priority
 
@@ -60,6 +61,8 @@ class NewKey:
     secret: str
     digest: bytes
     prefix: str
+    created_at: datetime | None = None
+    """Set once the key is stored (the database's clock, as in a listing)."""
 
 
 def new_api_key(prefix: str = KEY_PREFIX) -> NewKey:

@@ -49,6 +49,7 @@ def test_an_admin_manages_tenants_and_keys_over_http(platform: Platform) -> None
         made = client.post(f"/admin/v1/tenants/{tenant}/keys", json={"name": "ci"}, headers=_bearer(admin_key))
         assert made.status_code == 201, made.text
         key, key_id = made.json()["key"], made.json()["id"]
+        assert made.json()["created_at"] is not None
         answer = _chat(client, key)
         assert answer.status_code == 200, answer.text
         assert answer.json()["choices"][0]["message"]["role"] == "assistant"
@@ -134,6 +135,7 @@ def test_an_admin_rotates_admin_keys_over_http(platform: Platform) -> None:
         assert made.status_code == 201, made.text
         new_id, new_key = made.json()["id"], made.json()["key"]
         assert new_id.startswith("adminkey_") and new_key.startswith(made.json()["prefix"])
+        assert made.json()["created_at"] is not None
         assert client.get("/admin/v1/tenants", headers=_bearer(new_key)).status_code == 200
 
         listed = client.get("/admin/v1/admin-keys", headers=_bearer(new_key))
