@@ -324,20 +324,15 @@ class TenantDirectory:
             )
         )
 
-    async def key(self, key_id: str) -> asyncpg.Record | None:
+    async def revoke_key(self, key_id: str) -> asyncpg.Record | None:
+        """Revokes an active key; the key as it now stands, or None if there was no active key of that id."""
         return await self._database.call(
             lambda: self._pool.fetchrow(
-                "SELECT id, tenant_id, name, key_prefix, created_at, revoked_at FROM api_keys WHERE id = $1", key_id
+                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL"
+                " RETURNING id, tenant_id, name, key_prefix, created_at, revoked_at",
+                key_id,
             )
         )
-
-    async def revoke_key(self, key_id: str) -> bool:
-        status = await self._database.call(
-            lambda: self._pool.execute(
-                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
-            )
-        )
-        return status.endswith(" 1")
 
     async def is_admin(self, secret: str) -> bool:
         """Whether ``secret`` is an active admin key (not cached: admin calls are rare, revocation is immediate)."""
@@ -369,13 +364,15 @@ class TenantDirectory:
             )
         )
 
-    async def revoke_admin_key(self, key_id: str) -> bool:
-        status = await self._database.call(
-            lambda: self._pool.execute(
-                "UPDATE admin_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
+    async def revoke_admin_key(self, key_id: str) -> asyncpg.Record | None:
+        """Revokes an active admin key; the key as it now stands, or None if there was no active key of that id."""
+        return await self._database.call(
+            lambda: self._pool.fetchrow(
+                "UPDATE admin_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL"
+                " RETURNING id, name, key_prefix, created_at, revoked_at",
+                key_id,
             )
         )
-        return status.endswith(" 1")
 
 
 _TENANT_COLUMNS = (

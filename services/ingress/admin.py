@@ -220,7 +220,7 @@ async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
     elif args.command == "keys" and args.action == "list":
         _print_keys(await directory.keys(args.tenant_id))
     elif args.command == "keys":
-        if not await directory.revoke_key(args.key_id):
+        if await directory.revoke_key(args.key_id) is None:
             print(f"error: no active key {args.key_id}", file=sys.stderr)
             return 1
         print(f"key {args.key_id} revoked")
@@ -231,7 +231,7 @@ async def run(args: argparse.Namespace, directory: TenantDirectory) -> int:
     elif args.command == "admin-keys" and args.action == "list":
         _print_keys(await directory.admin_keys(), tenant_column=False)
     elif args.command == "admin-keys":
-        if not await directory.revoke_admin_key(args.key_id):
+        if await directory.revoke_admin_key(args.key_id) is None:
             print(f"error: no active admin key {args.key_id}", file=sys.stderr)
             return 1
         print(f"admin key {args.key_id} revoked")

@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
@@ -128,6 +128,9 @@ class KeyOut(AdminKeyOut):
     tenant_id: str
 
 
+_KeyOut = TypeVar("_KeyOut", bound=AdminKeyOut)
+
+
 class NewKeyOut(KeyOut):
     key: str = Field(description="The secret, shown only in this response; only its SHA-256 digest is stored.")
 
@@ -181,11 +184,11 @@ def _tenant_out(tenant: Tenant, dropped: int | None = None) -> TenantOut:
     return TenantOut(**dataclasses.asdict(tenant), cached_responses_dropped=dropped)
 
 
-def _key_out(row: Any) -> KeyOut:
-    return KeyOut(
-        id=row["id"], tenant_id=row["tenant_id"], name=row["name"], prefix=row["key_prefix"],
-        created_at=row["created_at"], revoked_at=row["revoked_at"],
-    )  # fmt: skip
+def _key_out(model: type[_KeyOut], row: Any) -> _KeyOut:
+    """A key's row from the directory (an admin key's, or a tenant's with its tenant_id) as the API shows it."""
+    fields = dict(row)
+    fields["prefix"] = fields.pop("key_prefix")
+    return model(**fields)
 
 
 def _no_tenant(tenant_id: str) -> ApiError:
@@ -256,16 +259,17 @@ async def list_keys(
 ) -> KeyList:
     if tenant_id is not None and not _valid_id(tenant_id):
         return KeyList(data=[])
-    return KeyList(data=[_key_out(row) for row in await deps.tenants.keys(tenant_id)])
+    return KeyList(data=[_key_out(KeyOut, row) for row in await deps.tenants.keys(tenant_id)])
 
 
 @router.delete("/keys/{key_id}", response_model=KeyOut)
 async def revoke_key(key_id: Annotated[str, Path(description="A key id (key_...).")], deps: DepsDep) -> KeyOut:
     """Revokes a key: requests with it are refused within the ingress's key cache time (FERRY_INGRESS_AUTH_CACHE_S)."""
-    if not _storable_id(key_id) or not await deps.tenants.revoke_key(key_id):
+    revoked = await deps.tenants.revoke_key(key_id) if _storable_id(key_id) else None
+    if revoked is None:
         raise ApiError(404, f"No active key `{key_id}`.", param="key_id", code="key_not_found")
     logger.info("key %s revoked through the admin API", key_id)
-    return _key_out(await deps.tenants.key(key_id))
+    return _key_out(KeyOut, revoked)
 
 
 @router.post("/admin-keys", status_code=201, response_model=NewAdminKeyOut)
@@ -279,7 +283,7 @@ async def create_admin_key(body: KeyCreate, deps: DepsDep) -> JSONResponse:
 
 @router.get("/admin-keys", response_model=AdminKeyList)
 async def list_admin_keys(deps: DepsDep) -> AdminKeyList:
-    return AdminKeyList(data=[_admin_key_out(row) for row in await deps.tenants.admin_keys()])
+    return AdminKeyList(data=[_key_out(AdminKeyOut, row) for row in await deps.tenants.admin_keys()])
 
 
 @router.delete("/admin-keys/{key_id}", response_model=AdminKeyOut)
@@ -288,17 +292,11 @@ async def revoke_admin_key(
 ) -> AdminKeyOut:
     """Revokes an admin key at once (admin keys are not cached), the caller's own included. The command line still
     makes a new one if the last is revoked."""
-    if not _storable_id(key_id) or not await deps.tenants.revoke_admin_key(key_id):
+    revoked = await deps.tenants.revoke_admin_key(key_id) if _storable_id(key_id) else None
+    if revoked is None:
         raise ApiError(404, f"No active admin key `{key_id}`.", param="key_id", code="key_not_found")
     logger.info("admin key %s revoked through the admin API", key_id)
-    return next(_admin_key_out(row) for row in await deps.tenants.admin_keys() if row["id"] == key_id)
-
-
-def _admin_key_out(row: Any) -> AdminKeyOut:
-    return AdminKeyOut(
-        id=row["id"], name=row["name"], prefix=row["key_prefix"], created_at=row["created_at"],
-        revoked_at=row["revoked_at"],
-    )  # fmt: skip
+    return _key_out(AdminKeyOut, revoked)
 
 
 def _valid_id(tenant_id: str) -> bool:
