@@ -17,7 +17,7 @@ from services.batcher.metrics import BatcherMetrics
 from shared.kafka import ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import enabled_models
-from shared.runtime import kafka_service_app, serve
+from shared.runtime import GarbageCollection, kafka_service_app, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
 
@@ -35,6 +35,7 @@ async def main() -> None:
         await ensure_topics(common, [topics.cancellations, topics.worker_status])
         await ensure_topics(common, [topics.queue_status], partitions=1)  # as the ingress, which reads it, creates it
         registry = CollectorRegistry()
+        registry.register(GarbageCollection())
         broker = new_broker(common, SERVICE, provider, registry)
         batcher = Batcher(
             BatcherDeps(

@@ -24,7 +24,7 @@ from shared.db import connect_pool
 from shared.kafka import new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import ModelRegistry
-from shared.runtime import serve
+from shared.runtime import GarbageCollection, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
 
@@ -33,6 +33,7 @@ SERVICE = "ingress"
 
 def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
     metrics = CollectorRegistry()
+    metrics.register(GarbageCollection())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -29,7 +29,7 @@ from shared.db import connect_pool
 from shared.kafka import ensure_topics, new_broker, publish_message, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import ModelRegistry
-from shared.runtime import serve
+from shared.runtime import GarbageCollection, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
 
@@ -66,6 +66,7 @@ def classifier_version(settings: SafetySettings) -> str:
 
 def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
     metrics = CollectorRegistry()
+    metrics.register(GarbageCollection())
     safety_metrics = SafetyMetrics(metrics)
 
     @asynccontextmanager

@@ -24,7 +24,7 @@ from shared.db import connect_pool
 from shared.kafka import ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import ModelRegistry
-from shared.runtime import kafka_service_app, serve
+from shared.runtime import GarbageCollection, kafka_service_app, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
 
@@ -43,6 +43,7 @@ async def main() -> None:
         await ensure_topics(common, [t for m in models for t in (topics.requests(m), topics.batches(m))])
         await ensure_topics(common, [topics.worker_status, topics.queue_status, topics.worker_control], partitions=1)
         metrics = CollectorRegistry()
+        metrics.register(GarbageCollection())
         broker = new_broker(common, SERVICE, provider, metrics)
         board = StatusBoard(timedelta(seconds=settings.status_max_age_s))
         register(HandlerDeps(common=common, broker=broker, board=board))

@@ -22,6 +22,7 @@ from services.worker.metrics import WorkerMetrics
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS, choose_variant
 from shared.contracts import LoadedModel, ModelRequestCounts, utc_now
 from shared.registry import ModelRecord
+from shared.runtime import freeze_heap
 
 logger = logging.getLogger(__name__)
 
@@ -328,6 +329,7 @@ class ModelHost:
             hosted.memory_bytes = max(estimate, measured)
             self._engine_overhead_bytes = max(0, measured - estimate)
         self._metrics.watch(self._label(key), engine.stats, hosted.memory_bytes)
+        freeze_heap()  # the engine's front end and tokenizer live until it is unloaded: out of every collection
         hosted.loaded.set_result(engine)
         logger.info(
             "%s ready in %.1f s; weights and KV cache %.0f MiB, made room for %.0f MiB, took %s",

@@ -23,7 +23,7 @@ from shared.db import connect_pool
 from shared.kafka import DirectPublisher, ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import ModelRecord, ModelRegistry, enabled_models
-from shared.runtime import kafka_service_app, serve
+from shared.runtime import GarbageCollection, kafka_service_app, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
 
@@ -41,6 +41,7 @@ async def main() -> None:
         pool = await connect_pool(common.postgres_dsn)  # registry, tiers, demand counts, output-screening policies
         registry, catalog = ModelRegistry(pool), ModelCatalog(pool)
         metrics = CollectorRegistry()
+        metrics.register(GarbageCollection())
         worker_metrics = WorkerMetrics(metrics)
         host = ModelHost(
             allowed=[model.id, *settings.models],

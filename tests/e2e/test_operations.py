@@ -49,6 +49,16 @@ def test_every_service_is_healthy_and_counts_its_kafka_traffic(platform: Platfor
     assert metric_total(worker, published, app_name="ferry-worker") >= 1
 
 
+def test_every_service_keeps_its_start_up_heap_out_of_garbage_collections(platform: Platform) -> None:
+    """A full collection stops a process's event loop for as long as it walks the heap: hundreds of milliseconds over
+    what vLLM, torch and the classifiers leave. Each service freezes what its start-up made and reports the pauses."""
+    for service in platform.services:
+        text = httpx.get(f"http://127.0.0.1:{service.port}/metrics", timeout=5).text
+        frozen = re.search(r"^ferry_gc_frozen_objects ([0-9.e+]+)$", text, re.MULTILINE)
+        assert frozen is not None and float(frozen.group(1)) > 50_000, service.name
+        assert 'ferry_gc_pause_seconds_count{generation="2"}' in text, service.name
+
+
 def test_ingress_forgets_finished_and_failed_requests(platform: Platform) -> None:
     too_long = " ".join(["serendipitous"] * 3000)
     for content, status in (("hi", 200), (too_long, 400)):
