@@ -70,10 +70,10 @@ def freeze_heap() -> None:
     A service's start-up leaves hundreds of thousands of long-lived objects (vLLM, torch, transformers, the safety
     classifiers: 767,000 after a worker's imports and classifiers alone), and each full collection walked them all,
     with the event loop stopped: 430 ms for those, measured here. Every stream the process serves waits that long.
-    In 90 s at 16 streams, the ingress met two (196 and 103 ms) and the batcher one (54 ms). Frozen, those objects
-    cost nothing to collect; what requests allocate later is collected as before. vLLM freezes its engine process's
-    heap the same way. The collector never frees a frozen object (reference counting still does), so this is called
-    once start-up has made what lives as long as the process, and again after a worker loads a model."""
+    Under load the ingress met a full collection of 75-103 ms about every 40 s, and 2.5-15 ms with its start-up
+    frozen (benchmarks/reports/gc-freeze-ab). What requests allocate later is collected as before. vLLM freezes its
+    engine process's heap the same way. The collector never frees a frozen object (reference counting still does), so
+    this is called once start-up has made what lives as long as the process, and again after a worker loads a model."""
     gc.freeze()
 
 
