@@ -73,7 +73,10 @@ def freeze_heap() -> None:
     Under load the ingress met a full collection of 75-103 ms about every 40 s, and 2.5-15 ms with its start-up
     frozen (benchmarks/reports/gc-freeze-ab). What requests allocate later is collected as before. vLLM freezes its
     engine process's heap the same way. The collector never frees a frozen object (reference counting still does), so
-    this is called once start-up has made what lives as long as the process, and again after a worker loads a model."""
+    this is called once start-up has made what lives as long as the process, and again after a worker loads a model;
+    it collects first, so that no garbage already there is kept for good. That collection walks only what is not
+    frozen yet: the whole start-up heap once, before the service takes requests, then a newly loaded model's."""
+    gc.collect()
     gc.freeze()
 
 

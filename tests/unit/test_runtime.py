@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 from prometheus_client import CollectorRegistry
 
@@ -42,14 +43,23 @@ def test_several_registries_share_one_timer_of_the_process() -> None:
     assert sum(type(c).__name__ == "_CollectionTimer" for c in gc.callbacks) == 1
 
 
-def test_frozen_objects_are_reported_and_skipped_by_collections() -> None:
+class _Cycle:
+    """An object that refers to itself: only the garbage collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_frozen_objects_are_reported_and_skipped_by_collections_but_garbage_is_not_frozen() -> None:
     registry = _registry()
     kept = [[] for _ in range(10_000)]  # objects the collector tracks
+    garbage = weakref.ref(_Cycle())  # unreachable already, freed only by a collection
     try:
         freeze_heap()
         frozen = registry.get_sample_value("ferry_gc_frozen_objects")
         assert frozen == gc.get_freeze_count() >= len(kept)
         assert not any(o is kept for o in gc.get_objects())  # out of every generation the collections walk
+        assert garbage() is None
     finally:
         gc.unfreeze()
     assert registry.get_sample_value("ferry_gc_frozen_objects") == 0
