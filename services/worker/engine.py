@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from services.worker.engine_processes import use_engine_process_server
-from services.worker.tool_calls import conversation
+from services.worker.tool_calls import ToolCallFormat, call_format, conversation
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
 from shared.contracts import (
     ChatMessage,
@@ -295,6 +295,11 @@ class Engine:
     def template_renders_tools(self) -> bool:
         """Whether the model's own chat template shows tools to the model (else ferry writes them in, Hermes-style)."""
         return "tools" in (getattr(self._tokenizer, "chat_template", None) or "")
+
+    @cached_property
+    def tool_call_format(self) -> ToolCallFormat:
+        """How this model writes the calls it chooses to make (see tool_calls.call_format)."""
+        return call_format(getattr(self._tokenizer, "chat_template", None))
 
     def generate(
         self, request_id: str, prompt: str, sampling: SamplingParams, cache_salt: str | None = None

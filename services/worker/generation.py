@@ -178,7 +178,7 @@ async def serve_request(
         text_offset += len(delta.text)
         token_offset += delta.tokens
 
-    reader = ToolCallReader(request)
+    reader = ToolCallReader(request, engine.tool_call_format)
     held_tokens = 0  # tokens of text the reader holds back (a call not yet readable); they go out with the next delta
 
     async def send_readable(delta: OutputDelta | None) -> None:
@@ -234,7 +234,9 @@ async def serve_request(
             calls = reader.pieces()  # the end of the calls, once known to be the end
             if rest or calls or held_tokens:
                 await send_delta(OutputDelta(rest, held_tokens), calls)
-        text, tool_calls, reported_finish = ToolCallReader.read_whole(request, "".join(pieces), finish_reason or "stop")
+        text, tool_calls, reported_finish = ToolCallReader.read_whole(
+            request, "".join(pieces), finish_reason or "stop", engine.tool_call_format
+        )
         final: CompletionFinished | None = CompletionFinished(
             request_id=request.request_id,
             sequence=sequence,

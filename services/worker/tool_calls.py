@@ -4,7 +4,9 @@ The format is Hermes's, which Qwen2.5 and Hermes models are trained on and vLLM'
 signatures inside ``<tools></tools>`` in the system turn, each call written as ``<tool_call>{"name": ..., "arguments":
 {...}}</tool_call>``, each result given back inside ``<tool_response></tool_response>``. A model whose own chat
 template renders tools gets them through its template; any other model gets the same instructions written into its
-system turn, as LiteLLM does for models without native function calling.
+system turn, as LiteLLM does for models without native function calling. A template that teaches Llama 3's format
+(``call_format``) has its model's calls read in that format instead: ``{"name": ..., "parameters": {...}}`` as the
+whole answer, as vLLM's ``llama3_json`` parser reads them.
 
 Forced calls (tool_choice required, or a named function) are generated under a JSON schema, so they always parse and
 their arguments match the schema: a JSON array of ``{"name", "arguments"}`` objects (required), or the arguments
@@ -28,6 +30,23 @@ from shared.contracts import (
 )
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+PYTHON_TAG = "<|python_tag|>"
+
+ToolCallFormat = Literal["hermes", "llama3_json"]
+"""How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
+anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
+``{"name": ..., "parameters": {...}}``, several joined by ``;``, perhaps after ``<|python_tag|>``."""
+
+
+def call_format(chat_template: str | None) -> ToolCallFormat:
+    """The format a model's own chat template teaches it. Llama 3's templates ask for ``{"name": function name,
+    "parameters": ...}`` and write earlier calls so; a template that renders ``<tool_call>`` tags, or none at all
+    (ferry then writes Hermes instructions in, see ``conversation``), means Hermes."""
+    template = chat_template or ""
+    if "tools" not in template or CALL_OPEN in template:
+        return "hermes"
+    return "llama3_json" if '"parameters": ' in template or PYTHON_TAG in template else "hermes"
+
 
 ToolMode = Literal["text", "auto", "required", "named"]
 """How a request's output is read: text (no tools shown), auto (the model may write calls), required (a forced JSON
@@ -310,7 +329,8 @@ def _read_call(text: str, start: int, scans: dict[int, _ValueScan]) -> _WrittenC
         scan = scans.setdefault(i, _ValueScan(i))
         scan.read(text)
         end = scan.end
-        if key == "arguments" and call.arguments is None:  # the first one written counts: what streamed stays
+        # Llama 3 names them parameters; the first one written counts: what streamed stays
+        if key in ("arguments", "parameters") and call.arguments is None:
             call.arguments = scan
         if key == "name" and end is not None and call.name is None:
             try:
@@ -337,9 +357,11 @@ class ToolCallReader:
     the arguments of an announced call are what the model wrote, even if cut short by max_tokens."""
 
     request: CompletionRequested
+    call_format: ToolCallFormat = "hermes"
     mode: ToolMode = field(init=False)
     held: str = ""
     calling: bool = False
+    answered_in_text: bool = False  # llama3_json: the answer began as text, so it holds no call
     ended: bool = False
     sent: list[int] = field(default_factory=list)  # characters of each announced call's arguments given out
     _scans: dict[int, _ValueScan] = field(default_factory=dict)  # JSON values read so far, by where they begin
@@ -355,12 +377,29 @@ class ToolCallReader:
             self.held += text
             return ""
         text, self.held = self.held + text, ""
+        if self.call_format == "llama3_json":
+            return self._feed_answer_start(text)
         if (start := text.find(CALL_OPEN)) >= 0:
             self.calling, self.held = True, text[start:]
             return text[:start]
         keep = _longest_tag_start(text)
         if keep:
             text, self.held = text[:-keep], text[-keep:]
+        return text
+
+    def _feed_answer_start(self, text: str) -> str:
+        """Llama 3 answers with calls or with text, so the answer's first characters decide: ``{`` or the python tag
+        begins calls; anything else is text to the end. Leading white space waits for the decision."""
+        if self.answered_in_text:
+            return text
+        rest = text[_skip_space(text, 0) :]
+        if rest.startswith(("{", PYTHON_TAG)):
+            self.calling, self.held = True, text
+            return ""
+        if not rest or PYTHON_TAG.startswith(rest):
+            self.held = text
+            return ""
+        self.answered_in_text = True
         return text
 
     def pieces(self) -> list[ToolCallPiece]:
@@ -386,11 +425,15 @@ class ToolCallReader:
 
     @classmethod
     def read_whole(
-        cls, request: CompletionRequested, text: str, finish_reason: FinishReason
+        cls,
+        request: CompletionRequested,
+        text: str,
+        finish_reason: FinishReason,
+        call_format: ToolCallFormat = "hermes",
     ) -> tuple[str, list[ToolCall] | None, FinishReason]:
         """A whole output's text for the client, its calls and its finish reason: what ``feed`` and ``finish`` give
         when it streams, read at once."""
-        reader = cls(request)
+        reader = cls(request, call_format)
         released = reader.feed(text)
         rest, calls, reason = reader.finish(finish_reason)
         return released + rest, calls, reason
@@ -440,17 +483,10 @@ class ToolCallReader:
         text, calls = self.held, []
         if self.mode == "required":  # a JSON array of calls
             i = _skip_space(text, 0)
-            if i == len(text) or text[i] != "[":
-                return []
-            i += 1
-            while True:
-                calls.append(call := _read_call(text, i, self._scans))
-                if call.broken or call.end is None:
-                    return calls
-                i = _skip_space(text, call.end)
-                if i == len(text) or text[i] != ",":
-                    return calls
-                i += 1
+            return self._joined(text, i + 1, ",") if i < len(text) and text[i] == "[" else []
+        if self.call_format == "llama3_json":  # auto: the answer is the calls, joined by semicolons
+            i = _skip_space(text, 0)
+            return self._joined(text, i + len(PYTHON_TAG) if text.startswith(PYTHON_TAG, i) else i, ";")
         start = text.find(CALL_OPEN)  # auto: calls inside <tool_call></tool_call>, anything between them ignored
         while start >= 0:
             calls.append(call := _read_call(text, start + len(CALL_OPEN), self._scans))
@@ -458,3 +494,16 @@ class ToolCallReader:
                 return calls
             start = text.find(CALL_OPEN, call.end)
         return calls
+
+    def _joined(self, text: str, start: int, separator: str) -> list[_WrittenCall]:
+        """The call objects written one after another from ``start``, ``separator`` between them, up to the first
+        that is broken, not yet closed, or not followed by the separator."""
+        calls, i = [], start
+        while True:
+            calls.append(call := _read_call(text, i, self._scans))
+            if call.broken or call.end is None:
+                return calls
+            i = _skip_space(text, call.end)
+            if i == len(text) or text[i] != separator:
+                return calls
+            i += 1

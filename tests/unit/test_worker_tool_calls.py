@@ -366,3 +366,109 @@ def test_any_output_split_anyhow_streams_pieces_that_join_to_what_is_read_whole(
         before_calls = "" if mode else output[: output.find("<tool_call>")]
         assert text == (before_calls if whole else output), output
     assert with_arguments > 100  # the outputs made calls with arguments, not only text
+
+
+# The parts of Llama 3.1's chat template that show tools and earlier calls (the whole template also handles dates,
+# built-in tools and tools in the user turn). Its model answers a call as {"name": ..., "parameters": {...}}.
+LLAMA3_TEMPLATE = """{{- bos_token }}
+{%- if tools is not none %}
+    {{- '<|start_header_id|>system<|end_header_id|>\\n\\nEnvironment: ipython\\n\\n' }}
+    {{- 'Given the following functions, please respond with a JSON for a function call with its proper arguments '
+        'that best answers the given prompt.\\n\\n' }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}. '
+        'Do not use variables.\\n\\n' }}
+    {%- for t in tools %}{{- t | tojson(indent=4) }}{{- '\\n\\n' }}{%- endfor %}
+    {{- '<|eot_id|>' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'assistant' and message.tool_calls %}
+        {%- set tool_call = message.tool_calls[0].function %}
+        {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+        {{- '{"name": "' + tool_call.name + '", ' }}
+        {{- '"parameters": ' }}
+        {{- tool_call.arguments | tojson }}
+        {{- '}<|eot_id|>' }}
+    {%- elif message.role == 'tool' %}
+        {{- '<|start_header_id|>ipython<|end_header_id|>\\n\\n' + message.content + '<|eot_id|>' }}
+    {%- else %}
+        {{- '<|start_header_id|>' + message.role + '<|end_header_id|>\\n\\n' + message.content + '<|eot_id|>' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"""
+
+QWEN_TOOLS_FRAGMENT = (
+    "{%- if tools %}{{- '<tools>' }}{%- for tool in tools %}{{- tool | tojson }}{%- endfor %}{{- '</tools>' }}"
+    "{{- 'For each function call, return a json object within <tool_call></tool_call> XML tags' }}{%- endif %}"
+)
+
+
+def test_a_template_teaching_llama3s_format_has_its_calls_read_so_others_hermes() -> None:
+    from services.worker.model_store import TINY_CHAT_TEMPLATE
+    from services.worker.tool_calls import call_format
+
+    assert call_format(LLAMA3_TEMPLATE) == "llama3_json"
+    assert call_format(QWEN_TOOLS_FRAGMENT) == "hermes"
+    assert call_format(TINY_CHAT_TEMPLATE) == "hermes"  # it renders tools as Qwen2.5's template does
+    assert call_format("{{ messages[0].content }}") == "hermes"  # no tools: ferry writes Hermes instructions in
+    assert call_format(None) == "hermes"
+
+
+def test_llama3s_template_gets_the_tools_and_earlier_calls_as_it_writes_them() -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    messages = [
+        ChatMessage(role="user", content="Weather in Paris?"),
+        ChatMessage(
+            role="assistant",
+            content="",
+            tool_calls=[ToolCall(id="c1", function=FunctionCall(name="get_weather", arguments='{"city": "Paris"}'))],
+        ),
+        ChatMessage(role="tool", content="18 C, sunny", tool_call_id="c1"),
+    ]
+    turns, tools = conversation(messages, [WEATHER], native=True)
+    (prompt,), _ = render_jinja_template(
+        [turns], tools=tools, chat_template=LLAMA3_TEMPLATE, add_generation_prompt=True, bos_token="<|begin_of_text|>"
+    )
+    assert '"name": "get_weather"' in prompt.split("<|eot_id|>")[0]  # the signature, in the system turn
+    assert '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>' in prompt
+    tool_turn = "<|start_header_id|>ipython<|end_header_id|>\n\n18 C, sunny<|eot_id|>"
+    assert prompt.endswith(tool_turn + "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+LLAMA3_OUTPUTS = [
+    ('{"name": "get_weather", "parameters": {"city": "Paris",\n "days": [1, 2]}}',
+     [("get_weather", {"city": "Paris", "days": [1, 2]})]),
+    ('<|python_tag|>{"name": "get_time", "parameters": {}}', [("get_time", {})]),
+    ('\n\n{"name": "get_time", "parameters": {}}; {"name": "get_weather", "parameters": {"city": "Rio \\"de\\" J"}}',
+     [("get_time", {}), ("get_weather", {"city": 'Rio "de" J'})]),
+    ('{"name": "get_weather", "arguments": {"city": "Lima"}}', [("get_weather", {"city": "Lima"})]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("output", "expected"), LLAMA3_OUTPUTS)
+def test_llama3_calls_are_read_whole_and_stream_alike_however_the_output_is_split(
+    output: str, expected: list[tuple[str, dict]]
+) -> None:
+    text, whole, reason = ToolCallReader.read_whole(request(), output, "stop", "llama3_json")
+    assert (text, reason) == ("", "tool_calls")
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in whole or []] == expected
+    for size in (1, 2, 3, 7, len(output)):
+        chunks = [output[i : i + size] for i in range(0, len(output), size)]
+        reader = ToolCallReader(request(), "llama3_json")
+        assert streamed_calls(reader, chunks) == as_dicts(whole), size
+
+
+def test_a_llama3_answer_in_text_streams_as_text_from_its_first_word() -> None:
+    reader = ToolCallReader(request(), "llama3_json")
+    assert reader.feed("\n ") == ""  # white space waits: a call may follow
+    assert reader.feed("It is") == "\n It is"
+    assert reader.feed(' {"name": "get_time", "parameters": {}}') == ' {"name": "get_time", "parameters": {}}'
+    assert reader.finish("stop") == ("", None, "stop")  # calls come only as the whole answer
+    assert reader.pieces() == []
+
+
+def test_a_llama3_json_answer_that_names_no_offered_tool_is_given_back_as_text() -> None:
+    for output in ('{"answer": 42}', '{"name": "delete_everything", "parameters": {}}', "<|python_tag|>print(1)"):
+        assert ToolCallReader.read_whole(request(), output, "stop", "llama3_json") == (output, None, "stop")
+    # a text beginning like the python tag, but not it
+    assert ToolCallReader.read_whole(request(), "<|pyt", "length", "llama3_json") == ("<|pyt", None, "length")
