@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import bisect
 import gc
 import logging
 import signal
@@ -14,8 +13,8 @@ from typing import Any
 import uvicorn
 from faststream.asgi import AsgiFastStream, make_ping_asgi
 from faststream.kafka import KafkaBroker
-from prometheus_client import CollectorRegistry, make_asgi_app
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CollectorRegistry, Histogram, make_asgi_app
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
@@ -94,22 +93,25 @@ GC_PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class _CollectionTimer:
-    """Times the garbage collector's collections (a ``gc.callbacks`` entry; one per process, since the collector is)."""
+    """Times the garbage collector's collections (a ``gc.callbacks`` entry; one per process, since the collector is)
+    into a histogram of no registry's: each service's registry reads it through ``GarbageCollection``."""
 
     def __init__(self) -> None:
         self._started = 0.0
-        # per generation: counts per bucket (the last one past every bound), and the sum of pauses
-        self.buckets = [[0] * (len(GC_PAUSE_BUCKETS) + 1) for _ in range(3)]
-        self.sums = [0.0] * 3
+        self.pauses = Histogram(
+            "ferry_gc_pause_seconds",
+            "Time the garbage collector stopped this process, per collection, by generation (2: a full collection)",
+            ["generation"],
+            buckets=GC_PAUSE_BUCKETS,
+            registry=None,
+        )
+        self._by_generation = [self.pauses.labels(str(generation)) for generation in range(3)]
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
             return
-        paused = time.perf_counter() - self._started
-        generation = info["generation"]
-        self.buckets[generation][bisect.bisect_left(GC_PAUSE_BUCKETS, paused)] += 1
-        self.sums[generation] += paused
+        self._by_generation[info["generation"]].observe(time.perf_counter() - self._started)
 
 
 class GarbageCollection(Collector):
@@ -124,18 +126,7 @@ class GarbageCollection(Collector):
         self._timer = timer
 
     def collect(self) -> Iterator[Any]:
-        pauses = HistogramMetricFamily(
-            "ferry_gc_pause_seconds",
-            "Time the garbage collector stopped this process, per collection, by generation (2: a full collection)",
-            labels=["generation"],
-        )
-        for generation, counts in enumerate(self._timer.buckets):
-            cumulative, buckets = 0, []
-            for bound, count in zip([*map(str, GC_PAUSE_BUCKETS), "+Inf"], counts, strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            pauses.add_metric([str(generation)], buckets, self._timer.sums[generation])
-        yield pauses
+        yield from self._timer.pauses.collect()
         yield GaugeMetricFamily(
             "ferry_gc_frozen_objects",
             "Objects in the garbage collector's permanent generation, which its collections skip",
