@@ -34,7 +34,7 @@ SystemFingerprint = Annotated[
 
 STRICT_INPUT = ConfigDict(strict=True)
 # Each choice is a generation of its own (see serving.choice_requests); OpenAI's API allows up to 128.
-MAX_CHOICES = 16
+MAX_CHOICES = 128
 
 
 class TextPart(BaseModel):

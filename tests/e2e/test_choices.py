@@ -78,8 +78,33 @@ def test_text_completions_give_every_choice_its_echo(platform: Platform) -> None
     assert all(c.text.startswith("Once upon a time") for c in completion.choices)
 
 
-def test_more_choices_than_allowed_is_a_400_naming_n(platform: Platform) -> None:
-    error = assert_error(chat(platform, platform.api_key, n=17), 400, "invalid_value")
+def test_as_many_choices_as_openai_allows_all_come_back_streamed(platform: Platform) -> None:
+    chunks = sync_client(platform).chat.completions.create(
+        model=TINY_MODEL,
+        messages=MESSAGES,
+        max_tokens=3,
+        temperature=1.0,
+        n=128,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    finishes: dict[int, list[str]] = defaultdict(list)
+    texts: dict[int, str] = defaultdict(str)
+    usage = None
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index].append(choice.finish_reason)
+        usage = chunk.usage or usage
+    assert sorted(finishes) == list(range(128)) and all(len(f) == 1 for f in finishes.values())
+    assert len(set(texts.values())) > 1, "the choices were not sampled independently"
+    assert usage is not None and usage.completion_tokens <= 128 * 3
+    assert usage.completion_tokens >= sum(1 for text in texts.values() if text)
+
+
+def test_more_choices_than_openai_allows_is_a_400_naming_n(platform: Platform) -> None:
+    error = assert_error(chat(platform, platform.api_key, n=129), 400, "invalid_value")
     assert error["param"] == "n"
 
 

@@ -94,7 +94,7 @@ def test_text_stream_framing_is_openais(platform: Platform) -> None:
     [
         ({"prompt": ["one", "two"]}, "prompt"),
         ({"suffix": "tail"}, "suffix"),
-        ({"n": 17}, "n"),
+        ({"n": 129}, "n"),  # OpenAI's limit is 128
         ({"best_of": 3}, "best_of"),
         ({"logprobs": 21, "echo": True}, "logprobs"),  # more alternatives than vLLM keeps
     ],
