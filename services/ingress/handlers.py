@@ -36,6 +36,7 @@ from services.ingress.protocol import (
     ModelList,
     error_json,
     ignored_fields,
+    invalid_input,
     tool_error,
     unsupported_option,
 )
@@ -548,14 +549,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 ),
                 status_code=400,
             )
-        # a map's bad key is at (..., key, "[key]"): the path to the entry names it
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "[key]")]
-        param = ".".join(loc) or None
-        message = first.get("msg", "invalid request")
-        if first.get("type") == "missing":
-            message = f"Missing required parameter: '{param}'."
-        elif param:
-            message = f"Invalid value for '{param}': {message}"
+        param, message = invalid_input(exc.errors(), exc.body)
         return JSONResponse(
             error_json(message, "invalid_request_error", param=param, code="invalid_value"), status_code=400
         )

@@ -5,6 +5,7 @@ temperature): request models are strict (STRICT_INPUT), so that the published sp
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -691,6 +692,58 @@ def tool_error(request: ChatCompletionRequest) -> tuple[str, str] | None:
         if request.structured_outputs is not None:
             return "structured_outputs", "structured_outputs is not served with tools the model may call."
     return None
+
+
+# pydantic's error types that say the input is of another kind than a union member takes (that member is not the one
+# the client meant), as opposed to a member that takes the input's kind and finds fault with its value
+_KIND_MISMATCHES = frozenset(
+    {"string_type", "list_type", "dict_type", "model_type", "int_type", "float_type", "bool_type", "none_required"}
+)
+_SHOULD_BE = "Input should be "
+
+
+def invalid_input(errors: Sequence[Mapping[str, Any]], body: Any) -> tuple[str | None, str]:
+    """The parameter and message of a 400 for a body that failed validation, from pydantic's errors. A value that a
+    union field (``str | list[str]``) does not take gets one error per member, each located under the member's tag
+    (``stop.constrained-str``): the tags are dropped by walking each location through the body itself, and the error
+    reported is the one that went deepest into the body, then one from a member that took the value's kind (``stop``
+    with five strings: at most 4 items, not "should be a string"). When every member refused the kind, the message
+    names them all."""
+    located = [(_body_path(error, body), error) for error in errors]
+    deepest = max(len(path) for path, _ in located)
+    candidates = [(path, error) for path, error in located if len(path) == deepest]
+    fitting = [(path, error) for path, error in candidates if error.get("type") not in _KIND_MISMATCHES]
+    path, error = (fitting or candidates)[0]
+    param = ".".join(str(part) for part in path) or None
+    if error.get("type") == "missing":
+        return param, f"Missing required parameter: '{param}'."
+    message = str(error.get("msg", "invalid request"))
+    if not fitting:
+        kinds = list(dict.fromkeys(str(e.get("msg", "")) for _, e in candidates))
+        if len(kinds) > 1 and all(kind.startswith(_SHOULD_BE) for kind in kinds):
+            message = _SHOULD_BE + " or ".join(kind.removeprefix(_SHOULD_BE) for kind in kinds)
+    return param, f"Invalid value for '{param}': {message}" if param else message
+
+
+def _body_path(error: Mapping[str, Any], body: Any) -> list[str | int]:
+    """The part of an error's location that names keys and indexes of the body (a missing field's name included),
+    without pydantic's union-member tags and its "[key]" marker for a map's bad key."""
+    location = list(error.get("loc", ()))
+    if location[:1] == ["body"]:
+        location = location[1:]
+    path: list[str | int] = []
+    value = body
+    for position, part in enumerate(location):
+        if isinstance(value, dict) and isinstance(part, str) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+            value = value[part]
+        elif error.get("type") == "missing" and position == len(location) - 1:
+            pass
+        else:
+            continue
+        path.append(part)
+    return path
 
 
 def error_json(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

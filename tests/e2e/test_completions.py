@@ -102,7 +102,7 @@ def test_text_stream_framing_is_openais(platform: Platform) -> None:
 def test_unsupported_completion_options_are_clear_400s(platform: Platform, extra: dict, param: str) -> None:
     with pytest.raises(BadRequestError) as err:
         sync_client(platform).completions.create(**({"model": TINY_MODEL, "prompt": PROMPT} | extra))
-    assert err.value.body["param"].split(".")[0] == param  # type: ignore[index]
+    assert err.value.body["param"] == param  # type: ignore[index]
 
 
 def test_penalties_reach_the_engine(platform: Platform) -> None:

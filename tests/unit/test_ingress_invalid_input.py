@@ -1,0 +1,70 @@
+"""The 400 a body that fails validation gets: the parameter as the client wrote it and the fault that applies to what
+it sent, for union fields too (a string or a list, a literal or an object), from the request models' real errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from services.ingress.protocol import ChatCompletionRequest, CompletionRequest, invalid_input
+
+CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+COMPLETION: dict[str, Any] = {"model": "m", "prompt": "Once"}
+
+
+def rejected(model: type[ChatCompletionRequest] | type[CompletionRequest], body: dict[str, Any]) -> tuple[Any, str]:
+    with pytest.raises(ValidationError) as raised:
+        model.model_validate(body)
+    # FastAPI locates body errors under "body"
+    errors = [error | {"loc": ("body", *error["loc"])} for error in raised.value.errors()]
+    return invalid_input(errors, body)
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "message"),
+    [
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "List should have at most 4 items after validation, not 5"),
+        ({"stop": ["a", 5]}, "stop.1", "Input should be a valid string"),
+        ({"stop": ""}, "stop", "String should have at least 1 character"),
+        ({"stop": 5}, "stop", "Input should be a valid string or a valid list"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content", "Input should be a valid string"),
+        ({"messages": [{"role": "user", "content": [{"type": "image"}]}]}, "messages.0.content.0.type", "'text'"),
+        ({"tool_choice": "maybe"}, "tool_choice", "Input should be 'none', 'auto' or 'required'"),
+        ({"logit_bias": {"x": 1}}, "logit_bias.x", ""),
+        ({"temperature": 3}, "temperature", "less than or equal to 2"),
+    ],
+)
+def test_a_bad_chat_field_is_named_as_sent_with_the_fault_that_applies(change: dict, param: str, message: str) -> None:
+    got_param, got_message = rejected(ChatCompletionRequest, CHAT | change)
+    assert got_param == param
+    assert got_message.startswith(f"Invalid value for '{param}': ") and message in got_message
+
+
+def test_a_missing_field_inside_a_union_member_is_named_as_missing() -> None:
+    body = CHAT | {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function"}}
+    assert rejected(ChatCompletionRequest, body) == (
+        "tool_choice.function",
+        "Missing required parameter: 'tool_choice.function'.",
+    )
+    assert rejected(ChatCompletionRequest, {"messages": CHAT["messages"]}) == (
+        "model",
+        "Missing required parameter: 'model'.",
+    )
+
+
+@pytest.mark.parametrize(
+    ("prompt", "param", "message"),
+    [
+        (["one", "two"], "prompt", "List should have at most 1 item after validation, not 2"),
+        ([], "prompt", "List should have at least 1 item after validation, not 0"),
+        ([[1, 2]], "prompt.0", "Input should be a valid string"),
+        (5, "prompt", "Input should be a valid string or a valid list"),
+    ],
+)
+def test_a_bad_prompt_is_named_with_what_a_prompt_may_be(prompt: Any, param: str, message: str) -> None:
+    assert rejected(CompletionRequest, COMPLETION | {"prompt": prompt}) == (
+        param,
+        f"Invalid value for '{param}': {message}",
+    )
