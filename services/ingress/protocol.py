@@ -44,6 +44,16 @@ class TextPart(BaseModel):
     type: Literal["text"]
     text: str
 
+    @field_validator("type", mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        # clients send images, audio and files to text models by mistake: say so rather than "should be 'text'"
+        if isinstance(value, str) and value != "text":
+            raise PydanticCustomError(
+                "unsupported_content", "{kind} parts are not served: ferry's models read text only", {"kind": value}
+            )
+        return value
+
 
 FUNCTION_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
 

@@ -30,7 +30,16 @@ def rejected(model: type[ChatCompletionRequest] | type[CompletionRequest], body:
         ({"stop": ""}, "stop", "String should have at least 1 character"),
         ({"stop": 5}, "stop", "Input should be a valid string or a valid list"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content", "Input should be a valid string"),
-        ({"messages": [{"role": "user", "content": [{"type": "image"}]}]}, "messages.0.content.0.type", "'text'"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
+            "messages.0.content.0.type",
+            "image_url parts are not served: ferry's models read text only",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": 1, "text": "hi"}]}]},
+            "messages.0.content.0.type",
+            "'text'",
+        ),
         ({"tool_choice": "maybe"}, "tool_choice", "Input should be 'none', 'auto' or 'required'"),
         ({"logit_bias": {"x": 1}}, "logit_bias.x", ""),
         ({"temperature": 3}, "temperature", "less than or equal to 2"),
