@@ -389,6 +389,14 @@ class CompletionRequested(Message):
         "part of the response cache's key). A safety stage holding another digest reads the policy again before "
         "judging, so an answer is never cached under a policy it was not screened with. None: the stage's own.",
     )
+    choice_of: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="For one of the n choices of a request with n > 1, each a request of its own (the ingress gives "
+        "them the ids <id>-<i>): that request's id <id>, which its choices share. A prompt the choices share is put "
+        "before reviewers once, as one item. None: a request of its own.",
+    )
 
     def prompt_chars(self) -> int:
         """Characters of prompt the model reads, before its chat template: the prompt, or the turns with their tool
@@ -700,6 +708,11 @@ class ContentFlagged(Message):
     flagged_at: datetime = Field(default_factory=utc_now, description="When screening flagged it (UTC).")
     retention_days: int | None = Field(
         None, ge=0, description="The request's retention_days: the review queue erases ``text`` after this many days."
+    )
+    choice_of: str | None = Field(
+        None,
+        description="A flagged prompt's CompletionRequested.choice_of: the review queue keeps one item for the prompt "
+        "of all the choices of that request, and a decision on it applies to each of them.",
     )
 
 

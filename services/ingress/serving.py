@@ -222,8 +222,9 @@ def _tools(api: ChatCompletionRequest) -> dict[str, object]:
 def choice_requests(message: CompletionRequested, n: int) -> list[CompletionRequested]:
     """The requests that generate the ``n`` choices of one API request. Choices are sampled independently, so each is a
     request of its own through Kafka (vLLM's engine also splits ``n`` into one request per choice): choice i has the id
-    ``<request id>-<i>`` and, when the request is seeded, the seed + i, as vLLM derives it, so that seeded choices
-    differ from one another and each is reproducible (wrapped around within 64 bits)."""
+    ``<request id>-<i>``, names the request in ``choice_of`` (the review queue keeps one item for their prompt) and,
+    when the request is seeded, has the seed + i, as vLLM derives it, so that seeded choices differ from one another
+    and each is reproducible (wrapped around within 64 bits)."""
     if n == 1:
         return [message]
     seed = message.sampling.seed
@@ -231,6 +232,7 @@ def choice_requests(message: CompletionRequested, n: int) -> list[CompletionRequ
         message.model_copy(
             update={
                 "request_id": f"{message.request_id}-{i}",
+                "choice_of": message.request_id,
                 "sampling": message.sampling.model_copy(update={"seed": None if seed is None else _int64(seed + i)}),
             }
         )

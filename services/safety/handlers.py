@@ -8,7 +8,8 @@
   topic, and flagged so a reviewer can label it). A request screened beside generation (its producer sent it to the
   screened topic too) is not forwarded: allow and release answer PromptCleared on the reply topic, and block also
   cancels its generation. The poll is committed once its messages are published.
-- ``on_flagged``: persists ContentFlagged (from this stage and from workers' output screening) in the review queue.
+- ``on_flagged``: persists ContentFlagged (from this stage and from workers' output screening) in the review queue;
+  a choice of a request with n > 1 joins the item of its request's choices (``ReviewStore.add``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import ConsumerRecord
 from faststream import AckPolicy
@@ -29,9 +31,10 @@ from services.safety.config import SafetySettings
 from services.safety.guard import GuardCheck, GuardVerdict
 from services.safety.metrics import SafetyMetrics
 from services.safety.policy import decide, escalate
-from services.safety.review import prompt_verdict, unscreened
+from services.safety.review import late_choice_deliveries, prompt_verdict, unscreened
 from services.safety.screening import Screener, Screening, combine, prompt_parts, prompt_text
 from services.safety.store import PolicyStore, ReviewStore
+from services.safety.web import Send, deliver
 from shared.contracts import CompletionRequested, ContentFlagged
 from shared.kafka import Rejected, dead_letter, decode, publish_message, record_headers
 from shared.outages import DependencyUnavailable
@@ -55,6 +58,7 @@ class SafetyDeps:
     reviews: ReviewStore
     tracer: trace.Tracer
     metrics: SafetyMetrics
+    send: Send  # a decision's message to a topic, keyed by the request it is about
     guard: GuardCheck | None = None
 
 
@@ -75,6 +79,7 @@ def flagged_from(
         reply_topic=request.reply_topic,
         held_request=request if action == "hold" else None,
         retention_days=request.retention_days,
+        choice_of=request.choice_of,
     )
 
 
@@ -197,6 +202,21 @@ def register(deps: SafetyDeps) -> None:
             await dead_letter(broker, common, record, str(exc), SERVICE)  # type: ignore[arg-type]
             return
         policy = await deps.policies.get(flagged.tenant_id)
-        item_id = await deps.reviews.add(flagged, policy.review_minutes)
-        if item_id is not None:
-            logger.info("request %s %s flagged for review as item %d", flagged.request_id, flagged.stage, item_id)
+
+        async def settle(item: dict[str, Any]) -> None:
+            """A held choice that joined its request's item after a reviewer (or the deadline) settled it."""
+            assert flagged.held_request is not None  # only held choices are settled late
+            sends = late_choice_deliveries(item, flagged.held_request, policy.on_review_expiry)
+            await deliver(deps.send, sends, flagged.reply_topic, topics.screened(flagged.model))
+
+        filed = await deps.reviews.add(flagged, policy.review_minutes, settle)
+        if filed.new:
+            logger.info("request %s %s flagged for review as item %d", flagged.request_id, flagged.stage, filed.item_id)
+        elif filed.item_id is not None:
+            logger.info(
+                "request %s (a choice of %s) joined review item %d%s",
+                flagged.request_id,
+                flagged.choice_of,
+                filed.item_id,
+                ", settled already: given its outcome" if filed.settled else "",
+            )

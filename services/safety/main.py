@@ -110,6 +110,7 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
                 reviews=reviews,
                 tracer=provider.get_tracer(__name__),
                 metrics=safety_metrics,
+                send=send,
                 guard=guard,
             )
             register(deps)

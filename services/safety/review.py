@@ -103,49 +103,53 @@ def label_of(verdict: Verdict, chosen: list[str], flagged: list[str]) -> list[st
 
 @dataclass(frozen=True)
 class Delivery:
-    """One message a decision sends: to ``topic`` (None: the model's screened topic) keyed by the request id."""
+    """One message a decision sends: to the request's reply topic (``reply``) or to the model's screened topic, keyed
+    by ``key``, the id of the request it is about."""
 
     message: Message
     reply: bool
+    key: str
+
+
+# A review item's held content: the held prompt's requests (one, or each choice of a request with n > 1 that joined
+# the item), or a held output's final event and the delta its client has not seen
+Held = tuple[tuple[CompletionRequested, ...], CompletionFinished | None, TokensGenerated | None]
 
 
 def deliveries(
-    stage: str,
-    held_request: CompletionRequested | None,
-    held_completion: CompletionFinished | None,
-    held_delta: TokensGenerated | None,
-    request_id: str,
-    verdict: Verdict,
-    labels: list[str],
-    categories: list[str],
+    stage: str, held: Held, request_id: str, verdict: Verdict, labels: list[str], categories: list[str]
 ) -> list[Delivery]:
     """A held prompt is forwarded to generation on release (or, when it was generated beside its screening, cleared
-    to its requester), or refused to the requester; a held output is delivered or replaced with a failure. Items that
-    were not held (released or blocked already) send nothing."""
-    if held_request is None and held_completion is None:
-        return []
+    to its requester), or refused to the requester, for each request held with it; a held output is delivered or
+    replaced with a failure. Items that were not held (released or blocked already) send nothing."""
+    requests, completion, delta = held
     release = releases(verdict, labels)
-    if held_request is not None:
-        if release and held_request.prompt_screening == "beside":
-            return [Delivery(PromptCleared(request_id=request_id, by="review"), reply=True)]
-        if release:
-            return [Delivery(held_request, reply=False)]
-        return [Delivery(blocked_failure(request_id, 0, stage, labels or categories), reply=True)]
-    assert held_completion is not None
+    if requests:
+        return [_prompt_delivery(r, release, stage, labels or categories) for r in requests]
+    if completion is None:
+        return []
     if release:
-        return [Delivery(m, reply=True) for m in (held_delta, held_completion) if m is not None]
-    sequence = held_delta.sequence if held_delta is not None else held_completion.sequence
-    return [Delivery(blocked_failure(request_id, sequence, stage, labels or categories), reply=True)]
+        return [Delivery(m, reply=True, key=request_id) for m in (delta, completion) if m is not None]
+    sequence = delta.sequence if delta is not None else completion.sequence
+    return [Delivery(blocked_failure(request_id, sequence, stage, labels or categories), reply=True, key=request_id)]
 
 
-Held = tuple[CompletionRequested | None, CompletionFinished | None, TokensGenerated | None]
+def _prompt_delivery(request: CompletionRequested, release: bool, stage: str, categories: list[str]) -> Delivery:
+    rid = request.request_id
+    if not release:
+        return Delivery(blocked_failure(rid, 0, stage, categories), reply=True, key=rid)
+    if request.prompt_screening == "beside":
+        return Delivery(PromptCleared(request_id=rid, by="review"), reply=True, key=rid)
+    return Delivery(request, reply=False, key=rid)
 
 
 def held_messages(held: dict[str, Any] | None) -> Held:
-    """A review item's stored held content as messages: the held request, or the held final event and delta."""
+    """A review item's stored held content as messages: the held requests (``request``: an item stored before items
+    held several), or the held final event and delta."""
     held = held or {}
+    requests = held.get("requests") or ([held["request"]] if held.get("request") else [])
     return (
-        CompletionRequested.model_validate(held["request"]) if held.get("request") else None,
+        tuple(CompletionRequested.model_validate(r) for r in requests),
         CompletionFinished.model_validate(held["completion"]) if held.get("completion") else None,
         TokensGenerated.model_validate(held["delta"]) if held.get("delta") else None,
     )
@@ -153,19 +157,37 @@ def held_messages(held: dict[str, Any] | None) -> Held:
 
 def expiry_deliveries(stage: str, held: Held, request_id: str, on_expiry: str, categories: list[str]) -> list[Delivery]:
     """What a held item nobody decided by its deadline sends: delivered as if approved (release), or a
-    content_blocked failure that says the review deadline passed (withhold)."""
-    request, completion, delta = held
-    if request is None and completion is None:
+    content_blocked failure that says the review deadline passed (withhold), for each request held with it."""
+    requests, completion, delta = held
+    if not requests and completion is None:
         return []
     if on_expiry == "release":
-        return deliveries(stage, request, completion, delta, request_id, "approve", [], categories)
+        return deliveries(stage, held, request_id, "approve", [], categories)
     what = "prompt" if stage == "prompt" else "output"
-    sequence = 0 if request is not None else (delta.sequence if delta is not None else completion.sequence)  # type: ignore[union-attr]
-    failure = GenerationFailed(
-        request_id=request_id,
-        sequence=sequence,
-        code=CONTENT_BLOCKED,
-        message=f"the {what} was held for human review (category: {', '.join(categories) or 'unspecified'}) and no "
-        "reviewer decided before the review deadline; it is withheld by the content policy",
+    message = (
+        f"the {what} was held for human review (category: {', '.join(categories) or 'unspecified'}) and no "
+        "reviewer decided before the review deadline; it is withheld by the content policy"
     )
-    return [Delivery(failure, reply=True)]
+    if requests:
+        failed = [(r.request_id, 0) for r in requests]
+    else:
+        assert completion is not None
+        failed = [(request_id, delta.sequence if delta is not None else completion.sequence)]
+    return [
+        Delivery(
+            GenerationFailed(request_id=rid, sequence=sequence, code=CONTENT_BLOCKED, message=message),
+            reply=True,
+            key=rid,
+        )
+        for rid, sequence in failed
+    ]
+
+
+def late_choice_deliveries(item: dict[str, Any], request: CompletionRequested, on_expiry: str) -> list[Delivery]:
+    """What a held choice gets when it joins the item of its request's other choices after that item was settled:
+    the reviewer's decision (``status`` decided), or the tenant policy's ``on_expiry`` (expired)."""
+    held: Held = ((request,), None, None)
+    categories = list(item["categories"])
+    if item["status"] == "decided":
+        return deliveries("prompt", held, request.request_id, item["decision"], list(item["labels"] or []), categories)
+    return expiry_deliveries("prompt", held, request.request_id, on_expiry, categories)

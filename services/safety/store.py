@@ -19,6 +19,17 @@ from shared.outages import DATABASE_FAILURES, Breaker, DependencyUnavailable
 DEFAULT_TENANT = "*"
 
 Act = Callable[[dict[str, Any]], Awaitable[tuple[list[str], str | None]]]
+# sends a settled item's outcome to a held choice that joined it late (see ReviewStore.add)
+Settle = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Filed:
+    """Where ReviewStore.add put a flagged item."""
+
+    item_id: int | None  # the item that holds it; None: stored already (a redelivery)
+    new: bool  # False: it joined the item of its request's other choices
+    settled: bool = False  # that item was decided or expired already, and settle sent its outcome
 
 
 class PolicyStore:
@@ -130,26 +141,34 @@ class ReviewStore:
     def __init__(self, pool: asyncpg.Pool, default_retention_days: int = 30) -> None:
         self._pool, self._default_retention = pool, timedelta(days=default_retention_days)
 
-    async def add(self, flagged: ContentFlagged, review_minutes: int) -> int | None:
-        """Stores a flagged item once (a redelivery is ignored); returns its id when new."""
-        held = None
+    async def add(self, flagged: ContentFlagged, review_minutes: int, settle: Settle | None = None) -> Filed:
+        """Stores a flagged item once (a redelivery is ignored). The prompt of a choice of a request with n > 1
+        (``choice_of``) joins the item of that request's choices flagged alike, if one exists: a held choice is held
+        with the others, so one decision releases or refuses them all. A held choice that comes after that item was
+        settled (decided or expired) gets the same outcome now: ``settle(item)`` sends it, before the choice is
+        recorded, so a failed send leaves it to be stored again on redelivery."""
         if flagged.held_request is not None:
-            held = json.dumps({"request": flagged.held_request.model_dump(mode="json")})
+            held = {"requests": [flagged.held_request.model_dump(mode="json")]}
         elif flagged.held_completion is not None:
             delta = flagged.held_delta.model_dump(mode="json") if flagged.held_delta else None
-            held = json.dumps({"completion": flagged.held_completion.model_dump(mode="json"), "delta": delta})
+            held = {"completion": flagged.held_completion.model_dump(mode="json"), "delta": delta}
+        else:
+            held = None
         text, text_expires_at = flagged.text, None
         if flagged.retention_days == 0:
             text = None  # the tenant keeps nothing, whatever the producer sent
         elif text is not None:
             days = self._default_retention if flagged.retention_days is None else timedelta(days=flagged.retention_days)
             text_expires_at = flagged.flagged_at + days
+        choice_of = flagged.choice_of if flagged.stage == "prompt" else None
         async with self._pool.acquire() as conn, conn.transaction():
+            # either unique key may conflict: (request_id, stage) on a redelivery, and (choice_of, stage, action) when
+            # another choice of the request was flagged alike first
             item_id = await conn.fetchval(
                 """INSERT INTO safety_review_items (request_id, tenant_id, model, stage, action, categories, scores,
-                     priority, deadline_at, snippet, text, reply_topic, held, text_expires_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13::jsonb, $14)
-                   ON CONFLICT (request_id, stage) DO NOTHING RETURNING id""",
+                     priority, deadline_at, snippet, text, reply_topic, held, text_expires_at, choice_of, choice_ids)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13::jsonb, $14, $15, $16)
+                   ON CONFLICT DO NOTHING RETURNING id""",
                 flagged.request_id,
                 flagged.tenant_id,
                 flagged.model,
@@ -162,18 +181,46 @@ class ReviewStore:
                 flagged.snippet,
                 text,
                 flagged.reply_topic,
-                held,
+                json.dumps(held) if held is not None else None,
                 text_expires_at,
+                choice_of,
+                [flagged.request_id] if choice_of is not None else [],
             )
             if item_id is not None:
                 await _audit(conn, item_id, "system", "flagged", {"action": flagged.action})
-        return item_id
+                return Filed(item_id, new=True)
+            if choice_of is None:
+                return Filed(None, new=False)
+            row = await conn.fetchrow(
+                """SELECT * FROM safety_review_items WHERE choice_of = $1 AND stage = 'prompt' AND action = $2
+                   FOR UPDATE""",
+                choice_of,
+                flagged.action,
+            )
+            if row is None or flagged.request_id in row["choice_ids"] or flagged.request_id == row["request_id"]:
+                return Filed(None, new=False)  # a redelivery
+            settled = row["status"] in ("decided", "expired")
+            joined = json.loads(row["held"]) if row["held"] else None
+            if held is not None and joined is not None and not settled:
+                joined["requests"] = [*joined.get("requests", ()), *held["requests"]]
+            if held is not None and settled and settle is not None:
+                await settle(dict(row))
+            await conn.execute(
+                """UPDATE safety_review_items SET choice_ids = array_append(choice_ids, $2), held = $3::jsonb
+                   WHERE id = $1""",
+                row["id"],
+                flagged.request_id,
+                json.dumps(joined) if joined is not None else None,
+            )
+            detail = {"request_id": flagged.request_id} | ({"settled": row["status"]} if settled and held else {})
+            await _audit(conn, row["id"], "system", "choice_joined", detail)
+            return Filed(row["id"], new=False, settled=settled and held is not None)
 
     async def queue(self, limit: int = 100) -> list[dict[str, Any]]:
         """Undecided items, highest priority first, then oldest first."""
         rows = await self._pool.fetch(
             """SELECT id, request_id, tenant_id, model, stage, action, categories, priority, deadline_at, status,
-                      claimed_by, created_at, snippet
+                      claimed_by, created_at, snippet, cardinality(choice_ids) AS choices
                FROM safety_review_items WHERE status IN ('pending', 'claimed')
                ORDER BY priority DESC, created_at ASC LIMIT $1""",
             limit,

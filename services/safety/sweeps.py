@@ -16,7 +16,7 @@ from typing import Any
 from services.safety.metrics import SafetyMetrics
 from services.safety.review import expiry_deliveries, held_messages
 from services.safety.store import PolicyStore, ReviewStore
-from services.safety.web import Send
+from services.safety.web import Send, deliver
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +38,7 @@ class Sweeper:
             sends = expiry_deliveries(
                 item["stage"], held_messages(item["held"]), item["request_id"], applied, list(item["categories"])
             )
-            for d in sends:
-                topic = item["reply_topic"] if d.reply else self.screened_topic(item["model"])
-                await self.send(d.message, topic, item["request_id"])
+            await deliver(self.send, sends, item["reply_topic"], self.screened_topic(item["model"]))
             self.metrics.expired.labels(applied).inc()
             logger.info("request %s %s review item expired: %s", item["request_id"], item["stage"], applied)
             return applied, (("released" if applied == "release" else "withheld") if sends else None)

@@ -11,7 +11,7 @@ HttpOnly cookie set with the form (double submit)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +24,15 @@ from fastapi.templating import Jinja2Templates
 from services.safety.auth import csrf_matches, new_session_token, session_csrf
 from services.safety.config import SafetySettings
 from services.safety.labels import CATEGORIES
-from services.safety.review import Verdict, deliveries, held_messages, label_of, releases, visible_text
+from services.safety.review import (
+    Delivery,
+    Verdict,
+    deliveries,
+    held_messages,
+    label_of,
+    releases,
+    visible_text,
+)
 from services.safety.store import ReviewStore, User, UserStore
 from shared.contracts import Message
 
@@ -37,6 +45,13 @@ templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "tem
 
 # (message, topic): sends a decision's message (to the screened topic of a held prompt's model, or a reply topic)
 Send = Callable[[Message, str, str], Awaitable[None]]
+
+
+async def deliver(send: Send, sends: Sequence[Delivery], reply_topic: str, screened_topic: str) -> None:
+    """Sends what a decision on an item sends: replies to the request's reply topic, released prompts to their model's
+    screened topic, each keyed by the request it is about."""
+    for d in sends:
+        await send(d.message, reply_topic if d.reply else screened_topic, d.key)
 
 
 @dataclass(frozen=True)
@@ -229,17 +244,9 @@ async def decide(
 
     async def act(item: dict[str, Any]) -> tuple[list[str], str | None]:
         label = label_of(verdict, chosen, list(item["categories"]))
-        sends = deliveries(
-            item["stage"],
-            *held_messages(item["held"]),
-            item["request_id"],
-            verdict,
-            label,
-            list(item["categories"]),
-        )
-        for d in sends:
-            topic = item["reply_topic"] if d.reply else deps.screened_topic(item["model"])
-            await deps.send(d.message, topic, item["request_id"])
+        held = held_messages(item["held"])
+        sends = deliveries(item["stage"], held, item["request_id"], verdict, label, list(item["categories"]))
+        await deliver(deps.send, sends, item["reply_topic"], deps.screened_topic(item["model"]))
         return label, (("released" if releases(verdict, label) else "withheld") if sends else None)
 
     ok = await deps.reviews.decide(item_id, user.username, verdict, note, act)

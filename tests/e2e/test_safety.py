@@ -208,6 +208,59 @@ async def test_held_prompt_screened_beside_generation_streams_nothing_until_a_re
     assert content_of(events)  # the approved prompt's completion reached the client
 
 
+async def test_the_choices_of_a_held_prompt_are_one_review_item_and_one_approval_answers_them_all(
+    platform: Platform,
+) -> None:
+    await _setup(platform)
+    key = platform.new_tenant(HOLD_TENANT)
+    marker = f"notes-{uuid.uuid4().hex[:8]}"
+    body = {
+        "model": TINY_MODEL,
+        "messages": [{"role": "user", "content": f"Please email the {marker} to jane@example.com"}],
+        "max_tokens": 4,
+        "n": 3,
+    }
+    async with httpx.AsyncClient(
+        base_url=platform.base_url, headers={"authorization": f"Bearer {key}"}, timeout=120
+    ) as http:
+        answering = asyncio.create_task(http.post("/v1/chat/completions", json=body))
+        conn = await asyncpg.connect(platform.common.postgres_dsn)
+        try:
+            async with asyncio.timeout(30):  # until every choice's flag has reached the queue
+                while True:
+                    rows = await conn.fetch(
+                        "SELECT id, choice_ids FROM safety_review_items WHERE snippet LIKE $1", f"%{marker}%"
+                    )
+                    if rows and len(rows[0]["choice_ids"]) == 3:
+                        break
+                    await asyncio.sleep(0.2)
+            await asyncio.sleep(1)  # a second item, had the choices made one each, would be there by now
+            rows = await conn.fetch(
+                "SELECT id, choice_ids FROM safety_review_items WHERE snippet LIKE $1", f"%{marker}%"
+            )
+        finally:
+            await conn.close()
+        (item,) = rows
+        assert not answering.done()  # held: no choice is generated before the decision
+
+        async with httpx.AsyncClient(base_url=platform.url("safety")) as web:
+            page = (await web.get("/review/login")).text
+            credentials = {"username": "rita", "password": "reviewer-pass-1", "csrf_token": csrf_in(page)}
+            assert (await web.post("/review/login", data=credentials)).status_code == 303
+            page = (await web.get(f"/review/items/{item['id']}")).text
+            assert "3 of request" in page
+            token = {"csrf_token": csrf_in(page)}
+            await web.post(f"/review/items/{item['id']}/claim", data=token)
+            await web.post(f"/review/items/{item['id']}/decide", data={"verdict": "approve"} | token)
+        async with asyncio.timeout(60):
+            response = await answering
+    assert response.status_code == 200, response.text
+    request_id = response.headers["x-request-id"]
+    assert sorted(item["choice_ids"]) == [f"{request_id}-{i}" for i in range(3)]
+    choices = response.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2] and all(c["message"]["content"] for c in choices)
+
+
 async def _setup(platform: Platform) -> None:
     pool = await asyncpg.create_pool(platform.common.postgres_dsn, min_size=1, max_size=2)
     try:

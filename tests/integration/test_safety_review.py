@@ -129,7 +129,7 @@ def csrf_in(page: str) -> str:
 
 async def test_review_ui_refuses_form_posts_without_the_csrf_token(queue: Queue) -> None:
     await queue.users.add("rita", "reviewer-pass-1", "reviewer", False, actor="test")
-    item_id = await queue.reviews.add(flagged(queue), review_minutes=60)
+    item_id = (await queue.reviews.add(flagged(queue), review_minutes=60)).item_id
     assert item_id is not None
     app = FastAPI()
     app.include_router(router)
@@ -164,7 +164,7 @@ async def test_held_item_past_its_deadline_is_withheld_with_the_reason_and_marke
     overdue = flagged(queue, ago=timedelta(minutes=61))
     on_time = flagged(queue)
     released_then_reviewed = flagged(queue, action="release", ago=timedelta(minutes=61))
-    ids = [await queue.reviews.add(f, review_minutes=60) for f in (overdue, on_time, released_then_reviewed)]
+    ids = [(await queue.reviews.add(f, review_minutes=60)).item_id for f in (overdue, on_time, released_then_reviewed)]
     assert None not in ids
 
     assert await queue.sweeper().sweep() == (1, 0)
@@ -185,7 +185,7 @@ async def test_held_item_past_its_deadline_is_withheld_with_the_reason_and_marke
 async def test_tenant_policy_can_release_held_items_at_their_deadline(queue: Queue) -> None:
     await queue.policies.put("lenient", DEFAULT_POLICY.model_copy(update={"on_review_expiry": "release"}))
     overdue = flagged(queue, ago=timedelta(minutes=61), tenant="lenient")
-    item_id = await queue.reviews.add(overdue, review_minutes=60)
+    item_id = (await queue.reviews.add(overdue, review_minutes=60)).item_id
     assert item_id is not None
 
     assert await queue.sweeper().sweep() == (1, 0)
@@ -197,12 +197,85 @@ async def test_tenant_policy_can_release_held_items_at_their_deadline(queue: Que
     assert actions == ["flagged", "expired", "released"]
 
 
+def choices_of(first: ContentFlagged, n: int) -> list[ContentFlagged]:
+    """The flags of the n choices of ``first``'s request (ids <id>-<i>), all flagged alike."""
+    parent = first.request_id
+    flags = []
+    for i in range(n):
+        rid = f"{parent}-{i}"
+        held = (
+            first.held_request.model_copy(update={"request_id": rid, "choice_of": parent})
+            if first.held_request
+            else None
+        )
+        flags.append(first.model_copy(update={"request_id": rid, "choice_of": parent, "held_request": held}))
+    return flags
+
+
+async def test_the_choices_of_one_request_are_one_review_item_released_together(queue: Queue) -> None:
+    await queue.policies.put("lenient", DEFAULT_POLICY.model_copy(update={"on_review_expiry": "release"}))
+    first, second, third = choices_of(flagged(queue, ago=timedelta(minutes=61), tenant="lenient"), 3)
+    filed = [await queue.reviews.add(f, review_minutes=60) for f in (first, second, third, second)]
+    item_id = filed[0].item_id
+    assert filed[0].new and item_id is not None
+    assert [(f.item_id, f.new) for f in filed[1:3]] == [(item_id, False), (item_id, False)]
+    assert filed[3].item_id is None  # a redelivered choice is not held twice
+    (listed,) = [i for i in await queue.reviews.queue() if i["id"] == item_id]
+    assert listed["choices"] == 3
+
+    assert await queue.sweeper().sweep() == (1, 0)  # one item, so one expiry, released by the tenant's policy
+
+    for choice in (first, second, third):
+        (forwarded,) = await queue.read(queue.common.topics.screened("m"), choice.request_id)
+        assert CompletionRequested.model_validate_json(forwarded).request_id == choice.request_id
+    actions = [a["action"] for a in await queue.reviews.audit(item_id)]
+    assert actions == ["flagged", "choice_joined", "choice_joined", "expired", "released"]
+
+
+async def test_a_held_choice_flagged_after_its_item_was_settled_gets_the_outcome_at_once(queue: Queue) -> None:
+    first, late = choices_of(flagged(queue), 2)
+    item_id = (await queue.reviews.add(first, review_minutes=60)).item_id
+    assert item_id is not None
+    await queue.users.add("rita", "reviewer-pass-1", "reviewer", False, actor="test")
+    assert await queue.reviews.claim(item_id, "rita")
+
+    async def refuse(item: dict) -> tuple[list[str], str | None]:
+        return ["pii"], "withheld"
+
+    assert await queue.reviews.decide(item_id, "rita", "reject", "", refuse)
+    settled: list[dict] = []
+
+    async def failing(item: dict) -> None:
+        raise ConnectionError("Kafka is down")
+
+    with pytest.raises(ConnectionError):  # the outcome could not be sent: the choice is not recorded
+        await queue.reviews.add(late, review_minutes=60, settle=failing)
+
+    async def settle(item: dict) -> None:
+        settled.append(item)
+
+    filed = await queue.reviews.add(late, review_minutes=60, settle=settle)
+    assert (filed.item_id, filed.new, filed.settled) == (item_id, False, True)
+    assert [(i["id"], i["decision"]) for i in settled] == [(item_id, "reject")]
+    assert (await queue.reviews.add(late, review_minutes=60, settle=settle)).item_id is None  # once
+    assert len(settled) == 1
+
+
+async def test_choices_flagged_differently_are_not_one_item(queue: Queue) -> None:
+    held, released = choices_of(flagged(queue), 2)
+    released = released.model_copy(update={"action": "release", "held_request": None})
+    ids = [(await queue.reviews.add(f, review_minutes=60)).item_id for f in (held, released)]
+    assert None not in ids and ids[0] != ids[1]
+
+
 async def test_retained_text_is_erased_when_its_retention_ends(queue: Queue) -> None:
     old = flagged(queue, action="release", ago=timedelta(days=2), text="mail jane@example.com", retention_days=1)
     recent = flagged(queue, action="release", text="mail jane@example.com", retention_days=1)
     unstated = flagged(queue, action="release", ago=timedelta(days=2), text="mail jane@example.com")
     nothing_kept = flagged(queue, action="release", text="mail jane@example.com", retention_days=0)
-    ids = [await queue.reviews.add(f, review_minutes=60 * 24 * 7) for f in (old, recent, unstated, nothing_kept)]
+    ids = [
+        (await queue.reviews.add(f, review_minutes=60 * 24 * 7)).item_id for f in (old, recent, unstated, nothing_kept)
+    ]
 
     assert await queue.sweeper().sweep() == (0, 1)
 

@@ -156,6 +156,7 @@ def test_each_choice_is_a_request_of_its_own_with_vllms_seed_for_it() -> None:
     seeded = to_completion_requested(ChatCompletionRequest.model_validate(chat | {"seed": 40, "n": 3}), sub)
     choices = choice_requests(seeded, 3)
     assert [c.request_id for c in choices] == ["chatcmpl-1-0", "chatcmpl-1-1", "chatcmpl-1-2"]
+    assert {c.choice_of for c in choices} == {"chatcmpl-1"} and seeded.choice_of is None
     assert [c.sampling.seed for c in choices] == [40, 41, 42]
     assert all(c.messages == seeded.messages and c.sampling.max_tokens == 77 for c in choices)
     assert choice_requests(seeded, 1) == [seeded]  # one choice keeps the request's own id

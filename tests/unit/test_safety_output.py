@@ -81,9 +81,9 @@ async def test_a_held_output_keeps_the_rest_back_and_goes_to_review_with_its_fin
     assert item.held_delta.token_count == 7 and item.held_delta.logprobs is None  # none asked for
     assert (item.held_delta.sequence, item.held_completion.sequence) == (1, 2)
 
-    approved = deliveries("output", None, item.held_completion, item.held_delta, "r1", "approve", [], ["pii"])
+    approved = deliveries("output", ((), item.held_completion, item.held_delta), "r1", "approve", [], ["pii"])
     assert [type(d.message).__name__ for d in approved] == ["TokensGenerated", "CompletionFinished"]
-    (rejected,) = deliveries("output", None, item.held_completion, item.held_delta, "r1", "reject", ["pii"], ["pii"])
+    (rejected,) = deliveries("output", ((), item.held_completion, item.held_delta), "r1", "reject", ["pii"], ["pii"])
     assert rejected.message.code == "content_blocked" and rejected.message.sequence == 1  # type: ignore[attr-defined]
 
 

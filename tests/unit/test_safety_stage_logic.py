@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from services.safety.cache import ScreeningCache
 from services.safety.guard import verdict_of
 from services.safety.policy import DEFAULT_POLICY, Decision, decide, escalate
-from services.safety.review import deliveries, expiry_deliveries, prompt_verdict, unscreened
+from services.safety.review import (
+    deliveries,
+    expiry_deliveries,
+    held_messages,
+    late_choice_deliveries,
+    prompt_verdict,
+    unscreened,
+)
 from services.safety.screening import Screener
 from shared.contracts import (
     ChatMessage,
@@ -129,14 +136,14 @@ def _request() -> CompletionRequested:
 
 
 def test_an_expired_held_prompt_is_refused_with_the_reason_or_released_per_policy() -> None:
-    (withheld,) = expiry_deliveries("prompt", (_request(), None, None), "r1", "withhold", ["pii"])
+    (withheld,) = expiry_deliveries("prompt", ((_request(),), None, None), "r1", "withhold", ["pii"])
     assert withheld.reply and isinstance(withheld.message, GenerationFailed)
     assert withheld.message.code == "content_blocked"
     assert "review deadline" in withheld.message.message and "pii" in withheld.message.message
     held = _request()
-    (released,) = expiry_deliveries("prompt", (held, None, None), "r1", "release", ["pii"])
+    (released,) = expiry_deliveries("prompt", ((held,), None, None), "r1", "release", ["pii"])
     assert not released.reply and released.message == held  # forwarded to generation
-    assert expiry_deliveries("prompt", (None, None, None), "r1", "withhold", ["pii"]) == []
+    assert expiry_deliveries("prompt", ((), None, None), "r1", "withhold", ["pii"]) == []
 
 
 async def test_output_windows_use_rules_and_the_completed_output_the_final_screener() -> None:
@@ -172,13 +179,47 @@ def test_a_prompt_screened_beside_generation_is_cleared_not_forwarded_and_a_bloc
 
 def test_a_held_prompt_screened_beside_generation_is_cleared_to_its_requester_on_release() -> None:
     held = _request().model_copy(update={"prompt_screening": "beside"})
-    (approved,) = deliveries("prompt", held, None, None, "r1", "approve", [], ["pii"])
+    (approved,) = deliveries("prompt", ((held,), None, None), "r1", "approve", [], ["pii"])
     assert approved.reply and approved.message == PromptCleared(request_id="r1", by="review")
-    (expired,) = expiry_deliveries("prompt", (held, None, None), "r1", "release", ["pii"])
+    (expired,) = expiry_deliveries("prompt", ((held,), None, None), "r1", "release", ["pii"])
     assert expired.reply and expired.message == approved.message
-    (rejected,) = deliveries("prompt", held, None, None, "r1", "reject", ["pii"], ["pii"])
+    (rejected,) = deliveries("prompt", ((held,), None, None), "r1", "reject", ["pii"], ["pii"])
     assert rejected.reply and isinstance(rejected.message, GenerationFailed)
     assert rejected.message.code == "content_blocked"
+
+
+def test_a_decision_on_a_prompt_held_for_several_choices_applies_to_each_keyed_by_its_own_id() -> None:
+    choices = tuple(_request().model_copy(update={"request_id": f"r1-{i}", "choice_of": "r1"}) for i in range(3))
+    approved = deliveries("prompt", (choices, None, None), "r1-0", "approve", [], ["pii"])
+    assert [(d.message, d.reply, d.key) for d in approved] == [(c, False, c.request_id) for c in choices]
+    rejected = deliveries("prompt", (choices, None, None), "r1-0", "reject", ["pii"], ["pii"])
+    assert [d.key for d in rejected] == ["r1-0", "r1-1", "r1-2"] and all(d.reply for d in rejected)
+    assert [d.message.request_id for d in rejected] == ["r1-0", "r1-1", "r1-2"]  # type: ignore[attr-defined]
+    withheld = expiry_deliveries("prompt", (choices, None, None), "r1-0", "withhold", ["pii"])
+    assert [(d.key, d.message.code) for d in withheld] == [(c.request_id, "content_blocked") for c in choices]  # type: ignore[attr-defined]
+
+
+def test_a_held_choice_joining_a_settled_item_gets_its_decision_or_its_expiry() -> None:
+    late = _request().model_copy(update={"request_id": "r1-2", "choice_of": "r1"})
+    decided = {"status": "decided", "decision": "approve", "labels": [], "categories": ["pii"]}
+    ((forwarded, reply, key),) = [(d.message, d.reply, d.key) for d in late_choice_deliveries(decided, late, "x")]
+    assert (forwarded, reply, key) == (late, False, "r1-2")
+    rejected = decided | {"decision": "reject", "labels": ["pii"]}
+    (refused,) = late_choice_deliveries(rejected, late, "release")
+    assert refused.reply and refused.message.code == "content_blocked"  # type: ignore[attr-defined]
+    expired = {"status": "expired", "decision": None, "labels": None, "categories": ["pii"]}
+    (withheld,) = late_choice_deliveries(expired, late, "withhold")
+    assert withheld.key == "r1-2" and "review deadline" in withheld.message.message  # type: ignore[attr-defined]
+    (released,) = late_choice_deliveries(expired, late, "release")
+    assert released.message == late and not released.reply
+
+
+def test_an_item_stored_before_items_held_several_requests_is_read_as_one() -> None:
+    held = _request()
+    stored = {"request": held.model_dump(mode="json")}
+    assert held_messages(stored) == ((held,), None, None)
+    assert held_messages({"requests": [held.model_dump(mode="json")]}) == ((held,), None, None)
+    assert held_messages(None) == ((), None, None)
 
 
 def test_a_prompt_whose_policy_cannot_be_read_is_refused_as_retryable_and_its_generation_beside_cancelled() -> None:
