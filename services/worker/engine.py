@@ -285,7 +285,9 @@ class Engine:
 
     def render_prompt(self, messages: list[ChatMessage], tools: list[FunctionTool] | None = None) -> str:
         """The chat as the model's template writes it, with ``tools`` shown to the model (see tool_calls)."""
-        turns, template_tools = conversation(messages, tools or [], native=self.template_renders_tools)
+        turns, template_tools = conversation(
+            messages, tools or [], native=self.template_renders_tools, call_format=self.tool_call_format
+        )
         prompt: str = self._tokenizer.apply_chat_template(
             turns, tools=template_tools, tokenize=False, add_generation_prompt=True
         )
@@ -302,12 +304,19 @@ class Engine:
         return call_format(getattr(self._tokenizer, "chat_template", None))
 
     def generate(
-        self, request_id: str, prompt: str, sampling: SamplingParams, cache_salt: str | None = None
+        self,
+        request_id: str,
+        prompt: str,
+        sampling: SamplingParams,
+        cache_salt: str | None = None,
+        keep_special_tokens: bool = False,
     ) -> AsyncIterator[GenerationStep]:
         """Streams the completion of ``prompt``; the last step carries the finish reason. Raises PromptTooLong at once
         when the prompt does not fit; the stream raises InvalidRequest before its first step when vLLM refuses a
         parameter (a JSON schema it cannot compile), and EngineError when vLLM fails the request. Requests share
-        cached prompt prefixes only when their ``cache_salt`` is the same (vLLM hashes it into the first block)."""
+        cached prompt prefixes only when their ``cache_salt`` is the same (vLLM hashes it into the first block).
+        ``keep_special_tokens``: the text keeps the special tokens the model writes (Mistral's ``[TOOL_CALLS]``);
+        the one that ends it is left out either way."""
         token_ids = self.token_ids(prompt)
         room = self.config.max_model_len - len(token_ids)
         if room < 1:
@@ -315,7 +324,7 @@ class Engine:
                 f"the prompt has {len(token_ids)} tokens; {self.config.model_id} takes at most "
                 f"{self.config.max_model_len} tokens of prompt and completion together"
             )
-        params = self._sampling_params(sampling, max_tokens=min(sampling.max_tokens, room))
+        params = self._sampling_params(sampling, min(sampling.max_tokens, room), not keep_special_tokens)
         form = "structured_outputs" if sampling.structured_outputs else "response_format"
         return self._stream(request_id, token_ids, params, cache_salt, form)
 
@@ -425,7 +434,9 @@ class Engine:
         return ids
 
     @staticmethod
-    def _sampling_params(sampling: SamplingParams, max_tokens: int) -> VllmSamplingParams:
+    def _sampling_params(
+        sampling: SamplingParams, max_tokens: int, skip_special_tokens: bool = True
+    ) -> VllmSamplingParams:
         from vllm.sampling_params import RequestOutputKind
         from vllm.sampling_params import SamplingParams as VllmSamplingParams
 
@@ -447,6 +458,7 @@ class Engine:
             min_tokens=min(sampling.min_tokens, max_tokens),  # max_tokens may be cut to fit the context
             ignore_eos=sampling.ignore_eos,
             stop_token_ids=list(sampling.stop_token_ids),
+            skip_special_tokens=skip_special_tokens,
             output_kind=RequestOutputKind.DELTA,
         )
 

@@ -18,7 +18,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from services.safety.output import ContentBlocked, OutputDelta, OutputGuard
 from services.safety.review import SCREENING_UNAVAILABLE
 from services.worker.engine import Engine, InvalidRequest
-from services.worker.tool_calls import ToolCallReader, forced_schema
+from services.worker.tool_calls import ToolCallReader, forced_schema, keeps_special_tokens
 from shared.contracts import (
     CompletionFinished,
     CompletionRequested,
@@ -211,7 +211,8 @@ async def serve_request(
             sampling = sampling.model_copy(
                 update={"response_format": ResponseFormat(type="json_schema", json_schema=schema)}
             )
-        async for step in engine.generate(request.request_id, prompt, sampling, request.cache_salt):
+        keep_special = keeps_special_tokens(request, engine.tool_call_format)
+        async for step in engine.generate(request.request_id, prompt, sampling, request.cache_salt, keep_special):
             if control.stop_reason is not None:
                 break  # closing the stream aborts the request in vLLM, even if the abort raced its start
             prompt_tokens = step.prompt_tokens

@@ -6,7 +6,8 @@ signatures inside ``<tools></tools>`` in the system turn, each call written as `
 template renders tools gets them through its template; any other model gets the same instructions written into its
 system turn, as LiteLLM does for models without native function calling. A template that teaches Llama 3's format
 (``call_format``) has its model's calls read in that format instead: ``{"name": ..., "parameters": {...}}`` as the
-whole answer, as vLLM's ``llama3_json`` parser reads them.
+whole answer, as vLLM's ``llama3_json`` parser reads them; a Mistral template's, after ``[TOOL_CALLS]``, as vLLM's
+``mistral`` parser reads them.
 
 Forced calls (tool_choice required, or a named function) are generated under a JSON schema, so they always parse and
 their arguments match the schema: a JSON array of ``{"name", "arguments"}`` objects (required), or the arguments
@@ -31,21 +32,41 @@ from shared.contracts import (
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
+MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 
-ToolCallFormat = Literal["hermes", "llama3_json"]
+ToolCallFormat = Literal["hermes", "llama3_json", "mistral"]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
-``{"name": ..., "parameters": {...}}``, several joined by ``;``, perhaps after ``<|python_tag|>``."""
+``{"name": ..., "parameters": {...}}``, several joined by ``;``, perhaps after ``<|python_tag|>``; mistral (Mistral 7B
+v0.3, Mixtral 8x22B, Nemo, Small 2409, as vLLM's ``mistral`` parser reads them), the calls follow the
+``[TOOL_CALLS]`` token, perhaps after some text: as a JSON array of ``{"name": ..., "arguments": {...}}`` (tokenizers
+before v11), or each as ``name[ARGS]{...}`` after a ``[TOOL_CALLS]`` of its own (v11 and later, Small 3.2 and
+Magistral). Those tokens are special ones, which the engine keeps in the text only when asked
+(``keeps_special_tokens``)."""
 
 
 def call_format(chat_template: str | None) -> ToolCallFormat:
     """The format a model's own chat template teaches it. Llama 3's templates ask for ``{"name": function name,
-    "parameters": ...}`` and write earlier calls so; a template that renders ``<tool_call>`` tags, or none at all
-    (ferry then writes Hermes instructions in, see ``conversation``), means Hermes."""
+    "parameters": ...}`` and write earlier calls so; Mistral's write earlier calls after ``[TOOL_CALLS]``; a template
+    that renders ``<tool_call>`` tags, or none at all (ferry then writes Hermes instructions in, see
+    ``conversation``), means Hermes."""
     template = chat_template or ""
     if "tools" not in template or CALL_OPEN in template:
         return "hermes"
+    if MISTRAL_CALLS in template:
+        return "mistral"
     return "llama3_json" if '"parameters": ' in template or PYTHON_TAG in template else "hermes"
+
+
+def keeps_special_tokens(request: CompletionRequested, call_format: ToolCallFormat) -> bool:
+    """Whether the engine must keep special tokens in the request's text: a Mistral model's calls begin with one."""
+    return call_format == "mistral" and tool_mode(request) == "auto"
+
+
+def mistral_call_id(call_id: str) -> str:
+    """The id Mistral's templates take for an earlier call and its result (9 letters or digits; they refuse any
+    other), the same for the same id, as the call's turn and its tool turn must agree."""
+    return hashlib.sha256(call_id.encode()).hexdigest()[:9]
 
 
 ToolMode = Literal["text", "auto", "required", "named"]
@@ -94,25 +115,27 @@ def tools_instructions(tools: list[FunctionTool]) -> str:
 
 
 def conversation(
-    messages: list[ChatMessage], tools: list[FunctionTool], native: bool
+    messages: list[ChatMessage], tools: list[FunctionTool], native: bool, call_format: ToolCallFormat = "hermes"
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The turns to give the chat template, and the tools to pass it (None: none). ``native``: the template renders
-    tools, tool calls and tool turns itself; else they are written into the turns in the Hermes format."""
+    tools, tool calls and tool turns itself (a Mistral template gets call ids it takes, ``mistral_call_id``); else
+    they are written into the turns in the Hermes format."""
     if native:
+        template_id = mistral_call_id if call_format == "mistral" else str
         turns = []
         for m in messages:
             turn: dict[str, Any] = {"role": m.role, "content": m.content}
             if m.tool_calls:
                 turn["tool_calls"] = [
                     {
-                        "id": c.id,
+                        "id": template_id(c.id),
                         "type": "function",
                         "function": {"name": c.function.name, "arguments": _arguments_value(c.function.arguments)},
                     }
                     for c in m.tool_calls
                 ]
             if m.tool_call_id is not None:
-                turn["tool_call_id"] = m.tool_call_id
+                turn["tool_call_id"] = template_id(m.tool_call_id)
             turns.append(turn)
         return turns, [_tool_json(t) for t in tools] or None
     turns = []
@@ -169,10 +192,10 @@ def call_id(request_id: str, index: int) -> str:
     return "call_" + hashlib.sha256(f"{request_id}:{index}".encode()).hexdigest()[:24]
 
 
-def _longest_tag_start(text: str) -> int:
-    """How many characters at the end of ``text`` could begin a call's opening tag."""
-    for length in range(min(len(CALL_OPEN) - 1, len(text)), 0, -1):
-        if CALL_OPEN.startswith(text[-length:]):
+def _longest_tag_start(text: str, tag: str) -> int:
+    """How many characters at the end of ``text`` could begin ``tag``."""
+    for length in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-length:]):
             return length
     return 0
 
@@ -379,10 +402,11 @@ class ToolCallReader:
         text, self.held = self.held + text, ""
         if self.call_format == "llama3_json":
             return self._feed_answer_start(text)
-        if (start := text.find(CALL_OPEN)) >= 0:
+        opening = MISTRAL_CALLS if self.call_format == "mistral" else CALL_OPEN
+        if (start := text.find(opening)) >= 0:
             self.calling, self.held = True, text[start:]
             return text[:start]
-        keep = _longest_tag_start(text)
+        keep = _longest_tag_start(text, opening)
         if keep:
             text, self.held = text[:-keep], text[-keep:]
         return text
@@ -487,12 +511,44 @@ class ToolCallReader:
         if self.call_format == "llama3_json":  # auto: the answer is the calls, joined by semicolons
             i = _skip_space(text, 0)
             return self._joined(text, i + len(PYTHON_TAG) if text.startswith(PYTHON_TAG, i) else i, ";")
+        if self.call_format == "mistral":
+            return self._mistral_calls(text)
         start = text.find(CALL_OPEN)  # auto: calls inside <tool_call></tool_call>, anything between them ignored
         while start >= 0:
             calls.append(call := _read_call(text, start + len(CALL_OPEN), self._scans))
             if call.broken or call.end is None:
                 return calls
             start = text.find(CALL_OPEN, call.end)
+        return calls
+
+    def _mistral_calls(self, text: str) -> list[_WrittenCall]:
+        """Mistral's calls, after ``[TOOL_CALLS]``: before tokenizer v11, one JSON array of call objects (or one
+        object); from v11, each call after a ``[TOOL_CALLS]`` of its own, as ``name[ARGS]{arguments}`` (or
+        ``name{arguments}``; a ``[CALL_ID]id`` after the name is left out)."""
+        calls: list[_WrittenCall] = []
+        start = text.find(MISTRAL_CALLS)
+        while start >= 0:
+            i = _skip_space(text, start + len(MISTRAL_CALLS))
+            if i == len(text):
+                return calls
+            if text[i] in "[{":
+                return calls + self._joined(text, i + 1 if text[i] == "[" else i, ",")
+            calls.append(call := _WrittenCall(text))
+            name_ends = [p for p in (text.find(MISTRAL_ARGS, i), text.find("{", i)) if p >= 0]
+            if not name_ends:
+                return calls  # the name is still being written
+            name_end = min(name_ends)
+            call.name = text[i:name_end].split(MISTRAL_CALL_ID)[0].strip()
+            arguments_at = name_end + (len(MISTRAL_ARGS) if text.startswith(MISTRAL_ARGS, name_end) else 0)
+            i = _skip_space(text, arguments_at)
+            if i == len(text):
+                return calls
+            call.arguments = self._scans.setdefault(i, _ValueScan(i))
+            call.arguments.read(text)
+            if (end := call.arguments.end) is None:
+                return calls
+            call.end = end
+            start = text.find(MISTRAL_CALLS, end)
         return calls
 
     def _joined(self, text: str, start: int, separator: str) -> list[_WrittenCall]:

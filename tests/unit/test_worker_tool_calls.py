@@ -472,3 +472,115 @@ def test_a_llama3_json_answer_that_names_no_offered_tool_is_given_back_as_text()
         assert ToolCallReader.read_whole(request(), output, "stop", "llama3_json") == (output, None, "stop")
     # a text beginning like the python tag, but not it
     assert ToolCallReader.read_whole(request(), "<|pyt", "length", "llama3_json") == ("<|pyt", None, "length")
+
+
+# The tool parts of Mistral 7B v0.3's chat template (tokenizer v3, before v11): tools before the last user turn, earlier
+# calls after [TOOL_CALLS] with 9-character ids, results in [TOOL_RESULTS]. Its model answers [TOOL_CALLS] [{...}].
+MISTRAL_TEMPLATE = """{{- bos_token }}
+{%- set user_messages = messages | selectattr("role", "equalto", "user") | list %}
+{%- for message in messages %}
+    {%- if message["role"] == "user" %}
+        {%- if tools is not none and (message == user_messages[-1]) %}
+            {{- "[AVAILABLE_TOOLS] [" }}
+            {%- for tool in tools %}{{- tool | tojson }}{%- if not loop.last %}{{- ", " }}{%- endif %}{%- endfor %}
+            {{- "][/AVAILABLE_TOOLS]" }}
+        {%- endif %}
+        {{- "[INST] " + message["content"] + "[/INST]" }}
+    {%- elif message.tool_calls is defined and message.tool_calls is not none %}
+        {{- "[TOOL_CALLS] [" }}
+        {%- for tool_call in message.tool_calls %}
+            {%- set out = tool_call.function|tojson %}
+            {{- out[:-1] }}
+            {%- if not tool_call.id is defined or tool_call.id|length != 9 %}
+                {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+            {%- endif %}
+            {{- ', "id": "' + tool_call.id + '"}' }}
+            {%- if not loop.last %}{{- ", " }}{%- else %}{{- "]" + eos_token }}{%- endif %}
+        {%- endfor %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- elif message["role"] == "tool" %}
+        {{- '[TOOL_RESULTS] {"content": ' + message.content|string + ", " }}
+        {%- if not message.tool_call_id is defined or message.tool_call_id|length != 9 %}
+            {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+        {%- endif %}
+        {{- '"call_id": "' + message.tool_call_id + '"}[/TOOL_RESULTS]' }}
+    {%- endif %}
+{%- endfor %}"""
+
+# From tokenizer v11 (Mistral Small 3.2, Magistral), each earlier call is written [TOOL_CALLS]name[ARGS]{...}
+MISTRAL_V11_FRAGMENT = (
+    "{%- if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}{{- '[TOOL_CALLS]' + tool_call.function.name + '[ARGS]' }}"
+    "{{- tool_call.function.arguments | tojson }}{%- endfor %}"
+)
+
+
+def test_a_mistral_template_has_its_calls_read_in_mistrals_format_with_special_tokens_kept() -> None:
+    from services.worker.tool_calls import call_format, keeps_special_tokens
+
+    assert call_format(MISTRAL_TEMPLATE) == "mistral"
+    assert call_format(MISTRAL_V11_FRAGMENT) == "mistral"
+    assert keeps_special_tokens(request(), "mistral")  # [TOOL_CALLS] is a special token
+    assert not keeps_special_tokens(request(tool_choice="required"), "mistral")  # forced: a JSON schema instead
+    assert not keeps_special_tokens(request(tool_choice="none"), "mistral")
+    assert not keeps_special_tokens(request(), "hermes")
+
+
+def test_mistrals_template_gets_earlier_calls_with_ids_it_takes_the_same_in_the_call_and_its_result() -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from services.worker.tool_calls import mistral_call_id
+
+    messages = TOOL_CONVERSATION[:3]  # OpenAI's ids (call_1) are refused by the template as they are
+    with pytest.raises(Exception, match="length 9"):
+        turns, tools = conversation(messages, [WEATHER], native=True)
+        render_jinja_template([turns], tools=tools, chat_template=MISTRAL_TEMPLATE, eos_token="</s>")
+    turns, tools = conversation(messages, [WEATHER], native=True, call_format="mistral")
+    (prompt,), _ = render_jinja_template(
+        [turns], tools=tools, chat_template=MISTRAL_TEMPLATE, bos_token="<s>", eos_token="</s>"
+    )
+    first, second = mistral_call_id("call_1"), mistral_call_id("call_2")
+    assert len(first) == 9 and first.isalnum() and first != second
+    assert prompt.startswith('<s>[AVAILABLE_TOOLS] [{"type": "function", "function": {"name": "get_weather"')
+    assert f'[TOOL_CALLS] [{{"name": "get_weather", "arguments": {{"city": "Paris"}}, "id": "{first}"}}, ' in prompt
+    assert prompt.endswith(f'[TOOL_RESULTS] {{"content": 18 C, "call_id": "{first}"}}[/TOOL_RESULTS]')
+
+
+MISTRAL_OUTPUTS = [
+    ('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris",\n "days": [1, 2]}}]',
+     "", [("get_weather", {"city": "Paris", "days": [1, 2]})]),
+    ('Let me look.[TOOL_CALLS][{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": '
+     '{"city": "Rio \\"de\\" J"}, "id": "a1b2c3d4e"}]', "Let me look.", [("get_time", {}), ("get_weather",
+     {"city": 'Rio "de" J'})]),
+    ('[TOOL_CALLS] {"name": "get_weather", "arguments": {"city": "Lima"}}', "", [("get_weather", {"city": "Lima"})]),
+    ('[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}[TOOL_CALLS]get_time[ARGS]{}', "",
+     [("get_weather", {"city": "Oslo"}), ("get_time", {})]),
+    ('[TOOL_CALLS]get_time{}', "", [("get_time", {})]),
+    ('[TOOL_CALLS] get_time [ARGS] {}', "", [("get_time", {})]),  # decoded with spaces around special tokens
+    ('[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": "Bern"}', "", [("get_weather", {"city": "Bern"})]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("output", "text", "expected"), MISTRAL_OUTPUTS)
+def test_mistral_calls_of_either_tokenizer_are_read_whole_and_stream_alike_however_split(
+    output: str, text: str, expected: list[tuple[str, dict]]
+) -> None:
+    released, whole, reason = ToolCallReader.read_whole(request(), output, "stop", "mistral")
+    assert (released, reason) == (text, "tool_calls")
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in whole or []] == expected
+    for size in (1, 2, 3, 7, len(output)):
+        chunks = [output[i : i + size] for i in range(0, len(output), size)]
+        reader = ToolCallReader(request(), "mistral")
+        assert streamed(reader, chunks) == text, size  # the text before the calls, none of the calls
+        reader = ToolCallReader(request(), "mistral")
+        assert streamed_calls(reader, chunks) == as_dicts(whole), size
+
+
+def test_a_mistral_answer_without_calls_or_naming_no_offered_tool_is_text() -> None:
+    for output in ("It is sunny [in] Paris.", '[TOOL_CALLS] [{"name": "delete_everything", "arguments": {}}]',
+                   "[TOOL_CALLS]rm_rf[ARGS]{}", "[TOOL_CALLS] not json", "[TOOL_CALL"):  # fmt: skip
+        assert ToolCallReader.read_whole(request(), output, "stop", "mistral") == (output, None, "stop")
+    reader = ToolCallReader(request(), "mistral")
+    assert reader.feed("Costs [") == "Costs "  # perhaps the start of [TOOL_CALLS]: held until known
+    assert reader.feed("5]") == "[5]"
