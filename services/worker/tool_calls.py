@@ -7,7 +7,7 @@ template renders tools gets them through its template; any other model gets the 
 system turn, as LiteLLM does for models without native function calling. A template that teaches Llama 3's format
 (``call_format``) has its model's calls read in that format instead: ``{"name": ..., "parameters": {...}}`` as the
 whole answer, as vLLM's ``llama3_json`` parser reads them; a Mistral template's, after ``[TOOL_CALLS]``, as vLLM's
-``mistral`` parser reads them.
+``mistral`` parser reads them; a pythonic template's, a Python list of calls, as vLLM's ``pythonic`` parser does.
 
 Forced calls (tool_choice required, or a named function) are generated under a JSON schema, so they always parse and
 their arguments match the schema: a JSON array of ``{"name", "arguments"}`` objects (required), or the arguments
@@ -15,6 +15,7 @@ object alone (a named function), as vLLM's server does it."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
 MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 
-ToolCallFormat = Literal["hermes", "llama3_json", "mistral"]
+ToolCallFormat = Literal["hermes", "llama3_json", "mistral", "pythonic"]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
 ``{"name": ..., "parameters": {...}}``, several joined by ``;``, perhaps after ``<|python_tag|>``; mistral (Mistral 7B
@@ -42,7 +43,10 @@ v0.3, Mixtral 8x22B, Nemo, Small 2409, as vLLM's ``mistral`` parser reads them),
 ``[TOOL_CALLS]`` token, perhaps after some text: as a JSON array of ``{"name": ..., "arguments": {...}}`` (tokenizers
 before v11), or each as ``name[ARGS]{...}`` after a ``[TOOL_CALLS]`` of its own (v11 and later, Small 3.2 and
 Magistral). Those tokens are special ones, which the engine keeps in the text only when asked
-(``keeps_special_tokens``)."""
+(``keeps_special_tokens``); pythonic (Llama 3.2 and Llama 4 with vLLM's pythonic templates, Gemma 3's, ToolACE:
+vLLM's ``pythonic`` and ``llama4_pythonic`` parsers), the answer is a Python list of calls with keyword arguments,
+``[get_weather(city="Paris"), get_time()]``, perhaps inside ``<|python_start|>...<|python_end|>``."""
+PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 
 
 def call_format(chat_template: str | None) -> ToolCallFormat:
@@ -55,6 +59,8 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
         return "hermes"
     if MISTRAL_CALLS in template:
         return "mistral"
+    if "[func_name1(" in template:  # the words of every pythonic template: [func_name1(params_name1=...), ...]
+        return "pythonic"
     return "llama3_json" if '"parameters": ' in template or PYTHON_TAG in template else "hermes"
 
 
@@ -398,10 +404,12 @@ class ToolCallReader:
             return text
         if self.mode != "auto" or self.calling:
             self.held += text
-            return ""
+            return self._pythonic_text() if self.mode == "auto" and self.call_format == "pythonic" else ""
         text, self.held = self.held + text, ""
         if self.call_format == "llama3_json":
             return self._feed_answer_start(text)
+        if self.call_format == "pythonic":
+            return self._feed_answer_start(text) + self._pythonic_text()
         opening = MISTRAL_CALLS if self.call_format == "mistral" else CALL_OPEN
         if (start := text.find(opening)) >= 0:
             self.calling, self.held = True, text[start:]
@@ -412,19 +420,29 @@ class ToolCallReader:
         return text
 
     def _feed_answer_start(self, text: str) -> str:
-        """Llama 3 answers with calls or with text, so the answer's first characters decide: ``{`` or the python tag
-        begins calls; anything else is text to the end. Leading white space waits for the decision."""
+        """Llama 3 and pythonic models answer with calls or with text, so the answer's first characters decide:
+        ``{`` or the python tag (Llama 3), ``[`` or ``<|python_start|>`` (pythonic) begins calls; anything else is
+        text to the end. Leading white space waits for the decision."""
         if self.answered_in_text:
             return text
         rest = text[_skip_space(text, 0) :]
-        if rest.startswith(("{", PYTHON_TAG)):
+        starts = ("{", PYTHON_TAG) if self.call_format == "llama3_json" else ("[", PYTHON_START)
+        if rest.startswith(starts):
             self.calling, self.held = True, text
             return ""
-        if not rest or PYTHON_TAG.startswith(rest):
+        if not rest or any(tag.startswith(rest) for tag in starts[1:]):
             self.held = text
             return ""
         self.answered_in_text = True
         return text
+
+    def _pythonic_text(self) -> str:
+        """What held text turned out to be text (``[1] First, ...``), once the first element of a pythonic answer
+        shows it is no call; it then streams as text to the end."""
+        if not self.calling or not _first_element_is_no_call(self.held):
+            return ""
+        released, self.held, self.calling, self.answered_in_text = self.held, "", False, True
+        return released
 
     def pieces(self) -> list[ToolCallPiece]:
         """The calls' pieces written since the last time: a call's first piece opens it, even with no arguments."""
@@ -493,6 +511,13 @@ class ToolCallReader:
             scan.read(self.held)
             return [(self.request.tool_choice_function, scan.spaced)]
         names = {t.name for t in self.request.tools}
+        if self.call_format == "pythonic" and self.mode == "auto":
+            calls = []
+            for name, arguments in pythonic_calls(self.held):
+                if name not in names:
+                    break
+                calls.append((name, arguments))
+            return calls if self.request.parallel_tool_calls else calls[:1]
         calls = []
         for call in self._written():
             if call.name not in names:
@@ -563,3 +588,87 @@ class ToolCallReader:
             if i == len(text) or text[i] != separator:
                 return calls
             i += 1
+
+
+def pythonic_calls(text: str) -> list[tuple[str, str]]:
+    """The whole calls at the start of a pythonic answer, ``[f(a=1, b="x"), g()]`` (perhaps after
+    ``<|python_start|>``), as (name, arguments as JSON text), in order, up to the first that is not yet whole or is
+    not a call of a function by name with keyword arguments whose values are literals. A call counts once the comma
+    or bracket after it is written, so a call streams whole."""
+    calls: list[tuple[str, str]] = []
+    for element in _pythonic_elements(text):
+        call = _pythonic_call(element)
+        if call is None:
+            break
+        calls.append(call)
+    return calls
+
+
+def _first_element_is_no_call(text: str) -> bool:
+    """Whether an answer that began like a pythonic list shows it is not one: its first element is whole and is no
+    call, or the python tag is followed by something else than a list."""
+    i = _skip_space(text, 0)
+    if text.startswith(PYTHON_START, i):
+        i = _skip_space(text, i + len(PYTHON_START))
+        if i < len(text) and text[i] != "[":
+            return True
+    elements = _pythonic_elements(text, most=1)
+    return bool(elements) and _pythonic_call(elements[0]) is None
+
+
+def _pythonic_elements(text: str, most: int | None = None) -> list[str]:
+    i = _skip_space(text, 0)
+    if text.startswith(PYTHON_START, i):
+        i = _skip_space(text, i + len(PYTHON_START))
+    return _list_elements(text, i + 1, most) if text.startswith("[", i) else []
+
+
+def _list_elements(text: str, start: int, most: int | None = None) -> list[str]:
+    """The texts of the elements of a Python list whose items begin at ``start``, each once the comma or closing
+    bracket after it is written (strings and nesting are skipped over); ``most``: stop after that many."""
+    elements, depth, quote, i, begin = [], 0, "", start, start
+    while i < len(text):
+        char = text[i]
+        if quote:
+            if char == "\\":
+                i += 1
+            elif text.startswith(quote, i):
+                i += len(quote) - 1
+                quote = ""
+        elif char in "\"'":
+            quote = text[i : i + 3] if text[i : i + 3] in ('"""', "'''") else char
+            i += len(quote) - 1
+        elif char in "([{":
+            depth += 1
+        elif char in ")}" or (char == "]" and depth > 0):
+            depth -= 1
+        elif char in ",]" and depth == 0:
+            if element := text[begin:i].strip():
+                elements.append(element)
+            if char == "]" or len(elements) == most:
+                break
+            begin = i + 1
+        i += 1
+    return elements
+
+
+def _pythonic_call(element: str) -> tuple[str, str] | None:
+    """(name, arguments as JSON text) of ``name(key=literal, ...)``; None when ``element`` is not such a call."""
+    try:
+        node = ast.parse(element, mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
+        return None
+    arguments: dict[str, Any] = {}
+    for keyword in node.keywords:
+        if keyword.arg is None:  # **kwargs
+            return None
+        try:
+            arguments[keyword.arg] = ast.literal_eval(keyword.value)
+        except (ValueError, SyntaxError):  # a variable or an expression, not a value
+            return None
+    try:
+        return node.func.id, json.dumps(arguments, ensure_ascii=False)
+    except (TypeError, ValueError):  # a set, bytes or a complex number: not JSON
+        return None

@@ -8,7 +8,14 @@ import random
 import jsonschema
 import pytest
 
-from services.worker.tool_calls import ToolCallReader, call_id, conversation, forced_schema, tool_mode
+from services.worker.tool_calls import (
+    ToolCallFormat,
+    ToolCallReader,
+    call_id,
+    conversation,
+    forced_schema,
+    tool_mode,
+)
 from shared.contracts import (
     ChatMessage,
     CompletionRequested,
@@ -445,17 +452,23 @@ LLAMA3_OUTPUTS = [
 ]  # fmt: skip
 
 
+def assert_read_alike(output: str, call_format: ToolCallFormat, text: str, expected: list[tuple[str, dict]]) -> None:
+    """``output`` read whole gives ``text`` and the ``expected`` calls; streamed in chunks of any size, the same text
+    and the same calls, piece by piece."""
+    released, whole, reason = ToolCallReader.read_whole(request(), output, "stop", call_format)
+    assert (released, reason) == (text, "tool_calls")
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in whole or []] == expected
+    for size in (1, 2, 3, 7, len(output)):
+        chunks = [output[i : i + size] for i in range(0, len(output), size)]
+        assert streamed(ToolCallReader(request(), call_format), chunks) == text, size
+        assert streamed_calls(ToolCallReader(request(), call_format), chunks) == as_dicts(whole), size
+
+
 @pytest.mark.parametrize(("output", "expected"), LLAMA3_OUTPUTS)
 def test_llama3_calls_are_read_whole_and_stream_alike_however_the_output_is_split(
     output: str, expected: list[tuple[str, dict]]
 ) -> None:
-    text, whole, reason = ToolCallReader.read_whole(request(), output, "stop", "llama3_json")
-    assert (text, reason) == ("", "tool_calls")
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in whole or []] == expected
-    for size in (1, 2, 3, 7, len(output)):
-        chunks = [output[i : i + size] for i in range(0, len(output), size)]
-        reader = ToolCallReader(request(), "llama3_json")
-        assert streamed_calls(reader, chunks) == as_dicts(whole), size
+    assert_read_alike(output, "llama3_json", "", expected)
 
 
 def test_a_llama3_answer_in_text_streams_as_text_from_its_first_word() -> None:
@@ -566,15 +579,7 @@ MISTRAL_OUTPUTS = [
 def test_mistral_calls_of_either_tokenizer_are_read_whole_and_stream_alike_however_split(
     output: str, text: str, expected: list[tuple[str, dict]]
 ) -> None:
-    released, whole, reason = ToolCallReader.read_whole(request(), output, "stop", "mistral")
-    assert (released, reason) == (text, "tool_calls")
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in whole or []] == expected
-    for size in (1, 2, 3, 7, len(output)):
-        chunks = [output[i : i + size] for i in range(0, len(output), size)]
-        reader = ToolCallReader(request(), "mistral")
-        assert streamed(reader, chunks) == text, size  # the text before the calls, none of the calls
-        reader = ToolCallReader(request(), "mistral")
-        assert streamed_calls(reader, chunks) == as_dicts(whole), size
+    assert_read_alike(output, "mistral", text, expected)  # the text before the calls, none of the calls
 
 
 def test_a_mistral_answer_without_calls_or_naming_no_offered_tool_is_text() -> None:
@@ -584,3 +589,54 @@ def test_a_mistral_answer_without_calls_or_naming_no_offered_tool_is_text() -> N
     reader = ToolCallReader(request(), "mistral")
     assert reader.feed("Costs [") == "Costs "  # perhaps the start of [TOOL_CALLS]: held until known
     assert reader.feed("5]") == "[5]"
+
+
+# The instructions of vLLM's pythonic tool templates (Llama 3.2, Llama 4) and of Gemma 3's: calls as a Python list
+PYTHONIC_FRAGMENT = (
+    "{%- if tools is not none %}{{- 'If you decide to invoke any of the function(s), you MUST put it in the format of "
+    "[func_name1(params_name1=params_value1, params_name2=params_value2...), func_name2(params)]' }}"
+    "{{- tools | tojson(indent=4) }}{%- endif %}"
+)
+
+
+def test_a_template_teaching_python_calls_has_its_calls_read_as_python() -> None:
+    from services.worker.tool_calls import call_format
+
+    assert call_format(PYTHONIC_FRAGMENT) == "pythonic"
+    assert call_format(LLAMA3_TEMPLATE) == "llama3_json" and call_format(MISTRAL_TEMPLATE) == "mistral"
+
+
+PYTHONIC_OUTPUTS = [
+    ('[get_weather(city="Paris", days=[1, 2])]', [("get_weather", {"city": "Paris", "days": [1, 2]})]),
+    ("<|python_start|>[get_time(), get_weather(city='Rio \"de\" J, [RJ]')]<|python_end|>",
+     [("get_time", {}), ("get_weather", {"city": 'Rio "de" J, [RJ]'})]),
+    ('\n [get_weather(city="Lima", units=None, exact=True, at={"h": 1.5})]',
+     [("get_weather", {"city": "Lima", "units": None, "exact": True, "at": {"h": 1.5}})]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("output", "expected"), PYTHONIC_OUTPUTS)
+def test_python_calls_are_read_whole_and_stream_alike_however_the_output_is_split(
+    output: str, expected: list[tuple[str, dict]]
+) -> None:
+    assert_read_alike(output, "pythonic", "", expected)
+
+
+def test_a_python_call_is_announced_once_written_whole() -> None:
+    reader = ToolCallReader(request(), "pythonic")
+    reader.feed('[get_time(), get_weather(city="Pa')
+    (first,) = reader.pieces()
+    assert (first.name, first.arguments) == ("get_time", "{}")
+    reader.feed('ris")]')
+    (second,) = reader.pieces()
+    assert (second.index, second.name, json.loads(second.arguments)) == (1, "get_weather", {"city": "Paris"})
+
+
+def test_an_answer_that_is_no_python_list_of_offered_calls_is_text() -> None:
+    for output in ("It is sunny.", "[1] First, the sky.", "[see here](https://example.com)", "[delete_everything()]",
+                   "[get_weather(city=town)]", "[get_weather('Paris')]", "<|python_start|>print(1)", "[]"):  # fmt: skip
+        assert ToolCallReader.read_whole(request(), output, "stop", "pythonic") == (output, None, "stop")
+    reader = ToolCallReader(request(), "pythonic")
+    assert reader.feed("[1") == ""  # perhaps a list of calls
+    assert reader.feed("] First") == "[1] First"  # its first element is no call: text, streamed from here on
+    assert reader.feed(", then") == ", then"
