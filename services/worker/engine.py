@@ -244,6 +244,8 @@ class Engine:
             served_model_name=[config.model_id],
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
+            # requests waiting for a seat go by each one's priority, then arrival (see generation.engine_priority)
+            scheduling_policy="priority",
             # On CPUs with AMX, vLLM 0.32's AMX bf16 attention garbles SmolLM2 (it answers "L'Étoile, la
             # Marseillaise..." where float32 and float16 say Paris); float32 is right on every CPU, ~10% slower here.
             dtype=variant.dtype if variant else "float32" if on_cpu else "auto",
@@ -310,13 +312,15 @@ class Engine:
         sampling: SamplingParams,
         cache_salt: str | None = None,
         keep_special_tokens: bool = False,
+        priority: int = 0,
     ) -> AsyncIterator[GenerationStep]:
         """Streams the completion of ``prompt``; the last step carries the finish reason. Raises PromptTooLong at once
         when the prompt does not fit; the stream raises InvalidRequest before its first step when vLLM refuses a
         parameter (a JSON schema it cannot compile), and EngineError when vLLM fails the request. Requests share
         cached prompt prefixes only when their ``cache_salt`` is the same (vLLM hashes it into the first block).
         ``keep_special_tokens``: the text keeps the special tokens the model writes (Mistral's ``[TOOL_CALLS]``);
-        the one that ends it is left out either way."""
+        the one that ends it is left out either way. ``priority``: while requests wait for a seat in the engine,
+        lower values go first, then earlier arrivals."""
         token_ids = self.token_ids(prompt)
         room = self.config.max_model_len - len(token_ids)
         if room < 1:
@@ -326,7 +330,7 @@ class Engine:
             )
         params = self._sampling_params(sampling, min(sampling.max_tokens, room), not keep_special_tokens)
         form = "structured_outputs" if sampling.structured_outputs else "response_format"
-        return self._stream(request_id, token_ids, params, cache_salt, form)
+        return self._stream(request_id, token_ids, params, cache_salt, form, priority)
 
     async def _stream(
         self,
@@ -335,6 +339,7 @@ class Engine:
         params: VllmSamplingParams,
         cache_salt: str | None = None,
         form: str = "response_format",
+        priority: int = 0,
     ) -> AsyncIterator[GenerationStep]:
         """``form``: the request's field that set the grammar, if any, named when vLLM cannot compile it."""
         from vllm.exceptions import VLLMValidationError
@@ -342,7 +347,7 @@ class Engine:
         prompt = {"prompt_token_ids": token_ids} | ({"cache_salt": cache_salt} if cache_salt else {})
         (engine_input,) = await self._llm.renderer.render_cmpl_async([prompt])
         # aclosing: a consumer that stops early closes vLLM's stream, and vLLM then aborts the request.
-        async with aclosing(self._llm.generate(engine_input, params, request_id)) as outputs:
+        async with aclosing(self._llm.generate(engine_input, params, request_id, priority=priority)) as outputs:
             try:
                 async for output in outputs:
                     completion = output.outputs[0]

@@ -130,9 +130,11 @@ async def serve_request(
     coalesce_ms: int,
     control: RequestControl | None = None,
     guard: OutputGuard | None = None,
+    priority: int = 0,
 ) -> bool:
     """Generates ``request`` and publishes its replies, screening the output when ``guard`` is set; returns whether it
-    is done here (False only when it was handed back; a final held for review counts as done)."""
+    is done here (False only when it was handed back; a final held for review counts as done). ``priority``: its
+    place among requests waiting for a seat in the engine (lower first, see Engine.generate)."""
     control = control or RequestControl()
     sequence = 0
     text_offset = 0
@@ -212,7 +214,8 @@ async def serve_request(
                 update={"response_format": ResponseFormat(type="json_schema", json_schema=schema)}
             )
         keep_special = keeps_special_tokens(request, engine.tool_call_format)
-        async for step in engine.generate(request.request_id, prompt, sampling, request.cache_salt, keep_special):
+        steps = engine.generate(request.request_id, prompt, sampling, request.cache_salt, keep_special, priority)
+        async for step in steps:
             if control.stop_reason is not None:
                 break  # closing the stream aborts the request in vLLM, even if the abort raced its start
             prompt_tokens = step.prompt_tokens

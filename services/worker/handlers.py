@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -83,7 +84,16 @@ class Flight:
     task: asyncio.Task[None]
     control: RequestControl
     model: str
+    tenant_id: str | None = None
     variant: str | None = None  # known once the request is accepted
+
+
+def tenant_share_priority(in_flight: Iterable[Flight], model: str, tenant_id: str | None) -> int:
+    """The engine priority of a request taken now: how many of its tenant's requests for that model this worker holds
+    already. Requests waiting for a seat in the engine go lowest first, then by arrival, so a tenant with one request
+    waiting is served before a flood another tenant sent earlier, as the batcher shares between tenants before the
+    worker. Priority classes keep the batcher's order (it ages them), so the engine does not reorder them."""
+    return sum(1 for f in in_flight if f.model == model and f.tenant_id == tenant_id)
 
 
 @dataclass
@@ -148,7 +158,7 @@ def register(deps: WorkerDeps) -> None:
         if isinstance(event, TokensGenerated | CompletionFinished):
             deps.metrics.replies(request.model, request.stream, event)
 
-    async def run(request: CompletionRequested, control: RequestControl) -> None:
+    async def run(request: CompletionRequested, control: RequestControl, priority: int) -> None:
         attributes = {"ferry.request_id": request.request_id, "ferry.model": request.model}
         done = acquired = False
         variant: str | None = None
@@ -162,7 +172,7 @@ def register(deps: WorkerDeps) -> None:
                 engine = await _acquire(deps, request, variant)
                 acquired = True
                 done = await serve_request(
-                    engine, request, publish_reply, settings.coalesce_ms, control, deps.output_guard
+                    engine, request, publish_reply, settings.coalesce_ms, control, deps.output_guard, priority
                 )
             except (VariantUnavailable, ModelUnavailable, TimeoutError) as exc:
                 code = {VariantUnavailable: "variant_unavailable", ModelUnavailable: "model_unavailable"}.get(
@@ -243,8 +253,9 @@ def register(deps: WorkerDeps) -> None:
                 if (reason := deps.cancelled.get(request_id)) is not None:
                     control.stop(_STOP_REASONS.get(reason, "cancelled"))
                 waiting_on.append(request_id)
-                task = asyncio.create_task(run(request, control), name=request_id)
-                deps.in_flight[request_id] = Flight(task, control, model_id)
+                priority = tenant_share_priority(deps.in_flight.values(), model_id, request.tenant_id)
+                task = asyncio.create_task(run(request, control, priority), name=request_id)
+                deps.in_flight[request_id] = Flight(task, control, model_id, request.tenant_id)
             deps.offsets.taken(partition, record.offset, waiting_on)
             deps.progress.set()
             _apply_backpressure(deps)

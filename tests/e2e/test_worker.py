@@ -464,3 +464,37 @@ async def test_requests_a_draining_worker_cannot_finish_are_redone_by_another(wo
         final = c.final(r.request_id)
         assert final is not None and final["event"] == "completion_finished", (r.request_id, final)
         assert assembled(c.events[r.request_id]) == final["text"]
+
+
+async def test_a_tenants_request_waiting_in_the_engine_goes_before_another_tenants_earlier_flood(
+    workers: Workers,
+) -> None:
+    """More requests than the engine has seats wait in vLLM's queue (the batcher, which shares between tenants first,
+    is not in the way here); there one tenant's request goes before the rest of a flood another tenant sent earlier,
+    where first come, first served would put it last."""
+    prefix = f"{workers.common.topic_prefix}one-seat."
+    common = CommonSettings(topic_prefix=prefix, postgres_dsn=workers.common.postgres_dsn)
+    worker = workers.start("worker-one-seat", FERRY_TOPIC_PREFIX=prefix, FERRY_WORKER_MAX_NUM_SEQS="1")
+    try:
+        async with client(common) as c:
+
+            def long(tenant: str) -> CompletionRequested:
+                request = c.request(max_tokens=96, tenant_id=tenant)
+                sampling = request.sampling.model_copy(update={"ignore_eos": True})  # every one takes its 96 tokens
+                return request.model_copy(update={"sampling": sampling})
+
+            flood = [long("flooding") for _ in range(4)]
+            other = long("other")
+            await c.send_batch(flood, partition=0)
+            await c.send_batch([other], partition=0)  # after the flood, on the same partition: read after it
+            await c.wait_final([r.request_id for r in [*flood, other]], seconds=120)
+    finally:
+        workers.terminate(worker)
+        assert worker.process is not None
+        worker.process.wait(timeout=60)
+
+    finished_at = {r.request_id: c.final(r.request_id)["_received_at"] for r in [*flood, other]}  # type: ignore[index]
+    assert all(c.final(r.request_id)["event"] == "completion_finished" for r in [*flood, other])  # type: ignore[index]
+    order = sorted(finished_at, key=finished_at.__getitem__)
+    # the flood's first request had the one seat already; the other tenant's goes next, before the flood's second
+    assert order == [flood[0].request_id, other.request_id, *(r.request_id for r in flood[1:])], order
