@@ -7,7 +7,8 @@ template renders tools gets them through its template; any other model gets the 
 system turn, as LiteLLM does for models without native function calling. A template that teaches Llama 3's format
 (``call_format``) has its model's calls read in that format instead: ``{"name": ..., "parameters": {...}}`` as the
 whole answer, as vLLM's ``llama3_json`` parser reads them; a Mistral template's, after ``[TOOL_CALLS]``, as vLLM's
-``mistral`` parser reads them; a pythonic template's, a Python list of calls, as vLLM's ``pythonic`` parser does.
+``mistral`` parser reads them; a pythonic template's, a Python list of calls, as vLLM's ``pythonic`` parser does;
+Qwen3-Coder's, XML inside ``<tool_call>``, as vLLM's ``qwen3_coder`` parser does.
 
 Forced calls (tool_choice required, or a named function) are generated under a JSON schema, so they always parse and
 their arguments match the schema: a JSON array of ``{"name", "arguments"}`` objects (required), or the arguments
@@ -18,6 +19,8 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,7 +38,7 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
 MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 
-ToolCallFormat = Literal["hermes", "llama3_json", "mistral", "pythonic"]
+ToolCallFormat = Literal["hermes", "llama3_json", "mistral", "pythonic", "qwen3_xml"]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
 ``{"name": ..., "parameters": {...}}``, several joined by ``;``, perhaps after ``<|python_tag|>``; mistral (Mistral 7B
@@ -45,8 +48,13 @@ before v11), or each as ``name[ARGS]{...}`` after a ``[TOOL_CALLS]`` of its own 
 Magistral). Those tokens are special ones, which the engine keeps in the text only when asked
 (``keeps_special_tokens``); pythonic (Llama 3.2 and Llama 4 with vLLM's pythonic templates, Gemma 3's, ToolACE:
 vLLM's ``pythonic`` and ``llama4_pythonic`` parsers), the answer is a Python list of calls with keyword arguments,
-``[get_weather(city="Paris"), get_time()]``, perhaps inside ``<|python_start|>...<|python_end|>``."""
+``[get_weather(city="Paris"), get_time()]``, perhaps inside ``<|python_start|>...<|python_end|>``; qwen3_xml
+(Qwen3-Coder, vLLM's ``qwen3_coder`` parser), each call inside ``<tool_call></tool_call>`` as
+``<function=NAME><parameter=KEY>value</parameter>...</function>``, each value as plain text, read as its parameter's
+type in the tool's schema."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
+XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
+_XML_PARAMETER = re.compile(r"<parameter=([^>]*)>(.*?)</parameter>", re.DOTALL)
 
 
 def call_format(chat_template: str | None) -> ToolCallFormat:
@@ -55,7 +63,11 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
     that renders ``<tool_call>`` tags, or none at all (ferry then writes Hermes instructions in, see
     ``conversation``), means Hermes."""
     template = chat_template or ""
-    if "tools" not in template or CALL_OPEN in template:
+    if "tools" not in template:
+        return "hermes"
+    if XML_FUNCTION in template and XML_PARAMETER in template:
+        return "qwen3_xml"
+    if CALL_OPEN in template:
         return "hermes"
     if MISTRAL_CALLS in template:
         return "mistral"
@@ -511,9 +523,10 @@ class ToolCallReader:
             scan.read(self.held)
             return [(self.request.tool_choice_function, scan.spaced)]
         names = {t.name for t in self.request.tools}
-        if self.call_format == "pythonic" and self.mode == "auto":
+        if self.call_format in ("pythonic", "qwen3_xml") and self.mode == "auto":
             calls = []
-            for name, arguments in pythonic_calls(self.held):
+            whole = pythonic_calls(self.held) if self.call_format == "pythonic" else xml_calls(self.held, self.request)
+            for name, arguments in whole:
                 if name not in names:
                     break
                 calls.append((name, arguments))
@@ -672,3 +685,68 @@ def _pythonic_call(element: str) -> tuple[str, str] | None:
         return node.func.id, json.dumps(arguments, ensure_ascii=False)
     except (TypeError, ValueError):  # a set, bytes or a complex number: not JSON
         return None
+
+
+def xml_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
+    """The whole calls in Qwen3-Coder's XML, ``<function=NAME><parameter=KEY>value</parameter></function>``, as
+    (name, arguments as JSON text), in order, up to the first not yet closed. Each value is read as its parameter's
+    type in the named tool's schema, as vLLM's parser does: a number, a boolean, null, or JSON for an object or an
+    array where the schema says so and the text is one; the text as written otherwise."""
+    schemas = {t.name: (t.parameters or {}).get("properties", {}) for t in request.tools}
+    calls, start = [], text.find(XML_FUNCTION)
+    while start >= 0:
+        name_end = text.find(">", start)
+        end = text.find(XML_FUNCTION_END, start)
+        if name_end < 0 or end < 0:
+            break
+        name = text[start + len(XML_FUNCTION) : name_end].strip()
+        properties = schemas.get(name, {})
+        arguments = {
+            key.strip(): _typed(_unwrapped(value), properties.get(key.strip()))
+            for key, value in _XML_PARAMETER.findall(text, name_end, end)
+        }
+        calls.append((name, json.dumps(arguments, ensure_ascii=False)))
+        start = text.find(XML_FUNCTION, end)
+    return calls
+
+
+def _unwrapped(value: str) -> str:
+    """A parameter's value without the one newline the template writes on each side of it."""
+    return value.removeprefix("\n").removesuffix("\n")
+
+
+def _typed(value: str, schema: Any) -> Any:
+    """``value`` as the first of its schema's types it can be read as (null, integer, number, boolean, object, array),
+    else the text itself; a parameter the schema does not describe stays text."""
+    types = _schema_types(schema) if isinstance(schema, dict) else set()
+    if "null" in types and value.strip().lower() == "null":
+        return None
+    for kind in ("integer", "number"):
+        if kind in types:
+            try:
+                number = int(value) if kind == "integer" else float(value)
+            except ValueError:
+                continue
+            if isinstance(number, float) and not math.isfinite(number):
+                continue
+            return int(number) if isinstance(number, float) and number.is_integer() else number
+    if "boolean" in types and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if types & {"object", "array"}:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        if isinstance(parsed, dict | list):
+            return parsed
+    return value
+
+
+def _schema_types(schema: dict[str, Any]) -> set[str]:
+    kinds = schema.get("type")
+    types = {kinds} if isinstance(kinds, str) else set(kinds or [])
+    for choice in ("anyOf", "oneOf"):
+        for option in schema.get(choice) or []:
+            if isinstance(option, dict):
+                types |= _schema_types(option)
+    return types

@@ -640,3 +640,62 @@ def test_an_answer_that_is_no_python_list_of_offered_calls_is_text() -> None:
     assert reader.feed("[1") == ""  # perhaps a list of calls
     assert reader.feed("] First") == "[1] First"  # its first element is no call: text, streamed from here on
     assert reader.feed(", then") == ", then"
+
+
+# The words of Qwen3-Coder's chat template that teach its calls: XML, each value as plain text
+QWEN3_CODER_FRAGMENT = (
+    "{%- if tools %}{{- 'If you choose to call a function ONLY reply in the following format with NO suffix:\\n\\n"
+    "<tool_call>\\n<function=example_function_name>\\n<parameter=example_parameter_1>\\nvalue_1\\n</parameter>\\n"
+    "</function>\\n</tool_call>' }}{%- endif %}"
+)
+FORECAST = FunctionTool(
+    name="get_forecast",
+    parameters={
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "days": {"type": "integer"},
+            "exact": {"type": "boolean"},
+            "ratio": {"type": "number"},
+            "where": {"type": "object"},
+            "tags": {"type": "array"},
+            "note": {"anyOf": [{"type": "null"}, {"type": "string"}]},
+        },
+    },
+)
+
+
+def test_qwen3_coders_template_has_its_calls_read_as_xml() -> None:
+    from services.worker.tool_calls import call_format
+
+    assert call_format(QWEN3_CODER_FRAGMENT) == "qwen3_xml"
+    assert call_format(QWEN_TOOLS_FRAGMENT) == "hermes"  # Qwen2.5 and Qwen3: JSON inside <tool_call>
+
+
+def test_xml_calls_are_read_whole_and_stream_alike_with_values_of_their_schemas_types() -> None:
+    def xml(name: str, **values: str) -> str:
+        parameters = "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in values.items())
+        return f"<tool_call>\n<function={name}>\n{parameters}</function>\n</tool_call>"
+
+    weather = xml("get_weather", city="Paris")
+    forecast = xml("get_forecast", city="42", days="3", exact="True", ratio="0.5", where='{"lat": 1}', tags="[1, 2]")
+    texts = xml("get_forecast", days="three", ratio="2", where="{oops", note="null", city="Rio <de> Janeiro\nRJ")
+    output = f"Let me look.\n{weather}\n{forecast}\n{texts}"
+    expected = [
+        ("get_weather", {"city": "Paris"}),
+        ("get_forecast", {"city": "42", "days": 3, "exact": True, "ratio": 0.5, "where": {"lat": 1}, "tags": [1, 2]}),
+        ("get_forecast", {"days": "three", "ratio": 2, "where": "{oops", "note": None, "city": "Rio <de> Janeiro\nRJ"}),
+    ]
+    tools = {"tools": [WEATHER, TIME, FORECAST]}
+    released, whole, reason = ToolCallReader.read_whole(request(**tools), output, "stop", "qwen3_xml")
+    assert (released, reason) == ("Let me look.\n", "tool_calls")
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in whole or []] == expected
+    for size in (1, 3, 7, len(output)):
+        chunks = [output[i : i + size] for i in range(0, len(output), size)]
+        assert streamed(ToolCallReader(request(**tools), "qwen3_xml"), chunks) == released, size
+        assert streamed_calls(ToolCallReader(request(**tools), "qwen3_xml"), chunks) == as_dicts(whole), size
+
+
+def test_an_xml_answer_without_calls_of_offered_tools_is_text() -> None:
+    for output in ("Paris is sunny.", "<tool_call>\n<function=rm_rf>\n</function>\n</tool_call>", "<tool_call>\n<fun"):
+        assert ToolCallReader.read_whole(request(), output, "stop", "qwen3_xml") == (output, None, "stop")
