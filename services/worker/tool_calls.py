@@ -8,7 +8,8 @@ system turn, as LiteLLM does for models without native function calling. A templ
 (``call_format``) has its model's calls read in that format instead: ``{"name": ..., "parameters": {...}}`` as the
 whole answer, as vLLM's ``llama3_json`` parser reads them; a Mistral template's, after ``[TOOL_CALLS]``, as vLLM's
 ``mistral`` parser reads them; a pythonic template's, a Python list of calls, as vLLM's ``pythonic`` parser does;
-Qwen3-Coder's, XML inside ``<tool_call>``, as vLLM's ``qwen3_coder`` parser does.
+Qwen3-Coder's, XML inside ``<tool_call>``, as vLLM's ``qwen3_coder`` parser does; DeepSeek's, between its
+``<｜tool▁calls▁begin｜>`` markers, as vLLM's ``deepseek_v3`` and ``deepseek_v31`` parsers do.
 
 Forced calls (tool_choice required, or a named function) are generated under a JSON schema, so they always parse and
 their arguments match the schema: a JSON array of ``{"name", "arguments"}`` objects (required), or the arguments
@@ -38,7 +39,7 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
 MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 
-ToolCallFormat = Literal["hermes", "llama3_json", "mistral", "pythonic", "qwen3_xml"]
+ToolCallFormat = Literal["hermes", "llama3_json", "mistral", "pythonic", "qwen3_xml", "deepseek"]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
 ``{"name": ..., "parameters": {...}}``, several joined by ``;``, perhaps after ``<|python_tag|>``; mistral (Mistral 7B
@@ -51,10 +52,14 @@ vLLM's ``pythonic`` and ``llama4_pythonic`` parsers), the answer is a Python lis
 ``[get_weather(city="Paris"), get_time()]``, perhaps inside ``<|python_start|>...<|python_end|>``; qwen3_xml
 (Qwen3-Coder, vLLM's ``qwen3_coder`` parser), each call inside ``<tool_call></tool_call>`` as
 ``<function=NAME><parameter=KEY>value</parameter>...</function>``, each value as plain text, read as its parameter's
-type in the tool's schema."""
+type in the tool's schema; deepseek (DeepSeek V3, R1 and V3.1, vLLM's ``deepseek_v3`` and ``deepseek_v31``
+parsers), the calls between ``<｜tool▁calls▁begin｜>`` and ``<｜tool▁calls▁end｜>``, perhaps after some text, each
+``<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME`` then its arguments in a json code fence (V3, R1), or
+``<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}`` (V3.1), up to ``<｜tool▁call▁end｜>``."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
 _XML_PARAMETER = re.compile(r"<parameter=([^>]*)>(.*?)</parameter>", re.DOTALL)
+DEEPSEEK_CALLS, DEEPSEEK_CALL, DEEPSEEK_SEP = "<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>"
 
 
 def call_format(chat_template: str | None) -> ToolCallFormat:
@@ -67,6 +72,8 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
         return "hermes"
     if XML_FUNCTION in template and XML_PARAMETER in template:
         return "qwen3_xml"
+    if DEEPSEEK_CALLS in template:
+        return "deepseek"
     if CALL_OPEN in template:
         return "hermes"
     if MISTRAL_CALLS in template:
@@ -120,6 +127,26 @@ def _arguments_value(arguments: str) -> Any:
         return arguments
 
 
+class TemplateArguments(dict[str, Any]):
+    """A call's arguments as a chat template gets them: an object, as most templates read it (``|tojson``,
+    ``|items``), that also reads as its JSON text where a template joins it to text (DeepSeek's writes
+    ``'...' + arguments``, which the client sent as JSON text)."""
+
+    def __str__(self) -> str:
+        return json.dumps(self, ensure_ascii=False)
+
+    def __add__(self, other: object) -> str:
+        return str(self) + str(other)
+
+    def __radd__(self, other: object) -> str:
+        return str(other) + str(self)
+
+
+def _template_arguments(arguments: str) -> Any:
+    value = _arguments_value(arguments)
+    return TemplateArguments(value) if isinstance(value, dict) else value
+
+
 def tools_instructions(tools: list[FunctionTool]) -> str:
     """The system turn's tool instructions, in Qwen2.5's words."""
     signatures = "\n".join(json.dumps(_tool_json(t), ensure_ascii=False) for t in tools)
@@ -148,7 +175,7 @@ def conversation(
                     {
                         "id": template_id(c.id),
                         "type": "function",
-                        "function": {"name": c.function.name, "arguments": _arguments_value(c.function.arguments)},
+                        "function": {"name": c.function.name, "arguments": _template_arguments(c.function.arguments)},
                     }
                     for c in m.tool_calls
                 ]
@@ -422,7 +449,7 @@ class ToolCallReader:
             return self._feed_answer_start(text)
         if self.call_format == "pythonic":
             return self._feed_answer_start(text) + self._pythonic_text()
-        opening = MISTRAL_CALLS if self.call_format == "mistral" else CALL_OPEN
+        opening = {"mistral": MISTRAL_CALLS, "deepseek": DEEPSEEK_CALLS}.get(self.call_format, CALL_OPEN)
         if (start := text.find(opening)) >= 0:
             self.calling, self.held = True, text[start:]
             return text[:start]
@@ -551,6 +578,8 @@ class ToolCallReader:
             return self._joined(text, i + len(PYTHON_TAG) if text.startswith(PYTHON_TAG, i) else i, ";")
         if self.call_format == "mistral":
             return self._mistral_calls(text)
+        if self.call_format == "deepseek":
+            return self._deepseek_calls(text)
         start = text.find(CALL_OPEN)  # auto: calls inside <tool_call></tool_call>, anything between them ignored
         while start >= 0:
             calls.append(call := _read_call(text, start + len(CALL_OPEN), self._scans))
@@ -578,16 +607,43 @@ class ToolCallReader:
             name_end = min(name_ends)
             call.name = text[i:name_end].split(MISTRAL_CALL_ID)[0].strip()
             arguments_at = name_end + (len(MISTRAL_ARGS) if text.startswith(MISTRAL_ARGS, name_end) else 0)
-            i = _skip_space(text, arguments_at)
-            if i == len(text):
+            if (end := self._arguments_after_name(call, text, arguments_at)) is None:
                 return calls
-            call.arguments = self._scans.setdefault(i, _ValueScan(i))
-            call.arguments.read(text)
-            if (end := call.arguments.end) is None:
-                return calls
-            call.end = end
             start = text.find(MISTRAL_CALLS, end)
         return calls
+
+    def _deepseek_calls(self, text: str) -> list[_WrittenCall]:
+        """DeepSeek's calls, each from ``<｜tool▁call▁begin｜>``: ``function<｜tool▁sep｜>NAME`` and a json code fence
+        (V3, R1), or ``NAME<｜tool▁sep｜>`` and the arguments (V3.1)."""
+        calls: list[_WrittenCall] = []
+        start = text.find(DEEPSEEK_CALL)
+        while start >= 0:
+            calls.append(call := _WrittenCall(text))
+            begin = start + len(DEEPSEEK_CALL)
+            if (sep := text.find(DEEPSEEK_SEP, begin)) < 0:
+                return calls  # the name is still being written
+            name, arguments_at = text[begin:sep].strip(), sep + len(DEEPSEEK_SEP)
+            if name == "function":  # V3: the name on the line after, the arguments in a json code fence
+                if (line_end := text.find("\n", arguments_at)) < 0:
+                    return calls
+                name, arguments_at = text[arguments_at:line_end].strip(), line_end + 1
+                if text.startswith("```json", arguments_at):
+                    arguments_at += len("```json")
+            call.name = name
+            if (end := self._arguments_after_name(call, text, arguments_at)) is None:
+                return calls
+            start = text.find(DEEPSEEK_CALL, end)
+        return calls
+
+    def _arguments_after_name(self, call: _WrittenCall, text: str, at: int) -> int | None:
+        """Reads the JSON arguments that follow a call's name from ``at``; where they end, None until they do."""
+        i = _skip_space(text, at)
+        if i == len(text) or text[i] == "`":  # not begun yet, or a code fence still being opened
+            return None
+        call.arguments = self._scans.setdefault(i, _ValueScan(i))
+        call.arguments.read(text)
+        call.end = call.arguments.end
+        return call.end
 
     def _joined(self, text: str, start: int, separator: str) -> list[_WrittenCall]:
         """The call objects written one after another from ``start``, ``separator`` between them, up to the first

@@ -699,3 +699,53 @@ def test_xml_calls_are_read_whole_and_stream_alike_with_values_of_their_schemas_
 def test_an_xml_answer_without_calls_of_offered_tools_is_text() -> None:
     for output in ("Paris is sunny.", "<tool_call>\n<function=rm_rf>\n</function>\n</tool_call>", "<tool_call>\n<fun"):
         assert ToolCallReader.read_whole(request(), output, "stop", "qwen3_xml") == (output, None, "stop")
+
+
+# DeepSeek V3's template writes earlier calls between these markers (V3.1 drops "function" and the code fence)
+DEEPSEEK_FRAGMENT = (
+    "{%- for message in messages %}{%- if message['tool_calls'] %}{%- for tool in message['tool_calls'] %}"
+    "{{- '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + "
+    "'\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' + '```' + '<｜tool▁call▁end｜>' }}"
+    "{%- endfor %}{%- endif %}{%- endfor %}{%- if tools %}{{ tools | tojson }}{%- endif %}"
+)
+DEEPSEEK_OUTPUTS = [
+    ("Checking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n"
+     '{"city": "Paris",\n "days": [1, 2]}\n```<｜tool▁call▁end｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n'
+     "```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>", "Checking.",
+     [("get_weather", {"city": "Paris", "days": [1, 2]}), ("get_time", {})]),
+    ('<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Rio \\"de\\" J"}<｜tool▁call▁end｜>'
+     "<｜tool▁calls▁end｜>", "", [("get_weather", {"city": 'Rio "de" J'})]),
+]  # fmt: skip
+
+
+def test_deepseeks_template_has_its_calls_read_in_deepseeks_format() -> None:
+    from services.worker.tool_calls import call_format
+
+    assert call_format(DEEPSEEK_FRAGMENT) == "deepseek"
+
+
+@pytest.mark.parametrize(("output", "text", "expected"), DEEPSEEK_OUTPUTS)
+def test_deepseek_calls_of_v3_and_v31_are_read_whole_and_stream_alike_however_split(
+    output: str, text: str, expected: list[tuple[str, dict]]
+) -> None:
+    assert_read_alike(output, "deepseek", text, expected)
+
+
+def test_a_deepseek_answer_without_calls_of_offered_tools_is_text() -> None:
+    unoffered = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>rm_rf<｜tool▁sep｜>{}<｜tool▁call▁end｜>"
+    cut_short = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time"
+    for output in ("Paris is sunny.", unoffered, cut_short):
+        assert ToolCallReader.read_whole(request(), output, "stop", "deepseek") == (output, None, "stop")
+
+
+def test_earlier_calls_arguments_suit_templates_that_read_them_as_an_object_or_join_them_as_text() -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    messages = [{"role": "assistant", "tool_calls": [{"type": "function"}]}]
+    turns, tools = conversation(TOOL_CONVERSATION[:2], [WEATHER], native=True, call_format="deepseek")
+    (joined,), _ = render_jinja_template([turns], tools=tools, chat_template=DEEPSEEK_FRAGMENT)
+    assert 'get_weather\n```json\n{"city": "Paris"}\n```' in joined  # DeepSeek's: '...' + arguments
+    arguments = turns[1]["tool_calls"][0]["function"]["arguments"]
+    items = "{% for k, v in arguments | items %}{{ k }}={{ v }}{% endfor %}|{{ arguments | tojson }}"
+    (read,), _ = render_jinja_template([messages], chat_template=items, arguments=arguments)
+    assert read == 'city=Paris|{"city": "Paris"}'  # Qwen3-Coder's (|items) and most others' (|tojson)
