@@ -63,10 +63,11 @@ DEEPSEEK_CALLS, DEEPSEEK_CALL, DEEPSEEK_SEP = "<｜tool▁calls▁begin｜>", "<
 
 
 def call_format(chat_template: str | None) -> ToolCallFormat:
-    """The format a model's own chat template teaches it. Llama 3's templates ask for ``{"name": function name,
-    "parameters": ...}`` and write earlier calls so; Mistral's write earlier calls after ``[TOOL_CALLS]``; a template
-    that renders ``<tool_call>`` tags, or none at all (ferry then writes Hermes instructions in, see
-    ``conversation``), means Hermes."""
+    """The format a model's own chat template teaches it, from the words only that format's templates use:
+    Qwen3-Coder's ``<function=`` and ``<parameter=`` (its template also writes ``<tool_call>``), DeepSeek's
+    ``<｜tool▁calls▁begin｜>``, Mistral's ``[TOOL_CALLS]``, the pythonic templates' ``[func_name1(``, and Llama 3's
+    ``{"name": function name, "parameters": ...}``. A template that renders ``<tool_call>`` tags otherwise, or no tools
+    at all (ferry then writes Hermes instructions in, see ``conversation``), means Hermes."""
     template = chat_template or ""
     if "tools" not in template:
         return "hermes"
