@@ -197,7 +197,7 @@ class ReviewStore:
                 choice_of,
                 flagged.action,
             )
-            if row is None or flagged.request_id in row["choice_ids"] or flagged.request_id == row["request_id"]:
+            if row is None or flagged.request_id in row["choice_ids"]:  # the first choice's id is there too
                 return Filed(None, new=False)  # a redelivery
             settled = row["status"] in ("decided", "expired")
             joined = json.loads(row["held"]) if row["held"] else None

@@ -244,7 +244,7 @@ class Engine:
             served_model_name=[config.model_id],
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
-            # requests waiting for a seat go by each one's priority, then arrival (see generation.engine_priority)
+            # requests waiting for a seat go by each one's priority, then arrival (see handlers.tenant_share_priority)
             scheduling_policy="priority",
             # On CPUs with AMX, vLLM 0.32's AMX bf16 attention garbles SmolLM2 (it answers "L'Étoile, la
             # Marseillaise..." where float32 and float16 say Paris); float32 is right on every CPU, ~10% slower here.
