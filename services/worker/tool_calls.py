@@ -677,19 +677,21 @@ def pythonic_calls(text: str) -> list[tuple[str, str]]:
 def _first_element_is_no_call(text: str) -> bool:
     """Whether an answer that began like a pythonic list shows it is not one: its first element is whole and is no
     call, or the python tag is followed by something else than a list."""
-    i = _skip_space(text, 0)
-    if text.startswith(PYTHON_START, i):
-        i = _skip_space(text, i + len(PYTHON_START))
-        if i < len(text) and text[i] != "[":
-            return True
+    i = _list_start(text)
+    if i < len(text) and text[i] != "[":
+        return True
     elements = _pythonic_elements(text, most=1)
     return bool(elements) and _pythonic_call(elements[0]) is None
 
 
-def _pythonic_elements(text: str, most: int | None = None) -> list[str]:
+def _list_start(text: str) -> int:
+    """Where a pythonic answer's list begins: after leading space and ``<|python_start|>``, if any."""
     i = _skip_space(text, 0)
-    if text.startswith(PYTHON_START, i):
-        i = _skip_space(text, i + len(PYTHON_START))
+    return _skip_space(text, i + len(PYTHON_START)) if text.startswith(PYTHON_START, i) else i
+
+
+def _pythonic_elements(text: str, most: int | None = None) -> list[str]:
+    i = _list_start(text)
     return _list_elements(text, i + 1, most) if text.startswith("[", i) else []
 
 
@@ -749,7 +751,7 @@ def xml_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
     (name, arguments as JSON text), in order, up to the first not yet closed. Each value is read as its parameter's
     type in the named tool's schema, as vLLM's parser does: a number, a boolean, null, or JSON for an object or an
     array where the schema says so and the text is one; the text as written otherwise."""
-    schemas = {t.name: (t.parameters or {}).get("properties", {}) for t in request.tools}
+    schemas = {t.name: _parameters(t).get("properties", {}) for t in request.tools}
     calls, start = [], text.find(XML_FUNCTION)
     while start >= 0:
         name_end = text.find(">", start)
