@@ -574,6 +574,12 @@ class Usage(BaseModel):
         description="Prompt tokens the engine took from its prefix cache (computed before, for a prompt with the same "
         "beginning and the same cache_salt) instead of computing them; None when not reported.",
     )
+    reasoning_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Of completion_tokens, those the model wrote inside its think block (its reasoning); None when "
+        "the model does not reason, or for a raw prompt (nothing is read as reasoning there).",
+    )
 
 
 class TokensGenerated(Message):
@@ -611,6 +617,17 @@ class TokensGenerated(Message):
         description="Pieces of tool calls the model is writing, when the request has tools it may call: their text "
         "is not in ``text``. Empty otherwise.",
     )
+    reasoning: str = Field(
+        "",
+        description="New reasoning since the previous event: a reasoning model's thinking (the text of its think "
+        "block, markers left out), which is not in ``text``. Empty otherwise.",
+    )
+    reasoning_offset: int | None = Field(
+        None,
+        ge=0,
+        description="Characters of the reasoning that come before this event's: what text_offset is to the text. Set "
+        "when the output is read for reasoning (a chat request to a reasoning model).",
+    )
 
 
 FinishReason = Literal["stop", "length", "abort", "tool_calls"]
@@ -642,6 +659,11 @@ class CompletionFinished(Message):
         None,
         description="The tool calls the model made, in order; None when it made none. ``text`` then holds only the "
         "text outside the calls (often empty), and TokensGenerated deltas never carry a call's text.",
+    )
+    reasoning: str | None = Field(
+        None,
+        description="A reasoning model's thinking (the text of its think block, markers left out); None when it wrote "
+        "none. ``text`` then holds only the answer after it.",
     )
 
 

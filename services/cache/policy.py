@@ -259,6 +259,7 @@ class CachedCompletion(BaseModel):
     usage: Usage = Field(description="Token counts of the original generation.")
     model_version: str = Field(description="Registry version of the model that generated it.")
     variant: str | None = Field(None, description="The model variant that generated it; unset in older entries.")
+    reasoning: str | None = Field(None, description="A reasoning model's thinking before the answer (none: None).")
     created_at: datetime = Field(default_factory=utc_now, description="When it was stored (UTC).")
 
     def fresh_enough(self, options: RequestCacheOptions, now: datetime) -> bool:
@@ -277,6 +278,7 @@ def entry_of(finished: CompletionFinished, model_version: str) -> CachedCompleti
         usage=finished.usage,
         model_version=model_version,
         variant=finished.variant,
+        reasoning=finished.reasoning,
     )
 
 
@@ -284,13 +286,15 @@ async def replay(entry: CachedCompletion, request: CompletionRequested) -> Async
     """The reply events a worker would have sent for ``request``, from a cached answer: one delta when streaming, then
     the final event. The ingress turns them into the same JSON or SSE chunks as a live answer."""
     sequence = 0
-    if request.stream and entry.text:
+    if request.stream and (entry.text or entry.reasoning):
         yield TokensGenerated(
             request_id=request.request_id,
             sequence=0,
             text=entry.text,
             token_count=entry.usage.completion_tokens,
             text_offset=0,
+            reasoning=entry.reasoning or "",
+            reasoning_offset=None if entry.reasoning is None else 0,
         )
         sequence = 1
     yield CompletionFinished(
@@ -301,4 +305,5 @@ async def replay(entry: CachedCompletion, request: CompletionRequested) -> Async
         finish_reason=entry.finish_reason,
         usage=entry.usage,
         variant=entry.variant,
+        reasoning=entry.reasoning,
     )

@@ -55,6 +55,7 @@ from services.ingress.serving import (
     to_completion_requested,
     usage_of,
     watched,
+    without_reasoning,
     without_repeats,
 )
 from services.ingress.tenants import PriorityNotAllowed, Tenant, estimated_tokens
@@ -359,7 +360,10 @@ async def _serve(  # type: ignore[no-untyped-def]
             )
             deps.spawn(deps.publisher.cancel(cancelled), f"cancel of {choice_id}")
 
-    replies = watched(merged([without_repeats(s) for s in streams]), on_final, on_abandoned, on_first, len(choices))
+    readable = [without_repeats(s) for s in streams]
+    if isinstance(body, ChatCompletionRequest) and not body.include_reasoning:
+        readable = [without_reasoning(s) for s in readable]
+    replies = watched(merged(readable), on_final, on_abandoned, on_first, len(choices))
     echo = body.prompt_text() if isinstance(body, CompletionRequest) and body.echo else ""
     prompt_only = isinstance(body, CompletionRequest) and body.prompt_only()
     deps.metrics.responses.labels(request.url.path, "200").inc()

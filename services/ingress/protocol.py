@@ -422,6 +422,11 @@ class ChatCompletionRequest(SamplingFields):
         "under the parameters schema.",
     )
     parallel_tool_calls: bool | None = Field(None, description="false: at most one call per answer.")
+    include_reasoning: bool = Field(
+        True,
+        description="vLLM: false leaves a reasoning model's thinking out of the response (message.reasoning and the "
+        "stream's reasoning deltas); its tokens still count in usage.",
+    )
 
     # Accepted only at values that ask for nothing ferry lacks; anything else gets a 400 unsupported_parameter
     # (unsupported_option), since ignoring it would hand the client another kind of answer than it asked for.
@@ -519,11 +524,18 @@ class PromptTokensDetails(BaseModel):
     )
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = Field(description="Completion tokens a reasoning model wrote inside its think blocks.")
+
+
 class UsageOut(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = Field(
+        None, description="Set for a chat answer of a reasoning model (one whose template writes think blocks)."
+    )
 
 
 class FunctionCallOut(BaseModel):
@@ -541,6 +553,11 @@ class ChoiceMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = Field(description="The answer's text; null when the model answered with tool calls only.")
     tool_calls: list[ToolCallOut] | None = None
+    reasoning: str | None = Field(
+        None,
+        description="vLLM: a reasoning model's thinking before its answer (its think block), not in content; null "
+        "when it wrote none, or with include_reasoning false.",
+    )
 
 
 class TopLogprobOut(BaseModel):
@@ -590,6 +607,7 @@ class DeltaToolCall(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning: str | None = Field(None, description="vLLM: the next piece of a reasoning model's thinking.")
     tool_calls: list[DeltaToolCall] | None = Field(
         None,
         description="Pieces of the choice's tool calls, as OpenAI streams them: a call's first delta has its index, "

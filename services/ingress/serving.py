@@ -24,6 +24,7 @@ from services.ingress.protocol import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
+    CompletionTokensDetails,
     Delta,
     DeltaFunction,
     DeltaToolCall,
@@ -313,11 +314,13 @@ def usage_of(finals: Sequence[CompletionFinished]) -> UsageOut:
     prompt = finals[0].usage.prompt_tokens
     completion = sum(f.usage.completion_tokens for f in finals)
     cached = finals[0].usage.cached_prompt_tokens
+    reasoning = [f.usage.reasoning_tokens for f in finals if f.usage.reasoning_tokens is not None]
     return UsageOut(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
         prompt_tokens_details=None if cached is None else PromptTokensDetails(cached_tokens=cached),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=sum(reasoning)) if reasoning else None,
     )
 
 
@@ -348,8 +351,8 @@ async def without_repeats(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[Re
     """Drops output the client already has. When a worker dies mid-generation the request is generated again from the
     start by another worker; its deltas carry ``text_offset`` (and ``token_offset`` with logprobs), so the repeated
     part is cut and the client sees each piece of text, and each token's logprob, once. Tool calls' pieces carry
-    ``arguments_offset``, and are cut the same way."""
-    delivered = delivered_tokens = 0
+    ``arguments_offset``, and reasoning ``reasoning_offset``; they are cut the same way."""
+    delivered = delivered_tokens = delivered_reasoning = 0
     delivered_arguments: dict[int, int] = {}  # characters of each call's arguments delivered, by the call's index
     async for event in events:
         if isinstance(event, TokensGenerated) and event.text_offset is not None:
@@ -367,13 +370,32 @@ async def without_repeats(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[Re
                 if event.token_offset < delivered_tokens:
                     update["logprobs"] = event.logprobs[max(0, delivered_tokens - event.token_offset) :]
                 delivered_tokens = max(delivered_tokens, tokens_end)
-            if end <= delivered and not new_tokens and not calls:
+            new_reasoning = False
+            if event.reasoning_offset is not None:
+                reasoning_end = event.reasoning_offset + len(event.reasoning)
+                new_reasoning = reasoning_end > delivered_reasoning
+                if event.reasoning_offset < delivered_reasoning:
+                    update["reasoning"] = event.reasoning[max(0, delivered_reasoning - event.reasoning_offset) :]
+                delivered_reasoning = max(delivered_reasoning, reasoning_end)
+            if end <= delivered and not new_tokens and not calls and not new_reasoning:
                 continue
             if update:
                 event = event.model_copy(update=update)
             delivered = max(delivered, end)
         elif isinstance(event, TokensGenerated):
             delivered += len(event.text)
+        yield event
+
+
+async def without_reasoning(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[ReplyEvent]:
+    """The events with a reasoning model's thinking left out (include_reasoning false); its tokens still count."""
+    async for event in events:
+        if isinstance(event, TokensGenerated) and event.reasoning:
+            if not event.text and not event.tool_calls and not event.logprobs:
+                continue
+            event = event.model_copy(update={"reasoning": ""})
+        elif isinstance(event, CompletionFinished) and event.reasoning is not None:
+            event = event.model_copy(update={"reasoning": None})
         yield event
 
 
@@ -491,7 +513,9 @@ def chat_completion(request_id: str, model: str, finals: Sequence[CompletionFini
             Choice(
                 index=i,
                 message=ChoiceMessage(
-                    content=None if f.tool_calls and not f.text else f.text, tool_calls=_tool_calls_out(f.tool_calls)
+                    content=None if f.tool_calls and not f.text else f.text,
+                    tool_calls=_tool_calls_out(f.tool_calls),
+                    reasoning=f.reasoning,
                 ),
                 finish_reason=f.finish_reason,
                 logprobs=chat_logprobs(f.logprobs),
@@ -599,6 +623,7 @@ async def stream_sse(
     created = int(time.time())
     chunk = _chat_chunk if kind == "chat" else _text_chunk
     text_only_chunk = text_only_chunk_writer(request_id, created, model, kind)
+    reasoning_chunk = text_only_chunk_writer(request_id, created, model, "chat", key="reasoning")
 
     echo_waits = set(range(choices)) if echo and echo_logprobs else set()
     for index in range(choices):
@@ -621,6 +646,21 @@ async def stream_sse(
                     yield _chat_chunk(
                         request_id, created, model, None, None, index, tool_calls=calls.pieces(index, event.tool_calls)
                     )
+                if event.reasoning:  # chat only: a raw prompt's output is not read for reasoning
+                    if event.text or not event.logprobs:  # the text's chunk carries the logprobs, when there is text
+                        yield reasoning_chunk(event.reasoning, index)
+                    else:
+                        yield _chat_chunk(
+                            request_id,
+                            created,
+                            model,
+                            None,
+                            None,
+                            index,
+                            logprobs=chat_logprobs(event.logprobs),
+                            reasoning=event.reasoning,
+                        )
+                        continue
                 if prompt_only or (not event.text and not event.logprobs):
                     continue
                 logprobs: ChoiceLogprobs | CompletionLogprobs | None = None
@@ -664,19 +704,19 @@ async def stream_sse(
     yield _sse("[DONE]")
 
 
-def text_only_chunk_writer(request_id: str, created: int, model: str, kind: ApiKind) -> Callable[[str, int], str]:
+def text_only_chunk_writer(
+    request_id: str, created: int, model: str, kind: ApiKind, key: Literal["content", "reasoning"] = "content"
+) -> Callable[[str, int], str]:
     """Writes a stream's chunks of text alone (no logprobs, tool calls or finish reason), the most frequent chunk by
     far, as the same bytes as ``_chat_chunk`` and ``_text_chunk`` give them, but without building and dumping a model
-    for each: only the text is encoded per chunk."""
+    for each: only the text is encoded per chunk. ``key``: a chat delta's content, or its reasoning."""
     object_name = "chat.completion.chunk" if kind == "chat" else "text_completion"
     head = (
         f'data: {{"id":{json.dumps(request_id)},"object":"{object_name}","created":{created},'
         f'"model":{json.dumps(model)},"choices":[{{"index":'
     )
     if kind == "chat":
-        return (
-            lambda text, index: f'{head}{index},"delta":{{"content":{json.dumps(text)}}},"finish_reason":null}}]}}\n\n'
-        )
+        return lambda text, index: f'{head}{index},"delta":{{"{key}":{json.dumps(text)}}},"finish_reason":null}}]}}\n\n'
     return lambda text, index: f'{head}{index},"text":{json.dumps(text)},"finish_reason":null,"logprobs":null}}]}}\n\n'
 
 
@@ -691,13 +731,14 @@ def _chat_chunk(
     fingerprint: str | None = None,
     logprobs: ChoiceLogprobs | CompletionLogprobs | None = None,
     tool_calls: Sequence[DeltaToolCall] = (),
+    reasoning: str | None = None,
 ) -> str:
     if opening:
         delta = Delta(role="assistant", content="")
     elif tool_calls:
         delta = Delta(tool_calls=list(tool_calls))
     else:
-        delta = Delta(content=text)
+        delta = Delta(content=text, reasoning=reasoning)
     assert logprobs is None or isinstance(logprobs, ChoiceLogprobs)
     c = ChatCompletionChunk(
         id=request_id,

@@ -81,11 +81,13 @@ class RequestOutputScreen:
         return delta
 
     async def finish(
-        self, final: CompletionFinished, unsent: tuple[int, str] | None = None
+        self, final: CompletionFinished, delivered: tuple[int, int | None] | None = None
     ) -> CompletionFinished | None:
-        """The final event to send, or None when it is held for review. Raises ContentBlocked. ``unsent``: where the
-        client's text stands and the rest of it, when that text is not the output screened (a tool call's text is
-        screened, but reaches the client as the call, not as text); the held delta then carries that rest."""
+        """The final event to send, or None when it is held for review. Raises ContentBlocked. The output screened
+        is all the model wrote, where the client may get it otherwise: a tool call's text as the call, a think block
+        as reasoning. ``delivered``: how much of the final's text, and of its reasoning (None: the output is not read
+        for reasoning), the client has; the held delta carries the rest. None: the client's text is the output
+        screened, as sent so far."""
         if self.held is None:
             verdict = await self.screen.finish()
             if verdict is not None:
@@ -96,11 +98,13 @@ class RequestOutputScreen:
             completion = final
             if self.request.stream and self.withheld:
                 asked = self.request.sampling.logprobs is not None
-                text_offset, text = unsent if unsent is not None else (len(self.sent), self.withheld)
+                text_offset, reasoning_offset = delivered or (len(self.sent), None)
                 held_delta = TokensGenerated(
                     request_id=final.request_id,
                     sequence=final.sequence,
-                    text=text,
+                    text=final.text[text_offset:],
+                    reasoning=(final.reasoning or "")[reasoning_offset or 0 :],
+                    reasoning_offset=reasoning_offset,
                     token_count=self.withheld_tokens,
                     text_offset=text_offset,
                     logprobs=list(self.withheld_logprobs) if asked else None,
@@ -109,12 +113,12 @@ class RequestOutputScreen:
                     prompt_logprobs=final.prompt_logprobs if final.sequence == 0 else None,
                 )
                 completion = final.model_copy(update={"sequence": final.sequence + 1})
-            await self.flag(self._flagged("hold", decision, screening, final.text, completion, held_delta))
+            await self.flag(self._flagged("hold", decision, screening, completion, held_delta))
             return None
         if self.screen.flagged and not self.flagged_release:
             decision, screening = self.screen.flagged[-1]
             self.flagged_release = True
-            await self.flag(self._flagged("release", decision, screening, final.text, None, None))
+            await self.flag(self._flagged("release", decision, screening, None, None))
         return final
 
     def _stop_or_hold(self, verdict: tuple[Decision, Screening]) -> None:
@@ -129,7 +133,6 @@ class RequestOutputScreen:
         action: str,
         decision: Decision,
         screening: Screening,
-        text: str,
         completion: CompletionFinished | None,
         held_delta: TokensGenerated | None,
     ) -> ContentFlagged:
@@ -142,7 +145,7 @@ class RequestOutputScreen:
             categories=list(decision.flagged),
             scores={k: round(v, 4) for k, v in screening.scores.items()},
             snippet=screening.snippet,
-            text=text if self.request.retain_text else None,
+            text=self.sent + self.withheld if self.request.retain_text else None,  # all the model wrote
             reply_topic=self.request.reply_topic,
             held_completion=completion,
             held_delta=held_delta,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from services.worker.engine_processes import use_engine_process_server
+from services.worker.reasoning import reasons
 from services.worker.tool_calls import ToolCallFormat, call_format, conversation
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
 from shared.contracts import (
@@ -299,6 +300,11 @@ class Engine:
     def template_renders_tools(self) -> bool:
         """Whether the model's own chat template shows tools to the model (else ferry writes them in, Hermes-style)."""
         return "tools" in (getattr(self._tokenizer, "chat_template", None) or "")
+
+    @cached_property
+    def reasons(self) -> bool:
+        """Whether the model thinks in think blocks before it answers (see reasoning)."""
+        return reasons(getattr(self._tokenizer, "chat_template", None))
 
     @cached_property
     def tool_call_format(self) -> ToolCallFormat:

@@ -18,6 +18,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from services.safety.output import ContentBlocked, OutputDelta, OutputGuard
 from services.safety.review import SCREENING_UNAVAILABLE
 from services.worker.engine import Engine, InvalidRequest
+from services.worker.reasoning import ReasoningReader
 from services.worker.tool_calls import ToolCallReader, forced_schema, keeps_special_tokens
 from shared.contracts import (
     CompletionFinished,
@@ -155,11 +156,12 @@ async def serve_request(
         return control.stop_reason != "handed_back"
 
     with_logprobs = request.sampling.logprobs is not None
-    token_offset = 0
+    token_offset = reasoning_offset = 0
     prompt_logprobs: PromptLogprobs | None = None  # from the engine's first step, when asked for
+    thoughts: ReasoningReader | None = None  # a reasoning model's chat: its think block is read apart (see reasoning)
 
-    async def send_delta(delta: OutputDelta | None, calls: Sequence[ToolCallPiece] = ()) -> None:
-        nonlocal sequence, text_offset, token_offset
+    async def send_delta(delta: OutputDelta | None, calls: Sequence[ToolCallPiece] = (), reasoning: str = "") -> None:
+        nonlocal sequence, text_offset, token_offset, reasoning_offset
         if delta is None or not request.stream:
             return
         await publish(
@@ -174,27 +176,36 @@ async def serve_request(
                 token_offset=token_offset if with_logprobs else None,
                 prompt_logprobs=prompt_logprobs if sequence == 0 else None,
                 tool_calls=list(calls),
+                reasoning=reasoning,
+                reasoning_offset=reasoning_offset if thoughts is not None else None,
             ),
         )
         sequence += 1
         text_offset += len(delta.text)
         token_offset += delta.tokens
+        reasoning_offset += len(reasoning)
 
     reader = ToolCallReader(request, engine.tool_call_format)
-    held_tokens = 0  # tokens of text the reader holds back (a call not yet readable); they go out with the next delta
+    # tokens (and their logprobs) of text the readers hold back, a tag or a call not yet readable: they go out with
+    # the next delta
+    held_tokens, held_logprobs = 0, ()
 
     async def send_readable(delta: OutputDelta | None) -> None:
-        """Sends what of a screened delta is for the client: its text, and the pieces of the tool calls it wrote."""
-        nonlocal held_tokens
-        if delta is None or reader.mode == "text":
+        """Sends what of a screened delta is for the client: its reasoning, its text, and the pieces of the tool calls
+        it wrote."""
+        nonlocal held_tokens, held_logprobs
+        if delta is None or (reader.mode == "text" and thoughts is None):
             await send_delta(delta)
             return
-        text, calls = reader.feed(delta.text), reader.pieces()
-        if not text and not calls:
-            held_tokens += delta.tokens
+        reasoning, text = thoughts.feed(delta.text) if thoughts is not None else ("", delta.text)
+        text = reader.feed(text)
+        calls = reader.pieces()
+        tokens, logprobs = held_tokens + delta.tokens, held_logprobs + delta.logprobs
+        if not text and not calls and not reasoning:
+            held_tokens, held_logprobs = tokens, logprobs
             return
-        tokens, held_tokens = held_tokens + delta.tokens, 0
-        await send_delta(OutputDelta(text, tokens, delta.logprobs), calls)
+        held_tokens, held_logprobs = 0, ()
+        await send_delta(OutputDelta(text, tokens, logprobs), calls, reasoning)
 
     deadline_timer = _abort_at_deadline(engine, request, control)
     try:
@@ -203,6 +214,13 @@ async def serve_request(
             prompt = request.prompt
         else:
             prompt = engine.render_prompt(request.messages, request.tools if reader.mode != "text" else None)
+        constrained = forced_schema(request) is not None or request.sampling.response_format is not None
+        constrained = constrained or request.sampling.structured_outputs is not None
+        counter: ReasoningReader | None = None  # follows the engine's steps, to count the reasoning's tokens
+        if request.prompt is None and engine.reasons:
+            thoughts = ReasoningReader.for_prompt(prompt, constrained)
+            counter = ReasoningReader.for_prompt(prompt, constrained)
+        reasoning_tokens = 0
         pieces: list[str] = []
         logprobs: list[TokenLogprob] = []
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
@@ -225,6 +243,10 @@ async def serve_request(
             logprobs += step.logprobs
             prompt_logprobs = step.prompt_logprobs or prompt_logprobs
             finish_reason = step.finish_reason or finish_reason
+            if counter is not None:  # a step inside the block, its markers left out, as vLLM counts them
+                inside = counter.state == "reasoning"
+                counter.feed(step.text)
+                reasoning_tokens += step.new_tokens if inside and counter.state == "reasoning" else 0
             delta = buffer.add(step.text, step.new_tokens, time.monotonic(), step.logprobs)
             await send_readable(await screen.pass_delta(delta) if screen else delta)
         control.ended_at = time.monotonic()
@@ -233,13 +255,20 @@ async def serve_request(
             return control.stop_reason != "handed_back"
         delta = buffer.take()
         await send_readable(await screen.pass_delta(delta) if screen else delta)
-        if reader.mode != "text" and (screen is None or screen.held is None):
-            rest, _, _ = reader.finish(finish_reason or "stop")  # held text that was not a call after all
+        if (reader.mode != "text" or thoughts is not None) and (screen is None or screen.held is None):
+            # held text that was not a tag or a call after all
+            rest_reasoning, rest = thoughts.finish() if thoughts is not None else ("", "")
+            rest = reader.feed(rest) if rest else ""
+            if reader.mode != "text":
+                rest += reader.finish(finish_reason or "stop")[0]
             calls = reader.pieces()  # the end of the calls, once known to be the end
-            if rest or calls or held_tokens:
-                await send_delta(OutputDelta(rest, held_tokens), calls)
+            if rest or rest_reasoning or calls or held_tokens:
+                await send_delta(OutputDelta(rest, held_tokens, held_logprobs), calls, rest_reasoning)
+        output, reasoning = "".join(pieces), None
+        if thoughts is not None:
+            reasoning, output = ReasoningReader.split_whole(output, prompt, constrained)
         text, tool_calls, reported_finish = ToolCallReader.read_whole(
-            request, "".join(pieces), finish_reason or "stop", engine.tool_call_format
+            request, output, finish_reason or "stop", engine.tool_call_format
         )
         final: CompletionFinished | None = CompletionFinished(
             request_id=request.request_id,
@@ -247,6 +276,7 @@ async def serve_request(
             model=request.model,
             text=text,
             tool_calls=tool_calls,
+            reasoning=reasoning,
             finish_reason=reported_finish,
             variant=engine.variant,
             logprobs=logprobs if with_logprobs else None,
@@ -256,10 +286,11 @@ async def serve_request(
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
                 cached_prompt_tokens=cached_tokens,
+                reasoning_tokens=reasoning_tokens if thoughts is not None else None,
             ),
         )
         if screen:  # None: held for review, the reviewer's decision delivers it
-            final = await screen.finish(final, (text_offset, text[text_offset:]) if reader.mode != "text" else None)
+            final = await screen.finish(final, (text_offset, reasoning_offset if thoughts is not None else None))
         if final is not None:
             await publish(request, final)
         logger.info(

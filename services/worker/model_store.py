@@ -25,7 +25,7 @@ from shared.registry import SEED_FILE, read_seed
 logger = logging.getLogger(__name__)
 
 BUILD_MARKER = "ferry-build.json"
-RECIPE_VERSION = 2  # bump when a builder changes what it writes: folders built by an older recipe are rebuilt
+RECIPE_VERSION = 3  # bump when a builder changes what it writes: folders built by an older recipe are rebuilt
 QUANTIZER_VERSION = 2  # the same, for the folders of PREQUANTIZED variants
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
@@ -38,7 +38,9 @@ TINY_VOCAB_SIZE = 4096
 TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # With tools, it writes them, the calls and their results as Qwen2.5's template does (Hermes-style), exactly as
 # services/worker/tool_calls writes them for a template without tools: so the tiny model serves the path of a model
-# whose own template renders tools, and SmolLM2 the other.
+# whose own template renders tools, and SmolLM2 the other. Like Qwen3's template, it strips the think block from the
+# assistant's earlier turns and, with enable_thinking false, writes an empty one after the generation prompt: so the
+# tiny model serves the path of a reasoning model (services/worker/reasoning), and SmolLM2 the other.
 TINY_CHAT_TEMPLATE = (
     "{% if tools %}"
     "{% set ns = namespace(signatures='') %}"
@@ -60,7 +62,9 @@ TINY_CHAT_TEMPLATE = (
     "{{ '<tool_response>\n' + message['content'] + '\n</tool_response>' }}"
     "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{ '<|im_end|>\n' }}{% endif %}"
     "{% else %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') }}"
+    "{% set content = message['content'] or '' %}"
+    "{% if message['role'] == 'assistant' %}{% set content = content.split('</think>')[-1].lstrip('\n') %}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + content }}"
     "{% for call in message['tool_calls'] or [] %}"
     "{% if message['content'] or not loop.first %}{{ '\n' }}{% endif %}"
     "{{ '<tool_call>\n' + ({'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson)"
@@ -69,7 +73,9 @@ TINY_CHAT_TEMPLATE = (
     "{{ '<|im_end|>\n' }}"
     "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{% endif %}"
 )
 TINY_EXTRA_TEXT = """\
 A message broker keeps records in topics, and each topic is split into partitions. Producers append records to the end

@@ -238,7 +238,7 @@ def call_id(request_id: str, index: int) -> str:
     return "call_" + hashlib.sha256(f"{request_id}:{index}".encode()).hexdigest()[:24]
 
 
-def _longest_tag_start(text: str, tag: str) -> int:
+def longest_tag_start(text: str, tag: str) -> int:
     """How many characters at the end of ``text`` could begin ``tag``."""
     for length in range(min(len(tag) - 1, len(text)), 0, -1):
         if tag.startswith(text[-length:]):
@@ -454,7 +454,7 @@ class ToolCallReader:
         if (start := text.find(opening)) >= 0:
             self.calling, self.held = True, text[start:]
             return text[:start]
-        keep = _longest_tag_start(text, opening)
+        keep = longest_tag_start(text, opening)
         if keep:
             text, self.held = text[:-keep], text[-keep:]
         return text

@@ -18,6 +18,7 @@ from benchmarks.bench.__main__ import main as bench_main
 from services.safety.policy import DEFAULT_POLICY, CategoryRule
 from services.safety.store import PolicyStore
 from tests.e2e.platform import TINY_MODEL, Platform
+from tests.e2e.test_reasoning import THOUGHT_THEN_ANSWER
 
 _keys: dict[tuple[str, bool], str] = {}
 
@@ -104,6 +105,22 @@ def test_second_identical_request_is_answered_from_the_cache(platform: Platform)
     assert cached["id"] == second.headers["x-request-id"] != live["id"]
     # the hit never reached a worker
     assert second.headers["x-request-id"] not in platform.log(f"worker-{TINY_MODEL}")
+
+
+def test_a_reasoning_model_s_answer_comes_back_from_the_cache_with_its_reasoning(platform: Platform) -> None:
+    question, who = unique("Think, then answer."), tenant(platform, "acme")
+    payload = body(question, max_tokens=120, structured_outputs={"regex": THOUGHT_THEN_ANSWER})
+    live = ask(platform, payload, who).json()
+    hit = ask(platform, payload, who)
+    assert hit.headers["x-ferry-cache"] == "hit"
+    message = live["choices"][0]["message"]
+    assert hit.json()["choices"] == live["choices"] and message["reasoning"] and message["content"]
+    assert hit.json()["usage"] == live["usage"] and live["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+    response, streamed = ask_streaming(platform, payload, who)
+    assert response.headers["x-ferry-cache"] == "hit"
+    deltas = [e["choices"][0]["delta"] for e in streamed if e != "[DONE]" and e["choices"]]
+    assert "".join(d.get("reasoning") or "" for d in deltas) == message["reasoning"]
+    assert text_of(streamed) == message["content"]
 
 
 def test_a_streamed_hit_has_the_sse_framing_of_a_live_answer(platform: Platform) -> None:

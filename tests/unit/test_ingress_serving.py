@@ -24,6 +24,7 @@ from services.ingress.serving import (
     text_only_chunk_writer,
     to_completion_requested,
     usage_of,
+    without_reasoning,
     without_repeats,
 )
 from shared.contracts import (
@@ -74,9 +75,9 @@ async def test_stream_is_openai_chunk_sequence_with_usage_and_done() -> None:
     assert role["choices"][0]["finish_reason"] is None
     assert [first["choices"][0]["delta"]["content"], second["choices"][0]["delta"]["content"]] == ["Par", "is"]
     assert final["choices"][0]["finish_reason"] == "stop"
-    assert usage["choices"] == [] and usage["usage"] == USAGE.model_dump(exclude={"cached_prompt_tokens"}) | {
-        "prompt_tokens_details": None
-    }
+    assert usage["choices"] == [] and usage["usage"] == USAGE.model_dump(
+        exclude={"cached_prompt_tokens", "reasoning_tokens"}
+    ) | {"prompt_tokens_details": None, "completion_tokens_details": None}
     # the variant that generated the text is known once it finished: the last two chunks name it, the others do not
     assert final["system_fingerprint"] == usage["system_fingerprint"] == "int8"
     assert all("system_fingerprint" not in c for c in (role, first, second))
@@ -92,6 +93,73 @@ def test_chunks_of_text_are_written_byte_for_byte_as_the_response_models_write_t
     write = text_only_chunk_writer(request_id, 1764900000, model, kind)  # type: ignore[arg-type]
     for index in (0, 3):
         assert write(text, index) == by_model(request_id, 1764900000, model, text, None, index)
+
+
+@pytest.mark.parametrize("text", ["", "Hm, 2 < 3", "é 中文 \u2028"])
+def test_chunks_of_reasoning_are_written_byte_for_byte_as_the_response_models_write_them(text: str) -> None:
+    from services.ingress.serving import _chat_chunk
+
+    write = text_only_chunk_writer("r", 1764900000, "m", "chat", key="reasoning")
+    assert write(text, 2) == _chat_chunk("r", 1764900000, "m", None, None, 2, reasoning=text)
+
+
+def thought(
+    sequence: int, reasoning: str, reasoning_offset: int, text: str = "", text_offset: int = 0
+) -> TokensGenerated:
+    return TokensGenerated(
+        request_id="r",
+        sequence=sequence,
+        text=text,
+        text_offset=text_offset,
+        reasoning=reasoning,
+        reasoning_offset=reasoning_offset,
+        token_count=1,
+    )
+
+
+REASONED = CompletionFinished(
+    request_id="r",
+    sequence=9,
+    model="m",
+    text="Four.",
+    reasoning="Two and two make four.",
+    finish_reason="stop",
+    usage=Usage(prompt_tokens=5, completion_tokens=12, total_tokens=17, reasoning_tokens=7),
+)
+
+
+async def test_reasoning_streams_in_its_own_deltas_each_piece_once_and_counts_in_usage() -> None:
+    # a worker died after two deltas; the one that took over streams the output again from the start
+    events = [
+        thought(0, "Two and ", 0),
+        thought(1, "two make", len("Two and ")),
+        thought(0, "Two and two make four.", 0),
+        thought(1, "", len("Two and two make four."), text="Four."),
+        REASONED,
+    ]
+    chunks = parse([line async for line in stream_sse("r", "m", True, merged([without_repeats(events_of(*events))]))])
+    deltas = [c["choices"][0]["delta"] for c in chunks[1:-3]]  # type: ignore[index]
+    assert deltas == [
+        {"reasoning": "Two and "},
+        {"reasoning": "two make"},
+        {"reasoning": " four."},
+        {"content": "Four."},
+    ]
+    assert chunks[-2]["usage"]["completion_tokens_details"] == {"reasoning_tokens": 7}  # type: ignore[index]
+    whole = await collect("r", "m", merged([events_of(REASONED)]))
+    assert (whole.choices[0].message.reasoning, whole.choices[0].message.content) == ("Two and two make four.", "Four.")
+    assert whole.usage.completion_tokens_details is not None
+    assert whole.usage.completion_tokens_details.reasoning_tokens == 7
+
+
+async def test_without_reasoning_the_thinking_is_left_out_and_its_tokens_still_count() -> None:
+    events = [thought(0, "Two and two", 0), thought(1, " make four.", 11, text="Four."), REASONED]
+    chunks = parse([line async for line in stream_sse("r", "m", True, merged([without_reasoning(events_of(*events))]))])
+    assert [c["choices"][0]["delta"] for c in chunks[1:-3]] == [{"content": "Four."}]  # type: ignore[index]
+    whole = await collect("r", "m", merged([without_reasoning(events_of(REASONED))]))
+    assert (whole.choices[0].message.reasoning, whole.choices[0].message.content) == (None, "Four.")
+    assert whole.usage.completion_tokens_details is not None
+    assert whole.usage.completion_tokens_details.reasoning_tokens == 7
 
 
 async def test_stream_without_include_usage_has_no_usage_chunk() -> None:
@@ -194,6 +262,7 @@ async def test_several_choices_stream_interleaved_with_their_indexes_and_one_usa
         "completion_tokens": 3,
         "total_tokens": 8,
         "prompt_tokens_details": None,  # workers before cached_prompt_tokens do not say
+        "completion_tokens_details": None,  # not a reasoning model
     }
 
 

@@ -128,6 +128,21 @@ async def test_release_then_review_delivers_and_flags_once_with_text_only_when_r
     assert item.action == "release" and item.text == text
 
 
+async def test_a_held_reasoning_output_keeps_back_the_rest_of_its_reasoning_and_of_its_answer() -> None:
+    flagged: list[ContentFlagged] = []
+    screen = await (await guard_for(HOLD_PII, flagged)).start(request(retain=True))
+    assert await screen.pass_delta(OutputDelta("<think>I will mail ", 4)) is not None  # the think block is screened
+    assert await screen.pass_delta(OutputDelta("bob@example.com</think>Done.", 6)) is None
+    # the worker read the block apart: the client has "I will mail " of the reasoning and none of the answer
+    reasoned = final("Done.", 1).model_copy(update={"reasoning": "I will mail bob@example.com"})
+    assert await screen.finish(reasoned, delivered=(0, len("I will mail "))) is None
+    (item,) = flagged
+    assert item.held_delta is not None
+    held = item.held_delta
+    assert (held.reasoning, held.reasoning_offset, held.text, held.text_offset) == ("bob@example.com", 12, "Done.", 0)
+    assert item.text == "<think>I will mail bob@example.com</think>Done."  # the reviewer reads all the model wrote
+
+
 async def test_a_clean_output_passes_untouched() -> None:
     flagged: list[ContentFlagged] = []
     screen = await (await guard_for(DEFAULT_POLICY, flagged)).start(request())
@@ -145,7 +160,7 @@ async def test_a_held_tool_call_is_released_as_the_call_not_as_its_text() -> Non
     # the worker read the call out of the text: the client's text is "Mailing. ", all of it sent already
     call = ToolCall(id="call_1", function=FunctionCall(name="send", arguments='{"to": "bob@example.com"}'))
     called = final("Mailing. ", 1).model_copy(update={"finish_reason": "tool_calls", "tool_calls": [call]})
-    assert await screen.finish(called, unsent=(9, "")) is None
+    assert await screen.finish(called, delivered=(9, None)) is None
     (item,) = flagged
     assert item.held_delta is not None and item.held_completion is not None
     assert (item.held_delta.text, item.held_delta.text_offset, item.held_delta.token_count) == ("", 9, 20)

@@ -1,0 +1,89 @@
+"""A reasoning model's thinking comes apart from its answer, as vLLM's server with a reasoning parser gives it: in
+``message.reasoning`` and in the stream's ``reasoning`` deltas, counted in ``usage.completion_tokens_details``.
+
+The tiny model's template strips think blocks as Qwen3's does, so ferry reads it as a reasoning model. Its random
+weights think nothing of their own: a regular expression (vLLM's structured outputs) makes it write a block, then an
+answer."""
+
+from __future__ import annotations
+
+import re
+
+from openai import OpenAI
+
+from tests.e2e.platform import TINY_MODEL, Platform
+
+THOUGHT_THEN_ANSWER = r"<think>\n[a-z]{2,8}( [a-z]{2,8}){0,2}\n</think>\n\n[A-Z][a-z]{2,8}\."
+QUESTION = [{"role": "user", "content": "What is two plus two?"}]
+
+
+def client(platform: Platform) -> OpenAI:
+    return OpenAI(base_url=f"{platform.base_url}/v1", api_key=platform.api_key, max_retries=0, timeout=120)
+
+
+def ask(platform: Platform, seed: int, **options: object):  # type: ignore[no-untyped-def]
+    return client(platform).chat.completions.create(
+        model=TINY_MODEL,
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=120,
+        seed=seed,
+        extra_body={"structured_outputs": {"regex": THOUGHT_THEN_ANSWER}} | options.pop("extra_body", {}),  # type: ignore[operator]
+        **options,
+    )
+
+
+def test_the_think_block_comes_as_reasoning_and_the_answer_as_content(platform: Platform) -> None:
+    for seed in (1, 2):
+        completion = ask(platform, seed)
+        choice = completion.choices[0]
+        reasoning = (choice.message.model_extra or {}).get("reasoning")
+        assert choice.finish_reason == "stop"
+        assert re.fullmatch(r"\n[a-z]{2,8}( [a-z]{2,8}){0,2}\n", reasoning or ""), reasoning  # the markers left out
+        assert re.fullmatch(r"[A-Z][a-z]{2,8}\.", choice.message.content or ""), choice.message.content
+        usage = completion.usage
+        assert usage is not None and usage.completion_tokens_details is not None
+        thinking = usage.completion_tokens_details.reasoning_tokens or 0
+        assert 0 < thinking < usage.completion_tokens  # the tokens inside the block, not the markers nor the answer
+
+        # streamed with the same seed: the same output, the reasoning first, in deltas of its own
+        pieces = []
+        for chunk in ask(platform, seed, stream=True, stream_options={"include_usage": True}):
+            if chunk.choices:
+                delta = chunk.choices[0].delta
+                for kind, text in (
+                    ("reasoning", (delta.model_extra or {}).get("reasoning")),
+                    ("content", delta.content),
+                ):
+                    if text:
+                        pieces.append((kind, text))
+            else:
+                assert chunk.usage is not None and chunk.usage.completion_tokens_details is not None
+                assert chunk.usage.completion_tokens_details.reasoning_tokens == thinking
+        kinds = [kind for kind, _ in pieces]
+        assert kinds == sorted(kinds, key=["reasoning", "content"].index) and kinds.count("reasoning") > 1, pieces
+        assert "".join(text for kind, text in pieces if kind == "reasoning") == reasoning
+        assert "".join(text for kind, text in pieces if kind == "content") == choice.message.content
+
+
+def test_include_reasoning_false_leaves_the_thinking_out_but_counts_its_tokens(platform: Platform) -> None:
+    full = ask(platform, 3)
+    bare = ask(platform, 3, extra_body={"include_reasoning": False})
+    assert (bare.choices[0].message.model_extra or {}).get("reasoning") is None
+    assert bare.choices[0].message.content == full.choices[0].message.content
+    assert bare.usage == full.usage
+    streamed = ask(platform, 3, stream=True, extra_body={"include_reasoning": False})
+    deltas = [chunk.choices[0].delta for chunk in streamed if chunk.choices]
+    assert not any((d.model_extra or {}).get("reasoning") for d in deltas)
+    assert "".join(d.content or "" for d in deltas) == full.choices[0].message.content
+
+
+def test_a_raw_prompt_is_not_read_for_reasoning(platform: Platform) -> None:
+    completion = client(platform).completions.create(
+        model=TINY_MODEL,
+        prompt="Two plus two:",
+        max_tokens=120,
+        seed=1,
+        extra_body={"structured_outputs": {"regex": THOUGHT_THEN_ANSWER}},
+    )
+    assert re.fullmatch(THOUGHT_THEN_ANSWER, completion.choices[0].text)  # the block stays in the text
+    assert completion.usage is not None and completion.usage.completion_tokens_details is None
