@@ -90,6 +90,12 @@ class ChatMessage(BaseModel):
         default_factory=list, description="The tool calls of an assistant turn, in order."
     )
     tool_call_id: str | None = Field(None, description="For a tool turn: the id of the call it answers.")
+    reasoning: str | None = Field(
+        None,
+        description="For an assistant turn of a reasoning model: its thinking, as its response gave it. Given to the "
+        "chat template as reasoning and reasoning_content; Qwen3's keeps it for turns after the last user turn (the "
+        "steps of one answer that calls tools) and drops it before.",
+    )
 
 
 class FunctionTool(BaseModel):
@@ -305,6 +311,9 @@ BatchingProfile = Literal["latency", "throughput", "cost"]
 """How long the batcher may hold a request to form bigger batches: latency < throughput < cost."""
 
 
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+"""OpenAI's reasoning_effort values, with DeepSeek V4's max, as vLLM takes them."""
+
 PromptScreening = Literal["before", "beside"]
 """When a request's prompt is screened: before generation starts, or beside it with the output held until cleared."""
 
@@ -389,6 +398,14 @@ class CompletionRequested(Message):
         "part of the response cache's key). A safety stage holding another digest reads the policy again before "
         "judging, so an answer is never cached under a policy it was not screened with. None: the stage's own.",
     )
+    enable_thinking: bool | None = Field(
+        None,
+        description="Chat only: whether a reasoning model thinks before it answers, given to its chat template as "
+        "enable_thinking (Qwen3, GLM) and as thinking (DeepSeek V3.1, Granite). None: the template's default.",
+    )
+    reasoning_effort: ReasoningEffort | None = Field(
+        None, description="Chat only: given to the chat template as reasoning_effort (gpt-oss's reads it)."
+    )
     choice_of: str | None = Field(
         None,
         min_length=1,
@@ -403,7 +420,10 @@ class CompletionRequested(Message):
         calls, and the tools' signatures. For token estimates where no tokenizer runs."""
         if self.prompt is not None:
             return len(self.prompt)
-        turns = sum(len(m.content) + sum(len(c.function.arguments) for c in m.tool_calls) for m in self.messages)
+        turns = sum(
+            len(m.content) + len(m.reasoning or "") + sum(len(c.function.arguments) for c in m.tool_calls)
+            for m in self.messages
+        )
         return turns + sum(len(t.model_dump_json()) for t in self.tools)
 
     @model_validator(mode="after")

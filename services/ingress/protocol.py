@@ -18,6 +18,7 @@ from shared.contracts import (
     VARIANT_NAME_PATTERN,
     BatchingProfile,
     Priority,
+    ReasoningEffort,
     Seed,
 )
 from shared.registry import ModelRecord
@@ -103,6 +104,10 @@ class ChatMessageIn(BaseModel):
         None, validate_default=True, description="A tool turn's: the id of the call whose result it gives."
     )
     name: str | None = None
+    reasoning: str | None = Field(
+        None, description="vLLM: an assistant turn's thinking, as its response gave it (message.reasoning)."
+    )
+    reasoning_content: str | None = Field(None, description="vLLM: the former name of reasoning, still taken.")
     # after role and tool_calls, which its validator reads: errors then name the field itself
     content: str | list[TextPart] | None = Field(
         None,
@@ -115,6 +120,13 @@ class ChatMessageIn(BaseModel):
     def _calls_in_assistant_turns(cls, value: list[ToolCallIn] | None, info: ValidationInfo) -> list[ToolCallIn] | None:
         if value and info.data.get("role") != "assistant":
             raise ValueError("only an assistant turn has tool_calls")
+        return value
+
+    @field_validator("reasoning", "reasoning_content")
+    @classmethod
+    def _reasoning_in_assistant_turns(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("role") != "assistant":
+            raise ValueError("only an assistant turn has reasoning")
         return value
 
     @field_validator("tool_call_id")
@@ -137,6 +149,18 @@ class ChatMessageIn(BaseModel):
         if self.content is None:
             return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatTemplateKwargs(BaseModel):
+    """vLLM's chat_template_kwargs, limited to the switches of reasoning models: a template's other variables are not
+    for clients to set here."""
+
+    model_config = STRICT_INPUT | ConfigDict(extra="forbid")
+
+    enable_thinking: bool | None = Field(
+        None, description="Qwen3's and GLM's switch: false, the model answers at once."
+    )
+    thinking: bool | None = Field(None, description="DeepSeek V3.1's and Granite's name for the same switch.")
 
 
 class FunctionIn(BaseModel):
@@ -422,6 +446,16 @@ class ChatCompletionRequest(SamplingFields):
         "under the parameters schema.",
     )
     parallel_tool_calls: bool | None = Field(None, description="false: at most one call per answer.")
+    reasoning_effort: ReasoningEffort | None = Field(
+        None,
+        description="For reasoning models: none asks the model to answer without thinking (a template's "
+        "enable_thinking false); any other value asks it to think. Given to the template as reasoning_effort too.",
+    )
+    chat_template_kwargs: ChatTemplateKwargs | None = Field(
+        None,
+        description="vLLM: variables for the model's chat template; only the thinking switches are taken, and they "
+        "win over reasoning_effort.",
+    )
     include_reasoning: bool = Field(
         True,
         description="vLLM: false leaves a reasoning model's thinking out of the response (message.reasoning and the "

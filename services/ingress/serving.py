@@ -16,6 +16,7 @@ from services.ingress.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatMessageIn,
+    ChatTemplateKwargs,
     Choice,
     ChoiceLogprobs,
     ChoiceMessage,
@@ -167,7 +168,7 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
     )
     chat: dict[str, object]
     if isinstance(api, ChatCompletionRequest):
-        chat = {"messages": [_chat_message(m) for m in api.messages]} | _tools(api)
+        chat = {"messages": [_chat_message(m) for m in api.messages]} | _tools(api) | _thinking(api)
     else:
         chat = {"prompt": api.prompt_text()}
     return CompletionRequested(
@@ -200,7 +201,18 @@ def _chat_message(m: ChatMessageIn) -> ChatMessage:
             for c in m.tool_calls or []
         ],
         tool_call_id=m.tool_call_id,
+        reasoning=m.reasoning if m.reasoning is not None else m.reasoning_content,
     )
+
+
+def _thinking(api: ChatCompletionRequest) -> dict[str, object]:
+    """A reasoning model's switches, as vLLM's server reads them: the template's own switch wins, else
+    reasoning_effort none turns thinking off and any other value on."""
+    switches = api.chat_template_kwargs or ChatTemplateKwargs()
+    enable = switches.enable_thinking if switches.enable_thinking is not None else switches.thinking
+    if enable is None and api.reasoning_effort is not None:
+        enable = api.reasoning_effort != "none"
+    return {"enable_thinking": enable, "reasoning_effort": api.reasoning_effort}
 
 
 def _tools(api: ChatCompletionRequest) -> dict[str, object]:

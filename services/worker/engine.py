@@ -286,13 +286,26 @@ class Engine:
         )
         return engine
 
-    def render_prompt(self, messages: list[ChatMessage], tools: list[FunctionTool] | None = None) -> str:
-        """The chat as the model's template writes it, with ``tools`` shown to the model (see tool_calls)."""
+    def render_prompt(
+        self,
+        messages: list[ChatMessage],
+        tools: list[FunctionTool] | None = None,
+        enable_thinking: bool | None = None,
+        reasoning_effort: str | None = None,
+    ) -> str:
+        """The chat as the model's template writes it, with ``tools`` shown to the model (see tool_calls). A reasoning
+        model's switches reach the template under the names templates read them by (see CompletionRequested); a
+        template that reads none ignores them."""
         turns, template_tools = conversation(
             messages, tools or [], native=self.template_renders_tools, call_format=self.tool_call_format
         )
+        switches: dict[str, object] = {}
+        if enable_thinking is not None:
+            switches |= {"enable_thinking": enable_thinking, "thinking": enable_thinking}
+        if reasoning_effort is not None:
+            switches["reasoning_effort"] = reasoning_effort
         prompt: str = self._tokenizer.apply_chat_template(
-            turns, tools=template_tools, tokenize=False, add_generation_prompt=True
+            turns, tools=template_tools, tokenize=False, add_generation_prompt=True, **switches
         )
         return prompt
 

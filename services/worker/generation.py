@@ -213,7 +213,8 @@ async def serve_request(
         if request.prompt is not None:
             prompt = request.prompt
         else:
-            prompt = engine.render_prompt(request.messages, request.tools if reader.mode != "text" else None)
+            tools = request.tools if reader.mode != "text" else None
+            prompt = engine.render_prompt(request.messages, tools, request.enable_thinking, request.reasoning_effort)
         constrained = forced_schema(request) is not None or request.sampling.response_format is not None
         constrained = constrained or request.sampling.structured_outputs is not None
         counter: ReasoningReader | None = None  # follows the engine's steps, to count the reasoning's tokens

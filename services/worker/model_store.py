@@ -39,8 +39,9 @@ TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # With tools, it writes them, the calls and their results as Qwen2.5's template does (Hermes-style), exactly as
 # services/worker/tool_calls writes them for a template without tools: so the tiny model serves the path of a model
 # whose own template renders tools, and SmolLM2 the other. Like Qwen3's template, it strips the think block from the
-# assistant's earlier turns and, with enable_thinking false, writes an empty one after the generation prompt: so the
-# tiny model serves the path of a reasoning model (services/worker/reasoning), and SmolLM2 the other.
+# assistant's turns, writes their reasoning_content back in a block for turns after the last user turn (the steps of
+# one answer that calls tools) and, with enable_thinking false, writes an empty block after the generation prompt: so
+# the tiny model serves the path of a reasoning model (services/worker/reasoning), and SmolLM2 the other.
 TINY_CHAT_TEMPLATE = (
     "{% if tools %}"
     "{% set ns = namespace(signatures='') %}"
@@ -54,6 +55,9 @@ TINY_CHAT_TEMPLATE = (
     "{{ '<|im_start|>system\n' + messages[0]['content'] + '\n\n' + instructions + '<|im_end|>\n' }}"
     "{% else %}{{ '<|im_start|>system\n' + instructions + '<|im_end|>\n' }}{% endif %}"
     "{% endif %}"
+    "{% set last = namespace(user=-1) %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}{% set last.user = loop.index0 %}{% endif %}"
+    "{% endfor %}"
     "{% for message in messages %}"
     "{% if tools and loop.first and message['role'] == 'system' %}"
     "{% elif message['role'] == 'tool' %}"
@@ -63,7 +67,10 @@ TINY_CHAT_TEMPLATE = (
     "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{ '<|im_end|>\n' }}{% endif %}"
     "{% else %}"
     "{% set content = message['content'] or '' %}"
-    "{% if message['role'] == 'assistant' %}{% set content = content.split('</think>')[-1].lstrip('\n') %}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% set content = content.split('</think>')[-1].lstrip('\n') %}"
+    "{% if message.get('reasoning_content') and loop.index0 > last.user %}"
+    "{% set content = '<think>\n' + message['reasoning_content'].strip('\n') + '\n</think>\n\n' + content %}"
+    "{% endif %}{% endif %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + content }}"
     "{% for call in message['tool_calls'] or [] %}"
     "{% if message['content'] or not loop.first %}{{ '\n' }}{% endif %}"

@@ -182,6 +182,8 @@ def conversation(
                 ]
             if m.tool_call_id is not None:
                 turn["tool_call_id"] = template_id(m.tool_call_id)
+            if m.reasoning is not None:  # under both names, as vLLM gives it
+                turn["reasoning"] = turn["reasoning_content"] = m.reasoning
             turns.append(turn)
         return turns, [_tool_json(t) for t in tools] or None
     turns = []
@@ -201,7 +203,10 @@ def conversation(
             )
             separator = "\n" if content else ""
             content += f"{separator}{CALL_OPEN}\n{written}\n{CALL_CLOSE}"
-        turns.append({"role": m.role, "content": content})
+        turn = {"role": m.role, "content": content}
+        if m.reasoning is not None:
+            turn["reasoning"] = turn["reasoning_content"] = m.reasoning
+        turns.append(turn)
     if tools:
         instructions = tools_instructions(tools)
         if turns and turns[0]["role"] == "system":

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-from openai import OpenAI
+import pytest
+from openai import BadRequestError, OpenAI
 
 from tests.e2e.platform import TINY_MODEL, Platform
 
@@ -87,3 +88,41 @@ def test_a_raw_prompt_is_not_read_for_reasoning(platform: Platform) -> None:
     )
     assert re.fullmatch(THOUGHT_THEN_ANSWER, completion.choices[0].text)  # the block stays in the text
     assert completion.usage is not None and completion.usage.completion_tokens_details is None
+
+
+def prompt_tokens(platform: Platform, messages: list[dict], **options: object) -> int:
+    completion = client(platform).chat.completions.create(
+        model=TINY_MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=1,
+        **options,  # type: ignore[arg-type]
+    )
+    assert completion.usage is not None
+    return completion.usage.prompt_tokens
+
+
+def test_the_thinking_switches_reach_the_model_s_template(platform: Platform) -> None:
+    default = prompt_tokens(platform, QUESTION)
+    # with thinking off, the template writes an empty block after the generation prompt, as Qwen3's does
+    off = prompt_tokens(platform, QUESTION, reasoning_effort="none")
+    assert off > default
+    assert prompt_tokens(platform, QUESTION, extra_body={"chat_template_kwargs": {"enable_thinking": False}}) == off
+    assert prompt_tokens(platform, QUESTION, reasoning_effort="high") == default
+    # the template's own switch wins, as in vLLM
+    on = {"chat_template_kwargs": {"enable_thinking": True}}
+    assert prompt_tokens(platform, QUESTION, reasoning_effort="none", extra_body=on) == default
+    with pytest.raises(BadRequestError) as err:  # a template's other variables are not the client's to set
+        prompt_tokens(platform, QUESTION, extra_body={"chat_template_kwargs": {"add_generation_prompt": False}})
+    assert err.value.body["param"] == "chat_template_kwargs.add_generation_prompt"  # type: ignore[index]
+
+
+def test_the_reasoning_of_an_answer_s_earlier_steps_reaches_the_template(platform: Platform) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    step = {"role": "assistant", "content": None, "tool_calls": [call]}
+    steps = [*QUESTION, step, {"role": "tool", "tool_call_id": "call_1", "content": "noon"}]
+    reasoned = [*QUESTION, step | {"reasoning": "I need the time."}, steps[-1]]
+    assert prompt_tokens(platform, reasoned) > prompt_tokens(platform, steps)
+    # before the last user turn the template drops it, as Qwen3's does; vLLM's former name is taken too
+    earlier = [*QUESTION, {"role": "assistant", "content": "Four."}, {"role": "user", "content": "And three?"}]
+    earlier_reasoned = [earlier[0], earlier[1] | {"reasoning_content": "Two and two."}, earlier[2]]
+    assert prompt_tokens(platform, earlier_reasoned) == prompt_tokens(platform, earlier)

@@ -326,6 +326,43 @@ def test_openai_request_maps_to_the_kafka_contract() -> None:
     assert to_completion_requested(api, beside).prompt_screening == "beside"
 
 
+@pytest.mark.parametrize(
+    ("fields", "enable_thinking", "effort"),
+    [
+        ({}, None, None),  # the template's default
+        ({"reasoning_effort": "none"}, False, "none"),
+        ({"reasoning_effort": "low"}, True, "low"),
+        ({"chat_template_kwargs": {"enable_thinking": False}}, False, None),
+        ({"chat_template_kwargs": {"thinking": True}}, True, None),
+        ({"reasoning_effort": "high", "chat_template_kwargs": {"enable_thinking": False}}, False, "high"),
+    ],
+)
+def test_the_thinking_switches_reach_the_kafka_contract_as_vllm_reads_them(
+    fields: dict, enable_thinking: bool | None, effort: str | None
+) -> None:
+    req = to_completion_requested(
+        ChatCompletionRequest.model_validate(CHAT | fields), Submission("r", "t", utc_now(), {}, 77)
+    )
+    assert (req.enable_thinking, req.reasoning_effort) == (enable_thinking, effort)
+
+
+def test_an_assistant_turn_s_reasoning_reaches_the_kafka_contract_under_either_name() -> None:
+    turns = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b", "reasoning": "think b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d", "reasoning_content": "think d"},
+    ]
+    req = to_completion_requested(
+        ChatCompletionRequest.model_validate(CHAT | {"messages": turns}), Submission("r", "t", utc_now(), {}, 77)
+    )
+    assert [m.reasoning for m in req.messages] == [None, "think b", None, "think d"]
+    with pytest.raises(ValidationError, match="only an assistant turn has reasoning"):
+        ChatCompletionRequest.model_validate(CHAT | {"messages": [{"role": "user", "content": "a", "reasoning": "x"}]})
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):  # other template variables
+        ChatCompletionRequest.model_validate(CHAT | {"chat_template_kwargs": {"add_generation_prompt": False}})
+
+
 def test_penalties_reach_the_kafka_contract_and_default_to_off() -> None:
     chat = {"model": "m", "messages": [{"role": "user", "content": "a"}]}
     sub = Submission("r", "t", utc_now(), {}, 77)
