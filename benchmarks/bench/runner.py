@@ -64,7 +64,8 @@ async def send(client: httpx.AsyncClient, target: Target, request: BenchRequest,
                     chunk = json.loads(data)
                     if "error" in chunk:
                         return failed(f"stream error {chunk['error'].get('code') or chunk['error'].get('type')}")
-                    if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
+                    delta = chunk["choices"][0].get("delta", {}) if chunk.get("choices") else {}
+                    if delta.get("content") or delta.get("reasoning"):  # a reasoning model's thinking is output too
                         chunk_times.append(time.monotonic())
                     if chunk.get("usage"):
                         usage = chunk["usage"]

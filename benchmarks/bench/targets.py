@@ -152,7 +152,7 @@ async def run_through_worker(model_id: str, load: Load) -> tuple[list[RequestRes
                 await producer.send_and_wait(common.topics.batches(model_id), batch.model_dump_json().encode())
                 while True:
                     at, event = await queue.get()
-                    if event["event"] == "tokens_generated" and event["text"]:
+                    if event["event"] == "tokens_generated" and (event["text"] or event.get("reasoning")):
                         chunk_times.append(at)
                     elif event["event"] == "generation_failed":
                         return RequestResult(False, started, at, chunk_times, error=str(event["code"]))

@@ -75,8 +75,8 @@ class ToolCallIn(BaseModel):
 
 
 class ChatMessageIn(BaseModel):
-    # the spec says what the validator checks: content may be null only in an assistant turn that calls tools, and a
-    # tool turn names the call it answers
+    # the spec says what the validator checks: content may be null only in an assistant turn that calls tools, a tool
+    # turn names the call it answers, and only an assistant turn has reasoning
     model_config = STRICT_INPUT | ConfigDict(
         extra="allow",
         json_schema_extra={
@@ -91,6 +91,10 @@ class ChatMessageIn(BaseModel):
                 {
                     "if": {"properties": {"role": {"enum": ["system", "developer", "user"]}}, "required": ["role"]},
                     "then": {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}},
+                },
+                {
+                    "if": {"properties": {"role": {"not": {"const": "assistant"}}}, "required": ["role"]},
+                    "then": {"properties": {"reasoning": {"type": "null"}, "reasoning_content": {"type": "null"}}},
                 },
             ]
         },

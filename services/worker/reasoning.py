@@ -37,9 +37,10 @@ def opens_thinking(prompt: str) -> bool:
 @dataclass
 class ReasoningReader:
     """Splits an output, as it streams, into reasoning and answer. ``opening``: the output may still begin with
-    ``<think>`` (leading white space and a partial tag are held until it is known); ``reasoning``: inside the block, a
-    partial ``</think>`` held; ``answer``: everything is answer. The white space after ``</think>`` is dropped, as the
-    templates write it between the two."""
+    ``<think>`` (a part of the tag is held until it is known; anything else, white space included, is answer at
+    once, so an answer never waits); ``reasoning``: inside the block, a partial ``</think>`` held; ``answer``:
+    everything is answer. The white space after ``</think>`` is dropped, as the templates write it between the
+    two."""
 
     state: ReadingState = "opening"
     held: str = ""
@@ -54,10 +55,9 @@ class ReasoningReader:
         text, self.held = self.held + text, ""
         reasoning = ""
         if self.state == "opening":
-            begun = text.lstrip()
-            if begun.startswith(THINK_START):
-                self.state, text = "reasoning", begun[len(THINK_START) :]
-            elif THINK_START.startswith(begun):  # empty, or a part of the tag: not known yet
+            if text.startswith(THINK_START):
+                self.state, text = "reasoning", text[len(THINK_START) :]
+            elif THINK_START.startswith(text):  # empty, or a part of the tag: not known yet
                 self.held = text
                 return "", ""
             else:

@@ -23,7 +23,8 @@ def streamed(reader: ReasoningReader, chunks: list[str]) -> tuple[str, str]:
 CASES = [
     # (prompt, output, reasoning, answer)
     (QWEN3_PROMPT, "<think>\nBlue scatters.\n</think>\n\nRayleigh.", "\nBlue scatters.\n", "Rayleigh."),
-    (QWEN3_PROMPT, "\n<think>a < b</think>Yes", "a < b", "Yes"),
+    (QWEN3_PROMPT, "<think>a < b</think>Yes", "a < b", "Yes"),
+    (QWEN3_PROMPT, "\n<think>late</think>", None, "\n<think>late</think>"),  # a block opens only at the start
     (QWEN3_PROMPT, "An answer with <think> in it.", None, "An answer with <think> in it."),
     (QWEN3_PROMPT, "<thin", None, "<thin"),  # cut short inside the tag: text after all
     (QWEN3_PROMPT, "<think>Cut short by max_tokens </thi", "Cut short by max_tokens </thi", ""),
@@ -54,6 +55,10 @@ def test_a_partial_tag_waits_and_nothing_else_does() -> None:
     assert reader.feed("\n\n") == ("", "")  # the space between the block and the answer is dropped
     assert reader.feed("Four.") == ("", "Four.")
     assert reader.state == "answer"
+    # an answer never waits: white space at the start is answer at once (a model that writes only white space
+    # streams it), as is anything that cannot begin the tag
+    assert ReasoningReader.for_prompt(QWEN3_PROMPT, constrained=False).feed("\n") == ("", "\n")
+    assert ReasoningReader.for_prompt(QWEN3_PROMPT, constrained=False).feed("<b>") == ("", "<b>")
 
 
 def test_under_a_grammar_the_output_begins_outside_the_block_even_after_an_opening_prompt() -> None:
