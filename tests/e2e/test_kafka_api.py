@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
+from tests.e2e.test_reasoning import THOUGHT_THEN_ANSWER
 
 
 async def read_until_final(consumer: AIOKafkaConsumer, request_id: str, seconds: float = 60) -> list[dict]:
@@ -107,3 +108,27 @@ async def test_a_tool_call_produced_to_kafka_streams_as_pieces_of_the_call_never
         sum(len(q["arguments"]) for q in pieces[:i]) for i in range(len(pieces))
     ]
     assert "".join(p["arguments"] for p in pieces) == call["function"]["arguments"]
+
+
+async def test_a_reasoning_model_s_thinking_streams_apart_on_kafka_with_offsets_that_add_up(platform: Platform) -> None:
+    request_id = f"research-{uuid.uuid4().hex}"
+    request = {
+        "request_id": request_id,
+        "model": TINY_MODEL,  # its template writes think blocks; a regex makes it write one, then an answer
+        "messages": [{"role": "user", "content": "What is two plus two?"}],
+        "sampling": {"max_tokens": 120, "seed": 1, "structured_outputs": {"regex": THOUGHT_THEN_ANSWER}},
+        "reply_topic": platform.common.topics.replies(f"research-system-{uuid.uuid4().hex[:6]}"),
+    }
+    events = await produce_and_read(platform, request)
+
+    final = events[-1]
+    assert final["event"] == "completion_finished", final
+    assert final["reasoning"] and final["text"] and "think>" not in final["reasoning"] + final["text"]
+    assert 0 < final["usage"]["reasoning_tokens"] < final["usage"]["completion_tokens"]
+    deltas = [e for e in events if e["event"] == "tokens_generated"]
+    assert [d["reasoning_offset"] for d in deltas] == [
+        sum(len(e["reasoning"]) for e in deltas[:i]) for i in range(len(deltas))
+    ]
+    assert "".join(d["reasoning"] for d in deltas) == final["reasoning"]
+    assert "".join(d["text"] for d in deltas) == final["text"]
+    assert sum(d["token_count"] for d in deltas) == final["usage"]["completion_tokens"]
