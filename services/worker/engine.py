@@ -310,19 +310,24 @@ class Engine:
         return prompt
 
     @cached_property  # the tokenizer, and so its template, is the engine's for life
+    def chat_template(self) -> str:
+        """The model's own chat template; empty when its tokenizer has none."""
+        return getattr(self._tokenizer, "chat_template", None) or ""
+
+    @cached_property
     def template_renders_tools(self) -> bool:
         """Whether the model's own chat template shows tools to the model (else ferry writes them in, Hermes-style)."""
-        return "tools" in (getattr(self._tokenizer, "chat_template", None) or "")
+        return "tools" in self.chat_template
 
     @cached_property
     def reasons(self) -> bool:
         """Whether the model thinks in think blocks before it answers (see reasoning)."""
-        return reasons(getattr(self._tokenizer, "chat_template", None))
+        return reasons(self.chat_template)
 
     @cached_property
     def tool_call_format(self) -> ToolCallFormat:
         """How this model writes the calls it chooses to make (see tool_calls.call_format)."""
-        return call_format(getattr(self._tokenizer, "chat_template", None))
+        return call_format(self.chat_template)
 
     def generate(
         self,

@@ -215,8 +215,12 @@ async def serve_request(
         else:
             tools = request.tools if reader.mode != "text" else None
             prompt = engine.render_prompt(request.messages, tools, request.enable_thinking, request.reasoning_effort)
-        constrained = forced_schema(request) is not None or request.sampling.response_format is not None
-        constrained = constrained or request.sampling.structured_outputs is not None
+        sampling = seeded(request.sampling, request.request_id)
+        if (schema := forced_schema(request)) is not None:  # the ingress refuses response_format with forced calls
+            sampling = sampling.model_copy(
+                update={"response_format": ResponseFormat(type="json_schema", json_schema=schema)}
+            )
+        constrained = sampling.response_format is not None or sampling.structured_outputs is not None  # a grammar
         counter: ReasoningReader | None = None  # follows the engine's steps, to count the reasoning's tokens
         if request.prompt is None and engine.reasons:
             thoughts = ReasoningReader.for_prompt(prompt, constrained)
@@ -227,11 +231,6 @@ async def serve_request(
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
         completion_tokens = prompt_tokens = cached_tokens = 0
         finish_reason = None
-        sampling = seeded(request.sampling, request.request_id)
-        if (schema := forced_schema(request)) is not None:  # the ingress refuses response_format with forced calls
-            sampling = sampling.model_copy(
-                update={"response_format": ResponseFormat(type="json_schema", json_schema=schema)}
-            )
         keep_special = keeps_special_tokens(request, engine.tool_call_format)
         steps = engine.generate(request.request_id, prompt, sampling, request.cache_salt, keep_special, priority)
         async for step in steps:
