@@ -597,8 +597,9 @@ class Usage(BaseModel):
     reasoning_tokens: int | None = Field(
         None,
         ge=0,
-        description="Of completion_tokens, those the model wrote inside its think block (its reasoning); None when "
-        "the model does not reason, or for a raw prompt (nothing is read as reasoning there).",
+        description="Of completion_tokens, those of the model's think block (its reasoning, markers left out), as its "
+        "tokenizer splits that text; None when the model does not reason, or for a raw prompt (nothing is read as "
+        "reasoning there).",
     )
 
 

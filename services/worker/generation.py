@@ -221,11 +221,8 @@ async def serve_request(
                 update={"response_format": ResponseFormat(type="json_schema", json_schema=schema)}
             )
         constrained = sampling.response_format is not None or sampling.structured_outputs is not None  # a grammar
-        counter: ReasoningReader | None = None  # follows the engine's steps, to count the reasoning's tokens
         if request.prompt is None and engine.reasons:
             thoughts = ReasoningReader.for_prompt(prompt, constrained)
-            counter = ReasoningReader.for_prompt(prompt, constrained)
-        reasoning_tokens = 0
         pieces: list[str] = []
         logprobs: list[TokenLogprob] = []
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
@@ -243,10 +240,6 @@ async def serve_request(
             logprobs += step.logprobs
             prompt_logprobs = step.prompt_logprobs or prompt_logprobs
             finish_reason = step.finish_reason or finish_reason
-            if counter is not None:  # a step inside the block, its markers left out, as vLLM counts them
-                inside = counter.state == "reasoning"
-                counter.feed(step.text)
-                reasoning_tokens += step.new_tokens if inside and counter.state == "reasoning" else 0
             delta = buffer.add(step.text, step.new_tokens, time.monotonic(), step.logprobs)
             await send_readable(await screen.pass_delta(delta) if screen else delta)
         control.ended_at = time.monotonic()
@@ -264,9 +257,12 @@ async def serve_request(
             calls = reader.pieces()  # the end of the calls, once known to be the end
             if rest or rest_reasoning or calls or held_tokens:
                 await send_delta(OutputDelta(rest, held_tokens, held_logprobs), calls, rest_reasoning)
-        output, reasoning = "".join(pieces), None
+        output, reasoning, reasoning_tokens = "".join(pieces), None, None
         if thoughts is not None:
             reasoning, output = ReasoningReader.split_whole(output, prompt, constrained)
+            # counted from the text, not from the engine's steps: a step may hold several tokens (the engine batches
+            # them when its reader lags), so step counts would depend on timing
+            reasoning_tokens = min(len(engine.token_ids(reasoning)), completion_tokens) if reasoning else 0
         text, tool_calls, reported_finish = ToolCallReader.read_whole(
             request, output, finish_reason or "stop", engine.tool_call_format
         )
@@ -286,7 +282,7 @@ async def serve_request(
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
                 cached_prompt_tokens=cached_tokens,
-                reasoning_tokens=reasoning_tokens if thoughts is not None else None,
+                reasoning_tokens=reasoning_tokens,
             ),
         )
         if screen:  # None: held for review, the reviewer's decision delivers it
