@@ -178,6 +178,10 @@ def normalized(
                 sampling.structured_outputs and _structured_outputs_key(sampling.structured_outputs),
             ),
             ("sample", sample),
+            # a reasoning model's switches and earlier thinking reach its template, so they change the prompt
+            ("enable_thinking", None if request.enable_thinking is None else str(request.enable_thinking).lower()),
+            ("reasoning_effort", request.reasoning_effort),
+            ("reasoning", [[i, m.reasoning] for i, m in enumerate(request.messages) if m.reasoning is not None]),
         )
         if value
     }

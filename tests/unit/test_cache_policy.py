@@ -107,6 +107,29 @@ def test_a_structured_output_changes_the_key() -> None:
     assert formed({"choice": ["b", "a"]}) == formed({"choice": ["a", "b"]})  # in any order, the same outputs
 
 
+def test_a_reasoning_model_s_switches_and_earlier_thinking_change_the_key() -> None:
+    """Each reaches the model's template, so each is another prompt: an answer given without thinking must not
+    answer the same question asked with it."""
+    base = digest(request())
+    switched = {
+        digest(request(enable_thinking=True)),
+        digest(request(enable_thinking=False)),
+        digest(request(reasoning_effort="low")),
+        digest(request(reasoning_effort="high")),
+    }
+    assert len(switched) == 4 and base not in switched
+
+    def earlier(reasoning: str | None) -> str | None:
+        turns = [
+            ChatMessage(role="user", content="What is two plus two?"),
+            ChatMessage(role="assistant", content="4", reasoning=reasoning),
+            ChatMessage(role="user", content="And three plus three?"),
+        ]
+        return digest(request(messages=turns))
+
+    assert len({earlier(None), earlier("2+2=4"), earlier("two and two make four")}) == 3
+
+
 def test_a_logit_bias_changes_the_key_whatever_its_order() -> None:
     def biased(bias: dict[int, float]) -> str | None:
         return digest(request(sampling={"temperature": 0, "max_tokens": 16, "logit_bias": bias}))
