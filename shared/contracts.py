@@ -406,6 +406,13 @@ class CompletionRequested(Message):
     reasoning_effort: ReasoningEffort | None = Field(
         None, description="Chat only: given to the chat template as reasoning_effort (gpt-oss's reads it)."
     )
+    thinking_token_budget: int | None = Field(
+        None,
+        ge=0,
+        description="Chat only: the most tokens a reasoning model may think (vLLM's thinking_token_budget); once its "
+        "think block has that many, only the block's end may follow. None: no limit but max_tokens. Ignored by a "
+        "model that does not reason.",
+    )
     choice_of: str | None = Field(
         None,
         min_length=1,

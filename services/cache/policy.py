@@ -159,6 +159,7 @@ def normalized(
     top_k, min_p and the seed, and the order of stop strings does not matter."""
     sampling = request.sampling
     greedy = sampling.temperature == 0
+    budget = request.thinking_token_budget
     # options added after key version 2 join the key only when set, so the keys of entries stored before stay valid
     later_options = {
         name: value
@@ -181,6 +182,7 @@ def normalized(
             # a reasoning model's switches and earlier thinking reach its template, so they change the prompt
             ("enable_thinking", None if request.enable_thinking is None else str(request.enable_thinking).lower()),
             ("reasoning_effort", request.reasoning_effort),
+            ("thinking_token_budget", None if budget is None else [budget]),  # 0 is a budget too
             ("reasoning", [[i, m.reasoning] for i, m in enumerate(request.messages) if m.reasoning is not None]),
         )
         if value

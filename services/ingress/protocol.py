@@ -460,6 +460,12 @@ class ChatCompletionRequest(SamplingFields):
         description="vLLM: variables for the model's chat template; only the thinking switches are taken, and they "
         "win over reasoning_effort.",
     )
+    thinking_token_budget: int | None = Field(
+        None,
+        ge=0,
+        description="vLLM: the most tokens a reasoning model may think; once its think block has that many, it must "
+        "end the block and answer. Unset: no limit but max_tokens. Ignored by a model that does not reason.",
+    )
     include_reasoning: bool = Field(
         True,
         description="vLLM: false leaves a reasoning model's thinking out of the response (message.reasoning and the "

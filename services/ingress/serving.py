@@ -212,7 +212,11 @@ def _thinking(api: ChatCompletionRequest) -> dict[str, object]:
     enable = switches.enable_thinking if switches.enable_thinking is not None else switches.thinking
     if enable is None and api.reasoning_effort is not None:
         enable = api.reasoning_effort != "none"
-    return {"enable_thinking": enable, "reasoning_effort": api.reasoning_effort}
+    return {
+        "enable_thinking": enable,
+        "reasoning_effort": api.reasoning_effort,
+        "thinking_token_budget": api.thinking_token_budget,
+    }
 
 
 def _tools(api: ChatCompletionRequest) -> dict[str, object]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from services.worker.engine_processes import use_engine_process_server
-from services.worker.reasoning import reasons
+from services.worker.reasoning import ThinkingRoom, reasons, think_then
 from services.worker.tool_calls import ToolCallFormat, call_format, conversation
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
 from shared.contracts import (
@@ -88,6 +88,7 @@ class GenerationStep:
     cached_tokens: int = 0  # prompt tokens found in the prefix cache (same salt, same leading blocks)
     logprobs: tuple[TokenLogprob, ...] = ()  # one per new token, when the request asked for logprobs
     prompt_logprobs: PromptLogprobs | None = None  # on the first step, when the request asked for prompt_logprobs
+    token_ids: tuple[int, ...] = ()  # the new tokens themselves
 
 
 class RankedLogprob(Protocol):
@@ -329,6 +330,27 @@ class Engine:
         """How this model writes the calls it chooses to make (see tool_calls.call_format)."""
         return call_format(self.chat_template)
 
+    @staticmethod
+    def thinking_grammar(sampling: SamplingParams, room: ThinkingRoom, budget: int | None) -> str | None:
+        """The grammar under which a reasoning model thinks first (at most ``budget`` tokens) and then answers as
+        ``sampling``'s grammar says (see reasoning.think_then), for ``generate``. None when there is nothing to hold,
+        or when the answer's grammar cannot be composed so: a JSON schema with features xgrammar lacks (vLLM then
+        gives it to llguidance, which takes no such composition), or a form that does not compile (vLLM then names
+        the client's field in its error). The grammar then holds from the first token."""
+        import json
+
+        import xgrammar
+
+        try:
+            composed = think_then(_answer_grammar(sampling), room, budget)
+            if composed is None:
+                return None
+            spec = json.dumps(composed)
+            xgrammar.Grammar.from_structural_tag(spec)  # parsed, not compiled: vLLM compiles it for the tokenizer
+        except Exception:  # xgrammar raises its own errors, of several kinds
+            return None
+        return spec
+
     def generate(
         self,
         request_id: str,
@@ -337,6 +359,7 @@ class Engine:
         cache_salt: str | None = None,
         keep_special_tokens: bool = False,
         priority: int = 0,
+        thinking_grammar: str | None = None,
     ) -> AsyncIterator[GenerationStep]:
         """Streams the completion of ``prompt``; the last step carries the finish reason. Raises PromptTooLong at once
         when the prompt does not fit; the stream raises InvalidRequest before its first step when vLLM refuses a
@@ -344,7 +367,8 @@ class Engine:
         cached prompt prefixes only when their ``cache_salt`` is the same (vLLM hashes it into the first block).
         ``keep_special_tokens``: the text keeps the special tokens the model writes (Mistral's ``[TOOL_CALLS]``);
         the one that ends it is left out either way. ``priority``: while requests wait for a seat in the engine,
-        lower values go first, then earlier arrivals."""
+        lower values go first, then earlier arrivals. ``thinking_grammar``: a reasoning model's grammar from
+        ``thinking_grammar()``, which holds instead of the sampling's own."""
         token_ids = self.token_ids(prompt)
         room = self.config.max_model_len - len(token_ids)
         if room < 1:
@@ -353,6 +377,10 @@ class Engine:
                 f"{self.config.max_model_len} tokens of prompt and completion together"
             )
         params = self._sampling_params(sampling, min(sampling.max_tokens, room), not keep_special_tokens)
+        if thinking_grammar is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            params.structured_outputs = StructuredOutputsParams(structural_tag=thinking_grammar)
         form = "structured_outputs" if sampling.structured_outputs else "response_format"
         return self._stream(request_id, token_ids, params, cache_salt, form, priority)
 
@@ -404,6 +432,7 @@ class Engine:
                         cached_tokens=output.num_cached_tokens or 0,
                         logprobs=logprobs,
                         prompt_logprobs=prompt_logprobs,
+                        token_ids=tuple(completion.token_ids),
                     )
             except VLLMValidationError as exc:  # checked as the request is added, before any output
                 # vLLM names the parameter it checked; a grammar that does not compile comes without a name
@@ -456,6 +485,24 @@ class Engine:
         text: str = self._tokenizer.decode([token_id])
         return text
 
+    def tokens_within(self, token_ids: Sequence[int], span: tuple[int, int], keep_special_tokens: bool) -> int:
+        """How many of an output's tokens (``token_ids``, as generated) fall inside ``span``, a range of characters of
+        its text: a think block's tokens, counted as generated, not as its text would tokenize again (random or
+        unusual text can take fewer tokens generated than re-tokenized). A token across the span's end is left out, one
+        across its start counted in. The text is decoded as the engine decodes it (``keep_special_tokens`` as in
+        ``generate``)."""
+
+        def tokens_up_to(chars: int) -> int:  # the longest run of leading tokens whose text fits in ``chars``
+            low, high = 0, len(token_ids)
+            while low < high:
+                middle = (low + high + 1) // 2
+                text = self._tokenizer.decode(token_ids[:middle], skip_special_tokens=not keep_special_tokens)
+                low, high = (middle, high) if len(text) <= chars else (low, middle - 1)
+            return low
+
+        start, end = span
+        return tokens_up_to(end) - (tokens_up_to(start) if start else 0)
+
     def token_ids(self, text: str) -> list[int]:
         """The tokens of ``text`` as this model's tokenizer splits it; chat templates write their own special tokens,
         so none is added."""
@@ -490,6 +537,38 @@ class Engine:
             skip_special_tokens=skip_special_tokens,
             output_kind=RequestOutputKind.DELTA,
         )
+
+
+def _answer_grammar(sampling: SamplingParams) -> dict[str, Any] | None:
+    """The sampling's grammar (as ``_structured_outputs`` gives it to vLLM) as a format of xgrammar's structural tags;
+    None when it has none. Raises ValueError when it cannot be one (see Engine.thinking_grammar)."""
+    from vllm.v1.structured_output.backend_xgrammar import has_xgrammar_unsupported_json_features
+    from vllm.v1.structured_output.utils import grammar_is_likely_lark
+
+    if (structured := sampling.structured_outputs) is not None:
+        if structured.choice:
+            return {"type": "or", "elements": [{"type": "const_string", "value": c} for c in structured.choice]}
+        if structured.regex is not None:
+            return {"type": "regex", "pattern": structured.regex}
+        grammar = structured.grammar or ""
+        if grammar_is_likely_lark(grammar):
+            import xgrammar
+
+            grammar = str(xgrammar.Grammar.from_lark(grammar))  # structural tags take EBNF; raises if it is not Lark
+        return {"type": "grammar", "grammar": grammar}
+    response_format = sampling.response_format
+    if response_format is None:
+        return None
+    schema: Any = response_format.json_schema if response_format.type == "json_schema" else None
+    if schema is None:
+        return {"type": "json_schema", "json_schema": {"type": "object"}}
+    if response_format.strict:
+        from vllm.v1.structured_output.backend_guidance import process_for_additional_properties
+
+        schema = process_for_additional_properties(schema)
+    if has_xgrammar_unsupported_json_features(schema):
+        raise ValueError("a JSON schema with features xgrammar lacks")
+    return {"type": "json_schema", "json_schema": schema}
 
 
 def _structured_outputs(sampling: SamplingParams) -> StructuredOutputsParams | None:

@@ -18,7 +18,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from services.safety.output import ContentBlocked, OutputDelta, OutputGuard
 from services.safety.review import SCREENING_UNAVAILABLE
 from services.worker.engine import Engine, InvalidRequest
-from services.worker.reasoning import ReasoningReader
+from services.worker.reasoning import ReasoningReader, thinking_room
 from services.worker.tool_calls import ToolCallReader, forced_schema, keeps_special_tokens
 from shared.contracts import (
     CompletionFinished,
@@ -220,22 +220,31 @@ async def serve_request(
             sampling = sampling.model_copy(
                 update={"response_format": ResponseFormat(type="json_schema", json_schema=schema)}
             )
-        constrained = sampling.response_format is not None or sampling.structured_outputs is not None  # a grammar
+        grammar_first = sampling.response_format is not None or sampling.structured_outputs is not None
+        thinking_grammar = None  # a reasoning model's: it thinks first, then answers under the grammar (see reasoning)
         if request.prompt is None and engine.reasons:
-            thoughts = ReasoningReader.for_prompt(prompt, constrained)
+            if grammar_first or request.thinking_token_budget is not None:
+                room = thinking_room(prompt)
+                thinking_grammar = engine.thinking_grammar(sampling, room, request.thinking_token_budget)
+            grammar_first = grammar_first and thinking_grammar is None
+            thoughts = ReasoningReader.for_prompt(prompt, grammar_first)
         pieces: list[str] = []
         logprobs: list[TokenLogprob] = []
+        output_ids: list[int] = []
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
         completion_tokens = prompt_tokens = cached_tokens = 0
         finish_reason = None
         keep_special = keeps_special_tokens(request, engine.tool_call_format)
-        steps = engine.generate(request.request_id, prompt, sampling, request.cache_salt, keep_special, priority)
+        steps = engine.generate(
+            request.request_id, prompt, sampling, request.cache_salt, keep_special, priority, thinking_grammar
+        )
         async for step in steps:
             if control.stop_reason is not None:
                 break  # closing the stream aborts the request in vLLM, even if the abort raced its start
             prompt_tokens = step.prompt_tokens
             cached_tokens = max(cached_tokens, step.cached_tokens)
             completion_tokens += step.new_tokens
+            output_ids += step.token_ids
             pieces.append(step.text)
             logprobs += step.logprobs
             prompt_logprobs = step.prompt_logprobs or prompt_logprobs
@@ -259,10 +268,11 @@ async def serve_request(
                 await send_delta(OutputDelta(rest, held_tokens, held_logprobs), calls, rest_reasoning)
         output, reasoning, reasoning_tokens = "".join(pieces), None, None
         if thoughts is not None:
-            reasoning, output = ReasoningReader.split_whole(output, prompt, constrained)
-            # counted from the text, not from the engine's steps: a step may hold several tokens (the engine batches
-            # them when its reader lags), so step counts would depend on timing
-            reasoning_tokens = min(len(engine.token_ids(reasoning)), completion_tokens) if reasoning else 0
+            span = ReasoningReader.span(output, prompt, grammar_first)
+            reasoning, output = ReasoningReader.split_whole(output, prompt, grammar_first)
+            # from the whole output's tokens, not from the engine's steps: a step may hold several tokens (the engine
+            # batches them when its reader lags), so step counts would depend on timing
+            reasoning_tokens = engine.tokens_within(output_ids, span, keep_special) if span and reasoning else 0
         text, tool_calls, reported_finish = ToolCallReader.read_whole(
             request, output, finish_reason or "stop", engine.tool_call_format
         )

@@ -25,7 +25,7 @@ from shared.registry import SEED_FILE, read_seed
 logger = logging.getLogger(__name__)
 
 BUILD_MARKER = "ferry-build.json"
-RECIPE_VERSION = 3  # bump when a builder changes what it writes: folders built by an older recipe are rebuilt
+RECIPE_VERSION = 4  # bump when a builder changes what it writes: folders built by an older recipe are rebuilt
 QUANTIZER_VERSION = 2  # the same, for the folders of PREQUANTIZED variants
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
@@ -41,7 +41,9 @@ TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # whose own template renders tools, and SmolLM2 the other. Like Qwen3's template, it strips the think block from the
 # assistant's turns, writes their reasoning_content back in a block for turns after the last user turn (the steps of
 # one answer that calls tools) and, with enable_thinking false, writes an empty block after the generation prompt: so
-# the tiny model serves the path of a reasoning model (services/worker/reasoning), and SmolLM2 the other.
+# the tiny model serves the path of a reasoning model (services/worker/reasoning), and SmolLM2 the other. With
+# enable_thinking true it opens the block itself, as DeepSeek V3.1's template does with thinking on, so that its
+# random weights think (they would hardly ever write <think> of their own).
 TINY_CHAT_TEMPLATE = (
     "{% if tools %}"
     "{% set ns = namespace(signatures='') %}"
@@ -81,7 +83,8 @@ TINY_CHAT_TEMPLATE = (
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}"
+    "{% elif enable_thinking is defined and enable_thinking %}{{ '<think>\n' }}{% endif %}"
     "{% endif %}"
 )
 TINY_EXTRA_TEXT = """\

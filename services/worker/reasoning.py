@@ -5,15 +5,20 @@ and the rest is the answer (``content``, or tool calls).
 A model reasons when its chat template writes or strips think blocks (Qwen3, QwQ, DeepSeek R1 and their
 distillations). Its output begins inside a think block when the prompt leaves one open (DeepSeek R1-0528's and
 Qwen3's thinking-only templates end the generation prompt with ``<think>``); otherwise a block opens only if the output
-begins with ``<think>``, so text that merely mentions the tag later stays in the answer. Under a grammar (a JSON
-response_format, structured_outputs, a forced tool call) the output is what the grammar allows from its first token,
-so it begins outside any block there.
+begins with ``<think>``, so text that merely mentions the tag later stays in the answer.
+
+Under a grammar (a JSON response_format, structured_outputs, a forced tool call), the model thinks first and the
+grammar holds for the answer after its block, as vLLM's server holds it back until the reasoning parser sees the
+block end (``think_then``). A thinking budget (vLLM's ``thinking_token_budget``) caps the block the same way: once it
+has that many tokens, only ``</think>`` may follow. Where the prompt already closed the block (thinking switched off)
+or the grammar cannot be composed so, the grammar holds from the first token, and the output begins outside any
+block.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from services.worker.tool_calls import longest_tag_start
 
@@ -22,16 +27,47 @@ THINK_END = "</think>"
 
 ReadingState = Literal["opening", "reasoning", "answer"]
 
+ThinkingRoom = Literal["inside", "may_open", "closed"]
+"""Where the rendered prompt leaves the output: inside a think block, free to open one, or past a closed one (the
+template switched thinking off by writing an empty block)."""
+
+ANSWER_GAP = r"\s{0,4}"
+"""The white space a grammar lets a model write between ``</think>`` and its answer: the templates' two newlines,
+with room for carriage returns. Unbounded, a model could spend its tokens on it."""
+
 
 def reasons(chat_template: str | None) -> bool:
     """Whether a model thinks in think blocks: its chat template writes or strips them."""
     return THINK_END in (chat_template or "")
 
 
-def opens_thinking(prompt: str) -> bool:
-    """Whether the rendered prompt ends inside a think block, so the output begins as reasoning. Only its end counts:
-    a user's text may mention the tag anywhere."""
-    return prompt.rstrip().endswith(THINK_START)
+def thinking_room(prompt: str) -> ThinkingRoom:
+    """Where the rendered prompt leaves the output. Only its end counts: a user's text may mention the tags
+    anywhere."""
+    end = prompt.rstrip()
+    if end.endswith(THINK_START):
+        return "inside"
+    return "closed" if end.endswith(THINK_END) else "may_open"
+
+
+def think_then(answer: dict[str, Any] | None, room: ThinkingRoom, budget: int | None) -> dict[str, Any] | None:
+    """A grammar (xgrammar's structural-tag format) that lets the model think, at most ``budget`` tokens when set,
+    then holds the answer to ``answer`` (a format of the same kind; None: any text). None where there is nothing
+    to hold: thinking is closed, or neither an answer's grammar nor a budget is asked for."""
+    if room == "closed" or (answer is None and budget is None):
+        return None
+    thinking: dict[str, Any] = {"type": "any_text"} | ({"max_tokens": budget} if budget is not None else {})
+    # inside: the prompt wrote <think>, so the block is the output's start up to </think>
+    block: dict[str, Any] = {
+        "type": "tag",
+        "begin": THINK_START if room == "may_open" else "",
+        "content": thinking,
+        "end": THINK_END,
+    }
+    if room == "may_open":
+        block = {"type": "optional", "content": block}
+    elements = [block, {"type": "regex", "pattern": ANSWER_GAP}, answer or {"type": "any_text"}]
+    return {"type": "structural_tag", "format": {"type": "sequence", "elements": elements}}
 
 
 @dataclass
@@ -47,8 +83,9 @@ class ReasoningReader:
     trim_answer: bool = False  # just past </think>: the answer's leading white space is dropped
 
     @classmethod
-    def for_prompt(cls, prompt: str, constrained: bool) -> ReasoningReader:
-        return cls("reasoning" if opens_thinking(prompt) and not constrained else "opening")
+    def for_prompt(cls, prompt: str, grammar_first: bool) -> ReasoningReader:
+        """``grammar_first``: a grammar holds from the output's first token (see the module's notes)."""
+        return cls("reasoning" if thinking_room(prompt) == "inside" and not grammar_first else "opening")
 
     def feed(self, text: str) -> tuple[str, str]:
         """The reasoning and the answer that ``text`` adds and that may go to the client now."""
@@ -83,9 +120,21 @@ class ReasoningReader:
         return "", "" if self.trim_answer else held
 
     @classmethod
-    def split_whole(cls, text: str, prompt: str, constrained: bool) -> tuple[str | None, str]:
+    def span(cls, text: str, prompt: str, grammar_first: bool) -> tuple[int, int] | None:
+        """Where a whole output's reasoning lies in it, in characters (markers left out), as ``split_whole`` reads
+        it; None when it has none."""
+        start = 0
+        if cls.for_prompt(prompt, grammar_first).state == "opening":
+            if not text.startswith(THINK_START):
+                return None
+            start = len(THINK_START)
+        end = text.find(THINK_END, start)
+        return start, end if end >= 0 else len(text)
+
+    @classmethod
+    def split_whole(cls, text: str, prompt: str, grammar_first: bool) -> tuple[str | None, str]:
         """A whole output's reasoning (None when it has none) and answer, read as a stream reads them."""
-        reader = cls.for_prompt(prompt, constrained)
+        reader = cls.for_prompt(prompt, grammar_first)
         reasoning, answer = reader.feed(text)
         held_reasoning, held_answer = reader.finish()
         return (reasoning + held_reasoning) or None, answer + held_answer

@@ -18,7 +18,7 @@ from benchmarks.bench.__main__ import main as bench_main
 from services.safety.policy import DEFAULT_POLICY, CategoryRule
 from services.safety.store import PolicyStore
 from tests.e2e.platform import TINY_MODEL, Platform
-from tests.e2e.test_reasoning import THOUGHT_THEN_ANSWER
+from tests.e2e.test_reasoning import THINK_THEN_ANSWER
 
 _keys: dict[tuple[str, bool], str] = {}
 
@@ -109,7 +109,7 @@ def test_second_identical_request_is_answered_from_the_cache(platform: Platform)
 
 def test_a_reasoning_model_s_answer_comes_back_from_the_cache_with_its_reasoning(platform: Platform) -> None:
     question, who = unique("Think, then answer."), tenant(platform, "acme")
-    payload = body(question, max_tokens=120, structured_outputs={"regex": THOUGHT_THEN_ANSWER})
+    payload = body(question, max_tokens=60, **THINK_THEN_ANSWER)
     live = ask(platform, payload, who).json()
     hit = ask(platform, payload, who)
     assert hit.headers["x-ferry-cache"] == "hit"

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
-from tests.e2e.test_reasoning import THOUGHT_THEN_ANSWER
+from tests.e2e.test_reasoning import ANSWER, BUDGET
 
 
 async def read_until_final(consumer: AIOKafkaConsumer, request_id: str, seconds: float = 60) -> list[dict]:
@@ -114,9 +114,11 @@ async def test_a_reasoning_model_s_thinking_streams_apart_on_kafka_with_offsets_
     request_id = f"research-{uuid.uuid4().hex}"
     request = {
         "request_id": request_id,
-        "model": TINY_MODEL,  # its template writes think blocks; a regex makes it write one, then an answer
+        "model": TINY_MODEL,  # a reasoning model: it thinks (within a budget), then answers as a regex says
         "messages": [{"role": "user", "content": "What is two plus two?"}],
-        "sampling": {"max_tokens": 120, "seed": 1, "structured_outputs": {"regex": THOUGHT_THEN_ANSWER}},
+        "enable_thinking": True,
+        "thinking_token_budget": BUDGET,
+        "sampling": {"max_tokens": 60, "seed": 1, "structured_outputs": {"regex": ANSWER}},
         "reply_topic": platform.common.topics.replies(f"research-system-{uuid.uuid4().hex[:6]}"),
     }
     events = await produce_and_read(platform, request)

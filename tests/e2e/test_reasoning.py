@@ -1,9 +1,11 @@
 """A reasoning model's thinking comes apart from its answer, as vLLM's server with a reasoning parser gives it: in
-``message.reasoning`` and in the stream's ``reasoning`` deltas, counted in ``usage.completion_tokens_details``.
+``message.reasoning`` and in the stream's ``reasoning`` deltas, counted in ``usage.completion_tokens_details``. Under
+a grammar it thinks first and the grammar holds for its answer; ``thinking_token_budget`` caps its thinking.
 
-The tiny model's template strips think blocks as Qwen3's does, so ferry reads it as a reasoning model. Its random
-weights think nothing of their own: a regular expression (vLLM's structured outputs) makes it write a block, then an
-answer."""
+The tiny model's template strips think blocks as Qwen3's does, so ferry reads it as a reasoning model, and with
+``enable_thinking`` it opens the block itself (as DeepSeek V3.1's does). Its random weights would think until
+``max_tokens``: a thinking budget makes them close the block, and a regular expression (vLLM's structured outputs)
+shapes the answer after it."""
 
 from __future__ import annotations
 
@@ -15,6 +17,14 @@ from openai import BadRequestError, OpenAI
 from tests.e2e.platform import TINY_MODEL, Platform
 
 THOUGHT_THEN_ANSWER = r"<think>\n[a-z]{2,8}( [a-z]{2,8}){0,2}\n</think>\n\n[A-Z][a-z]{2,8}\."
+ANSWER = r"[A-Z][a-z]{2,8}\."
+BUDGET = 8
+THINK_THEN_ANSWER = {
+    "chat_template_kwargs": {"enable_thinking": True},
+    "thinking_token_budget": BUDGET,
+    "structured_outputs": {"regex": ANSWER},
+}
+"""Request fields that make the tiny model think (at most BUDGET tokens), then answer as ANSWER says."""
 QUESTION = [{"role": "user", "content": "What is two plus two?"}]
 
 
@@ -26,25 +36,29 @@ def ask(platform: Platform, seed: int, **options: object):  # type: ignore[no-un
     return client(platform).chat.completions.create(
         model=TINY_MODEL,
         messages=QUESTION,  # type: ignore[arg-type]
-        max_tokens=120,
+        max_tokens=60,
         seed=seed,
-        extra_body={"structured_outputs": {"regex": THOUGHT_THEN_ANSWER}} | options.pop("extra_body", {}),  # type: ignore[operator]
+        extra_body=THINK_THEN_ANSWER | options.pop("extra_body", {}),  # type: ignore[operator]
         **options,
     )
 
 
-def test_the_think_block_comes_as_reasoning_and_the_answer_as_content(platform: Platform) -> None:
+def reasoning_of(choice) -> str | None:  # type: ignore[no-untyped-def]
+    return (choice.message.model_extra or {}).get("reasoning")
+
+
+def test_the_model_thinks_within_its_budget_then_answers_under_the_grammar(platform: Platform) -> None:
     for seed in (1, 2):
         completion = ask(platform, seed)
         choice = completion.choices[0]
-        reasoning = (choice.message.model_extra or {}).get("reasoning")
+        reasoning = reasoning_of(choice)
         assert choice.finish_reason == "stop"
-        assert re.fullmatch(r"\n[a-z]{2,8}( [a-z]{2,8}){0,2}\n", reasoning or ""), reasoning  # the markers left out
-        assert re.fullmatch(r"[A-Z][a-z]{2,8}\.", choice.message.content or ""), choice.message.content
+        assert reasoning and "think>" not in reasoning, reasoning  # the markers left out
+        assert re.fullmatch(ANSWER, choice.message.content or ""), choice.message.content  # the grammar held after
         usage = completion.usage
         assert usage is not None and usage.completion_tokens_details is not None
         thinking = usage.completion_tokens_details.reasoning_tokens or 0
-        assert 0 < thinking < usage.completion_tokens  # the tokens inside the block, not the markers nor the answer
+        assert 0 < thinking <= BUDGET < usage.completion_tokens  # the tokens inside the block, no more than asked
 
         # streamed with the same seed: the same output, the reasoning first, in deltas of its own
         pieces = []
@@ -64,6 +78,34 @@ def test_the_think_block_comes_as_reasoning_and_the_answer_as_content(platform: 
         assert kinds == sorted(kinds, key=["reasoning", "content"].index) and kinds.count("reasoning") > 1, pieces
         assert "".join(text for kind, text in pieces if kind == "reasoning") == reasoning
         assert "".join(text for kind, text in pieces if kind == "content") == choice.message.content
+
+
+def test_a_choice_is_made_after_thinking_too(platform: Platform) -> None:
+    completion = ask(platform, 4, extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
+    choice = completion.choices[0]
+    assert reasoning_of(choice) and choice.message.content in ("yes", "no") and choice.finish_reason == "stop"
+
+
+def test_without_a_budget_the_model_thinks_until_max_tokens_and_with_one_it_goes_on_to_answer(
+    platform: Platform,
+) -> None:
+    unbounded = ask(platform, 5, extra_body={"thinking_token_budget": None, "structured_outputs": None})
+    choice = unbounded.choices[0]
+    assert choice.finish_reason == "length" and reasoning_of(choice) and not choice.message.content
+    # a budget alone: no grammar on the answer, which is the model's own text
+    budgeted = ask(platform, 5, extra_body={"thinking_token_budget": 4, "structured_outputs": None})
+    choice, usage = budgeted.choices[0], budgeted.usage
+    assert reasoning_of(choice) and choice.message.content
+    assert usage is not None and usage.completion_tokens_details is not None
+    assert 0 < (usage.completion_tokens_details.reasoning_tokens or 0) <= 4
+
+
+def test_with_thinking_switched_off_the_grammar_holds_from_the_first_token(platform: Platform) -> None:
+    completion = ask(platform, 6, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    choice = completion.choices[0]
+    assert reasoning_of(choice) is None and re.fullmatch(ANSWER, choice.message.content or "")
+    assert completion.usage is not None and completion.usage.completion_tokens_details is not None
+    assert completion.usage.completion_tokens_details.reasoning_tokens == 0
 
 
 def test_include_reasoning_false_leaves_the_thinking_out_but_counts_its_tokens(platform: Platform) -> None:
@@ -107,10 +149,12 @@ def test_the_thinking_switches_reach_the_model_s_template(platform: Platform) ->
     off = prompt_tokens(platform, QUESTION, reasoning_effort="none")
     assert off > default
     assert prompt_tokens(platform, QUESTION, extra_body={"chat_template_kwargs": {"enable_thinking": False}}) == off
-    assert prompt_tokens(platform, QUESTION, reasoning_effort="high") == default
+    # with thinking on, it opens the block itself
+    on = prompt_tokens(platform, QUESTION, reasoning_effort="high")
+    assert on > default
     # the template's own switch wins, as in vLLM
-    on = {"chat_template_kwargs": {"enable_thinking": True}}
-    assert prompt_tokens(platform, QUESTION, reasoning_effort="none", extra_body=on) == default
+    switched_on = {"chat_template_kwargs": {"enable_thinking": True}}
+    assert prompt_tokens(platform, QUESTION, reasoning_effort="none", extra_body=switched_on) == on
     with pytest.raises(BadRequestError) as err:  # a template's other variables are not the client's to set
         prompt_tokens(platform, QUESTION, extra_body={"chat_template_kwargs": {"add_generation_prompt": False}})
     assert err.value.body["param"] == "chat_template_kwargs.add_generation_prompt"  # type: ignore[index]

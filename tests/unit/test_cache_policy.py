@@ -116,8 +116,10 @@ def test_a_reasoning_model_s_switches_and_earlier_thinking_change_the_key() -> N
         digest(request(enable_thinking=False)),
         digest(request(reasoning_effort="low")),
         digest(request(reasoning_effort="high")),
+        digest(request(thinking_token_budget=0)),
+        digest(request(thinking_token_budget=64)),
     }
-    assert len(switched) == 4 and base not in switched
+    assert len(switched) == 6 and base not in switched
 
     def earlier(reasoning: str | None) -> str | None:
         turns = [

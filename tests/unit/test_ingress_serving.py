@@ -346,6 +346,15 @@ def test_the_thinking_switches_reach_the_kafka_contract_as_vllm_reads_them(
     assert (req.enable_thinking, req.reasoning_effort) == (enable_thinking, effort)
 
 
+def test_a_thinking_budget_reaches_the_kafka_contract_and_a_negative_one_is_refused() -> None:
+    sub = Submission("r", "t", utc_now(), {}, 77)
+    budgeted = ChatCompletionRequest.model_validate(CHAT | {"thinking_token_budget": 32})
+    assert to_completion_requested(budgeted, sub).thinking_token_budget == 32
+    assert to_completion_requested(ChatCompletionRequest.model_validate(CHAT), sub).thinking_token_budget is None
+    with pytest.raises(ValidationError, match="thinking_token_budget"):
+        ChatCompletionRequest.model_validate(CHAT | {"thinking_token_budget": -1})
+
+
 def test_an_assistant_turn_s_reasoning_reaches_the_kafka_contract_under_either_name() -> None:
     turns = [
         {"role": "user", "content": "a"},

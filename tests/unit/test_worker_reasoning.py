@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from services.worker.reasoning import ReasoningReader, opens_thinking, reasons
+import pytest
+import xgrammar
+
+from services.worker.engine import Engine
+from services.worker.reasoning import ReasoningReader, reasons, think_then, thinking_room
+from shared.contracts import ResponseFormat, SamplingParams, StructuredOutputs
 
 QWEN3_PROMPT = "<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"
 R1_0528_PROMPT = "<｜User｜>Why?<｜Assistant｜><think>\n"  # the template opens the block itself
@@ -40,14 +45,16 @@ CASES = [
 def test_reasoning_is_read_whole_and_streamed_alike_however_the_output_is_split(
     prompt: str, output: str, reasoning: str | None, answer: str
 ) -> None:
-    assert ReasoningReader.split_whole(output, prompt, constrained=False) == (reasoning, answer)
+    assert ReasoningReader.split_whole(output, prompt, grammar_first=False) == (reasoning, answer)
+    span = ReasoningReader.span(output, prompt, grammar_first=False)  # where the tokens to count as reasoning lie
+    assert ((output[span[0] : span[1]] or None) if span else None) == reasoning
     for size in (1, 2, 3, 7, len(output)):
         chunks = [output[i : i + size] for i in range(0, len(output), size)]
-        assert streamed(ReasoningReader.for_prompt(prompt, constrained=False), chunks) == (reasoning or "", answer)
+        assert streamed(ReasoningReader.for_prompt(prompt, grammar_first=False), chunks) == (reasoning or "", answer)
 
 
 def test_a_partial_tag_waits_and_nothing_else_does() -> None:
-    reader = ReasoningReader.for_prompt(QWEN3_PROMPT, constrained=False)
+    reader = ReasoningReader.for_prompt(QWEN3_PROMPT, grammar_first=False)
     assert reader.feed("<thi") == ("", "")
     assert reader.feed("nk>Let me see") == ("Let me see", "")
     assert reader.feed(", two</") == (", two", "")
@@ -57,21 +64,80 @@ def test_a_partial_tag_waits_and_nothing_else_does() -> None:
     assert reader.state == "answer"
     # an answer never waits: white space at the start is answer at once (a model that writes only white space
     # streams it), as is anything that cannot begin the tag
-    assert ReasoningReader.for_prompt(QWEN3_PROMPT, constrained=False).feed("\n") == ("", "\n")
-    assert ReasoningReader.for_prompt(QWEN3_PROMPT, constrained=False).feed("<b>") == ("", "<b>")
+    assert ReasoningReader.for_prompt(QWEN3_PROMPT, grammar_first=False).feed("\n") == ("", "\n")
+    assert ReasoningReader.for_prompt(QWEN3_PROMPT, grammar_first=False).feed("<b>") == ("", "<b>")
 
 
-def test_under_a_grammar_the_output_begins_outside_the_block_even_after_an_opening_prompt() -> None:
-    # the grammar constrains from the first token, so what it allows is the answer (a JSON object, say)
-    assert ReasoningReader.split_whole('{"a": 1}', R1_0528_PROMPT, constrained=True) == (None, '{"a": 1}')
+def test_under_a_grammar_from_the_first_token_the_output_begins_outside_the_block() -> None:
+    # a grammar that could not be composed with thinking holds from the first token, so what it allows is the
+    # answer (a JSON object, say), even after an opening prompt
+    assert ReasoningReader.split_whole('{"a": 1}', R1_0528_PROMPT, grammar_first=True) == (None, '{"a": 1}')
     # a grammar that lets the model write a block first is still read as one
-    assert ReasoningReader.split_whole("<think>hm</think>{}", QWEN3_PROMPT, constrained=True) == ("hm", "{}")
+    assert ReasoningReader.split_whole("<think>hm</think>{}", QWEN3_PROMPT, grammar_first=True) == ("hm", "{}")
 
 
-def test_only_the_end_of_the_prompt_opens_a_block() -> None:
-    assert opens_thinking(R1_0528_PROMPT)
-    assert not opens_thinking(NOT_THINKING_PROMPT)
-    assert not opens_thinking("<|im_start|>user\nWhat does <think> mean?<|im_end|>\n<|im_start|>assistant\n")
+def test_only_the_end_of_the_prompt_opens_or_closes_a_block() -> None:
+    assert thinking_room(R1_0528_PROMPT) == "inside"
+    assert thinking_room(NOT_THINKING_PROMPT) == "closed"
+    assert thinking_room(QWEN3_PROMPT) == "may_open"
+    assert thinking_room("<|im_start|>user\nWhat does <think> mean?<|im_end|>\n<|im_start|>assistant\n") == "may_open"
+
+
+def accepts(grammar: dict | str, text: str) -> bool:
+    spec = grammar if isinstance(grammar, str) else json.dumps(grammar)
+    return xgrammar.testing._is_grammar_accept_string(xgrammar.Grammar.from_structural_tag(spec), text)
+
+
+JSON_ANSWER = {"type": "json_schema", "json_schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}
+
+
+def test_under_a_grammar_the_model_may_think_first_and_the_grammar_holds_for_the_answer() -> None:
+    may_open = think_then(JSON_ANSWER, "may_open", None)
+    assert may_open is not None
+    assert accepts(may_open, '<think>\nThe user wants a.\n</think>\n\n{"a": 1}')
+    assert accepts(may_open, '{"a": 1}')  # or not think at all
+    assert not accepts(may_open, 'Sure! {"a": 1}')  # what is not in a block is the answer
+    assert not accepts(may_open, '<think>x</think>\n\n{"a": "one"}')
+    assert not accepts(may_open, "<think>x</think>" + "\n" * 5 + '{"a": 1}')  # a gap to waste tokens in: no
+    inside = think_then({"type": "regex", "pattern": "[A-Z][a-z]+\\."}, "inside", None)
+    assert inside is not None
+    assert accepts(inside, "Two and two.\n</think>\n\nFour.")
+    assert not accepts(inside, "Four.")  # the prompt opened the block: it ends before the answer
+
+
+def test_a_budget_alone_leaves_the_answer_free_and_a_closed_block_or_nothing_asked_means_no_grammar() -> None:
+    budgeted = think_then(None, "inside", 16)
+    assert budgeted is not None and accepts(budgeted, "hm</think>Anything at all, <think> included.")
+    assert think_then(JSON_ANSWER, "closed", 16) is None  # thinking was switched off: the grammar holds at once
+    assert think_then(None, "may_open", None) is None
+
+
+def test_the_engine_composes_each_form_of_grammar_it_takes_and_leaves_alone_what_it_cannot() -> None:
+    def composed(**form: object) -> str | None:
+        sampling = SamplingParams(max_tokens=8, **form)  # type: ignore[arg-type]
+        return Engine.thinking_grammar(sampling, "may_open", None)
+
+    choice = composed(structured_outputs=StructuredOutputs(choice=["yes", "no"]))
+    assert choice is not None and accepts(choice, "<think>hm</think>no") and not accepts(choice, "maybe")
+    lark = composed(structured_outputs=StructuredOutputs(grammar='start: "a" DIGITS\nDIGITS: /[0-9]+/'))
+    assert lark is not None and accepts(lark, "<think>hm</think>\na12") and not accepts(lark, "b")
+    ebnf = composed(structured_outputs=StructuredOutputs(grammar='root ::= "a" [0-9]+'))
+    assert ebnf is not None and accepts(ebnf, "a1")
+    json_object = composed(response_format=ResponseFormat(type="json_object"))
+    assert json_object is not None and accepts(json_object, '<think>x</think>{"b": [1]}')
+    assert not accepts(json_object, "[]")
+    strict = composed(
+        response_format=ResponseFormat(
+            type="json_schema", json_schema={"type": "object", "properties": {"a": {"type": "integer"}}}, strict=True
+        )
+    )
+    assert strict is not None and accepts(strict, '{"a": 1}') and not accepts(strict, '{"a": 1, "b": 2}')
+    # a schema xgrammar cannot enforce goes to llguidance as it is, and a form that does not parse gets vLLM's own
+    # error naming the client's field: neither is composed
+    unique = {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}
+    assert composed(response_format=ResponseFormat(type="json_schema", json_schema=unique)) is None
+    assert composed(structured_outputs=StructuredOutputs(regex="(unclosed")) is None
+    assert composed(structured_outputs=StructuredOutputs(grammar="root ::= ")) is None
 
 
 def test_a_model_reasons_when_its_template_writes_or_strips_think_blocks() -> None:
