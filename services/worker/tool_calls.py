@@ -9,7 +9,9 @@ system turn, as LiteLLM does for models without native function calling. A templ
 whole answer, as vLLM's ``llama3_json`` parser reads them; a Mistral template's, after ``[TOOL_CALLS]``, as vLLM's
 ``mistral`` parser reads them; a pythonic template's, a Python list of calls, as vLLM's ``pythonic`` parser does;
 Qwen3-Coder's, XML inside ``<tool_call>``, as vLLM's ``qwen3_coder`` parser does; DeepSeek's, between its
-``<｜tool▁calls▁begin｜>`` markers, as vLLM's ``deepseek_v3`` and ``deepseek_v31`` parsers do.
+``<｜tool▁calls▁begin｜>`` markers, as vLLM's ``deepseek_v3`` and ``deepseek_v31`` parsers do; GLM's, keys and values
+inside ``<tool_call>``, as vLLM's ``glm45`` and ``glm47`` parsers do; Kimi K2's, in its ``<|tool_calls_section_begin|>``
+section, as vLLM's ``kimi_k2`` parser does.
 
 Forced calls (tool_choice required, or a named function) are generated under a JSON schema, so they always parse and
 their arguments match the schema: a JSON array of ``{"name", "arguments"}`` objects (required), or the arguments
@@ -22,6 +24,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,7 +42,7 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
 MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 
-ToolCallFormat = Literal["hermes", "llama3_json", "mistral", "pythonic", "qwen3_xml", "deepseek"]
+ToolCallFormat = Literal["hermes", "llama3_json", "mistral", "pythonic", "qwen3_xml", "deepseek", "glm", "kimi_k2"]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
 ``{"name": ..., "parameters": {...}}``, several joined by ``;``, perhaps after ``<|python_tag|>``; mistral (Mistral 7B
@@ -55,17 +58,31 @@ vLLM's ``pythonic`` and ``llama4_pythonic`` parsers), the answer is a Python lis
 type in the tool's schema; deepseek (DeepSeek V3, R1 and V3.1, vLLM's ``deepseek_v3`` and ``deepseek_v31``
 parsers), the calls between ``<｜tool▁calls▁begin｜>`` and ``<｜tool▁calls▁end｜>``, perhaps after some text, each
 ``<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME`` then its arguments in a json code fence (V3, R1), or
-``<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}`` (V3.1), up to ``<｜tool▁call▁end｜>``."""
+``<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}`` (V3.1), up to ``<｜tool▁call▁end｜>``; glm (GLM-4.5, 4.6 and 4.7,
+vLLM's ``glm45`` and ``glm47`` parsers), each call inside ``<tool_call></tool_call>`` as the function's name, then
+``<arg_key>KEY</arg_key><arg_value>value</arg_value>`` for each argument (newlines between them or not), each value
+read as its parameter's type in the tool's schema, as qwen3_xml's; kimi_k2 (Kimi K2, vLLM's ``kimi_k2`` parser), the
+calls inside ``<|tool_calls_section_begin|>...<|tool_calls_section_end|>``, each
+``<|tool_call_begin|>functions.NAME:INDEX<|tool_call_argument_begin|>{...}<|tool_call_end|>``, its header being the
+call's id. GLM's and Kimi's markers are special tokens, kept in the text as Mistral's are."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
 _XML_PARAMETER = re.compile(r"<parameter=([^>]*)>(.*?)</parameter>", re.DOTALL)
 DEEPSEEK_CALLS, DEEPSEEK_CALL, DEEPSEEK_SEP = "<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>"
+GLM_KEY = "<arg_key>"
+_GLM_ARGUMENT = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
+KIMI_CALLS, KIMI_CALL, KIMI_ARGUMENTS = (
+    "<|tool_calls_section_begin|>",
+    "<|tool_call_begin|>",
+    "<|tool_call_argument_begin|>",
+)
 
 
 def call_format(chat_template: str | None) -> ToolCallFormat:
     """The format a model's own chat template teaches it, from the words only that format's templates use:
-    Qwen3-Coder's ``<function=`` and ``<parameter=`` (its template also writes ``<tool_call>``), DeepSeek's
-    ``<｜tool▁calls▁begin｜>``, Mistral's ``[TOOL_CALLS]``, the pythonic templates' ``[func_name1(``, and Llama 3's
+    Qwen3-Coder's ``<function=`` and ``<parameter=`` (its template also writes ``<tool_call>``), GLM's ``<arg_key>``
+    (its template too), DeepSeek's ``<｜tool▁calls▁begin｜>``, Kimi K2's ``<|tool_calls_section_begin|>``, Mistral's
+    ``[TOOL_CALLS]``, the pythonic templates' ``[func_name1(``, and Llama 3's
     ``{"name": function name, "parameters": ...}``. A template that renders ``<tool_call>`` tags otherwise, or no tools
     at all (ferry then writes Hermes instructions in, see ``conversation``), means Hermes."""
     template = chat_template or ""
@@ -73,8 +90,12 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
         return "hermes"
     if XML_FUNCTION in template and XML_PARAMETER in template:
         return "qwen3_xml"
+    if GLM_KEY in template:
+        return "glm"
     if DEEPSEEK_CALLS in template:
         return "deepseek"
+    if KIMI_CALLS in template:
+        return "kimi_k2"
     if CALL_OPEN in template:
         return "hermes"
     if MISTRAL_CALLS in template:
@@ -85,8 +106,9 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
 
 
 def keeps_special_tokens(request: CompletionRequested, call_format: ToolCallFormat) -> bool:
-    """Whether the engine must keep special tokens in the request's text: a Mistral model's calls begin with one."""
-    return call_format == "mistral" and tool_mode(request) == "auto"
+    """Whether the engine must keep special tokens in the request's text: a Mistral, GLM or Kimi model's calls are
+    marked by them (vLLM's parsers for them keep them too)."""
+    return call_format in ("mistral", "glm", "kimi_k2") and tool_mode(request) == "auto"
 
 
 def mistral_call_id(call_id: str) -> str:
@@ -347,6 +369,7 @@ class _WrittenCall:
     arguments: _ValueScan | None = None  # None before the arguments begin
     end: int | None = None  # the index after the object's closing brace, once written
     broken: bool = False  # not a call object after all
+    id: str | None = None  # the id the model wrote for it (Kimi K2's header); None: ferry names it (call_id)
 
     def arguments_text(self, final: bool) -> str:
         """The call's arguments as the client gets them, so far (``final``: the output has ended)."""
@@ -455,7 +478,9 @@ class ToolCallReader:
             return self._feed_answer_start(text)
         if self.call_format == "pythonic":
             return self._feed_answer_start(text) + self._pythonic_text()
-        opening = {"mistral": MISTRAL_CALLS, "deepseek": DEEPSEEK_CALLS}.get(self.call_format, CALL_OPEN)
+        opening = {"mistral": MISTRAL_CALLS, "deepseek": DEEPSEEK_CALLS, "kimi_k2": KIMI_CALLS}.get(
+            self.call_format, CALL_OPEN
+        )
         if (start := text.find(opening)) >= 0:
             self.calling, self.held = True, text[start:]
             return text[:start]
@@ -492,7 +517,7 @@ class ToolCallReader:
     def pieces(self) -> list[ToolCallPiece]:
         """The calls' pieces written since the last time: a call's first piece opens it, even with no arguments."""
         out = []
-        for index, (name, arguments) in enumerate(self._announced()):
+        for index, (name, arguments, native_id) in enumerate(self._announced()):
             if index == len(self.sent):
                 self.sent.append(0)
             elif len(arguments) == self.sent[index]:
@@ -501,7 +526,7 @@ class ToolCallReader:
             out.append(
                 ToolCallPiece(
                     index=index,
-                    id=call_id(self.request.request_id, index),
+                    id=native_id or call_id(self.request.request_id, index),
                     name=name,
                     arguments=piece,
                     arguments_offset=self.sent[index],
@@ -537,38 +562,41 @@ class ToolCallReader:
             held, self.held, self.calling = self.held, "", False
             return held, None, finish_reason
         calls = [
-            ToolCall(id=call_id(self.request.request_id, i), function=FunctionCall(name=name, arguments=arguments))
-            for i, (name, arguments) in enumerate(announced)
+            ToolCall(
+                id=native_id or call_id(self.request.request_id, i),
+                function=FunctionCall(name=name, arguments=arguments),
+            )
+            for i, (name, arguments, native_id) in enumerate(announced)
         ]
         ended_by_calling = finish_reason == "stop" and self.mode != "named"
         return "", calls, "tool_calls" if ended_by_calling else finish_reason
 
-    def _announced(self) -> list[tuple[str, str]]:
-        """(name, arguments so far) of each call announced in the held text: one naming an offered tool."""
+    def _announced(self) -> list[tuple[str, str, str | None]]:
+        """(name, arguments so far, the id the model gave it or None) of each call announced in the held text: one
+        naming an offered tool. Only Kimi's calls carry ids of their own."""
         if self.mode == "text" or not self.held:
             return []
         if self.mode == "named":
             assert self.request.tool_choice_function is not None
             start = _skip_space(self.held, 0)
             if start == len(self.held):
-                return [(self.request.tool_choice_function, "")]
+                return [(self.request.tool_choice_function, "", None)]
             scan = self._scans.setdefault(start, _ValueScan(start))
             scan.read(self.held)
-            return [(self.request.tool_choice_function, scan.spaced)]
+            return [(self.request.tool_choice_function, scan.spaced, None)]
         names = {t.name for t in self.request.tools}
-        if self.call_format in ("pythonic", "qwen3_xml") and self.mode == "auto":
-            calls = []
-            whole = pythonic_calls(self.held) if self.call_format == "pythonic" else xml_calls(self.held, self.request)
-            for name, arguments in whole:
+        calls: list[tuple[str, str, str | None]] = []
+        if self.call_format in ("pythonic", "qwen3_xml", "glm") and self.mode == "auto":
+            read = {"pythonic": lambda text, _: pythonic_calls(text), "qwen3_xml": xml_calls, "glm": glm_calls}
+            for name, arguments in read[self.call_format](self.held, self.request):
                 if name not in names:
                     break
-                calls.append((name, arguments))
+                calls.append((name, arguments, None))
             return calls if self.request.parallel_tool_calls else calls[:1]
-        calls = []
         for call in self._written():
             if call.name not in names:
                 break
-            calls.append((call.name, call.arguments_text(self.ended)))
+            calls.append((call.name, call.arguments_text(self.ended), call.id))
             if call.broken or call.end is None:
                 break
         return calls if self.request.parallel_tool_calls else calls[:1]
@@ -586,6 +614,8 @@ class ToolCallReader:
             return self._mistral_calls(text)
         if self.call_format == "deepseek":
             return self._deepseek_calls(text)
+        if self.call_format == "kimi_k2":
+            return self._kimi_calls(text)
         start = text.find(CALL_OPEN)  # auto: calls inside <tool_call></tool_call>, anything between them ignored
         while start >= 0:
             calls.append(call := _read_call(text, start + len(CALL_OPEN), self._scans))
@@ -621,24 +651,46 @@ class ToolCallReader:
     def _deepseek_calls(self, text: str) -> list[_WrittenCall]:
         """DeepSeek's calls, each from ``<｜tool▁call▁begin｜>``: ``function<｜tool▁sep｜>NAME`` and a json code fence
         (V3, R1), or ``NAME<｜tool▁sep｜>`` and the arguments (V3.1)."""
-        calls: list[_WrittenCall] = []
-        start = text.find(DEEPSEEK_CALL)
-        while start >= 0:
-            calls.append(call := _WrittenCall(text))
-            begin = start + len(DEEPSEEK_CALL)
-            if (sep := text.find(DEEPSEEK_SEP, begin)) < 0:
-                return calls  # the name is still being written
-            name, arguments_at = text[begin:sep].strip(), sep + len(DEEPSEEK_SEP)
+
+        def header(call: _WrittenCall, name: str, arguments_at: int) -> int | None:
             if name == "function":  # V3: the name on the line after, the arguments in a json code fence
                 if (line_end := text.find("\n", arguments_at)) < 0:
-                    return calls
+                    return None
                 name, arguments_at = text[arguments_at:line_end].strip(), line_end + 1
                 if text.startswith("```json", arguments_at):
                     arguments_at += len("```json")
             call.name = name
-            if (end := self._arguments_after_name(call, text, arguments_at)) is None:
+            return arguments_at
+
+        return self._headed_calls(text, DEEPSEEK_CALL, DEEPSEEK_SEP, header)
+
+    def _kimi_calls(self, text: str) -> list[_WrittenCall]:
+        """Kimi K2's calls, each ``<|tool_call_begin|>HEADER<|tool_call_argument_begin|>{...}``: the header is the
+        call's id, ``functions.NAME:INDEX``, and the name its part between ``functions.`` and ``:INDEX``."""
+
+        def header(call: _WrittenCall, written: str, arguments_at: int) -> int:
+            call.id, call.name = written, written.rsplit(":", 1)[0].removeprefix("functions.")
+            return arguments_at
+
+        return self._headed_calls(text, KIMI_CALL, KIMI_ARGUMENTS, header)
+
+    def _headed_calls(
+        self, text: str, opening: str, separator: str, header: Callable[[_WrittenCall, str, int], int | None]
+    ) -> list[_WrittenCall]:
+        """Calls written as ``opening`` HEADER ``separator`` and their JSON arguments, one after another.
+        ``header`` reads a call's header (stripped) into it and says where its arguments begin (None: not yet
+        known), given where the separator ends."""
+        calls: list[_WrittenCall] = []
+        start = text.find(opening)
+        while start >= 0:
+            calls.append(call := _WrittenCall(text))
+            begin = start + len(opening)
+            if (sep := text.find(separator, begin)) < 0:
+                return calls  # the header is still being written
+            arguments_at = header(call, text[begin:sep].strip(), sep + len(separator))
+            if arguments_at is None or (end := self._arguments_after_name(call, text, arguments_at)) is None:
                 return calls
-            start = text.find(DEEPSEEK_CALL, end)
+            start = text.find(opening, end)
         return calls
 
     def _arguments_after_name(self, call: _WrittenCall, text: str, at: int) -> int | None:
@@ -771,6 +823,30 @@ def xml_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
         }
         calls.append((name, json.dumps(arguments, ensure_ascii=False)))
         start = text.find(XML_FUNCTION, end)
+    return calls
+
+
+def glm_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
+    """The whole calls in GLM's format, ``<tool_call>NAME<arg_key>KEY</arg_key><arg_value>value</arg_value>
+    </tool_call>`` (newlines between the parts or not), as (name, arguments as JSON text), in order, up to the first
+    not yet closed. Each value is read as its parameter's type in the named tool's schema, as ``xml_calls`` reads
+    them (GLM's templates write a string as it is and any other value as JSON)."""
+    schemas = {t.name: _parameters(t).get("properties", {}) for t in request.tools}
+    calls, start = [], text.find(CALL_OPEN)
+    while start >= 0:
+        end = text.find(CALL_CLOSE, start)
+        if end < 0:
+            break
+        body = text[start + len(CALL_OPEN) : end]
+        first_key = body.find(GLM_KEY)
+        name = (body if first_key < 0 else body[:first_key]).strip()
+        properties = schemas.get(name, {})
+        arguments = {
+            key.strip(): _typed(_unwrapped(value), properties.get(key.strip()))
+            for key, value in _GLM_ARGUMENT.findall(body)
+        }
+        calls.append((name, json.dumps(arguments, ensure_ascii=False)))
+        start = text.find(CALL_OPEN, end)
     return calls
 
 

@@ -749,3 +749,113 @@ def test_earlier_calls_arguments_suit_templates_that_read_them_as_an_object_or_j
     items = "{% for k, v in arguments | items %}{{ k }}={{ v }}{% endfor %}|{{ arguments | tojson }}"
     (read,), _ = render_jinja_template([messages], chat_template=items, arguments=arguments)
     assert read == 'city=Paris|{"city": "Paris"}'  # Qwen3-Coder's (|items) and most others' (|tojson)
+
+
+# GLM-4.5's template writes earlier calls so (GLM-4.7's drops the newlines); its tool instructions the same way
+GLM_FRAGMENT = (
+    "{%- for m in messages %}{%- if m.role == 'assistant' and m.tool_calls %}{% for tc in m.tool_calls %}"
+    "{%- if tc.function %}{%- set tc = tc.function %}{%- endif %}{{ '\\n<tool_call>' + tc.name }}\n"
+    "{% set _args = tc.arguments %}{% for k, v in _args.items() %}\n<arg_key>{{ k }}</arg_key>\n"
+    "<arg_value>{{ v | tojson(ensure_ascii=False) if v is not string else v }}</arg_value>\n{% endfor %}\n"
+    "</tool_call>{% endfor %}{%- elif m.role == 'tool' %}{{- '<|observation|>\\n<tool_response>\\n' + m.content + "
+    "'\\n</tool_response>' }}{%- endif %}{%- endfor %}{%- if tools %}{{ tools | tojson }}{%- endif %}"
+)
+# Kimi K2's: the call's id is its header, the arguments as the client sent them
+KIMI_FRAGMENT = (
+    "{%- for message in messages %}{%- if message['role'] == 'assistant' and message.get('tool_calls') -%}"
+    "<|tool_calls_section_begin|>{%- for tool_call in message['tool_calls'] -%}"
+    "<|tool_call_begin|>{{ tool_call['id'] }}<|tool_call_argument_begin|>{% if tool_call['function']['arguments'] "
+    "is string %}{{ tool_call['function']['arguments'] }}{% else %}{{ tool_call['function']['arguments'] | tojson }}"
+    "{% endif %}<|tool_call_end|>{%- endfor -%}<|tool_calls_section_end|>{%- elif message['role'] == 'tool' -%}"
+    "## Return of {{ message.tool_call_id }}\n{{ message.content }}{%- endif -%}{%- endfor -%}"
+    "{%- if tools %}{{ tools | tojson }}{%- endif %}"
+)
+
+
+def test_glms_and_kimis_templates_have_their_calls_read_in_their_formats_with_special_tokens_kept() -> None:
+    from services.worker.tool_calls import call_format, keeps_special_tokens
+
+    assert call_format(GLM_FRAGMENT) == "glm"  # it writes <tool_call> too: not Hermes
+    assert call_format(KIMI_FRAGMENT) == "kimi_k2"
+    for model_format in ("glm", "kimi_k2"):  # the markers are special tokens, which the engine drops unless asked
+        assert keeps_special_tokens(request(), model_format)
+        assert not keeps_special_tokens(request(tool_choice="required"), model_format)  # forced: JSON, no markers
+
+
+def test_glm_calls_are_read_whole_and_stream_alike_with_values_of_their_schemas_types() -> None:
+    glm45 = (
+        "Let me check.\n<tool_call>get_forecast\n<arg_key>city</arg_key>\n<arg_value>42</arg_value>\n"
+        "<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n<arg_key>where</arg_key>\n<arg_value>"
+        '{"lat": 1}</arg_value>\n</tool_call>'
+    )
+    glm47 = "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Rio <de> Janeiro</arg_value></tool_call>"
+    output = f"{glm45}\n<tool_call>get_time</tool_call>{glm47}"
+    expected = [
+        ("get_forecast", {"city": "42", "days": 3, "where": {"lat": 1}}),
+        ("get_time", {}),
+        ("get_weather", {"city": "Rio <de> Janeiro"}),
+    ]
+    tools = {"tools": [WEATHER, TIME, FORECAST]}
+    released, whole, reason = ToolCallReader.read_whole(request(**tools), output, "stop", "glm")
+    assert (released, reason) == ("Let me check.\n", "tool_calls")
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in whole or []] == expected
+    for size in (1, 3, 7, len(output)):
+        chunks = [output[i : i + size] for i in range(0, len(output), size)]
+        assert streamed(ToolCallReader(request(**tools), "glm"), chunks) == released, size
+        assert streamed_calls(ToolCallReader(request(**tools), "glm"), chunks) == as_dicts(whole), size
+
+
+KIMI_OUTPUT = (
+    "Checking.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
+    '{"city": "Paris",\n "days": [1, 2]}<|tool_call_end|><|tool_call_begin|>functions.get_time:1'
+    "<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>"
+)
+
+
+def test_kimi_calls_are_read_whole_and_stream_alike_with_the_ids_the_model_gave_them() -> None:
+    assert_read_alike(
+        KIMI_OUTPUT, "kimi_k2", "Checking.", [("get_weather", {"city": "Paris", "days": [1, 2]}), ("get_time", {})]
+    )
+    _, whole, _ = ToolCallReader.read_whole(request(), KIMI_OUTPUT, "stop", "kimi_k2")
+    # as vLLM's kimi_k2 parser gives them: the header, which the template writes back for the call and its result
+    assert [c.id for c in whole or []] == ["functions.get_weather:0", "functions.get_time:1"]
+
+
+def test_a_glm_or_kimi_answer_without_calls_of_offered_tools_is_text() -> None:
+    for model_format, outputs in {
+        "glm": ["Paris is sunny.", "<tool_call>rm_rf</tool_call>", "<tool_call>get_time<arg_key>x"],
+        "kimi_k2": [
+            "Paris is sunny.",
+            "<|tool_calls_section_begin|><|tool_call_begin|>functions.rm_rf:0<|tool_call_argument_begin|>{}",
+            "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_ti",
+        ],
+    }.items():
+        for output in outputs:
+            assert ToolCallReader.read_whole(request(), output, "stop", model_format) == (output, None, "stop")
+
+
+def test_glms_and_kimis_templates_get_earlier_calls_and_results_as_they_write_them() -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    def rendered(template: str, model_format: ToolCallFormat, ids: tuple[str, str]) -> str:
+        calls = [
+            ToolCall(id=ids[0], function=FunctionCall(name="get_forecast", arguments='{"city": "Paris", "days": 3}')),
+            ToolCall(id=ids[1], function=FunctionCall(name="get_time", arguments="{}")),
+        ]
+        messages = [
+            ChatMessage(role="user", content="Weather in Paris?"),
+            ChatMessage(role="assistant", content="", tool_calls=calls),
+            ChatMessage(role="tool", content="18 C", tool_call_id=ids[0]),
+        ]
+        turns, tools = conversation(messages, [FORECAST, TIME], native=True, call_format=model_format)
+        (prompt,), _ = render_jinja_template([turns], tools=tools, chat_template=template)
+        return prompt
+
+    glm = rendered(GLM_FRAGMENT, "glm", ("call_1", "call_2"))
+    # a string as it is, a number as JSON: as GLM reads them back (glm_calls)
+    assert "<tool_call>get_forecast\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n" in glm
+    assert "<arg_key>days</arg_key>\n<arg_value>3</arg_value>" in glm
+    assert "<tool_response>\n18 C\n</tool_response>" in glm
+    kimi = rendered(KIMI_FRAGMENT, "kimi_k2", ("functions.get_forecast:0", "functions.get_time:1"))
+    assert '<|tool_call_begin|>functions.get_forecast:0<|tool_call_argument_begin|>{"city": "Paris", "days": 3}' in kimi
+    assert "## Return of functions.get_forecast:0\n18 C" in kimi
