@@ -31,6 +31,8 @@ ThinkingRoom = Literal["inside", "may_open", "closed"]
 """Where the rendered prompt leaves the output: inside a think block, free to open one, or past a closed one (the
 template switched thinking off by writing an empty block)."""
 
+MOST_TOKENS = 2**31 - 1
+
 ANSWER_GAP = r"\s{0,4}"
 """The white space a grammar lets a model write between ``</think>`` and its answer: the templates' two newlines,
 with room for carriage returns. Unbounded, a model could spend its tokens on it."""
@@ -56,7 +58,9 @@ def think_then(answer: dict[str, Any] | None, room: ThinkingRoom, budget: int | 
     to hold: thinking is closed, or neither an answer's grammar nor a budget is asked for."""
     if room == "closed" or (answer is None and budget is None):
         return None
-    thinking: dict[str, Any] = {"type": "any_text"} | ({"max_tokens": budget} if budget is not None else {})
+    # xgrammar counts in 32 bits; a budget beyond max_tokens limits nothing anyway
+    limit = {"max_tokens": min(budget, MOST_TOKENS)} if budget is not None else {}
+    thinking: dict[str, Any] = {"type": "any_text"} | limit
     # inside: the prompt wrote <think>, so the block is the output's start up to </think>
     block: dict[str, Any] = {
         "type": "tag",

@@ -109,6 +109,9 @@ def test_a_budget_alone_leaves_the_answer_free_and_a_closed_block_or_nothing_ask
     budgeted = think_then(None, "inside", 16)
     assert budgeted is not None and accepts(budgeted, "hm</think>Anything at all, <think> included.")
     assert think_then(JSON_ANSWER, "closed", 16) is None  # thinking was switched off: the grammar holds at once
+    # any budget the API takes makes a grammar xgrammar takes (it counts in 32 bits)
+    huge = think_then(None, "inside", 10**30)
+    assert huge is not None and accepts(huge, "hm</think>Yes.")
     assert think_then(None, "may_open", None) is None
 
 
