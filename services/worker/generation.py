@@ -230,7 +230,7 @@ async def serve_request(
             thoughts = ReasoningReader.for_prompt(prompt, grammar_first)
         pieces: list[str] = []
         logprobs: list[TokenLogprob] = []
-        output_ids: list[int] = []
+        step_tokens: list[tuple[int, ...]] = []  # each step's, beside its text in pieces
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
         completion_tokens = prompt_tokens = cached_tokens = 0
         finish_reason = None
@@ -244,7 +244,7 @@ async def serve_request(
             prompt_tokens = step.prompt_tokens
             cached_tokens = max(cached_tokens, step.cached_tokens)
             completion_tokens += step.new_tokens
-            output_ids += step.token_ids
+            step_tokens.append(step.token_ids)
             pieces.append(step.text)
             logprobs += step.logprobs
             prompt_logprobs = step.prompt_logprobs or prompt_logprobs
@@ -272,7 +272,10 @@ async def serve_request(
             reasoning, output = ReasoningReader.split_whole(output, prompt, grammar_first)
             # from the whole output's tokens, not from the engine's steps: a step may hold several tokens (the engine
             # batches them when its reader lags), so step counts would depend on timing
-            reasoning_tokens = engine.tokens_within(output_ids, span, keep_special) if span and reasoning else 0
+            if span and reasoning:
+                reasoning_tokens = engine.tokens_within(list(zip(pieces, step_tokens, strict=True)), span, keep_special)
+            else:
+                reasoning_tokens = 0
         text, tool_calls, reported_finish = ToolCallReader.read_whole(
             request, output, finish_reason or "stop", engine.tool_call_format
         )
