@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from services.worker.engine_processes import use_engine_process_server
+from services.worker.harmony import speaks_harmony
 from services.worker.reasoning import ThinkingRoom, reasons, think_then
 from services.worker.tool_calls import ToolCallFormat, call_format, conversation
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
@@ -326,9 +327,15 @@ class Engine:
         return reasons(self.chat_template)
 
     @cached_property
+    def speaks_harmony(self) -> bool:
+        """Whether the model writes OpenAI's harmony format (gpt-oss, see harmony)."""
+        return speaks_harmony(self.chat_template)
+
+    @cached_property
     def tool_call_format(self) -> ToolCallFormat:
-        """How this model writes the calls it chooses to make (see tool_calls.call_format)."""
-        return call_format(self.chat_template)
+        """How this model writes the calls it chooses to make (see tool_calls.call_format); a harmony model's calls
+        reach the call reader in the Hermes form (see harmony)."""
+        return "hermes" if self.speaks_harmony else call_format(self.chat_template)
 
     @staticmethod
     def thinking_grammar(sampling: SamplingParams, room: ThinkingRoom, budget: int | None) -> str | None:

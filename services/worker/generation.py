@@ -18,6 +18,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from services.safety.output import ContentBlocked, OutputDelta, OutputGuard
 from services.safety.review import SCREENING_UNAVAILABLE
 from services.worker.engine import Engine, InvalidRequest
+from services.worker.harmony import HarmonyReader
 from services.worker.reasoning import ReasoningReader, thinking_room
 from services.worker.tool_calls import ToolCallReader, forced_schema, keeps_special_tokens
 from shared.contracts import (
@@ -158,7 +159,8 @@ async def serve_request(
     with_logprobs = request.sampling.logprobs is not None
     token_offset = reasoning_offset = 0
     prompt_logprobs: PromptLogprobs | None = None  # from the engine's first step, when asked for
-    thoughts: ReasoningReader | None = None  # a reasoning model's chat: its think block is read apart (see reasoning)
+    # a reasoning model's chat: its thinking is read apart (see reasoning; gpt-oss's channels, see harmony)
+    thoughts: ReasoningReader | HarmonyReader | None = None
 
     async def send_delta(delta: OutputDelta | None, calls: Sequence[ToolCallPiece] = (), reasoning: str = "") -> None:
         nonlocal sequence, text_offset, token_offset, reasoning_offset
@@ -222,7 +224,9 @@ async def serve_request(
             )
         grammar_first = sampling.response_format is not None or sampling.structured_outputs is not None
         thinking_grammar = None  # a reasoning model's: it thinks first, then answers under the grammar (see reasoning)
-        if request.prompt is None and engine.reasons:
+        if request.prompt is None and engine.speaks_harmony:
+            thoughts = HarmonyReader(calls=reader.mode == "auto")
+        elif request.prompt is None and engine.reasons:
             if grammar_first or request.thinking_token_budget is not None:
                 room = thinking_room(prompt)
                 thinking_grammar = engine.thinking_grammar(sampling, room, request.thinking_token_budget)
@@ -234,7 +238,8 @@ async def serve_request(
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
         completion_tokens = prompt_tokens = cached_tokens = 0
         finish_reason = None
-        keep_special = keeps_special_tokens(request, engine.tool_call_format)
+        # harmony's channels are marked by special tokens
+        keep_special = keeps_special_tokens(request, engine.tool_call_format) or isinstance(thoughts, HarmonyReader)
         steps = engine.generate(
             request.request_id, prompt, sampling, request.cache_salt, keep_special, priority, thinking_grammar
         )
@@ -268,14 +273,16 @@ async def serve_request(
                 await send_delta(OutputDelta(rest, held_tokens, held_logprobs), calls, rest_reasoning)
         output, reasoning, reasoning_tokens = "".join(pieces), None, None
         if thoughts is not None:
-            span = ReasoningReader.span(output, prompt, grammar_first)
-            reasoning, output = ReasoningReader.split_whole(output, prompt, grammar_first)
+            if isinstance(thoughts, HarmonyReader):
+                reasoning, output, spans = HarmonyReader.split_whole(output, thoughts.calls)
+            else:
+                span = ReasoningReader.span(output, prompt, grammar_first)
+                reasoning, output = ReasoningReader.split_whole(output, prompt, grammar_first)
+                spans = [span] if span else []
             # from the whole output's tokens, not from the engine's steps: a step may hold several tokens (the engine
             # batches them when its reader lags), so step counts would depend on timing
-            if span and reasoning:
-                reasoning_tokens = engine.tokens_within(list(zip(pieces, step_tokens, strict=True)), span, keep_special)
-            else:
-                reasoning_tokens = 0
+            steps_seen = list(zip(pieces, step_tokens, strict=True))
+            reasoning_tokens = sum(engine.tokens_within(steps_seen, s, keep_special) for s in spans) if reasoning else 0
         text, tool_calls, reported_finish = ToolCallReader.read_whole(
             request, output, finish_reason or "stop", engine.tool_call_format
         )

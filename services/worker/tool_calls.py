@@ -204,8 +204,8 @@ def conversation(
                 ]
             if m.tool_call_id is not None:
                 turn["tool_call_id"] = template_id(m.tool_call_id)
-            if m.reasoning is not None:  # under both names, as vLLM gives it
-                turn["reasoning"] = turn["reasoning_content"] = m.reasoning
+            if m.reasoning is not None:  # under both names vLLM gives it, and gpt-oss's template's
+                turn["reasoning"] = turn["reasoning_content"] = turn["thinking"] = m.reasoning
             turns.append(turn)
         return turns, [_tool_json(t) for t in tools] or None
     turns = []

@@ -1,0 +1,91 @@
+"""gpt-oss's harmony output told apart into reasoning, answer and calls, streamed or whole, as vLLM's server does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.worker.harmony import HarmonyReader, speaks_harmony
+from services.worker.tool_calls import ToolCallReader, conversation
+from shared.contracts import ChatMessage, FunctionCall, ToolCall
+from tests.unit.test_worker_reasoning import streamed
+from tests.unit.test_worker_tool_calls import WEATHER, request
+
+THINK = "<|channel|>analysis<|message|>The user asks for the capital. It is Paris.<|end|>"
+FINAL = "<|start|>assistant<|channel|>final<|message|>The capital of France is Paris."
+CALL = (
+    "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
+    '{"city": "Paris \\"Lutetia\\""}'
+)
+
+PARIS = "The capital of France is Paris."
+THOUGHT = "The user asks for the capital. It is Paris."
+CASES = [
+    # (output, reasoning (None: none), answer with calls as the call reader reads them)
+    (THINK + FINAL, THOUGHT, PARIS),
+    # several of a kind are joined with a newline, as vLLM joins them; the final message ends with <|return|> when the
+    # engine keeps it, else at the end of the output
+    (THINK + THINK + FINAL + "<|return|>", f"{THOUGHT}\n{THOUGHT}", PARIS),
+    # a preamble to the user (commentary without a recipient) is answer
+    ("<|channel|>commentary<|message|>Let me look.<|end|>" + FINAL, None, f"Let me look.\n{PARIS}"),
+    # a message to a built-in tool (browser) is left out, unless in the analysis channel, as vLLM sorts them
+    ('<|channel|>commentary to=browser.search<|message|>{"q": "x"}<|end|>' + FINAL, None, PARIS),
+    ('<|channel|>analysis to=browser.search<|message|>{"q": "x"}<|end|>' + FINAL, '{"q": "x"}', PARIS),
+    # cut short inside its reasoning: all reasoning, and a partial marker is text after all
+    ("<|channel|>analysis<|message|>Hmm <|en", "Hmm <|en", ""),
+    # cut short inside a header: left out
+    (THINK + "<|start|>assistant<|chan", THOUGHT, ""),
+    # no header (a grammar held from the first token): all answer
+    ('{"answer": 4}', None, '{"answer": 4}'),
+    ("   ", None, "   "),
+]
+
+
+@pytest.mark.parametrize(("output", "reasoning", "answer"), CASES)
+def test_harmony_is_read_whole_and_streamed_alike_however_the_output_is_split(
+    output: str, reasoning: str | None, answer: str
+) -> None:
+    whole_reasoning, whole_answer, spans = HarmonyReader.split_whole(output, calls=True)
+    assert (whole_reasoning, whole_answer) == (reasoning, answer)
+    # the spans are where the reasoning lies in the output, to count its tokens
+    assert "\n".join(output[a:b] for a, b in spans) == (whole_reasoning or "")
+    for size in (1, 2, 3, 7, len(output)):
+        chunks = [output[i : i + size] for i in range(0, len(output), size)]
+        assert streamed(HarmonyReader(calls=True), chunks) == (whole_reasoning or "", whole_answer), size
+
+
+def test_a_call_to_a_function_reaches_the_call_reader_with_the_arguments_the_model_wrote() -> None:
+    output = THINK + "<|start|>assistant<|channel|>commentary<|message|>Checking.<|end|>" + CALL
+    reasoning, answer, _ = HarmonyReader.split_whole(output, calls=True)
+    assert reasoning == "The user asks for the capital. It is Paris."
+    text, calls, finish_reason = ToolCallReader.read_whole(request(), answer, "stop")
+    assert (text, finish_reason) == ("Checking.", "tool_calls")
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls or []] == [
+        ("get_weather", {"city": 'Paris "Lutetia"'})
+    ]
+    # streamed, in any split, the same call
+    for size in (1, 5, len(output)):
+        reader, calls_reader = HarmonyReader(calls=True), ToolCallReader(request())
+        for i in range(0, len(output), size):
+            calls_reader.feed(reader.feed(output[i : i + size])[1])
+        calls_reader.feed(reader.finish()[1])
+        assert calls_reader.finish("stop")[1] == calls, size
+    # a bare recipient that is no built-in tool's names a function too, as vLLM reads it
+    bare = "<|channel|>commentary to=get_weather<|constrain|>json<|message|>{}"
+    assert ToolCallReader.read_whole(request(), HarmonyReader.split_whole(bare, calls=True)[1], "stop")[1]
+    # without tools offered, a call is left out, as vLLM leaves it out
+    assert HarmonyReader.split_whole(CALL, calls=False)[1] == ""
+
+
+def test_gpt_oss_s_template_is_told_by_its_channels_and_gets_earlier_reasoning_as_thinking() -> None:
+    assert speaks_harmony("{{- '<|start|>assistant<|channel|>final<|message|>' + message.content }}")
+    assert not speaks_harmony("{{ '<|im_start|>assistant\\n' }}")
+    step = ChatMessage(
+        role="assistant",
+        content="",
+        reasoning="I need the weather.",
+        tool_calls=[ToolCall(id="c1", function=FunctionCall(name="get_weather", arguments='{"city": "Paris"}'))],
+    )
+    turns, _ = conversation([request().messages[0], step], [WEATHER], native=True)
+    assert turns[1]["thinking"] == "I need the weather."  # the name gpt-oss's template reads
