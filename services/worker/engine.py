@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -346,17 +346,14 @@ class Engine:
         the client's field in its error). The grammar then holds from the first token."""
         import json
 
-        import xgrammar
-
         try:
             composed = think_then(_answer_grammar(sampling), room, budget)
-            if composed is None:
-                return None
-            spec = json.dumps(composed)
-            xgrammar.Grammar.from_structural_tag(spec)  # parsed, not compiled: vLLM compiles it for the tokenizer
-        except Exception:  # xgrammar raises its own errors, of several kinds
+        except ValueError:
             return None
-        return spec
+        if composed is None:
+            return None
+        spec = json.dumps(composed)
+        return spec if _xgrammar_takes(spec) else None
 
     def generate(
         self,
@@ -563,6 +560,20 @@ class Engine:
         )
 
 
+@lru_cache(maxsize=256)
+def _xgrammar_takes(structural_tag: str) -> bool:
+    """Whether xgrammar parses the grammar (not compiled: vLLM compiles it for the tokenizer). Remembered, as clients
+    send the same schema again and again: a schema of 50 properties takes 6.7 ms to parse, on the loop every
+    request's replies go through."""
+    import xgrammar
+
+    try:
+        xgrammar.Grammar.from_structural_tag(structural_tag)
+    except Exception:  # xgrammar raises its own errors, of several kinds
+        return False
+    return True
+
+
 def _answer_grammar(sampling: SamplingParams) -> dict[str, Any] | None:
     """The sampling's grammar (as ``_structured_outputs`` gives it to vLLM) as a format of xgrammar's structural tags;
     None when it has none. Raises ValueError when it cannot be one (see Engine.thinking_grammar)."""
@@ -578,7 +589,10 @@ def _answer_grammar(sampling: SamplingParams) -> dict[str, Any] | None:
         if grammar_is_likely_lark(grammar):
             import xgrammar
 
-            grammar = str(xgrammar.Grammar.from_lark(grammar))  # structural tags take EBNF; raises if it is not Lark
+            try:
+                grammar = str(xgrammar.Grammar.from_lark(grammar))  # structural tags take EBNF
+            except Exception as exc:  # xgrammar raises its own errors, of several kinds
+                raise ValueError("a Lark grammar xgrammar does not read") from exc
         return {"type": "grammar", "grammar": grammar}
     response_format = sampling.response_format
     if response_format is None:
