@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from services.worker.engine_processes import use_engine_process_server
 from services.worker.harmony import speaks_harmony
-from services.worker.reasoning import ThinkingRoom, reasons, think_then
+from services.worker.reasoning import reasons
 from services.worker.tool_calls import ToolCallFormat, call_format, conversation
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
 from shared.contracts import (
@@ -338,16 +338,19 @@ class Engine:
         return "hermes" if self.speaks_harmony else call_format(self.chat_template)
 
     @staticmethod
-    def thinking_grammar(sampling: SamplingParams, room: ThinkingRoom, budget: int | None) -> str | None:
-        """The grammar under which a reasoning model thinks first (at most ``budget`` tokens) and then answers as
-        ``sampling``'s grammar says (see reasoning.think_then), for ``generate``. None when there is nothing to hold,
-        or when the answer's grammar cannot be composed so: a JSON schema with features xgrammar lacks (vLLM then
+    def thinking_grammar(
+        sampling: SamplingParams, compose: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+    ) -> str | None:
+        """The grammar under which a reasoning model thinks first and then answers as ``sampling``'s grammar says,
+        for ``generate``: ``compose`` makes it of the answer's grammar (None: none) in xgrammar's structural-tag
+        format (reasoning.think_then, harmony.harmony_then). None when there is nothing to hold, or when the
+        answer's grammar cannot be composed so: a JSON schema with features xgrammar lacks (vLLM then
         gives it to llguidance, which takes no such composition), or a form that does not compile (vLLM then names
         the client's field in its error). The grammar then holds from the first token."""
         import json
 
         try:
-            composed = think_then(_answer_grammar(sampling), room, budget)
+            composed = compose(_answer_grammar(sampling))
         except ValueError:
             return None
         if composed is None:

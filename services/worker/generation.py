@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Literal
 
 from aiokafka.errors import MessageSizeTooLargeError
@@ -18,8 +19,8 @@ from aiokafka.errors import MessageSizeTooLargeError
 from services.safety.output import ContentBlocked, OutputDelta, OutputGuard
 from services.safety.review import SCREENING_UNAVAILABLE
 from services.worker.engine import Engine, InvalidRequest
-from services.worker.harmony import HarmonyReader
-from services.worker.reasoning import ReasoningReader, thinking_room
+from services.worker.harmony import HarmonyReader, harmony_then
+from services.worker.reasoning import ReasoningReader, think_then, thinking_room
 from services.worker.tool_calls import ToolCallReader, forced_schema, keeps_special_tokens
 from shared.contracts import (
     CompletionFinished,
@@ -224,14 +225,20 @@ async def serve_request(
             )
         grammar_first = sampling.response_format is not None or sampling.structured_outputs is not None
         thinking_grammar = None  # a reasoning model's: it thinks first, then answers under the grammar (see reasoning)
-        if request.prompt is None and engine.speaks_harmony:
-            thoughts = HarmonyReader(calls=reader.mode == "auto")
-        elif request.prompt is None and engine.reasons:
-            if grammar_first or request.thinking_token_budget is not None:
-                room = thinking_room(prompt)
-                thinking_grammar = engine.thinking_grammar(sampling, room, request.thinking_token_budget)
+        if request.prompt is None and (engine.speaks_harmony or engine.reasons):
+            budget = request.thinking_token_budget
+            if grammar_first or budget is not None:
+                compose = (
+                    partial(harmony_then, budget=budget)
+                    if engine.speaks_harmony
+                    else partial(think_then, room=thinking_room(prompt), budget=budget)
+                )
+                thinking_grammar = engine.thinking_grammar(sampling, compose)
             grammar_first = grammar_first and thinking_grammar is None
-            thoughts = ReasoningReader.for_prompt(prompt, grammar_first)
+            if engine.speaks_harmony:
+                thoughts = HarmonyReader(calls=reader.mode == "auto")
+            else:
+                thoughts = ReasoningReader.for_prompt(prompt, grammar_first)
         pieces: list[str] = []
         logprobs: list[TokenLogprob] = []
         step_tokens: list[tuple[int, ...]] = []  # each step's, beside its text in pieces

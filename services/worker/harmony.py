@@ -23,14 +23,20 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from services.worker.reasoning import MOST_TOKENS
 from services.worker.tool_calls import CALL_CLOSE, CALL_OPEN, longest_tag_start
 
-START, CHANNEL, MESSAGE = "<|start|>", "<|channel|>", "<|message|>"
-ENDS = ("<|end|>", "<|call|>", "<|return|>")
+START, CHANNEL, MESSAGE, END = "<|start|>", "<|channel|>", "<|message|>", "<|end|>"
+ENDS = (END, "<|call|>", "<|return|>")
 FUNCTIONS = "functions."
 BUILT_IN_TOOLS = ("python", "browser", "container")
+ANALYSIS_BEGIN, ASSISTANT = "<|channel|>analysis<|message|>", "<|start|>assistant"
+FINAL_BEGIN, FINAL_JSON_BEGINS = (
+    "<|channel|>final<|message|>",
+    ("<|channel|>final json<|message|>", "<|channel|>final <|constrain|>json<|message|>"),
+)
 MOST_HEADER_CHARS = 512  # a header this long without <|message|> is no header: the rest is answer text
 
 _RECIPIENT = re.compile(r"to=([^\s<]+)")
@@ -64,6 +70,29 @@ def message_kind(channel: str | None, recipient: str | None) -> Kind:
     if channel == "final" or (channel == "commentary" and recipient is None):
         return "content"
     return "ignored"
+
+
+def harmony_then(answer: dict[str, Any] | None, budget: int | None) -> dict[str, Any] | None:
+    """A grammar (xgrammar's structural-tag format) that lets a harmony model think in its analysis channel, at most
+    ``budget`` tokens when set, then holds its final message to ``answer``: vLLM's own grammar for gpt-oss under a
+    response format. None without an answer's grammar: a budget alone is not held (the grammar would also have to
+    allow every way of calling a tool)."""
+    if answer is None:
+        return None
+    limit = {"max_tokens": min(budget, MOST_TOKENS)} if budget is not None else {}
+    thinking = {"type": "tag", "begin": ANALYSIS_BEGIN, "content": {"type": "any_text"} | limit, "end": END}
+    then = {"type": "const_string", "value": ASSISTANT}  # the final message's start
+    analysis = {"type": "optional", "content": {"type": "sequence", "elements": [thinking, then]}}
+    ends = [END, ""]  # "": the end of generation (gpt-oss's stop tokens)
+    final: dict[str, Any]
+    if answer["type"] == "json_schema":
+        final = {
+            "type": "or",
+            "elements": [{"type": "tag", "begin": b, "content": answer, "end": ends} for b in FINAL_JSON_BEGINS],
+        }
+    else:
+        final = {"type": "tag", "begin": FINAL_BEGIN, "content": answer, "end": ends}
+    return {"type": "structural_tag", "format": {"type": "sequence", "elements": [analysis, final]}}
 
 
 @dataclass

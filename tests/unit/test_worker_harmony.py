@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from services.worker.harmony import HarmonyReader, speaks_harmony
+from services.worker.harmony import HarmonyReader, harmony_then, speaks_harmony
 from services.worker.tool_calls import ToolCallReader, conversation
 from shared.contracts import ChatMessage, FunctionCall, ToolCall
-from tests.unit.test_worker_reasoning import streamed
+from tests.unit.test_worker_reasoning import JSON_ANSWER, accepts, streamed
 from tests.unit.test_worker_tool_calls import WEATHER, request
 
 THINK = "<|channel|>analysis<|message|>The user asks for the capital. It is Paris.<|end|>"
@@ -89,3 +89,19 @@ def test_gpt_oss_s_template_is_told_by_its_channels_and_gets_earlier_reasoning_a
     )
     turns, _ = conversation([request().messages[0], step], [WEATHER], native=True)
     assert turns[1]["thinking"] == "I need the weather."  # the name gpt-oss's template reads
+
+
+def test_under_a_grammar_gpt_oss_may_think_in_its_analysis_channel_then_answers_in_its_final_one() -> None:
+    grammar = harmony_then(JSON_ANSWER, None)  # vLLM's own grammar for gpt-oss under a response format
+    assert grammar is not None
+    thought_then_json = THINK + '<|start|>assistant<|channel|>final <|constrain|>json<|message|>{"a": 1}'
+    assert accepts(grammar, thought_then_json)
+    assert accepts(grammar, '<|channel|>final json<|message|>{"a": 1}<|end|>')  # or answer at once
+    assert not accepts(grammar, '{"a": 1}')  # the final message's header first
+    assert not accepts(grammar, '<|channel|>final json<|message|>{"a": "one"}')
+    assert not accepts(grammar, "<|channel|>commentary<|message|>Hi.<|end|>")  # no other message
+    # what it allows is read as thinking, then the answer
+    assert HarmonyReader.split_whole(thought_then_json, calls=False)[:2] == (THOUGHT, '{"a": 1}')
+    regex = harmony_then({"type": "regex", "pattern": "[A-Z][a-z]+\\."}, 16)
+    assert regex is not None and accepts(regex, "<|channel|>final<|message|>Paris.")
+    assert harmony_then(None, 16) is None  # a budget alone is not held: the grammar would have to allow every call

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 import xgrammar
@@ -118,7 +119,7 @@ def test_a_budget_alone_leaves_the_answer_free_and_a_closed_block_or_nothing_ask
 def test_the_engine_composes_each_form_of_grammar_it_takes_and_leaves_alone_what_it_cannot() -> None:
     def composed(**form: object) -> str | None:
         sampling = SamplingParams(max_tokens=8, **form)  # type: ignore[arg-type]
-        return Engine.thinking_grammar(sampling, "may_open", None)
+        return Engine.thinking_grammar(sampling, partial(think_then, room="may_open", budget=None))
 
     choice = composed(structured_outputs=StructuredOutputs(choice=["yes", "no"]))
     assert choice is not None and accepts(choice, "<think>hm</think>no") and not accepts(choice, "maybe")
