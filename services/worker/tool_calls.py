@@ -11,7 +11,8 @@ whole answer, as vLLM's ``llama3_json`` parser reads them; a Mistral template's,
 Qwen3-Coder's, XML inside ``<tool_call>``, as vLLM's ``qwen3_coder`` parser does; DeepSeek's, between its
 ``<｜tool▁calls▁begin｜>`` markers, as vLLM's ``deepseek_v3`` and ``deepseek_v31`` parsers do; GLM's, keys and values
 inside ``<tool_call>``, as vLLM's ``glm45`` and ``glm47`` parsers do; Kimi K2's, in its ``<|tool_calls_section_begin|>``
-section, as vLLM's ``kimi_k2`` parser does.
+section, as vLLM's ``kimi_k2`` parser does; MiniMax M2's, ``<invoke>`` inside ``<minimax:tool_call>``, as vLLM's
+``minimax_m2`` parser does.
 
 Forced calls (tool_choice required, or a named function) are generated under a JSON schema, so they always parse and
 their arguments match the schema: a JSON array of ``{"name", "arguments"}`` objects (required), or the arguments
@@ -42,7 +43,9 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
 MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 
-ToolCallFormat = Literal["hermes", "llama3_json", "mistral", "pythonic", "qwen3_xml", "deepseek", "glm", "kimi_k2"]
+ToolCallFormat = Literal[
+    "hermes", "llama3_json", "mistral", "pythonic", "qwen3_xml", "deepseek", "glm", "kimi_k2", "minimax"
+]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
 ``{"name": ..., "parameters": {...}}``, several joined by ``;``, perhaps after ``<|python_tag|>``; mistral (Mistral 7B
@@ -64,7 +67,11 @@ vLLM's ``glm45`` and ``glm47`` parsers), each call inside ``<tool_call></tool_ca
 read as its parameter's type in the tool's schema, as qwen3_xml's; kimi_k2 (Kimi K2, vLLM's ``kimi_k2`` parser), the
 calls inside ``<|tool_calls_section_begin|>...<|tool_calls_section_end|>``, each
 ``<|tool_call_begin|>functions.NAME:INDEX<|tool_call_argument_begin|>{...}<|tool_call_end|>``, its header being the
-call's id. GLM's and Kimi's markers are special tokens, kept in the text as Mistral's are."""
+call's id; minimax (MiniMax M2, vLLM's ``minimax_m2`` parser), the calls inside
+``<minimax:tool_call>...</minimax:tool_call>``, each ``<invoke name="NAME">`` then
+``<parameter name="KEY">value</parameter>`` for each argument, up to ``</invoke>``, each value read as its parameter's
+type in the tool's schema. GLM's, Kimi's and MiniMax's markers are special tokens, kept in the text as Mistral's
+are."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
 _XML_PARAMETER = re.compile(r"<parameter=([^>]*)>(.*?)</parameter>", re.DOTALL)
@@ -76,13 +83,17 @@ KIMI_CALLS, KIMI_CALL, KIMI_ARGUMENTS = (
     "<|tool_call_begin|>",
     "<|tool_call_argument_begin|>",
 )
+MINIMAX_CALLS, MINIMAX_INVOKE_END = "<minimax:tool_call>", "</invoke>"
+_MINIMAX_NAME = r"""name\s*=\s*(?:"([^"]*)"|'([^']*)'|([^>\s]+))\s*>"""
+_MINIMAX_INVOKE = re.compile(r"<invoke\s+" + _MINIMAX_NAME)
+_MINIMAX_PARAMETER = re.compile(r"<parameter\s+" + _MINIMAX_NAME + r"(.*?)</parameter>", re.DOTALL)
 
 
 def call_format(chat_template: str | None) -> ToolCallFormat:
     """The format a model's own chat template teaches it, from the words only that format's templates use:
     Qwen3-Coder's ``<function=`` and ``<parameter=`` (its template also writes ``<tool_call>``), GLM's ``<arg_key>``
-    (its template too), DeepSeek's ``<｜tool▁calls▁begin｜>``, Kimi K2's ``<|tool_calls_section_begin|>``, Mistral's
-    ``[TOOL_CALLS]``, the pythonic templates' ``[func_name1(``, and Llama 3's
+    (its template too), DeepSeek's ``<｜tool▁calls▁begin｜>``, Kimi K2's ``<|tool_calls_section_begin|>``, MiniMax's
+    ``<minimax:tool_call>``, Mistral's ``[TOOL_CALLS]``, the pythonic templates' ``[func_name1(``, and Llama 3's
     ``{"name": function name, "parameters": ...}``. A template that renders ``<tool_call>`` tags otherwise, or no tools
     at all (ferry then writes Hermes instructions in, see ``conversation``), means Hermes."""
     template = chat_template or ""
@@ -96,6 +107,8 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
         return "deepseek"
     if KIMI_CALLS in template:
         return "kimi_k2"
+    if MINIMAX_CALLS in template:
+        return "minimax"
     if CALL_OPEN in template:
         return "hermes"
     if MISTRAL_CALLS in template:
@@ -106,9 +119,9 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
 
 
 def keeps_special_tokens(request: CompletionRequested, call_format: ToolCallFormat) -> bool:
-    """Whether the engine must keep special tokens in the request's text: a Mistral, GLM or Kimi model's calls are
-    marked by them (vLLM's parsers for them keep them too)."""
-    return call_format in ("mistral", "glm", "kimi_k2") and tool_mode(request) == "auto"
+    """Whether the engine must keep special tokens in the request's text: a Mistral, GLM, Kimi or MiniMax model's
+    calls are marked by them (vLLM's parsers for them keep them too)."""
+    return call_format in ("mistral", "glm", "kimi_k2", "minimax") and tool_mode(request) == "auto"
 
 
 def mistral_call_id(call_id: str) -> str:
@@ -478,9 +491,13 @@ class ToolCallReader:
             return self._feed_answer_start(text)
         if self.call_format == "pythonic":
             return self._feed_answer_start(text) + self._pythonic_text()
-        opening = {"mistral": MISTRAL_CALLS, "deepseek": DEEPSEEK_CALLS, "kimi_k2": KIMI_CALLS}.get(
-            self.call_format, CALL_OPEN
-        )
+        openings = {
+            "mistral": MISTRAL_CALLS,
+            "deepseek": DEEPSEEK_CALLS,
+            "kimi_k2": KIMI_CALLS,
+            "minimax": MINIMAX_CALLS,
+        }
+        opening = openings.get(self.call_format, CALL_OPEN)
         if (start := text.find(opening)) >= 0:
             self.calling, self.held = True, text[start:]
             return text[:start]
@@ -586,8 +603,13 @@ class ToolCallReader:
             return [(self.request.tool_choice_function, scan.spaced, None)]
         names = {t.name for t in self.request.tools}
         calls: list[tuple[str, str, str | None]] = []
-        if self.call_format in ("pythonic", "qwen3_xml", "glm") and self.mode == "auto":
-            read = {"pythonic": lambda text, _: pythonic_calls(text), "qwen3_xml": xml_calls, "glm": glm_calls}
+        if self.call_format in ("pythonic", "qwen3_xml", "glm", "minimax") and self.mode == "auto":
+            read = {
+                "pythonic": lambda text, _: pythonic_calls(text),
+                "qwen3_xml": xml_calls,
+                "glm": glm_calls,
+                "minimax": minimax_calls,
+            }
             for name, arguments in read[self.call_format](self.held, self.request):
                 if name not in names:
                     break
@@ -847,6 +869,27 @@ def glm_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
         }
         calls.append((name, json.dumps(arguments, ensure_ascii=False)))
         start = text.find(CALL_OPEN, end)
+    return calls
+
+
+def minimax_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
+    """The whole calls in MiniMax M2's format, ``<invoke name="NAME"><parameter name="KEY">value</parameter>
+    </invoke>`` (names quoted either way or not at all), as (name, arguments as JSON text), in order, up to the first
+    not yet closed; each value read as its parameter's type, as ``xml_calls`` reads them."""
+    schemas = {t.name: _parameters(t).get("properties", {}) for t in request.tools}
+    calls, position = [], 0
+    while (invoke := _MINIMAX_INVOKE.search(text, position)) is not None:
+        end = text.find(MINIMAX_INVOKE_END, invoke.end())
+        if end < 0:
+            break
+        name = next(group for group in invoke.groups() if group is not None).strip()
+        properties = schemas.get(name, {})
+        arguments = {}
+        for match in _MINIMAX_PARAMETER.finditer(text, invoke.end(), end):
+            key = next(group for group in match.groups()[:3] if group is not None).strip()
+            arguments[key] = _typed(_unwrapped(match.group(4)), properties.get(key))
+        calls.append((name, json.dumps(arguments, ensure_ascii=False)))
+        position = end + len(MINIMAX_INVOKE_END)
     return calls
 
 

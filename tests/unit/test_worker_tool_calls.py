@@ -452,16 +452,23 @@ LLAMA3_OUTPUTS = [
 ]  # fmt: skip
 
 
-def assert_read_alike(output: str, call_format: ToolCallFormat, text: str, expected: list[tuple[str, dict]]) -> None:
+def assert_read_alike(
+    output: str,
+    call_format: ToolCallFormat,
+    text: str,
+    expected: list[tuple[str, dict]],
+    req: CompletionRequested | None = None,
+) -> None:
     """``output`` read whole gives ``text`` and the ``expected`` calls; streamed in chunks of any size, the same text
-    and the same calls, piece by piece."""
-    released, whole, reason = ToolCallReader.read_whole(request(), output, "stop", call_format)
+    and the same calls, piece by piece. ``req``: the request (``request()`` by default)."""
+    req = req or request()
+    released, whole, reason = ToolCallReader.read_whole(req, output, "stop", call_format)
     assert (released, reason) == (text, "tool_calls")
     assert [(c.function.name, json.loads(c.function.arguments)) for c in whole or []] == expected
     for size in (1, 2, 3, 7, len(output)):
         chunks = [output[i : i + size] for i in range(0, len(output), size)]
-        assert streamed(ToolCallReader(request(), call_format), chunks) == text, size
-        assert streamed_calls(ToolCallReader(request(), call_format), chunks) == as_dicts(whole), size
+        assert streamed(ToolCallReader(req, call_format), chunks) == text, size
+        assert streamed_calls(ToolCallReader(req, call_format), chunks) == as_dicts(whole), size
 
 
 @pytest.mark.parametrize(("output", "expected"), LLAMA3_OUTPUTS)
@@ -686,14 +693,7 @@ def test_xml_calls_are_read_whole_and_stream_alike_with_values_of_their_schemas_
         ("get_forecast", {"city": "42", "days": 3, "exact": True, "ratio": 0.5, "where": {"lat": 1}, "tags": [1, 2]}),
         ("get_forecast", {"days": "three", "ratio": 2, "where": "{oops", "note": None, "city": "Rio <de> Janeiro\nRJ"}),
     ]
-    tools = {"tools": [WEATHER, TIME, FORECAST]}
-    released, whole, reason = ToolCallReader.read_whole(request(**tools), output, "stop", "qwen3_xml")
-    assert (released, reason) == ("Let me look.\n", "tool_calls")
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in whole or []] == expected
-    for size in (1, 3, 7, len(output)):
-        chunks = [output[i : i + size] for i in range(0, len(output), size)]
-        assert streamed(ToolCallReader(request(**tools), "qwen3_xml"), chunks) == released, size
-        assert streamed_calls(ToolCallReader(request(**tools), "qwen3_xml"), chunks) == as_dicts(whole), size
+    assert_read_alike(output, "qwen3_xml", "Let me look.\n", expected, request(tools=[WEATHER, TIME, FORECAST]))
 
 
 def test_an_xml_answer_without_calls_of_offered_tools_is_text() -> None:
@@ -795,14 +795,7 @@ def test_glm_calls_are_read_whole_and_stream_alike_with_values_of_their_schemas_
         ("get_time", {}),
         ("get_weather", {"city": "Rio <de> Janeiro"}),
     ]
-    tools = {"tools": [WEATHER, TIME, FORECAST]}
-    released, whole, reason = ToolCallReader.read_whole(request(**tools), output, "stop", "glm")
-    assert (released, reason) == ("Let me check.\n", "tool_calls")
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in whole or []] == expected
-    for size in (1, 3, 7, len(output)):
-        chunks = [output[i : i + size] for i in range(0, len(output), size)]
-        assert streamed(ToolCallReader(request(**tools), "glm"), chunks) == released, size
-        assert streamed_calls(ToolCallReader(request(**tools), "glm"), chunks) == as_dicts(whole), size
+    assert_read_alike(output, "glm", "Let me check.\n", expected, request(tools=[WEATHER, TIME, FORECAST]))
 
 
 KIMI_OUTPUT = (
@@ -859,3 +852,38 @@ def test_glms_and_kimis_templates_get_earlier_calls_and_results_as_they_write_th
     kimi = rendered(KIMI_FRAGMENT, "kimi_k2", ("functions.get_forecast:0", "functions.get_time:1"))
     assert '<|tool_call_begin|>functions.get_forecast:0<|tool_call_argument_begin|>{"city": "Paris", "days": 3}' in kimi
     assert "## Return of functions.get_forecast:0\n18 C" in kimi
+
+
+# MiniMax M2's template writes earlier calls so
+MINIMAX_FRAGMENT = (
+    "{%- for m in messages %}{%- if m.tool_calls %}<minimax:tool_call>\n{%- for tc in m.tool_calls %}"
+    '<invoke name="{{ tc.function.name }}">\n{%- for k, v in tc.function.arguments.items() %}'
+    '<parameter name="{{ k }}">{{ v | tojson if v is not string else v }}</parameter>\n{%- endfor %}</invoke>\n'
+    "{%- endfor %}</minimax:tool_call>{%- endif %}{%- endfor %}{%- if tools %}{{ tools | tojson }}{%- endif %}"
+)
+
+
+def test_minimax_calls_are_read_whole_and_stream_alike_with_values_of_their_schemas_types() -> None:
+    from services.worker.tool_calls import call_format, keeps_special_tokens
+
+    assert call_format(MINIMAX_FRAGMENT) == "minimax" and keeps_special_tokens(request(), "minimax")
+    output = (
+        '<think>Look it up.</think>\nLet me check.\n<minimax:tool_call>\n<invoke name="get_forecast">\n'
+        '<parameter name="city">42</parameter>\n<parameter name="days">3</parameter>\n'
+        "<parameter name='where'>{\"lat\": 1}</parameter>\n</invoke>\n<invoke name=get_time></invoke>\n"
+        "</minimax:tool_call>"
+    )
+    expected = [("get_forecast", {"city": "42", "days": 3, "where": {"lat": 1}}), ("get_time", {})]
+    text = "<think>Look it up.</think>\nLet me check.\n"  # the reasoning reader takes the block off before
+    assert_read_alike(output, "minimax", text, expected, request(tools=[WEATHER, TIME, FORECAST]))
+    for text in ("Paris is sunny.", '<minimax:tool_call><invoke name="rm_rf"></invoke>', "<minimax:tool_call><inv"):
+        assert ToolCallReader.read_whole(request(), text, "stop", "minimax") == (text, None, "stop")
+
+
+def test_minimaxs_template_gets_earlier_calls_as_it_writes_them() -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    turns, tools = conversation(TOOL_CONVERSATION[:2], [WEATHER, TIME], native=True, call_format="minimax")
+    (prompt,), _ = render_jinja_template([turns], tools=tools, chat_template=MINIMAX_FRAGMENT)
+    assert '<invoke name="get_weather"><parameter name="city">Paris</parameter></invoke>' in prompt
+    assert '<invoke name="get_time"></invoke>' in prompt
