@@ -149,3 +149,49 @@ def test_a_model_reasons_when_its_template_writes_or_strips_think_blocks() -> No
     assert reasons(qwen3_like)
     assert not reasons("{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}")
     assert not reasons(None)
+
+
+@pytest.mark.parametrize("kind", ["byte_level", "metaspace"])
+def test_a_blocks_tokens_are_counted_as_generated_whatever_the_steps_held(kind: str) -> None:
+    """Engine.tokens_within decodes only the step where an edge falls; it must count what decoding every prefix of the
+    whole output counts. Tokenizers trained here: a byte-level one (GPT-2's, SmolLM2's kind) splits characters of
+    several bytes across tokens; a metaspace one (SentencePiece's, Llama 2's kind) drops the space a text's first token
+    begins with, so a step decoded alone reads shorter than in context."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    if kind == "byte_level":
+        bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+        alphabet = []
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet, show_progress=False)
+    bpe.train_from_iterator(["The capital of France is Paris. Ça coûte 5 €; 東京は首都です。"] * 50, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    engine = Engine.__new__(Engine)  # only its tokenizer is used
+    engine._tokenizer = tokenizer
+
+    def fitting(ids: list[int], chars: int) -> int:  # the longest prefix of tokens whose text fits in ``chars``
+        return max(m for m in range(len(ids) + 1) if len(tokenizer.decode(ids[:m])) <= chars)
+
+    rng = random.Random(7)
+    for _ in range(300):
+        ids = [rng.randrange(tokenizer.vocab_size) for _ in range(rng.randrange(3, 40))]
+        steps, at, text = [], 0, ""
+        while at < len(ids):  # the texts an incremental detokenizer gives, a few tokens a step
+            size = rng.randrange(1, 5)
+            whole = tokenizer.decode(ids[: at + size])
+            steps.append((whole[len(text) :], ids[at : at + size]))
+            at, text = at + size, whole
+        # edges at a token's end, or one character either side: where a miscount would show
+        edges = sorted(
+            min(max(len(tokenizer.decode(ids[: rng.randrange(len(ids) + 1)])) + rng.choice((-1, 0, 1)), 0), len(text))
+            for _ in range(2)
+        )
+        start, end = edges
+        expected = fitting(ids, end) - (fitting(ids, start) if start else 0)
+        assert engine.tokens_within(steps, (start, end), keep_special_tokens=False) == expected, (ids, start, end)
