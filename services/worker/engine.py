@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from services.worker.engine_processes import use_engine_process_server
 from services.worker.harmony import speaks_harmony
-from services.worker.reasoning import reasons
+from services.worker.reasoning import THINK_END, THINK_START, reasons
 from services.worker.tool_calls import ToolCallFormat, call_format, conversation
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
 from shared.contracts import (
@@ -325,6 +325,18 @@ class Engine:
     def reasons(self) -> bool:
         """Whether the model thinks in think blocks before it answers (see reasoning)."""
         return reasons(self.chat_template)
+
+    @cached_property
+    def special_tokens(self) -> frozenset[str]:
+        """The texts of the tokenizer's special tokens: the engine leaves them out of the text unless asked."""
+        added = getattr(self._tokenizer, "added_tokens_decoder", {})
+        return frozenset(token.content for token in added.values() if token.special)
+
+    @cached_property
+    def thinks_in_special_tokens(self) -> bool:
+        """Whether the model's think markers are special tokens (as some tokenizers make them): its text must then
+        keep special tokens, or its block could not be told apart."""
+        return self.reasons and bool({THINK_START, THINK_END} & self.special_tokens)
 
     @cached_property
     def speaks_harmony(self) -> bool:

@@ -245,8 +245,11 @@ async def serve_request(
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
         completion_tokens = prompt_tokens = cached_tokens = 0
         finish_reason = None
-        # harmony's channels are marked by special tokens
-        keep_special = keeps_special_tokens(request, engine.tool_call_format) or isinstance(thoughts, HarmonyReader)
+        # harmony's channels are marked by special tokens, and some models' think blocks
+        marked_by_special_tokens = isinstance(thoughts, HarmonyReader) or (
+            thoughts is not None and engine.thinks_in_special_tokens
+        )
+        keep_special = keeps_special_tokens(request, engine.tool_call_format) or marked_by_special_tokens
         steps = engine.generate(
             request.request_id, prompt, sampling, request.cache_salt, keep_special, priority, thinking_grammar
         )

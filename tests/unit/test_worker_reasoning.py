@@ -195,3 +195,22 @@ def test_a_blocks_tokens_are_counted_as_generated_whatever_the_steps_held(kind: 
         start, end = edges
         expected = fitting(ids, end) - (fitting(ids, start) if start else 0)
         assert engine.tokens_within(steps, (start, end), keep_special_tokens=False) == expected, (ids, start, end)
+
+
+@pytest.mark.parametrize("special", [True, False])
+def test_a_model_whose_think_markers_are_special_tokens_keeps_them_in_its_text(special: bool) -> None:
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"[UNK]": 0, "Two": 1, "and": 2, "two": 3, "Four.": 4}
+    backend = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    tokenizer.add_tokens([AddedToken("<think>", special=special), AddedToken("</think>", special=special)])
+    tokenizer.chat_template = "{{ messages[0]['content'].split('</think>')[-1] }}"  # strips think blocks: it reasons
+    engine = Engine.__new__(Engine)  # only its tokenizer is used
+    engine._tokenizer = tokenizer
+    assert engine.reasons and engine.thinks_in_special_tokens == special
+    # why: text decoded without special tokens loses the markers, and the block could no longer be told apart
+    ids = tokenizer.encode("<think> Two and two </think> Four.", add_special_tokens=False)
+    assert ("<think>" in tokenizer.decode(ids, skip_special_tokens=True)) != special
