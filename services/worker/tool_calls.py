@@ -89,6 +89,15 @@ _MINIMAX_INVOKE = re.compile(r"<invoke\s+" + _MINIMAX_NAME)
 _MINIMAX_PARAMETER = re.compile(r"<parameter\s+" + _MINIMAX_NAME + r"(.*?)</parameter>", re.DOTALL)
 
 
+_CALLS_OPENINGS: dict[ToolCallFormat, str] = {
+    "mistral": MISTRAL_CALLS,
+    "deepseek": DEEPSEEK_CALLS,
+    "kimi_k2": KIMI_CALLS,
+    "minimax": MINIMAX_CALLS,
+}
+"""What opens an auto answer's calls, where it is not Hermes's ``<tool_call>``."""
+
+
 def call_format(chat_template: str | None) -> ToolCallFormat:
     """The format a model's own chat template teaches it, from the words only that format's templates use:
     Qwen3-Coder's ``<function=`` and ``<parameter=`` (its template also writes ``<tool_call>``), GLM's ``<arg_key>``
@@ -491,13 +500,7 @@ class ToolCallReader:
             return self._feed_answer_start(text)
         if self.call_format == "pythonic":
             return self._feed_answer_start(text) + self._pythonic_text()
-        openings = {
-            "mistral": MISTRAL_CALLS,
-            "deepseek": DEEPSEEK_CALLS,
-            "kimi_k2": KIMI_CALLS,
-            "minimax": MINIMAX_CALLS,
-        }
-        opening = openings.get(self.call_format, CALL_OPEN)
+        opening = _CALLS_OPENINGS.get(self.call_format, CALL_OPEN)
         if (start := text.find(opening)) >= 0:
             self.calling, self.held = True, text[start:]
             return text[:start]
@@ -603,14 +606,8 @@ class ToolCallReader:
             return [(self.request.tool_choice_function, scan.spaced, None)]
         names = {t.name for t in self.request.tools}
         calls: list[tuple[str, str, str | None]] = []
-        if self.call_format in ("pythonic", "qwen3_xml", "glm", "minimax") and self.mode == "auto":
-            read = {
-                "pythonic": lambda text, _: pythonic_calls(text),
-                "qwen3_xml": xml_calls,
-                "glm": glm_calls,
-                "minimax": minimax_calls,
-            }
-            for name, arguments in read[self.call_format](self.held, self.request):
+        if (read_whole_calls := _WHOLE_CALLS.get(self.call_format)) is not None and self.mode == "auto":
+            for name, arguments in read_whole_calls(self.held, self.request):
                 if name not in names:
                     break
                 calls.append((name, arguments, None))
@@ -830,7 +827,6 @@ def xml_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
     (name, arguments as JSON text), in order, up to the first not yet closed. Each value is read as its parameter's
     type in the named tool's schema, as vLLM's parser does: a number, a boolean, null, or JSON for an object or an
     array where the schema says so and the text is one; the text as written otherwise."""
-    schemas = {t.name: _parameters(t).get("properties", {}) for t in request.tools}
     calls, start = [], text.find(XML_FUNCTION)
     while start >= 0:
         name_end = text.find(">", start)
@@ -838,14 +834,18 @@ def xml_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
         if name_end < 0 or end < 0:
             break
         name = text[start + len(XML_FUNCTION) : name_end].strip()
-        properties = schemas.get(name, {})
-        arguments = {
-            key.strip(): _typed(_unwrapped(value), properties.get(key.strip()))
-            for key, value in _XML_PARAMETER.findall(text, name_end, end)
-        }
-        calls.append((name, json.dumps(arguments, ensure_ascii=False)))
+        calls.append((name, _typed_arguments(request, name, _XML_PARAMETER.findall(text, name_end, end))))
         start = text.find(XML_FUNCTION, end)
     return calls
+
+
+def _typed_arguments(request: CompletionRequested, name: str, written: list[tuple[str, str]]) -> str:
+    """A call's (key, value as text) pairs as its arguments' JSON text, each value read as its parameter's type in
+    the schema of the offered tool ``name`` (``_typed``), without the newline the templates write on each side."""
+    tool = next((t for t in request.tools if t.name == name), None)
+    properties = _parameters(tool).get("properties", {}) if tool is not None else {}
+    arguments = {key.strip(): _typed(_unwrapped(value), properties.get(key.strip())) for key, value in written}
+    return json.dumps(arguments, ensure_ascii=False)
 
 
 def glm_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
@@ -853,7 +853,6 @@ def glm_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
     </tool_call>`` (newlines between the parts or not), as (name, arguments as JSON text), in order, up to the first
     not yet closed. Each value is read as its parameter's type in the named tool's schema, as ``xml_calls`` reads
     them (GLM's templates write a string as it is and any other value as JSON)."""
-    schemas = {t.name: _parameters(t).get("properties", {}) for t in request.tools}
     calls, start = [], text.find(CALL_OPEN)
     while start >= 0:
         end = text.find(CALL_CLOSE, start)
@@ -862,12 +861,7 @@ def glm_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
         body = text[start + len(CALL_OPEN) : end]
         first_key = body.find(GLM_KEY)
         name = (body if first_key < 0 else body[:first_key]).strip()
-        properties = schemas.get(name, {})
-        arguments = {
-            key.strip(): _typed(_unwrapped(value), properties.get(key.strip()))
-            for key, value in _GLM_ARGUMENT.findall(body)
-        }
-        calls.append((name, json.dumps(arguments, ensure_ascii=False)))
+        calls.append((name, _typed_arguments(request, name, _GLM_ARGUMENT.findall(body))))
         start = text.find(CALL_OPEN, end)
     return calls
 
@@ -876,21 +870,21 @@ def minimax_calls(text: str, request: CompletionRequested) -> list[tuple[str, st
     """The whole calls in MiniMax M2's format, ``<invoke name="NAME"><parameter name="KEY">value</parameter>
     </invoke>`` (names quoted either way or not at all), as (name, arguments as JSON text), in order, up to the first
     not yet closed; each value read as its parameter's type, as ``xml_calls`` reads them."""
-    schemas = {t.name: _parameters(t).get("properties", {}) for t in request.tools}
     calls, position = [], 0
     while (invoke := _MINIMAX_INVOKE.search(text, position)) is not None:
         end = text.find(MINIMAX_INVOKE_END, invoke.end())
         if end < 0:
             break
-        name = next(group for group in invoke.groups() if group is not None).strip()
-        properties = schemas.get(name, {})
-        arguments = {}
-        for match in _MINIMAX_PARAMETER.finditer(text, invoke.end(), end):
-            key = next(group for group in match.groups()[:3] if group is not None).strip()
-            arguments[key] = _typed(_unwrapped(match.group(4)), properties.get(key))
-        calls.append((name, json.dumps(arguments, ensure_ascii=False)))
+        name = _quoted_name(invoke)
+        written = [(_quoted_name(m), m.group(4)) for m in _MINIMAX_PARAMETER.finditer(text, invoke.end(), end)]
+        calls.append((name, _typed_arguments(request, name, written)))
         position = end + len(MINIMAX_INVOKE_END)
     return calls
+
+
+def _quoted_name(match: re.Match[str]) -> str:
+    """The name a ``_MINIMAX_NAME`` match read: in double quotes, single quotes or none."""
+    return next(group for group in match.groups()[:3] if group is not None).strip()
 
 
 def _unwrapped(value: str) -> str:
@@ -933,3 +927,12 @@ def _schema_types(schema: dict[str, Any]) -> set[str]:
             if isinstance(option, dict):
                 types |= _schema_types(option)
     return types
+
+
+_WHOLE_CALLS: dict[ToolCallFormat, Callable[[str, CompletionRequested], list[tuple[str, str]]]] = {
+    "pythonic": lambda text, _: pythonic_calls(text),
+    "qwen3_xml": xml_calls,
+    "glm": glm_calls,
+    "minimax": minimax_calls,
+}
+"""The formats whose calls are announced once written whole, and their readers (text, request -> (name, arguments))."""
