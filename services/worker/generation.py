@@ -286,9 +286,7 @@ async def serve_request(
             if isinstance(thoughts, HarmonyReader):
                 reasoning, output, spans = HarmonyReader.split_whole(output, thoughts.calls)
             else:
-                span = ReasoningReader.span(output, prompt, grammar_first)
-                reasoning, output = ReasoningReader.split_whole(output, prompt, grammar_first)
-                spans = [span] if span else []
+                reasoning, output, spans = ReasoningReader.split_whole(output, prompt, grammar_first)
             # from the whole output's tokens, not from the engine's steps: a step may hold several tokens (the engine
             # batches them when its reader lags), so step counts would depend on timing
             steps_seen = list(zip(pieces, step_tokens, strict=True))

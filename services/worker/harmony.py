@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.worker.reasoning import MOST_TOKENS
+from services.worker.reasoning import thinking_text
 from services.worker.tool_calls import CALL_CLOSE, CALL_OPEN, longest_tag_start
 
 START, CHANNEL, MESSAGE, END = "<|start|>", "<|channel|>", "<|message|>", "<|end|>"
@@ -79,8 +79,7 @@ def harmony_then(answer: dict[str, Any] | None, budget: int | None) -> dict[str,
     allow every way of calling a tool)."""
     if answer is None:
         return None
-    limit = {"max_tokens": min(budget, MOST_TOKENS)} if budget is not None else {}
-    thinking = {"type": "tag", "begin": ANALYSIS_BEGIN, "content": {"type": "any_text"} | limit, "end": END}
+    thinking = {"type": "tag", "begin": ANALYSIS_BEGIN, "content": thinking_text(budget), "end": END}
     then = {"type": "const_string", "value": ASSISTANT}  # the final message's start
     analysis = {"type": "optional", "content": {"type": "sequence", "elements": [thinking, then]}}
     ends = [END, ""]  # "": the end of generation (gpt-oss's stop tokens)

@@ -52,15 +52,19 @@ def thinking_room(prompt: str) -> ThinkingRoom:
     return "closed" if end.endswith(THINK_END) else "may_open"
 
 
+def thinking_text(budget: int | None) -> dict[str, Any]:
+    """The text a model may think (xgrammar's structural-tag format): any, at most ``budget`` tokens when set."""
+    # xgrammar counts in 32 bits; a budget beyond max_tokens limits nothing anyway
+    return {"type": "any_text"} | ({"max_tokens": min(budget, MOST_TOKENS)} if budget is not None else {})
+
+
 def think_then(answer: dict[str, Any] | None, room: ThinkingRoom, budget: int | None) -> dict[str, Any] | None:
     """A grammar (xgrammar's structural-tag format) that lets the model think, at most ``budget`` tokens when set,
     then holds the answer to ``answer`` (a format of the same kind; None: any text). None where there is nothing
     to hold: thinking is closed, or neither an answer's grammar nor a budget is asked for."""
     if room == "closed" or (answer is None and budget is None):
         return None
-    # xgrammar counts in 32 bits; a budget beyond max_tokens limits nothing anyway
-    limit = {"max_tokens": min(budget, MOST_TOKENS)} if budget is not None else {}
-    thinking: dict[str, Any] = {"type": "any_text"} | limit
+    thinking = thinking_text(budget)
     # inside: the prompt wrote <think>, so the block is the output's start up to </think>
     block: dict[str, Any] = {
         "type": "tag",
@@ -136,9 +140,11 @@ class ReasoningReader:
         return start, end if end >= 0 else len(text)
 
     @classmethod
-    def split_whole(cls, text: str, prompt: str, grammar_first: bool) -> tuple[str | None, str]:
-        """A whole output's reasoning (None when it has none) and answer, read as a stream reads them."""
+    def split_whole(cls, text: str, prompt: str, grammar_first: bool) -> tuple[str | None, str, list[tuple[int, int]]]:
+        """A whole output's reasoning (None when it has none), its answer, and where the reasoning lies in it (as
+        HarmonyReader.split_whole gives them), read as a stream reads them."""
         reader = cls.for_prompt(prompt, grammar_first)
         reasoning, answer = reader.feed(text)
         held_reasoning, held_answer = reader.finish()
-        return (reasoning + held_reasoning) or None, answer + held_answer
+        span = cls.span(text, prompt, grammar_first)
+        return (reasoning + held_reasoning) or None, answer + held_answer, [span] if span else []

@@ -46,9 +46,10 @@ CASES = [
 def test_reasoning_is_read_whole_and_streamed_alike_however_the_output_is_split(
     prompt: str, output: str, reasoning: str | None, answer: str
 ) -> None:
-    assert ReasoningReader.split_whole(output, prompt, grammar_first=False) == (reasoning, answer)
-    span = ReasoningReader.span(output, prompt, grammar_first=False)  # where the tokens to count as reasoning lie
-    assert ((output[span[0] : span[1]] or None) if span else None) == reasoning
+    whole_reasoning, whole_answer, spans = ReasoningReader.split_whole(output, prompt, grammar_first=False)
+    assert (whole_reasoning, whole_answer) == (reasoning, answer)
+    # where the tokens to count as reasoning lie
+    assert ("".join(output[a:b] for a, b in spans) or None) == reasoning
     for size in (1, 2, 3, 7, len(output)):
         chunks = [output[i : i + size] for i in range(0, len(output), size)]
         assert streamed(ReasoningReader.for_prompt(prompt, grammar_first=False), chunks) == (reasoning or "", answer)
@@ -72,9 +73,9 @@ def test_a_partial_tag_waits_and_nothing_else_does() -> None:
 def test_under_a_grammar_from_the_first_token_the_output_begins_outside_the_block() -> None:
     # a grammar that could not be composed with thinking holds from the first token, so what it allows is the
     # answer (a JSON object, say), even after an opening prompt
-    assert ReasoningReader.split_whole('{"a": 1}', R1_0528_PROMPT, grammar_first=True) == (None, '{"a": 1}')
+    assert ReasoningReader.split_whole('{"a": 1}', R1_0528_PROMPT, grammar_first=True)[:2] == (None, '{"a": 1}')
     # a grammar that lets the model write a block first is still read as one
-    assert ReasoningReader.split_whole("<think>hm</think>{}", QWEN3_PROMPT, grammar_first=True) == ("hm", "{}")
+    assert ReasoningReader.split_whole("<think>hm</think>{}", QWEN3_PROMPT, grammar_first=True)[:2] == ("hm", "{}")
 
 
 def test_only_the_end_of_the_prompt_opens_or_closes_a_block() -> None:
