@@ -24,6 +24,7 @@ from shared.contracts import (
     FinishReason,
     FunctionTool,
     PromptLogprobs,
+    ResponseFormat,
     SamplingParams,
     TokenLogprob,
     TopLogprob,
@@ -612,13 +613,9 @@ def _answer_grammar(sampling: SamplingParams) -> dict[str, Any] | None:
     response_format = sampling.response_format
     if response_format is None:
         return None
-    schema: Any = response_format.json_schema if response_format.type == "json_schema" else None
-    if schema is None:
+    if response_format.type != "json_schema" or response_format.json_schema is None:
         return {"type": "json_schema", "json_schema": {"type": "object"}}
-    if response_format.strict:
-        from vllm.v1.structured_output.backend_guidance import process_for_additional_properties
-
-        schema = process_for_additional_properties(schema)
+    schema = _enforced_schema(response_format)
     if has_xgrammar_unsupported_json_features(schema):
         raise ValueError("a JSON schema with features xgrammar lacks")
     return {"type": "json_schema", "json_schema": schema}
@@ -636,10 +633,15 @@ def _structured_outputs(sampling: SamplingParams) -> StructuredOutputsParams | N
         return None
     if response_format.type == "json_object":
         return StructuredOutputsParams(json_object=True)
-    if response_format.strict:
-        from vllm.v1.structured_output.backend_guidance import process_for_additional_properties
+    return StructuredOutputsParams(json=_enforced_schema(response_format))
 
-        # additionalProperties false wherever the schema lists properties and says nothing of others: xgrammar
-        # already generates no unlisted property, llguidance would (JSON Schema allows them)
-        return StructuredOutputsParams(json=process_for_additional_properties(response_format.json_schema))
-    return StructuredOutputsParams(json=response_format.json_schema)
+
+def _enforced_schema(response_format: ResponseFormat) -> Any:
+    """A json_schema response format's schema as the engine enforces it."""
+    if not response_format.strict:
+        return response_format.json_schema
+    from vllm.v1.structured_output.backend_guidance import process_for_additional_properties
+
+    # additionalProperties false wherever the schema lists properties and says nothing of others: xgrammar already
+    # generates no unlisted property, llguidance would (JSON Schema allows them)
+    return process_for_additional_properties(response_format.json_schema)
