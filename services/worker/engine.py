@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from services.worker.engine_processes import use_engine_process_server
 from services.worker.harmony import speaks_harmony
-from services.worker.reasoning import THINK_END, THINK_START, reasons
+from services.worker.reasoning import MISTRAL_THINK, ThinkMarkers, think_markers
 from services.worker.tool_calls import ToolCallFormat, call_format, conversation
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
 from shared.contracts import (
@@ -300,7 +300,11 @@ class Engine:
         model's switches reach the template under the names templates read them by (see CompletionRequested); a
         template that reads none ignores them."""
         turns, template_tools = conversation(
-            messages, tools or [], native=self.template_renders_tools, call_format=self.tool_call_format
+            messages,
+            tools or [],
+            native=self.template_renders_tools,
+            call_format=self.tool_call_format,
+            reasoning_in_chunks=self.think_markers == MISTRAL_THINK,
         )
         switches: dict[str, object] = {}
         if enable_thinking is not None:
@@ -323,9 +327,9 @@ class Engine:
         return "tools" in self.chat_template
 
     @cached_property
-    def reasons(self) -> bool:
-        """Whether the model thinks in think blocks before it answers (see reasoning)."""
-        return reasons(self.chat_template)
+    def think_markers(self) -> ThinkMarkers | None:
+        """How the model marks the think blocks it writes before it answers; None: it writes none (see reasoning)."""
+        return think_markers(self.chat_template)
 
     @cached_property
     def special_tokens(self) -> frozenset[str]:
@@ -337,7 +341,7 @@ class Engine:
     def thinks_in_special_tokens(self) -> bool:
         """Whether the model's think markers are special tokens (as some tokenizers make them): its text must then
         keep special tokens, or its block could not be told apart."""
-        return self.reasons and bool({THINK_START, THINK_END} & self.special_tokens)
+        return self.think_markers is not None and bool(set(self.think_markers) & self.special_tokens)
 
     @cached_property
     def speaks_harmony(self) -> bool:

@@ -225,20 +225,21 @@ async def serve_request(
             )
         grammar_first = sampling.response_format is not None or sampling.structured_outputs is not None
         thinking_grammar = None  # a reasoning model's: it thinks first, then answers under the grammar (see reasoning)
-        if request.prompt is None and (engine.speaks_harmony or engine.reasons):
+        markers = engine.think_markers
+        if request.prompt is None and (engine.speaks_harmony or markers is not None):
             budget = request.thinking_token_budget
             if grammar_first or budget is not None:
                 compose = (
                     partial(harmony_then, budget=budget)
                     if engine.speaks_harmony
-                    else partial(think_then, room=thinking_room(prompt), budget=budget)
+                    else partial(think_then, room=thinking_room(prompt, markers), budget=budget, markers=markers)
                 )
                 thinking_grammar = engine.thinking_grammar(sampling, compose)
             grammar_first = grammar_first and thinking_grammar is None
             if engine.speaks_harmony:
                 thoughts = HarmonyReader(calls=reader.mode == "auto")
             else:
-                thoughts = ReasoningReader.for_prompt(prompt, grammar_first)
+                thoughts = ReasoningReader.for_prompt(prompt, grammar_first, markers)
         pieces: list[str] = []
         logprobs: list[TokenLogprob] = []
         step_tokens: list[tuple[int, ...]] = []  # each step's, beside its text in pieces
@@ -286,7 +287,7 @@ async def serve_request(
             if isinstance(thoughts, HarmonyReader):
                 reasoning, output, spans = HarmonyReader.split_whole(output, thoughts.calls)
             else:
-                reasoning, output, spans = ReasoningReader.split_whole(output, prompt, grammar_first)
+                reasoning, output, spans = ReasoningReader.split_whole(output, prompt, grammar_first, thoughts.markers)
             # from the whole output's tokens, not from the engine's steps: a step may hold several tokens (the engine
             # batches them when its reader lags), so step counts would depend on timing
             steps_seen = list(zip(pieces, step_tokens, strict=True))

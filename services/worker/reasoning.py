@@ -1,11 +1,12 @@
-"""A reasoning model's thinking, told apart from its answer, as vLLM's ``deepseek_r1`` and ``qwen3`` reasoning parsers
-tell them apart: the text inside ``<think>...</think>`` is the reasoning, which reaches the client in ``reasoning``,
-and the rest is the answer (``content``, or tool calls).
+"""A reasoning model's thinking, told apart from its answer, as vLLM's ``deepseek_r1``, ``qwen3`` and ``mistral``
+reasoning parsers tell them apart: the text inside ``<think>...</think>`` (Mistral's Magistral: ``[THINK]...[/THINK]``)
+is the reasoning, which reaches the client in ``reasoning``, and the rest is the answer (``content``, or tool calls).
 
 A model reasons when its chat template writes or strips think blocks (Qwen3, QwQ, DeepSeek R1 and their
-distillations). Its output begins inside a think block when the prompt leaves one open (DeepSeek R1-0528's and
-Qwen3's thinking-only templates end the generation prompt with ``<think>``); otherwise a block opens only if the output
-begins with ``<think>``, so text that merely mentions the tag later stays in the answer.
+distillations; Magistral's writes earlier thinking chunks in its markers). Its output begins inside a think block when
+the prompt leaves one open (DeepSeek R1-0528's and Qwen3's thinking-only templates end the generation prompt with
+``<think>``); otherwise a block opens only if the output begins with ``<think>``, so text that merely mentions the tag
+later stays in the answer. (``<think>`` and ``</think>`` stand for either model's markers here.)
 
 Under a grammar (a JSON response_format, structured_outputs, a forced tool call), the model thinks first and the
 grammar holds for the answer after its block, as vLLM's server holds it back until the reasoning parser sees the
@@ -18,12 +19,21 @@ block.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from services.worker.tool_calls import longest_tag_start
 
-THINK_START = "<think>"
-THINK_END = "</think>"
+
+class ThinkMarkers(NamedTuple):
+    """The texts that open and close a model's think block."""
+
+    start: str
+    end: str
+
+
+THINK = ThinkMarkers("<think>", "</think>")
+MISTRAL_THINK = ThinkMarkers("[THINK]", "[/THINK]")
+"""Magistral's (Mistral's tokenizers v13 and later make both special tokens)."""
 
 ReadingState = Literal["opening", "reasoning", "answer"]
 
@@ -38,18 +48,20 @@ ANSWER_GAP = r"\s{0,4}"
 with room for carriage returns. Unbounded, a model could spend its tokens on it."""
 
 
-def reasons(chat_template: str | None) -> bool:
-    """Whether a model thinks in think blocks: its chat template writes or strips them."""
-    return THINK_END in (chat_template or "")
+def think_markers(chat_template: str | None) -> ThinkMarkers | None:
+    """How a model marks its think blocks, if it thinks in them: its chat template writes or strips them (None: it
+    does not)."""
+    template = chat_template or ""
+    return next((markers for markers in (THINK, MISTRAL_THINK) if markers.end in template), None)
 
 
-def thinking_room(prompt: str) -> ThinkingRoom:
+def thinking_room(prompt: str, markers: ThinkMarkers) -> ThinkingRoom:
     """Where the rendered prompt leaves the output. Only its end counts: a user's text may mention the tags
     anywhere."""
     end = prompt.rstrip()
-    if end.endswith(THINK_START):
+    if end.endswith(markers.start):
         return "inside"
-    return "closed" if end.endswith(THINK_END) else "may_open"
+    return "closed" if end.endswith(markers.end) else "may_open"
 
 
 def thinking_text(budget: int | None) -> dict[str, Any]:
@@ -58,7 +70,9 @@ def thinking_text(budget: int | None) -> dict[str, Any]:
     return {"type": "any_text"} | ({"max_tokens": min(budget, MOST_TOKENS)} if budget is not None else {})
 
 
-def think_then(answer: dict[str, Any] | None, room: ThinkingRoom, budget: int | None) -> dict[str, Any] | None:
+def think_then(
+    answer: dict[str, Any] | None, room: ThinkingRoom, budget: int | None, markers: ThinkMarkers
+) -> dict[str, Any] | None:
     """A grammar (xgrammar's structural-tag format) that lets the model think, at most ``budget`` tokens when set,
     then holds the answer to ``answer`` (a format of the same kind; None: any text). None where there is nothing
     to hold: thinking is closed, or neither an answer's grammar nor a budget is asked for."""
@@ -68,9 +82,9 @@ def think_then(answer: dict[str, Any] | None, room: ThinkingRoom, budget: int | 
     # inside: the prompt wrote <think>, so the block is the output's start up to </think>
     block: dict[str, Any] = {
         "type": "tag",
-        "begin": THINK_START if room == "may_open" else "",
+        "begin": markers.start if room == "may_open" else "",
         "content": thinking,
-        "end": THINK_END,
+        "end": markers.end,
     }
     if room == "may_open":
         block = {"type": "optional", "content": block}
@@ -81,39 +95,42 @@ def think_then(answer: dict[str, Any] | None, room: ThinkingRoom, budget: int | 
 @dataclass
 class ReasoningReader:
     """Splits an output, as it streams, into reasoning and answer. ``opening``: the output may still begin with
-    ``<think>`` (a part of the tag is held until it is known; anything else, white space included, is answer at
-    once, so an answer never waits); ``reasoning``: inside the block, a partial ``</think>`` held; ``answer``:
-    everything is answer. The white space after ``</think>`` is dropped, as the templates write it between the
-    two."""
+    the block's opening marker (a part of it is held until it is known; anything else, white space included, is
+    answer at once, so an answer never waits); ``reasoning``: inside the block, a partial closing marker held;
+    ``answer``: everything is answer. The white space after the closing marker is dropped, as the templates write
+    it between the two."""
 
+    markers: ThinkMarkers
     state: ReadingState = "opening"
     held: str = ""
-    trim_answer: bool = False  # just past </think>: the answer's leading white space is dropped
+    trim_answer: bool = False  # just past the block's end: the answer's leading white space is dropped
 
     @classmethod
-    def for_prompt(cls, prompt: str, grammar_first: bool) -> ReasoningReader:
+    def for_prompt(cls, prompt: str, grammar_first: bool, markers: ThinkMarkers) -> ReasoningReader:
         """``grammar_first``: a grammar holds from the output's first token (see the module's notes)."""
-        return cls("reasoning" if thinking_room(prompt) == "inside" and not grammar_first else "opening")
+        inside = thinking_room(prompt, markers) == "inside" and not grammar_first
+        return cls(markers, "reasoning" if inside else "opening")
 
     def feed(self, text: str) -> tuple[str, str]:
         """The reasoning and the answer that ``text`` adds and that may go to the client now."""
+        start, end_marker = self.markers
         text, self.held = self.held + text, ""
         reasoning = ""
         if self.state == "opening":
-            if text.startswith(THINK_START):
-                self.state, text = "reasoning", text[len(THINK_START) :]
-            elif THINK_START.startswith(text):  # empty, or a part of the tag: not known yet
+            if text.startswith(start):
+                self.state, text = "reasoning", text[len(start) :]
+            elif start.startswith(text):  # empty, or a part of the marker: not known yet
                 self.held = text
                 return "", ""
             else:
                 self.state = "answer"
         if self.state == "reasoning":
-            end = text.find(THINK_END)
+            end = text.find(end_marker)
             if end < 0:
-                keep = longest_tag_start(text, THINK_END)
+                keep = longest_tag_start(text, end_marker)
                 self.held = text[len(text) - keep :]
                 return text[: len(text) - keep], ""
-            reasoning, text = text[:end], text[end + len(THINK_END) :]
+            reasoning, text = text[:end], text[end + len(end_marker) :]
             self.state, self.trim_answer = "answer", True
         if self.trim_answer:
             text = text.lstrip()
@@ -121,30 +138,32 @@ class ReasoningReader:
         return reasoning, text
 
     def finish(self) -> tuple[str, str]:
-        """What is still held, once the output has ended: a partial tag is text after all."""
+        """What is still held, once the output has ended: a partial marker is text after all."""
         held, self.held = self.held, ""
         if self.state == "reasoning":
             return held, ""
         return "", "" if self.trim_answer else held
 
     @classmethod
-    def span(cls, text: str, prompt: str, grammar_first: bool) -> tuple[int, int] | None:
+    def span(cls, text: str, prompt: str, grammar_first: bool, markers: ThinkMarkers) -> tuple[int, int] | None:
         """Where a whole output's reasoning lies in it, in characters (markers left out), as ``split_whole`` reads
         it; None when it has none."""
         start = 0
-        if cls.for_prompt(prompt, grammar_first).state == "opening":
-            if not text.startswith(THINK_START):
+        if cls.for_prompt(prompt, grammar_first, markers).state == "opening":
+            if not text.startswith(markers.start):
                 return None
-            start = len(THINK_START)
-        end = text.find(THINK_END, start)
+            start = len(markers.start)
+        end = text.find(markers.end, start)
         return start, end if end >= 0 else len(text)
 
     @classmethod
-    def split_whole(cls, text: str, prompt: str, grammar_first: bool) -> tuple[str | None, str, list[tuple[int, int]]]:
+    def split_whole(
+        cls, text: str, prompt: str, grammar_first: bool, markers: ThinkMarkers
+    ) -> tuple[str | None, str, list[tuple[int, int]]]:
         """A whole output's reasoning (None when it has none), its answer, and where the reasoning lies in it (as
         HarmonyReader.split_whole gives them), read as a stream reads them."""
-        reader = cls.for_prompt(prompt, grammar_first)
+        reader = cls.for_prompt(prompt, grammar_first, markers)
         reasoning, answer = reader.feed(text)
         held_reasoning, held_answer = reader.finish()
-        span = cls.span(text, prompt, grammar_first)
+        span = cls.span(text, prompt, grammar_first, markers)
         return (reasoning + held_reasoning) or None, answer + held_answer, [span] if span else []

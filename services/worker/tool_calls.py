@@ -12,7 +12,8 @@ Qwen3-Coder's, XML inside ``<tool_call>``, as vLLM's ``qwen3_coder`` parser does
 ``<｜tool▁calls▁begin｜>`` markers, as vLLM's ``deepseek_v3`` and ``deepseek_v31`` parsers do; GLM's, keys and values
 inside ``<tool_call>``, as vLLM's ``glm45`` and ``glm47`` parsers do; Kimi K2's, in its ``<|tool_calls_section_begin|>``
 section, as vLLM's ``kimi_k2`` parser does; MiniMax M2's, ``<invoke>`` inside ``<minimax:tool_call>``, as vLLM's
-``minimax_m2`` parser does.
+``minimax_m2`` parser does; Granite 3's, a JSON array of calls as the whole answer, as vLLM's ``granite`` parser
+does; Jamba's, a JSON array inside ``<tool_calls>``, as vLLM's ``jamba`` parser does.
 
 Forced calls (tool_choice required, or a named function) are generated under a JSON schema, so they always parse and
 their arguments match the schema: a JSON array of ``{"name", "arguments"}`` objects (required), or the arguments
@@ -44,7 +45,17 @@ PYTHON_TAG = "<|python_tag|>"
 MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 
 ToolCallFormat = Literal[
-    "hermes", "llama3_json", "mistral", "pythonic", "qwen3_xml", "deepseek", "glm", "kimi_k2", "minimax"
+    "hermes",
+    "llama3_json",
+    "mistral",
+    "pythonic",
+    "qwen3_xml",
+    "deepseek",
+    "glm",
+    "kimi_k2",
+    "minimax",
+    "granite",
+    "jamba",
 ]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
@@ -70,8 +81,11 @@ calls inside ``<|tool_calls_section_begin|>...<|tool_calls_section_end|>``, each
 call's id; minimax (MiniMax M2, vLLM's ``minimax_m2`` parser), the calls inside
 ``<minimax:tool_call>...</minimax:tool_call>``, each ``<invoke name="NAME">`` then
 ``<parameter name="KEY">value</parameter>`` for each argument, up to ``</invoke>``, each value read as its parameter's
-type in the tool's schema. GLM's, Kimi's and MiniMax's markers are special tokens, kept in the text as Mistral's
-are."""
+type in the tool's schema; granite (Granite 3.0 to 3.3, vLLM's ``granite`` parser), the answer is the calls, a JSON
+array of ``{"name": ..., "arguments": {...}}``, perhaps after ``<|tool_call|>`` (or Granite 3.1's ``<tool_call>``);
+jamba (AI21's Jamba 1.5 and later, vLLM's ``jamba`` parser), the calls follow some text or none, as a JSON array of
+the same objects inside ``<tool_calls>...</tool_calls>``. GLM's, Kimi's, MiniMax's, Granite's and Jamba's markers
+are special tokens, kept in the text as Mistral's are."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
 _XML_PARAMETER = re.compile(r"<parameter=([^>]*)>(.*?)</parameter>", re.DOTALL)
@@ -84,6 +98,8 @@ KIMI_CALLS, KIMI_CALL, KIMI_ARGUMENTS = (
     "<|tool_call_argument_begin|>",
 )
 MINIMAX_CALLS, MINIMAX_INVOKE_END = "<minimax:tool_call>", "</invoke>"
+GRANITE_CALLS = "<|tool_call|>"
+JAMBA_CALLS = "<tool_calls>"
 _MINIMAX_NAME = r"""name\s*=\s*(?:"([^"]*)"|'([^']*)'|([^>\s]+))\s*>"""
 _MINIMAX_INVOKE = re.compile(r"<invoke\s+" + _MINIMAX_NAME)
 _MINIMAX_PARAMETER = re.compile(r"<parameter\s+" + _MINIMAX_NAME + r"(.*?)</parameter>", re.DOTALL)
@@ -94,6 +110,7 @@ _CALLS_OPENINGS: dict[ToolCallFormat, str] = {
     "deepseek": DEEPSEEK_CALLS,
     "kimi_k2": KIMI_CALLS,
     "minimax": MINIMAX_CALLS,
+    "jamba": JAMBA_CALLS,
 }
 """What opens an auto answer's calls, where it is not Hermes's ``<tool_call>``."""
 
@@ -102,9 +119,10 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
     """The format a model's own chat template teaches it, from the words only that format's templates use:
     Qwen3-Coder's ``<function=`` and ``<parameter=`` (its template also writes ``<tool_call>``), GLM's ``<arg_key>``
     (its template too), DeepSeek's ``<｜tool▁calls▁begin｜>``, Kimi K2's ``<|tool_calls_section_begin|>``, MiniMax's
-    ``<minimax:tool_call>``, Mistral's ``[TOOL_CALLS]``, the pythonic templates' ``[func_name1(``, and Llama 3's
-    ``{"name": function name, "parameters": ...}``. A template that renders ``<tool_call>`` tags otherwise, or no tools
-    at all (ferry then writes Hermes instructions in, see ``conversation``), means Hermes."""
+    ``<minimax:tool_call>``, Granite's ``<|tool_call|>``, Jamba's ``<tool_calls>``, Mistral's ``[TOOL_CALLS]``, the
+    pythonic templates' ``[func_name1(``, and Llama 3's ``{"name": function name, "parameters": ...}``. A template
+    that renders ``<tool_call>`` tags otherwise, or no tools at all (ferry then writes Hermes instructions in, see
+    ``conversation``), means Hermes."""
     template = chat_template or ""
     if "tools" not in template:
         return "hermes"
@@ -118,6 +136,10 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
         return "kimi_k2"
     if MINIMAX_CALLS in template:
         return "minimax"
+    if GRANITE_CALLS in template:
+        return "granite"
+    if JAMBA_CALLS in template:
+        return "jamba"
     if CALL_OPEN in template:
         return "hermes"
     if MISTRAL_CALLS in template:
@@ -128,9 +150,10 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
 
 
 def keeps_special_tokens(request: CompletionRequested, call_format: ToolCallFormat) -> bool:
-    """Whether the engine must keep special tokens in the request's text: a Mistral, GLM, Kimi or MiniMax model's
-    calls are marked by them (vLLM's parsers for them keep them too)."""
-    return call_format in ("mistral", "glm", "kimi_k2", "minimax") and tool_mode(request) == "auto"
+    """Whether the engine must keep special tokens in the request's text: a Mistral, GLM, Kimi, MiniMax, Granite or
+    Jamba model's calls are marked by them (vLLM's parsers for them keep them too)."""
+    marked = ("mistral", "glm", "kimi_k2", "minimax", "granite", "jamba")
+    return call_format in marked and tool_mode(request) == "auto"
 
 
 def mistral_call_id(call_id: str) -> str:
@@ -205,16 +228,27 @@ def tools_instructions(tools: list[FunctionTool]) -> str:
 
 
 def conversation(
-    messages: list[ChatMessage], tools: list[FunctionTool], native: bool, call_format: ToolCallFormat = "hermes"
+    messages: list[ChatMessage],
+    tools: list[FunctionTool],
+    native: bool,
+    call_format: ToolCallFormat = "hermes",
+    reasoning_in_chunks: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The turns to give the chat template, and the tools to pass it (None: none). ``native``: the template renders
     tools, tool calls and tool turns itself (a Mistral template gets call ids it takes, ``mistral_call_id``); else
-    they are written into the turns in the Hermes format."""
+    they are written into the turns in the Hermes format. ``reasoning_in_chunks``: the template writes an earlier
+    turn's reasoning from a ``thinking`` chunk of its content, as Mistral's reasoning templates do (mistral_common's
+    ThinkChunk), rather than from a field of the turn."""
     if native:
         template_id = mistral_call_id if call_format == "mistral" else str
         turns = []
         for m in messages:
             turn: dict[str, Any] = {"role": m.role, "content": m.content}
+            if m.reasoning is not None and reasoning_in_chunks:
+                text = [{"type": "text", "text": m.content}] if m.content else []
+                turn["content"] = [{"type": "thinking", "thinking": m.reasoning}, *text]
+            elif m.reasoning is not None:  # under both names vLLM gives it, and gpt-oss's template's
+                turn["reasoning"] = turn["reasoning_content"] = turn["thinking"] = m.reasoning
             if m.tool_calls:
                 turn["tool_calls"] = [
                     {
@@ -226,8 +260,6 @@ def conversation(
                 ]
             if m.tool_call_id is not None:
                 turn["tool_call_id"] = template_id(m.tool_call_id)
-            if m.reasoning is not None:  # under both names vLLM gives it, and gpt-oss's template's
-                turn["reasoning"] = turn["reasoning_content"] = turn["thinking"] = m.reasoning
             turns.append(turn)
         return turns, [_tool_json(t) for t in tools] or None
     turns = []
@@ -494,11 +526,11 @@ class ToolCallReader:
             return text
         if self.mode != "auto" or self.calling:
             self.held += text
-            return self._pythonic_text() if self.mode == "auto" and self.call_format == "pythonic" else ""
+            return self._pythonic_text() if self.mode == "auto" and self.call_format in ("pythonic", "granite") else ""
         text, self.held = self.held + text, ""
         if self.call_format == "llama3_json":
             return self._feed_answer_start(text)
-        if self.call_format == "pythonic":
+        if self.call_format in ("pythonic", "granite"):
             return self._feed_answer_start(text) + self._pythonic_text()
         opening = _CALLS_OPENINGS.get(self.call_format, CALL_OPEN)
         if (start := text.find(opening)) >= 0:
@@ -510,13 +542,13 @@ class ToolCallReader:
         return text
 
     def _feed_answer_start(self, text: str) -> str:
-        """Llama 3 and pythonic models answer with calls or with text, so the answer's first characters decide:
-        ``{`` or the python tag (Llama 3), ``[`` or ``<|python_start|>`` (pythonic) begins calls; anything else is
-        text to the end. Leading white space waits for the decision."""
+        """Llama 3, pythonic and Granite models answer with calls or with text, so the answer's first characters
+        decide: ``{`` or the python tag (Llama 3), ``[`` or ``<|python_start|>`` (pythonic), ``[`` or a call tag
+        (Granite) begins calls; anything else is text to the end. Leading white space waits for the decision."""
         if self.answered_in_text:
             return text
         rest = text[_skip_space(text, 0) :]
-        starts = ("{", PYTHON_TAG) if self.call_format == "llama3_json" else ("[", PYTHON_START)
+        starts = _ANSWER_STARTS[self.call_format]
         if rest.startswith(starts):
             self.calling, self.held = True, text
             return ""
@@ -527,9 +559,15 @@ class ToolCallReader:
         return text
 
     def _pythonic_text(self) -> str:
-        """What held text turned out to be text (``[1] First, ...``), once the first element of a pythonic answer
-        shows it is no call; it then streams as text to the end."""
-        if not self.calling or not _first_element_is_no_call(self.held):
+        """What held text turned out to be text (``[1] First, ...``), once the first element of a pythonic or
+        Granite answer shows it is no call; it then streams as text to the end."""
+        if not self.calling:
+            return ""
+        if self.call_format == "granite":
+            written = self._written()
+            if not written or not written[0].broken:
+                return ""
+        elif not _first_element_is_no_call(self.held):
             return ""
         released, self.held, self.calling, self.answered_in_text = self.held, "", False, True
         return released
@@ -629,6 +667,14 @@ class ToolCallReader:
         if self.call_format == "llama3_json":  # auto: the answer is the calls, joined by semicolons
             i = _skip_space(text, 0)
             return self._joined(text, i + len(PYTHON_TAG) if text.startswith(PYTHON_TAG, i) else i, ";")
+        if self.call_format == "granite":  # auto: the answer is a JSON array of calls, perhaps after a call tag
+            i = _skip_space(text, 0)
+            for tag in (GRANITE_CALLS, CALL_OPEN):
+                i = _skip_space(text, i + len(tag)) if text.startswith(tag, i) else i
+            return self._joined(text, i + 1, ",") if text.startswith("[", i) else []
+        if self.call_format == "jamba":  # auto: a JSON array of calls after <tool_calls>
+            i = _skip_space(text, text.find(JAMBA_CALLS) + len(JAMBA_CALLS))
+            return self._joined(text, i + 1, ",") if text.startswith("[", i) else []
         if self.call_format == "mistral":
             return self._mistral_calls(text)
         if self.call_format == "deepseek":
@@ -928,6 +974,14 @@ def _schema_types(schema: dict[str, Any]) -> set[str]:
                 types |= _schema_types(option)
     return types
 
+
+_ANSWER_STARTS: dict[ToolCallFormat, tuple[str, ...]] = {
+    "llama3_json": ("{", PYTHON_TAG),
+    "pythonic": ("[", PYTHON_START),
+    "granite": ("[", GRANITE_CALLS, CALL_OPEN),
+}
+"""What begins calls in the answer of a model that answers with calls or with text (the first, one character; the
+others, tags whose parts are held until known)."""
 
 _WHOLE_CALLS: dict[ToolCallFormat, Callable[[str, CompletionRequested], list[tuple[str, str]]]] = {
     "pythonic": lambda text, _: pythonic_calls(text),

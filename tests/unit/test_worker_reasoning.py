@@ -9,12 +9,22 @@ import pytest
 import xgrammar
 
 from services.worker.engine import Engine
-from services.worker.reasoning import ReasoningReader, reasons, think_then, thinking_room
+from services.worker.reasoning import (
+    MISTRAL_THINK,
+    THINK,
+    ReasoningReader,
+    ThinkMarkers,
+    think_markers,
+    think_then,
+    thinking_room,
+)
 from shared.contracts import ResponseFormat, SamplingParams, StructuredOutputs
 
 QWEN3_PROMPT = "<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"
 R1_0528_PROMPT = "<｜User｜>Why?<｜Assistant｜><think>\n"  # the template opens the block itself
 NOT_THINKING_PROMPT = QWEN3_PROMPT + "<think>\n\n</think>\n\n"  # Qwen3 with enable_thinking false
+# Magistral's and Ministral 3's (Mistral's reasoning models): the model opens its block itself
+MAGISTRAL_PROMPT = "<s>[SYSTEM_PROMPT]Think in [THINK]...[/THINK] first.[/SYSTEM_PROMPT][INST]Why?[/INST]"
 
 
 def streamed(reader: ReasoningReader, chunks: list[str]) -> tuple[str, str]:
@@ -40,23 +50,34 @@ CASES = [
     (NOT_THINKING_PROMPT, "Because.", None, "Because."),
     (QWEN3_PROMPT, "   ", None, "   "),
 ]
+MISTRAL_CASES = [
+    (MAGISTRAL_PROMPT, "[THINK]Blue scatters.[/THINK]Rayleigh.", "Blue scatters.", "Rayleigh."),
+    (MAGISTRAL_PROMPT, "[THINK]x[/THINK][TOOL_CALLS]f[ARGS]{}", "x", "[TOOL_CALLS]f[ARGS]{}"),  # for the call reader
+    (MAGISTRAL_PROMPT, "An answer with [THINK] in it.", None, "An answer with [THINK] in it."),
+    (MAGISTRAL_PROMPT, "<think>not its markers</think>", None, "<think>not its markers</think>"),
+    (MAGISTRAL_PROMPT, "[THI", None, "[THI"),
+    (MAGISTRAL_PROMPT, "[THINK]Cut short [/THI", "Cut short [/THI", ""),
+]
 
 
-@pytest.mark.parametrize(("prompt", "output", "reasoning", "answer"), CASES)
+@pytest.mark.parametrize(
+    ("markers", "prompt", "output", "reasoning", "answer"),
+    [(THINK, *case) for case in CASES] + [(MISTRAL_THINK, *case) for case in MISTRAL_CASES],
+)
 def test_reasoning_is_read_whole_and_streamed_alike_however_the_output_is_split(
-    prompt: str, output: str, reasoning: str | None, answer: str
+    markers: ThinkMarkers, prompt: str, output: str, reasoning: str | None, answer: str
 ) -> None:
-    whole_reasoning, whole_answer, spans = ReasoningReader.split_whole(output, prompt, grammar_first=False)
+    whole_reasoning, whole_answer, spans = ReasoningReader.split_whole(output, prompt, False, markers)
     assert (whole_reasoning, whole_answer) == (reasoning, answer)
     # where the tokens to count as reasoning lie
     assert ("".join(output[a:b] for a, b in spans) or None) == reasoning
     for size in (1, 2, 3, 7, len(output)):
         chunks = [output[i : i + size] for i in range(0, len(output), size)]
-        assert streamed(ReasoningReader.for_prompt(prompt, grammar_first=False), chunks) == (reasoning or "", answer)
+        assert streamed(ReasoningReader.for_prompt(prompt, False, markers), chunks) == (reasoning or "", answer)
 
 
 def test_a_partial_tag_waits_and_nothing_else_does() -> None:
-    reader = ReasoningReader.for_prompt(QWEN3_PROMPT, grammar_first=False)
+    reader = ReasoningReader.for_prompt(QWEN3_PROMPT, False, THINK)
     assert reader.feed("<thi") == ("", "")
     assert reader.feed("nk>Let me see") == ("Let me see", "")
     assert reader.feed(", two</") == (", two", "")
@@ -66,23 +87,27 @@ def test_a_partial_tag_waits_and_nothing_else_does() -> None:
     assert reader.state == "answer"
     # an answer never waits: white space at the start is answer at once (a model that writes only white space
     # streams it), as is anything that cannot begin the tag
-    assert ReasoningReader.for_prompt(QWEN3_PROMPT, grammar_first=False).feed("\n") == ("", "\n")
-    assert ReasoningReader.for_prompt(QWEN3_PROMPT, grammar_first=False).feed("<b>") == ("", "<b>")
+    assert ReasoningReader.for_prompt(QWEN3_PROMPT, False, THINK).feed("\n") == ("", "\n")
+    assert ReasoningReader.for_prompt(QWEN3_PROMPT, False, THINK).feed("<b>") == ("", "<b>")
 
 
 def test_under_a_grammar_from_the_first_token_the_output_begins_outside_the_block() -> None:
     # a grammar that could not be composed with thinking holds from the first token, so what it allows is the
     # answer (a JSON object, say), even after an opening prompt
-    assert ReasoningReader.split_whole('{"a": 1}', R1_0528_PROMPT, grammar_first=True)[:2] == (None, '{"a": 1}')
+    assert ReasoningReader.split_whole('{"a": 1}', R1_0528_PROMPT, True, THINK)[:2] == (None, '{"a": 1}')
     # a grammar that lets the model write a block first is still read as one
-    assert ReasoningReader.split_whole("<think>hm</think>{}", QWEN3_PROMPT, grammar_first=True)[:2] == ("hm", "{}")
+    assert ReasoningReader.split_whole("<think>hm</think>{}", QWEN3_PROMPT, True, THINK)[:2] == ("hm", "{}")
 
 
 def test_only_the_end_of_the_prompt_opens_or_closes_a_block() -> None:
-    assert thinking_room(R1_0528_PROMPT) == "inside"
-    assert thinking_room(NOT_THINKING_PROMPT) == "closed"
-    assert thinking_room(QWEN3_PROMPT) == "may_open"
-    assert thinking_room("<|im_start|>user\nWhat does <think> mean?<|im_end|>\n<|im_start|>assistant\n") == "may_open"
+    assert thinking_room(R1_0528_PROMPT, THINK) == "inside"
+    assert thinking_room(NOT_THINKING_PROMPT, THINK) == "closed"
+    assert thinking_room(QWEN3_PROMPT, THINK) == "may_open"
+    mentioned = "<|im_start|>user\nWhat does <think> mean?<|im_end|>\n<|im_start|>assistant\n"
+    assert thinking_room(mentioned, THINK) == "may_open"
+    assert thinking_room(MAGISTRAL_PROMPT, MISTRAL_THINK) == "may_open"  # its system prompt names both markers
+    assert thinking_room(MAGISTRAL_PROMPT + "[THINK]", MISTRAL_THINK) == "inside"
+    assert thinking_room(R1_0528_PROMPT, MISTRAL_THINK) == "may_open"  # another model's markers mean nothing
 
 
 def accepts(grammar: dict | str, text: str) -> bool:
@@ -94,33 +119,33 @@ JSON_ANSWER = {"type": "json_schema", "json_schema": {"type": "object", "propert
 
 
 def test_under_a_grammar_the_model_may_think_first_and_the_grammar_holds_for_the_answer() -> None:
-    may_open = think_then(JSON_ANSWER, "may_open", None)
+    may_open = think_then(JSON_ANSWER, "may_open", None, THINK)
     assert may_open is not None
     assert accepts(may_open, '<think>\nThe user wants a.\n</think>\n\n{"a": 1}')
     assert accepts(may_open, '{"a": 1}')  # or not think at all
     assert not accepts(may_open, 'Sure! {"a": 1}')  # what is not in a block is the answer
     assert not accepts(may_open, '<think>x</think>\n\n{"a": "one"}')
     assert not accepts(may_open, "<think>x</think>" + "\n" * 5 + '{"a": 1}')  # a gap to waste tokens in: no
-    inside = think_then({"type": "regex", "pattern": "[A-Z][a-z]+\\."}, "inside", None)
+    inside = think_then({"type": "regex", "pattern": "[A-Z][a-z]+\\."}, "inside", None, THINK)
     assert inside is not None
     assert accepts(inside, "Two and two.\n</think>\n\nFour.")
     assert not accepts(inside, "Four.")  # the prompt opened the block: it ends before the answer
 
 
 def test_a_budget_alone_leaves_the_answer_free_and_a_closed_block_or_nothing_asked_means_no_grammar() -> None:
-    budgeted = think_then(None, "inside", 16)
+    budgeted = think_then(None, "inside", 16, THINK)
     assert budgeted is not None and accepts(budgeted, "hm</think>Anything at all, <think> included.")
-    assert think_then(JSON_ANSWER, "closed", 16) is None  # thinking was switched off: the grammar holds at once
+    assert think_then(JSON_ANSWER, "closed", 16, THINK) is None  # thinking was switched off: the grammar holds at once
     # any budget the API takes makes a grammar xgrammar takes (it counts in 32 bits)
-    huge = think_then(None, "inside", 10**30)
+    huge = think_then(None, "inside", 10**30, THINK)
     assert huge is not None and accepts(huge, "hm</think>Yes.")
-    assert think_then(None, "may_open", None) is None
+    assert think_then(None, "may_open", None, THINK) is None
 
 
 def test_the_engine_composes_each_form_of_grammar_it_takes_and_leaves_alone_what_it_cannot() -> None:
     def composed(**form: object) -> str | None:
         sampling = SamplingParams(max_tokens=8, **form)  # type: ignore[arg-type]
-        return Engine.thinking_grammar(sampling, partial(think_then, room="may_open", budget=None))
+        return Engine.thinking_grammar(sampling, partial(think_then, room="may_open", budget=None, markers=THINK))
 
     choice = composed(structured_outputs=StructuredOutputs(choice=["yes", "no"]))
     assert choice is not None and accepts(choice, "<think>hm</think>no") and not accepts(choice, "maybe")
@@ -145,11 +170,69 @@ def test_the_engine_composes_each_form_of_grammar_it_takes_and_leaves_alone_what
     assert composed(structured_outputs=StructuredOutputs(grammar="root ::= ")) is None
 
 
+# the assistant turn of Mistral's reasoning templates (Magistral, Ministral 3), as mistral_common writes them
+MISTRAL_ASSISTANT_TURN = """{%- for message in messages %}
+{%- if message['role'] == 'user' %}{{- '[INST]' + message['content'] + '[/INST]' }}
+{%- elif message['role'] == 'assistant' %}
+    {%- if message['content'] is string and message['content'] != '' %}{{- message['content'] }}
+    {%- elif message['content'] | length > 0 %}
+        {%- for block in message['content'] %}
+            {%- if block['type'] == 'text' %}{{- block['text'] }}
+            {%- elif block['type'] == 'thinking' %}{{- '[THINK]' + block['thinking'] + '[/THINK]' }}
+            {%- else %}{{- raise_exception('Only text and thinking chunks are supported.') }}
+            {%- endif %}
+        {%- endfor %}
+    {%- endif %}
+    {{- '</s>' }}
+{%- endif %}
+{%- endfor %}"""
+
+
 def test_a_model_reasons_when_its_template_writes_or_strips_think_blocks() -> None:
     qwen3_like = "{% set content = message.content.split('</think>')[-1] %}"
-    assert reasons(qwen3_like)
-    assert not reasons("{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}")
-    assert not reasons(None)
+    assert think_markers(qwen3_like) == THINK
+    assert think_markers(MISTRAL_ASSISTANT_TURN) == MISTRAL_THINK
+    assert think_markers("{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}") is None
+    assert think_markers(None) is None
+
+
+def test_under_a_grammar_a_mistral_model_thinks_in_its_own_markers() -> None:
+    grammar = think_then(JSON_ANSWER, "may_open", 16, MISTRAL_THINK)
+    assert grammar is not None
+    assert accepts(grammar, '[THINK]The user wants a.[/THINK]{"a": 1}')
+    assert accepts(grammar, '{"a": 1}')
+    assert not accepts(grammar, '<think>x</think>{"a": 1}')
+
+
+def word_tokenizer(markers: ThinkMarkers, special: bool, chat_template: str):  # type: ignore[no-untyped-def]
+    """A tokenizer made here, whose markers are added tokens, special or not."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"[UNK]": 0, "Two": 1, "and": 2, "two": 3, "Four.": 4}
+    backend = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    tokenizer.add_tokens([AddedToken(marker, special=special) for marker in markers])
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def test_an_earlier_turns_reasoning_reaches_a_mistral_template_as_a_thinking_chunk() -> None:
+    from shared.contracts import ChatMessage
+
+    engine = Engine.__new__(Engine)  # only its tokenizer is used
+    engine._tokenizer = word_tokenizer(MISTRAL_THINK, True, MISTRAL_ASSISTANT_TURN + "{# tools #}")
+    chat = [
+        ChatMessage(role="user", content="Two and two?"),
+        ChatMessage(role="assistant", content="Four.", reasoning="Two and two"),
+        ChatMessage(role="user", content="Sure?"),
+    ]
+    prompt = engine.render_prompt(chat)
+    assert prompt == "[INST]Two and two?[/INST][THINK]Two and two[/THINK]Four.</s>[INST]Sure?[/INST]"
+    # a turn that only thought (before a call, say) is one chunk
+    chat[1] = ChatMessage(role="assistant", content="", reasoning="Hm")
+    assert "[/INST][THINK]Hm[/THINK]</s>" in engine.render_prompt(chat)
 
 
 @pytest.mark.parametrize("kind", ["byte_level", "metaspace"])
@@ -199,19 +282,15 @@ def test_a_blocks_tokens_are_counted_as_generated_whatever_the_steps_held(kind: 
 
 
 @pytest.mark.parametrize("special", [True, False])
-def test_a_model_whose_think_markers_are_special_tokens_keeps_them_in_its_text(special: bool) -> None:
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = {"[UNK]": 0, "Two": 1, "and": 2, "two": 3, "Four.": 4}
-    backend = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
-    tokenizer.add_tokens([AddedToken("<think>", special=special), AddedToken("</think>", special=special)])
-    tokenizer.chat_template = "{{ messages[0]['content'].split('</think>')[-1] }}"  # strips think blocks: it reasons
+@pytest.mark.parametrize("markers", [THINK, MISTRAL_THINK])
+def test_a_model_whose_think_markers_are_special_tokens_keeps_them_in_its_text(
+    special: bool, markers: ThinkMarkers
+) -> None:
+    # a template that strips think blocks: it reasons
+    tokenizer = word_tokenizer(markers, special, f"{{{{ messages[0]['content'].split('{markers.end}')[-1] }}}}")
     engine = Engine.__new__(Engine)  # only its tokenizer is used
     engine._tokenizer = tokenizer
-    assert engine.reasons and engine.thinks_in_special_tokens == special
+    assert engine.think_markers == markers and engine.thinks_in_special_tokens == special
     # why: text decoded without special tokens loses the markers, and the block could no longer be told apart
-    ids = tokenizer.encode("<think> Two and two </think> Four.", add_special_tokens=False)
-    assert ("<think>" in tokenizer.decode(ids, skip_special_tokens=True)) != special
+    ids = tokenizer.encode(f"{markers.start} Two and two {markers.end} Four.", add_special_tokens=False)
+    assert (markers.start in tokenizer.decode(ids, skip_special_tokens=True)) != special

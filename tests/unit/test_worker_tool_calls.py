@@ -887,3 +887,85 @@ def test_minimaxs_template_gets_earlier_calls_as_it_writes_them() -> None:
     (prompt,), _ = render_jinja_template([turns], tools=tools, chat_template=MINIMAX_FRAGMENT)
     assert '<invoke name="get_weather"><parameter name="city">Paris</parameter></invoke>' in prompt
     assert '<invoke name="get_time"></invoke>' in prompt
+
+
+# Granite 3's (as vLLM's example template for its granite parser writes it): earlier calls after <|tool_call|>, as a
+# JSON array of the calls' functions
+GRANITE_FRAGMENT = (
+    "{%- if tools %}<|start_of_role|>available_tools<|end_of_role|>{{ tools | tojson }}<|end_of_text|>\n{%- endif %}"
+    "{%- for m in messages %}{%- if m.role == 'assistant' and m.tool_calls %}"
+    "<|start_of_role|>assistant<|end_of_role|><|tool_call|>{{ m.tool_calls | map(attribute='function') | list | "
+    "tojson }}<|end_of_text|>\n{%- elif m.role == 'tool' %}<|start_of_role|>tool_response<|end_of_role|>"
+    "{{ m.content }}<|end_of_text|>\n{%- else %}<|start_of_role|>{{ m.role }}<|end_of_role|>{{ m.content }}"
+    "<|end_of_text|>\n{%- endif %}{%- endfor %}"
+)
+# a template that writes earlier calls as vLLM's jamba parser reads them: a JSON array inside <tool_calls>
+JAMBA_FRAGMENT = (
+    "{%- for m in messages %}{{ m.content or '' }}{%- if m.tool_calls %}<tool_calls>{{ m.tool_calls | "
+    "map(attribute='function') | list | tojson }}</tool_calls>{%- endif %}{%- endfor %}"
+    "{%- if tools %}{{ tools | tojson }}{%- endif %}"
+)
+
+
+def test_granites_and_jambas_templates_have_their_calls_read_in_their_formats_with_special_tokens_kept() -> None:
+    from services.worker.tool_calls import call_format, keeps_special_tokens
+
+    assert call_format(GRANITE_FRAGMENT) == "granite" and call_format(JAMBA_FRAGMENT) == "jamba"
+    for model_format in ("granite", "jamba"):
+        assert keeps_special_tokens(request(), model_format)
+        assert not keeps_special_tokens(request(tool_choice="required"), model_format)
+
+
+GRANITE_OUTPUTS = [
+    ('<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris",\n "days": [1, 2]}}]',
+     [("get_weather", {"city": "Paris", "days": [1, 2]})]),
+    ('\n<tool_call> [{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "Rio"}}]',
+     [("get_time", {}), ("get_weather", {"city": "Rio"})]),
+    ('[{"name": "get_time", "arguments": {}}]', [("get_time", {})]),  # the tag dropped as a special token
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("output", "expected"), GRANITE_OUTPUTS)
+def test_granite_calls_are_read_whole_and_stream_alike_however_the_output_is_split(
+    output: str, expected: list[tuple[str, dict]]
+) -> None:
+    assert_read_alike(output, "granite", "", expected)
+
+
+def test_a_granite_answer_that_is_no_array_of_offered_calls_is_text_and_streams_once_that_shows() -> None:
+    for output in ("It is sunny.", "[1] First, the sky.", '[{"name": "rm_rf", "arguments": {}}]', "<|tool_call|>hm",
+                   "<|tool_", "[]", 'Calls: [{"name": "get_time", "arguments": {}}]'):  # fmt: skip
+        assert ToolCallReader.read_whole(request(), output, "stop", "granite") == (output, None, "stop")
+    reader = ToolCallReader(request(), "granite")
+    assert reader.feed("\n") == ""  # white space waits: calls may follow
+    assert reader.feed("[") == ""  # perhaps an array of calls
+    assert reader.feed("1") == "\n[1"  # its first element is no call object: text from here on
+    assert reader.feed("] First") == "] First"
+
+
+def test_jamba_calls_are_read_whole_and_stream_alike_and_what_names_no_offered_tool_is_text() -> None:
+    output = (
+        'Let me look.<tool_calls>[{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": '
+        '{"city": "Rio \\"de\\" J"}}]</tool_calls>'
+    )
+    assert_read_alike(output, "jamba", "Let me look.", [("get_time", {}), ("get_weather", {"city": 'Rio "de" J'})])
+    for text in ("Paris is sunny.", '<tool_calls>[{"name": "rm_rf", "arguments": {}}]</tool_calls>', "<tool_ca"):
+        assert ToolCallReader.read_whole(request(), text, "stop", "jamba") == (text, None, "stop")
+
+
+@pytest.mark.parametrize(("fragment", "model_format"), [(GRANITE_FRAGMENT, "granite"), (JAMBA_FRAGMENT, "jamba")])
+def test_granites_and_jambas_templates_get_earlier_calls_as_their_models_write_them(
+    fragment: str, model_format: ToolCallFormat
+) -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    turns, tools = conversation(TOOL_CONVERSATION[:2], [WEATHER, TIME], native=True, call_format=model_format)
+    (prompt,), _ = render_jinja_template([turns], tools=tools, chat_template=fragment)
+    # what the template wrote is read back as the same calls
+    opening, closing = ("<|tool_call|>", "<|end_of_text|>") if model_format == "granite" else ("<tool_calls>", "")
+    start = prompt.index(opening)
+    written = prompt[start : prompt.index(closing, start)] if closing else prompt[start:]
+    _, calls, _ = ToolCallReader.read_whole(request(), written, "stop", model_format)
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls or []] == [
+        (c.function.name, json.loads(c.function.arguments)) for c in TOOL_CONVERSATION[1].tool_calls
+    ]
