@@ -341,7 +341,9 @@ class Engine:
     def thinks_in_special_tokens(self) -> bool:
         """Whether the model's think markers are special tokens (as some tokenizers make them): its text must then
         keep special tokens, or its block could not be told apart."""
-        return self.think_markers is not None and bool(set(self.think_markers) & self.special_tokens)
+        markers = self.think_markers or ()
+        # a marker may be a special token and a label after it (Gemma 4's)
+        return any(marker.startswith(token) for marker in markers for token in self.special_tokens if token)
 
     @cached_property
     def speaks_harmony(self) -> bool:

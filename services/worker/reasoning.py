@@ -1,6 +1,7 @@
-"""A reasoning model's thinking, told apart from its answer, as vLLM's ``deepseek_r1``, ``qwen3`` and ``mistral``
-reasoning parsers tell them apart: the text inside ``<think>...</think>`` (Mistral's Magistral: ``[THINK]...[/THINK]``)
-is the reasoning, which reaches the client in ``reasoning``, and the rest is the answer (``content``, or tool calls).
+"""A reasoning model's thinking, told apart from its answer, as vLLM's ``deepseek_r1``, ``qwen3``, ``mistral`` and
+``gemma4`` reasoning parsers tell them apart: the text inside ``<think>...</think>`` (Mistral's Magistral:
+``[THINK]...[/THINK]``; Gemma 4: ``<|channel>thought\n...<channel|>``, see GEMMA4_THINK) is the reasoning, which reaches
+the client in ``reasoning``, and the rest is the answer (``content``, or tool calls).
 
 A model reasons when its chat template writes or strips think blocks (Qwen3, QwQ, DeepSeek R1 and their
 distillations; Magistral's writes earlier thinking chunks in its markers). Its output begins inside a think block when
@@ -34,6 +35,9 @@ class ThinkMarkers(NamedTuple):
 THINK = ThinkMarkers("<think>", "</think>")
 MISTRAL_THINK = ThinkMarkers("[THINK]", "[/THINK]")
 """Magistral's (Mistral's tokenizers v13 and later make both special tokens)."""
+GEMMA4_THINK = ThinkMarkers("<|channel>thought\n", "<channel|>")
+"""Gemma 4's: its thought channel, whose label (``thought`` and a newline) is left out of the reasoning, as vLLM's
+``gemma4`` parser leaves it out."""
 
 ReadingState = Literal["opening", "reasoning", "answer"]
 
@@ -52,14 +56,14 @@ def think_markers(chat_template: str | None) -> ThinkMarkers | None:
     """How a model marks its think blocks, if it thinks in them: its chat template writes or strips them (None: it
     does not)."""
     template = chat_template or ""
-    return next((markers for markers in (THINK, MISTRAL_THINK) if markers.end in template), None)
+    return next((markers for markers in (THINK, MISTRAL_THINK, GEMMA4_THINK) if markers.end in template), None)
 
 
 def thinking_room(prompt: str, markers: ThinkMarkers) -> ThinkingRoom:
     """Where the rendered prompt leaves the output. Only its end counts: a user's text may mention the tags
     anywhere."""
     end = prompt.rstrip()
-    if end.endswith(markers.start):
+    if end.endswith(markers.start.rstrip()):
         return "inside"
     return "closed" if end.endswith(markers.end) else "may_open"
 

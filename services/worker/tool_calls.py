@@ -13,7 +13,8 @@ Qwen3-Coder's, XML inside ``<tool_call>``, as vLLM's ``qwen3_coder`` parser does
 inside ``<tool_call>``, as vLLM's ``glm45`` and ``glm47`` parsers do; Kimi K2's, in its ``<|tool_calls_section_begin|>``
 section, as vLLM's ``kimi_k2`` parser does; MiniMax M2's, ``<invoke>`` inside ``<minimax:tool_call>``, as vLLM's
 ``minimax_m2`` parser does; Granite 3's, a JSON array of calls as the whole answer, as vLLM's ``granite`` parser
-does; Jamba's, a JSON array inside ``<tool_calls>``, as vLLM's ``jamba`` parser does.
+does; Jamba's, a JSON array inside ``<tool_calls>``, as vLLM's ``jamba`` parser does; Gemma 4's, each
+``<|tool_call>call:NAME{...}<tool_call|>`` in its own notation (see gemma4), as vLLM's ``gemma4`` parser does.
 
 Forced calls (tool_choice required, or a named function) are generated under a JSON schema, so they always parse and
 their arguments match the schema: a JSON array of ``{"name", "arguments"}`` objects (required), or the arguments
@@ -30,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from services.worker.gemma4 import CALL as GEMMA4_CALL
+from services.worker.gemma4 import gemma4_calls
 from shared.contracts import (
     ChatMessage,
     CompletionRequested,
@@ -56,6 +59,7 @@ ToolCallFormat = Literal[
     "minimax",
     "granite",
     "jamba",
+    "gemma4",
 ]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
@@ -84,8 +88,9 @@ call's id; minimax (MiniMax M2, vLLM's ``minimax_m2`` parser), the calls inside
 type in the tool's schema; granite (Granite 3.0 to 3.3, vLLM's ``granite`` parser), the answer is the calls, a JSON
 array of ``{"name": ..., "arguments": {...}}``, perhaps after ``<|tool_call|>`` (or Granite 3.1's ``<tool_call>``);
 jamba (AI21's Jamba 1.5 and later, vLLM's ``jamba`` parser), the calls follow some text or none, as a JSON array of
-the same objects inside ``<tool_calls>...</tool_calls>``. GLM's, Kimi's, MiniMax's, Granite's and Jamba's markers
-are special tokens, kept in the text as Mistral's are."""
+the same objects inside ``<tool_calls>...</tool_calls>``; gemma4 (Gemma 4, vLLM's ``gemma4`` parser), after some
+text or none, each call ``<|tool_call>call:NAME{key:value,...}<tool_call|>`` in Gemma's notation (see gemma4). GLM's,
+Kimi's, MiniMax's, Granite's, Jamba's and Gemma's markers are special tokens, kept in the text as Mistral's are."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
 _XML_PARAMETER = re.compile(r"<parameter=([^>]*)>(.*?)</parameter>", re.DOTALL)
@@ -111,6 +116,7 @@ _CALLS_OPENINGS: dict[ToolCallFormat, str] = {
     "kimi_k2": KIMI_CALLS,
     "minimax": MINIMAX_CALLS,
     "jamba": JAMBA_CALLS,
+    "gemma4": GEMMA4_CALL,
 }
 """What opens an auto answer's calls, where it is not Hermes's ``<tool_call>``."""
 
@@ -119,10 +125,10 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
     """The format a model's own chat template teaches it, from the words only that format's templates use:
     Qwen3-Coder's ``<function=`` and ``<parameter=`` (its template also writes ``<tool_call>``), GLM's ``<arg_key>``
     (its template too), DeepSeek's ``<｜tool▁calls▁begin｜>``, Kimi K2's ``<|tool_calls_section_begin|>``, MiniMax's
-    ``<minimax:tool_call>``, Granite's ``<|tool_call|>``, Jamba's ``<tool_calls>``, Mistral's ``[TOOL_CALLS]``, the
-    pythonic templates' ``[func_name1(``, and Llama 3's ``{"name": function name, "parameters": ...}``. A template
-    that renders ``<tool_call>`` tags otherwise, or no tools at all (ferry then writes Hermes instructions in, see
-    ``conversation``), means Hermes."""
+    ``<minimax:tool_call>``, Gemma 4's ``<|tool_call>call:``, Granite's ``<|tool_call|>``, Jamba's ``<tool_calls>``,
+    Mistral's ``[TOOL_CALLS]``, the pythonic templates' ``[func_name1(``, and Llama 3's ``{"name": function name,
+    "parameters": ...}``. A template that renders ``<tool_call>`` tags otherwise, or no tools at all (ferry then
+    writes Hermes instructions in, see ``conversation``), means Hermes."""
     template = chat_template or ""
     if "tools" not in template:
         return "hermes"
@@ -136,6 +142,8 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
         return "kimi_k2"
     if MINIMAX_CALLS in template:
         return "minimax"
+    if GEMMA4_CALL + "call:" in template:
+        return "gemma4"
     if GRANITE_CALLS in template:
         return "granite"
     if JAMBA_CALLS in template:
@@ -150,9 +158,9 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
 
 
 def keeps_special_tokens(request: CompletionRequested, call_format: ToolCallFormat) -> bool:
-    """Whether the engine must keep special tokens in the request's text: a Mistral, GLM, Kimi, MiniMax, Granite or
-    Jamba model's calls are marked by them (vLLM's parsers for them keep them too)."""
-    marked = ("mistral", "glm", "kimi_k2", "minimax", "granite", "jamba")
+    """Whether the engine must keep special tokens in the request's text: a Mistral, GLM, Kimi, MiniMax, Granite,
+    Jamba or Gemma 4 model's calls are marked by them (vLLM's parsers for them keep them too)."""
+    marked = ("mistral", "glm", "kimi_k2", "minimax", "granite", "jamba", "gemma4")
     return call_format in marked and tool_mode(request) == "auto"
 
 
@@ -988,5 +996,6 @@ _WHOLE_CALLS: dict[ToolCallFormat, Callable[[str, CompletionRequested], list[tup
     "qwen3_xml": xml_calls,
     "glm": glm_calls,
     "minimax": minimax_calls,
+    "gemma4": lambda text, _: gemma4_calls(text),
 }
 """The formats whose calls are announced once written whole, and their readers (text, request -> (name, arguments))."""

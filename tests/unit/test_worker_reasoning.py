@@ -10,6 +10,7 @@ import xgrammar
 
 from services.worker.engine import Engine
 from services.worker.reasoning import (
+    GEMMA4_THINK,
     MISTRAL_THINK,
     THINK,
     ReasoningReader,
@@ -50,6 +51,16 @@ CASES = [
     (NOT_THINKING_PROMPT, "Because.", None, "Because."),
     (QWEN3_PROMPT, "   ", None, "   "),
 ]
+GEMMA4_PROMPT = "<bos><|turn>system\n<|think|>\n<turn|>\n<|turn>user\nWhy?<turn|>\n<|turn>model\n"
+GEMMA4_CASES = [
+    (GEMMA4_PROMPT, "<|channel>thought\nBlue scatters.\n<channel|>Rayleigh.", "Blue scatters.\n", "Rayleigh."),
+    (GEMMA4_PROMPT, "<|channel>thought\n<channel|>Rayleigh.", None, "Rayleigh."),  # thinking off: an empty channel
+    (GEMMA4_PROMPT, "<|channel>thought\nx<channel|><|tool_call>call:f{}<tool_call|>", "x",
+     "<|tool_call>call:f{}<tool_call|>"),
+    (GEMMA4_PROMPT, "<|channel>thou", None, "<|channel>thou"),
+    (GEMMA4_PROMPT, "<|channel>thought\nCut short <chan", "Cut short <chan", ""),
+    (GEMMA4_PROMPT + "<|channel>thought\n", "Inside.<channel|>Out.", "Inside.", "Out."),  # the prompt opened it
+]  # fmt: skip
 MISTRAL_CASES = [
     (MAGISTRAL_PROMPT, "[THINK]Blue scatters.[/THINK]Rayleigh.", "Blue scatters.", "Rayleigh."),
     (MAGISTRAL_PROMPT, "[THINK]x[/THINK][TOOL_CALLS]f[ARGS]{}", "x", "[TOOL_CALLS]f[ARGS]{}"),  # for the call reader
@@ -62,7 +73,9 @@ MISTRAL_CASES = [
 
 @pytest.mark.parametrize(
     ("markers", "prompt", "output", "reasoning", "answer"),
-    [(THINK, *case) for case in CASES] + [(MISTRAL_THINK, *case) for case in MISTRAL_CASES],
+    [(THINK, *case) for case in CASES]
+    + [(MISTRAL_THINK, *case) for case in MISTRAL_CASES]
+    + [(GEMMA4_THINK, *case) for case in GEMMA4_CASES],
 )
 def test_reasoning_is_read_whole_and_streamed_alike_however_the_output_is_split(
     markers: ThinkMarkers, prompt: str, output: str, reasoning: str | None, answer: str
@@ -108,6 +121,7 @@ def test_only_the_end_of_the_prompt_opens_or_closes_a_block() -> None:
     assert thinking_room(MAGISTRAL_PROMPT, MISTRAL_THINK) == "may_open"  # its system prompt names both markers
     assert thinking_room(MAGISTRAL_PROMPT + "[THINK]", MISTRAL_THINK) == "inside"
     assert thinking_room(R1_0528_PROMPT, MISTRAL_THINK) == "may_open"  # another model's markers mean nothing
+    assert thinking_room(GEMMA4_PROMPT + "<|channel>thought\n", GEMMA4_THINK) == "inside"
 
 
 def accepts(grammar: dict | str, text: str) -> bool:
@@ -192,20 +206,24 @@ def test_a_model_reasons_when_its_template_writes_or_strips_think_blocks() -> No
     qwen3_like = "{% set content = message.content.split('</think>')[-1] %}"
     assert think_markers(qwen3_like) == THINK
     assert think_markers(MISTRAL_ASSISTANT_TURN) == MISTRAL_THINK
+    gemma4_strips = "{%- for part in text.split('<channel|>') -%}{%- if '<|channel>' in part -%}"
+    assert think_markers(gemma4_strips) == GEMMA4_THINK
     assert think_markers("{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}") is None
     assert think_markers(None) is None
 
 
-def test_under_a_grammar_a_mistral_model_thinks_in_its_own_markers() -> None:
+def test_under_a_grammar_mistral_and_gemma_models_think_in_their_own_markers() -> None:
     grammar = think_then(JSON_ANSWER, "may_open", 16, MISTRAL_THINK)
     assert grammar is not None
     assert accepts(grammar, '[THINK]The user wants a.[/THINK]{"a": 1}')
     assert accepts(grammar, '{"a": 1}')
     assert not accepts(grammar, '<think>x</think>{"a": 1}')
+    gemma4 = think_then(JSON_ANSWER, "may_open", None, GEMMA4_THINK)
+    assert gemma4 is not None and accepts(gemma4, '<|channel>thought\nHm.\n<channel|>{"a": 1}')
 
 
-def word_tokenizer(markers: ThinkMarkers, special: bool, chat_template: str):  # type: ignore[no-untyped-def]
-    """A tokenizer made here, whose markers are added tokens, special or not."""
+def word_tokenizer(tokens: tuple[str, ...], special: bool, chat_template: str):  # type: ignore[no-untyped-def]
+    """A tokenizer made here, whose think markers' ``tokens`` are added tokens, special or not."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -213,7 +231,7 @@ def word_tokenizer(markers: ThinkMarkers, special: bool, chat_template: str):  #
     backend = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
-    tokenizer.add_tokens([AddedToken(marker, special=special) for marker in markers])
+    tokenizer.add_tokens([AddedToken(token, special=special) for token in tokens])
     tokenizer.chat_template = chat_template
     return tokenizer
 
@@ -222,7 +240,7 @@ def test_an_earlier_turns_reasoning_reaches_a_mistral_template_as_a_thinking_chu
     from shared.contracts import ChatMessage
 
     engine = Engine.__new__(Engine)  # only its tokenizer is used
-    engine._tokenizer = word_tokenizer(MISTRAL_THINK, True, MISTRAL_ASSISTANT_TURN + "{# tools #}")
+    engine._tokenizer = word_tokenizer(tuple(MISTRAL_THINK), True, MISTRAL_ASSISTANT_TURN + "{# tools #}")
     chat = [
         ChatMessage(role="user", content="Two and two?"),
         ChatMessage(role="assistant", content="Four.", reasoning="Two and two"),
@@ -282,15 +300,18 @@ def test_a_blocks_tokens_are_counted_as_generated_whatever_the_steps_held(kind: 
 
 
 @pytest.mark.parametrize("special", [True, False])
-@pytest.mark.parametrize("markers", [THINK, MISTRAL_THINK])
+@pytest.mark.parametrize(
+    ("markers", "tokens"),
+    [(THINK, tuple(THINK)), (MISTRAL_THINK, tuple(MISTRAL_THINK)), (GEMMA4_THINK, ("<|channel>", "<channel|>"))],
+)
 def test_a_model_whose_think_markers_are_special_tokens_keeps_them_in_its_text(
-    special: bool, markers: ThinkMarkers
+    special: bool, markers: ThinkMarkers, tokens: tuple[str, str]
 ) -> None:
     # a template that strips think blocks: it reasons
-    tokenizer = word_tokenizer(markers, special, f"{{{{ messages[0]['content'].split('{markers.end}')[-1] }}}}")
+    tokenizer = word_tokenizer(tokens, special, f"{{{{ messages[0]['content'].split('{markers.end}')[-1] }}}}")
     engine = Engine.__new__(Engine)  # only its tokenizer is used
     engine._tokenizer = tokenizer
     assert engine.think_markers == markers and engine.thinks_in_special_tokens == special
     # why: text decoded without special tokens loses the markers, and the block could no longer be told apart
-    ids = tokenizer.encode(f"{markers.start} Two and two {markers.end} Four.", add_special_tokens=False)
-    assert (markers.start in tokenizer.decode(ids, skip_special_tokens=True)) != special
+    ids = tokenizer.encode(f"{tokens[0]} Two and two {tokens[1]} Four.", add_special_tokens=False)
+    assert (tokens[0] in tokenizer.decode(ids, skip_special_tokens=True)) != special
