@@ -9,6 +9,7 @@ writes earlier calls the same way, from the arguments as an object. The markers 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 CALL, CALL_END = "<|tool_call>", "<tool_call|>"
@@ -86,45 +87,46 @@ def _bare(word: str) -> Any:
 
 def _object(text: str, i: int) -> tuple[dict[str, Any], int]:
     """The object whose ``{`` is at ``i``, and where it ends (after its ``}``)."""
-    result: dict[str, Any] = {}
-    i = _skip_space(text, i + 1)
-    while True:
-        if i == len(text):
-            raise _Malformed("an object is not closed")
-        if text[i] == "}":
-            return result, i + 1
-        if text.startswith(STRING, i):  # a key may be delimited as a string is
-            key, i = _value(text, i)
-        else:
-            colon = text.find(":", i)
-            key = text[i:colon].strip() if colon >= 0 else ""
-            if not key or STRING in key or any(c in key for c in ",{}[]"):
-                raise _Malformed("a key has no value")
-            i = colon
-        i = _skip_space(text, i)
-        if not text.startswith(":", i):
-            raise _Malformed("a key has no value")
-        result[str(key)], i = _value(text, i + 1)
-        i = _skip_space(text, i)
-        if text.startswith(",", i):
-            i = _skip_space(text, i + 1)
-        elif not text.startswith("}", i):
-            raise _Malformed("values are not separated")
+    pairs, end = _items(text, i, "}", _pair)
+    return dict(pairs), end
 
 
 def _array(text: str, i: int) -> tuple[list[Any], int]:
     """The array whose ``[`` is at ``i``, and where it ends (after its ``]``)."""
+    return _items(text, i, "]", _value)
+
+
+def _pair(text: str, i: int) -> tuple[tuple[str, Any], int]:
+    """An object's key and value written from ``i``, and where they end."""
+    if text.startswith(STRING, i):  # a key may be delimited as a string is
+        key, i = _value(text, i)
+    else:
+        colon = text.find(":", i)
+        key = text[i:colon].strip() if colon >= 0 else ""
+        if not key or STRING in key or any(c in key for c in ",{}[]"):
+            raise _Malformed("a key has no value")
+        i = colon
+    i = _skip_space(text, i)
+    if not text.startswith(":", i):
+        raise _Malformed("a key has no value")
+    value, i = _value(text, i + 1)
+    return (str(key), value), i
+
+
+def _items(text: str, i: int, close: str, read: Callable[[str, int], tuple[Any, int]]) -> tuple[list[Any], int]:
+    """The items ``read`` reads from after the opening bracket at ``i``, separated by commas up to ``close``, and
+    where they end (after ``close``)."""
     items: list[Any] = []
     i = _skip_space(text, i + 1)
     while True:
         if i == len(text):
-            raise _Malformed("an array is not closed")
-        if text[i] == "]":
+            raise _Malformed(f"{close} is missing")
+        if text[i] == close:
             return items, i + 1
-        item, i = _value(text, i)
+        item, i = read(text, i)
         items.append(item)
         i = _skip_space(text, i)
         if text.startswith(",", i):
             i = _skip_space(text, i + 1)
-        elif not text.startswith("]", i):
+        elif not text.startswith(close, i):
             raise _Malformed("items are not separated")
