@@ -341,8 +341,10 @@ class Engine:
     def thinks_in_special_tokens(self) -> bool:
         """Whether the model's think markers are special tokens (as some tokenizers make them): its text must then
         keep special tokens, or its block could not be told apart."""
-        markers = self.think_markers or ()
+        if self.think_markers is None:
+            return False
         # a marker may be a special token and a label after it (Gemma 4's)
+        markers = (self.think_markers.start, self.think_markers.end)
         return any(marker.startswith(token) for marker in markers for token in self.special_tokens if token)
 
     @cached_property

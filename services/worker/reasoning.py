@@ -30,14 +30,28 @@ class ThinkMarkers(NamedTuple):
 
     start: str
     end: str
+    answer_starts: tuple[str, ...] = ()
+    """Texts that end the block without ``end`` and begin the answer themselves."""
+
+    def block_end(self, text: str, at: int = 0) -> tuple[int, int] | None:
+        """Where the block ends in ``text`` (searched from ``at``) and how many characters of marker to drop there:
+        ``end``'s, or none before one of ``answer_starts``; None when it does not end in ``text``."""
+        found = [(text.find(self.end, at), len(self.end))]
+        found += [(text.find(opening, at), 0) for opening in self.answer_starts]
+        return min(((where, drop) for where, drop in found if where >= 0), default=None)
+
+    def held_back(self, text: str) -> int:
+        """How many characters at the end of ``text`` may begin a text that ends the block."""
+        return max(longest_tag_start(text, tag) for tag in (self.end, *self.answer_starts))
 
 
 THINK = ThinkMarkers("<think>", "</think>")
 MISTRAL_THINK = ThinkMarkers("[THINK]", "[/THINK]")
 """Magistral's (Mistral's tokenizers v13 and later make both special tokens)."""
-GEMMA4_THINK = ThinkMarkers("<|channel>thought\n", "<channel|>")
+GEMMA4_THINK = ThinkMarkers("<|channel>thought\n", "<channel|>", ("<|tool_call>",))
 """Gemma 4's: its thought channel, whose label (``thought`` and a newline) is left out of the reasoning, as vLLM's
-``gemma4`` parser leaves it out."""
+``gemma4`` parser leaves it out. A tool call may follow its thoughts without the channel's end, as vLLM's parser
+allows."""
 
 ReadingState = Literal["opening", "reasoning", "answer"]
 
@@ -117,7 +131,7 @@ class ReasoningReader:
 
     def feed(self, text: str) -> tuple[str, str]:
         """The reasoning and the answer that ``text`` adds and that may go to the client now."""
-        start, end_marker = self.markers
+        start = self.markers.start
         text, self.held = self.held + text, ""
         reasoning = ""
         if self.state == "opening":
@@ -129,12 +143,13 @@ class ReasoningReader:
             else:
                 self.state = "answer"
         if self.state == "reasoning":
-            end = text.find(end_marker)
-            if end < 0:
-                keep = longest_tag_start(text, end_marker)
+            block_end = self.markers.block_end(text)
+            if block_end is None:
+                keep = self.markers.held_back(text)
                 self.held = text[len(text) - keep :]
                 return text[: len(text) - keep], ""
-            reasoning, text = text[:end], text[end + len(end_marker) :]
+            end, drop = block_end
+            reasoning, text = text[:end], text[end + drop :]
             self.state, self.trim_answer = "answer", True
         if self.trim_answer:
             text = text.lstrip()
@@ -157,8 +172,8 @@ class ReasoningReader:
             if not text.startswith(markers.start):
                 return None
             start = len(markers.start)
-        end = text.find(markers.end, start)
-        return start, end if end >= 0 else len(text)
+        block_end = markers.block_end(text, start)
+        return start, block_end[0] if block_end is not None else len(text)
 
     @classmethod
     def split_whole(

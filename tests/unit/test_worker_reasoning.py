@@ -60,6 +60,9 @@ GEMMA4_CASES = [
     (GEMMA4_PROMPT, "<|channel>thou", None, "<|channel>thou"),
     (GEMMA4_PROMPT, "<|channel>thought\nCut short <chan", "Cut short <chan", ""),
     (GEMMA4_PROMPT + "<|channel>thought\n", "Inside.<channel|>Out.", "Inside.", "Out."),  # the prompt opened it
+    # a call straight from its thoughts ends them, as vLLM's parser reads it
+    (GEMMA4_PROMPT, "<|channel>thought\nCall f.<|tool_call>call:f{}<tool_call|>", "Call f.",
+     "<|tool_call>call:f{}<tool_call|>"),
 ]  # fmt: skip
 MISTRAL_CASES = [
     (MAGISTRAL_PROMPT, "[THINK]Blue scatters.[/THINK]Rayleigh.", "Blue scatters.", "Rayleigh."),
@@ -240,7 +243,7 @@ def test_an_earlier_turns_reasoning_reaches_a_mistral_template_as_a_thinking_chu
     from shared.contracts import ChatMessage
 
     engine = Engine.__new__(Engine)  # only its tokenizer is used
-    engine._tokenizer = word_tokenizer(tuple(MISTRAL_THINK), True, MISTRAL_ASSISTANT_TURN + "{# tools #}")
+    engine._tokenizer = word_tokenizer(MISTRAL_THINK[:2], True, MISTRAL_ASSISTANT_TURN + "{# tools #}")
     chat = [
         ChatMessage(role="user", content="Two and two?"),
         ChatMessage(role="assistant", content="Four.", reasoning="Two and two"),
@@ -302,7 +305,7 @@ def test_a_blocks_tokens_are_counted_as_generated_whatever_the_steps_held(kind: 
 @pytest.mark.parametrize("special", [True, False])
 @pytest.mark.parametrize(
     ("markers", "tokens"),
-    [(THINK, tuple(THINK)), (MISTRAL_THINK, tuple(MISTRAL_THINK)), (GEMMA4_THINK, ("<|channel>", "<channel|>"))],
+    [(THINK, THINK[:2]), (MISTRAL_THINK, MISTRAL_THINK[:2]), (GEMMA4_THINK, ("<|channel>", "<channel|>"))],
 )
 def test_a_model_whose_think_markers_are_special_tokens_keeps_them_in_its_text(
     special: bool, markers: ThinkMarkers, tokens: tuple[str, str]
