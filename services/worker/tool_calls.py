@@ -14,7 +14,8 @@ inside ``<tool_call>``, as vLLM's ``glm45`` and ``glm47`` parsers do; Kimi K2's,
 section, as vLLM's ``kimi_k2`` parser does; MiniMax M2's, ``<invoke>`` inside ``<minimax:tool_call>``, as vLLM's
 ``minimax_m2`` parser does; Granite 3's, a JSON array of calls as the whole answer, as vLLM's ``granite`` parser
 does; Jamba's, a JSON array inside ``<tool_calls>``, as vLLM's ``jamba`` parser does; Gemma 4's, each
-``<|tool_call>call:NAME{...}<tool_call|>`` in its own notation (see gemma4), as vLLM's ``gemma4`` parser does.
+``<|tool_call>call:NAME{...}<tool_call|>`` in its own notation (see gemma4), as vLLM's ``gemma4`` parser does;
+LFM2's, a Python list of calls inside ``<|tool_call_start|>...<|tool_call_end|>``, as vLLM's ``lfm2`` parser does.
 
 Forced calls (tool_choice required, or a named function) are generated under a JSON schema, so they always parse and
 their arguments match the schema: a JSON array of ``{"name", "arguments"}`` objects (required), or the arguments
@@ -60,6 +61,7 @@ ToolCallFormat = Literal[
     "granite",
     "jamba",
     "gemma4",
+    "lfm2",
 ]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
@@ -89,8 +91,10 @@ type in the tool's schema; granite (Granite 3.0 to 3.3, vLLM's ``granite`` parse
 array of ``{"name": ..., "arguments": {...}}``, perhaps after ``<|tool_call|>`` (or Granite 3.1's ``<tool_call>``);
 jamba (AI21's Jamba 1.5 and later, vLLM's ``jamba`` parser), the calls follow some text or none, as a JSON array of
 the same objects inside ``<tool_calls>...</tool_calls>``; gemma4 (Gemma 4, vLLM's ``gemma4`` parser), after some
-text or none, each call ``<|tool_call>call:NAME{key:value,...}<tool_call|>`` in Gemma's notation (see gemma4). GLM's,
-Kimi's, MiniMax's, Granite's, Jamba's and Gemma's markers are special tokens, kept in the text as Mistral's are."""
+text or none, each call ``<|tool_call>call:NAME{key:value,...}<tool_call|>`` in Gemma's notation (see gemma4); lfm2
+(Liquid's LFM2 and LFM2.5, vLLM's ``lfm2`` parser), after some text or none, a pythonic list of calls inside
+``<|tool_call_start|>...<|tool_call_end|>``. GLM's, Kimi's, MiniMax's, Granite's, Jamba's, Gemma's and LFM2's markers
+are special tokens, kept in the text as Mistral's are."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
 _XML_PARAMETER = re.compile(r"<parameter=([^>]*)>(.*?)</parameter>", re.DOTALL)
@@ -105,6 +109,7 @@ KIMI_CALLS, KIMI_CALL, KIMI_ARGUMENTS = (
 MINIMAX_CALLS, MINIMAX_INVOKE_END = "<minimax:tool_call>", "</invoke>"
 GRANITE_CALLS = "<|tool_call|>"
 JAMBA_CALLS = "<tool_calls>"
+LFM2_CALLS = "<|tool_call_start|>"
 _MINIMAX_NAME = r"""name\s*=\s*(?:"([^"]*)"|'([^']*)'|([^>\s]+))\s*>"""
 _MINIMAX_INVOKE = re.compile(r"<invoke\s+" + _MINIMAX_NAME)
 _MINIMAX_PARAMETER = re.compile(r"<parameter\s+" + _MINIMAX_NAME + r"(.*?)</parameter>", re.DOTALL)
@@ -117,18 +122,20 @@ _CALLS_OPENINGS: dict[ToolCallFormat, str] = {
     "minimax": MINIMAX_CALLS,
     "jamba": JAMBA_CALLS,
     "gemma4": GEMMA4_CALL,
+    "lfm2": LFM2_CALLS,
 }
 """What opens an auto answer's calls, where it is not Hermes's ``<tool_call>``."""
 
 
 def call_format(chat_template: str | None) -> ToolCallFormat:
-    """The format a model's own chat template teaches it, from the words only that format's templates use:
-    Qwen3-Coder's ``<function=`` and ``<parameter=`` (its template also writes ``<tool_call>``), GLM's ``<arg_key>``
-    (its template too), DeepSeek's ``<｜tool▁calls▁begin｜>``, Kimi K2's ``<|tool_calls_section_begin|>``, MiniMax's
-    ``<minimax:tool_call>``, Gemma 4's ``<|tool_call>call:``, Granite's ``<|tool_call|>``, Jamba's ``<tool_calls>``,
-    Mistral's ``[TOOL_CALLS]``, the pythonic templates' ``[func_name1(``, and Llama 3's ``{"name": function name,
-    "parameters": ...}``. A template that renders ``<tool_call>`` tags otherwise, or no tools at all (ferry then
-    writes Hermes instructions in, see ``conversation``), means Hermes."""
+    """The format a model's own chat template teaches it, from the words only that format's templates use: Qwen3-Coder's
+    ``<function=`` and ``<parameter=`` (its template also writes ``<tool_call>``), GLM's ``<arg_key>`` (its template
+    too), DeepSeek's ``<｜tool▁calls▁begin｜>``, Kimi K2's ``<|tool_calls_section_begin|>``, MiniMax's
+    ``<minimax:tool_call>``, Gemma 4's ``<|tool_call>call:``, LFM2's ``<|tool_call_start|>``, Granite's
+    ``<|tool_call|>``, Jamba's ``<tool_calls>``, Mistral's ``[TOOL_CALLS]``, the pythonic templates'
+    ``[func_name1(``, and Llama 3's ``{"name": function name, "parameters": ...}``. A template that renders
+    ``<tool_call>`` tags otherwise, or no tools at all (ferry then writes Hermes instructions in, see
+    ``conversation``), means Hermes."""
     template = chat_template or ""
     if "tools" not in template:
         return "hermes"
@@ -144,6 +151,8 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
         return "minimax"
     if GEMMA4_CALL + "call:" in template:
         return "gemma4"
+    if LFM2_CALLS in template:
+        return "lfm2"
     if GRANITE_CALLS in template:
         return "granite"
     if JAMBA_CALLS in template:
@@ -159,8 +168,8 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
 
 def keeps_special_tokens(request: CompletionRequested, call_format: ToolCallFormat) -> bool:
     """Whether the engine must keep special tokens in the request's text: a Mistral, GLM, Kimi, MiniMax, Granite,
-    Jamba or Gemma 4 model's calls are marked by them (vLLM's parsers for them keep them too)."""
-    marked = ("mistral", "glm", "kimi_k2", "minimax", "granite", "jamba", "gemma4")
+    Jamba, Gemma 4 or LFM2 model's calls are marked by them (vLLM's parsers for them keep them too)."""
+    marked = ("mistral", "glm", "kimi_k2", "minimax", "granite", "jamba", "gemma4", "lfm2")
     return call_format in marked and tool_mode(request) == "auto"
 
 
@@ -791,9 +800,9 @@ class ToolCallReader:
 
 
 def pythonic_calls(text: str) -> list[tuple[str, str]]:
-    """The whole calls at the start of a pythonic answer, ``[f(a=1, b="x"), g()]`` (perhaps after
-    ``<|python_start|>``), as (name, arguments as JSON text), in order, up to the first that is not yet whole or is
-    not a call of a function by name with keyword arguments whose values are literals. A call counts once the comma
+    """The whole calls at the start of a pythonic answer, ``[f(a=1, b="x"), g()]`` (perhaps after ``<|python_start|>``
+    or ``<|tool_call_start|>``), as (name, arguments as JSON text), in order, up to the first that is not yet whole or
+    is not a call of a function by name with keyword arguments whose values are literals. A call counts once the comma
     or bracket after it is written, so a call streams whole."""
     calls: list[tuple[str, str]] = []
     for element in _pythonic_elements(text):
@@ -815,9 +824,13 @@ def _first_element_is_no_call(text: str) -> bool:
 
 
 def _list_start(text: str) -> int:
-    """Where a pythonic answer's list begins: after leading space and ``<|python_start|>``, if any."""
+    """Where a pythonic answer's list begins: after leading space and ``<|python_start|>`` (or LFM2's
+    ``<|tool_call_start|>``), if any."""
     i = _skip_space(text, 0)
-    return _skip_space(text, i + len(PYTHON_START)) if text.startswith(PYTHON_START, i) else i
+    for tag in (PYTHON_START, LFM2_CALLS):
+        if text.startswith(tag, i):
+            return _skip_space(text, i + len(tag))
+    return i
 
 
 def _pythonic_elements(text: str, most: int | None = None) -> list[str]:
@@ -997,5 +1010,6 @@ _WHOLE_CALLS: dict[ToolCallFormat, Callable[[str, CompletionRequested], list[tup
     "glm": glm_calls,
     "minimax": minimax_calls,
     "gemma4": lambda text, _: gemma4_calls(text),
+    "lfm2": lambda text, _: pythonic_calls(text),
 }
 """The formats whose calls are announced once written whole, and their readers (text, request -> (name, arguments))."""

@@ -1061,3 +1061,30 @@ def test_gemma4s_template_gets_earlier_calls_as_its_model_writes_them() -> None:
     assert [(c.function.name, json.loads(c.function.arguments)) for c in calls or []] == [
         ("get_weather", {"city": "Paris"}), ("get_time", {}), ("get_forecast", {"where": {"lat": [1, True]}})
     ]  # fmt: skip
+
+
+# LFM2's template writes earlier calls so: a Python list between its call markers
+LFM2_FRAGMENT = (
+    "{%- for m in messages %}{{ m.content }}{%- if m.tool_calls %}<|tool_call_start|>[{%- for tc in m.tool_calls %}"
+    "{{ tc.function.name }}({%- for k, v in tc.function.arguments.items() %}{{ k }}={{ v | tojson }}"
+    "{%- if not loop.last %}, {% endif %}{%- endfor %}){%- if not loop.last %}, {% endif %}{%- endfor %}]"
+    "<|tool_call_end|>{%- endif %}{%- endfor %}{%- if tools %}{{ tools | tojson }}{%- endif %}"
+)
+
+
+def test_lfm2_calls_are_read_whole_and_stream_alike_as_python_between_its_markers() -> None:
+    from services.worker.tool_calls import call_format, keeps_special_tokens
+
+    assert call_format(LFM2_FRAGMENT) == "lfm2" and keeps_special_tokens(request(), "lfm2")
+    output = 'Checking.<|tool_call_start|>[get_weather(city="Paris"), get_time()]<|tool_call_end|>'
+    assert_read_alike(output, "lfm2", "Checking.", [("get_weather", {"city": "Paris"}), ("get_time", {})])
+    for text in ("Paris is sunny [1].", "<|tool_call_start|>[rm_rf()]<|tool_call_end|>", "<|tool_call_st"):
+        assert ToolCallReader.read_whole(request(), text, "stop", "lfm2") == (text, None, "stop")
+    turns, tools = conversation(TOOL_CONVERSATION[:2], [WEATHER, TIME], native=True, call_format="lfm2")
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    (prompt,), _ = render_jinja_template([turns], tools=tools, chat_template=LFM2_FRAGMENT)
+    written = prompt[prompt.index("<|tool_call_start|>") : prompt.index("<|tool_call_end|>")]
+    assert written == '<|tool_call_start|>[get_weather(city="Paris"), get_time()]'
+    _, calls, _ = ToolCallReader.read_whole(request(), written, "stop", "lfm2")
+    assert [c.function.name for c in calls or []] == ["get_weather", "get_time"]
