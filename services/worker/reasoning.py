@@ -1,21 +1,20 @@
-"""A reasoning model's thinking, told apart from its answer, as vLLM's ``deepseek_r1``, ``qwen3``, ``mistral`` and
-``gemma4`` reasoning parsers tell them apart: the text inside ``<think>...</think>`` (Mistral's Magistral:
-``[THINK]...[/THINK]``; Gemma 4: ``<|channel>thought\n...<channel|>``, see GEMMA4_THINK) is the reasoning, which reaches
-the client in ``reasoning``, and the rest is the answer (``content``, or tool calls).
+"""A reasoning model's thinking, told apart from its answer, as vLLM's ``deepseek_r1``, ``qwen3``, ``mistral``,
+``seed_oss`` and ``gemma4`` reasoning parsers tell them apart: the text inside ``<think>...</think>`` (Mistral's
+Magistral: ``[THINK]...[/THINK]``; Gemma 4: ``<|channel>thought\n...<channel|>``, see GEMMA4_THINK; Seed-OSS:
+``<seed:think>...</seed:think>``) is the reasoning, which reaches the client in ``reasoning``, and the rest is the
+answer (``content``, or tool calls).
 
-A model reasons when its chat template writes or strips think blocks (Qwen3, QwQ, DeepSeek R1 and their
-distillations; Magistral's writes earlier thinking chunks in its markers). Its output begins inside a think block when
-the prompt leaves one open (DeepSeek R1-0528's and Qwen3's thinking-only templates end the generation prompt with
-``<think>``); otherwise a block opens only if the output begins with ``<think>``, so text that merely mentions the tag
-later stays in the answer. (``<think>`` and ``</think>`` stand for either model's markers here.)
+A model reasons when its chat template writes or strips think blocks (Qwen3, QwQ, DeepSeek R1 and their distillations;
+Magistral's writes earlier thinking chunks in its markers). Its output begins inside a think block when the prompt
+leaves one open (DeepSeek R1-0528's and Qwen3's thinking-only templates end the generation prompt with ``<think>``);
+otherwise a block opens only if the output begins with ``<think>``, so text that merely mentions the tag later stays in
+the answer. (``<think>`` and ``</think>`` stand for any model's markers here.)
 
-Under a grammar (a JSON response_format, structured_outputs, a forced tool call), the model thinks first and the
-grammar holds for the answer after its block, as vLLM's server holds it back until the reasoning parser sees the
-block end (``think_then``). A thinking budget (vLLM's ``thinking_token_budget``) caps the block the same way: once it
-has that many tokens, only ``</think>`` may follow. Where the prompt already closed the block (thinking switched off)
-or the grammar cannot be composed so, the grammar holds from the first token, and the output begins outside any
-block.
-"""
+Under a grammar (a JSON response_format, structured_outputs, a forced tool call), the model thinks first and the grammar
+holds for the answer after its block, as vLLM's server holds it back until the reasoning parser sees the block end
+(``think_then``). A thinking budget (vLLM's ``thinking_token_budget``) caps the block the same way: once it has that
+many tokens, only ``</think>`` may follow. Where the prompt already closed the block (thinking switched off) or the
+grammar cannot be composed so, the grammar holds from the first token, and the output begins outside any block."""
 
 from __future__ import annotations
 
@@ -52,6 +51,9 @@ GEMMA4_THINK = ThinkMarkers("<|channel>thought\n", "<channel|>", ("<|tool_call>"
 """Gemma 4's: its thought channel, whose label (``thought`` and a newline) is left out of the reasoning, as vLLM's
 ``gemma4`` parser leaves it out. A tool call may follow its thoughts without the channel's end, as vLLM's parser
 allows."""
+SEED_THINK = ThinkMarkers("<seed:think>", "</seed:think>", ("<seed:tool_call>",))
+"""ByteDance's Seed-OSS's. A tool call may follow its thoughts without the block's end, as vLLM's ``seed_oss`` parser
+allows."""
 
 ReadingState = Literal["opening", "reasoning", "answer"]
 
@@ -70,7 +72,8 @@ def think_markers(chat_template: str | None) -> ThinkMarkers | None:
     """How a model marks its think blocks, if it thinks in them: its chat template writes or strips them (None: it
     does not)."""
     template = chat_template or ""
-    return next((markers for markers in (THINK, MISTRAL_THINK, GEMMA4_THINK) if markers.end in template), None)
+    every = (THINK, MISTRAL_THINK, GEMMA4_THINK, SEED_THINK)
+    return next((markers for markers in every if markers.end in template), None)
 
 
 def thinking_room(prompt: str, markers: ThinkMarkers) -> ThinkingRoom:

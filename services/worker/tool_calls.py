@@ -15,7 +15,8 @@ section, as vLLM's ``kimi_k2`` parser does; MiniMax M2's, ``<invoke>`` inside ``
 ``minimax_m2`` parser does; Granite 3's, a JSON array of calls as the whole answer, as vLLM's ``granite`` parser
 does; Jamba's, a JSON array inside ``<tool_calls>``, as vLLM's ``jamba`` parser does; Gemma 4's, each
 ``<|tool_call>call:NAME{...}<tool_call|>`` in its own notation (see gemma4), as vLLM's ``gemma4`` parser does;
-LFM2's, a Python list of calls inside ``<|tool_call_start|>...<|tool_call_end|>``, as vLLM's ``lfm2`` parser does.
+LFM2's, a Python list of calls inside ``<|tool_call_start|>...<|tool_call_end|>``, as vLLM's ``lfm2`` parser does;
+Seed-OSS's, Qwen3-Coder's XML inside ``<seed:tool_call>``, as vLLM's ``seed_oss`` parser does.
 
 Forced calls (tool_choice required, or a named function) are generated under a JSON schema, so they always parse and
 their arguments match the schema: a JSON array of ``{"name", "arguments"}`` objects (required), or the arguments
@@ -62,6 +63,7 @@ ToolCallFormat = Literal[
     "jamba",
     "gemma4",
     "lfm2",
+    "seed_oss",
 ]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
@@ -93,8 +95,9 @@ jamba (AI21's Jamba 1.5 and later, vLLM's ``jamba`` parser), the calls follow so
 the same objects inside ``<tool_calls>...</tool_calls>``; gemma4 (Gemma 4, vLLM's ``gemma4`` parser), after some
 text or none, each call ``<|tool_call>call:NAME{key:value,...}<tool_call|>`` in Gemma's notation (see gemma4); lfm2
 (Liquid's LFM2 and LFM2.5, vLLM's ``lfm2`` parser), after some text or none, a pythonic list of calls inside
-``<|tool_call_start|>...<|tool_call_end|>``. GLM's, Kimi's, MiniMax's, Granite's, Jamba's, Gemma's and LFM2's markers
-are special tokens, kept in the text as Mistral's are."""
+``<|tool_call_start|>...<|tool_call_end|>``; seed_oss (ByteDance's Seed-OSS, vLLM's ``seed_oss`` parser), qwen3_xml's
+calls inside ``<seed:tool_call></seed:tool_call>``. GLM's, Kimi's, MiniMax's, Granite's, Jamba's, Gemma's, LFM2's
+and Seed's markers are special tokens, kept in the text as Mistral's are."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
 _XML_PARAMETER = re.compile(r"<parameter=([^>]*)>(.*?)</parameter>", re.DOTALL)
@@ -110,6 +113,7 @@ MINIMAX_CALLS, MINIMAX_INVOKE_END = "<minimax:tool_call>", "</invoke>"
 GRANITE_CALLS = "<|tool_call|>"
 JAMBA_CALLS = "<tool_calls>"
 LFM2_CALLS = "<|tool_call_start|>"
+SEED_CALL = "<seed:tool_call>"
 _MINIMAX_NAME = r"""name\s*=\s*(?:"([^"]*)"|'([^']*)'|([^>\s]+))\s*>"""
 _MINIMAX_INVOKE = re.compile(r"<invoke\s+" + _MINIMAX_NAME)
 _MINIMAX_PARAMETER = re.compile(r"<parameter\s+" + _MINIMAX_NAME + r"(.*?)</parameter>", re.DOTALL)
@@ -123,6 +127,7 @@ _CALLS_OPENINGS: dict[ToolCallFormat, str] = {
     "jamba": JAMBA_CALLS,
     "gemma4": GEMMA4_CALL,
     "lfm2": LFM2_CALLS,
+    "seed_oss": SEED_CALL,
 }
 """What opens an auto answer's calls, where it is not Hermes's ``<tool_call>``."""
 
@@ -131,14 +136,16 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
     """The format a model's own chat template teaches it, from the words only that format's templates use: Qwen3-Coder's
     ``<function=`` and ``<parameter=`` (its template also writes ``<tool_call>``), GLM's ``<arg_key>`` (its template
     too), DeepSeek's ``<｜tool▁calls▁begin｜>``, Kimi K2's ``<|tool_calls_section_begin|>``, MiniMax's
-    ``<minimax:tool_call>``, Gemma 4's ``<|tool_call>call:``, LFM2's ``<|tool_call_start|>``, Granite's
-    ``<|tool_call|>``, Jamba's ``<tool_calls>``, Mistral's ``[TOOL_CALLS]``, the pythonic templates'
-    ``[func_name1(``, and Llama 3's ``{"name": function name, "parameters": ...}``. A template that renders
-    ``<tool_call>`` tags otherwise, or no tools at all (ferry then writes Hermes instructions in, see
+    ``<minimax:tool_call>``, Seed-OSS's ``<seed:tool_call>``, Gemma 4's ``<|tool_call>call:``, LFM2's
+    ``<|tool_call_start|>``, Granite's ``<|tool_call|>``, Jamba's ``<tool_calls>``, Mistral's ``[TOOL_CALLS]``, the
+    pythonic templates' ``[func_name1(``, and Llama 3's ``{"name": function name, "parameters": ...}``. A template that
+    renders ``<tool_call>`` tags otherwise, or no tools at all (ferry then writes Hermes instructions in, see
     ``conversation``), means Hermes."""
     template = chat_template or ""
     if "tools" not in template:
         return "hermes"
+    if SEED_CALL in template:  # before Qwen3-Coder's: it writes the same XML inside its own tags
+        return "seed_oss"
     if XML_FUNCTION in template and XML_PARAMETER in template:
         return "qwen3_xml"
     if GLM_KEY in template:
@@ -168,8 +175,8 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
 
 def keeps_special_tokens(request: CompletionRequested, call_format: ToolCallFormat) -> bool:
     """Whether the engine must keep special tokens in the request's text: a Mistral, GLM, Kimi, MiniMax, Granite,
-    Jamba, Gemma 4 or LFM2 model's calls are marked by them (vLLM's parsers for them keep them too)."""
-    marked = ("mistral", "glm", "kimi_k2", "minimax", "granite", "jamba", "gemma4", "lfm2")
+    Jamba, Gemma 4, LFM2 or Seed-OSS model's calls are marked by them (vLLM's parsers for them keep them too)."""
+    marked = ("mistral", "glm", "kimi_k2", "minimax", "granite", "jamba", "gemma4", "lfm2", "seed_oss")
     return call_format in marked and tool_mode(request) == "auto"
 
 
@@ -1011,5 +1018,6 @@ _WHOLE_CALLS: dict[ToolCallFormat, Callable[[str, CompletionRequested], list[tup
     "minimax": minimax_calls,
     "gemma4": lambda text, _: gemma4_calls(text),
     "lfm2": lambda text, _: pythonic_calls(text),
+    "seed_oss": xml_calls,
 }
 """The formats whose calls are announced once written whole, and their readers (text, request -> (name, arguments))."""

@@ -12,6 +12,7 @@ from services.worker.engine import Engine
 from services.worker.reasoning import (
     GEMMA4_THINK,
     MISTRAL_THINK,
+    SEED_THINK,
     THINK,
     ReasoningReader,
     ThinkMarkers,
@@ -64,6 +65,13 @@ GEMMA4_CASES = [
     (GEMMA4_PROMPT, "<|channel>thought\nCall f.<|tool_call>call:f{}<tool_call|>", "Call f.",
      "<|tool_call>call:f{}<tool_call|>"),
 ]  # fmt: skip
+SEED_PROMPT = "<seed:bos>user\nWhy?<seed:eos><seed:bos>assistant\n"
+SEED_CASES = [
+    (SEED_PROMPT, "<seed:think>Blue scatters.</seed:think>Rayleigh.", "Blue scatters.", "Rayleigh."),
+    (SEED_PROMPT, "<seed:think>Look it up.<seed:tool_call><function=f></function></seed:tool_call>", "Look it up.",
+     "<seed:tool_call><function=f></function></seed:tool_call>"),  # a call straight from its thoughts
+    (SEED_PROMPT, "<think>not its markers</think>", None, "<think>not its markers</think>"),
+]  # fmt: skip
 MISTRAL_CASES = [
     (MAGISTRAL_PROMPT, "[THINK]Blue scatters.[/THINK]Rayleigh.", "Blue scatters.", "Rayleigh."),
     (MAGISTRAL_PROMPT, "[THINK]x[/THINK][TOOL_CALLS]f[ARGS]{}", "x", "[TOOL_CALLS]f[ARGS]{}"),  # for the call reader
@@ -78,7 +86,8 @@ MISTRAL_CASES = [
     ("markers", "prompt", "output", "reasoning", "answer"),
     [(THINK, *case) for case in CASES]
     + [(MISTRAL_THINK, *case) for case in MISTRAL_CASES]
-    + [(GEMMA4_THINK, *case) for case in GEMMA4_CASES],
+    + [(GEMMA4_THINK, *case) for case in GEMMA4_CASES]
+    + [(SEED_THINK, *case) for case in SEED_CASES],
 )
 def test_reasoning_is_read_whole_and_streamed_alike_however_the_output_is_split(
     markers: ThinkMarkers, prompt: str, output: str, reasoning: str | None, answer: str
@@ -211,6 +220,8 @@ def test_a_model_reasons_when_its_template_writes_or_strips_think_blocks() -> No
     assert think_markers(MISTRAL_ASSISTANT_TURN) == MISTRAL_THINK
     gemma4_strips = "{%- for part in text.split('<channel|>') -%}{%- if '<|channel>' in part -%}"
     assert think_markers(gemma4_strips) == GEMMA4_THINK
+    seed_oss = "{%- set content = '<seed:think>' + message.reasoning_content + '</seed:think>' + content %}"
+    assert think_markers(seed_oss) == SEED_THINK
     assert think_markers("{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}") is None
     assert think_markers(None) is None
 

@@ -1088,3 +1088,21 @@ def test_lfm2_calls_are_read_whole_and_stream_alike_as_python_between_its_marker
     assert written == '<|tool_call_start|>[get_weather(city="Paris"), get_time()]'
     _, calls, _ = ToolCallReader.read_whole(request(), written, "stop", "lfm2")
     assert [c.function.name for c in calls or []] == ["get_weather", "get_time"]
+
+
+def test_seed_oss_calls_are_read_as_qwen3_coders_xml_inside_its_own_tags() -> None:
+    from services.worker.tool_calls import call_format, keeps_special_tokens
+
+    # Seed-OSS's template writes Qwen3-Coder's XML, inside tags of its own
+    seed_fragment = QWEN3_CODER_FRAGMENT.replace("<tool_call>", "<seed:tool_call>").replace(
+        "</tool_call>", "</seed:tool_call>"
+    )
+    assert call_format(seed_fragment) == "seed_oss" and keeps_special_tokens(request(), "seed_oss")
+    output = (
+        "Let me check.<seed:tool_call>\n<function=get_forecast>\n<parameter=city>\n42\n</parameter>\n"
+        "<parameter=days>\n3\n</parameter>\n</function>\n</seed:tool_call>"
+    )
+    expected = [("get_forecast", {"city": "42", "days": 3})]
+    assert_read_alike(output, "seed_oss", "Let me check.", expected, request(tools=[WEATHER, TIME, FORECAST]))
+    for text in ("Paris is sunny.", "<tool_call>\n<function=get_time>\n</function>\n</tool_call>"):
+        assert ToolCallReader.read_whole(request(), text, "stop", "seed_oss") == (text, None, "stop")
