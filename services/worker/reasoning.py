@@ -44,7 +44,9 @@ class ThinkMarkers(NamedTuple):
         return max(longest_tag_start(text, tag) for tag in (self.end, *self.answer_starts))
 
 
-THINK = ThinkMarkers("<think>", "</think>")
+THINK = ThinkMarkers("<think>", "</think>", ("<tool_call>",))
+"""Qwen3's, DeepSeek R1's and most others'. A call in Hermes's or Qwen3-Coder's ``<tool_call>`` straight from the
+thoughts ends them, as vLLM's ``qwen3`` parser allows."""
 MISTRAL_THINK = ThinkMarkers("[THINK]", "[/THINK]")
 """Magistral's (Mistral's tokenizers v13 and later make both special tokens)."""
 GEMMA4_THINK = ThinkMarkers("<|channel>thought\n", "<channel|>", ("<|tool_call>",))

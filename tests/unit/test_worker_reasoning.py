@@ -51,6 +51,13 @@ CASES = [
     (R1_0528_PROMPT, "</think>Empty thoughts", None, "Empty thoughts"),
     (NOT_THINKING_PROMPT, "Because.", None, "Because."),
     (QWEN3_PROMPT, "   ", None, "   "),
+    # a call straight from the thoughts ends them, as vLLM's qwen3 parser reads it
+    (
+        QWEN3_PROMPT,
+        '<think>Call f.\n<tool_call>\n{"name": "f"}\n</tool_call>',
+        "Call f.\n",
+        '<tool_call>\n{"name": "f"}\n</tool_call>',
+    ),
 ]
 GEMMA4_PROMPT = "<bos><|turn>system\n<|think|>\n<turn|>\n<|turn>user\nWhy?<turn|>\n<|turn>model\n"
 GEMMA4_CASES = [
