@@ -686,8 +686,7 @@ class ToolCallReader:
         """The call objects in the held text, up to the first that is broken or not yet closed."""
         text, calls = self.held, []
         if self.mode == "required":  # a JSON array of calls
-            i = _skip_space(text, 0)
-            return self._joined(text, i + 1, ",") if i < len(text) and text[i] == "[" else []
+            return self._array_of_calls(text, 0)
         if self.call_format == "llama3_json":  # auto: the answer is the calls, joined by semicolons
             i = _skip_space(text, 0)
             return self._joined(text, i + len(PYTHON_TAG) if text.startswith(PYTHON_TAG, i) else i, ";")
@@ -695,10 +694,9 @@ class ToolCallReader:
             i = _skip_space(text, 0)
             for tag in (GRANITE_CALLS, CALL_OPEN):
                 i = _skip_space(text, i + len(tag)) if text.startswith(tag, i) else i
-            return self._joined(text, i + 1, ",") if text.startswith("[", i) else []
+            return self._array_of_calls(text, i)
         if self.call_format == "jamba":  # auto: a JSON array of calls after <tool_calls>
-            i = _skip_space(text, text.find(JAMBA_CALLS) + len(JAMBA_CALLS))
-            return self._joined(text, i + 1, ",") if text.startswith("[", i) else []
+            return self._array_of_calls(text, text.find(JAMBA_CALLS) + len(JAMBA_CALLS))
         if self.call_format == "mistral":
             return self._mistral_calls(text)
         if self.call_format == "deepseek":
@@ -712,6 +710,11 @@ class ToolCallReader:
                 return calls
             start = text.find(CALL_OPEN, call.end)
         return calls
+
+    def _array_of_calls(self, text: str, at: int) -> list[_WrittenCall]:
+        """The call objects of the JSON array that begins at ``at``, after white space; none if no array begins."""
+        i = _skip_space(text, at)
+        return self._joined(text, i + 1, ",") if text.startswith("[", i) else []
 
     def _mistral_calls(self, text: str) -> list[_WrittenCall]:
         """Mistral's calls, after ``[TOOL_CALLS]``: before tokenizer v11, one JSON array of call objects (or one
