@@ -30,7 +30,9 @@ class ThinkMarkers(NamedTuple):
     start: str
     end: str
     answer_starts: tuple[str, ...] = ()
-    """Texts that end the block without ``end`` and begin the answer themselves."""
+    """Texts that end the block without ``end`` and begin the answer themselves: the opening of the model's calls, when
+    it may call (a call straight from its thoughts ends them, as vLLM's qwen3, glm47, kimi_k2, minimax_m2, gemma4
+    and seed_oss parsers read it)."""
 
     def block_end(self, text: str, at: int = 0) -> tuple[int, int] | None:
         """Where the block ends in ``text`` (searched from ``at``) and how many characters of marker to drop there:
@@ -44,18 +46,15 @@ class ThinkMarkers(NamedTuple):
         return max(longest_tag_start(text, tag) for tag in (self.end, *self.answer_starts))
 
 
-THINK = ThinkMarkers("<think>", "</think>", ("<tool_call>",))
-"""Qwen3's, DeepSeek R1's and most others'. A call in Hermes's or Qwen3-Coder's ``<tool_call>`` straight from the
-thoughts ends them, as vLLM's ``qwen3`` parser allows."""
+THINK = ThinkMarkers("<think>", "</think>")
+"""Qwen3's, DeepSeek R1's and most others'."""
 MISTRAL_THINK = ThinkMarkers("[THINK]", "[/THINK]")
 """Magistral's (Mistral's tokenizers v13 and later make both special tokens)."""
-GEMMA4_THINK = ThinkMarkers("<|channel>thought\n", "<channel|>", ("<|tool_call>",))
+GEMMA4_THINK = ThinkMarkers("<|channel>thought\n", "<channel|>")
 """Gemma 4's: its thought channel, whose label (``thought`` and a newline) is left out of the reasoning, as vLLM's
-``gemma4`` parser leaves it out. A tool call may follow its thoughts without the channel's end, as vLLM's parser
-allows."""
-SEED_THINK = ThinkMarkers("<seed:think>", "</seed:think>", ("<seed:tool_call>",))
-"""ByteDance's Seed-OSS's. A tool call may follow its thoughts without the block's end, as vLLM's ``seed_oss`` parser
-allows."""
+``gemma4`` parser leaves it out."""
+SEED_THINK = ThinkMarkers("<seed:think>", "</seed:think>")
+"""ByteDance's Seed-OSS's."""
 
 ReadingState = Literal["opening", "reasoning", "answer"]
 

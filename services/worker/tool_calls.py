@@ -173,6 +173,12 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
     return "llama3_json" if '"parameters": ' in template or PYTHON_TAG in template else "hermes"
 
 
+def calls_opening(call_format: ToolCallFormat) -> str | None:
+    """What opens a model's calls inside its answer; None where its calls are the whole answer, read from its start
+    (Llama 3's, pythonic, Granite's)."""
+    return None if call_format in _ANSWER_STARTS else _CALLS_OPENINGS.get(call_format, CALL_OPEN)
+
+
 def keeps_special_tokens(request: CompletionRequested, call_format: ToolCallFormat) -> bool:
     """Whether the engine must keep special tokens in the request's text: a Mistral, GLM, Kimi, MiniMax, Granite,
     Jamba, Gemma 4, LFM2 or Seed-OSS model's calls are marked by them (vLLM's parsers for them keep them too)."""

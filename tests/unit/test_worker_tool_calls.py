@@ -1106,3 +1106,13 @@ def test_seed_oss_calls_are_read_as_qwen3_coders_xml_inside_its_own_tags() -> No
     assert_read_alike(output, "seed_oss", "Let me check.", expected, request(tools=[WEATHER, TIME, FORECAST]))
     for text in ("Paris is sunny.", "<tool_call>\n<function=get_time>\n</function>\n</tool_call>"):
         assert ToolCallReader.read_whole(request(), text, "stop", "seed_oss") == (text, None, "stop")
+
+
+def test_a_models_calls_opening_is_known_where_its_calls_may_follow_text() -> None:
+    from services.worker.tool_calls import calls_opening
+
+    assert calls_opening("hermes") == calls_opening("qwen3_xml") == calls_opening("glm") == "<tool_call>"
+    assert calls_opening("kimi_k2") == "<|tool_calls_section_begin|>"
+    assert calls_opening("gemma4") == "<|tool_call>" and calls_opening("seed_oss") == "<seed:tool_call>"
+    # calls that are the whole answer have no opening inside it
+    assert calls_opening("llama3_json") is calls_opening("pythonic") is calls_opening("granite") is None
