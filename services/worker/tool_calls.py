@@ -100,10 +100,12 @@ calls inside ``<seed:tool_call></seed:tool_call>``. GLM's, Kimi's, MiniMax's, Gr
 and Seed's markers are special tokens, kept in the text as Mistral's are."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
-_XML_PARAMETER = re.compile(r"<parameter=([^>]*)>(.*?)</parameter>", re.DOTALL)
+XML_PARAMETER_END = "</parameter>"
+# a value ends at its closing tag or, where the model left it out, at the call's end (as vLLM's parsers read it)
+_XML_PARAMETER = re.compile(r"<parameter=([^<>\n]*)>(.*?)(</parameter>|\Z)", re.DOTALL)
 DEEPSEEK_CALLS, DEEPSEEK_CALL, DEEPSEEK_SEP = "<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>"
 GLM_KEY = "<arg_key>"
-_GLM_ARGUMENT = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
+_GLM_ARGUMENT = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)(</arg_value>|\Z)", re.DOTALL)
 KIMI_CALLS, KIMI_CALL, KIMI_ARGUMENTS = (
     "<|tool_calls_section_begin|>",
     "<|tool_call_begin|>",
@@ -114,9 +116,11 @@ GRANITE_CALLS = "<|tool_call|>"
 JAMBA_CALLS = "<tool_calls>"
 LFM2_CALLS = "<|tool_call_start|>"
 SEED_CALL = "<seed:tool_call>"
-_MINIMAX_NAME = r"""name\s*=\s*(?:"([^"]*)"|'([^']*)'|([^>\s]+))\s*>"""
+_MINIMAX_NAME = r"""name\s*=\s*(?:"([^"]*)"|'([^']*)'|([^>\s"']+))\s*>"""
+"""A name in MiniMax's tags: quoted either way, or not at all (then without quotes in it, so that a quoted name not
+yet closed is not read as an unquoted one)."""
 _MINIMAX_INVOKE = re.compile(r"<invoke\s+" + _MINIMAX_NAME)
-_MINIMAX_PARAMETER = re.compile(r"<parameter\s+" + _MINIMAX_NAME + r"(.*?)</parameter>", re.DOTALL)
+_MINIMAX_PARAMETER = re.compile(r"<parameter\s+" + _MINIMAX_NAME + r"(.*?)(</parameter>|\Z)", re.DOTALL)
 
 
 _CALLS_OPENINGS: dict[ToolCallFormat, str] = {
@@ -906,61 +910,119 @@ def _pythonic_call(element: str) -> tuple[str, str] | None:
 
 
 def xml_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
-    """The whole calls in Qwen3-Coder's XML, ``<function=NAME><parameter=KEY>value</parameter></function>``, as
-    (name, arguments as JSON text), in order, up to the first not yet closed. Each value is read as its parameter's
-    type in the named tool's schema, as vLLM's parser does: a number, a boolean, null, or JSON for an object or an
-    array where the schema says so and the text is one; the text as written otherwise."""
+    """The calls in Qwen3-Coder's XML, ``<function=NAME><parameter=KEY>value</parameter></function>``, as (name,
+    arguments as JSON text), in order, up to the first not yet closed, whose arguments are those written so far (see
+    ``_typed_arguments``). Each value is read as its parameter's type in the named tool's schema, as vLLM's parser
+    does: a number, a boolean, null, or JSON for an object or an array where the schema says so and the text is one;
+    the text as written otherwise."""
     calls, start = [], text.find(XML_FUNCTION)
     while start >= 0:
         name_end = text.find(">", start)
-        end = text.find(XML_FUNCTION_END, start)
-        if name_end < 0 or end < 0:
+        if name_end < 0:
             break
         name = text[start + len(XML_FUNCTION) : name_end].strip()
-        calls.append((name, _typed_arguments(request, name, _XML_PARAMETER.findall(text, name_end, end))))
+        end = text.find(XML_FUNCTION_END, start)
+        body = text[name_end : end if end >= 0 else len(text)]
+        written, writing = _written_parameters(body, _XML_PARAMETER, end >= 0, (XML_PARAMETER_END, XML_FUNCTION_END))
+        calls.append((name, _typed_arguments(request, name, written, end >= 0, writing)))
+        if end < 0:
+            break
         start = text.find(XML_FUNCTION, end)
     return calls
 
 
-def _typed_arguments(request: CompletionRequested, name: str, written: list[tuple[str, str]]) -> str:
+def _written_parameters(
+    body: str, pattern: re.Pattern[str], closed: bool, ends: tuple[str, ...]
+) -> tuple[list[tuple[str, str]], tuple[str, str] | None]:
+    """A call's parameters in its ``body``, as (key, value as written) in order, and the one still being written,
+    if the call is not ``closed``: the last, when nothing ended its value. ``pattern`` matches a parameter (its first
+    set group of the first three is the key, the next to last group the value, the last what ended it: its closing
+    tag, or nothing at the body's end). The value still being written leaves out a part of any of the tags that may
+    end it (``ends``), as they are not known yet."""
+    written = [(next(g for g in m.groups()[:3] if g is not None), m.group(m.re.groups - 1), m.group(m.re.groups))
+               for m in pattern.finditer(body)]  # fmt: skip
+    if closed or not written or written[-1][2]:
+        return [(key, value) for key, value, _ in written], None
+    key, value, _ = written[-1]
+    held = max(longest_tag_start(value, tag) for tag in ends)
+    return [(k, v) for k, v, _ in written[:-1]], (key, value[: len(value) - held])
+
+
+def _typed_arguments(
+    request: CompletionRequested,
+    name: str,
+    written: list[tuple[str, str]],
+    closed: bool = True,
+    writing: tuple[str, str] | None = None,
+) -> str:
     """A call's (key, value as text) pairs as its arguments' JSON text, each value read as its parameter's type in
-    the schema of the offered tool ``name`` (``_typed``), without the newline the templates write on each side."""
+    the schema of the offered tool ``name`` (``_typed``), without the newline the templates write on each side; a key
+    written twice keeps its first value. A call not yet ``closed`` has the text so far, which the closed call's text
+    continues: the pairs written whole, then ``writing``, the (key, value so far) of a parameter still being written,
+    if its value is text (a string in the schema, or a parameter the schema does not describe); a value of another
+    type comes whole, once written. So a long string argument streams as the model writes it."""
     tool = next((t for t in request.tools if t.name == name), None)
     properties = _parameters(tool).get("properties", {}) if tool is not None else {}
-    arguments = {key.strip(): _typed(_unwrapped(value), properties.get(key.strip())) for key, value in written}
-    return json.dumps(arguments, ensure_ascii=False)
+    arguments: dict[str, Any] = {}
+    for key, value in written:
+        arguments.setdefault(key.strip(), _typed(_unwrapped(value), properties.get(key.strip())))
+    text = json.dumps(arguments, ensure_ascii=False)
+    if closed:
+        return text
+    text = text[:-1]  # the closing brace comes once the call is closed
+    if writing is None or (key := writing[0].strip()) in arguments or not _is_text(properties.get(key)):
+        return text
+    value = writing[1].removeprefix("\n")
+    value = value.removesuffix("\n")  # perhaps the newline the template writes before the closing tag: not yet known
+    begun = json.dumps(value, ensure_ascii=False)[:-1]  # the string's closing quote comes with its end
+    return f"{text}{', ' if arguments else ''}{json.dumps(key, ensure_ascii=False)}: {begun}"
+
+
+def _is_text(schema: Any) -> bool:
+    """Whether a parameter's value is read as the text written, whatever it is (``_typed``): a string in its schema,
+    or a parameter the schema does not describe."""
+    return _schema_types(schema) <= {"string"} if isinstance(schema, dict) else True
 
 
 def glm_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
-    """The whole calls in GLM's format, ``<tool_call>NAME<arg_key>KEY</arg_key><arg_value>value</arg_value>
+    """The calls in GLM's format, ``<tool_call>NAME<arg_key>KEY</arg_key><arg_value>value</arg_value>
     </tool_call>`` (newlines between the parts or not), as (name, arguments as JSON text), in order, up to the first
-    not yet closed. Each value is read as its parameter's type in the named tool's schema, as ``xml_calls`` reads
-    them (GLM's templates write a string as it is and any other value as JSON)."""
+    not yet closed, whose arguments are those written so far once its name is (see ``_typed_arguments``). Each value
+    is read as its parameter's type in the named tool's schema, as ``xml_calls`` reads them (GLM's templates write a
+    string as it is and any other value as JSON)."""
     calls, start = [], text.find(CALL_OPEN)
     while start >= 0:
         end = text.find(CALL_CLOSE, start)
+        body = text[start + len(CALL_OPEN) : end if end >= 0 else len(text)]
+        # the name ends at the first key, or at a line's end (GLM-4.5 writes one after it)
+        name_at = len(body) - len(body.lstrip())
+        name_ends = [at for at in (body.find(GLM_KEY), body.find("\n", name_at)) if at >= 0]
+        if end < 0 and not name_ends:
+            break  # the name may not be whole yet
+        name = body[: min(name_ends, default=len(body))].strip()
+        written, writing = _written_parameters(body, _GLM_ARGUMENT, end >= 0, ("</arg_value>", CALL_CLOSE))
+        calls.append((name, _typed_arguments(request, name, written, end >= 0, writing)))
         if end < 0:
             break
-        body = text[start + len(CALL_OPEN) : end]
-        first_key = body.find(GLM_KEY)
-        name = (body if first_key < 0 else body[:first_key]).strip()
-        calls.append((name, _typed_arguments(request, name, _GLM_ARGUMENT.findall(body))))
         start = text.find(CALL_OPEN, end)
     return calls
 
 
 def minimax_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
-    """The whole calls in MiniMax M2's format, ``<invoke name="NAME"><parameter name="KEY">value</parameter>
-    </invoke>`` (names quoted either way or not at all), as (name, arguments as JSON text), in order, up to the first
-    not yet closed; each value read as its parameter's type, as ``xml_calls`` reads them."""
+    """The calls in MiniMax M2's format, ``<invoke name="NAME"><parameter name="KEY">value</parameter></invoke>``
+    (names quoted either way or not at all), as (name, arguments as JSON text), in order, up to the first not yet
+    closed, whose arguments are those written so far (see ``_typed_arguments``); each value read as its parameter's
+    type, as ``xml_calls`` reads them."""
     calls, position = [], 0
     while (invoke := _MINIMAX_INVOKE.search(text, position)) is not None:
         end = text.find(MINIMAX_INVOKE_END, invoke.end())
+        body = text[invoke.end() : end if end >= 0 else len(text)]
+        name = _quoted_name(invoke)
+        ends = (XML_PARAMETER_END, MINIMAX_INVOKE_END)
+        written, writing = _written_parameters(body, _MINIMAX_PARAMETER, end >= 0, ends)
+        calls.append((name, _typed_arguments(request, name, written, end >= 0, writing)))
         if end < 0:
             break
-        name = _quoted_name(invoke)
-        written = [(_quoted_name(m), m.group(4)) for m in _MINIMAX_PARAMETER.finditer(text, invoke.end(), end)]
-        calls.append((name, _typed_arguments(request, name, written)))
         position = end + len(MINIMAX_INVOKE_END)
     return calls
 

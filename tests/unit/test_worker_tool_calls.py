@@ -348,10 +348,16 @@ def call_like(rng: random.Random, required: bool) -> str:
         output = "[" + ", ".join(calls) + "]"
     else:
         output = "Let me see. " + " ".join(f"<tool_call>\n{c}\n</tool_call>" for c in calls)
-    if rng.random() < 0.3:  # written wrong somewhere
+    return spoiled(rng, output, 0.3, '{}[]",: x\\')
+
+
+def spoiled(rng: random.Random, output: str, wrong: float, characters: str) -> str:
+    """``output`` perhaps written wrong somewhere (one of ``characters`` in place of another, with odds ``wrong``),
+    and perhaps cut short (even odds)."""
+    if rng.random() < wrong:
         at = rng.randrange(len(output))
-        output = output[:at] + rng.choice('{}[]",: x\\') + output[at + 1 :]
-    if rng.random() < 0.5:  # cut short
+        output = output[:at] + rng.choice(characters) + output[at + 1 :]
+    if rng.random() < 0.5:
         output = output[: rng.randrange(len(output))]
     return output
 
@@ -816,7 +822,7 @@ def test_kimi_calls_are_read_whole_and_stream_alike_with_the_ids_the_model_gave_
 
 def test_a_glm_or_kimi_answer_without_calls_of_offered_tools_is_text() -> None:
     for model_format, outputs in {
-        "glm": ["Paris is sunny.", "<tool_call>rm_rf</tool_call>", "<tool_call>get_time<arg_key>x"],
+        "glm": ["Paris is sunny.", "<tool_call>rm_rf</tool_call>", "<tool_call>get_ti"],
         "kimi_k2": [
             "Paris is sunny.",
             "<|tool_calls_section_begin|><|tool_call_begin|>functions.rm_rf:0<|tool_call_argument_begin|>{}",
@@ -1116,3 +1122,84 @@ def test_a_models_calls_opening_is_known_where_its_calls_may_follow_text() -> No
     assert calls_opening("gemma4") == "<|tool_call>" and calls_opening("seed_oss") == "<seed:tool_call>"
     # calls that are the whole answer have no opening inside it
     assert calls_opening("llama3_json") is calls_opening("pythonic") is calls_opening("granite") is None
+
+
+@pytest.mark.parametrize(
+    ("model_format", "opening", "before_value", "value_end", "call_end"),
+    [
+        ("qwen3_xml", "<tool_call>\n<function=get_forecast>\n", "<parameter=days>\n3\n</parameter>\n<parameter=city>\n",
+         "\n</parameter>", "\n</function>\n</tool_call>"),
+        ("glm", "<tool_call>get_forecast\n",
+         "<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n<arg_key>city</arg_key>\n<arg_value>",
+         "</arg_value>", "\n</tool_call>"),
+        ("minimax", '<minimax:tool_call>\n<invoke name="get_forecast">\n',
+         '<parameter name="days">3</parameter>\n<parameter name="city">', "</parameter>",
+         "\n</invoke>\n</minimax:tool_call>"),
+    ],
+)  # fmt: skip
+def test_a_string_argument_streams_as_written_and_other_values_come_whole(
+    model_format: ToolCallFormat, opening: str, before_value: str, value_end: str, call_end: str
+) -> None:
+    """The XML-like formats' calls are announced once named, and a string value streams as the model writes it (a
+    coding agent's file content, say), where it once came only with the call's end."""
+    reader = ToolCallReader(request(tools=[FORECAST]), model_format)
+    reader.feed(opening)
+    (first,) = reader.pieces()
+    assert (first.name, first.arguments) == ("get_forecast", "{")
+    reader.feed(before_value + "Rio de")
+    assert [p.arguments for p in reader.pieces()] == ['"days": 3, "city": "Rio de']  # the integer came whole
+    reader.feed(' "Janeiro"' + value_end[:4])  # the start of the closing tag (and XML's newline) waits
+    assert [p.arguments for p in reader.pieces()] == [' \\"Janeiro\\"']
+    reader.feed(value_end[4:] + call_end)
+    reader.finish("stop")
+    assert [p.arguments for p in reader.pieces()] == ['"}']
+
+
+def test_a_call_cut_short_in_a_string_keeps_what_was_written_as_a_json_call_would() -> None:
+    output = "<tool_call>\n<function=get_forecast>\n<parameter=city>\nRio de J"
+    text, calls, reason = ToolCallReader.read_whole(request(tools=[FORECAST]), output, "length", "qwen3_xml")
+    assert (text, reason) == ("", "length")
+    assert [(c.function.name, c.function.arguments) for c in calls or []] == [("get_forecast", '{"city": "Rio de J')]
+    # a value of another type written in part is not given
+    output = "<tool_call>\n<function=get_forecast>\n<parameter=days>\n1"
+    _, calls, _ = ToolCallReader.read_whole(request(tools=[FORECAST]), output, "length", "qwen3_xml")
+    assert [c.function.arguments for c in calls or []] == ["{"]
+
+
+def xml_like(rng: random.Random, model_format: str) -> str:
+    """An output of calls in an XML-like format, with values of every kind (strings with tags, quotes, newlines and
+    a key written twice among them), perhaps written wrong or cut short."""
+    values = {"city": ["Rio", '"de" <J>\n', "", "\n\n", "a</param"], "days": ["3", "x"], "where": ['{"a": [1]}', "{"]}
+    calls = []
+    for _ in range(rng.randint(1, 2)):
+        name = rng.choice(["get_forecast", "get_time", "rm_rf"])
+        pairs = [(k, rng.choice(values[k])) for k in rng.sample(["city", "days", "where", "city"], rng.randint(0, 4))]
+        if model_format == "qwen3_xml":
+            body = "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in pairs)
+            calls.append(f"<tool_call>\n<function={name}>\n{body}</function>\n</tool_call>")
+        elif model_format == "glm":
+            body = "".join(f"<arg_key>{k}</arg_key>\n<arg_value>{v}</arg_value>\n" for k, v in pairs)
+            calls.append(f"<tool_call>{name}\n{body}</tool_call>")
+        else:  # MiniMax's keys quoted or not
+            quoted = [(rng.choice(['"', ""]), k, v) for k, v in pairs]
+            body = "".join(f"<parameter name={q}{k}{q}>{v}</parameter>\n" for q, k, v in quoted)
+            calls.append(f'<invoke name="{name}">\n{body}</invoke>\n')
+    opening = "<minimax:tool_call>\n" if model_format == "minimax" else ""
+    return spoiled(rng, "Let me see.\n" + opening + "".join(calls), 0.2, "<>/=\n x")
+
+
+@pytest.mark.parametrize("model_format", ["qwen3_xml", "glm", "minimax"])
+def test_any_xml_like_output_split_anyhow_streams_pieces_that_join_to_what_is_read_whole(model_format: str) -> None:
+    rng = random.Random(11)
+    req = request(tools=[FORECAST, TIME])
+    streamed_strings = 0
+    for _ in range(400):
+        output = xml_like(rng, model_format)
+        _, whole, _ = ToolCallReader.read_whole(req, output, "length", model_format)  # type: ignore[arg-type]
+        reader = ToolCallReader(req, model_format)  # type: ignore[arg-type]
+        cuts = sorted(rng.sample(range(len(output) + 1), min(6, len(output) + 1)))
+        chunks = [output[a:b] for a, b in zip([0, *cuts], [*cuts, len(output)], strict=True)]
+        assert streamed_calls(reader, chunks, "length") == as_dicts(whole), output
+        streamed_strings += any('": "' in c.function.arguments and not c.function.arguments.endswith("}") for c in
+                                whole or [])  # fmt: skip
+    assert streamed_strings > 20  # calls cut short inside a string value were among them
