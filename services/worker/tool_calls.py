@@ -678,8 +678,8 @@ class ToolCallReader:
             return [(self.request.tool_choice_function, scan.spaced, None)]
         names = {t.name for t in self.request.tools}
         calls: list[tuple[str, str, str | None]] = []
-        if (read_whole_calls := _WHOLE_CALLS.get(self.call_format)) is not None and self.mode == "auto":
-            for name, arguments in read_whole_calls(self.held, self.request):
+        if (read_calls := _CALL_READERS.get(self.call_format)) is not None and self.mode == "auto":
+            for name, arguments in read_calls(self.held, self.request):
                 if name not in names:
                     break
                 calls.append((name, arguments, None))
@@ -1082,7 +1082,7 @@ _ANSWER_STARTS: dict[ToolCallFormat, tuple[str, ...]] = {
 """What begins calls in the answer of a model that answers with calls or with text (the first, one character; the
 others, tags whose parts are held until known)."""
 
-_WHOLE_CALLS: dict[ToolCallFormat, Callable[[str, CompletionRequested], list[tuple[str, str]]]] = {
+_CALL_READERS: dict[ToolCallFormat, Callable[[str, CompletionRequested], list[tuple[str, str]]]] = {
     "pythonic": lambda text, _: pythonic_calls(text),
     "qwen3_xml": xml_calls,
     "glm": glm_calls,
@@ -1091,4 +1091,6 @@ _WHOLE_CALLS: dict[ToolCallFormat, Callable[[str, CompletionRequested], list[tup
     "lfm2": lambda text, _: pythonic_calls(text),
     "seed_oss": xml_calls,
 }
-"""The formats whose calls are announced once written whole, and their readers (text, request -> (name, arguments))."""
+"""The formats whose calls have readers of their own (text, request -> (name, arguments so far) of each call): the
+pythonic ones, Gemma's and LFM2's give each call once written whole; the XML-like ones each call once named, its
+text values streaming (``_typed_arguments``)."""
