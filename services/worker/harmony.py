@@ -25,8 +25,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from services.worker.markup import longest_tag_start
 from services.worker.reasoning import thinking_text
-from services.worker.tool_calls import CALL_CLOSE, CALL_OPEN, longest_tag_start
+from services.worker.tool_calls import CALL_CLOSE, CALL_OPEN
 
 START, CHANNEL, MESSAGE, END = "<|start|>", "<|channel|>", "<|message|>", "<|end|>"
 ENDS = (END, "<|call|>", "<|return|>")

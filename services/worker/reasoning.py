@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from services.worker.tool_calls import longest_tag_start
+from services.worker.markup import longest_tag_start
 
 
 class ThinkMarkers(NamedTuple):

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from services.worker.gemma4 import CALL as GEMMA4_CALL
 from services.worker.gemma4 import gemma4_calls
+from services.worker.markup import longest_tag_start
 from shared.contracts import (
     ChatMessage,
     CompletionRequested,
@@ -351,14 +352,6 @@ def forced_schema(request: CompletionRequested) -> dict[str, Any] | None:
 def call_id(request_id: str, index: int) -> str:
     """A call's id, the same each time the request is generated (a redelivered request then names its calls alike)."""
     return "call_" + hashlib.sha256(f"{request_id}:{index}".encode()).hexdigest()[:24]
-
-
-def longest_tag_start(text: str, tag: str) -> int:
-    """How many characters at the end of ``text`` could begin ``tag``."""
-    for length in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-length:]):
-            return length
-    return 0
 
 
 _SPACE = " \t\n\r"

@@ -1046,12 +1046,33 @@ def test_gemma4_calls_are_read_whole_and_stream_alike_in_its_notation() -> None:
     assert gemma4_calls(spaced) == [("get_forecast", '{"days": 2, "where": []}')]
 
 
-def test_a_gemma4_answer_without_whole_calls_of_offered_tools_is_text() -> None:
-    unoffered, cut_short = "<|tool_call>call:rm_rf{}<tool_call|>", '<|tool_call>call:get_weather{city:<|"|>Pa'
-    no_call_word = "<|tool_call>get_time{}<tool_call|>"
-    no_colon = '<|tool_call>call:get_weather{city <|"|>x:y<|"|>}<tool_call|>'  # the colon inside a string
-    for output in ("Paris is sunny.", unoffered, cut_short, no_call_word, no_colon):
+def test_a_gemma4_answer_without_calls_of_offered_tools_is_text_and_a_call_keeps_what_was_written() -> None:
+    unoffered, no_call_word = "<|tool_call>call:rm_rf{}<tool_call|>", "<|tool_call>get_time{}<tool_call|>"
+    for output in ("Paris is sunny.", unoffered, no_call_word, "<|tool_call>call:get_wea"):
         assert ToolCallReader.read_whole(request(), output, "stop", "gemma4") == (output, None, "stop")
+    # a call cut short in a string keeps what was written, as a JSON call does; what is not a pair ends the arguments
+    for output, arguments in [
+        ('<|tool_call>call:get_weather{city:<|"|>Pa', '{"city": "Pa'),
+        ('<|tool_call>call:get_weather{city:<|"|>Pa<|"|>, <|"|>x:y<|"|>}<tool_call|>', '{"city": "Pa"}'),
+    ]:
+        _, calls, _ = ToolCallReader.read_whole(request(), output, "length", "gemma4")
+        assert [(c.function.name, c.function.arguments) for c in calls or []] == [("get_weather", arguments)]
+
+
+def test_a_gemma4_string_argument_streams_as_written_and_other_values_come_whole() -> None:
+    reader = ToolCallReader(request(tools=[FORECAST]), "gemma4")
+    reader.feed("Sure.<|tool_call>call:get_forecast{")
+    (first,) = reader.pieces()
+    assert (first.name, first.arguments) == ("get_forecast", "{")
+    reader.feed("days:1")  # a number may go on
+    assert reader.pieces() == []
+    reader.feed('2,city:<|"|>Rio "de"')
+    assert [p.arguments for p in reader.pieces()] == ['"days": 12, "city": "Rio \\"de\\"']
+    reader.feed(' J<|"')  # a part of the string's end waits
+    assert [p.arguments for p in reader.pieces()] == [" J"]
+    reader.feed("|>}<tool_call|>")
+    reader.finish("stop")
+    assert [p.arguments for p in reader.pieces()] == ['"}']
 
 
 def test_gemma4s_template_gets_earlier_calls_as_its_model_writes_them() -> None:
@@ -1188,13 +1209,31 @@ def xml_like(rng: random.Random, model_format: str) -> str:
     return spoiled(rng, "Let me see.\n" + opening + "".join(calls), 0.2, "<>/=\n x")
 
 
-@pytest.mark.parametrize("model_format", ["qwen3_xml", "glm", "minimax"])
-def test_any_xml_like_output_split_anyhow_streams_pieces_that_join_to_what_is_read_whole(model_format: str) -> None:
+def gemma4_like(rng: random.Random) -> str:
+    """An output of calls in Gemma 4's notation, with values of every kind (strings with its delimiter's parts,
+    braces and quotes, numbers, booleans, nested objects and arrays; keys bare or delimited, one written twice),
+    perhaps written wrong or cut short."""
+    string = '<|"|>'
+    values = [f"{string}Rio {{de}} <J>{string}", f"{string}{string}", "12", "true", "1.5"]
+    values.append(f"{{a:[1,{string}x{string}]}}")
+    calls = []
+    for _ in range(rng.randint(1, 2)):
+        name = rng.choice(["get_forecast", "get_time", "rm_rf"])
+        keys = rng.sample(["city", "days", "where", "city"], rng.randint(0, 4))
+        pairs = ",".join(f"{rng.choice([k, string + k + string])}:{rng.choice(values)}" for k in keys)
+        calls.append(f"<|tool_call>call:{name}{{{pairs}}}<tool_call|>")
+    return spoiled(rng, "Let me see." + "".join(calls), 0.2, '<>|":,{}[] x')
+
+
+@pytest.mark.parametrize("model_format", ["qwen3_xml", "glm", "minimax", "gemma4"])
+def test_any_output_of_calls_with_text_values_split_anyhow_streams_pieces_that_join_to_what_is_read_whole(
+    model_format: str,
+) -> None:
     rng = random.Random(11)
     req = request(tools=[FORECAST, TIME])
     streamed_strings = 0
     for _ in range(400):
-        output = xml_like(rng, model_format)
+        output = gemma4_like(rng) if model_format == "gemma4" else xml_like(rng, model_format)
         _, whole, _ = ToolCallReader.read_whole(req, output, "length", model_format)  # type: ignore[arg-type]
         reader = ToolCallReader(req, model_format)  # type: ignore[arg-type]
         cuts = sorted(rng.sample(range(len(output) + 1), min(6, len(output) + 1)))
