@@ -18,11 +18,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from services.worker.markup import longest_tag_start
+from services.worker.markup import longest_tag_start, open_arguments, skip_space
 
 CALL, CALL_END = "<|tool_call>", "<tool_call|>"
 STRING = '<|"|>'
-_SPACE = " \t\n\r"
 
 
 class _Malformed(ValueError):
@@ -58,34 +57,29 @@ def _arguments(written: str, closed: bool) -> str:
     closing brace waits, a string value still being written streams as written, and a value of another kind comes once
     whole."""
     pairs: dict[str, Any] = {}
-    i, separated = _skip_space(written, 0), True  # separated: a pair may begin at i
+    i, separated = skip_space(written, 0), True  # separated: a pair may begin at i
     while i < len(written) and written[i] != "}":
         try:
             key, at = _key(written, i)
             value, after = _value(written, at)
         except _Malformed:
             break
-        bare = not written.startswith((STRING, "{", "["), _skip_space(written, at))
+        bare = not written.startswith((STRING, "{", "["), skip_space(written, at))
         if bare and after == len(written) and not closed:
             break  # a bare value may go on
         pairs.setdefault(key, value)
-        i = _skip_space(written, after)
+        i = skip_space(written, after)
         separated = written.startswith(",", i)
         if not separated:
             break
-        i = _skip_space(written, i + 1)
+        i = skip_space(written, i + 1)
     being_written = _STRING_BEGUN.match(written, i) if separated else None
     if being_written is not None and (key := being_written.group(1).strip()) not in pairs:
         value = written[being_written.end() :]
-        if closed:
-            pairs[key] = value
-        else:
-            value = value[: len(value) - longest_tag_start(value, STRING)]
-            begun = json.dumps(value, ensure_ascii=False)[:-1]  # the string's closing quote comes with its end
-            opened = json.dumps(pairs, ensure_ascii=False)[:-1]
-            return f"{opened}{', ' if pairs else ''}{json.dumps(key, ensure_ascii=False)}: {begun}"
-    text = json.dumps(pairs, ensure_ascii=False)
-    return text if closed else text[:-1]
+        if not closed:
+            return open_arguments(pairs, (key, value[: len(value) - longest_tag_start(value, STRING)]))
+        pairs[key] = value
+    return json.dumps(pairs, ensure_ascii=False) if closed else open_arguments(pairs, None)
 
 
 _STRING_BEGUN = re.compile(r"([^:,{}\[\]<>]+):\s*" + re.escape(STRING) + r"(?!.*" + re.escape(STRING) + ")", re.DOTALL)
@@ -93,15 +87,9 @@ _STRING_BEGUN = re.compile(r"([^:,{}\[\]<>]+):\s*" + re.escape(STRING) + r"(?!.*
 closing one after it."""
 
 
-def _skip_space(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _SPACE:
-        i += 1
-    return i
-
-
 def _value(text: str, i: int) -> tuple[Any, int]:
     """The value written from ``i`` and where it ends."""
-    i = _skip_space(text, i)
+    i = skip_space(text, i)
     if i == len(text):
         raise _Malformed("a value is missing")
     if text.startswith(STRING, i):
@@ -163,7 +151,7 @@ def _key(text: str, i: int) -> tuple[str, int]:
         if not key or STRING in key or any(c in key for c in ",{}[]"):
             raise _Malformed("a key has no value")
         i = colon
-    i = _skip_space(text, i)
+    i = skip_space(text, i)
     if not text.startswith(":", i):
         raise _Malformed("a key has no value")
     return str(key), i + 1
@@ -173,7 +161,7 @@ def _items(text: str, i: int, close: str, read: Callable[[str, int], tuple[Any, 
     """The items ``read`` reads from after the opening bracket at ``i``, separated by commas up to ``close``, and
     where they end (after ``close``)."""
     items: list[Any] = []
-    i = _skip_space(text, i + 1)
+    i = skip_space(text, i + 1)
     while True:
         if i == len(text):
             raise _Malformed(f"{close} is missing")
@@ -181,8 +169,8 @@ def _items(text: str, i: int, close: str, read: Callable[[str, int], tuple[Any, 
             return items, i + 1
         item, i = read(text, i)
         items.append(item)
-        i = _skip_space(text, i)
+        i = skip_space(text, i)
         if text.startswith(",", i):
-            i = _skip_space(text, i + 1)
+            i = skip_space(text, i + 1)
         elif not text.startswith(close, i):
             raise _Malformed("items are not separated")

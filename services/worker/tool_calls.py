@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from services.worker.gemma4 import CALL as GEMMA4_CALL
 from services.worker.gemma4 import gemma4_calls
-from services.worker.markup import longest_tag_start
+from services.worker.markup import SPACE, longest_tag_start, open_arguments, skip_space
 from shared.contracts import (
     ChatMessage,
     CompletionRequested,
@@ -354,9 +354,6 @@ def call_id(request_id: str, index: int) -> str:
     return "call_" + hashlib.sha256(f"{request_id}:{index}".encode()).hexdigest()[:24]
 
 
-_SPACE = " \t\n\r"
-
-
 def _string_end(text: str, start: int) -> int | None:
     """The index after the JSON string opening at ``text[start]``; None if it does not end within ``text``."""
     i = start + 1
@@ -368,12 +365,6 @@ def _string_end(text: str, start: int) -> int | None:
         else:
             i += 1
     return None
-
-
-def _skip_space(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _SPACE:
-        i += 1
-    return i
 
 
 @dataclass
@@ -413,7 +404,7 @@ class _ValueScan:
                     if self.depth == 0:
                         self.end = i + 1
                         break
-            elif scalar and char in ",}]" + _SPACE:
+            elif scalar and char in ",}]" + SPACE:
                 self.end = i
                 break
             elif char == "<" and not self.stopped:
@@ -433,7 +424,7 @@ class _ValueScan:
                     break
             elif char in ",:":
                 out.append(char + " ")
-            elif char not in _SPACE:
+            elif char not in SPACE:
                 out.append(char)
             i += 1
         self.position = i + 1 if self.end is not None else i
@@ -473,7 +464,7 @@ class _WrittenCall:
 def _read_call(text: str, start: int, scans: dict[int, _ValueScan]) -> _WrittenCall:
     """The call object written from ``start``; ``scans`` keeps what was read of each value the last time."""
     call = _WrittenCall(text)
-    i = _skip_space(text, start)
+    i = skip_space(text, start)
     if i == len(text):
         return call
     if text[i] != "{":
@@ -481,7 +472,7 @@ def _read_call(text: str, start: int, scans: dict[int, _ValueScan]) -> _WrittenC
         return call
     i += 1
     while True:
-        i = _skip_space(text, i)
+        i = skip_space(text, i)
         if i == len(text):
             return call
         if text[i] == "}":
@@ -495,13 +486,13 @@ def _read_call(text: str, start: int, scans: dict[int, _ValueScan]) -> _WrittenC
             call.broken = text[i] != '"'
             return call
         key = text[i + 1 : key_end - 1]
-        i = _skip_space(text, key_end)
+        i = skip_space(text, key_end)
         if i == len(text):
             return call
         if text[i] != ":":
             call.broken = True
             return call
-        i = _skip_space(text, i + 1)
+        i = skip_space(text, i + 1)
         if i == len(text):
             return call
         scan = scans.setdefault(i, _ValueScan(i))
@@ -574,7 +565,7 @@ class ToolCallReader:
         (Granite) begins calls; anything else is text to the end. Leading white space waits for the decision."""
         if self.answered_in_text:
             return text
-        rest = text[_skip_space(text, 0) :]
+        rest = text[skip_space(text, 0) :]
         starts = _ANSWER_STARTS[self.call_format]
         if rest.startswith(starts):
             self.calling, self.held = True, text
@@ -663,7 +654,7 @@ class ToolCallReader:
             return []
         if self.mode == "named":
             assert self.request.tool_choice_function is not None
-            start = _skip_space(self.held, 0)
+            start = skip_space(self.held, 0)
             if start == len(self.held):
                 return [(self.request.tool_choice_function, "", None)]
             scan = self._scans.setdefault(start, _ValueScan(start))
@@ -691,12 +682,12 @@ class ToolCallReader:
         if self.mode == "required":  # a JSON array of calls
             return self._array_of_calls(text, 0)
         if self.call_format == "llama3_json":  # auto: the answer is the calls, joined by semicolons
-            i = _skip_space(text, 0)
+            i = skip_space(text, 0)
             return self._joined(text, i + len(PYTHON_TAG) if text.startswith(PYTHON_TAG, i) else i, ";")
         if self.call_format == "granite":  # auto: the answer is a JSON array of calls, perhaps after a call tag
-            i = _skip_space(text, 0)
+            i = skip_space(text, 0)
             for tag in (GRANITE_CALLS, CALL_OPEN):
-                i = _skip_space(text, i + len(tag)) if text.startswith(tag, i) else i
+                i = skip_space(text, i + len(tag)) if text.startswith(tag, i) else i
             return self._array_of_calls(text, i)
         if self.call_format == "jamba":  # auto: a JSON array of calls after <tool_calls>
             return self._array_of_calls(text, text.find(JAMBA_CALLS) + len(JAMBA_CALLS))
@@ -716,7 +707,7 @@ class ToolCallReader:
 
     def _array_of_calls(self, text: str, at: int) -> list[_WrittenCall]:
         """The call objects of the JSON array that begins at ``at``, after white space; none if no array begins."""
-        i = _skip_space(text, at)
+        i = skip_space(text, at)
         return self._joined(text, i + 1, ",") if text.startswith("[", i) else []
 
     def _mistral_calls(self, text: str) -> list[_WrittenCall]:
@@ -726,7 +717,7 @@ class ToolCallReader:
         calls: list[_WrittenCall] = []
         start = text.find(MISTRAL_CALLS)
         while start >= 0:
-            i = _skip_space(text, start + len(MISTRAL_CALLS))
+            i = skip_space(text, start + len(MISTRAL_CALLS))
             if i == len(text):
                 return calls
             if text[i] in "[{":
@@ -790,7 +781,7 @@ class ToolCallReader:
 
     def _arguments_after_name(self, call: _WrittenCall, text: str, at: int) -> int | None:
         """Reads the JSON arguments that follow a call's name from ``at``; where they end, None until they do."""
-        i = _skip_space(text, at)
+        i = skip_space(text, at)
         if i == len(text) or text[i] == "`":  # not begun yet, or a code fence still being opened
             return None
         call.arguments = self._scans.setdefault(i, _ValueScan(i))
@@ -806,7 +797,7 @@ class ToolCallReader:
             calls.append(call := _read_call(text, i, self._scans))
             if call.broken or call.end is None:
                 return calls
-            i = _skip_space(text, call.end)
+            i = skip_space(text, call.end)
             if i == len(text) or text[i] != separator:
                 return calls
             i += 1
@@ -839,10 +830,10 @@ def _first_element_is_no_call(text: str) -> bool:
 def _list_start(text: str) -> int:
     """Where a pythonic answer's list begins: after leading space and ``<|python_start|>`` (or LFM2's
     ``<|tool_call_start|>``), if any."""
-    i = _skip_space(text, 0)
+    i = skip_space(text, 0)
     for tag in (PYTHON_START, LFM2_CALLS):
         if text.startswith(tag, i):
-            return _skip_space(text, i + len(tag))
+            return skip_space(text, i + len(tag))
     return i
 
 
@@ -932,8 +923,7 @@ def _written_parameters(
     set group of the first three is the key, the next to last group the value, the last what ended it: its closing
     tag, or nothing at the body's end). The value still being written leaves out a part of any of the tags that may
     end it (``ends``), as they are not known yet."""
-    written = [(next(g for g in m.groups()[:3] if g is not None), m.group(m.re.groups - 1), m.group(m.re.groups))
-               for m in pattern.finditer(body)]  # fmt: skip
+    written = [(_first_group(m), m.group(m.re.groups - 1), m.group(m.re.groups)) for m in pattern.finditer(body)]
     if closed or not written or written[-1][2]:
         return [(key, value) for key, value, _ in written], None
     key, value, _ = written[-1]
@@ -959,16 +949,12 @@ def _typed_arguments(
     arguments: dict[str, Any] = {}
     for key, value in written:
         arguments.setdefault(key.strip(), _typed(_unwrapped(value), properties.get(key.strip())))
-    text = json.dumps(arguments, ensure_ascii=False)
     if closed:
-        return text
-    text = text[:-1]  # the closing brace comes once the call is closed
+        return json.dumps(arguments, ensure_ascii=False)
     if writing is None or (key := writing[0].strip()) in arguments or not _is_text(properties.get(key)):
-        return text
-    value = writing[1].removeprefix("\n")
-    value = value.removesuffix("\n")  # perhaps the newline the template writes before the closing tag: not yet known
-    begun = json.dumps(value, ensure_ascii=False)[:-1]  # the string's closing quote comes with its end
-    return f"{text}{', ' if arguments else ''}{json.dumps(key, ensure_ascii=False)}: {begun}"
+        return open_arguments(arguments, None)
+    # the newline the template writes before the closing tag is not known yet
+    return open_arguments(arguments, (key, writing[1].removeprefix("\n").removesuffix("\n")))
 
 
 def _is_text(schema: Any) -> bool:
@@ -1010,7 +996,7 @@ def minimax_calls(text: str, request: CompletionRequested) -> list[tuple[str, st
     while (invoke := _MINIMAX_INVOKE.search(text, position)) is not None:
         end = text.find(MINIMAX_INVOKE_END, invoke.end())
         body = text[invoke.end() : end if end >= 0 else len(text)]
-        name = _quoted_name(invoke)
+        name = _first_group(invoke)
         ends = (XML_PARAMETER_END, MINIMAX_INVOKE_END)
         written, writing = _written_parameters(body, _MINIMAX_PARAMETER, end >= 0, ends)
         calls.append((name, _typed_arguments(request, name, written, end >= 0, writing)))
@@ -1020,8 +1006,9 @@ def minimax_calls(text: str, request: CompletionRequested) -> list[tuple[str, st
     return calls
 
 
-def _quoted_name(match: re.Match[str]) -> str:
-    """The name a ``_MINIMAX_NAME`` match read: in double quotes, single quotes or none."""
+def _first_group(match: re.Match[str]) -> str:
+    """A name or key a match read: its first group of the first three that is set (MiniMax's names, in double quotes,
+    single quotes or none; the other formats' keys are their patterns' only such group)."""
     return next(group for group in match.groups()[:3] if group is not None).strip()
 
 
