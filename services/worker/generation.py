@@ -97,7 +97,9 @@ def seeded(sampling: SamplingParams, request_id: str) -> SamplingParams:
 @dataclass
 class DeltaBuffer:
     """Gathers engine steps into deltas so Kafka carries few records without visible delay: the first delta goes out at
-    once (time to first token is what users feel most), later ones at most every ``window_s``."""
+    once (time to first token is what users feel most), later ones at most once per ``window_s``. The windows are one
+    grid on the process's clock, shared by every request, so the deltas of the requests an engine steps together fall
+    due at the same step and leave in one produce request, not one each."""
 
     window_s: float
     text: str = ""
@@ -110,7 +112,11 @@ class DeltaBuffer:
         self.text += text
         self.tokens += tokens
         self.logprobs += logprobs
-        due = self.last_flush is None or now - self.last_flush >= self.window_s
+        due = (
+            self.last_flush is None
+            or self.window_s <= 0
+            or now // self.window_s > self.last_flush // self.window_s  # a window boundary passed since the last
+        )
         if self.text and due:
             self.last_flush = now
             return self.take()

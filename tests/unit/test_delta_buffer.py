@@ -8,13 +8,33 @@ from services.worker.generation import DeltaBuffer
 
 def test_first_delta_goes_at_once_then_at_most_one_per_window() -> None:
     buffer = DeltaBuffer(window_s=0.025)
-    assert buffer.add("The", 1, now=10.000) == OutputDelta("The", 1)
+    assert buffer.add("The", 1, now=10.001) == OutputDelta("The", 1)
     assert buffer.add(" capital", 1, now=10.010) is None
     assert buffer.add(" of", 1, now=10.020) is None
     assert buffer.add(" France", 1, now=10.030) == OutputDelta(" capital of France", 3)
     assert buffer.add(" is", 1, now=10.031) is None
     assert buffer.take() == OutputDelta(" is", 1)
     assert buffer.take() is None
+
+
+def test_requests_stepped_together_send_their_deltas_at_the_same_step() -> None:
+    # One record each per window, whenever each request started: an engine step that crosses a window's end makes
+    # every running request's delta due at once, so they leave the worker in one produce request.
+    window = 0.025
+    steps = [100.001 + i * 0.004 for i in range(60)]  # an engine step every 4 ms
+    starts = [0, 1, 3, 5]  # the step at which each of four requests began
+    buffers = [DeltaBuffer(window_s=window) for _ in starts]
+    sent_at: list[set[int]] = [set() for _ in starts]
+    for step, now in enumerate(steps):
+        for request, buffer in enumerate(buffers):
+            if step >= starts[request] and buffer.add("x", 1, now=now) is not None:
+                sent_at[request].add(step)
+    after_first = [{s for s in sent if s > starts[r]} for r, sent in enumerate(sent_at)]
+    assert all(sent == after_first[0] for sent in after_first[1:])  # the same steps, not each its own
+    assert len(after_first[0]) <= (steps[-1] - steps[0]) / window + 1  # one per 25 ms, not one per step
+    for sent in after_first:  # never two in one window
+        windows = [steps[s] // window for s in sent]
+        assert len(windows) == len(set(windows))
 
 
 def test_tokens_without_text_wait_for_text_and_still_count() -> None:
