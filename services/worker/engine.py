@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from services.worker.engine_processes import use_engine_process_server
 from services.worker.harmony import speaks_harmony
-from services.worker.reasoning import MISTRAL_THINK, ThinkMarkers, think_markers
-from services.worker.tool_calls import ToolCallFormat, call_format, conversation
+from services.worker.reasoning import MISTRAL_THINK, THINK, ThinkMarkers, think_markers
+from services.worker.tool_calls import DSML_FORMATS, ToolCallFormat, call_format, conversation
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
 from shared.contracts import (
     ChatMessage,
@@ -298,7 +298,8 @@ class Engine:
     ) -> str:
         """The chat as the model's template writes it, with ``tools`` shown to the model (see tool_calls). A reasoning
         model's switches reach the template under the names templates read them by (see CompletionRequested); a
-        template that reads none ignores them."""
+        template that reads none ignores them. Raises InvalidRequest when the template refuses the messages (a tool
+        result with no call before it, in some templates)."""
         turns, template_tools = conversation(
             messages,
             tools or [],
@@ -311,9 +312,16 @@ class Engine:
             switches |= {"enable_thinking": enable_thinking, "thinking": enable_thinking}
         if reasoning_effort is not None:
             switches["reasoning_effort"] = reasoning_effort
-        prompt: str = self._tokenizer.apply_chat_template(
-            turns, tools=template_tools, tokenize=False, add_generation_prompt=True, **switches
-        )
+        from jinja2 import TemplateError
+
+        try:
+            prompt: str = self._tokenizer.apply_chat_template(
+                turns, tools=template_tools, tokenize=False, add_generation_prompt=True, **switches
+            )
+        except (TemplateError, ValueError) as exc:  # the template's raise_exception, or vLLM's encoder refusing
+            raise InvalidRequest(
+                f"the messages cannot be written in {self.config.model_id}'s chat format: {exc}", param="messages"
+            ) from None
         return prompt
 
     @cached_property  # the tokenizer, and so its template, is the engine's for life
@@ -322,14 +330,22 @@ class Engine:
         return getattr(self._tokenizer, "chat_template", None) or ""
 
     @cached_property
+    def dsml_format(self) -> ToolCallFormat | None:
+        """A DeepSeek V3.2 or V4 model's call format: these have no chat template; vLLM's tokenizer encodes their
+        chats, tools and earlier calls included, and they think in ``<think>`` blocks (tool_calls.DSML_FORMATS).
+        None for any other model."""
+        mode = self._llm.model_config.tokenizer_mode
+        return mode if mode in DSML_FORMATS else None
+
+    @cached_property
     def template_renders_tools(self) -> bool:
         """Whether the model's own chat template shows tools to the model (else ferry writes them in, Hermes-style)."""
-        return "tools" in self.chat_template
+        return self.dsml_format is not None or "tools" in self.chat_template
 
     @cached_property
     def think_markers(self) -> ThinkMarkers | None:
         """How the model marks the think blocks it writes before it answers; None: it writes none (see reasoning)."""
-        return think_markers(self.chat_template)
+        return THINK if self.dsml_format is not None else think_markers(self.chat_template)
 
     @cached_property
     def special_tokens(self) -> frozenset[str]:
@@ -356,6 +372,8 @@ class Engine:
     def tool_call_format(self) -> ToolCallFormat:
         """How this model writes the calls it chooses to make (see tool_calls.call_format); a harmony model's calls
         reach the call reader in the Hermes form (see harmony)."""
+        if self.dsml_format is not None:
+            return self.dsml_format
         return "hermes" if self.speaks_harmony else call_format(self.chat_template)
 
     @staticmethod

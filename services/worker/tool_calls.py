@@ -16,7 +16,9 @@ section, as vLLM's ``kimi_k2`` parser does; MiniMax M2's, ``<invoke>`` inside ``
 does; Jamba's, a JSON array inside ``<tool_calls>``, as vLLM's ``jamba`` parser does; Gemma 4's, each
 ``<|tool_call>call:NAME{...}<tool_call|>`` in its own notation (see gemma4), as vLLM's ``gemma4`` parser does;
 LFM2's, a Python list of calls inside ``<|tool_call_start|>...<|tool_call_end|>``, as vLLM's ``lfm2`` parser does;
-Seed-OSS's, Qwen3-Coder's XML inside ``<seed:tool_call>``, as vLLM's ``seed_oss`` parser does.
+Seed-OSS's, Qwen3-Coder's XML inside ``<seed:tool_call>``, as vLLM's ``seed_oss`` parser does; DeepSeek V3.2's and
+V4's DSML (their prompts come from vLLM's encoders for them, not from a template: ``DSML_FORMATS``), as vLLM's
+``deepseek_v32``, ``deepseek_v4`` and ``deepseek_v41`` parsers do.
 
 Forced calls (tool_choice required, or a named function) are generated under a JSON schema, so they always parse and
 their arguments match the schema: a JSON array of ``{"name", "arguments"}`` objects (required), or the arguments
@@ -31,6 +33,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from services.worker.gemma4 import CALL as GEMMA4_CALL
@@ -65,6 +68,9 @@ ToolCallFormat = Literal[
     "gemma4",
     "lfm2",
     "seed_oss",
+    "deepseek_v32",
+    "deepseek_v4",
+    "deepseek_v41",
 ]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
@@ -97,8 +103,14 @@ the same objects inside ``<tool_calls>...</tool_calls>``; gemma4 (Gemma 4, vLLM'
 text or none, each call ``<|tool_call>call:NAME{key:value,...}<tool_call|>`` in Gemma's notation (see gemma4); lfm2
 (Liquid's LFM2 and LFM2.5, vLLM's ``lfm2`` parser), after some text or none, a pythonic list of calls inside
 ``<|tool_call_start|>...<|tool_call_end|>``; seed_oss (ByteDance's Seed-OSS, vLLM's ``seed_oss`` parser), qwen3_xml's
-calls inside ``<seed:tool_call></seed:tool_call>``. GLM's, Kimi's, MiniMax's, Granite's, Jamba's, Gemma's, LFM2's
-and Seed's markers are special tokens, kept in the text as Mistral's are."""
+calls inside ``<seed:tool_call></seed:tool_call>``; deepseek_v32, deepseek_v4 and deepseek_v41 (DeepSeek V3.2, V4 and
+V4.1, vLLM's parsers of those names), the DSML calls inside ``<｜DSML｜function_calls>`` (V3.2),
+``<｜DSML｜tool_calls>`` (V4) or ``<｜DSML｜ calls>`` (V4.1, whose tags all have that space), each ``<｜DSML｜invoke
+name="NAME">`` then ``<｜DSML｜parameter name="KEY" string="true">value</｜DSML｜parameter>`` for each argument, up to
+``</｜DSML｜invoke>``; a value is the text itself where ``string`` is ``true``, else JSON (the text where it is none).
+GLM's, Kimi's, MiniMax's, Granite's, Jamba's, Gemma's, LFM2's
+and Seed's markers are special tokens, kept in the text as Mistral's are, and DeepSeek's DSML with them, as vLLM
+keeps them."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
 XML_PARAMETER_END = "</parameter>"
@@ -124,6 +136,55 @@ _MINIMAX_INVOKE = re.compile(r"<invoke\s+" + _MINIMAX_NAME)
 _MINIMAX_PARAMETER = re.compile(r"<parameter\s+" + _MINIMAX_NAME + r"(.*?)(</parameter>|\Z)", re.DOTALL)
 
 
+@dataclass(frozen=True)
+class _Dsml:
+    """One dialect of DeepSeek's DSML: what opens its calls, and how its tags begin (``<｜DSML｜invoke``)."""
+
+    calls: str
+    tag: str
+
+    @cached_property
+    def invoke(self) -> re.Pattern[str]:
+        return re.compile(re.escape(f"<{self.tag}invoke") + r'\s+name="([^"]*)"\s*>')
+
+    @cached_property
+    def parameter(self) -> re.Pattern[str]:
+        """A parameter: its key, its ``string`` attribute (may be left out), its value, and what ended the value:
+        its closing tag, the next parameter's start (as vLLM reads one left open), or nothing at the call's end."""
+        start = re.escape(f"<{self.tag}parameter")
+        return re.compile(
+            start + r'\s+name="([^"]*)"(?:\s+string="([^"]*)")?\s*>(.*?)'
+            rf"({re.escape(self.parameter_end)}|(?={start}\s+name=)|\Z)",
+            re.DOTALL,
+        )
+
+    @property
+    def parameter_end(self) -> str:
+        return f"</{self.tag}parameter>"
+
+    @property
+    def invoke_end(self) -> str:
+        return f"</{self.tag}invoke>"
+
+    @property
+    def calls_end(self) -> str:
+        return self.calls.replace("<", "</", 1)
+
+    @property
+    def value_ends(self) -> tuple[str, ...]:
+        """What may end a value: its closing tag, its call's, the calls', or the next parameter's start."""
+        return (self.parameter_end, self.invoke_end, self.calls_end, f'<{self.tag}parameter name="')
+
+
+DSML_FORMATS: dict[str, _Dsml] = {
+    "deepseek_v32": _Dsml("<｜DSML｜function_calls>", "｜DSML｜"),
+    "deepseek_v4": _Dsml("<｜DSML｜tool_calls>", "｜DSML｜"),
+    "deepseek_v41": _Dsml("<｜DSML｜ calls>", "｜DSML｜ "),
+}
+"""DeepSeek's DSML dialects by vLLM's tokenizer mode for the model, which is also the call format: these models have
+no chat template, vLLM's tokenizer encodes their chats."""
+
+
 _CALLS_OPENINGS: dict[ToolCallFormat, str] = {
     "mistral": MISTRAL_CALLS,
     "deepseek": DEEPSEEK_CALLS,
@@ -133,7 +194,7 @@ _CALLS_OPENINGS: dict[ToolCallFormat, str] = {
     "gemma4": GEMMA4_CALL,
     "lfm2": LFM2_CALLS,
     "seed_oss": SEED_CALL,
-}
+} | {name: dsml.calls for name, dsml in DSML_FORMATS.items()}
 """What opens an auto answer's calls, where it is not Hermes's ``<tool_call>``."""
 
 
@@ -186,8 +247,9 @@ def calls_opening(call_format: ToolCallFormat) -> str | None:
 
 def keeps_special_tokens(request: CompletionRequested, call_format: ToolCallFormat) -> bool:
     """Whether the engine must keep special tokens in the request's text: a Mistral, GLM, Kimi, MiniMax, Granite,
-    Jamba, Gemma 4, LFM2 or Seed-OSS model's calls are marked by them (vLLM's parsers for them keep them too)."""
-    marked = ("mistral", "glm", "kimi_k2", "minimax", "granite", "jamba", "gemma4", "lfm2", "seed_oss")
+    Jamba, Gemma 4, LFM2, Seed-OSS or DeepSeek DSML model's calls are marked by them (vLLM's parsers for them keep
+    them too)."""
+    marked = ("mistral", "glm", "kimi_k2", "minimax", "granite", "jamba", "gemma4", "lfm2", "seed_oss", *DSML_FORMATS)
     return call_format in marked and tool_mode(request) == "auto"
 
 
@@ -946,15 +1008,36 @@ def _typed_arguments(
     type comes whole, once written. So a long string argument streams as the model writes it."""
     tool = next((t for t in request.tools if t.name == name), None)
     properties = _parameters(tool).get("properties", {}) if tool is not None else {}
+    # the newline the template writes before the closing tag is not known yet, so a value being written leaves it out
+    return _arguments_text(
+        written,
+        closed,
+        writing,
+        read=lambda key, value: _typed(_unwrapped(value), properties.get(key)),
+        is_text=lambda key: _is_text(properties.get(key)),
+        unwrap=_unwrapped,
+    )
+
+
+def _arguments_text(
+    written: list[tuple[str, str]],
+    closed: bool,
+    writing: tuple[str, str] | None,
+    read: Callable[[str, str], Any],
+    is_text: Callable[[str], bool | None],
+    unwrap: Callable[[str], str] = lambda value: value,
+) -> str:
+    """The JSON text of a call's arguments, from its (key, value as written) pairs, each value read by ``read``
+    (key, value); a key written twice keeps its first value. A call not yet ``closed`` gets ``writing``'s value so
+    far (``unwrap``-ed) if ``is_text`` says its key's value is the text itself (see ``_typed_arguments``)."""
     arguments: dict[str, Any] = {}
     for key, value in written:
-        arguments.setdefault(key.strip(), _typed(_unwrapped(value), properties.get(key.strip())))
+        arguments.setdefault(key.strip(), read(key.strip(), value))
     if closed:
         return json.dumps(arguments, ensure_ascii=False)
-    if writing is None or (key := writing[0].strip()) in arguments or not _is_text(properties.get(key)):
+    if writing is None or (key := writing[0].strip()) in arguments or not is_text(key):
         return open_arguments(arguments, None)
-    # the newline the template writes before the closing tag is not known yet
-    return open_arguments(arguments, (key, writing[1].removeprefix("\n").removesuffix("\n")))
+    return open_arguments(arguments, (key, unwrap(writing[1])))
 
 
 def _is_text(schema: Any) -> bool:
@@ -1004,6 +1087,42 @@ def minimax_calls(text: str, request: CompletionRequested) -> list[tuple[str, st
             break
         position = end + len(MINIMAX_INVOKE_END)
     return calls
+
+
+def dsml_calls(text: str, dsml: _Dsml) -> list[tuple[str, str]]:
+    """The calls in DeepSeek's DSML (dialect ``dsml``), ``<｜DSML｜invoke name="NAME"><｜DSML｜parameter name="KEY"
+    string="true|false">value</｜DSML｜parameter></｜DSML｜invoke>``, as (name, arguments as JSON text), in order, up
+    to the first not yet closed, whose arguments are those written so far. As vLLM's parsers read them: a value is
+    the text as written where ``string`` is ``true``, else JSON, or the text where it is none; a call ends at
+    ``</｜DSML｜invoke>`` or at the end of the calls. A text value streams as it is written (see ``_typed_arguments``);
+    a key written twice keeps its first value, and its ``string`` attribute with it."""
+    calls, position, invoke_pattern, parameter = [], 0, dsml.invoke, dsml.parameter
+    while (invoke := invoke_pattern.search(text, position)) is not None:
+        ends = (text.find(dsml.invoke_end, invoke.end()), text.find(dsml.calls_end, invoke.end()))
+        end = min((at for at in ends if at >= 0), default=-1)
+        body = text[invoke.end() : end if end >= 0 else len(text)]
+        written, writing = _written_parameters(body, parameter, end >= 0, dsml.value_ends)
+        strings: dict[str, bool] = {}
+        for match in parameter.finditer(body):
+            strings.setdefault(match.group(1).strip(), match.group(2) == "true")
+        arguments = _arguments_text(written, end >= 0, writing, _dsml_value(strings), strings.get)
+        calls.append((invoke.group(1).strip(), arguments))
+        if end < 0:
+            break
+        position = end
+    return calls
+
+
+def _dsml_value(strings: dict[str, bool]) -> Callable[[str, str], Any]:
+    def read(key: str, value: str) -> Any:
+        if strings.get(key):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+
+    return read
 
 
 def _first_group(match: re.Match[str]) -> str:
@@ -1070,7 +1189,7 @@ _CALL_READERS: dict[ToolCallFormat, Callable[[str, CompletionRequested], list[tu
     "gemma4": lambda text, _: gemma4_calls(text),
     "lfm2": lambda text, _: pythonic_calls(text),
     "seed_oss": xml_calls,
-}
+} | {name: lambda text, _, dsml=dsml: dsml_calls(text, dsml) for name, dsml in DSML_FORMATS.items()}
 """The formats whose calls have readers of their own (text, request -> (name, arguments so far) of each call): the
 pythonic ones, Gemma's and LFM2's give each call once written whole; the XML-like ones each call once named, its
 text values streaming (``_typed_arguments``)."""

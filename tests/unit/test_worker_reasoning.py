@@ -245,6 +245,16 @@ def test_under_a_grammar_mistral_and_gemma_models_think_in_their_own_markers() -
     assert gemma4 is not None and accepts(gemma4, '<|channel>thought\nHm.\n<channel|>{"a": 1}')
 
 
+def engine_of(tokenizer):  # type: ignore[no-untyped-def]
+    """An engine with only ``tokenizer``, of a model vLLM gives no tokenizer of its own (one with a chat template)."""
+    from types import SimpleNamespace
+
+    engine = Engine.__new__(Engine)
+    engine._tokenizer = tokenizer
+    engine._llm = SimpleNamespace(model_config=SimpleNamespace(tokenizer_mode="auto"))
+    return engine
+
+
 def word_tokenizer(tokens: tuple[str, ...], special: bool, chat_template: str):  # type: ignore[no-untyped-def]
     """A tokenizer made here, whose think markers' ``tokens`` are added tokens, special or not."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
@@ -262,8 +272,7 @@ def word_tokenizer(tokens: tuple[str, ...], special: bool, chat_template: str): 
 def test_an_earlier_turns_reasoning_reaches_a_mistral_template_as_a_thinking_chunk() -> None:
     from shared.contracts import ChatMessage
 
-    engine = Engine.__new__(Engine)  # only its tokenizer is used
-    engine._tokenizer = word_tokenizer(MISTRAL_THINK[:2], True, MISTRAL_ASSISTANT_TURN + "{# tools #}")
+    engine = engine_of(word_tokenizer(MISTRAL_THINK[:2], True, MISTRAL_ASSISTANT_TURN + "{# tools #}"))
     chat = [
         ChatMessage(role="user", content="Two and two?"),
         ChatMessage(role="assistant", content="Four.", reasoning="Two and two"),
@@ -297,8 +306,7 @@ def test_a_blocks_tokens_are_counted_as_generated_whatever_the_steps_held(kind: 
     trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet, show_progress=False)
     bpe.train_from_iterator(["The capital of France is Paris. Ça coûte 5 €; 東京は首都です。"] * 50, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe)
-    engine = Engine.__new__(Engine)  # only its tokenizer is used
-    engine._tokenizer = tokenizer
+    engine = engine_of(tokenizer)
 
     def fitting(ids: list[int], chars: int) -> int:  # the longest prefix of tokens whose text fits in ``chars``
         return max(m for m in range(len(ids) + 1) if len(tokenizer.decode(ids[:m])) <= chars)
@@ -332,8 +340,7 @@ def test_a_model_whose_think_markers_are_special_tokens_keeps_them_in_its_text(
 ) -> None:
     # a template that strips think blocks: it reasons
     tokenizer = word_tokenizer(tokens, special, f"{{{{ messages[0]['content'].split('{markers.end}')[-1] }}}}")
-    engine = Engine.__new__(Engine)  # only its tokenizer is used
-    engine._tokenizer = tokenizer
+    engine = engine_of(tokenizer)
     assert engine.think_markers == markers and engine.thinks_in_special_tokens == special
     # why: text decoded without special tokens loses the markers, and the block could no longer be told apart
     ids = tokenizer.encode(f"{tokens[0]} Two and two {tokens[1]} Four.", add_special_tokens=False)

@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 
 from services.worker.tool_calls import (
+    DSML_FORMATS,
     ToolCallFormat,
     ToolCallReader,
     call_id,
@@ -1201,12 +1202,20 @@ def xml_like(rng: random.Random, model_format: str) -> str:
         elif model_format == "glm":
             body = "".join(f"<arg_key>{k}</arg_key>\n<arg_value>{v}</arg_value>\n" for k, v in pairs)
             calls.append(f"<tool_call>{name}\n{body}</tool_call>")
-        else:  # MiniMax's keys quoted or not
+        elif model_format == "minimax":  # keys quoted or not
             quoted = [(rng.choice(['"', ""]), k, v) for k, v in pairs]
             body = "".join(f"<parameter name={q}{k}{q}>{v}</parameter>\n" for q, k, v in quoted)
             calls.append(f'<invoke name="{name}">\n{body}</invoke>\n')
-    opening = "<minimax:tool_call>\n" if model_format == "minimax" else ""
-    return spoiled(rng, "Let me see.\n" + opening + "".join(calls), 0.2, "<>/=\n x")
+        else:  # DeepSeek's DSML: a string attribute true, false or none, a closing tag perhaps left out
+            tag = DSML_FORMATS[model_format].tag
+            kinds = [rng.choice([' string="true"', ' string="false"', ""]) for _ in pairs]
+            ends = [rng.choice([f"</{tag}parameter>", ""]) for _ in pairs]
+            body = "".join(
+                f'<{tag}parameter name="{k}"{s}>{v}{e}\n' for (k, v), s, e in zip(pairs, kinds, ends, strict=True)
+            )
+            calls.append(f'<{tag}invoke name="{name}">\n{body}</{tag}invoke>\n')
+    opening = {"minimax": "<minimax:tool_call>\n"} | {f: d.calls + "\n" for f, d in DSML_FORMATS.items()}
+    return spoiled(rng, "Let me see.\n" + opening.get(model_format, "") + "".join(calls), 0.2, "<>/=\n x")
 
 
 def gemma4_like(rng: random.Random) -> str:
@@ -1225,7 +1234,7 @@ def gemma4_like(rng: random.Random) -> str:
     return spoiled(rng, "Let me see." + "".join(calls), 0.2, '<>|":,{}[] x')
 
 
-@pytest.mark.parametrize("model_format", ["qwen3_xml", "glm", "minimax", "gemma4"])
+@pytest.mark.parametrize("model_format", ["qwen3_xml", "glm", "minimax", "gemma4", "deepseek_v32", "deepseek_v41"])
 def test_any_output_of_calls_with_text_values_split_anyhow_streams_pieces_that_join_to_what_is_read_whole(
     model_format: str,
 ) -> None:
@@ -1242,3 +1251,115 @@ def test_any_output_of_calls_with_text_values_split_anyhow_streams_pieces_that_j
         streamed_strings += any('": "' in c.function.arguments and not c.function.arguments.endswith("}") for c in
                                 whole or [])  # fmt: skip
     assert streamed_strings > 20  # calls cut short inside a string value were among them
+
+
+def deepseek_engine(mode: str):  # type: ignore[no-untyped-def]
+    """An engine of a DeepSeek model as vLLM builds it (no chat template; vLLM's tokenizer for ``mode`` encodes its
+    chats with DeepSeek's own encoder), with only what rendering and reading need."""
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    from vllm.tokenizers import deepseek_v4, deepseek_v32, deepseek_v41
+
+    from services.worker.engine import Engine
+
+    wrap = {
+        "deepseek_v32": deepseek_v32.get_deepseek_v32_tokenizer,
+        "deepseek_v4": deepseek_v4.get_deepseek_v4_tokenizer,
+        "deepseek_v41": deepseek_v41.get_deepseek_v41_tokenizer,
+    }[mode]
+    engine = Engine.__new__(Engine)
+    engine._tokenizer = wrap(
+        PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, "[UNK]")))
+    )
+    engine._llm = SimpleNamespace(model_config=SimpleNamespace(tokenizer_mode=mode))
+    engine.config = SimpleNamespace(model_id="deepseek")
+    return engine
+
+
+@pytest.mark.parametrize("mode", ["deepseek_v32", "deepseek_v4", "deepseek_v41"])
+def test_deepseeks_encoders_get_the_tools_and_earlier_calls_and_their_dsml_calls_read_back_as_the_same(
+    mode: str,
+) -> None:
+    """DeepSeek V3.2 and V4 have no chat template: vLLM's tokenizer encodes their chats. ferry gives it the tools
+    and earlier calls, reads their calls in the DSML the encoder writes, and their thinking in <think> blocks."""
+    from services.worker.reasoning import THINK, ReasoningReader
+    from services.worker.tool_calls import DSML_FORMATS, keeps_special_tokens
+
+    engine = deepseek_engine(mode)
+    assert (engine.tool_call_format, engine.think_markers, engine.template_renders_tools) == (mode, THINK, True)
+    assert keeps_special_tokens(request(), mode)
+    dsml = DSML_FORMATS[mode]
+    calls = ToolCall(id="call_1", function=FunctionCall(name="get_forecast", arguments='{"city": "Paris", "days": 3}'))
+    chat = [
+        ChatMessage(role="user", content="Weather in Paris?"),
+        ChatMessage(role="assistant", content="Checking.", tool_calls=[calls, TOOL_CONVERSATION[1].tool_calls[1]]),
+        *TOOL_CONVERSATION[2:4],
+    ]
+    prompt = engine.render_prompt(chat, [FORECAST, TIME], enable_thinking=False)
+    assert '"name": "get_forecast"' in prompt  # the tools' schemas, in the encoder's system part
+    assert "18 C" in prompt and "14:05" in prompt  # the results
+    # the assistant turn's calls, after the instructions' example
+    written = prompt[prompt.rindex(dsml.calls) : prompt.rindex(dsml.calls_end) + len(dsml.calls_end)]
+    text, read, reason = ToolCallReader.read_whole(request(tools=[FORECAST, TIME]), written, "stop", mode)
+    assert (text, reason) == ("", "tool_calls")
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in read or []] == [
+        ("get_forecast", {"city": "Paris", "days": 3}),
+        ("get_time", {}),
+    ]
+    assert prompt.endswith(THINK.end)  # thinking off: the answer follows a closed block
+    thinking = engine.render_prompt(chat[:1], [FORECAST], enable_thinking=True)
+    assert thinking.endswith(THINK.start)
+    reader = ReasoningReader.for_prompt(thinking, False, THINK)
+    assert reader.feed("Look it up.</think>" + dsml.calls) == ("Look it up.", dsml.calls)
+
+
+@pytest.mark.parametrize("mode", ["deepseek_v32", "deepseek_v4", "deepseek_v41"])
+def test_dsml_calls_are_read_whole_and_stream_alike_with_values_as_their_string_attribute_says(mode: str) -> None:
+    from services.worker.tool_calls import DSML_FORMATS
+
+    dsml = DSML_FORMATS[mode]
+    tag, end = f"<{dsml.tag}", f"</{dsml.tag}"
+    output = (
+        f'Let me check.\n\n{dsml.calls}\n{tag}invoke name="get_forecast">\n'
+        f'{tag}parameter name="city" string="true">42 "x"</{dsml.tag}parameter>\n'
+        f'{tag}parameter name="days" string="false">3{end}parameter>\n'
+        f'{tag}parameter name="where">{{"lat": 1}}{end}parameter>\n'  # no string attribute: JSON
+        f'{tag}parameter name="note" string="false">not json{end}parameter>\n'  # JSON it is not: the text
+        f'{tag}parameter name="ratio" string="true">0.5\n'  # left open: it ends where the next begins
+        f'{tag}parameter name="exact" string="false">true{end}parameter>\n{end}invoke>\n'
+        f'{tag}invoke name="get_time">\n{end}invoke>\n{dsml.calls_end}'
+    )
+    expected = [
+        ("get_forecast", {"city": '42 "x"', "days": 3, "where": {"lat": 1}, "note": "not json", "ratio": "0.5\n",
+                          "exact": True}),
+        ("get_time", {}),
+    ]  # fmt: skip
+    assert_read_alike(output, mode, "Let me check.\n\n", expected, request(tools=[WEATHER, TIME, FORECAST]))  # type: ignore[arg-type]
+    for text in ("Paris is sunny.", f'{dsml.calls}{tag}invoke name="rm_rf">{end}invoke>', f"{dsml.calls}{tag}inv"):
+        assert ToolCallReader.read_whole(request(), text, "stop", mode) == (text, None, "stop")  # type: ignore[arg-type]
+
+
+def test_a_dsml_string_streams_as_written_and_other_values_come_whole() -> None:
+    reader = ToolCallReader(request(tools=[FORECAST]), "deepseek_v32")
+    reader.feed('<｜DSML｜function_calls>\n<｜DSML｜invoke name="get_forecast">\n')
+    (first,) = reader.pieces()
+    assert (first.name, first.arguments) == ("get_forecast", "{")
+    reader.feed('<｜DSML｜parameter name="days" string="false">3</｜DSML｜parameter>\n')
+    reader.feed('<｜DSML｜parameter name="city" string="true">Rio de')
+    assert [p.arguments for p in reader.pieces()] == ['"days": 3, "city": "Rio de']  # the integer came whole
+    reader.feed(" Janeiro</｜DSML｜para")  # the start of the closing tag waits
+    assert [p.arguments for p in reader.pieces()] == [" Janeiro"]
+    reader.feed("meter>\n</｜DSML｜invoke>\n</｜DSML｜function_calls>")
+    reader.finish("stop")
+    assert [p.arguments for p in reader.pieces()] == ['"}']
+
+
+def test_messages_a_models_chat_format_refuses_are_the_clients_error() -> None:
+    from services.worker.engine import InvalidRequest
+
+    engine = deepseek_engine("deepseek_v32")
+    with pytest.raises(InvalidRequest) as refused:  # a tool result with no call before it
+        engine.render_prompt([ChatMessage(role="user", content="Hi"), TOOL_CONVERSATION[2]], [WEATHER])
+    assert refused.value.param == "messages" and "deepseek" in str(refused.value)
