@@ -1114,15 +1114,22 @@ def dsml_calls(text: str, dsml: _Dsml) -> list[tuple[str, str]]:
 
 
 def _dsml_value(strings: dict[str, bool]) -> Callable[[str, str], Any]:
+    """How a DSML call's values are read, given each key's ``string`` attribute (``strings``): the text itself, or
+    JSON (NaN and the infinities, which JSON has not, left as text)."""
+
     def read(key: str, value: str) -> Any:
         if strings.get(key):
             return value
         try:
-            return json.loads(value)
+            return json.loads(value, parse_constant=_not_json)
         except ValueError:
             return value
 
     return read
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _first_group(match: re.Match[str]) -> str:

@@ -1327,12 +1327,14 @@ def test_dsml_calls_are_read_whole_and_stream_alike_with_values_as_their_string_
         f'{tag}parameter name="days" string="false">3{end}parameter>\n'
         f'{tag}parameter name="where">{{"lat": 1}}{end}parameter>\n'  # no string attribute: JSON
         f'{tag}parameter name="note" string="false">not json{end}parameter>\n'  # JSON it is not: the text
+        f'{tag}parameter name="limit" string="false">NaN{end}parameter>\n'  # nor is NaN
         f'{tag}parameter name="ratio" string="true">0.5\n'  # left open: it ends where the next begins
         f'{tag}parameter name="exact" string="false">true{end}parameter>\n{end}invoke>\n'
         f'{tag}invoke name="get_time">\n{end}invoke>\n{dsml.calls_end}'
     )
     expected = [
-        ("get_forecast", {"city": '42 "x"', "days": 3, "where": {"lat": 1}, "note": "not json", "ratio": "0.5\n",
+        ("get_forecast", {"city": '42 "x"', "days": 3, "where": {"lat": 1}, "note": "not json", "limit": "NaN",
+                          "ratio": "0.5\n",
                           "exact": True}),
         ("get_time", {}),
     ]  # fmt: skip
