@@ -21,7 +21,7 @@ from services.safety.review import SCREENING_UNAVAILABLE
 from services.worker.engine import Engine, InvalidRequest
 from services.worker.harmony import HarmonyReader, harmony_then
 from services.worker.reasoning import ReasoningReader, think_then, thinking_room
-from services.worker.tool_calls import ToolCallReader, calls_opening, forced_schema, keeps_special_tokens
+from services.worker.tool_calls import ToolCallReader, calls_openings, forced_schema, keeps_special_tokens
 from shared.contracts import (
     CompletionFinished,
     CompletionRequested,
@@ -232,8 +232,8 @@ async def serve_request(
         grammar_first = sampling.response_format is not None or sampling.structured_outputs is not None
         thinking_grammar = None  # a reasoning model's: it thinks first, then answers under the grammar (see reasoning)
         markers = engine.think_markers
-        if markers is not None and reader.mode == "auto" and (opening := calls_opening(engine.tool_call_format)):
-            markers = markers._replace(answer_starts=(opening,))  # a call straight from its thoughts ends them
+        if markers is not None and reader.mode == "auto" and (openings := calls_openings(engine.tool_call_format)):
+            markers = markers._replace(answer_starts=openings)  # a call straight from its thoughts ends them
         if request.prompt is None and (engine.speaks_harmony or markers is not None):
             budget = request.thinking_token_budget
             if grammar_first or budget is not None:

@@ -142,6 +142,8 @@ class _Dsml:
 
     calls: str
     tag: str
+    other_openings: tuple[str, ...] = ()
+    """Other spellings of ``calls`` the model writes (V4's, as vLLM reads them)."""
 
     @cached_property
     def invoke(self) -> re.Pattern[str]:
@@ -178,24 +180,24 @@ class _Dsml:
 
 DSML_FORMATS: dict[str, _Dsml] = {
     "deepseek_v32": _Dsml("<｜DSML｜function_calls>", "｜DSML｜"),
-    "deepseek_v4": _Dsml("<｜DSML｜tool_calls>", "｜DSML｜"),
+    "deepseek_v4": _Dsml("<｜DSML｜tool_calls>", "｜DSML｜", ("<｜DSML｜toolcalls>", "<｜DSML｜tool>")),
     "deepseek_v41": _Dsml("<｜DSML｜ calls>", "｜DSML｜ "),
 }
 """DeepSeek's DSML dialects by vLLM's tokenizer mode for the model, which is also the call format: these models have
 no chat template, vLLM's tokenizer encodes their chats."""
 
 
-_CALLS_OPENINGS: dict[ToolCallFormat, str] = {
-    "mistral": MISTRAL_CALLS,
-    "deepseek": DEEPSEEK_CALLS,
-    "kimi_k2": KIMI_CALLS,
-    "minimax": MINIMAX_CALLS,
-    "jamba": JAMBA_CALLS,
-    "gemma4": GEMMA4_CALL,
-    "lfm2": LFM2_CALLS,
-    "seed_oss": SEED_CALL,
-} | {name: dsml.calls for name, dsml in DSML_FORMATS.items()}
-"""What opens an auto answer's calls, where it is not Hermes's ``<tool_call>``."""
+_CALLS_OPENINGS: dict[ToolCallFormat, tuple[str, ...]] = {
+    "mistral": (MISTRAL_CALLS,),
+    "deepseek": (DEEPSEEK_CALLS,),
+    "kimi_k2": (KIMI_CALLS,),
+    "minimax": (MINIMAX_CALLS,),
+    "jamba": (JAMBA_CALLS,),
+    "gemma4": (GEMMA4_CALL,),
+    "lfm2": (LFM2_CALLS,),
+    "seed_oss": (SEED_CALL,),
+} | {name: (dsml.calls, *dsml.other_openings) for name, dsml in DSML_FORMATS.items()}  # type: ignore[misc]
+"""What opens an auto answer's calls (any of them), where it is not Hermes's ``<tool_call>``."""
 
 
 def call_format(chat_template: str | None) -> ToolCallFormat:
@@ -239,10 +241,10 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
     return "llama3_json" if '"parameters": ' in template or PYTHON_TAG in template else "hermes"
 
 
-def calls_opening(call_format: ToolCallFormat) -> str | None:
-    """What opens a model's calls inside its answer; None where its calls are the whole answer, read from its start
-    (Llama 3's, pythonic, Granite's)."""
-    return None if call_format in _ANSWER_STARTS else _CALLS_OPENINGS.get(call_format, CALL_OPEN)
+def calls_openings(call_format: ToolCallFormat) -> tuple[str, ...]:
+    """What opens a model's calls inside its answer (any of these); none where its calls are the whole answer, read
+    from its start (Llama 3's, pythonic, Granite's)."""
+    return () if call_format in _ANSWER_STARTS else _CALLS_OPENINGS.get(call_format, (CALL_OPEN,))
 
 
 def keeps_special_tokens(request: CompletionRequested, call_format: ToolCallFormat) -> bool:
@@ -612,11 +614,12 @@ class ToolCallReader:
             return self._feed_answer_start(text)
         if self.call_format in ("pythonic", "granite"):
             return self._feed_answer_start(text) + self._pythonic_text()
-        opening = _CALLS_OPENINGS.get(self.call_format, CALL_OPEN)
-        if (start := text.find(opening)) >= 0:
+        openings = calls_openings(self.call_format)
+        if found := [at for opening in openings if (at := text.find(opening)) >= 0]:
+            start = min(found)
             self.calling, self.held = True, text[start:]
             return text[:start]
-        keep = longest_tag_start(text, opening)
+        keep = max(longest_tag_start(text, opening) for opening in openings)
         if keep:
             text, self.held = text[:-keep], text[-keep:]
         return text

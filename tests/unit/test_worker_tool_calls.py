@@ -1137,13 +1137,15 @@ def test_seed_oss_calls_are_read_as_qwen3_coders_xml_inside_its_own_tags() -> No
 
 
 def test_a_models_calls_opening_is_known_where_its_calls_may_follow_text() -> None:
-    from services.worker.tool_calls import calls_opening
+    from services.worker.tool_calls import calls_openings
 
-    assert calls_opening("hermes") == calls_opening("qwen3_xml") == calls_opening("glm") == "<tool_call>"
-    assert calls_opening("kimi_k2") == "<|tool_calls_section_begin|>"
-    assert calls_opening("gemma4") == "<|tool_call>" and calls_opening("seed_oss") == "<seed:tool_call>"
+    assert calls_openings("hermes") == calls_openings("qwen3_xml") == calls_openings("glm") == ("<tool_call>",)
+    assert calls_openings("kimi_k2") == ("<|tool_calls_section_begin|>",)
+    assert calls_openings("gemma4") == ("<|tool_call>",) and calls_openings("seed_oss") == ("<seed:tool_call>",)
+    assert calls_openings("deepseek_v32") == ("<｜DSML｜function_calls>",)
+    assert calls_openings("deepseek_v4") == ("<｜DSML｜tool_calls>", "<｜DSML｜toolcalls>", "<｜DSML｜tool>")
     # calls that are the whole answer have no opening inside it
-    assert calls_opening("llama3_json") is calls_opening("pythonic") is calls_opening("granite") is None
+    assert calls_openings("llama3_json") == calls_openings("pythonic") == calls_openings("granite") == ()
 
 
 @pytest.mark.parametrize(
@@ -1285,7 +1287,7 @@ def test_deepseeks_encoders_get_the_tools_and_earlier_calls_and_their_dsml_calls
     """DeepSeek V3.2 and V4 have no chat template: vLLM's tokenizer encodes their chats. ferry gives it the tools
     and earlier calls, reads their calls in the DSML the encoder writes, and their thinking in <think> blocks."""
     from services.worker.reasoning import THINK, ReasoningReader
-    from services.worker.tool_calls import DSML_FORMATS, keeps_special_tokens
+    from services.worker.tool_calls import DSML_FORMATS, calls_openings, keeps_special_tokens
 
     engine = deepseek_engine(mode)
     assert (engine.tool_call_format, engine.think_markers, engine.template_renders_tools) == (mode, THINK, True)
@@ -1313,6 +1315,10 @@ def test_deepseeks_encoders_get_the_tools_and_earlier_calls_and_their_dsml_calls
     assert thinking.endswith(THINK.start)
     reader = ReasoningReader.for_prompt(thinking, False, THINK)
     assert reader.feed("Look it up.</think>" + dsml.calls) == ("Look it up.", dsml.calls)
+    # where the model may call, its calls' opening (any spelling) straight from its thoughts ends them
+    opening = calls_openings(mode)[-1]
+    reader = ReasoningReader.for_prompt(thinking, False, THINK._replace(answer_starts=calls_openings(mode)))
+    assert reader.feed("Look it up." + opening) == ("Look it up.", opening)
 
 
 @pytest.mark.parametrize("mode", ["deepseek_v32", "deepseek_v4", "deepseek_v41"])
@@ -1341,6 +1347,9 @@ def test_dsml_calls_are_read_whole_and_stream_alike_with_values_as_their_string_
     assert_read_alike(output, mode, "Let me check.\n\n", expected, request(tools=[WEATHER, TIME, FORECAST]))  # type: ignore[arg-type]
     for text in ("Paris is sunny.", f'{dsml.calls}{tag}invoke name="rm_rf">{end}invoke>', f"{dsml.calls}{tag}inv"):
         assert ToolCallReader.read_whole(request(), text, "stop", mode) == (text, None, "stop")  # type: ignore[arg-type]
+    for opening in dsml.other_openings:  # V4's other spellings, as vLLM reads them
+        spelled = output.replace(dsml.calls, opening)
+        assert_read_alike(spelled, mode, "Let me check.\n\n", expected, request(tools=[WEATHER, TIME, FORECAST]))  # type: ignore[arg-type]
 
 
 def test_a_dsml_string_streams_as_written_and_other_values_come_whole() -> None:
