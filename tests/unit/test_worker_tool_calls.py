@@ -1287,7 +1287,7 @@ def test_deepseeks_encoders_get_the_tools_and_earlier_calls_and_their_dsml_calls
     """DeepSeek V3.2 and V4 have no chat template: vLLM's tokenizer encodes their chats. ferry gives it the tools
     and earlier calls, reads their calls in the DSML the encoder writes, and their thinking in <think> blocks."""
     from services.worker.reasoning import THINK, ReasoningReader
-    from services.worker.tool_calls import DSML_FORMATS, calls_openings, keeps_special_tokens
+    from services.worker.tool_calls import calls_openings, keeps_special_tokens
 
     engine = deepseek_engine(mode)
     assert (engine.tool_call_format, engine.think_markers, engine.template_renders_tools) == (mode, THINK, True)
@@ -1323,8 +1323,6 @@ def test_deepseeks_encoders_get_the_tools_and_earlier_calls_and_their_dsml_calls
 
 @pytest.mark.parametrize("mode", ["deepseek_v32", "deepseek_v4", "deepseek_v41"])
 def test_dsml_calls_are_read_whole_and_stream_alike_with_values_as_their_string_attribute_says(mode: str) -> None:
-    from services.worker.tool_calls import DSML_FORMATS
-
     dsml = DSML_FORMATS[mode]
     tag, end = f"<{dsml.tag}", f"</{dsml.tag}"
     output = (
