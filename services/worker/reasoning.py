@@ -55,6 +55,9 @@ GEMMA4_THINK = ThinkMarkers("<|channel>thought\n", "<channel|>")
 ``gemma4`` parser leaves it out."""
 SEED_THINK = ThinkMarkers("<seed:think>", "</seed:think>")
 """ByteDance's Seed-OSS's."""
+GRANITE_THINK = ThinkMarkers("Here is my thought process:", "Here is my response:")
+"""IBM Granite 3.2's, phrases its template tells it to write when thinking is on, as vLLM's ``granite`` parser reads
+them (vLLM also takes ``Here's`` for ``Here is``, seen from quantized models; ferry does not)."""
 
 ReadingState = Literal["opening", "reasoning", "answer"]
 
@@ -73,7 +76,7 @@ def think_markers(chat_template: str | None) -> ThinkMarkers | None:
     """How a model marks its think blocks, if it thinks in them: its chat template writes or strips them (None: it
     does not)."""
     template = chat_template or ""
-    every = (THINK, MISTRAL_THINK, GEMMA4_THINK, SEED_THINK)
+    every = (THINK, MISTRAL_THINK, GEMMA4_THINK, SEED_THINK, GRANITE_THINK)
     return next((markers for markers in every if markers.end in template), None)
 
 

@@ -11,6 +11,7 @@ import xgrammar
 from services.worker.engine import Engine
 from services.worker.reasoning import (
     GEMMA4_THINK,
+    GRANITE_THINK,
     MISTRAL_THINK,
     SEED_THINK,
     THINK,
@@ -81,6 +82,13 @@ SEED_CASES = [
      "<seed:tool_call><function=f></function></seed:tool_call>"),  # a call straight from its thoughts
     (SEED_PROMPT, "<think>not its markers</think>", None, "<think>not its markers</think>"),
 ]  # fmt: skip
+GRANITE_PROMPT = "<|start_of_role|>user<|end_of_role|>Why?<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>"
+GRANITE_CASES = [
+    (GRANITE_PROMPT, "Here is my thought process:\nBlue scatters.\n\nHere is my response:\nRayleigh.",
+     "\nBlue scatters.\n\n", "Rayleigh."),
+    (GRANITE_PROMPT, "Here is why: blue scatters.", None, "Here is why: blue scatters."),  # thinking off
+    (GRANITE_PROMPT, "Here is my thought process:\nCut short. Here is my", "\nCut short. Here is my", ""),
+]  # fmt: skip
 MISTRAL_CASES = [
     (MAGISTRAL_PROMPT, "[THINK]Blue scatters.[/THINK]Rayleigh.", "Blue scatters.", "Rayleigh."),
     (MAGISTRAL_PROMPT, "[THINK]x[/THINK][TOOL_CALLS]f[ARGS]{}", "x", "[TOOL_CALLS]f[ARGS]{}"),  # for the call reader
@@ -96,7 +104,8 @@ MISTRAL_CASES = [
     [(HERMES_CALLING, *case) for case in CASES]
     + [(MISTRAL_THINK, *case) for case in MISTRAL_CASES]
     + [(GEMMA4_THINK._replace(answer_starts=("<|tool_call>",)), *case) for case in GEMMA4_CASES]
-    + [(SEED_THINK._replace(answer_starts=("<seed:tool_call>",)), *case) for case in SEED_CASES],
+    + [(SEED_THINK._replace(answer_starts=("<seed:tool_call>",)), *case) for case in SEED_CASES]
+    + [(GRANITE_THINK, *case) for case in GRANITE_CASES],
 )
 def test_reasoning_is_read_whole_and_streamed_alike_however_the_output_is_split(
     markers: ThinkMarkers, prompt: str, output: str, reasoning: str | None, answer: str
@@ -231,6 +240,11 @@ def test_a_model_reasons_when_its_template_writes_or_strips_think_blocks() -> No
     assert think_markers(gemma4_strips) == GEMMA4_THINK
     seed_oss = "{%- set content = '<seed:think>' + message.reasoning_content + '</seed:think>' + content %}"
     assert think_markers(seed_oss) == SEED_THINK
+    # Granite 3.2's system turn, when thinking is on
+    granite = (
+        "Write your thoughts after 'Here is my thought process:' and write your response after 'Here is my response:'"
+    )
+    assert think_markers('{%- set system_message = "' + granite + '" %}') == GRANITE_THINK
     assert think_markers("{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}") is None
     assert think_markers(None) is None
 
@@ -243,6 +257,10 @@ def test_under_a_grammar_mistral_and_gemma_models_think_in_their_own_markers() -
     assert not accepts(grammar, '<think>x</think>{"a": 1}')
     gemma4 = think_then(JSON_ANSWER, "may_open", None, GEMMA4_THINK)
     assert gemma4 is not None and accepts(gemma4, '<|channel>thought\nHm.\n<channel|>{"a": 1}')
+    granite = think_then(JSON_ANSWER, "may_open", None, GRANITE_THINK)
+    assert granite is not None
+    assert accepts(granite, 'Here is my thought process:\nHm.\n\nHere is my response:\n{"a": 1}')
+    assert not accepts(granite, 'Here is my thought process:\nHm.\n\n{"a": 1}')
 
 
 def engine_of(tokenizer):  # type: ignore[no-untyped-def]
