@@ -33,6 +33,9 @@ class ThinkMarkers(NamedTuple):
     """Texts that end the block without ``end`` and begin the answer themselves: the opening of the model's calls, when
     it may call (a call straight from its thoughts ends them, as vLLM's qwen3, glm47, kimi_k2, minimax_m2, gemma4
     and seed_oss parsers read it)."""
+    answer_wrap: tuple[str, str] | None = None
+    """Tags the model writes around its answer, left out of it (Hunyuan's ``<answer>...</answer>``); what follows
+    the closing one is left out too."""
 
     def block_end(self, text: str, at: int = 0) -> tuple[int, int] | None:
         """Where the block ends in ``text`` (searched from ``at``) and how many characters of marker to drop there:
@@ -55,6 +58,11 @@ GEMMA4_THINK = ThinkMarkers("<|channel>thought\n", "<channel|>")
 ``gemma4`` parser leaves it out."""
 SEED_THINK = ThinkMarkers("<seed:think>", "</seed:think>")
 """ByteDance's Seed-OSS's."""
+HUNYUAN_THINK = THINK._replace(answer_wrap=("<answer>", "</answer>"))
+"""Tencent's Hunyuan A13B's: ``<think>`` blocks, then the answer inside ``<answer>...</answer>``, as vLLM's
+``hunyuan_a13b`` parser reads them."""
+HUNYUAN_TURN_END = "<|extra_0|>"
+"""What Hunyuan's templates write after each user turn: no other family's does."""
 GRANITE_THINK = ThinkMarkers("Here is my thought process:", "Here is my response:")
 """IBM Granite 3.2's, phrases its template tells it to write when thinking is on, as vLLM's ``granite`` parser reads
 them (vLLM also takes ``Here's`` for ``Here is``, seen from quantized models; ferry does not)."""
@@ -76,6 +84,8 @@ def think_markers(chat_template: str | None) -> ThinkMarkers | None:
     """How a model marks its think blocks, if it thinks in them: its chat template writes or strips them (None: it
     does not)."""
     template = chat_template or ""
+    if THINK.end in template and HUNYUAN_TURN_END in template:
+        return HUNYUAN_THINK
     every = (THINK, MISTRAL_THINK, GEMMA4_THINK, SEED_THINK, GRANITE_THINK)
     return next((markers for markers in every if markers.end in template), None)
 
@@ -113,8 +123,23 @@ def think_then(
     }
     if room == "may_open":
         block = {"type": "optional", "content": block}
-    elements = [block, {"type": "regex", "pattern": ANSWER_GAP}, answer or {"type": "any_text"}]
+    gap = {"type": "regex", "pattern": ANSWER_GAP}
+    if answer is not None and markers.answer_wrap is not None:  # the model may wrap its answer (see answer_wrap)
+        opening, closing = markers.answer_wrap
+        answer = {
+            "type": "sequence",
+            "elements": [
+                {"type": "optional", "content": {"type": "sequence", "elements": [_const(opening), gap]}},
+                answer,
+                {"type": "optional", "content": {"type": "sequence", "elements": [gap, _const(closing)]}},
+            ],
+        }
+    elements = [block, gap, answer or {"type": "any_text"}]
     return {"type": "structural_tag", "format": {"type": "sequence", "elements": elements}}
+
+
+def _const(text: str) -> dict[str, Any]:
+    return {"type": "const_string", "value": text}
 
 
 @dataclass
@@ -123,12 +148,14 @@ class ReasoningReader:
     the block's opening marker (a part of it is held until it is known; anything else, white space included, is
     answer at once, so an answer never waits); ``reasoning``: inside the block, a partial closing marker held;
     ``answer``: everything is answer. The white space after the closing marker is dropped, as the templates write
-    it between the two."""
+    it between the two. A model that wraps its answer (``ThinkMarkers.answer_wrap``) has the tags left out, and the
+    white space inside them, whether it thought first or not."""
 
     markers: ThinkMarkers
     state: ReadingState = "opening"
     held: str = ""
     trim_answer: bool = False  # just past the block's end: the answer's leading white space is dropped
+    wrap: Literal["before", "inside", "after", "none"] = "before"  # where the answer is in its wrap, if any
 
     @classmethod
     def for_prompt(cls, prompt: str, grammar_first: bool, markers: ThinkMarkers) -> ReasoningReader:
@@ -161,7 +188,32 @@ class ReasoningReader:
         if self.trim_answer:
             text = text.lstrip()
             self.trim_answer = not text
+        if self.markers.answer_wrap is not None and self.state == "answer":
+            text = self._unwrapped(text)
         return reasoning, text
+
+    def _unwrapped(self, text: str) -> str:
+        """The answer ``text`` adds, without its wrap's tags and the white space inside them (held while not known):
+        none before the wrap opens, nothing after it closes."""
+        assert self.markers.answer_wrap is not None
+        opening, closing = self.markers.answer_wrap
+        if self.wrap == "before":
+            unspaced = text.lstrip()
+            if unspaced.startswith(opening):
+                text, self.wrap = unspaced[len(opening) :].lstrip(), "inside"
+                self.trim_answer = not text
+            elif opening.startswith(unspaced):  # empty, or a part of the tag: not known yet
+                self.held = text
+                return ""
+            else:
+                self.wrap = "none"
+        if self.wrap == "inside":
+            if (end := text.find(closing)) >= 0:
+                self.wrap = "after"
+                return text[:end].rstrip()
+            kept = text[: len(text) - longest_tag_start(text, closing)].rstrip()  # the space before it waits too
+            text, self.held = kept, text[len(kept) :]
+        return "" if self.wrap == "after" else text
 
     def finish(self) -> tuple[str, str]:
         """What is still held, once the output has ended: a partial marker is text after all."""

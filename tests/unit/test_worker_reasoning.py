@@ -12,6 +12,7 @@ from services.worker.engine import Engine
 from services.worker.reasoning import (
     GEMMA4_THINK,
     GRANITE_THINK,
+    HUNYUAN_THINK,
     MISTRAL_THINK,
     SEED_THINK,
     THINK,
@@ -89,6 +90,19 @@ GRANITE_CASES = [
     (GRANITE_PROMPT, "Here is why: blue scatters.", None, "Here is why: blue scatters."),  # thinking off
     (GRANITE_PROMPT, "Here is my thought process:\nCut short. Here is my", "\nCut short. Here is my", ""),
 ]  # fmt: skip
+HUNYUAN_PROMPT = "<|startoftext|>Why?<|extra_0|>"
+HUNYUAN_CASES = [
+    (HUNYUAN_PROMPT, "<think>\nBlue scatters.\n</think>\n<answer>\nRayleigh.\n</answer>", "\nBlue scatters.\n",
+     "Rayleigh."),
+    (HUNYUAN_PROMPT + "<think>\n\n</think>\n", "<answer>\nRayleigh.\n</answer>", None, "Rayleigh."),  # thinking off
+    (HUNYUAN_PROMPT, "<think>\nx\n</think>\nRayleigh.", "\nx\n", "Rayleigh."),  # no wrap
+    (HUNYUAN_PROMPT, "<answer>\nA line.\n\nAnother.\n</answer>\nleft out", None, "A line.\n\nAnother."),
+    (HUNYUAN_PROMPT, "<think>\nx\n</think>\n<answer>\nCut short <", "\nx\n", "Cut short <"),
+    (HUNYUAN_PROMPT, "<a href='x'>link</a>", None, "<a href='x'>link</a>"),  # no wrap, though it begins alike
+    (HUNYUAN_PROMPT, "<answer>\n</answer>", None, ""),
+    (HUNYUAN_PROMPT, '<think>\nx\n</think>\n<answer>\n<tool_calls>[{"name": "f"}]</tool_calls>\n</answer>', "\nx\n",
+     '<tool_calls>[{"name": "f"}]</tool_calls>'),  # its calls, for the call reader
+]  # fmt: skip
 MISTRAL_CASES = [
     (MAGISTRAL_PROMPT, "[THINK]Blue scatters.[/THINK]Rayleigh.", "Blue scatters.", "Rayleigh."),
     (MAGISTRAL_PROMPT, "[THINK]x[/THINK][TOOL_CALLS]f[ARGS]{}", "x", "[TOOL_CALLS]f[ARGS]{}"),  # for the call reader
@@ -105,7 +119,8 @@ MISTRAL_CASES = [
     + [(MISTRAL_THINK, *case) for case in MISTRAL_CASES]
     + [(GEMMA4_THINK._replace(answer_starts=("<|tool_call>",)), *case) for case in GEMMA4_CASES]
     + [(SEED_THINK._replace(answer_starts=("<seed:tool_call>",)), *case) for case in SEED_CASES]
-    + [(GRANITE_THINK, *case) for case in GRANITE_CASES],
+    + [(GRANITE_THINK, *case) for case in GRANITE_CASES]
+    + [(HUNYUAN_THINK, *case) for case in HUNYUAN_CASES],
 )
 def test_reasoning_is_read_whole_and_streamed_alike_however_the_output_is_split(
     markers: ThinkMarkers, prompt: str, output: str, reasoning: str | None, answer: str
@@ -245,6 +260,9 @@ def test_a_model_reasons_when_its_template_writes_or_strips_think_blocks() -> No
         "Write your thoughts after 'Here is my thought process:' and write your response after 'Here is my response:'"
     )
     assert think_markers('{%- set system_message = "' + granite + '" %}') == GRANITE_THINK
+    # Hunyuan A13B's (as vLLM's example template for it writes its turns and thinking switch)
+    hunyuan = "{% set content = '<|startoftext|>' + content + '<|extra_0|>' %}{{- '<think>\\n\\n</think>\\n' }}"
+    assert think_markers(hunyuan) == HUNYUAN_THINK
     assert think_markers("{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}") is None
     assert think_markers(None) is None
 
@@ -261,6 +279,11 @@ def test_under_a_grammar_mistral_and_gemma_models_think_in_their_own_markers() -
     assert granite is not None
     assert accepts(granite, 'Here is my thought process:\nHm.\n\nHere is my response:\n{"a": 1}')
     assert not accepts(granite, 'Here is my thought process:\nHm.\n\n{"a": 1}')
+    hunyuan = think_then(JSON_ANSWER, "may_open", None, HUNYUAN_THINK)
+    assert hunyuan is not None
+    assert accepts(hunyuan, '<think>\nHm.\n</think>\n<answer>\n{"a": 1}\n</answer>')
+    assert accepts(hunyuan, '<think>\nHm.\n</think>\n{"a": 1}')
+    assert not accepts(hunyuan, "<think>\nHm.\n</think>\n<answer>\nNo JSON.\n</answer>")
 
 
 def engine_of(tokenizer):  # type: ignore[no-untyped-def]
