@@ -71,6 +71,7 @@ ToolCallFormat = Literal[
     "deepseek_v32",
     "deepseek_v4",
     "deepseek_v41",
+    "phi4_mini",
 ]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
@@ -107,10 +108,11 @@ calls inside ``<seed:tool_call></seed:tool_call>``; deepseek_v32, deepseek_v4 an
 V4.1, vLLM's parsers of those names), the DSML calls inside ``<｜DSML｜function_calls>`` (V3.2),
 ``<｜DSML｜tool_calls>`` (V4) or ``<｜DSML｜ calls>`` (V4.1, whose tags all have that space), each ``<｜DSML｜invoke
 name="NAME">`` then ``<｜DSML｜parameter name="KEY" string="true">value</｜DSML｜parameter>`` for each argument, up to
-``</｜DSML｜invoke>``; a value is the text itself where ``string`` is ``true``, else JSON (the text where it is none).
-GLM's, Kimi's, MiniMax's, Granite's, Jamba's, Gemma's, LFM2's
-and Seed's markers are special tokens, kept in the text as Mistral's are, and DeepSeek's DSML with them, as vLLM
-keeps them."""
+``</｜DSML｜invoke>``; a value is the text itself where ``string`` is ``true``, else JSON (the text where it is none);
+phi4_mini (Phi-4-mini with vLLM's example template for it, vLLM's ``phi4_mini_json`` parser), after some text or
+none, ``functools`` and a JSON array of ``{"name": ..., "arguments": {...}}``. GLM's, Kimi's, MiniMax's, Granite's,
+Jamba's, Gemma's, LFM2's and Seed's markers are special tokens, kept in the text as Mistral's are, and DeepSeek's DSML
+with them, as vLLM keeps them."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
 XML_PARAMETER_END = "</parameter>"
@@ -127,6 +129,8 @@ KIMI_CALLS, KIMI_CALL, KIMI_ARGUMENTS = (
 MINIMAX_CALLS, MINIMAX_INVOKE_END = "<minimax:tool_call>", "</invoke>"
 GRANITE_CALLS = "<|tool_call|>"
 JAMBA_CALLS = "<tool_calls>"
+PHI4_CALLS = "functools["
+"""What begins Phi-4-mini's calls: a plain word and the array's bracket (the word alone begins Python's imports)."""
 LFM2_CALLS = "<|tool_call_start|>"
 SEED_CALL = "<seed:tool_call>"
 _MINIMAX_NAME = r"""name\s*=\s*(?:"([^"]*)"|'([^']*)'|([^>\s"']+))\s*>"""
@@ -193,6 +197,7 @@ _CALLS_OPENINGS: dict[ToolCallFormat, tuple[str, ...]] = {
     "kimi_k2": (KIMI_CALLS,),
     "minimax": (MINIMAX_CALLS,),
     "jamba": (JAMBA_CALLS,),
+    "phi4_mini": (PHI4_CALLS,),
     "gemma4": (GEMMA4_CALL,),
     "lfm2": (LFM2_CALLS,),
     "seed_oss": (SEED_CALL,),
@@ -205,7 +210,8 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
     ``<function=`` and ``<parameter=`` (its template also writes ``<tool_call>``), GLM's ``<arg_key>`` (its template
     too), DeepSeek's ``<｜tool▁calls▁begin｜>``, Kimi K2's ``<|tool_calls_section_begin|>``, MiniMax's
     ``<minimax:tool_call>``, Seed-OSS's ``<seed:tool_call>``, Gemma 4's ``<|tool_call>call:``, LFM2's
-    ``<|tool_call_start|>``, Granite's ``<|tool_call|>``, Jamba's ``<tool_calls>``, Mistral's ``[TOOL_CALLS]``, the
+    ``<|tool_call_start|>``, Granite's ``<|tool_call|>``, Jamba's ``<tool_calls>``, Phi-4-mini's ``functools[``,
+    Mistral's ``[TOOL_CALLS]``, the
     pythonic templates' ``[func_name1(``, and Llama 3's ``{"name": function name, "parameters": ...}``. A template that
     renders ``<tool_call>`` tags otherwise, or no tools at all (ferry then writes Hermes instructions in, see
     ``conversation``), means Hermes."""
@@ -232,6 +238,8 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
         return "granite"
     if JAMBA_CALLS in template:
         return "jamba"
+    if PHI4_CALLS in template:
+        return "phi4_mini"
     if CALL_OPEN in template:
         return "hermes"
     if MISTRAL_CALLS in template:
@@ -756,6 +764,8 @@ class ToolCallReader:
             return self._array_of_calls(text, i)
         if self.call_format == "jamba":  # auto: a JSON array of calls after <tool_calls>
             return self._array_of_calls(text, text.find(JAMBA_CALLS) + len(JAMBA_CALLS))
+        if self.call_format == "phi4_mini":  # auto: a JSON array of calls, its bracket part of the opening
+            return self._array_of_calls(text, text.find(PHI4_CALLS) + len(PHI4_CALLS) - 1)
         if self.call_format == "mistral":
             return self._mistral_calls(text)
         if self.call_format == "deepseek":

@@ -978,6 +978,49 @@ def test_granites_and_jambas_templates_get_earlier_calls_as_their_models_write_t
     ]
 
 
+# Phi-4-mini's, as vLLM's example template for its phi4_mini_json parser writes tools and earlier calls (its own
+# lines, the instructions cut short)
+PHI4_FRAGMENT = (
+    '{%- if tools %}all function calls should be generated in a single JSON list formatted as functools[{"name": '
+    '[function name], "arguments": [function arguments as JSON]}, ...]\n{%- for t in tools %}'
+    "{{- t | tojson(indent=4) }}{{- '\\n\\n' }}{%- endfor %}{%- endif %}<|end|>{%- for message in messages %}"
+    "<|{{ message.role }}|>{%- if message.content %}{{ message.content }}{%- elif message.tool_calls %}"
+    '{%- for call in message.tool_calls %}{"name": "{{ call.function.name }}", "arguments": '
+    "{{ call.function.arguments }}}{%- if not loop.last %},{% endif %}{%- endfor %}{%- endif %}<|end|>{%- endfor %}"
+)
+
+
+def test_phi4_minis_calls_are_read_whole_and_stream_alike_and_what_is_no_call_is_text() -> None:
+    from services.worker.tool_calls import call_format
+
+    assert call_format(PHI4_FRAGMENT) == "phi4_mini"
+    output = (
+        'I will look. functools[{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": '
+        '{"city": "Rio \\"de\\" J"}}]'
+    )
+    expected = [("get_time", {}), ("get_weather", {"city": 'Rio "de" J'})]
+    assert_read_alike(output, "phi4_mini", "I will look. ", expected)
+    for text in ("import functools\nprint(1)", 'functools[{"name": "rm_rf", "arguments": {}}]', "functools"):
+        assert ToolCallReader.read_whole(request(), text, "stop", "phi4_mini") == (text, None, "stop")
+    # a Python answer that imports functools streams as text: the word alone opens no call
+    chunks = ["import func", "tools\n", "print(1)"]
+    assert streamed(ToolCallReader(request(), "phi4_mini"), chunks) == "import functools\nprint(1)"
+
+
+def test_phi4_minis_template_gets_earlier_calls_as_its_model_writes_them() -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    calling = ChatMessage(role="assistant", content="", tool_calls=TOOL_CONVERSATION[1].tool_calls)
+    turns, tools = conversation([TOOL_CONVERSATION[0], calling], [WEATHER, TIME], native=True, call_format="phi4_mini")
+    (prompt,), _ = render_jinja_template([turns], tools=tools, chat_template=PHI4_FRAGMENT)
+    assert '"name": "get_weather"' in prompt.split("<|end|>")[0]  # the tools, in the instructions
+    written = prompt.split("<|assistant|>")[1].split("<|end|>")[0]  # the calls, as the model writes them
+    _, calls, _ = ToolCallReader.read_whole(request(), f"functools[{written}]", "stop", "phi4_mini")
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls or []] == [
+        (c.function.name, json.loads(c.function.arguments)) for c in TOOL_CONVERSATION[1].tool_calls
+    ]
+
+
 # Gemma 4's template: how it writes a value, and earlier calls (its own lines, with the rest of the turn left out)
 GEMMA4_FRAGMENT = """{%- macro format_argument(argument, escape_keys=True) -%}
     {%- if argument is string -%}
