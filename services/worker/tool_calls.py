@@ -72,6 +72,7 @@ ToolCallFormat = Literal[
     "deepseek_v4",
     "deepseek_v41",
     "phi4_mini",
+    "internlm2",
 ]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
@@ -110,9 +111,11 @@ V4.1, vLLM's parsers of those names), the DSML calls inside ``<｜DSML｜functio
 name="NAME">`` then ``<｜DSML｜parameter name="KEY" string="true">value</｜DSML｜parameter>`` for each argument, up to
 ``</｜DSML｜invoke>``; a value is the text itself where ``string`` is ``true``, else JSON (the text where it is none);
 phi4_mini (Phi-4-mini with vLLM's example template for it, vLLM's ``phi4_mini_json`` parser), after some text or
-none, ``functools`` and a JSON array of ``{"name": ..., "arguments": {...}}``. GLM's, Kimi's, MiniMax's, Granite's,
-Jamba's, Gemma's, LFM2's and Seed's markers are special tokens, kept in the text as Mistral's are, and DeepSeek's DSML
-with them, as vLLM keeps them."""
+none, ``functools`` and a JSON array of ``{"name": ..., "arguments": {...}}``; internlm2 (InternLM2 and 2.5 with
+vLLM's example template for them, vLLM's ``internlm2`` parser), after some text or none, each call a JSON object
+after ``<|action_start|><|plugin|>``, up to ``<|action_end|>``. GLM's, Kimi's, MiniMax's, Granite's, Jamba's,
+Gemma's, LFM2's, Seed's and InternLM2's markers are special tokens, kept in the text as Mistral's are, and DeepSeek's
+DSML with them, as vLLM keeps them."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
 XML_PARAMETER_END = "</parameter>"
@@ -129,6 +132,7 @@ KIMI_CALLS, KIMI_CALL, KIMI_ARGUMENTS = (
 MINIMAX_CALLS, MINIMAX_INVOKE_END = "<minimax:tool_call>", "</invoke>"
 GRANITE_CALLS = "<|tool_call|>"
 JAMBA_CALLS = "<tool_calls>"
+INTERNLM_CALL = "<|action_start|><|plugin|>"
 PHI4_CALLS = "functools["
 """What begins Phi-4-mini's calls: a plain word and the array's bracket (the word alone begins Python's imports)."""
 LFM2_CALLS = "<|tool_call_start|>"
@@ -198,6 +202,7 @@ _CALLS_OPENINGS: dict[ToolCallFormat, tuple[str, ...]] = {
     "minimax": (MINIMAX_CALLS,),
     "jamba": (JAMBA_CALLS,),
     "phi4_mini": (PHI4_CALLS,),
+    "internlm2": (INTERNLM_CALL,),
     "gemma4": (GEMMA4_CALL,),
     "lfm2": (LFM2_CALLS,),
     "seed_oss": (SEED_CALL,),
@@ -211,7 +216,7 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
     too), DeepSeek's ``<｜tool▁calls▁begin｜>``, Kimi K2's ``<|tool_calls_section_begin|>``, MiniMax's
     ``<minimax:tool_call>``, Seed-OSS's ``<seed:tool_call>``, Gemma 4's ``<|tool_call>call:``, LFM2's
     ``<|tool_call_start|>``, Granite's ``<|tool_call|>``, Jamba's ``<tool_calls>``, Phi-4-mini's ``functools[``,
-    Mistral's ``[TOOL_CALLS]``, the
+    InternLM2's ``<|action_start|><|plugin|>``, Mistral's ``[TOOL_CALLS]``, the
     pythonic templates' ``[func_name1(``, and Llama 3's ``{"name": function name, "parameters": ...}``. A template that
     renders ``<tool_call>`` tags otherwise, or no tools at all (ferry then writes Hermes instructions in, see
     ``conversation``), means Hermes."""
@@ -240,6 +245,8 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
         return "jamba"
     if PHI4_CALLS in template:
         return "phi4_mini"
+    if INTERNLM_CALL in template:
+        return "internlm2"
     if CALL_OPEN in template:
         return "hermes"
     if MISTRAL_CALLS in template:
@@ -257,9 +264,10 @@ def calls_openings(call_format: ToolCallFormat) -> tuple[str, ...]:
 
 def keeps_special_tokens(request: CompletionRequested, call_format: ToolCallFormat) -> bool:
     """Whether the engine must keep special tokens in the request's text: a Mistral, GLM, Kimi, MiniMax, Granite,
-    Jamba, Gemma 4, LFM2, Seed-OSS or DeepSeek DSML model's calls are marked by them (vLLM's parsers for them keep
-    them too)."""
-    marked = ("mistral", "glm", "kimi_k2", "minimax", "granite", "jamba", "gemma4", "lfm2", "seed_oss", *DSML_FORMATS)
+    Jamba, Gemma 4, LFM2, Seed-OSS, InternLM2 or DeepSeek DSML model's calls are marked by them (vLLM's parsers for
+    them keep them too)."""
+    marked = ("mistral", "glm", "kimi_k2", "minimax", "granite", "jamba", "gemma4", "lfm2", "seed_oss", "internlm2")
+    marked += tuple(DSML_FORMATS)
     return call_format in marked and tool_mode(request) == "auto"
 
 
@@ -772,12 +780,14 @@ class ToolCallReader:
             return self._deepseek_calls(text)
         if self.call_format == "kimi_k2":
             return self._kimi_calls(text)
-        start = text.find(CALL_OPEN)  # auto: calls inside <tool_call></tool_call>, anything between them ignored
+        # auto: each call after its opening (Hermes's <tool_call>, InternLM2's), anything between them ignored
+        (opening,) = calls_openings(self.call_format)
+        start = text.find(opening)
         while start >= 0:
-            calls.append(call := _read_call(text, start + len(CALL_OPEN), self._scans))
+            calls.append(call := _read_call(text, start + len(opening), self._scans))
             if call.broken or call.end is None:
                 return calls
-            start = text.find(CALL_OPEN, call.end)
+            start = text.find(opening, call.end)
         return calls
 
     def _array_of_calls(self, text: str, at: int) -> list[_WrittenCall]:

@@ -1021,6 +1021,45 @@ def test_phi4_minis_template_gets_earlier_calls_as_its_model_writes_them() -> No
     ]
 
 
+# InternLM2's, as vLLM's example template for its internlm2 parser writes tools and earlier calls (its own lines)
+INTERNLM2_FRAGMENT = (
+    '{%- if tools %}{{- "<|im_start|>system name=<|plugin|>\\n[" }}{%- for tool in tools %}{{- tool.function|tojson }}'
+    '{%- if not loop.last %}{{- ", " }}{%- else %}{{- "]" }}{%- endif %}{%- endfor %}{{- "<|im_end|>\\n" }}{%- endif %}'
+    '{%- for message in messages %}{%- if message.tool_calls %}{{- "<|im_start|>assistant\\n" + message.content }}'
+    "{%- for tool_call in message.tool_calls %}{%- set function=tool_call.function %}"
+    '{{- "<|action_start|><|plugin|>\\n" }}{{- \'{"name": "\' + function.name + \'", \'}}'
+    "{{- '\"arguments\": ' + function.arguments|string + '}' }}{{- \"<|action_end|>\" }}{%- endfor %}"
+    '{{- "<|im_end|>\\n" }}{%- endif %}{%- endfor %}'
+)
+
+
+def test_internlm2_calls_are_read_whole_and_stream_alike_and_what_names_no_offered_tool_is_text() -> None:
+    from services.worker.tool_calls import call_format, keeps_special_tokens
+
+    assert call_format(INTERNLM2_FRAGMENT) == "internlm2" and keeps_special_tokens(request(), "internlm2")
+    output = (
+        'Let me look.<|action_start|><|plugin|>\n{"name": "get_weather", "parameters": {"city": "Rio \\"de\\" J"}}'
+        "<|action_end|>"
+    )
+    assert_read_alike(output, "internlm2", "Let me look.", [("get_weather", {"city": 'Rio "de" J'})])
+    for text in ("Paris is sunny.", '<|action_start|><|plugin|>\n{"name": "rm_rf", "arguments": {}}<|action_end|>'):
+        assert ToolCallReader.read_whole(request(), text, "stop", "internlm2") == (text, None, "stop")
+
+
+def test_internlm2s_template_gets_earlier_calls_as_its_model_writes_them() -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    turns, tools = conversation(TOOL_CONVERSATION[:2], [WEATHER, TIME], native=True, call_format="internlm2")
+    (prompt,), _ = render_jinja_template([turns], tools=tools, chat_template=INTERNLM2_FRAGMENT)
+    assert '"name": "get_weather"' in prompt.split("<|im_end|>")[0]  # the tools, in the plugin's system turn
+    written = prompt[prompt.index("<|im_start|>assistant\n") :]
+    text, calls, _ = ToolCallReader.read_whole(request(), written, "stop", "internlm2")
+    assert text == "<|im_start|>assistant\nChecking."
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls or []] == [
+        (c.function.name, json.loads(c.function.arguments)) for c in TOOL_CONVERSATION[1].tool_calls
+    ]
+
+
 # Gemma 4's template: how it writes a value, and earlier calls (its own lines, with the rest of the turn left out)
 GEMMA4_FRAGMENT = """{%- macro format_argument(argument, escape_keys=True) -%}
     {%- if argument is string -%}
