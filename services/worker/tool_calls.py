@@ -73,6 +73,7 @@ ToolCallFormat = Literal[
     "deepseek_v41",
     "phi4_mini",
     "internlm2",
+    "olmo3",
 ]
 """How a model writes calls when it may choose to (auto): hermes, each call inside ``<tool_call></tool_call>``,
 anywhere in its answer; llama3_json (Llama 3.1 to 3.3, vLLM's ``llama3_json`` parser), the answer is the calls, each
@@ -113,9 +114,11 @@ name="NAME">`` then ``<｜DSML｜parameter name="KEY" string="true">value</｜DS
 phi4_mini (Phi-4-mini with vLLM's example template for it, vLLM's ``phi4_mini_json`` parser), after some text or
 none, ``functools`` and a JSON array of ``{"name": ..., "arguments": {...}}``; internlm2 (InternLM2 and 2.5 with
 vLLM's example template for them, vLLM's ``internlm2`` parser), after some text or none, each call a JSON object
-after ``<|action_start|><|plugin|>``, up to ``<|action_end|>``. GLM's, Kimi's, MiniMax's, Granite's, Jamba's,
-Gemma's, LFM2's, Seed's and InternLM2's markers are special tokens, kept in the text as Mistral's are, and DeepSeek's
-DSML with them, as vLLM keeps them."""
+after ``<|action_start|><|plugin|>``, up to ``<|action_end|>``; olmo3 (Olmo 3 with vLLM's example template for it,
+vLLM's ``olmo3`` parser), after some text or none, a Python call on each line inside
+``<function_calls></function_calls>``, its values literals, JSON's ``true``, ``false`` and ``null`` among them.
+GLM's, Kimi's, MiniMax's, Granite's, Jamba's, Gemma's, LFM2's, Seed's and InternLM2's markers are special tokens,
+kept in the text as Mistral's are, and DeepSeek's DSML with them, as vLLM keeps them."""
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
 XML_FUNCTION, XML_FUNCTION_END, XML_PARAMETER = "<function=", "</function>", "<parameter="
 XML_PARAMETER_END = "</parameter>"
@@ -133,6 +136,7 @@ MINIMAX_CALLS, MINIMAX_INVOKE_END = "<minimax:tool_call>", "</invoke>"
 GRANITE_CALLS = "<|tool_call|>"
 JAMBA_CALLS = "<tool_calls>"
 INTERNLM_CALL = "<|action_start|><|plugin|>"
+OLMO3_CALLS, OLMO3_CALLS_END = "<function_calls>", "</function_calls>"
 PHI4_CALLS = "functools["
 """What begins Phi-4-mini's calls: a plain word and the array's bracket (the word alone begins Python's imports)."""
 LFM2_CALLS = "<|tool_call_start|>"
@@ -203,6 +207,7 @@ _CALLS_OPENINGS: dict[ToolCallFormat, tuple[str, ...]] = {
     "jamba": (JAMBA_CALLS,),
     "phi4_mini": (PHI4_CALLS,),
     "internlm2": (INTERNLM_CALL,),
+    "olmo3": (OLMO3_CALLS,),
     "gemma4": (GEMMA4_CALL,),
     "lfm2": (LFM2_CALLS,),
     "seed_oss": (SEED_CALL,),
@@ -216,7 +221,7 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
     too), DeepSeek's ``<｜tool▁calls▁begin｜>``, Kimi K2's ``<|tool_calls_section_begin|>``, MiniMax's
     ``<minimax:tool_call>``, Seed-OSS's ``<seed:tool_call>``, Gemma 4's ``<|tool_call>call:``, LFM2's
     ``<|tool_call_start|>``, Granite's ``<|tool_call|>``, Jamba's ``<tool_calls>``, Phi-4-mini's ``functools[``,
-    InternLM2's ``<|action_start|><|plugin|>``, Mistral's ``[TOOL_CALLS]``, the
+    InternLM2's ``<|action_start|><|plugin|>``, Olmo 3's ``<function_calls>``, Mistral's ``[TOOL_CALLS]``, the
     pythonic templates' ``[func_name1(``, and Llama 3's ``{"name": function name, "parameters": ...}``. A template that
     renders ``<tool_call>`` tags otherwise, or no tools at all (ferry then writes Hermes instructions in, see
     ``conversation``), means Hermes."""
@@ -247,6 +252,8 @@ def call_format(chat_template: str | None) -> ToolCallFormat:
         return "phi4_mini"
     if INTERNLM_CALL in template:
         return "internlm2"
+    if OLMO3_CALLS in template:
+        return "olmo3"
     if CALL_OPEN in template:
         return "hermes"
     if MISTRAL_CALLS in template:
@@ -956,12 +963,46 @@ def _list_elements(text: str, start: int, most: int | None = None) -> list[str]:
     return elements
 
 
-def _pythonic_call(element: str) -> tuple[str, str] | None:
-    """(name, arguments as JSON text) of ``name(key=literal, ...)``; None when ``element`` is not such a call."""
+def olmo3_calls(text: str) -> list[tuple[str, str]]:
+    """The calls in Olmo 3's ``<function_calls>`` block, one Python call on each line, as (name, arguments as JSON
+    text), in order, up to the first that is not such a call; a call counts once its line ends (or the block does),
+    so a call streams whole. Its values may be written as JSON's ``true``, ``false`` and ``null``, as vLLM's ``olmo3``
+    parser reads them."""
+    start = text.find(OLMO3_CALLS)
+    if start < 0:
+        return []
+    body = text[start + len(OLMO3_CALLS) :]
+    body, closed, _ = body.partition(OLMO3_CALLS_END)
+    lines = body.split("\n")
+    calls: list[tuple[str, str]] = []
+    for line in lines if closed else lines[:-1]:  # the last line is whole once the block is closed
+        if not line.strip():
+            continue
+        call = _pythonic_call(line.strip(), json_names=True)
+        if call is None:
+            break
+        calls.append(call)
+    return calls
+
+
+class _JsonNames(ast.NodeTransformer):
+    """Reads JSON's ``true``, ``false`` and ``null``, written as names, as the constants they are."""
+
+    VALUES: dict[str, Any] = {"true": True, "false": False, "null": None}
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return ast.Constant(self.VALUES[node.id]) if node.id in self.VALUES else node
+
+
+def _pythonic_call(element: str, json_names: bool = False) -> tuple[str, str] | None:
+    """(name, arguments as JSON text) of ``name(key=literal, ...)``; None when ``element`` is not such a call.
+    ``json_names``: JSON's ``true``, ``false`` and ``null`` are literals too (Olmo 3's)."""
     try:
         node = ast.parse(element, mode="eval").body
     except SyntaxError:
         return None
+    if json_names and isinstance(node, ast.Call):
+        node.keywords = [ast.keyword(k.arg, _JsonNames().visit(k.value)) for k in node.keywords]
     if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
         return None
     arguments: dict[str, Any] = {}
@@ -1219,6 +1260,7 @@ _CALL_READERS: dict[ToolCallFormat, Callable[[str, CompletionRequested], list[tu
     "gemma4": lambda text, _: gemma4_calls(text),
     "lfm2": lambda text, _: pythonic_calls(text),
     "seed_oss": xml_calls,
+    "olmo3": lambda text, _: olmo3_calls(text),
 } | {name: lambda text, _, dsml=dsml: dsml_calls(text, dsml) for name, dsml in DSML_FORMATS.items()}
 """The formats whose calls have readers of their own (text, request -> (name, arguments so far) of each call): the
 pythonic ones, Gemma's and LFM2's give each call once written whole; the XML-like ones each call once named, its

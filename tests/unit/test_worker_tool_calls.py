@@ -1060,6 +1060,58 @@ def test_internlm2s_template_gets_earlier_calls_as_its_model_writes_them() -> No
     ]
 
 
+# Olmo 3's, as vLLM's example template for its olmo3 parser writes earlier calls (its own lines)
+OLMO3_FRAGMENT = """{%- if tools %}To call functions, respond with a pythonic function call wrapped in
+<function_calls></function_calls> XML tags.{% for tool in tools %}{{ tool.function | tojson }}{% endfor %}{%- endif %}
+{%- for message in messages %}{%- if message.role == "assistant" and message.tool_calls %}
+{{- "<|im_start|>assistant\\n<function_calls>\\n" }}
+{%- for tool_call in message.tool_calls %}{%- set tool_call = tool_call.function %}{{- tool_call.name + "(" }}
+{%- set args = tool_call.arguments %}{%- for key, value in args.items() %}{{- key + "=" }}
+{%- if value is string %}{{- "'" + value + "'" }}{%- elif value is none %}{{- "null" }}
+{%- elif value is sameas true %}{{- "true" }}{%- elif value is sameas false %}{{- "false" }}
+{%- else %}{{- value | tojson }}{%- endif %}{%- if not loop.last %}{{- ", " }}{%- endif %}{%- endfor %}{{- ")" }}
+{%- if not loop.last %}{{- "\\n" }}{%- endif %}{%- endfor %}{{- "\\n</function_calls><|im_end|>\\n" }}
+{%- endif %}{%- endfor %}"""
+
+
+def test_olmo3_calls_are_read_whole_and_stream_alike_with_jsons_literals() -> None:
+    from services.worker.tool_calls import call_format
+
+    assert call_format(OLMO3_FRAGMENT) == "olmo3"
+    output = (
+        "Let me look.\n<function_calls>\nget_forecast(city='Rio \"de\" J', days=3, exact=true, where=null, "
+        'ratio={"a": [1, false]})\nget_time()\n</function_calls>'
+    )
+    expected = [
+        ("get_forecast", {"city": 'Rio "de" J', "days": 3, "exact": True, "where": None, "ratio": {"a": [1, False]}}),
+        ("get_time", {}),
+    ]
+    assert_read_alike(output, "olmo3", "Let me look.\n", expected, request(tools=[WEATHER, TIME, FORECAST]))
+    for text in (
+        "Paris is sunny.",
+        "<function_calls>\nrm_rf()\n</function_calls>",  # no offered tool
+        "<function_calls>\nget_time(zone=here)\n</function_calls>",  # a name, not a value
+        "<function_calls>\nget_time(",  # cut short
+    ):
+        assert ToolCallReader.read_whole(request(), text, "stop", "olmo3") == (text, None, "stop")
+
+
+def test_olmo3s_template_gets_earlier_calls_as_its_model_writes_them() -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    flags = ToolCall(
+        id="c", function=FunctionCall(name="get_forecast", arguments='{"days": 2, "exact": false, "x": null}')
+    )
+    calling = ChatMessage(role="assistant", content="", tool_calls=[*TOOL_CONVERSATION[1].tool_calls, flags])
+    turns, tools = conversation([TOOL_CONVERSATION[0], calling], [WEATHER, TIME], native=True, call_format="olmo3")
+    (prompt,), _ = render_jinja_template([turns], tools=tools, chat_template=OLMO3_FRAGMENT)
+    written = prompt[prompt.index("<function_calls>\n") : prompt.index("</function_calls><|im_end|>") + 17]
+    _, calls, _ = ToolCallReader.read_whole(request(tools=[WEATHER, TIME, FORECAST]), written, "stop", "olmo3")
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls or []] == [
+        (c.function.name, json.loads(c.function.arguments)) for c in calling.tool_calls
+    ]
+
+
 # Gemma 4's template: how it writes a value, and earlier calls (its own lines, with the rest of the turn left out)
 GEMMA4_FRAGMENT = """{%- macro format_argument(argument, escape_keys=True) -%}
     {%- if argument is string -%}
