@@ -31,7 +31,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -273,9 +273,24 @@ def keeps_special_tokens(request: CompletionRequested, call_format: ToolCallForm
     """Whether the engine must keep special tokens in the request's text: a Mistral, GLM, Kimi, MiniMax, Granite,
     Jamba, Gemma 4, LFM2, Seed-OSS, InternLM2 or DeepSeek DSML model's calls are marked by them (vLLM's parsers for
     them keep them too)."""
-    marked = ("mistral", "glm", "kimi_k2", "minimax", "granite", "jamba", "gemma4", "lfm2", "seed_oss", "internlm2")
-    marked += tuple(DSML_FORMATS)
-    return call_format in marked and tool_mode(request) == "auto"
+    return call_format in _MARKED_BY_SPECIAL_TOKENS and tool_mode(request) == "auto"
+
+
+_MARKED_BY_SPECIAL_TOKENS = frozenset(
+    (
+        "mistral",
+        "glm",
+        "kimi_k2",
+        "minimax",
+        "granite",
+        "jamba",
+        "gemma4",
+        "lfm2",
+        "seed_oss",
+        "internlm2",
+        *DSML_FORMATS,
+    )
+)
 
 
 def mistral_call_id(call_id: str) -> str:
@@ -777,10 +792,9 @@ class ToolCallReader:
             for tag in (GRANITE_CALLS, CALL_OPEN):
                 i = skip_space(text, i + len(tag)) if text.startswith(tag, i) else i
             return self._array_of_calls(text, i)
-        if self.call_format == "jamba":  # auto: a JSON array of calls after <tool_calls>
-            return self._array_of_calls(text, text.find(JAMBA_CALLS) + len(JAMBA_CALLS))
-        if self.call_format == "phi4_mini":  # auto: a JSON array of calls, its bracket part of the opening
-            return self._array_of_calls(text, text.find(PHI4_CALLS) + len(PHI4_CALLS) - 1)
+        if self.call_format in ("jamba", "phi4_mini"):  # auto: a JSON array of calls after <tool_calls>, functools
+            (opening,) = calls_openings(self.call_format)
+            return self._array_of_calls(text, text.find(opening) + len(opening.removesuffix("[")))
         if self.call_format == "mistral":
             return self._mistral_calls(text)
         if self.call_format == "deepseek":
@@ -1033,7 +1047,8 @@ def xml_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
         name = text[start + len(XML_FUNCTION) : name_end].strip()
         end = text.find(XML_FUNCTION_END, start)
         body = text[name_end : end if end >= 0 else len(text)]
-        written, writing = _written_parameters(body, _XML_PARAMETER, end >= 0, (XML_PARAMETER_END, XML_FUNCTION_END))
+        ends = (XML_PARAMETER_END, XML_FUNCTION_END)
+        written, writing = _written_parameters(_XML_PARAMETER.finditer(body), end >= 0, ends)
         calls.append((name, _typed_arguments(request, name, written, end >= 0, writing)))
         if end < 0:
             break
@@ -1042,14 +1057,14 @@ def xml_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
 
 
 def _written_parameters(
-    body: str, pattern: re.Pattern[str], closed: bool, ends: tuple[str, ...]
+    matches: Iterable[re.Match[str]], closed: bool, ends: tuple[str, ...]
 ) -> tuple[list[tuple[str, str]], tuple[str, str] | None]:
-    """A call's parameters in its ``body``, as (key, value as written) in order, and the one still being written,
-    if the call is not ``closed``: the last, when nothing ended its value. ``pattern`` matches a parameter (its first
-    set group of the first three is the key, the next to last group the value, the last what ended it: its closing
-    tag, or nothing at the body's end). The value still being written leaves out a part of any of the tags that may
-    end it (``ends``), as they are not known yet."""
-    written = [(_first_group(m), m.group(m.re.groups - 1), m.group(m.re.groups)) for m in pattern.finditer(body)]
+    """A call's parameters, from the ``matches`` of its format's parameter pattern in its body, as (key, value as
+    written) in order, and the one still being written, if the call is not ``closed``: the last, when nothing ended
+    its value. Of a match, the first set group of the first three is the key, the next to last group the value, the
+    last what ended it: its closing tag, or nothing at the body's end. The value still being written leaves out a
+    part of any of the tags that may end it (``ends``), as they are not known yet."""
+    written = [(_first_group(m), m.group(m.re.groups - 1), m.group(m.re.groups)) for m in matches]
     if closed or not written or written[-1][2]:
         return [(key, value) for key, value, _ in written], None
     key, value, _ = written[-1]
@@ -1126,7 +1141,7 @@ def glm_calls(text: str, request: CompletionRequested) -> list[tuple[str, str]]:
         if end < 0 and not name_ends:
             break  # the name may not be whole yet
         name = body[: min(name_ends, default=len(body))].strip()
-        written, writing = _written_parameters(body, _GLM_ARGUMENT, end >= 0, ("</arg_value>", CALL_CLOSE))
+        written, writing = _written_parameters(_GLM_ARGUMENT.finditer(body), end >= 0, ("</arg_value>", CALL_CLOSE))
         calls.append((name, _typed_arguments(request, name, written, end >= 0, writing)))
         if end < 0:
             break
@@ -1145,7 +1160,7 @@ def minimax_calls(text: str, request: CompletionRequested) -> list[tuple[str, st
         body = text[invoke.end() : end if end >= 0 else len(text)]
         name = _first_group(invoke)
         ends = (XML_PARAMETER_END, MINIMAX_INVOKE_END)
-        written, writing = _written_parameters(body, _MINIMAX_PARAMETER, end >= 0, ends)
+        written, writing = _written_parameters(_MINIMAX_PARAMETER.finditer(body), end >= 0, ends)
         calls.append((name, _typed_arguments(request, name, written, end >= 0, writing)))
         if end < 0:
             break
@@ -1165,9 +1180,10 @@ def dsml_calls(text: str, dsml: _Dsml) -> list[tuple[str, str]]:
         ends = (text.find(dsml.invoke_end, invoke.end()), text.find(dsml.calls_end, invoke.end()))
         end = min((at for at in ends if at >= 0), default=-1)
         body = text[invoke.end() : end if end >= 0 else len(text)]
-        written, writing = _written_parameters(body, parameter, end >= 0, dsml.value_ends)
+        matches = list(parameter.finditer(body))
+        written, writing = _written_parameters(matches, end >= 0, dsml.value_ends)
         strings: dict[str, bool] = {}
-        for match in parameter.finditer(body):
+        for match in matches:
             strings.setdefault(match.group(1).strip(), match.group(2) == "true")
         arguments = _arguments_text(written, end >= 0, writing, _dsml_value(strings), strings.get)
         calls.append((invoke.group(1).strip(), arguments))
