@@ -270,6 +270,11 @@ def as_dicts(calls: list[ToolCall] | None) -> list[dict]:
     return [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in calls or []]
 
 
+def named_arguments(calls: list[ToolCall] | None) -> list[tuple[str, object]]:
+    """Each call's name and its arguments as read from their JSON: what a template's earlier calls must read back as."""
+    return [(c.function.name, json.loads(c.function.arguments)) for c in calls or []]
+
+
 OUTPUTS = [
     (request(), 'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris",\n "days": [1, 2]}}\n'
      "</tool_call>"),
@@ -471,7 +476,7 @@ def assert_read_alike(
     req = req or request()
     released, whole, reason = ToolCallReader.read_whole(req, output, "stop", call_format)
     assert (released, reason) == (text, "tool_calls")
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in whole or []] == expected
+    assert named_arguments(whole) == expected
     for size in (1, 2, 3, 7, len(output)):
         chunks = [output[i : i + size] for i in range(0, len(output), size)]
         assert streamed(ToolCallReader(req, call_format), chunks) == text, size
@@ -973,9 +978,7 @@ def test_granites_and_jambas_templates_get_earlier_calls_as_their_models_write_t
     start = prompt.index(opening)
     written = prompt[start : prompt.index(closing, start)] if closing else prompt[start:]
     _, calls, _ = ToolCallReader.read_whole(request(), written, "stop", model_format)
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls or []] == [
-        (c.function.name, json.loads(c.function.arguments)) for c in TOOL_CONVERSATION[1].tool_calls
-    ]
+    assert named_arguments(calls) == named_arguments(TOOL_CONVERSATION[1].tool_calls)
 
 
 # Phi-4-mini's, as vLLM's example template for its phi4_mini_json parser writes tools and earlier calls (its own
@@ -1016,9 +1019,7 @@ def test_phi4_minis_template_gets_earlier_calls_as_its_model_writes_them() -> No
     assert '"name": "get_weather"' in prompt.split("<|end|>")[0]  # the tools, in the instructions
     written = prompt.split("<|assistant|>")[1].split("<|end|>")[0]  # the calls, as the model writes them
     _, calls, _ = ToolCallReader.read_whole(request(), f"functools[{written}]", "stop", "phi4_mini")
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls or []] == [
-        (c.function.name, json.loads(c.function.arguments)) for c in TOOL_CONVERSATION[1].tool_calls
-    ]
+    assert named_arguments(calls) == named_arguments(TOOL_CONVERSATION[1].tool_calls)
 
 
 # InternLM2's, as vLLM's example template for its internlm2 parser writes tools and earlier calls (its own lines)
@@ -1055,9 +1056,7 @@ def test_internlm2s_template_gets_earlier_calls_as_its_model_writes_them() -> No
     written = prompt[prompt.index("<|im_start|>assistant\n") :]
     text, calls, _ = ToolCallReader.read_whole(request(), written, "stop", "internlm2")
     assert text == "<|im_start|>assistant\nChecking."
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls or []] == [
-        (c.function.name, json.loads(c.function.arguments)) for c in TOOL_CONVERSATION[1].tool_calls
-    ]
+    assert named_arguments(calls) == named_arguments(TOOL_CONVERSATION[1].tool_calls)
 
 
 # Olmo 3's, as vLLM's example template for its olmo3 parser writes earlier calls (its own lines)
@@ -1107,9 +1106,7 @@ def test_olmo3s_template_gets_earlier_calls_as_its_model_writes_them() -> None:
     (prompt,), _ = render_jinja_template([turns], tools=tools, chat_template=OLMO3_FRAGMENT)
     written = prompt[prompt.index("<function_calls>\n") : prompt.index("</function_calls><|im_end|>") + 17]
     _, calls, _ = ToolCallReader.read_whole(request(tools=[WEATHER, TIME, FORECAST]), written, "stop", "olmo3")
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls or []] == [
-        (c.function.name, json.loads(c.function.arguments)) for c in calling.tool_calls
-    ]
+    assert named_arguments(calls) == named_arguments(calling.tool_calls)
 
 
 # Gemma 4's template: how it writes a value, and earlier calls (its own lines, with the rest of the turn left out)
@@ -1220,7 +1217,7 @@ def test_gemma4s_template_gets_earlier_calls_as_its_model_writes_them() -> None:
     (prompt,), _ = render_jinja_template([turns], tools=tools, chat_template=GEMMA4_FRAGMENT)
     assert prompt.startswith('<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>')
     _, calls, _ = ToolCallReader.read_whole(request(tools=[WEATHER, TIME, FORECAST]), prompt, "stop", "gemma4")
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls or []] == [
+    assert named_arguments(calls) == [
         ("get_weather", {"city": "Paris"}), ("get_time", {}), ("get_forecast", {"where": {"lat": [1, True]}})
     ]  # fmt: skip
 
@@ -1440,7 +1437,7 @@ def test_deepseeks_encoders_get_the_tools_and_earlier_calls_and_their_dsml_calls
     written = prompt[prompt.rindex(dsml.calls) : prompt.rindex(dsml.calls_end) + len(dsml.calls_end)]
     text, read, reason = ToolCallReader.read_whole(request(tools=[FORECAST, TIME]), written, "stop", mode)
     assert (text, reason) == ("", "tool_calls")
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in read or []] == [
+    assert named_arguments(read) == [
         ("get_forecast", {"city": "Paris", "days": 3}),
         ("get_time", {}),
     ]
