@@ -14,6 +14,10 @@ from shared.db import connect_pool
 SEED_FILE = Path(__file__).resolve().parent.parent / "infra" / "models" / "models.yaml"
 
 
+PARSER_NAME = r"^[a-zA-Z0-9_]+$"
+"""What a name of one of vLLM's parsers looks like."""
+
+
 class ModelRecord(BaseModel):
     """One served model."""
 
@@ -24,6 +28,19 @@ class ModelRecord(BaseModel):
     version: str = Field(description="Version of the weights; a change invalidates what depends on them.")
     max_model_len: int = Field(gt=0, description="Most tokens of prompt plus completion.")
     default: bool = Field(False, description="The model `up` serves when none is named.")
+    tool_call_parser: str | None = Field(
+        None,
+        pattern=PARSER_NAME,
+        description="vLLM's parser of this model's tool calls, by the name vLLM's server takes as "
+        "--tool-call-parser (xlam, step3, ...); it then reads the model's chats instead of ferry's readers "
+        "(services/worker/vllm_parsing.py). None: ferry reads the format the model's chat template teaches.",
+    )
+    reasoning_parser: str | None = Field(
+        None,
+        pattern=PARSER_NAME,
+        description="vLLM's parser of this model's thinking, by the name vLLM's server takes as --reasoning-parser; "
+        "as tool_call_parser. None: ferry reads the think blocks the model's chat template writes.",
+    )
     created_at: datetime | None = Field(None, description="When the registry first listed it; None before that.")
 
 
@@ -40,7 +57,8 @@ async def enabled_models(dsn: str) -> list[ModelRecord]:
         await pool.close()
 
 
-_COLUMNS = "id, source, version, max_model_len, is_default, created_at"  # what ModelRegistry._record reads
+# what ModelRegistry._record reads
+_COLUMNS = "id, source, version, max_model_len, is_default, created_at, tool_call_parser, reasoning_parser"
 
 
 class ModelRegistry:
@@ -52,10 +70,17 @@ class ModelRegistry:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("UPDATE models SET is_default = false WHERE is_default")
             await conn.executemany(
-                """INSERT INTO models (id, source, version, max_model_len, is_default) VALUES ($1, $2, $3, $4, $5)
+                """INSERT INTO models
+                     (id, source, version, max_model_len, is_default, tool_call_parser, reasoning_parser)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)
                    ON CONFLICT (id) DO UPDATE SET source = EXCLUDED.source, version = EXCLUDED.version,
-                     max_model_len = EXCLUDED.max_model_len, is_default = EXCLUDED.is_default, updated_at = now()""",
-                [(m.id, m.source, m.version, m.max_model_len, m.default) for m in models],
+                     max_model_len = EXCLUDED.max_model_len, is_default = EXCLUDED.is_default,
+                     tool_call_parser = EXCLUDED.tool_call_parser, reasoning_parser = EXCLUDED.reasoning_parser,
+                     updated_at = now()""",
+                [
+                    (m.id, m.source, m.version, m.max_model_len, m.default, m.tool_call_parser, m.reasoning_parser)
+                    for m in models
+                ],
             )
 
     async def enabled(self) -> list[ModelRecord]:
@@ -75,4 +100,6 @@ class ModelRegistry:
             max_model_len=row["max_model_len"],
             default=row["is_default"],
             created_at=row["created_at"],
+            tool_call_parser=row["tool_call_parser"],
+            reasoning_parser=row["reasoning_parser"],
         )

@@ -19,6 +19,7 @@ from services.worker.harmony import speaks_harmony
 from services.worker.reasoning import MISTRAL_THINK, THINK, ThinkMarkers, think_markers
 from services.worker.tool_calls import DSML_FORMATS, ToolCallFormat, call_format, conversation
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
+from services.worker.vllm_parsing import VllmParsers
 from shared.contracts import (
     ChatMessage,
     FinishReason,
@@ -79,6 +80,8 @@ class EngineConfig:
     variant: str | None = None  # a name in variants.VARIANTS; None: float32 on CPU, vLLM's choice on GPU
     cpu_threads: int | None = None  # the model's OpenMP threads on CPU; None: torch's default, one per core
     process_server: bool = True  # on CPU, vLLM's engine process forks from the preloaded server (engine_processes)
+    tool_call_parser: str | None = None  # vLLM's parsers named in the model's registry entry (see vllm_parsing)
+    reasoning_parser: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,9 @@ def _cpu_threads(threads: int | None) -> Iterator[None]:
 
 
 class Engine:
+    vllm_parsers: VllmParsers | None = None
+    """The parsers of vLLM's that read this model's output, when its registry entry names them (see vllm_parsing)."""
+
     def __init__(self, config: EngineConfig, llm: AsyncLLM, stats: EngineStats | None = None) -> None:
         self.config = config
         self._llm = llm
@@ -276,6 +282,14 @@ class Engine:
 
         engine = cls(config, await asyncio.to_thread(build), stats)
         engine.on_cpu = on_cpu
+        if config.tool_call_parser or config.reasoning_parser:
+            try:
+                engine.vllm_parsers = VllmParsers.for_model(
+                    config.tool_call_parser, config.reasoning_parser, engine._tokenizer
+                )
+            except ValueError:
+                await engine.shutdown()
+                raise
         stats.load_seconds = time.monotonic() - started
         if on_cpu:  # on a GPU the budget is device memory, which this does not see
             # Memory other models allocate or free meanwhile in this process blurs the figure a little.
@@ -339,8 +353,10 @@ class Engine:
 
     @cached_property
     def template_renders_tools(self) -> bool:
-        """Whether the model's own chat template shows tools to the model (else ferry writes them in, Hermes-style)."""
-        return self.dsml_format is not None or "tools" in self.chat_template
+        """Whether the model's own chat template shows tools to the model (else ferry writes them in, Hermes-style).
+        A model whose calls vLLM's parser reads gets them through its template, as vLLM's server gives them."""
+        named_parser = self.vllm_parsers is not None and self.vllm_parsers.tool_call_parser is not None
+        return named_parser or self.dsml_format is not None or "tools" in self.chat_template
 
     @cached_property
     def think_markers(self) -> ThinkMarkers | None:

@@ -22,6 +22,7 @@ from services.worker.engine import Engine, InvalidRequest
 from services.worker.harmony import HarmonyReader, harmony_then
 from services.worker.reasoning import ReasoningReader, think_then, thinking_room
 from services.worker.tool_calls import ToolCallReader, calls_openings, forced_schema, keeps_special_tokens
+from services.worker.vllm_parsing import VllmReading
 from shared.contracts import (
     CompletionFinished,
     CompletionRequested,
@@ -168,6 +169,9 @@ async def serve_request(
     prompt_logprobs: PromptLogprobs | None = None  # from the engine's first step, when asked for
     # a reasoning model's chat: its thinking is read apart (see reasoning; gpt-oss's channels, see harmony)
     thoughts: ReasoningReader | HarmonyReader | None = None
+    # a model whose registry entry names vLLM's parsers: they read its thinking and its calls (see vllm_parsing)
+    parsing: VllmReading | None = None
+    reads_reasoning = False  # whether the output is read for thinking, by either
 
     async def send_delta(delta: OutputDelta | None, calls: Sequence[ToolCallPiece] = (), reasoning: str = "") -> None:
         nonlocal sequence, text_offset, token_offset, reasoning_offset
@@ -186,7 +190,7 @@ async def serve_request(
                 prompt_logprobs=prompt_logprobs if sequence == 0 else None,
                 tool_calls=list(calls),
                 reasoning=reasoning,
-                reasoning_offset=reasoning_offset if thoughts is not None else None,
+                reasoning_offset=reasoning_offset if reads_reasoning else None,
             ),
         )
         sequence += 1
@@ -203,12 +207,15 @@ async def serve_request(
         """Sends what of a screened delta is for the client: its reasoning, its text, and the pieces of the tool calls
         it wrote."""
         nonlocal held_tokens, held_logprobs
-        if delta is None or (reader.mode == "text" and thoughts is None):
+        if delta is None or (reader.mode == "text" and thoughts is None and parsing is None):
             await send_delta(delta)
             return
-        reasoning, text = thoughts.feed(delta.text) if thoughts is not None else ("", delta.text)
-        text = reader.feed(text)
-        calls = reader.pieces()
+        if parsing is not None:
+            reasoning, text, calls = parsing.feed(delta.text)
+        else:
+            reasoning, text = thoughts.feed(delta.text) if thoughts is not None else ("", delta.text)
+            text = reader.feed(text)
+            calls = reader.pieces()
         tokens, logprobs = held_tokens + delta.tokens, held_logprobs + delta.logprobs
         if not text and not calls and not reasoning:
             held_tokens, held_logprobs = tokens, logprobs
@@ -231,10 +238,24 @@ async def serve_request(
             )
         grammar_first = sampling.response_format is not None or sampling.structured_outputs is not None
         thinking_grammar = None  # a reasoning model's: it thinks first, then answers under the grammar (see reasoning)
-        markers = engine.think_markers
+        pieces: list[str] = []
+        step_tokens: list[tuple[int, ...]] = []  # each step's, beside its text in pieces
+        parsers = engine.vllm_parsers
+        if parsers is not None and parsers.reads(request):
+            if request.thinking_token_budget is not None:
+                raise InvalidRequest(
+                    f"{request.model}'s thinking is read by vLLM's {parsers.reasoning_parser} parser, which takes no "
+                    "thinking budget here",
+                    param="thinking_token_budget",
+                )
+            # the prompt's tokens tell a reasoning parser whether the template closed the think block already
+            prompt_ids = engine.token_ids(prompt) if parsers.reasoning_parser else []
+            parsing = parsers.reading(request, prompt_ids, pieces, step_tokens)
+            reads_reasoning = parsers.reasoning_parser is not None
+        markers = engine.think_markers if parsing is None else None
         if markers is not None and reader.mode == "auto" and (openings := calls_openings(engine.tool_call_format)):
             markers = markers._replace(answer_starts=openings)  # a call straight from its thoughts ends them
-        if request.prompt is None and (engine.speaks_harmony or markers is not None):
+        if request.prompt is None and parsing is None and (engine.speaks_harmony or markers is not None):
             budget = request.thinking_token_budget
             if grammar_first or budget is not None:
                 compose = (
@@ -248,9 +269,8 @@ async def serve_request(
                 thoughts = HarmonyReader(calls=reader.mode == "auto")
             else:
                 thoughts = ReasoningReader.for_prompt(prompt, grammar_first, markers)
-        pieces: list[str] = []
+            reads_reasoning = True
         logprobs: list[TokenLogprob] = []
-        step_tokens: list[tuple[int, ...]] = []  # each step's, beside its text in pieces
         buffer = DeltaBuffer(window_s=coalesce_ms / 1000)
         completion_tokens = prompt_tokens = cached_tokens = 0
         finish_reason = None
@@ -259,6 +279,8 @@ async def serve_request(
             thoughts is not None and engine.thinks_in_special_tokens
         )
         keep_special = keeps_special_tokens(request, engine.tool_call_format) or marked_by_special_tokens
+        if parsing is not None:
+            keep_special = parsing.keeps_special_tokens
         steps = engine.generate(
             request.request_id, prompt, sampling, request.cache_salt, keep_special, priority, thinking_grammar
         )
@@ -281,7 +303,11 @@ async def serve_request(
             return control.stop_reason != "handed_back"
         delta = buffer.take()
         await send_readable(await screen.pass_delta(delta) if screen else delta)
-        if (reader.mode != "text" or thoughts is not None) and (screen is None or screen.held is None):
+        if parsing is not None and (screen is None or screen.held is None):
+            rest_reasoning, rest, calls = parsing.finish()  # what vLLM's parser held back to the end
+            if rest or rest_reasoning or calls or held_tokens:
+                await send_delta(OutputDelta(rest, held_tokens, held_logprobs), calls, rest_reasoning)
+        elif (reader.mode != "text" or thoughts is not None) and (screen is None or screen.held is None):
             # held text that was not a tag or a call after all
             rest_reasoning, rest = thoughts.finish() if thoughts is not None else ("", "")
             rest = reader.feed(rest) if rest else ""
@@ -291,7 +317,14 @@ async def serve_request(
             if rest or rest_reasoning or calls or held_tokens:
                 await send_delta(OutputDelta(rest, held_tokens, held_logprobs), calls, rest_reasoning)
         output, reasoning, reasoning_tokens = "".join(pieces), None, None
-        if thoughts is not None:
+        if parsing is not None:
+            output_ids = [token for step in step_tokens for token in step]
+            reasoning, text, tool_calls, reported_finish = parsing.whole(output, output_ids, finish_reason or "stop")
+            if reads_reasoning:
+                steps_seen = list(zip(pieces, step_tokens, strict=True))
+                count = partial(engine.tokens_within, steps_seen, keep_special_tokens=keep_special)
+                reasoning_tokens = parsing.reasoning_tokens(output, reasoning, count)
+        elif thoughts is not None:
             if isinstance(thoughts, HarmonyReader):
                 reasoning, output, spans = HarmonyReader.split_whole(output, thoughts.calls)
             else:
@@ -300,9 +333,10 @@ async def serve_request(
             # batches them when its reader lags), so step counts would depend on timing
             steps_seen = list(zip(pieces, step_tokens, strict=True))
             reasoning_tokens = sum(engine.tokens_within(steps_seen, s, keep_special) for s in spans) if reasoning else 0
-        text, tool_calls, reported_finish = ToolCallReader.read_whole(
-            request, output, finish_reason or "stop", engine.tool_call_format
-        )
+        if parsing is None:
+            text, tool_calls, reported_finish = ToolCallReader.read_whole(
+                request, output, finish_reason or "stop", engine.tool_call_format
+            )
         final: CompletionFinished | None = CompletionFinished(
             request_id=request.request_id,
             sequence=sequence,
@@ -323,7 +357,7 @@ async def serve_request(
             ),
         )
         if screen:  # None: held for review, the reviewer's decision delivers it
-            final = await screen.finish(final, (text_offset, reasoning_offset if thoughts is not None else None))
+            final = await screen.finish(final, (text_offset, reasoning_offset if reads_reasoning else None))
         if final is not None:
             await publish(request, final)
         logger.info(

@@ -92,6 +92,8 @@ class VllmLoader:
             variant=None if variant == self.implicit_variant or variant not in VARIANTS else variant,
             cpu_threads=self.cpu_threads,
             process_server=self.process_server,
+            tool_call_parser=record.tool_call_parser,
+            reasoning_parser=record.reasoning_parser,
         )
         return await Engine.start(config)
 

@@ -1,6 +1,7 @@
 """A worker hosting several models within a memory budget, through Kafka with real vLLM engines. The tiny model is
 registered four times under different ids (the same weights), so there are four cheap models: tiny-random (hot, loaded
-at start), tiny-b and tiny-c (warm) and tiny-d (cold). The budget holds three of them."""
+at start), tiny-b and tiny-c (warm) and tiny-d (cold). The budget holds three of them. Two more ids name vLLM's output
+parsers in their registry entries (tiny-granite and tiny-r1, both cold)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,13 +24,14 @@ from aiokafka import AIOKafkaConsumer
 
 from services.cache.model_view import model_cache_view
 from services.worker.model_store import BUILD_MARKER, RECIPE_VERSION, ensure_model
-from shared.contracts import WorkerStatusReported, utc_now
+from shared.contracts import StructuredOutputs, WorkerStatusReported, utc_now
 from shared.kafka import delete_topics
 from shared.settings import CommonSettings
 from tests.e2e.platform import MODELS_DIR, ROOT, TINY_MODEL, Service, _create_database, _drop_database, _dsn
 from tests.e2e.test_worker import Workers, client
 
 MODEL_B, MODEL_C, MODEL_D = "tiny-b", "tiny-c", "tiny-d"
+MODEL_GRANITE, MODEL_R1 = "tiny-granite", "tiny-r1"
 KV_CACHE_GIB = 0.25
 # An engine of the tiny model takes about 0.5 GiB on CPU (measured: its EngineCore process, with the 0.25 GiB KV cache
 # and what it does not share of the runtime of the engine-process server it is forked from), against 0.25 GiB of
@@ -56,6 +59,11 @@ async def register(dsn: str) -> None:
             [(m,) for m in (MODEL_B, MODEL_C, MODEL_D)],
         )
         await conn.executemany(
+            """INSERT INTO models (id, source, version, max_model_len, tool_call_parser, reasoning_parser)
+               VALUES ($1, 'tiny-random', '1', 2048, $2, $3)""",
+            [(MODEL_GRANITE, None, "granite"), (MODEL_R1, None, "deepseek_r1")],
+        )
+        await conn.executemany(
             "INSERT INTO model_tiers (model_id, tier, requests_per_hour, replicas) VALUES ($1, $2, $3, $4)",
             [(TINY_MODEL, "hot", 5000, 3), (MODEL_B, "warm", 500, 2), (MODEL_C, "warm", 400, 2)],
         )
@@ -77,7 +85,7 @@ def hosting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
         "FERRY_OTEL_EXPORTER": "none",
         "FERRY_WORKER_GROUP_PREFIX": f"ferrytest-m{run_id}.worker.",
         "FERRY_WORKER_KV_CACHE_GIB": str(KV_CACHE_GIB),
-        "FERRY_WORKER_MODELS": json.dumps([MODEL_B, MODEL_C, MODEL_D]),
+        "FERRY_WORKER_MODELS": json.dumps([MODEL_B, MODEL_C, MODEL_D, MODEL_GRANITE, MODEL_R1]),
         "FERRY_WORKER_TIER_RECOMPUTE_S": "0",  # the tiers set below stay: no demand recomputes them
         "FERRY_WORKER_DEMAND_FLUSH_S": "1",  # the registry's default variants are reread this often
     }
@@ -86,7 +94,7 @@ def hosting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     asyncio.run(register(env["FERRY_POSTGRES_DSN"]))
     models_dir = tmp_path_factory.mktemp("models")
     tiny = ensure_model(TINY_MODEL, "tiny-random", MODELS_DIR)
-    same_weights(models_dir, tiny, [TINY_MODEL, MODEL_B, MODEL_C, MODEL_D])
+    same_weights(models_dir, tiny, [TINY_MODEL, MODEL_B, MODEL_C, MODEL_D, MODEL_GRANITE, MODEL_R1])
     pool = Workers(common, env, tmp_path_factory.mktemp("workers"), models_dir)
     try:
         yield pool
@@ -270,5 +278,39 @@ async def test_preload_over_worker_control_loads_a_model_before_its_first_reques
             await c.send_batch([named])
             await c.wait_final([named.request_id], seconds=60)
             assert c.final(named.request_id)["variant"] == "fp32"  # type: ignore[index]
+    finally:
+        stop(worker)
+
+
+async def test_a_model_whose_registry_entry_names_vllm_s_parsers_has_its_output_read_by_them(hosting: Workers) -> None:
+    """tiny-granite's entry names vLLM's granite reasoning parser: the thinking it writes in Granite 3.2's phrases (a
+    regular expression makes the random model write them, "Here's" as quantized Granites do) comes apart from its
+    answer. tiny-r1's names deepseek_r1, whose think markers the tiny tokenizer lacks: it does not load, and its
+    request says why. (Calls read by vLLM's parsers are tested in tests/unit/test_worker_vllm_parsing.py: a grammar,
+    which could make this model write one, is not served with tools the model may call.)"""
+    worker = hosting.start("worker-parsers")
+    common = hosting.common
+    try:
+        async with client(common) as c:
+            asked = c.request(max_tokens=60, model=MODEL_GRANITE)
+            words, answer = r"[a-z]{2,8}( [a-z]{2,8}){0,2}", r"[A-Z][a-z]{2,8}\."
+            phrases = StructuredOutputs(regex=rf"Here's my thought process:\n{words}\nHere's my response:\n{answer}")
+            sampling = asked.sampling.model_copy(update={"structured_outputs": phrases})
+            asked = asked.model_copy(update={"sampling": sampling})
+            thinking = c.request(max_tokens=8, model=MODEL_R1)
+            await c.send_batch([asked])
+            await c.send_batch([thinking])
+            await c.wait_final([asked.request_id, thinking.request_id], seconds=120)
+            final = c.final(asked.request_id)
+            assert final is not None and final["event"] == "completion_finished", final
+            assert re.fullmatch(rf"\n{words}\n", final["reasoning"]), final["reasoning"]
+            assert re.fullmatch(rf"\n{answer}", final["text"]), final["text"]
+            assert 0 < final["usage"]["reasoning_tokens"] < final["usage"]["completion_tokens"]
+            deltas = [e for e in c.events[asked.request_id] if e["event"] == "tokens_generated"]
+            assert "".join(e["text"] for e in deltas) == final["text"]
+            assert "".join(e["reasoning"] for e in deltas).startswith(final["reasoning"])
+            refused = c.final(thinking.request_id)
+            assert refused is not None and refused["event"] == "generation_failed", refused
+            assert "deepseek_r1" in refused["message"] and "think" in refused["message"], refused["message"]
     finally:
         stop(worker)

@@ -1,0 +1,232 @@
+"""A model whose registry entry names vLLM's parsers has its output read by them (services/worker/vllm_parsing.py):
+vLLM's real parsers, on a tokenizer made here (one token per character, the models' markers as special tokens)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import pytest
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from services.ingress.serving import StreamedCalls
+from services.worker.engine import Engine
+from services.worker.tool_calls import call_id
+from services.worker.vllm_parsing import UnknownParser, VllmParsers, VllmReading, chat_request
+from shared.contracts import ChatMessage, CompletionRequested, ToolCall, ToolCallPiece
+from tests.unit.test_worker_tool_calls import request
+
+THINK_MARKERS = ["<think>", "</think>"]  # tokens of their own, not special ones, as in Qwen3's and DeepSeek R1's
+CALL_MARKERS = ["<｜tool_calls_begin｜>", "<｜tool_calls_end｜>", "<｜tool_call_begin｜>", "<｜tool_call_end｜>"]
+CALL_MARKERS += ["<｜tool_sep｜>"]  # Step-3's, special tokens
+SPLITS = (1, 2, 3, 7)
+"""Tokens per engine step: one for a fast engine, a few when vLLM's output reader lags. (With a whole answer in one
+step, some of vLLM's parsers stream a call's arguments under the wrong call, in vLLM's server too.)"""
+STEPS_PER_DELTA = 4
+R1_PROMPT = "<｜User｜>Weather in Paris?<｜Assistant｜><think>\n"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character of printable ASCII, and a token for each of the markers."""
+    vocab = {"[UNK]": 0} | {chr(c): c - 31 for c in range(32, 127)} | {"\n": 96}
+    base = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    base.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    base.decoder = decoders.Fuse()
+    made = PreTrainedTokenizerFast(tokenizer_object=base, unk_token="[UNK]", eos_token="[UNK]")
+    made.add_tokens(THINK_MARKERS)
+    made.add_special_tokens({"additional_special_tokens": CALL_MARKERS})
+    return made
+
+
+class Streamed:
+    """What a reading gave as the output streamed: its thinking, its text and its calls' pieces, joined."""
+
+    def __init__(self) -> None:
+        self.reasoning, self.text, self.pieces = "", "", []
+
+    def add(self, given: tuple[str, str, list[ToolCallPiece]]) -> None:
+        self.reasoning += given[0]
+        self.text += given[1]
+        self.pieces += given[2]
+
+    def calls(self) -> list[tuple[str, str, str]]:
+        """(id, name, arguments) of each call, its pieces joined in order."""
+        joined: dict[int, tuple[str, str, str]] = {}
+        for piece in self.pieces:
+            call_id_, name, arguments = joined.get(piece.index, (piece.id, piece.name, ""))
+            assert (piece.id, piece.name) == (call_id_, name) and piece.arguments_offset == len(arguments)
+            joined[piece.index] = (call_id_, name, arguments + piece.arguments)
+        return [joined[i] for i in sorted(joined)]
+
+
+def read(
+    parsers: VllmParsers, req: CompletionRequested, output: str, split: int, prompt: str = ""
+) -> tuple[Streamed, VllmReading, str, list[int]]:
+    """Streams the tokens of ``output`` as an engine would, each step ``split`` tokens, their text without the
+    special tokens unless the reading keeps them, and as the worker sends it, a delta every STEPS_PER_DELTA steps;
+    returns what the reading gave, the reading, and the output's text and tokens as the engine gave them."""
+    tokenizer = parsers.tokenizer
+    ids = tokenizer.encode(output, add_special_tokens=False)
+    step_texts: list[str] = []
+    step_tokens: list[Sequence[int]] = []
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    reading = parsers.reading(req, prompt_ids, step_texts, step_tokens)
+    streamed, delta = Streamed(), ""
+    for at in range(0, len(ids), split):
+        step = ids[at : at + split]
+        step_texts.append(tokenizer.decode(step, skip_special_tokens=not reading.keeps_special_tokens))
+        step_tokens.append(step)
+        delta += step_texts[-1]
+        if len(step_texts) % STEPS_PER_DELTA == 0:
+            streamed.add(reading.feed(delta))
+            delta = ""
+    streamed.add(reading.feed(delta))
+    streamed.add(reading.finish())
+    return streamed, reading, "".join(step_texts), ids
+
+
+def client_calls(streamed: Streamed, calls: list[ToolCall] | None) -> list[tuple[str, str, str]]:
+    """The calls a streaming client gets: the pieces, then what the final event adds to them (the ingress's
+    StreamedCalls), joined."""
+    sent = StreamedCalls()
+    deltas = sent.pieces(0, streamed.pieces) + sent.rest(0, calls or [])
+    joined: dict[int, tuple[str, str, str]] = {}
+    for delta in deltas:
+        assert delta.function is not None
+        if delta.index not in joined:
+            assert delta.id is not None and delta.function.name is not None
+            joined[delta.index] = (delta.id, delta.function.name, "")
+        call_id_, name, arguments = joined[delta.index]
+        joined[delta.index] = (call_id_, name, arguments + (delta.function.arguments or ""))
+    return [joined[i] for i in sorted(joined)]
+
+
+def counter(reading: VllmReading) -> Callable[[tuple[int, int]], int]:
+    """The tokens of a span of the reading's output, as the worker counts them (Engine.tokens_within)."""
+    engine = Engine.__new__(Engine)
+    engine._tokenizer = reading.parsers.tokenizer
+    steps = list(zip(reading.step_texts, reading.step_tokens, strict=True))
+    return partial(engine.tokens_within, steps, keep_special_tokens=reading.keeps_special_tokens)
+
+
+def whole_calls(calls: list[ToolCall] | None) -> list[tuple[str, str, str]]:
+    return [(c.id, c.function.name, c.function.arguments) for c in calls or []]
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_xlam_calls_are_read_streamed_and_whole_with_ferry_s_ids(
+    tokenizer: PreTrainedTokenizerFast, split: int
+) -> None:
+    parsers = VllmParsers.for_model("xlam", None, tokenizer)
+    calls = [{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {}}]
+    output = json.dumps(calls)
+    streamed, reading, output, ids = read(parsers, request(), output, split)
+    reasoning, text, whole, finish = reading.whole(output, ids, "stop")
+    expected = [
+        (call_id("req-1", 0), "get_weather", '{"city": "Paris"}'),
+        (call_id("req-1", 1), "get_time", "{}"),
+    ]
+    assert (reasoning, text, whole_calls(whole), finish) == (None, "", expected, "tool_calls")
+    assert client_calls(streamed, whole) == expected
+    if split < 10_000:  # xLAM's parser streams the arguments when the steps are small, as they are
+        assert streamed.calls() == expected
+    assert streamed.text == "" and streamed.reasoning == ""
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_step3_calls_in_their_markers(tokenizer: PreTrainedTokenizerFast, split: int) -> None:
+    parsers = VllmParsers.for_model("step3", None, tokenizer)
+    output = (
+        "Let me look.<｜tool_calls_begin｜><｜tool_call_begin｜>function<｜tool_sep｜>"
+        '<steptml:invoke name="get_weather"><steptml:parameter name="city">Paris</steptml:parameter>'
+        "</steptml:invoke><｜tool_call_end｜><｜tool_calls_end｜>"
+    )
+    streamed, reading, output, ids = read(parsers, request(), output, split)
+    _, text, whole, finish = reading.whole(output, ids, "stop")
+    expected = [(call_id("req-1", 0), "get_weather", '{"city": "Paris"}')]
+    assert (text, whole_calls(whole), finish) == ("Let me look.", expected, "tool_calls")
+    assert client_calls(streamed, whole) == expected
+    assert streamed.text == "Let me look."
+    assert reading.keeps_special_tokens  # its markers are special tokens, which the engine must keep
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_an_answer_without_calls_streams_as_text(tokenizer: PreTrainedTokenizerFast, split: int) -> None:
+    parsers = VllmParsers.for_model("xlam", None, tokenizer)
+    output = "It is sunny in Paris, [as far as I know]."
+    streamed, reading, output, ids = read(parsers, request(), output, split)
+    assert reading.whole(output, ids, "length") == (None, output, None, "length")
+    assert (streamed.text, streamed.calls()) == (output, [])
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_a_reasoning_parser_takes_the_thinking_apart(tokenizer: PreTrainedTokenizerFast, split: int) -> None:
+    parsers = VllmParsers.for_model(None, "deepseek_r1", tokenizer)
+    req = request(tools=[])  # no tools: text mode, still read for thinking
+    assert parsers.reads(req)
+    # DeepSeek R1's template opens the block at the end of the prompt
+    streamed, reading, output, ids = read(parsers, req, "Paris is in France.</think>It is sunny.", split, R1_PROMPT)
+    reasoning, text, calls, finish = reading.whole(output, ids, "stop")
+    assert (reasoning, text, calls, finish) == ("Paris is in France.", "It is sunny.", None, "stop")
+    assert (streamed.reasoning, streamed.text) == (reasoning, text)
+    assert reading.reasoning_tokens(output, reasoning, counter(reading)) == len("Paris is in France.")  # a token a
+    # character here: the thinking's tokens, although the model did not write the block's start
+
+
+def test_a_prompt_that_closed_the_think_block_leaves_the_output_all_answer(tokenizer: PreTrainedTokenizerFast) -> None:
+    parsers = VllmParsers.for_model(None, "deepseek_r1", tokenizer)
+    streamed, *_ = read(parsers, request(tools=[]), "It is sunny.", 3, prompt="Hi<think>\n\n</think>")
+    assert (streamed.reasoning, streamed.text) == ("", "It is sunny.")
+
+
+def test_thinking_then_a_call(tokenizer: PreTrainedTokenizerFast) -> None:
+    """A token a step, as the engine gives them when it keeps up: in larger steps, vLLM's xLAM parser after a
+    reasoning parser streams some arguments twice (in vLLM's server too)."""
+    split = 1
+    parsers = VllmParsers.for_model("xlam", "deepseek_r1", tokenizer)
+    output = 'The tool knows.</think>[{"name": "get_weather", "arguments": {"city": "Oslo"}}]'
+    streamed, reading, output, ids = read(parsers, request(), output, split, R1_PROMPT)
+    reasoning, text, whole, finish = reading.whole(output, ids, "stop")
+    expected = [(call_id("req-1", 0), "get_weather", '{"city": "Oslo"}')]
+    assert (reasoning, text, whole_calls(whole), finish) == ("The tool knows.", "", expected, "tool_calls")
+    assert (streamed.reasoning, client_calls(streamed, whole)) == ("The tool knows.", expected)
+
+
+def test_names_vllm_does_not_have_or_that_do_not_fit_the_tokenizer_are_refused(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    with pytest.raises(UnknownParser, match="no_such_parser"):
+        VllmParsers.for_model("no_such_parser", None, tokenizer)
+    # Hunyuan's hy_v3 needs its call markers among the tokenizer's tokens: this one has none
+    with pytest.raises(UnknownParser, match="hy_v3"):
+        VllmParsers.for_model("hy_v3", None, tokenizer)
+
+
+def test_only_chats_that_may_call_or_think_are_read(tokenizer: PreTrainedTokenizerFast) -> None:
+    calls_only = VllmParsers.for_model("xlam", None, tokenizer)
+    assert calls_only.reads(request())
+    assert not calls_only.reads(request(tools=[]))  # text: nothing for a call parser to read
+    assert not calls_only.reads(request(tool_choice="required"))  # forced: ferry reads its grammar's JSON
+    assert not calls_only.reads(request(tool_choice="required", tool_choice_function="get_time"))
+    assert not calls_only.reads(request(messages=[], prompt="Once upon", tools=[]))  # a raw prompt is text
+
+
+def test_the_chat_reaches_the_parsers_as_vllm_s_server_takes_it() -> None:
+    earlier = ToolCall(id="call_9", function={"name": "get_time", "arguments": "{}"})
+    req = request(
+        messages=[
+            ChatMessage(role="user", content="Time?"),
+            ChatMessage(role="assistant", tool_calls=[earlier]),
+            ChatMessage(role="tool", tool_call_id="call_9", content="noon"),
+        ],
+        enable_thinking=False,
+    )
+    chat = chat_request(req)
+    assert chat.tool_choice == "auto" and [t.function.name for t in chat.tools or []] == ["get_weather", "get_time"]
+    assert chat.chat_template_kwargs == {"enable_thinking": False, "thinking": False}
+    assert chat.include_reasoning
+    assert [m["role"] for m in chat.messages] == ["user", "assistant", "tool"]  # type: ignore[index]
+    assert chat.messages[1]["tool_calls"][0]["id"] == "call_9"  # type: ignore[index]
