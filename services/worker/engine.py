@@ -267,6 +267,9 @@ class Engine:
             generation_config="vllm",  # sampling is what the request says, not the model folder's defaults
             enable_prefix_caching=True,  # isolated per tenant by each request's cache_salt (see generate)
             disable_log_stats=True,
+            # a named reasoning parser also tells the engine where the thinking ends: a grammar holds after it, as in
+            # vLLM's server (see vllm_parsing)
+            reasoning_parser=config.reasoning_parser or "",
         )
         started = time.monotonic()
         probe = MemoryProbe.start()

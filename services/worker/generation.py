@@ -214,6 +214,7 @@ async def serve_request(
             reasoning, text, calls = parsing.feed(delta.text)
         else:
             reasoning, text = thoughts.feed(delta.text) if thoughts is not None else ("", delta.text)
+        if parsing is None or not parsing.reads_calls:
             text = reader.feed(text)
             calls = reader.pieces()
         tokens, logprobs = held_tokens + delta.tokens, held_logprobs + delta.logprobs
@@ -242,7 +243,7 @@ async def serve_request(
         step_tokens: list[tuple[int, ...]] = []  # each step's, beside its text in pieces
         parsers = engine.vllm_parsers
         if parsers is not None and parsers.reads(request):
-            if request.thinking_token_budget is not None:
+            if request.thinking_token_budget is not None and parsers.reasoning_parser is not None:
                 raise InvalidRequest(
                     f"{request.model}'s thinking is read by vLLM's {parsers.reasoning_parser} parser, which takes no "
                     "thinking budget here",
@@ -252,10 +253,11 @@ async def serve_request(
             prompt_ids = engine.token_ids(prompt) if parsers.reasoning_parser else []
             parsing = parsers.reading(request, prompt_ids, pieces, step_tokens)
             reads_reasoning = parsers.reasoning_parser is not None
-        markers = engine.think_markers if parsing is None else None
+        markers = engine.think_markers
         if markers is not None and reader.mode == "auto" and (openings := calls_openings(engine.tool_call_format)):
             markers = markers._replace(answer_starts=openings)  # a call straight from its thoughts ends them
-        if request.prompt is None and parsing is None and (engine.speaks_harmony or markers is not None):
+        # a model whose entry names vLLM's parsers has its thinking read by a reasoning parser only, as in vLLM
+        if request.prompt is None and parsers is None and (engine.speaks_harmony or markers is not None):
             budget = request.thinking_token_budget
             if grammar_first or budget is not None:
                 compose = (
@@ -279,8 +281,9 @@ async def serve_request(
             thoughts is not None and engine.thinks_in_special_tokens
         )
         keep_special = keeps_special_tokens(request, engine.tool_call_format) or marked_by_special_tokens
-        if parsing is not None:
-            keep_special = parsing.keeps_special_tokens
+        if parsing is not None:  # vLLM's parser may need them, and ferry's reader of calls when it reads them
+            ferry_reads_calls = not parsing.reads_calls and keeps_special_tokens(request, engine.tool_call_format)
+            keep_special = parsing.keeps_special_tokens or ferry_reads_calls
         steps = engine.generate(
             request.request_id, prompt, sampling, request.cache_salt, keep_special, priority, thinking_grammar
         )
@@ -303,27 +306,29 @@ async def serve_request(
             return control.stop_reason != "handed_back"
         delta = buffer.take()
         await send_readable(await screen.pass_delta(delta) if screen else delta)
-        if parsing is not None and (screen is None or screen.held is None):
-            rest_reasoning, rest, calls = parsing.finish()  # what vLLM's parser held back to the end
-            if rest or rest_reasoning or calls or held_tokens:
-                await send_delta(OutputDelta(rest, held_tokens, held_logprobs), calls, rest_reasoning)
-        elif (reader.mode != "text" or thoughts is not None) and (screen is None or screen.held is None):
-            # held text that was not a tag or a call after all
-            rest_reasoning, rest = thoughts.finish() if thoughts is not None else ("", "")
-            rest = reader.feed(rest) if rest else ""
-            if reader.mode != "text":
-                rest += reader.finish(finish_reason or "stop")[0]
-            calls = reader.pieces()  # the end of the calls, once known to be the end
+        read = reader.mode != "text" or thoughts is not None or parsing is not None
+        if read and (screen is None or screen.held is None):
+            # held text that was not a tag or a call after all, or what vLLM's parser held back to the end
+            if parsing is not None:
+                rest_reasoning, rest, calls = parsing.finish()
+            else:
+                rest_reasoning, rest = thoughts.finish() if thoughts is not None else ("", "")
+            if parsing is None or not parsing.reads_calls:
+                rest = reader.feed(rest) if rest else ""
+                if reader.mode != "text":
+                    rest += reader.finish(finish_reason or "stop")[0]
+                calls = reader.pieces()  # the end of the calls, once known to be the end
             if rest or rest_reasoning or calls or held_tokens:
                 await send_delta(OutputDelta(rest, held_tokens, held_logprobs), calls, rest_reasoning)
         output, reasoning, reasoning_tokens = "".join(pieces), None, None
         if parsing is not None:
             output_ids = [token for step in step_tokens for token in step]
-            reasoning, text, tool_calls, reported_finish = parsing.whole(output, output_ids, finish_reason or "stop")
+            reasoning, answer, tool_calls, reported_finish = parsing.whole(output, output_ids, finish_reason or "stop")
             if reads_reasoning:
                 steps_seen = list(zip(pieces, step_tokens, strict=True))
                 count = partial(engine.tokens_within, steps_seen, keep_special_tokens=keep_special)
                 reasoning_tokens = parsing.reasoning_tokens(output, reasoning, count)
+            text, output = answer, answer  # the answer, for ferry's reader of calls when vLLM's does not read them
         elif thoughts is not None:
             if isinstance(thoughts, HarmonyReader):
                 reasoning, output, spans = HarmonyReader.split_whole(output, thoughts.calls)
@@ -333,7 +338,7 @@ async def serve_request(
             # batches them when its reader lags), so step counts would depend on timing
             steps_seen = list(zip(pieces, step_tokens, strict=True))
             reasoning_tokens = sum(engine.tokens_within(steps_seen, s, keep_special) for s in spans) if reasoning else 0
-        if parsing is None:
+        if parsing is None or not parsing.reads_calls:
             text, tool_calls, reported_finish = ToolCallReader.read_whole(
                 request, output, finish_reason or "stop", engine.tool_call_format
             )

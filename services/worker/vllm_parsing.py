@@ -8,10 +8,14 @@ ferry's readers: the thinking, the text and the calls, as they stream (``VllmRea
 
 - a call's id is ferry's (``tool_calls.call_id``: the same when a request is generated again after its worker died),
   not the parser's random one;
-- a grammar (response_format, structured_outputs, a forced call) holds from the first token: thinking is not composed
-  with it, and a thinking budget is refused (ferry's own readers compose both);
-- forced calls (tool_choice required or a named function) are read by ferry's reader, which reads the JSON its grammar
-  makes the model write, so only chats in text or auto mode reach these parsers.
+- forced calls (tool_choice required or a named function) are read by ferry's reader after the thinking, as it reads
+  the JSON its grammar makes the model write (vLLM's server reads the JSON of its own grammar, which differs);
+- a model with a reasoning parser but none for calls has its calls read by ferry's reader, in the format its template
+  teaches; and a model whose entry names either parser has its thinking read only by a reasoning parser, as in vLLM;
+- a thinking budget is refused (ferry's own readers compose it with the grammar; vLLM's takes it on GPUs only).
+
+The engine of a model with a reasoning parser is given it too, so that a grammar (response_format, structured_outputs,
+a forced call) holds once the thinking ends, as in vLLM's server (see Engine.start).
 
 The parser's names are checked against the model's tokenizer when the model loads, as vLLM's server checks them when
 it starts (a reasoning parser whose markers the tokenizer lacks is refused)."""
@@ -66,11 +70,14 @@ class VllmParsers:
         return cls(tool_call_parser, reasoning_parser, parser_class, tokenizer)
 
     def reads(self, request: CompletionRequested) -> bool:
-        """Whether these parsers read the request's output: a chat (a raw prompt's output is text), in text or auto
-        mode, with a parser for what it may write (calls only where it may call)."""
-        if request.prompt is not None or tool_mode(request) not in ("text", "auto"):
-            return False
-        return self.reasoning_parser is not None or tool_mode(request) == "auto"
+        """Whether these parsers read the request's output: a chat (a raw prompt's output is text) whose thinking
+        the reasoning parser reads, or whose calls the tool-call parser reads (see ``reads_calls``)."""
+        return request.prompt is None and (self.reasoning_parser is not None or self.reads_calls(request))
+
+    def reads_calls(self, request: CompletionRequested) -> bool:
+        """Whether the tool-call parser reads the request's calls: the model may choose to call (tool_choice auto).
+        Forced calls are ferry's reader's."""
+        return self.tool_call_parser is not None and tool_mode(request) == "auto"
 
     def reading(
         self,
@@ -81,7 +88,7 @@ class VllmParsers:
     ) -> VllmReading:
         """A reader of one request's output. ``step_texts`` and ``step_tokens``: the output so far, step by step, as
         the engine gives it (kept growing by the caller); the reader takes each delta's tokens from them."""
-        chat = chat_request(request)
+        chat = chat_request(request, with_tools=self.reads_calls(request))
         return VllmReading(
             parsers=self,
             request=request,
@@ -97,12 +104,12 @@ class VllmParsers:
         return self.parser_class(self.tokenizer, chat.tools, **kwargs)
 
 
-def chat_request(request: CompletionRequested) -> ChatCompletionRequest:
+def chat_request(request: CompletionRequested, with_tools: bool) -> ChatCompletionRequest:
     """The request as vLLM's server would have taken it, for its parsers: they read its tools, its tool_choice and the
-    template's switches (some parsers read whether thinking is on from them)."""
+    template's switches (some parsers read whether thinking is on from them). ``with_tools``: the tools and
+    tool_choice auto, for the tool-call parser to read calls; without, it gives the text as it comes."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-    mode = tool_mode(request)
     switches: dict[str, Any] = {}
     if request.enable_thinking is not None:
         switches |= {"enable_thinking": request.enable_thinking, "thinking": request.enable_thinking}
@@ -122,7 +129,7 @@ def chat_request(request: CompletionRequested) -> ChatCompletionRequest:
             "model": request.model,
             "messages": messages,
             "include_reasoning": True,  # the ingress leaves the thinking out where the client asked so
-            **({"tools": tools, "tool_choice": "auto"} if mode == "auto" else {}),
+            **({"tools": tools, "tool_choice": "auto"} if with_tools else {}),
             **({"chat_template_kwargs": switches} if switches else {}),
         }
     )
@@ -131,7 +138,8 @@ def chat_request(request: CompletionRequested) -> ChatCompletionRequest:
 @dataclass
 class VllmReading:
     """One request's output read by vLLM's parsers: ``feed`` each delta as it streams, ``finish`` at its end; or
-    ``whole`` at once. Gives the thinking, the text for the client and the calls' pieces, in ferry's types."""
+    ``whole`` at once. Gives the thinking, the text for the client and the calls' pieces (where ``reads_calls``), in
+    ferry's types."""
 
     parsers: VllmParsers
     request: CompletionRequested
@@ -145,6 +153,11 @@ class VllmReading:
     _text_fed: int = 0  # characters of the deltas fed
     _names: dict[int, str] = field(default_factory=dict)  # each call's name, by its index
     _sent: dict[int, int] = field(default_factory=dict)  # characters of each call's arguments given out
+
+    @property
+    def reads_calls(self) -> bool:
+        """Whether the calls are read here; else the text given is for ferry's reader of calls (see VllmParsers)."""
+        return self.parsers.reads_calls(self.request)
 
     @property
     def keeps_special_tokens(self) -> bool:

@@ -1,7 +1,7 @@
 """A worker hosting several models within a memory budget, through Kafka with real vLLM engines. The tiny model is
 registered four times under different ids (the same weights), so there are four cheap models: tiny-random (hot, loaded
 at start), tiny-b and tiny-c (warm) and tiny-d (cold). The budget holds three of them. Two more ids name vLLM's output
-parsers in their registry entries (tiny-granite and tiny-r1, both cold)."""
+parsers in their registry entries (tiny-r1, whose tokenizer has think markers, and tiny-hy, both cold)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from tests.e2e.platform import MODELS_DIR, ROOT, TINY_MODEL, Service, _create_da
 from tests.e2e.test_worker import Workers, client
 
 MODEL_B, MODEL_C, MODEL_D = "tiny-b", "tiny-c", "tiny-d"
-MODEL_GRANITE, MODEL_R1 = "tiny-granite", "tiny-r1"
+MODEL_R1, MODEL_HY = "tiny-r1", "tiny-hy"
 KV_CACHE_GIB = 0.25
 # An engine of the tiny model takes about 0.5 GiB on CPU (measured: its EngineCore process, with the 0.25 GiB KV cache
 # and what it does not share of the runtime of the engine-process server it is forked from), against 0.25 GiB of
@@ -51,6 +51,31 @@ def same_weights(models_dir: Path, source: Path, model_ids: list[str]) -> None:
         (folder / BUILD_MARKER).write_text(json.dumps(recipe) + "\n")
 
 
+THINK_IDS = {"<think>": 4094, "</think>": 4095}
+"""The tiny tokenizer's two last tokens, made think markers for tiny-r1 (see with_think_tokens)."""
+
+
+def with_think_tokens(folder: Path) -> None:
+    """Makes the tokenizer of a model folder from same_weights write ``<think>`` and ``</think>`` as tokens of their
+    own, as reasoning models' tokenizers do: its last two tokens (ids within the model's vocabulary) become them, and
+    the merges that made or used those tokens go."""
+    linked = folder / "tokenizer.json"
+    spec = json.loads(linked.read_text())
+    linked.unlink()
+    vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+    replaced = {token for token, token_id in vocab.items() if token_id in THINK_IDS.values()}
+    for token in replaced:
+        del vocab[token]
+    for marker, token_id in THINK_IDS.items():
+        vocab[marker] = token_id
+        spec["added_tokens"].append(
+            {"id": token_id, "content": marker, "single_word": False, "lstrip": False, "rstrip": False}
+            | {"normalized": False, "special": False}
+        )
+    spec["model"]["merges"] = [m for m in merges if "".join(m) not in replaced and not set(m) & replaced]
+    linked.write_text(json.dumps(spec))
+
+
 async def register(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -61,7 +86,7 @@ async def register(dsn: str) -> None:
         await conn.executemany(
             """INSERT INTO models (id, source, version, max_model_len, tool_call_parser, reasoning_parser)
                VALUES ($1, 'tiny-random', '1', 2048, $2, $3)""",
-            [(MODEL_GRANITE, None, "granite"), (MODEL_R1, None, "deepseek_r1")],
+            [(MODEL_R1, None, "deepseek_r1"), (MODEL_HY, "hy_v3", None)],
         )
         await conn.executemany(
             "INSERT INTO model_tiers (model_id, tier, requests_per_hour, replicas) VALUES ($1, $2, $3, $4)",
@@ -85,7 +110,7 @@ def hosting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
         "FERRY_OTEL_EXPORTER": "none",
         "FERRY_WORKER_GROUP_PREFIX": f"ferrytest-m{run_id}.worker.",
         "FERRY_WORKER_KV_CACHE_GIB": str(KV_CACHE_GIB),
-        "FERRY_WORKER_MODELS": json.dumps([MODEL_B, MODEL_C, MODEL_D, MODEL_GRANITE, MODEL_R1]),
+        "FERRY_WORKER_MODELS": json.dumps([MODEL_B, MODEL_C, MODEL_D, MODEL_R1, MODEL_HY]),
         "FERRY_WORKER_TIER_RECOMPUTE_S": "0",  # the tiers set below stay: no demand recomputes them
         "FERRY_WORKER_DEMAND_FLUSH_S": "1",  # the registry's default variants are reread this often
     }
@@ -94,7 +119,8 @@ def hosting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     asyncio.run(register(env["FERRY_POSTGRES_DSN"]))
     models_dir = tmp_path_factory.mktemp("models")
     tiny = ensure_model(TINY_MODEL, "tiny-random", MODELS_DIR)
-    same_weights(models_dir, tiny, [TINY_MODEL, MODEL_B, MODEL_C, MODEL_D, MODEL_GRANITE, MODEL_R1])
+    same_weights(models_dir, tiny, [TINY_MODEL, MODEL_B, MODEL_C, MODEL_D, MODEL_R1, MODEL_HY])
+    with_think_tokens(models_dir / MODEL_R1)
     pool = Workers(common, env, tmp_path_factory.mktemp("workers"), models_dir)
     try:
         yield pool
@@ -283,34 +309,47 @@ async def test_preload_over_worker_control_loads_a_model_before_its_first_reques
 
 
 async def test_a_model_whose_registry_entry_names_vllm_s_parsers_has_its_output_read_by_them(hosting: Workers) -> None:
-    """tiny-granite's entry names vLLM's granite reasoning parser: the thinking it writes in Granite 3.2's phrases (a
-    regular expression makes the random model write them, "Here's" as quantized Granites do) comes apart from its
-    answer. tiny-r1's names deepseek_r1, whose think markers the tiny tokenizer lacks: it does not load, and its
-    request says why. (Calls read by vLLM's parsers are tested in tests/unit/test_worker_vllm_parsing.py: a grammar,
-    which could make this model write one, is not served with tools the model may call.)"""
+    """tiny-r1's entry names vLLM's deepseek_r1 reasoning parser. Its template opens the think block; a bias towards
+    ``</think>`` makes the random model close it after a few tokens, and a grammar holds for the answer after it, as
+    vLLM's server holds it back until the parser sees the block end (ferry gives the engine the parser). The thinking
+    comes apart from the answer, streamed and whole. tiny-hy's names vLLM's hy_v3 parser of calls, whose markers the
+    tiny tokenizer lacks: it does not load, and its request says why. (Calls read by vLLM's parsers are tested in
+    tests/unit/test_worker_vllm_parsing.py: a grammar, which could make this model write one, is not served with tools
+    the model may call.)"""
     worker = hosting.start("worker-parsers")
     common = hosting.common
+    answer = r"[A-Z][a-z]{2,8}\."
     try:
         async with client(common) as c:
-            asked = c.request(max_tokens=60, model=MODEL_GRANITE)
-            words, answer = r"[a-z]{2,8}( [a-z]{2,8}){0,2}", r"[A-Z][a-z]{2,8}\."
-            phrases = StructuredOutputs(regex=rf"Here's my thought process:\n{words}\nHere's my response:\n{answer}")
-            sampling = asked.sampling.model_copy(update={"structured_outputs": phrases})
-            asked = asked.model_copy(update={"sampling": sampling})
-            thinking = c.request(max_tokens=8, model=MODEL_R1)
-            await c.send_batch([asked])
-            await c.send_batch([thinking])
-            await c.wait_final([asked.request_id, thinking.request_id], seconds=120)
-            final = c.final(asked.request_id)
-            assert final is not None and final["event"] == "completion_finished", final
-            assert re.fullmatch(rf"\n{words}\n", final["reasoning"]), final["reasoning"]
-            assert re.fullmatch(rf"\n{answer}", final["text"]), final["text"]
-            assert 0 < final["usage"]["reasoning_tokens"] < final["usage"]["completion_tokens"]
-            deltas = [e for e in c.events[asked.request_id] if e["event"] == "tokens_generated"]
-            assert "".join(e["text"] for e in deltas) == final["text"]
-            assert "".join(e["reasoning"] for e in deltas).startswith(final["reasoning"])
-            refused = c.final(thinking.request_id)
-            assert refused is not None and refused["event"] == "generation_failed", refused
-            assert "deepseek_r1" in refused["message"] and "think" in refused["message"], refused["message"]
+            asked = []
+            for seed in (1, 2, 3):
+                request = c.request(
+                    max_tokens=40, model=MODEL_R1, logit_bias={THINK_IDS["</think>"]: 6.0}, enable_thinking=True
+                )
+                sampling = request.sampling.model_copy(
+                    update={"seed": seed, "structured_outputs": StructuredOutputs(regex=answer)}
+                )
+                asked.append(request.model_copy(update={"sampling": sampling}))
+            refused = c.request(max_tokens=8, model=MODEL_HY)
+            await c.send_batch(asked)
+            await c.send_batch([refused])
+            await c.wait_final([r.request_id for r in [*asked, refused]], seconds=120)
+            thought = 0
+            for request in asked:
+                final = c.final(request.request_id)
+                assert final is not None and final["event"] == "completion_finished", final
+                # the grammar held after the thinking: from the first token, the answer would be read as thinking
+                assert final["finish_reason"] == "stop" and re.fullmatch(answer, final["text"]), final
+                reasoning = final["reasoning"] or ""
+                assert "think>" not in reasoning
+                thought += bool(reasoning)
+                assert (final["usage"]["reasoning_tokens"] > 0) == bool(reasoning)
+                deltas = [e for e in c.events[request.request_id] if e["event"] == "tokens_generated"]
+                assert "".join(e["text"] for e in deltas) == final["text"]
+                assert "".join(e["reasoning"] for e in deltas) == reasoning
+            assert thought, "the model closed its block at once every time: nothing was thought"
+            failed = c.final(refused.request_id)
+            assert failed is not None and failed["event"] == "generation_failed", failed
+            assert "hy_v3" in failed["message"] and "tokenizer" in failed["message"], failed["message"]
     finally:
         stop(worker)

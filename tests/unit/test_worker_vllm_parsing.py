@@ -195,6 +195,21 @@ def test_thinking_then_a_call(tokenizer: PreTrainedTokenizerFast) -> None:
     assert (streamed.reasoning, client_calls(streamed, whole)) == ("The tool knows.", expected)
 
 
+@pytest.mark.parametrize("split", SPLITS)
+def test_a_forced_call_after_the_thinking_is_left_to_ferry_s_reader(
+    tokenizer: PreTrainedTokenizerFast, split: int
+) -> None:
+    """Forced calls are written as ferry's grammar makes them, which ferry's reader reads: the parsers give the
+    thinking apart and the rest as text, even where a parser of calls is named."""
+    parsers = VllmParsers.for_model("xlam", "deepseek_r1", tokenizer)
+    forced = request(tool_choice="required")
+    assert parsers.reads(forced) and not parsers.reads_calls(forced)
+    calls = '[{"name": "get_time", "arguments": {}}]'
+    streamed, reading, output, ids = read(parsers, forced, f"No clock here.</think>{calls}", split, R1_PROMPT)
+    assert (streamed.reasoning, streamed.text, streamed.pieces) == ("No clock here.", calls, [])
+    assert reading.whole(output, ids, "stop") == ("No clock here.", calls, None, "stop")
+
+
 def test_names_vllm_does_not_have_or_that_do_not_fit_the_tokenizer_are_refused(
     tokenizer: PreTrainedTokenizerFast,
 ) -> None:
@@ -206,6 +221,8 @@ def test_names_vllm_does_not_have_or_that_do_not_fit_the_tokenizer_are_refused(
 
 
 def test_only_chats_that_may_call_or_think_are_read(tokenizer: PreTrainedTokenizerFast) -> None:
+    thinking_only = VllmParsers.for_model(None, "deepseek_r1", tokenizer)
+    assert thinking_only.reads(request()) and not thinking_only.reads_calls(request())  # calls: ferry's reader's
     calls_only = VllmParsers.for_model("xlam", None, tokenizer)
     assert calls_only.reads(request())
     assert not calls_only.reads(request(tools=[]))  # text: nothing for a call parser to read
@@ -224,7 +241,7 @@ def test_the_chat_reaches_the_parsers_as_vllm_s_server_takes_it() -> None:
         ],
         enable_thinking=False,
     )
-    chat = chat_request(req)
+    chat = chat_request(req, with_tools=True)
     assert chat.tool_choice == "auto" and [t.function.name for t in chat.tools or []] == ["get_weather", "get_time"]
     assert chat.chat_template_kwargs == {"enable_thinking": False, "thinking": False}
     assert chat.include_reasoning
