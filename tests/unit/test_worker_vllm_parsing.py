@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -16,6 +18,7 @@ from services.worker.engine import Engine
 from services.worker.tool_calls import call_id
 from services.worker.vllm_parsing import UnknownParser, VllmParsers, VllmReading, chat_request
 from shared.contracts import ChatMessage, CompletionRequested, ToolCall, ToolCallPiece
+from shared.registry import read_seed
 from tests.unit.test_worker_tool_calls import request
 
 THINK_MARKERS = ["<think>", "</think>"]  # tokens of their own, not special ones, as in Qwen3's and DeepSeek R1's
@@ -247,3 +250,16 @@ def test_the_chat_reaches_the_parsers_as_vllm_s_server_takes_it() -> None:
     assert chat.include_reasoning
     assert [m["role"] for m in chat.messages] == ["user", "assistant", "tool"]  # type: ignore[index]
     assert chat.messages[1]["tool_calls"][0]["id"] == "call_9"  # type: ignore[index]
+
+
+def test_a_registry_seed_entry_names_the_parsers_by_vllm_s_names(tmp_path: Path) -> None:
+    seed = tmp_path / "models.yaml"
+    entry = "  - {id: m, source: s, version: '1', max_model_len: 64"
+    other = entry.replace("id: m,", "id: n,")
+    seed.write_text(f"models:\n{entry}, tool_call_parser: xlam, reasoning_parser: deepseek_r1}}\n{other}}}\n")
+    named, plain = read_seed(seed)
+    assert (named.tool_call_parser, named.reasoning_parser) == ("xlam", "deepseek_r1")
+    assert (plain.tool_call_parser, plain.reasoning_parser) == (None, None)
+    seed.write_text(f"models:\n{entry}, tool_call_parser: 'xlam; DROP TABLE'}}\n")
+    with pytest.raises(ValidationError, match="tool_call_parser"):
+        read_seed(seed)
