@@ -203,8 +203,10 @@ class VllmReading:
         pieces = []
         for call in message.tool_calls or []:
             function = call.function
-            name = self._names.setdefault(call.index, function.name or "") if function else self._names.get(call.index)
-            if not name:  # a parser that gives arguments before the name: nothing to call yet
+            if function is not None and function.name and call.index not in self._names:
+                self._names[call.index] = function.name
+            name = self._names.get(call.index)
+            if name is None:  # arguments before the call's name: nothing to call yet (the final event brings them)
                 logger.warning("request %s: call %d came without a name", self.request.request_id, call.index)
                 continue
             arguments = (function.arguments if function else None) or ""
