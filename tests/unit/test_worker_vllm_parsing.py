@@ -22,6 +22,7 @@ from shared.registry import read_seed
 from tests.unit.test_worker_tool_calls import request
 
 THINK_MARKERS = ["<think>", "</think>"]  # tokens of their own, not special ones, as in Qwen3's and DeepSeek R1's
+QWEN3_CALL_MARKERS = ["<tool_call>", "</tool_call>"]
 CALL_MARKERS = ["<｜tool_calls_begin｜>", "<｜tool_calls_end｜>", "<｜tool_call_begin｜>", "<｜tool_call_end｜>"]
 CALL_MARKERS += ["<｜tool_sep｜>"]  # Step-3's, special tokens
 SPLITS = (1, 2, 3, 7)
@@ -36,10 +37,10 @@ def tokenizer() -> PreTrainedTokenizerFast:
     """One token per character of printable ASCII, and a token for each of the markers."""
     vocab = {"[UNK]": 0} | {chr(c): c - 31 for c in range(32, 127)} | {"\n": 96}
     base = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    base.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    base.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     base.decoder = decoders.Fuse()
     made = PreTrainedTokenizerFast(tokenizer_object=base, unk_token="[UNK]", eos_token="[UNK]")
-    made.add_tokens(THINK_MARKERS)
+    made.add_tokens(THINK_MARKERS + QWEN3_CALL_MARKERS)
     made.add_special_tokens({"additional_special_tokens": CALL_MARKERS})
     return made
 
@@ -211,6 +212,22 @@ def test_a_forced_call_after_the_thinking_is_left_to_ferry_s_reader(
     streamed, reading, output, ids = read(parsers, forced, f"No clock here.</think>{calls}", split, R1_PROMPT)
     assert (streamed.reasoning, streamed.text, streamed.pieces) == ("No clock here.", calls, [])
     assert reading.whole(output, ids, "stop") == ("No clock here.", calls, None, "stop")
+
+
+def test_vllm_s_engine_based_parsers_too(tokenizer: PreTrainedTokenizerFast) -> None:
+    """vLLM 0.32's qwen3 and qwen3_xml parsers read through its parser engine, which is fed each step alone rather
+    than the text so far: Qwen3-Coder's thinking and calls, a token a step."""
+    parsers = VllmParsers.for_model("qwen3_xml", "qwen3", tokenizer)
+    output = (
+        "Hmm, weather.</think>\n\nLet me check.<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n"
+        "</parameter>\n</function>\n</tool_call>"
+    )
+    streamed, reading, output, ids = read(parsers, request(), output, 1, "<|im_start|>assistant\n<think>\n")
+    reasoning, text, whole, finish = reading.whole(output, ids, "stop")
+    expected = [(call_id("req-1", 0), "get_weather", '{"city": "Paris"}')]
+    assert (reasoning, text, whole_calls(whole), finish) == ("Hmm, weather.", "Let me check.", expected, "tool_calls")
+    # streamed, vLLM's qwen3 parser gives the newlines after the block as text too; whole, it leaves them out
+    assert (streamed.reasoning, streamed.text, streamed.calls()) == ("Hmm, weather.", "\n\nLet me check.", expected)
 
 
 def test_names_vllm_does_not_have_or_that_do_not_fit_the_tokenizer_are_refused(
