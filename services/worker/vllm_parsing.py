@@ -93,13 +93,14 @@ class VllmParsers:
             parsers=self,
             request=request,
             chat=chat,
-            parser=self._parser(chat),
+            parser=self.parser_for(chat),
             prompt_token_ids=list(prompt_token_ids),
             step_texts=step_texts,
             step_tokens=step_tokens,
         )
 
-    def _parser(self, chat: ChatCompletionRequest) -> Parser:
+    def parser_for(self, chat: ChatCompletionRequest) -> Parser:
+        """A parser for one reading (vLLM's parsers keep state), built as vLLM's server builds it."""
         kwargs = {"chat_template_kwargs": chat.chat_template_kwargs} if chat.chat_template_kwargs else {}
         return self.parser_class(self.tokenizer, chat.tools, **kwargs)
 
@@ -153,6 +154,11 @@ class VllmReading:
     _text_fed: int = 0  # characters of the deltas fed
     _names: dict[int, str] = field(default_factory=dict)  # each call's name, by its index
     _sent: dict[int, int] = field(default_factory=dict)  # characters of each call's arguments given out
+    _failed: bool = False  # the parser raised: what follows is text
+
+    @property
+    def rid(self) -> str:
+        return self.request.request_id
 
     @property
     def reads_calls(self) -> bool:
@@ -191,10 +197,20 @@ class VllmReading:
         if finished and not due:
             due.append(("", []))  # the parser's end comes with the last step, as in vLLM's server, or alone
         for at, (step_text, step_ids) in enumerate(due):
-            last = finished and at == len(due) - 1
-            message = self.parser.parse_delta(step_text, step_ids, self.chat, self.prompt_token_ids, finished=last)
-            step_reasoning, step_text_out, step_pieces = self._read(message)
-            reasoning, text, pieces = reasoning + step_reasoning, text + step_text_out, pieces + step_pieces
+            if not self._failed:
+                last = finished and at == len(due) - 1
+                try:
+                    message = self.parser.parse_delta(
+                        step_text, step_ids, self.chat, self.prompt_token_ids, finished=last
+                    )
+                except Exception:  # a fault of the parser's must not fail the request: the rest streams as text
+                    logger.exception("request %s: vLLM's parser failed; the rest streams as text", self.rid)
+                    self._failed = True
+                else:
+                    step_reasoning, step_text, step_pieces = self._read(message)
+                    reasoning, text, pieces = reasoning + step_reasoning, text + step_text, pieces + step_pieces
+                    continue
+            text += step_text
         return reasoning, text, pieces
 
     def _read(self, message: DeltaMessage | None) -> tuple[str, str, list[ToolCallPiece]]:
@@ -207,14 +223,14 @@ class VllmReading:
                 self._names[call.index] = function.name
             name = self._names.get(call.index)
             if name is None:  # arguments before the call's name: nothing to call yet (the final event brings them)
-                logger.warning("request %s: call %d came without a name", self.request.request_id, call.index)
+                logger.warning("request %s: call %d came without a name", self.rid, call.index)
                 continue
             arguments = (function.arguments if function else None) or ""
             offset = self._sent.get(call.index, 0)
             pieces.append(
                 ToolCallPiece(
                     index=call.index,
-                    id=call_id(self.request.request_id, call.index),
+                    id=call_id(self.rid, call.index),
                     name=name,
                     arguments=arguments,
                     arguments_offset=offset,
@@ -228,13 +244,17 @@ class VllmReading:
     ) -> tuple[str | None, str, list[ToolCall] | None, FinishReason]:
         """The whole output's thinking (None: none), text, calls (None: none) and the finish reason to report
         (tool_calls when the model ended by calling), as vLLM's server reads a response that does not stream."""
-        parser = self.parsers._parser(self.chat)
+        parser = self.parsers.parser_for(self.chat)
         parser.set_prompt_token_ids(self.prompt_token_ids)
-        reasoning, content, calls = parser.parse(
-            output, self.chat, enable_auto_tools=True, model_output_token_ids=list(token_ids)
-        )
+        try:
+            reasoning, content, calls = parser.parse(
+                output, self.chat, enable_auto_tools=True, model_output_token_ids=list(token_ids)
+            )
+        except Exception:  # a fault of the parser's must not fail the request: its output is then all text
+            logger.exception("request %s: vLLM's parser failed on the whole output; it is given as text", self.rid)
+            return None, output, None, finish_reason
         tool_calls = [
-            ToolCall(id=call_id(self.request.request_id, i), function=FunctionCall(name=c.name, arguments=c.arguments))
+            ToolCall(id=call_id(self.rid, i), function=FunctionCall(name=c.name, arguments=c.arguments))
             for i, c in enumerate(calls or [])
         ]
         if tool_calls and finish_reason == "stop":

@@ -3,6 +3,7 @@ vLLM's real parsers, on a tokenizer made here (one token per character, the mode
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -280,3 +281,39 @@ def test_a_registry_seed_entry_names_the_parsers_by_vllm_s_names(tmp_path: Path)
     seed.write_text(f"models:\n{entry}, tool_call_parser: 'xlam; DROP TABLE'}}\n")
     with pytest.raises(ValidationError, match="tool_call_parser"):
         read_seed(seed)
+
+
+class FailingParser:
+    """Stands in for a vLLM parser with a fault: it raises at its third step, and on a whole output."""
+
+    def __init__(self, reads: VllmReading) -> None:
+        self.reads, self.steps = reads, 0
+
+    def parse_delta(self, text: str, *args: object, finished: bool) -> object:
+        self.steps += 1
+        if self.steps == 3:
+            raise RuntimeError("a parser's fault")
+        return self.reads.parser.parse_delta(text, *args, finished=finished)
+
+    def set_prompt_token_ids(self, ids: object) -> None:
+        pass
+
+    def parse(self, *args: object, **kwargs: object) -> object:
+        raise RuntimeError("a parser's fault")
+
+
+def test_a_parser_that_raises_leaves_the_rest_of_the_output_as_text(tokenizer: PreTrainedTokenizerFast) -> None:
+    parsers = VllmParsers.for_model(None, "deepseek_r1", tokenizer)
+    step_texts: list[str] = []
+    step_tokens: list[Sequence[int]] = []
+    reading = parsers.reading(request(tools=[]), tokenizer.encode(R1_PROMPT), step_texts, step_tokens)
+    reading.parser = FailingParser(dataclasses.replace(reading))  # type: ignore[assignment]
+    streamed = Streamed()
+    for step in ("Hm", ".</think>", "It is", " sunny."):
+        step_texts.append(step)
+        step_tokens.append(tokenizer.encode(step, add_special_tokens=False))
+        streamed.add(reading.feed(step))
+    streamed.add(reading.finish())
+    assert (streamed.reasoning, streamed.text) == ("Hm.", "It is sunny.")  # from the third step on, as written
+    reading.parsers = dataclasses.replace(parsers, parser_class=lambda *_, **__: FailingParser(reading))
+    assert reading.whole("Hm.</think>It is sunny.", [], "stop") == (None, "Hm.</think>It is sunny.", None, "stop")
