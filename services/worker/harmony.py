@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from services.worker.markup import longest_tag_start
-from services.worker.reasoning import thinking_text
+from services.worker.reasoning import ThinkMarkers, budget_alone, thinking_text
 from services.worker.tool_calls import CALL_CLOSE, CALL_OPEN
 
 START, CHANNEL, MESSAGE, END = "<|start|>", "<|channel|>", "<|message|>", "<|end|>"
@@ -76,10 +76,10 @@ def message_kind(channel: str | None, recipient: str | None) -> Kind:
 def harmony_then(answer: dict[str, Any] | None, budget: int | None) -> dict[str, Any] | None:
     """A grammar (xgrammar's structural-tag format) that lets a harmony model think in its analysis channel, at most
     ``budget`` tokens when set, then holds its final message to ``answer``: vLLM's own grammar for gpt-oss under a
-    response format. None without an answer's grammar: a budget alone is not held (the grammar would also have to
-    allow every way of calling a tool)."""
+    response format. Without an answer's grammar, a budget alone holds the analysis message the output begins with,
+    and what follows is free, calls and later analysis messages included (see reasoning.budget_alone)."""
     if answer is None:
-        return None
+        return budget_alone(budget, ThinkMarkers(ANALYSIS_BEGIN, END)) if budget is not None else None
     thinking = {"type": "tag", "begin": ANALYSIS_BEGIN, "content": thinking_text(budget), "end": END}
     then = {"type": "const_string", "value": ASSISTANT}  # the final message's start
     analysis = {"type": "optional", "content": {"type": "sequence", "elements": [thinking, then]}}

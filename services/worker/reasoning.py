@@ -69,6 +69,7 @@ them (vLLM also takes ``Here's`` for ``Here is``, seen from quantized models; fe
 
 ReadingState = Literal["opening", "reasoning", "answer"]
 
+
 ThinkingRoom = Literal["inside", "may_open", "closed"]
 """Where the rendered prompt leaves the output: inside a think block, free to open one, or past a closed one (the
 template switched thinking off by writing an empty block)."""
@@ -113,6 +114,8 @@ def think_then(
     to hold: thinking is closed, or neither an answer's grammar nor a budget is asked for."""
     if room == "closed" or (answer is None and budget is None):
         return None
+    if room == "may_open" and answer is None:  # a budget alone: see budget_alone
+        return budget_alone(budget, markers)
     thinking = thinking_text(budget)
     # inside: the prompt wrote <think>, so the block is the output's start up to </think>
     block: dict[str, Any] = {
@@ -245,3 +248,36 @@ class ReasoningReader:
         held_reasoning, held_answer = reader.finish()
         span = cls.span(text, prompt, grammar_first, markers)
         return (reasoning + held_reasoning) or None, answer + held_answer, [span] if span else []
+
+
+def budget_alone(budget: int | None, markers: ThinkMarkers) -> dict[str, Any]:
+    """A thinking budget with no grammar for the answer, where the output may open a block (or gpt-oss's analysis
+    message, see harmony): either the output opens one, which holds at most ``budget`` tokens, and then any text
+    follows; or it begins otherwise, and all of it is free (a later mention of the marker included, as the reader
+    takes it: see ReasoningReader). Written as the first characters where the output leaves the marker, so that a
+    free output cannot begin with it: with an optional block and any text after it, the text's branch took an
+    opened block too, and the budget held nothing."""
+    block = {"type": "tag", "begin": markers.start, "content": thinking_text(budget), "end": markers.end}
+    thought = {"type": "sequence", "elements": [block, {"type": "regex", "pattern": ANSWER_GAP}, {"type": "any_text"}]}
+    leaves = {"type": "regex", "pattern": _leaving(markers.start)}
+    other = {"type": "optional", "content": {"type": "sequence", "elements": [leaves, {"type": "any_text"}]}}
+    return {"type": "structural_tag", "format": {"type": "or", "elements": [thought, other]}}
+
+
+def _leaving(marker: str) -> str:
+    """A regular expression of the texts that begin as ``marker`` does and leave it at some character, up to that
+    character: ``[^<]|<[^t]|<t[^h]|...`` for ``<think>``."""
+    prefix = [_literal(c, _REGEX_SPECIAL) for c in marker]
+    return "|".join(
+        "".join(prefix[:at]) + "[^" + _literal(marker[at], _CLASS_SPECIAL) + "]" for at in range(len(marker))
+    )
+
+
+_REGEX_SPECIAL = "\\.^$|?*+()[]{}-/"
+_CLASS_SPECIAL = "\\]^-["
+
+
+def _literal(character: str, special: str) -> str:
+    """``character`` in a regular expression, where the characters of ``special`` must be escaped."""
+    controls = {"\n": r"\n", "\t": r"\t", "\r": r"\r"}
+    return controls.get(character) or ("\\" + character if character in special else character)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import xgrammar
 
 from services.worker.harmony import HarmonyReader, harmony_then, speaks_harmony
 from services.worker.tool_calls import ToolCallReader, conversation
 from shared.contracts import ChatMessage, FunctionCall, ToolCall
+from tests.unit.char_tokenizer import char_tokenizer
 from tests.unit.test_worker_reasoning import JSON_ANSWER, accepts, streamed
 from tests.unit.test_worker_tool_calls import WEATHER, request
 
@@ -104,4 +106,23 @@ def test_under_a_grammar_gpt_oss_may_think_in_its_analysis_channel_then_answers_
     assert HarmonyReader.split_whole(thought_then_json, calls=False)[:2] == (THOUGHT, '{"a": 1}')
     regex = harmony_then({"type": "regex", "pattern": "[A-Z][a-z]+\\."}, 16)
     assert regex is not None and accepts(regex, "<|channel|>final<|message|>Paris.")
-    assert harmony_then(None, 16) is None  # a budget alone is not held: the grammar would have to allow every call
+    assert harmony_then(None, None) is None  # nothing to hold
+
+
+def test_a_budget_alone_holds_the_analysis_message_gpt_oss_begins_with_and_leaves_the_rest_free() -> None:
+    budgeted = harmony_then(None, 4)
+    assert budgeted is not None
+    assert accepts(budgeted, THINK + "<|start|>assistant<|channel|>final<|message|>Paris.")
+    assert accepts(budgeted, THINK + CALL)  # a call after it, and anything else
+    assert accepts(budgeted, "<|channel|>final<|message|>Paris.")  # or no analysis at all
+    assert not accepts(budgeted, "<|channel|>analysis<|message|>thinking that never ends")
+    # token by token (a token a character here): once the analysis holds four, only its end may follow
+    tokenizer = char_tokenizer()
+    info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer))
+    matcher = xgrammar.GrammarMatcher(xgrammar.GrammarCompiler(info).compile_structural_tag(json.dumps(budgeted)))
+    for token in tokenizer.encode("<|channel|>analysis<|message|>abcd", add_special_tokens=False):
+        assert matcher.accept_token(token)
+    mask = xgrammar.allocate_token_bitmask(1, info.vocab_size)
+    matcher.fill_next_token_bitmask(mask)
+    allowed = [t for t in range(info.vocab_size) if (int(mask[0][t // 32]) >> (t % 32)) & 1]
+    assert [tokenizer.decode([t]) for t in allowed] == ["<"]

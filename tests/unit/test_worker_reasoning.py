@@ -23,6 +23,7 @@ from services.worker.reasoning import (
     thinking_room,
 )
 from shared.contracts import ResponseFormat, SamplingParams, StructuredOutputs
+from tests.unit.char_tokenizer import char_tokenizer
 
 QWEN3_PROMPT = "<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"
 R1_0528_PROMPT = "<｜User｜>Why?<｜Assistant｜><think>\n"  # the template opens the block itself
@@ -189,6 +190,29 @@ def test_under_a_grammar_the_model_may_think_first_and_the_grammar_holds_for_the
     assert inside is not None
     assert accepts(inside, "Two and two.\n</think>\n\nFour.")
     assert not accepts(inside, "Four.")  # the prompt opened the block: it ends before the answer
+
+
+@pytest.mark.parametrize("markers", [THINK, MISTRAL_THINK, GEMMA4_THINK, SEED_THINK, GRANITE_THINK])
+def test_a_budget_alone_holds_a_block_the_model_opens_and_leaves_an_answer_free(markers: ThinkMarkers) -> None:
+    """Where the prompt leaves the model free to open a block (Qwen3's templates with thinking on), a budget with no
+    grammar for the answer: a block the output opens must close, at most BUDGET tokens in; an output that begins
+    otherwise is free, a mention of the marker later in it included."""
+    budgeted = think_then(None, "may_open", 4, markers)
+    assert budgeted is not None
+    start, end = markers.start, markers.end
+    assert accepts(budgeted, f"{start}Hm.{end}\n\nAnything at all, {start} included.")
+    assert accepts(budgeted, f"Paris. {start}is a marker") and accepts(budgeted, "")
+    assert not accepts(budgeted, f"{start}thinking that never ends")  # before, the free branch took it
+    # token by token (a token a character here): once the block holds four, only its end may follow
+    tokenizer = char_tokenizer()
+    info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer))
+    matcher = xgrammar.GrammarMatcher(xgrammar.GrammarCompiler(info).compile_structural_tag(json.dumps(budgeted)))
+    for token in tokenizer.encode(start + "abcd", add_special_tokens=False):
+        assert matcher.accept_token(token)
+    mask = xgrammar.allocate_token_bitmask(1, info.vocab_size)
+    matcher.fill_next_token_bitmask(mask)
+    allowed = [t for t in range(info.vocab_size) if (int(mask[0][t // 32]) >> (t % 32)) & 1]
+    assert [tokenizer.decode([t]) for t in allowed] == [end[0]]
 
 
 def test_a_budget_alone_leaves_the_answer_free_and_a_closed_block_or_nothing_asked_means_no_grammar() -> None:

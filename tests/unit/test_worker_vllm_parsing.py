@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from services.ingress.serving import StreamedCalls
@@ -20,6 +19,7 @@ from services.worker.tool_calls import call_id
 from services.worker.vllm_parsing import UnknownParser, VllmParsers, VllmReading, chat_request
 from shared.contracts import ChatMessage, CompletionRequested, ToolCall, ToolCallPiece
 from shared.registry import read_seed
+from tests.unit.char_tokenizer import char_tokenizer
 from tests.unit.test_worker_tool_calls import request
 
 THINK_MARKERS = ["<think>", "</think>"]  # tokens of their own, not special ones, as in Qwen3's and DeepSeek R1's
@@ -35,15 +35,8 @@ R1_PROMPT = "<｜User｜>Weather in Paris?<｜Assistant｜><think>\n"
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    """One token per character of printable ASCII, and a token for each of the markers."""
-    vocab = {"[UNK]": 0} | {chr(c): c - 31 for c in range(32, 127)} | {"\n": 96}
-    base = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    base.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    base.decoder = decoders.Fuse()
-    made = PreTrainedTokenizerFast(tokenizer_object=base, unk_token="[UNK]", eos_token="[UNK]")
-    made.add_tokens(THINK_MARKERS + QWEN3_CALL_MARKERS)
-    made.add_special_tokens({"additional_special_tokens": CALL_MARKERS})
-    return made
+    """One token per character, and a token for each of the markers."""
+    return char_tokenizer(THINK_MARKERS + QWEN3_CALL_MARKERS, CALL_MARKERS)
 
 
 class Streamed:
