@@ -425,6 +425,7 @@ class Engine:
         keep_special_tokens: bool = False,
         priority: int = 0,
         thinking_grammar: str | None = None,
+        prompt_token_ids: list[int] | None = None,
     ) -> AsyncIterator[GenerationStep]:
         """Streams the completion of ``prompt``; the last step carries the finish reason. Raises PromptTooLong at once
         when the prompt does not fit; the stream raises InvalidRequest before its first step when vLLM refuses a
@@ -433,8 +434,9 @@ class Engine:
         ``keep_special_tokens``: the text keeps the special tokens the model writes (Mistral's ``[TOOL_CALLS]``);
         the one that ends it is left out either way. ``priority``: while requests wait for a seat in the engine,
         lower values go first, then earlier arrivals. ``thinking_grammar``: a reasoning model's grammar from
-        ``thinking_grammar()``, which holds instead of the sampling's own."""
-        token_ids = self.token_ids(prompt)
+        ``thinking_grammar()``, which holds instead of the sampling's own. ``prompt_token_ids``: the prompt's tokens,
+        when the caller has them already (``token_ids(prompt)``)."""
+        token_ids = prompt_token_ids if prompt_token_ids is not None else self.token_ids(prompt)
         room = self.config.max_model_len - len(token_ids)
         if room < 1:
             raise PromptTooLong(

@@ -172,6 +172,7 @@ async def serve_request(
     # a model whose registry entry names vLLM's parsers: they read its thinking and its calls (see vllm_parsing)
     parsing: VllmReading | None = None
     reads_reasoning = False  # whether the output is read for thinking, by either
+    prompt_ids: list[int] | None = None  # the prompt's tokens, when a reader needed them before generation
 
     async def send_delta(delta: OutputDelta | None, calls: Sequence[ToolCallPiece] = (), reasoning: str = "") -> None:
         nonlocal sequence, text_offset, token_offset, reasoning_offset
@@ -250,8 +251,8 @@ async def serve_request(
                     param="thinking_token_budget",
                 )
             # the prompt's tokens tell a reasoning parser whether the template closed the think block already
-            prompt_ids = engine.token_ids(prompt) if parsers.reasoning_parser else []
-            parsing = parsers.reading(request, prompt_ids, pieces, step_tokens)
+            prompt_ids = engine.token_ids(prompt) if parsers.reasoning_parser else None
+            parsing = parsers.reading(request, prompt_ids or [], pieces, step_tokens)
             reads_reasoning = parsers.reasoning_parser is not None
         markers = engine.think_markers
         if markers is not None and reader.mode == "auto" and (openings := calls_openings(engine.tool_call_format)):
@@ -285,7 +286,14 @@ async def serve_request(
             ferry_reads_calls = not parsing.reads_calls and keeps_special_tokens(request, engine.tool_call_format)
             keep_special = parsing.keeps_special_tokens or ferry_reads_calls
         steps = engine.generate(
-            request.request_id, prompt, sampling, request.cache_salt, keep_special, priority, thinking_grammar
+            request.request_id,
+            prompt,
+            sampling,
+            request.cache_salt,
+            keep_special,
+            priority,
+            thinking_grammar,
+            prompt_ids,
         )
         async for step in steps:
             if control.stop_reason is not None:
