@@ -464,7 +464,8 @@ class ChatCompletionRequest(SamplingFields):
         None,
         ge=0,
         description="vLLM: the most tokens a reasoning model may think; once its think block has that many, it must "
-        "end the block and answer. Unset: no limit but max_tokens. Ignored by a model that does not reason.",
+        "end the block and answer. Unset: no limit but max_tokens. Ignored by a model that does not reason; refused "
+        "(400) for a model whose thinking vLLM's own reasoning parser reads (named in its registry entry).",
     )
     include_reasoning: bool = Field(
         True,
