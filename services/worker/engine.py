@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from services.worker.engine_processes import use_engine_process_server
 from services.worker.harmony import speaks_harmony
-from services.worker.reasoning import MISTRAL_THINK, THINK, ThinkMarkers, think_markers
+from services.worker.reasoning import MISTRAL_THINK, THINK, ThinkMarkers, template_switches, think_markers
 from services.worker.tool_calls import DSML_FORMATS, ToolCallFormat, call_format, conversation
 from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
 from services.worker.vllm_parsing import VllmParsers
@@ -324,11 +324,7 @@ class Engine:
             call_format=self.tool_call_format,
             reasoning_in_chunks=self.think_markers == MISTRAL_THINK,
         )
-        switches: dict[str, object] = {}
-        if enable_thinking is not None:
-            switches |= {"enable_thinking": enable_thinking, "thinking": enable_thinking}
-        if reasoning_effort is not None:
-            switches["reasoning_effort"] = reasoning_effort
+        switches = template_switches(enable_thinking, reasoning_effort)
         from jinja2 import TemplateError
 
         try:

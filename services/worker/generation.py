@@ -281,10 +281,10 @@ async def serve_request(
         marked_by_special_tokens = isinstance(thoughts, HarmonyReader) or (
             thoughts is not None and engine.thinks_in_special_tokens
         )
-        keep_special = keeps_special_tokens(request, engine.tool_call_format) or marked_by_special_tokens
+        calls_marked = keeps_special_tokens(request, engine.tool_call_format)
+        keep_special = calls_marked or marked_by_special_tokens
         if parsing is not None:  # vLLM's parser may need them, and ferry's reader of calls when it reads them
-            ferry_reads_calls = not parsing.reads_calls and keeps_special_tokens(request, engine.tool_call_format)
-            keep_special = parsing.keeps_special_tokens or ferry_reads_calls
+            keep_special = parsing.keeps_special_tokens or (calls_marked and not parsing.reads_calls)
         steps = engine.generate(
             request.request_id,
             prompt,

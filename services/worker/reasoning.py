@@ -69,7 +69,6 @@ them (vLLM also takes ``Here's`` for ``Here is``, seen from quantized models; fe
 
 ReadingState = Literal["opening", "reasoning", "answer"]
 
-
 ThinkingRoom = Literal["inside", "may_open", "closed"]
 """Where the rendered prompt leaves the output: inside a think block, free to open one, or past a closed one (the
 template switched thinking off by writing an empty block)."""
@@ -89,6 +88,17 @@ def think_markers(chat_template: str | None) -> ThinkMarkers | None:
         return HUNYUAN_THINK
     every = (THINK, MISTRAL_THINK, GEMMA4_THINK, SEED_THINK, GRANITE_THINK)
     return next((markers for markers in every if markers.end in template), None)
+
+
+def template_switches(enable_thinking: bool | None, reasoning_effort: str | None) -> dict[str, Any]:
+    """A request's thinking switches, under the names chat templates read them by (see CompletionRequested); none
+    that the request leaves unset."""
+    switches: dict[str, Any] = {}
+    if enable_thinking is not None:
+        switches |= {"enable_thinking": enable_thinking, "thinking": enable_thinking}
+    if reasoning_effort is not None:
+        switches["reasoning_effort"] = reasoning_effort
+    return switches
 
 
 def thinking_room(prompt: str, markers: ThinkMarkers) -> ThinkingRoom:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from services.worker.reasoning import template_switches
 from services.worker.tool_calls import call_id, tool_mode
 from shared.contracts import CompletionRequested, FinishReason, FunctionCall, ToolCall, ToolCallPiece
 
@@ -111,11 +112,7 @@ def chat_request(request: CompletionRequested, with_tools: bool) -> ChatCompleti
     tool_choice auto, for the tool-call parser to read calls; without, it gives the text as it comes."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-    switches: dict[str, Any] = {}
-    if request.enable_thinking is not None:
-        switches |= {"enable_thinking": request.enable_thinking, "thinking": request.enable_thinking}
-    if request.reasoning_effort is not None:
-        switches["reasoning_effort"] = request.reasoning_effort
+    switches = template_switches(request.enable_thinking, request.reasoning_effort)
     messages = [
         {"role": m.role, "content": m.content}
         | ({"tool_calls": [c.model_dump(mode="json") for c in m.tool_calls]} if m.tool_calls else {})
