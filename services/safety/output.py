@@ -5,7 +5,8 @@ and in full when it completes (see screening.OutputScreen). What the worker gets
   request with ``failure(sequence)``, a GenerationFailed with code ``content_blocked`` naming the category (the
   ingress turns it into a 400 ``content_policy_violation``, or an error event on a stream already under way).
 - hold: the rest of the stream is kept back (``pass_delta`` returns None) and the final event is not sent; the held
-  text and final event go to the review queue, and the reviewer's decision delivers them or sends content_blocked.
+  delta (the worker's reading of what was kept back) and the final event go to the review queue, and the reviewer's
+  decision delivers them or sends content_blocked.
 - release-then-review: nothing changes for the client; the output is flagged for review.
 
 Flagged outputs are published as ContentFlagged (stage ``output``) through the ``flag`` callable handed in. Pure: no
@@ -57,10 +58,7 @@ class RequestOutputScreen:
     screen: OutputScreen
     flag: Callable[[ContentFlagged], Awaitable[None]]
     sent: str = ""
-    sent_tokens: int = 0
     withheld: str = ""
-    withheld_tokens: int = 0
-    withheld_logprobs: tuple[TokenLogprob, ...] = ()
     held: tuple[Decision, Screening] | None = None
     flagged_release: bool = False
 
@@ -73,47 +71,24 @@ class RequestOutputScreen:
             self._stop_or_hold(verdict)
         if self.held is not None:
             self.withheld += delta.text
-            self.withheld_tokens += delta.tokens
-            self.withheld_logprobs += delta.logprobs
             return None
         self.sent += delta.text
-        self.sent_tokens += delta.tokens
         return delta
 
     async def finish(
-        self, final: CompletionFinished, delivered: tuple[int, int | None] | None = None
+        self, final: CompletionFinished, held_delta: TokensGenerated | None = None
     ) -> CompletionFinished | None:
         """The final event to send, or None when it is held for review. Raises ContentBlocked. The output screened
         is all the model wrote, where the client may get it otherwise: a tool call's text as the call, a think block
-        as reasoning. ``delivered``: how much of the final's text, and of its reasoning (None: the output is not read
-        for reasoning), the client has; the held delta carries the rest. None: the client's text is the output
-        screened, as sent so far."""
+        as reasoning. ``held_delta``: what a streaming client would have had of the output held back, as the worker's
+        readers made it (numbered before ``final``); it goes out before the final if a reviewer releases them."""
         if self.held is None:
             verdict = await self.screen.finish()
             if verdict is not None:
                 self._stop_or_hold(verdict)
         if self.held is not None:
             decision, screening = self.held
-            held_delta = None
-            completion = final
-            if self.request.stream and self.withheld:
-                asked = self.request.sampling.logprobs is not None
-                text_offset, reasoning_offset = delivered or (len(self.sent), None)
-                held_delta = TokensGenerated(
-                    request_id=final.request_id,
-                    sequence=final.sequence,
-                    text=final.text[text_offset:],
-                    reasoning=(final.reasoning or "")[reasoning_offset or 0 :],
-                    reasoning_offset=reasoning_offset,
-                    token_count=self.withheld_tokens,
-                    text_offset=text_offset,
-                    logprobs=list(self.withheld_logprobs) if asked else None,
-                    token_offset=self.sent_tokens if asked else None,
-                    # the first event of the stream carries the prompt's logprobs, as the worker's own first delta does
-                    prompt_logprobs=final.prompt_logprobs if final.sequence == 0 else None,
-                )
-                completion = final.model_copy(update={"sequence": final.sequence + 1})
-            await self.flag(self._flagged("hold", decision, screening, completion, held_delta))
+            await self.flag(self._flagged("hold", decision, screening, final, held_delta))
             return None
         if self.screen.flagged and not self.flagged_release:
             decision, screening = self.screen.flagged[-1]

@@ -16,7 +16,7 @@ from typing import Literal
 
 from aiokafka.errors import MessageSizeTooLargeError
 
-from services.safety.output import ContentBlocked, OutputDelta, OutputGuard
+from services.safety.output import ContentBlocked, OutputDelta, OutputGuard, RequestOutputScreen
 from services.safety.review import SCREENING_UNAVAILABLE
 from services.worker.engine import Engine, InvalidRequest
 from services.worker.harmony import HarmonyReader, harmony_then
@@ -173,42 +173,58 @@ async def serve_request(
     parsing: VllmReading | None = None
     reads_reasoning = False  # whether the output is read for thinking, by either
     prompt_ids: list[int] | None = None  # the prompt's tokens, when a reader needed them before generation
+    screen: RequestOutputScreen | None = None  # the output's screening, when the worker screens outputs
 
-    async def send_delta(delta: OutputDelta | None, calls: Sequence[ToolCallPiece] = (), reasoning: str = "") -> None:
+    def next_event(delta: OutputDelta, calls: Sequence[ToolCallPiece] = (), reasoning: str = "") -> TokensGenerated:
+        """The stream's next event, carrying ``delta``; it counts as sent."""
         nonlocal sequence, text_offset, token_offset, reasoning_offset
-        if delta is None or not request.stream:
-            return
-        await publish(
-            request,
-            TokensGenerated(
-                request_id=request.request_id,
-                sequence=sequence,
-                text=delta.text,
-                token_count=delta.tokens,
-                text_offset=text_offset,
-                logprobs=list(delta.logprobs) if with_logprobs else None,
-                token_offset=token_offset if with_logprobs else None,
-                prompt_logprobs=prompt_logprobs if sequence == 0 else None,
-                tool_calls=list(calls),
-                reasoning=reasoning,
-                reasoning_offset=reasoning_offset if reads_reasoning else None,
-            ),
+        event = TokensGenerated(
+            request_id=request.request_id,
+            sequence=sequence,
+            text=delta.text,
+            token_count=delta.tokens,
+            text_offset=text_offset,
+            logprobs=list(delta.logprobs) if with_logprobs else None,
+            token_offset=token_offset if with_logprobs else None,
+            prompt_logprobs=prompt_logprobs if sequence == 0 else None,
+            tool_calls=list(calls),
+            reasoning=reasoning,
+            reasoning_offset=reasoning_offset if reads_reasoning else None,
         )
         sequence += 1
         text_offset += len(delta.text)
         token_offset += delta.tokens
         reasoning_offset += len(reasoning)
+        return event
 
     reader = ToolCallReader(request, engine.tool_call_format)
     # tokens (and their logprobs) of text the readers hold back, a tag or a call not yet readable: they go out with
     # the next delta
     held_tokens, held_logprobs = 0, ()
 
+    # what the readers made of output held for review: it goes out as one delta if a reviewer releases it, as the
+    # stream would have carried it (vLLM's parsers may read a whole output a little otherwise than its stream)
+    withheld, withheld_reasoning = OutputDelta("", 0), ""
+
+    async def send_delta(delta: OutputDelta, calls: Sequence[ToolCallPiece] = (), reasoning: str = "") -> None:
+        """Sends a readable delta to a streaming client, or keeps it once the output is held for review (without its
+        calls' pieces: the final event brings the calls whole)."""
+        nonlocal withheld, withheld_reasoning
+        if screen is not None and screen.held is not None:
+            withheld = OutputDelta(
+                withheld.text + delta.text, withheld.tokens + delta.tokens, withheld.logprobs + delta.logprobs
+            )
+            withheld_reasoning += reasoning
+        elif request.stream:
+            await publish(request, next_event(delta, calls, reasoning))
+
     async def send_readable(delta: OutputDelta | None) -> None:
         """Sends what of a screened delta is for the client: its reasoning, its text, and the pieces of the tool calls
         it wrote."""
         nonlocal held_tokens, held_logprobs
-        if delta is None or (reader.mode == "text" and thoughts is None and parsing is None):
+        if delta is None:
+            return
+        if reader.mode == "text" and thoughts is None and parsing is None:
             await send_delta(delta)
             return
         if parsing is not None:
@@ -307,15 +323,18 @@ async def serve_request(
             prompt_logprobs = step.prompt_logprobs or prompt_logprobs
             finish_reason = step.finish_reason or finish_reason
             delta = buffer.add(step.text, step.new_tokens, time.monotonic(), step.logprobs)
-            await send_readable(await screen.pass_delta(delta) if screen else delta)
+            if screen:
+                await screen.pass_delta(delta)  # raises ContentBlocked; may hold the output from this delta on
+            await send_readable(delta)
         control.ended_at = time.monotonic()
         if control.stop_reason is not None:
             await _publish_stopped(request, publish, control.stop_reason, sequence)
             return control.stop_reason != "handed_back"
         delta = buffer.take()
-        await send_readable(await screen.pass_delta(delta) if screen else delta)
-        read = reader.mode != "text" or thoughts is not None or parsing is not None
-        if read and (screen is None or screen.held is None):
+        if screen:
+            await screen.pass_delta(delta)
+        await send_readable(delta)
+        if reader.mode != "text" or thoughts is not None or parsing is not None:
             # held text that was not a tag or a call after all, or what vLLM's parser held back to the end
             if parsing is not None:
                 rest_reasoning, rest, calls = parsing.finish()
@@ -328,6 +347,10 @@ async def serve_request(
                 calls = reader.pieces()  # the end of the calls, once known to be the end
             if rest or rest_reasoning or calls or held_tokens:
                 await send_delta(OutputDelta(rest, held_tokens, held_logprobs), calls, rest_reasoning)
+        held_delta = None  # what of a streamed output held for review goes out before its final, if released
+        if screen and screen.held is not None and request.stream:
+            if withheld.tokens or withheld.text or withheld_reasoning:
+                held_delta = next_event(withheld, (), withheld_reasoning)
         output, reasoning, reasoning_tokens = "".join(pieces), None, None
         if parsing is not None:
             output_ids = [token for step in step_tokens for token in step]
@@ -370,7 +393,7 @@ async def serve_request(
             ),
         )
         if screen:  # None: held for review, the reviewer's decision delivers it
-            final = await screen.finish(final, (text_offset, reasoning_offset if reads_reasoning else None))
+            final = await screen.finish(final, held_delta)
         if final is not None:
             await publish(request, final)
         logger.info(

@@ -1,0 +1,163 @@
+"""An output held for review (services/worker/generation.py with the output screening of services/safety/output.py):
+the delta held back is what the stream would have carried, whatever reads the output, so a client whose response a
+reviewer releases gets the same text, reasoning, tokens and logprobs as a stream never held. The engine is the
+worker's own, on a tokenizer made here (one token per character), with vLLM's generation replaced by a written
+output, a token a step."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from services.safety.review import deliveries
+from services.worker.engine import Engine, GenerationStep
+from services.worker.generation import serve_request
+from services.worker.reasoning import THINK, ThinkMarkers
+from services.worker.vllm_parsing import VllmParsers
+from shared.contracts import (
+    CompletionFinished,
+    CompletionRequested,
+    ContentFlagged,
+    Message,
+    PromptLogprobs,
+    SamplingParams,
+    TokenLogprob,
+    TokensGenerated,
+)
+from tests.unit.char_tokenizer import char_tokenizer
+from tests.unit.test_safety_output import HOLD_PII, guard_for
+from tests.unit.test_worker_tool_calls import request as chat_request
+
+PROMPT = "<|im_start|>assistant\n<think>\n"  # Qwen3's, with thinking on: the template opens the block
+TOKENIZER = char_tokenizer(["<think>", "</think>", "<tool_call>", "</tool_call>"])
+
+
+class ScriptedEngine(Engine):
+    """The worker's engine, its model replaced by ``output``, written ``per_step`` tokens a step."""
+
+    tool_call_format = "hermes"
+    speaks_harmony = False
+    thinks_in_special_tokens = False
+    variant = "fp32"
+
+    def __init__(
+        self, output: str, parsers: VllmParsers | None = None, markers: ThinkMarkers | None = None, per_step: int = 1
+    ) -> None:
+        self._tokenizer = TOKENIZER
+        self.output, self.per_step = output, per_step
+        self.vllm_parsers = parsers
+        self.markers = markers
+
+    @property
+    def think_markers(self) -> ThinkMarkers | None:  # type: ignore[override]
+        return self.markers
+
+    def render_prompt(self, *_: object) -> str:
+        return PROMPT
+
+    async def generate(  # type: ignore[override]
+        self, request_id: str, prompt: str, sampling: SamplingParams, *_: object
+    ) -> AsyncIterator[GenerationStep]:
+        ids = TOKENIZER.encode(self.output, add_special_tokens=False)
+        prompt_logprobs = PromptLogprobs(first_token="<", tokens=[]) if sampling.prompt_logprobs is not None else None
+        for at in range(0, len(ids), self.per_step):
+            step = ids[at : at + self.per_step]
+            logprobs = tuple(TokenLogprob(token=TOKENIZER.decode([t]), logprob=-at - i) for i, t in enumerate(step))
+            yield GenerationStep(
+                text=TOKENIZER.decode(step),
+                new_tokens=len(step),
+                prompt_tokens=len(prompt),
+                finish_reason="stop" if at + len(step) == len(ids) else None,
+                logprobs=logprobs if sampling.logprobs is not None else (),
+                prompt_logprobs=prompt_logprobs if at == 0 else None,
+                token_ids=tuple(step),
+            )
+
+    async def abort(self, request_id: str) -> None:
+        pass
+
+
+async def served(engine: ScriptedEngine, request: CompletionRequested, every: int = 4) -> tuple[list[Message], bool]:
+    """What the requester gets, the output screened under a policy that holds personal data: the events the worker
+    sends, then, for an output held, those a reviewer's approval delivers; and whether it was held."""
+    flagged: list[ContentFlagged] = []
+    sent: list[Message] = []
+
+    async def publish(_: CompletionRequested, message: Message) -> None:
+        sent.append(message)
+
+    assert await serve_request(engine, request, publish, 0, guard=await guard_for(HOLD_PII, flagged, every=every))
+    for item in flagged:
+        assert item.action == "hold" and item.held_completion is not None
+        approved = deliveries("output", ((), item.held_completion, item.held_delta), "r", "approve", [], ["pii"])
+        sent += [delivery.message for delivery in approved]
+    return sent, bool(flagged)
+
+
+def joined(events: list[Message]) -> tuple[str, str, int, list[TokenLogprob]]:
+    """A streaming client's reasoning, text, token count and logprobs, each event placed at its offsets."""
+    deltas = [e for e in events if isinstance(e, TokensGenerated)]
+    assert [d.sequence for d in deltas] == list(range(len(deltas)))
+    reasoning = text = ""
+    tokens, logprobs = 0, []
+    for delta in deltas:
+        assert (delta.text_offset, delta.reasoning_offset or 0) == (len(text), len(reasoning))
+        assert delta.token_offset in (None, tokens)
+        text, reasoning, tokens = text + delta.text, reasoning + delta.reasoning, tokens + delta.token_count
+        logprobs += delta.logprobs or []
+    (final,) = [e for e in events if isinstance(e, CompletionFinished)]
+    assert final.sequence == len(deltas)
+    return reasoning, text, tokens, logprobs
+
+
+async def test_a_held_output_read_by_vllm_s_parsers_is_released_as_their_stream_reads_it() -> None:
+    """Before a call, vLLM's qwen3 parsers stream the newlines after the think block as text, and leave them out of
+    the whole reading: the held part must come from the stream's reading, or the client's text loses characters."""
+    call = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
+    output = "Hmm, weather.</think>\n\nLet me mail bob@example.com about it." + call
+    parsers = VllmParsers.for_model("qwen3_xml", "qwen3", TOKENIZER)
+    events, held = await served(ScriptedEngine(output, parsers), chat_request(stream=True))
+    reasoning, text, tokens, _ = joined(events)
+    assert held and (reasoning, text) == ("Hmm, weather.", "\n\nLet me mail bob@example.com about it.")
+    assert tokens == len(TOKENIZER.encode(output, add_special_tokens=False))
+    final = events[-1]
+    assert isinstance(final, CompletionFinished) and final.tool_calls
+    assert final.tool_calls[0].function.arguments == '{"city": "Paris"}'
+
+    unheld = output.replace("bob@example.com", "Bob")
+    events, held = await served(ScriptedEngine(unheld, parsers), chat_request(stream=True))
+    assert not held and joined(events)[1] == "\n\nLet me mail Bob about it."  # a stream never held reads alike
+
+
+async def test_a_held_reasoning_output_by_ferry_s_reader_keeps_back_the_rest_of_both() -> None:
+    output = "I will mail bob@example.com now.</think>Done, mailed."
+    events, held = await served(ScriptedEngine(output, markers=THINK), chat_request(tools=[], stream=True))
+    reasoning, text, _, _ = joined(events)
+    assert held and (reasoning, text) == ("I will mail bob@example.com now.", "Done, mailed.")
+
+
+async def test_a_held_output_keeps_each_token_s_logprob_once_and_in_order() -> None:
+    output = "Sure, write to bob@example.com today."
+    asked = chat_request(tools=[], stream=True, sampling=SamplingParams(logprobs=0, prompt_logprobs=0))
+    events, held = await served(ScriptedEngine(output), asked)
+    _, text, tokens, logprobs = joined(events)
+    assert held and text == output and tokens == len(output)
+    assert [e.logprob for e in logprobs] == [-at for at in range(len(output))]
+
+
+async def test_an_output_held_from_its_first_token_still_brings_the_prompts_logprobs_first() -> None:
+    asked = chat_request(tools=[], stream=True, sampling=SamplingParams(prompt_logprobs=0))
+    events, held = await served(ScriptedEngine("bob@example.com today", per_step=15), asked)
+    first = events[0]
+    assert held and isinstance(first, TokensGenerated) and first.text == "bob@example.com today"
+    assert first.prompt_logprobs is not None
+
+
+async def test_a_held_tool_call_is_released_as_the_call_not_as_its_text() -> None:
+    call = '<tool_call>{"name": "get_weather", "arguments": {"city": "bob@example.com"}}</tool_call>'
+    output = "Checking. " + call
+    events, held = await served(ScriptedEngine(output), chat_request(stream=True))
+    _, text, tokens, _ = joined(events)
+    final = events[-1]
+    assert held and isinstance(final, CompletionFinished) and final.finish_reason == "tool_calls"
+    assert text == "Checking. " and tokens == len(TOKENIZER.encode(output, add_special_tokens=False))
+    assert final.tool_calls and final.tool_calls[0].function.arguments == '{"city": "bob@example.com"}'
