@@ -3,6 +3,8 @@
 # concurrency, plus cold-start and warm-reload times of both models. Needs Kafka and PostgreSQL running
 # (./infra/platform infra). Starts its own tiny-random worker on its own topic prefix and database, and removes them.
 #   benchmarks/worker-vs-engine.sh [OUT_DIR]      (default benchmarks/reports/worker)
+# ROUNDS (default 3): how many times each pair runs, the order swapped each round (bench --rounds); the report gives
+# each round's ratio and their median.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-$root/benchmarks/reports/worker}
@@ -43,9 +45,9 @@ bench() {
     >"$out/worker-$model${suffix:+-$suffix}.log" 2>&1 &
   worker_pid=$!
   for _ in $(seq 240); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.5; done
-  "$py" -m benchmarks.bench --model "$model" --through-worker --compare-engine --concurrency "$c" --num-prompts "$n" \
-    --output-tokens 64:64 --input-words 32:128 --quiet --out "$out/$name" >/dev/null
-  echo "$name: $(grep -m1 'output throughput' "$out/$name/report.md")"
+  "$py" -m benchmarks.bench --model "$model" --through-worker --compare-engine --rounds "${ROUNDS:-3}" \
+    --concurrency "$c" --num-prompts "$n" --output-tokens 64:64 --input-words 32:128 --quiet --out "$out/$name" >/dev/null
+  echo "$name: $(grep -m1 'output throughput' "$out/$name/report.md") $(grep -m1 '^Median ratio' "$out/$name/report.md")"
   kill -TERM "$worker_pid"; wait "$worker_pid" 2>/dev/null || true
   kill -KILL -- "-$worker_pid" 2>/dev/null || true; worker_pid=
 }

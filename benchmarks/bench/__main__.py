@@ -109,6 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run the second target first (ratios stay first / second), to rule out an order effect",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with a second target: run the pair this many times, the order swapped each round, and report each "
+        "round's throughput ratio and their median besides the pooled tables (a shared machine's speed drifts)",
+    )
     p.add_argument("--prompts", choices=["synthetic", "conversations", "trace"], default="synthetic")
     p.add_argument("--input-words", type=_range, default=(32, 128), help="synthetic prompt length range, LOW:HIGH")
     p.add_argument("--output-tokens", type=_range, default=(64, 64), help="max_tokens range, LOW:HIGH")
@@ -200,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         return _overhead(args, argv)
     slos = parse_slos(args.slo)
     requests, offsets = build_load(args)
+    if args.rounds < 1 or args.rounds > 1 and not (args.compare or args.compare_vllm or args.compare_engine):
+        raise SystemExit("--rounds repeats a comparison of two targets: add --compare, --compare-vllm or "
+                         "--compare-engine")  # fmt: skip
     if args.compare_cache:
         if args.baseline_first or args.compare or args.compare_vllm or args.compare_engine or args.through_worker:
             raise SystemExit("--compare-cache runs misses then hits on one target; it takes no other comparison")
@@ -241,13 +251,19 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: run_in_process(args.model, path, max_model_len, load),
                 )
             )
-        runs: dict[str, report.TargetRun] = {}
+        order = list(reversed(jobs)) if args.baseline_first else jobs
+        rounds: list[report.Round] = []
         wall_start = time.time()
-        for job in reversed(jobs) if args.baseline_first else jobs:
-            results, started_at, duration = asyncio.run(job.start())
-            runs[job.name] = report.TargetRun(
-                job.name, job.where, summarize(results, duration, slos), results, started_at
-            )
+        for index in range(args.rounds):
+            played = report.Round([], {})
+            for job in order if index % 2 == 0 else reversed(order):
+                results, started_at, duration = asyncio.run(job.start())
+                played.order.append(job.name)
+                played.runs[job.name] = report.TargetRun(
+                    job.name, job.where, summarize(results, duration, slos), results, started_at
+                )
+            rounds.append(played)
+        runs = rounds[0].runs if args.rounds == 1 else {job.name: report.pooled(job.name, rounds, slos) for job in jobs}
     config = {
         "command": ["bench", *_redacted(argv if argv is not None else sys.argv[1:])],
         "model": args.model,
@@ -261,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         "input_words": list(args.input_words),
         "output_tokens": list(args.output_tokens),
         "seed": args.seed,
-        "order": [job.name for job in (reversed(jobs) if args.baseline_first else jobs)],
+        "order": [job.name for job in order],
+        "rounds": args.rounds,
         "slos_ms": slos,
         "machine": f"{os.cpu_count()} cores",
         # wall-clock window of the run, to find its spans in the services' trace files (benchmarks.bench.hops)
@@ -274,6 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         paths["json"].write_text(json.dumps(data | {"cache": figures}, indent=2))
         with paths["markdown"].open("a") as md:
             md.write(cache.markdown(figures))
+    if args.rounds > 1:
+        first, second = (job.name for job in jobs)
+        figures = report.round_ratios(rounds, first, second)
+        data = json.loads(paths["json"].read_text())
+        paths["json"].write_text(json.dumps(data | {"rounds": figures}, indent=2))
+        with paths["markdown"].open("a") as md:
+            md.write(report.rounds_markdown(figures, first, second))
     print(paths["markdown"].read_text())
     print(f"report: {out}", file=sys.stderr)
     return 0 if all(r.summary.completed for r in runs.values()) else 1

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench.metrics import LATENCY_METRICS, RequestResult, Summary, ratios
+from benchmarks.bench.metrics import LATENCY_METRICS, RequestResult, Summary, ratios, summarize
 
 LATENCY_NAMES = {
     "ttft": "time to first token",
@@ -60,6 +61,66 @@ def write(out_dir: Path, config: dict[str, Any], runs: list[TargetRun]) -> dict[
     _plot_latency_cdfs(runs, paths["latency_cdf"])
     _plot_throughput(runs, paths["throughput"])
     return paths
+
+
+@dataclass
+class Round:
+    """One run of both targets of a comparison, in the order they ran."""
+
+    order: list[str]
+    runs: dict[str, TargetRun]
+
+
+def pooled(name: str, rounds: list[Round], slos_ms: dict[str, float] | None = None) -> TargetRun:
+    """A target's runs of every round as one: its requests together, over the sum of its durations."""
+    parts = [r.runs[name] for r in rounds]
+    results = [x for part in parts for x in part.results]
+    duration = sum(part.summary.duration_s for part in parts)
+    return TargetRun(name, parts[0].base_url, summarize(results, duration, slos_ms), results, parts[0].started_at)
+
+
+def round_ratios(rounds: list[Round], first: str, second: str) -> dict[str, Any]:
+    """Each round's output throughput of the two targets and their ratio (``first`` / ``second``), and the median
+    ratio: on a shared machine a target's speed drifts between runs by more than the difference measured, so a pair
+    run side by side several times, the order swapped, says more than one pair."""
+    rows = []
+    for index, played in enumerate(rounds, start=1):
+        a, b = played.runs[first].summary, played.runs[second].summary
+        rows.append(
+            {
+                "round": index,
+                "order": played.order,
+                "output_throughput": {first: a.output_throughput, second: b.output_throughput},
+                "ttft_median_ms": {first: a.ttft.median if a.ttft else None, second: b.ttft.median if b.ttft else None},
+                "ratio": a.output_throughput / b.output_throughput if b.output_throughput else None,
+            }
+        )
+    ratios_seen = [r["ratio"] for r in rows if r["ratio"] is not None]
+    return {"rounds": rows, "median_ratio": statistics.median(ratios_seen) if ratios_seen else None}
+
+
+def rounds_markdown(figures: dict[str, Any], first: str, second: str) -> str:
+    lines = [
+        "",
+        f"## Rounds: the pair run {len(figures['rounds'])} times, the order swapped each round",
+        "",
+        f"The tables above pool every round. Ratio: output throughput, {first} / {second}, in the same round.",
+        "",
+        f"| round | order | {first} output tok/s | {second} output tok/s | ratio | TTFT p50 {first} / {second} (ms) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in figures["rounds"]:
+        throughput, ttft = row["output_throughput"], row["ttft_median_ms"]
+        ratio = f"{row['ratio']:.2f}" if row["ratio"] is not None else "-"
+        ttfts = " / ".join(f"{ttft[n]:.1f}" if ttft[n] is not None else "-" for n in (first, second))
+        lines.append(
+            f"| {row['round']} | {', '.join(row['order'])} | {throughput[first]:.1f} | {throughput[second]:.1f} | "
+            f"{ratio} | {ttfts} |"
+        )
+    seen = [row["ratio"] for row in figures["rounds"] if row["ratio"] is not None]
+    if seen:
+        lines += ["", f"Median ratio: {figures['median_ratio']:.2f} (lowest {min(seen):.2f}, highest {max(seen):.2f})."]
+    return "\n".join(lines) + "\n"
 
 
 def _request_json(result: RequestResult, started_at: float) -> dict[str, Any]:

@@ -77,6 +77,7 @@ async def run_in_process(
     # the worker's thread count (FERRY_WORKER_ENGINE_CPU_THREADS): both sides compute alike
     threads = WorkerSettings().engine_cpu_threads
     engine = await Engine.start(EngineConfig(model_id, path, max_model_len, cpu_threads=threads))
+    salt = uuid.uuid4().hex  # one per run, as through the worker (see run_through_worker)
 
     async def send_one(request: BenchRequest) -> RequestResult:
         started = time.monotonic()
@@ -86,7 +87,7 @@ async def run_in_process(
             async with asyncio.timeout(load.timeout_s):
                 prompt = engine.render_prompt([ChatMessage.model_validate(m) for m in request.messages])
                 sampling = SamplingParams(max_tokens=request.max_tokens, temperature=0)
-                async for step in engine.generate(uuid.uuid4().hex, prompt, sampling):
+                async for step in engine.generate(uuid.uuid4().hex, prompt, sampling, salt):
                     prompt_tokens = step.prompt_tokens
                     output_tokens += step.new_tokens
                     if step.text:
@@ -133,6 +134,9 @@ async def run_through_worker(model_id: str, load: Load) -> tuple[list[RequestRes
                 queue.put_nowait((time.monotonic(), event))
 
     router = asyncio.create_task(route())
+    # one per run: a run repeated on the same worker (bench --rounds) must not find the prompts of the one before in
+    # the engine's prefix cache, where an engine started for each run would not
+    salt = uuid.uuid4().hex
 
     async def send_one(request: BenchRequest) -> RequestResult:
         request_id = f"bench-{uuid.uuid4().hex}"
@@ -145,6 +149,7 @@ async def run_through_worker(model_id: str, load: Load) -> tuple[list[RequestRes
             messages=[ChatMessage.model_validate(m) for m in request.messages],
             sampling=SamplingParams(max_tokens=request.max_tokens, temperature=0),
             reply_topic=reply_topic,
+            cache_salt=salt,
         )
         batch = BatchFormed(batch_id=request_id, model=model_id, requests=[completion])
         try:
