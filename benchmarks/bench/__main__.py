@@ -7,7 +7,6 @@ arrivals, and the report adds the ratios (first / second). --compare-engine runs
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from benchmarks.bench.metrics import RequestResult, parse_slos, summarize
 from benchmarks.bench.runner import Load, Target, run
 from benchmarks.bench.targets import run_in_process, run_through_worker, vllm_server
 from shared.registry import read_seed
+from shared.runtime import run as run_event_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(args.rounds):
             played = report.Round([], {})
             for job in order if index % 2 == 0 else reversed(order):
-                results, started_at, duration = asyncio.run(job.start())
+                results, started_at, duration = run_event_loop(job.start())
                 played.order.append(job.name)
                 played.runs[job.name] = report.TargetRun(
                     job.name, job.where, summarize(results, duration, slos), results, started_at

@@ -11,7 +11,6 @@ batcher's own spans (``ferry.batcher_wait_ms``: from reading a request to handin
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 from benchmarks.bench.metrics import RequestResult, summarize
 from benchmarks.bench.report import TargetRun
 from benchmarks.bench.runner import Load, Target, run
+from shared.runtime import run as run_event_loop
 
 # Until workers publish WorkerStatusReported, the profiles' wait limits apply only with without_reports=wait (as if
 # the workers were always saturated); "adaptive" is the default mode (dispatch at once while nothing says saturated).
@@ -102,10 +102,10 @@ def run_all(
         platform = start_platform(workdir, models_dir, models=(model,), extra_env=env)
         try:
             target = Target(name, platform.base_url + "/v1", model, platform.api_key)
-            results, started_at, duration = asyncio.run(run(target, load))
+            results, started_at, duration = run_event_loop(run(target, load))
             summary = summarize(results, duration, slos)
             since_ns = time.time_ns()
-            low_results, _, _ = asyncio.run(run(replace(target, name=f"{name}-low-load"), low))
+            low_results, _, _ = run_event_loop(run(replace(target, name=f"{name}-low-load"), low))
             waits, publishes, _ = _batcher_spans(platform.traces("batcher"), since_ns)
             _, _, reasons = _batcher_spans(platform.traces("batcher"), 0)
             load_average = os.getloadavg()[0]

@@ -18,7 +18,6 @@ the moment an answer ends, so the added time is the platform's own."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -34,6 +33,7 @@ from benchmarks.bench.hops import table as hop_table
 from benchmarks.bench.metrics import Summary, summarize
 from benchmarks.bench.runner import Load, Target, run
 from benchmarks.bench.targets import run_in_process, vllm_server
+from shared.runtime import run as run_event_loop
 from shared.telemetry import CONSOLE_EXPORT_DELAY_MS
 
 WARMUP_PROMPTS = 8
@@ -107,7 +107,7 @@ def run_overhead(
             }
             warm_up = prompts.synthetic(WARMUP_PROMPTS, input_words, output_tokens, seed=99)
             for target in (ferry, vllm):
-                asyncio.run(run(target, Load(warm_up, [0.0] * WARMUP_PROMPTS, 4, show_progress=False)))
+                run_event_loop(run(target, Load(warm_up, [0.0] * WARMUP_PROMPTS, 4, show_progress=False)))
             plan = ([(1, paced_s)] if paced_s is not None else []) + [(c, None) for c in concurrencies]
             for i, (concurrency, interval) in enumerate(plan):
                 count = max(64, 2 * concurrency)
@@ -129,7 +129,7 @@ def run_overhead(
                     started = time.time()
                     meter = CpuMeter(components.get(name, {}))
                     meter.start()
-                    results, _, duration = asyncio.run(runs[name]())
+                    results, _, duration = run_event_loop(runs[name]())
                     if name in components:
                         cpu_seconds[name] = meter.stop()
                     summaries[name] = summarize(results, duration)

@@ -8,12 +8,13 @@ its JSON; ``bench --start-times`` runs the rounds and prints the comparison.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from shared.runtime import run as run_event_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = {"server": True, "spawn": False}
@@ -78,4 +79,4 @@ if __name__ == "__main__":
     from benchmarks.bench.targets import model_start_times
 
     model_id, method = sys.argv[1], sys.argv[2]
-    print(json.dumps(asyncio.run(model_start_times(model_id, process_server=METHODS[method]))))
+    print(json.dumps(run_event_loop(model_start_times(model_id, process_server=METHODS[method]))))

@@ -21,6 +21,7 @@ from opentelemetry.trace import NoOpTracer
 from services.ingress.adapters import ReplyListener
 from services.ingress.serving import merged, stream_sse, watched, without_repeats
 from shared.contracts import CompletionFinished, Message, TokensGenerated, Usage, utc_now
+from shared.runtime import run as run_event_loop
 from shared.settings import CommonSettings
 
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
-    per_round = asyncio.run(measure(args.tokens, args.streams, args.rounds))
+    per_round = run_event_loop(measure(args.tokens, args.streams, args.rounds))
     print(
         f"ingress CPU per streamed request of {args.tokens} one-token deltas: median {statistics.median(per_round):.2f}"
         f" ms, fastest round {min(per_round):.2f} ms ({args.rounds} rounds of {args.streams} streams)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 
@@ -17,7 +16,7 @@ from services.batcher.metrics import BatcherMetrics
 from shared.kafka import ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import enabled_models
-from shared.runtime import GarbageCollection, kafka_service_app, serve
+from shared.runtime import GarbageCollection, kafka_service_app, run, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
 
@@ -70,4 +69,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

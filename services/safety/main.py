@@ -29,7 +29,7 @@ from shared.db import connect_pool
 from shared.kafka import ensure_topics, new_broker, publish_message, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import ModelRegistry
-from shared.runtime import GarbageCollection, serve
+from shared.runtime import GarbageCollection, run, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
 
@@ -176,4 +176,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

@@ -24,7 +24,7 @@ from shared.db import connect_pool
 from shared.kafka import ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import ModelRegistry
-from shared.runtime import GarbageCollection, kafka_service_app, serve
+from shared.runtime import GarbageCollection, kafka_service_app, run, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
 
@@ -119,4 +119,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

@@ -3,7 +3,6 @@ host the models of FERRY_WORKER_MODELS next to it within FERRY_WORKER_MEMORY_BUD
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from faststream.asgi import AsgiResponse, get
@@ -23,7 +22,7 @@ from shared.db import connect_pool
 from shared.kafka import DirectPublisher, ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import ModelRecord, ModelRegistry, enabled_models
-from shared.runtime import GarbageCollection, kafka_service_app, serve
+from shared.runtime import GarbageCollection, kafka_service_app, run, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
 
@@ -141,4 +140,4 @@ async def _served_model(common: CommonSettings, settings: WorkerSettings) -> Mod
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())
