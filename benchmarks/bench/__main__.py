@@ -114,7 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         help="with a second target: run the pair this many times, the order swapped each round, and report each "
-        "round's throughput ratio and their median besides the pooled tables (a shared machine's speed drifts)",
+        "round's throughput ratio and their median besides the pooled tables (a shared machine's speed drifts); "
+        "with --overhead: every load this many times, and each round's added time and their median",
     )
     p.add_argument("--prompts", choices=["synthetic", "conversations", "trace"], default="synthetic")
     p.add_argument("--input-words", type=_range, default=(32, 128), help="synthetic prompt length range, LOW:HIGH")
@@ -320,6 +321,7 @@ def _overhead(args: argparse.Namespace, argv: list[str] | None) -> int:
         models_dir,
         out,
         paced_s=args.paced,
+        rounds=args.rounds,
     )
     command = " ".join(["bench", *_redacted(argv if argv is not None else sys.argv[1:])])
     print(overhead.write(out, steps, command).read_text())

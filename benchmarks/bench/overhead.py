@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -55,10 +56,16 @@ class Step:
     """CPU seconds spent during a target's run, by target (ferry, vllm-direct), then by component."""
     paced_s: float | None = None
     """Seconds between requests sent in an open loop; None: ``concurrency`` streams, each request as the last ends."""
+    round: int | None = None
+    """Which of several rounds of the same loads (bench --rounds); None: one round only."""
+
+    @property
+    def load(self) -> str:
+        return load_name(self.concurrency, self.paced_s)
 
     @property
     def label(self) -> str:
-        return load_name(self.concurrency, self.paced_s)
+        return self.load + (f", round {self.round}" if self.round is not None else "")
 
     @property
     def ferry(self) -> Summary:
@@ -91,6 +98,7 @@ def run_overhead(
     out: Path,
     extra_env: dict[str, str] | None = None,
     paced_s: float | None = None,
+    rounds: int = 1,
 ) -> list[Step]:
     from tests.e2e.platform import start_platform, stop_platform  # the test platform starter, reused
 
@@ -108,9 +116,12 @@ def run_overhead(
             warm_up = prompts.synthetic(WARMUP_PROMPTS, input_words, output_tokens, seed=99)
             for target in (ferry, vllm):
                 run_event_loop(run(target, Load(warm_up, [0.0] * WARMUP_PROMPTS, 4, show_progress=False)))
-            plan = ([(1, paced_s)] if paced_s is not None else []) + [(c, None) for c in concurrencies]
-            for i, (concurrency, interval) in enumerate(plan):
+            loads = ([(1, paced_s)] if paced_s is not None else []) + [(c, None) for c in concurrencies]
+            plan = [(r, concurrency, interval) for r in range(1, rounds + 1) for concurrency, interval in loads]
+            for i, (round_number, concurrency, interval) in enumerate(plan):
                 count = max(64, 2 * concurrency)
+                # new prompts at every step: ferry's engine and vLLM's server keep their prefix caches from one round
+                # to the next, where the engine in process starts afresh
                 requests = prompts.synthetic(count, input_words, output_tokens, seed=i)
                 if interval is None:
                     load = Load(requests, [0.0] * count, concurrency, show_progress=False)
@@ -141,7 +152,18 @@ def run_overhead(
                     )
                 time.sleep(2 * CONSOLE_EXPORT_DELAY_MS / 1000)  # the last spans reach the trace files
                 hops = hop_table(_spans(workdir, window))
-                steps.append(Step(concurrency, summaries, hops, order, os.getloadavg()[0], cpu_seconds, interval))
+                steps.append(
+                    Step(
+                        concurrency,
+                        summaries,
+                        hops,
+                        order,
+                        os.getloadavg()[0],
+                        cpu_seconds,
+                        interval,
+                        round_number if rounds > 1 else None,
+                    )
+                )
     finally:
         stop_platform(platform)
     return steps
@@ -176,6 +198,7 @@ def markdown(steps: list[Step], command: str) -> str:
                 cells.append(f"{a:.1f} / {b:.1f} / {a - b:+.1f}")
             done = f"{s.ferry.completed}, {base.completed} of {s.ferry.completed + s.ferry.failed}"
             lines.append(f"| {s.label} | {baseline} | {' | '.join(cells)} | {done} |")
+    lines += rounds_table(steps)
     lines += ["", "Run order and the machine's 1-minute load average (2 shared cores) after each step:", ""]
     lines += [f"- {s.label}: {', '.join(s.order)}; load average {s.load_average:.1f}" for s in steps]
     lines.append("")
@@ -183,6 +206,33 @@ def markdown(steps: list[Step], command: str) -> str:
     for s in steps:
         lines += [f"## Hops at {s.label} (ferry run, from the services' spans)", "", s.hops]
     return "\n".join(lines) + "\n"
+
+
+def rounds_table(steps: list[Step]) -> list[str]:
+    """With several rounds: each load's added TTFT, round by round, and its median over the rounds."""
+    if not any(s.round is not None for s in steps):
+        return []
+    lines = [
+        "",
+        "## Added time to first token, round by round (ms)",
+        "",
+        "| load | baseline | added p50 per round | median | added p99 per round | median |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for load in dict.fromkeys(s.load for s in steps):
+        same = [s for s in steps if s.load == load and s.ferry.ttft is not None]
+        for baseline in BASELINES:
+            cells = []
+            for q in ("median", "p99"):
+                added = [
+                    getattr(s.ferry.ttft, q) - getattr(theirs, q)
+                    for s in same
+                    if (theirs := s.summaries[baseline].ttft) is not None
+                ]
+                values = ", ".join(f"{a:+.1f}" for a in added) or "n/a"
+                cells += [values, f"{statistics.median(added):+.1f}" if added else "n/a"]
+            lines.append(f"| {load} | {baseline} | {' | '.join(cells)} |")
+    return lines
 
 
 def cpu_table(steps: list[Step]) -> list[str]:
@@ -228,6 +278,7 @@ def write(out: Path, steps: list[Step], command: str) -> Path:
             {
                 "concurrency": s.concurrency,
                 "paced_s": s.paced_s,
+                "round": s.round,
                 "order": s.order,
                 "load_average": s.load_average,
                 "cpu_seconds": s.cpu_seconds,

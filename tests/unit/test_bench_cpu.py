@@ -104,3 +104,28 @@ def test_a_paced_step_is_named_by_its_interval_in_every_table() -> None:
 def test_no_cpu_table_without_figures() -> None:
     step = Step(16, {"ferry": _summary(1)}, "", ["ferry"], 1.0, {})
     assert cpu_table([step]) == []
+
+
+def _summary_ttft(ttft_s: float) -> Summary:
+    return summarize([RequestResult(True, 0.0, 1.0, [ttft_s, 0.9], 10, 2)], 1.0)
+
+
+def test_rounds_of_the_same_load_give_each_round_s_added_ttft_and_their_median() -> None:
+    order = ["ferry", "vllm-direct", "engine-in-process"]
+    steps = [
+        Step(
+            16,
+            {"ferry": _summary_ttft(f), "vllm-direct": _summary_ttft(v), "engine-in-process": _summary_ttft(e)},
+            "",
+            order,
+            1.0,
+            {},
+            round=r,
+        )  # fmt: skip
+        for r, (f, v, e) in enumerate([(0.30, 0.10, 0.05), (0.50, 0.10, 0.10), (0.40, 0.20, 0.10)], start=1)
+    ]
+    text = markdown(steps, "bench --overhead --rounds 3 --concurrencies 16")
+    assert "| 16 streams | engine-in-process | +250.0, +400.0, +300.0 | +300.0 |" in text
+    assert "| 16 streams | vllm-direct | +200.0, +400.0, +200.0 | +200.0 |" in text
+    rows = [line.split(" | ")[0].strip("| ") for line in text.splitlines() if line.startswith("| 16 streams, round")]
+    assert rows == ["16 streams, round 1"] * 2 + ["16 streams, round 2"] * 2 + ["16 streams, round 3"] * 2
