@@ -74,9 +74,12 @@ async def run_in_process(
     from services.worker.engine import Engine, EngineConfig  # imports vLLM: seconds, and only when asked for
     from shared.contracts import ChatMessage, SamplingParams
 
-    # the worker's thread count (FERRY_WORKER_ENGINE_CPU_THREADS): both sides compute alike
-    threads = WorkerSettings().engine_cpu_threads
-    engine = await Engine.start(EngineConfig(model_id, path, max_model_len, cpu_threads=threads))
+    # the worker's thread count and priority (FERRY_WORKER_ENGINE_CPU_THREADS, _NICE): both sides compute alike
+    worker = WorkerSettings()
+    config = EngineConfig(
+        model_id, path, max_model_len, cpu_threads=worker.engine_cpu_threads, cpu_nice=worker.engine_nice
+    )
+    engine = await Engine.start(config)
     salt = uuid.uuid4().hex  # one per run, as through the worker (see run_through_worker)
 
     async def send_one(request: BenchRequest) -> RequestResult:

@@ -45,6 +45,15 @@ class WorkerSettings(BaseSettings):
         "short (on 2 cores, 1 thread gives the tiny model 1.5-1.8x the tokens/s through the worker) and costs models "
         "whose steps are long (SmolLM2-135M is 20-30% slower on 1 thread): benchmarks/README.md.",
     )
+    engine_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How far below the services' the engine process's CPU priority is (Linux nice), on CPU only "
+        "(ignored on a GPU): when the cores are contended, the services' short bursts (Kafka, screening, replies, the "
+        "next request) run at once instead of waiting behind the model's threads, which still get every cycle left. "
+        "0: the same priority. Measured in benchmarks/README.md.",
+    )
     engine_process_server: bool = Field(
         True,
         description="On CPU, start each model's vLLM engine process from a server process that has imported torch and "

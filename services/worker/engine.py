@@ -14,7 +14,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from services.worker.engine_processes import use_engine_process_server
+from services.worker.engine_processes import ENGINE_NICE_VARIABLE, use_engine_process_server
 from services.worker.harmony import speaks_harmony
 from services.worker.reasoning import MISTRAL_THINK, THINK, ThinkMarkers, template_switches, think_markers
 from services.worker.tool_calls import DSML_FORMATS, ToolCallFormat, call_format, conversation
@@ -79,6 +79,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     variant: str | None = None  # a name in variants.VARIANTS; None: float32 on CPU, vLLM's choice on GPU
     cpu_threads: int | None = None  # the model's OpenMP threads on CPU; None: torch's default, one per core
+    cpu_nice: int = 0  # on CPU, how far below the caller's the engine process's CPU priority is (see engine_processes)
     process_server: bool = True  # on CPU, vLLM's engine process forks from the preloaded server (engine_processes)
     tool_call_parser: str | None = None  # vLLM's parsers named in the model's registry entry (see vllm_parsing)
     reasoning_parser: str | None = None
@@ -215,15 +216,22 @@ def _cpu_threads(threads: int | None) -> Iterator[None]:
     import torch
 
     torch.set_num_threads(threads)
-    previous = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    with _environment_set("OMP_NUM_THREADS", str(threads)):
+        yield
+
+
+@contextmanager
+def _environment_set(name: str, value: str) -> Iterator[None]:
+    """``name`` set to ``value`` meanwhile: the engine process vLLM starts now takes the environment along."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if previous is None:
-            del os.environ["OMP_NUM_THREADS"]
+            del os.environ[name]
         else:
-            os.environ["OMP_NUM_THREADS"] = previous
+            os.environ[name] = previous
 
 
 class Engine:
@@ -278,9 +286,10 @@ class Engine:
         # tasks lazily when it is built outside a running loop). No local variable holds the AsyncLLM: vLLM's start-up
         # keeps a traceback alive whose frames include this one (see shutdown).
         threads = config.cpu_threads if on_cpu else None
+        nice = str(config.cpu_nice if on_cpu else 0)
 
         def build() -> AsyncLLM:
-            with _cpu_threads(threads):
+            with _cpu_threads(threads), _environment_set(ENGINE_NICE_VARIABLE, nice):
                 return AsyncLLM.from_engine_args(args, stat_loggers=[_stats_logger_factory(stats)])
 
         engine = cls(config, await asyncio.to_thread(build), stats)

@@ -13,6 +13,10 @@ A forked process inherits the server's environment, not the worker's: each proce
 at its start (vLLM sets variables for its engine just before) and takes it back first thing, with the OpenMP thread
 count, which torch read when the server imported it.
 
+An engine process can also run at a lower CPU priority than the worker (``ENGINE_NICE_VARIABLE``, the worker's
+``engine_nice`` on CPU): on cores it shares with the services, their short bursts of work then run as soon as they are
+ready instead of waiting for the model's threads to give up a core, and the model still gets every cycle they leave.
+
 A forked process is the server's child, and the server lives as long as any of them does; so each engine process
 watches the worker that started it and stops once it has ended, kill -9 included. So does one that vLLM starts its
 own way (on a GPU, or with the server turned off), which would otherwise outlive a killed worker too.
@@ -97,6 +101,10 @@ class _Carrying(BaseProcess):
         super().start()
 
 
+ENGINE_NICE_VARIABLE = "FERRY_ENGINE_NICE"
+"""Set while vLLM starts an engine process: how much to raise its nice value (lower its CPU priority) first thing."""
+
+
 # One class per start method, at module level: spawn and forkserver pickle the process object, by its class's name.
 class _ServerProcess(_Carrying, ForkServerProcess):
     pass
@@ -128,6 +136,9 @@ _WATCHED: dict[str, type[BaseContext]] = {"spawn": _SpawnContext, "fork": _ForkC
 def _run_in_environment(
     environment: dict[str, str], worker_pid: int, target: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> Any:
+    if nice := int(environment.get(ENGINE_NICE_VARIABLE) or 0):
+        # first: each thread takes the priority of the one that starts it, the model's OpenMP threads included
+        os.nice(nice)
     threading.Thread(target=_stop_when_gone, args=(worker_pid,), name="ferry-worker-watch", daemon=True).start()
     # Objects inherited from the server stay out of this process's garbage collections, whose bookkeeping writes
     # would copy their pages: the runtime stays shared with the server.

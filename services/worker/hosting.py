@@ -66,6 +66,7 @@ class VllmLoader:
     ensure_model: Callable[[str, str, Path, str | None], Path]  # model_store.ensure_model
     implicit_variant: str | None = None  # a variant that stands for vLLM's own choice (FERRY_WORKER_VARIANT unset)
     cpu_threads: int | None = None  # each model's OpenMP threads on CPU (None: one per core)
+    cpu_nice: int = 0  # how far below the services' its engine process's CPU priority is, on CPU
     process_server: bool = True  # engine processes fork from the preloaded server (engine_processes)
 
     async def _path(self, record: ModelRecord, variant: str) -> Path:
@@ -91,6 +92,7 @@ class VllmLoader:
             max_num_seqs=self.max_num_seqs,
             variant=None if variant == self.implicit_variant or variant not in VARIANTS else variant,
             cpu_threads=self.cpu_threads,
+            cpu_nice=self.cpu_nice,
             process_server=self.process_server,
             tool_call_parser=record.tool_call_parser,
             reasoning_parser=record.reasoning_parser,

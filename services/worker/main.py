@@ -51,6 +51,7 @@ async def main() -> None:
                 ensure_model,
                 implicit_variant=None if settings.variant else DEFAULT_CPU_VARIANT,
                 cpu_threads=settings.engine_cpu_threads,
+                cpu_nice=settings.engine_nice,
                 process_server=settings.engine_process_server,
             ),
             registry=registry.get,

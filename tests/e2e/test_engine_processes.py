@@ -1,12 +1,14 @@
 """On CPU the worker's engine processes fork from a server process that has imported torch and vLLM already
 (services/worker/engine_processes.py, FERRY_WORKER_ENGINE_PROCESS_SERVER) instead of vLLM's spawn, which imports them
-again for every model. An engine started either way answers the same, is named as vLLM names it, and is gone once
-shut down. Real vLLM, tiny model, in this process. (That its thread setting reaches it: test_engine_threads.py.)"""
+again for every model. An engine started either way answers the same, is named as vLLM names it, runs at the priority
+it is given and is gone once shut down. Real vLLM, tiny model, in this process. (That its thread setting reaches it:
+test_engine_threads.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -111,3 +113,42 @@ def test_a_killed_workers_engine_process_ends_with_it(process_server: bool, tmp_
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
+
+
+async def engine_thread_priorities(process_server: bool, nice: int) -> tuple[int, list[int]]:
+    """The nice value of a started engine's process, and of each of its threads that computed for a few requests."""
+    record = next(m for m in read_seed() if m.id == TINY_MODEL)
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    config = EngineConfig(TINY_MODEL, MODELS_DIR / TINY_MODEL, record.max_model_len, 0.25, 4)
+    engine = await Engine.start(dataclasses.replace(config, process_server=process_server, cpu_nice=nice))
+    try:
+        (core,) = [c for c in me.children(recursive=True) if c.pid not in before and c.num_threads() > 4]
+        prompt = engine.render_prompt([ChatMessage(role="user", content="Name three colours.")])
+        start = {t.id: t.user_time + t.system_time for t in core.threads()}
+
+        async def ask() -> None:
+            async for _ in engine.generate(uuid.uuid4().hex, prompt, SamplingParams(max_tokens=64, temperature=0)):
+                pass
+
+        await asyncio.gather(*[ask() for _ in range(8)])
+        busy = [t.id for t in core.threads() if t.user_time + t.system_time - start.get(t.id, 0.0) > 0.01]
+
+        def nice_of(thread: int) -> int:  # field 19 of its stat, after the command, which may hold spaces
+            stat = Path(f"/proc/{core.pid}/task/{thread}/stat").read_text()
+            return int(stat[stat.rindex(")") + 2 :].split()[16])
+
+        return core.nice(), [nice_of(thread) for thread in busy]
+    finally:
+        await engine.shutdown()
+
+
+@pytest.mark.parametrize("process_server", [True, False], ids=["forked-from-the-server", "spawned"])
+def test_an_engine_process_and_the_threads_that_compute_run_at_the_priority_it_is_given(process_server: bool) -> None:
+    """FERRY_WORKER_ENGINE_NICE: on cores shared with the services, the model's threads yield to them. (A spawned
+    process has a few idle threads from before the setting applies.)"""
+    assert psutil.Process().nice() == 0
+    process, computing = asyncio.run(engine_thread_priorities(process_server, nice=7))
+    assert process == 7 and computing and set(computing) == {7}
+    process, computing = asyncio.run(engine_thread_priorities(process_server, nice=0))
+    assert process == 0 and set(computing) == {0}
