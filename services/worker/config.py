@@ -52,7 +52,7 @@ class WorkerSettings(BaseSettings):
         description="How far below the services' the engine process's CPU priority is (Linux nice), on CPU only "
         "(ignored on a GPU): when the cores are contended, the services' short bursts (Kafka, screening, replies, the "
         "next request) run at once instead of waiting behind the model's threads, which still get every cycle left. "
-        "0: the same priority. Measured in benchmarks/README.md.",
+        "0: the same priority. Measured in benchmarks/reports/engine-nice-ab.",
     )
     engine_process_server: bool = Field(
         True,
