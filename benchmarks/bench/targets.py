@@ -13,11 +13,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.bench.metrics import RequestResult
 from benchmarks.bench.prompts import BenchRequest
 from benchmarks.bench.runner import Load, Target, drive
 from shared.ports import free_port
+
+if TYPE_CHECKING:
+    from services.worker.engine import EngineConfig
 
 
 @contextmanager
@@ -65,21 +69,27 @@ def vllm_server(model_id: str, path: Path, max_model_len: int, log: Path, kv_cac
                 os.killpg(process.pid, signal.SIGKILL)
 
 
+def worker_engine_config(model_id: str, path: Path, max_model_len: int, **fields: Any) -> EngineConfig:
+    """An engine set up as a worker sets up its own, so a benchmark's engine computes as the worker's does: the
+    worker's OpenMP threads and CPU priority (FERRY_WORKER_ENGINE_CPU_THREADS, FERRY_WORKER_ENGINE_NICE)."""
+    from services.worker.config import WorkerSettings
+    from services.worker.engine import EngineConfig  # imports vLLM: seconds, and only when asked for
+
+    worker = WorkerSettings()
+    return EngineConfig(
+        model_id, path, max_model_len, cpu_threads=worker.engine_cpu_threads, cpu_nice=worker.engine_nice, **fields
+    )
+
+
 async def run_in_process(
     model_id: str, path: Path, max_model_len: int, load: Load
 ) -> tuple[list[RequestResult], float, float]:
     """The benchmark against ferry's own engine adapter in this process, set up as the worker sets it up. Each engine
     step with text counts as a chunk (no coalescing), as vLLM's server streams them."""
-    from services.worker.config import WorkerSettings
-    from services.worker.engine import Engine, EngineConfig  # imports vLLM: seconds, and only when asked for
+    from services.worker.engine import Engine
     from shared.contracts import ChatMessage, SamplingParams
 
-    # the worker's thread count and priority (FERRY_WORKER_ENGINE_CPU_THREADS, _NICE): both sides compute alike
-    worker = WorkerSettings()
-    config = EngineConfig(
-        model_id, path, max_model_len, cpu_threads=worker.engine_cpu_threads, cpu_nice=worker.engine_nice
-    )
-    engine = await Engine.start(config)
+    engine = await Engine.start(worker_engine_config(model_id, path, max_model_len))  # both sides compute alike
     salt = uuid.uuid4().hex  # one per run, as through the worker (see run_through_worker)
 
     async def send_one(request: BenchRequest) -> RequestResult:
@@ -191,8 +201,8 @@ async def run_through_worker(model_id: str, load: Load) -> tuple[list[RequestRes
 
 
 async def model_start_times(model_id: str, process_server: bool) -> dict[str, float | bool | None]:
-    """Cold start of ``model_id`` as a worker does it, on the worker's settings (models folder,
-    ``FERRY_WORKER_ENGINE_CPU_THREADS``), in seconds: registry read, model folder, engine start, first token
+    """Cold start of ``model_id`` as a worker does it, on the worker's settings (models folder, the engine's threads
+    and priority, see ``worker_engine_config``), in seconds: registry read, model folder, engine start, first token
     (``cold_*``); then a warm reload: the engine stopped and started again in the same process, with vLLM imported
     and the weights in the page cache (``warm_*``). vLLM's sleep/wake is not available on CPU. ``process_server``:
     engine processes fork from the preloaded server, started first as the worker starts it (else vLLM spawns them).
@@ -204,7 +214,7 @@ async def model_start_times(model_id: str, process_server: bool) -> dict[str, fl
     if process_server:
         start_engine_process_server()
     from services.worker.config import WorkerSettings
-    from services.worker.engine import Engine, EngineConfig, GiB
+    from services.worker.engine import Engine, GiB
     from services.worker.hosting import estimate_memory_bytes
     from services.worker.model_store import ensure_model
     from shared.contracts import ChatMessage, SamplingParams
@@ -220,17 +230,11 @@ async def model_start_times(model_id: str, process_server: bool) -> dict[str, fl
         await pool.close()
     if record is None:
         raise SystemExit(f"{model_id} is not in the registry")
-    worker = WorkerSettings()  # the models folder and thread count a worker would use
+    worker = WorkerSettings()  # the models folder a worker would use
     path = await asyncio.to_thread(ensure_model, record.id, record.source, worker.models_dir)
     registry_read = time.monotonic()
 
-    config = EngineConfig(
-        model_id=record.id,
-        path=path,
-        max_model_len=record.max_model_len,
-        cpu_threads=worker.engine_cpu_threads,
-        process_server=process_server,
-    )
+    config = worker_engine_config(record.id, path, record.max_model_len, process_server=process_server)
 
     async def start_and_first_token() -> tuple[float, float, int]:
         """Seconds to the engine ready and to the first token, and the memory the engine took."""
@@ -248,7 +252,8 @@ async def model_start_times(model_id: str, process_server: bool) -> dict[str, fl
     warm_engine, warm_first, _ = await start_and_first_token()
     return {
         "engine_process_server": process_server,
-        "engine_cpu_threads": worker.engine_cpu_threads,  # None: one per core
+        "engine_cpu_threads": config.cpu_threads,  # None: one per core
+        "engine_nice": config.cpu_nice,
         "cold_import_s": imported - started,
         "cold_registry_and_folder_s": registry_read - imported,
         "cold_engine_start_s": cold_engine,
