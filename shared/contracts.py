@@ -418,7 +418,8 @@ class CompletionRequested(Message):
         min_length=1,
         max_length=200,
         description="For one of the n choices of a request with n > 1, each a request of its own (the ingress gives "
-        "them the ids <id>-<i>): that request's id <id>, which its choices share. A prompt the choices share is put "
+        "them the ids <id>-<i>): that request's id <id>, which its choices share; with a list of prompts "
+        "(/v1/completions), <id>-p<k> for the choices of its k-th prompt. A prompt the choices share is put "
         "before reviewers once, as one item. None: a request of its own.",
     )
 

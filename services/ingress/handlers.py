@@ -224,8 +224,11 @@ async def _serve(  # type: ignore[no-untyped-def]
     except PriorityNotAllowed as exc:
         raise ApiError(403, str(exc), "permission_error", param="priority", code="priority_not_allowed") from None
     timeout_s = _timeout(request.headers.get("x-ferry-timeout"), deps.settings)
+    prompts = body.prompt_texts() if isinstance(body, CompletionRequest) else None  # None: a chat's messages
+    choice_count = body.choice_count()
+    prompt_of = [k // body.n for k in range(choice_count)]  # which prompt each choice answers
 
-    if deps.listener.waiting + body.n > deps.settings.max_in_flight:
+    if deps.listener.waiting + choice_count > deps.settings.max_in_flight:
         raise ApiError(
             503, "This instance is at capacity; try again shortly.", "service_unavailable_error",
             code="ingress_at_capacity", headers={"Retry-After": "1"} | headers,
@@ -271,13 +274,14 @@ async def _serve(  # type: ignore[no-untyped-def]
             ),
         )
         message = message.model_copy(update={"retention_days": tenant.retention_days})  # review queue erases text then
-        choices = choice_requests(message, body.n)
-        charge = await _charge(deps, tenant, estimated_tokens(message, len(choices)), headers)
+        choices = choice_requests(message, body.n, prompts)
+        estimate = sum(estimated_tokens(choices[k], body.n) for k in range(0, len(choices), body.n))
+        charge = await _charge(deps, tenant, estimate, headers)
         policy = _cache_policy(tenant)
         lookups = await asyncio.gather(
             *(
-                deps.cache.lookup(choice, model.version, request.headers, policy, sample=i)
-                for i, choice in enumerate(choices)
+                deps.cache.lookup(choice, model.version, request.headers, policy, sample=k % body.n)
+                for k, choice in enumerate(choices)
             )
         )
         headers |= cache_headers(lookups)
@@ -322,12 +326,12 @@ async def _serve(  # type: ignore[no-untyped-def]
                 headers={"Retry-After": "1"} | headers,
             ) from None
     logger.info(
-        "request %s of tenant %s for %s (stream=%s, n=%d, cache %s)",
-        request_id, tenant.id, body.model, body.stream, body.n, headers[CACHE_HEADER],
+        "request %s of tenant %s for %s (stream=%s, choices=%d, cache %s)",
+        request_id, tenant.id, body.model, body.stream, len(choices), headers[CACHE_HEADER],
     )  # fmt: skip
 
     published_at = time.monotonic()
-    generated: list[CompletionFinished] = []  # a cache hit generated nothing: it counts as a request, not as tokens
+    generated: dict[int, CompletionFinished] = {}  # by choice; a cache hit generated nothing: a request, not tokens
     done: set[int] = set()
 
     def on_first() -> None:
@@ -336,15 +340,17 @@ async def _serve(  # type: ignore[no-untyped-def]
     def on_final(index: int, event: CompletionFinished | GenerationFailed) -> None:
         done.add(index)
         if isinstance(event, CompletionFinished) and lookups[index].entry is None:
-            generated.append(event)
+            generated[index] = event
             deps.metrics.tokens.labels(body.model, "completion").inc(event.usage.completion_tokens)
         if isinstance(event, CompletionFinished) and len(done) < len(lookups):
             return  # settled once: when the last choice is done, or at once on a failure
-        if generated:
-            deps.metrics.tokens.labels(body.model, "prompt").inc(generated[0].usage.prompt_tokens)
-            deps.metrics.tokens.labels(body.model, "cached_prompt").inc(generated[0].usage.cached_prompt_tokens or 0)
-        if charge is not None:  # the prompt counts once, as in the usage returned
-            used = usage_of(generated).total_tokens if generated else 0
+        usage = usage_of(list(generated.values()), [prompt_of[i] for i in generated]) if generated else None
+        if usage is not None:
+            deps.metrics.tokens.labels(body.model, "prompt").inc(usage.prompt_tokens)
+            cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else None
+            deps.metrics.tokens.labels(body.model, "cached_prompt").inc(cached or 0)
+        if charge is not None:  # each prompt counts once, as in the usage returned
+            used = usage.total_tokens if usage is not None else 0
             deps.spawn(deps.limiter.settle(charge, used), f"settlement of {request_id}")
 
     def on_abandoned(reason: AbandonReason, indexes: list[int]) -> None:
@@ -364,7 +370,8 @@ async def _serve(  # type: ignore[no-untyped-def]
     if isinstance(body, ChatCompletionRequest) and not body.include_reasoning:
         readable = [without_reasoning(s) for s in readable]
     replies = watched(merged(readable), on_final, on_abandoned, on_first, len(choices))
-    echo = body.prompt_text() if isinstance(body, CompletionRequest) and body.echo else ""
+    echo = isinstance(body, CompletionRequest) and body.echo
+    echoes = [prompt for prompt in prompts or [] for _ in range(body.n)] if echo else []  # each choice's prompt
     prompt_only = isinstance(body, CompletionRequest) and body.prompt_only()
     deps.metrics.responses.labels(request.url.path, "200").inc()
     if body.stream:
@@ -376,10 +383,11 @@ async def _serve(  # type: ignore[no-untyped-def]
                 include_usage,
                 replies,
                 kind,
-                echo,
+                echoes,
                 len(choices),
                 echo_logprobs=choices[0].sampling.prompt_logprobs is not None,
                 prompt_only=prompt_only,
+                prompt_of=prompt_of,
             ),
             media_type="text/event-stream",
             headers=headers | {"cache-control": "no-cache"},
@@ -393,7 +401,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     response = (
         chat_completion(request_id, body.model, completed)
         if kind == "chat"
-        else text_completion(request_id, body.model, completed, echo, prompt_only)
+        else text_completion(request_id, body.model, completed, echoes, prompt_only, prompt_of)
     )
     return JSONResponse(response.model_dump(), headers=headers)
 

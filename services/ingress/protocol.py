@@ -394,6 +394,10 @@ class SamplingFields(BaseModel):
         _check_min_tokens(value, info.data.get("max_tokens"), "max_tokens")
         return value
 
+    def choice_count(self) -> int:
+        """How many completions the request asks for: n (for each prompt of a prompt list)."""
+        return self.n
+
 
 def _check_min_tokens(min_tokens: int | None, max_tokens: int | None, name: str) -> None:
     if min_tokens is not None and max_tokens is not None and min_tokens > max_tokens:
@@ -511,8 +515,10 @@ class CompletionRequest(SamplingFields):
         }
     )
 
-    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=1)] = Field(
-        description="The prompt; a list must hold exactly one string."
+    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_CHOICES)] = Field(
+        description="The prompt, or a list of prompts, each completed n times: choice i * n + j is prompt i's j-th "
+        "(as OpenAI and vLLM number them). Every prompt's choices count toward the limit of "
+        f"{MAX_CHOICES}. Token-id prompts are refused: each prompt's text is screened before a model reads it."
     )
     max_tokens: int | None = Field(
         16,
@@ -535,6 +541,30 @@ class CompletionRequest(SamplingFields):
     )
     best_of: int | None = Field(None, ge=1, le=1, description="Only 1 is supported.")
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompts_only(cls, value: Any) -> Any:
+        # OpenAI's API also takes token ids; say why they are refused rather than "should be a valid string"
+        if isinstance(value, list) and value and all(isinstance(p, int | list) for p in value):
+            raise PydanticCustomError(
+                "unsupported_prompt",
+                "token-id prompts are not served: the safety stage screens each prompt's text before a model reads "
+                "it; send the text",
+            )
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _choices_within_limit(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
+        prompts, n = (1 if isinstance(value, str) else len(value)), info.data.get("n", 1)  # n is declared before
+        if prompts * n > MAX_CHOICES:
+            raise PydanticCustomError(
+                "too_many_choices",
+                "{prompts} prompts of n={n} choices each make {total} choices; at most {most} are served per request",
+                {"prompts": prompts, "n": n, "total": prompts * n, "most": MAX_CHOICES},
+            )
+        return value
+
     @field_validator("echo")
     @classmethod
     def _nothing_to_generate_only_with_echo(cls, value: bool, info: ValidationInfo) -> bool:
@@ -543,8 +573,12 @@ class CompletionRequest(SamplingFields):
             raise ValueError("max_tokens 0 needs echo: true (the prompt alone comes back)")
         return value
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompt_texts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def choice_count(self) -> int:
+        """How many completions the request asks for: n for each prompt."""
+        return len(self.prompt_texts()) * self.n
 
     def prompt_only(self) -> bool:
         """Whether only the echoed prompt is asked for (max_tokens 0), not a completion."""

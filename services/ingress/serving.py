@@ -170,7 +170,7 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
     if isinstance(api, ChatCompletionRequest):
         chat = {"messages": [_chat_message(m) for m in api.messages]} | _tools(api) | _thinking(api)
     else:
-        chat = {"prompt": api.prompt_text()}
+        chat = {"prompt": api.prompt_texts()[0]}  # choice_requests gives each choice its own
     return CompletionRequested(
         request_id=sub.request_id,
         model=api.model,
@@ -236,24 +236,31 @@ def _tools(api: ChatCompletionRequest) -> dict[str, object]:
     }
 
 
-def choice_requests(message: CompletionRequested, n: int) -> list[CompletionRequested]:
-    """The requests that generate the ``n`` choices of one API request. Choices are sampled independently, so each is a
-    request of its own through Kafka (vLLM's engine also splits ``n`` into one request per choice): choice i has the id
-    ``<request id>-<i>``, names the request in ``choice_of`` (the review queue keeps one item for their prompt) and,
-    when the request is seeded, has the seed + i, as vLLM derives it, so that seeded choices differ from one another
-    and each is reproducible (wrapped around within 64 bits)."""
-    if n == 1:
+def choice_requests(
+    message: CompletionRequested, n: int, prompts: Sequence[str] | None = None
+) -> list[CompletionRequested]:
+    """The requests that generate the choices of one API request: ``n`` for each of ``prompts`` (a raw prompt list of
+    /v1/completions; None: the message's own prompt or chat), in OpenAI's order, choice i * n + j being prompt i's
+    j-th. Choices are sampled independently, so each is a request of its own through Kafka (vLLM's engine also splits
+    ``n`` into one request per choice): choice k has the id ``<request id>-<k>``. The choices of one prompt name
+    their group in ``choice_of`` (the review queue keeps one item for their prompt): the request's id, or with several
+    prompts ``<request id>-p<i>``. When the request is seeded, prompt i's j-th choice has the seed + j, as vLLM derives
+    it, so that seeded choices differ from one another and each is reproducible (wrapped around within 64 bits)."""
+    texts = list(prompts) if prompts is not None and len(prompts) > 1 else [None]  # one: the message has it already
+    if n == 1 and texts == [None]:
         return [message]
     seed = message.sampling.seed
     return [
         message.model_copy(
             update={
-                "request_id": f"{message.request_id}-{i}",
-                "choice_of": message.request_id,
-                "sampling": message.sampling.model_copy(update={"seed": None if seed is None else _int64(seed + i)}),
+                "request_id": f"{message.request_id}-{i * n + j}",
+                "choice_of": None if n == 1 else message.request_id if text is None else f"{message.request_id}-p{i}",
+                "sampling": message.sampling.model_copy(update={"seed": None if seed is None else _int64(seed + j)}),
             }
+            | ({"prompt": text} if text is not None else {})
         )
-        for i in range(n)
+        for i, text in enumerate(texts)
+        for j in range(n)
     ]
 
 
@@ -325,11 +332,16 @@ def text_logprobs(
     return out
 
 
-def usage_of(finals: Sequence[CompletionFinished]) -> UsageOut:
-    """The request's usage over its choices: the prompt counts once, as in OpenAI's API, and the completions add up."""
-    prompt = finals[0].usage.prompt_tokens
+def usage_of(finals: Sequence[CompletionFinished], prompt_of: Sequence[int] | None = None) -> UsageOut:
+    """The request's usage over its choices: each prompt counts once, as in OpenAI's API, and the completions add
+    up. ``prompt_of``: which of the request's prompts each final answers (None: they share one)."""
+    first_of_each: dict[int, CompletionFinished] = {}
+    for prompt_index, final in zip(prompt_of or [0] * len(finals), finals, strict=True):
+        first_of_each.setdefault(prompt_index, final)
+    prompt = sum(f.usage.prompt_tokens for f in first_of_each.values())
     completion = sum(f.usage.completion_tokens for f in finals)
-    cached = finals[0].usage.cached_prompt_tokens
+    cached_counts = [c for f in first_of_each.values() if (c := f.usage.cached_prompt_tokens) is not None]
+    cached = sum(cached_counts) if cached_counts else None
     reasoning = [f.usage.reasoning_tokens for f in finals if f.usage.reasoning_tokens is not None]
     return UsageOut(
         prompt_tokens=prompt,
@@ -552,9 +564,15 @@ def _tool_calls_out(calls: Sequence[ToolCall] | None) -> list[ToolCallOut] | Non
 
 
 def text_completion(
-    request_id: str, model: str, finals: Sequence[CompletionFinished], echo: str = "", prompt_only: bool = False
+    request_id: str,
+    model: str,
+    finals: Sequence[CompletionFinished],
+    echoes: Sequence[str] = (),
+    prompt_only: bool = False,
+    prompt_of: Sequence[int] | None = None,
 ) -> Completion:
-    """``prompt_only`` (max_tokens 0 with echo): each choice is the echoed prompt alone, the token generated dropped."""
+    """``echoes``: with echo, each choice's prompt, put before its text. ``prompt_only`` (max_tokens 0 with echo):
+    each choice is the echoed prompt alone, the token generated dropped. ``prompt_of``: as for usage_of."""
 
     def generated(f: CompletionFinished) -> list[TokenLogprob] | None:
         return [] if prompt_only and f.logprobs is not None else f.logprobs
@@ -562,7 +580,7 @@ def text_completion(
     return Completion(
         id=request_id,
         model=model,
-        usage=usage_of(finals),
+        usage=usage_of(finals, prompt_of),
         choices=[
             CompletionChoice(
                 index=i,
@@ -570,7 +588,7 @@ def text_completion(
                 finish_reason=f.finish_reason,
                 logprobs=text_logprobs(generated(f), len(echo), f.prompt_logprobs if echo else None),
             )
-            for i, f in enumerate(finals)
+            for i, (f, echo) in enumerate(zip(finals, echoes or [""] * len(finals), strict=True))
         ],
         system_fingerprint=finals[0].variant,
     )
@@ -626,29 +644,32 @@ async def stream_sse(
     include_usage: bool,
     events: AsyncIterator[IndexedEvent],
     kind: ApiKind = "chat",
-    echo: str = "",
+    echoes: Sequence[str] = (),
     choices: int = 1,
     echo_logprobs: bool = False,
     prompt_only: bool = False,
+    prompt_of: Sequence[int] | None = None,
 ) -> AsyncIterator[str]:
     """Streaming: OpenAI's chunk sequence (chat: role, content deltas, finish reason; text: text deltas, finish reason)
     for each choice, its index in every chunk and choices interleaved as their text arrives; then, once every choice
     has finished, the usage when asked, and [DONE]. Failures after the stream began arrive as an ``error`` object, as
-    OpenAI sends them. With ``echo_logprobs`` the echoed prompt's chunk waits for the choice's first reply, which
-    carries the prompt's logprobs. With ``prompt_only`` (max_tokens 0 with echo) no generated text is sent."""
+    OpenAI sends them. ``echoes``: with echo, each choice's prompt, sent first. With ``echo_logprobs`` the echoed
+    prompt's chunk waits for the choice's first reply, which carries the prompt's logprobs. With ``prompt_only``
+    (max_tokens 0 with echo) no generated text is sent. ``prompt_of``: as for usage_of."""
     created = int(time.time())
     chunk = _chat_chunk if kind == "chat" else _text_chunk
     text_only_chunk = text_only_chunk_writer(request_id, created, model, kind)
     reasoning_chunk = text_only_chunk_writer(request_id, created, model, "chat", key="reasoning")
 
-    echo_waits = set(range(choices)) if echo and echo_logprobs else set()
+    echoes = echoes or [""] * choices
+    echo_waits = {i for i in range(choices) if echoes[i]} if echo_logprobs else set()
     for index in range(choices):
         if index in echo_waits:
             continue
-        if first := chunk(request_id, created, model, "" if kind == "chat" else echo, None, index, opening=True):
+        if first := chunk(request_id, created, model, echoes[index], None, index, opening=True):
             yield first
     finals: dict[int, CompletionFinished] = {}
-    token_starts = dict.fromkeys(range(choices), len(echo))  # text route: where each choice's next token starts
+    token_starts = {i: len(echoes[i]) for i in range(choices)}  # text route: where each choice's next token starts
     calls = StreamedCalls()
     try:
         async for index, event in events:
@@ -656,7 +677,7 @@ async def stream_sse(
                 echo_waits.discard(index)
                 # a reply from a worker that predates prompt logprobs carries none: the prompt then comes without
                 prompt = None if event.prompt_logprobs is None else text_logprobs([], 0, event.prompt_logprobs)
-                yield chunk(request_id, created, model, echo, None, index, logprobs=prompt)
+                yield chunk(request_id, created, model, echoes[index], None, index, logprobs=prompt)
             if isinstance(event, TokensGenerated):
                 if event.tool_calls:  # chat only: tools are refused on the text route
                     yield _chat_chunk(
@@ -705,7 +726,7 @@ async def stream_sse(
                             "created": created,
                             "model": model,
                             "choices": [],
-                            "usage": usage_of([finals[i] for i in range(choices)]).model_dump(),
+                            "usage": usage_of([finals[i] for i in range(choices)], prompt_of).model_dump(),
                         }
                         | ({"system_fingerprint": variant} if variant else {})
                     )

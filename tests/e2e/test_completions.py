@@ -73,6 +73,31 @@ def test_echo_puts_the_prompt_first(platform: Platform) -> None:
     assert "".join(c.choices[0].text for c in chunks if c.choices) == completion.choices[0].text
 
 
+async def test_a_prompt_list_is_completed_n_times_per_prompt_in_openais_order(platform: Platform) -> None:
+    client = async_client(platform)
+    prompts = [PROMPT, "The weather today is"]
+    fresh = {"cache-control": "no-store"}  # every choice generated, none replayed from the response cache
+    greedy = {"model": TINY_MODEL, "max_tokens": 6, "temperature": 0, "extra_headers": fresh}
+    alone = [await client.completions.create(prompt=prompt, **greedy) for prompt in prompts]
+    listed = await client.completions.create(prompt=prompts, n=2, echo=True, **greedy)
+    # choice i * n + j is prompt i's j-th, its text the prompt's (echoed) and then what that prompt alone gets
+    expected = [prompt + single.choices[0].text for prompt, single in zip(prompts, alone, strict=True) for _ in "ab"]
+    assert [(c.index, c.text) for c in listed.choices] == list(enumerate(expected))
+    assert listed.usage is not None and all(single.usage is not None for single in alone)
+    assert listed.usage.prompt_tokens == sum(single.usage.prompt_tokens for single in alone)  # type: ignore[union-attr]
+    assert listed.usage.completion_tokens == 2 * sum(single.usage.completion_tokens for single in alone)  # type: ignore[union-attr]
+
+    stream = await client.completions.create(
+        prompt=prompts, n=2, echo=True, stream=True, stream_options={"include_usage": True}, **greedy
+    )
+    streamed, usage = ["", "", "", ""], None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+        usage = chunk.usage or usage
+    assert streamed == expected and usage == listed.usage
+
+
 def test_text_stream_framing_is_openais(platform: Platform) -> None:
     body = {"model": TINY_MODEL, "prompt": PROMPT, "max_tokens": 4, "stream": True}
     url = f"{platform.base_url}/v1/completions"
@@ -92,7 +117,8 @@ def test_text_stream_framing_is_openais(platform: Platform) -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"prompt": ["one", "two"]}, "prompt"),
+        ({"prompt": [101, 102, 103]}, "prompt"),  # token ids: the safety stage screens text
+        ({"prompt": ["one", "two"], "n": 65}, "prompt"),  # 130 choices, over the limit of 128
         ({"suffix": "tail"}, "suffix"),
         ({"n": 129}, "n"),  # OpenAI's limit is 128
         ({"best_of": 3}, "best_of"),

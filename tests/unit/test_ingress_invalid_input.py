@@ -63,12 +63,20 @@ def test_a_missing_field_inside_a_union_member_is_named_as_missing() -> None:
     )
 
 
+TOKEN_IDS_REFUSED = (
+    "token-id prompts are not served: the safety stage screens each prompt's text before a model reads it; "
+    "send the text"
+)
+
+
 @pytest.mark.parametrize(
     ("prompt", "param", "message"),
     [
-        (["one", "two"], "prompt", "List should have at most 1 item after validation, not 2"),
+        (["one"] * 129, "prompt", "List should have at most 128 items after validation, not 129"),
         ([], "prompt", "List should have at least 1 item after validation, not 0"),
-        ([[1, 2]], "prompt.0", "Input should be a valid string"),
+        ([[1, 2]], "prompt", TOKEN_IDS_REFUSED),
+        ([1, 2], "prompt", TOKEN_IDS_REFUSED),
+        (["one", 2], "prompt.1", "Input should be a valid string"),
         (5, "prompt", "Input should be a valid string or a valid list"),
     ],
 )

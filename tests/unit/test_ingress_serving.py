@@ -234,6 +234,63 @@ def test_each_choice_is_a_request_of_its_own_with_vllms_seed_for_it() -> None:
     assert [c.sampling.seed for c in choice_requests(unseeded, 2)] == [None, None]
 
 
+def test_a_prompt_list_makes_n_choices_of_each_prompt_in_openais_order() -> None:
+    body = CompletionRequest.model_validate({"model": "m", "prompt": ["one", "two"], "n": 2, "seed": 7})
+    sub = Submission("cmpl-1", "t", utc_now(), {}, 16)
+    choices = choice_requests(to_completion_requested(body, sub), body.n, body.prompt_texts())
+    assert [(c.request_id, c.prompt, c.sampling.seed) for c in choices] == [
+        ("cmpl-1-0", "one", 7),
+        ("cmpl-1-1", "one", 8),
+        ("cmpl-1-2", "two", 7),  # as vLLM seeds each prompt's choices
+        ("cmpl-1-3", "two", 8),
+    ]
+    # the review queue groups the choices that share a prompt, and only those
+    assert [c.choice_of for c in choices] == ["cmpl-1-p0", "cmpl-1-p0", "cmpl-1-p1", "cmpl-1-p1"]
+    single = CompletionRequest.model_validate({"model": "m", "prompt": ["one", "two"]})
+    alone = choice_requests(to_completion_requested(single, sub), 1, single.prompt_texts())
+    assert [(c.request_id, c.prompt, c.choice_of) for c in alone] == [
+        ("cmpl-1-0", "one", None),
+        ("cmpl-1-1", "two", None),
+    ]
+    # a list of one prompt is served as the prompt alone
+    listed = CompletionRequest.model_validate({"model": "m", "prompt": ["one"]})
+    (alone_listed,) = choice_requests(to_completion_requested(listed, sub), 1, listed.prompt_texts())
+    assert (alone_listed.request_id, alone_listed.prompt, alone_listed.choice_of) == ("cmpl-1", "one", None)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "n", "says"),
+    [
+        ([1, 2, 3], 1, "token-id prompts are not served"),
+        ([[1, 2], [3]], 1, "token-id prompts are not served"),
+        (["a"] * 65, 2, "65 prompts of n=2 choices each make 130 choices; at most 128"),
+        (["a"] * 129, 1, "at most 128"),
+        (["a", ""], 1, "at least 1 character"),
+    ],
+)
+def test_prompt_lists_ferry_cannot_serve_are_refused_with_the_reason(prompt: object, n: int, says: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        CompletionRequest.model_validate({"model": "m", "prompt": prompt, "n": n})
+    assert says in str(err.value) and err.value.errors()[0]["loc"][0] == "prompt"
+
+
+def test_each_prompt_of_a_list_counts_once_in_the_usage_and_is_echoed_before_its_own_choices() -> None:
+    finals = [finished("a", prompt=3), finished("b", prompt=3), finished("c", prompt=8), finished("d", prompt=8)]
+    text = text_completion("r", "m", finals, echoes=["one ", "one ", "two ", "two "], prompt_of=[0, 0, 1, 1])
+    assert [(c.index, c.text) for c in text.choices] == [(0, "one a"), (1, "one b"), (2, "two c"), (3, "two d")]
+    assert (text.usage.prompt_tokens, text.usage.completion_tokens) == (3 + 8, 4 * 3)
+    # a usage over the choices that ran (others came from the cache) counts each of their prompts once
+    assert usage_of([finals[3], finals[1], finals[2]], [1, 0, 1]).prompt_tokens == 11
+
+
+async def test_a_prompt_lists_stream_echoes_each_prompt_and_sums_their_usage() -> None:
+    events = events_of((1, finished("b", prompt=8, request_id="r-1")), (0, finished("a", prompt=3, request_id="r-0")))
+    stream = stream_sse("r", "m", True, events, "text", ["one ", "two "], choices=2, prompt_of=[0, 1])
+    out = parse([line async for line in stream])
+    assert [(c["choices"][0]["index"], c["choices"][0]["text"]) for c in out[:2]] == [(0, "one "), (1, "two ")]
+    assert out[-2]["usage"]["prompt_tokens"] == 11 and out[-1] == "[DONE]"
+
+
 async def test_several_choices_stream_interleaved_with_their_indexes_and_one_usage() -> None:
     async def first() -> AsyncIterator[ReplyEvent]:
         yield TokensGenerated(request_id="r-0", sequence=0, text="Par", token_count=1)
@@ -282,7 +339,7 @@ async def test_several_choices_collect_in_index_order_and_fail_together() -> Non
     done = await collect("r", "m", events, choices=2)
     assert [(c.index, c.message.content) for c in done.choices] == [(0, "a"), (1, "b")]
     assert (done.usage.prompt_tokens, done.usage.completion_tokens, done.usage.total_tokens) == (5, 6, 11)
-    text = text_completion("r", "m", [finished("a"), finished("b")], echo="Q: ")
+    text = text_completion("r", "m", [finished("a"), finished("b")], echoes=["Q: ", "Q: "])
     assert [(c.index, c.text) for c in text.choices] == [(0, "Q: a"), (1, "Q: b")]
     failed = GenerationFailed(request_id="r-1", sequence=0, code="context_length_exceeded", message="too long")
     with pytest.raises(ApiError) as err:

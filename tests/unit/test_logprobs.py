@@ -101,14 +101,14 @@ def test_an_echoed_prompt_comes_first_with_no_logprob_for_its_first_token() -> N
     assert text.token_logprobs == [None, -2.0, -0.25, -0.5, -1.5]
     assert text.top_logprobs == [None, {".": -1.0}, {" ": -0.25}, {"Par": -0.5}, {"is": -0.9}]
     assert text.text_offset == [0, 1, 2, 3, 6]
-    answer = text_completion("r", "m", [finished(ENTRIES, PROMPT)], echo="Q: ").model_dump()["choices"][0]
+    answer = text_completion("r", "m", [finished(ENTRIES, PROMPT)], echoes=["Q: "]).model_dump()["choices"][0]
     assert answer["text"] == "Q: París" and answer["logprobs"]["tokens"] == text.tokens
 
 
 async def test_a_streamed_echo_waits_for_the_prompts_logprobs() -> None:
     first = delta(0, "Par", 0, ENTRIES[:1], 0).model_copy(update={"prompt_logprobs": PROMPT})
     events = events_of(first, delta(1, "ís", 3, ENTRIES[1:], 1), finished(ENTRIES, PROMPT))
-    stream = stream_sse("r", "m", False, merged([events]), kind="text", echo="Q: ", echo_logprobs=True)
+    stream = stream_sse("r", "m", False, merged([events]), kind="text", echoes=["Q: "], echo_logprobs=True)
     chunks = [json.loads(line[6:]) for line in [line async for line in stream] if line.startswith("data: {")]
     texts = [c["choices"][0]["text"] for c in chunks]
     assert texts == ["Q: ", "Par", "ís", ""]
@@ -116,7 +116,7 @@ async def test_a_streamed_echo_waits_for_the_prompts_logprobs() -> None:
     assert echoed["tokens"] == ["Q", ":", " "] and echoed["token_logprobs"] == [None, -2.0, -0.25]
     assert chunks[1]["choices"][0]["logprobs"]["text_offset"] == [3]
     # a choice whose output never streamed (everything came with its final) still gets its prompt first
-    stream = stream_sse("r", "m", False, merged([events_of(finished([], PROMPT))]), "text", "Q: ", echo_logprobs=True)
+    stream = stream_sse("r", "m", False, merged([events_of(finished([], PROMPT))]), "text", ["Q: "], echo_logprobs=True)
     chunks = [json.loads(line[6:]) for line in [line async for line in stream] if line.startswith("data: {")]
     assert [c["choices"][0]["text"] for c in chunks] == ["Q: ", ""]
     assert chunks[0]["choices"][0]["logprobs"]["token_logprobs"] == [None, -2.0, -0.25]
@@ -140,7 +140,7 @@ def test_unstreamed_answers_carry_logprobs_only_when_asked() -> None:
     answer = chat_completion("r", "m", [finished(ENTRIES)]).model_dump()
     assert [c["token"] for c in answer["choices"][0]["logprobs"]["content"]] == ["Par", "ís"]
     assert chat_completion("r", "m", [finished(None)]).model_dump()["choices"][0]["logprobs"] is None
-    echoed = text_completion("r", "m", [finished(ENTRIES)], echo="Q: ").model_dump()
+    echoed = text_completion("r", "m", [finished(ENTRIES)], echoes=["Q: "]).model_dump()
     assert echoed["choices"][0]["logprobs"]["text_offset"] == [3, 6]
 
 
@@ -166,7 +166,7 @@ def delta(
 async def test_each_chunk_carries_the_logprobs_of_its_own_tokens() -> None:
     eos = TokenLogprob(token="", logprob=-0.01)
     events = events_of(delta(0, "Par", 0, ENTRIES[:1], 0), delta(1, "ís", 3, ENTRIES[1:], 1), delta(2, "", 5, [eos], 2))
-    lines = [line async for line in stream_sse("r", "m", False, merged([events]), kind="text", echo="Q: ")]
+    lines = [line async for line in stream_sse("r", "m", False, merged([events]), kind="text", echoes=["Q: "])]
     chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
     logprobs = [c["choices"][0]["logprobs"] for c in chunks]
     assert logprobs[0] is None  # the echoed prompt
@@ -238,14 +238,14 @@ async def test_max_tokens_0_with_echo_scores_the_prompt_alone() -> None:
         CompletionRequest.model_validate(body | {"echo": False})
     with pytest.raises(ValidationError, match="max_tokens 0 needs echo"):
         CompletionRequest.model_validate({"model": "m", "prompt": "Q: ", "max_tokens": 0})  # echo left out
-    answer = text_completion("r", "m", [finished(ENTRIES, PROMPT)], echo="Q: ", prompt_only=True).model_dump()
+    answer = text_completion("r", "m", [finished(ENTRIES, PROMPT)], echoes=["Q: "], prompt_only=True).model_dump()
     choice = answer["choices"][0]
     assert choice["text"] == "Q: " and choice["logprobs"]["tokens"] == ["Q", ":", " "]
     assert answer["usage"]["completion_tokens"] == 2  # what the engine generated, as vLLM's server counts it
-    unscored = text_completion("r", "m", [finished(None)], echo="Q: ", prompt_only=True).model_dump()["choices"][0]
+    unscored = text_completion("r", "m", [finished(None)], echoes=["Q: "], prompt_only=True).model_dump()["choices"][0]
     assert unscored["text"] == "Q: " and unscored["logprobs"] is None
     first = delta(0, "Par", 0, ENTRIES[:1], 0).model_copy(update={"prompt_logprobs": PROMPT})
     events = events_of(first, finished(ENTRIES, PROMPT))
-    stream = stream_sse("r", "m", False, merged([events]), "text", "Q: ", echo_logprobs=True, prompt_only=True)
+    stream = stream_sse("r", "m", False, merged([events]), "text", ["Q: "], echo_logprobs=True, prompt_only=True)
     chunks = [json.loads(line[6:]) for line in [line async for line in stream] if line.startswith("data: {")]
     assert [c["choices"][0]["text"] for c in chunks] == ["Q: ", ""]
