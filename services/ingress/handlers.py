@@ -264,6 +264,7 @@ async def _serve(  # type: ignore[no-untyped-def]
                 deadline_at=deadline_at,
                 trace_context=current_trace_context(),
                 default_max_tokens=deps.settings.default_max_tokens,
+                max_model_len=model.max_model_len,
                 tenant_id=tenant.id,
                 priority=priority,
                 profile=profile or tenant.default_profile,

@@ -134,6 +134,7 @@ class Submission:
     variant: str | None = None  # the request's, else its tenant's default; None leaves it to the model's default
     prompt_screening: PromptScreening = "before"
     screening_policy: str | None = None  # digest of the tenant's screening policy (see Tenant.screening_policy)
+    max_model_len: int | None = None  # the model's context: no more can be generated, so max_tokens is cut to it
 
 
 def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub: Submission) -> CompletionRequested:
@@ -141,9 +142,14 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
     max_tokens = api.max_completion_tokens if isinstance(api, ChatCompletionRequest) else None
     if isinstance(api, CompletionRequest) and api.prompt_only():
         max_tokens = 1  # as vLLM's server does it: the engine generates at least one token, the response drops it
+    # the default leaves room for min_tokens; a limit the client set was checked against it
+    max_tokens = max_tokens or api.max_tokens or max(sub.default_max_tokens, api.min_tokens or 0)
+    if sub.max_model_len is not None:
+        # what is charged, batched and forecast by it stays within what the model can write (the worker cuts it
+        # further, to what the context leaves after the prompt)
+        max_tokens = min(max_tokens, max(sub.max_model_len, api.min_tokens or 0))
     sampling = SamplingParams(
-        # the default leaves room for min_tokens; a limit the client set was checked against it
-        max_tokens=max_tokens or api.max_tokens or max(sub.default_max_tokens, api.min_tokens or 0),
+        max_tokens=max_tokens,
         temperature=1.0 if api.temperature is None else api.temperature,
         top_p=1.0 if api.top_p is None else api.top_p,
         stop=stop,

@@ -155,6 +155,19 @@ def test_token_limits_refuse_early_and_count_real_usage(platform: Platform) -> N
     assert chat(platform, key, max_tokens=99 - used).status_code == 200
 
 
+def test_max_tokens_beyond_the_models_context_is_charged_only_what_the_context_leaves(platform: Platform) -> None:
+    # the worker cuts max_tokens to what the context leaves (the tiny model's is 2048 tokens), so a client's habit of
+    # asking for far more must not be refused as more than the tenant may use in a minute
+    key = platform.new_tenant(f"context-{uuid.uuid4().hex[:6]}", "--tpm", "3000")
+    away_from_a_minute_boundary()
+    payload = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1_000_000}
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.stream("POST", f"{platform.base_url}{CHAT}", json=payload | {"stream": True}, headers=headers) as reply:
+        assert reply.status_code == 200, reply.read()
+        charged = 3000 - int(reply.headers["x-ratelimit-remaining-tokens"])
+    assert 2048 <= charged <= 2048 + 1  # the context's 2048 tokens at most, and the prompt's estimate ("hi": 1)
+
+
 def test_monthly_quota_is_enforced(platform: Platform) -> None:
     key = platform.new_tenant(f"quota-{uuid.uuid4().hex[:6]}", "--monthly-tokens", "60")
     assert chat(platform, key, max_tokens=30).status_code == 200

@@ -234,6 +234,21 @@ def test_each_choice_is_a_request_of_its_own_with_vllms_seed_for_it() -> None:
     assert [c.sampling.seed for c in choice_requests(unseeded, 2)] == [None, None]
 
 
+def test_max_tokens_is_cut_to_the_models_context() -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "a"}]}
+
+    def max_tokens(max_model_len: int | None, **body: object) -> int:
+        sub = Submission("chatcmpl-1", "t", utc_now(), {}, 512, max_model_len=max_model_len)
+        return to_completion_requested(ChatCompletionRequest.model_validate(chat | body), sub).sampling.max_tokens
+
+    # no model writes more than its context, so more is neither charged, batched nor forecast
+    assert max_tokens(2048, max_tokens=1_000_000) == 2048
+    assert max_tokens(2048, max_completion_tokens=1_000_000) == 2048
+    assert max_tokens(100) == 100  # the ingress's default too
+    assert max_tokens(2048, max_tokens=30) == 30 and max_tokens(None, max_tokens=1_000_000) == 1_000_000
+    assert max_tokens(100, max_tokens=500, min_tokens=300) == 300  # never below min_tokens, which the worker checks
+
+
 def test_a_prompt_list_makes_n_choices_of_each_prompt_in_openais_order() -> None:
     body = CompletionRequest.model_validate({"model": "m", "prompt": ["one", "two"], "n": 2, "seed": 7})
     sub = Submission("cmpl-1", "t", utc_now(), {}, 16)
