@@ -562,6 +562,16 @@ def install_error_handlers(app: FastAPI) -> None:
                 ),
                 status_code=400,
             )
+        if tuple(first.get("loc", ())) == ("body",) and first.get("type") == "model_attributes_type":
+            # FastAPI reads a body as JSON only when its Content-Type says so; otherwise pydantic sees bytes
+            return JSONResponse(
+                error_json(
+                    "The request body must be a JSON object, sent with Content-Type: application/json.",
+                    "invalid_request_error",
+                    code="invalid_json",
+                ),
+                status_code=400,
+            )
         param, message = invalid_input(exc.errors(), exc.body)
         return JSONResponse(
             error_json(message, "invalid_request_error", param=param, code="invalid_value"), status_code=400

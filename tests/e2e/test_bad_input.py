@@ -67,7 +67,16 @@ def test_missing_empty_or_wrong_typed_fields_are_400_naming_the_field(
 
 
 def test_body_that_is_not_an_object_is_a_400(platform: Platform) -> None:
-    assert_openai_error(post(platform, None, raw=b"[1, 2, 3]"), 400)
+    error = assert_openai_error(post(platform, None, raw=b"[1, 2, 3]"), 400)
+    assert error["code"] == "invalid_json" and "JSON object" in error["message"]
+
+
+def test_json_sent_without_its_content_type_is_a_400_saying_so(platform: Platform) -> None:
+    url = f"{platform.base_url}/v1/chat/completions"
+    for content_type in ({"content-type": "text/plain"}, {}):  # curl -d without -H sends form-urlencoded; none here
+        refused = httpx.post(url, content=json.dumps(GOOD), headers=content_type | platform.auth, timeout=30)
+        error = assert_openai_error(refused, 400)
+        assert error["code"] == "invalid_json" and "Content-Type: application/json" in error["message"]
 
 
 def test_unknown_route_is_an_openai_format_404(platform: Platform) -> None:
