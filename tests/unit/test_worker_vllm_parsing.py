@@ -15,10 +15,11 @@ from transformers import PreTrainedTokenizerFast
 
 from services.ingress.serving import StreamedCalls
 from services.worker.engine import Engine
+from services.worker.model_store import check_parsers
 from services.worker.tool_calls import call_id
 from services.worker.vllm_parsing import UnknownParser, VllmParsers, VllmReading, chat_request
 from shared.contracts import ChatMessage, CompletionRequested, ToolCall, ToolCallPiece
-from shared.registry import read_seed
+from shared.registry import ModelRecord, read_seed
 from tests.unit.char_tokenizer import char_tokenizer
 from tests.unit.test_worker_tool_calls import request
 
@@ -310,3 +311,16 @@ def test_a_parser_that_raises_leaves_the_rest_of_the_output_as_text(tokenizer: P
     assert (streamed.reasoning, streamed.text) == ("Hm.", "It is sunny.")  # from the third step on, as written
     reading.parsers = dataclasses.replace(parsers, parser_class=lambda *_, **__: FailingParser(reading))
     assert reading.whole("Hm.</think>It is sunny.", [], "stop") == (None, "Hm.</think>It is sunny.", None, "stop")
+
+
+def test_up_refuses_a_registry_entry_whose_parsers_do_not_fit_its_model_before_any_engine_starts(
+    tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    tokenizer.save_pretrained(tmp_path / "model")
+    entry = {"id": "m", "source": "tiny-random", "version": "1", "max_model_len": 64}
+    check_parsers(ModelRecord.model_validate(entry | {"tool_call_parser": "xlam"}), tmp_path / "model")
+    check_parsers(ModelRecord.model_validate(entry), tmp_path / "absent")  # no parser named: no tokenizer read
+    with pytest.raises(UnknownParser, match="hy_v3"):  # its call markers are not among this tokenizer's tokens
+        check_parsers(ModelRecord.model_validate(entry | {"tool_call_parser": "hy_v3"}), tmp_path / "model")
+    with pytest.raises(UnknownParser, match="no_such_parser"):
+        check_parsers(ModelRecord.model_validate(entry | {"reasoning_parser": "no_such_parser"}), tmp_path / "model")
