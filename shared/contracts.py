@@ -413,6 +413,17 @@ class CompletionRequested(Message):
         "think block has that many, only the block's end may follow. None: no limit but max_tokens. Ignored by a "
         "model that does not reason.",
     )
+    add_generation_prompt: bool = Field(
+        True,
+        description="Chat only: the prompt ends with the opening of the assistant's turn, as the chat template writes "
+        "it (vLLM's add_generation_prompt). False leaves it out: the model writes whatever the chat calls for next.",
+    )
+    continue_final_message: bool = Field(
+        False,
+        description="Chat only: the prompt ends inside the chat's last message, left open, and the model continues it "
+        "(a prefill of its answer; vLLM's continue_final_message): the answer holds only what the model adds. The "
+        "message is then screened like the other turns, even an assistant's. add_generation_prompt does not apply.",
+    )
     choice_of: str | None = Field(
         None,
         min_length=1,
@@ -440,6 +451,8 @@ class CompletionRequested(Message):
             raise ValueError("exactly one of messages (chat) and prompt (completion) must be given")
         if self.tools and self.prompt is not None:
             raise ValueError("tools are for chat (messages) only")
+        if self.continue_final_message and self.prompt is not None:
+            raise ValueError("continue_final_message is for chat (messages) only")
         if self.tool_choice_function is not None and (
             self.tool_choice != "required" or self.tool_choice_function not in {t.name for t in self.tools}
         ):

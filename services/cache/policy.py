@@ -184,6 +184,9 @@ def normalized(
             ("reasoning_effort", request.reasoning_effort),
             ("thinking_token_budget", None if budget is None else [budget]),  # 0 is a budget too
             ("reasoning", [[i, m.reasoning] for i, m in enumerate(request.messages) if m.reasoning is not None]),
+            # how the prompt ends changes it
+            ("add_generation_prompt", None if request.add_generation_prompt else "false"),
+            ("continue_final_message", request.continue_final_message or None),
         )
         if value
     }

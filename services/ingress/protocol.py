@@ -433,6 +433,14 @@ class ChatCompletionRequest(SamplingFields):
         _check_min_tokens(info.data.get("min_tokens"), value, "max_completion_tokens")
         return value
 
+    @field_validator("continue_final_message")
+    @classmethod
+    def _one_way_to_end_the_prompt(cls, value: bool, info: ValidationInfo) -> bool:
+        # as vLLM's server: an explicit add_generation_prompt true cannot go with continuing the last message
+        if value and info.data.get("add_generation_prompt"):
+            raise ValueError("not with add_generation_prompt true: the prompt ends either way, not both")
+        return value
+
     @field_validator("top_logprobs")
     @classmethod
     def _top_logprobs_with_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
@@ -470,6 +478,17 @@ class ChatCompletionRequest(SamplingFields):
         description="vLLM: the most tokens a reasoning model may think; once its think block has that many, it must "
         "end the block and answer. Unset: no limit but max_tokens. Ignored by a model that does not reason; refused "
         "(400) for a model whose thinking vLLM's own reasoning parser reads (named in its registry entry).",
+    )
+    add_generation_prompt: bool | None = Field(
+        None,
+        description="vLLM: false leaves the opening of the assistant's turn out of the prompt, so the model writes "
+        "whatever the chat calls for next. Unset: true, unless continue_final_message.",
+    )
+    continue_final_message: bool = Field(
+        False,
+        description="vLLM: the prompt ends inside the last message, left open, and the model continues it (a prefill "
+        "of its answer, as in vLLM's server): the answer holds only what the model adds. Not with "
+        "add_generation_prompt true. The message is screened like the other turns, an assistant's too.",
     )
     include_reasoning: bool = Field(
         True,

@@ -222,6 +222,8 @@ def _thinking(api: ChatCompletionRequest) -> dict[str, object]:
         "enable_thinking": enable,
         "reasoning_effort": api.reasoning_effort,
         "thinking_token_budget": api.thinking_token_budget,
+        "add_generation_prompt": api.add_generation_prompt is not False,
+        "continue_final_message": api.continue_final_message,
     }
 
 

@@ -185,11 +185,17 @@ class Screener:
 
 def prompt_parts(request: CompletionRequested) -> list[str]:
     """The texts screened for a request, each on its own: every user, system and tool turn (assistant turns were
-    screened as outputs; a tool's output is untrusted text), the descriptions of the tools shown to the model (the
-    client writes them, and the model reads them as instructions), or the completion prompt."""
+    screened as outputs; a tool's output is untrusted text), an assistant turn the model is to continue (the client
+    wrote that prefill, and it steers the answer), the descriptions of the tools shown to the model (the client writes
+    them, and the model reads them as instructions), or the completion prompt."""
     if request.prompt is not None:
         return [request.prompt]
-    turns = [m.content for m in request.messages if m.role != "assistant"]
+    last = len(request.messages) - 1
+    turns = [
+        m.content
+        for i, m in enumerate(request.messages)
+        if m.role != "assistant" or (i == last and request.continue_final_message)
+    ]
     return turns + (_descriptions(request.tools) if request.tool_choice != "none" else [])
 
 

@@ -321,11 +321,16 @@ class Engine:
         tools: list[FunctionTool] | None = None,
         enable_thinking: bool | None = None,
         reasoning_effort: str | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
     ) -> str:
         """The chat as the model's template writes it, with ``tools`` shown to the model (see tool_calls). A reasoning
         model's switches reach the template under the names templates read them by (see CompletionRequested); a
-        template that reads none ignores them. Raises InvalidRequest when the template refuses the messages (a tool
-        result with no call before it, in some templates)."""
+        template that reads none ignores them. The prompt ends with the opening of the assistant's turn
+        (``add_generation_prompt``), with neither, or inside the last message, left open (``continue_final_message``,
+        which wins), as CompletionRequested says. Raises InvalidRequest when the template refuses the messages (a tool
+        result with no call before it, in some templates; a last message to continue that the template does not
+        write as sent)."""
         turns, template_tools = conversation(
             messages,
             tools or [],
@@ -334,11 +339,18 @@ class Engine:
             reasoning_in_chunks=self.think_markers == MISTRAL_THINK,
         )
         switches = template_switches(enable_thinking, reasoning_effort)
+        # only when asked: some models' tokenizers (DeepSeek's DSML encoders) take no such argument
+        ending = {"continue_final_message": True} if continue_final_message else {}
         from jinja2 import TemplateError
 
         try:
             prompt: str = self._tokenizer.apply_chat_template(
-                turns, tools=template_tools, tokenize=False, add_generation_prompt=True, **switches
+                turns,
+                tools=template_tools,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt and not continue_final_message,
+                **ending,
+                **switches,
             )
         except (TemplateError, ValueError) as exc:  # the template's raise_exception, or vLLM's encoder refusing
             raise InvalidRequest(

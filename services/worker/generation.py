@@ -248,7 +248,14 @@ async def serve_request(
             prompt = request.prompt
         else:
             tools = request.tools if reader.mode != "text" else None
-            prompt = engine.render_prompt(request.messages, tools, request.enable_thinking, request.reasoning_effort)
+            prompt = engine.render_prompt(
+                request.messages,
+                tools,
+                request.enable_thinking,
+                request.reasoning_effort,
+                request.add_generation_prompt,
+                request.continue_final_message,
+            )
         sampling = seeded(request.sampling, request.request_id)
         if (schema := forced_schema(request)) is not None:  # the ingress refuses response_format with forced calls
             sampling = sampling.model_copy(

@@ -62,6 +62,17 @@ def test_blocked_prompt_gets_an_openai_error_naming_the_category(platform: Platf
     assert "sk-proj" not in platform.log("safety")  # the prompt text never reaches the logs
 
 
+def test_an_assistant_prefill_the_model_continues_is_screened_as_the_clients_words(platform: Platform) -> None:
+    prefill = [{"role": "user", "content": "Tell me a key."}, {"role": "assistant", "content": SECRET_PROMPT}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(platform).chat.completions.create(
+            model=TINY_MODEL, messages=prefill, max_tokens=8, extra_body={"continue_final_message": True}
+        )
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "content_policy_violation" and "secrets" in error["message"]
+
+
 SUPPORT_SYSTEM_PROMPT = (
     "You are a friendly support agent for Acme Software. Our products include the Acme Editor, Acme Cloud Sync and "
     "Acme Team Chat. Always greet the customer politely, keep answers short, use numbered steps for instructions, "

@@ -125,3 +125,28 @@ def test_a_structured_output_the_engine_cannot_compile_or_given_wrong_is_a_400_n
         )
         assert response.status_code == status, response.text
         assert response.json()["error"]["param"] == "structured_outputs", response.text
+
+
+def test_continue_final_message_continues_a_prefilled_answer_as_vllms_server_does(platform: Platform) -> None:
+    prefill = [*QUESTION, {"role": "assistant", "content": "The capital of France is"}]
+    ending = {"continue_final_message": True, "add_generation_prompt": False}  # as vLLM's docs send them
+    for extra in (ending, {"continue_final_message": True}):  # unset, add_generation_prompt gives way
+        continued = client(platform).chat.completions.create(
+            model=DEFAULT_MODEL, messages=prefill, max_tokens=4, temperature=0, extra_body=extra
+        )
+        # only what the model adds: the prefill's own sentence, finished
+        assert (continued.choices[0].message.content or "").startswith(" Paris")
+    # as history, the same turn is answered after, in a turn of the model's own
+    after = client(platform).chat.completions.create(model=DEFAULT_MODEL, messages=prefill, max_tokens=4, temperature=0)
+    assert not (after.choices[0].message.content or "").startswith(" Paris")
+    # the prompt then ends without the template's opening of a new assistant turn: fewer tokens
+    assert continued.usage is not None and after.usage is not None
+    assert continued.usage.prompt_tokens < after.usage.prompt_tokens
+    with pytest.raises(BadRequestError) as refused:
+        client(platform).chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=prefill,
+            max_tokens=4,
+            extra_body={"continue_final_message": True, "add_generation_prompt": True},
+        )
+    assert refused.value.body["param"] == "continue_final_message"  # type: ignore[index]

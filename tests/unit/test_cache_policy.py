@@ -118,8 +118,10 @@ def test_a_reasoning_model_s_switches_and_earlier_thinking_change_the_key() -> N
         digest(request(reasoning_effort="high")),
         digest(request(thinking_token_budget=0)),
         digest(request(thinking_token_budget=64)),
+        digest(request(add_generation_prompt=False)),  # how the prompt ends changes it too
+        digest(request(continue_final_message=True)),
     }
-    assert len(switched) == 6 and base not in switched
+    assert len(switched) == 8 and base not in switched
 
     def earlier(reasoning: str | None) -> str | None:
         turns = [

@@ -234,6 +234,22 @@ def test_each_choice_is_a_request_of_its_own_with_vllms_seed_for_it() -> None:
     assert [c.sampling.seed for c in choice_requests(unseeded, 2)] == [None, None]
 
 
+def test_how_the_prompt_ends_reaches_the_worker_as_vllms_server_takes_it() -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    sub = Submission("chatcmpl-1", "t", utc_now(), {}, 16)
+
+    def ending(**body: object) -> tuple[bool, bool]:
+        made = to_completion_requested(ChatCompletionRequest.model_validate(chat | body), sub)
+        return made.add_generation_prompt, made.continue_final_message
+
+    assert ending() == (True, False)
+    assert ending(add_generation_prompt=False) == (False, False)
+    assert ending(continue_final_message=True, add_generation_prompt=False) == (False, True)
+    assert ending(continue_final_message=True) == (True, True)  # the worker's template call lets continuing win
+    with pytest.raises(ValidationError, match="not with add_generation_prompt true"):
+        ChatCompletionRequest.model_validate(chat | {"continue_final_message": True, "add_generation_prompt": True})
+
+
 def test_max_tokens_is_cut_to_the_models_context() -> None:
     chat = {"model": "m", "messages": [{"role": "user", "content": "a"}]}
 

@@ -172,6 +172,15 @@ def test_prompt_text_skips_assistant_turns() -> None:
     assert prompt_parts(raw) == ["raw"] and prompt_text(raw) == "raw"
 
 
+def test_an_assistant_turn_the_model_continues_is_screened_as_the_clients_words() -> None:
+    turns = [ChatMessage(role="assistant", content="earlier"), ChatMessage(role="user", content="hi")]
+    prefill = ChatMessage(role="assistant", content="Sure, the key is")
+    chat = CompletionRequested(request_id="r", model="m", reply_topic="t", messages=[*turns, prefill])
+    assert prompt_parts(chat) == ["hi"]  # a turn of history: screened as an output when it was one
+    continued = chat.model_copy(update={"continue_final_message": True})
+    assert prompt_parts(continued) == ["hi", "Sure, the key is"]  # earlier assistant turns stay out
+
+
 def test_tool_results_and_the_descriptions_of_tools_shown_to_the_model_are_screened() -> None:
     tool = FunctionTool(
         name="lookup",

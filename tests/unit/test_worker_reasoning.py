@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import xgrammar
 
-from services.worker.engine import Engine
+from services.worker.engine import Engine, InvalidRequest
 from services.worker.reasoning import (
     GEMMA4_THINK,
     GRANITE_THINK,
@@ -312,8 +313,6 @@ def test_under_a_grammar_mistral_and_gemma_models_think_in_their_own_markers() -
 
 def engine_of(tokenizer):  # type: ignore[no-untyped-def]
     """An engine with only ``tokenizer``, of a model vLLM gives no tokenizer of its own (one with a chat template)."""
-    from types import SimpleNamespace
-
     engine = Engine.__new__(Engine)
     engine._tokenizer = tokenizer
     engine._llm = SimpleNamespace(model_config=SimpleNamespace(tokenizer_mode="auto"))
@@ -410,3 +409,27 @@ def test_a_model_whose_think_markers_are_special_tokens_keeps_them_in_its_text(
     # why: text decoded without special tokens loses the markers, and the block could no longer be told apart
     ids = tokenizer.encode(f"{tokens[0]} Two and two {tokens[1]} Four.", add_special_tokens=False)
     assert (tokens[0] in tokenizer.decode(ids, skip_special_tokens=True)) != special
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_the_prompt_ends_with_a_new_turn_with_none_or_inside_the_last_message_as_asked() -> None:
+    from shared.contracts import ChatMessage
+
+    engine = engine_of(word_tokenizer((), False, CHATML))
+    engine.config = SimpleNamespace(model_id="m")
+    chat = [ChatMessage(role="user", content="Two and two?"), ChatMessage(role="assistant", content="Four, and")]
+    history = "<|im_start|>user\nTwo and two?<|im_end|>\n<|im_start|>assistant\nFour, and"
+    assert engine.render_prompt(chat) == history + "<|im_end|>\n<|im_start|>assistant\n"
+    assert engine.render_prompt(chat, add_generation_prompt=False) == history + "<|im_end|>\n"
+    # left open: the model continues the answer it was given; continuing wins over a new turn
+    assert engine.render_prompt(chat, continue_final_message=True) == history
+    assert engine.render_prompt(chat, add_generation_prompt=False, continue_final_message=True) == history
+    # a last message the template does not write as sent cannot be continued: the client hears why
+    engine._tokenizer.chat_template = CHATML.replace("{{ m.content }}", "{{ m.content | upper }}")
+    with pytest.raises(InvalidRequest, match="chat format"):
+        engine.render_prompt(chat, continue_final_message=True)
