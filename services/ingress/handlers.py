@@ -371,8 +371,11 @@ async def _serve(  # type: ignore[no-untyped-def]
     if isinstance(body, ChatCompletionRequest) and not body.include_reasoning:
         readable = [without_reasoning(s) for s in readable]
     replies = watched(merged(readable), on_final, on_abandoned, on_first, len(choices))
-    echo = isinstance(body, CompletionRequest) and body.echo
-    echoes = [prompt for prompt in prompts or [] for _ in range(body.n)] if echo else []  # each choice's prompt
+    echoes: list[str] = []  # what each choice's text begins with
+    if isinstance(body, CompletionRequest) and body.echo:
+        echoes = [prompt for prompt in prompts or [] for _ in range(body.n)]
+    elif isinstance(body, ChatCompletionRequest) and body.echo and body.messages[-1].role == "assistant":
+        echoes = [body.messages[-1].text()] * len(choices)  # as vLLM's server: only an assistant's own turn
     prompt_only = isinstance(body, CompletionRequest) and body.prompt_only()
     deps.metrics.responses.labels(request.url.path, "200").inc()
     if body.stream:
@@ -400,7 +403,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     if completed[0].variant:
         headers["x-ferry-variant"] = completed[0].variant
     response = (
-        chat_completion(request_id, body.model, completed)
+        chat_completion(request_id, body.model, completed, echoes)
         if kind == "chat"
         else text_completion(request_id, body.model, completed, echoes, prompt_only, prompt_of)
     )

@@ -490,6 +490,11 @@ class ChatCompletionRequest(SamplingFields):
         "of its answer, as in vLLM's server): the answer holds only what the model adds. Not with "
         "add_generation_prompt true. The message is screened like the other turns, an assistant's too.",
     )
+    echo: bool = Field(
+        False,
+        description="vLLM: when the last message is an assistant's, the answer's content begins with it (with "
+        "continue_final_message, the whole of the message the model finished).",
+    )
     include_reasoning: bool = Field(
         True,
         description="vLLM: false leaves a reasoning model's thinking out of the response (message.reasoning and the "

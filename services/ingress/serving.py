@@ -540,7 +540,10 @@ async def final_events(events: AsyncIterator[IndexedEvent], choices: int = 1) ->
     raise ApiError(503, "the reply stream ended without a result", "server_error", code="no_result")
 
 
-def chat_completion(request_id: str, model: str, finals: Sequence[CompletionFinished]) -> ChatCompletion:
+def chat_completion(
+    request_id: str, model: str, finals: Sequence[CompletionFinished], echoes: Sequence[str] = ()
+) -> ChatCompletion:
+    """``echoes``: what each choice's content begins with (vLLM's chat echo of the last, assistant's, message)."""
     return ChatCompletion(
         id=request_id,
         model=model,
@@ -549,14 +552,14 @@ def chat_completion(request_id: str, model: str, finals: Sequence[CompletionFini
             Choice(
                 index=i,
                 message=ChoiceMessage(
-                    content=None if f.tool_calls and not f.text else f.text,
+                    content=None if f.tool_calls and not echo + f.text else echo + f.text,
                     tool_calls=_tool_calls_out(f.tool_calls),
                     reasoning=f.reasoning,
                 ),
                 finish_reason=f.finish_reason,
                 logprobs=chat_logprobs(f.logprobs),
             )
-            for i, f in enumerate(finals)
+            for i, (f, echo) in enumerate(zip(finals, echoes or [""] * len(finals), strict=True))
         ],
         system_fingerprint=finals[0].variant,
     )
@@ -661,7 +664,8 @@ async def stream_sse(
     """Streaming: OpenAI's chunk sequence (chat: role, content deltas, finish reason; text: text deltas, finish reason)
     for each choice, its index in every chunk and choices interleaved as their text arrives; then, once every choice
     has finished, the usage when asked, and [DONE]. Failures after the stream began arrive as an ``error`` object, as
-    OpenAI sends them. ``echoes``: with echo, each choice's prompt, sent first. With ``echo_logprobs`` the echoed
+    OpenAI sends them. ``echoes``: with echo, each choice's prompt (a chat's: its last, assistant's, message), sent
+    first. With ``echo_logprobs`` the echoed
     prompt's chunk waits for the choice's first reply, which carries the prompt's logprobs. With ``prompt_only``
     (max_tokens 0 with echo) no generated text is sent. ``prompt_of``: as for usage_of."""
     created = int(time.time())
@@ -676,6 +680,8 @@ async def stream_sse(
             continue
         if first := chunk(request_id, created, model, echoes[index], None, index, opening=True):
             yield first
+        if kind == "chat" and echoes[index]:  # after the role, as vLLM's server sends a chat's echo
+            yield text_only_chunk(echoes[index], index)
     finals: dict[int, CompletionFinished] = {}
     token_starts = {i: len(echoes[i]) for i in range(choices)}  # text route: where each choice's next token starts
     calls = StreamedCalls()

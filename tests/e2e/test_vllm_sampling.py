@@ -136,6 +136,13 @@ def test_continue_final_message_continues_a_prefilled_answer_as_vllms_server_doe
         )
         # only what the model adds: the prefill's own sentence, finished
         assert (continued.choices[0].message.content or "").startswith(" Paris")
+    # with vLLM's echo, the content begins with the prefill: the whole sentence, streamed and not
+    echoed = {"model": DEFAULT_MODEL, "messages": prefill, "max_tokens": 4, "temperature": 0}
+    echoed["extra_body"] = ending | {"echo": True}
+    whole = client(platform).chat.completions.create(**echoed)  # type: ignore[call-overload]
+    assert whole.choices[0].message.content == "The capital of France is" + continued.choices[0].message.content
+    stream = client(platform).chat.completions.create(stream=True, **echoed)  # type: ignore[call-overload]
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == whole.choices[0].message.content
     # as history, the same turn is answered after, in a turn of the model's own
     after = client(platform).chat.completions.create(model=DEFAULT_MODEL, messages=prefill, max_tokens=4, temperature=0)
     assert not (after.choices[0].message.content or "").startswith(" Paris")

@@ -15,6 +15,7 @@ from services.ingress.serving import (
     ApiError,
     ReleaseGate,
     Submission,
+    chat_completion,
     choice_requests,
     collect,
     failure_error,
@@ -248,6 +249,17 @@ def test_how_the_prompt_ends_reaches_the_worker_as_vllms_server_takes_it() -> No
     assert ending(continue_final_message=True) == (True, True)  # the worker's template call lets continuing win
     with pytest.raises(ValidationError, match="not with add_generation_prompt true"):
         ChatCompletionRequest.model_validate(chat | {"continue_final_message": True, "add_generation_prompt": True})
+
+
+async def test_a_chat_echo_puts_the_last_assistant_message_first_streamed_and_not() -> None:
+    final = finished(" Paris.")
+    whole = chat_completion("r", "m", [final], echoes=["The capital is"])
+    assert whole.choices[0].message.content == "The capital is Paris."
+    events = events_of((0, TokensGenerated(request_id="r", sequence=0, text=" Paris.", token_count=2)), (0, final))
+    chunks = parse([line async for line in stream_sse("r", "m", False, events, echoes=["The capital is"])])
+    deltas = [c["choices"][0]["delta"] for c in chunks[:-1]]  # type: ignore[index]
+    # the role, then the echo, as vLLM's server sends them, then the model's text
+    assert deltas[:3] == [{"role": "assistant", "content": ""}, {"content": "The capital is"}, {"content": " Paris."}]
 
 
 def test_max_tokens_is_cut_to_the_models_context() -> None:
