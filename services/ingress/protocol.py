@@ -783,10 +783,37 @@ def ignored_fields(request: BaseModel) -> list[str]:
     return sorted((request.model_extra or {}).keys())
 
 
+VLLM_OPTIONS_NOT_SERVED: dict[str, object] = {
+    "use_beam_search": False,
+    "length_penalty": 1.0,
+    "include_stop_str_in_output": False,
+    "bad_words": None,
+    "allowed_token_ids": None,
+    "skip_special_tokens": True,
+    "spaces_between_special_tokens": True,
+    "truncate_prompt_tokens": None,
+    "return_token_ids": False,
+    "return_tokens_as_token_ids": False,
+    "logits_processors": None,
+    "chat_template": None,
+    "documents": None,
+    "mm_processor_kwargs": None,
+    "kv_transfer_params": None,
+    "vllm_xargs": None,
+}
+"""Options of vLLM's server that ferry does not serve, each at the value that asks for nothing: clients of vLLM's
+server send them in extra_body, and any other value would change the answer they get (its text, its tokens, how it
+was decoded), so it is refused, not ignored as a field nobody knows would be."""
+
+
 def unsupported_option(request: ChatCompletionRequest | CompletionRequest) -> tuple[str, str] | None:
     """The first option set to something ferry cannot give, with why, or None. Options that only tune the answer are
-    ignored when unknown (``ignored_fields``); these would change what kind of answer the client gets (tool calls),
-    so pretending to honour them is worse than refusing."""
+    ignored when unknown (``ignored_fields``); these would change what kind of answer the client gets (tool calls,
+    another decoding), so pretending to honour them is worse than refusing."""
+    for name, neutral in VLLM_OPTIONS_NOT_SERVED.items():
+        value = (request.model_extra or {}).get(name, neutral)
+        if value != neutral and not (neutral is None and value in ([], {})):
+            return name, f"{name} is an option of vLLM's server that ferry does not serve; leave it out."
     if not isinstance(request, ChatCompletionRequest):
         return None
     if request.functions:

@@ -164,7 +164,12 @@ def test_penalties_reach_the_engine(platform: Platform) -> None:
 
 
 @pytest.mark.parametrize(
-    ("option", "param"), [({"functions": [{"name": "lookup", "parameters": {"type": "object"}}]}, "functions")]
+    ("option", "param"),
+    [
+        ({"functions": [{"name": "lookup", "parameters": {"type": "object"}}]}, "functions"),
+        ({"extra_body": {"use_beam_search": True}}, "use_beam_search"),  # vLLM's, sent as its clients send it
+        ({"extra_body": {"chat_template": "{{ messages }}"}}, "chat_template"),
+    ],
 )
 def test_options_ferry_cannot_honour_are_refused_not_ignored(platform: Platform, option: dict, param: str) -> None:
     with pytest.raises(BadRequestError) as err:
@@ -184,6 +189,7 @@ def test_options_at_their_neutral_values_are_served(platform: Platform) -> None:
         tool_choice="none",
         response_format={"type": "text"},
         logprobs=False,
+        extra_body={"use_beam_search": False, "skip_special_tokens": True, "bad_words": []},  # vLLM's, asking nothing
     )
     assert completion.choices[0].finish_reason in ("stop", "length")
 

@@ -483,6 +483,7 @@ def test_penalties_reach_the_kafka_contract_and_default_to_off() -> None:
 
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "a"}]}
+TEXT = {"model": "m", "prompt": "a"}
 SCHEMA = {"type": "object", "properties": {"color": {"enum": ["red", "green"]}}, "required": ["color"]}
 
 
@@ -551,6 +552,29 @@ def test_a_schema_the_worker_refused_is_a_400_naming_response_format() -> None:
 )
 def test_options_at_values_that_ask_for_nothing_are_accepted(harmless: dict) -> None:
     assert unsupported_option(ChatCompletionRequest.model_validate(CHAT | harmless)) is None
+
+
+@pytest.mark.parametrize(
+    ("option", "neutral"),
+    [
+        ({"use_beam_search": True}, {"use_beam_search": False}),
+        ({"length_penalty": 0.5}, {"length_penalty": 1}),
+        ({"include_stop_str_in_output": True}, {"include_stop_str_in_output": False}),
+        ({"bad_words": ["no"]}, {"bad_words": []}),
+        ({"allowed_token_ids": [1, 2]}, {"allowed_token_ids": None}),
+        ({"skip_special_tokens": False}, {"skip_special_tokens": True}),
+        ({"truncate_prompt_tokens": 100}, {"truncate_prompt_tokens": None}),
+        ({"return_token_ids": True}, {"return_token_ids": False}),
+        ({"chat_template": "{{ messages }}"}, {"chat_template": None}),
+        ({"documents": [{"text": "x"}]}, {"documents": []}),
+    ],
+)
+def test_vllms_options_ferry_does_not_serve_are_refused_unless_asking_nothing(option: dict, neutral: dict) -> None:
+    """Clients of vLLM's server send these in extra_body; ignored, they would get another answer than they asked for."""
+    for parse, body in ((ChatCompletionRequest.model_validate, CHAT), (CompletionRequest.model_validate, TEXT)):
+        refused = unsupported_option(parse(body | option))
+        assert refused is not None and refused[0] == next(iter(option)) and "vLLM's server" in refused[1]
+        assert unsupported_option(parse(body | neutral)) is None
 
 
 @pytest.mark.parametrize(
