@@ -170,6 +170,8 @@ class StructuredOutputs(BaseModel):
 MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs, and OpenAI's top_logprobs limit
 MAX_LOGIT_BIAS = 1024  # tokens one request may bias: keeps a request's record small
 MAX_STOP_TOKEN_IDS = 64
+MAX_BAD_WORDS = 64
+MAX_ALLOWED_TOKEN_IDS = 4096  # a request's record stays small; a choice among classes needs a handful
 TokenId = Annotated[int, Field(ge=0, description="A token id of the model's tokenizer.")]
 LogitBias = Annotated[float, Field(ge=-100.0, le=100.0, description="Added to the token's logit before sampling.")]
 
@@ -293,6 +295,22 @@ class SamplingParams(BaseModel):
         max_length=MAX_STOP_TOKEN_IDS,
         description="Token ids of the model's tokenizer that end generation, as stop strings do, left out of the text "
         "(vLLM's stop_token_ids). An id outside the vocabulary fails the request (param stop_token_ids).",
+    )
+    include_stop_str_in_output: bool = Field(
+        False, description="The text keeps the stop string that ended it (vLLM's include_stop_str_in_output)."
+    )
+    bad_words: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        max_length=MAX_BAD_WORDS,
+        description="Words the output never holds (vLLM's bad_words): where the tokens so far begin one, the token "
+        "that would complete it is not sampled.",
+    )
+    allowed_token_ids: list[TokenId] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_ALLOWED_TOKEN_IDS,
+        description="Only these token ids of the model's tokenizer may be sampled (vLLM's allowed_token_ids). None: "
+        "any. An id outside the vocabulary fails the request (param allowed_token_ids).",
     )
 
     @model_validator(mode="after")

@@ -174,6 +174,9 @@ def normalized(
             ("min_tokens", sampling.min_tokens),
             ("ignore_eos", sampling.ignore_eos),
             ("stop_token_ids", sorted(set(sampling.stop_token_ids))),
+            ("include_stop_str_in_output", sampling.include_stop_str_in_output),
+            ("bad_words", sorted(set(sampling.bad_words))),
+            ("allowed_token_ids", sampling.allowed_token_ids and sorted(set(sampling.allowed_token_ids))),
             (
                 "structured_outputs",
                 sampling.structured_outputs and _structured_outputs_key(sampling.structured_outputs),

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from shared.contracts import (
+    MAX_ALLOWED_TOKEN_IDS,
+    MAX_BAD_WORDS,
     MAX_LOGIT_BIAS,
     MAX_STOP_TOKEN_IDS,
     MAX_TOP_LOGPROBS,
@@ -350,6 +352,19 @@ class SamplingFields(BaseModel):
         None,
         description="vLLM: token ids (of the model's tokenizer) that end generation, left out of the text; an id "
         "outside the vocabulary gets a 400 naming stop_token_ids.",
+    )
+    include_stop_str_in_output: bool | None = Field(
+        None, description="vLLM: the text keeps the stop string that ended it; false by default."
+    )
+    bad_words: Annotated[list[NonEmpty], Field(max_length=MAX_BAD_WORDS)] | None = Field(
+        None, description=f"vLLM: words the output never holds (at most {MAX_BAD_WORDS})."
+    )
+    allowed_token_ids: (
+        Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_ALLOWED_TOKEN_IDS)] | None
+    ) = Field(
+        None,
+        description="vLLM: only these token ids (of the model's tokenizer) may be sampled; an id outside the "
+        "vocabulary gets a 400 naming allowed_token_ids.",
     )
     n: int = Field(
         1,
@@ -786,9 +801,6 @@ def ignored_fields(request: BaseModel) -> list[str]:
 VLLM_OPTIONS_NOT_SERVED: dict[str, object] = {
     "use_beam_search": False,
     "length_penalty": 1.0,
-    "include_stop_str_in_output": False,
-    "bad_words": None,
-    "allowed_token_ids": None,
     "skip_special_tokens": True,
     "spaces_between_special_tokens": True,
     "truncate_prompt_tokens": None,

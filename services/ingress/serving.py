@@ -166,6 +166,9 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         min_tokens=api.min_tokens or 0,
         ignore_eos=bool(api.ignore_eos),
         stop_token_ids=api.stop_token_ids or [],
+        include_stop_str_in_output=bool(api.include_stop_str_in_output),
+        bad_words=api.bad_words or [],
+        allowed_token_ids=api.allowed_token_ids,
         structured_outputs=(
             StructuredOutputs.model_validate(api.structured_outputs.model_dump(exclude_none=True))
             if api.structured_outputs

@@ -635,6 +635,9 @@ class Engine:
             min_tokens=min(sampling.min_tokens, max_tokens),  # max_tokens may be cut to fit the context
             ignore_eos=sampling.ignore_eos,
             stop_token_ids=list(sampling.stop_token_ids),
+            include_stop_str_in_output=sampling.include_stop_str_in_output,
+            bad_words=list(sampling.bad_words) or None,
+            allowed_token_ids=list(sampling.allowed_token_ids) if sampling.allowed_token_ids is not None else None,
             skip_special_tokens=skip_special_tokens,
             output_kind=RequestOutputKind.DELTA,
         )

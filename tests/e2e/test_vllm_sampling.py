@@ -62,6 +62,36 @@ def test_ignore_eos_runs_to_max_tokens_and_a_stop_token_ends_the_answer_before_i
     assert err.value.body["param"] == "stop_token_ids"  # type: ignore[index]
 
 
+def test_a_stop_string_can_stay_in_the_text_and_bad_words_are_never_written(platform: Platform) -> None:
+    text, _, _ = answer(platform, temperature=0)
+    cut, _, finish = answer(platform, temperature=0, stop=["Paris"])
+    assert (cut, finish) == (text[: text.index("Paris")], "stop")
+    kept, _, finish = answer(platform, temperature=0, stop=["Paris"], extra_body={"include_stop_str_in_output": True})
+    assert (kept, finish) == (cut + "Paris", "stop")
+    avoided, _, _ = answer(platform, temperature=0, extra_body={"bad_words": ["Paris"]})
+    assert "Paris" not in avoided and avoided != text
+
+
+def test_allowed_token_ids_are_the_only_tokens_sampled(platform: Platform) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(platform.models_dir / DEFAULT_MODEL)
+    allowed = [tokenizer.encode(word, add_special_tokens=False)[0] for word in (" yes", " no", " maybe")]
+    completion = client(platform).chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=QUESTION,
+        max_tokens=6,
+        temperature=1.0,
+        seed=4,
+        logprobs=True,
+        extra_body={"allowed_token_ids": allowed, "ignore_eos": True},
+    )
+    content = completion.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == 6
+    assert {entry.token for entry in content} <= {" yes", " no", " maybe"}
+    with pytest.raises(BadRequestError) as err:  # only the worker knows the vocabulary
+        answer(platform, extra_body={"allowed_token_ids": [len(tokenizer) + 10]})
+    assert err.value.body["param"] == "allowed_token_ids"  # type: ignore[index]
+
+
 def test_a_repetition_penalty_changes_a_greedy_answer_that_repeats(platform: Platform) -> None:
     def greedy(**options: object) -> str:
         completion = client(platform).completions.create(

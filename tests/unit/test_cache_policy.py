@@ -98,6 +98,21 @@ def test_vllm_s_sampling_options_change_the_key_unless_greedy_decoding_ignores_t
     assert len({greedy(), greedy(repetition_penalty=1.2), greedy(min_tokens=4)}) == 3
 
 
+def test_vllms_stop_string_bad_words_and_allowed_tokens_change_the_key_even_when_greedy() -> None:
+    greedy = SamplingParams(temperature=0, max_tokens=16)
+    base = digest(request(sampling=greedy))
+    changed = {
+        digest(request(sampling=greedy.model_copy(update={"include_stop_str_in_output": True}))),
+        digest(request(sampling=greedy.model_copy(update={"bad_words": ["Paris"]}))),
+        digest(request(sampling=greedy.model_copy(update={"allowed_token_ids": [1, 2]}))),
+    }
+    assert len(changed) == 3 and base not in changed
+    reordered = greedy.model_copy(update={"allowed_token_ids": [2, 1, 2]})
+    assert digest(request(sampling=reordered)) == digest(
+        request(sampling=greedy.model_copy(update={"allowed_token_ids": [1, 2]}))
+    )
+
+
 def test_a_structured_output_changes_the_key() -> None:
     def formed(form: dict) -> str | None:
         return digest(request(sampling={"temperature": 0, "max_tokens": 16, "structured_outputs": form}))

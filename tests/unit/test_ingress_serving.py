@@ -235,6 +235,22 @@ def test_each_choice_is_a_request_of_its_own_with_vllms_seed_for_it() -> None:
     assert [c.sampling.seed for c in choice_requests(unseeded, 2)] == [None, None]
 
 
+def test_vllms_stop_string_bad_words_and_allowed_tokens_reach_the_worker() -> None:
+    sub = Submission("chatcmpl-1", "t", utc_now(), {}, 16)
+    options = {"include_stop_str_in_output": True, "bad_words": ["Paris"], "allowed_token_ids": [5, 7]}
+    sampling = to_completion_requested(ChatCompletionRequest.model_validate(CHAT | options), sub).sampling
+    assert (sampling.include_stop_str_in_output, sampling.bad_words, sampling.allowed_token_ids) == (
+        True,
+        ["Paris"],
+        [5, 7],
+    )
+    plain = to_completion_requested(CompletionRequest.model_validate(TEXT), sub).sampling
+    assert (plain.include_stop_str_in_output, plain.bad_words, plain.allowed_token_ids) == (False, [], None)
+    for refused in ({"allowed_token_ids": []}, {"bad_words": [""]}, {"allowed_token_ids": [-1]}):
+        with pytest.raises(ValidationError, match=next(iter(refused))):
+            ChatCompletionRequest.model_validate(CHAT | refused)
+
+
 def test_how_the_prompt_ends_reaches_the_worker_as_vllms_server_takes_it() -> None:
     chat = {"model": "m", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
     sub = Submission("chatcmpl-1", "t", utc_now(), {}, 16)
@@ -559,9 +575,6 @@ def test_options_at_values_that_ask_for_nothing_are_accepted(harmless: dict) -> 
     [
         ({"use_beam_search": True}, {"use_beam_search": False}),
         ({"length_penalty": 0.5}, {"length_penalty": 1}),
-        ({"include_stop_str_in_output": True}, {"include_stop_str_in_output": False}),
-        ({"bad_words": ["no"]}, {"bad_words": []}),
-        ({"allowed_token_ids": [1, 2]}, {"allowed_token_ids": None}),
         ({"skip_special_tokens": False}, {"skip_special_tokens": True}),
         ({"truncate_prompt_tokens": 100}, {"truncate_prompt_tokens": None}),
         ({"return_token_ids": True}, {"return_token_ids": False}),
