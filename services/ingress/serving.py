@@ -668,9 +668,9 @@ async def stream_sse(
     for each choice, its index in every chunk and choices interleaved as their text arrives; then, once every choice
     has finished, the usage when asked, and [DONE]. Failures after the stream began arrive as an ``error`` object, as
     OpenAI sends them. ``echoes``: with echo, each choice's prompt (a chat's: its last, assistant's, message), sent
-    first. With ``echo_logprobs`` the echoed
-    prompt's chunk waits for the choice's first reply, which carries the prompt's logprobs. With ``prompt_only``
-    (max_tokens 0 with echo) no generated text is sent. ``prompt_of``: as for usage_of."""
+    first. With ``echo_logprobs`` the echoed prompt's chunk waits for the choice's first reply, which carries the
+    prompt's logprobs. With ``prompt_only`` (max_tokens 0 with echo) no generated text is sent. ``prompt_of``: as
+    for usage_of."""
     created = int(time.time())
     chunk = _chat_chunk if kind == "chat" else _text_chunk
     text_only_chunk = text_only_chunk_writer(request_id, created, model, kind)
