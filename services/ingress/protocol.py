@@ -114,11 +114,16 @@ class ChatMessageIn(BaseModel):
         None, description="vLLM: an assistant turn's thinking, as its response gave it (message.reasoning)."
     )
     reasoning_content: str | None = Field(None, description="vLLM: the former name of reasoning, still taken.")
-    # after role and tool_calls, which its validator reads: errors then name the field itself
+    refusal: str | None = Field(
+        None,
+        description="An assistant turn's refusal, as an OpenAI response gave it (message.refusal, with content null): "
+        "the model reads it as the turn's text.",
+    )
+    # after role, tool_calls and refusal, which its validator reads: errors then name the field itself
     content: str | list[TextPart] | None = Field(
         None,
         validate_default=True,
-        description="The turn's text; may be null only in an assistant turn that calls tools.",
+        description="The turn's text; may be null only in an assistant turn that calls tools or refused.",
     )
 
     @field_validator("tool_calls")
@@ -128,11 +133,11 @@ class ChatMessageIn(BaseModel):
             raise ValueError("only an assistant turn has tool_calls")
         return value
 
-    @field_validator("reasoning", "reasoning_content")
+    @field_validator("reasoning", "reasoning_content", "refusal")
     @classmethod
     def _reasoning_in_assistant_turns(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("role") != "assistant":
-            raise ValueError("only an assistant turn has reasoning")
+            raise ValueError(f"only an assistant turn has {info.field_name}")
         return value
 
     @field_validator("tool_call_id")
@@ -147,13 +152,16 @@ class ChatMessageIn(BaseModel):
     def _content_unless_calling(
         cls, value: str | list[TextPart] | None, info: ValidationInfo
     ) -> str | list[TextPart] | None:
-        if value is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
-            raise PydanticCustomError("missing", "Field required (null only in an assistant turn with tool_calls)")
+        answered = info.data.get("tool_calls") or info.data.get("refusal") is not None
+        if value is None and not (info.data.get("role") == "assistant" and answered):
+            raise PydanticCustomError(
+                "missing", "Field required (null only in an assistant turn with tool_calls or a refusal)"
+            )
         return value
 
     def text(self) -> str:
         if self.content is None:
-            return ""
+            return self.refusal or ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 

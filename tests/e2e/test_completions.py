@@ -180,6 +180,17 @@ def test_options_ferry_cannot_honour_are_refused_not_ignored(platform: Platform,
     assert err.value.body["param"] == param and err.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
 
 
+def test_a_history_holding_an_openai_refusal_is_served(platform: Platform) -> None:
+    # a conversation carried over from OpenAI: the refused turn comes back as its response gave it, content null
+    refused = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    completion = sync_client(platform).chat.completions.create(
+        model=TINY_MODEL,
+        messages=[{"role": "user", "content": PROMPT}, refused, {"role": "user", "content": "Then tell a story."}],
+        max_tokens=4,
+    )
+    assert completion.choices[0].finish_reason in ("stop", "length")
+
+
 def test_options_at_their_neutral_values_are_served(platform: Platform) -> None:
     completion = sync_client(platform).chat.completions.create(
         model=TINY_MODEL,

@@ -488,6 +488,19 @@ def test_an_assistant_turn_s_reasoning_reaches_the_kafka_contract_under_either_n
         ChatCompletionRequest.model_validate(CHAT | {"chat_template_kwargs": {"add_generation_prompt": False}})
 
 
+def test_an_assistant_turn_that_refused_is_sent_back_as_openai_gave_it() -> None:
+    refused = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    turns = [{"role": "user", "content": "a"}, refused, {"role": "user", "content": "b"}]
+    req = to_completion_requested(
+        ChatCompletionRequest.model_validate(CHAT | {"messages": turns}), Submission("r", "t", utc_now(), {}, 77)
+    )
+    assert req.messages[1].content == "I can't help with that."  # the model reads what it said
+    with pytest.raises(ValidationError, match="null only in an assistant turn with tool_calls or a refusal"):
+        ChatCompletionRequest.model_validate(CHAT | {"messages": [{"role": "assistant", "content": None}]})
+    with pytest.raises(ValidationError, match="only an assistant turn has refusal"):
+        ChatCompletionRequest.model_validate(CHAT | {"messages": [{"role": "user", "content": "a", "refusal": "x"}]})
+
+
 def test_penalties_reach_the_kafka_contract_and_default_to_off() -> None:
     chat = {"model": "m", "messages": [{"role": "user", "content": "a"}]}
     sub = Submission("r", "t", utc_now(), {}, 77)
