@@ -48,9 +48,10 @@ def read_seed(path: Path = SEED_FILE) -> list[ModelRecord]:
     return [ModelRecord.model_validate(m) for m in yaml.safe_load(path.read_text())["models"]]
 
 
-async def enabled_models(dsn: str) -> list[ModelRecord]:
-    """Start-up read for services that only need the list once: connects, reads, disconnects."""
-    pool = await connect_pool(dsn)
+async def enabled_models(dsn: str, wait_seconds: float = 60) -> list[ModelRecord]:
+    """Start-up read for services that only need the list once: connects (waiting up to ``wait_seconds`` for
+    PostgreSQL), reads, disconnects."""
+    pool = await connect_pool(dsn, wait_seconds)
     try:
         return await ModelRegistry(pool).enabled()
     finally:

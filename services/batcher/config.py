@@ -83,7 +83,7 @@ class BatcherSettings(BaseSettings):
     heartbeat_interval_ms: int = Field(3000, ge=1, description="Heartbeats to the group coordinator.")
     poll_ms: int = Field(100, ge=1, description="Longest a poll waits for records when nothing is due sooner.")
 
-    def policy(self) -> Policy:
+    def policy(self, model_contexts: dict[str, int] | None = None) -> Policy:
         profiles = {
             name: Profile(name, p.max_batch, p.max_wait_ms / 1000, p.p95_target_s)
             for name, p in (("latency", self.latency), ("throughput", self.throughput), ("cost", self.cost))
@@ -97,4 +97,5 @@ class BatcherSettings(BaseSettings):
             without_reports=self.without_reports,
             batch_token_budget=self.batch_token_budget,
             cancel_memory_s=self.cancel_memory_s,
+            model_contexts=dict(model_contexts or {}),
         )

@@ -52,6 +52,7 @@ class BatcherDeps:
     metrics: BatcherMetrics
     instance_id: str
     clock: Callable[[], float] = time.monotonic
+    model_contexts: dict[str, int] = field(default_factory=dict)  # registry max_model_len of the models known
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Batcher:
     generation: int = 0
 
     def __post_init__(self) -> None:
-        policy = self.deps.settings.policy()
+        policy = self.deps.settings.policy(self.deps.model_contexts)
         self.schedulers = {m: ModelScheduler(m, policy) for m in self.deps.model_by_topic.values()}
         self.cancelled = CancelledIds(policy.cancel_memory_s)
 

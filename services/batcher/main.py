@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
+import asyncpg
 from faststream.asgi import AsgiResponse, get
 from faststream.asgi.types import Scope
 from prometheus_client import CollectorRegistry
@@ -20,6 +22,8 @@ from shared.runtime import GarbageCollection, kafka_service_app, run, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
 
+logger = logging.getLogger(__name__)
+
 
 async def main() -> None:
     common, settings = CommonSettings(), BatcherSettings()
@@ -27,7 +31,15 @@ async def main() -> None:
     provider = setup_tracing(SERVICE, common)
     topics = common.topics
     try:
-        model_ids = settings.models or [m.id for m in await enabled_models(common.postgres_dsn)]
+        try:  # with the models named, the registry only adds their contexts: not worth a long wait
+            models = await enabled_models(common.postgres_dsn, wait_seconds=5 if settings.models else 60)
+        except (OSError, asyncpg.PostgresError):
+            if not settings.models:
+                raise  # nothing else says which models to batch for
+            # the models are named: batch without the registry, as before it gave each model's context
+            logger.warning("model registry unreadable: each request weighs its max_tokens, whatever its context")
+            models = []
+        model_ids = settings.models or [m.id for m in models]
         by_topic = {input_topic(topics, m): m for m in model_ids}
         await wait_for_kafka(common)
         await ensure_topics(common, [*by_topic, *(topics.batches(m) for m in model_ids)])
@@ -45,6 +57,7 @@ async def main() -> None:
                 tracer=provider.get_tracer(__name__),
                 metrics=BatcherMetrics(registry),
                 instance_id=settings.instance_id or f"{socket.gethostname()}-{os.getpid()}",
+                model_contexts={m.id: m.max_model_len for m in models},
             )
         )
         consumers = Consumers(

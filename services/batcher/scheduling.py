@@ -58,6 +58,9 @@ class Policy:
     """No fresh worker report: dispatch at once (nothing says workers are saturated) or wait as if saturated."""
     cancel_memory_s: float = 300.0
     rate_window_s: float = 10.0
+    model_contexts: dict[str, int] = field(default_factory=dict)
+    """Each model's context (registry max_model_len): no request of it weighs more, whatever max_tokens a producer
+    asked for, since its worker cuts max_tokens to what the context leaves."""
 
     def profile_for(self, request: CompletionRequested) -> Profile:
         name = (
@@ -70,9 +73,10 @@ class Policy:
 
     def tokens_of(self, request: CompletionRequested) -> int:
         """Prompt estimate (characters / chars_per_token, plus a few tokens of chat template per message) plus the
-        most tokens it may generate."""
+        most tokens it may generate, at most the model's context when it is known."""
         template = 4 * len(request.messages)
-        return math.ceil(request.prompt_chars() / self.chars_per_token) + template + request.sampling.max_tokens
+        tokens = math.ceil(request.prompt_chars() / self.chars_per_token) + template + request.sampling.max_tokens
+        return min(tokens, self.model_contexts.get(request.model, tokens))
 
 
 @dataclass

@@ -47,6 +47,21 @@ def test_token_estimate_is_prompt_characters_over_four_plus_template_plus_max_ne
     assert policy().tokens_of(request("a", max_tokens=10)) == 24
 
 
+def test_a_request_weighs_no_more_than_its_models_context_whatever_max_tokens_a_producer_asked() -> None:
+    # a producer on Kafka may ask a 2048-token model for a million tokens; its worker cuts that to the context
+    greedy_asker = request("a", max_tokens=1_000_000)
+    assert policy(model_contexts={"m": 2048}).tokens_of(greedy_asker) == 2048
+    assert policy(model_contexts={"m": 2048}).tokens_of(request("a", max_tokens=10)) == 24
+    assert policy(model_contexts={"other": 2048}).tokens_of(greedy_asker) == 1_000_014  # a model it does not know
+    # so it no longer counts as a flood against its tenant's fair share, nor fills a batch's token budget alone
+    s = ModelScheduler("m", policy(model_contexts={"m": 2048}, batch_token_budget=4096))
+    free_workers(s, 0.0, slots=4)
+    s.add(greedy_asker, ("p", 0), now=0.0)
+    s.add(request("b", max_tokens=1_000_000), ("p", 1), now=0.0)
+    (batch,) = s.release(0.0)
+    assert ids(batch) == ["a", "b"]
+
+
 def test_profile_comes_from_request_then_tenant_then_model_then_default() -> None:
     p = policy(model_profiles={"m": "cost"}, tenant_profiles={"acme": "throughput"})
     assert p.profile_for(request("a", profile="latency", tenant_id="acme")).name == "latency"
