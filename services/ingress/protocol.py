@@ -135,7 +135,7 @@ class ChatMessageIn(BaseModel):
 
     @field_validator("reasoning", "reasoning_content", "refusal")
     @classmethod
-    def _reasoning_in_assistant_turns(cls, value: str | None, info: ValidationInfo) -> str | None:
+    def _only_in_assistant_turns(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("role") != "assistant":
             raise ValueError(f"only an assistant turn has {info.field_name}")
         return value
