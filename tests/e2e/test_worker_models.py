@@ -185,14 +185,17 @@ async def test_a_model_loads_in_the_background_and_the_least_recently_used_warm_
                     meanwhile = c.request(max_tokens=8)
                     await c.send_batch([meanwhile])
                     sent_during_load.append(meanwhile)
-                    await c.poll(timeout_ms=100)  # a load takes 1.5-3 s here
+                    await c.poll(timeout_ms=100)  # a load takes about a second here, more on a busy machine
                     await asyncio.sleep(0.05)
             await c.wait_final([cold.request_id] + [r.request_id for r in sent_during_load], seconds=60)
             b_first = c.events[cold.request_id][0]["_received_at"]
             answered_before_b = [
                 r for r in sent_during_load if (final := c.final(r.request_id)) and final["_received_at"] < b_first
             ]
-            assert len(answered_before_b) >= 3, "tiny-random stalled while tiny-b loaded"
+            # each was sent after tiny-b's request: a load that blocked the worker would answer none of them before
+            # tiny-b's first token. How many it answers depends on how long the load takes (under a second here since
+            # engines fork from a preloaded server, when the machine is quiet) and on the machine's load.
+            assert answered_before_b, "tiny-random stalled while tiny-b loaded"
             assert c.final(cold.request_id)["event"] == "completion_finished"  # type: ignore[index]
 
             # room for a third model: nothing is evicted
