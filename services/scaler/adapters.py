@@ -24,12 +24,13 @@ class KafkaLag:
     """End offsets minus a group's committed offsets, and the token weight of what lies between (peeked with a
     group-less consumer, so reading never moves anybody's offsets)."""
 
-    def __init__(self, bootstrap: str, peek_records: int) -> None:
+    def __init__(self, bootstrap: str, peek_records: int, model_contexts: dict[str, int] | None = None) -> None:
         self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="ferry-scaler-lag")
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, client_id="ferry-scaler-lag", group_id=None, enable_auto_commit=False
         )
         self._peek_records = peek_records
+        self._contexts = dict(model_contexts or {})  # registry max_model_len: a request weighs no more
         self._partitions: dict[str, list[TopicPartition]] = {}
 
     async def start(self) -> None:
@@ -95,9 +96,9 @@ class KafkaLag:
                     except Rejected:
                         continue  # the batcher or worker dead-letters it; it weighs nothing
                     if isinstance(message, BatchFormed):
-                        weights.append(batch_tokens(message))
+                        weights.append(batch_tokens(message, self._contexts))
                     else:
-                        weights.append((1, request_tokens(message)))
+                        weights.append((1, request_tokens(message, self._contexts)))
         return weights
 
 

@@ -37,7 +37,8 @@ async def main() -> None:
     provider = setup_tracing(SERVICE, common)
     pool = await connect_pool(common.postgres_dsn)
     try:
-        models = settings.models or [m.id for m in await ModelRegistry(pool).enabled()]
+        registered = await ModelRegistry(pool).enabled()
+        models = settings.models or [m.id for m in registered]
         await wait_for_kafka(common)
         topics = common.topics
         await ensure_topics(common, [t for m in models for t in (topics.requests(m), topics.batches(m))])
@@ -47,7 +48,7 @@ async def main() -> None:
         broker = new_broker(common, SERVICE, provider, metrics)
         board = StatusBoard(timedelta(seconds=settings.status_max_age_s))
         register(HandlerDeps(common=common, broker=broker, board=board))
-        lag = KafkaLag(common.kafka_bootstrap, settings.peek_records)
+        lag = KafkaLag(common.kafka_bootstrap, settings.peek_records, {m.id: m.max_model_len for m in registered})
         supervisor = (
             Supervisor(
                 SupervisorConfig(
