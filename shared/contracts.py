@@ -18,6 +18,15 @@ VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # how variant names look (
 
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer.")]
 """A sampling seed: torch's generators take 64 bits, and a seed beyond them failed in the engine."""
+TopicName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=249,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="A name Kafka takes for a topic: at most 249 letters, digits, dots, underscores and hyphens.",
+    ),
+]
 
 
 def utc_now() -> datetime:
@@ -353,7 +362,11 @@ class CompletionRequested(Message):
     )
     sampling: SamplingParams = Field(default_factory=SamplingParams, description="Sampling parameters.")
     stream: bool = Field(True, description="Send TokensGenerated deltas before the final CompletionFinished.")
-    reply_topic: str = Field(min_length=1, description="Topic the worker publishes this request's replies to.")
+    reply_topic: TopicName = Field(
+        description="Topic the worker publishes this request's replies to. The requester creates it (unless the "
+        "brokers create topics on first use); a request whose reply topic cannot be written is dead-lettered with "
+        "the reason instead of answered."
+    )
     tenant_id: str | None = Field(None, description="Tenant that owns the request, when known.")
     requested_at: datetime = Field(default_factory=utc_now, description="When the request was made (UTC).")
     deadline_at: datetime | None = Field(None, description="After this instant (UTC) the result is no longer wanted.")
@@ -498,7 +511,7 @@ class RequestCancelled(Message):
     reason: Literal["client_disconnected", "deadline_exceeded", "requested"] = Field(
         description="Why: the client went away, its deadline passed, or someone asked."
     )
-    reply_topic: str | None = Field(None, description="The request's reply topic, to tell the requester.")
+    reply_topic: TopicName | None = Field(None, description="The request's reply topic, to tell the requester.")
     cancelled_at: datetime = Field(default_factory=utc_now, description="When the cancellation was decided (UTC).")
 
 

@@ -9,7 +9,13 @@ from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidTopicError,
+    KafkaConnectionError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.structs import RecordMetadata
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -18,13 +24,23 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
-from shared.contracts import Message, MessageDeadLettered
+from shared.contracts import CompletionRequested, Message, MessageDeadLettered
 from shared.settings import CommonSettings
 from shared.telemetry import current_trace_context
 
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+
+UNWRITABLE_TOPIC_ERRORS = (UnknownTopicOrPartitionError, TopicAuthorizationFailedError, InvalidTopicError)
+"""What publishing raises when its topic cannot take records (missing and not created by the brokers, not allowed, or
+not a valid name). Publishing the same record again fails the same way, so a consumer that retries it stalls."""
+
+_WHY_UNWRITABLE: dict[type[Exception], str] = {
+    UnknownTopicOrPartitionError: "Kafka has no such topic and did not create it",
+    TopicAuthorizationFailedError: "this service may not write to it",
+    InvalidTopicError: "Kafka does not take it as a topic name",
+}
 
 REQUEST_ID_HEADER = "ferry-request-id"
 MESSAGE_TYPE_HEADER = "ferry-message-type"
@@ -103,6 +119,16 @@ class DirectPublisher:
 
     async def stop(self) -> None:
         await self._producer.stop()  # sends what is still queued first
+
+    async def wait_for_topic(self, topic: str, timeout_s: float) -> None:
+        """Returns once Kafka's metadata holds ``topic``: at once when the producer knows it, within a round trip or
+        two when the brokers create it on first use. Raises UnknownTopicOrPartitionError after ``timeout_s`` (the
+        producer's own wait is its whole request timeout, 40 s), or the topic's own error at once."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._producer.partitions_for(topic)
+        except TimeoutError:
+            raise UnknownTopicOrPartitionError(f"not in Kafka's metadata after {timeout_s:g} s") from None
 
     async def publish(
         self, message: Message, topic: str, key: str, request_id: str | None = None, confirm: bool = True
@@ -227,5 +253,34 @@ async def dead_letter(
         reason=reason,
         service=service,
     )
+    await _park(broker, settings, parked)
+
+
+async def dead_letter_unanswerable(
+    broker: KafkaBroker,
+    settings: CommonSettings,
+    request: CompletionRequested,
+    source: tuple[str, int, int],
+    error: Exception,
+    service: str,
+) -> None:
+    """Parks a request whose replies cannot be published to its reply topic (``error`` is one of
+    UNWRITABLE_TOPIC_ERRORS), read from ``source`` (topic, partition, offset): its requester cannot be told, an
+    operator reading the dead-letter topic can, and the consumer moves on instead of retrying it for ever."""
+    topic, partition, offset = source
+    why = _WHY_UNWRITABLE.get(type(error), type(error).__name__) + (f" ({error.args[0]})" if error.args else "")
+    parked = MessageDeadLettered(
+        source_topic=topic,
+        partition=partition,
+        offset=offset,
+        key=request.request_id,
+        payload=request.model_dump_json(),
+        reason=f"its reply topic {request.reply_topic!r} cannot be written: {why}; the requester cannot be answered",
+        service=service,
+    )
+    await _park(broker, settings, parked)
+
+
+async def _park(broker: KafkaBroker, settings: CommonSettings, parked: MessageDeadLettered) -> None:
     await publish_message(broker, parked, settings.topics.dead_letter, key=parked.key)
-    logger.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+    logger.warning("dead-lettered %s[%d]@%d: %s", parked.source_topic, parked.partition, parked.offset, parked.reason)

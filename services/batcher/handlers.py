@@ -31,13 +31,28 @@ from shared.contracts import (
     WorkerStatusReported,
     utc_now,
 )
-from shared.kafka import Rejected, dead_letter, decode, publish_message, record_headers
+from shared.kafka import (
+    UNWRITABLE_TOPIC_ERRORS,
+    Rejected,
+    dead_letter,
+    dead_letter_unanswerable,
+    decode,
+    publish_message,
+    record_headers,
+)
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
 
 logger = logging.getLogger(__name__)
 
 SERVICE = "batcher"
+
+
+def source_of(held: Held) -> tuple[str, int, int]:
+    """Where a held request was read: topic, partition, offset."""
+    (topic, partition), offset = held.ref  # type: ignore[misc]
+    return topic, partition, offset
+
 
 Commit = Callable[[dict[Hashable, int]], Awaitable[bool]]
 
@@ -106,13 +121,15 @@ class Batcher:
                 self.ledger.resolved(tp, record.offset)
             return
         if request.request_id in self.cancelled:
-            await self._tell(request, "cancelled", "the request was cancelled before it was scheduled", False)
+            await self._tell(
+                request, tp + (record.offset,), "cancelled", "the request was cancelled before it was scheduled", False
+            )
             self.deps.metrics.cancelled.labels(model).inc()
             received.labels(model, "cancelled").inc()
             self.ledger.resolved(tp, record.offset)
             return
         if request.deadline_at is not None and request.deadline_at <= utc_now():
-            await self._refuse_expired(request)
+            await self._refuse_expired(request, tp + (record.offset,))
             received.labels(model, "expired").inc()
             self.ledger.resolved(tp, record.offset)
             return
@@ -136,7 +153,7 @@ class Batcher:
             expired = scheduler.expire(wall)
             for i, held in enumerate(expired):
                 try:
-                    await self._refuse_expired(held.request)
+                    await self._refuse_expired(held.request, source_of(held))
                 except Exception:
                     scheduler.restore(expired[i:])  # told next cycle; the offsets stay uncommitted meanwhile
                     raise
@@ -213,28 +230,36 @@ class Batcher:
         )
 
     def _resolve(self, held: Held) -> None:
-        tp, offset = held.ref  # type: ignore[misc]
-        self.ledger.resolved(tp, offset)
+        topic, partition, offset = source_of(held)
+        self.ledger.resolved((topic, partition), offset)
 
     async def _commit(self) -> None:
         points = self.ledger.commit_points()
         if points and self.commit is not None and await self.commit(points):
             self.ledger.committed(points)
 
-    async def _refuse_expired(self, request: CompletionRequested) -> None:
+    async def _refuse_expired(self, request: CompletionRequested, source: tuple[str, int, int]) -> None:
         await self._tell(
-            request, "deadline_exceeded", "the request's deadline passed before it could be scheduled", True
+            request, source, "deadline_exceeded", "the request's deadline passed before it could be scheduled", True
         )
         self.deps.metrics.expired.labels(request.model).inc()
         logger.info("request %s expired before dispatch", request.request_id)
 
-    async def _tell(self, request: CompletionRequested, code: str, message: str, retryable: bool) -> None:
+    async def _tell(
+        self, request: CompletionRequested, source: tuple[str, int, int], code: str, message: str, retryable: bool
+    ) -> None:
+        """Tells the requester why its request (read at ``source``: topic, partition, offset) ends here; one whose
+        reply topic takes nothing is dead-lettered instead, rather than told again at every cycle."""
         failure = GenerationFailed(
             request_id=request.request_id, sequence=0, code=code, message=message, retryable=retryable
         )
-        await publish_message(
-            self.deps.broker, failure, request.reply_topic, key=request.request_id, request_id=request.request_id
-        )
+        try:
+            await publish_message(
+                self.deps.broker, failure, request.reply_topic, key=request.request_id, request_id=request.request_id
+            )
+        except UNWRITABLE_TOPIC_ERRORS as exc:
+            await dead_letter_unanswerable(self.deps.broker, self.deps.common, request, source, exc, SERVICE)
+            self.deps.metrics.dead_lettered.inc()
 
     # ---- rebalance and shutdown ------------------------------------------------------------------------------------
 
@@ -281,7 +306,9 @@ class Batcher:
                 return
             for held in scheduler.remove(lambda h: h.request_id != cancel.request_id):
                 code = "deadline_exceeded" if cancel.reason == "deadline_exceeded" else "cancelled"
-                await self._tell(held.request, code, f"the request was cancelled ({cancel.reason})", False)
+                await self._tell(
+                    held.request, source_of(held), code, f"the request was cancelled ({cancel.reason})", False
+                )
                 self.deps.metrics.cancelled.labels(cancel.model).inc()
                 self._resolve(held)
                 logger.info("request %s cancelled while held (%s)", cancel.request_id, cancel.reason)

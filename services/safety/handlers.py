@@ -35,8 +35,16 @@ from services.safety.review import late_choice_deliveries, prompt_verdict, unscr
 from services.safety.screening import Screener, Screening, combine, prompt_parts, prompt_text
 from services.safety.store import PolicyStore, ReviewStore
 from services.safety.web import Send, deliver
-from shared.contracts import CompletionRequested, ContentFlagged
-from shared.kafka import Rejected, dead_letter, decode, publish_message, record_headers
+from shared.contracts import CompletionRequested, ContentFlagged, Message
+from shared.kafka import (
+    UNWRITABLE_TOPIC_ERRORS,
+    Rejected,
+    dead_letter,
+    dead_letter_unanswerable,
+    decode,
+    publish_message,
+    record_headers,
+)
 from shared.outages import DependencyUnavailable
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
@@ -95,6 +103,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
     topics = common.topics
     accepted: list[CompletionRequested] = []
     produced_ms: dict[str, int] = {}
+    read_at: dict[str, tuple[str, int, int]] = {}
     for record in records:
         try:
             request = decode(CompletionRequested, record)
@@ -108,6 +117,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
             request = request.model_copy(update={"trace_context": carried})
         accepted.append(request)
         produced_ms[request.request_id] = record.timestamp
+        read_at[request.request_id] = (record.topic, record.partition, record.offset)
     if not accepted:
         return
     parts = [prompt_parts(r) for r in accepted]
@@ -129,7 +139,18 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
                 if verdict.scores:
                     screenings[i] = with_scores(screenings[i], "guard_model", verdict.scores)
     metrics.screen_seconds.observe(time.perf_counter() - started)
-    confirmations = []
+    confirmations: list[asyncio.Future[Any] | None] = []
+
+    async def publish(request: CompletionRequested, sends: Sequence[tuple[Message, str]]) -> None:
+        rid = request.request_id
+        try:
+            for message, topic in sends:
+                confirmations.append(
+                    await publish_message(broker, message, topic, key=rid, request_id=rid, confirm=False)
+                )
+        except UNWRITABLE_TOPIC_ERRORS as exc:  # its reply topic: retrying the poll would stall every request in it
+            await dead_letter_unanswerable(broker, common, request, read_at[rid], exc, SERVICE)
+
     for i, (request, screening) in enumerate(zip(accepted, screenings, strict=True)):
         with deps.tracer.start_as_current_span(
             "ferry.safety.screen_prompt",
@@ -145,10 +166,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
                 span.set_attribute("ferry.safety.action", "unavailable")
                 metrics.prompts.labels("unavailable").inc()
                 logger.warning("request %s: tenant %s's policy is unavailable; refused", rid, request.tenant_id)
-                for message, topic in unscreened(request, topics):
-                    confirmations.append(
-                        await publish_message(broker, message, topic, key=rid, request_id=rid, confirm=False)
-                    )
+                await publish(request, unscreened(request, topics))
                 continue
             decision = decide(screening.scores, policy.prompt)
             verdict = verdicts.get(i)
@@ -167,10 +185,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
                 flagged = flagged_from(request, screening, decision.action, list(decision.flagged))
                 sends.append((flagged, topics.safety_flagged))
                 logger.info("request %s prompt %s: %s", rid, decision.action, ",".join(decision.flagged))
-            for message, topic in sends:  # inside the span, so each record carries its context to the reader
-                confirmations.append(
-                    await publish_message(broker, message, topic, key=rid, request_id=rid, confirm=False)
-                )
+            await publish(request, sends)  # inside the span, so each record carries its context to the reader
     # published together, then confirmed together: one round trip to the broker for the whole poll
     await asyncio.gather(*confirmations)
     now_ms = time.time() * 1000

@@ -37,6 +37,7 @@ from shared.contracts import (
     Usage,
     utc_now,
 )
+from shared.kafka import UNWRITABLE_TOPIC_ERRORS
 from shared.outages import DependencyUnavailable
 
 logger = logging.getLogger(__name__)
@@ -451,6 +452,8 @@ async def serve_request(
             ),
         )
         return True
+    except UNWRITABLE_TOPIC_ERRORS:
+        raise  # the reply topic takes nothing, not even the failure: the caller dead-letters the request
     except Exception as exc:  # the requester must hear about any failure, whatever it is
         logger.exception("request %s failed", request.request_id)
         await publish(

@@ -52,9 +52,11 @@ from shared.contracts import (
 )
 from shared.kafka import (
     MESSAGE_TYPE_HEADER,
+    UNWRITABLE_TOPIC_ERRORS,
     DirectPublisher,
     Rejected,
     dead_letter,
+    dead_letter_unanswerable,
     decode,
     publish_message,
     record_headers,
@@ -158,7 +160,10 @@ def register(deps: WorkerDeps) -> None:
         if isinstance(event, TokensGenerated | CompletionFinished):
             deps.metrics.replies(request.model, request.stream, event)
 
-    async def run(request: CompletionRequested, control: RequestControl, priority: int) -> None:
+    async def run(
+        request: CompletionRequested, control: RequestControl, priority: int, source: tuple[str, int, int]
+    ) -> None:
+        """Serves one request of the batch read at ``source`` (topic, partition, offset)."""
         attributes = {"ferry.request_id": request.request_id, "ferry.model": request.model}
         done = acquired = False
         variant: str | None = None
@@ -166,6 +171,8 @@ def register(deps: WorkerDeps) -> None:
             "ferry.worker.generate", context=context_from(request.trace_context), attributes=attributes
         ):
             try:
+                # before any engine time is spent: a reply topic that is not there yet waits for Kafka's metadata
+                await deps.replies.wait_for_topic(request.reply_topic, settings.reply_topic_wait_s)
                 variant = deps.host.variant_for(request.model, request.variant, request.variant_fallback)
                 if (flight := deps.in_flight.get(request.request_id)) is not None:
                     flight.variant = variant
@@ -189,6 +196,14 @@ def register(deps: WorkerDeps) -> None:
                 )
                 await publish_reply(request, refusal)
                 done = True
+            except UNWRITABLE_TOPIC_ERRORS as exc:
+                # no later attempt would do better: park the request where an operator sees why, and move on (left
+                # uncommitted, it would hold back the commits of every later batch of its partition)
+                try:
+                    await dead_letter_unanswerable(broker, common, request, source, exc, SERVICE)
+                    done = True
+                except Exception:
+                    logger.exception("request %s: neither its replies nor its dead letter went out", request.request_id)
             except Exception:
                 # Only a failed publish gets here (serve_request reports everything else to the requester): leave the
                 # record uncommitted so the request is delivered again.
@@ -254,7 +269,8 @@ def register(deps: WorkerDeps) -> None:
                     control.stop(_STOP_REASONS.get(reason, "cancelled"))
                 waiting_on.append(request_id)
                 priority = tenant_share_priority(deps.in_flight.values(), model_id, request.tenant_id)
-                task = asyncio.create_task(run(request, control, priority), name=request_id)
+                source = (record.topic, record.partition, record.offset)
+                task = asyncio.create_task(run(request, control, priority, source), name=request_id)
                 deps.in_flight[request_id] = Flight(task, control, model_id, request.tenant_id)
             deps.offsets.taken(partition, record.offset, waiting_on)
             deps.progress.set()

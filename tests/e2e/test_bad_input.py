@@ -116,6 +116,9 @@ def bad_records(platform: Platform, consumer: str) -> tuple[str, dict[bytes, str
                     "messages": [{"role": "user", "content": "hi"}],
                 }
             ).encode(): "does not match topic",
+            json.dumps(  # a name Kafka refuses: no reply could ever reach the requester
+                {"request_id": "t", "model": TINY_MODEL, "reply_topic": "replies for me", "prompt": "hi"}
+            ).encode(): "reply_topic: String should match pattern",
         }
     if consumer == "worker":
         return topics.batches(TINY_MODEL), {

@@ -7,9 +7,10 @@ import asyncio
 import json
 import uuid
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from shared.settings import consumer_group
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
 from tests.e2e.test_reasoning import ANSWER, BUDGET
 
@@ -134,3 +135,57 @@ async def test_a_reasoning_model_s_thinking_streams_apart_on_kafka_with_offsets_
     assert "".join(d["reasoning"] for d in deltas) == final["reasoning"]
     assert "".join(d["text"] for d in deltas) == final["text"]
     assert sum(d["token_count"] for d in deltas) == final["usage"]["completion_tokens"]
+
+
+async def test_a_request_whose_reply_topic_kafka_will_not_create_is_dead_lettered_and_its_batch_committed(
+    platform: Platform,
+) -> None:
+    """A reply topic that is missing and that the brokers will not create (here its name collides with an existing
+    topic's; likewise where brokers create no topic on first use): the worker parks the request on the dead-letter topic
+    with the reason, generates nothing for it, and commits its batch. Left uncommitted, it held back the commits of
+    every later batch of its partition, and the worker spent two 40 s waits on it."""
+    common = platform.common
+    bootstrap = common.kafka_bootstrap
+    request_id = f"unanswerable-{uuid.uuid4().hex}"
+    request = {
+        "request_id": request_id,
+        "model": TINY_MODEL,
+        "messages": [{"role": "user", "content": "Summarise invoice 43."}],
+        "sampling": {"max_tokens": 12, "temperature": 0},
+        "reply_topic": common.topics.dead_letter.replace(".", "_"),  # Kafka: collides with the dead-letter topic
+    }
+    dead_letter = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await dead_letter.start()
+    await producer.start()
+    await admin.start()
+    try:
+        dead_letter.assign([TopicPartition(common.topics.dead_letter, 0)])
+        await dead_letter.seek_to_end()
+        await producer.send_and_wait(
+            common.topics.requests(TINY_MODEL), json.dumps(request).encode(), key=request_id.encode()
+        )
+        async with asyncio.timeout(60):  # the worker waits 10 s for the topic
+            async for record in dead_letter:
+                letter = json.loads(record.value)
+                if letter["key"] == request_id:
+                    break
+        assert letter["service"] == "worker", letter
+        assert f"its reply topic {request['reply_topic']!r} cannot be written" in letter["reason"], letter
+        assert json.loads(letter["payload"])["request_id"] == request_id
+        assert letter["source_topic"] == common.topics.batches(TINY_MODEL)
+
+        batch = TopicPartition(letter["source_topic"], letter["partition"])
+        group = consumer_group("worker.", common.topic_prefix) + TINY_MODEL
+        async with asyncio.timeout(30):
+            while True:
+                committed = await admin.list_consumer_group_offsets(group, partitions=[batch])
+                if batch in committed and committed[batch].offset > letter["offset"]:
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        await dead_letter.stop()
+        await producer.stop()
+        await admin.close()
+    assert f"request {request_id} finished" not in platform.log(f"worker-{TINY_MODEL}")  # nothing was generated

@@ -39,6 +39,14 @@ def test_minimal_documented_request_gets_defaults() -> None:
     assert req.schema_version == 1 and req.stream is True and req.sampling.max_tokens == 256
 
 
+def test_any_name_kafka_takes_is_a_reply_topic() -> None:
+    for name in ("billing.replies", "Team_A-replies.v2", "r" * 249):
+        assert (
+            decode(CompletionRequested, record(json.dumps(MINIMAL | {"reply_topic": name}).encode())).reply_topic
+            == name
+        )
+
+
 def test_readers_tolerate_fields_added_by_newer_writers() -> None:
     req = decode(CompletionRequested, record(json.dumps(MINIMAL | {"priority": "batch"}).encode()))
     assert req.request_id == "r1"
@@ -70,6 +78,8 @@ def test_readers_tolerate_fields_added_by_newer_writers() -> None:
             json.dumps(MINIMAL | {"sampling": {"structured_outputs": {"choice": ["a"], "regex": "a"}}}).encode(),
             "exactly one of choice, regex and grammar",
         ),
+        (json.dumps(MINIMAL | {"reply_topic": "my replies"}).encode(), "reply_topic: String should match pattern"),
+        (json.dumps(MINIMAL | {"reply_topic": "r" * 250}).encode(), "reply_topic: String should have at most 249"),
     ],
 )
 def test_undecodable_records_are_rejected_with_a_readable_reason(value: bytes | None, reason: str) -> None:
