@@ -18,6 +18,9 @@ VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # how variant names look (
 
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer.")]
 """A sampling seed: torch's generators take 64 bits, and a seed beyond them failed in the engine."""
+REQUEST_ID_MAX_LENGTH = 200
+"""Characters a request id may have."""
+
 TopicName = Annotated[
     str,
     Field(
@@ -350,7 +353,9 @@ class CompletionRequested(Message):
 
     Exactly one of ``messages`` (chat) and ``prompt`` (plain completion) is set."""
 
-    request_id: str = Field(min_length=1, max_length=200, description="Unique id; every reply carries it back.")
+    request_id: str = Field(
+        min_length=1, max_length=REQUEST_ID_MAX_LENGTH, description="Unique id; every reply carries it back."
+    )
     model: str = Field(min_length=1, description="Registry id of the model to run; must match the topic's model.")
     messages: list[ChatMessage] = Field(
         default_factory=list, description="The conversation to complete (chat); empty when ``prompt`` is set."
@@ -458,7 +463,7 @@ class CompletionRequested(Message):
     choice_of: str | None = Field(
         None,
         min_length=1,
-        max_length=200,
+        max_length=REQUEST_ID_MAX_LENGTH,
         description="For one of the n choices of a request with n > 1, each a request of its own (the ingress gives "
         "them the ids <id>-<i>): that request's id <id>, which its choices share; with a list of prompts "
         "(/v1/completions), <id>-p<k> for the choices of its k-th prompt. A prompt the choices share is put "

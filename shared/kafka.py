@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterable
 from typing import TypeVar
@@ -22,9 +23,9 @@ from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from shared.contracts import CompletionRequested, Message, MessageDeadLettered
+from shared.contracts import REQUEST_ID_MAX_LENGTH, CompletionRequested, Message, MessageDeadLettered, TopicName
 from shared.settings import CommonSettings
 from shared.telemetry import current_trace_context
 
@@ -35,6 +36,8 @@ M = TypeVar("M", bound=BaseModel)
 UNWRITABLE_TOPIC_ERRORS = (UnknownTopicOrPartitionError, TopicAuthorizationFailedError, InvalidTopicError)
 """What publishing raises when its topic cannot take records (missing and not created by the brokers, not allowed, or
 not a valid name). Publishing the same record again fails the same way, so a consumer that retries it stalls."""
+
+_topic_name: TypeAdapter[str] = TypeAdapter(TopicName)
 
 _WHY_UNWRITABLE: dict[type[Exception], str] = {
     UnknownTopicOrPartitionError: "Kafka has no such topic and did not create it",
@@ -226,6 +229,11 @@ async def wait_for_kafka(settings: CommonSettings, seconds: float = 60) -> None:
 class Rejected(Exception):
     """A record that can never be processed; it belongs on the dead-letter topic with this reason."""
 
+    def __init__(self, reason: str, param: str | None = None) -> None:
+        super().__init__(reason)
+        self.param = param
+        """The field at fault (dotted, e.g. sampling.logprobs), when one is."""
+
 
 def decode(model: type[M], record: ConsumerRecord) -> M:
     """Parses a record's JSON value into ``model`` or raises Rejected with a readable reason."""
@@ -234,10 +242,28 @@ def decode(model: type[M], record: ConsumerRecord) -> M:
     try:
         return model.model_validate_json(record.value)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise Rejected(f"invalid {model.__name__}: {problems}") from None
+        errors = exc.errors(include_url=False)
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in errors)
+        param = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
+        raise Rejected(f"invalid {model.__name__}: {problems}", param or None) from None
+
+
+def requester_of(record: ConsumerRecord) -> tuple[str, str] | None:
+    """The request id and reply topic of a request record that was rejected, when it holds usable ones: its requester
+    can then be told why at once, rather than wait for an answer that will not come."""
+    try:
+        fields = json.loads(record.value or b"")
+    except ValueError:
+        return None
+    if not isinstance(fields, dict):
+        return None
+    request_id, reply_topic = fields.get("request_id"), fields.get("reply_topic")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= REQUEST_ID_MAX_LENGTH:
+        return None
+    try:
+        return request_id, _topic_name.validate_python(reply_topic)
+    except ValidationError:
+        return None
 
 
 async def dead_letter(

@@ -35,7 +35,7 @@ from services.safety.review import late_choice_deliveries, prompt_verdict, unscr
 from services.safety.screening import Screener, Screening, combine, prompt_parts, prompt_text
 from services.safety.store import PolicyStore, ReviewStore
 from services.safety.web import Send, deliver
-from shared.contracts import CompletionRequested, ContentFlagged, Message
+from shared.contracts import CompletionRequested, ContentFlagged, GenerationFailed, Message
 from shared.kafka import (
     UNWRITABLE_TOPIC_ERRORS,
     Rejected,
@@ -44,6 +44,7 @@ from shared.kafka import (
     decode,
     publish_message,
     record_headers,
+    requester_of,
 )
 from shared.outages import DependencyUnavailable
 from shared.settings import CommonSettings
@@ -104,13 +105,16 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
     accepted: list[CompletionRequested] = []
     produced_ms: dict[str, int] = {}
     read_at: dict[str, tuple[str, int, int]] = {}
+    refusals: list[tuple[tuple[str, str], Rejected]] = []
     for record in records:
         try:
             request = decode(CompletionRequested, record)
             if request.model != deps.model_by_topic.get(record.topic):
-                raise Rejected(f"model {request.model!r} does not match topic {record.topic!r}")
+                raise Rejected(f"model {request.model!r} does not match topic {record.topic!r}", "model")
         except Rejected as exc:
             await dead_letter(broker, common, record, str(exc), SERVICE)
+            if (requester := requester_of(record)) is not None:
+                refusals.append((requester, exc))
             continue
         if not request.trace_context:
             carried = {k: v for k, v in record_headers(record).items() if k in ("traceparent", "tracestate")}
@@ -118,6 +122,14 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
         accepted.append(request)
         produced_ms[request.request_id] = record.timestamp
         read_at[request.request_id] = (record.topic, record.partition, record.offset)
+    for (rid, reply_topic), rejected in refusals:
+        failure = GenerationFailed(
+            request_id=rid, sequence=0, code="invalid_request", message=str(rejected), param=rejected.param
+        )
+        try:
+            await publish_message(broker, failure, reply_topic, key=rid, request_id=rid)
+        except UNWRITABLE_TOPIC_ERRORS:
+            logger.warning("request %s: rejected, and its reply topic cannot be written to say so", rid)
     if not accepted:
         return
     parts = [prompt_parts(r) for r in accepted]

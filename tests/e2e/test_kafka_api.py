@@ -76,6 +76,28 @@ async def test_request_produced_to_kafka_gets_its_completion_on_its_own_reply_to
     assert final["usage"]["total_tokens"] == final["usage"]["prompt_tokens"] + final["usage"]["completion_tokens"]
 
 
+async def test_a_request_the_contract_refuses_is_answered_on_its_reply_topic_with_the_reason(
+    platform: Platform,
+) -> None:
+    """Besides its dead letter for operators, a refused request whose id and reply topic can be read is answered with
+    generation_failed, so its producer learns why at once instead of waiting for an answer that never comes."""
+    request_id = f"refused-{uuid.uuid4().hex}"
+    request = {
+        "request_id": request_id,
+        "model": TINY_MODEL,
+        "messages": [{"role": "user", "content": "Summarise invoice 44."}],
+        "sampling": {"max_tokens": 12, "logprobs": 100},
+        "reply_topic": platform.common.topics.replies(f"billing-system-{uuid.uuid4().hex[:6]}"),
+    }
+    events = await produce_and_read(platform, request)
+
+    assert len(events) == 1, events
+    (failure,) = events
+    assert failure["event"] == "generation_failed" and failure["code"] == "invalid_request", failure
+    assert failure["param"] == "sampling.logprobs" and "less than or equal to 20" in failure["message"], failure
+    assert failure["retryable"] is False
+
+
 async def test_a_tool_call_produced_to_kafka_streams_as_pieces_of_the_call_never_as_text(
     platform: Platform,
 ) -> None:

@@ -6,7 +6,7 @@ import pytest
 from aiokafka import ConsumerRecord
 
 from shared.contracts import CompletionRequested, PromptCleared, TokensGenerated, reply_event_adapter
-from shared.kafka import Rejected, decode
+from shared.kafka import Rejected, decode, requester_of
 from shared.topics import Topics
 
 
@@ -138,3 +138,29 @@ def test_token_estimates_count_the_tools_and_the_calls_a_chat_carries() -> None:
 def test_a_request_whose_tools_cannot_be_served_is_invalid(fields: dict) -> None:
     with pytest.raises(ValueError):
         CompletionRequested.model_validate(MINIMAL | {"messages": [{"role": "user", "content": "a"}]} | fields)
+
+
+def test_a_rejected_record_names_the_field_at_fault() -> None:
+    with pytest.raises(Rejected) as err:
+        decode(CompletionRequested, record(json.dumps(MINIMAL | {"sampling": {"logprobs": 21}}).encode()))
+    assert err.value.param == "sampling.logprobs"
+
+
+@pytest.mark.parametrize(
+    ("value", "requester"),
+    [
+        (json.dumps(MINIMAL | {"sampling": {"logprobs": 21}}).encode(), ("r1", "replies.x")),
+        (json.dumps({"request_id": "r2", "reply_topic": "billing.replies"}).encode(), ("r2", "billing.replies")),
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (json.dumps({"request_id": "r3"}).encode(), None),
+        (json.dumps({"request_id": 7, "reply_topic": "replies.x"}).encode(), None),
+        (json.dumps({"request_id": "r" * 201, "reply_topic": "replies.x"}).encode(), None),
+        (json.dumps({"request_id": "r4", "reply_topic": "my replies"}).encode(), None),
+        (None, None),
+    ],
+)
+def test_the_requester_of_a_rejected_record_is_told_only_when_its_id_and_reply_topic_are_usable(
+    value: bytes | None, requester: tuple[str, str] | None
+) -> None:
+    assert requester_of(record(value)) == requester
