@@ -35,6 +35,7 @@ from services.safety.review import (
 )
 from services.safety.store import ReviewStore, User, UserStore
 from shared.contracts import Message
+from shared.kafka import UNWRITABLE_TOPIC_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +50,18 @@ Send = Callable[[Message, str, str], Awaitable[None]]
 
 async def deliver(send: Send, sends: Sequence[Delivery], reply_topic: str, screened_topic: str) -> None:
     """Sends what a decision on an item sends: replies to the request's reply topic, released prompts to their model's
-    screened topic, each keyed by the request it is about."""
+    screened topic, each keyed by the request it is about. A reply topic that takes nothing does not undo the
+    decision: its requester cannot be told, whatever is decided, and the decision stands."""
     for d in sends:
-        await send(d.message, reply_topic if d.reply else screened_topic, d.key)
+        if not d.reply:
+            await send(d.message, screened_topic, d.key)
+            continue
+        try:
+            await send(d.message, reply_topic, d.key)
+        except UNWRITABLE_TOPIC_ERRORS:
+            logger.warning(
+                "request %s: its reply topic %r cannot be written; the decision stands untold", d.key, reply_topic
+            )
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from aiokafka.errors import UnknownTopicOrPartitionError
+
 from services.safety.cache import ScreeningCache
 from services.safety.guard import verdict_of
 from services.safety.policy import DEFAULT_POLICY, Decision, decide, escalate
@@ -17,11 +19,13 @@ from services.safety.review import (
     unscreened,
 )
 from services.safety.screening import Screener
+from services.safety.web import deliver
 from shared.contracts import (
     ChatMessage,
     CompletionFinished,
     CompletionRequested,
     GenerationFailed,
+    Message,
     PromptCleared,
     RequestCancelled,
     Usage,
@@ -231,3 +235,21 @@ def test_a_prompt_whose_policy_cannot_be_read_is_refused_as_retryable_and_its_ge
     refused, (cancel, cancel_topic) = unscreened(beside, topics)
     assert refused == (failure, "replies")
     assert cancel_topic == "t.cancellations" and isinstance(cancel, RequestCancelled) and cancel.request_id == "r1"
+
+
+async def test_a_decision_whose_reply_topic_takes_nothing_still_releases_what_it_releases() -> None:
+    """Two choices held with one prompt, one screened beside generation (its requester is told on its reply topic),
+    one before (forwarded to generation): the reply topic is gone, and the forward still goes out."""
+    beside = _request().model_copy(update={"request_id": "r1-0", "prompt_screening": "beside"})
+    before = _request().model_copy(update={"request_id": "r1-1"})
+    sends = deliveries("prompt", ((beside, before), None, None), "r1", "approve", [], ["violence"])
+    assert {d.reply for d in sends} == {True, False}
+    sent: list[tuple[str, str]] = []
+
+    async def send(message: Message, topic: str, key: str) -> None:
+        if topic == "gone":
+            raise UnknownTopicOrPartitionError()
+        sent.append((topic, key))
+
+    await deliver(send, sends, "gone", "screened.m")
+    assert sent == [("screened.m", "r1-1")]
