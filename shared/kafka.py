@@ -6,9 +6,9 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidTopicError,
@@ -48,6 +48,28 @@ _WHY_UNWRITABLE: dict[type[Exception], str] = {
 REQUEST_ID_HEADER = "ferry-request-id"
 MESSAGE_TYPE_HEADER = "ferry-message-type"
 SCHEMA_VERSION_HEADER = "ferry-schema-version"
+
+
+def back_off_failed_metadata_updates() -> None:
+    """Makes every aiokafka client in this process wait its retry backoff (100 ms by default) after a metadata update
+    that reached no broker, before it reports the failure. Called once at start-up (``shared.runtime.run``).
+
+    aiokafka 0.14 does not wait: while the broker is down, a producer holding records for a partition whose leader it
+    no longer knows asks for an update in a loop, and each attempt fails at once (connection refused). Measured here: a
+    worker streaming replies when the broker stopped spun a whole core and logged about 17,000 error lines a second,
+    until the broker was back."""
+    update = AIOKafkaClient._metadata_update
+    if getattr(update, "backs_off", False):
+        return
+
+    async def metadata_update_with_backoff(self: AIOKafkaClient, cluster_metadata: Any, topics: Any) -> bool:
+        updated: bool = await update(self, cluster_metadata, topics)
+        if not updated:
+            await asyncio.sleep(self._retry_backoff)
+        return updated
+
+    metadata_update_with_backoff.backs_off = True  # type: ignore[attr-defined]
+    AIOKafkaClient._metadata_update = metadata_update_with_backoff  # type: ignore[method-assign]
 
 
 def new_broker(

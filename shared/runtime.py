@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Histogram, make_asgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shared.kafka import back_off_failed_metadata_updates
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -48,6 +50,7 @@ def kafka_service_app(
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Runs a service's ``main`` (or a benchmark's) to its end on uvloop's event loop, as vLLM's own server runs: the
     services spend much of their time in socket reads and writes (Kafka, Redis, HTTP), which uvloop does in C."""
+    back_off_failed_metadata_updates()
     return uvloop.run(main)
 
 
