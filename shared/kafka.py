@@ -50,6 +50,19 @@ MESSAGE_TYPE_HEADER = "ferry-message-type"
 SCHEMA_VERSION_HEADER = "ferry-schema-version"
 
 
+PRODUCER_OPTIONS: dict[str, Any] = {"acks": "all", "enable_idempotence": False}
+"""Every service producer's settings. acks=all: a record is confirmed once the broker has written it.
+
+Not idempotent: aiokafka 0.14's idempotent producer holds a record it cannot deliver for ever, and when records
+expired while the broker was away longer than its request timeout (40 s), the sequence numbers it gave them were
+missing and the broker refused every later record of those partitions (OutOfOrderSequenceNumber) until the process
+restarted. Seen here: a worker whose replies went through such a producer answered nothing after a 50 s broker
+restart. Without it, a record the broker has not taken within the request timeout fails, and the consumer that made it
+reads its input again (nothing is committed before its output is confirmed); a record retried after a broker error may
+reach Kafka twice, which every reader already allows for: they drop repeats by request id, and within a stream by text
+offset. Order is kept: aiokafka sends one request at a time to a broker."""
+
+
 def back_off_failed_metadata_updates() -> None:
     """Makes every aiokafka client in this process wait its retry backoff (100 ms by default) after a metadata update
     that reached no broker, before it reports the failure. Called once at start-up (``shared.runtime.run``).
@@ -86,8 +99,7 @@ def new_broker(
             KafkaTelemetryMiddleware(tracer_provider=tracer_provider),
             KafkaPrometheusMiddleware(registry=metrics, app_name=f"ferry-{service}"),
         ],
-        enable_idempotence=True,
-        acks="all",
+        **PRODUCER_OPTIONS,
     )
 
 
@@ -136,7 +148,7 @@ class DirectPublisher:
 
     def __init__(self, settings: CommonSettings, client_id: str) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, client_id=client_id, enable_idempotence=True, acks="all"
+            bootstrap_servers=settings.kafka_bootstrap, client_id=client_id, **PRODUCER_OPTIONS
         )
 
     async def start(self) -> None:
