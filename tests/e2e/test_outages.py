@@ -10,12 +10,11 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -201,19 +200,37 @@ def test_while_postgres_hangs_known_keys_keep_working_and_unknown_ones_get_503(
     assert response.status_code == 200, response.text
 
 
+def infra_kafka_pid(action: str) -> int:
+    """The pid of the Kafka broker that infra/platform runs for this checkout; skips the test when there is none."""
+    pidfile = Path(os.environ.get("FERRY_STATE", ROOT / ".state")) / "run" / "kafka.pid"
+    if not pidfile.is_file():
+        pytest.skip(f"Kafka is not run by infra/platform for this checkout (no {pidfile}): nothing to {action}")
+    return int(pidfile.read_text())
+
+
 @contextmanager
 def kafka_paused() -> Iterator[None]:
     """Freezes the Kafka broker that infra/platform runs for this checkout (SIGSTOP), and resumes it on leaving. Paused
     for less than the consumers' session timeouts (6-10 s), the session's services keep their partitions."""
-    pidfile = Path(os.environ.get("FERRY_STATE", ROOT / ".state")) / "run" / "kafka.pid"
-    if not pidfile.is_file():
-        pytest.skip(f"Kafka is not run by infra/platform for this checkout (no {pidfile}): nothing to pause")
-    pid = int(pidfile.read_text())
+    pid = infra_kafka_pid("pause")
     os.kill(pid, signal.SIGSTOP)
     try:
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+@asynccontextmanager
+async def kafka_stopped(pid: int) -> AsyncIterator[None]:
+    """Stops the broker (SIGTERM; ``pid`` from infra_kafka_pid) and starts it again with infra/platform on leaving."""
+    os.kill(pid, signal.SIGTERM)
+    while Path(f"/proc/{pid}").exists():
+        await asyncio.sleep(0.2)
+    try:
+        yield
+    finally:
+        started = await asyncio.create_subprocess_exec(str(ROOT / "infra" / "platform"), "infra", cwd=ROOT)
+        assert await asyncio.wait_for(started.wait(), 180) == 0
 
 
 async def test_while_kafka_hangs_a_request_gets_503_at_the_publish_timeout_its_charge_back_and_a_cancel(
@@ -257,9 +274,7 @@ async def test_a_kafka_restart_leaves_no_stream_hanging_and_the_logs_readable(
     or an error event, and none hangs; requests are served again once the broker is back. The services' logs keep a
     few lines about the outage. Before, aiokafka's clients retried without waiting: one worker spun a core and logged
     about 17,000 lines a second until the broker was back. 45 s is longer than the producers' request timeout (40 s)."""
-    pidfile = Path(os.environ.get("FERRY_STATE", ROOT / ".state")) / "run" / "kafka.pid"
-    if not pidfile.is_file():
-        pytest.skip(f"Kafka is not run by infra/platform for this checkout (no {pidfile}): nothing to restart")
+    pid = infra_kafka_pid("restart")
     logs_before = {s.name: len(platform.log(s.name).splitlines()) for s in platform.services}
     body = {
         "model": DEFAULT_MODEL,  # a real model's pace: generating while the broker is away, replies piling up
@@ -284,13 +299,8 @@ async def test_a_kafka_restart_leaves_no_stream_hanging_and_the_logs_readable(
         streams = [asyncio.create_task(stream(seen)) for seen in first_tokens]
         async with asyncio.timeout(60):
             await asyncio.gather(*(seen.wait() for seen in first_tokens))
-        pid = int(pidfile.read_text())
-        os.kill(pid, signal.SIGTERM)
-        while Path(f"/proc/{pid}").exists():
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(outage_s)
-        started = await asyncio.create_subprocess_exec(str(ROOT / "infra" / "platform"), "infra", cwd=ROOT)
-        assert await asyncio.wait_for(started.wait(), 180) == 0
+        async with kafka_stopped(pid):
+            await asyncio.sleep(outage_s)
 
         async with asyncio.timeout(180):  # none hangs
             ended = await asyncio.gather(*streams)
@@ -312,22 +322,6 @@ async def test_a_kafka_restart_leaves_no_stream_hanging_and_the_logs_readable(
         assert len(kafka_lines) < 300, f"{name}: {len(kafka_lines)} lines from aiokafka, e.g. {kafka_lines[-1]}"
 
 
-@contextmanager
-def kafka_stopped(seconds_before_start: float = 0) -> Iterator[None]:
-    """Stops the broker that infra/platform runs for this checkout (SIGTERM) and starts it again on leaving."""
-    pidfile = Path(os.environ.get("FERRY_STATE", ROOT / ".state")) / "run" / "kafka.pid"
-    if not pidfile.is_file():
-        pytest.skip(f"Kafka is not run by infra/platform for this checkout (no {pidfile}): nothing to stop")
-    pid = int(pidfile.read_text())
-    os.kill(pid, signal.SIGTERM)
-    while Path(f"/proc/{pid}").exists():
-        time.sleep(0.2)
-    try:
-        yield
-    finally:
-        subprocess.run([str(ROOT / "infra" / "platform"), "infra"], cwd=ROOT, check=True, timeout=180)
-
-
 async def test_a_service_producer_publishes_again_after_records_expired_while_the_broker_was_away(
     platform: Platform,
 ) -> None:
@@ -344,7 +338,7 @@ async def test_a_service_producer_publishes_again_after_records_expired_while_th
     await producer.start()
     try:
         await producer.send_and_wait(topic, b"before", key=b"k")
-        with kafka_stopped():
+        async with kafka_stopped(infra_kafka_pid("stop")):
             pending = [await producer.send(topic, b"lost %d" % i, key=b"k") for i in range(3)]
             async with asyncio.timeout(30):  # an idempotent producer never gives them up: it waits for the broker
                 outcomes = await asyncio.gather(*pending, return_exceptions=True)
