@@ -103,8 +103,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
     broker, common, metrics = deps.broker, deps.common, deps.metrics
     topics = common.topics
     accepted: list[CompletionRequested] = []
-    produced_ms: dict[str, int] = {}
-    read_at: dict[str, tuple[str, int, int]] = {}
+    read_from: dict[str, ConsumerRecord] = {}  # each accepted request's record
     refusals: list[tuple[tuple[str, str], Rejected]] = []
     for record in records:
         try:
@@ -120,8 +119,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
             carried = {k: v for k, v in record_headers(record).items() if k in ("traceparent", "tracestate")}
             request = request.model_copy(update={"trace_context": carried})
         accepted.append(request)
-        produced_ms[request.request_id] = record.timestamp
-        read_at[request.request_id] = (record.topic, record.partition, record.offset)
+        read_from[request.request_id] = record
     for (rid, reply_topic), rejected in refusals:
         failure = GenerationFailed(
             request_id=rid, sequence=0, code="invalid_request", message=str(rejected), param=rejected.param
@@ -161,7 +159,10 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
                     await publish_message(broker, message, topic, key=rid, request_id=rid, confirm=False)
                 )
         except UNWRITABLE_TOPIC_ERRORS as exc:  # its reply topic: retrying the poll would stall every request in it
-            await dead_letter_unanswerable(broker, common, request, read_at[rid], exc, SERVICE)
+            record = read_from[rid]
+            await dead_letter_unanswerable(
+                broker, common, request, (record.topic, record.partition, record.offset), exc, SERVICE
+            )
 
     for i, (request, screening) in enumerate(zip(accepted, screenings, strict=True)):
         with deps.tracer.start_as_current_span(
@@ -202,7 +203,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
     await asyncio.gather(*confirmations)
     now_ms = time.time() * 1000
     for request in accepted:
-        metrics.stage_seconds.observe(max(0.0, now_ms - produced_ms.get(request.request_id, now_ms)) / 1000)
+        metrics.stage_seconds.observe(max(0.0, now_ms - read_from[request.request_id].timestamp) / 1000)
 
 
 def with_scores(screening: Screening, name: str, scores: dict[str, float]) -> Screening:
