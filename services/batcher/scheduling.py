@@ -22,7 +22,6 @@ Rules, per model:
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -74,9 +73,7 @@ class Policy:
     def tokens_of(self, request: CompletionRequested) -> int:
         """Prompt estimate (characters / chars_per_token, plus a few tokens of chat template per message) plus the
         most tokens it may generate, at most the model's context when it is known."""
-        template = 4 * len(request.messages)
-        tokens = math.ceil(request.prompt_chars() / self.chars_per_token) + template + request.sampling.max_tokens
-        return min(tokens, self.model_contexts.get(request.model, tokens))
+        return request.token_weight(self.chars_per_token, 4, self.model_contexts.get(request.model))
 
 
 @dataclass

@@ -3,7 +3,6 @@ per-model demand counting from request-topic end offsets."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,8 +14,7 @@ def request_tokens(request: CompletionRequested, contexts: Mapping[str, int] | N
     """Prompt plus max new tokens, the prompt estimated at 4 characters per token (no tokenizer in the scaler); at
     most the model's context when ``contexts`` (registry max_model_len by model) has it, since its worker cuts
     max_tokens there, whatever a producer on Kafka asked for."""
-    tokens = math.ceil(request.prompt_chars() / 4) + request.sampling.max_tokens
-    return min(tokens, (contexts or {}).get(request.model, tokens))
+    return request.token_weight(context=(contexts or {}).get(request.model))
 
 
 def batch_tokens(batch: BatchFormed, contexts: Mapping[str, int] | None = None) -> tuple[int, int]:
