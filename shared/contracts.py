@@ -19,8 +19,8 @@ VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # how variant names look (
 
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer.")]
 """A sampling seed: torch's generators take 64 bits, and a seed beyond them failed in the engine."""
-REQUEST_ID_MAX_LENGTH = 200
-"""Characters a request id may have."""
+RequestId = Annotated[str, Field(min_length=1, max_length=200)]
+"""A request's id: 1 to 200 characters."""
 
 TopicName = Annotated[
     str,
@@ -354,9 +354,7 @@ class CompletionRequested(Message):
 
     Exactly one of ``messages`` (chat) and ``prompt`` (plain completion) is set."""
 
-    request_id: str = Field(
-        min_length=1, max_length=REQUEST_ID_MAX_LENGTH, description="Unique id; every reply carries it back."
-    )
+    request_id: RequestId = Field(description="Unique id; every reply carries it back.")
     model: str = Field(min_length=1, description="Registry id of the model to run; must match the topic's model.")
     messages: list[ChatMessage] = Field(
         default_factory=list, description="The conversation to complete (chat); empty when ``prompt`` is set."
@@ -461,10 +459,8 @@ class CompletionRequested(Message):
         "(a prefill of its answer; vLLM's continue_final_message): the answer holds only what the model adds. The "
         "message is then screened like the other turns, even an assistant's. add_generation_prompt does not apply.",
     )
-    choice_of: str | None = Field(
+    choice_of: RequestId | None = Field(
         None,
-        min_length=1,
-        max_length=REQUEST_ID_MAX_LENGTH,
         description="For one of the n choices of a request with n > 1, each a request of its own (the ingress gives "
         "them the ids <id>-<i>): that request's id <id>, which its choices share; with a list of prompts "
         "(/v1/completions), <id>-p<k> for the choices of its k-th prompt. A prompt the choices share is put "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -23,9 +22,9 @@ from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from shared.contracts import REQUEST_ID_MAX_LENGTH, CompletionRequested, Message, MessageDeadLettered, TopicName
+from shared.contracts import CompletionRequested, Message, MessageDeadLettered, RequestId, TopicName
 from shared.settings import CommonSettings
 from shared.telemetry import current_trace_context
 
@@ -36,8 +35,6 @@ M = TypeVar("M", bound=BaseModel)
 UNWRITABLE_TOPIC_ERRORS = (UnknownTopicOrPartitionError, TopicAuthorizationFailedError, InvalidTopicError)
 """What publishing raises when its topic cannot take records (missing and not created by the brokers, not allowed, or
 not a valid name). Publishing the same record again fails the same way, so a consumer that retries it stalls."""
-
-_topic_name: TypeAdapter[str] = TypeAdapter(TopicName)
 
 _WHY_UNWRITABLE: dict[type[Exception], str] = {
     UnknownTopicOrPartitionError: "Kafka has no such topic and did not create it",
@@ -282,22 +279,21 @@ def decode(model: type[M], record: ConsumerRecord) -> M:
         raise Rejected(f"invalid {model.__name__}: {problems}", param or None) from None
 
 
+class _Requester(BaseModel):
+    """The two fields of a request record that say whom to answer, with the contract's own constraints."""
+
+    request_id: RequestId
+    reply_topic: TopicName
+
+
 def requester_of(record: ConsumerRecord) -> tuple[str, str] | None:
     """The request id and reply topic of a request record that was rejected, when it holds usable ones: its requester
     can then be told why at once, rather than wait for an answer that will not come."""
     try:
-        fields = json.loads(record.value or b"")
-    except ValueError:
-        return None
-    if not isinstance(fields, dict):
-        return None
-    request_id, reply_topic = fields.get("request_id"), fields.get("reply_topic")
-    if not isinstance(request_id, str) or not 0 < len(request_id) <= REQUEST_ID_MAX_LENGTH:
-        return None
-    try:
-        return request_id, _topic_name.validate_python(reply_topic)
+        requester = _Requester.model_validate_json(record.value or b"")
     except ValidationError:
         return None
+    return requester.request_id, requester.reply_topic
 
 
 async def dead_letter(
