@@ -481,14 +481,17 @@ async def test_a_tenants_request_waiting_in_the_engine_goes_before_another_tenan
         async with client(common) as c:
 
             def long(tenant: str) -> CompletionRequested:
-                request = c.request(max_tokens=96, tenant_id=tenant)
-                sampling = request.sampling.model_copy(update={"ignore_eos": True})  # every one takes its 96 tokens
+                request = c.request(max_tokens=192, tenant_id=tenant)
+                sampling = request.sampling.model_copy(update={"ignore_eos": True})  # every one takes its 192 tokens
                 return request.model_copy(update={"sampling": sampling})
 
             flood = [long("flooding") for _ in range(4)]
             other = long("other")
             await c.send_batch(flood, partition=0)
-            await c.send_batch([other], partition=0)  # after the flood, on the same partition: read after it
+            # the other tenant's request comes once the flood's first has the seat: read in the same poll as the
+            # flood, it would rightly take the seat first
+            await c.read_until(lambda: any(e["event"] == "tokens_generated" for e in c.events[flood[0].request_id]), 60)
+            await c.send_batch([other], partition=0)
             await c.wait_final([r.request_id for r in [*flood, other]], seconds=120)
     finally:
         workers.terminate(worker)
