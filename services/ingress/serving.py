@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ from shared.contracts import (
     ToolCall,
     ToolCallPiece,
 )
+
+logger = logging.getLogger(__name__)
 
 ApiKind = Literal["chat", "text"]
 IndexedEvent = tuple[int, ReplyEvent]  # a reply event and the index of the choice it belongs to
@@ -387,14 +390,28 @@ class ReleaseGate:
 
 
 async def without_repeats(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[ReplyEvent]:
-    """Drops output the client already has. When a worker dies mid-generation the request is generated again from the
-    start by another worker; its deltas carry ``text_offset`` (and ``token_offset`` with logprobs), so the repeated
-    part is cut and the client sees each piece of text, and each token's logprob, once. Tool calls' pieces carry
-    ``arguments_offset``, and reasoning ``reasoning_offset``; they are cut the same way."""
+    """Drops output the client already has, and never passes on output past a gap. When a worker dies mid-generation
+    the request is generated again from the start by another worker; its deltas carry ``text_offset`` (and
+    ``token_offset`` with logprobs), so the repeated part is cut and the client sees each piece of text, and each
+    token's logprob, once. Tool calls' pieces carry ``arguments_offset``, and reasoning ``reasoning_offset``; they are
+    cut the same way. A delta that starts past what was delivered means deltas were lost on the way (a broker away
+    longer than the workers' producers wait: their records expired); the stream then passes no more deltas, and what
+    the client lacks comes from the final event, which holds the whole completion, just before it."""
     delivered = delivered_tokens = delivered_reasoning = 0
     delivered_arguments: dict[int, int] = {}  # characters of each call's arguments delivered, by the call's index
+    counted = 0  # tokens of the deltas passed on
+    lost = False
     async for event in events:
         if isinstance(event, TokensGenerated) and event.text_offset is not None:
+            if lost or _starts_past(event, delivered, delivered_tokens, delivered_reasoning, delivered_arguments):
+                if not lost:
+                    logger.warning(
+                        "request %s: its reply deltas have a gap (lost on the way); the rest of the stream comes "
+                        "with its final event",
+                        event.request_id,
+                    )
+                lost = True
+                continue
             update: dict[str, object] = {}
             end = event.text_offset + len(event.text)
             if event.text_offset < delivered:
@@ -421,9 +438,60 @@ async def without_repeats(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[Re
             if update:
                 event = event.model_copy(update=update)
             delivered = max(delivered, end)
+            counted += event.token_count
         elif isinstance(event, TokensGenerated):
             delivered += len(event.text)
+            counted += event.token_count
+        elif isinstance(event, CompletionFinished) and lost:
+            rest = _rest_of(event, delivered, delivered_tokens, delivered_reasoning, counted)
+            if rest is not None:
+                yield rest  # the tool calls' rest is added from the final by the stream itself (StreamedCalls.rest)
         yield event
+
+
+def _starts_past(
+    event: TokensGenerated,
+    delivered: int,
+    delivered_tokens: int,
+    delivered_reasoning: int,
+    delivered_arguments: dict[int, int],
+) -> bool:
+    """Whether ``event`` begins after what was delivered (text, logprobs, reasoning or a call's arguments): the deltas
+    between were lost. A lost delta moved at least one of their offsets, so it shows in the next."""
+    if event.text_offset is not None and event.text_offset > delivered:
+        return True
+    if event.logprobs is not None and event.token_offset is not None and event.token_offset > delivered_tokens:
+        return True
+    if event.reasoning_offset is not None and event.reasoning_offset > delivered_reasoning:
+        return True
+    for piece in event.tool_calls:
+        have = delivered_arguments.get(piece.index)
+        if piece.arguments_offset > (have or 0) or (have is None and piece.index > len(delivered_arguments)):
+            return True
+    return False
+
+
+def _rest_of(
+    final: CompletionFinished, delivered: int, delivered_tokens: int, delivered_reasoning: int, counted: int
+) -> TokensGenerated | None:
+    """A delta with what the final event holds past what was delivered: its text, reasoning and logprobs."""
+    text = final.text[delivered:]
+    reasoning = (final.reasoning or "")[delivered_reasoning:]
+    logprobs = final.logprobs[delivered_tokens:] if final.logprobs is not None else None
+    if not text and not reasoning and not logprobs:
+        return None
+    return TokensGenerated(
+        request_id=final.request_id,
+        sequence=final.sequence,
+        text=text,
+        token_count=len(logprobs) if logprobs else max(0, final.usage.completion_tokens - counted),
+        text_offset=delivered,
+        logprobs=logprobs or None,
+        token_offset=delivered_tokens if logprobs else None,
+        prompt_logprobs=final.prompt_logprobs if counted == 0 else None,
+        reasoning=reasoning,
+        reasoning_offset=delivered_reasoning if final.reasoning is not None else None,
+    )
 
 
 async def without_reasoning(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[ReplyEvent]:

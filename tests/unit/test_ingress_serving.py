@@ -36,6 +36,7 @@ from shared.contracts import (
     PromptCleared,
     ReplyEvent,
     ResponseFormat,
+    TokenLogprob,
     TokensGenerated,
     ToolCall,
     ToolCallPiece,
@@ -938,3 +939,76 @@ async def test_streamed_call_pieces_become_openai_s_call_deltas_and_the_final_ad
     for delta in (d for ds in deltas for d in ds):
         joined[delta["index"]] = joined.get(delta["index"], "") + delta["function"]["arguments"]
     assert joined == {0: CALLS[0].function.arguments, 1: CALLS[1].function.arguments}
+
+
+async def sse_of(events: list[ReplyEvent]) -> list[dict]:
+    """The stream's chunks (usage asked for), the [DONE] left out."""
+    lines = [line async for line in stream_sse("r", "m", True, merged([without_repeats(events_of(*events))]))]
+    return [c for c in parse(lines) if c != "[DONE]"]  # type: ignore[misc]
+
+
+async def test_deltas_lost_on_the_way_leave_no_hole_the_final_brings_the_rest_in_order() -> None:
+    words = ["The ", "capital ", "of ", "France."]
+    tokens = [TokenLogprob(token=w, logprob=-0.5) for w in words]
+
+    def delta(i: int) -> TokensGenerated:
+        offset = sum(len(w) for w in words[:i])
+        return TokensGenerated(
+            request_id="r",
+            sequence=i,
+            text=words[i],
+            token_count=1,
+            text_offset=offset,
+            logprobs=tokens[i : i + 1],
+            token_offset=i,
+        )
+
+    final = CompletionFinished(
+        request_id="r",
+        sequence=4,
+        model="m",
+        text="".join(words),
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=5, completion_tokens=4, total_tokens=9),
+        logprobs=tokens,
+    )
+    # delta 1 expired in the worker's producer while the broker was away; the later ones got through
+    chunks = await sse_of([delta(0), delta(2), delta(3), final])
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    contents = [c["delta"]["content"] for c in choices if c["delta"].get("content")]
+    assert contents == ["The ", "capital of France."]  # without the hole: before, "The ", "of ", "France."
+    assert [t["token"] for c in choices if c.get("logprobs") for t in c["logprobs"]["content"]] == words
+    assert choices[-1]["finish_reason"] == "stop" and chunks[-1]["usage"]["completion_tokens"] == 4
+
+
+async def test_lost_reasoning_and_call_pieces_come_whole_from_the_final() -> None:
+    # the reasoning's second delta was lost: the answer after it waits for the final too
+    chunks = await sse_of(
+        [
+            thought(0, "Two and ", 0),
+            thought(2, " four.", len("Two and two make")),
+            thought(3, "", len("Two and two make four."), text="Four."),
+            REASONED,
+        ]
+    )
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("reasoning", "") for d in deltas) == "Two and two make four."
+    assert "".join(d.get("content") or "" for d in deltas) == "Four."
+    # the first call's second piece was lost; the second call's arrived whole
+    final = CompletionFinished(
+        request_id="r", sequence=4, model="m", text="", tool_calls=CALLS, finish_reason="tool_calls", usage=USAGE
+    )
+    chunks = await sse_of(
+        [
+            piece(0, "", 0),
+            piece(2, 'slo"}', len('{"city": "O')),
+            piece(3, CALLS[1].function.arguments, 0, index=1),
+            final,
+        ]
+    )
+    calls = [call for c in chunks if c["choices"] for call in c["choices"][0]["delta"].get("tool_calls") or []]
+    joined: dict[int, str] = {}
+    for call in calls:
+        joined[call["index"]] = joined.get(call["index"], "") + call["function"]["arguments"]
+    assert joined == {0: CALLS[0].function.arguments, 1: CALLS[1].function.arguments}
+    assert [call["index"] for call in calls if "id" in call] == [0, 1]  # each call opened once, in order
