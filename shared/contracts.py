@@ -478,14 +478,12 @@ class CompletionRequested(Message):
         )
         return turns + sum(len(t.model_dump_json()) for t in self.tools)
 
-    def token_weight(
-        self, chars_per_token: float = 4.0, template_tokens_per_message: int = 0, context: int | None = None
-    ) -> int:
+    def token_weight(self, chars_per_token: float = 4.0, context: int | None = None) -> int:
         """Tokens the request may take, where no tokenizer runs (batch budgets, demand): its prompt at
-        ``chars_per_token`` characters a token plus ``template_tokens_per_message`` of chat template per message, and
-        the most tokens it may generate; at most ``context`` (its model's max_model_len) when known, since the worker
-        cuts max_tokens to what the context leaves, whatever a producer asked for."""
-        prompt = math.ceil(self.prompt_chars() / chars_per_token) + template_tokens_per_message * len(self.messages)
+        ``chars_per_token`` characters a token plus 4 tokens of chat template per message (the role markers the usual
+        templates add), and the most tokens it may generate; at most ``context`` (its model's max_model_len) when
+        known, since the worker cuts max_tokens to what the context leaves, whatever a producer asked for."""
+        prompt = math.ceil(self.prompt_chars() / chars_per_token) + 4 * len(self.messages)
         tokens = prompt + self.sampling.max_tokens
         return tokens if context is None else min(tokens, context)
 

@@ -73,7 +73,7 @@ class Policy:
     def tokens_of(self, request: CompletionRequested) -> int:
         """Prompt estimate (characters / chars_per_token, plus a few tokens of chat template per message) plus the
         most tokens it may generate, at most the model's context when it is known."""
-        return request.token_weight(self.chars_per_token, 4, self.model_contexts.get(request.model))
+        return request.token_weight(self.chars_per_token, context=self.model_contexts.get(request.model))
 
 
 @dataclass

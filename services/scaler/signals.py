@@ -11,7 +11,8 @@ from shared.contracts import BatchFormed, CompletionRequested, QueueDepthReporte
 
 
 def request_tokens(request: CompletionRequested, contexts: Mapping[str, int] | None = None) -> int:
-    """Prompt plus max new tokens, the prompt estimated at 4 characters per token (no tokenizer in the scaler); at
+    """Prompt plus max new tokens, the prompt estimated as the batcher does (4 characters per token and 4 of chat
+    template per message: no tokenizer in the scaler); at
     most the model's context when ``contexts`` (registry max_model_len by model) has it, since its worker cuts
     max_tokens there, whatever a producer on Kafka asked for."""
     return request.token_weight(context=(contexts or {}).get(request.model))

@@ -30,14 +30,14 @@ def request(content: str = "x" * 40, max_tokens: int = 100, prompt: str | None =
 
 
 def test_a_request_weighs_its_prompt_estimate_plus_max_new_tokens() -> None:
-    assert request_tokens(request("x" * 40, 100)) == 110
-    assert request_tokens(request(prompt="y" * 41, max_tokens=8)) == 11 + 8  # ceil(41 / 4)
+    assert request_tokens(request("x" * 40, 100)) == 10 + 4 + 100  # 4 of chat template for its one message
+    assert request_tokens(request(prompt="y" * 41, max_tokens=8)) == 11 + 8  # ceil(41 / 4), no template
     batch = BatchFormed(batch_id="b", model="m", requests=[request("x" * 40, 100), request("x" * 4, 10)])
-    assert batch_tokens(batch) == (2, 110 + 11)
+    assert batch_tokens(batch) == (2, 114 + 15)
     # a producer on Kafka may ask for more than the model's context; its worker cuts it there, so it weighs no more
     assert request_tokens(request("x" * 40, 1_000_000), {"m": 2048}) == 2048
-    assert request_tokens(request("x" * 40, 1_000_000), {"other": 2048}) == 1_000_010
-    assert batch_tokens(batch, {"m": 100}) == (2, 100 + 11)
+    assert request_tokens(request("x" * 40, 1_000_000), {"other": 2048}) == 1_000_014
+    assert batch_tokens(batch, {"m": 100}) == (2, 100 + 15)
 
 
 def test_lag_is_weighed_from_the_records_peeked() -> None:
