@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -41,6 +41,11 @@ _WHY_UNWRITABLE: dict[type[Exception], str] = {
     TopicAuthorizationFailedError: "this service may not write to it",
     InvalidTopicError: "Kafka does not take it as a topic name",
 }
+
+TopicCheck = Callable[[str], Awaitable[None]]
+"""Returns once Kafka's metadata holds a topic a requester named (its reply topic), or raises UnknownTopicOrPartition
+after FERRY_REPLY_TOPIC_WAIT_S (see DirectPublisher.wait_for_topic): checked before publishing to it, since the
+producer's own wait is its whole request timeout (40 s), and a consumer's other work waits with it."""
 
 REQUEST_ID_HEADER = "ferry-request-id"
 MESSAGE_TYPE_HEADER = "ferry-message-type"
@@ -141,7 +146,8 @@ class DirectPublisher:
     tracing and metrics middlewares: for the per-token path, where a span and a metrics update per record cost more
     than the record (in a worker at 16 streams, about 15% of its main thread's samples were in those middlewares).
     Records carry the same headers plus the current trace context, so a reader still joins the request's trace. One
-    instance publishes every record of a key, so they stay in order."""
+    instance publishes every record of a key, so they stay in order. A service that publishes with its broker keeps
+    one only for ``wait_for_topic`` (its TopicCheck)."""
 
     def __init__(self, settings: CommonSettings, client_id: str) -> None:
         self._producer = AIOKafkaProducer(

@@ -34,6 +34,13 @@ class CommonSettings(BaseSettings):
     )
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318/v1/traces.")
     log_level: str = Field("INFO", description="Log level of the platform's own loggers.")
+    reply_topic_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a request's reply topic may take to appear in Kafka's metadata (its requester creates "
+        "it, or the brokers on first use) before the request is dead-lettered as unanswerable; a service that waited "
+        "for it held back the rest of its work meanwhile (aiokafka's own wait is its 40 s request timeout).",
+    )
 
     @property
     def topics(self) -> Topics:

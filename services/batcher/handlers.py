@@ -34,6 +34,7 @@ from shared.contracts import (
 from shared.kafka import (
     UNWRITABLE_TOPIC_ERRORS,
     Rejected,
+    TopicCheck,
     dead_letter,
     dead_letter_unanswerable,
     decode,
@@ -66,6 +67,7 @@ class BatcherDeps:
     tracer: trace.Tracer
     metrics: BatcherMetrics
     instance_id: str
+    reply_topic_ready: TopicCheck
     clock: Callable[[], float] = time.monotonic
     model_contexts: dict[str, int] = field(default_factory=dict)  # registry max_model_len of the models known
 
@@ -254,6 +256,7 @@ class Batcher:
             request_id=request.request_id, sequence=0, code=code, message=message, retryable=retryable
         )
         try:
+            await self.deps.reply_topic_ready(request.reply_topic)
             await publish_message(
                 self.deps.broker, failure, request.reply_topic, key=request.request_id, request_id=request.request_id
             )

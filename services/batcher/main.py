@@ -15,7 +15,7 @@ from services.batcher.config import BatcherSettings, input_topic
 from services.batcher.consumer import Consumers
 from services.batcher.handlers import SERVICE, Batcher, BatcherDeps
 from services.batcher.metrics import BatcherMetrics
-from shared.kafka import ensure_topics, new_broker, wait_for_kafka
+from shared.kafka import DirectPublisher, ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import enabled_models
 from shared.runtime import GarbageCollection, kafka_service_app, run, serve
@@ -48,6 +48,7 @@ async def main() -> None:
         registry = CollectorRegistry()
         registry.register(GarbageCollection())
         broker = new_broker(common, SERVICE, provider, registry)
+        reply_topics = DirectPublisher(common, client_id=f"ferry-{SERVICE}-reply-topics")
         batcher = Batcher(
             BatcherDeps(
                 settings=settings,
@@ -58,6 +59,7 @@ async def main() -> None:
                 metrics=BatcherMetrics(registry),
                 instance_id=settings.instance_id or f"{socket.gethostname()}-{os.getpid()}",
                 model_contexts={m.id: m.max_model_len for m in models},
+                reply_topic_ready=lambda topic: reply_topics.wait_for_topic(topic, common.reply_topic_wait_s),
             )
         )
         consumers = Consumers(
@@ -74,7 +76,11 @@ async def main() -> None:
             return AsgiResponse(b"", 204) if alive else AsgiResponse(b"consumers stopped", 500)
 
         app = kafka_service_app(
-            broker, registry, health=health, after_startup=[consumers.start], on_shutdown=[consumers.stop]
+            broker,
+            registry,
+            health=health,
+            after_startup=[reply_topics.start, consumers.start],
+            on_shutdown=[consumers.stop, reply_topics.stop],
         )
         await serve(app, settings.host, settings.port)
     finally:

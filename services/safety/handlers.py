@@ -39,6 +39,7 @@ from shared.contracts import CompletionRequested, ContentFlagged, GenerationFail
 from shared.kafka import (
     UNWRITABLE_TOPIC_ERRORS,
     Rejected,
+    TopicCheck,
     dead_letter,
     dead_letter_unanswerable,
     decode,
@@ -68,6 +69,7 @@ class SafetyDeps:
     tracer: trace.Tracer
     metrics: SafetyMetrics
     send: Send  # a decision's message to a topic, keyed by the request it is about
+    reply_topic_ready: TopicCheck
     guard: GuardCheck | None = None
 
 
@@ -125,6 +127,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
             request_id=rid, sequence=0, code="invalid_request", message=str(rejected), param=rejected.param
         )
         try:
+            await deps.reply_topic_ready(reply_topic)
             await publish_message(broker, failure, reply_topic, key=rid, request_id=rid)
         except UNWRITABLE_TOPIC_ERRORS:
             logger.warning("request %s: rejected, and its reply topic cannot be written to say so", rid)
@@ -154,6 +157,8 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
     async def publish(request: CompletionRequested, sends: Sequence[tuple[Message, str]]) -> None:
         rid = request.request_id
         try:
+            if any(topic == request.reply_topic for _, topic in sends):
+                await deps.reply_topic_ready(request.reply_topic)
             for message, topic in sends:
                 confirmations.append(
                     await publish_message(broker, message, topic, key=rid, request_id=rid, confirm=False)

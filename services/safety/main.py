@@ -26,7 +26,7 @@ from services.safety.sweeps import Sweeper
 from services.safety.web import ReviewDeps, install_error_pages, router
 from shared.contracts import Message
 from shared.db import connect_pool
-from shared.kafka import ensure_topics, new_broker, publish_message, wait_for_kafka
+from shared.kafka import DirectPublisher, ensure_topics, new_broker, publish_message, wait_for_kafka
 from shared.logging import configure_logging
 from shared.registry import ModelRegistry
 from shared.runtime import GarbageCollection, run, serve
@@ -84,8 +84,15 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
             broker = new_broker(common, SERVICE, provider, metrics)
             reviews = ReviewStore(pool, settings.default_retention_days)
             policies = PolicyStore(pool)
+            reply_topics = DirectPublisher(common, client_id=f"ferry-{SERVICE}-reply-topics")
+
+            async def reply_topic_ready(topic: str) -> None:
+                await reply_topics.wait_for_topic(topic, common.reply_topic_wait_s)
 
             async def send(message: Message, topic: str, request_id: str) -> None:
+                """A decision's message: to a model's screened topic, which the service created, or to a requester's
+                reply topic, which may be missing (checked at once when Kafka knows the topic)."""
+                await reply_topic_ready(topic)
                 await publish_message(broker, message, topic, key=request_id, request_id=request_id)
 
             guard = None
@@ -111,6 +118,7 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
                 tracer=provider.get_tracer(__name__),
                 metrics=safety_metrics,
                 send=send,
+                reply_topic_ready=reply_topic_ready,
                 guard=guard,
             )
             register(deps)
@@ -128,6 +136,7 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
             app.state.stage, app.state.guard = stage, guard
             sweeper = Sweeper(reviews, policies, send, topics.screened, safety_metrics)
             await broker.start()
+            await reply_topics.start()
             if guard is not None:
                 await guard.start()
             await stage.start()
@@ -141,6 +150,7 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
                 await stage.stop()
                 if guard is not None:
                     await guard.stop()
+                await reply_topics.stop()
                 await broker.stop()
         finally:
             await pool.close()

@@ -63,12 +63,6 @@ class WorkerSettings(BaseSettings):
     coalesce_ms: int = Field(
         25, ge=0, description="Deltas produced within this window go out as one Kafka record (the first goes at once)."
     )
-    reply_topic_wait_s: float = Field(
-        10.0,
-        gt=0,
-        description="How long a request's reply topic may take to appear in Kafka's metadata (its requester creates "
-        "it, or the brokers on first use) before the request is dead-lettered as unanswerable, ungenerated.",
-    )
     session_timeout_ms: int = Field(
         6000,
         ge=1000,

@@ -172,7 +172,7 @@ def register(deps: WorkerDeps) -> None:
         ):
             try:
                 # before any engine time is spent: a reply topic that is not there yet waits for Kafka's metadata
-                await deps.replies.wait_for_topic(request.reply_topic, settings.reply_topic_wait_s)
+                await deps.replies.wait_for_topic(request.reply_topic, common.reply_topic_wait_s)
                 variant = deps.host.variant_for(request.model, request.variant, request.variant_fallback)
                 if (flight := deps.in_flight.get(request.request_id)) is not None:
                     flight.variant = variant

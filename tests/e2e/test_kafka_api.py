@@ -7,12 +7,17 @@ import asyncio
 import json
 import uuid
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared.settings import consumer_group
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
 from tests.e2e.test_reasoning import ANSWER, BUDGET
+
+BLOCKED_PROMPT = (
+    "Is my key sk-proj-ZyXwVuTsRqPoNmLkJiHgFeDcBa9876543210 still valid?"  # the safety stage blocks secrets
+)
 
 
 async def read_until_final(consumer: AIOKafkaConsumer, request_id: str, seconds: float = 60) -> list[dict]:
@@ -159,20 +164,23 @@ async def test_a_reasoning_model_s_thinking_streams_apart_on_kafka_with_offsets_
     assert sum(d["token_count"] for d in deltas) == final["usage"]["completion_tokens"]
 
 
-async def test_a_request_whose_reply_topic_kafka_will_not_create_is_dead_lettered_and_its_batch_committed(
-    platform: Platform,
+@pytest.mark.parametrize("service", ["worker", "safety"])
+async def test_a_request_whose_reply_topic_kafka_will_not_create_is_dead_lettered_and_the_work_after_it_goes_on(
+    platform: Platform, service: str
 ) -> None:
     """A reply topic that is missing and that the brokers will not create (here its name collides with an existing
-    topic's; likewise where brokers create no topic on first use): the worker parks the request on the dead-letter topic
-    with the reason, generates nothing for it, and commits its batch. Left uncommitted, it held back the commits of
-    every later batch of its partition, and the worker spent two 40 s waits on it."""
+    topic's; likewise where brokers create no topic on first use). The service that must answer first (the worker; the
+    safety stage for a prompt it blocks) waits FERRY_REPLY_TOPIC_WAIT_S (10 s) for the topic, then parks the request
+    on the dead-letter topic with the reason, and goes on: the worker generates nothing for it and commits its batch
+    (left uncommitted, it held back the commits of every later batch of its partition), and a request produced right
+    after it is answered. aiokafka's own wait, which the services took before, was 40 s, twice in the worker."""
     common = platform.common
     bootstrap = common.kafka_bootstrap
     request_id = f"unanswerable-{uuid.uuid4().hex}"
     request = {
         "request_id": request_id,
         "model": TINY_MODEL,
-        "messages": [{"role": "user", "content": "Summarise invoice 43."}],
+        "messages": [{"role": "user", "content": BLOCKED_PROMPT if service == "safety" else "Summarise invoice 43."}],
         "sampling": {"max_tokens": 12, "temperature": 0},
         "reply_topic": common.topics.dead_letter.replace(".", "_"),  # Kafka: collides with the dead-letter topic
     }
@@ -185,19 +193,30 @@ async def test_a_request_whose_reply_topic_kafka_will_not_create_is_dead_lettere
     try:
         dead_letter.assign([TopicPartition(common.topics.dead_letter, 0)])
         await dead_letter.seek_to_end()
-        await producer.send_and_wait(
-            common.topics.requests(TINY_MODEL), json.dumps(request).encode(), key=request_id.encode()
-        )
-        async with asyncio.timeout(60):  # the worker waits 10 s for the topic
+        topic = common.topics.requests(TINY_MODEL)
+        await producer.send_and_wait(topic, json.dumps(request).encode(), key=request_id.encode())
+        next_request = {
+            "request_id": f"after-{request_id}",
+            "model": TINY_MODEL,
+            "messages": [{"role": "user", "content": "Summarise invoice 44."}],
+            "sampling": {"max_tokens": 4, "temperature": 0},
+            "reply_topic": common.topics.replies(f"after-unanswerable-{uuid.uuid4().hex[:6]}"),
+        }
+        following = asyncio.create_task(produce_and_read(platform, next_request))
+        async with asyncio.timeout(30):  # 10 s of waiting for the topic; the 40 s wait before failed here
             async for record in dead_letter:
                 letter = json.loads(record.value)
                 if letter["key"] == request_id:
                     break
-        assert letter["service"] == "worker", letter
+        assert letter["service"] == service, letter
         assert f"its reply topic {request['reply_topic']!r} cannot be written" in letter["reason"], letter
+        assert "not in Kafka's metadata after 10 s" in letter["reason"], letter
         assert json.loads(letter["payload"])["request_id"] == request_id
+        assert (await following)[-1]["event"] == "completion_finished"
+        if service == "safety":
+            assert letter["source_topic"] == topic
+            return
         assert letter["source_topic"] == common.topics.batches(TINY_MODEL)
-
         batch = TopicPartition(letter["source_topic"], letter["partition"])
         group = consumer_group("worker.", common.topic_prefix) + TINY_MODEL
         async with asyncio.timeout(30):
