@@ -65,3 +65,11 @@ class IngressSettings(BaseSettings):
     max_in_flight: int = Field(
         10_000, ge=1, description="Requests this instance holds at once; beyond it new ones get 503 at once."
     )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body taken; a larger one gets 413 before it is read. A request's Kafka record "
+        "holds at most 1 MiB, and its body's JSON can take up to 6 bytes (a \\u escape) for a character the record "
+        "writes in 1 to 3: a body far above the record's limit cannot be queued, and reading and parsing it whole "
+        "would take several times its size in memory.",
+    )

@@ -17,7 +17,7 @@ from services.cache.service import ResponseCache
 from services.ingress.adapters import ModelCatalog, QueueMonitor, ReplyListener, RequestPublisher, TenantDirectory
 from services.ingress.admin_api import router as admin_router
 from services.ingress.config import IngressSettings
-from services.ingress.handlers import IngressDeps, install_error_handlers, router
+from services.ingress.handlers import BodyLimit, IngressDeps, install_error_handlers, router
 from services.ingress.metrics import IngressMetrics
 from services.ingress.rate_limits import RateLimiter
 from shared.db import connect_pool
@@ -87,6 +87,7 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -183,4 +184,24 @@ def test_a_prompt_too_large_for_kafka_is_a_413_and_the_platform_keeps_serving(pl
     body = GOOD | {"messages": [{"role": "user", "content": huge}]}
     error = assert_openai_error(post(platform, body), 413, param="messages")
     assert error["code"] == "request_too_large" and error["type"] == "invalid_request_error"
+    assert post(platform, GOOD).status_code == 200
+
+
+def test_a_body_past_the_ingress_limit_is_a_413_before_it_is_read(platform: Platform) -> None:
+    """Past FERRY_INGRESS_MAX_BODY_BYTES (8 MiB) a body is refused unread, whether its Content-Length says so or it
+    comes in chunks without one; FastAPI would read and parse it whole first."""
+    huge = json.dumps(GOOD | {"messages": [{"role": "user", "content": "word " * 2_000_000}]}).encode()  # 10 MB
+    declared = post(platform, None, raw=huge)
+    error = assert_openai_error(declared, 413)
+    assert error["code"] == "request_too_large" and "8388608 bytes" in error["message"], error
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(huge), 1 << 20):
+            yield huge[start : start + (1 << 20)]
+
+    url = f"{platform.base_url}/v1/chat/completions"
+    headers = {"content-type": "application/json"} | platform.auth
+    chunked = httpx.post(url, content=chunks(), headers=headers, timeout=30)  # no Content-Length: sent in chunks
+    error = assert_openai_error(chunked, 413)
+    assert error["code"] == "request_too_large", error
     assert post(platform, GOOD).status_code == 200
