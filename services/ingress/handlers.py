@@ -38,6 +38,7 @@ from services.ingress.protocol import (
     error_json,
     ignored_fields,
     invalid_input,
+    lone_surrogate,
     tool_error,
     unsupported_option,
 )
@@ -206,6 +207,9 @@ async def _serve(  # type: ignore[no-untyped-def]
 ):
     request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
     headers = {"x-request-id": request_id}
+    if not_text := lone_surrogate(await request.body()):  # the body FastAPI read, kept by the request
+        param, message = not_text
+        raise ApiError(400, message, param=param, code="invalid_value")
     if unsupported := unsupported_option(body):
         param, message = unsupported
         raise ApiError(400, message, param=param, code="unsupported_parameter")

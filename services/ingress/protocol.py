@@ -4,6 +4,8 @@ temperature): request models are strict (STRICT_INPUT), so that the published sp
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
@@ -926,3 +928,41 @@ def _body_path(error: Mapping[str, Any], body: Any) -> list[str | int]:
 
 def error_json(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return ErrorResponse(error=ErrorBody(message=message, type=type_, param=param, code=code)).model_dump()
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(raw: bytes) -> tuple[str, str] | None:
+    """(param, message) when a JSON body holds a lone UTF-16 surrogate: an escape such as ``\\ud800`` without its
+    pair. Python's JSON reader takes it into a string, but it is no character, and no UTF-8 text (a Kafka record, a
+    log line, the model's tokenizer) can hold it: the request failed later as if Kafka were down (503). Only such an
+    escape makes one, so a body without any costs one scan of its bytes."""
+    if _SURROGATE_ESCAPE.search(raw) is None:
+        return None
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return None  # not JSON: refused as such already
+    path = _surrogate_path(document)
+    if path is None:
+        return None  # escapes in pairs make whole characters
+    param = ".".join(path) or "body"
+    return param, (
+        f"Invalid value for '{param}': it holds a lone UTF-16 surrogate (an escape such as \\ud800 without its pair), "
+        "which is not a character. Send valid Unicode text."
+    )
+
+
+def _surrogate_path(value: object) -> list[str] | None:
+    """The path (keys and list positions) to the first string, or key, that holds a lone surrogate."""
+    if isinstance(value, str):
+        return [] if _SURROGATE.search(value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and _SURROGATE.search(key):
+            return [key.encode("utf-8", "backslashreplace").decode()]
+        if (path := _surrogate_path(item)) is not None:
+            return [str(key), *path]
+    return None

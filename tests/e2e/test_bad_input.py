@@ -38,6 +38,16 @@ def test_malformed_json_is_a_400(platform: Platform) -> None:
     assert error["type"] == "invalid_request_error"
 
 
+def test_a_lone_surrogate_in_the_text_is_a_400_naming_where_not_a_503(platform: Platform) -> None:
+    """Python's JSON reader takes a lone surrogate escape into a string, which no Kafka record can hold: the request
+    got 503 queue_unavailable ("try again") before, which no retry could mend."""
+    raw = b'{"model": "tiny-random", "max_tokens": 4, "messages": [{"role": "user", "content": "hi \\ud800"}]}'
+    error = assert_openai_error(post(platform, None, raw=raw), 400, param="messages.0.content")
+    assert error["code"] == "invalid_value" and "lone UTF-16 surrogate" in error["message"]
+    whole = b'{"model": "tiny-random", "max_tokens": 4, "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
+    assert post(platform, None, raw=whole).status_code == 200  # a pair is one character
+
+
 def test_unknown_model_is_a_404_naming_the_model(platform: Platform) -> None:
     error = assert_openai_error(post(platform, GOOD | {"model": "gpt-9"}), 404, param="model")
     assert error["code"] == "model_not_found" and "gpt-9" in error["message"]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from services.ingress.protocol import ChatCompletionRequest, CompletionRequest, invalid_input
+from services.ingress.protocol import ChatCompletionRequest, CompletionRequest, invalid_input, lone_surrogate
 
 CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 COMPLETION: dict[str, Any] = {"model": "m", "prompt": "Once"}
@@ -85,3 +85,26 @@ def test_a_bad_prompt_is_named_with_what_a_prompt_may_be(prompt: Any, param: str
         param,
         f"Invalid value for '{param}': {message}",
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (rb'{"model": "m", "messages": [{"role": "user", "content": "hi \ud800 there"}]}', "messages.0.content"),
+        (rb'{"model": "m", "prompt": ["fine", "a\uDC00"]}', "prompt.1"),
+        (rb'{"model": "m", "logit_bias": {"\udc00": 1}}', "logit_bias.\\udc00"),
+        (
+            rb'{"model": "m", "response_format": {"json_schema": {"schema": {"pattern": "\ud83d"}}}}',
+            "response_format.json_schema.schema.pattern",
+        ),
+        (rb'{"model": "m", "messages": [{"role": "user", "content": "\ud83d\ude00 is whole"}]}', None),  # a pair
+        (rb'{"model": "m", "messages": [{"role": "user", "content": "the text \\ud800, escaped"}]}', None),
+    ],
+)
+def test_a_lone_surrogate_escape_is_named_where_it_is(body: bytes, param: str | None) -> None:
+    found = lone_surrogate(body)
+    if param is None:
+        assert found is None
+        return
+    assert found is not None and found[0] == param
+    assert "lone UTF-16 surrogate" in found[1] and found[1].encode("utf-8")  # the message itself is valid text
