@@ -352,7 +352,8 @@ PromptScreening = Literal["before", "beside"]
 class CompletionRequested(Message):
     """A client asked for a completion. Produced to ``<prefix>requests.<model>`` keyed by ``request_id``.
 
-    Exactly one of ``messages`` (chat) and ``prompt`` (plain completion) is set."""
+    Exactly one of ``messages`` (chat), ``prompt`` (plain completion) and ``prompt_token_ids`` (a plain completion's
+    prompt as token ids) is set."""
 
     request_id: RequestId = Field(description="Unique id; every reply carries it back.")
     model: str = Field(min_length=1, description="Registry id of the model to run; must match the topic's model.")
@@ -363,6 +364,13 @@ class CompletionRequested(Message):
         None,
         min_length=1,
         description="Raw prompt text to continue, without a chat template (OpenAI's /v1/completions).",
+    )
+    prompt_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        min_length=1,
+        description="A raw prompt as token ids of the model's tokenizer, instead of ``prompt`` (OpenAI's "
+        "/v1/completions takes a prompt as an array of integers). The safety stage screens the text they decode to; "
+        "replies then carry that text as ``prompt_text``.",
     )
     sampling: SamplingParams = Field(default_factory=SamplingParams, description="Sampling parameters.")
     stream: bool = Field(True, description="Send TokensGenerated deltas before the final CompletionFinished.")
@@ -467,9 +475,14 @@ class CompletionRequested(Message):
         "before reviewers once, as one item. None: a request of its own.",
     )
 
+    def is_chat(self) -> bool:
+        """Whether the request is a chat (messages, rendered with the model's template), not a raw prompt."""
+        return bool(self.messages)
+
     def prompt_chars(self) -> int:
         """Characters of prompt the model reads, before its chat template: the prompt, or the turns with their tool
-        calls, and the tools' signatures. For token estimates where no tokenizer runs."""
+        calls, and the tools' signatures (0 for a prompt of token ids). For token estimates where no tokenizer
+        runs."""
         if self.prompt is not None:
             return len(self.prompt)
         turns = sum(
@@ -478,22 +491,28 @@ class CompletionRequested(Message):
         )
         return turns + sum(len(t.model_dump_json()) for t in self.tools)
 
+    def prompt_tokens_estimate(self, chars_per_token: float = 4.0) -> int:
+        """The prompt's tokens where no tokenizer runs: counted when given as token ids; else its characters at
+        ``chars_per_token`` a token, plus 4 tokens of chat template per message (the role markers the usual templates
+        add)."""
+        if self.prompt_token_ids is not None:
+            return len(self.prompt_token_ids)
+        return math.ceil(self.prompt_chars() / chars_per_token) + 4 * len(self.messages)
+
     def token_weight(self, chars_per_token: float = 4.0, context: int | None = None) -> int:
-        """Tokens the request may take, where no tokenizer runs (batch budgets, demand): its prompt at
-        ``chars_per_token`` characters a token plus 4 tokens of chat template per message (the role markers the usual
-        templates add), and the most tokens it may generate; at most ``context`` (its model's max_model_len) when
-        known, since the worker cuts max_tokens to what the context leaves, whatever a producer asked for."""
-        prompt = math.ceil(self.prompt_chars() / chars_per_token) + 4 * len(self.messages)
-        tokens = prompt + self.sampling.max_tokens
+        """Tokens the request may take, where no tokenizer runs (batch budgets, demand): its prompt's estimate and the
+        most tokens it may generate; at most ``context`` (its model's max_model_len) when known, since the worker cuts
+        max_tokens to what the context leaves, whatever a producer asked for."""
+        tokens = self.prompt_tokens_estimate(chars_per_token) + self.sampling.max_tokens
         return tokens if context is None else min(tokens, context)
 
     @model_validator(mode="after")
     def _messages_or_prompt(self) -> CompletionRequested:
-        if bool(self.messages) == (self.prompt is not None):
-            raise ValueError("exactly one of messages (chat) and prompt (completion) must be given")
-        if self.tools and self.prompt is not None:
+        if sum((bool(self.messages), self.prompt is not None, self.prompt_token_ids is not None)) != 1:
+            raise ValueError("exactly one of messages (chat), prompt and prompt_token_ids (completion) must be given")
+        if self.tools and not self.is_chat():
             raise ValueError("tools are for chat (messages) only")
-        if self.continue_final_message and self.prompt is not None:
+        if self.continue_final_message and not self.is_chat():
             raise ValueError("continue_final_message is for chat (messages) only")
         if self.tool_choice_function is not None and (
             self.tool_choice != "required" or self.tool_choice_function not in {t.name for t in self.tools}
@@ -712,6 +731,11 @@ class TokensGenerated(Message):
         description="Characters of the reasoning that come before this event's: what text_offset is to the text. Set "
         "when the output is read for reasoning (a chat request to a reasoning model).",
     )
+    prompt_text: str | None = Field(
+        None,
+        description="The prompt's text, on a request's first TokensGenerated (sequence 0) when its prompt was given "
+        "as token ids (prompt_token_ids): what an echo puts before the completion.",
+    )
 
 
 FinishReason = Literal["stop", "length", "abort", "tool_calls"]
@@ -748,6 +772,9 @@ class CompletionFinished(Message):
         None,
         description="A reasoning model's thinking (the text of its think block, markers left out); None when it wrote "
         "none. ``text`` then holds only the answer after it.",
+    )
+    prompt_text: str | None = Field(
+        None, description="The prompt's text, when it was given as token ids (prompt_token_ids); None otherwise."
     )
 
 

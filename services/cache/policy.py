@@ -190,6 +190,7 @@ def normalized(
             # how the prompt ends changes it
             ("add_generation_prompt", None if request.add_generation_prompt else "false"),
             ("continue_final_message", request.continue_final_message or None),
+            ("prompt_token_ids", request.prompt_token_ids),  # a raw prompt given as token ids
         )
         if value
     }
@@ -200,7 +201,7 @@ def normalized(
         "variant": request.variant,
         "scope": scope,
         "screening_policy": screening_policy,
-        "messages": [[m.role, m.content] for m in request.messages] if request.prompt is None else None,
+        "messages": [[m.role, m.content] for m in request.messages] if request.is_chat() else None,
         "prompt": request.prompt,
         "max_tokens": sampling.max_tokens,
         "temperature": sampling.temperature,

@@ -8,7 +8,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, TypeVar, get_args
@@ -229,7 +229,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     except PriorityNotAllowed as exc:
         raise ApiError(403, str(exc), "permission_error", param="priority", code="priority_not_allowed") from None
     timeout_s = _timeout(request.headers.get("x-ferry-timeout"), deps.settings)
-    prompts = body.prompt_texts() if isinstance(body, CompletionRequest) else None  # None: a chat's messages
+    prompts = body.prompts() if isinstance(body, CompletionRequest) else None  # None: a chat's messages
     choice_count = body.choice_count()
     prompt_of = [k // body.n for k in range(choice_count)]  # which prompt each choice answers
 
@@ -284,9 +284,16 @@ async def _serve(  # type: ignore[no-untyped-def]
         estimate = sum(estimated_tokens(choices[k], body.n) for k in range(0, len(choices), body.n))
         charge = await _charge(deps, tenant, estimate, headers)
         policy = _cache_policy(tenant)
+        cache_control: Mapping[str, str] = request.headers
+        if isinstance(body, CompletionRequest) and body.echo and any(not isinstance(p, str) for p in prompts or []):
+            # the echo of token ids is the text the worker decoded, which a cached answer does not keep (no entry
+            # holds a prompt): look up nothing, as Cache-Control no-cache asks, and store the fresh answer
+            cache_control = {
+                "cache-control": ",".join(filter(None, [request.headers.get("cache-control"), "no-cache"]))
+            }
         lookups = await asyncio.gather(
             *(
-                deps.cache.lookup(choice, model.version, request.headers, policy, sample=k % body.n)
+                deps.cache.lookup(choice, model.version, cache_control, policy, sample=k % body.n)
                 for k, choice in enumerate(choices)
             )
         )
@@ -376,9 +383,10 @@ async def _serve(  # type: ignore[no-untyped-def]
     if isinstance(body, ChatCompletionRequest) and not body.include_reasoning:
         readable = [without_reasoning(s) for s in readable]
     replies = watched(merged(readable), on_final, on_abandoned, on_first, len(choices))
-    echoes: list[str] = []  # what each choice's text begins with
+    echoes: list[str | None] = []  # what each choice's text begins with (None: the reply brings it)
     if isinstance(body, CompletionRequest) and body.echo:
-        echoes = [prompt for prompt in prompts or [] for _ in range(body.n)]
+        # a prompt given as token ids: its text is the worker's, which decodes them
+        echoes = [prompt if isinstance(prompt, str) else None for prompt in prompts or [] for _ in range(body.n)]
     elif isinstance(body, ChatCompletionRequest) and body.echo and body.messages[-1].role == "assistant":
         echoes = [body.messages[-1].text()] * len(choices)  # as vLLM's server: only an assistant's own turn
     prompt_only = isinstance(body, CompletionRequest) and body.prompt_only()

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from shared.contracts import (
@@ -28,6 +28,7 @@ from shared.contracts import (
 from shared.registry import ModelRecord
 
 NonEmpty = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 SystemFingerprint = Annotated[
     str | None,
     Field(
@@ -41,6 +42,33 @@ SystemFingerprint = Annotated[
 STRICT_INPUT = ConfigDict(strict=True)
 # Each choice is a generation of its own (see serving.choice_requests); OpenAI's API allows up to 128.
 MAX_CHOICES = 128
+
+
+def _prompt_form(value: Any) -> str | None:
+    """Which of a prompt's four forms ``value`` has, read from its first item: it is then validated as that form
+    alone, so that an error names the fault in it (a 129th prompt, not "should be an integer")."""
+    if isinstance(value, str):
+        return "text"
+    if not isinstance(value, list):
+        return None
+    first = value[0] if value else ""
+    if isinstance(first, list):
+        return "token_id_lists"
+    return "token_ids" if isinstance(first, int) and not isinstance(first, bool) else "texts"
+
+
+PromptIn = Annotated[
+    Annotated[NonEmpty, Tag("text")]
+    | Annotated[TokenIds, Tag("token_ids")]
+    | Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_CHOICES), Tag("texts")]
+    | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_CHOICES), Tag("token_id_lists")],
+    Discriminator(
+        _prompt_form,
+        custom_error_type="prompt_form",
+        custom_error_message="Input should be a string, an array of token ids, or an array of either",
+    ),
+]
+"""/v1/completions' prompt: text, token ids, or a list of either (OpenAI's four forms)."""
 
 
 class TextPart(BaseModel):
@@ -564,10 +592,11 @@ class CompletionRequest(SamplingFields):
         }
     )
 
-    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_CHOICES)] = Field(
+    prompt: PromptIn = Field(
         description="The prompt, or a list of prompts, each completed n times: choice i * n + j is prompt i's j-th "
         "(as OpenAI and vLLM number them). Every prompt's choices count toward the limit of "
-        f"{MAX_CHOICES}. Token-id prompts are refused: each prompt's text is screened before a model reads it."
+        f"{MAX_CHOICES}. A prompt may be given as token ids of the model's tokenizer (an array of integers, or a "
+        "list of them); the safety stage screens the text they decode to, and an echo returns that text."
     )
     max_tokens: int | None = Field(
         16,
@@ -590,22 +619,10 @@ class CompletionRequest(SamplingFields):
     )
     best_of: int | None = Field(None, ge=1, le=1, description="Only 1 is supported.")
 
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _text_prompts_only(cls, value: Any) -> Any:
-        # OpenAI's API also takes token ids; say why they are refused rather than "should be a valid string"
-        if isinstance(value, list) and value and all(isinstance(p, int | list) for p in value):
-            raise PydanticCustomError(
-                "unsupported_prompt",
-                "token-id prompts are not served: the safety stage screens each prompt's text before a model reads "
-                "it; send the text",
-            )
-        return value
-
     @field_validator("prompt")
     @classmethod
-    def _choices_within_limit(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
-        prompts, n = (1 if isinstance(value, str) else len(value)), info.data.get("n", 1)  # n is declared before
+    def _choices_within_limit(cls, value: PromptIn, info: ValidationInfo) -> PromptIn:
+        prompts, n = len(_prompts(value)), info.data.get("n", 1)  # n is declared before
         if prompts * n > MAX_CHOICES:
             raise PydanticCustomError(
                 "too_many_choices",
@@ -622,12 +639,13 @@ class CompletionRequest(SamplingFields):
             raise ValueError("max_tokens 0 needs echo: true (the prompt alone comes back)")
         return value
 
-    def prompt_texts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: its text, or its token ids."""
+        return _prompts(self.prompt)
 
     def choice_count(self) -> int:
         """How many completions the request asks for: n for each prompt."""
-        return len(self.prompt_texts()) * self.n
+        return len(self.prompts()) * self.n
 
     def prompt_only(self) -> bool:
         """Whether only the echoed prompt is asked for (max_tokens 0), not a completion."""
@@ -966,3 +984,12 @@ def _surrogate_path(value: object) -> list[str] | None:
         if (path := _surrogate_path(item)) is not None:
             return [str(key), *path]
     return None
+
+
+def _prompts(prompt: PromptIn) -> list[str | list[int]]:
+    """Each prompt of a /v1/completions prompt: its text, or its token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt[0], int):
+        return [prompt]  # type: ignore[list-item]  # one prompt of token ids
+    return list(prompt)  # type: ignore[arg-type]

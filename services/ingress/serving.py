@@ -182,7 +182,7 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
     if isinstance(api, ChatCompletionRequest):
         chat = {"messages": [_chat_message(m) for m in api.messages]} | _tools(api) | _thinking(api)
     else:
-        chat = {"prompt": api.prompt_texts()[0]}  # choice_requests gives each choice its own
+        chat = _prompt_fields(api.prompts()[0])  # choice_requests gives each choice its own
     return CompletionRequested(
         request_id=sub.request_id,
         model=api.model,
@@ -250,8 +250,15 @@ def _tools(api: ChatCompletionRequest) -> dict[str, object]:
     }
 
 
+def _prompt_fields(prompt: str | list[int]) -> dict[str, object]:
+    """A raw prompt's fields in the contract: its text, or its token ids."""
+    if isinstance(prompt, str):
+        return {"prompt": prompt, "prompt_token_ids": None}
+    return {"prompt": None, "prompt_token_ids": prompt}
+
+
 def choice_requests(
-    message: CompletionRequested, n: int, prompts: Sequence[str] | None = None
+    message: CompletionRequested, n: int, prompts: Sequence[str | list[int]] | None = None
 ) -> list[CompletionRequested]:
     """The requests that generate the choices of one API request: ``n`` for each of ``prompts`` (a raw prompt list of
     /v1/completions; None: the message's own prompt or chat), in OpenAI's order, choice i * n + j being prompt i's
@@ -271,7 +278,7 @@ def choice_requests(
                 "choice_of": None if n == 1 else message.request_id if text is None else f"{message.request_id}-p{i}",
                 "sampling": message.sampling.model_copy(update={"seed": None if seed is None else _int64(seed + j)}),
             }
-            | ({"prompt": text} if text is not None else {})
+            | (_prompt_fields(text) if text is not None else {})
         )
         for i, text in enumerate(texts)
         for j in range(n)
@@ -649,16 +656,19 @@ def text_completion(
     request_id: str,
     model: str,
     finals: Sequence[CompletionFinished],
-    echoes: Sequence[str] = (),
+    echoes: Sequence[str | None] = (),
     prompt_only: bool = False,
     prompt_of: Sequence[int] | None = None,
 ) -> Completion:
-    """``echoes``: with echo, each choice's prompt, put before its text. ``prompt_only`` (max_tokens 0 with echo):
-    each choice is the echoed prompt alone, the token generated dropped. ``prompt_of``: as for usage_of."""
+    """``echoes``: with echo, each choice's prompt, put before its text (None: a prompt given as token ids, whose text
+    the reply brings). ``prompt_only`` (max_tokens 0 with echo): each choice is the echoed prompt alone, the token
+    generated dropped. ``prompt_of``: as for usage_of."""
 
     def generated(f: CompletionFinished) -> list[TokenLogprob] | None:
         return [] if prompt_only and f.logprobs is not None else f.logprobs
 
+    echoes = echoes or [""] * len(finals)
+    texts = [echo if echo is not None else f.prompt_text or "" for f, echo in zip(finals, echoes, strict=True)]
     return Completion(
         id=request_id,
         model=model,
@@ -670,7 +680,7 @@ def text_completion(
                 finish_reason=f.finish_reason,
                 logprobs=text_logprobs(generated(f), len(echo), f.prompt_logprobs if echo else None),
             )
-            for i, (f, echo) in enumerate(zip(finals, echoes or [""] * len(finals), strict=True))
+            for i, (f, echo) in enumerate(zip(finals, texts, strict=True))
         ],
         system_fingerprint=finals[0].variant,
     )
@@ -726,7 +736,7 @@ async def stream_sse(
     include_usage: bool,
     events: AsyncIterator[IndexedEvent],
     kind: ApiKind = "chat",
-    echoes: Sequence[str] = (),
+    echoes: Sequence[str | None] = (),
     choices: int = 1,
     echo_logprobs: bool = False,
     prompt_only: bool = False,
@@ -745,7 +755,9 @@ async def stream_sse(
     reasoning_chunk = text_only_chunk_writer(request_id, created, model, "chat", key="reasoning")
 
     echoes = echoes or [""] * choices
-    echo_waits = {i for i in range(choices) if echoes[i]} if echo_logprobs else set()
+    # an echo waits for its choice's first reply when that brings the prompt's logprobs, or its text (a prompt given
+    # as token ids: None)
+    echo_waits = {i for i in range(choices) if echoes[i] is None or (echo_logprobs and echoes[i])}
     for index in range(choices):
         if index in echo_waits:
             continue
@@ -754,15 +766,20 @@ async def stream_sse(
         if kind == "chat" and echoes[index]:  # after the role, as vLLM's server sends a chat's echo
             yield text_only_chunk(echoes[index], index)
     finals: dict[int, CompletionFinished] = {}
-    token_starts = {i: len(echoes[i]) for i in range(choices)}  # text route: where each choice's next token starts
+    # text route: where each choice's next token starts
+    token_starts = {i: len(echoes[i] or "") for i in range(choices)}
     calls = StreamedCalls()
     try:
         async for index, event in events:
             if index in echo_waits and isinstance(event, TokensGenerated | CompletionFinished):
                 echo_waits.discard(index)
+                echo = echoes[index]
+                if echo is None:
+                    echo = event.prompt_text or ""
+                    token_starts[index] = len(echo)
                 # a reply from a worker that predates prompt logprobs carries none: the prompt then comes without
                 prompt = None if event.prompt_logprobs is None else text_logprobs([], 0, event.prompt_logprobs)
-                yield chunk(request_id, created, model, echoes[index], None, index, logprobs=prompt)
+                yield chunk(request_id, created, model, echo, None, index, logprobs=prompt)
             if isinstance(event, TokensGenerated):
                 if event.tool_calls:  # chat only: tools are refused on the text route
                     yield _chat_chunk(

@@ -30,6 +30,12 @@ class SafetySettings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, description="Most requests screened together in one poll.")
     max_wait_ms: int = Field(5, ge=0, description="Longest a poll waits for more requests.")
     models: list[str] | None = Field(None, description="Models to screen for; every enabled model when unset.")
+    models_dir: Path = Field(
+        Path.home() / ".cache" / "ferry" / "models",
+        description="The model folders the workers build (their FERRY_WORKER_MODELS_DIR), read for each model's "
+        "tokenizer: a prompt given as token ids is screened as the text they decode to. A model whose folder is not "
+        "there gets such prompts refused (retryable screening_unavailable).",
+    )
     deny_terms: list[str] = Field(default_factory=list, description="Terms refused anywhere (category deny_list).")
     embedding: bool = Field(
         True,

@@ -31,7 +31,8 @@ from services.safety.config import SafetySettings
 from services.safety.guard import GuardCheck, GuardVerdict
 from services.safety.metrics import SafetyMetrics
 from services.safety.policy import decide, escalate
-from services.safety.review import late_choice_deliveries, prompt_verdict, unscreened
+from services.safety.prompt_tokens import ModelTokenizers, NoTokenizer, UndecodablePrompt
+from services.safety.review import late_choice_deliveries, prompt_verdict, refused, unscreened
 from services.safety.screening import Screener, Screening, combine, prompt_parts, prompt_text
 from services.safety.store import PolicyStore, ReviewStore
 from services.safety.web import Send, deliver
@@ -70,13 +71,14 @@ class SafetyDeps:
     metrics: SafetyMetrics
     send: Send  # a decision's message to a topic, keyed by the request it is about
     reply_topic_ready: TopicCheck
+    tokenizers: ModelTokenizers  # for prompts given as token ids
     guard: GuardCheck | None = None
 
 
 def flagged_from(
-    request: CompletionRequested, screening: Screening, action: str, categories: list[str]
+    request: CompletionRequested, screening: Screening, action: str, categories: list[str], text: str
 ) -> ContentFlagged:
-    text = prompt_text(request)
+    """The item a flagged prompt puts before reviewers; ``text``: the prompt as screened (see prompt_text)."""
     return ContentFlagged(
         request_id=request.request_id,
         tenant_id=request.tenant_id,
@@ -133,7 +135,50 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
             logger.warning("request %s: rejected, and its reply topic cannot be written to say so", rid)
     if not accepted:
         return
-    parts = [prompt_parts(r) for r in accepted]
+    confirmations: list[asyncio.Future[Any] | None] = []
+
+    async def publish(request: CompletionRequested, sends: Sequence[tuple[Message, str]]) -> None:
+        rid = request.request_id
+        try:
+            if any(topic == request.reply_topic for _, topic in sends):
+                await deps.reply_topic_ready(request.reply_topic)
+            for message, topic in sends:
+                confirmations.append(
+                    await publish_message(broker, message, topic, key=rid, request_id=rid, confirm=False)
+                )
+        except UNWRITABLE_TOPIC_ERRORS as exc:  # its reply topic: retrying the poll would stall every request in it
+            record = read_from[rid]
+            await dead_letter_unanswerable(
+                broker, common, request, (record.topic, record.partition, record.offset), exc, SERVICE
+            )
+
+    # what is screened of each request: a prompt given as token ids is screened as the text they decode to
+    screened_as: list[CompletionRequested] = []
+    for request in list(accepted):
+        if request.prompt_token_ids is None:
+            screened_as.append(request)
+            continue
+        try:
+            text = await deps.tokenizers.text_of(request.model, request.prompt_token_ids)
+        except NoTokenizer as exc:
+            accepted.remove(request)
+            metrics.prompts.labels("unavailable").inc()
+            logger.warning("request %s: %s", request.request_id, exc)
+            await publish(request, unscreened(request, topics, str(exc)))
+            continue
+        except UndecodablePrompt as exc:
+            accepted.remove(request)
+            metrics.prompts.labels("undecodable").inc()
+            failure = GenerationFailed(
+                request_id=request.request_id, sequence=0, code="invalid_request", message=str(exc), param="prompt"
+            )
+            await publish(request, refused(request, failure, topics))
+            continue
+        screened_as.append(request.model_copy(update={"prompt": text, "prompt_token_ids": None}))
+    if not accepted:
+        await asyncio.gather(*confirmations)
+        return
+    parts = [prompt_parts(r) for r in screened_as]
     started = time.perf_counter()
     cache = deps.screener.cache
     hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
@@ -152,23 +197,6 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
                 if verdict.scores:
                     screenings[i] = with_scores(screenings[i], "guard_model", verdict.scores)
     metrics.screen_seconds.observe(time.perf_counter() - started)
-    confirmations: list[asyncio.Future[Any] | None] = []
-
-    async def publish(request: CompletionRequested, sends: Sequence[tuple[Message, str]]) -> None:
-        rid = request.request_id
-        try:
-            if any(topic == request.reply_topic for _, topic in sends):
-                await deps.reply_topic_ready(request.reply_topic)
-            for message, topic in sends:
-                confirmations.append(
-                    await publish_message(broker, message, topic, key=rid, request_id=rid, confirm=False)
-                )
-        except UNWRITABLE_TOPIC_ERRORS as exc:  # its reply topic: retrying the poll would stall every request in it
-            record = read_from[rid]
-            await dead_letter_unanswerable(
-                broker, common, request, (record.topic, record.partition, record.offset), exc, SERVICE
-            )
-
     for i, (request, screening) in enumerate(zip(accepted, screenings, strict=True)):
         with deps.tracer.start_as_current_span(
             "ferry.safety.screen_prompt",
@@ -200,7 +228,8 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
             metrics.prompts.labels(decision.action).inc()
             sends = prompt_verdict(request, decision.action, decision.categories, topics)
             if decision.action != "allow":
-                flagged = flagged_from(request, screening, decision.action, list(decision.flagged))
+                text = prompt_text(screened_as[i])
+                flagged = flagged_from(request, screening, decision.action, list(decision.flagged), text)
                 sends.append((flagged, topics.safety_flagged))
                 logger.info("request %s prompt %s: %s", rid, decision.action, ",".join(decision.flagged))
             await publish(request, sends)  # inside the span, so each record carries its context to the reader

@@ -20,6 +20,7 @@ from services.safety.guard import GuardCheck
 from services.safety.handlers import SERVICE, SafetyDeps, register, screen_prompts
 from services.safety.labels import LABELED_FILE
 from services.safety.metrics import SafetyMetrics
+from services.safety.prompt_tokens import ModelTokenizers
 from services.safety.screening import Classifier, Screener
 from services.safety.store import PolicyStore, ReviewStore, UserStore
 from services.safety.sweeps import Sweeper
@@ -119,6 +120,7 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
                 metrics=safety_metrics,
                 send=send,
                 reply_topic_ready=reply_topic_ready,
+                tokenizers=ModelTokenizers(settings.models_dir),
                 guard=guard,
             )
             register(deps)

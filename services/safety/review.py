@@ -37,20 +37,29 @@ def blocked_failure(
 SCREENING_UNAVAILABLE = "screening_unavailable"
 
 
-def unscreened(request: CompletionRequested, topics: Topics) -> list[tuple[Message, str]]:
-    """What the stage sends for a prompt it cannot judge (the tenant's policy cannot be read): a retryable failure to
-    the requester, and a cancel of the generation already under way for a prompt screened beside it."""
-    rid = request.request_id
+def unscreened(
+    request: CompletionRequested, topics: Topics, why: str = "the tenant's safety policy is unavailable"
+) -> list[tuple[Message, str]]:
+    """What the stage sends for a prompt it cannot judge (the tenant's policy cannot be read, or the tokenizer of a
+    prompt given as token ids): a retryable failure to the requester, and a cancel of the generation already under
+    way for a prompt screened beside it."""
     failure = GenerationFailed(
-        request_id=rid,
+        request_id=request.request_id,
         sequence=0,
         code=SCREENING_UNAVAILABLE,
-        message="the prompt could not be screened: the tenant's safety policy is unavailable; try again shortly",
+        message=f"the prompt could not be screened: {why}; try again shortly",
         retryable=True,
     )
+    return refused(request, failure, topics)
+
+
+def refused(request: CompletionRequested, failure: GenerationFailed, topics: Topics) -> list[tuple[Message, str]]:
+    """What the stage sends for a prompt it refuses before judging it: ``failure`` to the requester, and a cancel of
+    the generation already under way for a prompt screened beside it."""
     sends: list[tuple[Message, str]] = [(failure, request.reply_topic)]
     if request.prompt_screening == "beside":
-        sends.append((RequestCancelled(request_id=rid, model=request.model, reason="requested"), topics.cancellations))
+        cancel = RequestCancelled(request_id=request.request_id, model=request.model, reason="requested")
+        sends.append((cancel, topics.cancellations))
     return sends
 
 

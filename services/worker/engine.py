@@ -14,6 +14,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from services.safety.prompt_tokens import UndecodablePrompt, decoded_prompt
 from services.worker.engine_processes import ENGINE_NICE_VARIABLE, use_engine_process_server
 from services.worker.harmony import speaks_harmony
 from services.worker.reasoning import MISTRAL_THINK, THINK, ThinkMarkers, template_switches, think_markers
@@ -603,6 +604,14 @@ class Engine:
 
         start, end = span
         return tokens_up_to(end) - (tokens_up_to(start) if start else 0)
+
+    def prompt_text(self, token_ids: Sequence[int]) -> str:
+        """The text of a prompt given as token ids; raises InvalidRequest (param prompt) for an id outside the
+        vocabulary."""
+        try:
+            return decoded_prompt(self._tokenizer, token_ids, self.config.model_id)
+        except UndecodablePrompt as exc:
+            raise InvalidRequest(str(exc), param="prompt") from None
 
     def token_ids(self, text: str) -> list[int]:
         """The tokens of ``text`` as this model's tokenizer splits it; chat templates write their own special tokens,

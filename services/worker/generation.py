@@ -174,6 +174,7 @@ async def serve_request(
     parsing: VllmReading | None = None
     reads_reasoning = False  # whether the output is read for thinking, by either
     prompt_ids: list[int] | None = None  # the prompt's tokens, when a reader needed them before generation
+    given_prompt_text: str | None = None  # the text of a prompt given as token ids: replies carry it, for an echo
     screen: RequestOutputScreen | None = None  # the output's screening, when the worker screens outputs
 
     def next_event(delta: OutputDelta, calls: Sequence[ToolCallPiece] = (), reasoning: str = "") -> TokensGenerated:
@@ -188,6 +189,7 @@ async def serve_request(
             logprobs=list(delta.logprobs) if with_logprobs else None,
             token_offset=token_offset if with_logprobs else None,
             prompt_logprobs=prompt_logprobs if sequence == 0 else None,
+            prompt_text=given_prompt_text if sequence == 0 else None,
             tool_calls=list(calls),
             reasoning=reasoning,
             reasoning_offset=reasoning_offset if reads_reasoning else None,
@@ -247,6 +249,9 @@ async def serve_request(
         screen = await guard.start(request) if guard else None  # output screening (services/safety/output.py)
         if request.prompt is not None:
             prompt = request.prompt
+        elif request.prompt_token_ids is not None:
+            prompt = given_prompt_text = engine.prompt_text(request.prompt_token_ids)
+            prompt_ids = request.prompt_token_ids
         else:
             tools = request.tools if reader.mode != "text" else None
             prompt = engine.render_prompt(
@@ -282,7 +287,7 @@ async def serve_request(
         if markers is not None and reader.mode == "auto" and (openings := calls_openings(engine.tool_call_format)):
             markers = markers._replace(answer_starts=openings)  # a call straight from its thoughts ends them
         # a model whose entry names vLLM's parsers has its thinking read by a reasoning parser only, as in vLLM
-        if request.prompt is None and parsers is None and (engine.speaks_harmony or markers is not None):
+        if request.is_chat() and parsers is None and (engine.speaks_harmony or markers is not None):
             budget = request.thinking_token_budget
             if grammar_first or budget is not None:
                 compose = (
@@ -392,6 +397,7 @@ async def serve_request(
             variant=engine.variant,
             logprobs=logprobs if with_logprobs else None,
             prompt_logprobs=prompt_logprobs,
+            prompt_text=given_prompt_text,
             usage=Usage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,

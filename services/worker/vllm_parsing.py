@@ -73,7 +73,7 @@ class VllmParsers:
     def reads(self, request: CompletionRequested) -> bool:
         """Whether these parsers read the request's output: a chat (a raw prompt's output is text) whose thinking
         the reasoning parser reads, or whose calls the tool-call parser reads (see ``reads_calls``)."""
-        return request.prompt is None and (self.reasoning_parser is not None or self.reads_calls(request))
+        return request.is_chat() and (self.reasoning_parser is not None or self.reads_calls(request))
 
     def reads_calls(self, request: CompletionRequested) -> bool:
         """Whether the tool-call parser reads the request's calls: the model may choose to call (tool_choice auto).

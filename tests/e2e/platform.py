@@ -233,6 +233,7 @@ def start_platform(
     safety_port = free_port()
     safety_env = {
         "FERRY_SAFETY_PORT": str(safety_port),
+        "FERRY_SAFETY_MODELS_DIR": str(models_dir),  # the tokenizers of prompts given as token ids
         # the guard-model check, through the platform's own request path, for one test tenant only (test_safety.py)
         "FERRY_SAFETY_GUARD_MODEL": TINY_MODEL,
         "FERRY_SAFETY_GUARD_TENANTS": '["guard-e2e"]',

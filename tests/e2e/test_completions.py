@@ -8,8 +8,9 @@ import time
 import httpx
 import pytest
 from openai import AsyncOpenAI, BadRequestError, NotFoundError, OpenAI
+from transformers import AutoTokenizer
 
-from tests.e2e.platform import TINY_MODEL, Platform
+from tests.e2e.platform import MODELS_DIR, TINY_MODEL, Platform
 
 PROMPT = "Once upon a time"
 
@@ -73,6 +74,46 @@ def test_echo_puts_the_prompt_first(platform: Platform) -> None:
     assert "".join(c.choices[0].text for c in chunks if c.choices) == completion.choices[0].text
 
 
+def test_a_prompt_of_token_ids_is_served_as_its_text_is_and_scored_as_evaluation_harnesses_ask(
+    platform: Platform,
+) -> None:
+    """OpenAI's API takes a prompt as token ids (lm-evaluation-harness sends them by default): the same seeded answer
+    as the prompt's text gets; with echo, the decoded prompt first; and, as a harness scores a text (echo, logprobs,
+    max_tokens 0 or 1), one logprob per prompt token after the first."""
+    tokenizer = AutoTokenizer.from_pretrained(str(MODELS_DIR / TINY_MODEL))
+    ids = tokenizer.encode(PROMPT, add_special_tokens=False)
+    client = sync_client(platform)
+    as_text = client.completions.create(model=TINY_MODEL, prompt=PROMPT, max_tokens=6, seed=11)
+    as_ids = client.completions.create(model=TINY_MODEL, prompt=ids, max_tokens=6, seed=11)
+    assert as_ids.choices[0].text == as_text.choices[0].text
+    assert as_ids.usage is not None and as_ids.usage.prompt_tokens == len(ids)
+    scored = client.completions.create(model=TINY_MODEL, prompt=ids, max_tokens=0, echo=True, logprobs=1)
+    choice = scored.choices[0]
+    assert choice.text == tokenizer.decode(ids) and choice.logprobs is not None
+    assert len(choice.logprobs.token_logprobs) == len(ids) and choice.logprobs.token_logprobs[0] is None
+    assert all(isinstance(lp, float) for lp in choice.logprobs.token_logprobs[1:])
+    streamed = client.completions.create(model=TINY_MODEL, prompt=[ids, ids[:2]], max_tokens=3, echo=True, stream=True)
+    texts: dict[int, str] = {}
+    for chunk in streamed:
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+    assert texts[0].startswith(tokenizer.decode(ids)) and texts[1].startswith(tokenizer.decode(ids[:2]))
+
+
+def test_token_ids_outside_the_vocabulary_or_decoding_to_a_blocked_prompt_are_refused(platform: Platform) -> None:
+    client = sync_client(platform)
+    tokenizer = AutoTokenizer.from_pretrained(str(MODELS_DIR / TINY_MODEL))
+    with pytest.raises(BadRequestError) as outside:
+        client.completions.create(model=TINY_MODEL, prompt=[1, len(tokenizer) + 5], max_tokens=2)
+    error = outside.value.body
+    assert isinstance(error, dict) and error["param"] == "prompt" and "vocabulary" in error["message"], error
+    secret = tokenizer.encode("My key is sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789, why?", add_special_tokens=False)
+    with pytest.raises(BadRequestError) as blocked:  # screened as the text the ids decode to
+        client.completions.create(model=TINY_MODEL, prompt=secret, max_tokens=2)
+    error = blocked.value.body
+    assert isinstance(error, dict) and error["code"] == "content_policy_violation", error
+
+
 async def test_a_prompt_list_is_completed_n_times_per_prompt_in_openais_order(platform: Platform) -> None:
     client = async_client(platform)
     prompts = [PROMPT, "The weather today is"]
@@ -117,7 +158,6 @@ def test_text_stream_framing_is_openais(platform: Platform) -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"prompt": [101, 102, 103]}, "prompt"),  # token ids: the safety stage screens text
         ({"prompt": ["one", "two"], "n": 65}, "prompt"),  # 130 choices, over the limit of 128
         ({"suffix": "tail"}, "suffix"),
         ({"n": 129}, "n"),  # OpenAI's limit is 128

@@ -10,9 +10,10 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from transformers import AutoTokenizer
 
 from shared.settings import consumer_group
-from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
+from tests.e2e.platform import DEFAULT_MODEL, MODELS_DIR, TINY_MODEL, Platform
 from tests.e2e.test_reasoning import ANSWER, BUDGET
 
 BLOCKED_PROMPT = (
@@ -79,6 +80,23 @@ async def test_request_produced_to_kafka_gets_its_completion_on_its_own_reply_to
     assert "".join(d["text"] for d in deltas) == final["text"]
     assert final["usage"]["completion_tokens"] == sum(d["token_count"] for d in deltas) > 0
     assert final["usage"]["total_tokens"] == final["usage"]["prompt_tokens"] + final["usage"]["completion_tokens"]
+
+
+async def test_a_prompt_of_token_ids_is_completed_and_its_replies_carry_the_decoded_text(platform: Platform) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(MODELS_DIR / TINY_MODEL))
+    ids = tokenizer.encode("Summarise invoice 45.", add_special_tokens=False)
+    request = {
+        "request_id": f"ids-{uuid.uuid4().hex}",
+        "model": TINY_MODEL,
+        "prompt_token_ids": ids,
+        "sampling": {"max_tokens": 4, "temperature": 0},
+        "reply_topic": platform.common.topics.replies(f"ids-system-{uuid.uuid4().hex[:6]}"),
+    }
+    events = await produce_and_read(platform, request)
+    final = events[-1]
+    assert final["event"] == "completion_finished", final
+    assert final["prompt_text"] == tokenizer.decode(ids) and final["usage"]["prompt_tokens"] == len(ids)
+    assert events[0]["prompt_text"] == final["prompt_text"]  # the first delta carries it too, for a streamed echo
 
 
 async def test_a_request_the_contract_refuses_is_answered_on_its_reply_topic_with_the_reason(

@@ -63,21 +63,17 @@ def test_a_missing_field_inside_a_union_member_is_named_as_missing() -> None:
     )
 
 
-TOKEN_IDS_REFUSED = (
-    "token-id prompts are not served: the safety stage screens each prompt's text before a model reads it; "
-    "send the text"
-)
-
-
 @pytest.mark.parametrize(
     ("prompt", "param", "message"),
     [
         (["one"] * 129, "prompt", "List should have at most 128 items after validation, not 129"),
         ([], "prompt", "List should have at least 1 item after validation, not 0"),
-        ([[1, 2]], "prompt", TOKEN_IDS_REFUSED),
-        ([1, 2], "prompt", TOKEN_IDS_REFUSED),
+        ([[1, 2]] * 129, "prompt", "List should have at most 128 items after validation, not 129"),
         (["one", 2], "prompt.1", "Input should be a valid string"),
-        (5, "prompt", "Input should be a valid string or a valid list"),
+        ([1, "two"], "prompt.1", "Input should be a valid integer"),  # the first item says which form it is
+        ([[1], [-2]], "prompt.1.0", "Input should be greater than or equal to 0"),
+        ([[1], []], "prompt.1", "List should have at least 1 item after validation, not 0"),
+        (5, "prompt", "Input should be a string, an array of token ids, or an array of either"),
     ],
 )
 def test_a_bad_prompt_is_named_with_what_a_prompt_may_be(prompt: Any, param: str, message: str) -> None:

@@ -297,7 +297,7 @@ def test_max_tokens_is_cut_to_the_models_context() -> None:
 def test_a_prompt_list_makes_n_choices_of_each_prompt_in_openais_order() -> None:
     body = CompletionRequest.model_validate({"model": "m", "prompt": ["one", "two"], "n": 2, "seed": 7})
     sub = Submission("cmpl-1", "t", utc_now(), {}, 16)
-    choices = choice_requests(to_completion_requested(body, sub), body.n, body.prompt_texts())
+    choices = choice_requests(to_completion_requested(body, sub), body.n, body.prompts())
     assert [(c.request_id, c.prompt, c.sampling.seed) for c in choices] == [
         ("cmpl-1-0", "one", 7),
         ("cmpl-1-1", "one", 8),
@@ -307,22 +307,21 @@ def test_a_prompt_list_makes_n_choices_of_each_prompt_in_openais_order() -> None
     # the review queue groups the choices that share a prompt, and only those
     assert [c.choice_of for c in choices] == ["cmpl-1-p0", "cmpl-1-p0", "cmpl-1-p1", "cmpl-1-p1"]
     single = CompletionRequest.model_validate({"model": "m", "prompt": ["one", "two"]})
-    alone = choice_requests(to_completion_requested(single, sub), 1, single.prompt_texts())
+    alone = choice_requests(to_completion_requested(single, sub), 1, single.prompts())
     assert [(c.request_id, c.prompt, c.choice_of) for c in alone] == [
         ("cmpl-1-0", "one", None),
         ("cmpl-1-1", "two", None),
     ]
     # a list of one prompt is served as the prompt alone
     listed = CompletionRequest.model_validate({"model": "m", "prompt": ["one"]})
-    (alone_listed,) = choice_requests(to_completion_requested(listed, sub), 1, listed.prompt_texts())
+    (alone_listed,) = choice_requests(to_completion_requested(listed, sub), 1, listed.prompts())
     assert (alone_listed.request_id, alone_listed.prompt, alone_listed.choice_of) == ("cmpl-1", "one", None)
 
 
 @pytest.mark.parametrize(
     ("prompt", "n", "says"),
     [
-        ([1, 2, 3], 1, "token-id prompts are not served"),
-        ([[1, 2], [3]], 1, "token-id prompts are not served"),
+        ([[1, 2]] * 65, 2, "65 prompts of n=2 choices each make 130 choices; at most 128"),
         (["a"] * 65, 2, "65 prompts of n=2 choices each make 130 choices; at most 128"),
         (["a"] * 129, 1, "at most 128"),
         (["a", ""], 1, "at least 1 character"),
@@ -1012,3 +1011,27 @@ async def test_lost_reasoning_and_call_pieces_come_whole_from_the_final() -> Non
         joined[call["index"]] = joined.get(call["index"], "") + call["function"]["arguments"]
     assert joined == {0: CALLS[0].function.arguments, 1: CALLS[1].function.arguments}
     assert [call["index"] for call in calls if "id" in call] == [0, 1]  # each call opened once, in order
+
+
+async def test_prompts_of_token_ids_reach_the_contract_as_ids_and_are_echoed_as_the_text_the_worker_decoded() -> None:
+    sub = Submission("cmpl-1", "t", utc_now(), {}, 16)
+    one = CompletionRequest.model_validate({"model": "m", "prompt": [5, 6, 7]})
+    (alone,) = choice_requests(to_completion_requested(one, sub), 1, one.prompts())
+    assert (alone.prompt, alone.prompt_token_ids) == (None, [5, 6, 7])
+    assert alone.prompt_tokens_estimate() == 3  # counted, not estimated from characters
+    listed = CompletionRequest.model_validate({"model": "m", "prompt": [[5, 6], [7]], "n": 2})
+    choices = choice_requests(to_completion_requested(listed, sub), 2, listed.prompts())
+    assert [(c.prompt, c.prompt_token_ids, c.choice_of) for c in choices] == [
+        (None, [5, 6], "cmpl-1-p0"),
+        (None, [5, 6], "cmpl-1-p0"),
+        (None, [7], "cmpl-1-p1"),
+        (None, [7], "cmpl-1-p1"),
+    ]
+    # with echo the ingress has no text of the ids: the worker's reply brings it (prompt_text)
+    final = finished(" there", prompt=2).model_copy(update={"prompt_text": "Hello"})
+    assert text_completion("r", "m", [final], echoes=[None]).choices[0].text == "Hello there"
+    first = TokensGenerated(request_id="r", sequence=0, text=" the", token_count=1, text_offset=0, prompt_text="Hello")
+    events = [first, final.model_copy(update={"text": " the"})]
+    lines = [line async for line in stream_sse("r", "m", False, merged([events_of(*events)]), "text", [None])]
+    texts = [c["choices"][0]["text"] for c in parse(lines[:-1])]  # type: ignore[index]
+    assert texts[:2] == ["Hello", " the"]
