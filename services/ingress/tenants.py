@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -85,8 +86,9 @@ def bearer_key(authorization: str | None) -> str | None:
 
 
 def estimated_tokens(request: CompletionRequested, choices: int = 1) -> int:
-    """Tokens charged against the tenant's limits at admission, before the worker counts them: the prompt's estimate
-    (its token ids counted; else characters / 4, the usual rule of thumb, plus 4 tokens of chat template per message:
-    the ingress runs no tokenizer) plus every token the request's choices may generate. The difference with the real
-    count is settled when the request finishes."""
-    return request.prompt_tokens_estimate() + choices * request.sampling.max_tokens
+    """Tokens charged against the tenant's limits at admission, before the worker counts them: the prompt's token ids,
+    or its characters / 4 (the usual rule of thumb; the ingress runs no tokenizer), plus every token the request's
+    choices may generate. The difference with the real count is settled when the request finishes."""
+    ids = request.prompt_token_ids
+    prompt = len(ids) if ids is not None else math.ceil(request.prompt_chars() / 4)
+    return prompt + choices * request.sampling.max_tokens

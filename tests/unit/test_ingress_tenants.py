@@ -61,7 +61,7 @@ def test_estimate_is_a_quarter_of_the_characters_plus_every_token_that_may_be_ge
         messages=[ChatMessage(role="user", content="x" * 10), ChatMessage(role="assistant", content="y" * 7)],
         sampling=SamplingParams(max_tokens=100),
     )
-    assert estimated_tokens(chat) == 5 + 2 * 4 + 100  # 17 characters, 4 tokens of template for each message
+    assert estimated_tokens(chat) == 5 + 100
     text = CompletionRequested(request_id="r", model="m", reply_topic="t", prompt="z" * 8, sampling=SamplingParams())
     assert estimated_tokens(text) == 2 + 256
     assert estimated_tokens(text, choices=3) == 2 + 3 * 256  # the prompt is read once; each choice may run to the end
