@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import re
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Coroutine, Mapping
@@ -522,6 +523,11 @@ class ClientGone(Exception):
     pass
 
 
+FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"
+"""FastAPI's 400 for a body its JSON reader refused other than by a syntax error (a nesting deeper than the reader's
+recursion limit, an integer of more than Python's 4,300 digits), with the reader's exception as its cause."""
+
+
 class BodyTooLarge(StarletteHTTPException):
     """A request body past the ingress's limit, found while it was read (a body sent without Content-Length)."""
 
@@ -634,6 +640,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == FASTAPI_UNREADABLE_BODY:
+            # FastAPI's wrapper of what its JSON reader raised other than a syntax error, named here
+            cause = exc.__cause__
+            why = "it could not be read as JSON"
+            if isinstance(cause, RecursionError):
+                why = "it nests deeper than Python's JSON reader goes"
+            elif isinstance(cause, ValueError) and "digits" in str(cause):
+                why = f"it holds an integer of more than {sys.get_int_max_str_digits()} digits"
+            message = f"We could not parse the JSON body of your request: {why}."
+            return JSONResponse(error_json(message, "invalid_request_error", code="invalid_json"), status_code=400)
         code = "request_too_large" if isinstance(exc, BodyTooLarge) else f"http_{exc.status_code}"
         return JSONResponse(
             error_json(str(exc.detail), "invalid_request_error", code=code),

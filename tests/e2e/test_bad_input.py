@@ -36,6 +36,13 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
 def test_malformed_json_is_a_400(platform: Platform) -> None:
     error = assert_openai_error(post(platform, None, raw=b'{"model": "tiny-random", "messages": ['), 400)
     assert error["type"] == "invalid_request_error"
+    # JSON that Python's reader refuses other than by its syntax: named, not "There was an error parsing the body"
+    deep = b'{"model": "tiny-random", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    error = assert_openai_error(post(platform, None, raw=deep), 400)
+    assert error["code"] == "invalid_json" and "nests deeper" in error["message"], error
+    huge = b'{"model": "tiny-random", "messages": [], "max_tokens": 1' + b"0" * 5000 + b"}"
+    error = assert_openai_error(post(platform, None, raw=huge), 400)
+    assert error["code"] == "invalid_json" and "4300" in error["message"], error
 
 
 def test_a_lone_surrogate_in_the_text_is_a_400_naming_where_not_a_503(platform: Platform) -> None:
