@@ -491,13 +491,13 @@ class CompletionRequested(Message):
         )
         return turns + sum(len(t.model_dump_json()) for t in self.tools)
 
-    def prompt_tokens_estimate(self, chars_per_token: float = 4.0) -> int:
+    def prompt_tokens_estimate(self, chars_per_token: float = 4.0, template_tokens_per_message: int = 4) -> int:
         """The prompt's tokens where no tokenizer runs: counted when given as token ids; else its characters at
-        ``chars_per_token`` a token, plus 4 tokens of chat template per message (the role markers the usual templates
-        add)."""
+        ``chars_per_token`` a token, plus ``template_tokens_per_message`` of chat template per message (the role
+        markers the usual templates add)."""
         if self.prompt_token_ids is not None:
             return len(self.prompt_token_ids)
-        return math.ceil(self.prompt_chars() / chars_per_token) + 4 * len(self.messages)
+        return math.ceil(self.prompt_chars() / chars_per_token) + template_tokens_per_message * len(self.messages)
 
     def token_weight(self, chars_per_token: float = 4.0, context: int | None = None) -> int:
         """Tokens the request may take, where no tokenizer runs (batch budgets, demand): its prompt's estimate and the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -87,8 +86,8 @@ def bearer_key(authorization: str | None) -> str | None:
 
 def estimated_tokens(request: CompletionRequested, choices: int = 1) -> int:
     """Tokens charged against the tenant's limits at admission, before the worker counts them: the prompt's token ids,
-    or its characters / 4 (the usual rule of thumb; the ingress runs no tokenizer), plus every token the request's
-    choices may generate. The difference with the real count is settled when the request finishes."""
-    ids = request.prompt_token_ids
-    prompt = len(ids) if ids is not None else math.ceil(request.prompt_chars() / 4)
+    or its characters / 4 (the usual rule of thumb; the ingress runs no tokenizer, and charges no chat template),
+    plus every token the request's choices may generate. The difference with the real count is settled when the
+    request finishes."""
+    prompt = request.prompt_tokens_estimate(template_tokens_per_message=0)
     return prompt + choices * request.sampling.max_tokens

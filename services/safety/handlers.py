@@ -129,8 +129,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
             request_id=rid, sequence=0, code="invalid_request", message=str(rejected), param=rejected.param
         )
         try:
-            await deps.reply_topic_ready(reply_topic)
-            await publish_message(broker, failure, reply_topic, key=rid, request_id=rid)
+            await deps.send(failure, reply_topic, rid)
         except UNWRITABLE_TOPIC_ERRORS:
             logger.warning("request %s: rejected, and its reply topic cannot be written to say so", rid)
     if not accepted:
