@@ -467,6 +467,12 @@ class CompletionRequested(Message):
         "(a prefill of its answer; vLLM's continue_final_message): the answer holds only what the model adds. The "
         "message is then screened like the other turns, even an assistant's. add_generation_prompt does not apply.",
     )
+    return_token_ids: bool = Field(
+        False,
+        description="Replies carry token ids (vLLM's return_token_ids): the prompt's, as the engine read it (chat "
+        "template included), on the first TokensGenerated and on CompletionFinished; each event's generated tokens "
+        "(TokensGenerated.token_ids), and all of them in CompletionFinished.token_ids.",
+    )
     choice_of: RequestId | None = Field(
         None,
         description="For one of the n choices of a request with n > 1, each a request of its own (the ingress gives "
@@ -707,8 +713,18 @@ class TokensGenerated(Message):
     token_offset: int | None = Field(
         None,
         ge=0,
-        description="Tokens of the completion that come before this event's, set with logprobs: what text_offset is "
-        "to the text, this is to the logprobs.",
+        description="Tokens of the completion that come before this event's, set with logprobs or token_ids: what "
+        "text_offset is to the text, this is to the logprobs and token ids.",
+    )
+    token_ids: list[int] | None = Field(
+        None,
+        description="The ids of this event's tokens (token_count of them: its text's, its reasoning's and its tool "
+        "calls' pieces'), in order, when the request asked for them (return_token_ids).",
+    )
+    prompt_token_ids: list[int] | None = Field(
+        None,
+        description="The prompt's token ids as the engine read it (chat template included), on a request's first "
+        "TokensGenerated (sequence 0) when it asked for token ids (return_token_ids).",
     )
     prompt_logprobs: PromptLogprobs | None = Field(
         None,
@@ -775,6 +791,16 @@ class CompletionFinished(Message):
     )
     prompt_text: str | None = Field(
         None, description="The prompt's text, when it was given as token ids (prompt_token_ids); None otherwise."
+    )
+    token_ids: list[int] | None = Field(
+        None,
+        description="Every generated token's id, in order (usage.completion_tokens of them, the end-of-sequence token "
+        "included), when the request asked for them (return_token_ids).",
+    )
+    prompt_token_ids: list[int] | None = Field(
+        None,
+        description="The prompt's token ids as the engine read it (chat template included), when the request asked "
+        "for token ids (return_token_ids).",
     )
 
 

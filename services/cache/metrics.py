@@ -16,7 +16,7 @@ class CacheMetrics:
         self.bypassed = Counter(
             "ferry_cache_bypassed",
             "Requests that did not use the response cache, by reason (no_retention, non_deterministic, no_store, "
-            "no_cache, disabled, logprobs).",
+            "no_cache, disabled, logprobs, token_ids, tools).",
             ["model", "reason"],
             registry=registry,
         )

@@ -37,7 +37,7 @@ ContentClass = Literal["greedy", "seeded", "conversation", "sampled"]
 CONTENT_CLASSES: tuple[ContentClass, ...] = get_args(ContentClass)
 MIN_TTL_S, MAX_TTL_S = 3600, 24 * 3600
 
-BypassReason = Literal["disabled", "no_store", "no_retention", "non_deterministic", "logprobs", "tools"]
+BypassReason = Literal["disabled", "no_store", "no_retention", "non_deterministic", "logprobs", "token_ids", "tools"]
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9._-]")
 KEY_VERSION = 2  # bump when the normalization changes, so old entries are never read with a new meaning
@@ -244,6 +244,8 @@ def decide(
         return Decision.bypassed("no_retention")
     if request.sampling.logprobs is not None or request.sampling.prompt_logprobs is not None:
         return Decision.bypassed("logprobs")  # entries keep the text, not each token's logprobs
+    if request.return_token_ids:
+        return Decision.bypassed("token_ids")  # nor the tokens' ids
     if request.tools or any(m.tool_calls or m.role == "tool" for m in request.messages):
         return Decision.bypassed("tools")  # entries keep the text, and the key neither tools nor calls
     cls = content_class(request, policy)

@@ -406,6 +406,7 @@ async def _serve(  # type: ignore[no-untyped-def]
                 echo_logprobs=choices[0].sampling.prompt_logprobs is not None,
                 prompt_only=prompt_only,
                 prompt_of=prompt_of,
+                token_ids=bool(body.return_token_ids),
             ),
             media_type="text/event-stream",
             headers=headers | {"cache-control": "no-cache"},

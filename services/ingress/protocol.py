@@ -404,6 +404,14 @@ class SamplingFields(BaseModel):
         description="vLLM: only these token ids (of the model's tokenizer) may be sampled; an id outside the "
         "vocabulary gets a 400 naming allowed_token_ids.",
     )
+    return_token_ids: bool | None = Field(
+        None,
+        description="vLLM: the answer carries token ids: the prompt's as the model read it, chat template included "
+        "(prompt_token_ids: a chat's at the top, a completion's in each choice; when streaming, in the first chunk of "
+        "each choice) and each choice's generated tokens (token_ids, in each chunk for its tokens when streaming; "
+        "joined, they are the choice's, the end-of-sequence token included). A chat with include_reasoning false gets "
+        "no generated token ids: they would show the thinking left out.",
+    )
     n: int = Field(
         1,
         ge=1,
@@ -663,6 +671,20 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+def _unset(value: object) -> bool:
+    return value is None
+
+
+GENERATED_TOKEN_IDS = (
+    "vLLM, with return_token_ids: the ids of the tokens generated (when streaming, of this chunk's); left out "
+    "otherwise."
+)
+PROMPT_TOKEN_IDS = (
+    "vLLM, with return_token_ids: the prompt's token ids as the model read it, chat template included (when "
+    "streaming, in the first chunk of each choice); left out otherwise."
+)
+
+
 class PromptTokensDetails(BaseModel):
     cached_tokens: int = Field(
         description="Prompt tokens the engine took from its prefix cache (the same tenant sent a prompt with the same "
@@ -726,6 +748,7 @@ class Choice(BaseModel):
     message: ChoiceMessage
     finish_reason: str | None
     logprobs: ChoiceLogprobs | None = None
+    token_ids: list[int] | None = Field(None, description=GENERATED_TOKEN_IDS, exclude_if=_unset)
 
 
 class ChatCompletion(BaseModel):
@@ -736,6 +759,7 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: UsageOut
     system_fingerprint: SystemFingerprint = None
+    prompt_token_ids: list[int] | None = Field(None, description=PROMPT_TOKEN_IDS, exclude_if=_unset)
 
 
 class DeltaFunction(BaseModel):
@@ -766,6 +790,7 @@ class ChunkChoice(BaseModel):
     delta: Delta
     finish_reason: str | None = None
     logprobs: ChoiceLogprobs | None = None
+    token_ids: list[int] | None = Field(None, description=GENERATED_TOKEN_IDS, exclude_if=_unset)
 
 
 class ChatCompletionChunk(BaseModel):
@@ -776,6 +801,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: UsageOut | None = None
     system_fingerprint: SystemFingerprint = None
+    prompt_token_ids: list[int] | None = Field(None, description=PROMPT_TOKEN_IDS, exclude_if=_unset)
 
 
 class CompletionLogprobs(BaseModel):
@@ -792,6 +818,8 @@ class CompletionChoice(BaseModel):
     text: str
     finish_reason: str | None
     logprobs: CompletionLogprobs | None = None
+    prompt_token_ids: list[int] | None = Field(None, description=PROMPT_TOKEN_IDS, exclude_if=_unset)
+    token_ids: list[int] | None = Field(None, description=GENERATED_TOKEN_IDS, exclude_if=_unset)
 
 
 class Completion(BaseModel):
@@ -832,7 +860,6 @@ VLLM_OPTIONS_NOT_SERVED: dict[str, object] = {
     "skip_special_tokens": True,
     "spaces_between_special_tokens": True,
     "truncate_prompt_tokens": None,
-    "return_token_ids": False,
     "return_tokens_as_token_ids": False,
     "logits_processors": None,
     "chat_template": None,

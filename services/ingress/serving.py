@@ -10,7 +10,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from functools import partial
+from typing import Any, Literal
 
 from services.ingress.protocol import (
     ChatCompletion,
@@ -200,6 +201,7 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         cache_salt=sub.tenant_id,
         prompt_screening=sub.prompt_screening,
         screening_policy=sub.screening_policy,
+        return_token_ids=bool(api.return_token_ids),
         **chat,
     )
 
@@ -427,11 +429,13 @@ async def without_repeats(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[Re
             if calls != event.tool_calls:
                 update["tool_calls"] = calls
             new_tokens = False
-            if event.logprobs is not None and event.token_offset is not None:
-                tokens_end = event.token_offset + len(event.logprobs)
+            per_token = _per_token(event)
+            if per_token and event.token_offset is not None:
+                tokens_end = event.token_offset + max(len(values) for values in per_token.values())
                 new_tokens = tokens_end > delivered_tokens
                 if event.token_offset < delivered_tokens:
-                    update["logprobs"] = event.logprobs[max(0, delivered_tokens - event.token_offset) :]
+                    for name, values in per_token.items():
+                        update[name] = values[max(0, delivered_tokens - event.token_offset) :]
                 delivered_tokens = max(delivered_tokens, tokens_end)
             new_reasoning = False
             if event.reasoning_offset is not None:
@@ -467,7 +471,7 @@ def _starts_past(
     between were lost. A lost delta moved at least one of their offsets, so it shows in the next."""
     if event.text_offset is not None and event.text_offset > delivered:
         return True
-    if event.logprobs is not None and event.token_offset is not None and event.token_offset > delivered_tokens:
+    if _per_token(event) and event.token_offset is not None and event.token_offset > delivered_tokens:
         return True
     if event.reasoning_offset is not None and event.reasoning_offset > delivered_reasoning:
         return True
@@ -478,38 +482,55 @@ def _starts_past(
     return False
 
 
+def _per_token(event: TokensGenerated) -> dict[str, list[Any]]:
+    """What ``event`` carries one of per token (its logprobs, its token ids), by field name: cut by token_offset."""
+    return {
+        name: values
+        for name, values in (("logprobs", event.logprobs), ("token_ids", event.token_ids))
+        if values is not None
+    }
+
+
 def _rest_of(
     final: CompletionFinished, delivered: int, delivered_tokens: int, delivered_reasoning: int, counted: int
 ) -> TokensGenerated | None:
-    """A delta with what the final event holds past what was delivered: its text, reasoning and logprobs."""
+    """A delta with what the final event holds past what was delivered: its text, reasoning, logprobs and token ids."""
     text = final.text[delivered:]
     reasoning = (final.reasoning or "")[delivered_reasoning:]
     logprobs = final.logprobs[delivered_tokens:] if final.logprobs is not None else None
-    if not text and not reasoning and not logprobs:
+    token_ids = final.token_ids[delivered_tokens:] if final.token_ids is not None else None
+    if not text and not reasoning and not logprobs and not token_ids:
         return None
     return TokensGenerated(
         request_id=final.request_id,
         sequence=final.sequence,
         text=text,
-        token_count=len(logprobs) if logprobs else max(0, final.usage.completion_tokens - counted),
+        token_count=len(logprobs or token_ids or []) or max(0, final.usage.completion_tokens - counted),
         text_offset=delivered,
         logprobs=logprobs or None,
-        token_offset=delivered_tokens if logprobs else None,
+        token_ids=token_ids or None,
+        token_offset=delivered_tokens if logprobs or token_ids else None,
         prompt_logprobs=final.prompt_logprobs if counted == 0 else None,
+        prompt_token_ids=final.prompt_token_ids if counted == 0 else None,
         reasoning=reasoning,
         reasoning_offset=delivered_reasoning if final.reasoning is not None else None,
     )
 
 
 async def without_reasoning(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[ReplyEvent]:
-    """The events with a reasoning model's thinking left out (include_reasoning false); its tokens still count."""
+    """The events with a reasoning model's thinking left out (include_reasoning false); its tokens still count. The
+    generated token ids go too, of every event: they would spell out the thinking (as in vLLM's server)."""
     async for event in events:
-        if isinstance(event, TokensGenerated) and event.reasoning:
-            if not event.text and not event.tool_calls and not event.logprobs:
-                continue
-            event = event.model_copy(update={"reasoning": ""})
-        elif isinstance(event, CompletionFinished) and event.reasoning is not None:
-            event = event.model_copy(update={"reasoning": None})
+        if isinstance(event, TokensGenerated):
+            if event.token_ids is not None:
+                event = event.model_copy(update={"token_ids": None})
+            if event.reasoning:
+                if not event.text and not event.tool_calls and not event.logprobs and event.prompt_token_ids is None:
+                    continue
+                event = event.model_copy(update={"reasoning": ""})
+        elif isinstance(event, CompletionFinished):
+            if event.reasoning is not None or event.token_ids is not None:
+                event = event.model_copy(update={"reasoning": None, "token_ids": None})
         yield event
 
 
@@ -636,10 +657,12 @@ def chat_completion(
                 ),
                 finish_reason=f.finish_reason,
                 logprobs=chat_logprobs(f.logprobs),
+                token_ids=f.token_ids,
             )
             for i, (f, echo) in enumerate(zip(finals, echoes or [""] * len(finals), strict=True))
         ],
         system_fingerprint=finals[0].variant,
+        prompt_token_ids=finals[0].prompt_token_ids,  # the choices share the prompt
     )
 
 
@@ -679,6 +702,8 @@ def text_completion(
                 text=echo if prompt_only else echo + f.text,
                 finish_reason=f.finish_reason,
                 logprobs=text_logprobs(generated(f), len(echo), f.prompt_logprobs if echo else None),
+                prompt_token_ids=f.prompt_token_ids,
+                token_ids=[] if prompt_only and f.token_ids is not None else f.token_ids,
             )
             for i, (f, echo) in enumerate(zip(finals, texts, strict=True))
         ],
@@ -741,6 +766,7 @@ async def stream_sse(
     echo_logprobs: bool = False,
     prompt_only: bool = False,
     prompt_of: Sequence[int] | None = None,
+    token_ids: bool = False,
 ) -> AsyncIterator[str]:
     """Streaming: OpenAI's chunk sequence (chat: role, content deltas, finish reason; text: text deltas, finish reason)
     for each choice, its index in every chunk and choices interleaved as their text arrives; then, once every choice
@@ -748,9 +774,12 @@ async def stream_sse(
     OpenAI sends them. ``echoes``: with echo, each choice's prompt (a chat's: its last, assistant's, message), sent
     first. With ``echo_logprobs`` the echoed prompt's chunk waits for the choice's first reply, which carries the
     prompt's logprobs. With ``prompt_only`` (max_tokens 0 with echo) no generated text is sent. ``prompt_of``: as
-    for usage_of."""
+    for usage_of. With ``token_ids`` (return_token_ids), each choice's first chunk carries its prompt's token ids (a
+    chat's opening chunk then waits for the choice's first reply, which brings them), and each chunk the ids of the
+    tokens it shows (a chunk of its own for tokens without text, as an end-of-sequence token)."""
     created = int(time.time())
-    chunk = _chat_chunk if kind == "chat" else _text_chunk
+    chat_chunk = partial(_chat_chunk, request_id, created, model)
+    chunk = partial(_chat_chunk if kind == "chat" else _text_chunk, request_id, created, model)
     text_only_chunk = text_only_chunk_writer(request_id, created, model, kind)
     reasoning_chunk = text_only_chunk_writer(request_id, created, model, "chat", key="reasoning")
 
@@ -758,10 +787,18 @@ async def stream_sse(
     # an echo waits for its choice's first reply when that brings the prompt's logprobs, or its text (a prompt given
     # as token ids: None)
     echo_waits = {i for i in range(choices) if echoes[i] is None or (echo_logprobs and echoes[i])}
+    # a chat's opening waits for the prompt's token ids; a text stream has none, its first chunk carries them
+    opening_waits = set(range(choices)) if token_ids and kind == "chat" else set()
+    prompt_ids: dict[int, list[int]] = {}  # by choice: the prompt's token ids, until a chunk has carried them
+    replied: set[int] = set()  # the choices a reply came for
+
+    def prompt_ids_of(index: int) -> list[int] | None:
+        return prompt_ids.pop(index, None)
+
     for index in range(choices):
-        if index in echo_waits:
+        if index in echo_waits or index in opening_waits:
             continue
-        if first := chunk(request_id, created, model, echoes[index], None, index, opening=True):
+        if first := chunk(echoes[index], None, index, opening=True):
             yield first
         if kind == "chat" and echoes[index]:  # after the role, as vLLM's server sends a chat's echo
             yield text_only_chunk(echoes[index], index)
@@ -771,6 +808,15 @@ async def stream_sse(
     calls = StreamedCalls()
     try:
         async for index, event in events:
+            if token_ids and isinstance(event, TokensGenerated | CompletionFinished) and index not in replied:
+                replied.add(index)  # the choice's first reply: the one that brings the prompt's ids
+                if event.prompt_token_ids is not None:
+                    prompt_ids[index] = event.prompt_token_ids
+            if index in opening_waits and isinstance(event, TokensGenerated | CompletionFinished):
+                opening_waits.discard(index)
+                yield chat_chunk(None, None, index, opening=True, prompt_token_ids=prompt_ids_of(index))
+                if echoes[index]:
+                    yield text_only_chunk(echoes[index] or "", index)
             if index in echo_waits and isinstance(event, TokensGenerated | CompletionFinished):
                 echo_waits.discard(index)
                 echo = echoes[index]
@@ -779,28 +825,37 @@ async def stream_sse(
                     token_starts[index] = len(echo)
                 # a reply from a worker that predates prompt logprobs carries none: the prompt then comes without
                 prompt = None if event.prompt_logprobs is None else text_logprobs([], 0, event.prompt_logprobs)
-                yield chunk(request_id, created, model, echo, None, index, logprobs=prompt)
+                yield chunk(echo, None, index, logprobs=prompt, prompt_token_ids=prompt_ids_of(index))
             if isinstance(event, TokensGenerated):
+                ids = None if prompt_only else event.token_ids
+                shows_text = not prompt_only and bool(event.text or event.logprobs)
                 if event.tool_calls:  # chat only: tools are refused on the text route
-                    yield _chat_chunk(
-                        request_id, created, model, None, None, index, tool_calls=calls.pieces(index, event.tool_calls)
+                    yield chat_chunk(
+                        None,
+                        None,
+                        index,
+                        tool_calls=calls.pieces(index, event.tool_calls),
+                        token_ids=None if event.reasoning or shows_text else ids,
                     )
                 if event.reasoning:  # chat only: a raw prompt's output is not read for reasoning
                     if event.text or not event.logprobs:  # the text's chunk carries the logprobs, when there is text
-                        yield reasoning_chunk(event.reasoning, index)
+                        if ids is None or shows_text:
+                            yield reasoning_chunk(event.reasoning, index)
+                        else:
+                            yield chat_chunk(None, None, index, reasoning=event.reasoning, token_ids=ids)
                     else:
-                        yield _chat_chunk(
-                            request_id,
-                            created,
-                            model,
+                        yield chat_chunk(
                             None,
                             None,
                             index,
                             logprobs=chat_logprobs(event.logprobs),
                             reasoning=event.reasoning,
+                            token_ids=ids,
                         )
                         continue
-                if prompt_only or (not event.text and not event.logprobs):
+                if not shows_text:
+                    if ids and not event.tool_calls and not event.reasoning:  # tokens without text: their own chunk
+                        yield chunk(None, None, index, token_ids=ids, prompt_token_ids=prompt_ids_of(index))
                     continue
                 logprobs: ChoiceLogprobs | CompletionLogprobs | None = None
                 if kind == "chat":
@@ -808,15 +863,19 @@ async def stream_sse(
                 elif event.logprobs is not None:
                     logprobs = text_logprobs(event.logprobs, token_starts[index])
                     token_starts[index] += sum(len(e.token) for e in event.logprobs)
-                if logprobs is None:
+                if logprobs is None and ids is None and index not in prompt_ids:
                     yield text_only_chunk(event.text, index)
                 else:
-                    yield chunk(request_id, created, model, event.text, None, index, logprobs=logprobs)
+                    yield chunk(
+                        event.text, None, index, logprobs=logprobs, token_ids=ids, prompt_token_ids=prompt_ids_of(index)
+                    )
             elif isinstance(event, CompletionFinished):
                 finals[index] = event
                 if rest := calls.rest(index, event.tool_calls or []):  # what the pieces did not bring
-                    yield _chat_chunk(request_id, created, model, None, None, index, tool_calls=rest)
-                yield chunk(request_id, created, model, None, event.finish_reason, index, fingerprint=event.variant)
+                    yield chat_chunk(None, None, index, tool_calls=rest)
+                yield chunk(
+                    None, event.finish_reason, index, fingerprint=event.variant, prompt_token_ids=prompt_ids_of(index)
+                )
                 if len(finals) < choices:
                     continue
                 if include_usage:
@@ -871,6 +930,8 @@ def _chat_chunk(
     logprobs: ChoiceLogprobs | CompletionLogprobs | None = None,
     tool_calls: Sequence[DeltaToolCall] = (),
     reasoning: str | None = None,
+    token_ids: list[int] | None = None,
+    prompt_token_ids: list[int] | None = None,
 ) -> str:
     if opening:
         delta = Delta(role="assistant", content="")
@@ -883,8 +944,11 @@ def _chat_chunk(
         id=request_id,
         created=created,
         model=model,
-        choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)],
+        choices=[
+            ChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs, token_ids=token_ids)
+        ],
         system_fingerprint=fingerprint,
+        prompt_token_ids=prompt_token_ids,
     )
     return _sse(c.model_dump(exclude_none=True, exclude={"usage"}) | _with_null_finish(c))
 
@@ -899,6 +963,8 @@ def _text_chunk(
     opening: bool = False,
     fingerprint: str | None = None,
     logprobs: ChoiceLogprobs | CompletionLogprobs | None = None,
+    token_ids: list[int] | None = None,
+    prompt_token_ids: list[int] | None = None,
 ) -> str:
     if opening and not text:
         return ""  # OpenAI's text stream has no opening chunk; with echo the first chunk is the prompt
@@ -907,7 +973,16 @@ def _text_chunk(
         id=request_id,
         created=created,
         model=model,
-        choices=[CompletionChoice(index=index, text=text or "", finish_reason=finish_reason, logprobs=logprobs)],
+        choices=[
+            CompletionChoice(
+                index=index,
+                text=text or "",
+                finish_reason=finish_reason,
+                logprobs=logprobs,
+                prompt_token_ids=prompt_token_ids,
+                token_ids=token_ids,
+            )
+        ],
         system_fingerprint=fingerprint,
     )
     return _sse(c.model_dump(exclude={"usage"} | ({"system_fingerprint"} if fingerprint is None else set())))

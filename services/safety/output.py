@@ -33,12 +33,22 @@ from shared.contracts import (
 
 
 class OutputDelta(NamedTuple):
-    """Output generated since the last delta sent: its text, how many tokens it holds and, when the request asked for
-    them, those tokens' logprobs."""
+    """Output generated since the last delta sent: its text, how many tokens it holds and those tokens' logprobs and
+    ids (kept whether or not the request asked for them; its replies carry them only when it did)."""
 
     text: str
     tokens: int
     logprobs: tuple[TokenLogprob, ...] = ()
+    token_ids: tuple[int, ...] = ()
+
+    def then(self, later: OutputDelta) -> OutputDelta:
+        """This delta followed by ``later``, as one."""
+        return OutputDelta(
+            self.text + later.text,
+            self.tokens + later.tokens,
+            self.logprobs + later.logprobs,
+            self.token_ids + later.token_ids,
+        )
 
 
 class ContentBlocked(Exception):

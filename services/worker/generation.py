@@ -96,6 +96,9 @@ def seeded(sampling: SamplingParams, request_id: str) -> SamplingParams:
     return sampling.model_copy(update={"seed": int.from_bytes(digest[:4], "big") & 0x7FFFFFFF})
 
 
+NOTHING = OutputDelta("", 0)
+
+
 @dataclass
 class DeltaBuffer:
     """Gathers engine steps into deltas so Kafka carries few records without visible delay: the first delta goes out at
@@ -104,22 +107,18 @@ class DeltaBuffer:
     due at the same step and leave in one produce request, not one each."""
 
     window_s: float
-    text: str = ""
-    tokens: int = 0
-    logprobs: tuple[TokenLogprob, ...] = ()
+    pending: OutputDelta = NOTHING
     last_flush: float | None = None
 
-    def add(self, text: str, tokens: int, now: float, logprobs: tuple[TokenLogprob, ...] = ()) -> OutputDelta | None:
+    def add(self, step: OutputDelta, now: float) -> OutputDelta | None:
         """Adds a step; returns the delta to send now, if one is due."""
-        self.text += text
-        self.tokens += tokens
-        self.logprobs += logprobs
+        self.pending = self.pending.then(step)
         due = (
             self.last_flush is None
             or self.window_s <= 0
             or now // self.window_s > self.last_flush // self.window_s  # a window boundary passed since the last
         )
-        if self.text and due:
+        if self.pending.text and due:
             self.last_flush = now
             return self.take()
         return None
@@ -127,10 +126,9 @@ class DeltaBuffer:
     def take(self) -> OutputDelta | None:
         """Empties the buffer. Tokens without text (an end-of-sequence token) still count, so the deltas' token
         counts always add up to the completion's."""
-        if not self.text and not self.tokens:
+        if not self.pending.text and not self.pending.tokens:
             return None
-        delta = OutputDelta(self.text, self.tokens, self.logprobs)
-        self.text, self.tokens, self.logprobs = "", 0, ()
+        delta, self.pending = self.pending, NOTHING
         return delta
 
 
@@ -166,6 +164,7 @@ async def serve_request(
         return control.stop_reason != "handed_back"
 
     with_logprobs = request.sampling.logprobs is not None
+    with_token_ids = request.return_token_ids
     token_offset = reasoning_offset = 0
     prompt_logprobs: PromptLogprobs | None = None  # from the engine's first step, when asked for
     # a reasoning model's chat: its thinking is read apart (see reasoning; gpt-oss's channels, see harmony)
@@ -187,9 +186,11 @@ async def serve_request(
             token_count=delta.tokens,
             text_offset=text_offset,
             logprobs=list(delta.logprobs) if with_logprobs else None,
-            token_offset=token_offset if with_logprobs else None,
+            token_offset=token_offset if with_logprobs or with_token_ids else None,
+            token_ids=list(delta.token_ids) if with_token_ids else None,
             prompt_logprobs=prompt_logprobs if sequence == 0 else None,
             prompt_text=given_prompt_text if sequence == 0 else None,
+            prompt_token_ids=prompt_ids if with_token_ids and sequence == 0 else None,
             tool_calls=list(calls),
             reasoning=reasoning,
             reasoning_offset=reasoning_offset if reads_reasoning else None,
@@ -201,22 +202,20 @@ async def serve_request(
         return event
 
     reader = ToolCallReader(request, engine.tool_call_format)
-    # tokens (and their logprobs) of text the readers hold back, a tag or a call not yet readable: they go out with
-    # the next delta
-    held_tokens, held_logprobs = 0, ()
+    # tokens (their count, logprobs and ids) of text the readers hold back, a tag or a call not yet readable: they go
+    # out with the next delta
+    held_tokens = NOTHING
 
     # what the readers made of output held for review: it goes out as one delta if a reviewer releases it, as the
     # stream would have carried it (vLLM's parsers may read a whole output a little otherwise than its stream)
-    withheld, withheld_reasoning = OutputDelta("", 0), ""
+    withheld, withheld_reasoning = NOTHING, ""
 
     async def send_delta(delta: OutputDelta, calls: Sequence[ToolCallPiece] = (), reasoning: str = "") -> None:
         """Sends a readable delta to a streaming client, or keeps it once the output is held for review (without its
         calls' pieces: the final event brings the calls whole)."""
         nonlocal withheld, withheld_reasoning
         if screen is not None and screen.held is not None:
-            withheld = OutputDelta(
-                withheld.text + delta.text, withheld.tokens + delta.tokens, withheld.logprobs + delta.logprobs
-            )
+            withheld = withheld.then(delta)
             withheld_reasoning += reasoning
         elif request.stream:
             await publish(request, next_event(delta, calls, reasoning))
@@ -224,7 +223,7 @@ async def serve_request(
     async def send_readable(delta: OutputDelta | None) -> None:
         """Sends what of a screened delta is for the client: its reasoning, its text, and the pieces of the tool calls
         it wrote."""
-        nonlocal held_tokens, held_logprobs
+        nonlocal held_tokens
         if delta is None:
             return
         if reader.mode == "text" and thoughts is None and parsing is None:
@@ -237,12 +236,12 @@ async def serve_request(
         if parsing is None or not parsing.reads_calls:
             text = reader.feed(text)
             calls = reader.pieces()
-        tokens, logprobs = held_tokens + delta.tokens, held_logprobs + delta.logprobs
+        tokens = held_tokens.then(delta._replace(text=""))
         if not text and not calls and not reasoning:
-            held_tokens, held_logprobs = tokens, logprobs
+            held_tokens = tokens
             return
-        held_tokens, held_logprobs = 0, ()
-        await send_delta(OutputDelta(text, tokens, logprobs), calls, reasoning)
+        held_tokens = NOTHING
+        await send_delta(tokens._replace(text=text), calls, reasoning)
 
     deadline_timer = _abort_at_deadline(engine, request, control)
     try:
@@ -314,6 +313,8 @@ async def serve_request(
         keep_special = calls_marked or marked_by_special_tokens
         if parsing is not None:  # vLLM's parser may need them, and ferry's reader of calls when it reads them
             keep_special = parsing.keeps_special_tokens or (calls_marked and not parsing.reads_calls)
+        if with_token_ids and prompt_ids is None:  # the replies carry them; the engine then need not split it again
+            prompt_ids = engine.token_ids(prompt)
         steps = engine.generate(
             request.request_id,
             prompt,
@@ -335,7 +336,7 @@ async def serve_request(
             logprobs += step.logprobs
             prompt_logprobs = step.prompt_logprobs or prompt_logprobs
             finish_reason = step.finish_reason or finish_reason
-            delta = buffer.add(step.text, step.new_tokens, time.monotonic(), step.logprobs)
+            delta = buffer.add(OutputDelta(step.text, step.new_tokens, step.logprobs, step.token_ids), time.monotonic())
             if screen:
                 await screen.pass_delta(delta)  # raises ContentBlocked; may hold the output from this delta on
             await send_readable(delta)
@@ -358,8 +359,8 @@ async def serve_request(
                 if reader.mode != "text":
                     rest += reader.finish(finish_reason or "stop")[0]
                 calls = reader.pieces()  # the end of the calls, once known to be the end
-            if rest or rest_reasoning or calls or held_tokens:
-                await send_delta(OutputDelta(rest, held_tokens, held_logprobs), calls, rest_reasoning)
+            if rest or rest_reasoning or calls or held_tokens.tokens:
+                await send_delta(held_tokens._replace(text=rest), calls, rest_reasoning)
         held_delta = None  # what of a streamed output held for review goes out before its final, if released
         if screen and screen.held is not None and request.stream:
             if withheld.tokens or withheld.text or withheld_reasoning:
@@ -398,6 +399,8 @@ async def serve_request(
             logprobs=logprobs if with_logprobs else None,
             prompt_logprobs=prompt_logprobs,
             prompt_text=given_prompt_text,
+            token_ids=[token for step in step_tokens for token in step] if with_token_ids else None,
+            prompt_token_ids=prompt_ids if with_token_ids else None,
             usage=Usage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,

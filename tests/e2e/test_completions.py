@@ -100,6 +100,47 @@ def test_a_prompt_of_token_ids_is_served_as_its_text_is_and_scored_as_evaluation
     assert texts[0].startswith(tokenizer.decode(ids)) and texts[1].startswith(tokenizer.decode(ids[:2]))
 
 
+async def test_return_token_ids_gives_the_tokens_the_model_read_and_wrote_streamed_and_not(platform: Platform) -> None:
+    """vLLM's return_token_ids, as reinforcement-learning rollouts use it: the prompt's ids are the chat template's,
+    the generated ids spell the answer (the end-of-sequence token included, as usage counts it), and a stream's
+    chunks carry the same ids as the whole answer, each once. No cached answer stands in (it keeps no ids)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(MODELS_DIR / TINY_MODEL))
+    client = async_client(platform)
+    messages = [{"role": "user", "content": "Name a colour"}]
+    asked = {"model": TINY_MODEL, "messages": messages, "max_tokens": 12, "temperature": 0}
+    raw = await client.chat.completions.with_raw_response.create(**asked, extra_body={"return_token_ids": True})
+    assert raw.headers["x-ferry-cache"] == "bypass"
+    whole = raw.parse()
+    prompt_ids = (whole.model_extra or {})["prompt_token_ids"]
+    template = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert prompt_ids == template["input_ids"]
+    ids = (whole.choices[0].model_extra or {})["token_ids"]
+    assert whole.usage is not None and len(ids) == whole.usage.completion_tokens
+    assert len(prompt_ids) == whole.usage.prompt_tokens
+    assert tokenizer.decode(ids, skip_special_tokens=True) == whole.choices[0].message.content
+
+    stream = await client.chat.completions.create(**asked, stream=True, extra_body={"return_token_ids": True})
+    chunks = [chunk async for chunk in stream]
+    assert (chunks[0].model_extra or {})["prompt_token_ids"] == prompt_ids
+    streamed = [i for c in chunks for choice in c.choices for i in (choice.model_extra or {}).get("token_ids") or []]
+    assert streamed == ids
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+
+    plain = await client.chat.completions.create(**asked)  # the same answer, without ids
+    assert plain.choices[0].message.content == whole.choices[0].message.content
+    assert "prompt_token_ids" not in (plain.model_extra or {}) and "token_ids" not in (
+        plain.choices[0].model_extra or {}
+    )
+
+    text = await client.completions.create(
+        model=TINY_MODEL, prompt=[PROMPT, "A"], max_tokens=5, seed=4, extra_body={"return_token_ids": True}
+    )
+    for choice, prompt in zip(text.choices, [PROMPT, "A"], strict=True):
+        extra = choice.model_extra or {}
+        assert extra["prompt_token_ids"] == tokenizer.encode(prompt, add_special_tokens=False)
+        assert tokenizer.decode(extra["token_ids"], skip_special_tokens=True) == choice.text
+
+
 def test_token_ids_outside_the_vocabulary_or_decoding_to_a_blocked_prompt_are_refused(platform: Platform) -> None:
     client = sync_client(platform)
     tokenizer = AutoTokenizer.from_pretrained(str(MODELS_DIR / TINY_MODEL))

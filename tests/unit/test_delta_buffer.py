@@ -8,11 +8,11 @@ from services.worker.generation import DeltaBuffer
 
 def test_first_delta_goes_at_once_then_at_most_one_per_window() -> None:
     buffer = DeltaBuffer(window_s=0.025)
-    assert buffer.add("The", 1, now=10.001) == OutputDelta("The", 1)
-    assert buffer.add(" capital", 1, now=10.010) is None
-    assert buffer.add(" of", 1, now=10.020) is None
-    assert buffer.add(" France", 1, now=10.030) == OutputDelta(" capital of France", 3)
-    assert buffer.add(" is", 1, now=10.031) is None
+    assert buffer.add(OutputDelta("The", 1), now=10.001) == OutputDelta("The", 1)
+    assert buffer.add(OutputDelta(" capital", 1), now=10.010) is None
+    assert buffer.add(OutputDelta(" of", 1), now=10.020) is None
+    assert buffer.add(OutputDelta(" France", 1), now=10.030) == OutputDelta(" capital of France", 3)
+    assert buffer.add(OutputDelta(" is", 1), now=10.031) is None
     assert buffer.take() == OutputDelta(" is", 1)
     assert buffer.take() is None
 
@@ -27,7 +27,7 @@ def test_requests_stepped_together_send_their_deltas_at_the_same_step() -> None:
     sent_at: list[set[int]] = [set() for _ in starts]
     for step, now in enumerate(steps):
         for request, buffer in enumerate(buffers):
-            if step >= starts[request] and buffer.add("x", 1, now=now) is not None:
+            if step >= starts[request] and buffer.add(OutputDelta("x", 1), now=now) is not None:
                 sent_at[request].add(step)
     after_first = [{s for s in sent if s > starts[r]} for r, sent in enumerate(sent_at)]
     assert all(sent == after_first[0] for sent in after_first[1:])  # the same steps, not each its own
@@ -39,9 +39,9 @@ def test_requests_stepped_together_send_their_deltas_at_the_same_step() -> None:
 
 def test_tokens_without_text_wait_for_text_and_still_count() -> None:
     buffer = DeltaBuffer(window_s=0.0)
-    assert buffer.add("", 1, now=1.0) is None  # half of a multi-byte character
-    assert buffer.add("é", 1, now=1.1) == OutputDelta("é", 2)
-    assert buffer.add("", 1, now=1.2) is None  # the end-of-sequence token
+    assert buffer.add(OutputDelta("", 1), now=1.0) is None  # half of a multi-byte character
+    assert buffer.add(OutputDelta("é", 1), now=1.1) == OutputDelta("é", 2)
+    assert buffer.add(OutputDelta("", 1), now=1.2) is None  # the end-of-sequence token
     assert buffer.take() == OutputDelta("", 1)
 
 

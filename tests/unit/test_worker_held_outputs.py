@@ -161,3 +161,49 @@ async def test_a_held_tool_call_is_released_as_the_call_not_as_its_text() -> Non
     assert held and isinstance(final, CompletionFinished) and final.finish_reason == "tool_calls"
     assert text == "Checking. " and tokens == len(TOKENIZER.encode(output, add_special_tokens=False))
     assert final.tool_calls and final.tool_calls[0].function.arguments == '{"city": "bob@example.com"}'
+
+
+def joined_token_ids(events: list[Message]) -> list[int]:
+    """A streaming client's token ids, each event's placed at its token_offset (which must follow on)."""
+    ids: list[int] = []
+    for delta in (e for e in events if isinstance(e, TokensGenerated)):
+        assert delta.token_ids is not None and delta.token_offset == len(ids)
+        assert len(delta.token_ids) == delta.token_count
+        ids += delta.token_ids
+    return ids
+
+
+async def test_token_ids_come_once_each_in_order_whatever_reads_the_output_and_when_it_is_held() -> None:
+    """return_token_ids: every generated token's id, the tokens of tags and calls the readers hold back included, in
+    the stream (an output held for review: in the delta its release brings) and whole in the final event."""
+    call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    cases = [
+        (ScriptedEngine("Checking. " + call), chat_request(stream=True, return_token_ids=True)),
+        (
+            ScriptedEngine("I will mail bob@example.com now.</think>Done, mailed.", markers=THINK),
+            chat_request(tools=[], stream=True, return_token_ids=True),
+        ),
+        (
+            ScriptedEngine("Checking bob@example.com. " + call, per_step=3),
+            chat_request(stream=True, return_token_ids=True),
+        ),
+    ]
+    for engine, asked in cases:
+        events, held = await served(engine, asked)
+        expected = TOKENIZER.encode(engine.output, add_special_tokens=False)
+        assert joined_token_ids(events) == expected
+        first, final = events[0], events[-1]
+        assert isinstance(first, TokensGenerated) and isinstance(final, CompletionFinished)
+        assert final.token_ids == expected and final.usage.completion_tokens == len(expected)
+        prompt_ids = TOKENIZER.encode(PROMPT, add_special_tokens=False)  # the prompt as the engine reads it
+        assert first.prompt_token_ids == final.prompt_token_ids == prompt_ids
+        assert all(e.prompt_token_ids is None for e in events[1:-1] if isinstance(e, TokensGenerated))
+    assert held  # the last case's output was held, then released
+
+
+async def test_replies_carry_no_token_ids_unless_asked() -> None:
+    events, _ = await served(ScriptedEngine("Done, mailed."), chat_request(tools=[], stream=True))
+    deltas = [e for e in events if isinstance(e, TokensGenerated)]
+    assert deltas and all(d.token_ids is None and d.prompt_token_ids is None for d in deltas)
+    final = events[-1]
+    assert isinstance(final, CompletionFinished) and final.token_ids is None and final.prompt_token_ids is None
