@@ -196,6 +196,9 @@ class TopLogprob(BaseModel):
 
     token: str = Field(description="The token's text, as the tokenizer decodes it alone.")
     logprob: float = Field(description="Its log-probability at this position (the model's, before sampling changes).")
+    token_id: int | None = Field(
+        None, description="The token's id in the model's vocabulary; None from a worker that predates it."
+    )
 
 
 class TokenLogprob(TopLogprob):
@@ -213,6 +216,9 @@ class PromptLogprobs(BaseModel):
 
     first_token: str = Field(
         description="The prompt's first token, which has no log-probability: no token comes before it."
+    )
+    first_token_id: int | None = Field(
+        None, description="The first token's id in the model's vocabulary; None from a worker that predates it."
     )
     tokens: list[TokenLogprob] = Field(
         description="Every later prompt token, in order, with the most likely tokens at its position when asked for."

@@ -407,6 +407,7 @@ async def _serve(  # type: ignore[no-untyped-def]
                 prompt_only=prompt_only,
                 prompt_of=prompt_of,
                 token_ids=bool(body.return_token_ids),
+                tokens_as_ids=bool(body.return_tokens_as_token_ids),
             ),
             media_type="text/event-stream",
             headers=headers | {"cache-control": "no-cache"},
@@ -418,9 +419,11 @@ async def _serve(  # type: ignore[no-untyped-def]
     if completed[0].variant:
         headers["x-ferry-variant"] = completed[0].variant
     response = (
-        chat_completion(request_id, body.model, completed, echoes)
+        chat_completion(request_id, body.model, completed, echoes, bool(body.return_tokens_as_token_ids))
         if kind == "chat"
-        else text_completion(request_id, body.model, completed, echoes, prompt_only, prompt_of)
+        else text_completion(
+            request_id, body.model, completed, echoes, prompt_only, prompt_of, bool(body.return_tokens_as_token_ids)
+        )
     )
     return JSONResponse(response.model_dump(), headers=headers)
 

@@ -412,6 +412,12 @@ class SamplingFields(BaseModel):
         "joined, they are the choice's, the end-of-sequence token included). A chat with include_reasoning false gets "
         "no generated token ids: they would show the thinking left out.",
     )
+    return_tokens_as_token_ids: bool | None = Field(
+        None,
+        description="vLLM: logprobs name each token (and each alternative) 'token_id:<id>' instead of its text, so "
+        "that tokens whose text is not valid UTF-8 alone, or that decode alike, can be told apart. bytes and "
+        "text_offset still follow the text.",
+    )
     n: int = Field(
         1,
         ge=1,
@@ -860,7 +866,6 @@ VLLM_OPTIONS_NOT_SERVED: dict[str, object] = {
     "skip_special_tokens": True,
     "spaces_between_special_tokens": True,
     "truncate_prompt_tokens": None,
-    "return_tokens_as_token_ids": False,
     "logits_processors": None,
     "chat_template": None,
     "documents": None,

@@ -61,6 +61,7 @@ from shared.contracts import (
     TokensGenerated,
     ToolCall,
     ToolCallPiece,
+    TopLogprob,
 )
 
 logger = logging.getLogger(__name__)
@@ -307,47 +308,57 @@ def _response_format(api: ResponseFormatIn | None) -> ResponseFormat | None:
     return ResponseFormat(type="json_schema", json_schema=api.json_schema.schema_, strict=bool(api.json_schema.strict))
 
 
-def chat_logprobs(entries: Sequence[TokenLogprob] | None) -> ChoiceLogprobs | None:
-    """Logprobs in the chat API's form (choices[].logprobs.content); None when the request asked for none."""
+def token_label(token: str, token_id: int | None, as_id: bool) -> str:
+    """How a logprob entry names its token: its text, or with vLLM's return_tokens_as_token_ids ``token_id:<id>``
+    (which names tokens whose text is not valid UTF-8 alone, or that decode alike). A worker that predates carrying
+    ids leaves the text."""
+    return f"token_id:{token_id}" if as_id and token_id is not None else token
+
+
+def chat_logprobs(entries: Sequence[TokenLogprob] | None, as_ids: bool = False) -> ChoiceLogprobs | None:
+    """Logprobs in the chat API's form (choices[].logprobs.content); None when the request asked for none. ``as_ids``:
+    tokens named by id (see token_label); ``bytes`` stays the token's text's."""
     if entries is None:
         return None
 
-    def out(token: str, logprob: float) -> dict[str, object]:
-        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8", errors="replace"))}
+    def out(e: TopLogprob) -> dict[str, object]:
+        return {
+            "token": token_label(e.token, e.token_id, as_ids),
+            "logprob": e.logprob,
+            "bytes": list(e.token.encode("utf-8", errors="replace")),
+        }
 
     return ChoiceLogprobs(
         content=[
-            TokenLogprobOut(
-                **out(e.token, e.logprob),
-                top_logprobs=[TopLogprobOut(**out(t.token, t.logprob)) for t in e.top_logprobs],
-            )
-            for e in entries
+            TokenLogprobOut(**out(e), top_logprobs=[TopLogprobOut(**out(t)) for t in e.top_logprobs]) for e in entries
         ]
     )
 
 
 def text_logprobs(
-    entries: Sequence[TokenLogprob] | None, start: int, prompt: PromptLogprobs | None = None
+    entries: Sequence[TokenLogprob] | None, start: int, prompt: PromptLogprobs | None = None, as_ids: bool = False
 ) -> CompletionLogprobs | None:
     """Logprobs in the legacy completions API's form, the first token starting at character ``start`` of the text.
     With ``prompt`` (an echoed prompt's), the prompt's tokens come first from character 0, as vLLM's server gives them:
-    the first has no logprob (null), as nothing comes before it."""
+    the first has no logprob (null), as nothing comes before it. ``as_ids``: tokens named by id (see token_label);
+    ``text_offset`` still counts the text's characters."""
     if entries is None:
         return None
     out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
 
-    def add(token: str, logprob: float | None, top: dict[str, float] | None, offset: int) -> int:
-        out.tokens.append(token)
+    def add(token: str, token_id: int | None, logprob: float | None, top: dict[str, float] | None, at: int) -> int:
+        out.tokens.append(token_label(token, token_id, as_ids))
         out.token_logprobs.append(logprob)
         out.top_logprobs.append(top)
-        out.text_offset.append(offset)
-        return offset + len(token)
+        out.text_offset.append(at)
+        return at + len(token)
 
-    def add_entry(e: TokenLogprob, offset: int) -> int:
-        return add(e.token, e.logprob, {t.token: t.logprob for t in e.top_logprobs}, offset)
+    def add_entry(e: TokenLogprob, at: int) -> int:
+        top = {token_label(t.token, t.token_id, as_ids): t.logprob for t in e.top_logprobs}
+        return add(e.token, e.token_id, e.logprob, top, at)
 
     if prompt is not None:
-        offset = add(prompt.first_token, None, None, 0)
+        offset = add(prompt.first_token, prompt.first_token_id, None, None, 0)
         for e in prompt.tokens:
             offset = add_entry(e, offset)
     for e in entries:
@@ -640,9 +651,14 @@ async def final_events(events: AsyncIterator[IndexedEvent], choices: int = 1) ->
 
 
 def chat_completion(
-    request_id: str, model: str, finals: Sequence[CompletionFinished], echoes: Sequence[str] = ()
+    request_id: str,
+    model: str,
+    finals: Sequence[CompletionFinished],
+    echoes: Sequence[str] = (),
+    tokens_as_ids: bool = False,
 ) -> ChatCompletion:
-    """``echoes``: what each choice's content begins with (vLLM's chat echo of the last, assistant's, message)."""
+    """``echoes``: what each choice's content begins with (vLLM's chat echo of the last, assistant's, message).
+    ``tokens_as_ids``: logprobs name tokens by id (return_tokens_as_token_ids)."""
     return ChatCompletion(
         id=request_id,
         model=model,
@@ -656,7 +672,7 @@ def chat_completion(
                     reasoning=f.reasoning,
                 ),
                 finish_reason=f.finish_reason,
-                logprobs=chat_logprobs(f.logprobs),
+                logprobs=chat_logprobs(f.logprobs, tokens_as_ids),
                 token_ids=f.token_ids,
             )
             for i, (f, echo) in enumerate(zip(finals, echoes or [""] * len(finals), strict=True))
@@ -682,10 +698,12 @@ def text_completion(
     echoes: Sequence[str | None] = (),
     prompt_only: bool = False,
     prompt_of: Sequence[int] | None = None,
+    tokens_as_ids: bool = False,
 ) -> Completion:
     """``echoes``: with echo, each choice's prompt, put before its text (None: a prompt given as token ids, whose text
     the reply brings). ``prompt_only`` (max_tokens 0 with echo): each choice is the echoed prompt alone, the token
-    generated dropped. ``prompt_of``: as for usage_of."""
+    generated dropped. ``prompt_of``: as for usage_of. ``tokens_as_ids``: logprobs name tokens by id
+    (return_tokens_as_token_ids)."""
 
     def generated(f: CompletionFinished) -> list[TokenLogprob] | None:
         return [] if prompt_only and f.logprobs is not None else f.logprobs
@@ -701,7 +719,7 @@ def text_completion(
                 index=i,
                 text=echo if prompt_only else echo + f.text,
                 finish_reason=f.finish_reason,
-                logprobs=text_logprobs(generated(f), len(echo), f.prompt_logprobs if echo else None),
+                logprobs=text_logprobs(generated(f), len(echo), f.prompt_logprobs if echo else None, tokens_as_ids),
                 prompt_token_ids=f.prompt_token_ids,
                 token_ids=[] if prompt_only and f.token_ids is not None else f.token_ids,
             )
@@ -767,6 +785,7 @@ async def stream_sse(
     prompt_only: bool = False,
     prompt_of: Sequence[int] | None = None,
     token_ids: bool = False,
+    tokens_as_ids: bool = False,
 ) -> AsyncIterator[str]:
     """Streaming: OpenAI's chunk sequence (chat: role, content deltas, finish reason; text: text deltas, finish reason)
     for each choice, its index in every chunk and choices interleaved as their text arrives; then, once every choice
@@ -776,7 +795,8 @@ async def stream_sse(
     prompt's logprobs. With ``prompt_only`` (max_tokens 0 with echo) no generated text is sent. ``prompt_of``: as
     for usage_of. With ``token_ids`` (return_token_ids), each choice's first chunk carries its prompt's token ids (a
     chat's opening chunk then waits for the choice's first reply, which brings them), and each chunk the ids of the
-    tokens it shows (a chunk of its own for tokens without text, as an end-of-sequence token)."""
+    tokens it shows (a chunk of its own for tokens without text, as an end-of-sequence token). ``tokens_as_ids``:
+    logprobs name tokens by id (return_tokens_as_token_ids)."""
     created = int(time.time())
     chat_chunk = partial(_chat_chunk, request_id, created, model)
     chunk = partial(_chat_chunk if kind == "chat" else _text_chunk, request_id, created, model)
@@ -824,7 +844,11 @@ async def stream_sse(
                     echo = event.prompt_text or ""
                     token_starts[index] = len(echo)
                 # a reply from a worker that predates prompt logprobs carries none: the prompt then comes without
-                prompt = None if event.prompt_logprobs is None else text_logprobs([], 0, event.prompt_logprobs)
+                prompt = (
+                    None
+                    if event.prompt_logprobs is None
+                    else text_logprobs([], 0, event.prompt_logprobs, tokens_as_ids)
+                )
                 yield chunk(echo, None, index, logprobs=prompt, prompt_token_ids=prompt_ids_of(index))
             if isinstance(event, TokensGenerated):
                 ids = None if prompt_only else event.token_ids
@@ -848,7 +872,7 @@ async def stream_sse(
                             None,
                             None,
                             index,
-                            logprobs=chat_logprobs(event.logprobs),
+                            logprobs=chat_logprobs(event.logprobs, tokens_as_ids),
                             reasoning=event.reasoning,
                             token_ids=ids,
                         )
@@ -859,9 +883,9 @@ async def stream_sse(
                     continue
                 logprobs: ChoiceLogprobs | CompletionLogprobs | None = None
                 if kind == "chat":
-                    logprobs = chat_logprobs(event.logprobs)
+                    logprobs = chat_logprobs(event.logprobs, tokens_as_ids)
                 elif event.logprobs is not None:
-                    logprobs = text_logprobs(event.logprobs, token_starts[index])
+                    logprobs = text_logprobs(event.logprobs, token_starts[index], as_ids=tokens_as_ids)
                     token_starts[index] += sum(len(e.token) for e in event.logprobs)
                 if logprobs is None and ids is None and index not in prompt_ids:
                     yield text_only_chunk(event.text, index)

@@ -131,7 +131,10 @@ def token_logprobs(
             TokenLogprob(
                 token=text(token_id, position[token_id]),
                 logprob=max(position[token_id].logprob, -9999.0),
-                top_logprobs=[TopLogprob(token=text(t, p), logprob=max(p.logprob, -9999.0)) for t, p in ranked],
+                token_id=token_id,
+                top_logprobs=[
+                    TopLogprob(token=text(t, p), logprob=max(p.logprob, -9999.0), token_id=t) for t, p in ranked
+                ],
             )
         )
     return tuple(out)
@@ -503,6 +506,7 @@ class Engine:
                     if params.prompt_logprobs is not None and output.prompt_logprobs:  # the first output only
                         prompt_logprobs = PromptLogprobs(
                             first_token=self._decode_one(token_ids[0]),
+                            first_token_id=token_ids[0],
                             tokens=list(
                                 token_logprobs(
                                     token_ids[1:], output.prompt_logprobs[1:], params.prompt_logprobs, self._decode_one

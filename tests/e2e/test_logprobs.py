@@ -57,6 +57,44 @@ async def test_streamed_chunks_carry_the_logprobs_of_the_unstreamed_answer(platf
     assert all(e.top_logprobs == [] for e in streamed)  # top_logprobs not asked for
 
 
+def test_tokens_as_ids_are_the_ids_generated_and_their_alternatives_ids(platform: Platform) -> None:
+    """vLLM's return_tokens_as_token_ids, with return_token_ids beside it: each logprob entry is named by the id of
+    the token generated there; under greedy decoding that token is the most likely alternative."""
+    openai = client(platform)
+    extra = {"return_tokens_as_token_ids": True, "return_token_ids": True}
+    answer = openai.chat.completions.create(
+        model=TINY_MODEL,
+        messages=QUESTION,
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body=extra,
+    )
+    choice = answer.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    ids = (choice.model_extra or {})["token_ids"]
+    assert [e.token for e in choice.logprobs.content] == [f"token_id:{i}" for i in ids]
+    assert all(e.top_logprobs[0].token == e.token for e in choice.logprobs.content)
+    plain = openai.chat.completions.create(
+        model=TINY_MODEL, messages=QUESTION, max_tokens=8, temperature=0, logprobs=True
+    ).choices[0]
+    assert plain.logprobs is not None and plain.logprobs.content is not None
+    assert [e.bytes for e in choice.logprobs.content] == [e.bytes for e in plain.logprobs.content]  # the text's
+    text = openai.completions.create(
+        model=TINY_MODEL,
+        prompt="Once upon a time",
+        max_tokens=6,
+        temperature=0,
+        logprobs=1,
+        echo=True,
+        extra_body=extra,
+    ).choices[0]
+    assert text.logprobs is not None and text.logprobs.tokens is not None
+    prompt_ids, generated = (text.model_extra or {})["prompt_token_ids"], (text.model_extra or {})["token_ids"]
+    assert text.logprobs.tokens == [f"token_id:{i}" for i in prompt_ids + generated]
+
+
 def test_text_completions_give_tokens_their_logprobs_alternatives_and_offsets(platform: Platform) -> None:
     completion = client(platform).completions.create(
         model=TINY_MODEL, prompt="Once upon a time", max_tokens=8, temperature=0, logprobs=2

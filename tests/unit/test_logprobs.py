@@ -58,6 +58,7 @@ def test_the_alternatives_are_the_most_likely_tokens_in_rank_order() -> None:
     assert [(e.token, e.logprob) for e in out] == [(" cat", -3.0), ("!", -0.1)]
     assert [(t.token, t.logprob) for t in out[0].top_logprobs] == [(" dog", -0.2), ("<2>", -1.9)]
     assert [(t.token, t.logprob) for t in out[1].top_logprobs] == [("!", -0.1), ("?", -9999.0)]  # JSON has no -inf
+    assert [e.token_id for e in out] == [7, 3] and [t.token_id for t in out[0].top_logprobs] == [1, 2]
     only = token_logprobs([3], positions[1:], 0, decode=str)
     assert only[0].top_logprobs == []
     with pytest.raises(EngineError):
@@ -249,3 +250,36 @@ async def test_max_tokens_0_with_echo_scores_the_prompt_alone() -> None:
     stream = stream_sse("r", "m", False, merged([events]), "text", ["Q: "], echo_logprobs=True, prompt_only=True)
     chunks = [json.loads(line[6:]) for line in [line async for line in stream] if line.startswith("data: {")]
     assert [c["choices"][0]["text"] for c in chunks] == ["Q: ", ""]
+
+
+def test_tokens_as_ids_name_each_token_by_id_while_bytes_and_offsets_follow_the_text() -> None:
+    """vLLM's return_tokens_as_token_ids: "token_id:<id>", which tells apart tokens that decode alike (two entries
+    of one position's alternatives here) and tokens whose text is not valid UTF-8 alone."""
+    entries = [
+        TokenLogprob(
+            token="\ufffd",
+            logprob=-0.5,
+            token_id=101,
+            top_logprobs=[
+                TopLogprob(token="\ufffd", logprob=-0.5, token_id=101),
+                TopLogprob(token="\ufffd", logprob=-0.7, token_id=102),
+            ],
+        ),
+        TokenLogprob(token="ís", logprob=-1.5, token_id=7),
+    ]
+    chat = chat_logprobs(entries, as_ids=True)
+    assert chat is not None and chat.content is not None
+    assert [(c.token, c.bytes) for c in chat.content] == [
+        ("token_id:101", [239, 191, 189]),
+        ("token_id:7", [195, 173, 115]),
+    ]
+    assert [t.token for t in chat.content[0].top_logprobs] == ["token_id:101", "token_id:102"]
+    text = text_logprobs(
+        entries, start=2, prompt=PromptLogprobs(first_token="Q:", first_token_id=5, tokens=[]), as_ids=True
+    )
+    assert text is not None
+    assert text.tokens == ["token_id:5", "token_id:101", "token_id:7"]
+    assert text.text_offset == [0, 2, 3]  # the text's characters, not the labels'
+    assert text.top_logprobs[1] == {"token_id:101": -0.5, "token_id:102": -0.7}  # both kept: their labels differ
+    legacy = TokenLogprob(token="Par", logprob=-0.5)  # from a worker that predates ids: its text stays
+    assert text_logprobs([legacy], 0, as_ids=True).tokens == ["Par"]  # type: ignore[union-attr]
