@@ -318,6 +318,11 @@ class SamplingParams(BaseModel):
     include_stop_str_in_output: bool = Field(
         False, description="The text keeps the stop string that ended it (vLLM's include_stop_str_in_output)."
     )
+    skip_special_tokens: bool = Field(
+        True,
+        description="Special tokens the model writes (its tokenizer's, such as <|im_start|>) are left out of the text "
+        "(vLLM's skip_special_tokens); false keeps them. A stop or end-of-sequence token is never in the text.",
+    )
     bad_words: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list,
         max_length=MAX_BAD_WORDS,

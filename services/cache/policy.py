@@ -175,6 +175,7 @@ def normalized(
             ("ignore_eos", sampling.ignore_eos),
             ("stop_token_ids", sorted(set(sampling.stop_token_ids))),
             ("include_stop_str_in_output", sampling.include_stop_str_in_output),
+            ("keep_special_tokens", not sampling.skip_special_tokens),
             ("bad_words", sorted(set(sampling.bad_words))),
             ("allowed_token_ids", sampling.allowed_token_ids and sorted(set(sampling.allowed_token_ids))),
             (

@@ -412,6 +412,11 @@ class SamplingFields(BaseModel):
         "joined, they are the choice's, the end-of-sequence token included). A chat with include_reasoning false gets "
         "no generated token ids: they would show the thinking left out.",
     )
+    skip_special_tokens: bool | None = Field(
+        None,
+        description="vLLM: false keeps the special tokens the model writes (its tokenizer's, such as <|im_start|>) in "
+        "the text; true (the default) leaves them out. A stop or end-of-sequence token is never in the text.",
+    )
     return_tokens_as_token_ids: bool | None = Field(
         None,
         description="vLLM: logprobs name each token (and each alternative) 'token_id:<id>' instead of its text, so "
@@ -863,7 +868,6 @@ def ignored_fields(request: BaseModel) -> list[str]:
 VLLM_OPTIONS_NOT_SERVED: dict[str, object] = {
     "use_beam_search": False,
     "length_penalty": 1.0,
-    "skip_special_tokens": True,
     "spaces_between_special_tokens": True,
     "truncate_prompt_tokens": None,
     "logits_processors": None,

@@ -313,6 +313,7 @@ async def serve_request(
         keep_special = calls_marked or marked_by_special_tokens
         if parsing is not None:  # vLLM's parser may need them, and ferry's reader of calls when it reads them
             keep_special = parsing.keeps_special_tokens or (calls_marked and not parsing.reads_calls)
+        keep_special = keep_special or not sampling.skip_special_tokens  # the client's own ask
         if with_token_ids and prompt_ids is None:  # the replies carry them; the engine then need not split it again
             prompt_ids = engine.token_ids(prompt)
         steps = engine.generate(

@@ -92,6 +92,25 @@ def test_allowed_token_ids_are_the_only_tokens_sampled(platform: Platform) -> No
     assert err.value.body["param"] == "allowed_token_ids"  # type: ignore[index]
 
 
+def test_skip_special_tokens_false_keeps_the_special_tokens_the_model_writes(platform: Platform) -> None:
+    """The tiny model held to its <|im_start|> token (a special token, not one that ends the answer): the text leaves
+    it out by default and keeps it with skip_special_tokens false, streamed or not, and the greedy answer cached for
+    one is not served for the other."""
+    tokenizer = AutoTokenizer.from_pretrained(platform.models_dir / TINY_MODEL)
+    start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert start in tokenizer.all_special_ids and start != tokenizer.eos_token_id
+    asked = {"model": TINY_MODEL, "messages": QUESTION, "max_tokens": 3, "temperature": 0}
+    held = {"allowed_token_ids": [start]}
+    skipped = client(platform).chat.completions.create(**asked, extra_body=held)  # type: ignore[call-overload]
+    kept = client(platform).chat.completions.create(**asked, extra_body=held | {"skip_special_tokens": False})  # type: ignore[call-overload]
+    assert skipped.choices[0].message.content == "" and skipped.usage.completion_tokens == 3
+    assert kept.choices[0].message.content == "<|im_start|>" * 3
+    stream = client(platform).chat.completions.create(
+        **asked, stream=True, extra_body=held | {"skip_special_tokens": False}
+    )  # type: ignore[call-overload]
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "<|im_start|>" * 3
+
+
 def test_a_repetition_penalty_changes_a_greedy_answer_that_repeats(platform: Platform) -> None:
     def greedy(**options: object) -> str:
         completion = client(platform).completions.create(

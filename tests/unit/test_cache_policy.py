@@ -107,8 +107,10 @@ def test_vllms_stop_string_bad_words_and_allowed_tokens_change_the_key_even_when
         digest(request(sampling=greedy.model_copy(update={"include_stop_str_in_output": True}))),
         digest(request(sampling=greedy.model_copy(update={"bad_words": ["Paris"]}))),
         digest(request(sampling=greedy.model_copy(update={"allowed_token_ids": [1, 2]}))),
+        digest(request(sampling=greedy.model_copy(update={"skip_special_tokens": False}))),
     }
-    assert len(changed) == 3 and base not in changed
+    assert len(changed) == 4 and base not in changed
+    assert digest(request(sampling=greedy.model_copy(update={"skip_special_tokens": True}))) == base  # the default
     reordered = greedy.model_copy(update={"allowed_token_ids": [2, 1, 2]})
     assert digest(request(sampling=reordered)) == digest(
         request(sampling=greedy.model_copy(update={"allowed_token_ids": [1, 2]}))
