@@ -478,6 +478,19 @@ class CompletionRequested(Message):
         "(a prefill of its answer; vLLM's continue_final_message): the answer holds only what the model adds. The "
         "message is then screened like the other turns, even an assistant's. add_generation_prompt does not apply.",
     )
+    truncate_prompt_tokens: int | None = Field(
+        None,
+        ge=-1,
+        description="Keep only this many of the prompt's tokens, chat template included, cut from the side "
+        "truncation_side names, so that a prompt longer than the model's context is served instead of refused "
+        "(vLLM's truncate_prompt_tokens); -1: as many as the context holds less one for the answer. Not 0. More than "
+        "the context fails the request (param truncate_prompt_tokens). None: no cut.",
+    )
+    truncation_side: Literal["left", "right"] = Field(
+        "left",
+        description="Which end truncate_prompt_tokens cuts: left keeps the prompt's last tokens (those the model "
+        "answers after), right its first (vLLM's truncation_side).",
+    )
     return_token_ids: bool = Field(
         False,
         description="Replies carry token ids (vLLM's return_token_ids): the prompt's, as the engine read it (chat "
@@ -531,6 +544,8 @@ class CompletionRequested(Message):
             raise ValueError("tools are for chat (messages) only")
         if self.continue_final_message and not self.is_chat():
             raise ValueError("continue_final_message is for chat (messages) only")
+        if self.truncate_prompt_tokens == 0:
+            raise ValueError("truncate_prompt_tokens must be at least 1, or -1 (as many as the context holds)")
         if self.tool_choice_function is not None and (
             self.tool_choice != "required" or self.tool_choice_function not in {t.name for t in self.tools}
         ):

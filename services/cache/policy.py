@@ -192,6 +192,12 @@ def normalized(
             ("add_generation_prompt", None if request.add_generation_prompt else "false"),
             ("continue_final_message", request.continue_final_message or None),
             ("prompt_token_ids", request.prompt_token_ids),  # a raw prompt given as token ids
+            (
+                "truncate_prompt_tokens",
+                None
+                if request.truncate_prompt_tokens is None
+                else [request.truncate_prompt_tokens, request.truncation_side],
+            ),
         )
         if value
     }

@@ -286,9 +286,9 @@ async def _serve(  # type: ignore[no-untyped-def]
         charge = await _charge(deps, tenant, estimate, headers)
         policy = _cache_policy(tenant)
         cache_control: Mapping[str, str] = request.headers
-        if isinstance(body, CompletionRequest) and body.echo and any(not isinstance(p, str) for p in prompts or []):
-            # the echo of token ids is the text the worker decoded, which a cached answer does not keep (no entry
-            # holds a prompt): look up nothing, as Cache-Control no-cache asks, and store the fresh answer
+        if isinstance(body, CompletionRequest) and body.echo and None in body.echo_texts():
+            # the echo is then the text the worker read, which a cached answer does not keep (no entry holds a
+            # prompt): look up nothing, as Cache-Control no-cache asks, and store the fresh answer
             cache_control = {
                 "cache-control": ",".join(filter(None, [request.headers.get("cache-control"), "no-cache"]))
             }
@@ -386,8 +386,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     replies = watched(merged(readable), on_final, on_abandoned, on_first, len(choices))
     echoes: list[str | None] = []  # what each choice's text begins with (None: the reply brings it)
     if isinstance(body, CompletionRequest) and body.echo:
-        # a prompt given as token ids: its text is the worker's, which decodes them
-        echoes = [prompt if isinstance(prompt, str) else None for prompt in prompts or [] for _ in range(body.n)]
+        echoes = [text for text in body.echo_texts() for _ in range(body.n)]
     elif isinstance(body, ChatCompletionRequest) and body.echo and body.messages[-1].role == "assistant":
         echoes = [body.messages[-1].text()] * len(choices)  # as vLLM's server: only an assistant's own turn
     prompt_only = isinstance(body, CompletionRequest) and body.prompt_only()

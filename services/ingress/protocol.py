@@ -412,6 +412,19 @@ class SamplingFields(BaseModel):
         "joined, they are the choice's, the end-of-sequence token included). A chat with include_reasoning false gets "
         "no generated token ids: they would show the thinking left out.",
     )
+    truncate_prompt_tokens: int | None = Field(
+        None,
+        ge=-1,
+        description="vLLM: keep only this many of the prompt's tokens (chat template included), cut from the side "
+        "truncation_side names, so that a prompt longer than the model's context is answered instead of refused; -1 "
+        "keeps as many as the context holds less one for the answer. Not 0; more than the model's context is a 400. "
+        "With echo, the prompt echoed is the one cut. The safety stage screens the whole prompt.",
+    )
+    truncation_side: Literal["left", "right"] | None = Field(
+        None,
+        description="vLLM: which end truncate_prompt_tokens cuts: left (the default) keeps the prompt's last tokens, "
+        "right its first.",
+    )
     skip_special_tokens: bool | None = Field(
         None,
         description="vLLM: false keeps the special tokens the model writes (its tokenizer's, such as <|im_start|>) in "
@@ -670,6 +683,11 @@ class CompletionRequest(SamplingFields):
         """Whether only the echoed prompt is asked for (max_tokens 0), not a completion."""
         return self.echo and self.max_tokens == 0
 
+    def echo_texts(self) -> list[str | None]:
+        """What an echo puts before each prompt's completions: its text, or None where that is the text the worker
+        read, which its replies bring (a prompt given as token ids, or one truncate_prompt_tokens may cut)."""
+        return [p if isinstance(p, str) and self.truncate_prompt_tokens is None else None for p in self.prompts()]
+
 
 class ErrorBody(BaseModel):
     message: str
@@ -869,7 +887,6 @@ VLLM_OPTIONS_NOT_SERVED: dict[str, object] = {
     "use_beam_search": False,
     "length_penalty": 1.0,
     "spaces_between_special_tokens": True,
-    "truncate_prompt_tokens": None,
     "logits_processors": None,
     "chat_template": None,
     "documents": None,

@@ -204,6 +204,8 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         prompt_screening=sub.prompt_screening,
         screening_policy=sub.screening_policy,
         return_token_ids=bool(api.return_token_ids),
+        truncate_prompt_tokens=api.truncate_prompt_tokens,
+        truncation_side=api.truncation_side or "left",
         **chat,
     )
 

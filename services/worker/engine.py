@@ -12,7 +12,7 @@ from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from services.safety.prompt_tokens import UndecodablePrompt, decoded_prompt
 from services.worker.engine_processes import ENGINE_NICE_VARIABLE, use_engine_process_server
@@ -616,6 +616,20 @@ class Engine:
             return decoded_prompt(self._tokenizer, token_ids, self.config.model_id)
         except UndecodablePrompt as exc:
             raise InvalidRequest(str(exc), param="prompt") from None
+
+    def truncated(self, token_ids: list[int], keep: int, side: Literal["left", "right"]) -> list[int]:
+        """The prompt's ``keep`` tokens from its ``side`` end kept (vLLM's truncate_prompt_tokens; -1: as many as the
+        context holds less one for the answer); raises InvalidRequest when ``keep`` is more than the context."""
+        context = self.config.max_model_len
+        if keep > context:
+            raise InvalidRequest(
+                f"truncate_prompt_tokens ({keep}) is more than {self.config.model_id}'s context ({context} tokens)",
+                param="truncate_prompt_tokens",
+            )
+        keep = context - 1 if keep == -1 else keep
+        if len(token_ids) <= keep:
+            return token_ids
+        return token_ids[-keep:] if side == "left" else token_ids[:keep]
 
     def token_ids(self, text: str) -> list[int]:
         """The tokens of ``text`` as this model's tokenizer splits it; chat templates write their own special tokens,

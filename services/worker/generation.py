@@ -261,6 +261,13 @@ async def serve_request(
                 request.add_generation_prompt,
                 request.continue_final_message,
             )
+        if request.truncate_prompt_tokens is not None:
+            whole = prompt_ids if prompt_ids is not None else engine.token_ids(prompt)
+            prompt_ids = engine.truncated(whole, request.truncate_prompt_tokens, request.truncation_side)
+            if len(prompt_ids) < len(whole):  # what the model reads is what the readers and an echo go by
+                prompt = engine.prompt_text(prompt_ids)
+            if not request.is_chat():
+                given_prompt_text = prompt  # an echo shows the prompt as cut
         sampling = seeded(request.sampling, request.request_id)
         if (schema := forced_schema(request)) is not None:  # the ingress refuses response_format with forced calls
             sampling = sampling.model_copy(
@@ -279,7 +286,8 @@ async def serve_request(
                     param="thinking_token_budget",
                 )
             # the prompt's tokens tell a reasoning parser whether the template closed the think block already
-            prompt_ids = engine.token_ids(prompt) if parsers.reasoning_parser else None
+            if prompt_ids is None:
+                prompt_ids = engine.token_ids(prompt) if parsers.reasoning_parser else None
             parsing = parsers.reading(request, prompt_ids or [], pieces, step_tokens)
             reads_reasoning = parsers.reasoning_parser is not None
         markers = engine.think_markers

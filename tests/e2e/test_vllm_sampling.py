@@ -111,6 +111,38 @@ def test_skip_special_tokens_false_keeps_the_special_tokens_the_model_writes(pla
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "<|im_start|>" * 3
 
 
+def test_truncate_prompt_tokens_answers_a_prompt_longer_than_the_context_with_its_end(platform: Platform) -> None:
+    """vLLM's truncate_prompt_tokens: a chat longer than the tiny model's 2048-token context is refused as it is,
+    and answered when cut to what the context holds (-1) or to a number of tokens; an echo shows the prompt cut."""
+    tokenizer = AutoTokenizer.from_pretrained(platform.models_dir / TINY_MODEL)
+    long_chat = [{"role": "user", "content": " ".join(["serendipitous"] * 3000)}]
+    asked = {"model": TINY_MODEL, "messages": long_chat, "max_tokens": 4, "temperature": 0}
+    with pytest.raises(BadRequestError) as err:
+        client(platform).chat.completions.create(**asked)  # type: ignore[call-overload]
+    assert err.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+    whole = client(platform).chat.completions.create(**asked, extra_body={"truncate_prompt_tokens": -1})  # type: ignore[call-overload]
+    assert whole.usage is not None and whole.usage.prompt_tokens == 2047 and whole.usage.completion_tokens == 1
+    cut = client(platform).chat.completions.create(
+        **asked, extra_body={"truncate_prompt_tokens": 100, "return_token_ids": True}
+    )  # type: ignore[call-overload]
+    assert cut.usage is not None and cut.usage.prompt_tokens == 100 and cut.usage.completion_tokens == 4
+    template = tokenizer.apply_chat_template(long_chat, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert (cut.model_extra or {})["prompt_token_ids"] == template["input_ids"][-100:]  # the end, where it answers
+    prompt = "Once upon a time there was a small village"
+    echoed = (
+        client(platform)
+        .completions.create(
+            model=TINY_MODEL, prompt=prompt, max_tokens=2, echo=True, extra_body={"truncate_prompt_tokens": 3}
+        )
+        .choices[0]
+    )
+    kept = tokenizer.decode(tokenizer.encode(prompt, add_special_tokens=False)[-3:])
+    assert kept and prompt.endswith(kept) and echoed.text.startswith(kept) and not echoed.text.startswith(prompt)
+    with pytest.raises(BadRequestError) as err:
+        client(platform).chat.completions.create(**asked, extra_body={"truncate_prompt_tokens": 5000})  # type: ignore[call-overload]
+    assert err.value.body["param"] == "truncate_prompt_tokens"  # type: ignore[index]
+
+
 def test_a_repetition_penalty_changes_a_greedy_answer_that_repeats(platform: Platform) -> None:
     def greedy(**options: object) -> str:
         completion = client(platform).completions.create(

@@ -337,3 +337,14 @@ async def test_a_hit_replays_as_the_events_of_a_live_answer() -> None:
     assert shapes(cached_lines)[0] == shapes(live_lines)[0]
     assert shapes(cached_lines)[-3:] == shapes(live_lines)[-3:]
     assert len(cached_lines) == 5
+
+
+def test_a_prompt_cut_otherwise_has_another_key_and_token_ids_bypass_the_cache() -> None:
+    keys = {
+        digest(request()),
+        digest(request(truncate_prompt_tokens=8)),
+        digest(request(truncate_prompt_tokens=8, truncation_side="right")),
+        digest(request(truncate_prompt_tokens=-1)),
+    }
+    assert len(keys) == 4
+    assert digest(request(return_token_ids=True)) is None  # entries keep no token ids

@@ -588,7 +588,6 @@ def test_options_at_values_that_ask_for_nothing_are_accepted(harmless: dict) -> 
     [
         ({"use_beam_search": True}, {"use_beam_search": False}),
         ({"length_penalty": 0.5}, {"length_penalty": 1}),
-        ({"truncate_prompt_tokens": 100}, {"truncate_prompt_tokens": None}),
         ({"chat_template": "{{ messages }}"}, {"chat_template": None}),
         ({"documents": [{"text": "x"}]}, {"documents": []}),
     ],

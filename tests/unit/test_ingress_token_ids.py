@@ -155,3 +155,10 @@ async def test_each_choice_of_a_chat_stream_opens_with_the_prompts_ids() -> None
         mine = [c for c in chunks if c["choices"][0]["index"] == index]
         assert mine[0] in openings  # before any of the choice's text
         assert [i for c in mine for i in c["choices"][0].get("token_ids", [])] == [40, 41, 42]
+
+
+def test_an_echo_of_a_prompt_the_worker_may_cut_or_decode_waits_for_the_workers_text() -> None:
+    assert CompletionRequest(model="m", prompt=["Once", "Twice"], echo=True).echo_texts() == ["Once", "Twice"]
+    assert CompletionRequest(model="m", prompt=[[5, 6]], echo=True).echo_texts() == [None]
+    cut = CompletionRequest(model="m", prompt=["Once", "Twice"], echo=True, truncate_prompt_tokens=3)
+    assert cut.echo_texts() == [None, None]

@@ -7,6 +7,9 @@ output, a token a step."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
+
+import pytest
 
 from services.safety.review import deliveries
 from services.worker.engine import Engine, GenerationStep
@@ -17,6 +20,7 @@ from shared.contracts import (
     CompletionFinished,
     CompletionRequested,
     ContentFlagged,
+    GenerationFailed,
     Message,
     PromptLogprobs,
     SamplingParams,
@@ -207,3 +211,31 @@ async def test_replies_carry_no_token_ids_unless_asked() -> None:
     assert deltas and all(d.token_ids is None and d.prompt_token_ids is None for d in deltas)
     final = events[-1]
     assert isinstance(final, CompletionFinished) and final.token_ids is None and final.prompt_token_ids is None
+
+
+async def test_truncate_prompt_tokens_keeps_the_prompts_end_or_start_and_an_echo_shows_the_prompt_as_cut() -> None:
+    engine = ScriptedEngine("Done.")
+    engine.config = SimpleNamespace(max_model_len=64, model_id="m")  # type: ignore[assignment]
+    whole = TOKENIZER.encode(PROMPT, add_special_tokens=False)
+    for side, kept in (("left", whole[-5:]), ("right", whole[:5])):
+        asked = chat_request(
+            tools=[], stream=True, return_token_ids=True, truncate_prompt_tokens=5, truncation_side=side
+        )
+        events, _ = await served(engine, asked)
+        final = events[-1]
+        assert isinstance(final, CompletionFinished) and final.prompt_token_ids == kept
+        assert final.prompt_text is None  # a chat is not echoed so
+    raw = CompletionRequested(
+        request_id="r", model="m", reply_topic="replies", prompt="0123456789", truncate_prompt_tokens=4
+    )
+    events, _ = await served(engine, raw)
+    assert isinstance(events[-1], CompletionFinished) and events[-1].prompt_text == "6789"
+    uncut = raw.model_copy(update={"truncate_prompt_tokens": -1})  # as many as the context holds: all of it here
+    events, _ = await served(engine, uncut)
+    assert isinstance(events[-1], CompletionFinished) and events[-1].prompt_text == "0123456789"
+    too_many = raw.model_copy(update={"truncate_prompt_tokens": 65})
+    events, _ = await served(engine, too_many)
+    failed = events[-1]
+    assert isinstance(failed, GenerationFailed) and failed.param == "truncate_prompt_tokens"
+    with pytest.raises(ValueError, match="truncate_prompt_tokens"):
+        raw.model_validate(raw.model_dump() | {"truncate_prompt_tokens": 0})
