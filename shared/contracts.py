@@ -323,6 +323,11 @@ class SamplingParams(BaseModel):
         description="Special tokens the model writes (its tokenizer's, such as <|im_start|>) are left out of the text "
         "(vLLM's skip_special_tokens); false keeps them. A stop or end-of-sequence token is never in the text.",
     )
+    spaces_between_special_tokens: bool = Field(
+        True,
+        description="With skip_special_tokens false: whether the text may have a space between two special tokens in "
+        "a row, as the tokenizer decodes them (vLLM's spaces_between_special_tokens); false writes them side by side.",
+    )
     bad_words: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list,
         max_length=MAX_BAD_WORDS,

@@ -176,6 +176,10 @@ def normalized(
             ("stop_token_ids", sorted(set(sampling.stop_token_ids))),
             ("include_stop_str_in_output", sampling.include_stop_str_in_output),
             ("keep_special_tokens", not sampling.skip_special_tokens),
+            (
+                "special_tokens_side_by_side",
+                not sampling.skip_special_tokens and not sampling.spaces_between_special_tokens,
+            ),
             ("bad_words", sorted(set(sampling.bad_words))),
             ("allowed_token_ids", sampling.allowed_token_ids and sorted(set(sampling.allowed_token_ids))),
             (

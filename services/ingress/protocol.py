@@ -430,6 +430,11 @@ class SamplingFields(BaseModel):
         description="vLLM: false keeps the special tokens the model writes (its tokenizer's, such as <|im_start|>) in "
         "the text; true (the default) leaves them out. A stop or end-of-sequence token is never in the text.",
     )
+    spaces_between_special_tokens: bool | None = Field(
+        None,
+        description="vLLM: with skip_special_tokens false, false writes two special tokens in a row side by side, "
+        "without the space some tokenizers decode between them; true (the default) leaves the tokenizer's text.",
+    )
     return_tokens_as_token_ids: bool | None = Field(
         None,
         description="vLLM: logprobs name each token (and each alternative) 'token_id:<id>' instead of its text, so "
@@ -886,7 +891,6 @@ def ignored_fields(request: BaseModel) -> list[str]:
 VLLM_OPTIONS_NOT_SERVED: dict[str, object] = {
     "use_beam_search": False,
     "length_penalty": 1.0,
-    "spaces_between_special_tokens": True,
     "logits_processors": None,
     "chat_template": None,
     "documents": None,

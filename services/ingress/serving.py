@@ -173,6 +173,7 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
         stop_token_ids=api.stop_token_ids or [],
         include_stop_str_in_output=bool(api.include_stop_str_in_output),
         skip_special_tokens=api.skip_special_tokens is not False,
+        spaces_between_special_tokens=api.spaces_between_special_tokens is not False,
         bad_words=api.bad_words or [],
         allowed_token_ids=api.allowed_token_ids,
         structured_outputs=(

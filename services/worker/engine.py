@@ -666,6 +666,8 @@ class Engine:
             bad_words=list(sampling.bad_words) or None,
             allowed_token_ids=list(sampling.allowed_token_ids) if sampling.allowed_token_ids is not None else None,
             skip_special_tokens=skip_special_tokens,
+            # the client's choice applies to the special tokens it keeps, not to those kept for ferry's own readers
+            spaces_between_special_tokens=sampling.spaces_between_special_tokens or sampling.skip_special_tokens,
             output_kind=RequestOutputKind.DELTA,
         )
 

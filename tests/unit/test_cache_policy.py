@@ -348,3 +348,12 @@ def test_a_prompt_cut_otherwise_has_another_key_and_token_ids_bypass_the_cache()
     }
     assert len(keys) == 4
     assert digest(request(return_token_ids=True)) is None  # entries keep no token ids
+
+
+def test_special_tokens_kept_and_written_side_by_side_change_the_key_only_together() -> None:
+    greedy = SamplingParams(temperature=0, max_tokens=16)
+    kept = greedy.model_copy(update={"skip_special_tokens": False})
+    side_by_side = kept.model_copy(update={"spaces_between_special_tokens": False})
+    assert len({digest(request(sampling=s)) for s in (greedy, kept, side_by_side)}) == 3
+    skipped_anyway = greedy.model_copy(update={"spaces_between_special_tokens": False})  # no special token is kept
+    assert digest(request(sampling=skipped_anyway)) == digest(request(sampling=greedy))

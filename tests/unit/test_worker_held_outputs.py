@@ -239,3 +239,13 @@ async def test_truncate_prompt_tokens_keeps_the_prompts_end_or_start_and_an_echo
     assert isinstance(failed, GenerationFailed) and failed.param == "truncate_prompt_tokens"
     with pytest.raises(ValueError, match="truncate_prompt_tokens"):
         raw.model_validate(raw.model_dump() | {"truncate_prompt_tokens": 0})
+
+
+def test_special_tokens_side_by_side_reach_vllm_only_when_the_client_keeps_them() -> None:
+    def spaces(**options: object) -> bool:
+        params = Engine._sampling_params(SamplingParams(**options), 8, skip_special_tokens=False)  # type: ignore[arg-type]
+        return params.spaces_between_special_tokens
+
+    assert not spaces(skip_special_tokens=False, spaces_between_special_tokens=False)
+    assert spaces(skip_special_tokens=False)
+    assert spaces(spaces_between_special_tokens=False)  # kept for ferry's readers only: vLLM's default stands
