@@ -412,9 +412,8 @@ class SamplingFields(BaseModel):
         "joined, they are the choice's, the end-of-sequence token included). A chat with include_reasoning false gets "
         "no generated token ids: they would show the thinking left out.",
     )
-    truncate_prompt_tokens: int | None = Field(
+    truncate_prompt_tokens: Annotated[int, Field(ge=-1, json_schema_extra={"not": {"const": 0}})] | None = Field(
         None,
-        ge=-1,
         description="vLLM: keep only this many of the prompt's tokens (chat template included), cut from the side "
         "truncation_side names, so that a prompt longer than the model's context is answered instead of refused; -1 "
         "keeps as many as the context holds less one for the answer. Not 0; more than the model's context is a 400. "
@@ -476,6 +475,13 @@ class SamplingFields(BaseModel):
         form = info.data.get("response_format")
         if value is not None and form is not None and form.type != "text":
             raise ValueError("not with a JSON response_format: give one or the other")
+        return value
+
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _keeps_a_token(cls, value: int | None) -> int | None:
+        if value == 0:
+            raise ValueError("truncate_prompt_tokens must be at least 1, or -1 (as many as the context holds)")
         return value
 
     @field_validator("min_tokens")

@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+import pytest
+from pydantic import ValidationError
+
 from services.ingress.protocol import ChatCompletionRequest, CompletionRequest
 from services.ingress.serving import (
     Submission,
@@ -162,3 +165,10 @@ def test_an_echo_of_a_prompt_the_worker_may_cut_or_decode_waits_for_the_workers_
     assert CompletionRequest(model="m", prompt=[[5, 6]], echo=True).echo_texts() == [None]
     cut = CompletionRequest(model="m", prompt=["Once", "Twice"], echo=True, truncate_prompt_tokens=3)
     assert cut.echo_texts() == [None, None]
+
+
+def test_truncate_prompt_tokens_0_is_refused_at_the_edge_not_by_the_contract() -> None:
+    """0 would keep no prompt: the API refuses it (a 400), so it never reaches the contract, which refuses it too."""
+    with pytest.raises(ValidationError, match="at least 1"):
+        CompletionRequest(model="m", prompt="Hi", truncate_prompt_tokens=0)
+    assert CompletionRequest(model="m", prompt="Hi", truncate_prompt_tokens=-1).truncate_prompt_tokens == -1
