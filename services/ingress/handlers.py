@@ -9,7 +9,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, TypeVar, get_args
@@ -44,10 +44,12 @@ from services.ingress.protocol import (
     unsupported_option,
 )
 from services.ingress.rate_limits import Charge, RateLimiter
+from services.ingress.responses import ResponseShell, ResponsesRequest, stream_response, whole_response
 from services.ingress.serving import (
     AbandonReason,
     ApiError,
     ApiKind,
+    IndexedEvent,
     Submission,
     chat_completion,
     choice_requests,
@@ -203,10 +205,28 @@ async def create_completion(body: CompletionRequest, request: Request, deps: Dep
     return await _serve(body, "text", request, deps, tenant)
 
 
+@router.post("/v1/responses", responses=STREAM_DOC | ERRORS, tags=["openai"])
+async def create_response(body: ResponsesRequest, request: Request, deps: DepsDep, tenant: TenantDep):  # type: ignore[no-untyped-def]
+    """OpenAI's Responses API, text in and text out (see services/ingress/responses.py)."""
+    if unsupported := body.unsupported():
+        param, message = unsupported
+        raise ApiError(400, message, param=param, code="unsupported_parameter")
+    return await _serve(body.as_chat(), "chat", request, deps, tenant, responses=body)
+
+
 async def _serve(  # type: ignore[no-untyped-def]
-    body: ChatCompletionRequest | CompletionRequest, kind: ApiKind, request: Request, deps: DepsDep, tenant: Tenant
+    body: ChatCompletionRequest | CompletionRequest,
+    kind: ApiKind,
+    request: Request,
+    deps: DepsDep,
+    tenant: Tenant,
+    responses: ResponsesRequest | None = None,
 ):
+    """Serves a chat or a text completion; ``responses``: the Responses API request the chat ``body`` stands for,
+    which the answer then takes the shape of."""
     request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+    if responses is not None:
+        request_id = f"resp_{uuid.uuid4().hex}"
     headers = {"x-request-id": request_id}
     if not_text := lone_surrogate(await request.body()):  # the body FastAPI read, kept by the request
         param, message = not_text
@@ -217,7 +237,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     if isinstance(body, ChatCompletionRequest) and (unusable := tool_error(body)):
         param, message = unusable
         raise ApiError(400, message, param=param, code="invalid_value")
-    if ignored := ignored_fields(body):
+    if ignored := ignored_fields(responses or body):
         logger.warning("request %s: ignored unsupported fields %s", request_id, ignored)
     model = (await deps.catalog.all()).get(body.model)
     if model is None:
@@ -252,7 +272,7 @@ async def _serve(  # type: ignore[no-untyped-def]
 
     deadline_at = utc_now() + timedelta(seconds=timeout_s)
     with deps.tracer.start_as_current_span(
-        f"ferry.ingress.{'chat_completions' if kind == 'chat' else 'completions'}",
+        f"ferry.ingress.{'responses' if responses else 'chat_completions' if kind == 'chat' else 'completions'}",
         context=context_from(dict(request.headers)),
         kind=trace.SpanKind.SERVER,
         attributes={
@@ -327,7 +347,7 @@ async def _serve(  # type: ignore[no-untyped-def]
                     413,
                     "The request is too large to queue: its Kafka record would exceed the producer's 1 MiB limit. "
                     "Send a shorter prompt.",
-                    param="messages" if kind == "chat" else "prompt",
+                    param="input" if responses else "messages" if kind == "chat" else "prompt",
                     code="request_too_large",
                     headers=headers,
                 ) from None
@@ -391,6 +411,8 @@ async def _serve(  # type: ignore[no-untyped-def]
         echoes = [body.messages[-1].text()] * len(choices)  # as vLLM's server: only an assistant's own turn
     prompt_only = isinstance(body, CompletionRequest) and body.prompt_only()
     deps.metrics.responses.labels(request.url.path, "200").inc()
+    if responses is not None:
+        return await _respond(request_id, responses, request, replies, headers)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
@@ -425,6 +447,28 @@ async def _serve(  # type: ignore[no-untyped-def]
         )
     )
     return JSONResponse(response.model_dump(), headers=headers)
+
+
+async def _respond(  # type: ignore[no-untyped-def]
+    request_id: str,
+    body: ResponsesRequest,
+    request: Request,
+    replies: AsyncIterator[IndexedEvent],
+    headers: dict[str, str],
+):
+    """The answer in the Responses API's shape: a response object, or its stream of events."""
+    shell = ResponseShell(request_id, body)
+    if body.stream:
+        return StreamingResponse(
+            stream_response(shell, replies),
+            media_type="text/event-stream",
+            headers=headers | {"cache-control": "no-cache"},
+        )
+    try:
+        response = await _unless_disconnected(request, whole_response(shell, replies))
+    except ApiError as exc:
+        raise ApiError(exc.status, exc.message, exc.type, exc.param, exc.code, headers | exc.headers) from None
+    return JSONResponse(response, headers=headers)
 
 
 def _cache_policy(tenant: Tenant) -> TenantCachePolicy:

@@ -1,0 +1,159 @@
+"""OpenAI's Responses API at the ingress: a request served as the chat it amounts to, and the answer in the shapes
+OpenAI's clients read (a response object; typed events with sequence numbers). Events from a plain list."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.ingress.responses import ResponseShell, ResponsesRequest, stream_response, whole_response
+from services.ingress.serving import ApiError, IndexedEvent
+from shared.contracts import CompletionFinished, GenerationFailed, TokensGenerated, Usage
+
+USAGE = Usage(prompt_tokens=9, completion_tokens=3, total_tokens=12, cached_prompt_tokens=4)
+
+
+def final(text: str = "Paris.", finish_reason: str = "stop") -> CompletionFinished:
+    return CompletionFinished(
+        request_id="r",
+        sequence=2,
+        model="m",
+        text=text,
+        finish_reason=finish_reason,
+        usage=USAGE,  # type: ignore[arg-type]
+    )
+
+
+def delta(sequence: int, text: str, offset: int) -> TokensGenerated:
+    return TokensGenerated(request_id="r", sequence=sequence, text=text, token_count=1, text_offset=offset)
+
+
+async def indexed(*events: object) -> AsyncIterator[IndexedEvent]:
+    for event in events:
+        yield 0, event  # type: ignore[misc]
+
+
+def request(**fields: object) -> ResponsesRequest:
+    return ResponsesRequest.model_validate({"model": "m", "input": "Capital of France?"} | fields)
+
+
+def test_a_request_is_the_chat_it_amounts_to() -> None:
+    chat = request(
+        instructions="Answer in one word.",
+        input=[
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "Paris."}]},
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "And of "}, {"type": "input_text", "text": "Italy?"}],
+            },
+        ],
+        max_output_tokens=16,
+        temperature=0,
+        truncation="auto",
+        reasoning={"effort": "low"},
+        text={"format": {"type": "json_schema", "name": "city", "schema": {"type": "object"}, "strict": True}},
+        stream=True,
+    ).as_chat()
+    assert [(m.role, m.text()) for m in chat.messages] == [
+        ("system", "Answer in one word."),
+        ("user", "Capital of France?"),
+        ("assistant", "Paris."),
+        ("user", "And of Italy?"),
+    ]
+    assert chat.max_tokens == 16 and chat.temperature == 0 and chat.stream and chat.reasoning_effort == "low"
+    assert chat.truncate_prompt_tokens == -1 and not chat.include_reasoning  # thinking is not in the output
+    assert chat.response_format is not None and chat.response_format.json_schema is not None
+    assert chat.response_format.json_schema.schema_ == {"type": "object"} and chat.response_format.json_schema.strict
+    plain = request().as_chat()
+    assert [(m.role, m.text()) for m in plain.messages] == [("user", "Capital of France?")]
+    assert plain.max_tokens is None and plain.truncate_prompt_tokens is None and plain.response_format is None
+
+
+def test_what_is_not_served_is_refused_by_name_and_a_bad_value_names_this_apis_field() -> None:
+    assert request(tools=[{"type": "function", "name": "f"}]).unsupported()[0] == "tools"  # type: ignore[index]
+    assert request(previous_response_id="resp_1").unsupported()[0] == "previous_response_id"  # type: ignore[index]
+    assert request(include=["reasoning.encrypted_content"]).unsupported()[0] == "include"  # type: ignore[index]
+    assert request(reasoning={"summary": "auto"}).unsupported()[0] == "reasoning.summary"  # type: ignore[index]
+    assert request(tools=[], include=[], background=False, store=True).unsupported() is None
+    with pytest.raises(ApiError) as err:
+        request(text={"format": {"type": "json_schema", "name": "bad name!", "schema": {}}}).as_chat()
+    assert err.value.status == 400 and err.value.param == "text.format.name"
+
+
+async def test_a_whole_response_carries_the_message_usage_and_status() -> None:
+    shell = ResponseShell("resp_abc", request(max_output_tokens=3, metadata={"k": "v"}))
+    done = await whole_response(shell, indexed(final()))
+    assert done["id"] == "resp_abc" and done["object"] == "response" and done["status"] == "completed"
+    (message,) = done["output"]
+    assert message["type"] == "message" and message["role"] == "assistant" and message["status"] == "completed"
+    assert message["content"] == [{"type": "output_text", "text": "Paris.", "annotations": [], "logprobs": []}]
+    assert done["usage"] == {
+        "input_tokens": 9,
+        "input_tokens_details": {"cached_tokens": 4},
+        "output_tokens": 3,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 12,
+    }
+    assert done["metadata"] == {"k": "v"} and done["store"] is False and done["max_output_tokens"] == 3
+    cut = await whole_response(shell, indexed(final("Par", "length")))
+    assert cut["status"] == "incomplete" and cut["incomplete_details"] == {"reason": "max_output_tokens"}
+    with pytest.raises(ApiError) as err:
+        failed = GenerationFailed(request_id="r", sequence=0, code="invalid_request", message="bad", param="max_tokens")
+        await whole_response(shell, indexed(failed))
+    assert err.value.status == 400 and err.value.param == "max_output_tokens"
+
+
+def events_of(lines: list[str]) -> list[dict]:
+    out = []
+    for line in lines:
+        kind, data = line.removesuffix("\n\n").split("\n")
+        payload = json.loads(data.removeprefix("data: "))
+        assert kind == f"event: {payload['type']}"
+        out.append(payload)
+    assert [e["sequence_number"] for e in out] == list(range(len(out)))
+    return out
+
+
+async def test_a_stream_is_openais_event_sequence_and_its_deltas_join_to_the_text() -> None:
+    shell = ResponseShell("resp_abc", request(stream=True))
+    lines = [line async for line in stream_response(shell, indexed(delta(0, "Par", 0), delta(1, "is.", 3), final()))]
+    events = events_of(lines)
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert events[0]["response"]["status"] == "in_progress" and events[0]["response"]["output"] == []
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == "Paris."
+    assert {e["item_id"] for e in events if "item_id" in e} == {"msg_abc"}
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Paris."
+    assert events[-1]["response"]["usage"]["output_tokens"] == 3
+
+
+async def test_a_failure_midway_is_an_error_event_then_response_failed() -> None:
+    shell = ResponseShell("resp_abc", request(stream=True))
+    failed = GenerationFailed(request_id="r", sequence=1, code="content_blocked", message="blocked: violence")
+    events = events_of([line async for line in stream_response(shell, indexed(delta(0, "Par", 0), failed))])
+    assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
+    assert events[-2]["code"] == "content_policy_violation"
+    assert (
+        events[-1]["response"]["status"] == "failed"
+        and events[-1]["response"]["error"]["code"] == "content_policy_violation"
+    )
+    cut = [line async for line in stream_response(shell, indexed(delta(0, "Par", 0), final("Par", "length")))]
+    last = events_of(cut)[-1]
+    assert (
+        last["type"] == "response.incomplete"
+        and last["response"]["incomplete_details"]["reason"] == "max_output_tokens"
+    )
