@@ -1,23 +1,25 @@
-"""OpenAI's Responses API (POST /v1/responses), text in and text out: what the official clients and agent frameworks
-built on it send by default. A request is served as the chat it amounts to (its instructions as the system turn, its
-input items as the turns after), through the same pipeline as /v1/chat/completions; only the shapes differ: a
-``response`` object, and when streaming OpenAI's typed events (response.created, ..., response.output_text.delta,
-..., response.completed).
+"""OpenAI's Responses API (POST /v1/responses): what the official clients and agent frameworks built on it send by
+default. A request is served as the chat it amounts to (its instructions as the system turn, its input items as the
+turns after: messages, function calls and their outputs), through the same pipeline as /v1/chat/completions; only the
+shapes differ: a ``response`` object whose output is a message and function calls, and when streaming OpenAI's typed
+events (response.created, ..., response.output_text.delta, response.function_call_arguments.delta, ...,
+response.completed).
 
-Not served, and refused by name rather than ignored: tools and the items they make, previous_response_id and stored
+Not served, and refused by name rather than ignored: tools other than functions, previous_response_id and stored
 responses (ferry keeps no text unless a tenant opts in), background mode, ``include`` and reasoning summaries. A
 reasoning model's thinking is left out of the output; its tokens count in usage."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from services.ingress.protocol import STRICT_INPUT, ChatCompletionRequest, ignored_fields
+from services.ingress.protocol import STRICT_INPUT, ChatCompletionRequest
 from services.ingress.serving import (
     DEADLINE_EXCEEDED,
     ApiError,
@@ -34,6 +36,7 @@ from shared.contracts import (
     Priority,
     ReasoningEffort,
     TokensGenerated,
+    ToolCallPiece,
 )
 
 # where a chat field's error points in a Responses request
@@ -55,8 +58,12 @@ class InputText(BaseModel):
     text: str
 
 
+def joined(content: str | list[InputText]) -> str:
+    return content if isinstance(content, str) else "".join(part.text for part in content)
+
+
 class InputMessage(BaseModel):
-    """A turn of the conversation. Items of other types (function calls and their outputs, reasoning, images,
+    """A turn of the conversation. Items other than messages, function calls and their outputs (reasoning, images,
     files) are not served."""
 
     model_config = STRICT_INPUT
@@ -65,8 +72,61 @@ class InputMessage(BaseModel):
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[InputText] = Field(description="The turn's text, or its text parts (joined).")
 
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+class FunctionCallItem(BaseModel):
+    """A function call the model made earlier in the conversation, as a response's output gave it."""
+
+    model_config = STRICT_INPUT
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1, description="The call's id; its output names it.")
+    name: str
+    arguments: str = Field(description="Its arguments as JSON text.")
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class FunctionCallOutputItem(BaseModel):
+    """What a function call returned."""
+
+    model_config = STRICT_INPUT
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1, description="The call it answers.")
+    output: str | list[InputText] = Field(description="The function's result, as text (or its text parts).")
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+def _item_type(item: Any) -> str | None:
+    if isinstance(item, dict):
+        return str(item.get("type", "message"))  # a message may leave its type out
+    return getattr(item, "type", None)
+
+
+InputItem = Annotated[
+    Annotated[InputMessage, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    Discriminator(_item_type),
+]
+
+
+class FunctionToolIn(BaseModel):
+    model_config = STRICT_INPUT
+
+    type: Literal["function"] = Field(description="Only function tools are served.")
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="JSON Schema of the arguments object.")
+    strict: bool | None = None
+
+
+class NamedFunctionChoice(BaseModel):
+    model_config = STRICT_INPUT
+
+    type: Literal["function"]
+    name: str = Field(description="One of the request's tools, which the model must call.")
 
 
 class TextFormat(BaseModel):
@@ -98,8 +158,9 @@ class ResponsesRequest(BaseModel):
     model_config = STRICT_INPUT | ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, description="A model id from GET /v1/models.", examples=["tiny-random"])
-    input: str | list[InputMessage] = Field(
-        min_length=1, description="The user's text, or the conversation's turns (message items)."
+    input: str | list[InputItem] = Field(
+        min_length=1,
+        description="The user's text, or the conversation's items: messages, function calls and their outputs.",
     )
     instructions: str | None = Field(None, description="A system turn put before the input.")
     max_output_tokens: int | None = Field(None, ge=1)
@@ -118,9 +179,9 @@ class ResponsesRequest(BaseModel):
         description="auto: a conversation longer than the model's context keeps its end (the start is dropped); "
         "disabled (the default): it is a 400.",
     )
-    tool_choice: Literal["none", "auto"] | None = Field(None, description="Without tools: none or auto only.")
+    tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
     parallel_tool_calls: bool | None = None
-    tools: list[dict[str, Any]] | None = Field(None, description="Not served: only an empty list is accepted.")
+    tools: list[FunctionToolIn] | None = Field(None, description="Functions the model may call (no other tools).")
     previous_response_id: str | None = Field(
         None, description="Not served (responses are not stored): send the whole conversation as input."
     )
@@ -135,7 +196,6 @@ class ResponsesRequest(BaseModel):
     def unsupported(self) -> tuple[str, str] | None:
         """The first option set to something ferry cannot give, with why, or None."""
         refused = (
-            ("tools", bool(self.tools), "tools are not served on /v1/responses yet: use /v1/chat/completions."),
             (
                 "previous_response_id",
                 self.previous_response_id is not None,
@@ -153,9 +213,7 @@ class ResponsesRequest(BaseModel):
 
     def as_chat(self) -> ChatCompletionRequest:
         """The chat completion this request amounts to; raises ApiError (400) naming this request's field."""
-        turns = [{"role": "user", "content": self.input}] if isinstance(self.input, str) else []
-        if isinstance(self.input, list):
-            turns = [{"role": item.role, "content": item.text()} for item in self.input]
+        turns = [{"role": "user", "content": self.input}] if isinstance(self.input, str) else self._turns()
         if self.instructions is not None:
             turns = [{"role": "system", "content": self.instructions}, *turns]
         chat: dict[str, Any] = {
@@ -172,6 +230,16 @@ class ResponsesRequest(BaseModel):
             "response_format": self._response_format(),
             "reasoning_effort": self.reasoning.effort if self.reasoning else None,
             "truncate_prompt_tokens": -1 if self.truncation == "auto" else None,
+            "tools": [
+                {"type": "function", "function": tool.model_dump(exclude={"type"}, exclude_none=True)}
+                for tool in self.tools
+            ]
+            if self.tools
+            else None,
+            "tool_choice": {"type": "function", "function": {"name": self.tool_choice.name}}
+            if isinstance(self.tool_choice, NamedFunctionChoice)
+            else self.tool_choice,
+            "parallel_tool_calls": self.parallel_tool_calls,
             "priority": self.priority,
             "batching_profile": self.batching_profile,
             "variant": self.variant,
@@ -184,6 +252,28 @@ class ResponsesRequest(BaseModel):
             param = param_of(".".join(str(part) for part in error["loc"]) or None)
             raise ApiError(400, f"Invalid request: {error['msg']}", param=param, code="invalid_value") from None
 
+    def _turns(self) -> list[dict[str, Any]]:
+        """The chat's turns from the input's items: a function call joins the assistant turn before it (the model
+        wrote them together), and a call's output is a tool turn."""
+        turns: list[dict[str, Any]] = []
+        for item in self.input:
+            assert not isinstance(item, str)
+            if isinstance(item, InputMessage):
+                turns.append({"role": item.role, "content": joined(item.content)})
+            elif isinstance(item, FunctionCallItem):
+                call = {
+                    "id": item.call_id,
+                    "type": "function",
+                    "function": {"name": item.name, "arguments": item.arguments},
+                }
+                if turns and turns[-1]["role"] == "assistant":
+                    turns[-1].setdefault("tool_calls", []).append(call)
+                else:
+                    turns.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            else:
+                turns.append({"role": "tool", "tool_call_id": item.call_id, "content": joined(item.output)})
+        return turns
+
     def _response_format(self) -> dict[str, Any] | None:
         form = self.text.format if self.text else None
         if form is None or form.type == "text":
@@ -194,9 +284,6 @@ class ResponsesRequest(BaseModel):
         described = {"description": form.description} if form.description is not None else {}
         return {"type": "json_schema", "json_schema": spec | described}
 
-    def ignored(self) -> list[str]:
-        return ignored_fields(self)
-
 
 def param_of(param: str | None) -> str | None:
     """A chat field an error names, as this API names it."""
@@ -205,6 +292,10 @@ def param_of(param: str | None) -> str | None:
     head, _, rest = param.partition(".")
     if head == "response_format":  # this API's format is flat: text.format.schema, not response_format.json_schema
         rest = rest.removeprefix("json_schema").lstrip(".")
+    elif head == "messages":  # a turn's position is not its item's (instructions come first, calls join turns)
+        rest = ""
+    elif head == "tools":  # this API's tools are flat too: tools.0.parameters
+        rest = re.sub(r"^(\d+)\.function", r"\1", rest)
     return ".".join(filter(None, [_PARAMS.get(head, head), rest]))
 
 
@@ -226,9 +317,14 @@ class ResponseShell:
         status: Literal["in_progress", "completed", "incomplete", "failed"],
         final: CompletionFinished | None = None,
         error: ApiError | None = None,
+        output: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
+        """The response object; ``output``: its items in the order a stream gave them (else the final's order)."""
         body = self.body
         form = body.text.format if body.text and body.text.format else None
+        if output is None:
+            output = self.output_of(final) if final is not None else []
+        tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice
         return {
             "id": self.id,
             "object": "response",
@@ -240,17 +336,15 @@ class ResponseShell:
             "instructions": body.instructions,
             "max_output_tokens": body.max_output_tokens,
             "model": body.model,
-            "output": [self.message(final.text, "incomplete" if status == "incomplete" else "completed")]
-            if final is not None
-            else [],
+            "output": output,
             "parallel_tool_calls": body.parallel_tool_calls if body.parallel_tool_calls is not None else True,
             "previous_response_id": None,
             "reasoning": {"effort": body.reasoning.effort if body.reasoning else None, "summary": None},
             "store": False,
             "temperature": 1.0 if body.temperature is None else body.temperature,
             "text": {"format": form.model_dump(by_alias=True, exclude_none=True) if form else {"type": "text"}},
-            "tool_choice": body.tool_choice or "auto",
-            "tools": [],
+            "tool_choice": tool_choice or "auto",
+            "tools": [tool.model_dump(exclude_none=True) for tool in body.tools or []],
             "top_p": 1.0 if body.top_p is None else body.top_p,
             "truncation": body.truncation or "disabled",
             "usage": usage(final) if final is not None else None,
@@ -258,9 +352,30 @@ class ResponseShell:
             "metadata": body.metadata or {},
         }
 
+    def output_of(self, final: CompletionFinished) -> list[dict[str, Any]]:
+        """The final's output items: its message (left out when it is only calls, as OpenAI does), then its calls."""
+        calls = [function_call(call.id, call.function.name, call.function.arguments) for call in final.tool_calls or []]
+        if final.text or not calls:
+            return [self.message(final.text, _status(final)), *calls]
+        return calls
+
     def message(self, text: str, status: Literal["in_progress", "completed", "incomplete"]) -> dict[str, Any]:
         content = [text_part(text)] if status != "in_progress" else []
         return {"id": self.message_id, "type": "message", "status": status, "role": "assistant", "content": content}
+
+
+def function_call(
+    call_id: str, name: str, arguments: str, status: Literal["in_progress", "completed"] = "completed"
+) -> dict[str, Any]:
+    """A function call output item; its ``call_id`` is what the function's output names, its ``id`` the item's."""
+    return {
+        "id": f"fc_{call_id}",
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+    }
 
 
 def text_part(text: str) -> dict[str, Any]:
@@ -294,9 +409,95 @@ async def whole_response(shell: ResponseShell, events: AsyncIterator[IndexedEven
     return shell.response(_status(final), final)
 
 
+class _StreamedOutput:
+    """The output items a stream has opened, in order: the message (once text comes) and each function call (once
+    its first piece comes), with the arguments sent so far; and the events that open, extend and close them."""
+
+    def __init__(self, shell: ResponseShell, event: Callable[..., str]) -> None:
+        self.shell, self.event = shell, event
+        self.items: list[dict[str, Any]] = []  # in output order
+        self.message_at: int | None = None
+        self.calls: dict[int, int] = {}  # a call's index among the answer's calls -> its output index
+        self.arguments: dict[int, str] = {}
+
+    def text(self, delta: str) -> list[str]:
+        events = self._open_message() if self.message_at is None else []
+        where = self._text_place()
+        return [*events, self.event("response.output_text.delta", **where, delta=delta, logprobs=[])]
+
+    def pieces(self, pieces: list[ToolCallPiece]) -> list[str]:
+        events = []
+        for piece in pieces:
+            if piece.index not in self.calls:
+                events += self._open_call(piece.index, piece.id, piece.name)
+            events += self._arguments(piece.index, piece.arguments)
+        return events
+
+    def close(self, final: CompletionFinished) -> list[str]:
+        """The events that end every item, the calls the pieces did not bring whole completed from the final."""
+        status = _status(final)
+        events = []
+        for index, call in enumerate(final.tool_calls or []):
+            if index not in self.calls:
+                events += self._open_call(index, call.id, call.function.name)
+            sent = self.arguments[index]
+            if call.function.arguments.startswith(sent):
+                events += self._arguments(index, call.function.arguments[len(sent) :])
+        if self.message_at is None and (final.text or not final.tool_calls):
+            events += self._open_message()
+            if final.text:
+                events.append(
+                    self.event("response.output_text.delta", **self._text_place(), delta=final.text, logprobs=[])
+                )
+        if self.message_at is not None:
+            where = self._text_place()
+            message = self.shell.message(final.text, status)
+            events += [
+                self.event("response.output_text.done", **where, text=final.text, logprobs=[]),
+                self.event("response.content_part.done", **where, part=text_part(final.text)),
+                self.event("response.output_item.done", output_index=self.message_at, item=message),
+            ]
+            self.items[self.message_at] = message
+        for index, call in enumerate(final.tool_calls or []):
+            at, item = self.calls[index], function_call(call.id, call.function.name, call.function.arguments)
+            where = {"item_id": item["id"], "output_index": at}
+            events += [
+                self.event(
+                    "response.function_call_arguments.done", **where, name=item["name"], arguments=item["arguments"]
+                ),
+                self.event("response.output_item.done", output_index=at, item=item),
+            ]
+            self.items[at] = item
+        return events
+
+    def _text_place(self) -> dict[str, Any]:
+        return {"item_id": self.shell.message_id, "output_index": self.message_at, "content_index": 0}
+
+    def _open_message(self) -> list[str]:
+        self.message_at = len(self.items)
+        self.items.append(self.shell.message("", "in_progress"))
+        return [
+            self.event("response.output_item.added", output_index=self.message_at, item=self.items[-1]),
+            self.event("response.content_part.added", **self._text_place(), part=text_part("")),
+        ]
+
+    def _open_call(self, index: int, call_id: str, name: str) -> list[str]:
+        self.calls[index], self.arguments[index] = len(self.items), ""
+        self.items.append(function_call(call_id, name, "", "in_progress"))
+        return [self.event("response.output_item.added", output_index=self.calls[index], item=self.items[-1])]
+
+    def _arguments(self, index: int, delta: str) -> list[str]:
+        if not delta:
+            return []
+        self.arguments[index] += delta
+        item = self.items[self.calls[index]]
+        where = {"item_id": item["id"], "output_index": self.calls[index]}
+        return [self.event("response.function_call_arguments.delta", **where, delta=delta)]
+
+
 async def stream_response(shell: ResponseShell, events: AsyncIterator[IndexedEvent]) -> AsyncIterator[str]:
-    """Streaming: OpenAI's event sequence for a response of one message, each event with its sequence_number; a
-    failure after the stream began is an ``error`` event, then ``response.failed``."""
+    """Streaming: OpenAI's event sequence for a response (a message, function calls), each event with its
+    sequence_number; a failure after the stream began is an ``error`` event, then ``response.failed``."""
     sequence = 0
 
     def event(kind: str, **fields: Any) -> str:
@@ -305,39 +506,21 @@ async def stream_response(shell: ResponseShell, events: AsyncIterator[IndexedEve
         sequence += 1
         return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
-    where = {"item_id": shell.message_id, "output_index": 0, "content_index": 0}
-    opened = False
-
-    def opening() -> list[str]:
-        nonlocal opened
-        opened = True
-        return [
-            event("response.output_item.added", output_index=0, item=shell.message("", "in_progress")),
-            event("response.content_part.added", **where, part=text_part("")),
-        ]
-
+    output = _StreamedOutput(shell, event)
     yield event("response.created", response=shell.response("in_progress"))
     yield event("response.in_progress", response=shell.response("in_progress"))
     failure: ApiError | None = None
     try:
         async for _, reply in events:
             if isinstance(reply, TokensGenerated):
-                if not reply.text:
-                    continue
-                if not opened:
-                    for line in opening():
-                        yield line
-                yield event("response.output_text.delta", **where, delta=reply.text, logprobs=[])
+                for line in output.pieces(reply.tool_calls) + (output.text(reply.text) if reply.text else []):
+                    yield line
             elif isinstance(reply, CompletionFinished):
-                if not opened:
-                    for line in opening():
-                        yield line
+                for line in output.close(reply):
+                    yield line
                 status = _status(reply)
-                yield event("response.output_text.done", **where, text=reply.text, logprobs=[])
-                yield event("response.content_part.done", **where, part=text_part(reply.text))
-                yield event("response.output_item.done", output_index=0, item=shell.message(reply.text, status))
                 done = "response.completed" if status == "completed" else "response.incomplete"
-                yield event(done, response=shell.response(status, reply))
+                yield event(done, response=shell.response(status, reply, output=output.items))
                 return
             elif isinstance(reply, GenerationFailed):
                 failure = failure_error(reply)

@@ -4,6 +4,8 @@ name."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from openai import AsyncOpenAI, BadRequestError, OpenAI
@@ -62,8 +64,10 @@ async def test_a_streamed_response_is_the_event_sequence_openais_client_reads(pl
 
 def test_what_is_not_served_is_a_400_naming_it_and_a_conversation_is_read_turn_by_turn(platform: Platform) -> None:
     openai = client(platform)
-    tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
-    for option, param in (({"tools": [tool]}, "tools"), ({"previous_response_id": "resp_1"}, "previous_response_id")):
+    for option, param in (
+        ({"previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"include": ["x"]}, "include"),
+    ):
         with pytest.raises(BadRequestError) as err:
             openai.responses.create(model=TINY_MODEL, input=QUESTION, **option)  # type: ignore[arg-type]
         assert err.value.body["param"] == param and err.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
@@ -80,3 +84,36 @@ def test_what_is_not_served_is_a_400_naming_it_and_a_conversation_is_read_turn_b
         headers=platform.auth,
     )
     assert unknown.status_code == 400 and unknown.json()["error"]["param"].startswith("input")
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+async def test_an_agent_loop_calls_a_function_and_answers_from_its_output(platform: Platform) -> None:
+    """The loop OpenAI's Agents SDK runs with store false: the model calls a function (named here, so that the
+    small model must), the caller runs it and sends the conversation back with the call and its output."""
+    aclient = AsyncOpenAI(base_url=f"{platform.base_url}/v1", api_key=platform.api_key, max_retries=0, timeout=120)
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    asked = {"model": DEFAULT_MODEL, "tools": [WEATHER], "max_output_tokens": 60, "temperature": 0}
+    named = {"type": "function", "name": "get_weather"}
+    called = await aclient.responses.create(input=question, tool_choice=named, **asked)  # type: ignore[call-overload]
+    calls = [item for item in called.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather" and called.status == "completed"
+    assert set(json.loads(calls[0].arguments)) == {"city"}
+    async with aclient.responses.stream(input=question, tool_choice=named, **asked) as stream:  # type: ignore[call-overload]
+        deltas = [e.delta async for e in stream if e.type == "response.function_call_arguments.delta"]
+        streamed = await stream.get_final_response()
+    streamed_calls = [item for item in streamed.output if item.type == "function_call"]
+    assert "".join(deltas) == streamed_calls[0].arguments == calls[0].arguments
+    follow_up = [
+        *question,
+        calls[0].model_dump(exclude_none=True),
+        {"type": "function_call_output", "call_id": calls[0].call_id, "output": "Sunny, 24 C."},
+    ]
+    answer = await aclient.responses.create(input=follow_up, tool_choice="none", **asked)  # type: ignore[call-overload]
+    assert answer.output_text and all(item.type == "message" for item in answer.output)

@@ -7,10 +7,19 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import ValidationError
 
 from services.ingress.responses import ResponseShell, ResponsesRequest, stream_response, whole_response
 from services.ingress.serving import ApiError, IndexedEvent
-from shared.contracts import CompletionFinished, GenerationFailed, TokensGenerated, Usage
+from shared.contracts import (
+    CompletionFinished,
+    FunctionCall,
+    GenerationFailed,
+    TokensGenerated,
+    ToolCall,
+    ToolCallPiece,
+    Usage,
+)
 
 USAGE = Usage(prompt_tokens=9, completion_tokens=3, total_tokens=12, cached_prompt_tokens=4)
 
@@ -74,7 +83,8 @@ def test_a_request_is_the_chat_it_amounts_to() -> None:
 
 
 def test_what_is_not_served_is_refused_by_name_and_a_bad_value_names_this_apis_field() -> None:
-    assert request(tools=[{"type": "function", "name": "f"}]).unsupported()[0] == "tools"  # type: ignore[index]
+    with pytest.raises(ValidationError):  # only function tools
+        request(tools=[{"type": "web_search"}])
     assert request(previous_response_id="resp_1").unsupported()[0] == "previous_response_id"  # type: ignore[index]
     assert request(include=["reasoning.encrypted_content"]).unsupported()[0] == "include"  # type: ignore[index]
     assert request(reasoning={"summary": "auto"}).unsupported()[0] == "reasoning.summary"  # type: ignore[index]
@@ -157,3 +167,86 @@ async def test_a_failure_midway_is_an_error_event_then_response_failed() -> None
         last["type"] == "response.incomplete"
         and last["response"]["incomplete_details"]["reason"] == "max_output_tokens"
     )
+
+
+WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+
+
+def test_function_calls_and_their_outputs_are_the_chats_tool_turns() -> None:
+    chat = request(
+        input=[
+            {"role": "user", "content": "Weather in Oslo and Rome?"},
+            {"type": "message", "role": "assistant", "content": "Checking."},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+            {"type": "function_call", "call_id": "call_2", "name": "get_weather", "arguments": '{"city": "Rome"}'},
+            {"type": "function_call_output", "call_id": "call_1", "output": "4 C"},
+            {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "19 C"}]},
+        ],
+        tools=[WEATHER],
+        tool_choice={"type": "function", "name": "get_weather"},
+        parallel_tool_calls=False,
+    ).as_chat()
+    roles = [(m.role, m.text(), [c.id for c in m.tool_calls or []], m.tool_call_id) for m in chat.messages]
+    assert roles == [
+        ("user", "Weather in Oslo and Rome?", [], None),
+        ("assistant", "Checking.", ["call_1", "call_2"], None),  # the calls join the turn that wrote them
+        ("tool", "4 C", [], "call_1"),
+        ("tool", "19 C", [], "call_2"),
+    ]
+    assert chat.tools is not None and chat.tools[0].function.name == "get_weather"
+    assert chat.tool_choice is not None and chat.tool_choice.function.name == "get_weather"  # type: ignore[union-attr]
+    assert chat.parallel_tool_calls is False
+    lone = request(input=[{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}]).as_chat()
+    assert [(m.role, m.content) for m in lone.messages] == [("assistant", None)]
+
+
+CALLS = [
+    ToolCall(id="call_a", function=FunctionCall(name="get_weather", arguments='{"city": "Oslo"}')),
+    ToolCall(id="call_b", function=FunctionCall(name="get_weather", arguments='{"city": "Rome"}')),
+]
+
+
+async def test_calls_are_output_items_whole_and_streamed_piece_by_piece() -> None:
+    called = final("").model_copy(update={"tool_calls": CALLS, "finish_reason": "tool_calls"})
+    shell = ResponseShell("resp_abc", request(tools=[WEATHER]))
+    done = await whole_response(shell, indexed(called))
+    assert done["status"] == "completed" and [item["type"] for item in done["output"]] == ["function_call"] * 2
+    assert [(i["call_id"], i["name"], i["arguments"]) for i in done["output"]] == [
+        ("call_a", "get_weather", '{"city": "Oslo"}'),
+        ("call_b", "get_weather", '{"city": "Rome"}'),
+    ]
+    # the first call streamed in two pieces, the second's rest only in the final
+    pieces = [
+        TokensGenerated(
+            request_id="r",
+            sequence=0,
+            text="",
+            token_count=3,
+            text_offset=0,
+            tool_calls=[
+                ToolCallPiece(index=0, id="call_a", name="get_weather", arguments='{"city": ', arguments_offset=0)
+            ],
+        ),
+        TokensGenerated(
+            request_id="r",
+            sequence=1,
+            text="",
+            token_count=3,
+            text_offset=0,
+            tool_calls=[
+                ToolCallPiece(index=0, id="call_a", name="get_weather", arguments='"Oslo"}', arguments_offset=9),
+                ToolCallPiece(index=1, id="call_b", name="get_weather", arguments='{"ci', arguments_offset=0),
+            ],
+        ),
+    ]
+    events = events_of([line async for line in stream_response(shell, indexed(*pieces, called))])
+    kinds = [e["type"] for e in events]
+    assert "response.output_text.delta" not in kinds and kinds[-1] == "response.completed"
+    for at, call in enumerate(CALLS):
+        mine = [e for e in events if e.get("output_index") == at]
+        assert mine[0]["type"] == "response.output_item.added" and mine[0]["item"]["call_id"] == call.id
+        deltas = "".join(e["delta"] for e in mine if e["type"] == "response.function_call_arguments.delta")
+        assert deltas == call.function.arguments  # the pieces, then the rest from the final
+        assert [e["type"] for e in mine[-2:]] == ["response.function_call_arguments.done", "response.output_item.done"]
+        assert mine[-1]["item"]["arguments"] == call.function.arguments and mine[-1]["item"]["status"] == "completed"
+    assert events[-1]["response"]["output"] == done["output"]
