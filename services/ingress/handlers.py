@@ -237,7 +237,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     if isinstance(body, ChatCompletionRequest) and (unusable := tool_error(body)):
         param, message = unusable
         raise ApiError(400, message, param=param, code="invalid_value")
-    if ignored := ignored_fields(responses or body):
+    if ignored := responses.ignored() if responses else ignored_fields(body):
         logger.warning("request %s: ignored unsupported fields %s", request_id, ignored)
     model = (await deps.catalog.all()).get(body.model)
     if model is None:

@@ -5,9 +5,13 @@ shapes differ: a ``response`` object whose output is a message and function call
 events (response.created, ..., response.output_text.delta, response.function_call_arguments.delta, ...,
 response.completed).
 
+A reasoning model's thinking is a reasoning item before them (include_reasoning false leaves it out, as in vLLM's
+server), and a reasoning item sent back joins the assistant turn after it. vLLM's sampling options that its server
+takes on this route (top_k, seed, structured_outputs, chat_template_kwargs, ...) are passed on to the chat.
+
 Not served, and refused by name rather than ignored: tools other than functions, previous_response_id and stored
-responses (ferry keeps no text unless a tenant opts in), background mode, ``include`` and reasoning summaries. A
-reasoning model's thinking is left out of the output; its tokens count in usage."""
+responses (ferry keeps no text unless a tenant opts in), background mode, ``include``, reasoning summaries and
+encrypted reasoning."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from services.ingress.protocol import STRICT_INPUT, ChatCompletionRequest
+from services.ingress.protocol import STRICT_INPUT, ChatCompletionRequest, ignored_fields
 from services.ingress.serving import (
     DEADLINE_EXCEEDED,
     ApiError,
@@ -38,6 +42,29 @@ from shared.contracts import (
     TokensGenerated,
     ToolCallPiece,
 )
+
+VLLM_OPTIONS = (
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "min_tokens",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+    "bad_words",
+    "allowed_token_ids",
+    "logit_bias",
+    "structured_outputs",
+    "chat_template_kwargs",
+    "thinking_token_budget",
+)
+"""Options of chat completions that clients of vLLM's server send on its Responses route too (extra_body): they reach
+the chat as they are, and it checks them."""
 
 # where a chat field's error points in a Responses request
 _PARAMS = {
@@ -98,6 +125,27 @@ class FunctionCallOutputItem(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
+class ReasoningText(BaseModel):
+    model_config = STRICT_INPUT
+
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class ReasoningItem(BaseModel):
+    """A reasoning model's thinking from an earlier response: it joins the assistant turn after it (its chat
+    template decides whether the model reads it)."""
+
+    model_config = STRICT_INPUT
+
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[dict[str, Any]] = Field(default_factory=list, description="Ignored: ferry writes no summaries.")
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = Field(None, description="Not served: ferry encrypts no reasoning.")
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
 def _item_type(item: Any) -> str | None:
     if isinstance(item, dict):
         return str(item.get("type", "message"))  # a message may leave its type out
@@ -107,7 +155,8 @@ def _item_type(item: Any) -> str | None:
 InputItem = Annotated[
     Annotated[InputMessage, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
-    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")],
     Discriminator(_item_type),
 ]
 
@@ -174,6 +223,9 @@ class ResponsesRequest(BaseModel):
     user: str | None = None
     text: TextOptions | None = None
     reasoning: ReasoningOptions | None = None
+    include_reasoning: bool = Field(
+        True, description="vLLM: false leaves a reasoning model's thinking out of the output (its tokens still count)."
+    )
     truncation: Literal["auto", "disabled"] | None = Field(
         None,
         description="auto: a conversation longer than the model's context keeps its end (the start is dropped); "
@@ -208,6 +260,12 @@ class ResponsesRequest(BaseModel):
                 self.reasoning is not None and self.reasoning.summary is not None,
                 "reasoning summaries are not served: leave reasoning.summary out.",
             ),
+            (
+                "input",
+                isinstance(self.input, list)
+                and any(isinstance(item, ReasoningItem) and item.encrypted_content for item in self.input),
+                "encrypted reasoning is not served (ferry never writes it): send reasoning items with their content.",
+            ),
         )
         return next(((param, why) for param, given, why in refused if given), None)
 
@@ -220,8 +278,9 @@ class ResponsesRequest(BaseModel):
             "model": self.model,
             "messages": turns,
             "stream": self.stream,
-            "include_reasoning": False,
+            "include_reasoning": self.include_reasoning,
         }
+        chat |= {name: value for name, value in (self.model_extra or {}).items() if name in VLLM_OPTIONS}
         optional = {
             "max_tokens": self.max_output_tokens,
             "temperature": self.temperature,
@@ -254,10 +313,21 @@ class ResponsesRequest(BaseModel):
 
     def _turns(self) -> list[dict[str, Any]]:
         """The chat's turns from the input's items: a function call joins the assistant turn before it (the model
-        wrote them together), and a call's output is a tool turn."""
+        wrote them together), a call's output is a tool turn, and a reasoning item's thinking is the reasoning of the
+        assistant turn after it."""
         turns: list[dict[str, Any]] = []
+        thought: str | None = None  # a reasoning item's, until the assistant turn after it
         for item in self.input:
             assert not isinstance(item, str)
+            if isinstance(item, ReasoningItem):
+                thought = (thought or "") + "".join(part.text for part in item.content or [])
+                continue
+            answers = isinstance(item, FunctionCallItem) or (
+                isinstance(item, InputMessage) and item.role == "assistant"
+            )
+            if thought is not None and not answers:  # thinking that came to no answer: a turn of its own
+                turns.append({"role": "assistant", "content": "", "reasoning": thought})
+                thought = None
             if isinstance(item, InputMessage):
                 turns.append({"role": item.role, "content": joined(item.content)})
             elif isinstance(item, FunctionCallItem):
@@ -266,13 +336,21 @@ class ResponsesRequest(BaseModel):
                     "type": "function",
                     "function": {"name": item.name, "arguments": item.arguments},
                 }
-                if turns and turns[-1]["role"] == "assistant":
+                if turns and turns[-1]["role"] == "assistant" and thought is None:
                     turns[-1].setdefault("tool_calls", []).append(call)
                 else:
                     turns.append({"role": "assistant", "content": None, "tool_calls": [call]})
             else:
                 turns.append({"role": "tool", "tool_call_id": item.call_id, "content": joined(item.output)})
+            if thought is not None and turns[-1]["role"] == "assistant":
+                turns[-1]["reasoning"], thought = thought, None
+        if thought is not None:  # thinking with nothing after it (an answer cut short)
+            turns.append({"role": "assistant", "content": "", "reasoning": thought})
         return turns
+
+    def ignored(self) -> list[str]:
+        """Fields nobody reads: those the API does not know, less vLLM's options passed on to the chat."""
+        return [name for name in ignored_fields(self) if name not in VLLM_OPTIONS]
 
     def _response_format(self) -> dict[str, Any] | None:
         form = self.text.format if self.text else None
@@ -311,6 +389,7 @@ class ResponseShell:
     def __init__(self, response_id: str, body: ResponsesRequest) -> None:
         self.id, self.body, self.created_at = response_id, body, int(time.time())
         self.message_id = f"msg_{response_id.removeprefix('resp_')}"
+        self.reasoning_id = f"rs_{response_id.removeprefix('resp_')}"
 
     def response(
         self,
@@ -354,10 +433,15 @@ class ResponseShell:
 
     def output_of(self, final: CompletionFinished) -> list[dict[str, Any]]:
         """The final's output items: its message (left out when it is only calls, as OpenAI does), then its calls."""
+        thought = [self.reasoning(final.reasoning, "completed")] if final.reasoning else []
         calls = [function_call(call.id, call.function.name, call.function.arguments) for call in final.tool_calls or []]
         if final.text or not calls:
-            return [self.message(final.text, _status(final)), *calls]
-        return calls
+            return [*thought, self.message(final.text, _status(final)), *calls]
+        return [*thought, *calls]
+
+    def reasoning(self, text: str, status: Literal["in_progress", "completed"]) -> dict[str, Any]:
+        content = [{"type": "reasoning_text", "text": text}] if status != "in_progress" else []
+        return {"id": self.reasoning_id, "type": "reasoning", "summary": [], "content": content, "status": status}
 
     def message(self, text: str, status: Literal["in_progress", "completed", "incomplete"]) -> dict[str, Any]:
         content = [text_part(text)] if status != "in_progress" else []
@@ -376,6 +460,10 @@ def function_call(
         "name": name,
         "arguments": arguments,
     }
+
+
+def _reasoning_text(text: str) -> dict[str, Any]:
+    return {"type": "reasoning_text", "text": text}
 
 
 def text_part(text: str) -> dict[str, Any]:
@@ -417,8 +505,20 @@ class _StreamedOutput:
         self.shell, self.event = shell, event
         self.items: list[dict[str, Any]] = []  # in output order
         self.message_at: int | None = None
+        self.reasoning_at: int | None = None
         self.calls: dict[int, int] = {}  # a call's index among the answer's calls -> its output index
         self.arguments: dict[int, str] = {}
+
+    def thought(self, delta: str) -> list[str]:
+        events = []
+        if self.reasoning_at is None:
+            self.reasoning_at = len(self.items)
+            self.items.append(self.shell.reasoning("", "in_progress"))
+            events = [
+                self.event("response.output_item.added", output_index=self.reasoning_at, item=self.items[-1]),
+                self.event("response.content_part.added", **self._thought_place(), part=_reasoning_text("")),
+            ]
+        return [*events, self.event("response.reasoning_text.delta", **self._thought_place(), delta=delta)]
 
     def text(self, delta: str) -> list[str]:
         events = self._open_message() if self.message_at is None else []
@@ -437,6 +537,16 @@ class _StreamedOutput:
         """The events that end every item, the calls the pieces did not bring whole completed from the final."""
         status = _status(final)
         events = []
+        if self.reasoning_at is None and final.reasoning:  # thinking the stream did not bring (deltas lost)
+            events += self.thought(final.reasoning)
+        if self.reasoning_at is not None:
+            where, thought = self._thought_place(), self.shell.reasoning(final.reasoning or "", "completed")
+            events += [
+                self.event("response.reasoning_text.done", **where, text=final.reasoning or ""),
+                self.event("response.content_part.done", **where, part=_reasoning_text(final.reasoning or "")),
+                self.event("response.output_item.done", output_index=self.reasoning_at, item=thought),
+            ]
+            self.items[self.reasoning_at] = thought
         for index, call in enumerate(final.tool_calls or []):
             if index not in self.calls:
                 events += self._open_call(index, call.id, call.function.name)
@@ -469,6 +579,9 @@ class _StreamedOutput:
             ]
             self.items[at] = item
         return events
+
+    def _thought_place(self) -> dict[str, Any]:
+        return {"item_id": self.shell.reasoning_id, "output_index": self.reasoning_at, "content_index": 0}
 
     def _text_place(self) -> dict[str, Any]:
         return {"item_id": self.shell.message_id, "output_index": self.message_at, "content_index": 0}
@@ -513,7 +626,9 @@ async def stream_response(shell: ResponseShell, events: AsyncIterator[IndexedEve
     try:
         async for _, reply in events:
             if isinstance(reply, TokensGenerated):
-                for line in output.pieces(reply.tool_calls) + (output.text(reply.text) if reply.text else []):
+                lines = output.thought(reply.reasoning) if reply.reasoning else []
+                lines += output.pieces(reply.tool_calls) + (output.text(reply.text) if reply.text else [])
+                for line in lines:
                     yield line
             elif isinstance(reply, CompletionFinished):
                 for line in output.close(reply):

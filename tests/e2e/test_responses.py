@@ -5,12 +5,14 @@ name."""
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
 from openai import AsyncOpenAI, BadRequestError, OpenAI
 
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
+from tests.e2e.test_reasoning import ANSWER, BUDGET, THINK_THEN_ANSWER
 
 QUESTION = "What is the capital of France?"
 
@@ -117,3 +119,21 @@ async def test_an_agent_loop_calls_a_function_and_answers_from_its_output(platfo
     ]
     answer = await aclient.responses.create(input=follow_up, tool_choice="none", **asked)  # type: ignore[call-overload]
     assert answer.output_text and all(item.type == "message" for item in answer.output)
+
+
+async def test_a_reasoning_models_thinking_is_a_reasoning_item_before_its_answer(platform: Platform) -> None:
+    """The tiny model as a reasoning model (tests/e2e/test_reasoning.py: its template's think blocks, a thinking
+    budget and a grammar for the answer, in vLLM's options that clients send on this route too)."""
+    aclient = AsyncOpenAI(base_url=f"{platform.base_url}/v1", api_key=platform.api_key, max_retries=0, timeout=120)
+    asked = {"model": TINY_MODEL, "input": "What is two plus two?", "max_output_tokens": 60, "temperature": 0}
+    whole = await aclient.responses.create(**asked, extra_body=THINK_THEN_ANSWER)  # type: ignore[call-overload]
+    assert [item.type for item in whole.output] == ["reasoning", "message"]
+    thought = whole.output[0].content[0].text  # type: ignore[union-attr,index]
+    assert thought and "think>" not in thought and re.fullmatch(ANSWER, whole.output_text)
+    assert whole.usage is not None and 0 < whole.usage.output_tokens_details.reasoning_tokens <= BUDGET + 1
+    async with aclient.responses.stream(**asked, extra_body=THINK_THEN_ANSWER) as stream:  # type: ignore[call-overload]
+        deltas = [e.delta async for e in stream if e.type == "response.reasoning_text.delta"]
+        streamed = await stream.get_final_response()
+    assert "".join(deltas) == thought == streamed.output[0].content[0].text  # type: ignore[union-attr,index]
+    hidden = await aclient.responses.create(**asked, extra_body=THINK_THEN_ANSWER | {"include_reasoning": False})  # type: ignore[call-overload]
+    assert [item.type for item in hidden.output] == ["message"] and hidden.output_text == whole.output_text

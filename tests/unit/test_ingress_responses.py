@@ -74,7 +74,7 @@ def test_a_request_is_the_chat_it_amounts_to() -> None:
         ("user", "And of Italy?"),
     ]
     assert chat.max_tokens == 16 and chat.temperature == 0 and chat.stream and chat.reasoning_effort == "low"
-    assert chat.truncate_prompt_tokens == -1 and not chat.include_reasoning  # thinking is not in the output
+    assert chat.truncate_prompt_tokens == -1 and chat.include_reasoning  # thinking is a reasoning item
     assert chat.response_format is not None and chat.response_format.json_schema is not None
     assert chat.response_format.json_schema.schema_ == {"type": "object"} and chat.response_format.json_schema.strict
     plain = request().as_chat()
@@ -249,4 +249,72 @@ async def test_calls_are_output_items_whole_and_streamed_piece_by_piece() -> Non
         assert deltas == call.function.arguments  # the pieces, then the rest from the final
         assert [e["type"] for e in mine[-2:]] == ["response.function_call_arguments.done", "response.output_item.done"]
         assert mine[-1]["item"]["arguments"] == call.function.arguments and mine[-1]["item"]["status"] == "completed"
+    assert events[-1]["response"]["output"] == done["output"]
+
+
+def test_reasoning_items_join_the_assistant_turn_after_them_and_vllms_options_reach_the_chat() -> None:
+    thought = {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "Check Oslo."}]}
+    chat = request(
+        input=[
+            {"role": "user", "content": "Weather in Oslo?"},
+            thought,
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "4 C"},
+            thought | {"content": [{"type": "reasoning_text", "text": "Cut short."}]},
+            {"role": "user", "content": "Well?"},
+        ],
+        tools=[WEATHER],
+        top_k=5,
+        seed=3,
+        chat_template_kwargs={"enable_thinking": True},
+        include_reasoning=False,
+        colour="blue",
+    )
+    turns = [(m.role, m.content, m.reasoning) for m in chat.as_chat().messages]
+    assert turns == [
+        ("user", "Weather in Oslo?", None),
+        ("assistant", None, "Check Oslo."),  # the call's turn
+        ("tool", "4 C", None),
+        ("assistant", "", "Cut short."),  # thinking that came to no answer: a turn of its own, before the user's
+        ("user", "Well?", None),
+    ]
+    as_chat = chat.as_chat()
+    assert as_chat.top_k == 5 and as_chat.seed == 3 and not as_chat.include_reasoning
+    assert as_chat.chat_template_kwargs is not None and as_chat.chat_template_kwargs.enable_thinking
+    assert chat.ignored() == ["colour"]  # vLLM's options are passed on, not ignored
+    encrypted = thought | {"content": None, "encrypted_content": "gAAAA"}
+    assert request(input=[encrypted, {"role": "user", "content": "Hi"}]).unsupported()[0] == "input"  # type: ignore[index]
+
+
+async def test_thinking_is_a_reasoning_item_before_the_message_whole_and_streamed() -> None:
+    reasoned = final("Four.").model_copy(update={"reasoning": "Two and two."})
+    shell = ResponseShell("resp_abc", request())
+    done = await whole_response(shell, indexed(reasoned))
+    assert [item["type"] for item in done["output"]] == ["reasoning", "message"]
+    assert done["output"][0]["content"] == [{"type": "reasoning_text", "text": "Two and two."}]
+    thinking = [
+        TokensGenerated(
+            request_id="r", sequence=0, text="", token_count=2, text_offset=0, reasoning="Two and", reasoning_offset=0
+        ),
+        TokensGenerated(
+            request_id="r",
+            sequence=1,
+            text="Four.",
+            token_count=3,
+            text_offset=0,
+            reasoning=" two.",
+            reasoning_offset=7,
+        ),
+    ]
+    events = events_of([line async for line in stream_response(shell, indexed(*thinking, reasoned))])
+    thoughts = [e for e in events if e.get("output_index") == 0]
+    assert thoughts[0]["type"] == "response.output_item.added" and thoughts[0]["item"]["type"] == "reasoning"
+    deltas = "".join(e["delta"] for e in thoughts if e["type"] == "response.reasoning_text.delta")
+    assert deltas == "Two and two." and thoughts[-1]["item"]["content"][0]["text"] == "Two and two."
+    assert [e["type"] for e in thoughts[-3:]] == [
+        "response.reasoning_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == "Four."
     assert events[-1]["response"]["output"] == done["output"]
