@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
@@ -28,6 +28,7 @@ from services.ingress.serving import (
     DEADLINE_EXCEEDED,
     ApiError,
     IndexedEvent,
+    chat_logprobs,
     failure_error,
     final_events,
     usage_of,
@@ -39,9 +40,13 @@ from shared.contracts import (
     GenerationFailed,
     Priority,
     ReasoningEffort,
+    TokenLogprob,
     TokensGenerated,
     ToolCallPiece,
 )
+
+LOGPROBS = "message.output_text.logprobs"
+"""The one value of include served: the output text's logprobs."""
 
 VLLM_OPTIONS = (
     "top_k",
@@ -73,6 +78,7 @@ _PARAMS = {
     "response_format": "text.format",
     "reasoning_effort": "reasoning.effort",
     "truncate_prompt_tokens": "truncation",
+    "logprobs": "include",
 }
 
 
@@ -237,7 +243,15 @@ class ResponsesRequest(BaseModel):
     previous_response_id: str | None = Field(
         None, description="Not served (responses are not stored): send the whole conversation as input."
     )
-    include: list[str] | None = Field(None, description="Not served: only an empty list is accepted.")
+    include: list[str] | None = Field(
+        None,
+        description="message.output_text.logprobs: the output text's logprobs (with top_logprobs alternatives each). "
+        "Nothing else is served.",
+    )
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="With include's logprobs: alternatives per token.")
+    max_tool_calls: int | None = Field(
+        None, ge=0, description="0: no call; 1: at most one (parallel_tool_calls false). More is not served."
+    )
     background: bool | None = Field(None, description="Not served: only false is accepted.")
     priority: Priority | None = Field(None, description="ferry: priority class, as on /v1/chat/completions.")
     batching_profile: BatchingProfile | None = Field(None, description="ferry: batching profile.")
@@ -253,7 +267,20 @@ class ResponsesRequest(BaseModel):
                 self.previous_response_id is not None,
                 "responses are not stored, so previous_response_id cannot be served: send the conversation as input.",
             ),
-            ("include", bool(self.include), "include is not served: leave it out."),
+            (
+                "include",
+                any(name != LOGPROBS for name in self.include or []),
+                f"include takes only {LOGPROBS}: encrypted reasoning, sources and the rest are not served.",
+            ),
+            (
+                "max_tool_calls",
+                (self.max_tool_calls or 0) > 1,
+                "max_tool_calls above 1 is not served: 0 (no call) or 1 (one at most).",
+            ),
+            *(
+                (name, name in (self.model_extra or {}), f"{name} is not served: send the conversation as input.")
+                for name in ("conversation", "prompt")
+            ),
             ("background", bool(self.background), "background mode is not served: leave it out or false."),
             (
                 "reasoning.summary",
@@ -289,16 +316,20 @@ class ResponsesRequest(BaseModel):
             "response_format": self._response_format(),
             "reasoning_effort": self.reasoning.effort if self.reasoning else None,
             "truncate_prompt_tokens": -1 if self.truncation == "auto" else None,
+            "logprobs": True if LOGPROBS in (self.include or []) else None,
+            "top_logprobs": self.top_logprobs if LOGPROBS in (self.include or []) else None,
             "tools": [
                 {"type": "function", "function": tool.model_dump(exclude={"type"}, exclude_none=True)}
                 for tool in self.tools
             ]
             if self.tools
             else None,
-            "tool_choice": {"type": "function", "function": {"name": self.tool_choice.name}}
+            "tool_choice": "none"
+            if self.max_tool_calls == 0
+            else {"type": "function", "function": {"name": self.tool_choice.name}}
             if isinstance(self.tool_choice, NamedFunctionChoice)
             else self.tool_choice,
-            "parallel_tool_calls": self.parallel_tool_calls,
+            "parallel_tool_calls": False if self.max_tool_calls == 1 else self.parallel_tool_calls,
             "priority": self.priority,
             "batching_profile": self.batching_profile,
             "variant": self.variant,
@@ -414,6 +445,8 @@ class ResponseShell:
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": body.instructions,
             "max_output_tokens": body.max_output_tokens,
+            "max_tool_calls": body.max_tool_calls,
+            "top_logprobs": body.top_logprobs or 0,
             "model": body.model,
             "output": output,
             "parallel_tool_calls": body.parallel_tool_calls if body.parallel_tool_calls is not None else True,
@@ -436,15 +469,20 @@ class ResponseShell:
         thought = [self.reasoning(final.reasoning, "completed")] if final.reasoning else []
         calls = [function_call(call.id, call.function.name, call.function.arguments) for call in final.tool_calls or []]
         if final.text or not calls:
-            return [*thought, self.message(final.text, _status(final)), *calls]
+            return [*thought, self.message(final.text, _status(final), final.logprobs), *calls]
         return [*thought, *calls]
 
     def reasoning(self, text: str, status: Literal["in_progress", "completed"]) -> dict[str, Any]:
         content = [{"type": "reasoning_text", "text": text}] if status != "in_progress" else []
         return {"id": self.reasoning_id, "type": "reasoning", "summary": [], "content": content, "status": status}
 
-    def message(self, text: str, status: Literal["in_progress", "completed", "incomplete"]) -> dict[str, Any]:
-        content = [text_part(text)] if status != "in_progress" else []
+    def message(
+        self,
+        text: str,
+        status: Literal["in_progress", "completed", "incomplete"],
+        logprobs: Sequence[TokenLogprob] | None = None,
+    ) -> dict[str, Any]:
+        content = [text_part(text, logprobs)] if status != "in_progress" else []
         return {"id": self.message_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
 
@@ -466,8 +504,14 @@ def _reasoning_text(text: str) -> dict[str, Any]:
     return {"type": "reasoning_text", "text": text}
 
 
-def text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def text_part(text: str, logprobs: Sequence[TokenLogprob] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs_out(logprobs)}
+
+
+def logprobs_out(entries: Sequence[TokenLogprob] | None) -> list[dict[str, Any]]:
+    """Logprobs as this API gives them (those of the chat API, entry by entry); [] when none were asked for."""
+    found = chat_logprobs(entries)
+    return [entry.model_dump() for entry in found.content or []] if found is not None else []
 
 
 def usage(final: CompletionFinished) -> dict[str, Any]:
@@ -520,10 +564,13 @@ class _StreamedOutput:
             ]
         return [*events, self.event("response.reasoning_text.delta", **self._thought_place(), delta=delta)]
 
-    def text(self, delta: str) -> list[str]:
+    def text(self, delta: str, logprobs: Sequence[TokenLogprob] | None = None) -> list[str]:
         events = self._open_message() if self.message_at is None else []
         where = self._text_place()
-        return [*events, self.event("response.output_text.delta", **where, delta=delta, logprobs=[])]
+        return [
+            *events,
+            self.event("response.output_text.delta", **where, delta=delta, logprobs=logprobs_out(logprobs)),
+        ]
 
     def pieces(self, pieces: list[ToolCallPiece]) -> list[str]:
         events = []
@@ -556,15 +603,15 @@ class _StreamedOutput:
         if self.message_at is None and (final.text or not final.tool_calls):
             events += self._open_message()
             if final.text:
-                events.append(
-                    self.event("response.output_text.delta", **self._text_place(), delta=final.text, logprobs=[])
-                )
+                events += self.text(final.text, final.logprobs)
         if self.message_at is not None:
             where = self._text_place()
-            message = self.shell.message(final.text, status)
+            message = self.shell.message(final.text, status, final.logprobs)
             events += [
-                self.event("response.output_text.done", **where, text=final.text, logprobs=[]),
-                self.event("response.content_part.done", **where, part=text_part(final.text)),
+                self.event(
+                    "response.output_text.done", **where, text=final.text, logprobs=logprobs_out(final.logprobs)
+                ),
+                self.event("response.content_part.done", **where, part=message["content"][0]),
                 self.event("response.output_item.done", output_index=self.message_at, item=message),
             ]
             self.items[self.message_at] = message
@@ -627,7 +674,9 @@ async def stream_response(shell: ResponseShell, events: AsyncIterator[IndexedEve
         async for _, reply in events:
             if isinstance(reply, TokensGenerated):
                 lines = output.thought(reply.reasoning) if reply.reasoning else []
-                lines += output.pieces(reply.tool_calls) + (output.text(reply.text) if reply.text else [])
+                lines += output.pieces(reply.tool_calls) + (
+                    output.text(reply.text, reply.logprobs) if reply.text else []
+                )
                 for line in lines:
                     yield line
             elif isinstance(reply, CompletionFinished):

@@ -64,11 +64,36 @@ async def test_a_streamed_response_is_the_event_sequence_openais_client_reads(pl
     assert "".join(deltas) == streamed.output_text == whole.output_text
 
 
+def test_logprobs_asked_by_include_are_the_chats_logprobs(platform: Platform) -> None:
+    openai = client(platform)
+    response = openai.responses.create(
+        model=TINY_MODEL,
+        input=QUESTION,
+        max_output_tokens=6,
+        temperature=0,
+        include=["message.output_text.logprobs"],
+        top_logprobs=2,
+    )
+    part = response.output[0].content[0]  # type: ignore[union-attr]
+    chat = openai.chat.completions.create(
+        model=TINY_MODEL,
+        messages=[{"role": "user", "content": QUESTION}],
+        max_tokens=6,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    expected = chat.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert expected is not None and part.logprobs is not None and len(part.logprobs) == len(expected)
+    assert [e.token for e in part.logprobs] == [e.token for e in expected]
+    assert all(len(e.top_logprobs) == 2 for e in part.logprobs)
+
+
 def test_what_is_not_served_is_a_400_naming_it_and_a_conversation_is_read_turn_by_turn(platform: Platform) -> None:
     openai = client(platform)
     for option, param in (
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
-        ({"include": ["x"]}, "include"),
+        ({"include": ["reasoning.encrypted_content"]}, "include"),
     ):
         with pytest.raises(BadRequestError) as err:
             openai.responses.create(model=TINY_MODEL, input=QUESTION, **option)  # type: ignore[arg-type]

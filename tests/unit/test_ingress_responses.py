@@ -15,9 +15,11 @@ from shared.contracts import (
     CompletionFinished,
     FunctionCall,
     GenerationFailed,
+    TokenLogprob,
     TokensGenerated,
     ToolCall,
     ToolCallPiece,
+    TopLogprob,
     Usage,
 )
 
@@ -89,6 +91,9 @@ def test_what_is_not_served_is_refused_by_name_and_a_bad_value_names_this_apis_f
     assert request(include=["reasoning.encrypted_content"]).unsupported()[0] == "include"  # type: ignore[index]
     assert request(reasoning={"summary": "auto"}).unsupported()[0] == "reasoning.summary"  # type: ignore[index]
     assert request(tools=[], include=[], background=False, store=True).unsupported() is None
+    assert request(conversation="conv_1").unsupported()[0] == "conversation"  # type: ignore[index]
+    assert request(max_tool_calls=3).unsupported()[0] == "max_tool_calls"  # type: ignore[index]
+    assert request(include=["message.output_text.logprobs"], max_tool_calls=1).unsupported() is None
     with pytest.raises(ApiError) as err:
         request(text={"format": {"type": "json_schema", "name": "bad name!", "schema": {}}}).as_chat()
     assert err.value.status == 400 and err.value.param == "text.format.name"
@@ -318,3 +323,33 @@ async def test_thinking_is_a_reasoning_item_before_the_message_whole_and_streame
     ]
     assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == "Four."
     assert events[-1]["response"]["output"] == done["output"]
+
+
+async def test_logprobs_asked_by_include_come_with_the_text_whole_and_streamed() -> None:
+    asked = request(include=["message.output_text.logprobs"], top_logprobs=2)
+    chat = asked.as_chat()
+    assert chat.logprobs and chat.top_logprobs == 2
+    assert request(max_tool_calls=1, tools=[WEATHER]).as_chat().parallel_tool_calls is False
+    assert request(max_tool_calls=0, tools=[WEATHER], tool_choice="required").as_chat().tool_choice == "none"
+    entries = [
+        TokenLogprob(token="Par", logprob=-0.5, top_logprobs=[TopLogprob(token="Par", logprob=-0.5)]),
+        TokenLogprob(token="is.", logprob=-0.25, top_logprobs=[TopLogprob(token="is.", logprob=-0.25)]),
+    ]
+    scored = final().model_copy(update={"logprobs": entries})
+    shell = ResponseShell("resp_abc", asked)
+    done = await whole_response(shell, indexed(scored))
+    logprobs = done["output"][0]["content"][0]["logprobs"]
+    assert [(e["token"], e["logprob"], e["bytes"]) for e in logprobs] == [
+        ("Par", -0.5, [80, 97, 114]),
+        ("is.", -0.25, [105, 115, 46]),
+    ]
+    assert logprobs[0]["top_logprobs"] == [{"token": "Par", "logprob": -0.5, "bytes": [80, 97, 114]}]
+    streamed = [
+        delta(0, "Par", 0).model_copy(update={"logprobs": entries[:1], "token_offset": 0}),
+        delta(1, "is.", 3).model_copy(update={"logprobs": entries[1:], "token_offset": 1}),
+    ]
+    events = events_of([line async for line in stream_response(shell, indexed(*streamed, scored))])
+    per_delta = [e["logprobs"] for e in events if e["type"] == "response.output_text.delta"]
+    assert [[e["token"] for e in lps] for lps in per_delta] == [["Par"], ["is."]]
+    (text_done,) = [e for e in events if e["type"] == "response.output_text.done"]
+    assert text_done["logprobs"] == logprobs and events[-1]["response"]["output"] == done["output"]
