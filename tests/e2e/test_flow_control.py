@@ -51,13 +51,31 @@ async def cancellation_of(platform: Platform, request_id: str) -> RequestCancell
     return (await cancellations(platform, lambda c: c.request_id == request_id))[-1]
 
 
-async def test_a_client_leaving_mid_stream_cancels_its_request(platform: Platform) -> None:
+# the same long answer asked on the Responses API (ignore_eos: vLLM's option, passed on)
+LONG_RESPONSE = {
+    "model": DEFAULT_MODEL,
+    "input": "Tell me a long story.",
+    "max_output_tokens": 1500,
+    "ignore_eos": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "flowing"),
+    [
+        ("/v1/chat/completions", LONG, '"content":"'),
+        ("/v1/responses", LONG_RESPONSE, '"type":"response.output_text.delta"'),
+    ],
+)
+async def test_a_client_leaving_mid_stream_cancels_its_request(
+    platform: Platform, route: str, body: dict, flowing: str
+) -> None:
     async with httpx.AsyncClient(base_url=platform.base_url, headers=platform.auth, timeout=60) as client:
-        async with client.stream("POST", "/v1/chat/completions", json=LONG | {"stream": True}) as response:
+        async with client.stream("POST", route, json=body | {"stream": True}) as response:
             assert response.status_code == 200
             request_id = response.headers["x-request-id"]
             async for line in response.aiter_lines():
-                if '"content":"' in line and '"content":""' not in line:
+                if flowing in line and '"content":""' not in line:
                     break  # tokens are flowing: leave
     cancelled = await cancellation_of(platform, request_id)
     assert cancelled.reason == "client_disconnected" and cancelled.model == DEFAULT_MODEL
