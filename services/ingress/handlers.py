@@ -44,7 +44,13 @@ from services.ingress.protocol import (
     unsupported_option,
 )
 from services.ingress.rate_limits import Charge, RateLimiter
-from services.ingress.responses import ResponseShell, ResponsesRequest, stream_response, whole_response
+from services.ingress.responses import (
+    ResponseObject,
+    ResponseShell,
+    ResponsesRequest,
+    stream_response,
+    whole_response,
+)
 from services.ingress.serving import (
     AbandonReason,
     ApiError,
@@ -205,7 +211,7 @@ async def create_completion(body: CompletionRequest, request: Request, deps: Dep
     return await _serve(body, "text", request, deps, tenant)
 
 
-@router.post("/v1/responses", responses=STREAM_DOC | ERRORS, tags=["openai"])
+@router.post("/v1/responses", response_model=ResponseObject, responses=STREAM_DOC | ERRORS, tags=["openai"])
 async def create_response(body: ResponsesRequest, request: Request, deps: DepsDep, tenant: TenantDep):  # type: ignore[no-untyped-def]
     """OpenAI's Responses API, text in and text out (see services/ingress/responses.py)."""
     if unsupported := body.unsupported():

@@ -413,6 +413,82 @@ def responses_error(error: ApiError) -> ApiError:
     return ApiError(error.status, error.message, error.type, param_of(error.param), error.code, error.headers)
 
 
+class OutputTextOut(BaseModel):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[Any] = Field(description="Always empty.")
+    logprobs: list[dict[str, Any]] = Field(description="With include's logprobs: the chat API's entries, per token.")
+
+
+class MessageOut(BaseModel):
+    id: str
+    type: Literal["message"]
+    status: Literal["in_progress", "completed", "incomplete"]
+    role: Literal["assistant"]
+    content: list[OutputTextOut]
+
+
+class FunctionCallOut(BaseModel):
+    id: str
+    type: Literal["function_call"]
+    status: Literal["in_progress", "completed"]
+    call_id: str = Field(description="What the function's output (a function_call_output item) names.")
+    name: str
+    arguments: str = Field(description="JSON text, as the model wrote it.")
+
+
+class ReasoningTextOut(BaseModel):
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class ReasoningOut(BaseModel):
+    id: str
+    type: Literal["reasoning"]
+    summary: list[Any] = Field(description="Always empty: ferry writes no summaries.")
+    content: list[ReasoningTextOut]
+    status: Literal["in_progress", "completed"]
+
+
+class ResponseUsageOut(BaseModel):
+    input_tokens: int
+    input_tokens_details: dict[str, int] = Field(description="cached_tokens: prompt tokens from the prefix cache.")
+    output_tokens: int
+    output_tokens_details: dict[str, int] = Field(description="reasoning_tokens: tokens of thinking.")
+    total_tokens: int
+
+
+class ResponseObject(BaseModel):
+    """The response, as OpenAI's Responses API gives it (the fields ferry fills; the request's settings echoed)."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    completed_at: int | None
+    error: dict[str, Any] | None
+    incomplete_details: dict[str, Any] | None
+    instructions: str | None
+    max_output_tokens: int | None
+    max_tool_calls: int | None
+    top_logprobs: int
+    model: str
+    output: list[Annotated[MessageOut | FunctionCallOut | ReasoningOut, Field(discriminator="type")]]
+    parallel_tool_calls: bool
+    previous_response_id: None
+    reasoning: dict[str, Any]
+    store: bool = Field(description="Always false: nothing is stored.")
+    temperature: float
+    text: dict[str, Any]
+    tool_choice: str | dict[str, Any]
+    tools: list[dict[str, Any]]
+    top_p: float
+    truncation: Literal["auto", "disabled"]
+    usage: ResponseUsageOut | None
+    user: str | None
+    metadata: dict[str, str]
+
+
 class ResponseShell:
     """What every response object and event of one request shares: its id, creation time and the request's
     settings, which OpenAI returns with the response."""

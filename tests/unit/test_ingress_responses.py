@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import ValidationError
 
-from services.ingress.responses import ResponseShell, ResponsesRequest, stream_response, whole_response
+from services.ingress.responses import ResponseObject, ResponseShell, ResponsesRequest, stream_response, whole_response
 from services.ingress.serving import ApiError, IndexedEvent
 from shared.contracts import (
     CompletionFinished,
@@ -44,6 +44,13 @@ def delta(sequence: int, text: str, offset: int) -> TokensGenerated:
 async def indexed(*events: object) -> AsyncIterator[IndexedEvent]:
     for event in events:
         yield 0, event  # type: ignore[misc]
+
+
+async def conforming_whole(shell: ResponseShell, events: AsyncIterator[IndexedEvent]) -> dict:
+    """The whole response, checked against the schema the OpenAPI spec publishes for it."""
+    done = await whole_response(shell, events)
+    ResponseObject.model_validate(done)
+    return done
 
 
 def request(**fields: object) -> ResponsesRequest:
@@ -101,7 +108,7 @@ def test_what_is_not_served_is_refused_by_name_and_a_bad_value_names_this_apis_f
 
 async def test_a_whole_response_carries_the_message_usage_and_status() -> None:
     shell = ResponseShell("resp_abc", request(max_output_tokens=3, metadata={"k": "v"}))
-    done = await whole_response(shell, indexed(final()))
+    done = await conforming_whole(shell, indexed(final()))
     assert done["id"] == "resp_abc" and done["object"] == "response" and done["status"] == "completed"
     (message,) = done["output"]
     assert message["type"] == "message" and message["role"] == "assistant" and message["status"] == "completed"
@@ -114,11 +121,11 @@ async def test_a_whole_response_carries_the_message_usage_and_status() -> None:
         "total_tokens": 12,
     }
     assert done["metadata"] == {"k": "v"} and done["store"] is False and done["max_output_tokens"] == 3
-    cut = await whole_response(shell, indexed(final("Par", "length")))
+    cut = await conforming_whole(shell, indexed(final("Par", "length")))
     assert cut["status"] == "incomplete" and cut["incomplete_details"] == {"reason": "max_output_tokens"}
     with pytest.raises(ApiError) as err:
         failed = GenerationFailed(request_id="r", sequence=0, code="invalid_request", message="bad", param="max_tokens")
-        await whole_response(shell, indexed(failed))
+        await conforming_whole(shell, indexed(failed))
     assert err.value.status == 400 and err.value.param == "max_output_tokens"
 
 
@@ -128,6 +135,8 @@ def events_of(lines: list[str]) -> list[dict]:
         kind, data = line.removesuffix("\n\n").split("\n")
         payload = json.loads(data.removeprefix("data: "))
         assert kind == f"event: {payload['type']}"
+        if "response" in payload:  # the spec's schema of a response holds for the events' too
+            ResponseObject.model_validate(payload["response"])
         out.append(payload)
     assert [e["sequence_number"] for e in out] == list(range(len(out)))
     return out
@@ -214,7 +223,7 @@ CALLS = [
 async def test_calls_are_output_items_whole_and_streamed_piece_by_piece() -> None:
     called = final("").model_copy(update={"tool_calls": CALLS, "finish_reason": "tool_calls"})
     shell = ResponseShell("resp_abc", request(tools=[WEATHER]))
-    done = await whole_response(shell, indexed(called))
+    done = await conforming_whole(shell, indexed(called))
     assert done["status"] == "completed" and [item["type"] for item in done["output"]] == ["function_call"] * 2
     assert [(i["call_id"], i["name"], i["arguments"]) for i in done["output"]] == [
         ("call_a", "get_weather", '{"city": "Oslo"}'),
@@ -294,7 +303,7 @@ def test_reasoning_items_join_the_assistant_turn_after_them_and_vllms_options_re
 async def test_thinking_is_a_reasoning_item_before_the_message_whole_and_streamed() -> None:
     reasoned = final("Four.").model_copy(update={"reasoning": "Two and two."})
     shell = ResponseShell("resp_abc", request())
-    done = await whole_response(shell, indexed(reasoned))
+    done = await conforming_whole(shell, indexed(reasoned))
     assert [item["type"] for item in done["output"]] == ["reasoning", "message"]
     assert done["output"][0]["content"] == [{"type": "reasoning_text", "text": "Two and two."}]
     thinking = [
@@ -337,7 +346,7 @@ async def test_logprobs_asked_by_include_come_with_the_text_whole_and_streamed()
     ]
     scored = final().model_copy(update={"logprobs": entries})
     shell = ResponseShell("resp_abc", asked)
-    done = await whole_response(shell, indexed(scored))
+    done = await conforming_whole(shell, indexed(scored))
     logprobs = done["output"][0]["content"][0]["logprobs"]
     assert [(e["token"], e["logprob"], e["bytes"]) for e in logprobs] == [
         ("Par", -0.5, [80, 97, 114]),
