@@ -428,7 +428,7 @@ class MessageOut(BaseModel):
     content: list[OutputTextOut]
 
 
-class FunctionCallOut(BaseModel):
+class FunctionCallItemOut(BaseModel):
     id: str
     type: Literal["function_call"]
     status: Literal["in_progress", "completed"]
@@ -473,7 +473,7 @@ class ResponseObject(BaseModel):
     max_tool_calls: int | None
     top_logprobs: int
     model: str
-    output: list[Annotated[MessageOut | FunctionCallOut | ReasoningOut, Field(discriminator="type")]]
+    output: list[Annotated[MessageOut | FunctionCallItemOut | ReasoningOut, Field(discriminator="type")]]
     parallel_tool_calls: bool
     previous_response_id: None
     reasoning: dict[str, Any]
