@@ -48,6 +48,7 @@ from services.ingress.responses import (
     ResponseObject,
     ResponseShell,
     ResponsesRequest,
+    responses_error,
     stream_response,
     whole_response,
 )
@@ -217,7 +218,10 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
     if unsupported := body.unsupported():
         param, message = unsupported
         raise ApiError(400, message, param=param, code="unsupported_parameter")
-    return await _serve(body.as_chat(), "chat", request, deps, tenant, responses=body)
+    try:
+        return await _serve(body.as_chat(), "chat", request, deps, tenant, responses=body)
+    except ApiError as exc:  # the chat's checks name the chat's fields
+        raise responses_error(exc) from None
 
 
 async def _serve(  # type: ignore[no-untyped-def]

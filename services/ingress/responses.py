@@ -79,6 +79,7 @@ _PARAMS = {
     "reasoning_effort": "reasoning.effort",
     "truncate_prompt_tokens": "truncation",
     "logprobs": "include",
+    "top_logprobs": "top_logprobs",
 }
 
 

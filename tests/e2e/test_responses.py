@@ -98,6 +98,14 @@ def test_what_is_not_served_is_a_400_naming_it_and_a_conversation_is_read_turn_b
         with pytest.raises(BadRequestError) as err:
             openai.responses.create(model=TINY_MODEL, input=QUESTION, **option)  # type: ignore[arg-type]
         assert err.value.body["param"] == param and err.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
+    with pytest.raises(BadRequestError) as err:  # the chat's check, naming this API's field
+        openai.responses.create(
+            model=TINY_MODEL,
+            input=QUESTION,
+            include=["message.output_text.logprobs"],
+            tools=[{"type": "function", "name": "f", "parameters": None, "strict": False}],
+        )
+    assert err.value.body["param"] == "include"  # type: ignore[index]
     conversation = [
         {"role": "user", "content": QUESTION},
         {"role": "assistant", "content": [{"type": "output_text", "text": "Paris."}]},
