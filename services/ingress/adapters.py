@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -413,3 +414,67 @@ class ModelCatalog:
                     self._loaded_at = time.monotonic()
         assert self._models is not None
         return self._models
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredResponse:
+    conversation: list[dict[str, object]]
+    """The items that led to the response (its input, and the earlier responses' it continued), then its output."""
+    response: dict[str, object]
+
+
+# a stored response is readable while the tenant's retention, as it stands now, covers its age
+_RETAINED = "s.created_at + t.retention_days * interval '1 day' > now()"
+
+
+class ResponseStore:
+    """Responses API answers kept in PostgreSQL for previous_response_id and GET /v1/responses/{id}, only for tenants
+    that opted in to retention (the caller checks), and only as long as it covers them: reads skip older ones, and
+    ``sweep`` deletes them (and every one of a tenant whose retention is off). Each call waits at most ``timeout_s``;
+    while the database cannot answer, it raises DependencyUnavailable."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout_s: float = 2.0) -> None:
+        self._pool = pool
+        self._database = Breaker("database", timeout_s, 1.0, DATABASE_FAILURES)
+
+    async def save(self, tenant_id: str, response_id: str, stored: StoredResponse) -> None:
+        await self._database.call(
+            lambda: self._pool.execute(
+                "INSERT INTO stored_responses (id, tenant_id, conversation, response) VALUES ($1, $2, $3, $4)",
+                response_id,
+                tenant_id,
+                json.dumps(stored.conversation),
+                json.dumps(stored.response),
+            )
+        )
+
+    async def load(self, tenant_id: str, response_id: str) -> StoredResponse | None:
+        """The tenant's response, while its retention covers it; None otherwise (another tenant's included)."""
+        row = await self._database.call(
+            lambda: self._pool.fetchrow(
+                "SELECT s.conversation, s.response FROM stored_responses s JOIN tenants t ON t.id = s.tenant_id"
+                f" WHERE s.id = $1 AND s.tenant_id = $2 AND {_RETAINED}",
+                response_id,
+                tenant_id,
+            )
+        )
+        if row is None:
+            return None
+        return StoredResponse(json.loads(row["conversation"]), json.loads(row["response"]))
+
+    async def delete(self, tenant_id: str, response_id: str) -> bool:
+        done = await self._database.call(
+            lambda: self._pool.execute(
+                "DELETE FROM stored_responses WHERE id = $1 AND tenant_id = $2", response_id, tenant_id
+            )
+        )
+        return str(done).endswith(" 1")
+
+    async def sweep(self) -> int:
+        """Deletes every response no retention covers any more; returns how many."""
+        done = await self._database.call(
+            lambda: self._pool.execute(
+                f"DELETE FROM stored_responses s USING tenants t WHERE t.id = s.tenant_id AND NOT ({_RETAINED})"
+            )
+        )
+        return int(str(done).split()[-1])

@@ -24,6 +24,11 @@ class IngressSettings(BaseSettings):
     max_request_timeout_s: float = Field(3600.0, gt=0, description="Longest deadline a client may ask for.")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when the client sends none.")
     model_cache_s: float = Field(5.0, ge=0, description="How long a registry lookup is reused.")
+    stored_response_sweep_s: float = Field(
+        300.0,
+        gt=0,
+        description="How often stored Responses API answers that no tenant's retention covers any more are deleted.",
+    )
     auth_cache_s: float = Field(
         5.0, ge=0, description="How long an API key check is reused; a revoked key works at most this long."
     )

@@ -25,7 +25,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.cache.policy import TenantCachePolicy
 from services.cache.service import CACHE_HEADER, ResponseCache, cache_headers
-from services.ingress.adapters import ModelCatalog, QueueMonitor, ReplyListener, RequestPublisher, TenantDirectory
+from services.ingress.adapters import (
+    ModelCatalog,
+    QueueMonitor,
+    ReplyListener,
+    RequestPublisher,
+    ResponseStore,
+    StoredResponse,
+    TenantDirectory,
+)
 from services.ingress.config import IngressSettings
 from services.ingress.metrics import IngressMetrics
 from services.ingress.protocol import (
@@ -45,8 +53,9 @@ from services.ingress.protocol import (
 )
 from services.ingress.rate_limits import Charge, RateLimiter
 from services.ingress.responses import (
+    Keep,
     ResponseObject,
-    ResponseShell,
+    ResponsesCall,
     ResponsesRequest,
     responses_error,
     stream_response,
@@ -99,6 +108,7 @@ class IngressDeps:
     queues: QueueMonitor
     metrics: IngressMetrics
     cache: ResponseCache
+    responses: ResponseStore
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
@@ -214,14 +224,79 @@ async def create_completion(body: CompletionRequest, request: Request, deps: Dep
 
 @router.post("/v1/responses", response_model=ResponseObject, responses=STREAM_DOC | ERRORS, tags=["openai"])
 async def create_response(body: ResponsesRequest, request: Request, deps: DepsDep, tenant: TenantDep):  # type: ignore[no-untyped-def]
-    """OpenAI's Responses API, text in and text out (see services/ingress/responses.py)."""
+    """OpenAI's Responses API (see services/ingress/responses.py). A response is stored, unless ``store`` is false,
+    when the tenant keeps text; ``previous_response_id`` continues a stored one."""
     if unsupported := body.unsupported():
         param, message = unsupported
         raise ApiError(400, message, param=param, code="unsupported_parameter")
+    conversation: list[dict[str, Any]] = []  # of the stored response this one continues
+    if body.previous_response_id is not None:
+        if not tenant.retains_text:
+            raise ApiError(
+                400,
+                f"previous_response_id needs stored responses, and tenant `{tenant.id}` keeps no text (its "
+                "retention_days is 0): send the whole conversation as input, or ask for retention.",
+                param="previous_response_id",
+                code="unsupported_parameter",
+            )
+        previous = await deps.responses.load(tenant.id, body.previous_response_id)
+        if previous is None:
+            raise ApiError(
+                400,
+                f"Previous response with id '{body.previous_response_id}' not found (or past the tenant's retention).",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        conversation = previous.conversation
+    keep = _keeper(deps, tenant, [*conversation, *body.input_items()]) if body.store is not False else None
+    asked = body.continued(conversation) if conversation else body
     try:
-        return await _serve(body.as_chat(), "chat", request, deps, tenant, responses=body)
+        return await _serve(asked.as_chat(), "chat", request, deps, tenant, responses=ResponsesCall(body, keep))
     except ApiError as exc:  # the chat's checks name the chat's fields
         raise responses_error(exc) from None
+
+
+def _keeper(deps: IngressDeps, tenant: Tenant, conversation: list[dict[str, Any]]) -> Keep | None:
+    """How a finished response is stored, with the items that led to it; None when the tenant keeps no text."""
+    if not tenant.retains_text:
+        return None
+
+    async def keep(response: dict[str, Any]) -> dict[str, Any]:
+        stored = StoredResponse([*conversation, *response["output"]], response)
+        try:
+            await deps.responses.save(tenant.id, response["id"], stored)
+        except DependencyUnavailable:
+            logger.warning("response %s could not be stored: the database is unavailable", response["id"])
+            return response | {"store": False}
+        return response
+
+    return keep
+
+
+@router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=ERRORS, tags=["openai"])
+async def retrieve_response(response_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
+    """A stored response of the caller's tenant, while its retention covers it."""
+    stored = await deps.responses.load(tenant.id, response_id) if tenant.retains_text else None
+    if stored is None:
+        raise _no_stored_response(response_id)
+    return JSONResponse(stored.response)
+
+
+@router.delete("/v1/responses/{response_id}", responses=ERRORS, tags=["openai"])
+async def delete_response(response_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
+    if not await deps.responses.delete(tenant.id, response_id):
+        raise _no_stored_response(response_id)
+    return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+def _no_stored_response(response_id: str) -> ApiError:
+    return ApiError(
+        404,
+        f"No response with id '{response_id}' is stored for this key's tenant (responses are kept only when the tenant "
+        "keeps text, for its retention_days).",
+        param="response_id",
+        code="response_not_found",
+    )
 
 
 async def _serve(  # type: ignore[no-untyped-def]
@@ -230,7 +305,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     request: Request,
     deps: DepsDep,
     tenant: Tenant,
-    responses: ResponsesRequest | None = None,
+    responses: ResponsesCall | None = None,
 ):
     """Serves a chat or a text completion; ``responses``: the Responses API request the chat ``body`` stands for,
     which the answer then takes the shape of."""
@@ -247,7 +322,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     if isinstance(body, ChatCompletionRequest) and (unusable := tool_error(body)):
         param, message = unusable
         raise ApiError(400, message, param=param, code="invalid_value")
-    if ignored := responses.ignored() if responses else ignored_fields(body):
+    if ignored := responses.body.ignored() if responses else ignored_fields(body):
         logger.warning("request %s: ignored unsupported fields %s", request_id, ignored)
     model = (await deps.catalog.all()).get(body.model)
     if model is None:
@@ -461,21 +536,21 @@ async def _serve(  # type: ignore[no-untyped-def]
 
 async def _respond(  # type: ignore[no-untyped-def]
     request_id: str,
-    body: ResponsesRequest,
+    call: ResponsesCall,
     request: Request,
     replies: AsyncIterator[IndexedEvent],
     headers: dict[str, str],
 ):
     """The answer in the Responses API's shape: a response object, or its stream of events."""
-    shell = ResponseShell(request_id, body)
-    if body.stream:
+    shell = call.shell(request_id)
+    if call.body.stream:
         return StreamingResponse(
-            stream_response(shell, replies),
+            stream_response(shell, replies, call.keep),
             media_type="text/event-stream",
             headers=headers | {"cache-control": "no-cache"},
         )
     try:
-        response = await _unless_disconnected(request, whole_response(shell, replies))
+        response = await _unless_disconnected(request, whole_response(shell, replies, call.keep))
     except ApiError as exc:
         raise ApiError(exc.status, exc.message, exc.type, exc.param, exc.code, headers | exc.headers) from None
     return JSONResponse(response, headers=headers)

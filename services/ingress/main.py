@@ -4,6 +4,7 @@ closed by the lifespan."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,7 +15,14 @@ from redis.asyncio import Redis
 
 from services.cache.config import CacheSettings
 from services.cache.service import ResponseCache
-from services.ingress.adapters import ModelCatalog, QueueMonitor, ReplyListener, RequestPublisher, TenantDirectory
+from services.ingress.adapters import (
+    ModelCatalog,
+    QueueMonitor,
+    ReplyListener,
+    RequestPublisher,
+    ResponseStore,
+    TenantDirectory,
+)
 from services.ingress.admin_api import router as admin_router
 from services.ingress.config import IngressSettings
 from services.ingress.handlers import BodyLimit, IngressDeps, install_error_handlers, router
@@ -23,12 +31,14 @@ from services.ingress.rate_limits import RateLimiter
 from shared.db import connect_pool
 from shared.kafka import new_broker, wait_for_kafka
 from shared.logging import configure_logging
+from shared.outages import DependencyUnavailable
 from shared.registry import ModelRegistry
 from shared.runtime import GarbageCollection, run, serve
 from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
 
 SERVICE = "ingress"
+logger = logging.getLogger(__name__)
 
 
 def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
@@ -64,10 +74,13 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
             queues=queues,
             metrics=IngressMetrics(metrics),
             cache=cache,
+            responses=ResponseStore(pool, settings.postgres_timeout_s),
         )
+        sweeper = asyncio.create_task(sweep_stored_responses(deps.responses, settings.stored_response_sweep_s))
         try:
             yield
         finally:
+            sweeper.cancel()
             # cancels and settlements of requests that just ended still go out
             await asyncio.gather(*deps.background, return_exceptions=True)
             await queues.stop()
@@ -89,6 +102,17 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+async def sweep_stored_responses(store: ResponseStore, every_s: float) -> None:
+    """Deletes the stored responses no retention covers any more, now and every ``every_s``."""
+    while True:
+        try:
+            if swept := await store.sweep():
+                logger.info("%d stored responses past their tenant's retention deleted", swept)
+        except DependencyUnavailable:
+            pass  # the store logged it; the next pass tries again
+        await asyncio.sleep(every_s)
 
 
 async def main() -> None:

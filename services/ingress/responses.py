@@ -9,16 +9,19 @@ A reasoning model's thinking is a reasoning item before them (include_reasoning 
 server), and a reasoning item sent back joins the assistant turn after it. vLLM's sampling options that its server
 takes on this route (top_k, seed, structured_outputs, chat_template_kwargs, ...) are passed on to the chat.
 
-Not served, and refused by name rather than ignored: tools other than functions, previous_response_id and stored
-responses (ferry keeps no text unless a tenant opts in), background mode, ``include``, reasoning summaries and
-encrypted reasoning."""
+A response is stored for previous_response_id and GET /v1/responses/{id} only when its tenant keeps text (the
+handlers and adapters.ResponseStore); the stored conversation is items as this module reads them.
+
+Not served, and refused by name rather than ignored: tools other than functions, OpenAI's stored conversations and
+prompts, background mode, ``include`` other than the text's logprobs, reasoning summaries and encrypted reasoning."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
@@ -224,7 +227,9 @@ class ResponsesRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     stream: bool = False
     store: bool | None = Field(
-        None, description="Accepted; nothing is stored (the response's store is false): ferry keeps no text."
+        None,
+        description="false: the response is not stored. Otherwise it is, for previous_response_id and GET "
+        "/v1/responses/{id}, when the tenant keeps text (retention_days above 0); the response's store says whether.",
     )
     metadata: dict[str, str] | None = Field(None, max_length=16, description="Returned with the response.")
     user: str | None = None
@@ -242,7 +247,9 @@ class ResponsesRequest(BaseModel):
     parallel_tool_calls: bool | None = None
     tools: list[FunctionToolIn] | None = Field(None, description="Functions the model may call (no other tools).")
     previous_response_id: str | None = Field(
-        None, description="Not served (responses are not stored): send the whole conversation as input."
+        None,
+        description="A stored response this one continues: its conversation comes before the input (its instructions "
+        "do not). Only a tenant with retention stores responses, for its retention_days.",
     )
     include: list[str] | None = Field(
         None,
@@ -263,11 +270,6 @@ class ResponsesRequest(BaseModel):
     def unsupported(self) -> tuple[str, str] | None:
         """The first option set to something ferry cannot give, with why, or None."""
         refused = (
-            (
-                "previous_response_id",
-                self.previous_response_id is not None,
-                "responses are not stored, so previous_response_id cannot be served: send the conversation as input.",
-            ),
             (
                 "include",
                 any(name != LOGPROBS for name in self.include or []),
@@ -296,6 +298,17 @@ class ResponsesRequest(BaseModel):
             ),
         )
         return next(((param, why) for param, given, why in refused if given), None)
+
+    def input_items(self) -> list[dict[str, Any]]:
+        """The input as items, as a stored conversation keeps them."""
+        if isinstance(self.input, str):
+            return [{"type": "message", "role": "user", "content": self.input}]
+        return [item.model_dump(by_alias=True, exclude_none=True) for item in self.input]
+
+    def continued(self, history: list[dict[str, Any]]) -> ResponsesRequest:
+        """This request with ``history`` (a stored conversation it continues) before its input."""
+        fields = self.model_dump(by_alias=True, exclude_none=True, exclude={"previous_response_id"})
+        return ResponsesRequest.model_validate(fields | {"input": [*history, *self.input_items()]})
 
     def as_chat(self) -> ChatCompletionRequest:
         """The chat completion this request amounts to; raises ApiError (400) naming this request's field."""
@@ -476,9 +489,9 @@ class ResponseObject(BaseModel):
     model: str
     output: list[Annotated[MessageOut | FunctionCallItemOut | ReasoningOut, Field(discriminator="type")]]
     parallel_tool_calls: bool
-    previous_response_id: None
+    previous_response_id: str | None
     reasoning: dict[str, Any]
-    store: bool = Field(description="Always false: nothing is stored.")
+    store: bool = Field(description="Whether the response is stored (for previous_response_id and GET).")
     temperature: float
     text: dict[str, Any]
     tool_choice: str | dict[str, Any]
@@ -490,12 +503,29 @@ class ResponseObject(BaseModel):
     metadata: dict[str, str]
 
 
+Keep = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+"""Stores a finished response; returns it as the client gets it (store false when it could not be stored)."""
+
+
+@dataclass(frozen=True)
+class ResponsesCall:
+    """A Responses API request on its way through the chat pipeline."""
+
+    body: ResponsesRequest
+    """As the client sent it."""
+    keep: Keep | None = None
+    """Set when the response is to be stored."""
+
+    def shell(self, response_id: str) -> ResponseShell:
+        return ResponseShell(response_id, self.body, stored=self.keep is not None)
+
+
 class ResponseShell:
     """What every response object and event of one request shares: its id, creation time and the request's
     settings, which OpenAI returns with the response."""
 
-    def __init__(self, response_id: str, body: ResponsesRequest) -> None:
-        self.id, self.body, self.created_at = response_id, body, int(time.time())
+    def __init__(self, response_id: str, body: ResponsesRequest, stored: bool = False) -> None:
+        self.id, self.body, self.created_at, self.stored = response_id, body, int(time.time()), stored
         self.message_id = f"msg_{response_id.removeprefix('resp_')}"
         self.reasoning_id = f"rs_{response_id.removeprefix('resp_')}"
 
@@ -527,9 +557,9 @@ class ResponseShell:
             "model": body.model,
             "output": output,
             "parallel_tool_calls": body.parallel_tool_calls if body.parallel_tool_calls is not None else True,
-            "previous_response_id": None,
+            "previous_response_id": body.previous_response_id,
             "reasoning": {"effort": body.reasoning.effort if body.reasoning else None, "summary": None},
-            "store": False,
+            "store": self.stored,
             "temperature": 1.0 if body.temperature is None else body.temperature,
             "text": {"format": form.model_dump(by_alias=True, exclude_none=True) if form else {"type": "text"}},
             "tool_choice": tool_choice or "auto",
@@ -609,13 +639,17 @@ def _status(final: CompletionFinished) -> Literal["completed", "incomplete"]:
     return "incomplete" if final.finish_reason == "length" else "completed"
 
 
-async def whole_response(shell: ResponseShell, events: AsyncIterator[IndexedEvent]) -> dict[str, Any]:
-    """Non-streaming: the response object once the answer is complete; a failure raises ApiError."""
+async def whole_response(
+    shell: ResponseShell, events: AsyncIterator[IndexedEvent], keep: Keep | None = None
+) -> dict[str, Any]:
+    """Non-streaming: the response object once the answer is complete (stored first, with ``keep``); a failure
+    raises ApiError."""
     try:
         (final,) = await final_events(events)
     except ApiError as exc:
         raise responses_error(exc) from None
-    return shell.response(_status(final), final)
+    response = shell.response(_status(final), final)
+    return await keep(response) if keep is not None else response
 
 
 class _StreamedOutput:
@@ -732,9 +766,12 @@ class _StreamedOutput:
         return [self.event("response.function_call_arguments.delta", **where, delta=delta)]
 
 
-async def stream_response(shell: ResponseShell, events: AsyncIterator[IndexedEvent]) -> AsyncIterator[str]:
+async def stream_response(
+    shell: ResponseShell, events: AsyncIterator[IndexedEvent], keep: Keep | None = None
+) -> AsyncIterator[str]:
     """Streaming: OpenAI's event sequence for a response (a message, function calls), each event with its
-    sequence_number; a failure after the stream began is an ``error`` event, then ``response.failed``."""
+    sequence_number; a failure after the stream began is an ``error`` event, then ``response.failed``. With
+    ``keep``, the response is stored before its last event, so a client that continues it at once finds it."""
     sequence = 0
 
     def event(kind: str, **fields: Any) -> str:
@@ -761,7 +798,8 @@ async def stream_response(shell: ResponseShell, events: AsyncIterator[IndexedEve
                     yield line
                 status = _status(reply)
                 done = "response.completed" if status == "completed" else "response.incomplete"
-                yield event(done, response=shell.response(status, reply, output=output.items))
+                response = shell.response(status, reply, output=output.items)
+                yield event(done, response=await keep(response) if keep is not None else response)
                 return
             elif isinstance(reply, GenerationFailed):
                 failure = failure_error(reply)

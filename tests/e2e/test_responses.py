@@ -4,13 +4,16 @@ name."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
 import httpx
 import pytest
-from openai import AsyncOpenAI, BadRequestError, OpenAI
+from openai import AsyncOpenAI, BadRequestError, NotFoundError, OpenAI
 
+from services.ingress.adapters import ResponseStore
+from shared.db import connect_pool
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
 from tests.e2e.test_reasoning import ANSWER, BUDGET, THINK_THEN_ANSWER
 
@@ -170,3 +173,71 @@ async def test_a_reasoning_models_thinking_is_a_reasoning_item_before_its_answer
     assert "".join(deltas) == thought == streamed.output[0].content[0].text  # type: ignore[union-attr,index]
     hidden = await aclient.responses.create(**asked, extra_body=THINK_THEN_ANSWER | {"include_reasoning": False})  # type: ignore[call-overload]
     assert [item.type for item in hidden.output] == ["message"] and hidden.output_text == whole.output_text
+
+
+def test_a_stored_response_is_continued_read_and_deleted_only_by_its_tenant_and_only_with_retention(
+    platform: Platform,
+) -> None:
+    """OpenAI's conversation state: previous_response_id continues a stored response. Stored only for a tenant that
+    keeps text; another tenant cannot read it; turning retention off makes it unreadable at once."""
+    keeper = OpenAI(
+        base_url=f"{platform.base_url}/v1",
+        api_key=platform.new_tenant("keeps-responses", "--retention-days", "7"),
+        max_retries=0,
+        timeout=120,
+    )
+    first = keeper.responses.create(model=DEFAULT_MODEL, input=QUESTION, max_output_tokens=24, temperature=0)
+    assert first.store is True and "Paris" in first.output_text
+    assert keeper.responses.retrieve(first.id).output_text == first.output_text
+    follow_up = "And what is the capital of Italy?"
+    second = keeper.responses.create(
+        model=DEFAULT_MODEL, input=follow_up, previous_response_id=first.id, max_output_tokens=24, temperature=0
+    )
+    assert second.previous_response_id == first.id
+    whole = keeper.responses.create(  # the same conversation sent whole: the same answer
+        model=DEFAULT_MODEL,
+        input=[
+            {"role": "user", "content": QUESTION},
+            {"role": "assistant", "content": first.output_text},
+            {"role": "user", "content": follow_up},
+        ],
+        max_output_tokens=24,
+        temperature=0,
+        store=False,
+    )
+    assert whole.store is False and second.output_text == whole.output_text
+    assert second.usage is not None and whole.usage is not None
+    assert second.usage.input_tokens == whole.usage.input_tokens
+    with pytest.raises(NotFoundError):
+        keeper.responses.retrieve(whole.id)  # store false: not kept
+
+    default = client(platform)  # the session's tenant keeps no text
+    with pytest.raises(NotFoundError):
+        default.responses.retrieve(first.id)  # another tenant's
+    with pytest.raises(BadRequestError) as err:
+        default.responses.create(model=TINY_MODEL, input="hi", previous_response_id=first.id)
+    assert err.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    assert default.responses.create(model=TINY_MODEL, input="hi", max_output_tokens=2).store is False
+
+    deleted = keeper.responses.delete(second.id)
+    assert deleted is None or getattr(deleted, "deleted", True)
+    with pytest.raises(NotFoundError):
+        keeper.responses.retrieve(second.id)
+    platform.admin("tenants", "update", "keeps-responses", "--retention-days", "0")
+    with pytest.raises(NotFoundError):  # at once: the store reads the tenant's retention as it stands
+        keeper.responses.retrieve(first.id)
+    # and the ingress's sweep (every 5 minutes) deletes it: the same call, made here
+    assert asyncio.run(swept_and_left(platform, "keeps-responses")) == 0
+
+
+async def swept_and_left(platform: Platform, tenant_id: str) -> int:
+    """Sweeps the stored responses (as the ingress does every few minutes); how many the tenant has left."""
+    pool = await connect_pool(platform.common.postgres_dsn)
+    try:
+        before = await pool.fetchval("SELECT count(*) FROM stored_responses WHERE tenant_id = $1", tenant_id)
+        assert before >= 1, "the ingress swept them first; nothing left to test"
+        await ResponseStore(pool).sweep()
+        left: int = await pool.fetchval("SELECT count(*) FROM stored_responses WHERE tenant_id = $1", tenant_id)
+    finally:
+        await pool.close()
+    return left

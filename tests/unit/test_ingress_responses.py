@@ -94,7 +94,6 @@ def test_a_request_is_the_chat_it_amounts_to() -> None:
 def test_what_is_not_served_is_refused_by_name_and_a_bad_value_names_this_apis_field() -> None:
     with pytest.raises(ValidationError):  # only function tools
         request(tools=[{"type": "web_search"}])
-    assert request(previous_response_id="resp_1").unsupported()[0] == "previous_response_id"  # type: ignore[index]
     assert request(include=["reasoning.encrypted_content"]).unsupported()[0] == "include"  # type: ignore[index]
     assert request(reasoning={"summary": "auto"}).unsupported()[0] == "reasoning.summary"  # type: ignore[index]
     assert request(tools=[], include=[], background=False, store=True).unsupported() is None
@@ -362,3 +361,35 @@ async def test_logprobs_asked_by_include_come_with_the_text_whole_and_streamed()
     assert [[e["token"] for e in lps] for lps in per_delta] == [["Par"], ["is."]]
     (text_done,) = [e for e in events if e["type"] == "response.output_text.done"]
     assert text_done["logprobs"] == logprobs and events[-1]["response"]["output"] == done["output"]
+
+
+async def test_a_continued_conversation_is_the_stored_one_then_the_input_and_what_is_kept_is_both() -> None:
+    stored = [
+        {"type": "message", "role": "user", "content": "Capital of France?"},
+        {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+         "content": [{"type": "output_text", "text": "Paris.", "annotations": [], "logprobs": []}]},
+    ]  # fmt: skip
+    asked = request(input="And of Italy?", previous_response_id="resp_1", instructions="Be brief.", top_k=3)
+    continued = asked.continued(stored)
+    assert continued.previous_response_id is None and continued.instructions == "Be brief."
+    chat = continued.as_chat()
+    assert [(m.role, m.text()) for m in chat.messages] == [
+        ("system", "Be brief."),
+        ("user", "Capital of France?"),
+        ("assistant", "Paris."),
+        ("user", "And of Italy?"),
+    ]
+    assert chat.top_k == 3  # vLLM's options go along
+    assert asked.input_items() == [{"type": "message", "role": "user", "content": "And of Italy?"}]
+    kept: list[dict] = []
+
+    async def keep(response: dict) -> dict:
+        kept.append(response)
+        return response
+
+    shell = ResponseShell("resp_2", asked, stored=True)
+    done = await conforming_whole(shell, indexed(final("Rome.")))
+    assert done["store"] is True and done["previous_response_id"] == "resp_1"
+    streamed = [line async for line in stream_response(shell, indexed(delta(0, "Rome.", 0), final("Rome.")), keep)]
+    assert len(kept) == 1 and events_of(streamed)[-1]["response"] == kept[0]  # stored before its last event
+    assert ResponseShell("resp_3", request()).response("in_progress")["store"] is False
