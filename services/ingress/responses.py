@@ -82,7 +82,6 @@ _PARAMS = {
     "reasoning_effort": "reasoning.effort",
     "truncate_prompt_tokens": "truncation",
     "logprobs": "include",
-    "top_logprobs": "top_logprobs",
 }
 
 
@@ -100,7 +99,7 @@ def joined(content: str | list[InputText]) -> str:
 
 
 class InputMessage(BaseModel):
-    """A turn of the conversation. Items other than messages, function calls and their outputs (reasoning, images,
+    """A turn of the conversation. Items other than messages, function calls, their outputs and reasoning (images,
     files) are not served."""
 
     model_config = STRICT_INPUT
