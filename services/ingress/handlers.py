@@ -309,9 +309,7 @@ async def _serve(  # type: ignore[no-untyped-def]
 ):
     """Serves a chat or a text completion; ``responses``: the Responses API request the chat ``body`` stands for,
     which the answer then takes the shape of."""
-    request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-    if responses is not None:
-        request_id = f"resp_{uuid.uuid4().hex}"
+    request_id = f"{'resp_' if responses else 'chatcmpl-' if kind == 'chat' else 'cmpl-'}{uuid.uuid4().hex}"
     headers = {"x-request-id": request_id}
     if not_text := lone_surrogate(await request.body()):  # the body FastAPI read, kept by the request
         param, message = not_text
@@ -521,7 +519,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     try:
         completed = await _unless_disconnected(request, final_events(replies, len(choices)))
     except ApiError as exc:  # a failure reported by the worker, or the deadline: still answered with the request's id
-        raise ApiError(exc.status, exc.message, exc.type, exc.param, exc.code, headers | exc.headers) from None
+        raise exc.with_headers(headers) from None
     if completed[0].variant:
         headers["x-ferry-variant"] = completed[0].variant
     response = (
@@ -552,7 +550,7 @@ async def _respond(  # type: ignore[no-untyped-def]
     try:
         response = await _unless_disconnected(request, whole_response(shell, replies, call.keep))
     except ApiError as exc:
-        raise ApiError(exc.status, exc.message, exc.type, exc.param, exc.code, headers | exc.headers) from None
+        raise exc.with_headers(headers) from None
     return JSONResponse(response, headers=headers)
 
 

@@ -423,7 +423,7 @@ def param_of(param: str | None) -> str | None:
 
 def responses_error(error: ApiError) -> ApiError:
     """An error of the chat pipeline naming this API's field."""
-    return ApiError(error.status, error.message, error.type, param_of(error.param), error.code, error.headers)
+    return error.naming(param_of(error.param))
 
 
 class OutputTextOut(BaseModel):

@@ -89,6 +89,14 @@ class ApiError(Exception):
     def body(self) -> dict[str, object]:
         return error_json(self.message, self.type, self.param, self.code)
 
+    def with_headers(self, headers: dict[str, str]) -> ApiError:
+        """The same error with ``headers`` added to its own (which win)."""
+        return ApiError(self.status, self.message, self.type, self.param, self.code, headers | self.headers)
+
+    def naming(self, param: str | None) -> ApiError:
+        """The same error naming ``param`` as the field at fault."""
+        return ApiError(self.status, self.message, self.type, param, self.code, self.headers)
+
 
 # How a worker's failure code reaches the client.
 _FAILURE_STATUS = {
