@@ -112,6 +112,8 @@ async def sweep_stored_responses(store: ResponseStore, every_s: float) -> None:
                 logger.info("%d stored responses past their tenant's retention deleted", swept)
         except DependencyUnavailable:
             pass  # the store logged it; the next pass tries again
+        except Exception:  # the next pass tries again: a task that died here would never sweep again
+            logger.exception("stored responses sweep failed")
         await asyncio.sleep(every_s)
 
 
