@@ -462,6 +462,22 @@ class ResponseStore:
             return None
         return StoredResponse(json.loads(row["conversation"]), json.loads(row["response"]))
 
+    async def items(self, tenant_id: str, item_ids: list[str]) -> dict[str, dict[str, object]]:
+        """The items with these ids in the tenant's stored conversations (an input's or an output's), by id, while
+        retention covers a response that holds them; ids not found are left out."""
+        rows = await self._database.call(
+            lambda: self._pool.fetch(
+                "SELECT ref, found.item FROM unnest($2::text[]) ref CROSS JOIN LATERAL ("
+                " SELECT item FROM stored_responses s JOIN tenants t ON t.id = s.tenant_id,"
+                " jsonb_array_elements(s.conversation) item"
+                " WHERE s.tenant_id = $1 AND s.conversation @> jsonb_build_array(jsonb_build_object('id', ref))"
+                f" AND item->>'id' = ref AND {_RETAINED} ORDER BY s.created_at DESC LIMIT 1) found",
+                tenant_id,
+                list(dict.fromkeys(item_ids)),
+            )
+        )
+        return {row["ref"]: json.loads(row["item"]) for row in rows}
+
     async def delete(self, tenant_id: str, response_id: str) -> bool:
         done = await self._database.call(
             lambda: self._pool.execute(

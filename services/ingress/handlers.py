@@ -12,10 +12,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from aiokafka.errors import MessageSizeTooLargeError
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -53,10 +53,14 @@ from services.ingress.protocol import (
 )
 from services.ingress.rate_limits import Charge, RateLimiter
 from services.ingress.responses import (
+    LOGPROBS,
     Keep,
+    ResponseItemList,
     ResponseObject,
     ResponsesCall,
     ResponsesRequest,
+    duplicate_id,
+    input_items_page,
     responses_error,
     stream_response,
     whole_response,
@@ -231,14 +235,7 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
         raise ApiError(400, message, param=param, code="unsupported_parameter")
     conversation: list[dict[str, Any]] = []  # of the stored response this one continues
     if body.previous_response_id is not None:
-        if not tenant.retains_text:
-            raise ApiError(
-                400,
-                f"previous_response_id needs stored responses, and tenant `{tenant.id}` keeps no text (its "
-                "retention_days is 0): send the whole conversation as input, or ask for retention.",
-                param="previous_response_id",
-                code="unsupported_parameter",
-            )
+        _needs_stored_responses(tenant, "previous_response_id")
         previous = await deps.responses.load(tenant.id, body.previous_response_id)
         if previous is None:
             raise ApiError(
@@ -248,12 +245,44 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
                 code="previous_response_not_found",
             )
         conversation = previous.conversation
-    keep = _keeper(deps, tenant, [*conversation, *body.input_items()]) if body.store is not False else None
-    asked = body.continued(conversation) if conversation else body
+    referenced: dict[str, dict[str, Any]] = {}
+    if references := body.references():
+        _needs_stored_responses(tenant, "input")
+        referenced = await deps.responses.items(tenant.id, references)
+        if missing := [ref for ref in references if ref not in referenced]:
+            raise ApiError(
+                400,
+                f"Item with id '{missing[0]}' not found among this tenant's stored responses (or past its retention).",
+                param="input",
+                code="item_not_found",
+            )
+    items = [*conversation, *body.input_items(referenced)]
+    if duplicate := duplicate_id(items):
+        raise ApiError(
+            400,
+            f"Duplicate item found with id '{duplicate}': an item comes once in a conversation (the one "
+            "previous_response_id continues included); remove the duplicate from the input.",
+            param="input",
+            code="duplicate_item",
+        )
+    keep = _keeper(deps, tenant, items) if body.store is not False else None
+    asked = body.with_input(items) if conversation or referenced else body
     try:
         return await _serve(asked.as_chat(), "chat", request, deps, tenant, responses=ResponsesCall(body, keep))
     except ApiError as exc:  # the chat's checks name the chat's fields
         raise responses_error(exc) from None
+
+
+def _needs_stored_responses(tenant: Tenant, param: str) -> None:
+    """Refuses ``param``, which names stored responses, for a tenant that keeps none."""
+    if not tenant.retains_text:
+        raise ApiError(
+            400,
+            f"{param} names stored responses, and tenant `{tenant.id}` keeps no text (its retention_days is 0): send "
+            "the whole conversation as input, or ask for retention.",
+            param=param,
+            code="unsupported_parameter",
+        )
 
 
 def _keeper(deps: IngressDeps, tenant: Tenant, conversation: list[dict[str, Any]]) -> Keep | None:
@@ -280,6 +309,33 @@ async def retrieve_response(response_id: str, deps: DepsDep, tenant: TenantDep) 
     if stored is None:
         raise _no_stored_response(response_id)
     return JSONResponse(stored.response)
+
+
+@router.get(
+    "/v1/responses/{response_id}/input_items", response_model=ResponseItemList, responses=ERRORS, tags=["openai"]
+)
+async def list_input_items(
+    response_id: str,
+    deps: DepsDep,
+    tenant: TenantDep,
+    after: Annotated[str | None, Query(description="The last item id of the page before.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Items per page.")] = 20,
+    order: Annotated[Literal["asc", "desc"], Query(description="desc (the default): the latest item first.")] = "desc",
+    include: Annotated[
+        list[str] | None, Query(alias="include[]", description=f"Only {LOGPROBS} is taken (input items have none).")
+    ] = None,
+) -> JSONResponse:
+    """The items that led to a stored response: the conversation it continued, then its own input."""
+    if unserved := next((name for name in include or [] if name != LOGPROBS), None):
+        raise ApiError(
+            400, f"include takes only {LOGPROBS}, not {unserved}.", param="include", code="unsupported_parameter"
+        )
+    stored = await deps.responses.load(tenant.id, response_id) if tenant.retains_text else None
+    if stored is None:
+        raise _no_stored_response(response_id)
+    output = stored.response.get("output")
+    output_count = len(output) if isinstance(output, list) else 0
+    return JSONResponse(input_items_page(response_id, stored.conversation, output_count, after, limit, order))
 
 
 @router.delete("/v1/responses/{response_id}", responses=ERRORS, tags=["openai"])

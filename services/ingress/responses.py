@@ -9,8 +9,9 @@ A reasoning model's thinking is a reasoning item before them (include_reasoning 
 server), and a reasoning item sent back joins the assistant turn after it. vLLM's sampling options that its server
 takes on this route (top_k, seed, structured_outputs, chat_template_kwargs, ...) are passed on to the chat.
 
-A response is stored for previous_response_id and GET /v1/responses/{id} only when its tenant keeps text (the
-handlers and adapters.ResponseStore); the stored conversation is items as this module reads them.
+A response is stored for previous_response_id, item_reference and GET /v1/responses/{id} (and .../input_items) only
+when its tenant keeps text (the handlers and adapters.ResponseStore); the stored conversation is items in OpenAI's
+listed shape (stored_item), each with an id, which this module reads back as input.
 
 Not served, and refused by name rather than ignored: tools other than functions, OpenAI's stored conversations and
 prompts, background mode, ``include`` other than the text's logprobs, reasoning summaries and encrypted reasoning."""
@@ -20,7 +21,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -107,6 +109,8 @@ class InputMessage(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[InputText] = Field(description="The turn's text, or its text parts (joined).")
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
 class FunctionCallItem(BaseModel):
@@ -155,6 +159,16 @@ class ReasoningItem(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
+class ItemReference(BaseModel):
+    """An item of one of the tenant's stored responses (its input or its output), named by its id: the item stands
+    where the reference is. Clients that keep conversation state on the server (Codex, the Vercel AI SDK) send them."""
+
+    model_config = STRICT_INPUT
+
+    type: Literal["item_reference"]
+    id: str = Field(min_length=1, description="The item's id, as its response or GET .../input_items gave it.")
+
+
 def _item_type(item: Any) -> str | None:
     if isinstance(item, dict):
         return str(item.get("type", "message"))  # a message may leave its type out
@@ -165,9 +179,72 @@ InputItem = Annotated[
     Annotated[InputMessage, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
-    | Annotated[ReasoningItem, Tag("reasoning")],
+    | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[ItemReference, Tag("item_reference")],
     Discriminator(_item_type),
 ]
+
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+
+
+def stored_item(item: dict[str, Any], new_id: str | None = None) -> dict[str, Any]:
+    """An input item as a stored conversation keeps it and GET /v1/responses/{id}/input_items lists it, OpenAI's
+    shape: with an id (its own, else ``new_id``, else a fresh one) and a status, and a message's text as parts."""
+    kind = str(item.get("type", "message"))
+    stored = {"id": new_id or f"{_ID_PREFIXES.get(kind, 'item')}_{uuid.uuid4().hex}"} | item | {"type": kind}
+    if kind == "message":
+        part = "output_text" if item.get("role") == "assistant" else "input_text"
+        content = item.get("content", "")
+        parts = [{"type": part, "text": content}] if isinstance(content, str) else content
+        stored["content"] = [p | {"annotations": []} if p.get("type") == "output_text" else p for p in parts]
+    if kind != "reasoning":
+        stored.setdefault("status", "completed")
+    return stored
+
+
+def duplicate_id(items: Sequence[dict[str, Any]]) -> str | None:
+    """The first item id that comes twice in a conversation (OpenAI refuses such input), or None."""
+    seen: set[str] = set()
+    for item in items:
+        if (item_id := item.get("id")) is not None:
+            if item_id in seen:
+                return str(item_id)
+            seen.add(item_id)
+    return None
+
+
+def input_items_page(
+    response_id: str,
+    conversation: Sequence[dict[str, Any]],
+    output_count: int,
+    after: str | None,
+    limit: int,
+    order: Literal["asc", "desc"],
+) -> dict[str, Any]:
+    """GET /v1/responses/{id}/input_items: a page of the items that led to the stored response (its input, after
+    the conversation it continued), as OpenAI lists them; ``after`` is the last item id of the page before."""
+    led_to = conversation[: len(conversation) - output_count]
+    tail = response_id.removeprefix("resp_")
+    # responses stored before items had ids get ids that stay the same from page to page
+    items = [
+        stored_item(item, f"{_ID_PREFIXES.get(str(item.get('type')), 'msg')}_{tail}_{k}")
+        for k, item in enumerate(led_to)
+    ]
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise ApiError(400, f"No input item with id '{after}' in response '{response_id}'.", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > limit,
+    }
 
 
 class FunctionToolIn(BaseModel):
@@ -298,16 +375,29 @@ class ResponsesRequest(BaseModel):
         )
         return next(((param, why) for param, given, why in refused if given), None)
 
-    def input_items(self) -> list[dict[str, Any]]:
-        """The input as items, as a stored conversation keeps them."""
+    def references(self) -> list[str]:
+        """The ids of the stored items the input names (item_reference), in order."""
         if isinstance(self.input, str):
-            return [{"type": "message", "role": "user", "content": self.input}]
-        return [item.model_dump(by_alias=True, exclude_none=True) for item in self.input]
+            return []
+        return [item.id for item in self.input if isinstance(item, ItemReference)]
 
-    def continued(self, history: list[dict[str, Any]]) -> ResponsesRequest:
-        """This request with ``history`` (a stored conversation it continues) before its input."""
+    def input_items(self, referenced: Mapping[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The input as items, as a stored conversation keeps them (``stored_item``): each reference replaced by the
+        stored item it names, from ``referenced`` (which holds every one)."""
+        if isinstance(self.input, str):
+            return [stored_item({"type": "message", "role": "user", "content": self.input})]
+        return [
+            (referenced or {})[item.id]
+            if isinstance(item, ItemReference)
+            else stored_item(item.model_dump(by_alias=True, exclude_none=True))
+            for item in self.input
+        ]
+
+    def with_input(self, items: list[dict[str, Any]]) -> ResponsesRequest:
+        """This request with ``items`` as its whole input: a stored conversation it continues, then its own input
+        with references resolved."""
         fields = self.model_dump(by_alias=True, exclude_none=True, exclude={"previous_response_id"})
-        return ResponsesRequest.model_validate(fields | {"input": [*history, *self.input_items()]})
+        return ResponsesRequest.model_validate(fields | {"input": items})
 
     def as_chat(self) -> ChatCompletionRequest:
         """The chat completion this request amounts to; raises ApiError (400) naming this request's field."""
@@ -362,7 +452,7 @@ class ResponsesRequest(BaseModel):
         turns: list[dict[str, Any]] = []
         thought: str | None = None  # a reasoning item's, until the assistant turn after it
         for item in self.input:
-            assert not isinstance(item, str)
+            assert not isinstance(item, (str, ItemReference)), "references are resolved first (with_input)"
             if isinstance(item, ReasoningItem):
                 thought = (thought or "") + "".join(part.text for part in item.content or [])
                 continue
@@ -500,6 +590,16 @@ class ResponseObject(BaseModel):
     usage: ResponseUsageOut | None
     user: str | None
     metadata: dict[str, str]
+
+
+class ResponseItemList(BaseModel):
+    """A page of a stored response's input items (GET /v1/responses/{id}/input_items)."""
+
+    object: Literal["list"]
+    data: list[dict[str, Any]] = Field(description="Items as OpenAI lists them: messages, calls, outputs, reasoning.")
+    first_id: str | None
+    last_id: str | None
+    has_more: bool = Field(description="Whether items follow this page (ask again with after=last_id).")
 
 
 Keep = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]

@@ -211,12 +211,54 @@ def test_a_stored_response_is_continued_read_and_deleted_only_by_its_tenant_and_
     with pytest.raises(NotFoundError):
         keeper.responses.retrieve(whole.id)  # store false: not kept
 
+    # what led to the second: the first's input and output, then its own input; latest first, page by page
+    listed = list(keeper.responses.input_items.list(second.id, limit=1))
+    assert [(item.type, item.role) for item in listed] == [  # type: ignore[union-attr]
+        ("message", "user"),
+        ("message", "assistant"),
+        ("message", "user"),
+    ]
+    assert [item.content[0].text for item in listed] == [  # type: ignore[union-attr]
+        follow_up,
+        first.output_text,
+        QUESTION,
+    ]
+    assert listed[1].id == first.output[0].id
+    # the same conversation named by its stored items' ids (item_reference), as Codex sends it
+    by_reference = keeper.responses.create(
+        model=DEFAULT_MODEL,
+        input=[
+            {"type": "item_reference", "id": listed[2].id},
+            {"type": "item_reference", "id": listed[1].id},
+            {"role": "user", "content": follow_up},
+        ],
+        max_output_tokens=24,
+        temperature=0,
+    )
+    assert by_reference.output_text == whole.output_text
+    assert by_reference.usage is not None and by_reference.usage.input_tokens == whole.usage.input_tokens
+    for refused, code in [
+        (
+            {"previous_response_id": first.id, "input": [{"type": "item_reference", "id": listed[1].id}]},
+            "duplicate_item",
+        ),
+        ({"input": [{"type": "item_reference", "id": "msg_nowhere"}]}, "item_not_found"),
+    ]:
+        with pytest.raises(BadRequestError) as err:
+            keeper.responses.create(model=DEFAULT_MODEL, max_output_tokens=2, **refused)  # type: ignore[call-overload]
+        assert (err.value.body["code"], err.value.body["param"]) == (code, "input")  # type: ignore[index]
+
     default = client(platform)  # the session's tenant keeps no text
     with pytest.raises(NotFoundError):
         default.responses.retrieve(first.id)  # another tenant's
     with pytest.raises(BadRequestError) as err:
         default.responses.create(model=TINY_MODEL, input="hi", previous_response_id=first.id)
     assert err.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    with pytest.raises(BadRequestError) as err:  # another tenant's item, to a tenant that stores nothing
+        default.responses.create(model=TINY_MODEL, input=[{"type": "item_reference", "id": listed[1].id}])
+    assert err.value.body["param"] == "input"  # type: ignore[index]
+    with pytest.raises(NotFoundError):
+        default.responses.input_items.list(second.id)
     assert default.responses.create(model=TINY_MODEL, input="hi", max_output_tokens=2).store is False
 
     deleted = keeper.responses.delete(second.id)

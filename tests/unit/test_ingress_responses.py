@@ -9,7 +9,16 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import ValidationError
 
-from services.ingress.responses import ResponseObject, ResponseShell, ResponsesRequest, stream_response, whole_response
+from services.ingress.responses import (
+    ResponseItemList,
+    ResponseObject,
+    ResponseShell,
+    ResponsesRequest,
+    duplicate_id,
+    input_items_page,
+    stream_response,
+    whole_response,
+)
 from services.ingress.serving import ApiError, IndexedEvent
 from shared.contracts import (
     CompletionFinished,
@@ -370,7 +379,16 @@ async def test_a_continued_conversation_is_the_stored_one_then_the_input_and_wha
          "content": [{"type": "output_text", "text": "Paris.", "annotations": [], "logprobs": []}]},
     ]  # fmt: skip
     asked = request(input="And of Italy?", previous_response_id="resp_1", instructions="Be brief.", top_k=3)
-    continued = asked.continued(stored)
+    (kept_input,) = asked.input_items()
+    assert kept_input == {
+        "id": kept_input["id"],
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "And of Italy?"}],
+        "status": "completed",
+    }
+    assert kept_input["id"].startswith("msg_") and kept_input["id"] != asked.input_items()[0]["id"]
+    continued = asked.with_input([*stored, kept_input])
     assert continued.previous_response_id is None and continued.instructions == "Be brief."
     chat = continued.as_chat()
     assert [(m.role, m.text()) for m in chat.messages] == [
@@ -380,7 +398,6 @@ async def test_a_continued_conversation_is_the_stored_one_then_the_input_and_wha
         ("user", "And of Italy?"),
     ]
     assert chat.top_k == 3  # vLLM's options go along
-    assert asked.input_items() == [{"type": "message", "role": "user", "content": "And of Italy?"}]
     kept: list[dict] = []
 
     async def keep(response: dict) -> dict:
@@ -393,3 +410,56 @@ async def test_a_continued_conversation_is_the_stored_one_then_the_input_and_wha
     streamed = [line async for line in stream_response(shell, indexed(delta(0, "Rome.", 0), final("Rome.")), keep)]
     assert len(kept) == 1 and events_of(streamed)[-1]["response"] == kept[0]  # stored before its last event
     assert ResponseShell("resp_3", request()).response("in_progress")["store"] is False
+
+
+def test_references_are_replaced_by_the_stored_items_and_every_kept_item_has_an_id() -> None:
+    call = {"id": "fc_call_1", "type": "function_call", "status": "completed", "call_id": "call_1", "name": "capital",
+            "arguments": '{"country": "France"}'}  # fmt: skip
+    asked = request(
+        input=[
+            {"role": "user", "content": "Capital of France?"},
+            {"type": "item_reference", "id": "fc_call_1"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "Paris"},
+            {"id": "msg_mine", "role": "assistant", "content": [{"type": "output_text", "text": "Paris."}]},
+        ]
+    )
+    assert asked.references() == ["fc_call_1"]
+    items = asked.input_items({"fc_call_1": call})
+    assert items[1] == call  # as stored
+    assert [item["id"][:4] for item in items] == ["msg_", "fc_c", "fco_", "msg_"] and items[3]["id"] == "msg_mine"
+    assert items[3]["content"] == [{"type": "output_text", "text": "Paris.", "annotations": []}]
+    chat = asked.with_input(items).as_chat()  # kept items read back as the same turns
+    assert [(m.role, m.text()) for m in chat.messages] == [
+        ("user", "Capital of France?"),
+        ("assistant", ""),
+        ("tool", "Paris"),
+        ("assistant", "Paris."),
+    ]
+    assert chat.messages[1].tool_calls[0].function.name == "capital"  # type: ignore[index]
+    assert duplicate_id(items) is None and duplicate_id([*items, call]) == "fc_call_1"
+    assert request().references() == []
+
+
+def test_input_items_are_listed_latest_first_page_by_page() -> None:
+    conversation = [
+        {"type": "message", "role": "user", "content": "Capital of France?"},  # stored before items had ids
+        {"id": "msg_a", "type": "message", "role": "assistant", "status": "completed",
+         "content": [{"type": "output_text", "text": "Paris.", "annotations": []}]},
+        {"id": "msg_b", "type": "message", "role": "user", "status": "completed",
+         "content": [{"type": "input_text", "text": "And of Italy?"}]},
+        {"id": "msg_out", "type": "message", "role": "assistant", "status": "completed",
+         "content": [{"type": "output_text", "text": "Rome.", "annotations": []}]},  # the response's output
+    ]  # fmt: skip
+    first = input_items_page("resp_x", conversation, 1, None, 2, "desc")
+    ResponseItemList.model_validate(first)
+    assert [item["id"] for item in first["data"]] == ["msg_b", "msg_a"] and first["has_more"] is True
+    second = input_items_page("resp_x", conversation, 1, first["last_id"], 2, "desc")
+    assert len(second["data"]) == 1 and second["has_more"] is False
+    (oldest,) = second["data"]
+    assert oldest["content"] == [{"type": "input_text", "text": "Capital of France?"}]
+    again = input_items_page("resp_x", conversation, 1, None, 20, "asc")  # the same id on every listing
+    assert [item["id"] for item in again["data"]] == [oldest["id"], "msg_a", "msg_b"]
+    assert again["first_id"] == oldest["id"] and again["last_id"] == "msg_b"
+    with pytest.raises(ApiError) as refused:
+        input_items_page("resp_x", conversation, 1, "msg_out", 20, "desc")  # an output item is not an input item
+    assert refused.value.param == "after"
