@@ -421,10 +421,16 @@ class StoredResponse:
     conversation: list[dict[str, object]]
     """The items that led to the response (its input, and the earlier responses' it continued), then its output."""
     response: dict[str, object]
+    finish_by: datetime | None = None
+    """Background mode: by when the instance that queued it must have finished it (else it stopped)."""
+    reply_topic: str | None = None
+    """Background mode: where that instance hears the work."""
 
 
 # a stored response is readable while the tenant's retention, as it stands now, covers its age
 _RETAINED = "s.created_at + t.retention_days * interval '1 day' > now()"
+# a background response not finished yet (the table's name, or its alias, goes in)
+_QUEUED = "{0}.response->>'status' IN ('queued', 'in_progress')"
 
 
 class ResponseStore:
@@ -437,30 +443,53 @@ class ResponseStore:
         self._pool = pool
         self._database = Breaker("database", timeout_s, 1.0, DATABASE_FAILURES)
 
-    async def save(self, tenant_id: str, response_id: str, stored: StoredResponse) -> None:
-        await self._database.call(
+    async def save(self, tenant_id: str, response_id: str, stored: StoredResponse) -> bool:
+        """Stores the response, or replaces it while it is still queued (background mode); False when it was not
+        (it had ended: cancelled, most likely)."""
+        done = await self._database.call(
             lambda: self._pool.execute(
-                "INSERT INTO stored_responses (id, tenant_id, conversation, response) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO stored_responses (id, tenant_id, conversation, response, finish_by, reply_topic)"
+                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET conversation = EXCLUDED.conversation,"
+                " response = EXCLUDED.response, finish_by = EXCLUDED.finish_by, reply_topic = EXCLUDED.reply_topic"
+                f" WHERE stored_responses.tenant_id = EXCLUDED.tenant_id AND {_QUEUED.format('stored_responses')}",
                 response_id,
                 tenant_id,
                 json.dumps(stored.conversation),
                 json.dumps(stored.response),
+                stored.finish_by,
+                stored.reply_topic,
             )
         )
+        return str(done).endswith(" 1")
 
     async def load(self, tenant_id: str, response_id: str) -> StoredResponse | None:
         """The tenant's response, while its retention covers it; None otherwise (another tenant's included)."""
         row = await self._database.call(
             lambda: self._pool.fetchrow(
-                "SELECT s.conversation, s.response FROM stored_responses s JOIN tenants t ON t.id = s.tenant_id"
-                f" WHERE s.id = $1 AND s.tenant_id = $2 AND {_RETAINED}",
+                "SELECT s.conversation, s.response, s.finish_by, s.reply_topic FROM stored_responses s"
+                f" JOIN tenants t ON t.id = s.tenant_id WHERE s.id = $1 AND s.tenant_id = $2 AND {_RETAINED}",
                 response_id,
                 tenant_id,
             )
         )
         if row is None:
             return None
-        return StoredResponse(json.loads(row["conversation"]), json.loads(row["response"]))
+        return StoredResponse(
+            json.loads(row["conversation"]), json.loads(row["response"]), row["finish_by"], row["reply_topic"]
+        )
+
+    async def cancel(self, tenant_id: str, response_id: str) -> dict[str, object] | None:
+        """Marks a queued response cancelled; the response as it is now, or None when it was not queued."""
+        response = await self._database.call(
+            lambda: self._pool.fetchval(
+                "UPDATE stored_responses SET response = jsonb_set(response, '{status}', '\"cancelled\"')"
+                f" WHERE id = $1 AND tenant_id = $2 AND {_QUEUED.format('stored_responses')}"
+                " AND finish_by > now() RETURNING response",
+                response_id,
+                tenant_id,
+            )
+        )
+        return json.loads(response) if response is not None else None
 
     async def items(self, tenant_id: str, item_ids: list[str]) -> dict[str, dict[str, object]]:
         """The items with these ids in the tenant's stored conversations (an input's or an output's), by id, while

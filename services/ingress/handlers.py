@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from aiokafka.errors import MessageSizeTooLargeError
@@ -53,12 +53,14 @@ from services.ingress.protocol import (
 )
 from services.ingress.rate_limits import Charge, RateLimiter
 from services.ingress.responses import (
+    INGRESS_STOPPED,
     LOGPROBS,
-    Keep,
     ResponseItemList,
     ResponseObject,
     ResponsesCall,
+    ResponseShell,
     ResponsesRequest,
+    as_of,
     duplicate_id,
     input_items_page,
     responses_error,
@@ -99,6 +101,9 @@ from shared.telemetry import context_from, current_trace_context
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+BACKGROUND_STORE_GRACE_S = 30.0
+"""Time a background response's instance has after the request's deadline to store how it ended."""
+
 
 @dataclass
 class IngressDeps:
@@ -114,6 +119,8 @@ class IngressDeps:
     cache: ResponseCache
     responses: ResponseStore
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    background_responses: set[asyncio.Task[None]] = field(default_factory=set)
+    """Responses API background mode: the responses this instance is finishing (cancelled when it stops)."""
 
     def spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
         """Runs follow-up work (a cancel, a settlement) that must outlive the HTTP exchange that caused it."""
@@ -233,6 +240,15 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
     if unsupported := body.unsupported():
         param, message = unsupported
         raise ApiError(400, message, param=param, code="unsupported_parameter")
+    if body.background:
+        _needs_stored_responses(tenant, "background")
+        if body.store is False:
+            raise ApiError(
+                400,
+                "background mode keeps the response for you to read later: leave store out, or true.",
+                param="store",
+                code="invalid_value",
+            )
     conversation: list[dict[str, Any]] = []  # of the stored response this one continues
     if body.previous_response_id is not None:
         _needs_stored_responses(tenant, "previous_response_id")
@@ -285,21 +301,32 @@ def _needs_stored_responses(tenant: Tenant, param: str) -> None:
         )
 
 
-def _keeper(deps: IngressDeps, tenant: Tenant, conversation: list[dict[str, Any]]) -> Keep | None:
+def _keeper(deps: IngressDeps, tenant: Tenant, conversation: list[dict[str, Any]]) -> Keeper | None:
     """How a finished response is stored, with the items that led to it; None when the tenant keeps no text."""
-    if not tenant.retains_text:
-        return None
+    return Keeper(deps.responses, tenant.id, conversation) if tenant.retains_text else None
 
-    async def keep(response: dict[str, Any]) -> dict[str, Any]:
-        stored = StoredResponse([*conversation, *response["output"]], response)
+
+@dataclass(frozen=True)
+class Keeper:
+    """Stores one response of a tenant, with the items that led to it."""
+
+    store: ResponseStore
+    tenant_id: str
+    conversation: list[dict[str, Any]]
+
+    async def __call__(self, response: dict[str, Any]) -> dict[str, Any]:
+        """Stores a finished response; returns it as the client gets it (store false when it could not be)."""
         try:
-            await deps.responses.save(tenant.id, response["id"], stored)
+            await self.save(response)
         except DependencyUnavailable:
             logger.warning("response %s could not be stored: the database is unavailable", response["id"])
             return response | {"store": False}
         return response
 
-    return keep
+    async def save(self, response: dict[str, Any], finish_by: datetime | None = None, reply_topic: str = "") -> None:
+        """Stores it (a queued background response: replaced when it ends); raises DependencyUnavailable."""
+        stored = StoredResponse([*self.conversation, *response["output"]], response, finish_by, reply_topic or None)
+        await self.store.save(self.tenant_id, response["id"], stored)
 
 
 @router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=ERRORS, tags=["openai"])
@@ -308,7 +335,34 @@ async def retrieve_response(response_id: str, deps: DepsDep, tenant: TenantDep) 
     stored = await deps.responses.load(tenant.id, response_id) if tenant.retains_text else None
     if stored is None:
         raise _no_stored_response(response_id)
-    return JSONResponse(stored.response)
+    return JSONResponse(as_of(stored.response, stored.finish_by, utc_now()))
+
+
+@router.post("/v1/responses/{response_id}/cancel", response_model=ResponseObject, responses=ERRORS, tags=["openai"])
+async def cancel_response(response_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
+    """Stops a background response that has not ended: it is cancelled at once, and its work is stopped."""
+    stored = await deps.responses.load(tenant.id, response_id) if tenant.retains_text else None
+    if stored is None:
+        raise _no_stored_response(response_id)
+    if not stored.response.get("background"):
+        raise ApiError(400, "Only a background response can be cancelled.", param="response_id", code="invalid_value")
+    cancelled = await deps.responses.cancel(tenant.id, response_id)
+    if cancelled is None:  # it had ended (or ends as we ask): cancelling it again changes nothing
+        ended = await deps.responses.load(tenant.id, response_id)
+        status = as_of(ended.response, ended.finish_by, utc_now())["status"] if ended else "deleted"
+        if status == "cancelled":
+            assert ended is not None
+            return JSONResponse(ended.response)
+        raise ApiError(400, f"Cannot cancel a response that is {status}.", param="response_id", code="invalid_value")
+    stop = RequestCancelled(
+        request_id=response_id,
+        model=str(stored.response.get("model")),
+        reason="requested",
+        reply_topic=stored.reply_topic,
+    )
+    deps.spawn(deps.publisher.cancel(stop), f"cancel of {response_id}")
+    logger.info("background response %s cancelled by its tenant %s", response_id, tenant.id)
+    return JSONResponse(cancelled)
 
 
 @router.get(
@@ -551,6 +605,10 @@ async def _serve(  # type: ignore[no-untyped-def]
     prompt_only = isinstance(body, CompletionRequest) and body.prompt_only()
     deps.metrics.responses.labels(request.url.path, "200").inc()
     if responses is not None:
+        if responses.body.background:
+            assert isinstance(responses.keep, Keeper), "create_response keeps every background response"
+            shell = responses.shell(request_id)
+            return await _in_background(shell, responses.keep, replies, headers, deps, deadline_at)
         return await _respond(request_id, responses, request, replies, headers)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -608,6 +666,54 @@ async def _respond(  # type: ignore[no-untyped-def]
     except ApiError as exc:
         raise exc.with_headers(headers) from None
     return JSONResponse(response, headers=headers)
+
+
+async def _in_background(
+    shell: ResponseShell,
+    keep: Keeper,
+    replies: AsyncIterator[IndexedEvent],
+    headers: dict[str, str],
+    deps: IngressDeps,
+    deadline_at: datetime,
+) -> JSONResponse:
+    """Background mode: the response is stored queued and returned at once; this instance finishes it. Its deadline,
+    with time to store its end, tells readers when it failed with this instance (``as_of``)."""
+    finish_by = deadline_at + timedelta(seconds=BACKGROUND_STORE_GRACE_S)
+    topic = deps.listener.topic
+
+    async def finish() -> None:
+        try:
+            response = await whole_response(shell, replies)
+        except ApiError as exc:
+            response = shell.response("failed", error=exc)
+        except asyncio.CancelledError:  # the instance stops: say so now rather than at finish_by
+            await _store_end(keep, shell.response("failed", error=INGRESS_STOPPED), finish_by, topic)
+            raise
+        await _store_end(keep, response, finish_by, topic)
+
+    task = asyncio.get_running_loop().create_task(finish())
+    deps.background_responses.add(task)
+    task.add_done_callback(deps.background_responses.discard)
+    queued = shell.response("queued")
+    try:
+        await keep.save(queued, finish_by, topic)  # a replace: the end may be stored first, then this changes nothing
+    except DependencyUnavailable:
+        task.cancel()  # its work is cancelled with it
+        raise ApiError(
+            503,
+            "The background response could not be stored; try again.",
+            "service_unavailable_error",
+            code="database_unavailable",
+            headers={"Retry-After": "1"} | headers,
+        ) from None
+    return JSONResponse(queued, headers=headers)
+
+
+async def _store_end(keep: Keeper, response: dict[str, Any], finish_by: datetime, reply_topic: str) -> None:
+    try:
+        await keep.save(response, finish_by, reply_topic)
+    except DependencyUnavailable:  # readers see it failed at finish_by
+        logger.warning("background response %s ended %s but could not be stored", response["id"], response["status"])
 
 
 def _cache_policy(tenant: Tenant) -> TenantCachePolicy:

@@ -81,6 +81,11 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
             yield
         finally:
             sweeper.cancel()
+            # background responses this instance was finishing end now, as failed (stored so), and their work is
+            # cancelled; a client polling them hears it at once rather than at their deadline
+            for task in deps.background_responses:
+                task.cancel()
+            await asyncio.gather(*deps.background_responses, return_exceptions=True)
             # cancels and settlements of requests that just ended still go out
             await asyncio.gather(*deps.background, return_exceptions=True)
             await queues.stop()

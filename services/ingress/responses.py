@@ -13,8 +13,12 @@ A response is stored for previous_response_id, item_reference and GET /v1/respon
 when its tenant keeps text (the handlers and adapters.ResponseStore); the stored conversation is items in OpenAI's
 listed shape (stored_item), each with an id, which this module reads back as input.
 
+Background mode (background true): the response is stored queued and answered at once; the ingress instance that
+queued it finishes it (handlers), and any instance reads or cancels it.
+
 Not served, and refused by name rather than ignored: tools other than functions, OpenAI's stored conversations and
-prompts, background mode, ``include`` other than the text's logprobs, reasoning summaries and encrypted reasoning."""
+prompts, streamed background responses, ``include`` other than the text's logprobs, reasoning summaries and
+encrypted reasoning."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
@@ -49,6 +54,8 @@ from shared.contracts import (
     TokensGenerated,
     ToolCallPiece,
 )
+
+Status = Literal["queued", "in_progress", "completed", "incomplete", "failed", "cancelled"]
 
 LOGPROBS = "message.output_text.logprobs"
 """The one value of include served: the output text's logprobs."""
@@ -336,7 +343,12 @@ class ResponsesRequest(BaseModel):
     max_tool_calls: int | None = Field(
         None, ge=0, description="0: no call; 1: at most one (parallel_tool_calls false). More is not served."
     )
-    background: bool | None = Field(None, description="Not served: only false is accepted.")
+    background: bool | None = Field(
+        None,
+        description="true: answered at once with the response queued, which is then finished on its own (GET "
+        "/v1/responses/{id} reads it, POST .../cancel stops it). Needs a stored response: a tenant with retention, and "
+        "store not false. Not streamed.",
+    )
     priority: Priority | None = Field(None, description="ferry: priority class, as on /v1/chat/completions.")
     batching_profile: BatchingProfile | None = Field(None, description="ferry: batching profile.")
     variant: Annotated[str, Field(pattern=VARIANT_NAME_PATTERN)] | None = Field(
@@ -360,7 +372,7 @@ class ResponsesRequest(BaseModel):
                 (name, name in (self.model_extra or {}), f"{name} is not served: send the conversation as input.")
                 for name in ("conversation", "prompt")
             ),
-            ("background", bool(self.background), "background mode is not served: leave it out or false."),
+            ("stream", bool(self.background and self.stream), "background responses are not streamed yet: poll them."),
             (
                 "reasoning.summary",
                 self.reasoning is not None and self.reasoning.summary is not None,
@@ -567,7 +579,8 @@ class ResponseObject(BaseModel):
     id: str
     object: Literal["response"]
     created_at: int
-    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    status: Status
+    background: bool = Field(description="Whether it was made in background mode.")
     completed_at: int | None
     error: dict[str, Any] | None
     incomplete_details: dict[str, Any] | None
@@ -590,6 +603,27 @@ class ResponseObject(BaseModel):
     usage: ResponseUsageOut | None
     user: str | None
     metadata: dict[str, str]
+
+
+INGRESS_STOPPED = ApiError(
+    503,
+    "The ingress instance finishing this background response stopped before it ended; send it again.",
+    "service_unavailable_error",
+    code="ingress_stopped",
+)
+"""How a background response ends when the instance finishing it stops."""
+
+UNFINISHED = ("queued", "in_progress")
+"""A background response's states before it ends."""
+
+
+def as_of(response: dict[str, Any], finish_by: datetime | None, now: datetime) -> dict[str, Any]:
+    """A stored response as it stands at ``now``: a background response still queued past ``finish_by`` failed,
+    since the ingress instance that was finishing it stopped (it would have stored its end by then)."""
+    if response.get("status") not in UNFINISHED or finish_by is None or now <= finish_by:
+        return response
+    error = {"code": INGRESS_STOPPED.code, "message": INGRESS_STOPPED.message}
+    return response | {"status": "failed", "error": error}
 
 
 class ResponseItemList(BaseModel):
@@ -630,7 +664,7 @@ class ResponseShell:
 
     def response(
         self,
-        status: Literal["in_progress", "completed", "incomplete", "failed"],
+        status: Status,
         final: CompletionFinished | None = None,
         error: ApiError | None = None,
         output: list[dict[str, Any]] | None = None,
@@ -647,6 +681,7 @@ class ResponseShell:
             "created_at": self.created_at,
             "status": status,
             "completed_at": int(time.time()) if status == "completed" else None,
+            "background": bool(body.background),
             "error": {"code": error.code or error.type, "message": error.message} if error else None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": body.instructions,

@@ -11,10 +11,12 @@ import re
 import httpx
 import pytest
 from openai import AsyncOpenAI, BadRequestError, NotFoundError, OpenAI
+from openai.types.responses import Response
 
 from services.ingress.adapters import ResponseStore
 from shared.db import connect_pool
-from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
+from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform, start_extra_ingress, stop_service
+from tests.e2e.test_flow_control import LONG_RESPONSE, cancellation_of, replies_of
 from tests.e2e.test_reasoning import ANSWER, BUDGET, THINK_THEN_ANSWER
 
 QUESTION = "What is the capital of France?"
@@ -283,3 +285,79 @@ async def swept_and_left(platform: Platform, tenant_id: str) -> int:
     finally:
         await pool.close()
     return left
+
+
+async def finished(client: AsyncOpenAI, response_id: str, within_s: float = 120) -> Response:
+    """Polls a background response until it ends, as a client of background mode does."""
+    async with asyncio.timeout(within_s):
+        while (response := await client.responses.retrieve(response_id)).status in ("queued", "in_progress"):
+            await asyncio.sleep(0.2)
+    return response
+
+
+async def test_a_background_response_is_polled_to_its_end_and_a_cancel_stops_its_work(platform: Platform) -> None:
+    """Background mode: answered at once with the response queued; polling reads its end. A cancel ends it at once
+    and stops the generation under way, and the end its instance then hears does not undo it."""
+    keeper = AsyncOpenAI(
+        base_url=f"{platform.base_url}/v1",
+        api_key=platform.new_tenant("background", "--retention-days", "1"),
+        max_retries=0,
+        timeout=120,
+    )
+    queued = await keeper.responses.create(
+        model=DEFAULT_MODEL, input=QUESTION, background=True, max_output_tokens=24, temperature=0
+    )
+    assert (queued.status, queued.background, queued.output) == ("queued", True, [])
+    done = await finished(keeper, queued.id)
+    assert done.status == "completed" and "Paris" in done.output_text and done.background is True
+    assert done.usage is not None and done.usage.output_tokens > 0
+    led_to = (await keeper.responses.input_items.list(done.id)).data
+    assert [item.content[0].text for item in led_to] == [QUESTION]  # type: ignore[union-attr]
+
+    asked = {name: value for name, value in LONG_RESPONSE.items() if name != "ignore_eos"}
+    long = await keeper.responses.create(**asked, background=True, extra_body={"ignore_eos": True})  # type: ignore[call-overload]
+    await asyncio.sleep(1)  # its tokens are flowing by now
+    cancelled = await keeper.responses.cancel(long.id)
+    assert cancelled.status == "cancelled"
+    assert (await cancellation_of(platform, long.id)).reason == "requested"
+    events = await replies_of(platform, long.id)  # the worker aborted it long before its 1500 tokens
+    assert events[-1].event == "generation_failed" and events[-1].code == "cancelled", events[-1]
+    assert sum(e.token_count for e in events if e.event == "tokens_generated") < 1500 / 4
+    await asyncio.sleep(1)  # the instance has heard that end by now, and stored nothing over the cancel
+    assert (await keeper.responses.retrieve(long.id)).status == "cancelled"
+    assert (await keeper.responses.cancel(long.id)).status == "cancelled"  # again: no change
+
+    with pytest.raises(BadRequestError) as err:
+        await keeper.responses.cancel(done.id)  # it had ended
+    assert err.value.body["param"] == "response_id"  # type: ignore[index]
+    stored = await keeper.responses.create(model=TINY_MODEL, input="hi", max_output_tokens=2)
+    with pytest.raises(BadRequestError):
+        await keeper.responses.cancel(stored.id)  # not a background response
+    for refused, param in [
+        ({"stream": True}, "stream"),
+        ({"store": False}, "store"),
+    ]:
+        with pytest.raises(BadRequestError) as err:
+            await keeper.responses.create(model=TINY_MODEL, input="hi", background=True, **refused)  # type: ignore[call-overload]
+        assert err.value.body["param"] == param  # type: ignore[index]
+    with pytest.raises(BadRequestError) as err:  # a tenant that keeps no text cannot read it back
+        client(platform).responses.create(model=TINY_MODEL, input="hi", background=True)
+    assert err.value.body["param"] == "background"  # type: ignore[index]
+
+
+async def test_a_background_response_reads_failed_once_its_ingress_stops(platform: Platform) -> None:
+    """The instance finishing a background response stops: the response reads failed from any instance, at once,
+    and its work is cancelled."""
+    api_key = platform.new_tenant("background-stops", "--retention-days", "1")
+    extra = start_extra_ingress(platform, "background")
+    try:
+        via_extra = AsyncOpenAI(base_url=f"http://127.0.0.1:{extra.port}/v1", api_key=api_key, max_retries=0)
+        asked = {name: value for name, value in LONG_RESPONSE.items() if name != "ignore_eos"}
+        long = await via_extra.responses.create(**asked, background=True, extra_body={"ignore_eos": True})  # type: ignore[call-overload]
+        await asyncio.sleep(1)
+    finally:
+        stop_service(extra)
+    via_session = AsyncOpenAI(base_url=f"{platform.base_url}/v1", api_key=api_key, max_retries=0)
+    ended = await via_session.responses.retrieve(long.id)
+    assert ended.status == "failed" and ended.error is not None and ended.error.code == "ingress_stopped"  # type: ignore[comparison-overlap]
+    assert (await cancellation_of(platform, long.id)).reason == "client_disconnected"

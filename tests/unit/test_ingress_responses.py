@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -14,6 +15,7 @@ from services.ingress.responses import (
     ResponseObject,
     ResponseShell,
     ResponsesRequest,
+    as_of,
     duplicate_id,
     input_items_page,
     stream_response,
@@ -106,6 +108,8 @@ def test_what_is_not_served_is_refused_by_name_and_a_bad_value_names_this_apis_f
     assert request(include=["reasoning.encrypted_content"]).unsupported()[0] == "include"  # type: ignore[index]
     assert request(reasoning={"summary": "auto"}).unsupported()[0] == "reasoning.summary"  # type: ignore[index]
     assert request(tools=[], include=[], background=False, store=True).unsupported() is None
+    assert request(background=True).unsupported() is None
+    assert request(background=True, stream=True).unsupported()[0] == "stream"  # type: ignore[index]
     assert request(conversation="conv_1").unsupported()[0] == "conversation"  # type: ignore[index]
     assert request(max_tool_calls=3).unsupported()[0] == "max_tool_calls"  # type: ignore[index]
     assert request(include=["message.output_text.logprobs"], max_tool_calls=1).unsupported() is None
@@ -463,3 +467,17 @@ def test_input_items_are_listed_latest_first_page_by_page() -> None:
     with pytest.raises(ApiError) as refused:
         input_items_page("resp_x", conversation, 1, "msg_out", 20, "desc")  # an output item is not an input item
     assert refused.value.param == "after"
+
+
+def test_a_background_response_still_queued_past_its_finish_by_reads_failed() -> None:
+    queued = ResponseShell("resp_1", request(background=True), stored=True).response("queued")
+    assert queued["background"] is True and queued["output"] == [] and queued["usage"] is None
+    ResponseObject.model_validate(queued)
+    finish_by = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    assert as_of(queued, finish_by, finish_by) == queued  # its instance may still store its end
+    stopped = as_of(queued, finish_by, finish_by + timedelta(seconds=1))
+    assert stopped["status"] == "failed" and stopped["error"]["code"] == "ingress_stopped"
+    ResponseObject.model_validate(stopped)
+    ended = queued | {"status": "cancelled"}
+    assert as_of(ended, finish_by, finish_by + timedelta(days=1)) == ended  # an end stands
+    assert as_of(queued, None, finish_by + timedelta(days=1)) == queued
