@@ -7,11 +7,12 @@ Database calls are bounded in time (shared.outages): a database that does not an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 
 import asyncpg
@@ -427,6 +428,18 @@ class StoredResponse:
     """Background mode: where that instance hears the work."""
 
 
+class NotStorable(Exception):
+    """Text PostgreSQL's jsonb cannot hold: the character U+0000."""
+
+
+@contextlib.contextmanager
+def _storable() -> Iterator[None]:
+    try:
+        yield
+    except asyncpg.UntranslatableCharacterError:
+        raise NotStorable("the text holds the character U+0000, which PostgreSQL's jsonb cannot store") from None
+
+
 # a stored response is readable while the tenant's retention, as it stands now, covers its age
 _RETAINED = "s.created_at + t.retention_days * interval '1 day' > now()"
 # a background response not finished yet (the table's name, or its alias, goes in)
@@ -445,21 +458,23 @@ class ResponseStore:
 
     async def save(self, tenant_id: str, response_id: str, stored: StoredResponse) -> bool:
         """Stores the response, or replaces it while it is still queued (background mode); False when it was not
-        (it had ended: cancelled, most likely)."""
-        done = await self._database.call(
-            lambda: self._pool.execute(
-                "INSERT INTO stored_responses (id, tenant_id, conversation, response, finish_by, reply_topic)"
-                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET conversation = EXCLUDED.conversation,"
-                " response = EXCLUDED.response, finish_by = EXCLUDED.finish_by, reply_topic = EXCLUDED.reply_topic"
-                f" WHERE stored_responses.tenant_id = EXCLUDED.tenant_id AND {_QUEUED.format('stored_responses')}",
-                response_id,
-                tenant_id,
-                json.dumps(stored.conversation),
-                json.dumps(stored.response),
-                stored.finish_by,
-                stored.reply_topic,
+        (it had ended: cancelled, most likely). Raises NotStorable for text with U+0000."""
+        with _storable():
+            done = await self._database.call(
+                lambda: self._pool.execute(
+                    "INSERT INTO stored_responses (id, tenant_id, conversation, response, finish_by, reply_topic)"
+                    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET"
+                    " conversation = EXCLUDED.conversation, response = EXCLUDED.response,"
+                    " finish_by = EXCLUDED.finish_by, reply_topic = EXCLUDED.reply_topic"
+                    f" WHERE stored_responses.tenant_id = EXCLUDED.tenant_id AND {_QUEUED.format('stored_responses')}",
+                    response_id,
+                    tenant_id,
+                    json.dumps(stored.conversation),
+                    json.dumps(stored.response),
+                    stored.finish_by,
+                    stored.reply_topic,
+                )
             )
-        )
         return str(done).endswith(" 1")
 
     async def load(self, tenant_id: str, response_id: str) -> StoredResponse | None:
@@ -523,3 +538,156 @@ class ResponseStore:
             )
         )
         return int(str(done).split()[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversation:
+    id: str
+    created_at: datetime
+    metadata: dict[str, str]
+
+
+# a conversation is readable while the tenant's retention covers its last change, and each item while it covers the
+# time it was added (as the setting stands now)
+_CONVERSATION_RETAINED = "c.updated_at + t.retention_days * interval '1 day' > now()"
+_ITEM_RETAINED = "i.created_at + t.retention_days * interval '1 day' > now()"
+
+
+class ConversationStore:
+    """OpenAI's conversations (their items, in order), kept in PostgreSQL only for tenants that opted in to retention
+    (the caller checks) and only as long as it covers them: reads skip the rest, and ``sweep`` deletes it. Each call
+    waits at most ``timeout_s``; while the database cannot answer, it raises DependencyUnavailable."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout_s: float = 2.0) -> None:
+        self._pool = pool
+        self._database = Breaker("database", timeout_s, 1.0, DATABASE_FAILURES)
+
+    async def create(
+        self, tenant_id: str, conversation_id: str, metadata: dict[str, str], items: list[dict[str, object]]
+    ) -> Conversation:
+        """Raises DuplicateItem or NotStorable (see _insert_items), the latter for metadata too."""
+
+        async def create() -> Conversation:
+            async with self._pool.acquire() as connection, connection.transaction():
+                created_at = await connection.fetchval(
+                    "INSERT INTO conversations (id, tenant_id, metadata) VALUES ($1, $2, $3) RETURNING created_at",
+                    conversation_id,
+                    tenant_id,
+                    json.dumps(metadata),
+                )
+                await _insert_items(connection, conversation_id, items)
+            return Conversation(conversation_id, created_at, metadata)
+
+        with _storable():
+            return await self._database.call(create)
+
+    async def get(self, tenant_id: str, conversation_id: str) -> Conversation | None:
+        row = await self._database.call(
+            lambda: self._pool.fetchrow(
+                "SELECT c.created_at, c.metadata FROM conversations c JOIN tenants t ON t.id = c.tenant_id"
+                f" WHERE c.id = $1 AND c.tenant_id = $2 AND {_CONVERSATION_RETAINED}",
+                conversation_id,
+                tenant_id,
+            )
+        )
+        return Conversation(conversation_id, row["created_at"], json.loads(row["metadata"])) if row else None
+
+    async def set_metadata(self, tenant_id: str, conversation_id: str, metadata: dict[str, str]) -> Conversation | None:
+        with _storable():
+            row = await self._database.call(
+                lambda: self._pool.fetchrow(
+                    "UPDATE conversations c SET metadata = $3, updated_at = now() FROM tenants t"
+                    " WHERE t.id = c.tenant_id AND c.id = $1 AND c.tenant_id = $2"
+                    f" AND {_CONVERSATION_RETAINED} RETURNING c.created_at",
+                    conversation_id,
+                    tenant_id,
+                    json.dumps(metadata),
+                )
+            )
+        return Conversation(conversation_id, row["created_at"], metadata) if row else None
+
+    async def delete(self, tenant_id: str, conversation_id: str) -> bool:
+        done = await self._database.call(
+            lambda: self._pool.execute(
+                "DELETE FROM conversations WHERE id = $1 AND tenant_id = $2", conversation_id, tenant_id
+            )
+        )
+        return str(done).endswith(" 1")
+
+    async def items(self, tenant_id: str, conversation_id: str) -> list[dict[str, object]] | None:
+        """The conversation's items still retained, in order; None when there is no such conversation."""
+        rows = await self._database.call(
+            lambda: self._pool.fetch(
+                "SELECT i.item FROM conversations c JOIN tenants t ON t.id = c.tenant_id"
+                f" LEFT JOIN conversation_items i ON i.conversation_id = c.id AND {_ITEM_RETAINED}"
+                f" WHERE c.id = $1 AND c.tenant_id = $2 AND {_CONVERSATION_RETAINED} ORDER BY i.position",
+                conversation_id,
+                tenant_id,
+            )
+        )
+        if not rows:
+            return None
+        return [json.loads(row["item"]) for row in rows if row["item"] is not None]
+
+    async def add_items(self, tenant_id: str, conversation_id: str, items: list[dict[str, object]]) -> bool:
+        """Appends the items; False when there is no such conversation."""
+
+        async def add() -> bool:
+            async with self._pool.acquire() as connection, connection.transaction():
+                found = await connection.fetchval(
+                    "UPDATE conversations c SET updated_at = now() FROM tenants t WHERE t.id = c.tenant_id"
+                    f" AND c.id = $1 AND c.tenant_id = $2 AND {_CONVERSATION_RETAINED} RETURNING c.id",
+                    conversation_id,
+                    tenant_id,
+                )
+                if found is not None:
+                    await _insert_items(connection, conversation_id, items)
+            return found is not None
+
+        return await self._database.call(add)
+
+    async def delete_item(self, tenant_id: str, conversation_id: str, item_id: str) -> bool:
+        done = await self._database.call(
+            lambda: self._pool.execute(
+                "WITH touched AS (UPDATE conversations SET updated_at = now() WHERE id = $1 AND tenant_id = $2"
+                " RETURNING id) DELETE FROM conversation_items i USING touched"
+                " WHERE i.conversation_id = touched.id AND i.id = $3",
+                conversation_id,
+                tenant_id,
+                item_id,
+            )
+        )
+        return str(done).endswith(" 1")
+
+    async def sweep(self) -> int:
+        """Deletes every item and conversation no retention covers any more; returns how many rows."""
+
+        async def sweep() -> int:
+            async with self._pool.acquire() as connection, connection.transaction():
+                items = await connection.execute(
+                    "DELETE FROM conversation_items i USING conversations c, tenants t"
+                    f" WHERE c.id = i.conversation_id AND t.id = c.tenant_id AND NOT ({_ITEM_RETAINED})"
+                )
+                conversations = await connection.execute(
+                    "DELETE FROM conversations c USING tenants t"
+                    f" WHERE t.id = c.tenant_id AND NOT ({_CONVERSATION_RETAINED})"
+                )
+            return int(str(items).split()[-1]) + int(str(conversations).split()[-1])
+
+        return await self._database.call(sweep)
+
+
+class DuplicateItem(Exception):
+    """An item whose id the conversation already holds."""
+
+
+async def _insert_items(connection: asyncpg.Connection, conversation_id: str, items: list[dict[str, object]]) -> None:
+    """Raises DuplicateItem for an id the conversation holds, NotStorable for text with U+0000."""
+    try:
+        with _storable():
+            await connection.executemany(
+                "INSERT INTO conversation_items (conversation_id, id, item) VALUES ($1, $2, $3)",
+                [(conversation_id, str(item["id"]), json.dumps(item)) for item in items],
+            )
+    except asyncpg.UniqueViolationError:
+        raise DuplicateItem(conversation_id) from None

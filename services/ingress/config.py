@@ -27,7 +27,7 @@ class IngressSettings(BaseSettings):
     stored_response_sweep_s: float = Field(
         300.0,
         gt=0,
-        description="How often stored Responses API answers that no tenant's retention covers any more are deleted.",
+        description="How often stored Responses API answers and conversation items no retention covers are deleted.",
     )
     auth_cache_s: float = Field(
         5.0, ge=0, description="How long an API key check is reused; a revoked key works at most this long."

@@ -26,7 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.cache.policy import TenantCachePolicy
 from services.cache.service import CACHE_HEADER, ResponseCache, cache_headers
 from services.ingress.adapters import (
+    ConversationStore,
+    DuplicateItem,
     ModelCatalog,
+    NotStorable,
     QueueMonitor,
     ReplyListener,
     RequestPublisher,
@@ -35,6 +38,15 @@ from services.ingress.adapters import (
     TenantDirectory,
 )
 from services.ingress.config import IngressSettings
+from services.ingress.conversations import (
+    ConversationDeleted,
+    ConversationObject,
+    ConversationUpdate,
+    NewConversation,
+    NewItems,
+    conversation_object,
+    reference_in,
+)
 from services.ingress.metrics import IngressMetrics
 from services.ingress.protocol import (
     ChatCompletion,
@@ -63,7 +75,9 @@ from services.ingress.responses import (
     as_of,
     duplicate_id,
     input_items_page,
+    page_of,
     responses_error,
+    stored_item,
     stream_response,
     whole_response,
 )
@@ -118,6 +132,7 @@ class IngressDeps:
     metrics: IngressMetrics
     cache: ResponseCache
     responses: ResponseStore
+    conversations: ConversationStore
     background: set[asyncio.Task[None]] = field(default_factory=set)
     background_responses: set[asyncio.Task[None]] = field(default_factory=set)
     """Responses API background mode: the responses this instance is finishing (cancelled when it stops)."""
@@ -249,7 +264,27 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
                 param="store",
                 code="invalid_value",
             )
-    conversation: list[dict[str, Any]] = []  # of the stored response this one continues
+    conversation: list[dict[str, Any]] = []  # of the stored response this one continues, or of its conversation
+    if (conversation_id := body.conversation_id()) is not None:
+        _needs_stored_responses(tenant, "conversation")
+        if body.previous_response_id is not None:
+            raise ApiError(
+                400,
+                "previous_response_id and conversation cannot both be given: the conversation holds the earlier turns.",
+                param="previous_response_id",
+                code="invalid_value",
+            )
+        if body.store is False:
+            raise ApiError(
+                400,
+                "a response in a conversation is kept with it: leave store out, or true.",
+                param="store",
+                code="invalid_value",
+            )
+        kept = await deps.conversations.items(tenant.id, conversation_id)
+        if kept is None:
+            raise _no_conversation(conversation_id, "conversation")
+        conversation = kept
     if body.previous_response_id is not None:
         _needs_stored_responses(tenant, "previous_response_id")
         previous = await deps.responses.load(tenant.id, body.previous_response_id)
@@ -272,7 +307,8 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
                 param="input",
                 code="item_not_found",
             )
-    items = [*conversation, *body.input_items(referenced)]
+    new_items = body.input_items(referenced)
+    items = [*conversation, *new_items]
     if duplicate := duplicate_id(items):
         raise ApiError(
             400,
@@ -281,7 +317,10 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
             param="input",
             code="duplicate_item",
         )
-    keep = _keeper(deps, tenant, items) if body.store is not False else None
+    keep = None
+    if body.store is not False and tenant.retains_text:
+        joins = Joining(deps.conversations, conversation_id, new_items) if conversation_id is not None else None
+        keep = Keeper(deps.responses, tenant.id, items, joins)
     asked = body.with_input(items) if conversation or referenced else body
     try:
         return await _serve(asked.as_chat(), "chat", request, deps, tenant, responses=ResponsesCall(body, keep))
@@ -301,32 +340,72 @@ def _needs_stored_responses(tenant: Tenant, param: str) -> None:
         )
 
 
-def _keeper(deps: IngressDeps, tenant: Tenant, conversation: list[dict[str, Any]]) -> Keeper | None:
-    """How a finished response is stored, with the items that led to it; None when the tenant keeps no text."""
-    return Keeper(deps.responses, tenant.id, conversation) if tenant.retains_text else None
+@dataclass(frozen=True)
+class Joining:
+    """A conversation a response belongs to: once it ends, its input (``items``) and output are added to it."""
+
+    conversations: ConversationStore
+    conversation_id: str
+    items: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class Keeper:
-    """Stores one response of a tenant, with the items that led to it."""
+    """Stores one response of a tenant, with the items that led to it (and adds them to its conversation)."""
 
     store: ResponseStore
     tenant_id: str
     conversation: list[dict[str, Any]]
+    joins: Joining | None = None
 
     async def __call__(self, response: dict[str, Any]) -> dict[str, Any]:
         """Stores a finished response; returns it as the client gets it (store false when it could not be)."""
         try:
             await self.save(response)
-        except DependencyUnavailable:
-            logger.warning("response %s could not be stored: the database is unavailable", response["id"])
+        except (DependencyUnavailable, NotStorable) as exc:
+            logger.warning("response %s could not be stored: %s", response["id"], exc)
             return response | {"store": False}
         return response
 
     async def save(self, response: dict[str, Any], finish_by: datetime | None = None, reply_topic: str = "") -> None:
-        """Stores it (a queued background response: replaced when it ends); raises DependencyUnavailable."""
+        """Stores it (a queued background response: replaced when it ends); raises DependencyUnavailable. An answer
+        (completed or cut short) joins its conversation."""
         stored = StoredResponse([*self.conversation, *response["output"]], response, finish_by, reply_topic or None)
-        await self.store.save(self.tenant_id, response["id"], stored)
+        saved = await self.store.save(self.tenant_id, response["id"], stored)
+        if saved and self.joins is not None and response["status"] in ("completed", "incomplete"):
+            joins = self.joins
+            try:
+                added = await joins.conversations.add_items(
+                    self.tenant_id, joins.conversation_id, [*joins.items, *response["output"]]
+                )
+            except (DuplicateItem, NotStorable):
+                added = False
+            if not added:
+                logger.warning(
+                    "response %s could not join conversation %s: it is gone, or holds one of its items",
+                    response["id"],
+                    joins.conversation_id,
+                )
+
+
+class ItemPage:
+    """The query of OpenAI's item lists (a response's input items, a conversation's items)."""
+
+    def __init__(
+        self,
+        after: Annotated[str | None, Query(description="The last item id of the page before.")] = None,
+        limit: Annotated[int, Query(ge=1, le=100, description="Items per page.")] = 20,
+        order: Annotated[Literal["asc", "desc"], Query(description="desc (the default): latest first.")] = "desc",
+        include: Annotated[list[str] | None, Query(alias="include[]", description=f"Only {LOGPROBS} is taken.")] = None,
+    ) -> None:
+        if unserved := next((name for name in include or [] if name != LOGPROBS), None):
+            raise ApiError(
+                400, f"include takes only {LOGPROBS}, not {unserved}.", param="include", code="unsupported_parameter"
+            )
+        self.after, self.limit, self.order = after, limit, order
+
+
+PageDep = Annotated[ItemPage, Depends()]
 
 
 @router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=ERRORS, tags=["openai"])
@@ -368,28 +447,15 @@ async def cancel_response(response_id: str, deps: DepsDep, tenant: TenantDep) ->
 @router.get(
     "/v1/responses/{response_id}/input_items", response_model=ResponseItemList, responses=ERRORS, tags=["openai"]
 )
-async def list_input_items(
-    response_id: str,
-    deps: DepsDep,
-    tenant: TenantDep,
-    after: Annotated[str | None, Query(description="The last item id of the page before.")] = None,
-    limit: Annotated[int, Query(ge=1, le=100, description="Items per page.")] = 20,
-    order: Annotated[Literal["asc", "desc"], Query(description="desc (the default): the latest item first.")] = "desc",
-    include: Annotated[
-        list[str] | None, Query(alias="include[]", description=f"Only {LOGPROBS} is taken (input items have none).")
-    ] = None,
-) -> JSONResponse:
+async def list_input_items(response_id: str, deps: DepsDep, tenant: TenantDep, page: PageDep) -> JSONResponse:
     """The items that led to a stored response: the conversation it continued, then its own input."""
-    if unserved := next((name for name in include or [] if name != LOGPROBS), None):
-        raise ApiError(
-            400, f"include takes only {LOGPROBS}, not {unserved}.", param="include", code="unsupported_parameter"
-        )
     stored = await deps.responses.load(tenant.id, response_id) if tenant.retains_text else None
     if stored is None:
         raise _no_stored_response(response_id)
     output = stored.response.get("output")
     output_count = len(output) if isinstance(output, list) else 0
-    return JSONResponse(input_items_page(response_id, stored.conversation, output_count, after, limit, order))
+    items = input_items_page(response_id, stored.conversation, output_count, page.after, page.limit, page.order)
+    return JSONResponse(items)
 
 
 @router.delete("/v1/responses/{response_id}", responses=ERRORS, tags=["openai"])
@@ -397,6 +463,165 @@ async def delete_response(response_id: str, deps: DepsDep, tenant: TenantDep) ->
     if not await deps.responses.delete(tenant.id, response_id):
         raise _no_stored_response(response_id)
     return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+@router.post("/v1/conversations", response_model=ConversationObject, responses=ERRORS, tags=["openai"])
+async def create_conversation(body: NewConversation, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
+    """OpenAI's Conversations API: a conversation kept on the server, for a tenant that keeps text."""
+    _needs_stored_responses(tenant, "conversation")
+    items = _conversation_items(body.items or [])
+    conversation_id = f"conv_{uuid.uuid4().hex}"
+    try:
+        created = await deps.conversations.create(tenant.id, conversation_id, body.metadata or {}, items)
+    except NotStorable as exc:
+        in_metadata = any("\x00" in key + value for key, value in (body.metadata or {}).items())
+        param = "metadata" if in_metadata else "items"
+        raise ApiError(400, f"A conversation is stored, and {exc}.", param=param, code="invalid_value") from None
+    return JSONResponse(conversation_object(created.id, created.created_at, created.metadata))
+
+
+@router.get("/v1/conversations/{conversation_id}", response_model=ConversationObject, responses=ERRORS, tags=["openai"])
+async def retrieve_conversation(conversation_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
+    found = await deps.conversations.get(tenant.id, conversation_id) if tenant.retains_text else None
+    if found is None:
+        raise _no_conversation(conversation_id)
+    return JSONResponse(conversation_object(found.id, found.created_at, found.metadata))
+
+
+@router.post(
+    "/v1/conversations/{conversation_id}", response_model=ConversationObject, responses=ERRORS, tags=["openai"]
+)
+async def update_conversation(
+    conversation_id: str, body: ConversationUpdate, deps: DepsDep, tenant: TenantDep
+) -> JSONResponse:
+    """Replaces its metadata."""
+    found = None
+    if tenant.retains_text:
+        try:
+            found = await deps.conversations.set_metadata(tenant.id, conversation_id, body.metadata or {})
+        except NotStorable as exc:
+            raise ApiError(400, f"Metadata is stored, and {exc}.", param="metadata", code="invalid_value") from None
+    if found is None:
+        raise _no_conversation(conversation_id)
+    return JSONResponse(conversation_object(found.id, found.created_at, found.metadata))
+
+
+@router.delete(
+    "/v1/conversations/{conversation_id}", response_model=ConversationDeleted, responses=ERRORS, tags=["openai"]
+)
+async def delete_conversation(conversation_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
+    """Deletes it with its items (the responses made in it stay, under their own retention)."""
+    if not await deps.conversations.delete(tenant.id, conversation_id):
+        raise _no_conversation(conversation_id)
+    return JSONResponse({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
+
+
+@router.get(
+    "/v1/conversations/{conversation_id}/items", response_model=ResponseItemList, responses=ERRORS, tags=["openai"]
+)
+async def list_conversation_items(
+    conversation_id: str, deps: DepsDep, tenant: TenantDep, page: PageDep
+) -> JSONResponse:
+    items = await _items_of(conversation_id, deps, tenant)
+    return JSONResponse(page_of(items, page.after, page.limit, page.order, f"conversation '{conversation_id}'"))
+
+
+@router.post(
+    "/v1/conversations/{conversation_id}/items", response_model=ResponseItemList, responses=ERRORS, tags=["openai"]
+)
+async def add_conversation_items(
+    conversation_id: str, body: NewItems, deps: DepsDep, tenant: TenantDep
+) -> JSONResponse:
+    """Appends items, in order; returns them with their ids."""
+    items = _conversation_items(body.items)
+    try:
+        added = await deps.conversations.add_items(tenant.id, conversation_id, items) if tenant.retains_text else False
+    except DuplicateItem:
+        raise _duplicate_in_conversation(conversation_id) from None
+    except NotStorable as exc:
+        raise ApiError(400, f"A conversation is stored, and {exc}.", param="items", code="invalid_value") from None
+    if not added:
+        raise _no_conversation(conversation_id)
+    return JSONResponse(page_of(items, None, len(items), "asc", f"conversation '{conversation_id}'"))
+
+
+@router.get("/v1/conversations/{conversation_id}/items/{item_id}", responses=ERRORS, tags=["openai"])
+async def retrieve_conversation_item(
+    conversation_id: str, item_id: str, deps: DepsDep, tenant: TenantDep
+) -> JSONResponse:
+    items = await _items_of(conversation_id, deps, tenant)
+    found = next((item for item in items if item["id"] == item_id), None)
+    if found is None:
+        raise _no_conversation_item(conversation_id, item_id)
+    return JSONResponse(found)
+
+
+@router.delete(
+    "/v1/conversations/{conversation_id}/items/{item_id}",
+    response_model=ConversationObject,
+    responses=ERRORS,
+    tags=["openai"],
+)
+async def delete_conversation_item(
+    conversation_id: str, item_id: str, deps: DepsDep, tenant: TenantDep
+) -> JSONResponse:
+    """Deletes one item; returns the conversation."""
+    if not await deps.conversations.delete_item(tenant.id, conversation_id, item_id):
+        if tenant.retains_text and await deps.conversations.get(tenant.id, conversation_id) is not None:
+            raise _no_conversation_item(conversation_id, item_id)
+        raise _no_conversation(conversation_id)
+    found = await deps.conversations.get(tenant.id, conversation_id)
+    if found is None:
+        raise _no_conversation(conversation_id)
+    return JSONResponse(conversation_object(found.id, found.created_at, found.metadata))
+
+
+async def _items_of(conversation_id: str, deps: IngressDeps, tenant: Tenant) -> list[dict[str, Any]]:
+    """The tenant's conversation's items; a 404 when it keeps no such conversation."""
+    items = await deps.conversations.items(tenant.id, conversation_id) if tenant.retains_text else None
+    if items is None:
+        raise _no_conversation(conversation_id)
+    return items
+
+
+def _conversation_items(given: list[Any]) -> list[dict[str, Any]]:
+    """Items to add to a conversation, as it keeps them (ids given); a reference or a repeated id is a 400."""
+    if (position := reference_in(given)) is not None:
+        raise ApiError(
+            400,
+            "A conversation keeps items, not references: send the item itself.",
+            param=f"items.{position}",
+            code="invalid_value",
+        )
+    items = [stored_item(item.model_dump(by_alias=True, exclude_none=True)) for item in given]
+    if duplicate := duplicate_id(items):
+        raise ApiError(400, f"Duplicate item found with id '{duplicate}'.", param="items", code="duplicate_item")
+    return items
+
+
+def _no_conversation(conversation_id: str, param: str = "conversation_id") -> ApiError:
+    return ApiError(
+        404,
+        f"No conversation with id '{conversation_id}' is kept for this key's tenant (conversations are kept only when "
+        "the tenant keeps text, for its retention_days).",
+        param=param,
+        code="conversation_not_found",
+    )
+
+
+def _no_conversation_item(conversation_id: str, item_id: str) -> ApiError:
+    return ApiError(
+        404, f"No item with id '{item_id}' in conversation '{conversation_id}'.", param="item_id", code="item_not_found"
+    )
+
+
+def _duplicate_in_conversation(conversation_id: str) -> ApiError:
+    return ApiError(
+        400,
+        f"Conversation '{conversation_id}' already holds an item with one of these ids; send new ids, or none.",
+        param="items",
+        code="duplicate_item",
+    )
 
 
 def _no_stored_response(response_id: str) -> ApiError:
@@ -697,6 +922,11 @@ async def _in_background(
     queued = shell.response("queued")
     try:
         await keep.save(queued, finish_by, topic)  # a replace: the end may be stored first, then this changes nothing
+    except NotStorable as exc:
+        task.cancel()
+        raise ApiError(
+            400, f"A background response is stored, and {exc}.", param="input", code="invalid_value"
+        ) from None
     except DependencyUnavailable:
         task.cancel()  # its work is cancelled with it
         raise ApiError(
@@ -714,6 +944,10 @@ async def _store_end(keep: Keeper, response: dict[str, Any], finish_by: datetime
         await keep.save(response, finish_by, reply_topic)
     except DependencyUnavailable:  # readers see it failed at finish_by
         logger.warning("background response %s ended %s but could not be stored", response["id"], response["status"])
+    except NotStorable as exc:  # its output: the end is then a failure that says why
+        error = {"code": "output_not_storable", "message": f"The response was generated, but {exc}."}
+        failed = response | {"status": "failed", "output": [], "error": error, "completed_at": None}
+        await _store_end(keep, failed, finish_by, reply_topic)
 
 
 def _cache_policy(tenant: Tenant) -> TenantCachePolicy:

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from services.cache.config import CacheSettings
 from services.cache.service import ResponseCache
 from services.ingress.adapters import (
+    ConversationStore,
     ModelCatalog,
     QueueMonitor,
     ReplyListener,
@@ -75,8 +76,11 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
             metrics=IngressMetrics(metrics),
             cache=cache,
             responses=ResponseStore(pool, settings.postgres_timeout_s),
+            conversations=ConversationStore(pool, settings.postgres_timeout_s),
         )
-        sweeper = asyncio.create_task(sweep_stored_responses(deps.responses, settings.stored_response_sweep_s))
+        sweeper = asyncio.create_task(
+            sweep_kept_text(deps.responses, deps.conversations, settings.stored_response_sweep_s)
+        )
         try:
             yield
         finally:
@@ -109,16 +113,17 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
     return app
 
 
-async def sweep_stored_responses(store: ResponseStore, every_s: float) -> None:
-    """Deletes the stored responses no retention covers any more, now and every ``every_s``."""
+async def sweep_kept_text(responses: ResponseStore, conversations: ConversationStore, every_s: float) -> None:
+    """Deletes the stored responses and conversation items no retention covers any more, now and every ``every_s``."""
     while True:
-        try:
-            if swept := await store.sweep():
-                logger.info("%d stored responses past their tenant's retention deleted", swept)
-        except DependencyUnavailable:
-            pass  # the store logged it; the next pass tries again
-        except Exception:  # the next pass tries again: a task that died here would never sweep again
-            logger.exception("stored responses sweep failed")
+        for store, what in ((responses, "stored responses"), (conversations, "conversations and their items")):
+            try:
+                if swept := await store.sweep():
+                    logger.info("%d %s past their tenant's retention deleted", swept, what)
+            except DependencyUnavailable:
+                pass  # the store logged it; the next pass tries again
+            except Exception:  # the next pass tries again: a task that died here would never sweep again
+                logger.exception("%s sweep failed", what)
         await asyncio.sleep(every_s)
 
 

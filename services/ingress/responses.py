@@ -16,9 +16,11 @@ listed shape (stored_item), each with an id, which this module reads back as inp
 Background mode (background true): the response is stored queued and answered at once; the ingress instance that
 queued it finishes it (handlers), and any instance reads or cancels it.
 
-Not served, and refused by name rather than ignored: tools other than functions, OpenAI's stored conversations and
-prompts, streamed background responses, ``include`` other than the text's logprobs, reasoning summaries and
-encrypted reasoning."""
+With ``conversation`` (services/ingress/conversations.py), a conversation's items come before the input, and the
+input and output are added to it once the response ends.
+
+Not served, and refused by name rather than ignored: tools other than functions, OpenAI's stored prompts, streamed
+background responses, ``include`` other than the text's logprobs, reasoning summaries and encrypted reasoning."""
 
 from __future__ import annotations
 
@@ -229,7 +231,7 @@ def input_items_page(
     order: Literal["asc", "desc"],
 ) -> dict[str, Any]:
     """GET /v1/responses/{id}/input_items: a page of the items that led to the stored response (its input, after
-    the conversation it continued), as OpenAI lists them; ``after`` is the last item id of the page before."""
+    the conversation it continued), as OpenAI lists them."""
     led_to = conversation[: len(conversation) - output_count]
     tail = response_id.removeprefix("resp_")
     # responses stored before items had ids get ids that stay the same from page to page
@@ -237,20 +239,27 @@ def input_items_page(
         stored_item(item, f"{_ID_PREFIXES.get(str(item.get('type')), 'msg')}_{tail}_{k}")
         for k, item in enumerate(led_to)
     ]
-    if order == "desc":
-        items.reverse()
+    return page_of(items, after, limit, order, f"response '{response_id}'")
+
+
+def page_of(
+    items: Sequence[dict[str, Any]], after: str | None, limit: int, order: Literal["asc", "desc"], holder: str
+) -> dict[str, Any]:
+    """A page of OpenAI's item lists: ``items`` (oldest first) in ``order``, from after the item ``after`` (the last
+    id of the page before); ``holder`` names their response or conversation in an error."""
+    ordered = list(items) if order == "asc" else list(reversed(items))
     if after is not None:
-        ids = [item["id"] for item in items]
+        ids = [item["id"] for item in ordered]
         if after not in ids:
-            raise ApiError(400, f"No input item with id '{after}' in response '{response_id}'.", param="after")
-        items = items[ids.index(after) + 1 :]
-    page = items[:limit]
+            raise ApiError(400, f"No item with id '{after}' in {holder}.", param="after")
+        ordered = ordered[ids.index(after) + 1 :]
+    page = ordered[:limit]
     return {
         "object": "list",
         "data": page,
         "first_id": page[0]["id"] if page else None,
         "last_id": page[-1]["id"] if page else None,
-        "has_more": len(items) > limit,
+        "has_more": len(ordered) > limit,
     }
 
 
@@ -296,6 +305,12 @@ class ReasoningOptions(BaseModel):
     )
 
 
+class ConversationRef(BaseModel):
+    model_config = STRICT_INPUT
+
+    id: str = Field(min_length=1, description="The conversation's id.")
+
+
 class ResponsesRequest(BaseModel):
     model_config = STRICT_INPUT | ConfigDict(extra="allow")
 
@@ -334,6 +349,11 @@ class ResponsesRequest(BaseModel):
         description="A stored response this one continues: its conversation comes before the input (its instructions "
         "do not). Only a tenant with retention stores responses, for its retention_days.",
     )
+    conversation: str | ConversationRef | None = Field(
+        None,
+        description="A conversation (POST /v1/conversations) this response belongs to: its items come before the "
+        "input, and the input and output are added to it. Not with previous_response_id; needs retention.",
+    )
     include: list[str] | None = Field(
         None,
         description="message.output_text.logprobs: the output text's logprobs (with top_logprobs alternatives each). "
@@ -370,7 +390,7 @@ class ResponsesRequest(BaseModel):
             ),
             *(
                 (name, name in (self.model_extra or {}), f"{name} is not served: send the conversation as input.")
-                for name in ("conversation", "prompt")
+                for name in ("prompt",)
             ),
             ("stream", bool(self.background and self.stream), "background responses are not streamed yet: poll them."),
             (
@@ -408,8 +428,11 @@ class ResponsesRequest(BaseModel):
     def with_input(self, items: list[dict[str, Any]]) -> ResponsesRequest:
         """This request with ``items`` as its whole input: a stored conversation it continues, then its own input
         with references resolved."""
-        fields = self.model_dump(by_alias=True, exclude_none=True, exclude={"previous_response_id"})
+        fields = self.model_dump(by_alias=True, exclude_none=True, exclude={"previous_response_id", "conversation"})
         return ResponsesRequest.model_validate(fields | {"input": items})
+
+    def conversation_id(self) -> str | None:
+        return self.conversation.id if isinstance(self.conversation, ConversationRef) else self.conversation
 
     def as_chat(self) -> ChatCompletionRequest:
         """The chat completion this request amounts to; raises ApiError (400) naming this request's field."""
@@ -592,6 +615,7 @@ class ResponseObject(BaseModel):
     output: list[Annotated[MessageOut | FunctionCallItemOut | ReasoningOut, Field(discriminator="type")]]
     parallel_tool_calls: bool
     previous_response_id: str | None
+    conversation: dict[str, str] | None = Field(description="The conversation it belongs to, as {id}.")
     reasoning: dict[str, Any]
     store: bool = Field(description="Whether the response is stored (for previous_response_id and GET).")
     temperature: float
@@ -692,6 +716,7 @@ class ResponseShell:
             "output": output,
             "parallel_tool_calls": body.parallel_tool_calls if body.parallel_tool_calls is not None else True,
             "previous_response_id": body.previous_response_id,
+            "conversation": {"id": conversation} if (conversation := body.conversation_id()) else None,
             "reasoning": {"effort": body.reasoning.effort if body.reasoning else None, "summary": None},
             "store": self.stored,
             "temperature": 1.0 if body.temperature is None else body.temperature,

@@ -13,7 +13,7 @@ import pytest
 from openai import AsyncOpenAI, BadRequestError, NotFoundError, OpenAI
 from openai.types.responses import Response
 
-from services.ingress.adapters import ResponseStore
+from services.ingress.adapters import ConversationStore, ResponseStore
 from shared.db import connect_pool
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform, start_extra_ingress, stop_service
 from tests.e2e.test_flow_control import LONG_RESPONSE, cancellation_of, replies_of
@@ -196,17 +196,7 @@ def test_a_stored_response_is_continued_read_and_deleted_only_by_its_tenant_and_
         model=DEFAULT_MODEL, input=follow_up, previous_response_id=first.id, max_output_tokens=24, temperature=0
     )
     assert second.previous_response_id == first.id
-    whole = keeper.responses.create(  # the same conversation sent whole: the same answer
-        model=DEFAULT_MODEL,
-        input=[
-            {"role": "user", "content": QUESTION},
-            {"role": "assistant", "content": first.output_text},
-            {"role": "user", "content": follow_up},
-        ],
-        max_output_tokens=24,
-        temperature=0,
-        store=False,
-    )
+    whole = sent_whole(keeper, first.output_text, follow_up)  # the same conversation: the same answer
     assert whole.store is False and second.output_text == whole.output_text
     assert second.usage is not None and whole.usage is not None
     assert second.usage.input_tokens == whole.usage.input_tokens
@@ -272,6 +262,21 @@ def test_a_stored_response_is_continued_read_and_deleted_only_by_its_tenant_and_
         keeper.responses.retrieve(first.id)
     # and the ingress's sweep (every 5 minutes) deletes it: the same call, made here
     assert asyncio.run(swept_and_left(platform, "keeps-responses")) == 0
+
+
+def sent_whole(openai: OpenAI, answer: str, follow_up: str) -> Response:
+    """QUESTION, its ``answer`` and the ``follow_up`` sent as one conversation, not stored."""
+    return openai.responses.create(
+        model=DEFAULT_MODEL,
+        input=[
+            {"role": "user", "content": QUESTION},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": follow_up},
+        ],
+        max_output_tokens=24,
+        temperature=0,
+        store=False,
+    )
 
 
 async def swept_and_left(platform: Platform, tenant_id: str) -> int:
@@ -361,3 +366,111 @@ async def test_a_background_response_reads_failed_once_its_ingress_stops(platfor
     ended = await via_session.responses.retrieve(long.id)
     assert ended.status == "failed" and ended.error is not None and ended.error.code == "ingress_stopped"  # type: ignore[comparison-overlap]
     assert (await cancellation_of(platform, long.id)).reason == "client_disconnected"
+
+
+def test_a_conversation_keeps_its_items_and_a_response_in_it_reads_and_extends_it(platform: Platform) -> None:
+    """OpenAI's Conversations API, as the Agents SDK's conversation sessions use it: a response named into a
+    conversation reads its items first and adds its input and output to it; items are listed, added, read and
+    deleted; only the tenant's own, and only while its retention covers them."""
+    keeper = OpenAI(
+        base_url=f"{platform.base_url}/v1",
+        api_key=platform.new_tenant("keeps-conversations", "--retention-days", "7"),
+        max_retries=0,
+        timeout=120,
+    )
+    conversation = keeper.conversations.create(metadata={"topic": "capitals"})
+    assert conversation.id.startswith("conv_") and conversation.metadata == {"topic": "capitals"}
+    first = keeper.responses.create(
+        model=DEFAULT_MODEL, input=QUESTION, conversation=conversation.id, max_output_tokens=24, temperature=0
+    )
+    assert "Paris" in first.output_text and first.conversation is not None
+    assert first.conversation.id == conversation.id
+    follow_up = "And what is the capital of Italy?"
+    second = keeper.responses.create(
+        model=DEFAULT_MODEL,
+        input=follow_up,
+        conversation={"id": conversation.id},
+        max_output_tokens=24,
+        temperature=0,
+    )
+    whole = sent_whole(keeper, first.output_text, follow_up)  # the same turns: the same answer
+    assert second.output_text == whole.output_text
+    assert second.usage is not None and whole.usage is not None
+    assert second.usage.input_tokens == whole.usage.input_tokens
+    items = list(keeper.conversations.items.list(conversation.id, order="asc", limit=3))  # pages of 3
+    assert [(item.type, item.role) for item in items] == [  # type: ignore[union-attr]
+        ("message", "user"),
+        ("message", "assistant"),
+        ("message", "user"),
+        ("message", "assistant"),
+    ]
+    assert [item.content[0].text for item in items] == [  # type: ignore[union-attr]
+        QUESTION,
+        first.output_text,
+        follow_up,
+        second.output_text,
+    ]
+    assert items[1].id == first.output[0].id
+
+    added = keeper.conversations.items.create(
+        conversation.id, items=[{"type": "message", "role": "user", "content": "Thank you."}]
+    )
+    (thanks,) = added.data
+    assert keeper.conversations.items.retrieve(thanks.id, conversation_id=conversation.id).id == thanks.id  # type: ignore[union-attr]
+    assert keeper.conversations.items.delete(thanks.id, conversation_id=conversation.id).id == conversation.id  # type: ignore[union-attr]
+    assert len(keeper.conversations.items.list(conversation.id).data) == 4
+    with pytest.raises(NotFoundError):
+        keeper.conversations.items.retrieve(thanks.id, conversation_id=conversation.id)  # type: ignore[union-attr]
+    assert keeper.conversations.update(conversation.id, metadata={"topic": "Europe"}).metadata == {"topic": "Europe"}
+    assert keeper.conversations.retrieve(conversation.id).metadata == {"topic": "Europe"}
+
+    for refused, param in [
+        ({"conversation": conversation.id, "previous_response_id": first.id}, "previous_response_id"),
+        ({"conversation": conversation.id, "store": False}, "store"),
+    ]:
+        with pytest.raises(BadRequestError) as err:
+            keeper.responses.create(model=TINY_MODEL, input="hi", max_output_tokens=2, **refused)  # type: ignore[call-overload]
+        assert err.value.body["param"] == param  # type: ignore[index]
+    with pytest.raises(NotFoundError):
+        keeper.responses.create(model=TINY_MODEL, input="hi", conversation="conv_nowhere")
+    with pytest.raises(BadRequestError):  # a conversation keeps items, not references
+        keeper.conversations.items.create(conversation.id, items=[{"type": "item_reference", "id": items[0].id}])
+    with pytest.raises(BadRequestError) as err:  # an id it holds already
+        keeper.conversations.items.create(
+            conversation.id, items=[{"id": items[0].id, "type": "message", "role": "user", "content": "again"}]
+        )
+    assert err.value.body["code"] == "duplicate_item"  # type: ignore[index]
+    # PostgreSQL's jsonb cannot hold U+0000: a clear 400 for items, and an answer not stored for a response
+    with pytest.raises(BadRequestError) as err:
+        keeper.conversations.items.create(conversation.id, items=[{"role": "user", "content": "a\u0000b"}])
+    assert err.value.body["param"] == "items"  # type: ignore[index]
+    unstorable = keeper.responses.create(model=TINY_MODEL, input="a\u0000b", max_output_tokens=2)
+    assert unstorable.store is False and unstorable.status == "incomplete"  # answered (cut at 2 tokens), not kept
+
+    default = client(platform)  # the session's tenant keeps no text
+    with pytest.raises(NotFoundError):
+        default.conversations.retrieve(conversation.id)  # another tenant's
+    with pytest.raises(BadRequestError) as err:
+        default.conversations.create()
+    assert err.value.body["param"] == "conversation"  # type: ignore[index]
+
+    platform.admin("tenants", "update", "keeps-conversations", "--retention-days", "0")
+    with pytest.raises(NotFoundError):  # at once: the store reads the tenant's retention as it stands
+        keeper.conversations.items.list(conversation.id)
+    assert asyncio.run(conversations_swept_and_left(platform, "keeps-conversations")) == 0
+    platform.admin("tenants", "update", "keeps-conversations", "--retention-days", "7")
+    with pytest.raises(NotFoundError):  # the sweep deleted it
+        keeper.conversations.retrieve(conversation.id)
+
+
+async def conversations_swept_and_left(platform: Platform, tenant_id: str) -> int:
+    """Sweeps conversations (as the ingress does every few minutes); how many the tenant has left."""
+    pool = await connect_pool(platform.common.postgres_dsn)
+    try:
+        count = "SELECT count(*) FROM conversations WHERE tenant_id = $1"
+        assert await pool.fetchval(count, tenant_id) >= 1, "the ingress swept them first; nothing left to test"
+        await ConversationStore(pool).sweep()
+        left: int = await pool.fetchval(count, tenant_id)
+    finally:
+        await pool.close()
+    return left

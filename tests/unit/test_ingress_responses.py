@@ -110,7 +110,13 @@ def test_what_is_not_served_is_refused_by_name_and_a_bad_value_names_this_apis_f
     assert request(tools=[], include=[], background=False, store=True).unsupported() is None
     assert request(background=True).unsupported() is None
     assert request(background=True, stream=True).unsupported()[0] == "stream"  # type: ignore[index]
-    assert request(conversation="conv_1").unsupported()[0] == "conversation"  # type: ignore[index]
+    assert request(prompt={"id": "pmpt_1"}).unsupported()[0] == "prompt"  # type: ignore[index]
+    assert request(conversation="conv_1").unsupported() is None  # served (the handlers read it)
+    assert (
+        request(conversation={"id": "conv_1"}).conversation_id()
+        == "conv_1"
+        == request(conversation="conv_1").conversation_id()
+    )
     assert request(max_tool_calls=3).unsupported()[0] == "max_tool_calls"  # type: ignore[index]
     assert request(include=["message.output_text.logprobs"], max_tool_calls=1).unsupported() is None
     with pytest.raises(ApiError) as err:
