@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker
 from opentelemetry import trace
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from services.ingress.serving import ReleaseGate
 from services.ingress.tenants import ADMIN_KEY_PREFIX, NewKey, Tenant, key_digest, new_api_key
@@ -110,6 +111,11 @@ class ReplyListener:
 
     def forget(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
+
+    async def position(self) -> int:
+        """The offset this listener reads next: every reply sent from now on comes at or after it."""
+        assert self._consumer is not None
+        return int(await self._consumer.position(TopicPartition(self.topic, 0)))
 
     async def _run(self) -> None:
         assert self._consumer is not None
@@ -423,9 +429,24 @@ class StoredResponse:
     """The items that led to the response (its input, and the earlier responses' it continued), then its output."""
     response: dict[str, object]
     finish_by: datetime | None = None
-    """Background mode: by when the instance that queued it must have finished it (else it stopped)."""
+    """Background mode: by when it must have been finished (else whoever finished it stopped)."""
     reply_topic: str | None = None
-    """Background mode: where that instance hears the work."""
+    """Background mode: where its answer is heard."""
+    finisher: str | None = None
+    """Background mode: the instance finishing it."""
+    reply_offset: int | None = None
+    """Background mode: the reply topic's offset before the request left (its answer comes after)."""
+    input_count: int | None = None
+    """How many of ``conversation``'s items are the response's own input."""
+    tenant_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Unfinished:
+    """A background response not finished yet, and the instance finishing it."""
+
+    id: str
+    finisher: str | None
 
 
 class NotStorable(Exception):
@@ -438,6 +459,24 @@ def _storable() -> Iterator[None]:
         yield
     except asyncpg.UntranslatableCharacterError:
         raise NotStorable("the text holds the character U+0000, which PostgreSQL's jsonb cannot store") from None
+
+
+_STORED_COLUMNS = (
+    "s.tenant_id, s.conversation, s.response, s.finish_by, s.reply_topic, s.finisher, s.reply_offset, s.input_count"
+)
+
+
+def _stored(row: asyncpg.Record) -> StoredResponse:
+    return StoredResponse(
+        json.loads(row["conversation"]),
+        json.loads(row["response"]),
+        finish_by=row["finish_by"],
+        reply_topic=row["reply_topic"],
+        finisher=row["finisher"],
+        reply_offset=row["reply_offset"],
+        input_count=row["input_count"],
+        tenant_id=row["tenant_id"],
+    )
 
 
 # a stored response is readable while the tenant's retention, as it stands now, covers its age
@@ -462,10 +501,11 @@ class ResponseStore:
         with _storable():
             done = await self._database.call(
                 lambda: self._pool.execute(
-                    "INSERT INTO stored_responses (id, tenant_id, conversation, response, finish_by, reply_topic)"
-                    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET"
-                    " conversation = EXCLUDED.conversation, response = EXCLUDED.response,"
-                    " finish_by = EXCLUDED.finish_by, reply_topic = EXCLUDED.reply_topic"
+                    "INSERT INTO stored_responses (id, tenant_id, conversation, response, finish_by, reply_topic,"
+                    " finisher, reply_offset, input_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                    " ON CONFLICT (id) DO UPDATE SET conversation = EXCLUDED.conversation,"
+                    " response = EXCLUDED.response, finish_by = EXCLUDED.finish_by, reply_topic = EXCLUDED.reply_topic,"
+                    " finisher = EXCLUDED.finisher, reply_offset = EXCLUDED.reply_offset"
                     f" WHERE stored_responses.tenant_id = EXCLUDED.tenant_id AND {_QUEUED.format('stored_responses')}",
                     response_id,
                     tenant_id,
@@ -473,6 +513,9 @@ class ResponseStore:
                     json.dumps(stored.response),
                     stored.finish_by,
                     stored.reply_topic,
+                    stored.finisher,
+                    stored.reply_offset,
+                    stored.input_count,
                 )
             )
         return str(done).endswith(" 1")
@@ -481,17 +524,37 @@ class ResponseStore:
         """The tenant's response, while its retention covers it; None otherwise (another tenant's included)."""
         row = await self._database.call(
             lambda: self._pool.fetchrow(
-                "SELECT s.conversation, s.response, s.finish_by, s.reply_topic FROM stored_responses s"
+                f"SELECT {_STORED_COLUMNS} FROM stored_responses s"
                 f" JOIN tenants t ON t.id = s.tenant_id WHERE s.id = $1 AND s.tenant_id = $2 AND {_RETAINED}",
                 response_id,
                 tenant_id,
             )
         )
-        if row is None:
-            return None
-        return StoredResponse(
-            json.loads(row["conversation"]), json.loads(row["response"]), row["finish_by"], row["reply_topic"]
+        return _stored(row) if row is not None else None
+
+    async def unfinished(self) -> list[Unfinished]:
+        """Background responses not finished yet, before their deadline, that another instance could finish."""
+        rows = await self._database.call(
+            lambda: self._pool.fetch(
+                f"SELECT id, finisher FROM stored_responses WHERE {_QUEUED.format('stored_responses')}"
+                " AND finish_by > now() AND reply_offset IS NOT NULL"
+            )
         )
+        return [Unfinished(row["id"], row["finisher"]) for row in rows]
+
+    async def claim(self, response_id: str, finisher: str | None, claimer: str) -> StoredResponse | None:
+        """Makes ``claimer`` the finisher of an unfinished response that ``finisher`` had; the response, or None
+        when it ended or another instance claimed it first."""
+        row = await self._database.call(
+            lambda: self._pool.fetchrow(
+                "UPDATE stored_responses s SET finisher = $3 WHERE s.id = $1 AND s.finisher IS NOT DISTINCT FROM $2"
+                f" AND {_QUEUED.format('s')} AND s.finish_by > now() RETURNING {_STORED_COLUMNS}",
+                response_id,
+                finisher,
+                claimer,
+            )
+        )
+        return _stored(row) if row is not None else None
 
     async def cancel(self, tenant_id: str, response_id: str) -> dict[str, object] | None:
         """Marks a queued response cancelled; the response as it is now, or None when it was not queued."""
@@ -691,3 +754,56 @@ async def _insert_items(connection: asyncpg.Connection, conversation_id: str, it
             )
     except asyncpg.UniqueViolationError:
         raise DuplicateItem(conversation_id) from None
+
+
+class Liveness:
+    """Each ingress instance beats in Redis (a key that expires ``ttl_s`` after its last beat), so that the others
+    can tell which have stopped."""
+
+    def __init__(self, redis: Redis, prefix: str, instance_id: str, ttl_s: float) -> None:
+        self._redis, self._prefix, self.instance_id, self._ttl_ms = redis, prefix, instance_id, int(ttl_s * 1000)
+
+    def _key(self, instance_id: str) -> str:
+        return f"{self._prefix}ingress-alive:{instance_id}"
+
+    async def beat(self) -> None:
+        await self._redis.set(self._key(self.instance_id), "1", px=self._ttl_ms)
+
+    async def alive(self, instance_ids: set[str]) -> set[str]:
+        """Those of ``instance_ids`` that beat within the last ``ttl_s``."""
+        ordered = sorted(instance_ids)
+        if not ordered:
+            return set()
+        found = await self._redis.mget([self._key(instance_id) for instance_id in ordered])
+        return {instance_id for instance_id, beat in zip(ordered, found, strict=True) if beat is not None}
+
+    async def stop(self) -> None:
+        """No more beats: the others take over at once rather than after ``ttl_s``."""
+        await self._redis.delete(self._key(self.instance_id))
+
+
+async def find_final(
+    common: CommonSettings, topic: str, offset: int, request_id: str, until: datetime
+) -> CompletionFinished | GenerationFailed | None:
+    """The request's final reply event on ``topic`` at or after ``offset``, waiting for it until ``until``; None if
+    none came by then. For a request whose instance stopped listening: the worker replies there regardless."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=common.kafka_bootstrap, group_id=None, enable_auto_commit=False, client_id="ferry-takeover"
+    )
+    await consumer.start()
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek(partition, offset)
+        while (remaining_s := (until - utc_now()).total_seconds()) > 0:
+            batch = await consumer.getmany(partition, timeout_ms=int(min(remaining_s, 1.0) * 1000))
+            for record in batch.get(partition, []):
+                try:
+                    event = reply_event_adapter.validate_json(record.value or b"")
+                except ValidationError:
+                    continue  # dead-lettered by the instance that read it
+                if event.request_id == request_id and isinstance(event, CompletionFinished | GenerationFailed):
+                    return event
+        return None
+    finally:
+        await consumer.stop()

@@ -29,6 +29,12 @@ class IngressSettings(BaseSettings):
         gt=0,
         description="How often stored Responses API answers and conversation items no retention covers are deleted.",
     )
+    background_beat_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often this instance beats in Redis and claims background responses whose finisher beats no "
+        "more (it is taken as stopped after 3 beats missed).",
+    )
     auth_cache_s: float = Field(
         5.0, ge=0, description="How long an API key check is reused; a revoked key works at most this long."
     )

@@ -34,9 +34,9 @@ from services.ingress.adapters import (
     ReplyListener,
     RequestPublisher,
     ResponseStore,
-    StoredResponse,
     TenantDirectory,
 )
+from services.ingress.background import BACKGROUND_STORE_GRACE_S, BackgroundResponses, Keeper, Placement
 from services.ingress.config import IngressSettings
 from services.ingress.conversations import (
     ConversationDeleted,
@@ -65,12 +65,10 @@ from services.ingress.protocol import (
 )
 from services.ingress.rate_limits import Charge, RateLimiter
 from services.ingress.responses import (
-    INGRESS_STOPPED,
     LOGPROBS,
     ResponseItemList,
     ResponseObject,
     ResponsesCall,
-    ResponseShell,
     ResponsesRequest,
     as_of,
     duplicate_id,
@@ -115,9 +113,6 @@ from shared.telemetry import context_from, current_trace_context
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-BACKGROUND_STORE_GRACE_S = 30.0
-"""Time a background response's instance has after the request's deadline to store how it ended."""
-
 
 @dataclass
 class IngressDeps:
@@ -134,8 +129,8 @@ class IngressDeps:
     responses: ResponseStore
     conversations: ConversationStore
     background: set[asyncio.Task[None]] = field(default_factory=set)
-    background_responses: set[asyncio.Task[None]] = field(default_factory=set)
-    """Responses API background mode: the responses this instance is finishing (cancelled when it stops)."""
+    finishing: BackgroundResponses | None = None
+    """Responses API background mode: the responses this instance finishes (None: it takes none)."""
 
     def spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
         """Runs follow-up work (a cancel, a settlement) that must outlive the HTTP exchange that caused it."""
@@ -319,11 +314,13 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
         )
     keep = None
     if body.store is not False and tenant.retains_text:
-        joins = Joining(deps.conversations, conversation_id, new_items) if conversation_id is not None else None
-        keep = Keeper(deps.responses, tenant.id, items, joins)
+        keep = Keeper(deps.responses, deps.conversations, tenant.id, items, len(new_items))
     asked = body.with_input(items) if conversation or referenced else body
+    # a background response's answer comes after this offset of the reply topic, for whoever finishes it
+    reply_offset = await deps.listener.position() if body.background else None
+    call = ResponsesCall(body, keep, reply_offset)
     try:
-        return await _serve(asked.as_chat(), "chat", request, deps, tenant, responses=ResponsesCall(body, keep))
+        return await _serve(asked.as_chat(), "chat", request, deps, tenant, responses=call)
     except ApiError as exc:  # the chat's checks name the chat's fields
         raise responses_error(exc) from None
 
@@ -338,54 +335,6 @@ def _needs_stored_responses(tenant: Tenant, param: str) -> None:
             param=param,
             code="unsupported_parameter",
         )
-
-
-@dataclass(frozen=True)
-class Joining:
-    """A conversation a response belongs to: once it ends, its input (``items``) and output are added to it."""
-
-    conversations: ConversationStore
-    conversation_id: str
-    items: list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Keeper:
-    """Stores one response of a tenant, with the items that led to it (and adds them to its conversation)."""
-
-    store: ResponseStore
-    tenant_id: str
-    conversation: list[dict[str, Any]]
-    joins: Joining | None = None
-
-    async def __call__(self, response: dict[str, Any]) -> dict[str, Any]:
-        """Stores a finished response; returns it as the client gets it (store false when it could not be)."""
-        try:
-            await self.save(response)
-        except (DependencyUnavailable, NotStorable) as exc:
-            logger.warning("response %s could not be stored: %s", response["id"], exc)
-            return response | {"store": False}
-        return response
-
-    async def save(self, response: dict[str, Any], finish_by: datetime | None = None, reply_topic: str = "") -> None:
-        """Stores it (a queued background response: replaced when it ends); raises DependencyUnavailable. An answer
-        (completed or cut short) joins its conversation."""
-        stored = StoredResponse([*self.conversation, *response["output"]], response, finish_by, reply_topic or None)
-        saved = await self.store.save(self.tenant_id, response["id"], stored)
-        if saved and self.joins is not None and response["status"] in ("completed", "incomplete"):
-            joins = self.joins
-            try:
-                added = await joins.conversations.add_items(
-                    self.tenant_id, joins.conversation_id, [*joins.items, *response["output"]]
-                )
-            except (DuplicateItem, NotStorable):
-                added = False
-            if not added:
-                logger.warning(
-                    "response %s could not join conversation %s: it is gone, or holds one of its items",
-                    response["id"],
-                    joins.conversation_id,
-                )
 
 
 class ItemPage:
@@ -809,6 +758,8 @@ async def _serve(  # type: ignore[no-untyped-def]
         live_choices = [lookups[i].request.request_id for i in indexes if lookups[i].entry is None]
         if not live_choices:
             return  # answered from the cache: no work to cancel
+        if responses is not None and responses.body.background and deps.finishing and deps.finishing.handing_over:
+            return  # the instance stops: another one finishes the work (background.py)
         logger.info("request %s abandoned (%s); cancelling the work of %s", request_id, reason, live_choices)
         if reason != "requested":
             deps.metrics.cancelled.labels(reason).inc()
@@ -831,9 +782,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     deps.metrics.responses.labels(request.url.path, "200").inc()
     if responses is not None:
         if responses.body.background:
-            assert isinstance(responses.keep, Keeper), "create_response keeps every background response"
-            shell = responses.shell(request_id)
-            return await _in_background(shell, responses.keep, replies, headers, deps, deadline_at)
+            return await _in_background(responses, request_id, replies, headers, deps, deadline_at)
         return await _respond(request_id, responses, request, replies, headers)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -894,41 +843,29 @@ async def _respond(  # type: ignore[no-untyped-def]
 
 
 async def _in_background(
-    shell: ResponseShell,
-    keep: Keeper,
+    call: ResponsesCall,
+    request_id: str,
     replies: AsyncIterator[IndexedEvent],
     headers: dict[str, str],
     deps: IngressDeps,
     deadline_at: datetime,
 ) -> JSONResponse:
-    """Background mode: the response is stored queued and returned at once; this instance finishes it. Its deadline,
-    with time to store its end, tells readers when it failed with this instance (``as_of``)."""
-    finish_by = deadline_at + timedelta(seconds=BACKGROUND_STORE_GRACE_S)
-    topic = deps.listener.topic
-
-    async def finish() -> None:
-        try:
-            response = await whole_response(shell, replies)
-        except ApiError as exc:
-            response = shell.response("failed", error=exc)
-        except asyncio.CancelledError:  # the instance stops: say so now rather than at finish_by
-            await _store_end(keep, shell.response("failed", error=INGRESS_STOPPED), finish_by, topic)
-            raise
-        await _store_end(keep, response, finish_by, topic)
-
-    task = asyncio.get_running_loop().create_task(finish())
-    deps.background_responses.add(task)
-    task.add_done_callback(deps.background_responses.discard)
-    queued = shell.response("queued")
+    """Background mode: the response is stored queued and returned at once, and finished apart (background.py)."""
+    assert isinstance(call.keep, Keeper) and call.reply_offset is not None, "create_response keeps it, and placed it"
+    assert deps.finishing is not None
+    placement = Placement(
+        finish_by=deadline_at + timedelta(seconds=BACKGROUND_STORE_GRACE_S),
+        finisher=deps.finishing.instance_id,
+        reply_topic=deps.listener.topic,
+        reply_offset=call.reply_offset,
+    )
     try:
-        await keep.save(queued, finish_by, topic)  # a replace: the end may be stored first, then this changes nothing
+        queued = await deps.finishing.start(call.shell(request_id), call.keep, replies, placement)
     except NotStorable as exc:
-        task.cancel()
         raise ApiError(
             400, f"A background response is stored, and {exc}.", param="input", code="invalid_value"
         ) from None
     except DependencyUnavailable:
-        task.cancel()  # its work is cancelled with it
         raise ApiError(
             503,
             "The background response could not be stored; try again.",
@@ -937,17 +874,6 @@ async def _in_background(
             headers={"Retry-After": "1"} | headers,
         ) from None
     return JSONResponse(queued, headers=headers)
-
-
-async def _store_end(keep: Keeper, response: dict[str, Any], finish_by: datetime, reply_topic: str) -> None:
-    try:
-        await keep.save(response, finish_by, reply_topic)
-    except DependencyUnavailable:  # readers see it failed at finish_by
-        logger.warning("background response %s ended %s but could not be stored", response["id"], response["status"])
-    except NotStorable as exc:  # its output: the end is then a failure that says why
-        error = {"code": "output_not_storable", "message": f"The response was generated, but {exc}."}
-        failed = response | {"status": "failed", "output": [], "error": error, "completed_at": None}
-        await _store_end(keep, failed, finish_by, reply_topic)
 
 
 def _cache_policy(tenant: Tenant) -> TenantCachePolicy:

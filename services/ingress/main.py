@@ -17,6 +17,7 @@ from services.cache.config import CacheSettings
 from services.cache.service import ResponseCache
 from services.ingress.adapters import (
     ConversationStore,
+    Liveness,
     ModelCatalog,
     QueueMonitor,
     ReplyListener,
@@ -25,6 +26,7 @@ from services.ingress.adapters import (
     TenantDirectory,
 )
 from services.ingress.admin_api import router as admin_router
+from services.ingress.background import BackgroundResponses
 from services.ingress.config import IngressSettings
 from services.ingress.handlers import BodyLimit, IngressDeps, install_error_handlers, router
 from services.ingress.metrics import IngressMetrics
@@ -78,6 +80,9 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
             responses=ResponseStore(pool, settings.postgres_timeout_s),
             conversations=ConversationStore(pool, settings.postgres_timeout_s),
         )
+        liveness = Liveness(redis, common.topic_prefix, settings.instance_id, 3 * settings.background_beat_s)
+        deps.finishing = BackgroundResponses(settings.instance_id, common, deps.responses, deps.conversations, liveness)
+        finisher = asyncio.create_task(keep_finishing(deps.finishing, liveness, settings.background_beat_s))
         sweeper = asyncio.create_task(
             sweep_kept_text(deps.responses, deps.conversations, settings.stored_response_sweep_s)
         )
@@ -85,11 +90,10 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
             yield
         finally:
             sweeper.cancel()
-            # background responses this instance was finishing end now, as failed (stored so), and their work is
-            # cancelled; a client polling them hears it at once rather than at their deadline
-            for task in deps.background_responses:
-                task.cancel()
-            await asyncio.gather(*deps.background_responses, return_exceptions=True)
+            finisher.cancel()
+            await asyncio.gather(finisher, return_exceptions=True)
+            # the background responses this instance finishes are handed over, their work going on
+            await deps.finishing.stop()
             # cancels and settlements of requests that just ended still go out
             await asyncio.gather(*deps.background, return_exceptions=True)
             await queues.stop()
@@ -124,6 +128,19 @@ async def sweep_kept_text(responses: ResponseStore, conversations: ConversationS
                 pass  # the store logged it; the next pass tries again
             except Exception:  # the next pass tries again: a task that died here would never sweep again
                 logger.exception("%s sweep failed", what)
+        await asyncio.sleep(every_s)
+
+
+async def keep_finishing(finishing: BackgroundResponses, liveness: Liveness, every_s: float) -> None:
+    """Beats, and takes over the background responses of instances that stopped beating, every ``every_s``."""
+    while True:
+        try:
+            await liveness.beat()
+            await finishing.take_over()
+        except DependencyUnavailable:
+            pass  # the store logged it; the next pass tries again
+        except Exception:  # the next pass tries again: a task that died here would never take over again
+            logger.exception("background responses: beat or takeover failed")
         await asyncio.sleep(every_s)
 
 

@@ -672,63 +672,20 @@ class ResponsesCall:
     """As the client sent it."""
     keep: Keep | None = None
     """Set when the response is to be stored."""
+    reply_offset: int | None = None
+    """Background mode: the reply topic's offset before the request left."""
 
     def shell(self, response_id: str) -> ResponseShell:
         return ResponseShell(response_id, self.body, stored=self.keep is not None)
 
 
-class ResponseShell:
-    """What every response object and event of one request shares: its id, creation time and the request's
-    settings, which OpenAI returns with the response."""
+class OutputItems:
+    """The output items of one response, whose ids derive from its id."""
 
-    def __init__(self, response_id: str, body: ResponsesRequest, stored: bool = False) -> None:
-        self.id, self.body, self.created_at, self.stored = response_id, body, int(time.time()), stored
+    def __init__(self, response_id: str) -> None:
+        self.id = response_id
         self.message_id = f"msg_{response_id.removeprefix('resp_')}"
         self.reasoning_id = f"rs_{response_id.removeprefix('resp_')}"
-
-    def response(
-        self,
-        status: Status,
-        final: CompletionFinished | None = None,
-        error: ApiError | None = None,
-        output: list[dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
-        """The response object; ``output``: its items in the order a stream gave them (else the final's order)."""
-        body = self.body
-        form = body.text.format if body.text and body.text.format else None
-        if output is None:
-            output = self.output_of(final) if final is not None else []
-        tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice
-        return {
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "completed_at": int(time.time()) if status == "completed" else None,
-            "background": bool(body.background),
-            "error": {"code": error.code or error.type, "message": error.message} if error else None,
-            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-            "instructions": body.instructions,
-            "max_output_tokens": body.max_output_tokens,
-            "max_tool_calls": body.max_tool_calls,
-            "top_logprobs": body.top_logprobs or 0,
-            "model": body.model,
-            "output": output,
-            "parallel_tool_calls": body.parallel_tool_calls if body.parallel_tool_calls is not None else True,
-            "previous_response_id": body.previous_response_id,
-            "conversation": {"id": conversation} if (conversation := body.conversation_id()) else None,
-            "reasoning": {"effort": body.reasoning.effort if body.reasoning else None, "summary": None},
-            "store": self.stored,
-            "temperature": 1.0 if body.temperature is None else body.temperature,
-            "text": {"format": form.model_dump(by_alias=True, exclude_none=True) if form else {"type": "text"}},
-            "tool_choice": tool_choice or "auto",
-            "tools": [tool.model_dump(exclude_none=True) for tool in body.tools or []],
-            "top_p": 1.0 if body.top_p is None else body.top_p,
-            "truncation": body.truncation or "disabled",
-            "usage": usage(final) if final is not None else None,
-            "user": body.user,
-            "metadata": body.metadata or {},
-        }
 
     def output_of(self, final: CompletionFinished) -> list[dict[str, Any]]:
         """The final's output items: its message (left out when it is only calls, as OpenAI does), then its calls."""
@@ -750,6 +707,79 @@ class ResponseShell:
     ) -> dict[str, Any]:
         content = [text_part(text, logprobs)] if status != "in_progress" else []
         return {"id": self.message_id, "type": "message", "status": status, "role": "assistant", "content": content}
+
+    def state(
+        self,
+        status: Status,
+        final: CompletionFinished | None = None,
+        error: ApiError | None = None,
+        output: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """The fields of the response object that say how it went (the rest echoes the request)."""
+        if output is None:
+            output = self.output_of(final) if final is not None else []
+        return {
+            "status": status,
+            "completed_at": int(time.time()) if status == "completed" else None,
+            "error": {"code": error.code or error.type, "message": error.message} if error else None,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "output": output,
+            "usage": usage(final) if final is not None else None,
+        }
+
+
+def ended_from(queued: dict[str, Any], final: CompletionFinished | GenerationFailed) -> dict[str, Any]:
+    """A queued response as it ends with ``final``: what the instance that queued it would store. For the instance
+    that takes it over, which has the stored response but not the request."""
+    items = OutputItems(str(queued["id"]))
+    if isinstance(final, GenerationFailed):
+        return queued | items.state("failed", error=failure_error(final))
+    return queued | items.state(_status(final), final)
+
+
+class ResponseShell(OutputItems):
+    """What every response object and event of one request shares: its id, creation time and the request's
+    settings, which OpenAI returns with the response."""
+
+    def __init__(self, response_id: str, body: ResponsesRequest, stored: bool = False) -> None:
+        super().__init__(response_id)
+        self.body, self.created_at, self.stored = body, int(time.time()), stored
+
+    def response(
+        self,
+        status: Status,
+        final: CompletionFinished | None = None,
+        error: ApiError | None = None,
+        output: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """The response object; ``output``: its items in the order a stream gave them (else the final's order)."""
+        body = self.body
+        form = body.text.format if body.text and body.text.format else None
+        tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "background": bool(body.background),
+            "instructions": body.instructions,
+            "max_output_tokens": body.max_output_tokens,
+            "max_tool_calls": body.max_tool_calls,
+            "top_logprobs": body.top_logprobs or 0,
+            "model": body.model,
+            "parallel_tool_calls": body.parallel_tool_calls if body.parallel_tool_calls is not None else True,
+            "previous_response_id": body.previous_response_id,
+            "conversation": {"id": conversation} if (conversation := body.conversation_id()) else None,
+            "reasoning": {"effort": body.reasoning.effort if body.reasoning else None, "summary": None},
+            "store": self.stored,
+            "temperature": 1.0 if body.temperature is None else body.temperature,
+            "text": {"format": form.model_dump(by_alias=True, exclude_none=True) if form else {"type": "text"}},
+            "tool_choice": tool_choice or "auto",
+            "tools": [tool.model_dump(exclude_none=True) for tool in body.tools or []],
+            "top_p": 1.0 if body.top_p is None else body.top_p,
+            "truncation": body.truncation or "disabled",
+            "user": body.user,
+            "metadata": body.metadata or {},
+        } | self.state(status, final, error, output)
 
 
 def function_call(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from openai.types.responses import Response
 from services.ingress.adapters import ConversationStore, ResponseStore
 from shared.db import connect_pool
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform, start_extra_ingress, stop_service
-from tests.e2e.test_flow_control import LONG_RESPONSE, cancellation_of, replies_of
+from tests.e2e.test_flow_control import LONG_RESPONSE, cancellation_of, cancellations, replies_of
 from tests.e2e.test_reasoning import ANSWER, BUDGET, THINK_THEN_ANSWER
 
 QUESTION = "What is the capital of France?"
@@ -350,22 +351,33 @@ async def test_a_background_response_is_polled_to_its_end_and_a_cancel_stops_its
     assert err.value.body["param"] == "background"  # type: ignore[index]
 
 
-async def test_a_background_response_reads_failed_once_its_ingress_stops(platform: Platform) -> None:
-    """The instance finishing a background response stops: the response reads failed from any instance, at once,
-    and its work is cancelled."""
-    api_key = platform.new_tenant("background-stops", "--retention-days", "1")
-    extra = start_extra_ingress(platform, "background")
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+async def test_a_background_response_outlives_the_ingress_finishing_it(platform: Platform, stop: str) -> None:
+    """The instance finishing a background response stops (a deploy: SIGTERM) or dies (SIGKILL) while its work runs.
+    The work goes on, not cancelled; another instance takes the response over and stores its whole answer."""
+    api_key = platform.new_tenant("background-handover", "--retention-days", "1")
+    extra = start_extra_ingress(platform, f"background-{stop.lower()}")
     try:
         via_extra = AsyncOpenAI(base_url=f"http://127.0.0.1:{extra.port}/v1", api_key=api_key, max_retries=0)
-        asked = {name: value for name, value in LONG_RESPONSE.items() if name != "ignore_eos"}
-        long = await via_extra.responses.create(**asked, background=True, extra_body={"ignore_eos": True})  # type: ignore[call-overload]
-        await asyncio.sleep(1)
+        long = await via_extra.responses.create(
+            model=DEFAULT_MODEL,
+            input="Count from one to one hundred in words.",
+            max_output_tokens=200,
+            temperature=0,  # the same benign text each time (a sampled story once tripped the output screening)
+            background=True,
+            extra_body={"ignore_eos": True},
+        )
+        await asyncio.sleep(1)  # its tokens are flowing
+        assert extra.process is not None
+        extra.process.send_signal(getattr(signal, stop))
+        extra.process.wait(timeout=60)
     finally:
         stop_service(extra)
-    via_session = AsyncOpenAI(base_url=f"{platform.base_url}/v1", api_key=api_key, max_retries=0)
-    ended = await via_session.responses.retrieve(long.id)
-    assert ended.status == "failed" and ended.error is not None and ended.error.code == "ingress_stopped"  # type: ignore[comparison-overlap]
-    assert (await cancellation_of(platform, long.id)).reason == "client_disconnected"
+    via_session = AsyncOpenAI(base_url=f"{platform.base_url}/v1", api_key=api_key, max_retries=0, timeout=60)
+    done = await finished(via_session, long.id)
+    assert done.status == "incomplete" and done.usage is not None and done.usage.output_tokens == 200, done
+    assert len(done.output_text) > 200
+    assert long.id not in {c.request_id for c in await cancellations(platform)}  # its work was never stopped
 
 
 def test_a_conversation_keeps_its_items_and_a_response_in_it_reads_and_extends_it(platform: Platform) -> None:

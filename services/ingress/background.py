@@ -1,0 +1,222 @@
+"""Stored responses of the Responses API, and background mode (background true).
+
+A background response is stored queued and answered at once; an ingress instance finishes it: it waits for the
+answer, stores the response's end (completed, incomplete or failed) over the queued one, and adds it to its
+conversation. Any instance reads or cancels it (handlers).
+
+No background response is lost with the instance finishing it. Each instance beats in Redis (adapters.Liveness);
+every few seconds each looks for unfinished responses whose finisher beats no more (stopped, or killed) and claims
+them in PostgreSQL, one claimer each. The work went on meanwhile: the claimer reads the answer from the reply topic
+the work was sent with, from the offset it had when the request left (the worker writes there whoever listens), and
+stores the end. An instance that stops hands its background responses over this way without cancelling their work.
+A response nobody finishes by its deadline, with BACKGROUND_STORE_GRACE_S to store its end, reads failed
+(responses.as_of)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from services.ingress.adapters import (
+    ConversationStore,
+    DuplicateItem,
+    Liveness,
+    NotStorable,
+    ResponseStore,
+    StoredResponse,
+    find_final,
+)
+from services.ingress.responses import ResponseShell, ended_from, whole_response
+from services.ingress.serving import ApiError, IndexedEvent
+from shared.outages import DependencyUnavailable
+from shared.settings import CommonSettings
+
+logger = logging.getLogger(__name__)
+
+BACKGROUND_STORE_GRACE_S = 30.0
+"""Time the instance finishing a background response has after the request's deadline to store how it ended."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Who finishes a background response, and where its answer is heard: what another instance needs to finish it."""
+
+    finish_by: datetime
+    finisher: str
+    """The instance id finishing it."""
+    reply_topic: str
+    reply_offset: int
+    """The reply topic's offset before the request left: its answer comes after."""
+
+
+@dataclass(frozen=True)
+class Keeper:
+    """Stores one response of a tenant, with the items that led to it; an answer in a conversation joins it."""
+
+    store: ResponseStore
+    conversations: ConversationStore
+    tenant_id: str
+    conversation: list[dict[str, Any]]
+    """The items that led to it: its conversation's (or the response's it continues), then its own input."""
+    input_count: int
+    """How many of them are its own input (what joins its conversation, before its output)."""
+
+    async def __call__(self, response: dict[str, Any]) -> dict[str, Any]:
+        """Stores a finished response; returns it as the client gets it (store false when it could not be)."""
+        try:
+            await self.save(response)
+        except (DependencyUnavailable, NotStorable) as exc:
+            logger.warning("response %s could not be stored: %s", response["id"], exc)
+            return response | {"store": False}
+        return response
+
+    async def save(self, response: dict[str, Any], placement: Placement | None = None) -> None:
+        """Stores it (a queued background response: replaced when it ends, unless cancelled first); raises
+        DependencyUnavailable or NotStorable. An answer (completed or cut short) joins its conversation."""
+        stored = StoredResponse(
+            [*self.conversation, *response["output"]],
+            response,
+            finish_by=placement.finish_by if placement else None,
+            reply_topic=placement.reply_topic if placement else None,
+            finisher=placement.finisher if placement else None,
+            reply_offset=placement.reply_offset if placement else None,
+            input_count=self.input_count,
+        )
+        if await self.store.save(self.tenant_id, response["id"], stored):
+            await join_conversation(self.conversations, self.tenant_id, response, self.conversation, self.input_count)
+
+
+async def join_conversation(
+    conversations: ConversationStore,
+    tenant_id: str,
+    response: dict[str, Any],
+    led_to: list[dict[str, Any]],
+    input_count: int,
+) -> None:
+    """Adds an answered response's input (the last ``input_count`` items that led to it) and output to the
+    conversation it names, if any."""
+    conversation_id = (response.get("conversation") or {}).get("id")
+    if conversation_id is None or response["status"] not in ("completed", "incomplete"):
+        return
+    items = [*led_to[len(led_to) - input_count :], *response["output"]]
+    try:
+        added = await conversations.add_items(tenant_id, conversation_id, items)
+    except (DuplicateItem, NotStorable, DependencyUnavailable):
+        added = False
+    if not added:
+        logger.warning(
+            "response %s could not join conversation %s: it is gone, holds one of its items, or the database is down",
+            response["id"],
+            conversation_id,
+        )
+
+
+class BackgroundResponses:
+    """The background responses this instance finishes: those it queued, and those it took over."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        common: CommonSettings,
+        store: ResponseStore,
+        conversations: ConversationStore,
+        liveness: Liveness,
+    ) -> None:
+        self.instance_id, self._common, self._store, self._conversations = instance_id, common, store, conversations
+        self._liveness = liveness
+        self._finishing: dict[str, asyncio.Task[None]] = {}
+        self.handing_over = False
+        """Set when the instance stops: the work of what it was finishing goes on, for another instance."""
+
+    async def start(
+        self, shell: ResponseShell, keep: Keeper, replies: AsyncIterator[IndexedEvent], placement: Placement
+    ) -> dict[str, Any]:
+        """Stores the response queued and finishes it in a task; returns the queued response. Raises
+        DependencyUnavailable or NotStorable, the work then cancelled."""
+
+        async def finish() -> None:
+            try:
+                response = await whole_response(shell, replies)
+            except ApiError as exc:
+                response = shell.response("failed", error=exc)
+            await self._store_end(keep, response, placement)
+
+        self._track(shell.id, finish())
+        queued = shell.response("queued")
+        try:
+            await keep.save(queued, placement)  # a replace: its end may be stored first, and then this changes nothing
+        except (DependencyUnavailable, NotStorable):
+            self._finishing[shell.id].cancel()  # with the work
+            raise
+        return queued
+
+    async def take_over(self) -> int:
+        """Claims the unfinished background responses whose finisher stopped, and finishes them; how many."""
+        unfinished = await self._store.unfinished()
+        finishers = {row.finisher for row in unfinished if row.finisher and row.finisher != self.instance_id}
+        alive = await self._liveness.alive(finishers)
+        orphans = [
+            row
+            for row in unfinished
+            if (row.finisher == self.instance_id and row.id not in self._finishing)  # from before a restart
+            or (row.finisher != self.instance_id and row.finisher not in alive)
+        ]
+        taken = 0
+        for orphan in orphans:
+            claimed = await self._store.claim(orphan.id, orphan.finisher, self.instance_id)
+            if claimed is None:
+                continue  # another instance was first
+            logger.info("background response %s taken over from instance %s", orphan.id, orphan.finisher or "(unknown)")
+            self._track(orphan.id, self._finish_orphan(claimed))
+            taken += 1
+        return taken
+
+    async def stop(self) -> None:
+        """Hands over: the tasks end, the work goes on, and the responses stay queued for another instance (or
+        this one, restarted) to claim once this instance's beat is gone."""
+        self.handing_over = True
+        for task in self._finishing.values():
+            task.cancel()
+        await asyncio.gather(*self._finishing.values(), return_exceptions=True)
+        await self._liveness.stop()
+
+    def _track(self, response_id: str, work: Coroutine[Any, Any, None]) -> None:
+        async def logged() -> None:
+            try:
+                await work
+            except Exception:  # it stays queued: another pass, or another instance, claims it again
+                logger.exception("background response %s could not be finished", response_id)
+
+        task = asyncio.get_running_loop().create_task(logged(), name=f"background {response_id}")
+        self._finishing[response_id] = task
+        task.add_done_callback(lambda _: self._finishing.pop(response_id, None))
+
+    async def _finish_orphan(self, claimed: StoredResponse) -> None:
+        assert claimed.reply_topic is not None and claimed.reply_offset is not None and claimed.finish_by is not None
+        response_id = str(claimed.response["id"])
+        until = claimed.finish_by - timedelta(seconds=1)  # a failure for its deadline comes after the deadline
+        final = await find_final(self._common, claimed.reply_topic, claimed.reply_offset, response_id, until)
+        if final is None:
+            logger.warning("background response %s: no answer on %s by its deadline", response_id, claimed.reply_topic)
+            return  # it reads failed at finish_by
+        response = ended_from(claimed.response, final)
+        led_to = claimed.conversation[: len(claimed.conversation) - len(claimed.response.get("output") or [])]
+        keep = Keeper(self._store, self._conversations, claimed.tenant_id or "", led_to, claimed.input_count or 0)
+        placement = Placement(claimed.finish_by, self.instance_id, claimed.reply_topic, claimed.reply_offset)
+        await self._store_end(keep, response, placement)
+
+    async def _store_end(self, keep: Keeper, response: dict[str, Any], placement: Placement) -> None:
+        try:
+            await keep.save(response, placement)
+        except DependencyUnavailable:  # readers see it failed at finish_by
+            logger.warning(
+                "background response %s ended %s but could not be stored", response["id"], response["status"]
+            )
+        except NotStorable as exc:  # its output: the end is then a failure that says why
+            error = {"code": "output_not_storable", "message": f"The response was generated, but {exc}."}
+            failed = response | {"status": "failed", "output": [], "error": error, "completed_at": None}
+            await self._store_end(keep, failed, placement)

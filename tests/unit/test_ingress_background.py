@@ -1,0 +1,96 @@
+"""Background responses outliving the instance finishing them: which unfinished responses an instance claims, and
+the end it stores from the answer it finds (stores, liveness and the reply topic are fakes here; tests/e2e/
+test_responses.py stops and kills real instances)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.ingress import background
+from services.ingress.adapters import StoredResponse, Unfinished
+from services.ingress.background import BackgroundResponses
+from shared.contracts import CompletionFinished, Usage, utc_now
+
+
+class FakeStore:
+    def __init__(self, rows: dict[str, StoredResponse]) -> None:
+        self.rows, self.saved = rows, {}  # type: ignore[var-annotated]
+
+    async def unfinished(self) -> list[Unfinished]:
+        return [
+            Unfinished(response_id, row.finisher)
+            for response_id, row in self.rows.items()
+            if row.response["status"] == "queued"
+        ]
+
+    async def claim(self, response_id: str, finisher: str | None, claimer: str) -> StoredResponse | None:
+        row = self.rows.get(response_id)
+        if row is None or row.finisher != finisher:
+            return None  # another instance was first
+        self.rows[response_id] = row = StoredResponse(**{**row.__dict__, "finisher": claimer})
+        return row
+
+    async def save(self, tenant_id: str, response_id: str, stored: StoredResponse) -> bool:
+        self.saved[response_id] = self.rows[response_id] = stored
+        return True
+
+
+class FakeLiveness:
+    def __init__(self, alive: set[str]) -> None:
+        self.beating = alive
+
+    async def alive(self, instance_ids: set[str]) -> set[str]:
+        return instance_ids & self.beating
+
+    async def stop(self) -> None:
+        pass
+
+
+def queued(response_id: str, finisher: str | None) -> StoredResponse:
+    response = {"id": response_id, "object": "response", "status": "queued", "output": [], "usage": None}
+    return StoredResponse(
+        [{"id": "msg_in", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+        response,
+        finish_by=utc_now() + timedelta(minutes=5),
+        reply_topic="replies.ingress-a",
+        finisher=finisher,
+        reply_offset=7,
+        input_count=1,
+        tenant_id="t",
+    )
+
+
+async def test_an_instance_claims_the_responses_of_stopped_instances_and_stores_their_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = FakeStore(
+        {
+            "resp_dead": queued("resp_dead", "a"),  # its finisher beats no more
+            "resp_alive": queued("resp_alive", "b"),  # its finisher beats: left to it
+            "resp_mine": queued("resp_mine", "me"),  # mine, from before a restart: no task finishes it
+        }
+    )
+    scanned: list[tuple[str, int, str]] = []
+
+    async def find_final(common: Any, topic: str, offset: int, request_id: str, until: datetime) -> CompletionFinished:
+        scanned.append((topic, offset, request_id))
+        usage = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
+        return CompletionFinished(
+            request_id=request_id, sequence=1, model="m", text="Hello.", finish_reason="stop", usage=usage
+        )
+
+    monkeypatch.setattr(background, "find_final", find_final)
+    finishing = BackgroundResponses("me", None, store, None, FakeLiveness({"b", "me"}))  # type: ignore[arg-type]
+    assert await finishing.take_over() == 2
+    await asyncio.sleep(0.05)  # the finishing tasks run
+    assert sorted(scanned) == [("replies.ingress-a", 7, "resp_dead"), ("replies.ingress-a", 7, "resp_mine")]
+    ended = store.saved["resp_dead"]
+    assert ended.response["status"] == "completed" and ended.finisher == "me"
+    assert ended.response["output"][0]["content"][0]["text"] == "Hello."
+    assert [item["id"] for item in ended.conversation] == ["msg_in", "msg_dead"]  # what led to it, then its output
+    assert "resp_alive" not in store.saved
+    assert await finishing.take_over() == 0  # nothing left: each is claimed once
