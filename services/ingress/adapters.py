@@ -36,7 +36,7 @@ from shared.contracts import (
     utc_now,
 )
 from shared.kafka import dead_letter, ensure_topics, publish_message, record_headers, tail
-from shared.outages import DATABASE_FAILURES, Breaker, DependencyUnavailable
+from shared.outages import DATABASE_FAILURES, REDIS_FAILURES, Breaker, DependencyUnavailable
 from shared.registry import ModelRecord, ModelRegistry
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
@@ -760,26 +760,29 @@ class Liveness:
     """Each ingress instance beats in Redis (a key that expires ``ttl_s`` after its last beat), so that the others
     can tell which have stopped."""
 
-    def __init__(self, redis: Redis, prefix: str, instance_id: str, ttl_s: float) -> None:
+    def __init__(self, redis: Redis, prefix: str, instance_id: str, ttl_s: float, timeout_s: float = 2.0) -> None:
         self._redis, self._prefix, self.instance_id, self._ttl_ms = redis, prefix, instance_id, int(ttl_s * 1000)
+        # while Redis is down nobody beats, and nobody takes anything over: unsure who stopped, all wait
+        self._calls = Breaker("liveness", timeout_s, ttl_s, REDIS_FAILURES)
 
     def _key(self, instance_id: str) -> str:
         return f"{self._prefix}ingress-alive:{instance_id}"
 
     async def beat(self) -> None:
-        await self._redis.set(self._key(self.instance_id), "1", px=self._ttl_ms)
+        await self._calls.call(lambda: self._redis.set(self._key(self.instance_id), "1", px=self._ttl_ms))
 
     async def alive(self, instance_ids: set[str]) -> set[str]:
         """Those of ``instance_ids`` that beat within the last ``ttl_s``."""
         ordered = sorted(instance_ids)
         if not ordered:
             return set()
-        found = await self._redis.mget([self._key(instance_id) for instance_id in ordered])
+        found = await self._calls.call(lambda: self._redis.mget([self._key(instance_id) for instance_id in ordered]))
         return {instance_id for instance_id, beat in zip(ordered, found, strict=True) if beat is not None}
 
     async def stop(self) -> None:
         """No more beats: the others take over at once rather than after ``ttl_s``."""
-        await self._redis.delete(self._key(self.instance_id))
+        with contextlib.suppress(DependencyUnavailable):  # then they take over after ttl_s
+            await self._calls.call(lambda: self._redis.delete(self._key(self.instance_id)))
 
 
 async def find_final(

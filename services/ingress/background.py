@@ -30,6 +30,7 @@ from services.ingress.adapters import (
     StoredResponse,
     find_final,
 )
+from services.ingress.metrics import IngressMetrics
 from services.ingress.responses import ResponseShell, ended_from, whole_response
 from services.ingress.serving import ApiError, IndexedEvent
 from shared.outages import DependencyUnavailable
@@ -125,9 +126,10 @@ class BackgroundResponses:
         store: ResponseStore,
         conversations: ConversationStore,
         liveness: Liveness,
+        metrics: IngressMetrics,
     ) -> None:
         self.instance_id, self._common, self._store, self._conversations = instance_id, common, store, conversations
-        self._liveness = liveness
+        self._liveness, self._metrics = liveness, metrics
         self._finishing: dict[str, asyncio.Task[None]] = {}
         self.handing_over = False
         """Set when the instance stops: the work of what it was finishing goes on, for another instance."""
@@ -143,7 +145,7 @@ class BackgroundResponses:
                 response = await whole_response(shell, replies)
             except ApiError as exc:
                 response = shell.response("failed", error=exc)
-            await self._store_end(keep, response, placement)
+            await self._store_end(keep, response, placement, taken_over=False)
 
         self._track(shell.id, finish())
         queued = shell.response("queued")
@@ -207,11 +209,12 @@ class BackgroundResponses:
         led_to = claimed.conversation[: len(claimed.conversation) - len(claimed.response.get("output") or [])]
         keep = Keeper(self._store, self._conversations, claimed.tenant_id or "", led_to, claimed.input_count or 0)
         placement = Placement(claimed.finish_by, self.instance_id, claimed.reply_topic, claimed.reply_offset)
-        await self._store_end(keep, response, placement)
+        await self._store_end(keep, response, placement, taken_over=True)
 
-    async def _store_end(self, keep: Keeper, response: dict[str, Any], placement: Placement) -> None:
+    async def _store_end(self, keep: Keeper, response: dict[str, Any], placement: Placement, taken_over: bool) -> None:
         try:
             await keep.save(response, placement)
+            self._metrics.background_ended.labels(response["status"], str(taken_over).lower()).inc()
         except DependencyUnavailable:  # readers see it failed at finish_by
             logger.warning(
                 "background response %s ended %s but could not be stored", response["id"], response["status"]
@@ -219,4 +222,4 @@ class BackgroundResponses:
         except NotStorable as exc:  # its output: the end is then a failure that says why
             error = {"code": "output_not_storable", "message": f"The response was generated, but {exc}."}
             failed = response | {"status": "failed", "output": [], "error": error, "completed_at": None}
-            await self._store_end(keep, failed, placement)
+            await self._store_end(keep, failed, placement, taken_over)

@@ -80,8 +80,11 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
             responses=ResponseStore(pool, settings.postgres_timeout_s),
             conversations=ConversationStore(pool, settings.postgres_timeout_s),
         )
-        liveness = Liveness(redis, common.topic_prefix, settings.instance_id, 3 * settings.background_beat_s)
-        deps.finishing = BackgroundResponses(settings.instance_id, common, deps.responses, deps.conversations, liveness)
+        beats_for_s = 3 * settings.background_beat_s
+        liveness = Liveness(redis, common.topic_prefix, settings.instance_id, beats_for_s, settings.redis_timeout_s)
+        deps.finishing = BackgroundResponses(
+            settings.instance_id, common, deps.responses, deps.conversations, liveness, deps.metrics
+        )
         finisher = asyncio.create_task(keep_finishing(deps.finishing, liveness, settings.background_beat_s))
         sweeper = asyncio.create_task(
             sweep_kept_text(deps.responses, deps.conversations, settings.stored_response_sweep_s)

@@ -33,6 +33,13 @@ class IngressMetrics:
             ["reason"],
             registry=registry,
         )
+        self.background_ended = Counter(
+            "ferry_ingress_background_responses_ended",
+            "Background responses this instance finished, by how they ended (completed, incomplete, failed) and by "
+            "whether it had taken them over from a stopped instance (taken_over true).",
+            ["status", "taken_over"],
+            registry=registry,
+        )
         self.time_to_first_event = Histogram(
             "ferry_ingress_time_to_first_event_seconds",
             "From publishing a request to its first reply event (first tokens, or the result when not streamed).",

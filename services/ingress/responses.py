@@ -13,8 +13,8 @@ A response is stored for previous_response_id, item_reference and GET /v1/respon
 when its tenant keeps text (the handlers and adapters.ResponseStore); the stored conversation is items in OpenAI's
 listed shape (stored_item), each with an id, which this module reads back as input.
 
-Background mode (background true): the response is stored queued and answered at once; the ingress instance that
-queued it finishes it (handlers), and any instance reads or cancels it.
+Background mode (background true): the response is stored queued and answered at once, and finished apart, by the
+instance that queued it or by one that takes it over (background.py); any instance reads or cancels it.
 
 With ``conversation`` (services/ingress/conversations.py), a conversation's items come before the input, and the
 input and output are added to it once the response ends.
@@ -631,11 +631,12 @@ class ResponseObject(BaseModel):
 
 INGRESS_STOPPED = ApiError(
     503,
-    "The ingress instance finishing this background response stopped before it ended; send it again.",
+    "The ingress instance finishing this background response stopped before it ended, and no other finished it by "
+    "its deadline; send it again.",
     "service_unavailable_error",
     code="ingress_stopped",
 )
-"""How a background response ends when the instance finishing it stops."""
+"""How a background response reads when nobody finished it by its deadline."""
 
 UNFINISHED = ("queued", "in_progress")
 """A background response's states before it ends."""
@@ -643,7 +644,7 @@ UNFINISHED = ("queued", "in_progress")
 
 def as_of(response: dict[str, Any], finish_by: datetime | None, now: datetime) -> dict[str, Any]:
     """A stored response as it stands at ``now``: a background response still queued past ``finish_by`` failed,
-    since the ingress instance that was finishing it stopped (it would have stored its end by then)."""
+    since whoever was finishing it stopped (it would have stored its end by then)."""
     if response.get("status") not in UNFINISHED or finish_by is None or now <= finish_by:
         return response
     error = {"code": INGRESS_STOPPED.code, "message": INGRESS_STOPPED.message}

@@ -9,10 +9,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from services.ingress import background
 from services.ingress.adapters import StoredResponse, Unfinished
 from services.ingress.background import BackgroundResponses
+from services.ingress.metrics import IngressMetrics
 from shared.contracts import CompletionFinished, Usage, utc_now
 
 
@@ -84,7 +86,8 @@ async def test_an_instance_claims_the_responses_of_stopped_instances_and_stores_
         )
 
     monkeypatch.setattr(background, "find_final", find_final)
-    finishing = BackgroundResponses("me", None, store, None, FakeLiveness({"b", "me"}))  # type: ignore[arg-type]
+    metrics = IngressMetrics(CollectorRegistry())
+    finishing = BackgroundResponses("me", None, store, None, FakeLiveness({"b", "me"}), metrics)  # type: ignore[arg-type]
     assert await finishing.take_over() == 2
     await asyncio.sleep(0.05)  # the finishing tasks run
     assert sorted(scanned) == [("replies.ingress-a", 7, "resp_dead"), ("replies.ingress-a", 7, "resp_mine")]
@@ -94,3 +97,4 @@ async def test_an_instance_claims_the_responses_of_stopped_instances_and_stores_
     assert [item["id"] for item in ended.conversation] == ["msg_in", "msg_dead"]  # what led to it, then its output
     assert "resp_alive" not in store.saved
     assert await finishing.take_over() == 0  # nothing left: each is claimed once
+    assert metrics.background_ended.labels("completed", "true")._value.get() == 2
