@@ -66,6 +66,7 @@ from services.ingress.protocol import (
 from services.ingress.rate_limits import Charge, RateLimiter
 from services.ingress.responses import (
     LOGPROBS,
+    UNFINISHED,
     ResponseItemList,
     ResponseObject,
     ResponsesCall,
@@ -289,6 +290,13 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
                 f"Previous response with id '{body.previous_response_id}' not found (or past the tenant's retention).",
                 param="previous_response_id",
                 code="previous_response_not_found",
+            )
+        if (status := as_of(previous.response, previous.finish_by, utc_now())["status"]) in UNFINISHED:
+            raise ApiError(
+                400,
+                f"Previous response with id '{body.previous_response_id}' is {status}: continue it once it has ended.",
+                param="previous_response_id",
+                code="previous_response_unfinished",
             )
         conversation = previous.conversation
     referenced: dict[str, dict[str, Any]] = {}

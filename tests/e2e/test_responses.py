@@ -322,6 +322,9 @@ async def test_a_background_response_is_polled_to_its_end_and_a_cancel_stops_its
 
     asked = {name: value for name, value in LONG_RESPONSE.items() if name != "ignore_eos"}
     long = await keeper.responses.create(**asked, background=True, extra_body={"ignore_eos": True})  # type: ignore[call-overload]
+    with pytest.raises(BadRequestError) as err:  # it has no answer to continue yet
+        await keeper.responses.create(model=TINY_MODEL, input="Go on.", previous_response_id=long.id)
+    assert err.value.body["code"] == "previous_response_unfinished"  # type: ignore[index]
     await asyncio.sleep(1)  # its tokens are flowing by now
     cancelled = await keeper.responses.cancel(long.id)
     assert cancelled.status == "cancelled"
