@@ -977,6 +977,8 @@ def invalid_input(errors: Sequence[Mapping[str, Any]], body: Any) -> tuple[str |
     path, error = (fitting or candidates)[0]
     param = ".".join(str(part) for part in path) or None
     if error.get("type") == "missing":
+        if param is None:  # the body itself
+            return None, "The request body is missing: send a JSON object."
         return param, f"Missing required parameter: '{param}'."
     message = str(error.get("msg", "invalid request"))
     if not fitting:
@@ -988,8 +990,11 @@ def invalid_input(errors: Sequence[Mapping[str, Any]], body: Any) -> tuple[str |
 
 def _body_path(error: Mapping[str, Any], body: Any) -> list[str | int]:
     """The part of an error's location that names keys and indexes of the body (a missing field's name included),
-    without pydantic's union-member tags and its "[key]" marker for a map's bad key."""
+    without pydantic's union-member tags and its "[key]" marker for a map's bad key; or the query or path parameter
+    at fault."""
     location = list(error.get("loc", ()))
+    if location[:1] in (["query"], ["path"], ["header"]):  # a parameter of the URL: named as it is
+        return location[1:2]
     if location[:1] == ["body"]:
         location = location[1:]
     path: list[str | int] = []

@@ -104,3 +104,20 @@ def test_a_lone_surrogate_escape_is_named_where_it_is(body: bytes, param: str | 
         return
     assert found is not None and found[0] == param
     assert "lone UTF-16 surrogate" in found[1] and found[1].encode("utf-8")  # the message itself is valid text
+
+
+def test_a_missing_body_and_a_bad_query_parameter_are_said_as_such() -> None:
+    # as FastAPI reports them: a POST without a body, and ?limit=0 on a list
+    assert invalid_input([{"type": "missing", "loc": ("body",), "msg": "Field required"}], None) == (
+        None,
+        "The request body is missing: send a JSON object.",
+    )
+    too_small = {
+        "type": "greater_than_equal",
+        "loc": ("query", "limit"),
+        "msg": "Input should be greater than or equal to 1",
+    }
+    assert invalid_input([too_small], None) == (
+        "limit",
+        "Invalid value for 'limit': Input should be greater than or equal to 1",
+    )
