@@ -810,3 +810,65 @@ async def find_final(
         return None
     finally:
         await consumer.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggedEvent:
+    sequence: int
+    text: str
+    """The event as server-sent events frame it."""
+    ends: bool
+    """Whether the stream ends with it."""
+
+
+class EventLog:
+    """The events of streamed background responses, kept in Redis (a stream per response) so that a client takes a
+    stream up again after it was cut, from any instance (GET /v1/responses/{id}?stream=true&starting_after=N). Kept
+    until a set time after the response's deadline. Calls raise DependencyUnavailable while Redis does not answer."""
+
+    def __init__(self, redis: Redis, prefix: str, timeout_s: float = 2.0) -> None:
+        self._redis, self._prefix = redis, prefix
+        self._calls = Breaker("response_events", timeout_s, 1.0, REDIS_FAILURES)
+
+    def _key(self, response_id: str) -> str:
+        return f"{self._prefix}response-events:{response_id}"
+
+    async def append(self, response_id: str, event: LoggedEvent, expire_at: datetime) -> None:
+        key = self._key(response_id)
+        fields = {"s": str(event.sequence), "e": event.text, "end": "1" if event.ends else "0"}
+
+        async def append() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, fields)  # type: ignore[arg-type]
+                pipe.expireat(key, expire_at)
+                await pipe.execute()
+
+        await self._calls.call(append)
+
+    async def exists(self, response_id: str) -> bool:
+        return bool(await self._calls.call(lambda: self._redis.exists(self._key(response_id))))
+
+    async def last(self, response_id: str) -> LoggedEvent | None:
+        entries = await self._calls.call(lambda: self._redis.xrevrange(self._key(response_id), count=1))
+        return _logged(entries[0][1]) if entries else None
+
+    async def read(self, response_id: str, after: int, until: datetime) -> AsyncIterator[LoggedEvent]:
+        """The events after sequence number ``after``, as they come, up to the one the stream ends with; stops at
+        ``until`` (the response's deadline) if none does by then."""
+        key, position = self._key(response_id), "0-0"
+        while utc_now() < until:
+            found = await self._calls.call(
+                lambda at=position: self._redis.xread({key: at}, count=100, block=1000)  # type: ignore[misc]
+            )
+            for _, entries in found or []:
+                for entry_id, fields in entries:
+                    position = entry_id
+                    event = _logged(fields)
+                    if event.sequence > after:
+                        yield event
+                    if event.ends:
+                        return
+
+
+def _logged(fields: dict[bytes, bytes]) -> LoggedEvent:
+    return LoggedEvent(int(fields[b"s"]), fields[b"e"].decode(), fields[b"end"] == b"1")

@@ -24,19 +24,32 @@ from typing import Any
 from services.ingress.adapters import (
     ConversationStore,
     DuplicateItem,
+    EventLog,
     Liveness,
+    LoggedEvent,
     NotStorable,
     ResponseStore,
     StoredResponse,
     find_final,
 )
 from services.ingress.metrics import IngressMetrics
-from services.ingress.responses import ResponseShell, ended_from, whole_response
+from services.ingress.responses import (
+    ENDING_EVENTS,
+    ResponseShell,
+    ended_from,
+    read_event,
+    sse_event,
+    stream_response,
+    whole_response,
+)
 from services.ingress.serving import ApiError, IndexedEvent
 from shared.outages import DependencyUnavailable
 from shared.settings import CommonSettings
 
 logger = logging.getLogger(__name__)
+
+EVENTS_KEPT_AFTER = timedelta(minutes=10)
+"""How long after its deadline a streamed background response's events are kept for readers."""
 
 BACKGROUND_STORE_GRACE_S = 30.0
 """Time the instance finishing a background response has after the request's deadline to store how it ended."""
@@ -127,18 +140,25 @@ class BackgroundResponses:
         conversations: ConversationStore,
         liveness: Liveness,
         metrics: IngressMetrics,
+        events: EventLog,
     ) -> None:
         self.instance_id, self._common, self._store, self._conversations = instance_id, common, store, conversations
-        self._liveness, self._metrics = liveness, metrics
+        self._liveness, self._metrics, self.events = liveness, metrics, events
         self._finishing: dict[str, asyncio.Task[None]] = {}
         self.handing_over = False
         """Set when the instance stops: the work of what it was finishing goes on, for another instance."""
 
     async def start(
-        self, shell: ResponseShell, keep: Keeper, replies: AsyncIterator[IndexedEvent], placement: Placement
+        self,
+        shell: ResponseShell,
+        keep: Keeper,
+        replies: AsyncIterator[IndexedEvent],
+        placement: Placement,
+        streamed: bool = False,
     ) -> dict[str, Any]:
-        """Stores the response queued and finishes it in a task; returns the queued response. Raises
-        DependencyUnavailable or NotStorable, the work then cancelled."""
+        """Stores the response queued and finishes it in a task; returns the queued response. ``streamed``: its
+        events are kept in the event log as they come, for readers (``self.events``). Raises DependencyUnavailable
+        or NotStorable, the work then cancelled."""
 
         async def finish() -> None:
             try:
@@ -147,7 +167,21 @@ class BackgroundResponses:
                 response = shell.response("failed", error=exc)
             await self._store_end(keep, response, placement, taken_over=False)
 
-        self._track(shell.id, finish())
+        async def finish_streamed() -> None:
+            logging = True
+            async for text in stream_response(shell, replies):
+                kind, sequence, fields = read_event(text)
+                if kind in ENDING_EVENTS:  # stored first: a reader that sees the end finds the response
+                    await self._store_end(keep, fields["response"], placement, taken_over=False)
+                if logging:
+                    try:
+                        event = LoggedEvent(sequence, text, kind in ENDING_EVENTS)
+                        await self.events.append(shell.id, event, placement.finish_by + EVENTS_KEPT_AFTER)
+                    except DependencyUnavailable:  # the response is still finished; its stream ends here
+                        logging = False
+                        logger.warning("background response %s: its events can no longer be kept", shell.id)
+
+        self._track(shell.id, finish_streamed() if streamed else finish())
         queued = shell.response("queued")
         try:
             await keep.save(queued, placement)  # a replace: its end may be stored first, and then this changes nothing
@@ -210,6 +244,13 @@ class BackgroundResponses:
         keep = Keeper(self._store, self._conversations, claimed.tenant_id or "", led_to, claimed.input_count or 0)
         placement = Placement(claimed.finish_by, self.instance_id, claimed.reply_topic, claimed.reply_offset)
         await self._store_end(keep, response, placement, taken_over=True)
+        # a streamed one: its readers get its end (not the deltas since its instance stopped)
+        last = await self.events.last(response_id) if await self.events.exists(response_id) else None
+        if last is not None and not last.ends:
+            kind = f"response.{'completed' if response['status'] == 'completed' else response['status']}"
+            text = sse_event(kind, last.sequence + 1, response=response)
+            ended = LoggedEvent(last.sequence + 1, text, ends=True)
+            await self.events.append(response_id, ended, claimed.finish_by + EVENTS_KEPT_AFTER)
 
     async def _store_end(self, keep: Keeper, response: dict[str, Any], placement: Placement, taken_over: bool) -> None:
         try:

@@ -28,6 +28,7 @@ from services.cache.service import CACHE_HEADER, ResponseCache, cache_headers
 from services.ingress.adapters import (
     ConversationStore,
     DuplicateItem,
+    EventLog,
     ModelCatalog,
     NotStorable,
     QueueMonitor,
@@ -365,13 +366,40 @@ class ItemPage:
 PageDep = Annotated[ItemPage, Depends()]
 
 
-@router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=ERRORS, tags=["openai"])
-async def retrieve_response(response_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
-    """A stored response of the caller's tenant, while its retention covers it."""
+@router.get(
+    "/v1/responses/{response_id}", response_model=ResponseObject, responses=STREAM_DOC | ERRORS, tags=["openai"]
+)
+async def retrieve_response(  # type: ignore[no-untyped-def]
+    response_id: str,
+    deps: DepsDep,
+    tenant: TenantDep,
+    stream: Annotated[bool, Query(description="A streamed background response's events, taken up again.")] = False,
+    starting_after: Annotated[
+        int | None, Query(ge=-1, description="With stream: the events after this sequence number.")
+    ] = None,
+):
+    """A stored response of the caller's tenant, while its retention covers it; with ``stream``, a streamed background
+    response's events (from after ``starting_after``), as they come until it ends."""
     stored = await deps.responses.load(tenant.id, response_id) if tenant.retains_text else None
     if stored is None:
         raise _no_stored_response(response_id)
-    return JSONResponse(as_of(stored.response, stored.finish_by, utc_now()))
+    if not stream:
+        return JSONResponse(as_of(stored.response, stored.finish_by, utc_now()))
+    assert deps.finishing is not None
+    if stored.finish_by is None or not await deps.finishing.events.exists(response_id):
+        raise ApiError(
+            400,
+            "Only a background response that was streamed can be streamed again, while its events are kept (until "
+            "10 minutes after its deadline).",
+            param="stream",
+            code="invalid_value",
+        )
+    after = -1 if starting_after is None else starting_after
+    return StreamingResponse(
+        _logged_events(deps.finishing.events, response_id, after, stored.finish_by),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache"},
+    )
 
 
 @router.post("/v1/responses/{response_id}/cancel", response_model=ResponseObject, responses=ERRORS, tags=["openai"])
@@ -868,7 +896,7 @@ async def _in_background(
         reply_offset=call.reply_offset,
     )
     try:
-        queued = await deps.finishing.start(call.shell(request_id), call.keep, replies, placement)
+        queued = await deps.finishing.start(call.shell(request_id), call.keep, replies, placement, call.body.stream)
     except NotStorable as exc:
         raise ApiError(
             400, f"A background response is stored, and {exc}.", param="input", code="invalid_value"
@@ -881,7 +909,23 @@ async def _in_background(
             code="database_unavailable",
             headers={"Retry-After": "1"} | headers,
         ) from None
+    if call.body.stream:
+        return StreamingResponse(
+            _logged_events(deps.finishing.events, request_id, -1, placement.finish_by),
+            media_type="text/event-stream",
+            headers=headers | {"cache-control": "no-cache"},
+        )
     return JSONResponse(queued, headers=headers)
+
+
+async def _logged_events(events: EventLog, response_id: str, after: int, until: datetime) -> AsyncIterator[str]:
+    """A streamed background response's events after sequence number ``after``, as they come; a client whose stream
+    ends early (Redis down, or its connection cut) takes it up again with starting_after."""
+    try:
+        async for event in events.read(response_id, after, until):
+            yield event.text
+    except DependencyUnavailable:
+        return
 
 
 def _cache_policy(tenant: Tenant) -> TenantCachePolicy:

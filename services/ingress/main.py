@@ -17,6 +17,7 @@ from services.cache.config import CacheSettings
 from services.cache.service import ResponseCache
 from services.ingress.adapters import (
     ConversationStore,
+    EventLog,
     Liveness,
     ModelCatalog,
     QueueMonitor,
@@ -83,7 +84,13 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
         beats_for_s = 3 * settings.background_beat_s
         liveness = Liveness(redis, common.topic_prefix, settings.instance_id, beats_for_s, settings.redis_timeout_s)
         deps.finishing = BackgroundResponses(
-            settings.instance_id, common, deps.responses, deps.conversations, liveness, deps.metrics
+            settings.instance_id,
+            common,
+            deps.responses,
+            deps.conversations,
+            liveness,
+            deps.metrics,
+            EventLog(redis, common.topic_prefix, settings.redis_timeout_s),
         )
         finisher = asyncio.create_task(keep_finishing(deps.finishing, liveness, settings.background_beat_s))
         sweeper = asyncio.create_task(

@@ -19,8 +19,8 @@ instance that queued it or by one that takes it over (background.py); any instan
 With ``conversation`` (services/ingress/conversations.py), a conversation's items come before the input, and the
 input and output are added to it once the response ends.
 
-Not served, and refused by name rather than ignored: tools other than functions, OpenAI's stored prompts, streamed
-background responses, ``include`` other than the text's logprobs, reasoning summaries and encrypted reasoning."""
+Not served, and refused by name rather than ignored: tools other than functions, OpenAI's stored prompts, ``include``
+other than the text's logprobs, reasoning summaries and encrypted reasoning."""
 
 from __future__ import annotations
 
@@ -367,7 +367,8 @@ class ResponsesRequest(BaseModel):
         None,
         description="true: answered at once with the response queued, which is then finished on its own (GET "
         "/v1/responses/{id} reads it, POST .../cancel stops it). Needs a stored response: a tenant with retention, and "
-        "store not false. Not streamed.",
+        "store not false. Streamed too, and GET /v1/responses/{id}?stream=true&starting_after=N takes the stream up "
+        "again.",
     )
     priority: Priority | None = Field(None, description="ferry: priority class, as on /v1/chat/completions.")
     batching_profile: BatchingProfile | None = Field(None, description="ferry: batching profile.")
@@ -392,7 +393,6 @@ class ResponsesRequest(BaseModel):
                 (name, name in (self.model_extra or {}), f"{name} is not served: send the conversation as input.")
                 for name in ("prompt",)
             ),
-            ("stream", bool(self.background and self.stream), "background responses are not streamed yet: poll them."),
             (
                 "reasoning.summary",
                 self.reasoning is not None and self.reasoning.summary is not None,
@@ -956,6 +956,22 @@ class _StreamedOutput:
         return [self.event("response.function_call_arguments.delta", **where, delta=delta)]
 
 
+ENDING_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+"""The events a response's stream ends with; each carries the response as it ended."""
+
+
+def sse_event(kind: str, sequence: int, **fields: Any) -> str:
+    """One event of a response's stream, as server-sent events frame it."""
+    payload = {"type": kind, "sequence_number": sequence} | fields
+    return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def read_event(text: str) -> tuple[str, int, dict[str, Any]]:
+    """The kind, sequence number and fields of an event ``sse_event`` wrote."""
+    payload = json.loads(text.split("\ndata: ", 1)[1])
+    return str(payload["type"]), int(payload["sequence_number"]), payload
+
+
 async def stream_response(
     shell: ResponseShell, events: AsyncIterator[IndexedEvent], keep: Keep | None = None
 ) -> AsyncIterator[str]:
@@ -966,9 +982,8 @@ async def stream_response(
 
     def event(kind: str, **fields: Any) -> str:
         nonlocal sequence
-        payload = {"type": kind, "sequence_number": sequence} | fields
         sequence += 1
-        return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+        return sse_event(kind, sequence - 1, **fields)
 
     output = _StreamedOutput(shell, event)
     yield event("response.created", response=shell.response("in_progress"))

@@ -343,7 +343,6 @@ async def test_a_background_response_is_polled_to_its_end_and_a_cancel_stops_its
     with pytest.raises(BadRequestError):
         await keeper.responses.cancel(stored.id)  # not a background response
     for refused, param in [
-        ({"stream": True}, "stream"),
         ({"store": False}, "store"),
     ]:
         with pytest.raises(BadRequestError) as err:
@@ -352,6 +351,42 @@ async def test_a_background_response_is_polled_to_its_end_and_a_cancel_stops_its
     with pytest.raises(BadRequestError) as err:  # a tenant that keeps no text cannot read it back
         client(platform).responses.create(model=TINY_MODEL, input="hi", background=True)
     assert err.value.body["param"] == "background"  # type: ignore[index]
+
+
+async def test_a_streamed_background_response_is_taken_up_again_after_its_stream_is_cut(platform: Platform) -> None:
+    """OpenAI's background streaming: the client's stream is cut (it leaves); the work goes on, and GET with
+    stream=true and starting_after gives the events after the last one it read, from any instance, to the end."""
+    keeper = AsyncOpenAI(
+        base_url=f"{platform.base_url}/v1",
+        api_key=platform.new_tenant("background-streams", "--retention-days", "1"),
+        max_retries=0,
+        timeout=120,
+    )
+    first_part: list[str] = []
+    stream = await keeper.responses.create(
+        model=DEFAULT_MODEL, input=QUESTION, background=True, stream=True, max_output_tokens=24, temperature=0
+    )
+    async for event in stream:
+        if event.type == "response.created":
+            response_id = event.response.id
+        if event.type == "response.output_text.delta":
+            first_part.append(event.delta)
+            last_read = event.sequence_number
+            break  # the connection is cut here
+    await stream.close()
+    resumed = await keeper.responses.retrieve(response_id, stream=True, starting_after=last_read)
+    rest = [event async for event in resumed]
+    assert rest[0].sequence_number == last_read + 1 and rest[-1].type == "response.completed"
+    text = "".join(first_part + [e.delta for e in rest if e.type == "response.output_text.delta"])
+    assert text == rest[-1].response.output_text and "Paris" in text
+    assert (await keeper.responses.retrieve(response_id)).output_text == text
+    whole = [event async for event in await keeper.responses.retrieve(response_id, stream=True)]  # from the start
+    assert [e.sequence_number for e in whole] == list(range(len(whole))) and whole[0].type == "response.created"
+
+    polled = await keeper.responses.create(model=TINY_MODEL, input="hi", background=True, max_output_tokens=2)
+    with pytest.raises(BadRequestError) as err:  # it was not streamed: no events kept
+        await keeper.responses.retrieve(polled.id, stream=True)
+    assert err.value.body["param"] == "stream"  # type: ignore[index]
 
 
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])

@@ -12,9 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.ingress import background
-from services.ingress.adapters import StoredResponse, Unfinished
+from services.ingress.adapters import LoggedEvent, StoredResponse, Unfinished
 from services.ingress.background import BackgroundResponses
 from services.ingress.metrics import IngressMetrics
+from services.ingress.responses import read_event, sse_event
 from shared.contracts import CompletionFinished, Usage, utc_now
 
 
@@ -39,6 +40,22 @@ class FakeStore:
     async def save(self, tenant_id: str, response_id: str, stored: StoredResponse) -> bool:
         self.saved[response_id] = self.rows[response_id] = stored
         return True
+
+
+class FakeEventLog:
+    """The events of streamed responses, by response id."""
+
+    def __init__(self, logs: dict[str, list[LoggedEvent]]) -> None:
+        self.logs = logs
+
+    async def exists(self, response_id: str) -> bool:
+        return response_id in self.logs
+
+    async def last(self, response_id: str) -> LoggedEvent | None:
+        return self.logs[response_id][-1] if self.logs.get(response_id) else None
+
+    async def append(self, response_id: str, event: LoggedEvent, expire_at: datetime) -> None:
+        self.logs.setdefault(response_id, []).append(event)
 
 
 class FakeLiveness:
@@ -87,7 +104,9 @@ async def test_an_instance_claims_the_responses_of_stopped_instances_and_stores_
 
     monkeypatch.setattr(background, "find_final", find_final)
     metrics = IngressMetrics(CollectorRegistry())
-    finishing = BackgroundResponses("me", None, store, None, FakeLiveness({"b", "me"}), metrics)  # type: ignore[arg-type]
+    streamed = sse_event("response.output_text.delta", 4, delta="Hel")
+    events = FakeEventLog({"resp_dead": [LoggedEvent(4, streamed, ends=False)]})  # streamed until its instance died
+    finishing = BackgroundResponses("me", None, store, None, FakeLiveness({"b", "me"}), metrics, events)  # type: ignore[arg-type]
     assert await finishing.take_over() == 2
     await asyncio.sleep(0.05)  # the finishing tasks run
     assert sorted(scanned) == [("replies.ingress-a", 7, "resp_dead"), ("replies.ingress-a", 7, "resp_mine")]
@@ -96,5 +115,10 @@ async def test_an_instance_claims_the_responses_of_stopped_instances_and_stores_
     assert ended.response["output"][0]["content"][0]["text"] == "Hello."
     assert [item["id"] for item in ended.conversation] == ["msg_in", "msg_dead"]  # what led to it, then its output
     assert "resp_alive" not in store.saved
+    # its stream's readers get its end, numbered after the last event its instance kept
+    (kept, end) = events.logs["resp_dead"]
+    kind, sequence, fields = read_event(end.text)
+    assert (kind, sequence, end.ends) == ("response.completed", 5, True) and fields["response"] == ended.response
+    assert "resp_mine" not in events.logs  # not streamed
     assert await finishing.take_over() == 0  # nothing left: each is claimed once
     assert metrics.background_ended.labels("completed", "true")._value.get() == 2
