@@ -477,6 +477,12 @@ class CompletionRequested(Message):
         description="Chat only: the prompt ends with the opening of the assistant's turn, as the chat template writes "
         "it (vLLM's add_generation_prompt). False leaves it out: the model writes whatever the chat calls for next.",
     )
+    documents: list[dict[str, str]] | None = Field(
+        None,
+        description="Chat only: documents the chat template reads (vLLM's documents, for retrieval-augmented "
+        "generation), each a map of strings such as title and text. Screened like the turns. A model whose template "
+        "reads none refuses them.",
+    )
     continue_final_message: bool = Field(
         False,
         description="Chat only: the prompt ends inside the chat's last message, left open, and the model continues it "
@@ -516,15 +522,16 @@ class CompletionRequested(Message):
 
     def prompt_chars(self) -> int:
         """Characters of prompt the model reads, before its chat template: the prompt, or the turns with their tool
-        calls, and the tools' signatures (0 for a prompt of token ids). For token estimates where no tokenizer
-        runs."""
+        calls, the documents, and the tools' signatures (0 for a prompt of token ids). For token estimates where no
+        tokenizer runs."""
         if self.prompt is not None:
             return len(self.prompt)
         turns = sum(
             len(m.content) + len(m.reasoning or "") + sum(len(c.function.arguments) for c in m.tool_calls)
             for m in self.messages
         )
-        return turns + sum(len(t.model_dump_json()) for t in self.tools)
+        documents = sum(len(value) for document in self.documents or [] for value in document.values())
+        return turns + documents + sum(len(t.model_dump_json()) for t in self.tools)
 
     def prompt_tokens_estimate(self, chars_per_token: float = 4.0, template_tokens_per_message: int = 4) -> int:
         """The prompt's tokens where no tokenizer runs: counted when given as token ids; else its characters at
@@ -547,6 +554,8 @@ class CompletionRequested(Message):
             raise ValueError("exactly one of messages (chat), prompt and prompt_token_ids (completion) must be given")
         if self.tools and not self.is_chat():
             raise ValueError("tools are for chat (messages) only")
+        if self.documents and not self.is_chat():
+            raise ValueError("documents are for chat (messages) only")
         if self.continue_final_message and not self.is_chat():
             raise ValueError("continue_final_message is for chat (messages) only")
         if self.truncate_prompt_tokens == 0:

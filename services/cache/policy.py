@@ -196,6 +196,7 @@ def normalized(
             ("add_generation_prompt", None if request.add_generation_prompt else "false"),
             ("continue_final_message", request.continue_final_message or None),
             ("prompt_token_ids", request.prompt_token_ids),  # a raw prompt given as token ids
+            ("documents", request.documents),  # the template shows them to the model
             (
                 "truncate_prompt_tokens",
                 None

@@ -40,6 +40,8 @@ SystemFingerprint = Annotated[
 
 
 STRICT_INPUT = ConfigDict(strict=True)
+MAX_DOCUMENTS = 128
+"""Documents one chat may give its template."""
 # Each choice is a generation of its own (see serving.choice_requests); OpenAI's API allows up to 128.
 MAX_CHOICES = 128
 
@@ -586,6 +588,13 @@ class ChatCompletionRequest(SamplingFields):
         "of its answer, as in vLLM's server): the answer holds only what the model adds. Not with "
         "add_generation_prompt true. The message is screened like the other turns, an assistant's too.",
     )
+    documents: list[dict[str, str]] | None = Field(
+        None,
+        max_length=MAX_DOCUMENTS,
+        description="vLLM: documents for the chat template to show the model (retrieval-augmented generation), each a "
+        "map of strings such as title and text. Screened like the turns. A model whose chat template reads none "
+        "refuses them (400).",
+    )
     echo: bool = Field(
         False,
         description="vLLM: when the last message is an assistant's, the answer's content begins with it (with "
@@ -899,7 +908,7 @@ VLLM_OPTIONS_NOT_SERVED: dict[str, object] = {
     "length_penalty": 1.0,
     "logits_processors": None,
     "chat_template": None,
-    "documents": None,
+    "documents": None,  # a chat's are served (ChatCompletionRequest.documents): this refuses them on completions
     "mm_processor_kwargs": None,
     "kv_transfer_params": None,
     "vllm_xargs": None,

@@ -81,6 +81,7 @@ VLLM_OPTIONS = (
     "structured_outputs",
     "chat_template_kwargs",
     "thinking_token_budget",
+    "documents",
 )
 """Options of chat completions that clients of vLLM's server send on its Responses route too (extra_body): they reach
 the chat as they are, and it checks them."""

@@ -192,7 +192,8 @@ def to_completion_requested(api: ChatCompletionRequest | CompletionRequest, sub:
     )
     chat: dict[str, object]
     if isinstance(api, ChatCompletionRequest):
-        chat = {"messages": [_chat_message(m) for m in api.messages]} | _tools(api) | _thinking(api)
+        chat = {"messages": [_chat_message(m) for m in api.messages], "documents": api.documents or None}
+        chat |= _tools(api) | _thinking(api)
     else:
         chat = _prompt_fields(api.prompts()[0])  # choice_requests gives each choice its own
     return CompletionRequested(

@@ -186,8 +186,9 @@ class Screener:
 def prompt_parts(request: CompletionRequested) -> list[str]:
     """The texts screened for a request, each on its own: every user, system and tool turn (assistant turns were
     screened as outputs; a tool's output is untrusted text), an assistant turn the model is to continue (the client
-    wrote that prefill, and it steers the answer), the descriptions of the tools shown to the model (the client writes
-    them, and the model reads them as instructions), or the completion prompt."""
+    wrote that prefill, and it steers the answer), every value of the documents given to the template (retrieved
+    text, untrusted as a tool's output), the descriptions of the tools shown to the model (the client writes them, and
+    the model reads them as instructions), or the completion prompt."""
     if request.prompt is not None:
         return [request.prompt]
     last = len(request.messages) - 1
@@ -196,7 +197,8 @@ def prompt_parts(request: CompletionRequested) -> list[str]:
         for i, m in enumerate(request.messages)
         if m.role != "assistant" or (i == last and request.continue_final_message)
     ]
-    return turns + (_descriptions(request.tools) if request.tool_choice != "none" else [])
+    documents = [value for document in request.documents or [] for value in document.values()]  # untrusted text
+    return turns + documents + (_descriptions(request.tools) if request.tool_choice != "none" else [])
 
 
 def _descriptions(tools: Sequence[FunctionTool]) -> list[str]:

@@ -327,8 +327,10 @@ class Engine:
         reasoning_effort: str | None = None,
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
+        documents: list[dict[str, str]] | None = None,
     ) -> str:
-        """The chat as the model's template writes it, with ``tools`` shown to the model (see tool_calls). A reasoning
+        """The chat as the model's template writes it, with ``tools`` shown to the model (see tool_calls) and
+        ``documents`` given to a template that reads them (InvalidRequest for one that does not). A reasoning
         model's switches reach the template under the names templates read them by (see CompletionRequested); a
         template that reads none ignores them. The prompt ends with the opening of the assistant's turn
         (``add_generation_prompt``), with neither, or inside the last message, left open (``continue_final_message``,
@@ -343,8 +345,15 @@ class Engine:
             reasoning_in_chunks=self.think_markers == MISTRAL_THINK,
         )
         switches = template_switches(enable_thinking, reasoning_effort)
-        # only when asked: some models' tokenizers (DeepSeek's DSML encoders) take no such argument
-        ending = {"continue_final_message": True} if continue_final_message else {}
+        # only when asked: some models' tokenizers (DeepSeek's DSML encoders) take no such arguments
+        asked: dict[str, object] = {"continue_final_message": True} if continue_final_message else {}
+        if documents:
+            if "documents" not in self.chat_template:  # they would be dropped unseen, as vLLM's server drops them
+                raise InvalidRequest(
+                    f"{self.config.model_id}'s chat template does not read documents: put them in a turn instead",
+                    param="documents",
+                )
+            asked |= {"documents": documents}
         from jinja2 import TemplateError
 
         try:
@@ -353,7 +362,7 @@ class Engine:
                 tools=template_tools,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt and not continue_final_message,
-                **ending,
+                **asked,
                 **switches,
             )
         except (TemplateError, ValueError) as exc:  # the template's raise_exception, or vLLM's encoder refusing

@@ -260,6 +260,7 @@ async def serve_request(
                 request.reasoning_effort,
                 request.add_generation_prompt,
                 request.continue_final_message,
+                request.documents,
             )
         if request.truncate_prompt_tokens is not None:
             whole = prompt_ids if prompt_ids is not None else engine.token_ids(prompt)

@@ -26,7 +26,7 @@ from shared.registry import SEED_FILE, ModelRecord, read_seed
 logger = logging.getLogger(__name__)
 
 BUILD_MARKER = "ferry-build.json"
-RECIPE_VERSION = 4  # bump when a builder changes what it writes: folders built by an older recipe are rebuilt
+RECIPE_VERSION = 5  # bump when a builder changes what it writes: folders built by an older recipe are rebuilt
 QUANTIZER_VERSION = 2  # the same, for the folders of PREQUANTIZED variants
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
@@ -44,8 +44,12 @@ TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # one answer that calls tools) and, with enable_thinking false, writes an empty block after the generation prompt: so
 # the tiny model serves the path of a reasoning model (services/worker/reasoning), and SmolLM2 the other. With
 # enable_thinking true it opens the block itself, as DeepSeek V3.1's template does with thinking on, so that its
-# random weights think (they would hardly ever write <think> of their own).
+# random weights think (they would hardly ever write <think> of their own). Given documents, it lists them in a
+# system turn first, as Granite's and Command R's templates give retrieved text (vLLM's documents).
 TINY_CHAT_TEMPLATE = (
+    "{% if documents %}{{ '<|im_start|>system\nDocuments:' }}"
+    "{% for document in documents %}{{ '\n[' + loop.index | string + '] ' + (document.get('title') or '') + ': ' + "
+    "(document.get('text') or '') }}{% endfor %}{{ '<|im_end|>\n' }}{% endif %}"
     "{% if tools %}"
     "{% set ns = namespace(signatures='') %}"
     "{% for tool in tools %}{% set ns.signatures = ns.signatures + '\n' + (tool | tojson) %}{% endfor %}"

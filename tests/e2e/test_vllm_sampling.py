@@ -11,6 +11,7 @@ from openai import BadRequestError, OpenAI
 from transformers import AutoTokenizer
 
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
+from tests.e2e.test_safety import SECRET_PROMPT
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -238,3 +239,30 @@ def test_continue_final_message_continues_a_prefilled_answer_as_vllms_server_doe
             extra_body={"continue_final_message": True, "add_generation_prompt": True},
         )
     assert refused.value.body["param"] == "continue_final_message"  # type: ignore[index]
+
+
+def test_documents_reach_a_template_that_reads_them_and_are_refused_by_one_that_does_not(platform: Platform) -> None:
+    """vLLM's documents (retrieval-augmented generation): the tiny model's template lists them in a system turn, as
+    Granite's and Command R's do; the prompt the model read holds them. SmolLM2's template reads none: a 400 rather
+    than documents dropped unseen. A document is screened like a turn."""
+    tokenizer = AutoTokenizer.from_pretrained(platform.models_dir / TINY_MODEL)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    documents = [{"title": "France", "text": "Paris is the capital of France."}]
+    asked = {"messages": messages, "max_tokens": 2, "temperature": 0}
+    answer = client(platform).chat.completions.create(
+        model=TINY_MODEL, **asked, extra_body={"documents": documents, "return_token_ids": True}
+    )
+    prompt_ids = (answer.model_extra or {})["prompt_token_ids"]
+    template = tokenizer.apply_chat_template(messages, documents=documents, add_generation_prompt=True, tokenize=False)
+    assert "[1] France: Paris is the capital of France." in template
+    assert tokenizer.decode(prompt_ids) == template
+    with pytest.raises(BadRequestError) as err:
+        client(platform).chat.completions.create(model=DEFAULT_MODEL, **asked, extra_body={"documents": documents})
+    assert err.value.body["param"] == "documents"  # type: ignore[index]
+    with pytest.raises(BadRequestError) as err:  # the safety stage's rules: a secret in a retrieved document
+        client(platform).chat.completions.create(
+            model=TINY_MODEL,
+            **asked,
+            extra_body={"documents": [{"text": SECRET_PROMPT}]},
+        )
+    assert err.value.body["code"] == "content_policy_violation" and "secrets" in err.value.body["message"]  # type: ignore[index]

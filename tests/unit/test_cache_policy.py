@@ -64,6 +64,8 @@ def test_key_changes_with_model_version_messages_and_output_changing_sampling() 
     assert digest(request(sampling=SamplingParams(temperature=0, max_tokens=16, stop=["."]))) != base
     assert digest(request(variant="int8")) != base
     assert digest(request(messages=[], prompt="What is the capital of France?")) != base
+    documents = [{"title": "Spain", "text": "Madrid is the capital of Spain."}]
+    assert digest(request(documents=documents)) not in (base, digest(request(documents=[{"text": "Madrid."}])))
     as_ids = digest(request(messages=[], prompt_token_ids=[3, 4, 5]))
     assert as_ids is not None and as_ids not in (base, digest(request(messages=[], prompt_token_ids=[3, 4, 6])))
 

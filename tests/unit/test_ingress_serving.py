@@ -589,7 +589,6 @@ def test_options_at_values_that_ask_for_nothing_are_accepted(harmless: dict) -> 
         ({"use_beam_search": True}, {"use_beam_search": False}),
         ({"length_penalty": 0.5}, {"length_penalty": 1}),
         ({"chat_template": "{{ messages }}"}, {"chat_template": None}),
-        ({"documents": [{"text": "x"}]}, {"documents": []}),
     ],
 )
 def test_vllms_options_ferry_does_not_serve_are_refused_unless_asking_nothing(option: dict, neutral: dict) -> None:
@@ -598,6 +597,15 @@ def test_vllms_options_ferry_does_not_serve_are_refused_unless_asking_nothing(op
         refused = unsupported_option(parse(body | option))
         assert refused is not None and refused[0] == next(iter(option)) and "vLLM's server" in refused[1]
         assert unsupported_option(parse(body | neutral)) is None
+
+
+def test_documents_reach_a_chats_template_and_are_refused_on_a_completion() -> None:
+    documents = [{"title": "Paris", "text": "Paris is the capital of France."}]
+    chat = ChatCompletionRequest.model_validate(CHAT | {"documents": documents})
+    assert unsupported_option(chat) is None
+    assert to_completion_requested(chat, Submission("chatcmpl-1", "t", utc_now(), {}, 16)).documents == documents
+    refused = unsupported_option(CompletionRequest.model_validate(TEXT | {"documents": documents}))
+    assert refused is not None and refused[0] == "documents"
 
 
 @pytest.mark.parametrize(

@@ -247,6 +247,22 @@ def test_without_tools_the_tiny_models_template_is_plain_chatml() -> None:
     assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
 
 
+def test_the_tiny_models_template_lists_documents_in_a_system_turn_first() -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from services.worker.model_store import TINY_CHAT_TEMPLATE
+
+    turns = [{"role": "user", "content": "Capital?"}]
+    documents = [{"title": "France", "text": "Paris is the capital."}, {"text": "Untitled."}]
+    (prompt,), _ = render_jinja_template(
+        [turns], chat_template=TINY_CHAT_TEMPLATE, add_generation_prompt=True, documents=documents
+    )
+    assert prompt == (
+        "<|im_start|>system\nDocuments:\n[1] France: Paris is the capital.\n[2] : Untitled.<|im_end|>\n"
+        "<|im_start|>user\nCapital?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
 def streamed_calls(reader: ToolCallReader, chunks: list[str], finish_reason: FinishReason = "stop") -> list[dict]:
     """Feeds ``chunks`` and finishes, joining the pieces of each call as a client joins OpenAI's deltas."""
     calls: list[dict] = []
