@@ -692,6 +692,20 @@ class ConversationStore:
             return None
         return [json.loads(row["item"]) for row in rows if row["item"] is not None]
 
+    async def items_by_id(self, tenant_id: str, item_ids: list[str]) -> dict[str, dict[str, object]]:
+        """The items with these ids in the tenant's conversations, by id, while retention covers them; ids not found
+        are left out."""
+        rows = await self._database.call(
+            lambda: self._pool.fetch(
+                "SELECT DISTINCT ON (i.id) i.id, i.item FROM conversation_items i"
+                " JOIN conversations c ON c.id = i.conversation_id JOIN tenants t ON t.id = c.tenant_id"
+                f" WHERE i.id = ANY($2::text[]) AND c.tenant_id = $1 AND {_ITEM_RETAINED}",
+                tenant_id,
+                list(dict.fromkeys(item_ids)),
+            )
+        )
+        return {row["id"]: json.loads(row["item"]) for row in rows}
+
     async def add_items(self, tenant_id: str, conversation_id: str, items: list[dict[str, object]]) -> bool:
         """Appends the items; False when there is no such conversation."""
 

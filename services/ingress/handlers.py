@@ -305,9 +305,12 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
         _needs_stored_responses(tenant, "input")
         referenced = await deps.responses.items(tenant.id, references)
         if missing := [ref for ref in references if ref not in referenced]:
+            referenced |= await deps.conversations.items_by_id(tenant.id, missing)
+        if missing := [ref for ref in references if ref not in referenced]:
             raise ApiError(
                 400,
-                f"Item with id '{missing[0]}' not found among this tenant's stored responses (or past its retention).",
+                f"Item with id '{missing[0]}' not found among this tenant's stored responses and conversations (or "
+                "past its retention).",
                 param="input",
                 code="item_not_found",
             )

@@ -466,6 +466,10 @@ def test_a_conversation_keeps_its_items_and_a_response_in_it_reads_and_extends_i
         conversation.id, items=[{"type": "message", "role": "user", "content": "Thank you."}]
     )
     (thanks,) = added.data
+    named = keeper.responses.create(  # an item of the conversation alone, named by its id
+        model=TINY_MODEL, input=[{"type": "item_reference", "id": thanks.id}], max_output_tokens=2, store=False
+    )
+    assert named.usage is not None and named.usage.input_tokens > 0
     assert keeper.conversations.items.retrieve(thanks.id, conversation_id=conversation.id).id == thanks.id  # type: ignore[union-attr]
     assert keeper.conversations.items.delete(thanks.id, conversation_id=conversation.id).id == conversation.id  # type: ignore[union-attr]
     assert len(keeper.conversations.items.list(conversation.id).data) == 4
