@@ -186,7 +186,8 @@ class BackgroundResponses:
         try:
             await keep.save(queued, placement)  # a replace: its end may be stored first, and then this changes nothing
         except (DependencyUnavailable, NotStorable):
-            self._finishing[shell.id].cancel()  # with the work
+            if (task := self._finishing.get(shell.id)) is not None:
+                task.cancel()  # with the work
             raise
         return queued
 
@@ -247,8 +248,7 @@ class BackgroundResponses:
         # a streamed one: its readers get its end (not the deltas since its instance stopped)
         last = await self.events.last(response_id) if await self.events.exists(response_id) else None
         if last is not None and not last.ends:
-            kind = f"response.{'completed' if response['status'] == 'completed' else response['status']}"
-            text = sse_event(kind, last.sequence + 1, response=response)
+            text = sse_event(f"response.{response['status']}", last.sequence + 1, response=response)
             ended = LoggedEvent(last.sequence + 1, text, ends=True)
             await self.events.append(response_id, ended, claimed.finish_by + EVENTS_KEPT_AFTER)
 
