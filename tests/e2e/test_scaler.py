@@ -291,9 +291,11 @@ async def test_idle_workers_drain_and_stop_without_losing_a_request(scaled: Scal
     while scaled.log("scaler")[seen:].count(" exited (") < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     scaler_log = scaled.log("scaler")[seen:]
-    # both stopped on their own once drained (exit 0; -15 was how uvicorn ended them before shared.runtime.serve)
+    # both stopped on their own once drained (exit 0; -15 was how uvicorn ended them before shared.runtime.serve).
+    # Workers an earlier test's scale-down stopped may exit within this window too (once, 4 exits all 0): every exit
+    # seen must be a clean one, none killed or crashed
     exits = [line.rsplit("(", 1)[1].rstrip(")") for line in scaler_log.splitlines() if " exited (" in line]
-    assert sorted(exits) in (["-15", "-15"], ["-15", "0"], ["0", "0"]), exits
+    assert len(exits) >= 2 and set(exits) <= {"0", "-15"}, exits
     assert "did not drain" not in scaler_log
 
 
