@@ -34,9 +34,9 @@ from services.ingress.adapters import (
 )
 from services.ingress.metrics import IngressMetrics
 from services.ingress.responses import (
-    ENDING_EVENTS,
     ResponseShell,
     ended_from,
+    ends_stream,
     read_event,
     sse_event,
     stream_response,
@@ -169,13 +169,15 @@ class BackgroundResponses:
 
         async def finish_streamed() -> None:
             logging = True
+            sequence = -1  # stream_response numbers its events from 0, one by one
             async for text in stream_response(shell, replies):
-                kind, sequence, fields = read_event(text)
-                if kind in ENDING_EVENTS:  # stored first: a reader that sees the end finds the response
-                    await self._store_end(keep, fields["response"], placement, taken_over=False)
+                sequence += 1
+                ends = ends_stream(text)
+                if ends:  # stored first: a reader that sees the end finds the response (which only this event holds)
+                    await self._store_end(keep, read_event(text)[2]["response"], placement, taken_over=False)
                 if logging:
                     try:
-                        event = LoggedEvent(sequence, text, kind in ENDING_EVENTS)
+                        event = LoggedEvent(sequence, text, ends)
                         await self.events.append(shell.id, event, placement.finish_by + EVENTS_KEPT_AFTER)
                     except DependencyUnavailable:  # the response is still finished; its stream ends here
                         logging = False
@@ -246,7 +248,7 @@ class BackgroundResponses:
         placement = Placement(claimed.finish_by, self.instance_id, claimed.reply_topic, claimed.reply_offset)
         await self._store_end(keep, response, placement, taken_over=True)
         # a streamed one: its readers get its end (not the deltas since its instance stopped)
-        last = await self.events.last(response_id) if await self.events.exists(response_id) else None
+        last = await self.events.last(response_id)  # None: it was not streamed
         if last is not None and not last.ends:
             text = sse_event(f"response.{response['status']}", last.sequence + 1, response=response)
             ended = LoggedEvent(last.sequence + 1, text, ends=True)

@@ -79,6 +79,7 @@ from services.ingress.responses import (
     responses_error,
     stored_item,
     stream_response,
+    unserved_include,
     whole_response,
 )
 from services.ingress.serving import (
@@ -130,9 +131,9 @@ class IngressDeps:
     cache: ResponseCache
     responses: ResponseStore
     conversations: ConversationStore
+    finishing: BackgroundResponses
+    """Responses API background mode: the responses this instance finishes."""
     background: set[asyncio.Task[None]] = field(default_factory=set)
-    finishing: BackgroundResponses | None = None
-    """Responses API background mode: the responses this instance finishes (None: it takes none)."""
 
     def spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
         """Runs follow-up work (a cancel, a settlement) that must outlive the HTTP exchange that caused it."""
@@ -359,7 +360,7 @@ class ItemPage:
         order: Annotated[Literal["asc", "desc"], Query(description="desc (the default): latest first.")] = "desc",
         include: Annotated[list[str] | None, Query(alias="include[]", description=f"Only {LOGPROBS} is taken.")] = None,
     ) -> None:
-        if unserved := next((name for name in include or [] if name != LOGPROBS), None):
+        if unserved := unserved_include(include):
             raise ApiError(
                 400, f"include takes only {LOGPROBS}, not {unserved}.", param="include", code="unsupported_parameter"
             )
@@ -388,7 +389,6 @@ async def retrieve_response(  # type: ignore[no-untyped-def]
         raise _no_stored_response(response_id)
     if not stream:
         return JSONResponse(as_of(stored.response, stored.finish_by, utc_now()))
-    assert deps.finishing is not None
     if stored.finish_by is None or not await deps.finishing.events.exists(response_id):
         raise ApiError(
             400,
@@ -797,7 +797,7 @@ async def _serve(  # type: ignore[no-untyped-def]
         live_choices = [lookups[i].request.request_id for i in indexes if lookups[i].entry is None]
         if not live_choices:
             return  # answered from the cache: no work to cancel
-        if responses is not None and responses.body.background and deps.finishing and deps.finishing.handing_over:
+        if responses is not None and responses.body.background and deps.finishing.handing_over:
             return  # the instance stops: another one finishes the work (background.py)
         logger.info("request %s abandoned (%s); cancelling the work of %s", request_id, reason, live_choices)
         if reason != "requested":
@@ -891,7 +891,6 @@ async def _in_background(
 ) -> JSONResponse:
     """Background mode: the response is stored queued and returned at once, and finished apart (background.py)."""
     assert isinstance(call.keep, Keeper) and call.reply_offset is not None, "create_response keeps it, and placed it"
-    assert deps.finishing is not None
     placement = Placement(
         finish_by=deadline_at + timedelta(seconds=BACKGROUND_STORE_GRACE_S),
         finisher=deps.finishing.instance_id,

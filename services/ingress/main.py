@@ -65,6 +65,12 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
         redis = Redis.from_url(common.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         await redis.ping()
         cache = ResponseCache.open(common, CacheSettings(), metrics)
+        ingress_metrics = IngressMetrics(metrics)
+        responses = ResponseStore(pool, settings.postgres_timeout_s)
+        conversations = ConversationStore(pool, settings.postgres_timeout_s)
+        beats_for_s = 3 * settings.background_beat_s
+        liveness = Liveness(redis, common.topic_prefix, settings.instance_id, beats_for_s, settings.redis_timeout_s)
+        events = EventLog(redis, common.topic_prefix, settings.redis_timeout_s)
         deps = app.state.deps = IngressDeps(
             settings=settings,
             catalog=ModelCatalog(ModelRegistry(pool), settings.model_cache_s, settings.postgres_timeout_s),
@@ -76,21 +82,13 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
             ),
             limiter=RateLimiter(redis, common.topic_prefix, settings.redis_timeout_s),
             queues=queues,
-            metrics=IngressMetrics(metrics),
+            metrics=ingress_metrics,
             cache=cache,
-            responses=ResponseStore(pool, settings.postgres_timeout_s),
-            conversations=ConversationStore(pool, settings.postgres_timeout_s),
-        )
-        beats_for_s = 3 * settings.background_beat_s
-        liveness = Liveness(redis, common.topic_prefix, settings.instance_id, beats_for_s, settings.redis_timeout_s)
-        deps.finishing = BackgroundResponses(
-            settings.instance_id,
-            common,
-            deps.responses,
-            deps.conversations,
-            liveness,
-            deps.metrics,
-            EventLog(redis, common.topic_prefix, settings.redis_timeout_s),
+            responses=responses,
+            conversations=conversations,
+            finishing=BackgroundResponses(
+                settings.instance_id, common, responses, conversations, liveness, ingress_metrics, events
+            ),
         )
         finisher = asyncio.create_task(keep_finishing(deps.finishing, liveness, settings.background_beat_s))
         sweeper = asyncio.create_task(

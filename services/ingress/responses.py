@@ -62,6 +62,12 @@ Status = Literal["queued", "in_progress", "completed", "incomplete", "failed", "
 LOGPROBS = "message.output_text.logprobs"
 """The one value of include served: the output text's logprobs."""
 
+
+def unserved_include(include: list[str] | None) -> str | None:
+    """The first value of an ``include`` that is not served (only the text's logprobs are), or None."""
+    return next((name for name in include or [] if name != LOGPROBS), None)
+
+
 VLLM_OPTIONS = (
     "top_k",
     "min_p",
@@ -382,7 +388,7 @@ class ResponsesRequest(BaseModel):
         refused = (
             (
                 "include",
-                any(name != LOGPROBS for name in self.include or []),
+                unserved_include(self.include) is not None,
                 f"include takes only {LOGPROBS}: encrypted reasoning, sources and the rest are not served.",
             ),
             (
@@ -965,6 +971,11 @@ def sse_event(kind: str, sequence: int, **fields: Any) -> str:
     """One event of a response's stream, as server-sent events frame it."""
     payload = {"type": kind, "sequence_number": sequence} | fields
     return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def ends_stream(text: str) -> bool:
+    """Whether an event ``sse_event`` wrote is one a response's stream ends with, without reading its data."""
+    return text.startswith(tuple(f"event: {kind}\n" for kind in ENDING_EVENTS))
 
 
 def read_event(text: str) -> tuple[str, int, dict[str, Any]]:
