@@ -886,3 +886,309 @@ class EventLog:
 
 def _logged(fields: dict[bytes, bytes]) -> LoggedEvent:
     return LoggedEvent(int(fields[b"s"]), fields[b"e"].decode(), fields[b"end"] == b"1")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredFile:
+    """A file of OpenAI's Files API, without its content."""
+
+    id: str
+    purpose: str
+    filename: str
+    bytes: int
+    created_at: datetime
+    expires_at: datetime | None
+    """When the sweep deletes it: the sooner of the upload's expires_after and the tenant's retention."""
+
+
+# a file is readable until its own expiry, and while the tenant's retention (as it stands now) covers its age
+_FILE_KEPT = (
+    "(f.expires_at IS NULL OR f.expires_at > now()) AND f.created_at + t.retention_days * interval '1 day' > now()"
+)
+_FILE_COLUMNS = (
+    "f.id, f.purpose, f.filename, octet_length(f.content) AS bytes, f.created_at,"
+    " LEAST(f.expires_at, f.created_at + t.retention_days * interval '1 day') AS expires_at"
+)
+
+
+class FileStore:
+    """OpenAI's files, kept in PostgreSQL for tenants that opted in to retention (the caller checks) until they expire
+    or are deleted; ``sweep`` deletes the expired ones. Calls with a file's content wait at most ``content_timeout_s``
+    (a file can be tens of megabytes), others ``timeout_s``; while the database cannot answer, they raise
+    DependencyUnavailable."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout_s: float = 2.0, content_timeout_s: float = 60.0) -> None:
+        self._pool = pool
+        self._database = Breaker("database", timeout_s, 1.0, DATABASE_FAILURES)
+        self._content = Breaker("database", content_timeout_s, 1.0, DATABASE_FAILURES)
+
+    async def create(
+        self, tenant_id: str, file_id: str, purpose: str, filename: str, content: bytes, expires_at: datetime | None
+    ) -> StoredFile:
+        """Stores a file; the same id stored again (a batch's output file, written again after a takeover) keeps the
+        first."""
+        await self._content.call(
+            lambda: self._pool.execute(
+                "INSERT INTO files (id, tenant_id, purpose, filename, content, expires_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                file_id,
+                tenant_id,
+                purpose,
+                filename,
+                content,
+                expires_at,
+            )
+        )
+        stored = await self.get(tenant_id, file_id)
+        assert stored is not None, "just stored, for a tenant that keeps text"
+        return stored
+
+    async def get(self, tenant_id: str, file_id: str) -> StoredFile | None:
+        row = await self._database.call(
+            lambda: self._pool.fetchrow(
+                f"SELECT {_FILE_COLUMNS} FROM files f JOIN tenants t ON t.id = f.tenant_id"
+                f" WHERE f.id = $1 AND f.tenant_id = $2 AND {_FILE_KEPT}",
+                file_id,
+                tenant_id,
+            )
+        )
+        return StoredFile(**dict(row)) if row is not None else None
+
+    async def content(self, tenant_id: str, file_id: str) -> bytes | None:
+        content = await self._content.call(
+            lambda: self._pool.fetchval(
+                "SELECT f.content FROM files f JOIN tenants t ON t.id = f.tenant_id"
+                f" WHERE f.id = $1 AND f.tenant_id = $2 AND {_FILE_KEPT}",
+                file_id,
+                tenant_id,
+            )
+        )
+        return bytes(content) if content is not None else None
+
+    async def list(
+        self, tenant_id: str, purpose: str | None, after: str | None, limit: int, ascending: bool
+    ) -> list[StoredFile]:
+        """The tenant's files, newest first (or oldest, ``ascending``), after the file ``after``; ``limit`` of them."""
+        order = "ASC" if ascending else "DESC"
+        compare = ">" if ascending else "<"
+        rows = await self._database.call(
+            lambda: self._pool.fetch(
+                f"SELECT {_FILE_COLUMNS} FROM files f JOIN tenants t ON t.id = f.tenant_id"
+                f" WHERE f.tenant_id = $1 AND {_FILE_KEPT} AND ($2::text IS NULL OR f.purpose = $2)"
+                f" AND ($3::text IS NULL OR (f.created_at, f.id) {compare}"
+                " (SELECT created_at, id FROM files WHERE id = $3 AND tenant_id = $1))"
+                f" ORDER BY f.created_at {order}, f.id {order} LIMIT $4",
+                tenant_id,
+                purpose,
+                after,
+                limit,
+            )
+        )
+        return [StoredFile(**dict(row)) for row in rows]
+
+    async def delete(self, tenant_id: str, file_id: str) -> bool:
+        done = await self._database.call(
+            lambda: self._pool.execute("DELETE FROM files WHERE id = $1 AND tenant_id = $2", file_id, tenant_id)
+        )
+        return str(done).endswith(" 1")
+
+    async def sweep(self) -> int:
+        """Deletes every file past its expiry or its tenant's retention; returns how many."""
+        done = await self._database.call(
+            lambda: self._pool.execute(
+                f"DELETE FROM files f USING tenants t WHERE t.id = f.tenant_id AND NOT ({_FILE_KEPT})"
+            )
+        )
+        return int(str(done).split()[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchCounts:
+    """What a batch's answered requests add up to."""
+
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredBatch:
+    tenant_id: str
+    batch: dict[str, object]
+    """The batch object, less request_counts and usage (BatchCounts)."""
+    counts: BatchCounts
+    finisher: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchResult:
+    """One request's answer (or error) in a batch, as its output or error file's line holds it."""
+
+    line: int
+    succeeded: bool
+    result: str
+    """The line, JSON."""
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+_BATCH_RETAINED = "b.created_at + t.retention_days * interval '1 day' > now()"
+_BATCH_RUNNING = "b.batch->>'status' IN ('validating', 'in_progress', 'finalizing', 'cancelling')"
+_BATCH_COLUMNS = (
+    "b.tenant_id, b.batch, b.finisher, (SELECT row(count(*) FILTER (WHERE r.succeeded),"
+    " count(*) FILTER (WHERE NOT r.succeeded), coalesce(sum(r.input_tokens), 0), coalesce(sum(r.cached_tokens), 0),"
+    " coalesce(sum(r.output_tokens), 0), coalesce(sum(r.reasoning_tokens), 0))"
+    " FROM batch_results r WHERE r.batch_id = b.id) AS counts"
+)
+
+
+def _batch(row: asyncpg.Record) -> StoredBatch:
+    return StoredBatch(row["tenant_id"], json.loads(row["batch"]), BatchCounts(*row["counts"]), row["finisher"])
+
+
+class BatchStore:
+    """OpenAI's batches and their requests' results, in PostgreSQL for tenants that opted in to retention (the caller
+    checks), readable for the tenant's retention after they were created; ``sweep`` deletes the rest. Each call waits
+    at most ``timeout_s``; while the database cannot answer, it raises DependencyUnavailable."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout_s: float = 2.0) -> None:
+        self._pool = pool
+        self._database = Breaker("database", timeout_s, 1.0, DATABASE_FAILURES)
+
+    async def create(self, tenant_id: str, batch: dict[str, object], finisher: str) -> None:
+        await self._database.call(
+            lambda: self._pool.execute(
+                "INSERT INTO batches (id, tenant_id, batch, finisher) VALUES ($1, $2, $3, $4)",
+                batch["id"],
+                tenant_id,
+                json.dumps(batch),
+                finisher,
+            )
+        )
+
+    async def get(self, tenant_id: str | None, batch_id: str) -> StoredBatch | None:
+        """The batch, with its counts; another tenant's (``tenant_id`` given) or one past retention is None."""
+        row = await self._database.call(
+            lambda: self._pool.fetchrow(
+                f"SELECT {_BATCH_COLUMNS} FROM batches b JOIN tenants t ON t.id = b.tenant_id"
+                f" WHERE b.id = $1 AND ($2::text IS NULL OR b.tenant_id = $2) AND {_BATCH_RETAINED}",
+                batch_id,
+                tenant_id,
+            )
+        )
+        return _batch(row) if row is not None else None
+
+    async def list(self, tenant_id: str, after: str | None, limit: int) -> list[StoredBatch]:
+        """The tenant's batches, newest first, after the batch ``after``; ``limit`` of them."""
+        rows = await self._database.call(
+            lambda: self._pool.fetch(
+                f"SELECT {_BATCH_COLUMNS} FROM batches b JOIN tenants t ON t.id = b.tenant_id"
+                f" WHERE b.tenant_id = $1 AND {_BATCH_RETAINED} AND ($2::text IS NULL OR (b.created_at, b.id) <"
+                " (SELECT created_at, id FROM batches WHERE id = $2 AND tenant_id = $1))"
+                " ORDER BY b.created_at DESC, b.id DESC LIMIT $3",
+                tenant_id,
+                after,
+                limit,
+            )
+        )
+        return [_batch(row) for row in rows]
+
+    async def update(
+        self, batch_id: str, changes: dict[str, object], finisher: str, statuses: tuple[str, ...]
+    ) -> StoredBatch | None:
+        """Sets fields of the batch object if ``finisher`` still runs it and its status is one of ``statuses``; the
+        batch as it is then, or None (it was cancelled, or taken over)."""
+        row = await self._database.call(
+            lambda: self._pool.fetchrow(
+                "UPDATE batches b SET batch = b.batch || $2::jsonb WHERE b.id = $1 AND b.finisher = $3"
+                " AND b.batch->>'status' = ANY($4::text[])"
+                f" RETURNING {_BATCH_COLUMNS}",
+                batch_id,
+                json.dumps(changes),
+                finisher,
+                list(statuses),
+            )
+        )
+        return _batch(row) if row is not None else None
+
+    async def cancel(self, tenant_id: str, batch_id: str, at: int) -> StoredBatch | None:
+        """Marks a running batch cancelling; the batch then, or None when it was not running."""
+        changes = json.dumps({"status": "cancelling", "cancelling_at": at})
+        row = await self._database.call(
+            lambda: self._pool.fetchrow(
+                "UPDATE batches b SET batch = b.batch || $3::jsonb FROM tenants t WHERE t.id = b.tenant_id"
+                f" AND b.id = $1 AND b.tenant_id = $2 AND b.batch->>'status' IN ('validating', 'in_progress')"
+                f" AND {_BATCH_RETAINED} RETURNING {_BATCH_COLUMNS}",
+                batch_id,
+                tenant_id,
+                changes,
+            )
+        )
+        return _batch(row) if row is not None else None
+
+    async def unfinished(self) -> list[tuple[str, str | None]]:
+        """The running batches, with the instance running each."""
+        rows = await self._database.call(
+            lambda: self._pool.fetch(f"SELECT b.id, b.finisher FROM batches b WHERE {_BATCH_RUNNING}")
+        )
+        return [(row["id"], row["finisher"]) for row in rows]
+
+    async def claim(self, batch_id: str, finisher: str | None, claimer: str) -> bool:
+        """Makes ``claimer`` run a batch ``finisher`` ran; False when it ended or another instance was first."""
+        done = await self._database.call(
+            lambda: self._pool.execute(
+                "UPDATE batches b SET finisher = $3 WHERE b.id = $1 AND b.finisher IS NOT DISTINCT FROM $2"
+                f" AND {_BATCH_RUNNING}",
+                batch_id,
+                finisher,
+                claimer,
+            )
+        )
+        return str(done).endswith(" 1")
+
+    async def save_result(self, batch_id: str, result: BatchResult) -> None:
+        """Keeps a request's result; one kept already for its line (the line run twice across a takeover) stays."""
+        await self._database.call(
+            lambda: self._pool.execute(
+                "INSERT INTO batch_results (batch_id, line, succeeded, result, input_tokens, cached_tokens,"
+                " output_tokens, reasoning_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                batch_id,
+                result.line,
+                result.succeeded,
+                result.result,
+                result.input_tokens,
+                result.cached_tokens,
+                result.output_tokens,
+                result.reasoning_tokens,
+            )
+        )
+
+    async def answered(self, batch_id: str) -> set[int]:
+        """The lines of the batch that have their result."""
+        rows = await self._database.call(
+            lambda: self._pool.fetch("SELECT line FROM batch_results WHERE batch_id = $1", batch_id)
+        )
+        return {row["line"] for row in rows}
+
+    async def results(self, batch_id: str) -> list[BatchResult]:
+        """Every result of the batch, in line order."""
+        rows = await self._database.call(
+            lambda: self._pool.fetch(
+                "SELECT line, succeeded, result FROM batch_results WHERE batch_id = $1 ORDER BY line", batch_id
+            )
+        )
+        return [BatchResult(row["line"], row["succeeded"], row["result"]) for row in rows]
+
+    async def sweep(self) -> int:
+        """Deletes every batch (with its results) no retention covers any more; returns how many."""
+        done = await self._database.call(
+            lambda: self._pool.execute(
+                f"DELETE FROM batches b USING tenants t WHERE t.id = b.tenant_id AND NOT ({_BATCH_RETAINED})"
+            )
+        )
+        return int(str(done).split()[-1])

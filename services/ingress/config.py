@@ -84,3 +84,24 @@ class IngressSettings(BaseSettings):
         "writes in 1 to 3: a body far above the record's limit cannot be queued, and reading and parsing it whole "
         "would take several times its size in memory.",
     )
+    max_file_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=1024,
+        description="Largest file POST /v1/files takes (a batch's input; OpenAI takes up to 200 MB); it is held in "
+        "memory while it is stored in PostgreSQL.",
+    )
+    file_timeout_s: float = Field(
+        60.0, gt=0, description="Longest a file's content waits for PostgreSQL (stored, or read back)."
+    )
+    batch_window_s: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="How long a batch has to run before it expires (completion_window 24h, the only one OpenAI's API "
+        "names): its requests not run by then are in its error file as batch_expired.",
+    )
+    batch_concurrency: int = Field(
+        16,
+        ge=1,
+        description="Requests of one batch run at once. They go at the cost batching profile and the batch priority, "
+        "so interactive traffic comes first; this bounds how much of the platform a batch takes meanwhile.",
+    )

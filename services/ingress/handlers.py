@@ -14,30 +14,36 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
+import httpx
 from aiokafka.errors import MessageSizeTooLargeError
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import trace
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.cache.policy import TenantCachePolicy
 from services.cache.service import CACHE_HEADER, ResponseCache, cache_headers
 from services.ingress.adapters import (
+    BatchStore,
     ConversationStore,
     DuplicateItem,
     EventLog,
+    FileStore,
     ModelCatalog,
     NotStorable,
     QueueMonitor,
     ReplyListener,
     RequestPublisher,
     ResponseStore,
+    StoredFile,
     TenantDirectory,
 )
 from services.ingress.background import BACKGROUND_STORE_GRACE_S, BackgroundResponses, Keeper, Placement
+from services.ingress.batches import BatchObject, BatchRunner, NewBatch, batch_view, new_batch
 from services.ingress.config import IngressSettings
 from services.ingress.conversations import (
     ConversationDeleted,
@@ -75,6 +81,7 @@ from services.ingress.responses import (
     as_of,
     duplicate_id,
     input_items_page,
+    list_page,
     page_of,
     responses_error,
     stored_item,
@@ -133,6 +140,10 @@ class IngressDeps:
     conversations: ConversationStore
     finishing: BackgroundResponses
     """Responses API background mode: the responses this instance finishes."""
+    files: FileStore
+    batches: BatchStore
+    running_batches: BatchRunner
+    """Batch API: the batches this instance runs."""
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
@@ -159,14 +170,54 @@ bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: B
 
 
 async def authenticated(
-    deps: DepsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    request: Request, deps: DepsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Tenant:
+    if (tenant_id := request.scope.get(IN_PROCESS_TENANT)) is not None:  # set only by InProcessApi, never by HTTP
+        tenant = await deps.tenants.tenant(tenant_id)
+        if tenant is None:
+            raise ApiError(401, f"Tenant `{tenant_id}` no longer exists.", code="invalid_api_key")
+        return tenant
     if credentials is None:
         raise unauthorized("API key", "YOUR_KEY")
     tenant = await deps.tenants.authenticate(credentials.credentials)
     if tenant is None:
         raise unauthorized("API key", "YOUR_KEY", credentials.credentials)
     return tenant
+
+
+IN_PROCESS_TENANT = "ferry.in_process_tenant"
+"""The ASGI scope's key naming the tenant a request runs as, set by InProcessApi."""
+_IN_PROCESS_HEADER = b"x-ferry-in-process-tenant"
+
+
+class InProcessApi:
+    """The ingress's own routes, called in process as a tenant, with no API key: how a batch runs its requests, so
+    that each gets what the same request over HTTP gets. The tenant travels in the ASGI scope, which no HTTP client
+    can set."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        async def as_tenant(scope: Scope, receive: Receive, send: Send) -> None:
+            headers = [(name, value) for name, value in scope["headers"] if name != _IN_PROCESS_HEADER]
+            tenant_id = dict(scope["headers"])[_IN_PROCESS_HEADER].decode()
+            await app(scope | {"headers": headers, IN_PROCESS_TENANT: tenant_id}, receive, send)
+
+        transport = httpx.ASGITransport(app=as_tenant)
+        self._client = httpx.AsyncClient(transport=transport, base_url="http://ingress.in-process", timeout=None)
+
+    async def post(
+        self, tenant_id: str, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, Mapping[str, str], Any]:
+        """(status, headers, JSON body) of a POST to ``path`` as the tenant."""
+        sent = headers | {_IN_PROCESS_HEADER.decode(): tenant_id}
+        response = await self._client.post(path, json=body, headers=sent)
+        try:
+            answer = response.json()
+        except ValueError:  # every route answers JSON; kept as text should one not
+            answer = response.text
+        return response.status_code, response.headers, answer
+
+    async def close(self) -> None:
+        await self._client.aclose()
 
 
 def unauthorized(kind: str, placeholder: str, sent: str | None = None) -> ApiError:
@@ -622,6 +673,211 @@ def _no_stored_response(response_id: str) -> ApiError:
     )
 
 
+FilePurpose = Literal["batch", "user_data"]
+
+
+class FileObject(BaseModel):
+    """A file, as OpenAI's Files API gives it."""
+
+    id: str
+    object: Literal["file"]
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["processed"]
+    expires_at: int | None
+    status_details: None = None
+
+
+class FileList(BaseModel):
+    object: Literal["list"]
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class BatchList(BaseModel):
+    object: Literal["list"]
+    data: list[BatchObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+def file_object(stored: StoredFile) -> dict[str, Any]:
+    return {
+        "id": stored.id,
+        "object": "file",
+        "bytes": stored.bytes,
+        "created_at": int(stored.created_at.timestamp()),
+        "filename": stored.filename,
+        "purpose": stored.purpose,
+        "status": "processed",
+        "expires_at": int(stored.expires_at.timestamp()) if stored.expires_at else None,
+        "status_details": None,
+    }
+
+
+@router.post("/v1/files", response_model=FileObject, responses=ERRORS, tags=["openai"])
+async def upload_file(
+    deps: DepsDep,
+    tenant: TenantDep,
+    file: Annotated[UploadFile, File(description="The file; for purpose batch, one request per line (JSONL).")],
+    purpose: Annotated[FilePurpose, Form(description="batch: a batch's input. user_data: kept for the tenant.")],
+    expires_anchor: Annotated[
+        Literal["created_at"] | None, Form(alias="expires_after[anchor]", description="What the expiry counts from.")
+    ] = None,
+    expires_seconds: Annotated[
+        int | None,
+        Form(alias="expires_after[seconds]", ge=3600, le=30 * 24 * 3600, description="From 1 hour to 30 days."),
+    ] = None,
+) -> JSONResponse:
+    """OpenAI's Files API, for a tenant that keeps text (a file holds prompts): kept until it expires (its
+    expires_after, else the tenant's retention) or is deleted."""
+    _needs_stored_responses(tenant, "file")
+    if (expires_anchor is None) != (expires_seconds is None):
+        raise ApiError(400, "expires_after needs both anchor and seconds.", param="expires_after", code="invalid_value")
+    content = await file.read()
+    if not content:
+        raise ApiError(400, "The file is empty.", param="file", code="invalid_value")
+    created = utc_now()
+    expires_at = created + timedelta(seconds=expires_seconds) if expires_seconds is not None else None
+    file_id = f"file-{uuid.uuid4().hex[:24]}"
+    stored = await deps.files.create(tenant.id, file_id, purpose, file.filename or "upload", content, expires_at)
+    logger.info("tenant %s uploaded file %s (%d bytes, purpose %s)", tenant.id, file_id, len(content), purpose)
+    return JSONResponse(file_object(stored))
+
+
+@router.get("/v1/files", response_model=FileList, responses=ERRORS, tags=["openai"])
+async def list_files(
+    deps: DepsDep,
+    tenant: TenantDep,
+    purpose: Annotated[str | None, Query(description="Only files of this purpose.")] = None,
+    after: Annotated[str | None, Query(description="The last file id of the page before.")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Files per page.")] = 10_000,
+    order: Annotated[Literal["asc", "desc"], Query(description="By creation; desc (the default): latest first.")] = (
+        "desc"
+    ),
+) -> JSONResponse:
+    if not tenant.retains_text:
+        return JSONResponse(list_page([], limit))
+    found = await deps.files.list(tenant.id, purpose, after, limit + 1, order == "asc")
+    return JSONResponse(list_page([file_object(stored) for stored in found], limit))
+
+
+@router.get("/v1/files/{file_id}", response_model=FileObject, responses=ERRORS, tags=["openai"])
+async def retrieve_file(file_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
+    stored = await deps.files.get(tenant.id, file_id) if tenant.retains_text else None
+    if stored is None:
+        raise _no_file(file_id)
+    return JSONResponse(file_object(stored))
+
+
+@router.get(
+    "/v1/files/{file_id}/content",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The file's bytes."}} | ERRORS,
+    tags=["openai"],
+)
+async def file_content(file_id: str, deps: DepsDep, tenant: TenantDep) -> Response:
+    content = await deps.files.content(tenant.id, file_id) if tenant.retains_text else None
+    if content is None:
+        raise _no_file(file_id)
+    return Response(content, media_type="application/octet-stream")
+
+
+@router.delete("/v1/files/{file_id}", responses=ERRORS, tags=["openai"])
+async def delete_file(file_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
+    if not await deps.files.delete(tenant.id, file_id):
+        raise _no_file(file_id)
+    return JSONResponse({"id": file_id, "object": "file", "deleted": True})
+
+
+def _no_file(file_id: str, param: str = "file_id") -> ApiError:
+    return ApiError(
+        404,
+        f"No file with id '{file_id}' is kept for this key's tenant (files are kept only when the tenant keeps text).",
+        param=param,
+        code="file_not_found",
+    )
+
+
+@router.post("/v1/batches", response_model=BatchObject, responses=ERRORS, tags=["openai"])
+async def create_batch(body: NewBatch, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
+    """OpenAI's Batch API: the requests of an uploaded file (purpose batch), run apart within 24 hours at the cost
+    batching profile; answers in its output file, failures in its error file (services/ingress/batches.py)."""
+    _needs_stored_responses(tenant, "input_file_id")
+    input_file = await deps.files.get(tenant.id, body.input_file_id)
+    if input_file is None:
+        raise _no_file(body.input_file_id, "input_file_id")
+    if input_file.purpose != "batch":
+        raise ApiError(
+            400,
+            f"File '{body.input_file_id}' was uploaded with purpose {input_file.purpose}; a batch's input needs "
+            "purpose batch.",
+            param="input_file_id",
+            code="invalid_value",
+        )
+    keep_s = body.output_expires_after.seconds if body.output_expires_after else None
+    window = timedelta(seconds=deps.settings.batch_window_s)
+    batch = new_batch(f"batch_{uuid.uuid4().hex}", body, utc_now(), window, keep_s)
+    await deps.running_batches.create(tenant.id, batch)
+    logger.info("tenant %s created batch %s of file %s", tenant.id, batch["id"], body.input_file_id)
+    stored = await deps.batches.get(tenant.id, str(batch["id"]))
+    return JSONResponse(batch_view(stored) if stored else batch)
+
+
+@router.get("/v1/batches", response_model=BatchList, responses=ERRORS, tags=["openai"])
+async def list_batches(
+    deps: DepsDep,
+    tenant: TenantDep,
+    after: Annotated[str | None, Query(description="The last batch id of the page before.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Batches per page.")] = 20,
+) -> JSONResponse:
+    if not tenant.retains_text:
+        return JSONResponse(list_page([], limit))
+    found = await deps.batches.list(tenant.id, after, limit + 1)
+    return JSONResponse(list_page([batch_view(stored) for stored in found], limit))
+
+
+@router.get("/v1/batches/{batch_id}", response_model=BatchObject, responses=ERRORS, tags=["openai"])
+async def retrieve_batch(batch_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
+    stored = await deps.batches.get(tenant.id, batch_id) if tenant.retains_text else None
+    if stored is None:
+        raise _no_batch(batch_id)
+    return JSONResponse(batch_view(stored))
+
+
+@router.post("/v1/batches/{batch_id}/cancel", response_model=BatchObject, responses=ERRORS, tags=["openai"])
+async def cancel_batch(batch_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
+    """Cancels a batch that is validating or running: it is cancelling at once, and cancelled once the requests in
+    flight are stopped, with the output of those that ended."""
+    stored = await deps.batches.get(tenant.id, batch_id) if tenant.retains_text else None
+    if stored is None:
+        raise _no_batch(batch_id)
+    cancelled = await deps.batches.cancel(tenant.id, batch_id, int(utc_now().timestamp()))
+    if cancelled is not None:
+        logger.info("batch %s cancelled by its tenant %s", batch_id, tenant.id)
+        return JSONResponse(batch_view(cancelled))
+    now = await deps.batches.get(tenant.id, batch_id)
+    status = now.batch["status"] if now else "deleted"
+    if now is not None and status in ("cancelling", "cancelled"):
+        return JSONResponse(batch_view(now))
+    raise ApiError(400, f"Cannot cancel a batch that is {status}.", param="batch_id", code="invalid_value")
+
+
+def _no_batch(batch_id: str) -> ApiError:
+    return ApiError(
+        404,
+        f"No batch with id '{batch_id}' is kept for this key's tenant (batches are kept only when the tenant keeps "
+        "text, for its retention_days).",
+        param="batch_id",
+        code="batch_not_found",
+    )
+
+
 async def _serve(  # type: ignore[no-untyped-def]
     body: ChatCompletionRequest | CompletionRequest,
     kind: ApiKind,
@@ -1042,20 +1298,21 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 class BodyLimit:
-    """Refuses a request body larger than ``max_bytes`` before the app reads it whole: at once when its Content-Length
-    says so, else as soon as the bytes read pass the limit. FastAPI reads and parses a body whole before any check of
-    its own (a 50 MB prompt took 150 MB of the ingress's memory before its 413)."""
+    """Refuses a request body larger than ``max_bytes`` (its path's in ``by_path``) before the app reads it whole: at
+    once when its Content-Length says so, else as soon as the bytes read pass the limit. FastAPI reads and parses a
+    body whole before any check of its own (a 50 MB prompt took 150 MB of the ingress's memory before its 413)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, by_path: Mapping[str, int] | None = None) -> None:
+        self.app, self.default_max_bytes, self.by_path = app, max_bytes, by_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.by_path.get(scope["path"], self.default_max_bytes)  # a file upload takes more
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            too_large = BodyTooLarge(self.max_bytes)
+        if declared.isdigit() and int(declared) > max_bytes:
+            too_large = BodyTooLarge(max_bytes)
             body = error_json(str(too_large.detail), "invalid_request_error", code="request_too_large")
             await JSONResponse(body, status_code=413)(scope, receive, send)
             return
@@ -1066,24 +1323,28 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 read += len(message.get("body", b""))
-                if read > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)  # FastAPI passes an HTTPException from the body on
+                if read > max_bytes:
+                    raise BodyTooLarge(max_bytes)  # FastAPI passes an HTTPException from the body on
             return message
 
         await self.app(scope, counted, send)
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Non-streaming requests hear of a disconnect only by asking; the work is cancelled if the client leaves."""
+    """Non-streaming requests hear of a disconnect only by asking; the work is cancelled if the client leaves, or if
+    the request itself is cancelled (an in-process caller stops: a batch cancelled)."""
     task = asyncio.ensure_future(work)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=0.25)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone
+    finally:
+        if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            raise ClientGone
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -16,8 +17,10 @@ from redis.asyncio import Redis
 from services.cache.config import CacheSettings
 from services.cache.service import ResponseCache
 from services.ingress.adapters import (
+    BatchStore,
     ConversationStore,
     EventLog,
+    FileStore,
     Liveness,
     ModelCatalog,
     QueueMonitor,
@@ -28,8 +31,9 @@ from services.ingress.adapters import (
 )
 from services.ingress.admin_api import router as admin_router
 from services.ingress.background import BackgroundResponses
+from services.ingress.batches import BatchRunner
 from services.ingress.config import IngressSettings
-from services.ingress.handlers import BodyLimit, IngressDeps, install_error_handlers, router
+from services.ingress.handlers import BodyLimit, IngressDeps, InProcessApi, install_error_handlers, router
 from services.ingress.metrics import IngressMetrics
 from services.ingress.rate_limits import RateLimiter
 from shared.db import connect_pool
@@ -42,6 +46,12 @@ from shared.settings import CommonSettings
 from shared.telemetry import setup_tracing
 
 SERVICE = "ingress"
+
+
+class Sweeps(Protocol):
+    async def sweep(self) -> int: ...
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -71,15 +81,18 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
         beats_for_s = 3 * settings.background_beat_s
         liveness = Liveness(redis, common.topic_prefix, settings.instance_id, beats_for_s, settings.redis_timeout_s)
         events = EventLog(redis, common.topic_prefix, settings.redis_timeout_s)
+        grace_s = settings.auth_outage_grace_s
+        tenants = TenantDirectory(pool, settings.auth_cache_s, settings.postgres_timeout_s, grace_s)
+        files = FileStore(pool, settings.postgres_timeout_s, settings.file_timeout_s)
+        batches = BatchStore(pool, settings.postgres_timeout_s)
+        in_process = InProcessApi(app)
         deps = app.state.deps = IngressDeps(
             settings=settings,
             catalog=ModelCatalog(ModelRegistry(pool), settings.model_cache_s, settings.postgres_timeout_s),
             publisher=RequestPublisher(common, broker),
             listener=listener,
             tracer=tracer,
-            tenants=TenantDirectory(
-                pool, settings.auth_cache_s, settings.postgres_timeout_s, settings.auth_outage_grace_s
-            ),
+            tenants=tenants,
             limiter=RateLimiter(redis, common.topic_prefix, settings.redis_timeout_s),
             queues=queues,
             metrics=ingress_metrics,
@@ -89,19 +102,35 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
             finishing=BackgroundResponses(
                 settings.instance_id, common, responses, conversations, liveness, ingress_metrics, events
             ),
+            files=files,
+            batches=batches,
+            running_batches=BatchRunner(
+                settings.instance_id,
+                batches,
+                files,
+                liveness,
+                in_process.post,
+                tenants.tenant,
+                settings.batch_concurrency,
+                settings.request_timeout_s,
+            ),
         )
-        finisher = asyncio.create_task(keep_finishing(deps.finishing, liveness, settings.background_beat_s))
-        sweeper = asyncio.create_task(
-            sweep_kept_text(deps.responses, deps.conversations, settings.stored_response_sweep_s)
+        finisher = asyncio.create_task(
+            keep_finishing(deps.finishing, deps.running_batches, liveness, settings.background_beat_s)
         )
+        kept = (deps.responses, deps.conversations, deps.files, deps.batches)
+        sweeper = asyncio.create_task(sweep_kept_text(kept, settings.stored_response_sweep_s))
         try:
             yield
         finally:
             sweeper.cancel()
             finisher.cancel()
             await asyncio.gather(finisher, return_exceptions=True)
-            # the background responses this instance finishes are handed over, their work going on
+            # the background responses this instance finishes are handed over, their work going on; its batches
+            # too, their requests in flight stopped (another instance runs them again)
+            await deps.running_batches.stop()
             await deps.finishing.stop()
+            await in_process.close()
             # cancels and settlements of requests that just ended still go out
             await asyncio.gather(*deps.background, return_exceptions=True)
             await queues.stop()
@@ -121,17 +150,19 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, by_path={"/v1/files": settings.max_file_bytes})
     return app
 
 
-async def sweep_kept_text(responses: ResponseStore, conversations: ConversationStore, every_s: float) -> None:
-    """Deletes the stored responses and conversation items no retention covers any more, now and every ``every_s``."""
+async def sweep_kept_text(stores: tuple[Sweeps, ...], every_s: float) -> None:
+    """Deletes the stored responses, conversation items, files and batches no retention covers any more, now and
+    every ``every_s``."""
     while True:
-        for store, what in ((responses, "stored responses"), (conversations, "conversations and their items")):
+        for store in stores:
+            what = type(store).__name__
             try:
                 if swept := await store.sweep():
-                    logger.info("%d %s past their tenant's retention deleted", swept, what)
+                    logger.info("%s: %d rows past their tenant's retention deleted", what, swept)
             except DependencyUnavailable:
                 pass  # the store logged it; the next pass tries again
             except Exception:  # the next pass tries again: a task that died here would never sweep again
@@ -139,16 +170,20 @@ async def sweep_kept_text(responses: ResponseStore, conversations: ConversationS
         await asyncio.sleep(every_s)
 
 
-async def keep_finishing(finishing: BackgroundResponses, liveness: Liveness, every_s: float) -> None:
-    """Beats, and takes over the background responses of instances that stopped beating, every ``every_s``."""
+async def keep_finishing(
+    finishing: BackgroundResponses, batches: BatchRunner, liveness: Liveness, every_s: float
+) -> None:
+    """Beats, and takes over the background responses and batches of instances that stopped beating, every
+    ``every_s``."""
     while True:
         try:
             await liveness.beat()
             await finishing.take_over()
+            await batches.take_over()
         except DependencyUnavailable:
             pass  # the store logged it; the next pass tries again
         except Exception:  # the next pass tries again: a task that died here would never take over again
-            logger.exception("background responses: beat or takeover failed")
+            logger.exception("background responses and batches: beat or takeover failed")
         await asyncio.sleep(every_s)
 
 

@@ -260,13 +260,18 @@ def page_of(
         if after not in ids:
             raise ApiError(400, f"No item with id '{after}' in {holder}.", param="after")
         ordered = ordered[ids.index(after) + 1 :]
-    page = ordered[:limit]
+    return list_page(ordered, limit)
+
+
+def list_page(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """OpenAI's cursor page of the first ``limit`` of ``rows`` (has_more when there are more)."""
+    page = rows[:limit]
     return {
         "object": "list",
         "data": page,
         "first_id": page[0]["id"] if page else None,
         "last_id": page[-1]["id"] if page else None,
-        "has_more": len(ordered) > limit,
+        "has_more": len(rows) > limit,
     }
 
 

@@ -43,13 +43,17 @@ def test_the_api_keeps_its_published_contract(platform: Platform, tmp_path: Path
 def test_the_routes_that_keep_text_keep_their_contract_for_a_tenant_that_keeps_text(
     platform: Platform, tmp_path: Path
 ) -> None:
-    # The session's tenant keeps no text, so the Responses API's stored responses and the Conversations API answer it
+    # The session's tenant keeps no text, so stored responses, conversations, files and batches answer it
     # before they reach PostgreSQL; this tenant's requests go all the way (stored items, references, background).
     key = platform.new_tenant("fuzz-keeps-text", "--retention-days", "1")
     ingress = start_extra_ingress(platform, "fuzz-kept", {"FERRY_INGRESS_DEFAULT_MAX_TOKENS": "16"})
     try:
         _fuzz(
-            f"http://127.0.0.1:{ingress.port}", key, tmp_path, "--include-path-regex", "^/v1/(responses|conversations)"
+            f"http://127.0.0.1:{ingress.port}",
+            key,
+            tmp_path,
+            "--include-path-regex",
+            "^/v1/(responses|conversations|files|batches)",
         )
     finally:
         stop_service(ingress)
