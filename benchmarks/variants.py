@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,8 +29,9 @@ from pathlib import Path
 
 from benchmarks import OUT_HELP, emit_report
 from services.worker.config import WorkerSettings
-from services.worker.engine import Engine, EngineConfig, TokenScore
+from services.worker.engine import Engine, EngineConfig, TokenScore, missing_cpu_kernels
 from services.worker.model_store import ensure_model
+from services.worker.variants import cpu_problems
 from shared.contracts import ChatMessage, SamplingParams
 from shared.registry import read_seed
 
@@ -169,6 +171,10 @@ def main() -> None:
     parser.add_argument("--score-window-tokens", type=int, default=512)
     parser.add_argument("--out", type=Path, help=OUT_HELP)
     args = parser.parse_args()
+    problems = cpu_problems(missing_cpu_kernels())
+    for variant in [v for v in args.variants if v in problems]:
+        print(f"{variant} left out: it cannot run on this CPU ({problems[variant]})", file=sys.stderr)
+    args.variants = [v for v in args.variants if v not in problems]
     report = asyncio.run(run(args))
     emit_report(report, args.out)
 

@@ -316,6 +316,10 @@ class BatchRunner:
         await asyncio.gather(*self._running.values(), return_exceptions=True)
 
     def _track(self, batch_id: str, work: Coroutine[Any, Any, None]) -> None:
+        if batch_id in self._running:  # a takeover pass that read it as its creation was being stored
+            work.close()
+            return
+
         async def logged() -> None:
             try:
                 await work

@@ -3,6 +3,7 @@ counts per model and hour, and the tiers computed from them (tables of migration
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -88,8 +89,11 @@ class ModelCatalog:
             )
         return True
 
-    async def record_models(self, records: list[ModelRecord], default_variant: str, on_cpu: bool) -> None:
-        """Records each model's current version and its variants: enabled when they can run on this hardware. The
+    async def record_models(
+        self, records: list[ModelRecord], default_variant: str, problems: Mapping[str, str]
+    ) -> None:
+        """Records each model's current version and its variants: enabled when they can run on this hardware (not in
+        ``problems``, variants.cpu_problems). The
         first worker to record a model sets its default variant (its own); later ones leave it."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.executemany(
@@ -114,7 +118,7 @@ class ModelCatalog:
                             v.quantization,
                             v.dtype,
                             v.name == default_variant and not has_default,
-                            not (on_cpu and v.cpu_problem),
+                            v.name not in problems,
                         )
                         for v in VARIANTS.values()
                     ],

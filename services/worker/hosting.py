@@ -19,7 +19,7 @@ from typing import Literal, Protocol
 from services.worker.caching import DoesNotFit, Resident, Tier, evictions_to_fit
 from services.worker.engine import Engine, EngineConfig, GiB
 from services.worker.metrics import WorkerMetrics
-from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS, choose_variant
+from services.worker.variants import DEFAULT_CPU_VARIANT, VARIANTS, choose_variant, cpu_problems
 from shared.contracts import LoadedModel, ModelRequestCounts, utc_now
 from shared.registry import ModelRecord
 from shared.runtime import freeze_heap
@@ -142,7 +142,7 @@ class ModelHost:
         self.budget_bytes = budget_bytes
         self.default_variant = default_variant
         self.variants = list(dict.fromkeys([default_variant, *(variants or [])]))  # what this worker may load
-        self.on_cpu = True  # learnt from the first engine
+        self.variant_problems = cpu_problems(())  # what cannot run here: learnt from the first engine
         self.model_defaults: dict[str, str] = {}  # the registry's default variant per model (model_variants.is_default)
         self._loader = loader
         self._registry = registry
@@ -168,7 +168,7 @@ class ModelHost:
         worker may not load that one."""
         if wanted is None:
             wanted, fallback = self.model_defaults.get(model_id), True
-        return choose_variant(wanted, fallback, self.variants, self.default_variant, self.on_cpu)
+        return choose_variant(wanted, fallback, self.variants, self.default_variant, self.variant_problems)
 
     def engine(self, model_id: str, variant: str | None = None) -> Engine | None:
         """The engine of the model's variant if it is loaded and ready."""
@@ -325,7 +325,7 @@ class ModelHost:
             hosted.loaded.set_exception(failure)
             return
         hosted.engine, hosted.state, hosted.last_used_at = engine, "ready", utc_now()
-        self.on_cpu = engine.on_cpu
+        self.variant_problems = engine.variant_problems
         made_room_for = hosted.memory_bytes
         measured = engine.stats.load_memory_bytes
         if measured:

@@ -63,7 +63,7 @@ async def main() -> None:
         )
         await host.load(model.id)
         hosted = [r for r in [await registry.get(m) for m in host.allowed] if r is not None]
-        await catalog.record_models(hosted, host.default_variant, host.on_cpu)
+        await catalog.record_models(hosted, host.default_variant, host.variant_problems)
         host.model_defaults = await catalog.default_variants(host.allowed)
         await wait_for_kafka(common)
         topics = common.topics

