@@ -244,7 +244,8 @@ def usage_of(body: Any) -> dict[str, int]:
 def retry_wait_s(status: int, headers: Mapping[str, str], body: Any) -> float | None:
     """How long to wait before trying a request again, for a refusal that passes (a rate limit, or the platform at
     capacity); None for an answer that is the request's result (a monthly quota used up is one)."""
-    code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+    error = body.get("error") if isinstance(body, dict) else None  # a response object's error is null
+    code = error.get("code") if isinstance(error, dict) else None
     if status == 503 or (status == 429 and code != "insufficient_quota"):
         try:
             return max(1.0, float(headers.get("retry-after", "1")))
@@ -419,12 +420,20 @@ class BatchRunner:
         while (remaining_s := (expires_at - utc_now()).total_seconds()) >= 1:
             if result is None:  # its deadline may pass the batch's expiry: the expiry stops it first (_run_lines)
                 asked = headers | {"x-ferry-timeout": f"{self._request_timeout_s:g}"}
-                status, answer_headers, body = await self._call(tenant_id, endpoint, request.body, asked)
-                wait_s = retry_wait_s(status, answer_headers, body)
-                if wait_s is not None:
-                    await asyncio.sleep(min(wait_s, remaining_s))
-                    continue
-                result = answered_line(request, status, answer_headers.get("x-request-id"), body)
+                try:
+                    status, answer_headers, body = await self._call(tenant_id, endpoint, request.body, asked)
+                    wait_s = retry_wait_s(status, answer_headers, body)
+                    if wait_s is not None:
+                        await asyncio.sleep(min(wait_s, remaining_s))
+                        continue
+                    result = answered_line(request, status, answer_headers.get("x-request-id"), body)
+                except Exception:  # the line's error, rather than a batch run again and again on the same fault
+                    logger.exception("batch %s: line %d could not be run", batch_id, request.line)
+                    failure = {
+                        "message": "The server had an error while processing this request.",
+                        "type": "server_error",
+                    }
+                    result = answered_line(request, 500, None, {"error": failure | {"param": None, "code": None}})
             try:
                 await self._store.save_result(batch_id, result)
                 return True

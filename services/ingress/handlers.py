@@ -201,7 +201,8 @@ class InProcessApi:
             tenant_id = dict(scope["headers"])[_IN_PROCESS_HEADER].decode()
             await app(scope | {"headers": headers, IN_PROCESS_TENANT: tenant_id}, receive, send)
 
-        transport = httpx.ASGITransport(app=as_tenant)
+        # an unexpected error is the 500 answer the error handler gives, as over HTTP (not raised again here)
+        transport = httpx.ASGITransport(app=as_tenant, raise_app_exceptions=False)
         self._client = httpx.AsyncClient(transport=transport, base_url="http://ingress.in-process", timeout=None)
 
     async def post(

@@ -979,6 +979,8 @@ def invalid_input(errors: Sequence[Mapping[str, Any]], body: Any) -> tuple[str |
     reported is the one that went deepest into the body, then one from a member that took the value's kind (``stop``
     with five strings: at most 4 items, not "should be a string"). When every member refused the kind, the message
     names them all."""
+    if isinstance(body, Mapping) and not isinstance(body, dict):  # a multipart form's fields (a file upload)
+        body = dict(body)
     located = [(_body_path(error, body), error) for error in errors]
     deepest = max(len(path) for path, _ in located)
     candidates = [(path, error) for path, error in located if len(path) == deepest]

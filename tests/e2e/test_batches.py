@@ -239,3 +239,19 @@ def test_a_batch_past_its_window_expires_with_the_answers_it_has(platform: Platf
         assert lines_of(openai, done.error_file_id)["long"]["error"]["code"] == "batch_expired"
     finally:
         stop_service(extra)
+
+
+def test_a_batch_of_responses_api_requests_answers_each_with_a_response_object(platform: Platform) -> None:
+    openai = keeper(platform, "batches-responses")
+    asked = {"model": TINY_MODEL, "input": "hi", "max_output_tokens": 4, "store": False}
+    requests = [{"custom_id": str(k), "method": "POST", "url": "/v1/responses", "body": asked} for k in range(2)]
+    upload = openai.files.create(file=("responses.jsonl", jsonl(*requests)), purpose="batch")
+    batch = openai.batches.create(input_file_id=upload.id, endpoint="/v1/responses", completion_window="24h")
+    done = ended(openai, batch.id, timeout_s=120)
+    assert done.status == "completed" and done.request_counts is not None, done
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)
+    output = lines_of(openai, done.output_file_id)
+    for line in output.values():  # a response's error is null: once that read as a refusal and failed the batch
+        body = line["response"]["body"]
+        assert body["object"] == "response" and body["error"] is None and body["usage"]["output_tokens"] == 4
+    assert done.usage is not None and done.usage.output_tokens == 8

@@ -111,6 +111,7 @@ def test_a_rate_limit_or_the_platform_at_capacity_is_waited_out_and_a_used_up_qu
     assert retry_wait_s(429, {"retry-after": "30"}, limited("insufficient_quota")) is None
     assert retry_wait_s(400, {}, limited("invalid_value")) is None
     assert retry_wait_s(200, {}, {}) is None
+    assert retry_wait_s(200, {}, {"object": "response", "error": None}) is None  # a response object's error
 
 
 def test_the_batch_object_counts_its_results_and_adds_their_usage() -> None:

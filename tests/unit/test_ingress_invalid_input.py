@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from starlette.datastructures import FormData
 
 from services.ingress.protocol import ChatCompletionRequest, CompletionRequest, invalid_input, lone_surrogate
 
@@ -120,4 +121,17 @@ def test_a_missing_body_and_a_bad_query_parameter_are_said_as_such() -> None:
     assert invalid_input([too_small], None) == (
         "limit",
         "Invalid value for 'limit': Input should be greater than or equal to 1",
+    )
+
+
+def test_a_form_field_is_named_as_a_body_field_is() -> None:
+    form = FormData([("purpose", "fine-tune"), ("expires_after[seconds]", "60")])
+    errors = [
+        {"type": "greater_than_equal", "loc": ("body", "expires_after[seconds]"), "msg": "Input should be >= 3600"}
+    ]
+    assert invalid_input(errors, form)[0] == "expires_after[seconds]"
+    errors = [{"type": "literal_error", "loc": ("body", "purpose"), "msg": "Input should be 'batch' or 'user_data'"}]
+    assert invalid_input(errors, form) == (
+        "purpose",
+        "Invalid value for 'purpose': Input should be 'batch' or 'user_data'",
     )
