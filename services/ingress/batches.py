@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.ingress.adapters import BatchCounts, BatchResult, BatchStore, FileStore, Liveness, StoredBatch
+from services.ingress.metrics import IngressMetrics
 from services.ingress.protocol import STRICT_INPUT
 from services.ingress.tenants import PRIORITY_RANK, Tenant
 from shared.contracts import utc_now
@@ -280,11 +281,13 @@ class BatchRunner:
         liveness: Liveness,
         call: Call,
         tenant_of: TenantLookup,
+        metrics: IngressMetrics,
         concurrency: int,
         request_timeout_s: float,
         poll_s: float = 1.0,
     ) -> None:
         self.instance_id, self._store, self._files, self._liveness = instance_id, store, files, liveness
+        self._metrics = metrics
         self._call, self._tenant_of, self._concurrency = call, tenant_of, concurrency
         self._request_timeout_s, self._poll_s = request_timeout_s, poll_s
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -424,6 +427,7 @@ class BatchRunner:
                     status, answer_headers, body = await self._call(tenant_id, endpoint, request.body, asked)
                     wait_s = retry_wait_s(status, answer_headers, body)
                     if wait_s is not None:
+                        self._metrics.batch_requests.labels("retried").inc()
                         await asyncio.sleep(min(wait_s, remaining_s))
                         continue
                     result = answered_line(request, status, answer_headers.get("x-request-id"), body)
@@ -436,6 +440,7 @@ class BatchRunner:
                     result = answered_line(request, 500, None, {"error": failure | {"param": None, "code": None}})
             try:
                 await self._store.save_result(batch_id, result)
+                self._metrics.batch_requests.labels("answered" if result.succeeded else "refused").inc()
                 return True
             except DependencyUnavailable:
                 await asyncio.sleep(1.0)
@@ -457,6 +462,7 @@ class BatchRunner:
         for request in lines:
             if request.line not in answered:
                 await self._store.save_result(batch_id, unrun_line(request, code))
+                self._metrics.batch_requests.labels("not_run").inc()
         results = await self._store.results(batch_id)
         created_at = datetime.fromtimestamp(int(batch["created_at"]), utc_now().tzinfo)
         keep_s = batch.get("output_expires_after")
@@ -478,6 +484,7 @@ class BatchRunner:
         at = {"completed": "completed_at", "cancelled": "cancelled_at", "expired": "expired_at", "failed": "failed_at"}
         ended = await self._update(batch_id, {"status": status, at[status]: _now(), **changes}, *RUNNING)
         if ended is not None:
+            self._metrics.batches_ended.labels(status).inc()
             logger.info("batch %s %s: %s", batch_id, status, _counted(ended.counts))
 
 

@@ -111,6 +111,7 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
                 liveness,
                 in_process.post,
                 tenants.tenant,
+                ingress_metrics,
                 settings.batch_concurrency,
                 settings.request_timeout_s,
             ),

@@ -40,6 +40,19 @@ class IngressMetrics:
             ["status", "taken_over"],
             registry=registry,
         )
+        self.batches_ended = Counter(
+            "ferry_ingress_batches_ended",
+            "Batches this instance ended, by status (completed, failed, expired, cancelled).",
+            ["status"],
+            registry=registry,
+        )
+        self.batch_requests = Counter(
+            "ferry_ingress_batch_requests",
+            "Requests of batches run by this instance, by outcome: answered (200), refused (another status: the error "
+            "file), retried (a 429 or 503 waited out), not_run (the batch was cancelled or expired first).",
+            ["outcome"],
+            registry=registry,
+        )
         self.time_to_first_event = Histogram(
             "ferry_ingress_time_to_first_event_seconds",
             "From publishing a request to its first reply event (first tokens, or the result when not streamed).",

@@ -8,11 +8,13 @@ import json
 import signal
 import time
 
+import httpx
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 from openai.types import Batch
 
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform, start_extra_ingress, stop_service
+from tests.e2e.test_operations import metric_total
 from tests.e2e.test_responses import QUESTION
 
 ENDED = ("completed", "failed", "expired", "cancelled")
@@ -117,6 +119,7 @@ def test_a_cancelled_batch_stops_its_requests_and_keeps_what_ended(platform: Pla
     requests = [
         {"custom_id": f"story-{k}", "method": "POST", "url": "/v1/completions", "body": long} for k in range(40)
     ]
+    before = httpx.get(f"{platform.base_url}/metrics", timeout=10).text
     upload = openai.files.create(file=("stories.jsonl", jsonl(*requests)), purpose="batch")
     batch = openai.batches.create(input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h")
     deadline = time.monotonic() + 60
@@ -135,6 +138,12 @@ def test_a_cancelled_batch_stops_its_requests_and_keeps_what_ended(platform: Pla
     assert sorted(errors) == sorted(r["custom_id"] for r in requests)
     assert {line["error"]["code"] for line in errors.values()} == {"batch_cancelled"}
     assert openai.batches.cancel(batch.id).status == "cancelled"  # cancelling it again changes nothing
+    after = httpx.get(f"{platform.base_url}/metrics", timeout=10).text
+    for name, labels, added in (
+        ("ferry_ingress_batch_requests_total", {"outcome": "not_run"}, 40),
+        ("ferry_ingress_batches_ended_total", {"status": "cancelled"}, 1),
+    ):
+        assert metric_total(after, name, **labels) - metric_total(before, name, **labels) == added, name
 
 
 @pytest.mark.parametrize("stop", ["SIGKILL"])
