@@ -1061,15 +1061,17 @@ class BatchStore:
         self._database = Breaker("database", timeout_s, 1.0, DATABASE_FAILURES)
 
     async def create(self, tenant_id: str, batch: dict[str, object], finisher: str) -> None:
-        await self._database.call(
-            lambda: self._pool.execute(
-                "INSERT INTO batches (id, tenant_id, batch, finisher) VALUES ($1, $2, $3, $4)",
-                batch["id"],
-                tenant_id,
-                json.dumps(batch),
-                finisher,
+        """Raises NotStorable for metadata with U+0000."""
+        with _storable():
+            await self._database.call(
+                lambda: self._pool.execute(
+                    "INSERT INTO batches (id, tenant_id, batch, finisher) VALUES ($1, $2, $3, $4)",
+                    batch["id"],
+                    tenant_id,
+                    json.dumps(batch),
+                    finisher,
+                )
             )
-        )
 
     async def get(self, tenant_id: str | None, batch_id: str) -> StoredBatch | None:
         """The batch, with its counts; another tenant's (``tenant_id`` given) or one past retention is None."""

@@ -125,7 +125,7 @@ def read_lines(content: bytes, endpoint: str, max_requests: int = MAX_REQUESTS) 
         if not isinstance(custom_id, str) or not custom_id:
             error("missing_required_parameter", "Each line needs a custom_id (a string).", number, "custom_id")
         elif custom_id in seen:
-            error("duplicate_custom_id", f"The custom_id '{custom_id}' comes more than once.", number, "custom_id")
+            error("duplicate_custom_id", "This line's custom_id is an earlier line's too.", number, "custom_id")
         if request.get("method") != "POST":
             error("invalid_method", "The method must be POST.", number, "method")
         if url != endpoint:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
+import asyncpg
 import httpx
 from aiokafka.errors import MessageSizeTooLargeError
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
@@ -746,7 +747,8 @@ async def upload_file(
     created = utc_now()
     expires_at = created + timedelta(seconds=expires_seconds) if expires_seconds is not None else None
     file_id = f"file-{uuid.uuid4().hex[:24]}"
-    stored = await deps.files.create(tenant.id, file_id, purpose, file.filename or "upload", content, expires_at)
+    filename = (file.filename or "").replace("\x00", "") or "upload"  # PostgreSQL's text cannot hold U+0000
+    stored = await deps.files.create(tenant.id, file_id, purpose, filename, content, expires_at)
     logger.info("tenant %s uploaded file %s (%d bytes, purpose %s)", tenant.id, file_id, len(content), purpose)
     return JSONResponse(file_object(stored))
 
@@ -824,7 +826,12 @@ async def create_batch(body: NewBatch, deps: DepsDep, tenant: TenantDep) -> JSON
     keep_s = body.output_expires_after.seconds if body.output_expires_after else None
     window = timedelta(seconds=deps.settings.batch_window_s)
     batch = new_batch(f"batch_{uuid.uuid4().hex}", body, utc_now(), window, keep_s)
-    await deps.running_batches.create(tenant.id, batch)
+    try:
+        await deps.running_batches.create(tenant.id, batch)
+    except NotStorable as exc:
+        raise ApiError(
+            400, f"A batch's metadata is stored, and {exc}.", param="metadata", code="invalid_value"
+        ) from None
     logger.info("tenant %s created batch %s of file %s", tenant.id, batch["id"], body.input_file_id)
     stored = await deps.batches.get(tenant.id, str(batch["id"]))
     return JSONResponse(batch_view(stored) if stored else batch)
@@ -1365,6 +1372,13 @@ def install_error_handlers(app: FastAPI) -> None:
             if exc.status in (429, 503) and exc.code:
                 deps.metrics.refused.labels(exc.code).inc()
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(asyncpg.CharacterNotInRepertoireError)
+    @app.exception_handler(asyncpg.UntranslatableCharacterError)
+    async def on_nul(request: Request, exc: Exception) -> JSONResponse:
+        # an id, a cursor or a name PostgreSQL is asked for holds U+0000, which its text cannot hold: no such thing
+        message = "The request holds the character U+0000 (NUL), which no id, name or stored text can hold."
+        return await on_api_error(request, ApiError(400, message, code="invalid_value"))
 
     @app.exception_handler(DependencyUnavailable)
     async def on_dependency_unavailable(request: Request, exc: DependencyUnavailable) -> JSONResponse:

@@ -205,6 +205,22 @@ def test_files_and_batches_are_the_tenants_own_and_need_retention(platform: Plat
         kept = openai.files.create(file=("notes.txt", b"notes"), purpose="user_data")
         openai.batches.create(input_file_id=kept.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert wrong_purpose.value.body["param"] == "input_file_id"  # type: ignore[index]
+    with pytest.raises(BadRequestError) as not_storable:  # PostgreSQL's jsonb cannot hold U+0000
+        openai.batches.create(
+            input_file_id=upload.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"note": "a\u0000b"},
+        )
+    assert not_storable.value.body["param"] == "metadata"  # type: ignore[index]
+    for read in (openai.files.retrieve, openai.batches.retrieve, openai.responses.retrieve):
+        with pytest.raises(BadRequestError):  # no id holds it: a 400, not a 500
+            read("id-\u0000")
+    twice = openai.files.create(file=("twice.jsonl", jsonl(*[chat_line("a\u0000b")] * 2)), purpose="batch")
+    failed = openai.batches.create(input_file_id=twice.id, endpoint="/v1/chat/completions", completion_window="24h")
+    ended_failed = ended(openai, failed.id, timeout_s=60)
+    assert ended_failed.status == "failed" and ended_failed.errors and ended_failed.errors.data
+    assert [(e.code, e.line) for e in ended_failed.errors.data] == [("duplicate_custom_id", 2)]
 
 
 def test_a_batch_waits_out_its_tenants_rate_limit_rather_than_fail_requests(platform: Platform) -> None:
