@@ -1024,6 +1024,14 @@ class StoredBatch:
 
 
 @dataclasses.dataclass(frozen=True)
+class BatchState:
+    """Who runs a batch, and how far it is: what a running batch's instance checks while its requests run."""
+
+    status: str
+    finisher: str | None
+
+
+@dataclasses.dataclass(frozen=True)
 class BatchResult:
     """One request's answer (or error) in a batch, as its output or error file's line holds it."""
 
@@ -1084,6 +1092,17 @@ class BatchStore:
             )
         )
         return _batch(row) if row is not None else None
+
+    async def state(self, batch_id: str) -> BatchState | None:
+        """The batch's status and instance, without its counts; one past retention is None."""
+        row = await self._database.call(
+            lambda: self._pool.fetchrow(
+                "SELECT b.batch->>'status' AS status, b.finisher FROM batches b JOIN tenants t ON t.id = b.tenant_id"
+                f" WHERE b.id = $1 AND {_BATCH_RETAINED}",
+                batch_id,
+            )
+        )
+        return BatchState(row["status"], row["finisher"]) if row is not None else None
 
     async def list(self, tenant_id: str, after: str | None, limit: int) -> list[StoredBatch]:
         """The tenant's batches, newest first, after the batch ``after``; ``limit`` of them."""

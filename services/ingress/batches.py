@@ -366,7 +366,7 @@ class BatchRunner:
                 batch_id, {"status": "finalizing", "finalizing_at": _now()}, "in_progress"
             ):
                 outcome = "cancelled"  # as its last request ended, unless another instance took it over
-            current = await self._store.get(None, batch_id)
+            current = await self._store.state(batch_id)
             if outcome is None or current is None or current.finisher != self.instance_id:
                 return  # another instance runs it now
         else:  # cancelling: the cancel came while no instance ran it; finalizing: its instance stopped then
@@ -398,12 +398,12 @@ class BatchRunner:
                 if utc_now() >= expires_at:
                     return "expired"
                 try:
-                    current = await self._store.get(None, batch_id)
+                    current = await self._store.state(batch_id)
                 except DependencyUnavailable:
                     continue
                 if current is None or current.finisher != self.instance_id:
                     return None
-                if current.batch["status"] == "cancelling":
+                if current.status == "cancelling":
                     return "cancelled"
         finally:
             all_run.cancel()  # the requests in flight: their work is cancelled

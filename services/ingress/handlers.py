@@ -9,7 +9,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.cache.policy import TenantCachePolicy
 from services.cache.service import CACHE_HEADER, ResponseCache, cache_headers
 from services.ingress.adapters import (
+    BatchCounts,
     BatchStore,
     ConversationStore,
     DuplicateItem,
@@ -40,6 +41,7 @@ from services.ingress.adapters import (
     ReplyListener,
     RequestPublisher,
     ResponseStore,
+    StoredBatch,
     StoredFile,
     TenantDirectory,
 )
@@ -437,9 +439,7 @@ async def retrieve_response(  # type: ignore[no-untyped-def]
 ):
     """A stored response of the caller's tenant, while its retention covers it; with ``stream``, a streamed background
     response's events (from after ``starting_after``), as they come until it ends."""
-    stored = await deps.responses.load(tenant.id, response_id) if tenant.retains_text else None
-    if stored is None:
-        raise _no_stored_response(response_id)
+    stored = await _kept(tenant, deps.responses.load, response_id, _no_stored_response)
     if not stream:
         return JSONResponse(as_of(stored.response, stored.finish_by, utc_now()))
     if stored.finish_by is None or not await deps.finishing.events.exists(response_id):
@@ -461,9 +461,7 @@ async def retrieve_response(  # type: ignore[no-untyped-def]
 @router.post("/v1/responses/{response_id}/cancel", response_model=ResponseObject, responses=ERRORS, tags=["openai"])
 async def cancel_response(response_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
     """Stops a background response that has not ended: it is cancelled at once, and its work is stopped."""
-    stored = await deps.responses.load(tenant.id, response_id) if tenant.retains_text else None
-    if stored is None:
-        raise _no_stored_response(response_id)
+    stored = await _kept(tenant, deps.responses.load, response_id, _no_stored_response)
     if not stored.response.get("background"):
         raise ApiError(400, "Only a background response can be cancelled.", param="response_id", code="invalid_value")
     cancelled = await deps.responses.cancel(tenant.id, response_id)
@@ -490,9 +488,7 @@ async def cancel_response(response_id: str, deps: DepsDep, tenant: TenantDep) ->
 )
 async def list_input_items(response_id: str, deps: DepsDep, tenant: TenantDep, page: PageDep) -> JSONResponse:
     """The items that led to a stored response: the conversation it continued, then its own input."""
-    stored = await deps.responses.load(tenant.id, response_id) if tenant.retains_text else None
-    if stored is None:
-        raise _no_stored_response(response_id)
+    stored = await _kept(tenant, deps.responses.load, response_id, _no_stored_response)
     output = stored.response.get("output")
     output_count = len(output) if isinstance(output, list) else 0
     items = input_items_page(response_id, stored.conversation, output_count, page.after, page.limit, page.order)
@@ -523,9 +519,7 @@ async def create_conversation(body: NewConversation, deps: DepsDep, tenant: Tena
 
 @router.get("/v1/conversations/{conversation_id}", response_model=ConversationObject, responses=ERRORS, tags=["openai"])
 async def retrieve_conversation(conversation_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
-    found = await deps.conversations.get(tenant.id, conversation_id) if tenant.retains_text else None
-    if found is None:
-        raise _no_conversation(conversation_id)
+    found = await _kept(tenant, deps.conversations.get, conversation_id, _no_conversation)
     return JSONResponse(conversation_object(found.id, found.created_at, found.metadata))
 
 
@@ -619,10 +613,18 @@ async def delete_conversation_item(
 
 async def _items_of(conversation_id: str, deps: IngressDeps, tenant: Tenant) -> list[dict[str, Any]]:
     """The tenant's conversation's items; a 404 when it keeps no such conversation."""
-    items = await deps.conversations.items(tenant.id, conversation_id) if tenant.retains_text else None
-    if items is None:
-        raise _no_conversation(conversation_id)
-    return items
+    return await _kept(tenant, deps.conversations.items, conversation_id, _no_conversation)
+
+
+async def _kept(
+    tenant: Tenant, load: Callable[[str, str], Awaitable[T | None]], kept_id: str, missing: Callable[[str], ApiError]
+) -> T:
+    """What the tenant keeps by this id (a response, conversation, file or batch); ``missing(kept_id)``, a 404, when
+    there is none, as for a tenant that keeps no text at all."""
+    found = await load(tenant.id, kept_id) if tenant.retains_text else None
+    if found is None:
+        raise missing(kept_id)
+    return found
 
 
 def _conversation_items(given: list[Any]) -> list[dict[str, Any]]:
@@ -772,9 +774,7 @@ async def list_files(
 
 @router.get("/v1/files/{file_id}", response_model=FileObject, responses=ERRORS, tags=["openai"])
 async def retrieve_file(file_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
-    stored = await deps.files.get(tenant.id, file_id) if tenant.retains_text else None
-    if stored is None:
-        raise _no_file(file_id)
+    stored = await _kept(tenant, deps.files.get, file_id, _no_file)
     return JSONResponse(file_object(stored))
 
 
@@ -785,9 +785,7 @@ async def retrieve_file(file_id: str, deps: DepsDep, tenant: TenantDep) -> JSONR
     tags=["openai"],
 )
 async def file_content(file_id: str, deps: DepsDep, tenant: TenantDep) -> Response:
-    content = await deps.files.content(tenant.id, file_id) if tenant.retains_text else None
-    if content is None:
-        raise _no_file(file_id)
+    content = await _kept(tenant, deps.files.content, file_id, _no_file)
     return Response(content, media_type="application/octet-stream")
 
 
@@ -833,8 +831,8 @@ async def create_batch(body: NewBatch, deps: DepsDep, tenant: TenantDep) -> JSON
             400, f"A batch's metadata is stored, and {exc}.", param="metadata", code="invalid_value"
         ) from None
     logger.info("tenant %s created batch %s of file %s", tenant.id, batch["id"], body.input_file_id)
-    stored = await deps.batches.get(tenant.id, str(batch["id"]))
-    return JSONResponse(batch_view(stored) if stored else batch)
+    created = StoredBatch(tenant.id, batch, BatchCounts(), deps.running_batches.instance_id)
+    return JSONResponse(batch_view(created))
 
 
 @router.get("/v1/batches", response_model=BatchList, responses=ERRORS, tags=["openai"])
@@ -852,9 +850,7 @@ async def list_batches(
 
 @router.get("/v1/batches/{batch_id}", response_model=BatchObject, responses=ERRORS, tags=["openai"])
 async def retrieve_batch(batch_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
-    stored = await deps.batches.get(tenant.id, batch_id) if tenant.retains_text else None
-    if stored is None:
-        raise _no_batch(batch_id)
+    stored = await _kept(tenant, deps.batches.get, batch_id, _no_batch)
     return JSONResponse(batch_view(stored))
 
 
@@ -862,16 +858,15 @@ async def retrieve_batch(batch_id: str, deps: DepsDep, tenant: TenantDep) -> JSO
 async def cancel_batch(batch_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
     """Cancels a batch that is validating or running: it is cancelling at once, and cancelled once the requests in
     flight are stopped, with the output of those that ended."""
-    stored = await deps.batches.get(tenant.id, batch_id) if tenant.retains_text else None
-    if stored is None:
-        raise _no_batch(batch_id)
-    cancelled = await deps.batches.cancel(tenant.id, batch_id, int(utc_now().timestamp()))
+    cancelled = None
+    if tenant.retains_text:
+        cancelled = await deps.batches.cancel(tenant.id, batch_id, int(utc_now().timestamp()))
     if cancelled is not None:
         logger.info("batch %s cancelled by its tenant %s", batch_id, tenant.id)
         return JSONResponse(batch_view(cancelled))
-    now = await deps.batches.get(tenant.id, batch_id)
-    status = now.batch["status"] if now else "deleted"
-    if now is not None and status in ("cancelling", "cancelled"):
+    now = await _kept(tenant, deps.batches.get, batch_id, _no_batch)
+    status = now.batch["status"]
+    if status in ("cancelling", "cancelled"):
         return JSONResponse(batch_view(now))
     raise ApiError(400, f"Cannot cancel a batch that is {status}.", param="batch_id", code="invalid_value")
 
