@@ -11,7 +11,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 SCHEMA_VERSION = 1
 VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # how variant names look (fp32, int8, ...), for edge validation
@@ -19,8 +19,19 @@ VARIANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"  # how variant names look (
 
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer.")]
 """A sampling seed: torch's generators take 64 bits, and a seed beyond them failed in the engine."""
-RequestId = Annotated[str, Field(min_length=1, max_length=200)]
-"""A request's id: 1 to 200 characters."""
+
+
+def _without_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("holds the character U+0000, which the platform's stores (PostgreSQL) cannot keep")
+    return text
+
+
+StoredKey = Annotated[str, AfterValidator(_without_nul)]
+"""Text the services may store or look up in PostgreSQL, whose text refuses U+0000: such a request would fail there
+again at each redelivery, holding back the requests behind it, so it is refused (dead-lettered) where it is read."""
+RequestId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_without_nul)]
+"""A request's id: 1 to 200 characters, without U+0000."""
 
 TopicName = Annotated[
     str,
@@ -395,7 +406,7 @@ class CompletionRequested(Message):
         "brokers create topics on first use); a request whose reply topic cannot be written is dead-lettered with "
         "the reason instead of answered."
     )
-    tenant_id: str | None = Field(None, description="Tenant that owns the request, when known.")
+    tenant_id: StoredKey | None = Field(None, description="Tenant that owns the request, when known.")
     requested_at: datetime = Field(default_factory=utc_now, description="When the request was made (UTC).")
     deadline_at: datetime | None = Field(None, description="After this instant (UTC) the result is no longer wanted.")
     trace_context: dict[str, str] = Field(
@@ -882,8 +893,8 @@ class ContentFlagged(Message):
     ``request_id`` by the safety stage (prompts) and by workers (outputs). Text travels only when the tenant opted in
     (``retain_text``); otherwise reviewers see the redacted snippet."""
 
-    request_id: str = Field(description="The request whose content was flagged.")
-    tenant_id: str | None = Field(None, description="Tenant that owns the request, when known.")
+    request_id: StoredKey = Field(description="The request whose content was flagged.")
+    tenant_id: StoredKey | None = Field(None, description="Tenant that owns the request, when known.")
     model: str = Field(description="Registry id of the request's model.")
     stage: Literal["prompt", "output"] = Field(description="Whether the prompt or the generated output was flagged.")
     action: Literal["hold", "release", "block"] = Field(
@@ -908,7 +919,7 @@ class ContentFlagged(Message):
     retention_days: int | None = Field(
         None, ge=0, description="The request's retention_days: the review queue erases ``text`` after this many days."
     )
-    choice_of: str | None = Field(
+    choice_of: StoredKey | None = Field(
         None,
         description="A flagged prompt's CompletionRequested.choice_of: the review queue keeps one item for the prompt "
         "of all the choices of that request, and a decision on it applies to each of them.",

@@ -154,7 +154,8 @@ class ReviewStore:
             held = {"completion": flagged.held_completion.model_dump(mode="json"), "delta": delta}
         else:
             held = None
-        text, text_expires_at = flagged.text, None
+        text = _shown(flagged.text) if flagged.text is not None else None
+        text_expires_at = None
         if flagged.retention_days == 0:
             text = None  # the tenant keeps nothing, whatever the producer sent
         elif text is not None:
@@ -167,7 +168,7 @@ class ReviewStore:
             item_id = await conn.fetchval(
                 """INSERT INTO safety_review_items (request_id, tenant_id, model, stage, action, categories, scores,
                      priority, deadline_at, snippet, text, reply_topic, held, text_expires_at, choice_of, choice_ids)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13::jsonb, $14, $15, $16)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13::json, $14, $15, $16)
                    ON CONFLICT DO NOTHING RETURNING id""",
                 flagged.request_id,
                 flagged.tenant_id,
@@ -178,7 +179,7 @@ class ReviewStore:
                 json.dumps(flagged.scores),
                 priority(flagged.scores, flagged.action if flagged.action != "block" else "release"),
                 flagged.flagged_at + timedelta(minutes=review_minutes),
-                flagged.snippet,
+                _shown(flagged.snippet),
                 text,
                 flagged.reply_topic,
                 json.dumps(held) if held is not None else None,
@@ -206,7 +207,7 @@ class ReviewStore:
             if held is not None and settled and settle is not None:
                 await settle(dict(row))
             await conn.execute(
-                """UPDATE safety_review_items SET choice_ids = array_append(choice_ids, $2), held = $3::jsonb
+                """UPDATE safety_review_items SET choice_ids = array_append(choice_ids, $2), held = $3::json
                    WHERE id = $1""",
                 row["id"],
                 flagged.request_id,
@@ -271,6 +272,7 @@ class ReviewStore:
                 return False
             item = dict(row) | {"held": json.loads(row["held"]) if row["held"] else None}
             labels, outcome = await act(item)
+            note = _shown(note)
             await conn.execute(
                 """UPDATE safety_review_items SET status = 'decided', decision = $2, labels = $3, note = $4,
                      decided_by = $5, decided_at = now(), held = NULL WHERE id = $1""",
@@ -334,6 +336,11 @@ class ReviewStore:
             since,
         )
         return [dict(r) | {"scores": json.loads(r["scores"])} for r in rows]
+
+
+def _shown(text: str) -> str:
+    """Text as a reviewer reads it, stored as text: U+0000, which PostgreSQL's text refuses, shown as U+FFFD."""
+    return text.replace("\x00", "\ufffd")
 
 
 async def _audit(conn: asyncpg.Connection, item_id: int | None, actor: str, action: str, detail: dict) -> None:  # type: ignore[type-arg]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import asyncpg
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -165,6 +166,16 @@ def install_error_pages(app: Any) -> None:
     async def _forbidden(request: Request, exc: Forbidden) -> HTMLResponse:
         user = await request.app.state.review.users.session_user(request.cookies.get(COOKIE))
         return page(request, "queue.html", 403, user=user, items=[], error="Your role may not open this page.")
+
+    @app.exception_handler(asyncpg.CharacterNotInRepertoireError)
+    @app.exception_handler(asyncpg.UntranslatableCharacterError)
+    async def _nul(request: Request, exc: Exception) -> HTMLResponse:
+        # a form field PostgreSQL is asked for (a user name, say) holds U+0000, which its text cannot hold
+        error = "This form was refused: a field holds the character U+0000 (NUL)."
+        user = await request.app.state.review.users.session_user(request.cookies.get(COOKIE))
+        if user is None:
+            return page(request, "login.html", 400, user=None, next="/review/", error=error)
+        return page(request, "queue.html", 400, user=user, items=[], error=error)
 
 
 @router.get("/login", response_class=HTMLResponse)

@@ -137,6 +137,16 @@ def bad_records(platform: Platform, consumer: str) -> tuple[str, dict[bytes, str
             json.dumps(  # a name Kafka refuses: no reply could ever reach the requester
                 {"request_id": "t", "model": TINY_MODEL, "reply_topic": "replies for me", "prompt": "hi"}
             ).encode(): "reply_topic: String should match pattern",
+            json.dumps(  # PostgreSQL refuses U+0000: the stage's policy lookup failed at each redelivery, for ever
+                {"request_id": "u", "model": TINY_MODEL, "reply_topic": "r", "prompt": "hi", "tenant_id": "a\x00"}
+            ).encode(): "tenant_id: Value error, holds the character U+0000",
+        }
+    if consumer == "review":  # the safety service's review queue, fed by the stage and the workers
+        flagged = {"request_id": "f\x00", "model": TINY_MODEL, "stage": "prompt", "action": "release",
+                   "categories": ["pii"], "scores": {"pii": 1.0}, "snippet": "s", "reply_topic": "r"}  # fmt: skip
+        return topics.safety_flagged, {
+            b"[]": "invalid ContentFlagged",
+            json.dumps(flagged).encode(): "request_id: Value error, holds the character U+0000",
         }
     if consumer == "worker":
         return topics.batches(TINY_MODEL), {
@@ -149,7 +159,7 @@ def bad_records(platform: Platform, consumer: str) -> tuple[str, dict[bytes, str
     }
 
 
-@pytest.mark.parametrize("consumer", ["safety", "batcher", "worker", "ingress"])
+@pytest.mark.parametrize("consumer", ["safety", "batcher", "worker", "ingress", "review"])
 async def test_malformed_kafka_records_are_dead_lettered_and_serving_continues(
     platform: Platform, consumer: str
 ) -> None:
@@ -182,7 +192,7 @@ async def test_malformed_kafka_records_are_dead_lettered_and_serving_continues(
 
     for position, reason in sent.items():
         assert reason in parked[position]["reason"], parked[position]
-        assert parked[position]["service"] == consumer
+        assert parked[position]["service"] == ("safety" if consumer == "review" else consumer)
     # the consumer kept serving: a good request after the bad ones completes
     response = await asyncio.to_thread(post, platform, GOOD)
     assert response.status_code == 200, response.text

@@ -127,18 +127,23 @@ def csrf_in(page: str) -> str:
     return match.group(1)
 
 
-async def test_review_ui_refuses_form_posts_without_the_csrf_token(queue: Queue) -> None:
-    await queue.users.add("rita", "reviewer-pass-1", "reviewer", False, actor="test")
-    item_id = (await queue.reviews.add(flagged(queue), review_minutes=60)).item_id
-    assert item_id is not None
+def review_ui(queue: Queue) -> httpx.AsyncClient:
+    """A client of the review UI, served in process on the queue's stores."""
     app = FastAPI()
     app.include_router(router)
     install_error_pages(app)
     app.state.review = ReviewDeps(
         SafetySettings(), queue.users, queue.reviews, queue.send, queue.common.topics.screened
     )
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://review.test")
+
+
+async def test_review_ui_refuses_form_posts_without_the_csrf_token(queue: Queue) -> None:
+    await queue.users.add("rita", "reviewer-pass-1", "reviewer", False, actor="test")
+    item_id = (await queue.reviews.add(flagged(queue), review_minutes=60)).item_id
+    assert item_id is not None
     credentials = {"username": "rita", "password": "reviewer-pass-1"}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://review.test") as web:
+    async with review_ui(queue) as web:
         login_page = (await web.get("/review/login")).text
         assert (await web.post("/review/login", data=credentials)).status_code == 403  # no token
         refused = await web.post("/review/login", data=credentials | {"csrf_token": "forged"})
@@ -318,3 +323,47 @@ async def test_a_policy_edit_the_ingress_has_seen_is_applied_by_the_stage_at_onc
     assert await stage.get("acme", by_default.screening_policy) == DEFAULT_POLICY  # the digest it holds: no read
     assert await stage.get("acme", edited.screening_policy) == strict  # a newer digest: read at once
     assert await stage.get("acme") == strict
+
+
+async def test_a_held_prompt_holding_u0000_is_filed_and_released_unchanged(queue: Queue) -> None:
+    """PostgreSQL's text and jsonb refuse U+0000, which JSON (so a Kafka request) may carry: the review item is
+    stored all the same, and the request released at its deadline is the one that was held, U+0000 included."""
+    await queue.policies.put("lenient", DEFAULT_POLICY.model_copy(update={"on_review_expiry": "release"}))
+    held = flagged(queue, ago=timedelta(minutes=61), tenant="lenient", text="mail\x00 jane@example.com")
+    request_id = held.request_id  # ids cannot hold U+0000: the contract refuses such a request (unit tests)
+    assert held.held_request is not None
+    message = ChatMessage(role="user", content="mail\x00 jane@example.com")
+    held = held.model_copy(
+        update={
+            "snippet": "mail\x00 [EMAIL]",
+            "held_request": held.held_request.model_copy(update={"messages": [message]}),
+        }
+    )
+    filed = await queue.reviews.add(held, review_minutes=60)
+    assert filed.new and filed.item_id is not None
+    assert (await queue.reviews.add(held, review_minutes=60)).item_id is None  # a redelivery is still filed once
+    item = await queue.reviews.get(filed.item_id)
+    assert item is not None and item["text"] == "mail\ufffd jane@example.com"  # shown with U+FFFD in its place
+
+    assert await queue.sweeper().sweep() == (1, 0)
+
+    (forwarded,) = await queue.read(queue.common.topics.screened("m"), request_id)
+    released = CompletionRequested.model_validate_json(forwarded)
+    assert released.request_id == request_id and released.messages == [message]
+
+
+async def test_review_ui_form_fields_holding_u0000_are_a_clear_refusal_or_kept_visibly(queue: Queue) -> None:
+    await queue.users.add("rita", "reviewer-pass-1", "reviewer", False, actor="test")
+    item_id = (await queue.reviews.add(flagged(queue, action="release"), review_minutes=60)).item_id
+    async with review_ui(queue) as web:
+        token = {"csrf_token": csrf_in((await web.get("/review/login")).text)}
+        refused = await web.post("/review/login", data={"username": "rita\x00", "password": "x"} | token)
+        assert refused.status_code == 400 and "U+0000" in refused.text
+        signed_in = await web.post("/review/login", data={"username": "rita", "password": "reviewer-pass-1"} | token)
+        assert signed_in.status_code == 303
+        token = {"csrf_token": csrf_in((await web.get(f"/review/items/{item_id}")).text)}
+        assert (await web.post(f"/review/items/{item_id}/claim", data=token)).status_code == 303
+        decision = {"verdict": "approve", "note": "fine\x00 by me"} | token
+        assert (await web.post(f"/review/items/{item_id}/decide", data=decision)).status_code == 303
+    note = await queue.pool.fetchval("SELECT note FROM safety_review_items WHERE id = $1", item_id)
+    assert note == "fine\ufffd by me"  # U+FFFD where the reviewer's U+0000 was

@@ -147,6 +147,17 @@ def test_a_rejected_record_names_the_field_at_fault() -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "value"), [("request_id", "r\x001"), ("tenant_id", "acme\x00"), ("choice_of", "\x00")]
+)
+def test_a_request_with_u0000_in_an_id_is_rejected_naming_the_field(field: str, value: str) -> None:
+    """The services look these up in PostgreSQL, which refuses U+0000: stored, such a request failed at each
+    redelivery and held back the requests behind it; now it is dead-lettered with the reason."""
+    with pytest.raises(Rejected) as err:
+        decode(CompletionRequested, record(json.dumps(MINIMAL | {field: value}).encode()))
+    assert err.value.param == field and "U+0000" in str(err.value)
+
+
+@pytest.mark.parametrize(
     ("value", "requester"),
     [
         (json.dumps(MINIMAL | {"sampling": {"logprobs": 21}}).encode(), ("r1", "replies.x")),
