@@ -22,6 +22,7 @@ from opentelemetry import trace
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from services.ingress.rate_limits import Charge
 from services.ingress.serving import ReleaseGate
 from services.ingress.tenants import ADMIN_KEY_PREFIX, NewKey, Tenant, key_digest, new_api_key
 from shared.contracts import (
@@ -439,6 +440,8 @@ class StoredResponse:
     input_count: int | None = None
     """How many of ``conversation``'s items are the response's own input."""
     tenant_id: str | None = None
+    charge: Charge | None = None
+    """Background mode: what the tenant's limits were charged when it was asked, to settle when it ends."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,7 +465,8 @@ def _storable() -> Iterator[None]:
 
 
 _STORED_COLUMNS = (
-    "s.tenant_id, s.conversation, s.response, s.finish_by, s.reply_topic, s.finisher, s.reply_offset, s.input_count"
+    "s.tenant_id, s.conversation, s.response, s.finish_by, s.reply_topic, s.finisher, s.reply_offset, s.input_count,"
+    " s.charge"
 )
 
 
@@ -476,7 +480,12 @@ def _stored(row: asyncpg.Record) -> StoredResponse:
         reply_offset=row["reply_offset"],
         input_count=row["input_count"],
         tenant_id=row["tenant_id"],
+        charge=Charge(row["tenant_id"], **json.loads(row["charge"])) if row["charge"] else None,
     )
+
+
+def _charged(charge: Charge) -> dict[str, object]:
+    return {"window": charge.window, "month": charge.month, "tokens": charge.tokens}
 
 
 # a stored response is readable while the tenant's retention, as it stands now, covers its age
@@ -502,10 +511,10 @@ class ResponseStore:
             done = await self._database.call(
                 lambda: self._pool.execute(
                     "INSERT INTO stored_responses (id, tenant_id, conversation, response, finish_by, reply_topic,"
-                    " finisher, reply_offset, input_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                    " finisher, reply_offset, input_count, charge) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
                     " ON CONFLICT (id) DO UPDATE SET conversation = EXCLUDED.conversation,"
                     " response = EXCLUDED.response, finish_by = EXCLUDED.finish_by, reply_topic = EXCLUDED.reply_topic,"
-                    " finisher = EXCLUDED.finisher, reply_offset = EXCLUDED.reply_offset"
+                    " finisher = EXCLUDED.finisher, reply_offset = EXCLUDED.reply_offset, charge = EXCLUDED.charge"
                     f" WHERE stored_responses.tenant_id = EXCLUDED.tenant_id AND {_QUEUED.format('stored_responses')}",
                     response_id,
                     tenant_id,
@@ -516,6 +525,7 @@ class ResponseStore:
                     stored.finisher,
                     stored.reply_offset,
                     stored.input_count,
+                    json.dumps(_charged(stored.charge)) if stored.charge else None,
                 )
             )
         return str(done).endswith(" 1")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -230,6 +230,30 @@ async def get_tenant(tenant_id: TenantId, deps: DepsDep) -> TenantOut:
     if tenant is None:
         raise _no_tenant(tenant_id)
     return _tenant_out(tenant)
+
+
+class TenantUsage(BaseModel):
+    object: str = "tenant.usage"
+    tenant_id: str
+    month: str = Field(description="The calendar month (UTC), YYYY-MM.")
+    tokens: int = Field(
+        description="Tokens counted against the monthly quota this month: prompt and output tokens of the requests "
+        "that ended, and the admission estimate of those still running."
+    )
+    monthly_token_quota: int | None = Field(description="The tenant's quota (null: unlimited).")
+
+
+@router.get("/tenants/{tenant_id}/usage", response_model=TenantUsage)
+async def tenant_usage(tenant_id: TenantId, deps: DepsDep) -> TenantUsage:
+    """What the tenant's monthly token quota has counted so far this month."""
+    tenant = await deps.tenants.tenant(tenant_id) if _valid_id(tenant_id) else None
+    if tenant is None:
+        raise _no_tenant(tenant_id)
+    now = datetime.now(UTC)
+    tokens = await deps.limiter.month_tokens(tenant.id, now.strftime("%Y%m"))
+    return TenantUsage(
+        tenant_id=tenant.id, month=now.strftime("%Y-%m"), tokens=tokens, monthly_token_quota=tenant.monthly_token_quota
+    )
 
 
 @router.patch("/tenants/{tenant_id}", response_model=TenantOut)

@@ -33,6 +33,7 @@ from services.ingress.adapters import (
     find_final,
 )
 from services.ingress.metrics import IngressMetrics
+from services.ingress.rate_limits import Charge, RateLimiter
 from services.ingress.responses import (
     ResponseShell,
     ended_from,
@@ -43,6 +44,7 @@ from services.ingress.responses import (
     whole_response,
 )
 from services.ingress.serving import ApiError, IndexedEvent
+from shared.contracts import CompletionFinished
 from shared.outages import DependencyUnavailable
 from shared.settings import CommonSettings
 
@@ -65,6 +67,8 @@ class Placement:
     reply_topic: str
     reply_offset: int
     """The reply topic's offset before the request left: its answer comes after."""
+    charge: Charge | None = None
+    """What the tenant's limits were charged when it was asked: settled with the tokens used when it ends."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class Keeper:
             finisher=placement.finisher if placement else None,
             reply_offset=placement.reply_offset if placement else None,
             input_count=self.input_count,
+            charge=placement.charge if placement else None,
         )
         if await self.store.save(self.tenant_id, response["id"], stored):
             await join_conversation(self.conversations, self.tenant_id, response, self.conversation, self.input_count)
@@ -141,9 +146,10 @@ class BackgroundResponses:
         liveness: Liveness,
         metrics: IngressMetrics,
         events: EventLog,
+        limiter: RateLimiter,
     ) -> None:
         self.instance_id, self._common, self._store, self._conversations = instance_id, common, store, conversations
-        self._liveness, self._metrics, self.events = liveness, metrics, events
+        self._liveness, self._metrics, self.events, self._limiter = liveness, metrics, events, limiter
         self._finishing: dict[str, asyncio.Task[None]] = {}
         self.handing_over = False
         """Set when the instance stops: the work of what it was finishing goes on, for another instance."""
@@ -245,8 +251,14 @@ class BackgroundResponses:
         response = ended_from(claimed.response, final)
         led_to = claimed.conversation[: len(claimed.conversation) - len(claimed.response.get("output") or [])]
         keep = Keeper(self._store, self._conversations, claimed.tenant_id or "", led_to, claimed.input_count or 0)
-        placement = Placement(claimed.finish_by, self.instance_id, claimed.reply_topic, claimed.reply_offset)
+        placement = Placement(
+            claimed.finish_by, self.instance_id, claimed.reply_topic, claimed.reply_offset, claimed.charge
+        )
         await self._store_end(keep, response, placement, taken_over=True)
+        if claimed.charge is not None:  # as the instance that asked would have, once its answer came
+            finished = isinstance(final, CompletionFinished)
+            used = final.usage.prompt_tokens + final.usage.completion_tokens if finished else 0
+            await self._limiter.settle(claimed.charge, used)
         # a streamed one: its readers get its end (not the deltas since its instance stopped)
         last = await self.events.last(response_id)  # None: it was not streamed
         if last is not None and not last.ends:

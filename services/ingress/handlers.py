@@ -1080,7 +1080,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     deps.metrics.responses.labels(request.url.path, "200").inc()
     if responses is not None:
         if responses.body.background:
-            return await _in_background(responses, request_id, replies, headers, deps, deadline_at)
+            return await _in_background(responses, request_id, replies, headers, deps, deadline_at, charge)
         return await _respond(request_id, responses, request, replies, headers)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -1147,6 +1147,7 @@ async def _in_background(
     headers: dict[str, str],
     deps: IngressDeps,
     deadline_at: datetime,
+    charge: Charge | None,
 ) -> JSONResponse:
     """Background mode: the response is stored queued and returned at once, and finished apart (background.py)."""
     assert isinstance(call.keep, Keeper) and call.reply_offset is not None, "create_response keeps it, and placed it"
@@ -1155,6 +1156,7 @@ async def _in_background(
         finisher=deps.finishing.instance_id,
         reply_topic=deps.listener.topic,
         reply_offset=call.reply_offset,
+        charge=charge,
     )
     try:
         queued = await deps.finishing.start(call.shell(request_id), call.keep, replies, placement, call.body.stream)

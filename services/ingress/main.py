@@ -86,6 +86,7 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
         files = FileStore(pool, settings.postgres_timeout_s, settings.file_timeout_s)
         batches = BatchStore(pool, settings.postgres_timeout_s)
         in_process = InProcessApi(app)
+        limiter = RateLimiter(redis, common.topic_prefix, settings.redis_timeout_s)
         deps = app.state.deps = IngressDeps(
             settings=settings,
             catalog=ModelCatalog(ModelRegistry(pool), settings.model_cache_s, settings.postgres_timeout_s),
@@ -93,14 +94,14 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
             listener=listener,
             tracer=tracer,
             tenants=tenants,
-            limiter=RateLimiter(redis, common.topic_prefix, settings.redis_timeout_s),
+            limiter=limiter,
             queues=queues,
             metrics=ingress_metrics,
             cache=cache,
             responses=responses,
             conversations=conversations,
             finishing=BackgroundResponses(
-                settings.instance_id, common, responses, conversations, liveness, ingress_metrics, events
+                settings.instance_id, common, responses, conversations, liveness, ingress_metrics, events, limiter
             ),
             files=files,
             batches=batches,

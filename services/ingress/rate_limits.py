@@ -132,7 +132,7 @@ class Charge:
 
 class RateLimiter:
     def __init__(self, redis: Redis, namespace: str, timeout_s: float = 0.5) -> None:
-        self._ns = namespace
+        self._ns, self._client = namespace, redis
         self._redis = Breaker("rate_limits", timeout_s, 1.0, REDIS_FAILURES)
         self._check_and_charge = redis.register_script(_CHECK_AND_CHARGE)
         self._settle = redis.register_script(_SETTLE)
@@ -178,6 +178,12 @@ class RateLimiter:
         if wait_ms == -2:
             return Admission(False, limit, _seconds_to_next_month(now), **left)
         return Admission(False, limit, max(1, math.ceil(wait_ms / 1000)), **left)
+
+    async def month_tokens(self, tenant_id: str, month: str) -> int:
+        """The tokens the tenant's monthly quota counts for ``month`` (YYYYMM, UTC): those of its requests that ended,
+        and the estimates of those still running. Raises DependencyUnavailable."""
+        counted = await self._redis.call(lambda: self._client.get(self._keys(tenant_id, 0, month)[4]))
+        return int(counted or 0)
 
     async def settle(self, charge: Charge, actual_tokens: int) -> None:
         """Replaces the admission estimate by the real token count (usually a refund: max_tokens is rarely used up)."""

@@ -53,6 +53,17 @@ def test_an_admin_manages_tenants_and_keys_over_http(platform: Platform) -> None
         answer = _chat(client, key)
         assert answer.status_code == 200, answer.text
         assert answer.json()["choices"][0]["message"]["role"] == "assistant"
+        used = answer.json()["usage"]["total_tokens"]  # the admission estimate, settled when the answer came
+
+        def usage() -> dict:  # type: ignore[type-arg]
+            read = client.get(f"/admin/v1/tenants/{tenant}/usage", headers=_bearer(admin_key))
+            assert read.status_code == 200, read.text
+            return read.json()  # type: ignore[no-any-return]
+
+        assert _until(lambda: usage()["tokens"] == used), usage()
+        assert usage()["month"] == time.strftime("%Y-%m", time.gmtime()) and usage()["monthly_token_quota"] is None
+        unknown = client.get("/admin/v1/tenants/nobody-here/usage", headers=_bearer(admin_key))
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "tenant_not_found"
 
         # limits and privacy settings change over HTTP and apply to the tenant's next requests
         changed = client.patch(

@@ -392,8 +392,10 @@ async def test_a_streamed_background_response_is_taken_up_again_after_its_stream
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
 async def test_a_background_response_outlives_the_ingress_finishing_it(platform: Platform, stop: str) -> None:
     """The instance finishing a background response stops (a deploy: SIGTERM) or dies (SIGKILL) while its work runs.
-    The work goes on, not cancelled; another instance takes the response over and stores its whole answer."""
-    api_key = platform.new_tenant("background-handover", "--retention-days", "1")
+    The work goes on, not cancelled; another instance takes the response over and stores its whole answer, and settles
+    the tenant's quota with the tokens it used (the instance that asked charged an estimate)."""
+    tenant = f"background-handover-{stop.lower()}"
+    api_key = platform.new_tenant(tenant, "--retention-days", "1")
     extra = start_extra_ingress(platform, f"background-{stop.lower()}")
     try:
         via_extra = AsyncOpenAI(base_url=f"http://127.0.0.1:{extra.port}/v1", api_key=api_key, max_retries=0)
@@ -416,6 +418,14 @@ async def test_a_background_response_outlives_the_ingress_finishing_it(platform:
     assert done.status == "incomplete" and done.usage is not None and done.usage.output_tokens == 200, done
     assert len(done.output_text) > 200
     assert long.id not in {c.request_id for c in await cancellations(platform)}  # its work was never stopped
+    admin_key = platform.admin("admin-keys", "create", "--name", f"handover-{stop.lower()}").split("\t")[1]
+    async with httpx.AsyncClient(base_url=platform.base_url, headers={"Authorization": f"Bearer {admin_key}"}) as admin:
+        for _ in range(50):  # settled just after the end is stored
+            counted = (await admin.get(f"/admin/v1/tenants/{tenant}/usage")).json()["tokens"]
+            if counted == done.usage.total_tokens:
+                break
+            await asyncio.sleep(0.2)
+    assert counted == done.usage.input_tokens + 200, (counted, done.usage)
 
 
 def test_a_conversation_keeps_its_items_and_a_response_in_it_reads_and_extends_it(platform: Platform) -> None:

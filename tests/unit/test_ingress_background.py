@@ -15,6 +15,7 @@ from services.ingress import background
 from services.ingress.adapters import LoggedEvent, StoredResponse, Unfinished
 from services.ingress.background import BackgroundResponses
 from services.ingress.metrics import IngressMetrics
+from services.ingress.rate_limits import Charge
 from services.ingress.responses import read_event, sse_event
 from shared.contracts import CompletionFinished, Usage, utc_now
 
@@ -80,7 +81,16 @@ def queued(response_id: str, finisher: str | None) -> StoredResponse:
         reply_offset=7,
         input_count=1,
         tenant_id="t",
+        charge=Charge("t", 29_000_000, "202612", 260),  # the estimate: its prompt, and max_output_tokens
     )
+
+
+class FakeLimiter:
+    def __init__(self) -> None:
+        self.settled: list[tuple[Charge, int]] = []
+
+    async def settle(self, charge: Charge, actual_tokens: int) -> None:
+        self.settled.append((charge, actual_tokens))
 
 
 async def test_an_instance_claims_the_responses_of_stopped_instances_and_stores_their_answer(
@@ -106,7 +116,9 @@ async def test_an_instance_claims_the_responses_of_stopped_instances_and_stores_
     metrics = IngressMetrics(CollectorRegistry())
     streamed = sse_event("response.output_text.delta", 4, delta="Hel")
     events = FakeEventLog({"resp_dead": [LoggedEvent(4, streamed, ends=False)]})  # streamed until its instance died
-    finishing = BackgroundResponses("me", None, store, None, FakeLiveness({"b", "me"}), metrics, events)  # type: ignore[arg-type]
+    limiter = FakeLimiter()
+    liveness = FakeLiveness({"b", "me"})
+    finishing = BackgroundResponses("me", None, store, None, liveness, metrics, events, limiter)  # type: ignore[arg-type]
     assert await finishing.take_over() == 2
     await asyncio.sleep(0.05)  # the finishing tasks run
     assert sorted(scanned) == [("replies.ingress-a", 7, "resp_dead"), ("replies.ingress-a", 7, "resp_mine")]
@@ -115,6 +127,9 @@ async def test_an_instance_claims_the_responses_of_stopped_instances_and_stores_
     assert ended.response["output"][0]["content"][0]["text"] == "Hello."
     assert [item["id"] for item in ended.conversation] == ["msg_in", "msg_dead"]  # what led to it, then its output
     assert "resp_alive" not in store.saved
+    # the tenant's limits were charged the estimate when it was asked: settled with the 5 tokens used, once each
+    assert limiter.settled == [(Charge("t", 29_000_000, "202612", 260), 5)] * 2
+    assert ended.charge == Charge("t", 29_000_000, "202612", 260)
     # its stream's readers get its end, numbered after the last event its instance kept
     (kept, end) = events.logs["resp_dead"]
     kind, sequence, fields = read_event(end.text)
