@@ -256,8 +256,7 @@ class BackgroundResponses:
         )
         await self._store_end(keep, response, placement, taken_over=True)
         if claimed.charge is not None:  # as the instance that asked would have, once its answer came
-            finished = isinstance(final, CompletionFinished)
-            used = final.usage.prompt_tokens + final.usage.completion_tokens if finished else 0
+            used = final.usage.total_tokens if isinstance(final, CompletionFinished) else 0
             await self._limiter.settle(claimed.charge, used)
         # a streamed one: its readers get its end (not the deltas since its instance stopped)
         last = await self.events.last(response_id)  # None: it was not streamed

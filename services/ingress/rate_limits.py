@@ -138,14 +138,20 @@ class RateLimiter:
         self._settle = redis.register_script(_SETTLE)
 
     def _keys(self, tenant_id: str, window: int, month: str) -> list[str]:
-        base = f"{self._ns}ratelimit:{{{tenant_id}}}"
+        base = self._base(tenant_id)
         return [
             f"{base}:req:{window}",
             f"{base}:req:{window - 1}",
             f"{base}:tok:{window}",
             f"{base}:tok:{window - 1}",
-            f"{base}:quota:{month}",
+            self._quota_key(tenant_id, month),
         ]
+
+    def _base(self, tenant_id: str) -> str:
+        return f"{self._ns}ratelimit:{{{tenant_id}}}"  # one hash slot per tenant: the scripts touch its keys together
+
+    def _quota_key(self, tenant_id: str, month: str) -> str:
+        return f"{self._base(tenant_id)}:quota:{month}"
 
     async def admit(self, tenant: Tenant, tokens: int, now: datetime | None = None) -> Admission:
         now = now or datetime.now(UTC)
@@ -182,7 +188,7 @@ class RateLimiter:
     async def month_tokens(self, tenant_id: str, month: str) -> int:
         """The tokens the tenant's monthly quota counts for ``month`` (YYYYMM, UTC): those of its requests that ended,
         and the estimates of those still running. Raises DependencyUnavailable."""
-        counted = await self._redis.call(lambda: self._client.get(self._keys(tenant_id, 0, month)[4]))
+        counted = await self._redis.call(lambda: self._client.get(self._quota_key(tenant_id, month)))
         return int(counted or 0)
 
     async def settle(self, charge: Charge, actual_tokens: int) -> None:
