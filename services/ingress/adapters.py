@@ -442,6 +442,10 @@ class StoredResponse:
     tenant_id: str | None = None
     charge: Charge | None = None
     """Background mode: what the tenant's limits were charged when it was asked, to settle when it ends."""
+    streamed: bool = False
+    """Background mode: asked with stream true (its events are kept for readers)."""
+    screened_beside: bool = False
+    """Background mode: its prompt was screened beside generation (its output waits for the safety stage's verdict)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,7 +470,7 @@ def _storable() -> Iterator[None]:
 
 _STORED_COLUMNS = (
     "s.tenant_id, s.conversation, s.response, s.finish_by, s.reply_topic, s.finisher, s.reply_offset, s.input_count,"
-    " s.charge"
+    " s.charge, s.streamed, s.screened_beside"
 )
 
 
@@ -481,11 +485,18 @@ def _stored(row: asyncpg.Record) -> StoredResponse:
         input_count=row["input_count"],
         tenant_id=row["tenant_id"],
         charge=Charge(row["tenant_id"], **json.loads(row["charge"])) if row["charge"] else None,
+        streamed=row["streamed"],
+        screened_beside=row["screened_beside"],
     )
 
 
 def _charged(charge: Charge) -> dict[str, object]:
-    return {"window": charge.window, "month": charge.month, "tokens": charge.tokens}
+    return {
+        "window": charge.window,
+        "month": charge.month,
+        "tokens": charge.tokens,
+        "settled_once_as": charge.settled_once_as,
+    }
 
 
 # a stored response is readable while the tenant's retention, as it stands now, covers its age
@@ -511,10 +522,12 @@ class ResponseStore:
             done = await self._database.call(
                 lambda: self._pool.execute(
                     "INSERT INTO stored_responses (id, tenant_id, conversation, response, finish_by, reply_topic,"
-                    " finisher, reply_offset, input_count, charge) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                    " finisher, reply_offset, input_count, charge, streamed, screened_beside)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                     " ON CONFLICT (id) DO UPDATE SET conversation = EXCLUDED.conversation,"
                     " response = EXCLUDED.response, finish_by = EXCLUDED.finish_by, reply_topic = EXCLUDED.reply_topic,"
-                    " finisher = EXCLUDED.finisher, reply_offset = EXCLUDED.reply_offset, charge = EXCLUDED.charge"
+                    " finisher = EXCLUDED.finisher, reply_offset = EXCLUDED.reply_offset, charge = EXCLUDED.charge,"
+                    " streamed = EXCLUDED.streamed, screened_beside = EXCLUDED.screened_beside"
                     f" WHERE stored_responses.tenant_id = EXCLUDED.tenant_id AND {_QUEUED.format('stored_responses')}",
                     response_id,
                     tenant_id,
@@ -526,6 +539,8 @@ class ResponseStore:
                     stored.reply_offset,
                     stored.input_count,
                     json.dumps(_charged(stored.charge)) if stored.charge else None,
+                    stored.streamed,
+                    stored.screened_beside,
                 )
             )
         return str(done).endswith(" 1")
@@ -809,11 +824,14 @@ class Liveness:
             await self._calls.call(lambda: self._redis.delete(self._key(self.instance_id)))
 
 
-async def find_final(
-    common: CommonSettings, topic: str, offset: int, request_id: str, until: datetime
-) -> CompletionFinished | GenerationFailed | None:
-    """The request's final reply event on ``topic`` at or after ``offset``, waiting for it until ``until``; None if
-    none came by then. For a request whose instance stopped listening: the worker replies there regardless."""
+async def replies_on_topic(
+    common: CommonSettings, topic: str, offset: int, request_id: str, deadline_at: datetime, cleared: bool = True
+) -> AsyncIterator[ReplyEvent]:
+    """The request's reply events on ``topic`` from ``offset``, up to its final one: what ``ReplyListener.expect``
+    gave the instance that asked, in the same order, held back the same way until the safety stage's verdict
+    (``cleared=False``), and raising TimeoutError at ``deadline_at`` too. For a request whose instance stopped
+    listening: the worker and the safety stage reply there regardless."""
+    gate = ReleaseGate(cleared=cleared)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=common.kafka_bootstrap, group_id=None, enable_auto_commit=False, client_id="ferry-takeover"
     )
@@ -822,16 +840,24 @@ async def find_final(
         partition = TopicPartition(topic, 0)
         consumer.assign([partition])
         consumer.seek(partition, offset)
-        while (remaining_s := (until - utc_now()).total_seconds()) > 0:
-            batch = await consumer.getmany(partition, timeout_ms=int(min(remaining_s, 1.0) * 1000))
-            for record in batch.get(partition, []):
+        deadline_ms = deadline_at.timestamp() * 1000
+        while True:
+            records = (await consumer.getmany(partition, timeout_ms=1000)).get(partition, [])
+            if not records and utc_now() > deadline_at:
+                raise TimeoutError  # read to the end after its deadline: nothing more can count
+            for record in records:
+                if record.timestamp > deadline_ms:  # (taken over late, what came before it still counts)
+                    raise TimeoutError  # sent after its deadline, when its listener had stopped waiting
                 try:
                     event = reply_event_adapter.validate_json(record.value or b"")
                 except ValidationError:
                     continue  # dead-lettered by the instance that read it
-                if event.request_id == request_id and isinstance(event, CompletionFinished | GenerationFailed):
-                    return event
-        return None
+                if event.request_id != request_id:
+                    continue
+                for ready in gate.admit(event):
+                    yield ready
+                    if isinstance(ready, CompletionFinished | GenerationFailed):
+                        return
     finally:
         await consumer.stop()
 
@@ -853,6 +879,9 @@ class EventLog:
     def __init__(self, redis: Redis, prefix: str, timeout_s: float = 2.0) -> None:
         self._redis, self._prefix = redis, prefix
         self._calls = Breaker("response_events", timeout_s, 1.0, REDIS_FAILURES)
+        # a read blocks for half the time a call may take (the client's socket timeout too): waiting for the next
+        # event must not read as Redis not answering, which would end the stream and pause every call for a while
+        self._block_ms = max(10, int(timeout_s * 500))
 
     def _key(self, response_id: str) -> str:
         return f"{self._prefix}response-events:{response_id}"
@@ -882,7 +911,7 @@ class EventLog:
         key, position = self._key(response_id), "0-0"
         while utc_now() < until:
             found = await self._calls.call(
-                lambda at=position: self._redis.xread({key: at}, count=100, block=1000)  # type: ignore[misc]
+                lambda at=position: self._redis.xread({key: at}, count=100, block=self._block_ms)  # type: ignore[misc]
             )
             for _, entries in found or []:
                 for entry_id, fields in entries:

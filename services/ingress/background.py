@@ -6,9 +6,10 @@ conversation. Any instance reads or cancels it (handlers).
 
 No background response is lost with the instance finishing it. Each instance beats in Redis (adapters.Liveness);
 every few seconds each looks for unfinished responses whose finisher beats no more (stopped, or killed) and claims
-them in PostgreSQL, one claimer each. The work went on meanwhile: the claimer reads the answer from the reply topic
-the work was sent with, from the offset it had when the request left (the worker writes there whoever listens), and
-stores the end. An instance that stops hands its background responses over this way without cancelling their work.
+them in PostgreSQL, one claimer each. The work went on meanwhile: the claimer reads the replies from the reply topic
+the work was sent with, from the offset it had when the request left (the worker writes there whoever listens), as
+that instance read them, stores the end, and for a streamed response keeps the events its readers have not had yet.
+An instance that stops hands its background responses over this way without cancelling their work.
 A response nobody finishes by its deadline, with BACKGROUND_STORE_GRACE_S to store its end, reads failed
 (responses.as_of)."""
 
@@ -30,21 +31,20 @@ from services.ingress.adapters import (
     NotStorable,
     ResponseStore,
     StoredResponse,
-    find_final,
+    replies_on_topic,
 )
 from services.ingress.metrics import IngressMetrics
 from services.ingress.rate_limits import Charge, RateLimiter
 from services.ingress.responses import (
     ResponseShell,
-    ended_from,
+    Shell,
+    TakenOverShell,
     ends_stream,
     read_event,
-    sse_event,
     stream_response,
     whole_response,
 )
-from services.ingress.serving import ApiError, IndexedEvent
-from shared.contracts import CompletionFinished
+from services.ingress.serving import ApiError, IndexedEvent, merged, without_repeats
 from shared.outages import DependencyUnavailable
 from shared.settings import CommonSettings
 
@@ -69,6 +69,10 @@ class Placement:
     """The reply topic's offset before the request left: its answer comes after."""
     charge: Charge | None = None
     """What the tenant's limits were charged when it was asked: settled with the tokens used when it ends."""
+    streamed: bool = False
+    """Asked with stream true: its events are kept for readers as they come."""
+    screened_beside: bool = False
+    """Its prompt was screened beside generation: no output is read before the safety stage's verdict."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ class Keeper:
             reply_offset=placement.reply_offset if placement else None,
             input_count=self.input_count,
             charge=placement.charge if placement else None,
+            streamed=placement.streamed if placement else False,
+            screened_beside=placement.screened_beside if placement else False,
         )
         if await self.store.save(self.tenant_id, response["id"], stored):
             await join_conversation(self.conversations, self.tenant_id, response, self.conversation, self.input_count)
@@ -160,36 +166,11 @@ class BackgroundResponses:
         keep: Keeper,
         replies: AsyncIterator[IndexedEvent],
         placement: Placement,
-        streamed: bool = False,
     ) -> dict[str, Any]:
-        """Stores the response queued and finishes it in a task; returns the queued response. ``streamed``: its
+        """Stores the response queued and finishes it in a task; returns the queued response. A streamed one's
         events are kept in the event log as they come, for readers (``self.events``). Raises DependencyUnavailable
         or NotStorable, the work then cancelled."""
-
-        async def finish() -> None:
-            try:
-                response = await whole_response(shell, replies)
-            except ApiError as exc:
-                response = shell.response("failed", error=exc)
-            await self._store_end(keep, response, placement, taken_over=False)
-
-        async def finish_streamed() -> None:
-            logging = True
-            sequence = -1  # stream_response numbers its events from 0, one by one
-            async for text in stream_response(shell, replies):
-                sequence += 1
-                ends = ends_stream(text)
-                if ends:  # stored first: a reader that sees the end finds the response (which only this event holds)
-                    await self._store_end(keep, read_event(text)[2]["response"], placement, taken_over=False)
-                if logging:
-                    try:
-                        event = LoggedEvent(sequence, text, ends)
-                        await self.events.append(shell.id, event, placement.finish_by + EVENTS_KEPT_AFTER)
-                    except DependencyUnavailable:  # the response is still finished; its stream ends here
-                        logging = False
-                        logger.warning("background response %s: its events can no longer be kept", shell.id)
-
-        self._track(shell.id, finish_streamed() if streamed else finish())
+        self._track(shell.id, self._finish(shell, keep, replies, placement))
         queued = shell.response("queued")
         try:
             await keep.save(queued, placement)  # a replace: its end may be stored first, and then this changes nothing
@@ -229,7 +210,7 @@ class BackgroundResponses:
         await asyncio.gather(*self._finishing.values(), return_exceptions=True)
         await self._liveness.stop()
 
-    def _track(self, response_id: str, work: Coroutine[Any, Any, None]) -> None:
+    def _track(self, response_id: str, work: Coroutine[Any, Any, object]) -> None:
         async def logged() -> None:
             try:
                 await work
@@ -240,32 +221,76 @@ class BackgroundResponses:
         self._finishing[response_id] = task
         task.add_done_callback(lambda _: self._finishing.pop(response_id, None))
 
+    async def _finish(
+        self,
+        shell: Shell,
+        keep: Keeper,
+        replies: AsyncIterator[IndexedEvent],
+        placement: Placement,
+        taken_over: bool = False,
+        kept_until: int = -1,
+    ) -> dict[str, Any]:
+        """Reads the answer, stores the response's end and returns it. A streamed one (``placement.streamed``) keeps
+        its events in the event log as they come, those numbered after ``kept_until`` (for a response taken over:
+        the last one its instance kept)."""
+        if not placement.streamed:
+            try:
+                response = await whole_response(shell, replies)
+            except ApiError as exc:
+                response = shell.response("failed", error=exc)
+            return await self._store_end(keep, response, placement, taken_over)
+        logging, ended = True, None
+        sequence = -1  # stream_response numbers its events from 0, one by one, and ends with the response's end
+        async for text in stream_response(shell, replies):
+            sequence += 1
+            ends = ends_stream(text)
+            if ends:  # stored first: a reader that sees the end finds the response (which only this event holds)
+                ended = await self._store_end(keep, read_event(text)[2]["response"], placement, taken_over)
+            if logging and sequence > kept_until:
+                try:
+                    event = LoggedEvent(sequence, text, ends)
+                    await self.events.append(shell.id, event, placement.finish_by + EVENTS_KEPT_AFTER)
+                except DependencyUnavailable:  # the response is still finished; its stream ends here
+                    logging = False
+                    logger.warning("background response %s: its events can no longer be kept", shell.id)
+        assert ended is not None, "a response's stream ends with its end"
+        return ended
+
     async def _finish_orphan(self, claimed: StoredResponse) -> None:
+        """Finishes a response taken over. Its replies are read from where the instance that asked had them, as it
+        read them (held back until the prompt's verdict when screened beside generation, repeats dropped), so its
+        end, and for a streamed one the events its readers have not had yet, are what that instance would have
+        made. Then the tenant's limits are settled with the tokens it used, as that instance would have."""
         assert claimed.reply_topic is not None and claimed.reply_offset is not None and claimed.finish_by is not None
         response_id = str(claimed.response["id"])
-        until = claimed.finish_by - timedelta(seconds=1)  # a failure for its deadline comes after the deadline
-        final = await find_final(self._common, claimed.reply_topic, claimed.reply_offset, response_id, until)
-        if final is None:
-            logger.warning("background response %s: no answer on %s by its deadline", response_id, claimed.reply_topic)
-            return  # it reads failed at finish_by
-        response = ended_from(claimed.response, final)
+        deadline_at = claimed.finish_by - timedelta(seconds=BACKGROUND_STORE_GRACE_S)
+        cleared = not claimed.screened_beside
+        read = replies_on_topic(
+            self._common, claimed.reply_topic, claimed.reply_offset, response_id, deadline_at, cleared
+        )
         led_to = claimed.conversation[: len(claimed.conversation) - len(claimed.response.get("output") or [])]
         keep = Keeper(self._store, self._conversations, claimed.tenant_id or "", led_to, claimed.input_count or 0)
+        logged = await self.events.last(response_id)  # None: not streamed, or none of its events kept yet
         placement = Placement(
-            claimed.finish_by, self.instance_id, claimed.reply_topic, claimed.reply_offset, claimed.charge
+            claimed.finish_by,
+            self.instance_id,
+            claimed.reply_topic,
+            claimed.reply_offset,
+            claimed.charge,
+            claimed.streamed or logged is not None,  # (stored before the flag was: its events tell)
+            claimed.screened_beside,
         )
-        await self._store_end(keep, response, placement, taken_over=True)
-        if claimed.charge is not None:  # as the instance that asked would have, once its answer came
-            used = final.usage.total_tokens if isinstance(final, CompletionFinished) else 0
-            await self._limiter.settle(claimed.charge, used)
-        # a streamed one: its readers get its end (not the deltas since its instance stopped)
-        last = await self.events.last(response_id)  # None: it was not streamed
-        if last is not None and not last.ends:
-            text = sse_event(f"response.{response['status']}", last.sequence + 1, response=response)
-            ended = LoggedEvent(last.sequence + 1, text, ends=True)
-            await self.events.append(response_id, ended, claimed.finish_by + EVENTS_KEPT_AFTER)
+        shell = TakenOverShell(claimed.response)
+        response = await self._finish(
+            shell, keep, merged([without_repeats(read)]), placement, True, logged.sequence if logged else -1
+        )
+        if placement.charge is not None:
+            await self._limiter.settle(placement.charge, (response.get("usage") or {}).get("total_tokens", 0))
 
-    async def _store_end(self, keep: Keeper, response: dict[str, Any], placement: Placement, taken_over: bool) -> None:
+    async def _store_end(
+        self, keep: Keeper, response: dict[str, Any], placement: Placement, taken_over: bool
+    ) -> dict[str, Any]:
+        """Stores the response's end; returns it as stored (a failure saying why, when its output could not be)."""
         try:
             await keep.save(response, placement)
             self._metrics.background_ended.labels(response["status"], str(taken_over).lower()).inc()
@@ -276,4 +301,5 @@ class BackgroundResponses:
         except NotStorable as exc:  # its output: the end is then a failure that says why
             error = {"code": "output_not_storable", "message": f"The response was generated, but {exc}."}
             failed = response | {"status": "failed", "output": [], "error": error, "completed_at": None}
-            await self._store_end(keep, failed, placement, taken_over)
+            return await self._store_end(keep, failed, placement, taken_over)
+        return response

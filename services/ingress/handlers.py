@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -969,6 +969,9 @@ async def _serve(  # type: ignore[no-untyped-def]
         choices = choice_requests(message, body.n, prompts)
         estimate = sum(estimated_tokens(choices[k], body.n) for k in range(0, len(choices), body.n))
         charge = await _charge(deps, tenant, estimate, headers)
+        if charge is not None and responses is not None and responses.body.background:
+            # settled by this instance, or by the one that takes the response over if this one stops: once
+            charge = replace(charge, settled_once_as=request_id)
         policy = _cache_policy(tenant)
         cache_control: Mapping[str, str] = request.headers
         if isinstance(body, CompletionRequest) and body.echo and None in body.echo_texts():
@@ -1157,9 +1160,11 @@ async def _in_background(
         reply_topic=deps.listener.topic,
         reply_offset=call.reply_offset,
         charge=charge,
+        streamed=bool(call.body.stream),
+        screened_beside=deps.settings.prompt_screening == "beside",
     )
     try:
-        queued = await deps.finishing.start(call.shell(request_id), call.keep, replies, placement, call.body.stream)
+        queued = await deps.finishing.start(call.shell(request_id), call.keep, replies, placement)
     except NotStorable as exc:
         raise ApiError(
             400, f"A background response is stored, and {exc}.", param="input", code="invalid_value"

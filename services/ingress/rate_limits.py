@@ -74,14 +74,21 @@ redis.call('INCRBY', KEYS[5], cost); redis.call('EXPIRE', KEYS[5], 3024000)
 return answer(1, 0, '')
 """
 
-# KEYS: counters to correct; ARGV: delta. A counter that has expired stays gone (its window is over); none goes below 0.
+# KEYS: the two counters to correct, then (a charge settled once) its settlement's marker; ARGV: delta, the marker's
+# lifetime in seconds. A counter that has expired stays gone (its window is over); none goes below 0. Returns 0 when
+# the marker was there already (settled before: nothing changes), else 1.
 _SETTLE = """
-for _, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 and redis.call('INCRBY', key, ARGV[1]) < 0 then
-    redis.call('SET', key, 0, 'KEEPTTL')
+if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+for i = 1, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 and redis.call('INCRBY', KEYS[i], ARGV[1]) < 0 then
+    redis.call('SET', KEYS[i], 0, 'KEEPTTL')
   end
 end
+return 1
 """
+
+SETTLED_MARK_S = 2 * 86_400
+"""How long a charge settled once is remembered as settled: longer than a request's deadline can be."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,9 @@ class Charge:
     window: int
     month: str
     tokens: int
+    settled_once_as: str | None = None
+    """Set for a charge that two instances may settle (a background response's: the instance that asked, and one
+    that took the response over if it stopped first): the id under which Redis takes its first settlement only."""
 
 
 class RateLimiter:
@@ -192,13 +202,17 @@ class RateLimiter:
         return int(counted or 0)
 
     async def settle(self, charge: Charge, actual_tokens: int) -> None:
-        """Replaces the admission estimate by the real token count (usually a refund: max_tokens is rarely used up)."""
+        """Replaces the admission estimate by the real token count (usually a refund: max_tokens is rarely used up);
+        a charge with ``settled_once_as`` only the first time."""
         delta = actual_tokens - charge.tokens
         if delta == 0:
             return
         keys = self._keys(charge.tenant_id, charge.window, charge.month)
+        counters = [keys[2], keys[4]]
+        if charge.settled_once_as is not None:
+            counters.append(f"{self._base(charge.tenant_id)}:settled:{charge.settled_once_as}")
         try:
-            await self._redis.call(lambda: self._settle(keys=[keys[2], keys[4]], args=[delta]))
+            await self._redis.call(lambda: self._settle(keys=counters, args=[delta, SETTLED_MARK_S]))
         except DependencyUnavailable:
             # the admission estimate stays charged: the tenant is over-counted, never under
             logger.warning("Redis did not take a settlement of tenant %s's tokens (%+d)", charge.tenant_id, delta)

@@ -692,8 +692,9 @@ class ResponsesCall:
         return ResponseShell(response_id, self.body, stored=self.keep is not None)
 
 
-class OutputItems:
-    """The output items of one response, whose ids derive from its id."""
+class Shell:
+    """What every response object and event of one response shares: its id, the ids of its output items (derived
+    from it) and the fields that echo its request (``echoed``)."""
 
     def __init__(self, response_id: str) -> None:
         self.id = response_id
@@ -721,6 +722,20 @@ class OutputItems:
         content = [text_part(text, logprobs)] if status != "in_progress" else []
         return {"id": self.message_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
+    def echoed(self) -> dict[str, Any]:
+        """The response object's fields other than how it went: its id, creation time and the request's settings."""
+        raise NotImplementedError
+
+    def response(
+        self,
+        status: Status,
+        final: CompletionFinished | None = None,
+        error: ApiError | None = None,
+        output: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """The response object; ``output``: its items in the order a stream gave them (else the final's order)."""
+        return self.echoed() | self.state(status, final, error, output)
+
     def state(
         self,
         status: Status,
@@ -741,31 +756,27 @@ class OutputItems:
         }
 
 
-def ended_from(queued: dict[str, Any], final: CompletionFinished | GenerationFailed) -> dict[str, Any]:
-    """A queued response as it ends with ``final``: what the instance that queued it would store. For the instance
-    that takes it over, which has the stored response but not the request."""
-    items = OutputItems(str(queued["id"]))
-    if isinstance(final, GenerationFailed):
-        return queued | items.state("failed", error=failure_error(final))
-    return queued | items.state(_status(final), final)
+class TakenOverShell(Shell):
+    """A background response's shell rebuilt from its stored queued object, for the instance that takes it over
+    (which has the stored response, not the request): the same id, creation time and settings, so its events and its
+    end are those the instance that queued it would have made."""
+
+    def __init__(self, queued: dict[str, Any]) -> None:
+        super().__init__(str(queued["id"]))
+        self.queued = queued
+
+    def echoed(self) -> dict[str, Any]:
+        return self.queued  # its state's fields are replaced
 
 
-class ResponseShell(OutputItems):
-    """What every response object and event of one request shares: its id, creation time and the request's
-    settings, which OpenAI returns with the response."""
+class ResponseShell(Shell):
+    """The shell of a response made from its request: its settings are what OpenAI returns with the response."""
 
     def __init__(self, response_id: str, body: ResponsesRequest, stored: bool = False) -> None:
         super().__init__(response_id)
         self.body, self.created_at, self.stored = body, int(time.time()), stored
 
-    def response(
-        self,
-        status: Status,
-        final: CompletionFinished | None = None,
-        error: ApiError | None = None,
-        output: list[dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
-        """The response object; ``output``: its items in the order a stream gave them (else the final's order)."""
+    def echoed(self) -> dict[str, Any]:
         body = self.body
         form = body.text.format if body.text and body.text.format else None
         tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice
@@ -792,7 +803,7 @@ class ResponseShell(OutputItems):
             "truncation": body.truncation or "disabled",
             "user": body.user,
             "metadata": body.metadata or {},
-        } | self.state(status, final, error, output)
+        }
 
 
 def function_call(
@@ -841,9 +852,7 @@ def _status(final: CompletionFinished) -> Literal["completed", "incomplete"]:
     return "incomplete" if final.finish_reason == "length" else "completed"
 
 
-async def whole_response(
-    shell: ResponseShell, events: AsyncIterator[IndexedEvent], keep: Keep | None = None
-) -> dict[str, Any]:
+async def whole_response(shell: Shell, events: AsyncIterator[IndexedEvent], keep: Keep | None = None) -> dict[str, Any]:
     """Non-streaming: the response object once the answer is complete (stored first, with ``keep``); a failure
     raises ApiError."""
     try:
@@ -858,7 +867,7 @@ class _StreamedOutput:
     """The output items a stream has opened, in order: the message (once text comes) and each function call (once
     its first piece comes), with the arguments sent so far; and the events that open, extend and close them."""
 
-    def __init__(self, shell: ResponseShell, event: Callable[..., str]) -> None:
+    def __init__(self, shell: Shell, event: Callable[..., str]) -> None:
         self.shell, self.event = shell, event
         self.items: list[dict[str, Any]] = []  # in output order
         self.message_at: int | None = None
@@ -990,7 +999,7 @@ def read_event(text: str) -> tuple[str, int, dict[str, Any]]:
 
 
 async def stream_response(
-    shell: ResponseShell, events: AsyncIterator[IndexedEvent], keep: Keep | None = None
+    shell: Shell, events: AsyncIterator[IndexedEvent], keep: Keep | None = None
 ) -> AsyncIterator[str]:
     """Streaming: OpenAI's event sequence for a response (a message, function calls), each event with its
     sequence_number; a failure after the stream began is an ``error`` event, then ``response.failed``. With

@@ -8,11 +8,12 @@ import asyncio
 import json
 import re
 import signal
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from openai import AsyncOpenAI, BadRequestError, NotFoundError, OpenAI
-from openai.types.responses import Response
+from openai.types.responses import Response, ResponseStreamEvent
 
 from services.ingress.adapters import ConversationStore, ResponseStore
 from shared.db import connect_pool
@@ -353,6 +354,20 @@ async def test_a_background_response_is_polled_to_its_end_and_a_cancel_stops_its
     assert err.value.body["param"] == "background"  # type: ignore[index]
 
 
+async def first_deltas(stream: AsyncIterator[ResponseStreamEvent], count: int) -> tuple[str, list[str], int]:
+    """Reads a streamed response up to its ``count``-th text delta: the response's id, those deltas, and the last
+    one's sequence number (where a client taking the stream up again starts after)."""
+    deltas: list[str] = []
+    async for event in stream:
+        if event.type == "response.created":
+            response_id = event.response.id
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+            if len(deltas) == count:
+                return response_id, deltas, event.sequence_number
+    raise AssertionError(f"the stream ended after {len(deltas)} deltas")
+
+
 async def test_a_streamed_background_response_is_taken_up_again_after_its_stream_is_cut(platform: Platform) -> None:
     """OpenAI's background streaming: the client's stream is cut (it leaves); the work goes on, and GET with
     stream=true and starting_after gives the events after the last one it read, from any instance, to the end."""
@@ -362,18 +377,11 @@ async def test_a_streamed_background_response_is_taken_up_again_after_its_stream
         max_retries=0,
         timeout=120,
     )
-    first_part: list[str] = []
     stream = await keeper.responses.create(
         model=DEFAULT_MODEL, input=QUESTION, background=True, stream=True, max_output_tokens=24, temperature=0
     )
-    async for event in stream:
-        if event.type == "response.created":
-            response_id = event.response.id
-        if event.type == "response.output_text.delta":
-            first_part.append(event.delta)
-            last_read = event.sequence_number
-            break  # the connection is cut here
-    await stream.close()
+    response_id, first_part, last_read = await first_deltas(stream, 1)
+    await stream.close()  # the connection is cut here
     resumed = await keeper.responses.retrieve(response_id, stream=True, starting_after=last_read)
     rest = [event async for event in resumed]
     assert rest[0].sequence_number == last_read + 1 and rest[-1].type == "response.completed"
@@ -391,33 +399,42 @@ async def test_a_streamed_background_response_is_taken_up_again_after_its_stream
 
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
 async def test_a_background_response_outlives_the_ingress_finishing_it(platform: Platform, stop: str) -> None:
-    """The instance finishing a background response stops (a deploy: SIGTERM) or dies (SIGKILL) while its work runs.
-    The work goes on, not cancelled; another instance takes the response over and stores its whole answer, and settles
-    the tenant's quota with the tokens it used (the instance that asked charged an estimate)."""
+    """The instance finishing a streamed background response stops (a deploy: SIGTERM) or dies (SIGKILL) while its
+    work runs. The work goes on, not cancelled; another instance takes the response over and stores its whole answer,
+    a client taking the stream up again there gets every delta it had not read, and the tenant's quota is settled
+    with the tokens it used (the instance that asked charged an estimate)."""
     tenant = f"background-handover-{stop.lower()}"
     api_key = platform.new_tenant(tenant, "--retention-days", "1")
     extra = start_extra_ingress(platform, f"background-{stop.lower()}")
     try:
         via_extra = AsyncOpenAI(base_url=f"http://127.0.0.1:{extra.port}/v1", api_key=api_key, max_retries=0)
-        long = await via_extra.responses.create(
+        stream = await via_extra.responses.create(
             model=DEFAULT_MODEL,
             input="Count from one to one hundred in words.",
             max_output_tokens=200,
             temperature=0,  # the same benign text each time (a sampled story once tripped the output screening)
             background=True,
+            stream=True,
             extra_body={"ignore_eos": True},
         )
-        await asyncio.sleep(1)  # its tokens are flowing
+        response_id, first_part, last_read = await first_deltas(stream, 3)  # its tokens are flowing
         assert extra.process is not None
         extra.process.send_signal(getattr(signal, stop))
         extra.process.wait(timeout=60)
+        await stream.close()
     finally:
         stop_service(extra)
-    via_session = AsyncOpenAI(base_url=f"{platform.base_url}/v1", api_key=api_key, max_retries=0, timeout=60)
-    done = await finished(via_session, long.id)
+    via_session = AsyncOpenAI(base_url=f"{platform.base_url}/v1", api_key=api_key, max_retries=0, timeout=120)
+    resumed = await via_session.responses.retrieve(response_id, stream=True, starting_after=last_read)
+    rest = [event async for event in resumed]
+    done = await finished(via_session, response_id)
     assert done.status == "incomplete" and done.usage is not None and done.usage.output_tokens == 200, done
     assert len(done.output_text) > 200
-    assert long.id not in {c.request_id for c in await cancellations(platform)}  # its work was never stopped
+    assert [e.sequence_number for e in rest] == list(range(last_read + 1, last_read + 1 + len(rest)))
+    assert rest[-1].type == "response.incomplete" and rest[-1].response.output_text == done.output_text
+    deltas = [e.delta for e in rest if e.type == "response.output_text.delta"]
+    assert "".join(first_part + deltas) == done.output_text  # the deltas since the instance stopped too
+    assert response_id not in {c.request_id for c in await cancellations(platform)}  # its work was never stopped
     admin_key = platform.admin("admin-keys", "create", "--name", f"handover-{stop.lower()}").split("\t")[1]
     async with httpx.AsyncClient(base_url=platform.base_url, headers={"Authorization": f"Bearer {admin_key}"}) as admin:
         for _ in range(50):  # settled just after the end is stored

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -60,6 +61,22 @@ async def test_tokens_are_settled_to_the_real_count(redis: Redis, namespace: str
     assert (await limiter.admit(tenant, 700, T0)).allowed
     too_big = await limiter.admit(tenant, 1001, T0)
     assert not too_big.allowed and too_big.retry_after_s is None
+
+
+async def test_a_charge_two_instances_may_settle_is_settled_once(redis: Redis, namespace: str) -> None:
+    asked, took_over = RateLimiter(redis, namespace), RateLimiter(redis, namespace)
+    tenant = Tenant(id="t", monthly_token_quota=10_000)
+    admitted = await asked.admit(tenant, 900, T0)
+    assert admitted.charge is not None
+    charge = replace(admitted.charge, settled_once_as="resp_1")  # a background response's
+    await asked.settle(charge, 300)
+    # the instance that asked died before storing the response's end: the one that took it over settles it again
+    await took_over.settle(charge, 300)
+    assert await asked.month_tokens("t", "202603") == 300
+    other = await asked.admit(tenant, 500, T0)
+    assert other.charge is not None
+    await took_over.settle(replace(other.charge, settled_once_as="resp_2"), 100)  # another response: its own
+    assert await asked.month_tokens("t", "202603") == 400
 
 
 async def test_monthly_quota_refuses_until_next_month(redis: Redis, namespace: str) -> None:

@@ -5,6 +5,9 @@ test_responses.py stops and kills real instances)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,8 +19,9 @@ from services.ingress.adapters import LoggedEvent, StoredResponse, Unfinished
 from services.ingress.background import BackgroundResponses
 from services.ingress.metrics import IngressMetrics
 from services.ingress.rate_limits import Charge
-from services.ingress.responses import read_event, sse_event
-from shared.contracts import CompletionFinished, Usage, utc_now
+from services.ingress.responses import TakenOverShell, read_event, stream_response
+from services.ingress.serving import IndexedEvent
+from shared.contracts import CompletionFinished, ReplyEvent, TokensGenerated, Usage, utc_now
 
 
 class FakeStore:
@@ -85,6 +89,22 @@ def queued(response_id: str, finisher: str | None) -> StoredResponse:
     )
 
 
+async def indexed(*events: ReplyEvent) -> AsyncIterator[IndexedEvent]:
+    for event in events:
+        yield 0, event
+    await asyncio.Event().wait()  # no more, as a stream whose instance died
+
+
+async def numbered(events: AsyncIterator[str], count: int) -> AsyncIterator[tuple[int, str]]:
+    """The first ``count`` events, with their place."""
+    n = 0
+    async for text in events:
+        yield n, text
+        n += 1
+        if n == count:
+            return
+
+
 class FakeLimiter:
     def __init__(self) -> None:
         self.settled: list[tuple[Charge, int]] = []
@@ -98,42 +118,61 @@ async def test_an_instance_claims_the_responses_of_stopped_instances_and_stores_
 ) -> None:
     store = FakeStore(
         {
-            "resp_dead": queued("resp_dead", "a"),  # its finisher beats no more
+            "resp_dead": replace(queued("resp_dead", "a"), streamed=True),  # its finisher beats no more
             "resp_alive": queued("resp_alive", "b"),  # its finisher beats: left to it
-            "resp_mine": queued("resp_mine", "me"),  # mine, from before a restart: no task finishes it
+            # mine, from before a restart (no task finishes it), its prompt screened beside generation
+            "resp_mine": replace(queued("resp_mine", "me"), screened_beside=True),
         }
     )
-    scanned: list[tuple[str, int, str]] = []
+    read: list[tuple[str, int, str, bool]] = []
 
-    async def find_final(common: Any, topic: str, offset: int, request_id: str, until: datetime) -> CompletionFinished:
-        scanned.append((topic, offset, request_id))
+    def replies(request_id: str) -> list[ReplyEvent]:
         usage = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
-        return CompletionFinished(
-            request_id=request_id, sequence=1, model="m", text="Hello.", finish_reason="stop", usage=usage
-        )
+        return [
+            TokensGenerated(request_id=request_id, sequence=0, text="Hel", token_count=1, text_offset=0),
+            TokensGenerated(request_id=request_id, sequence=1, text="lo.", token_count=1, text_offset=3),
+            CompletionFinished(
+                request_id=request_id, sequence=2, model="m", text="Hello.", finish_reason="stop", usage=usage
+            ),
+        ]
 
-    monkeypatch.setattr(background, "find_final", find_final)
+    async def replies_on_topic(
+        common: Any, topic: str, offset: int, request_id: str, deadline_at: datetime, cleared: bool
+    ) -> AsyncIterator[ReplyEvent]:
+        read.append((topic, offset, request_id, cleared))
+        for reply in replies(request_id):
+            yield reply
+
+    monkeypatch.setattr(background, "replies_on_topic", replies_on_topic)
     metrics = IngressMetrics(CollectorRegistry())
-    streamed = sse_event("response.output_text.delta", 4, delta="Hel")
-    events = FakeEventLog({"resp_dead": [LoggedEvent(4, streamed, ends=False)]})  # streamed until its instance died
+    # what the instance that died had kept of resp_dead's stream: up to its first delta
+    shell = TakenOverShell(store.rows["resp_dead"].response)
+    async with contextlib.aclosing(stream_response(shell, indexed(replies("resp_dead")[0]))) as stream:
+        kept = [LoggedEvent(n, text, ends=False) async for n, text in numbered(stream, 5)]
+    assert read_event(kept[-1].text)[:2] == ("response.output_text.delta", 4)
+    events = FakeEventLog({"resp_dead": list(kept)})
     limiter = FakeLimiter()
     liveness = FakeLiveness({"b", "me"})
     finishing = BackgroundResponses("me", None, store, None, liveness, metrics, events, limiter)  # type: ignore[arg-type]
     assert await finishing.take_over() == 2
     await asyncio.sleep(0.05)  # the finishing tasks run
-    assert sorted(scanned) == [("replies.ingress-a", 7, "resp_dead"), ("replies.ingress-a", 7, "resp_mine")]
+    # read as the instances that asked read them: from their reply offset, resp_mine held until its prompt's verdict
+    assert sorted(read) == [("replies.ingress-a", 7, "resp_dead", True), ("replies.ingress-a", 7, "resp_mine", False)]
     ended = store.saved["resp_dead"]
-    assert ended.response["status"] == "completed" and ended.finisher == "me"
+    assert ended.response["status"] == "completed" and ended.finisher == "me" and ended.streamed
     assert ended.response["output"][0]["content"][0]["text"] == "Hello."
     assert [item["id"] for item in ended.conversation] == ["msg_in", "msg_dead"]  # what led to it, then its output
     assert "resp_alive" not in store.saved
+    assert store.saved["resp_mine"].screened_beside  # kept for whoever takes it over next
     # the tenant's limits were charged the estimate when it was asked: settled with the 5 tokens used, once each
     assert limiter.settled == [(Charge("t", 29_000_000, "202612", 260), 5)] * 2
     assert ended.charge == Charge("t", 29_000_000, "202612", 260)
-    # its stream's readers get its end, numbered after the last event its instance kept
-    (kept, end) = events.logs["resp_dead"]
-    kind, sequence, fields = read_event(end.text)
-    assert (kind, sequence, end.ends) == ("response.completed", 5, True) and fields["response"] == ended.response
+    # its stream's readers get every event after those its instance kept, numbered on: the whole text once, the end
+    log = [read_event(event.text) for event in events.logs["resp_dead"]]
+    assert [sequence for _, sequence, _ in log] == list(range(len(log)))
+    assert "".join(fields["delta"] for kind, _, fields in log if kind == "response.output_text.delta") == "Hello."
+    assert log[-1][0] == "response.completed" and log[-1][2]["response"] == ended.response
+    assert [event.ends for event in events.logs["resp_dead"]] == [False] * (len(log) - 1) + [True]
     assert "resp_mine" not in events.logs  # not streamed
     assert await finishing.take_over() == 0  # nothing left: each is claimed once
     assert metrics.background_ended.labels("completed", "true")._value.get() == 2
