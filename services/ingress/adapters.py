@@ -917,7 +917,8 @@ class EventLog:
                 for entry_id, fields in entries:
                     position = entry_id
                     event = _logged(fields)
-                    if event.sequence > after:
+                    if event.sequence > after:  # once each: two instances may both keep one (a beat missed)
+                        after = event.sequence
                         yield event
                     if event.ends:
                         return
