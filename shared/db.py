@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -49,3 +52,22 @@ async def migrate(pool: asyncpg.Pool, directory: Path = MIGRATIONS_DIR) -> list[
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied_now
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(dsn: str, name: str) -> AsyncIterator[asyncpg.Pool]:
+    """A database of its own on ``dsn``'s server, named ``name`` plus a random suffix, migrated; dropped afterwards.
+    For tests and measurements that must not touch the platform's data."""
+    database = f"{name}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    try:
+        pool = await connect_pool(dsn.rsplit("/", 1)[0] + "/" + database)
+        try:
+            await migrate(pool)
+            yield pool
+        finally:
+            await pool.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()

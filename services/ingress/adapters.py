@@ -37,7 +37,7 @@ from shared.contracts import (
     utc_now,
 )
 from shared.kafka import dead_letter, ensure_topics, publish_message, record_headers, tail
-from shared.outages import DATABASE_FAILURES, REDIS_FAILURES, Breaker, DependencyUnavailable
+from shared.outages import DATABASE_FAILURES, REDIS_FAILURES, Breaker, DependencyUnavailable, bounded
 from shared.registry import ModelRecord, ModelRegistry
 from shared.settings import CommonSettings
 from shared.telemetry import context_from
@@ -505,6 +505,20 @@ _RETAINED = "s.created_at + t.retention_days * interval '1 day' > now()"
 _QUEUED = "{0}.response->>'status' IN ('queued', 'in_progress')"
 
 
+SWEEP_TIMEOUT_S = 120.0
+"""How long one retention sweep of a table may take. Not the timeout of the lookups that serve requests (2 s): a large
+backlog takes longer to delete (a batch of a million results took 3.9 s here; a tenant whose retention was just
+shortened may have millions of rows past it), and a sweep cut off there would be rolled back pass after pass, leaving
+what no retention covers in place. Nor does a slow sweep pause the store's lookups, as their breaker would after a
+timeout."""
+
+
+async def _swept(pool: asyncpg.Pool, statement: str) -> int:
+    """Runs a sweep's DELETE; returns how many rows it deleted. Raises DependencyUnavailable."""
+    done = await bounded("database", SWEEP_TIMEOUT_S, DATABASE_FAILURES, pool.execute(statement))
+    return int(str(done).split()[-1])
+
+
 class ResponseStore:
     """Responses API answers kept in PostgreSQL for previous_response_id and GET /v1/responses/{id}, only for tenants
     that opted in to retention (the caller checks), and only as long as it covers them: reads skip older ones, and
@@ -620,12 +634,9 @@ class ResponseStore:
 
     async def sweep(self) -> int:
         """Deletes every response no retention covers any more; returns how many."""
-        done = await self._database.call(
-            lambda: self._pool.execute(
-                f"DELETE FROM stored_responses s USING tenants t WHERE t.id = s.tenant_id AND NOT ({_RETAINED})"
-            )
+        return await _swept(
+            self._pool, f"DELETE FROM stored_responses s USING tenants t WHERE t.id = s.tenant_id AND NOT ({_RETAINED})"
         )
-        return int(str(done).split()[-1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -764,19 +775,16 @@ class ConversationStore:
     async def sweep(self) -> int:
         """Deletes every item and conversation no retention covers any more; returns how many rows."""
 
-        async def sweep() -> int:
-            async with self._pool.acquire() as connection, connection.transaction():
-                items = await connection.execute(
-                    "DELETE FROM conversation_items i USING conversations c, tenants t"
-                    f" WHERE c.id = i.conversation_id AND t.id = c.tenant_id AND NOT ({_ITEM_RETAINED})"
-                )
-                conversations = await connection.execute(
-                    "DELETE FROM conversations c USING tenants t"
-                    f" WHERE t.id = c.tenant_id AND NOT ({_CONVERSATION_RETAINED})"
-                )
-            return int(str(items).split()[-1]) + int(str(conversations).split()[-1])
-
-        return await self._database.call(sweep)
+        items = await _swept(
+            self._pool,
+            "DELETE FROM conversation_items i USING conversations c, tenants t"
+            f" WHERE c.id = i.conversation_id AND t.id = c.tenant_id AND NOT ({_ITEM_RETAINED})",
+        )
+        # a conversation is kept for its tenant's retention after its last change: its items have gone before it
+        return items + await _swept(
+            self._pool,
+            f"DELETE FROM conversations c USING tenants t WHERE t.id = c.tenant_id AND NOT ({_CONVERSATION_RETAINED})",
+        )
 
 
 class DuplicateItem(Exception):
@@ -1034,12 +1042,9 @@ class FileStore:
 
     async def sweep(self) -> int:
         """Deletes every file past its expiry or its tenant's retention; returns how many."""
-        done = await self._database.call(
-            lambda: self._pool.execute(
-                f"DELETE FROM files f USING tenants t WHERE t.id = f.tenant_id AND NOT ({_FILE_KEPT})"
-            )
+        return await _swept(
+            self._pool, f"DELETE FROM files f USING tenants t WHERE t.id = f.tenant_id AND NOT ({_FILE_KEPT})"
         )
-        return int(str(done).split()[-1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1247,9 +1252,6 @@ class BatchStore:
 
     async def sweep(self) -> int:
         """Deletes every batch (with its results) no retention covers any more; returns how many."""
-        done = await self._database.call(
-            lambda: self._pool.execute(
-                f"DELETE FROM batches b USING tenants t WHERE t.id = b.tenant_id AND NOT ({_BATCH_RETAINED})"
-            )
+        return await _swept(
+            self._pool, f"DELETE FROM batches b USING tenants t WHERE t.id = b.tenant_id AND NOT ({_BATCH_RETAINED})"
         )
-        return int(str(done).split()[-1])

@@ -1,0 +1,79 @@
+"""The ingress's retention sweeps against the real PostgreSQL (a database of its own): a backlog goes in one pass, and
+only what no retention covers. A sweep is not held to the timeout of the lookups that serve requests (here far
+shorter than any sweep takes): a large backlog takes longer to delete than a lookup may take."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from services.ingress.adapters import BatchStore, ConversationStore, FileStore, ResponseStore
+from shared.db import scratch_database
+from shared.settings import CommonSettings
+
+BACKLOG = 5000
+LOOKUP_TIMEOUT_S = 0.0005  # what requests' lookups may take: far less than deleting the backlog does
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[asyncpg.Pool]:
+    async with scratch_database(CommonSettings().postgres_dsn, "ferry_test_sweeps") as pool:
+        # "gone": its retention was turned off, so none of its text may stay; "kept" retains it for a day
+        await pool.execute("INSERT INTO tenants (id, retention_days) VALUES ('gone', 0), ('kept', 1)")
+        yield pool
+
+
+async def count(pool: asyncpg.Pool, table: str, tenant_id: str) -> int:
+    return int(await pool.fetchval(f"SELECT count(*) FROM {table} WHERE tenant_id = $1", tenant_id))
+
+
+async def test_stored_responses_past_retention_go_in_one_pass(pool: asyncpg.Pool) -> None:
+    for tenant_id, rows in [("gone", BACKLOG), ("kept", 3)]:
+        await pool.executemany(
+            "INSERT INTO stored_responses (id, tenant_id, conversation, response) VALUES ($1, $2, '[]', $3)",
+            [(f"resp_{tenant_id}_{n}", tenant_id, json.dumps({"id": n})) for n in range(rows)],
+        )
+    assert await ResponseStore(pool, LOOKUP_TIMEOUT_S).sweep() == BACKLOG
+    assert await count(pool, "stored_responses", "gone") == 0 and await count(pool, "stored_responses", "kept") == 3
+
+
+async def test_conversations_and_their_items_past_retention_go_in_one_pass(pool: asyncpg.Pool) -> None:
+    for tenant_id, items in [("gone", BACKLOG), ("kept", 3)]:
+        await pool.execute("INSERT INTO conversations (id, tenant_id) VALUES ($1, $2)", f"conv_{tenant_id}", tenant_id)
+        await pool.executemany(
+            "INSERT INTO conversation_items (conversation_id, id, position, item) VALUES ($1, $2, $3, '{}')",
+            [(f"conv_{tenant_id}", f"msg_{n}", n) for n in range(items)],
+        )
+    assert await ConversationStore(pool, LOOKUP_TIMEOUT_S).sweep() == BACKLOG + 1  # the items, then their conversation
+    left = await pool.fetch("SELECT conversation_id, count(*) FROM conversation_items GROUP BY conversation_id")
+    assert [tuple(row) for row in left] == [("conv_kept", 3)]
+    assert [row["id"] for row in await pool.fetch("SELECT id FROM conversations")] == ["conv_kept"]
+
+
+async def test_a_batch_past_retention_goes_with_all_its_results(pool: asyncpg.Pool) -> None:
+    for tenant_id in ["gone", "kept"]:
+        await pool.execute(
+            "INSERT INTO batches (id, tenant_id, batch) VALUES ($1, $2, '{}')", f"batch_{tenant_id}", tenant_id
+        )
+        await pool.executemany(
+            "INSERT INTO batch_results (batch_id, line, succeeded, result) VALUES ($1, $2, true, '{}')",
+            [(f"batch_{tenant_id}", n) for n in range(1, BACKLOG + 1)],
+        )
+    assert await BatchStore(pool, LOOKUP_TIMEOUT_S).sweep() == 1
+    left = await pool.fetch("SELECT batch_id, count(*) FROM batch_results GROUP BY batch_id")
+    assert [tuple(row) for row in left] == [("batch_kept", BACKLOG)]
+    assert await count(pool, "batches", "gone") == 0 and await count(pool, "batches", "kept") == 1
+
+
+async def test_files_past_retention_go_in_one_pass(pool: asyncpg.Pool) -> None:
+    files = 40
+    for tenant_id, rows in [("gone", files), ("kept", 2)]:
+        await pool.executemany(
+            "INSERT INTO files (id, tenant_id, purpose, filename, content) VALUES ($1, $2, 'batch', 'in.jsonl', $3)",
+            [(f"file_{tenant_id}_{n}", tenant_id, b"{}\n") for n in range(rows)],
+        )
+    assert await FileStore(pool, LOOKUP_TIMEOUT_S).sweep() == files
+    assert await count(pool, "files", "gone") == 0 and await count(pool, "files", "kept") == 2
