@@ -501,6 +501,8 @@ def _charged(charge: Charge) -> dict[str, object]:
 
 # a stored response is readable while the tenant's retention, as it stands now, covers its age
 _RETAINED = "s.created_at + t.retention_days * interval '1 day' > now()"
+# the ids of a stored response's items, as its index holds them (migration 0023)
+_ITEM_IDS = "jsonb_path_query_array(s.conversation, '$[*].id')"
 # a background response not finished yet (the table's name, or its alias, goes in)
 _QUEUED = "{0}.response->>'status' IN ('queued', 'in_progress')"
 
@@ -613,11 +615,15 @@ class ResponseStore:
         retention covers a response that holds them; ids not found are left out."""
         rows = await self._database.call(
             lambda: self._pool.fetch(
+                # the responses holding the id, found by their ids' index (migration 0023); OFFSET 0 keeps the
+                # planner from reading the tenant's responses latest first instead, which for an old or unknown id
+                # means reading them all
                 "SELECT ref, found.item FROM unnest($2::text[]) ref CROSS JOIN LATERAL ("
-                " SELECT item FROM stored_responses s JOIN tenants t ON t.id = s.tenant_id,"
+                " SELECT item FROM (SELECT s.conversation, s.created_at FROM stored_responses s"
+                " JOIN tenants t ON t.id = s.tenant_id WHERE s.tenant_id = $1"
+                f" AND {_ITEM_IDS} @> jsonb_build_array(ref) AND {_RETAINED} OFFSET 0) s,"
                 " jsonb_array_elements(s.conversation) item"
-                " WHERE s.tenant_id = $1 AND s.conversation @> jsonb_build_array(jsonb_build_object('id', ref))"
-                f" AND item->>'id' = ref AND {_RETAINED} ORDER BY s.created_at DESC LIMIT 1) found",
+                " WHERE item->>'id' = ref ORDER BY s.created_at DESC LIMIT 1) found",
                 tenant_id,
                 list(dict.fromkeys(item_ids)),
             )
