@@ -1,6 +1,6 @@
 """How long ResponseStore.items takes (an `item_reference` in a Responses API input, as Codex and the Vercel AI SDK
-send them) for a tenant with many stored responses: the query before 7 December, with no index, against the one
-now, with the index of migration 0023, on a database of its own.
+send them) for a tenant with many stored responses: the query before 7 December, with the index of migration 0014
+(every value of the conversations), against the one now, with 0023's (the items' ids), on a database of its own.
 
     PYTHONPATH=. python benchmarks/reports/item-reference-lookup-2026-12-07/measure.py [RESPONSES ...]
 """
@@ -33,7 +33,7 @@ BEFORE = (
 def conversation(response: int) -> str:
     words = "lorem ipsum dolor sit amet " * 16
     role = ["user", "assistant"]
-    content = [{"type": "input_text", "text": f"{k} {words}"} for k in range(ITEMS)]
+    content = [{"type": "input_text", "text": f"{response} {k} {words}"} for k in range(ITEMS)]  # each its own
     items = [
         {"id": f"msg_{response}_{k}", "type": "message", "role": role[k % 2], "content": [content[k]]}
         for k in range(ITEMS)
@@ -50,7 +50,8 @@ async def median_ms(lookup: object, rounds: int = 5) -> tuple[float, int]:
     return statistics.median(spent) * 1000, found
 
 
-async def measure(pool: asyncpg.Pool, responses: int) -> None:
+async def measure(pool: asyncpg.Pool, responses: int) -> list[str]:
+    """Prints the lookups before and now; returns the sizes of the index before and now."""
     await pool.execute("DELETE FROM stored_responses")
     await pool.copy_records_to_table(
         "stored_responses",
@@ -58,17 +59,26 @@ async def measure(pool: asyncpg.Pool, responses: int) -> None:
         columns=["id", "tenant_id", "conversation", "response"],
     )
     await pool.execute("VACUUM ANALYZE stored_responses")
-    store = ResponseStore(pool, 60)
-    for name, ref in [
+    lookups = [
         ("the latest response's item", f"msg_{responses - 1}_{ITEMS - 1}"),
         ("an early response's item", f"msg_0_{ITEMS - 1}"),
         ("an id no response holds", "msg_missing"),
-    ]:
-        await pool.execute("DROP INDEX stored_responses_item_ids")
-        before = await median_ms(lambda ref=ref: pool.fetch(BEFORE, "heavy", [ref]))
-        await pool.execute((MIGRATIONS_DIR / "0023_stored_item_ids.sql").read_text())
-        now = await median_ms(lambda ref=ref: store.items("heavy", [ref]))
-        print(f"| {responses:,} | {name} | {before[0]:.1f} ({before[1]}) | {now[0]:.1f} ({now[1]}) |")
+    ]
+    await pool.execute("DROP INDEX stored_responses_item_ids")
+    await pool.execute((MIGRATIONS_DIR / "0014_stored_response_items.sql").read_text())
+    before = [await median_ms(lambda ref=ref: pool.fetch(BEFORE, "heavy", [ref])) for _, ref in lookups]
+    sizes = [await index_size(pool, "stored_responses_items")]
+    await pool.execute((MIGRATIONS_DIR / "0023_stored_item_ids.sql").read_text())
+    store = ResponseStore(pool, 60)
+    now = [await median_ms(lambda ref=ref: store.items("heavy", [ref])) for _, ref in lookups]
+    sizes.append(await index_size(pool, "stored_responses_item_ids"))
+    for (name, _), (was, found_then), (is_, found_now) in zip(lookups, before, now, strict=True):
+        print(f"| {responses:,} | {name} | {was:.1f} ({found_then}) | {is_:.1f} ({found_now}) |")
+    return sizes
+
+
+async def index_size(pool: asyncpg.Pool, name: str) -> str:
+    return str(await pool.fetchval(f"SELECT pg_size_pretty(pg_relation_size('{name}'))"))
 
 
 async def main(sizes: list[int]) -> None:
@@ -77,12 +87,8 @@ async def main(sizes: list[int]) -> None:
         print("| stored responses | lookup | before: ms (found) | now: ms (found) |")
         print("| --- | --- | --- | --- |")
         for size in sizes:
-            await measure(pool, size)
-        index = await pool.fetchval("SELECT pg_size_pretty(pg_relation_size('stored_responses_item_ids'))")
-        table = await pool.fetchval("SELECT pg_size_pretty(pg_total_relation_size('stored_responses'))")
-        print(
-            f"\nat {sizes[-1]:,} responses of {ITEMS} items: the ids' index {index}, the table with its indexes {table}"
-        )
+            indexes = await measure(pool, size)
+        print(f"\nat {sizes[-1]:,} responses of {ITEMS} items, the index: {indexes[0]} before, {indexes[1]} now")
 
 
 if __name__ == "__main__":
