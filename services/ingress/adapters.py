@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 
 import asyncpg
@@ -838,42 +838,111 @@ class Liveness:
             await self._calls.call(lambda: self._redis.delete(self._key(self.instance_id)))
 
 
-async def replies_on_topic(
-    common: CommonSettings, topic: str, offset: int, request_id: str, deadline_at: datetime, cleared: bool = True
-) -> AsyncIterator[ReplyEvent]:
-    """The request's reply events on ``topic`` from ``offset``, up to its final one: what ``ReplyListener.expect``
-    gave the instance that asked, in the same order, held back the same way until the safety stage's verdict
-    (``cleared=False``), and raising TimeoutError at ``deadline_at`` too. For a request whose instance stopped
-    listening: the worker and the safety stage reply there regardless."""
-    gate = ReleaseGate(cleared=cleared)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=common.kafka_bootstrap, group_id=None, enable_auto_commit=False, client_id="ferry-takeover"
-    )
-    await consumer.start()
-    try:
-        partition = TopicPartition(topic, 0)
-        consumer.assign([partition])
-        consumer.seek(partition, offset)
-        deadline_ms = deadline_at.timestamp() * 1000
+@dataclasses.dataclass
+class _Replayed:
+    """One request a RepliesReplay reads for."""
+
+    offset: int
+    deadline_at: datetime
+    gate: ReleaseGate
+    queue: asyncio.Queue[ReplyEvent | BaseException] = dataclasses.field(default_factory=asyncio.Queue)
+
+    @property
+    def deadline_ms(self) -> float:
+        return self.deadline_at.timestamp() * 1000
+
+
+class RepliesReplay:
+    """The replies of requests whose instance stopped listening, read again from its reply topic (the worker and the
+    safety stage reply there regardless), for the instance that takes its background responses over. Each request
+    gets what ``ReplyListener.expect`` gave the instance that asked: its replies from the offset the topic had when
+    it left, in order, up to its final one, held back the same way until the safety stage's verdict
+    (``cleared=False``), and TimeoutError at its deadline, judged by when each reply was sent, so a request taken
+    over late still ends as it did. One consumer reads the topic once for all of them, from the earliest offset:
+    an instance that stops may leave a thousand responses to take over, all on its one topic."""
+
+    def __init__(self, common: CommonSettings, topic: str) -> None:
+        self._common, self.topic = common, topic
+        self._waiting: dict[str, _Replayed] = {}
+        self._earliest_deadline_ms = float("inf")
+        self._task: asyncio.Task[None] | None = None
+
+    def expect(
+        self, request_id: str, offset: int, deadline_at: datetime, cleared: bool = True
+    ) -> AsyncIterator[ReplyEvent]:
+        """Registers a request (before ``start``) and returns its replies."""
+        assert self._task is None, "requests are registered before the replay starts"
+        state = _Replayed(offset, deadline_at, ReleaseGate(cleared=cleared))
+        self._waiting[request_id] = state
+        self._earliest_deadline_ms = min(self._earliest_deadline_ms, state.deadline_ms)
+        return self._read(state)
+
+    def start(self) -> asyncio.Task[None]:
+        """Starts reading; the task ends once every request has its final reply or its deadline."""
+        self._task = asyncio.create_task(self._run(), name=f"replies replay {self.topic}")
+        return self._task
+
+    @staticmethod
+    async def _read(state: _Replayed) -> AsyncIterator[ReplyEvent]:
         while True:
-            records = (await consumer.getmany(partition, timeout_ms=1000)).get(partition, [])
-            if not records and utc_now() > deadline_at:
-                raise TimeoutError  # read to the end after its deadline: nothing more can count
-            for record in records:
-                if record.timestamp > deadline_ms:  # (taken over late, what came before it still counts)
-                    raise TimeoutError  # sent after its deadline, when its listener had stopped waiting
-                try:
-                    event = reply_event_adapter.validate_json(record.value or b"")
-                except ValidationError:
-                    continue  # dead-lettered by the instance that read it
-                if event.request_id != request_id:
-                    continue
-                for ready in gate.admit(event):
-                    yield ready
-                    if isinstance(ready, CompletionFinished | GenerationFailed):
-                        return
-    finally:
-        await consumer.stop()
+            item = await state.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, CompletionFinished | GenerationFailed):
+                return
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._common.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id="ferry-takeover",
+        )
+        try:
+            await consumer.start()
+            partition = TopicPartition(self.topic, 0)
+            consumer.assign([partition])
+            consumer.seek(partition, min((s.offset for s in self._waiting.values()), default=0))
+            while self._waiting:
+                records = (await consumer.getmany(partition, timeout_ms=1000)).get(partition, [])
+                if not records:  # read to the end: past its deadline, nothing more can count for a request
+                    now_ms = utc_now().timestamp() * 1000
+                    self._expire(lambda state, now_ms=now_ms: now_ms > state.deadline_ms)
+                for record in records:
+                    if record.timestamp > self._earliest_deadline_ms:  # (taken over late, what came before counts)
+                        # sent after their deadline, when their listener had stopped waiting
+                        self._expire(lambda state, sent_ms=record.timestamp: sent_ms > state.deadline_ms)
+                    self._route(record)
+        except Exception as exc:  # each request's reader gets it, rather than waiting for ever
+            logger.warning("replies on %s could not be read again: %r", self.topic, exc)
+            for state in self._waiting.values():
+                state.queue.put_nowait(DependencyUnavailable("kafka"))
+            self._waiting.clear()
+        finally:
+            await consumer.stop()
+
+    def _route(self, record: ConsumerRecord) -> None:
+        try:
+            event = reply_event_adapter.validate_json(record.value or b"")
+        except ValidationError:
+            return  # dead-lettered by the instance that read it
+        state = self._waiting.get(event.request_id)
+        if state is None or record.offset < state.offset:
+            return
+        for ready in state.gate.admit(event):
+            state.queue.put_nowait(ready)
+            if isinstance(ready, CompletionFinished | GenerationFailed):
+                self._done(event.request_id)
+
+    def _expire(self, past: Callable[[_Replayed], bool]) -> None:
+        for request_id in [rid for rid, state in self._waiting.items() if past(state)]:
+            self._waiting[request_id].queue.put_nowait(TimeoutError())
+            self._done(request_id)
+
+    def _done(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+        self._earliest_deadline_ms = min((s.deadline_ms for s in self._waiting.values()), default=float("inf"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,9 +29,9 @@ from services.ingress.adapters import (
     Liveness,
     LoggedEvent,
     NotStorable,
+    RepliesReplay,
     ResponseStore,
     StoredResponse,
-    replies_on_topic,
 )
 from services.ingress.metrics import IngressMetrics
 from services.ingress.rate_limits import Charge, RateLimiter
@@ -45,6 +45,7 @@ from services.ingress.responses import (
     whole_response,
 )
 from services.ingress.serving import ApiError, IndexedEvent, merged, without_repeats
+from shared.contracts import ReplyEvent
 from shared.outages import DependencyUnavailable
 from shared.settings import CommonSettings
 
@@ -157,6 +158,8 @@ class BackgroundResponses:
         self.instance_id, self._common, self._store, self._conversations = instance_id, common, store, conversations
         self._liveness, self._metrics, self.events, self._limiter = liveness, metrics, events, limiter
         self._finishing: dict[str, asyncio.Task[None]] = {}
+        self._replays: set[asyncio.Task[None]] = set()
+        """Reading the reply topics of the responses taken over."""
         self.handing_over = False
         """Set when the instance stops: the work of what it was finishing goes on, for another instance."""
 
@@ -191,23 +194,39 @@ class BackgroundResponses:
             if (row.finisher == self.instance_id and row.id not in self._finishing)  # from before a restart
             or (row.finisher != self.instance_id and row.finisher not in alive)
         ]
+        replays: dict[str, RepliesReplay] = {}  # by reply topic: each read once for all the responses it answers
         taken = 0
-        for orphan in orphans:
-            claimed = await self._store.claim(orphan.id, orphan.finisher, self.instance_id)
-            if claimed is None:
-                continue  # another instance was first
-            logger.info("background response %s taken over from instance %s", orphan.id, orphan.finisher or "(unknown)")
-            self._track(orphan.id, self._finish_orphan(claimed))
-            taken += 1
+        try:
+            for orphan in orphans:
+                claimed = await self._store.claim(orphan.id, orphan.finisher, self.instance_id)
+                if claimed is None:
+                    continue  # another instance was first
+                logger.info("background response %s taken over from %s", orphan.id, orphan.finisher or "(unknown)")
+                topic, offset, finish_by = claimed.reply_topic, claimed.reply_offset, claimed.finish_by
+                if topic is None or offset is None or finish_by is None:  # (unfinished() reads only those with them)
+                    continue
+                if topic not in replays:
+                    replays[topic] = RepliesReplay(self._common, topic)
+                replay = replays[topic]
+                deadline_at = finish_by - timedelta(seconds=BACKGROUND_STORE_GRACE_S)
+                replies = replay.expect(orphan.id, offset, deadline_at, cleared=not claimed.screened_beside)
+                self._track(orphan.id, self._finish_orphan(claimed, replies))
+                taken += 1
+        finally:  # (also when a claim fails: those claimed before it are finished)
+            for replay in replays.values():
+                task = replay.start()
+                self._replays.add(task)
+                task.add_done_callback(self._replays.discard)
         return taken
 
     async def stop(self) -> None:
         """Hands over: the tasks end, the work goes on, and the responses stay queued for another instance (or
         this one, restarted) to claim once this instance's beat is gone."""
         self.handing_over = True
-        for task in self._finishing.values():
+        tasks = [*self._finishing.values(), *self._replays]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._finishing.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._liveness.stop()
 
     def _track(self, response_id: str, work: Coroutine[Any, Any, object]) -> None:
@@ -256,18 +275,13 @@ class BackgroundResponses:
         assert ended is not None, "a response's stream ends with its end"
         return ended
 
-    async def _finish_orphan(self, claimed: StoredResponse) -> None:
-        """Finishes a response taken over. Its replies are read from where the instance that asked had them, as it
-        read them (held back until the prompt's verdict when screened beside generation, repeats dropped), so its
-        end, and for a streamed one the events its readers have not had yet, are what that instance would have
-        made. Then the tenant's limits are settled with the tokens it used, as that instance would have."""
+    async def _finish_orphan(self, claimed: StoredResponse, replies: AsyncIterator[ReplyEvent]) -> None:
+        """Finishes a response taken over from its ``replies``, read again as the instance that asked read them
+        (RepliesReplay), repeats dropped too: its end, and for a streamed one the events its readers have not had
+        yet, are what that instance would have made. Then the tenant's limits are settled with the tokens it used,
+        as that instance would have."""
         assert claimed.reply_topic is not None and claimed.reply_offset is not None and claimed.finish_by is not None
         response_id = str(claimed.response["id"])
-        deadline_at = claimed.finish_by - timedelta(seconds=BACKGROUND_STORE_GRACE_S)
-        cleared = not claimed.screened_beside
-        read = replies_on_topic(
-            self._common, claimed.reply_topic, claimed.reply_offset, response_id, deadline_at, cleared
-        )
         led_to = claimed.conversation[: len(claimed.conversation) - len(claimed.response.get("output") or [])]
         keep = Keeper(self._store, self._conversations, claimed.tenant_id or "", led_to, claimed.input_count or 0)
         logged = await self.events.last(response_id)  # None: not streamed, or none of its events kept yet
@@ -282,7 +296,7 @@ class BackgroundResponses:
         )
         shell = TakenOverShell(claimed.response)
         response = await self._finish(
-            shell, keep, merged([without_repeats(read)]), placement, True, logged.sequence if logged else -1
+            shell, keep, merged([without_repeats(replies)]), placement, True, logged.sequence if logged else -1
         )
         if placement.charge is not None:
             await self._limiter.settle(placement.charge, (response.get("usage") or {}).get("total_tokens", 0))

@@ -445,6 +445,39 @@ async def test_a_background_response_outlives_the_ingress_finishing_it(platform:
     assert counted == done.usage.input_tokens + 200, (counted, done.usage)
 
 
+async def test_every_background_response_of_a_killed_instance_is_finished_by_one_reading_of_its_replies(
+    platform: Platform,
+) -> None:
+    """An instance dies with many background responses under way (some already answered, others generating): the
+    instance that takes them over reads their reply topic once for all of them and stores each one's whole answer."""
+    api_key = platform.new_tenant("background-many", "--retention-days", "1")
+    extra = start_extra_ingress(platform, "background-many")
+    try:
+        via_extra = AsyncOpenAI(base_url=f"http://127.0.0.1:{extra.port}/v1", api_key=api_key, max_retries=0)
+        asked = await asyncio.gather(
+            *(
+                via_extra.responses.create(
+                    model=TINY_MODEL,
+                    input=f"Story number {n}.",
+                    max_output_tokens=16 + n,  # each its own length, to tell their answers apart
+                    temperature=0,  # the same text each time (some of the tiny model's hold U+0000, not storable)
+                    background=True,
+                    extra_body={"ignore_eos": True},
+                )
+                for n in range(24)
+            )
+        )
+        assert extra.process is not None
+        extra.process.send_signal(signal.SIGKILL)
+        extra.process.wait(timeout=60)
+    finally:
+        stop_service(extra)
+    via_session = AsyncOpenAI(base_url=f"{platform.base_url}/v1", api_key=api_key, max_retries=0, timeout=60)
+    done = await asyncio.gather(*(finished(via_session, response.id) for response in asked))
+    outcomes = [(r.status, r.usage.output_tokens if r.usage else None, r.error) for r in done]
+    assert outcomes == [("incomplete", 16 + n, None) for n in range(24)]
+
+
 def test_a_conversation_keeps_its_items_and_a_response_in_it_reads_and_extends_it(platform: Platform) -> None:
     """OpenAI's Conversations API, as the Agents SDK's conversation sessions use it: a response named into a
     conversation reads its items first and adds its input and output to it; items are listed, added, read and

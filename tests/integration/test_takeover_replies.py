@@ -1,10 +1,11 @@
-"""What an ingress instance that takes a background response over reads from the reply topic of the instance that
-asked (adapters.replies_on_topic), against the real Kafka: the replies that instance's listener would have given, in
-order, held back the same way for a prompt screened beside generation, and its deadline judged by when each reply
-was sent, so a response taken over late still ends as it did."""
+"""What an ingress instance that takes background responses over reads from the reply topic of the instance that
+asked (adapters.RepliesReplay), against the real Kafka: for each, the replies that instance's listener would have
+given, in order, held back the same way for a prompt screened beside generation, and its deadline judged by when
+each reply was sent, so a response taken over late still ends as it did; one reading of the topic for them all."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -12,7 +13,7 @@ from datetime import datetime, timedelta
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.ingress.adapters import replies_on_topic
+from services.ingress.adapters import RepliesReplay
 from shared.contracts import (
     CompletionFinished,
     GenerationFailed,
@@ -63,7 +64,36 @@ def cleared(request_id: str) -> PromptCleared:
 
 
 async def read_all(topic: str, request_id: str, deadline_at: datetime, cleared: bool = True) -> list[ReplyEvent]:
-    return [e async for e in replies_on_topic(CommonSettings(), topic, 0, request_id, deadline_at, cleared)]
+    replay = RepliesReplay(CommonSettings(), topic)
+    replies = replay.expect(request_id, 0, deadline_at, cleared)
+    reading = replay.start()
+    try:
+        return [e async for e in replies]
+    finally:
+        await reading  # it ends with its one request
+
+
+async def test_one_reading_serves_every_request_taken_over_from_its_offset_to_its_end(topic: str) -> None:
+    now = utc_now()
+    first = [delta("r1", 0, "Hel", 0), final("r1", 1, "Hel")]
+    await produce(topic, *((m, now) for m in first))
+    second_offset = 2  # r2 left after r1's replies: its own come after
+    blocked = GenerationFailed(request_id="r2", sequence=0, code="content_blocked", message="blocked: violence")
+    await produce(topic, *((m, now) for m in [delta("r2", 0, "Bad", 0), final("r2", 1, "Bad"), blocked]))
+    late = now - timedelta(milliseconds=1)  # r3's deadline had passed when these were sent
+    await produce(topic, (delta("r3", 0, "Hi", 0), now), (final("r3", 1, "Hi"), now))
+    replay = RepliesReplay(CommonSettings(), topic)
+    streams = {
+        "r1": replay.expect("r1", 0, now + timedelta(minutes=1)),
+        "r2": replay.expect("r2", second_offset, now + timedelta(minutes=1), cleared=False),
+        "r3": replay.expect("r3", 0, late),
+    }
+    reading = replay.start()
+    assert [e async for e in streams["r1"]] == first
+    assert [e async for e in streams["r2"]] == [blocked]  # screened beside generation, and blocked
+    with pytest.raises(TimeoutError):
+        [e async for e in streams["r3"]]
+    await asyncio.wait_for(reading, 10)  # done: nothing left to wait for
 
 
 async def test_a_taken_over_request_reads_its_own_replies_in_order_up_to_its_final_one(topic: str) -> None:

@@ -136,14 +136,31 @@ async def test_an_instance_claims_the_responses_of_stopped_instances_and_stores_
             ),
         ]
 
-    async def replies_on_topic(
-        common: Any, topic: str, offset: int, request_id: str, deadline_at: datetime, cleared: bool
-    ) -> AsyncIterator[ReplyEvent]:
-        read.append((topic, offset, request_id, cleared))
-        for reply in replies(request_id):
-            yield reply
+    class FakeReplay:
+        """Every request's replies, as if read again from its reply topic."""
 
-    monkeypatch.setattr(background, "replies_on_topic", replies_on_topic)
+        def __init__(self, common: Any, topic: str) -> None:
+            self.topic, self.started = topic, False
+            replays.append(self)
+
+        def expect(
+            self, request_id: str, offset: int, deadline_at: datetime, cleared: bool
+        ) -> AsyncIterator[ReplyEvent]:
+            read.append((self.topic, offset, request_id, cleared))
+            return self._read(request_id)
+
+        async def _read(self, request_id: str) -> AsyncIterator[ReplyEvent]:
+            while not self.started:  # nothing comes before the replay starts
+                await asyncio.sleep(0.001)
+            for reply in replies(request_id):
+                yield reply
+
+        def start(self) -> asyncio.Task[None]:
+            self.started = True
+            return asyncio.get_running_loop().create_task(asyncio.sleep(0))
+
+    replays: list[FakeReplay] = []
+    monkeypatch.setattr(background, "RepliesReplay", FakeReplay)
     metrics = IngressMetrics(CollectorRegistry())
     # what the instance that died had kept of resp_dead's stream: up to its first delta
     shell = TakenOverShell(store.rows["resp_dead"].response)
@@ -156,8 +173,10 @@ async def test_an_instance_claims_the_responses_of_stopped_instances_and_stores_
     finishing = BackgroundResponses("me", None, store, None, liveness, metrics, events, limiter)  # type: ignore[arg-type]
     assert await finishing.take_over() == 2
     await asyncio.sleep(0.05)  # the finishing tasks run
-    # read as the instances that asked read them: from their reply offset, resp_mine held until its prompt's verdict
+    # read as the instances that asked read them: from their reply offset, resp_mine held until its prompt's verdict;
+    # one replay of their one reply topic for both
     assert sorted(read) == [("replies.ingress-a", 7, "resp_dead", True), ("replies.ingress-a", 7, "resp_mine", False)]
+    assert [(replay.topic, replay.started) for replay in replays] == [("replies.ingress-a", True)]
     ended = store.saved["resp_dead"]
     assert ended.response["status"] == "completed" and ended.finisher == "me" and ended.streamed
     assert ended.response["output"][0]["content"][0]["text"] == "Hello."
