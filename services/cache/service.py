@@ -198,8 +198,9 @@ class ResponseCache:
             return None
 
     async def refresh_server_figures(self) -> None:
-        """Copies the cache's size (entries and bytes per model, from a scan), its hit ratio across every ingress and
-        Redis-wide figures (evictions, memory) into the metrics every ``stats_interval_s``; runs until cancelled."""
+        """Copies the cache's size (entries and bytes per model, from a scan that one instance makes an interval for
+        all), its hit ratio across every ingress and Redis-wide figures (evictions, memory) into the metrics every
+        ``stats_interval_s``; runs until cancelled."""
         while True:
             try:
                 await self.update_figures()
@@ -208,16 +209,19 @@ class ResponseCache:
             await asyncio.sleep(self.settings.stats_interval_s)
 
     async def update_figures(self) -> None:
-        stats = await self._store.stats()
-        for model in self._sized_models - stats.by_model.keys():  # a model whose entries are all gone shows 0
-            self._metrics.entries.labels(model).set(0)
-            self._metrics.bytes.labels(model).set(0)
-        for model, (entries, size) in stats.by_model.items():
-            self._metrics.entries.labels(model).set(entries)
-            self._metrics.bytes.labels(model).set(size)
-        self._sized_models |= stats.by_model.keys()
-        hits, misses = stats.counters.get("hits", 0), stats.counters.get("misses", 0)
+        sizes = await self._store.shared_sizes(self.settings.stats_interval_s)
+        if sizes is not None:  # (None: another instance is scanning for the first time)
+            for model in self._sized_models - sizes.keys():  # a model whose entries are all gone shows 0
+                self._metrics.entries.labels(model).set(0)
+                self._metrics.bytes.labels(model).set(0)
+            for model, (entries, size) in sizes.items():
+                self._metrics.entries.labels(model).set(entries)
+                self._metrics.bytes.labels(model).set(size)
+            self._sized_models |= sizes.keys()
+        counters = await self._store.counters()
+        hits, misses = counters.get("hits", 0), counters.get("misses", 0)
         if hits + misses:
             self._metrics.hit_ratio.set(hits / (hits + misses))
-        self._metrics.redis_evicted_keys.set(float(stats.redis.get("evicted_keys") or 0))
-        self._metrics.redis_used_memory.set(float(stats.redis.get("used_memory") or 0))
+        redis = await self._store.server_figures()
+        self._metrics.redis_evicted_keys.set(float(redis.get("evicted_keys") or 0))
+        self._metrics.redis_used_memory.set(float(redis.get("used_memory") or 0))

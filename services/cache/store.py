@@ -8,7 +8,9 @@ Layout under the prefix ``P`` (``<topic prefix>cache:`` by default):
   (``drop_version``) without bumping a counter: ingress instances see a new version at different moments, and a
   counter bump by a late one would throw away what the others already stored under the new version;
 - ``P gen:all``, ``P gen:model:<model>``, ``P gen:scope:<scope>`` the generation counters;
-- ``P stats`` a hash of cumulative counts across every ingress (hits, misses, stores, stored_bytes, invalidations).
+- ``P stats`` a hash of cumulative counts across every ingress (hits, misses, stores, stored_bytes, invalidations);
+- ``P sizes`` entries and bytes per model as the last scan found them, and ``P sizes:turn`` who scans next (see
+  ``shared_sizes``).
 Invalidation bumps the counter, then deletes the entries it covers (found by key pattern) to free their memory.
 """
 
@@ -107,28 +109,67 @@ class RedisResponseStore:
         info = await self._redis.info()
         return {k: info.get(k) for k in ("evicted_keys", "used_memory", "maxmemory", "maxmemory_policy")}
 
-    async def stats(self) -> CacheStats:
-        """Entries and their bytes per model (a scan: for the ops command, not the request path), the cumulative
-        counters, and Redis-wide figures."""
+    async def sizes(self) -> dict[str, tuple[int, int]]:
+        """Entries and their bytes (MEMORY USAGE) per model, from a scan of every entry, a page at a time."""
         sizes: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        keys = [k async for k in self._redis.scan_iter(match=f"{_glob_escape(self.prefix)}resp:*", count=1000)]
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
+
+        async def measure(keys: list[bytes]) -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for key in chunk:
+                for key in keys:
                     pipe.memory_usage(key)
                 usages = await pipe.execute()
-            for key, usage in zip(chunk, usages, strict=True):
+            for key, usage in zip(keys, usages, strict=True):
                 if usage is None:
                     continue  # expired meanwhile
                 model = key.decode()[len(self.prefix) + len("resp:") :].split(":", 1)[0]
                 sizes[model][0] += 1
                 sizes[model][1] += int(usage)
+
+        page: list[bytes] = []
+        async for key in self._redis.scan_iter(match=f"{_glob_escape(self.prefix)}resp:*", count=1000):
+            page.append(key)
+            if len(page) == 500:
+                await measure(page)
+                page = []
+        if page:
+            await measure(page)
+        return {model: (n, b) for model, (n, b) in sorted(sizes.items())}
+
+    async def shared_sizes(self, interval_s: float) -> dict[str, tuple[int, int]] | None:
+        """``sizes()`` as every ingress instance reports it: one instance an interval scans (whichever takes the
+        turn) and leaves what it found in ``P sizes``, which the others read. A scan reads every entry, so one per
+        instance would multiply Redis's work by the instances. None while nobody has reported yet."""
+        turn = await self._redis.set(f"{self.prefix}sizes:turn", "1", nx=True, px=max(1, int(interval_s * 900)))
+        if turn:
+            sizes = await self.sizes()
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(f"{self.prefix}sizes")
+                reported = {"@": "reported"} | {model: f"{n} {b}" for model, (n, b) in sizes.items()}
+                pipe.hset(f"{self.prefix}sizes", mapping=reported)  # type: ignore[arg-type]
+                await pipe.execute()
+            return sizes
+        reported = await self._redis.hgetall(f"{self.prefix}sizes")
+        if not reported:
+            return None
+        return {
+            model.decode(): (int(figures.split()[0]), int(figures.split()[1]))
+            for model, figures in ((m, v.decode()) for m, v in reported.items())
+            if model != b"@"
+        }
+
+    async def counters(self) -> dict[str, int]:
+        """The cumulative counts across every ingress: hits, misses, stores, stored_bytes, invalidations."""
         raw = await self._redis.hgetall(f"{self.prefix}stats")
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def stats(self) -> CacheStats:
+        """Entries and their bytes per model (a scan: for the ops command, not the request path), the cumulative
+        counters, and Redis-wide figures."""
+        sizes = await self.sizes()
         return CacheStats(
             entries=sum(n for n, _ in sizes.values()),
             bytes=sum(b for _, b in sizes.values()),
-            by_model={m: (n, b) for m, (n, b) in sorted(sizes.items())},
-            counters={k.decode(): int(v) for k, v in raw.items()},
+            by_model=sizes,
+            counters=await self.counters(),
             redis=await self.server_figures(),
         )

@@ -3,6 +3,7 @@ its own so nothing else on the same Redis is touched."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -80,14 +81,38 @@ async def test_size_and_hit_ratio_gauges_follow_redis(cache) -> None:  # type: i
     await fill(c, request(model="m1"))
     await fill(c, request(model="m1", text="other"))
     await c.lookup(request(model="m1"), "1", {})  # a hit: 1 hit, 2 misses so far
-    await c.update_figures()
+    registry = CollectorRegistry()
+    figures = ResponseCache(store, CacheSettings(stats_interval_s=0.2), CacheMetrics(registry))
+    await figures.update_figures()
     assert sample(registry, "ferry_cache_entries", model="m1") == 2
     assert sample(registry, "ferry_cache_bytes", model="m1") > 0
     assert sample(registry, "ferry_cache_hit_ratio") == pytest.approx(1 / 3)
     await store.invalidate(model="m1")
-    await c.update_figures()
+    await asyncio.sleep(0.2)  # the next interval
+    await figures.update_figures()
     assert sample(registry, "ferry_cache_entries", model="m1") == 0
     assert sample(registry, "ferry_cache_bytes", model="m1") == 0
+
+
+async def test_one_instance_an_interval_scans_the_cache_for_every_instances_figures(cache) -> None:  # type: ignore[no-untyped-def]
+    """A scan reads every entry: with one per instance, Redis's work would grow with the ingress instances."""
+    c, store, _ = cache
+    settings = CacheSettings(stats_interval_s=60)
+    first_registry, second_registry = CollectorRegistry(), CollectorRegistry()
+    first = ResponseCache(store, settings, CacheMetrics(first_registry))
+    second = ResponseCache(store, settings, CacheMetrics(second_registry))
+    await fill(c, request(model="m1"))
+    await first.update_figures()  # its turn: it scans
+    await fill(c, request(model="m1", text="other"))  # the next interval's scan counts this one
+    await second.update_figures()  # the same interval: what the first found
+    for registry in (first_registry, second_registry):
+        assert sample(registry, "ferry_cache_entries", model="m1") == 1
+    assert (
+        sample(second_registry, "ferry_cache_bytes", model="m1")
+        == sample(first_registry, "ferry_cache_bytes", model="m1")
+        > 0
+    )
+    assert (await store.stats()).entries == 2  # the ops command's own scan, now
 
 
 async def test_tenants_are_isolated_and_nothing_is_stored_without_retention(cache) -> None:  # type: ignore[no-untyped-def]
