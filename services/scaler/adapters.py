@@ -169,6 +169,19 @@ class ScalerStore:
             json.dumps(d.signals),
         )
 
+    async def prune(self, before: datetime) -> int:
+        """Deletes the demand history, forecasts and decisions older than ``before``; returns how many rows."""
+        deleted = 0
+        async with self._pool.acquire() as connection:
+            for table, column in (
+                ("scaler_demand", "bucket_start"),
+                ("scaler_forecasts", "bucket_start"),
+                ("scaler_decisions", "decided_at"),
+            ):
+                done = await connection.execute(f"DELETE FROM {table} WHERE {column} < $1", before)
+                deleted += int(str(done).split()[-1])
+        return deleted
+
     async def decisions(self, model: str, limit: int) -> list[DecisionRow]:
         rows = await self._pool.fetch(
             """SELECT model, decided_at, policy, tier, action, current_replicas, desired_replicas, forecast_per_hour,

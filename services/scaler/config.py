@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.scaler.forecast import ForecastConfig
@@ -63,9 +63,24 @@ class ScalerSettings(BaseSettings):
     tokens_per_request: float = Field(300.0, gt=0, description="Tokens of a request before any has been seen.")
     forecast_alpha: float = Field(0.3, gt=0, le=1, description="Smoothing weight of the forecast's level.")
     history_days: int = Field(28, ge=1, description="Days of demand history the forecast learns from at start.")
+    records_kept_days: int = Field(
+        90,
+        ge=1,
+        description="Days of demand history, forecasts and decisions kept in PostgreSQL (at least history_days); "
+        "older rows are deleted once an hour, so the tables do not grow for as long as the scaler runs.",
+    )
     bucket_s: int = Field(60, ge=1, description="Seconds per demand-history bucket in PostgreSQL.")
     peek_records: int = Field(200, ge=0, description="Lagging records read per poll to weigh the backlog in tokens.")
     status_max_age_s: float = Field(30.0, gt=0, description="Older queue reports and heartbeats are ignored.")
+
+    @model_validator(mode="after")
+    def _keeps_the_history_it_learns_from(self) -> ScalerSettings:
+        if self.records_kept_days < self.history_days:
+            raise ValueError(
+                f"records_kept_days ({self.records_kept_days}) is below history_days ({self.history_days}): "
+                "the forecast would learn from history already deleted"
+            )
+        return self
 
     def policy_config(self, model: str) -> PolicyConfig:
         return PolicyConfig(

@@ -20,6 +20,7 @@ from services.scaler.scaling import Scaler, ScalerDeps, ScalerMetrics
 from services.scaler.signals import StatusBoard
 from services.scaler.supervisor import Supervisor, SupervisorConfig
 from services.worker.config import WorkerSettings
+from shared.contracts import utc_now
 from shared.db import connect_pool
 from shared.kafka import ensure_topics, new_broker, wait_for_kafka
 from shared.logging import configure_logging
@@ -62,6 +63,7 @@ async def main() -> None:
             if settings.supervise
             else None
         )
+        store = ScalerStore(pool)
         scaler = Scaler(
             ScalerDeps(
                 settings=settings,
@@ -74,7 +76,7 @@ async def main() -> None:
                 # the group ids the batcher and workers are configured with (their settings, their defaults)
                 batcher_group=BatcherSettings().group_id,
                 worker_group_prefix=WorkerSettings().group_prefix,
-                store=ScalerStore(pool),
+                store=store,
                 supervisor=supervisor,
             )
         )
@@ -86,6 +88,16 @@ async def main() -> None:
             while True:
                 await scaler.tick()
                 await asyncio.sleep(settings.interval_s)
+
+        async def prune_records() -> None:
+            while True:
+                try:
+                    before = utc_now() - timedelta(days=settings.records_kept_days)
+                    if deleted := await store.prune(before):
+                        logger.info("deleted %d demand, forecast and decision rows older than %s", deleted, before)
+                except Exception:  # the next hour tries again
+                    logger.exception("old demand, forecasts and decisions could not be deleted")
+                await asyncio.sleep(3600)
 
         async def start() -> None:
             nonlocal grpc_server
@@ -99,6 +111,7 @@ async def main() -> None:
                 )
                 grpc_server, _ = await start_server(servicer, settings.grpc_host, settings.grpc_port)
             tasks.append(asyncio.create_task(run_loop(), name="scaler-loop"))
+            tasks.append(asyncio.create_task(prune_records(), name="scaler-prune"))
             logger.info("scaling %s (supervise=%s, predictive=%s)", models, settings.supervise, settings.predictive)
 
         async def stop() -> None:
