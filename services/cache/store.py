@@ -151,11 +151,12 @@ class RedisResponseStore:
         reported = await self._redis.hgetall(f"{self.prefix}sizes")
         if not reported:
             return None
-        return {
-            model.decode(): (int(figures.split()[0]), int(figures.split()[1]))
-            for model, figures in ((m, v.decode()) for m, v in reported.items())
-            if model != b"@"
-        }
+        sizes = {}
+        for model, figures in reported.items():
+            if model != b"@":
+                entries, size = figures.split()
+                sizes[model.decode()] = (int(entries), int(size))
+        return sizes
 
     async def counters(self) -> dict[str, int]:
         """The cumulative counts across every ingress: hits, misses, stores, stored_bytes, invalidations."""

@@ -843,13 +843,10 @@ class _Replayed:
     """One request a RepliesReplay reads for."""
 
     offset: int
-    deadline_at: datetime
+    deadline_ms: float
+    """Its deadline, in the milliseconds of Kafka's record timestamps."""
     gate: ReleaseGate
     queue: asyncio.Queue[ReplyEvent | BaseException] = dataclasses.field(default_factory=asyncio.Queue)
-
-    @property
-    def deadline_ms(self) -> float:
-        return self.deadline_at.timestamp() * 1000
 
 
 class RepliesReplay:
@@ -872,7 +869,7 @@ class RepliesReplay:
     ) -> AsyncIterator[ReplyEvent]:
         """Registers a request (before ``start``) and returns its replies."""
         assert self._task is None, "requests are registered before the replay starts"
-        state = _Replayed(offset, deadline_at, ReleaseGate(cleared=cleared))
+        state = _Replayed(offset, deadline_at.timestamp() * 1000, ReleaseGate(cleared=cleared))
         self._waiting[request_id] = state
         self._earliest_deadline_ms = min(self._earliest_deadline_ms, state.deadline_ms)
         return self._read(state)

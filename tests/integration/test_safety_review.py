@@ -27,7 +27,7 @@ from services.safety.store import PolicyStore, ReviewStore, UserStore
 from services.safety.sweeps import Sweeper
 from services.safety.web import ReviewDeps, install_error_pages, router
 from shared.contracts import ChatMessage, CompletionRequested, ContentFlagged, Message, reply_event_adapter, utc_now
-from shared.db import connect_pool, migrate
+from shared.db import scratch_database
 from shared.kafka import delete_topics, ensure_topics
 from shared.settings import CommonSettings
 
@@ -65,28 +65,16 @@ class Queue:
 @pytest.fixture
 async def queue() -> AsyncIterator[Queue]:
     run = uuid.uuid4().hex[:8]
-    base = CommonSettings()
-    database = f"ferry_test_safety_{run}"
-    admin_conn = await asyncpg.connect(base.postgres_dsn)
-    await admin_conn.execute(f'CREATE DATABASE "{database}"')
-    common = CommonSettings(
-        topic_prefix=f"ferrytest-s{run}.",
-        postgres_dsn=base.postgres_dsn.rsplit("/", 1)[0] + "/" + database,
-        otel_exporter="none",
-    )
+    common = CommonSettings(topic_prefix=f"ferrytest-s{run}.", otel_exporter="none")
     reply_topic = common.topics.replies("safety-it")
     await ensure_topics(common, [reply_topic, common.topics.screened("m")], partitions=1)
-    pool = await connect_pool(common.postgres_dsn)
     producer = AIOKafkaProducer(bootstrap_servers=common.kafka_bootstrap, acks="all")
     await producer.start()
     try:
-        await migrate(pool)
-        yield Queue(pool, common, ReviewStore(pool), PolicyStore(pool), UserStore(pool), producer, reply_topic)
+        async with scratch_database(common.postgres_dsn, "ferry_test_safety") as pool:
+            yield Queue(pool, common, ReviewStore(pool), PolicyStore(pool), UserStore(pool), producer, reply_topic)
     finally:
         await producer.stop()
-        await pool.close()
-        await admin_conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin_conn.close()
         await delete_topics(common)
 
 
