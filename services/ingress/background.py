@@ -183,6 +183,15 @@ class BackgroundResponses:
             raise
         return queued
 
+    async def finish_at_once(
+        self, shell: Shell, keep: Keeper, replies: AsyncIterator[IndexedEvent], placement: Placement
+    ) -> dict[str, Any]:
+        """A response whose answer is at hand (the response cache's) is finished before it is returned: its end is
+        stored with no queued response before it, and a streamed one's events are all kept. Queued, it could not be
+        taken over (its answer is on no reply topic): an instance dying before storing its end would leave it to
+        fail at its deadline. Raises DependencyUnavailable or NotStorable (its input)."""
+        return await self._finish(shell, keep, replies, placement, must_store=True)
+
     async def take_over(self) -> int:
         """Claims the unfinished background responses whose finisher stopped, and finishes them; how many."""
         unfinished = await self._store.unfinished()
@@ -248,23 +257,24 @@ class BackgroundResponses:
         placement: Placement,
         taken_over: bool = False,
         kept_until: int = -1,
+        must_store: bool = False,
     ) -> dict[str, Any]:
         """Reads the answer, stores the response's end and returns it. A streamed one (``placement.streamed``) keeps
         its events in the event log as they come, those numbered after ``kept_until`` (for a response taken over:
-        the last one its instance kept)."""
+        the last one its instance kept). With ``must_store``, an end that cannot be stored raises (_store_end)."""
         if not placement.streamed:
             try:
                 response = await whole_response(shell, replies)
             except ApiError as exc:
                 response = shell.response("failed", error=exc)
-            return await self._store_end(keep, response, placement, taken_over)
+            return await self._store_end(keep, response, placement, taken_over, must_store)
         logging, ended = True, None
         sequence = -1  # stream_response numbers its events from 0, one by one, and ends with the response's end
         async for text in stream_response(shell, replies):
             sequence += 1
             ends = ends_stream(text)
             if ends:  # stored first: a reader that sees the end finds the response (which only this event holds)
-                ended = await self._store_end(keep, read_event(text)[2]["response"], placement, taken_over)
+                ended = await self._store_end(keep, read_event(text)[2]["response"], placement, taken_over, must_store)
             if logging and sequence > kept_until:
                 try:
                     event = LoggedEvent(sequence, text, ends)
@@ -302,18 +312,24 @@ class BackgroundResponses:
             await self._limiter.settle(placement.charge, (response.get("usage") or {}).get("total_tokens", 0))
 
     async def _store_end(
-        self, keep: Keeper, response: dict[str, Any], placement: Placement, taken_over: bool
+        self, keep: Keeper, response: dict[str, Any], placement: Placement, taken_over: bool, must_store: bool = False
     ) -> dict[str, Any]:
-        """Stores the response's end; returns it as stored (a failure saying why, when its output could not be)."""
+        """Stores the response's end; returns it as stored (a failure saying why, when its output could not be).
+        With ``must_store``, raises DependencyUnavailable rather than leave it unstored, and NotStorable for an input
+        that cannot be stored."""
         try:
             await keep.save(response, placement)
             self._metrics.background_ended.labels(response["status"], str(taken_over).lower()).inc()
         except DependencyUnavailable:  # readers see it failed at finish_by
+            if must_store:
+                raise
             logger.warning(
                 "background response %s ended %s but could not be stored", response["id"], response["status"]
             )
         except NotStorable as exc:  # its output: the end is then a failure that says why
+            if not response["output"]:
+                raise  # not its output, then: its input
             error = {"code": "output_not_storable", "message": f"The response was generated, but {exc}."}
             failed = response | {"status": "failed", "output": [], "error": error, "completed_at": None}
-            return await self._store_end(keep, failed, placement, taken_over)
+            return await self._store_end(keep, failed, placement, taken_over, must_store)
         return response

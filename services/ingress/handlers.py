@@ -1083,7 +1083,8 @@ async def _serve(  # type: ignore[no-untyped-def]
     deps.metrics.responses.labels(request.url.path, "200").inc()
     if responses is not None:
         if responses.body.background:
-            return await _in_background(responses, request_id, replies, headers, deps, deadline_at, charge)
+            from_cache = all(lookup.entry is not None for lookup in lookups)
+            return await _in_background(responses, request_id, replies, headers, deps, deadline_at, charge, from_cache)
         return await _respond(request_id, responses, request, replies, headers)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -1151,8 +1152,10 @@ async def _in_background(
     deps: IngressDeps,
     deadline_at: datetime,
     charge: Charge | None,
+    from_cache: bool,
 ) -> JSONResponse:
-    """Background mode: the response is stored queued and returned at once, and finished apart (background.py)."""
+    """Background mode: the response is stored queued and returned at once, and finished apart (background.py); one
+    answered from the response cache is stored finished before it is returned."""
     assert isinstance(call.keep, Keeper) and call.reply_offset is not None, "create_response keeps it, and placed it"
     placement = Placement(
         finish_by=deadline_at + timedelta(seconds=BACKGROUND_STORE_GRACE_S),
@@ -1164,7 +1167,10 @@ async def _in_background(
         screened_beside=deps.settings.prompt_screening == "beside",
     )
     try:
-        queued = await deps.finishing.start(call.shell(request_id), call.keep, replies, placement)
+        if from_cache:
+            stored = await deps.finishing.finish_at_once(call.shell(request_id), call.keep, replies, placement)
+        else:
+            stored = await deps.finishing.start(call.shell(request_id), call.keep, replies, placement)
     except NotStorable as exc:
         raise ApiError(
             400, f"A background response is stored, and {exc}.", param="input", code="invalid_value"
@@ -1183,7 +1189,7 @@ async def _in_background(
             media_type="text/event-stream",
             headers=headers | {"cache-control": "no-cache"},
         )
-    return JSONResponse(queued, headers=headers)
+    return JSONResponse(stored, headers=headers)
 
 
 async def _logged_events(events: EventLog, response_id: str, after: int, until: datetime) -> AsyncIterator[str]:

@@ -17,7 +17,7 @@ import redis
 from benchmarks.bench.__main__ import main as bench_main
 from services.safety.policy import DEFAULT_POLICY, CategoryRule
 from services.safety.store import PolicyStore
-from tests.e2e.platform import TINY_MODEL, Platform
+from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
 from tests.e2e.test_reasoning import THINK_THEN_ANSWER
 
 _keys: dict[tuple[str, bool], str] = {}
@@ -139,6 +139,39 @@ def test_a_streamed_hit_has_the_sse_framing_of_a_live_answer(platform: Platform)
     plain = ask(platform, body(question), who)
     assert plain.headers["x-ferry-cache"] == "hit"
     assert plain.json()["choices"][0]["message"]["content"] == text_of(live)
+
+
+def test_a_background_response_answered_from_the_cache_is_stored_finished_before_it_is_returned(
+    platform: Platform,
+) -> None:
+    """Its answer is on no reply topic, so no instance could finish it after this one: it is returned (and its
+    events kept, when streamed) with its end already stored, never queued."""
+    question, who = unique("What is the capital of France?"), tenant(platform, "acme")
+    asked = {"model": DEFAULT_MODEL, "input": question, "max_output_tokens": 16, "temperature": 0, "background": True}
+    url = f"{platform.base_url}/v1/responses"
+    live = httpx.post(url, json=asked, headers=who, timeout=60)
+    assert live.status_code == 200 and live.headers["x-ferry-cache"] == "miss" and live.json()["status"] == "queued"
+    for _ in range(300):
+        ended = httpx.get(f"{url}/{live.json()['id']}", headers=who, timeout=10).json()
+        if ended["status"] not in ("queued", "in_progress"):
+            break
+        time.sleep(0.1)
+    assert ended["status"] in ("completed", "incomplete") and ended["output"], ended
+    hit = httpx.post(url, json=asked, headers=who, timeout=60)
+    assert hit.status_code == 200 and hit.headers["x-ferry-cache"] == "hit", hit.text
+    answered = hit.json()
+    assert answered["status"] == ended["status"] and answered["background"] is True
+    assert answered["output"][0]["content"][0]["text"] == ended["output"][0]["content"][0]["text"]
+    assert httpx.get(f"{url}/{answered['id']}", headers=who, timeout=10).json() == answered
+    with httpx.stream("POST", url, json=asked | {"stream": True}, headers=who, timeout=60) as streamed:
+        assert streamed.headers["x-ferry-cache"] == "hit"
+        events = [json.loads(line[6:]) for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == f"response.{ended['status']}"
+    assert (
+        "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        == (ended["output"][0]["content"][0]["text"])
+    )
 
 
 def test_tenant_b_never_gets_tenant_a_entry(platform: Platform) -> None:

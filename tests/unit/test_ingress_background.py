@@ -15,13 +15,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.ingress import background
-from services.ingress.adapters import LoggedEvent, StoredResponse, Unfinished
-from services.ingress.background import BackgroundResponses
+from services.ingress.adapters import LoggedEvent, NotStorable, StoredResponse, Unfinished
+from services.ingress.background import BackgroundResponses, Keeper, Placement
 from services.ingress.metrics import IngressMetrics
 from services.ingress.rate_limits import Charge
 from services.ingress.responses import TakenOverShell, read_event, stream_response
 from services.ingress.serving import IndexedEvent
 from shared.contracts import CompletionFinished, ReplyEvent, TokensGenerated, Usage, utc_now
+from shared.outages import DependencyUnavailable
 
 
 class FakeStore:
@@ -195,3 +196,47 @@ async def test_an_instance_claims_the_responses_of_stopped_instances_and_stores_
     assert "resp_mine" not in events.logs  # not streamed
     assert await finishing.take_over() == 0  # nothing left: each is claimed once
     assert metrics.background_ended.labels("completed", "true")._value.get() == 2
+
+
+async def test_a_response_answered_at_once_is_stored_ended_never_queued_or_raises() -> None:
+    """A background response answered from the response cache: its end is stored before it is returned, and a store
+    that cannot take it is the caller's error (a 503 or a 400), not a response left unstored."""
+    row = queued("resp_hit", "me")
+    usage = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
+    answer = CompletionFinished(
+        request_id="resp_hit", sequence=0, model="m", text="Hi.", finish_reason="stop", usage=usage
+    )
+
+    async def cached() -> AsyncIterator[IndexedEvent]:
+        yield 0, answer
+
+    placement = Placement(utc_now() + timedelta(minutes=5), "me", "replies.ingress-a", 7, streamed=True)
+
+    def finishing(store: object, events: FakeEventLog) -> tuple[BackgroundResponses, Keeper]:
+        metrics = IngressMetrics(CollectorRegistry())
+        responses = BackgroundResponses("me", None, store, None, FakeLiveness({"me"}), metrics, events, FakeLimiter())  # type: ignore[arg-type]
+        return responses, Keeper(store, None, "t", row.conversation, 1)  # type: ignore[arg-type]
+
+    store, events = FakeStore({}), FakeEventLog({})
+    responses, keep = finishing(store, events)
+    ended = await responses.finish_at_once(TakenOverShell(row.response), keep, cached(), placement)
+    assert ended["status"] == "completed" and store.saved["resp_hit"].response == ended  # stored once: its end
+    assert [read_event(e.text)[0] for e in events.logs["resp_hit"]][-1] == "response.completed"
+
+    class DownStore(FakeStore):
+        async def save(self, tenant_id: str, response_id: str, stored: StoredResponse) -> bool:
+            raise DependencyUnavailable("database")
+
+    class InputNotStorable(FakeStore):
+        async def save(self, tenant_id: str, response_id: str, stored: StoredResponse) -> bool:
+            self.tries = getattr(self, "tries", 0) + 1
+            raise NotStorable("the text holds the character U+0000")
+
+    responses, keep = finishing(DownStore({}), FakeEventLog({}))
+    with pytest.raises(DependencyUnavailable):
+        await responses.finish_at_once(TakenOverShell(row.response), keep, cached(), placement)
+    unstorable = InputNotStorable({})
+    responses, keep = finishing(unstorable, FakeEventLog({}))
+    with pytest.raises(NotStorable):  # its end as a failure (output_not_storable) is tried once, then the input
+        await responses.finish_at_once(TakenOverShell(row.response), keep, cached(), placement)
+    assert unstorable.tries == 2
