@@ -100,6 +100,7 @@ from services.ingress.serving import (
     Submission,
     chat_completion,
     choice_requests,
+    counting_tokens,
     final_events,
     merged,
     stream_sse,
@@ -1034,7 +1035,28 @@ async def _serve(  # type: ignore[no-untyped-def]
 
     published_at = time.monotonic()
     generated: dict[int, CompletionFinished] = {}  # by choice; a cache hit generated nothing: a request, not tokens
+    generated_so_far = [0] * len(choices)  # tokens, by choice, of its deltas read
     done: set[int] = set()
+    settled = False
+
+    def settle(used: int, why: str) -> None:
+        nonlocal settled
+        if charge is not None and not settled:
+            settled = True
+            deps.spawn(deps.limiter.settle(charge, used), f"{why} of {request_id}")
+
+    def used_unanswered() -> int:
+        """What a request that ends before its answer (the client gone, the deadline passed) has used: the choices
+        that finished, as their usage counts them, and the tokens the others generated so far, with the estimate of
+        their prompt if it is not counted already. A choice that generated nothing (still queued) costs nothing."""
+        answered_prompts = {prompt_of[i] for i in generated}
+        used = usage_of(list(generated.values()), [prompt_of[i] for i in generated]).total_tokens if generated else 0
+        unfinished = [i for i, lookup in enumerate(lookups) if lookup.entry is None and i not in generated]
+        started_prompts = {prompt_of[i] for i in unfinished if generated_so_far[i]} - answered_prompts
+        prompts = sum(
+            choices[p * body.n].prompt_tokens_estimate(template_tokens_per_message=0) for p in started_prompts
+        )
+        return used + prompts + sum(generated_so_far[i] for i in unfinished)
 
     def on_first() -> None:
         deps.metrics.time_to_first_event.labels(body.model).observe(time.monotonic() - published_at)
@@ -1051,16 +1073,18 @@ async def _serve(  # type: ignore[no-untyped-def]
             deps.metrics.tokens.labels(body.model, "prompt").inc(usage.prompt_tokens)
             cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else None
             deps.metrics.tokens.labels(body.model, "cached_prompt").inc(cached or 0)
-        if charge is not None:  # each prompt counts once, as in the usage returned
-            used = usage.total_tokens if usage is not None else 0
-            deps.spawn(deps.limiter.settle(charge, used), f"settlement of {request_id}")
+        if isinstance(event, GenerationFailed) and event.code in STOPPED_BY_ASKING:
+            settle(used_unanswered(), "settlement")  # stopped by its client or its deadline: what it used until then
+        else:  # each prompt once, as in the usage; the platform's failure is not charged
+            settle(usage.total_tokens if usage is not None else 0, "settlement")
 
     def on_abandoned(reason: AbandonReason, indexes: list[int]) -> None:
+        if responses is not None and responses.body.background and deps.finishing.handing_over:
+            return  # the instance stops: another one finishes the work (background.py), and settles its charge
+        settle(used_unanswered(), "settlement")  # (a choice that failed has settled the request already)
         live_choices = [lookups[i].request.request_id for i in indexes if lookups[i].entry is None]
         if not live_choices:
             return  # answered from the cache: no work to cancel
-        if responses is not None and responses.body.background and deps.finishing.handing_over:
-            return  # the instance stops: another one finishes the work (background.py)
         logger.info("request %s abandoned (%s); cancelling the work of %s", request_id, reason, live_choices)
         if reason != "requested":
             deps.metrics.cancelled.labels(reason).inc()
@@ -1070,7 +1094,7 @@ async def _serve(  # type: ignore[no-untyped-def]
             )
             deps.spawn(deps.publisher.cancel(cancelled), f"cancel of {choice_id}")
 
-    readable = [without_repeats(s) for s in streams]
+    readable = [counting_tokens(without_repeats(s), generated_so_far, k) for k, s in enumerate(streams)]
     if isinstance(body, ChatCompletionRequest) and not body.include_reasoning:
         readable = [without_reasoning(s) for s in readable]
     replies = watched(merged(readable), on_final, on_abandoned, on_first, len(choices))
@@ -1200,6 +1224,11 @@ async def _logged_events(events: EventLog, response_id: str, after: int, until: 
             yield event.text
     except DependencyUnavailable:
         return
+
+
+STOPPED_BY_ASKING = ("cancelled", "deadline_exceeded")
+"""The failures a request's client asked for (a cancel, its deadline): charged the tokens generated until then, as a
+request abandoned by its client is; other failures (the platform's, or a block) are not charged."""
 
 
 def _cache_policy(tenant: Tenant) -> TenantCachePolicy:

@@ -613,6 +613,17 @@ async def merged(streams: Sequence[AsyncIterator[ReplyEvent]]) -> AsyncIterator[
 AbandonReason = Literal["client_disconnected", "deadline_exceeded", "requested"]
 
 
+async def counting_tokens(
+    events: AsyncIterator[ReplyEvent], counts: list[int], index: int
+) -> AsyncIterator[ReplyEvent]:
+    """Passes a choice's events through, adding the tokens of its deltas to ``counts[index]``: what it has generated
+    so far, for a request that ends before its answer does."""
+    async for event in events:
+        if isinstance(event, TokensGenerated):
+            counts[index] += event.token_count
+        yield event
+
+
 async def watched(
     events: AsyncIterator[IndexedEvent],
     on_final: Callable[[int, CompletionFinished | GenerationFailed], None],

@@ -48,6 +48,7 @@ class Platform:
     env: dict[str, str]
     api_key: str = ""
     services: list[Service] = field(default_factory=list)
+    _admin_key: str = ""
 
     @property
     def auth(self) -> dict[str, str]:
@@ -70,6 +71,22 @@ class Platform:
         """Creates (or updates) a tenant with admin options (e.g. "--rpm", "5") and returns a fresh key of it."""
         self.admin("tenants", "create", tenant_id, *options)
         return self.admin("keys", "create", tenant_id).split("\t")[1]
+
+    async def tokens_counted(self, tenant_id: str, until: int | None = None) -> int:
+        """What the tenant's monthly quota counts (the admin API's usage); with ``until``, read again for up to 10 s
+        until it is that (a settlement comes just after the request ends)."""
+        if not self._admin_key:
+            self._admin_key = self.admin("admin-keys", "create", "--name", "e2e-usage").split("\t")[1]
+        headers = {"authorization": f"Bearer {self._admin_key}"}
+        async with httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=10) as admin:
+            for _ in range(50):
+                read = await admin.get(f"/admin/v1/tenants/{tenant_id}/usage")
+                assert read.status_code == 200, read.text
+                counted = int(read.json()["tokens"])
+                if until is None or counted == until:
+                    break
+                await asyncio.sleep(0.2)
+        return counted
 
     def url(self, name: str) -> str:
         """Base URL of a service by name (e.g. the safety service's review UI)."""

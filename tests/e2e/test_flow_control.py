@@ -70,7 +70,11 @@ LONG_RESPONSE = {
 async def test_a_client_leaving_mid_stream_cancels_its_request(
     platform: Platform, route: str, body: dict, flowing: str
 ) -> None:
-    async with httpx.AsyncClient(base_url=platform.base_url, headers=platform.auth, timeout=60) as client:
+    """The work stops, and the tenant's quota counts what it used until then: not the 1,500 tokens it was charged
+    at admission."""
+    tenant = f"leaving-{route.rsplit('/', 1)[-1]}"
+    auth = {"authorization": f"Bearer {platform.new_tenant(tenant)}"}
+    async with httpx.AsyncClient(base_url=platform.base_url, headers=auth, timeout=60) as client:
         async with client.stream("POST", route, json=body | {"stream": True}) as response:
             assert response.status_code == 200
             request_id = response.headers["x-request-id"]
@@ -85,6 +89,13 @@ async def test_a_client_leaving_mid_stream_cancels_its_request(
     assert not any(e.event == "completion_finished" for e in events)
     generated = sum(e.token_count for e in events if e.event == "tokens_generated")
     assert generated < LONG["max_tokens"] / 4, generated
+    # its prompt's estimate (a few tokens) and at least the one delta the client read, at most what was generated
+    counted = await platform.tokens_counted(tenant)
+    assert 1 < counted <= generated + PROMPT_ESTIMATE_AT_MOST, (counted, generated)
+
+
+PROMPT_ESTIMATE_AT_MOST = 16
+"""More than the estimate of LONG's prompt ("Tell me a long story.": its characters / 4)."""
 
 
 async def replies_of(platform: Platform, request_id: str) -> list[ReplyEvent]:
@@ -123,11 +134,13 @@ async def test_a_client_leaving_a_non_streamed_request_cancels_it(platform: Plat
 
 
 async def test_a_deadline_ends_the_stream_with_an_error_and_cancels_the_work(platform: Platform) -> None:
+    """The tenant's quota then counts what the request used until its deadline."""
+    auth = {"authorization": f"Bearer {platform.new_tenant('deadline')}"}
     async with httpx.AsyncClient(base_url=platform.base_url, timeout=60) as client:
         response = await client.post(
             "/v1/chat/completions",
             json=LONG | {"stream": True},
-            headers=platform.auth | {"x-ferry-timeout": "1.5"},
+            headers=auth | {"x-ferry-timeout": "1.5"},
         )
     assert response.status_code == 200
     events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e]
@@ -135,6 +148,12 @@ async def test_a_deadline_ends_the_stream_with_an_error_and_cancels_the_work(pla
     assert json.loads(events[-2])["error"]["code"] == "deadline_exceeded"
     cancelled = await cancellation_of(platform, response.headers["x-request-id"])
     assert cancelled.reason == "deadline_exceeded"
+    delivered = sum(1 for e in events[:-2] if json.loads(e)["choices"][0]["delta"].get("content"))
+    generated = sum(
+        e.token_count for e in await replies_of(platform, cancelled.request_id) if e.event == "tokens_generated"
+    )
+    counted = await platform.tokens_counted("deadline")
+    assert delivered <= counted <= generated + PROMPT_ESTIMATE_AT_MOST, (delivered, counted, generated)
 
 
 async def test_a_backlog_longer_than_the_deadline_is_refused_at_once(platform: Platform) -> None:

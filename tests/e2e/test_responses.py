@@ -18,7 +18,13 @@ from openai.types.responses import Response, ResponseStreamEvent
 from services.ingress.adapters import ConversationStore, ResponseStore
 from shared.db import connect_pool
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform, start_extra_ingress, stop_service
-from tests.e2e.test_flow_control import LONG_RESPONSE, cancellation_of, cancellations, replies_of
+from tests.e2e.test_flow_control import (
+    LONG_RESPONSE,
+    PROMPT_ESTIMATE_AT_MOST,
+    cancellation_of,
+    cancellations,
+    replies_of,
+)
 from tests.e2e.test_reasoning import ANSWER, BUDGET, THINK_THEN_ANSWER
 
 QUESTION = "What is the capital of France?"
@@ -322,20 +328,21 @@ async def test_a_background_response_is_polled_to_its_end_and_a_cancel_stops_its
     assert [item.content[0].text for item in led_to] == [QUESTION]  # type: ignore[union-attr]
 
     asked = {name: value for name, value in LONG_RESPONSE.items() if name != "ignore_eos"}
-    long = await keeper.responses.create(**asked, background=True, extra_body={"ignore_eos": True})  # type: ignore[call-overload]
+    flowing = await keeper.responses.create(**asked, background=True, stream=True, extra_body={"ignore_eos": True})  # type: ignore[call-overload]
+    long_id, _, _ = await first_deltas(flowing, 1)  # its tokens are flowing
+    await flowing.close()  # (the work goes on: a background response's does)
     with pytest.raises(BadRequestError) as err:  # it has no answer to continue yet
-        await keeper.responses.create(model=TINY_MODEL, input="Go on.", previous_response_id=long.id)
+        await keeper.responses.create(model=TINY_MODEL, input="Go on.", previous_response_id=long_id)
     assert err.value.body["code"] == "previous_response_unfinished"  # type: ignore[index]
-    await asyncio.sleep(1)  # its tokens are flowing by now
-    cancelled = await keeper.responses.cancel(long.id)
+    cancelled = await keeper.responses.cancel(long_id)
     assert cancelled.status == "cancelled"
-    assert (await cancellation_of(platform, long.id)).reason == "requested"
-    events = await replies_of(platform, long.id)  # the worker aborted it long before its 1500 tokens
+    assert (await cancellation_of(platform, long_id)).reason == "requested"
+    events = await replies_of(platform, long_id)  # the worker aborted it long before its 1500 tokens
     assert events[-1].event == "generation_failed" and events[-1].code == "cancelled", events[-1]
     assert sum(e.token_count for e in events if e.event == "tokens_generated") < 1500 / 4
     await asyncio.sleep(1)  # the instance has heard that end by now, and stored nothing over the cancel
-    assert (await keeper.responses.retrieve(long.id)).status == "cancelled"
-    assert (await keeper.responses.cancel(long.id)).status == "cancelled"  # again: no change
+    assert (await keeper.responses.retrieve(long_id)).status == "cancelled"
+    assert (await keeper.responses.cancel(long_id)).status == "cancelled"  # again: no change
 
     with pytest.raises(BadRequestError) as err:
         await keeper.responses.cancel(done.id)  # it had ended
@@ -343,6 +350,13 @@ async def test_a_background_response_is_polled_to_its_end_and_a_cancel_stops_its
     stored = await keeper.responses.create(model=TINY_MODEL, input="hi", max_output_tokens=2)
     with pytest.raises(BadRequestError):
         await keeper.responses.cancel(stored.id)  # not a background response
+    # the quota counts each answer's usage, and what the cancelled one generated until its cancel with its prompt's
+    # estimate (its instance heard every token before the cancel's end)
+    assert done.usage is not None and stored.usage is not None
+    answered = done.usage.total_tokens + stored.usage.total_tokens
+    counted = await platform.tokens_counted("background")
+    generated = sum(e.token_count for e in events if e.event == "tokens_generated")
+    assert 0 < generated < counted - answered <= generated + PROMPT_ESTIMATE_AT_MOST, (answered, counted, generated)
     for refused, param in [
         ({"store": False}, "store"),
     ]:
@@ -435,13 +449,7 @@ async def test_a_background_response_outlives_the_ingress_finishing_it(platform:
     deltas = [e.delta for e in rest if e.type == "response.output_text.delta"]
     assert "".join(first_part + deltas) == done.output_text  # the deltas since the instance stopped too
     assert response_id not in {c.request_id for c in await cancellations(platform)}  # its work was never stopped
-    admin_key = platform.admin("admin-keys", "create", "--name", f"handover-{stop.lower()}").split("\t")[1]
-    async with httpx.AsyncClient(base_url=platform.base_url, headers={"Authorization": f"Bearer {admin_key}"}) as admin:
-        for _ in range(50):  # settled just after the end is stored
-            counted = (await admin.get(f"/admin/v1/tenants/{tenant}/usage")).json()["tokens"]
-            if counted == done.usage.total_tokens:
-                break
-            await asyncio.sleep(0.2)
+    counted = await platform.tokens_counted(tenant, until=done.usage.total_tokens)  # settled after the end is stored
     assert counted == done.usage.input_tokens + 200, (counted, done.usage)
 
 
