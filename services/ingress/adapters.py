@@ -496,6 +496,7 @@ def _charged(charge: Charge) -> dict[str, object]:
         "month": charge.month,
         "tokens": charge.tokens,
         "settled_once_as": charge.settled_once_as,
+        "request_id": charge.request_id,
     }
 
 

@@ -53,6 +53,12 @@ class IngressSettings(BaseSettings):
     redis_timeout_s: float = Field(
         0.5, gt=0, description="Longest a rate-limit check waits for Redis before rate_limits_unavailable applies."
     )
+    unsettled_refund_after_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long after a request's deadline its token charge may stay unsettled: then its instance "
+        "died (or lost Redis) first, and the charge is refunded whole (the tenant's next request does it).",
+    )
     rate_limits_unavailable: Literal["allow", "refuse"] = Field(
         "allow",
         description="What a request gets when Redis cannot check its tenant's limits. allow: it is served uncounted "

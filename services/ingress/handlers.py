@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -969,10 +969,8 @@ async def _serve(  # type: ignore[no-untyped-def]
         message = message.model_copy(update={"retention_days": tenant.retention_days})  # review queue erases text then
         choices = choice_requests(message, body.n, prompts)
         estimate = sum(estimated_tokens(choices[k], body.n) for k in range(0, len(choices), body.n))
-        charge = await _charge(deps, tenant, estimate, headers)
-        if charge is not None and responses is not None and responses.body.background:
-            # settled by this instance, or by the one that takes the response over if this one stops: once
-            charge = replace(charge, settled_once_as=request_id)
+        # settled once: by this instance, or (a background response) by the one that takes it over if this one stops
+        charge = await _charge(deps, tenant, estimate, headers, request_id, deadline_at)
         policy = _cache_policy(tenant)
         cache_control: Mapping[str, str] = request.headers
         if isinstance(body, CompletionRequest) and body.echo and None in body.echo_texts():
@@ -1284,11 +1282,13 @@ def _timeout(header: str | None, settings: IngressSettings) -> float:
     return value
 
 
-async def _charge(deps: IngressDeps, tenant: Tenant, tokens: int, headers: dict[str, str]) -> Charge | None:
+async def _charge(
+    deps: IngressDeps, tenant: Tenant, tokens: int, headers: dict[str, str], request_id: str, deadline_at: datetime
+) -> Charge | None:
     """Checks and charges the tenant's limits; None when Redis could not check them and the settings let the
     request through unchecked."""
     try:
-        admission = await deps.limiter.admit(tenant, tokens)
+        admission = await deps.limiter.admit(tenant, tokens, request_id=request_id, deadline_at=deadline_at)
     except DependencyUnavailable:
         if deps.settings.rate_limits_unavailable == "refuse":
             raise

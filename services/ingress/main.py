@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Protocol
 
 from fastapi import FastAPI
@@ -86,7 +87,8 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
         files = FileStore(pool, settings.postgres_timeout_s, settings.file_timeout_s)
         batches = BatchStore(pool, settings.postgres_timeout_s)
         in_process = InProcessApi(app)
-        limiter = RateLimiter(redis, common.topic_prefix, settings.redis_timeout_s)
+        refund_after = timedelta(seconds=settings.unsettled_refund_after_s)
+        limiter = RateLimiter(redis, common.topic_prefix, settings.redis_timeout_s, refund_after)
         deps = app.state.deps = IngressDeps(
             settings=settings,
             catalog=ModelCatalog(ModelRegistry(pool), settings.model_cache_s, settings.postgres_timeout_s),

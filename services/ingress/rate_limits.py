@@ -4,14 +4,20 @@ Requests and tokens per minute use a sliding window approximated from two fixed 
 window's count weighted by how much of it still overlaps the last minute), checked and charged in one Lua script so
 two instances cannot both take the last unit. Tokens are charged at admission from an estimate and settled when the
 request finishes. A check waits at most ``timeout_s`` for Redis; a failure or timeout raises DependencyUnavailable,
-and the caller decides whether the request passes unchecked."""
+and the caller decides whether the request passes unchecked.
+
+Each charge stays open in Redis (a sorted set per tenant, by when it must be settled) until it is settled, and is
+settled once: a second settlement of the same charge changes nothing. One left open past its time was never settled,
+its instance having died (or lost Redis) first: the next charge of its tenant, or a read of its usage, refunds it.
+Without this an instance that died took its requests' whole estimates with it, on the monthly quota for good."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 
@@ -22,14 +28,37 @@ logger = logging.getLogger(__name__)
 
 WINDOW_MS = 60_000
 
-# KEYS: requests (this window, previous), tokens (this window, previous), monthly quota.
-# ARGV: now_ms, window_ms, requests_per_minute, tokens_per_minute, token_cost, monthly_quota (0 = unlimited).
+# Refunds the tenant's open charges whose time to be settled has passed (at most 100 a call): its request's instance
+# died, or could not reach Redis, before settling it. An open charge is "request id|window|month|tokens".
+_REFUND_UNSETTLED = """
+local function refund_unsettled(open_key, base, now)
+  local expired = redis.call('ZRANGEBYSCORE', open_key, '-inf', now, 'LIMIT', 0, 100)
+  for _, member in ipairs(expired) do
+    redis.call('ZREM', open_key, member)
+    local window, month, tokens = string.match(member, '|(%d+)|(%d+)|(%d+)$')
+    if tokens then
+      for _, key in ipairs({base .. ':tok:' .. window, base .. ':quota:' .. month}) do
+        if redis.call('EXISTS', key) == 1 and redis.call('DECRBY', key, tokens) < 0 then
+          redis.call('SET', key, 0, 'KEEPTTL')
+        end
+      end
+    end
+  end
+end
+"""
+
+# KEYS: requests (this window, previous), tokens (this window, previous), monthly quota, open charges.
+# ARGV: now_ms, window_ms, requests_per_minute, tokens_per_minute, token_cost, monthly_quota (0 = unlimited), the
+# tenant's key base, the open charge ('' for none), when it must be settled by (ms).
 # Returns {allowed, retry_after_ms, limit_name, requests_left, tokens_left, requests_reset_ms, tokens_reset_ms}: what is
 # left of each per-minute limit in the sliding window after this request (its charge included when allowed), and how
 # long until the window holds nothing of it any more (what is left is then the whole limit, if nothing else is
 # charged); -1 for a limit the tenant does not have.
-_CHECK_AND_CHARGE = """
+_CHECK_AND_CHARGE = (
+    _REFUND_UNSETTLED
+    + """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+refund_unsettled(KEYS[6], ARGV[7], now)
 local rpm, tpm, cost, quota = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local into = now % window
 local function wait_ms(limit, cur_key, prev_key, add)
@@ -71,14 +100,33 @@ if quota > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') + cost > quota then
 redis.call('INCR', KEYS[1]); redis.call('PEXPIRE', KEYS[1], 2 * window)
 redis.call('INCRBY', KEYS[3], cost); redis.call('PEXPIRE', KEYS[3], 2 * window)
 redis.call('INCRBY', KEYS[5], cost); redis.call('EXPIRE', KEYS[5], 3024000)
+if ARGV[8] ~= '' then redis.call('ZADD', KEYS[6], ARGV[9], ARGV[8]) end
 return answer(1, 0, '')
 """
+)
 
-# KEYS: the two counters to correct, then (a charge settled once) its settlement's marker; ARGV: delta, the marker's
-# lifetime in seconds. A counter that has expired stays gone (its window is over); none goes below 0. Returns 0 when
-# the marker was there already (settled before: nothing changes), else 1.
+# KEYS: the monthly quota, open charges; ARGV: now_ms, the tenant's key base. Returns the quota's count, once the
+# charges left unsettled are refunded.
+_COUNTED = (
+    _REFUND_UNSETTLED
+    + """
+refund_unsettled(KEYS[2], ARGV[2], tonumber(ARGV[1]))
+return tonumber(redis.call('GET', KEYS[1]) or '0')
+"""
+)
+
+# KEYS: the two counters to correct, then the tenant's open charges, or (a charge stored before they were kept) its
+# settlement's marker; ARGV: delta, the marker's lifetime in seconds, the open charge ('' for a marker). A counter
+# that has expired stays gone (its window is over); none goes below 0. Returns 0 when the charge was settled before
+# (nothing changes), else 1.
 _SETTLE = """
-if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+if KEYS[3] then
+  if ARGV[3] ~= '' then
+    if redis.call('ZREM', KEYS[3], ARGV[3]) == 0 then return 0 end
+  elseif not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[2]) then
+    return 0
+  end
+end
 for i = 1, 2 do
   if redis.call('EXISTS', KEYS[i]) == 1 and redis.call('INCRBY', KEYS[i], ARGV[1]) < 0 then
     redis.call('SET', KEYS[i], 0, 'KEEPTTL')
@@ -89,6 +137,10 @@ return 1
 
 SETTLED_MARK_S = 2 * 86_400
 """How long a charge settled once is remembered as settled: longer than a request's deadline can be."""
+
+SETTLE_RETRIES_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+"""Waits between the tries of a settlement Redis does not take: an open charge not settled in time is refunded
+whole, which under-counts a request that used tokens."""
 
 
 @dataclass(frozen=True)
@@ -136,16 +188,27 @@ class Charge:
     month: str
     tokens: int
     settled_once_as: str | None = None
-    """Set for a charge that two instances may settle (a background response's: the instance that asked, and one
-    that took the response over if it stopped first): the id under which Redis takes its first settlement only."""
+    """The marker under which Redis took the first settlement only, of a background response's charge stored before
+    charges were kept open (``request_id``)."""
+    request_id: str | None = None
+    """The request it was charged for: its charge is open in Redis under this id until it is settled, once."""
+
+    def opened(self) -> str:
+        """How it is kept open in Redis."""
+        return f"{self.request_id}|{self.window}|{self.month}|{self.tokens}"
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, namespace: str, timeout_s: float = 0.5) -> None:
-        self._ns, self._client = namespace, redis
+    def __init__(
+        self, redis: Redis, namespace: str, timeout_s: float = 0.5, refund_after: timedelta = timedelta(minutes=10)
+    ) -> None:
+        """``refund_after``: how long after its request's deadline a charge may stay open before it is refunded as
+        never settled."""
+        self._ns, self._client, self._refund_after = namespace, redis, refund_after
         self._redis = Breaker("rate_limits", timeout_s, 1.0, REDIS_FAILURES)
         self._check_and_charge = redis.register_script(_CHECK_AND_CHARGE)
         self._settle = redis.register_script(_SETTLE)
+        self._counted = redis.register_script(_COUNTED)
 
     def _keys(self, tenant_id: str, window: int, month: str) -> list[str]:
         base = self._base(tenant_id)
@@ -155,7 +218,11 @@ class RateLimiter:
             f"{base}:tok:{window}",
             f"{base}:tok:{window - 1}",
             self._quota_key(tenant_id, month),
+            self._open_key(tenant_id),
         ]
+
+    def _open_key(self, tenant_id: str) -> str:
+        return f"{self._base(tenant_id)}:open"
 
     def _base(self, tenant_id: str) -> str:
         return f"{self._ns}ratelimit:{{{tenant_id}}}"  # one hash slot per tenant: the scripts touch its keys together
@@ -163,10 +230,21 @@ class RateLimiter:
     def _quota_key(self, tenant_id: str, month: str) -> str:
         return f"{self._base(tenant_id)}:quota:{month}"
 
-    async def admit(self, tenant: Tenant, tokens: int, now: datetime | None = None) -> Admission:
+    async def admit(
+        self,
+        tenant: Tenant,
+        tokens: int,
+        now: datetime | None = None,
+        request_id: str | None = None,
+        deadline_at: datetime | None = None,
+    ) -> Admission:
+        """Checks the tenant's limits and charges ``tokens``; with ``request_id``, the charge stays open until it is
+        settled, or is refunded whole if it is not by ``refund_after`` after ``deadline_at``."""
         now = now or datetime.now(UTC)
         now_ms = int(now.timestamp() * 1000)
         window, month = now_ms // WINDOW_MS, now.strftime("%Y%m")
+        charge = Charge(tenant.id, window, month, tokens, request_id=request_id)
+        settle_by = (deadline_at or now) + self._refund_after
         allowed, wait_ms, limit, requests_left, tokens_left, requests_reset, tokens_reset = await self._redis.call(
             lambda: self._check_and_charge(
                 keys=self._keys(tenant.id, window, month),
@@ -177,6 +255,9 @@ class RateLimiter:
                     tenant.tokens_per_minute or 0,
                     tokens,
                     tenant.monthly_token_quota or 0,
+                    self._base(tenant.id),
+                    charge.opened() if request_id is not None else "",
+                    int(settle_by.timestamp() * 1000),
                 ],
             )
         )
@@ -188,34 +269,45 @@ class RateLimiter:
             "tokens_reset_ms": None if tokens_reset < 0 else tokens_reset,
         }
         if allowed:
-            return Admission(True, charge=Charge(tenant.id, window, month, tokens), **left)
+            return Admission(True, charge=charge, **left)
         if wait_ms == -1:
             return Admission(False, limit, None, **left)
         if wait_ms == -2:
             return Admission(False, limit, _seconds_to_next_month(now), **left)
         return Admission(False, limit, max(1, math.ceil(wait_ms / 1000)), **left)
 
-    async def month_tokens(self, tenant_id: str, month: str) -> int:
+    async def month_tokens(self, tenant_id: str, month: str, now: datetime | None = None) -> int:
         """The tokens the tenant's monthly quota counts for ``month`` (YYYYMM, UTC): those of its requests that ended,
         and the estimates of those still running. Raises DependencyUnavailable."""
-        counted = await self._redis.call(lambda: self._client.get(self._quota_key(tenant_id, month)))
+        now_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
+        keys = [self._quota_key(tenant_id, month), self._open_key(tenant_id)]
+        counted = await self._redis.call(lambda: self._counted(keys=keys, args=[now_ms, self._base(tenant_id)]))
         return int(counted or 0)
 
     async def settle(self, charge: Charge, actual_tokens: int) -> None:
-        """Replaces the admission estimate by the real token count (usually a refund: max_tokens is rarely used up);
-        a charge with ``settled_once_as`` only the first time."""
+        """Replaces the admission estimate by the real token count (usually a refund: max_tokens is rarely used up),
+        the first time only for a charge kept open (or one with ``settled_once_as``). Redis down, it tries again
+        for half a minute (SETTLE_RETRIES_S)."""
         delta = actual_tokens - charge.tokens
-        if delta == 0:
-            return
         keys = self._keys(charge.tenant_id, charge.window, charge.month)
-        counters = [keys[2], keys[4]]
-        if charge.settled_once_as is not None:
+        counters, opened = [keys[2], keys[4]], ""
+        if charge.request_id is not None:
+            counters.append(self._open_key(charge.tenant_id))
+            opened = charge.opened()
+        elif charge.settled_once_as is not None:
             counters.append(f"{self._base(charge.tenant_id)}:settled:{charge.settled_once_as}")
-        try:
-            await self._redis.call(lambda: self._settle(keys=counters, args=[delta, SETTLED_MARK_S]))
-        except DependencyUnavailable:
-            # the admission estimate stays charged: the tenant is over-counted, never under
-            logger.warning("Redis did not take a settlement of tenant %s's tokens (%+d)", charge.tenant_id, delta)
+        elif delta == 0:
+            return
+        for wait_s in (*SETTLE_RETRIES_S, None):
+            try:
+                await self._redis.call(lambda: self._settle(keys=counters, args=[delta, SETTLED_MARK_S, opened]))
+                return
+            except DependencyUnavailable:
+                if wait_s is None:
+                    break
+                await asyncio.sleep(wait_s)
+        # an open charge is refunded whole once its time passes; one not kept open stays charged
+        logger.warning("Redis did not take a settlement of tenant %s's tokens (%+d)", charge.tenant_id, delta)
 
 
 def go_duration(ms: int) -> str:

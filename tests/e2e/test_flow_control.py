@@ -4,8 +4,11 @@ the deadline is refused at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -13,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from shared.contracts import QueueDepthReported, ReplyEvent, RequestCancelled, reply_event_adapter
-from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform
+from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform, start_extra_ingress, stop_service
 
 # ignore_eos: the model itself may end its story in a dozen tokens (it is sampled), before a test can leave or time out
 LONG = {
@@ -96,6 +99,41 @@ async def test_a_client_leaving_mid_stream_cancels_its_request(
 
 PROMPT_ESTIMATE_AT_MOST = 16
 """More than the estimate of LONG's prompt ("Tell me a long story.": its characters / 4)."""
+
+
+async def test_the_charges_of_requests_cut_off_by_their_instance_s_death_are_refunded(platform: Platform) -> None:
+    """An ingress killed (SIGKILL) mid-stream never settles its requests' charges: each stays open until its
+    deadline is past by FERRY_INGRESS_UNSETTLED_REFUND_AFTER_S, then the tenant's quota drops it (any instance)."""
+    tenant = "cut-off"
+    deadline_s = 10  # long enough that none of the three reaches it before the kill, on a busy machine
+    auth = {"authorization": f"Bearer {platform.new_tenant(tenant)}", "x-ferry-timeout": str(deadline_s)}
+    extra = start_extra_ingress(platform, "cut-off", {"FERRY_INGRESS_UNSETTLED_REFUND_AFTER_S": "1"})
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{extra.port}", headers=auth, timeout=60) as client:
+
+            async def flowing(stack: contextlib.AsyncExitStack) -> None:
+                asked = LONG | {"model": TINY_MODEL, "stream": True}
+                response = await stack.enter_async_context(client.stream("POST", "/v1/chat/completions", json=asked))
+                assert response.status_code == 200
+                lines = response.aiter_lines()
+                reading.append(lines)  # (a reader let go would close its stream: the request would end, settled)
+                async for line in lines:
+                    if '"content":"' in line and '"content":""' not in line:
+                        return  # its tokens are flowing
+
+            reading: list[AsyncIterator[str]] = []
+            async with contextlib.AsyncExitStack() as streams:
+                asked_at = time.monotonic()
+                await asyncio.gather(*(flowing(streams) for _ in range(3)))
+                assert extra.process is not None
+                extra.process.send_signal(signal.SIGKILL)
+                extra.process.wait(timeout=60)
+                # (the streams end here, cut: nothing settles them)
+                assert await platform.tokens_counted(tenant) > 3 * LONG["max_tokens"]  # their estimates, open
+    finally:
+        stop_service(extra)
+    await asyncio.sleep(max(0.0, asked_at + deadline_s + 1 - time.monotonic()))
+    assert await platform.tokens_counted(tenant, until=0) == 0
 
 
 async def replies_of(platform: Platform, request_id: str) -> list[ReplyEvent]:

@@ -66,9 +66,49 @@ async def test_tokens_are_settled_to_the_real_count(redis: Redis, namespace: str
 async def test_a_charge_two_instances_may_settle_is_settled_once(redis: Redis, namespace: str) -> None:
     asked, took_over = RateLimiter(redis, namespace), RateLimiter(redis, namespace)
     tenant = Tenant(id="t", monthly_token_quota=10_000)
+    admitted = await asked.admit(tenant, 900, T0, "resp_1", T0 + timedelta(minutes=5))
+    assert admitted.charge is not None
+    charge = admitted.charge  # a background response's: kept open until settled
+    await asked.settle(charge, 300)
+    # the instance that asked died before storing the response's end: the one that took it over settles it again
+    await took_over.settle(charge, 300)
+    assert await asked.month_tokens("t", "202603", T0) == 300
+    other = await asked.admit(tenant, 500, T0, "resp_2", T0 + timedelta(minutes=5))
+    assert other.charge is not None
+    await took_over.settle(other.charge, 100)  # another response: its own
+    assert await asked.month_tokens("t", "202603", T0) == 400
+    # settled at its estimate, nothing changes but that it is no longer open: it is not refunded later
+    exact = await asked.admit(tenant, 50, T0, "chatcmpl-3", T0 + timedelta(minutes=5))
+    assert exact.charge is not None
+    await asked.settle(exact.charge, 50)
+    assert await asked.month_tokens("t", "202603", T0 + timedelta(hours=1)) == 450
+
+
+async def test_a_charge_left_open_past_its_time_is_refunded_once(redis: Redis, namespace: str) -> None:
+    """Its instance died before settling it: the tenant's next charge, or a read of its usage, refunds it whole
+    once its deadline is 10 minutes past; a settlement that comes after that changes nothing."""
+    limiter = RateLimiter(redis, namespace)
+    tenant = Tenant(id="t", monthly_token_quota=10_000, tokens_per_minute=5_000)
+    deadline = T0 + timedelta(seconds=30)
+    lost = await limiter.admit(tenant, 2_000, T0, "chatcmpl-lost", deadline)
+    kept = await limiter.admit(tenant, 1_000, T0, "chatcmpl-long", T0 + timedelta(minutes=30))
+    assert lost.charge is not None and kept.charge is not None
+    assert await limiter.month_tokens("t", "202603", deadline + timedelta(minutes=9)) == 3_000  # not yet
+    # not refunded yet, its tokens still weigh on the minute: 3,000 + 2,500 is past 5,000
+    assert not (await limiter.admit(tenant, 2_500, T0 + timedelta(seconds=50))).allowed
+    assert (await limiter.admit(tenant, 2_500, deadline + timedelta(minutes=10))).allowed  # a later window's
+    assert await limiter.month_tokens("t", "202603", deadline + timedelta(minutes=10)) == 1_000 + 2_500
+    await limiter.settle(lost.charge, 700)  # too late: it was refunded already, and stays so
+    await limiter.settle(kept.charge, 400)
+    assert await limiter.month_tokens("t", "202603", T0 + timedelta(hours=2)) == 400 + 2_500
+
+
+async def test_a_charge_stored_before_charges_were_kept_open_is_settled_once(redis: Redis, namespace: str) -> None:
+    asked, took_over = RateLimiter(redis, namespace), RateLimiter(redis, namespace)
+    tenant = Tenant(id="t", monthly_token_quota=10_000)
     admitted = await asked.admit(tenant, 900, T0)
     assert admitted.charge is not None
-    charge = replace(admitted.charge, settled_once_as="resp_1")  # a background response's
+    charge = replace(admitted.charge, settled_once_as="resp_1")  # a background response's, stored with it
     await asked.settle(charge, 300)
     # the instance that asked died before storing the response's end: the one that took it over settles it again
     await took_over.settle(charge, 300)
