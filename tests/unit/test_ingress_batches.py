@@ -65,6 +65,15 @@ def test_every_bad_line_is_named_and_fails_the_whole_file() -> None:
     ]
 
 
+def test_a_line_ends_at_a_newline_only_and_its_body_is_read_from_the_file() -> None:
+    """JSON Lines: a line separator of Unicode (U+2028) left raw in a string is the string's, not a line's end."""
+    content = (line("a", body={"model": "m", "prompt": "one\u2028two"}) + "\n" + line("b")).encode()
+    content = content.replace(b"\\u2028", "\u2028".encode())  # raw, as json.dumps(ensure_ascii=False) writes it
+    lines, errors = read_lines(content, CHAT)
+    assert errors == [] and [(r.line, r.custom_id) for r in lines] == [(1, "a"), (2, "b")]
+    assert lines[0].body == {"model": "m", "prompt": "one\u2028two"}
+
+
 def test_an_empty_file_a_file_too_long_and_one_not_utf8_fail() -> None:
     assert [e["code"] for e in read_lines(b"\n \n", CHAT)[1]] == ["empty_file"]
     three = "\n".join(line(str(k)) for k in range(3)).encode()
@@ -73,7 +82,7 @@ def test_an_empty_file_a_file_too_long_and_one_not_utf8_fail() -> None:
 
 
 def test_an_answer_goes_to_the_output_file_with_its_usage_and_a_refusal_to_the_error_file() -> None:
-    request = BatchLine(3, "q", {})
+    request = BatchLine(3, "q", b"", 0, 0)
     usage = {
         "prompt_tokens": 10,
         "completion_tokens": 5,
