@@ -87,7 +87,7 @@ class BatchObject(BaseModel):
 @dataclass(frozen=True, slots=True)
 class BatchLine:
     """One request of a batch's input file. Its body is read from the file when it runs: a batch of 50,000 requests
-    held parsed for its whole run took 1.6 times the file's size again (benchmarks/reports/batch-memory)."""
+    held parsed for its whole run took 1.6 times the file's size again (benchmarks/reports/batch-memory-2026-12-07)."""
 
     line: int
     """Its line in the file, from 1."""

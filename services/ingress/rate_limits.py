@@ -8,8 +8,8 @@ and the caller decides whether the request passes unchecked.
 
 Each charge stays open in Redis (a sorted set per tenant, by when it must be settled) until it is settled, and is
 settled once: a second settlement of the same charge changes nothing. One left open past its time was never settled,
-its instance having died (or lost Redis) first: the next charge of its tenant, or a read of its usage, refunds it.
-Without this an instance that died took its requests' whole estimates with it, on the monthly quota for good."""
+its instance having died (or lost Redis) first: the next charge of its tenant, or a read of its usage, refunds it,
+rather than leave its whole estimate on the monthly quota for good."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Literal
@@ -88,8 +87,9 @@ class SafetySettings(BaseSettings):
         "release-then-review, hold for review, or block. Counted in ferry_safety_guard_checks.",
     )
     instance_id: str = Field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
-        description="Names this instance's reply topic for guard answers.",
+        default_factory=socket.gethostname,
+        description="Names this instance's reply topic for guard answers; stable across restarts, so that each start "
+        "does not leave a topic behind. Instances sharing one read each other's answers too, and ignore them.",
     )
     sweep_interval_s: float = Field(
         30.0, gt=0, description="How often held items past their deadline and expired retained texts are handled."
