@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -1044,7 +1044,13 @@ class FileStore:
         self._content = Breaker("database", content_timeout_s, 1.0, DATABASE_FAILURES)
 
     async def create(
-        self, tenant_id: str, file_id: str, purpose: str, filename: str, content: bytes, expires_at: datetime | None
+        self,
+        tenant_id: str,
+        file_id: str,
+        purpose: str,
+        filename: str,
+        content: bytes | bytearray,
+        expires_at: datetime | None,
     ) -> StoredFile:
         """Stores a file; the same id stored again (a batch's output file, written again after a takeover) keeps the
         first."""
@@ -1177,6 +1183,10 @@ def _batch(row: asyncpg.Record) -> StoredBatch:
     return StoredBatch(row["tenant_id"], json.loads(row["batch"]), BatchCounts(*row["counts"]), row["finisher"])
 
 
+RESULTS_PAGE = 1_000
+"""A batch's results read or written at once: a few megabytes."""
+
+
 class BatchStore:
     """OpenAI's batches and their requests' results, in PostgreSQL for tenants that opted in to retention (the caller
     checks), readable for the tenant's retention after they were created; ``sweep`` deletes the rest. Each call waits
@@ -1292,18 +1302,27 @@ class BatchStore:
 
     async def save_result(self, batch_id: str, result: BatchResult) -> None:
         """Keeps a request's result; one kept already for its line (the line run twice across a takeover) stays."""
+        await self.save_results(batch_id, [result])
+
+    async def save_results(self, batch_id: str, results: Sequence[BatchResult]) -> None:
+        """Keeps requests' results in one round trip, as ``save_result`` does each (keep them to a page's size)."""
         await self._database.call(
-            lambda: self._pool.execute(
+            lambda: self._pool.executemany(
                 "INSERT INTO batch_results (batch_id, line, succeeded, result, input_tokens, cached_tokens,"
                 " output_tokens, reasoning_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-                batch_id,
-                result.line,
-                result.succeeded,
-                result.result,
-                result.input_tokens,
-                result.cached_tokens,
-                result.output_tokens,
-                result.reasoning_tokens,
+                [
+                    (
+                        batch_id,
+                        result.line,
+                        result.succeeded,
+                        result.result,
+                        result.input_tokens,
+                        result.cached_tokens,
+                        result.output_tokens,
+                        result.reasoning_tokens,
+                    )
+                    for result in results
+                ],  # fmt: skip
             )
         )
 
@@ -1314,11 +1333,17 @@ class BatchStore:
         )
         return {row["line"] for row in rows}
 
-    async def results(self, batch_id: str) -> list[BatchResult]:
-        """Every result of the batch, in line order."""
+    async def results(self, batch_id: str, after_line: int = 0, limit: int = RESULTS_PAGE) -> list[BatchResult]:
+        """The batch's results after line ``after_line``, in line order, ``limit`` of them. A batch's results can be
+        hundreds of megabytes: read whole, they would not come within a lookup's timeout, and would be held twice
+        while its files are written."""
         rows = await self._database.call(
             lambda: self._pool.fetch(
-                "SELECT line, succeeded, result FROM batch_results WHERE batch_id = $1 ORDER BY line", batch_id
+                "SELECT line, succeeded, result FROM batch_results WHERE batch_id = $1 AND line > $2"
+                " ORDER BY line LIMIT $3",
+                batch_id,
+                after_line,
+                limit,
             )
         )
         return [BatchResult(row["line"], row["succeeded"], row["result"]) for row in rows]

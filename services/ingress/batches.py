@@ -26,7 +26,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.ingress.adapters import BatchCounts, BatchResult, BatchStore, FileStore, Liveness, StoredBatch
+from services.ingress.adapters import (
+    RESULTS_PAGE,
+    BatchCounts,
+    BatchResult,
+    BatchStore,
+    FileStore,
+    Liveness,
+    StoredBatch,
+)
 from services.ingress.metrics import IngressMetrics
 from services.ingress.protocol import STRICT_INPUT
 from services.ingress.tenants import PRIORITY_RANK, Tenant
@@ -472,21 +480,24 @@ class BatchRunner:
         cancelled, expired, or failed: ``changes`` say why); the requests of ``lines`` without a result are errors."""
         answered = await self._store.answered(batch_id)
         code: UnrunCode = "batch_expired" if outcome == "expired" else "batch_cancelled"
-        for request in lines:
-            if request.line not in answered:
-                await self._store.save_result(batch_id, unrun_line(request, code))
-                self._metrics.batch_requests.labels("not_run").inc()
-        results = await self._store.results(batch_id)
+        unrun = [unrun_line(request, code) for request in lines if request.line not in answered]
+        for first in range(0, len(unrun), RESULTS_PAGE):
+            await self._store.save_results(batch_id, unrun[first : first + RESULTS_PAGE])
+        self._metrics.batch_requests.labels("not_run").inc(len(unrun))
+        contents = {True: bytearray(), False: bytearray()}  # the output file's lines, and the error file's
+        after_line = 0
+        while page := await self._store.results(batch_id, after_line):
+            for result in page:
+                contents[result.succeeded] += f"{result.result}\n".encode()
+            after_line = page[-1].line
         created_at = datetime.fromtimestamp(int(batch["created_at"]), utc_now().tzinfo)
         keep_s = batch.get("output_expires_after")
         expires_at = created_at + timedelta(seconds=keep_s) if isinstance(keep_s, int) else None
         file_ids: dict[str, str | None] = {}
         for kind, succeeded in (("output", True), ("error", False)):
-            chosen = [result.result for result in results if result.succeeded is succeeded]
             file_ids[f"{kind}_file_id"] = None
-            if chosen:
+            if content := contents[succeeded]:
                 file_id = output_file_id(batch_id, kind)  # type: ignore[arg-type]
-                content = "".join(f"{line}\n" for line in chosen).encode()
                 await self._files.create(
                     tenant_id, file_id, "batch_output", f"{batch_id}_{kind}.jsonl", content, expires_at
                 )
