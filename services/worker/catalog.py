@@ -17,9 +17,14 @@ def _hour(at: datetime) -> datetime:
     return at.replace(minute=0, second=0, microsecond=0)
 
 
+DEMAND_KEPT = timedelta(days=30)
+"""How long hourly demand counts are kept: the tiers read the last two hours; the rest is for operators."""
+
+
 class ModelCatalog:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._pruned_hour: datetime | None = None
 
     async def record_demand(self, counts: dict[str, int], at: datetime) -> None:
         """Adds requests served per model to the hour bucket of ``at``."""
@@ -38,7 +43,7 @@ class ModelCatalog:
             """SELECT m.id,
                       COALESCE(SUM(d.requests) FILTER (WHERE d.hour = $1), 0) AS current_hour,
                       COALESCE(SUM(d.requests) FILTER (WHERE d.hour = $2), 0) AS previous_hour
-               FROM models m LEFT JOIN model_demand d ON d.model_id = m.id
+               FROM models m LEFT JOIN model_demand d ON d.model_id = m.id AND d.hour >= $2
                WHERE m.enabled GROUP BY m.id""",
             current,
             current - timedelta(hours=1),
@@ -47,7 +52,11 @@ class ModelCatalog:
         return {r["id"]: hourly_rate(int(r["previous_hour"]), int(r["current_hour"]), elapsed) for r in rows}
 
     async def recompute_tiers(self, policy: TierPolicy, now: datetime) -> list[TierPlan]:
-        """Tiers from observed demand, saved in model_tiers; returns them."""
+        """Tiers from observed demand, saved in model_tiers; returns them. Once an hour, demand counts older than
+        DEMAND_KEPT are deleted."""
+        if self._pruned_hour != _hour(now):
+            await self._pool.execute("DELETE FROM model_demand WHERE hour < $1", _hour(now) - DEMAND_KEPT)
+            self._pruned_hour = _hour(now)
         plans = plan_tiers(await self.demand(now), policy)
         await self._pool.executemany(
             """INSERT INTO model_tiers (model_id, tier, requests_per_hour, replicas, computed_at)

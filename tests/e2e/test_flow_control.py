@@ -105,7 +105,7 @@ async def test_the_charges_of_requests_cut_off_by_their_instance_s_death_are_ref
     """An ingress killed (SIGKILL) mid-stream never settles its requests' charges: each stays open until its
     deadline is past by FERRY_INGRESS_UNSETTLED_REFUND_AFTER_S, then the tenant's quota drops it (any instance)."""
     tenant = "cut-off"
-    deadline_s = 10  # long enough that none of the three reaches it before the kill, on a busy machine
+    deadline_s = 15  # long enough that none of the three reaches it before the kill, on a busy machine
     auth = {"authorization": f"Bearer {platform.new_tenant(tenant)}", "x-ferry-timeout": str(deadline_s)}
     extra = start_extra_ingress(platform, "cut-off", {"FERRY_INGRESS_UNSETTLED_REFUND_AFTER_S": "1"})
     try:
