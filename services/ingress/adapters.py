@@ -1322,7 +1322,7 @@ class BatchStore:
                         result.reasoning_tokens,
                     )
                     for result in results
-                ],  # fmt: skip
+                ],
             )
         )
 
@@ -1335,8 +1335,8 @@ class BatchStore:
 
     async def results(self, batch_id: str, after_line: int = 0, limit: int = RESULTS_PAGE) -> list[BatchResult]:
         """The batch's results after line ``after_line``, in line order, ``limit`` of them. A batch's results can be
-        hundreds of megabytes: read whole, they would not come within a lookup's timeout, and would be held twice
-        while its files are written."""
+        hundreds of megabytes: read in one query, they came near a lookup's timeout, and took three times their size
+        in memory while its files were written (benchmarks/reports/batch-results-2026-12-07)."""
         rows = await self._database.call(
             lambda: self._pool.fetch(
                 "SELECT line, succeeded, result FROM batch_results WHERE batch_id = $1 AND line > $2"
