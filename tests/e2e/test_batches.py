@@ -276,7 +276,11 @@ def test_a_batch_of_responses_api_requests_answers_each_with_a_response_object(p
     assert done.status == "completed" and done.request_counts is not None, done
     assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)
     output = lines_of(openai, done.output_file_id)
+    generated = []
     for line in output.values():  # a response's error is null: once that read as a refusal and failed the batch
         body = line["response"]["body"]
-        assert body["object"] == "response" and body["error"] is None and body["usage"]["output_tokens"] == 4
-    assert done.usage is not None and done.usage.output_tokens == 8
+        assert body["object"] == "response" and body["error"] is None
+        generated.append(body["usage"]["output_tokens"])
+    # The tiny model samples at temperature 1 and may end before its 4 tokens; the batch's usage sums its responses'.
+    assert len(generated) == 2 and all(1 <= count <= 4 for count in generated), generated
+    assert done.usage is not None and done.usage.output_tokens == sum(generated)
