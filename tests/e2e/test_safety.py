@@ -138,7 +138,8 @@ async def test_allowed_prompt_screened_beside_generation_streams_once_cleared_in
     platform: Platform, beside: Service
 ) -> None:
     events: list[object] = []
-    body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "Hi there"}], "max_tokens": 8, "stream": True}
+    asked = [{"role": "user", "content": "Hi there"}]
+    body = {"model": TINY_MODEL, "messages": asked, "max_tokens": 8, "stream": True, "ignore_eos": True}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{beside.port}", headers=platform.auth, timeout=60) as http:
         async with http.stream("POST", "/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
@@ -192,6 +193,7 @@ async def test_held_prompt_screened_beside_generation_streams_nothing_until_a_re
         "messages": [{"role": "user", "content": "Please email the summary to jane@example.com"}],
         "max_tokens": 8,
         "stream": True,  # sampled without a seed: never answered from the response cache
+        "ignore_eos": True,  # text to hold, however the sampling goes
     }
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{beside.port}", headers={"authorization": f"Bearer {key}"}, timeout=120
@@ -230,6 +232,7 @@ async def test_the_choices_of_a_held_prompt_are_one_review_item_and_one_approval
         "messages": [{"role": "user", "content": f"Please email the {marker} to jane@example.com"}],
         "max_tokens": 4,
         "n": 3,
+        "ignore_eos": True,  # each choice has text to hold (still sampled: not answered from the response cache)
     }
     async with httpx.AsyncClient(
         base_url=platform.base_url, headers={"authorization": f"Bearer {key}"}, timeout=120
