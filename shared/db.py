@@ -55,16 +55,16 @@ async def migrate(pool: asyncpg.Pool, directory: Path = MIGRATIONS_DIR) -> list[
 
 
 @contextlib.asynccontextmanager
-async def scratch_database(dsn: str, name: str) -> AsyncIterator[asyncpg.Pool]:
-    """A database of its own on ``dsn``'s server, named ``name`` plus a random suffix, migrated; dropped afterwards.
-    For tests and measurements that must not touch the platform's data."""
+async def scratch_database(dsn: str, name: str, migrations: Path = MIGRATIONS_DIR) -> AsyncIterator[asyncpg.Pool]:
+    """A database of its own on ``dsn``'s server, named ``name`` plus a random suffix, migrated (by the files in
+    ``migrations``); dropped afterwards. For tests and measurements that must not touch the platform's data."""
     database = f"{name}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(dsn)
     await admin.execute(f'CREATE DATABASE "{database}"')
     try:
         pool = await connect_pool(dsn.rsplit("/", 1)[0] + "/" + database)
         try:
-            await migrate(pool)
+            await migrate(pool, migrations)
             yield pool
         finally:
             await pool.close()

@@ -470,13 +470,21 @@ def _storable() -> Iterator[None]:
 
 _STORED_COLUMNS = (
     "s.tenant_id, s.conversation, s.response, s.finish_by, s.reply_topic, s.finisher, s.reply_offset, s.input_count,"
-    " s.charge, s.streamed, s.screened_beside"
+    " s.charge, s.streamed, s.screened_beside, s.previous_id"
+)
+# the conversations of the responses before one (its previous_id, and theirs), first response first
+_EARLIER = (
+    "WITH RECURSIVE earlier AS (SELECT id, previous_id, conversation, 0 AS depth FROM stored_responses WHERE id = $1"
+    " UNION ALL SELECT s.id, s.previous_id, s.conversation, earlier.depth + 1 FROM stored_responses s"
+    " JOIN earlier ON s.id = earlier.previous_id)"
+    " SELECT conversation FROM earlier ORDER BY depth DESC"
 )
 
 
-def _stored(row: asyncpg.Record) -> StoredResponse:
+def _stored(row: asyncpg.Record, earlier: list[asyncpg.Record]) -> StoredResponse:
+    """``earlier``: the conversations of the responses before it, from the first (see _EARLIER)."""
     return StoredResponse(
-        json.loads(row["conversation"]),
+        [item for before in earlier for item in json.loads(before["conversation"])] + json.loads(row["conversation"]),
         json.loads(row["response"]),
         finish_by=row["finish_by"],
         reply_topic=row["reply_topic"],
@@ -502,12 +510,14 @@ def _charged(charge: Charge) -> dict[str, object]:
 
 # a stored response is readable while the tenant's retention, as it stands now, covers its age
 _RETAINED = "s.created_at + t.retention_days * interval '1 day' > now()"
-# ...and the sweep deletes it after: found tenant by tenant by the (tenant_id, created_at) index (OFFSET 0 keeps the
-# planner from making the per-tenant lookup a join), then deleted by their row ids, where a join on NOT (_RETAINED)
-# read every row of the table at every pass
-_PAST_RETENTION = (
-    "ctid = ANY(ARRAY(SELECT s.ctid FROM tenants t CROSS JOIN LATERAL (SELECT ctid FROM stored_responses s"
-    " WHERE s.tenant_id = t.id AND s.created_at <= now() - t.retention_days * interval '1 day' OFFSET 0) s))"
+# ...and its text is kept while it covers its thread's latest response (migration 0024)
+_THREAD_RETAINED = "h.last_at + t.retention_days * interval '1 day' > now()"
+# the sweep deletes the threads past it (their responses go with them): found tenant by tenant by the (tenant_id,
+# last_at) index (OFFSET 0 keeps the planner from making the per-tenant lookup a join), then deleted by their row ids,
+# where a join on a negated retention read every row of the table at every pass
+_THREADS_PAST_RETENTION = (
+    "ctid = ANY(ARRAY(SELECT h.ctid FROM tenants t CROSS JOIN LATERAL (SELECT ctid FROM response_threads h"
+    " WHERE h.tenant_id = t.id AND h.last_at <= now() - t.retention_days * interval '1 day' OFFSET 0) h))"
 )
 # the ids of a stored response's items, as its index holds them (migration 0023)
 _ITEM_IDS = "jsonb_path_query_array(s.conversation, '$[*].id')"
@@ -541,7 +551,11 @@ class ResponseStore:
     """Responses API answers kept in PostgreSQL for previous_response_id and GET /v1/responses/{id}, only for tenants
     that opted in to retention (the caller checks), and only as long as it covers them: reads skip older ones, and
     ``sweep`` deletes them (and every one of a tenant whose retention is off). Each call waits at most ``timeout_s``;
-    while the database cannot answer, it raises DependencyUnavailable."""
+    while the database cannot answer, it raises DependencyUnavailable.
+
+    A response that continues another stores only the items it adds to its conversation, in its thread: a chain of n
+    responses stores each item once, where copies of the whole conversation stored its first turns n times
+    (``benchmarks/reports/response-chains-2026-12-07``). Its conversation is read back whole."""
 
     def __init__(self, pool: asyncpg.Pool, timeout_s: float = 2.0) -> None:
         self._pool = pool
@@ -550,44 +564,73 @@ class ResponseStore:
     async def save(self, tenant_id: str, response_id: str, stored: StoredResponse) -> bool:
         """Stores the response, or replaces it while it is still queued (background mode); False when it was not
         (it had ended: cancelled, most likely). Raises NotStorable for text with U+0000."""
-        with _storable():
-            done = await self._database.call(
-                lambda: self._pool.execute(
-                    "INSERT INTO stored_responses (id, tenant_id, conversation, response, finish_by, reply_topic,"
-                    " finisher, reply_offset, input_count, charge, streamed, screened_beside)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                    " ON CONFLICT (id) DO UPDATE SET conversation = EXCLUDED.conversation,"
-                    " response = EXCLUDED.response, finish_by = EXCLUDED.finish_by, reply_topic = EXCLUDED.reply_topic,"
-                    " finisher = EXCLUDED.finisher, reply_offset = EXCLUDED.reply_offset, charge = EXCLUDED.charge,"
-                    " streamed = EXCLUDED.streamed, screened_beside = EXCLUDED.screened_beside"
-                    f" WHERE stored_responses.tenant_id = EXCLUDED.tenant_id AND {_QUEUED.format('stored_responses')}",
-                    response_id,
-                    tenant_id,
-                    json.dumps(stored.conversation),
-                    json.dumps(stored.response),
-                    stored.finish_by,
-                    stored.reply_topic,
-                    stored.finisher,
-                    stored.reply_offset,
-                    stored.input_count,
-                    json.dumps(_charged(stored.charge)) if stored.charge else None,
-                    stored.streamed,
-                    stored.screened_beside,
+        previous_id = stored.response.get("previous_response_id")
+
+        async def save() -> str:
+            async with self._pool.acquire() as connection, connection.transaction():
+                thread_id, earlier_items = await _continued(connection, tenant_id, previous_id, stored.conversation)
+                if thread_id is None:  # a thread of its own, holding its whole conversation
+                    thread_id, previous = response_id, None
+                    await connection.execute(
+                        "INSERT INTO response_threads (id, tenant_id) VALUES ($1, $2)"
+                        " ON CONFLICT (id) DO UPDATE SET last_at = now()",
+                        thread_id,
+                        tenant_id,
+                    )
+                else:
+                    previous = previous_id
+                return str(
+                    await connection.execute(
+                        "INSERT INTO stored_responses (id, tenant_id, conversation, response, finish_by, reply_topic,"
+                        " finisher, reply_offset, input_count, charge, streamed, screened_beside, thread_id,"
+                        " previous_id, item_count)"
+                        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                        " ON CONFLICT (id) DO UPDATE SET conversation = EXCLUDED.conversation,"
+                        " response = EXCLUDED.response, finish_by = EXCLUDED.finish_by,"
+                        " reply_topic = EXCLUDED.reply_topic, finisher = EXCLUDED.finisher,"
+                        " reply_offset = EXCLUDED.reply_offset, charge = EXCLUDED.charge, streamed = EXCLUDED.streamed,"
+                        " screened_beside = EXCLUDED.screened_beside, thread_id = EXCLUDED.thread_id,"
+                        " previous_id = EXCLUDED.previous_id, item_count = EXCLUDED.item_count"
+                        # a queued response is continued by none; if the one it continues is gone since it was
+                        # queued, it takes a thread of its own, with its whole conversation
+                        " WHERE stored_responses.tenant_id = EXCLUDED.tenant_id"
+                        f" AND {_QUEUED.format('stored_responses')}",
+                        response_id,
+                        tenant_id,
+                        json.dumps(stored.conversation[earlier_items:]),
+                        json.dumps(stored.response),
+                        stored.finish_by,
+                        stored.reply_topic,
+                        stored.finisher,
+                        stored.reply_offset,
+                        stored.input_count,
+                        json.dumps(_charged(stored.charge)) if stored.charge else None,
+                        stored.streamed,
+                        stored.screened_beside,
+                        thread_id,
+                        previous,
+                        len(stored.conversation),
+                    )
                 )
-            )
-        return str(done).endswith(" 1")
+
+        with _storable():
+            done = await self._database.call(save)
+        return done.endswith(" 1")
 
     async def load(self, tenant_id: str, response_id: str) -> StoredResponse | None:
         """The tenant's response, while its retention covers it; None otherwise (another tenant's included)."""
-        row = await self._database.call(
-            lambda: self._pool.fetchrow(
-                f"SELECT {_STORED_COLUMNS} FROM stored_responses s"
-                f" JOIN tenants t ON t.id = s.tenant_id WHERE s.id = $1 AND s.tenant_id = $2 AND {_RETAINED}",
-                response_id,
-                tenant_id,
-            )
-        )
-        return _stored(row) if row is not None else None
+
+        async def load() -> StoredResponse | None:
+            async with self._pool.acquire() as connection:
+                row = await connection.fetchrow(
+                    f"SELECT {_STORED_COLUMNS} FROM stored_responses s JOIN tenants t ON t.id = s.tenant_id"
+                    f" WHERE s.id = $1 AND s.tenant_id = $2 AND NOT s.deleted AND {_RETAINED}",
+                    response_id,
+                    tenant_id,
+                )
+                return await _with_earlier(connection, row)
+
+        return await self._database.call(load)
 
     async def unfinished(self) -> list[Unfinished]:
         """Background responses not finished yet, before their deadline, that another instance could finish."""
@@ -602,16 +645,20 @@ class ResponseStore:
     async def claim(self, response_id: str, finisher: str | None, claimer: str) -> StoredResponse | None:
         """Makes ``claimer`` the finisher of an unfinished response that ``finisher`` had; the response, or None
         when it ended or another instance claimed it first."""
-        row = await self._database.call(
-            lambda: self._pool.fetchrow(
-                "UPDATE stored_responses s SET finisher = $3 WHERE s.id = $1 AND s.finisher IS NOT DISTINCT FROM $2"
-                f" AND {_QUEUED.format('s')} AND s.finish_by > now() RETURNING {_STORED_COLUMNS}",
-                response_id,
-                finisher,
-                claimer,
-            )
-        )
-        return _stored(row) if row is not None else None
+
+        async def claim() -> StoredResponse | None:
+            async with self._pool.acquire() as connection:
+                row = await connection.fetchrow(
+                    "UPDATE stored_responses s SET finisher = $3 WHERE s.id = $1"
+                    f" AND s.finisher IS NOT DISTINCT FROM $2 AND {_QUEUED.format('s')} AND s.finish_by > now()"
+                    f" RETURNING {_STORED_COLUMNS}",
+                    response_id,
+                    finisher,
+                    claimer,
+                )
+                return await _with_earlier(connection, row)
+
+        return await self._database.call(claim)
 
     async def cancel(self, tenant_id: str, response_id: str) -> dict[str, object] | None:
         """Marks a queued response cancelled; the response as it is now, or None when it was not queued."""
@@ -628,7 +675,7 @@ class ResponseStore:
 
     async def items(self, tenant_id: str, item_ids: list[str]) -> dict[str, dict[str, object]]:
         """The items with these ids in the tenant's stored conversations (an input's or an output's), by id, while
-        retention covers a response that holds them; ids not found are left out."""
+        retention covers the thread that holds them; ids not found are left out."""
         rows = await self._database.call(
             lambda: self._pool.fetch(
                 # the responses holding the id, found by their ids' index (migration 0023); OFFSET 0 keeps the
@@ -636,9 +683,9 @@ class ResponseStore:
                 # means reading them all
                 "SELECT ref, found.item FROM unnest($2::text[]) ref CROSS JOIN LATERAL ("
                 " SELECT item FROM (SELECT s.conversation, s.created_at FROM stored_responses s"
-                " JOIN tenants t ON t.id = s.tenant_id WHERE s.tenant_id = $1"
-                f" AND {_ITEM_IDS} @> jsonb_build_array(ref) AND {_RETAINED} OFFSET 0) s,"
-                " jsonb_array_elements(s.conversation) item"
+                " JOIN response_threads h ON h.id = s.thread_id JOIN tenants t ON t.id = s.tenant_id"
+                f" WHERE s.tenant_id = $1 AND {_ITEM_IDS} @> jsonb_build_array(ref) AND {_THREAD_RETAINED}"
+                " OFFSET 0) s, jsonb_array_elements(s.conversation) item"
                 " WHERE item->>'id' = ref ORDER BY s.created_at DESC LIMIT 1) found",
                 tenant_id,
                 list(dict.fromkeys(item_ids)),
@@ -647,16 +694,86 @@ class ResponseStore:
         return {row["ref"]: json.loads(row["item"]) for row in rows}
 
     async def delete(self, tenant_id: str, response_id: str) -> bool:
-        done = await self._database.call(
-            lambda: self._pool.execute(
-                "DELETE FROM stored_responses WHERE id = $1 AND tenant_id = $2", response_id, tenant_id
-            )
-        )
-        return str(done).endswith(" 1")
+        """Deletes the tenant's response; False when there was none. One that later responses continue is only
+        marked deleted (they read its items) until its thread goes; the deleted ones that nothing continues any
+        more go with it."""
+
+        async def delete() -> bool:
+            async with self._pool.acquire() as connection, connection.transaction():
+                thread_id = await connection.fetchval(
+                    "SELECT thread_id FROM stored_responses WHERE id = $1 AND tenant_id = $2 AND NOT deleted",
+                    response_id,
+                    tenant_id,
+                )
+                if thread_id is None:
+                    return False
+                # one writer of a thread at a time: a response stored continuing this one, or one it continues,
+                # must not find it here and then gone
+                await connection.execute("SELECT 1 FROM response_threads WHERE id = $1 FOR UPDATE", thread_id)
+                await connection.execute("UPDATE stored_responses SET deleted = true WHERE id = $1", response_id)
+                await connection.execute(_DELETED_UNREAD, response_id)
+                await connection.execute(
+                    "DELETE FROM response_threads h WHERE id = $1"
+                    " AND NOT EXISTS (SELECT 1 FROM stored_responses s WHERE s.thread_id = h.id)",
+                    thread_id,
+                )
+                return True
+
+        return await self._database.call(delete)
 
     async def sweep(self) -> int:
         """Deletes every response no retention covers any more; returns how many."""
-        return await _swept(self._pool, f"DELETE FROM stored_responses WHERE {_PAST_RETENTION}")
+        return await _swept(
+            self._pool,
+            # the responses are deleted here, not by the cascade, to count them
+            f"WITH gone AS (DELETE FROM response_threads WHERE {_THREADS_PAST_RETENTION} RETURNING id)"
+            " DELETE FROM stored_responses WHERE thread_id IN (SELECT id FROM gone)",
+        )
+
+
+# a response marked deleted, and the deleted ones it continues, as long as none is continued by another response:
+# removed (the walk stops at the first that is continued, or not deleted)
+_DELETED_UNREAD = (
+    "WITH RECURSIVE unread AS (SELECT id, previous_id FROM stored_responses WHERE id = $1 AND deleted"
+    " AND NOT EXISTS (SELECT 1 FROM stored_responses c WHERE c.previous_id = $1)"
+    " UNION ALL SELECT s.id, s.previous_id FROM stored_responses s JOIN unread ON s.id = unread.previous_id"
+    " WHERE s.deleted"
+    " AND NOT EXISTS (SELECT 1 FROM stored_responses c WHERE c.previous_id = s.id AND c.id <> unread.id))"
+    " DELETE FROM stored_responses WHERE id IN (SELECT id FROM unread)"
+)
+
+
+async def _continued(
+    connection: asyncpg.Connection, tenant_id: str, previous_id: object, conversation: list[dict[str, object]]
+) -> tuple[str | None, int]:
+    """The thread of the tenant's stored response ``previous_id``, locked until the transaction ends, and how many
+    items its conversation holds (they begin ``conversation``); (None, 0) when it is gone, or not continued."""
+    if not isinstance(previous_id, str):
+        return None, 0
+    # the thread's latest response is now this one, and a delete or a sweep of the thread waits for it: after this,
+    # the previous response is read again, as they left it (a response never leaves its thread once continued)
+    thread_id = await connection.fetchval(
+        "UPDATE response_threads h SET last_at = now() FROM stored_responses s"
+        " WHERE s.id = $1 AND s.tenant_id = $2 AND h.id = s.thread_id RETURNING h.id",
+        previous_id,
+        tenant_id,
+    )
+    if thread_id is None:
+        return None, 0
+    items = await connection.fetchval(
+        "SELECT item_count FROM stored_responses WHERE id = $1 AND thread_id = $2", previous_id, thread_id
+    )
+    if items is None or items > len(conversation):
+        return None, 0
+    return thread_id, items
+
+
+async def _with_earlier(connection: asyncpg.Connection, row: asyncpg.Record | None) -> StoredResponse | None:
+    """The stored response of ``row``, its conversation read whole (the earlier responses' items first)."""
+    if row is None:
+        return None
+    earlier = await connection.fetch(_EARLIER, row["previous_id"]) if row["previous_id"] is not None else []
+    return _stored(row, earlier)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,6 @@ shorter than any sweep takes): a large backlog takes longer to delete than a loo
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -32,9 +31,12 @@ async def count(pool: asyncpg.Pool, table: str, tenant_id: str) -> int:
 
 async def test_stored_responses_past_retention_go_in_one_pass(pool: asyncpg.Pool) -> None:
     for tenant_id, rows in [("gone", BACKLOG), ("kept", 3)]:
+        ids = [(f"resp_{tenant_id}_{n}", tenant_id) for n in range(rows)]
+        await pool.executemany("INSERT INTO response_threads (id, tenant_id) VALUES ($1, $2)", ids)
         await pool.executemany(
-            "INSERT INTO stored_responses (id, tenant_id, conversation, response) VALUES ($1, $2, '[]', $3)",
-            [(f"resp_{tenant_id}_{n}", tenant_id, json.dumps({"id": n})) for n in range(rows)],
+            "INSERT INTO stored_responses (id, tenant_id, conversation, response, thread_id, item_count)"
+            " VALUES ($1, $2, '[]', '{}', $1, 0)",
+            ids,
         )
     assert await ResponseStore(pool, LOOKUP_TIMEOUT_S).sweep() == BACKLOG
     assert await count(pool, "stored_responses", "gone") == 0 and await count(pool, "stored_responses", "kept") == 3
