@@ -481,10 +481,9 @@ _EARLIER = (
 )
 
 
-def _stored(row: asyncpg.Record, earlier: list[asyncpg.Record]) -> StoredResponse:
-    """``earlier``: the conversations of the responses before it, from the first (see _EARLIER)."""
+def _stored(row: asyncpg.Record, conversation: list[dict[str, object]]) -> StoredResponse:
     return StoredResponse(
-        [item for before in earlier for item in json.loads(before["conversation"])] + json.loads(row["conversation"]),
+        conversation,
         json.loads(row["response"]),
         finish_by=row["finish_by"],
         reply_topic=row["reply_topic"],
@@ -512,13 +511,20 @@ def _charged(charge: Charge) -> dict[str, object]:
 _RETAINED = "s.created_at + t.retention_days * interval '1 day' > now()"
 # ...and its text is kept while it covers its thread's latest response (migration 0024)
 _THREAD_RETAINED = "h.last_at + t.retention_days * interval '1 day' > now()"
-# the sweep deletes the threads past it (their responses go with them): found tenant by tenant by the (tenant_id,
-# last_at) index (OFFSET 0 keeps the planner from making the per-tenant lookup a join), then deleted by their row ids,
-# where a join on a negated retention read every row of the table at every pass
-_THREADS_PAST_RETENTION = (
-    "ctid = ANY(ARRAY(SELECT h.ctid FROM tenants t CROSS JOIN LATERAL (SELECT ctid FROM response_threads h"
-    " WHERE h.tenant_id = t.id AND h.last_at <= now() - t.retention_days * interval '1 day' OFFSET 0) h))"
-)
+
+
+def _past_retention(table: str, kept_from: str) -> str:
+    """A sweep's condition on the rows of ``table`` that no retention covers since their ``kept_from`` time: found
+    tenant by tenant by a (tenant_id, kept_from) index (OFFSET 0 keeps the planner from making the per-tenant lookup a
+    join), then deleted by their row ids, where a join on a negated retention read every row at every pass."""
+    return (
+        f"ctid = ANY(ARRAY(SELECT r.ctid FROM tenants t CROSS JOIN LATERAL (SELECT ctid FROM {table} r"
+        f" WHERE r.tenant_id = t.id AND r.{kept_from} <= now() - t.retention_days * interval '1 day' OFFSET 0) r))"
+    )
+
+
+# the sweep deletes the threads past it; their responses go with them
+_THREADS_PAST_RETENTION = _past_retention("response_threads", "last_at")
 # the ids of a stored response's items, as its index holds them (migration 0023)
 _ITEM_IDS = "jsonb_path_query_array(s.conversation, '$[*].id')"
 # a background response not finished yet (the table's name, or its alias, goes in)
@@ -617,8 +623,10 @@ class ResponseStore:
             done = await self._database.call(save)
         return done.endswith(" 1")
 
-    async def load(self, tenant_id: str, response_id: str) -> StoredResponse | None:
-        """The tenant's response, while its retention covers it; None otherwise (another tenant's included)."""
+    async def load(self, tenant_id: str, response_id: str, *, with_conversation: bool = True) -> StoredResponse | None:
+        """The tenant's response, while its retention covers it; None otherwise (another tenant's included). Without
+        ``with_conversation`` its conversation is left empty, not read (GET and cancel need the response alone, and a
+        long chain's conversation takes the longest to read)."""
 
         async def load() -> StoredResponse | None:
             async with self._pool.acquire() as connection:
@@ -628,6 +636,8 @@ class ResponseStore:
                     response_id,
                     tenant_id,
                 )
+                if row is not None and not with_conversation:
+                    return _stored(row, [])
                 return await _with_earlier(connection, row)
 
         return await self._database.call(load)
@@ -773,7 +783,8 @@ async def _with_earlier(connection: asyncpg.Connection, row: asyncpg.Record | No
     if row is None:
         return None
     earlier = await connection.fetch(_EARLIER, row["previous_id"]) if row["previous_id"] is not None else []
-    return _stored(row, earlier)
+    conversation = [item for before in earlier for item in json.loads(before["conversation"])]
+    return _stored(row, conversation + json.loads(row["conversation"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -913,14 +924,11 @@ class ConversationStore:
         """Deletes every item and conversation no retention covers any more; returns how many rows."""
 
         items = await _swept(
-            self._pool,
-            "DELETE FROM conversation_items i USING conversations c, tenants t"
-            f" WHERE c.id = i.conversation_id AND t.id = c.tenant_id AND NOT ({_ITEM_RETAINED})",
+            self._pool, f"DELETE FROM conversation_items WHERE {_past_retention('conversation_items', 'created_at')}"
         )
         # a conversation is kept for its tenant's retention after its last change: its items have gone before it
         return items + await _swept(
-            self._pool,
-            f"DELETE FROM conversations c USING tenants t WHERE t.id = c.tenant_id AND NOT ({_CONVERSATION_RETAINED})",
+            self._pool, f"DELETE FROM conversations WHERE {_past_retention('conversations', 'updated_at')}"
         )
 
 
@@ -933,7 +941,9 @@ async def _insert_items(connection: asyncpg.Connection, conversation_id: str, it
     try:
         with _storable():
             await connection.executemany(
-                "INSERT INTO conversation_items (conversation_id, id, item) VALUES ($1, $2, $3)",
+                # the conversation's tenant too, for the sweep (migration 0025)
+                "INSERT INTO conversation_items (conversation_id, id, item, tenant_id)"
+                " SELECT $1, $2, $3, tenant_id FROM conversations WHERE id = $1",
                 [(conversation_id, str(item["id"]), json.dumps(item)) for item in items],
             )
     except asyncpg.UniqueViolationError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
@@ -43,6 +44,7 @@ from services.ingress.adapters import (
     ResponseStore,
     StoredBatch,
     StoredFile,
+    StoredResponse,
     TenantDirectory,
 )
 from services.ingress.background import BACKGROUND_STORE_GRACE_S, BackgroundResponses, Keeper, Placement
@@ -440,7 +442,7 @@ async def retrieve_response(  # type: ignore[no-untyped-def]
 ):
     """A stored response of the caller's tenant, while its retention covers it; with ``stream``, a streamed background
     response's events (from after ``starting_after``), as they come until it ends."""
-    stored = await _kept(tenant, deps.responses.load, response_id, _no_stored_response)
+    stored = await _kept(tenant, _response_alone(deps), response_id, _no_stored_response)
     if not stream:
         return JSONResponse(as_of(stored.response, stored.finish_by, utc_now()))
     if stored.finish_by is None or not await deps.finishing.events.exists(response_id):
@@ -462,12 +464,12 @@ async def retrieve_response(  # type: ignore[no-untyped-def]
 @router.post("/v1/responses/{response_id}/cancel", response_model=ResponseObject, responses=ERRORS, tags=["openai"])
 async def cancel_response(response_id: str, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
     """Stops a background response that has not ended: it is cancelled at once, and its work is stopped."""
-    stored = await _kept(tenant, deps.responses.load, response_id, _no_stored_response)
+    stored = await _kept(tenant, _response_alone(deps), response_id, _no_stored_response)
     if not stored.response.get("background"):
         raise ApiError(400, "Only a background response can be cancelled.", param="response_id", code="invalid_value")
     cancelled = await deps.responses.cancel(tenant.id, response_id)
     if cancelled is None:  # it had ended (or ends as we ask): cancelling it again changes nothing
-        ended = await deps.responses.load(tenant.id, response_id)
+        ended = await deps.responses.load(tenant.id, response_id, with_conversation=False)
         status = as_of(ended.response, ended.finish_by, utc_now())["status"] if ended else "deleted"
         if status == "cancelled":
             assert ended is not None
@@ -615,6 +617,11 @@ async def delete_conversation_item(
 async def _items_of(conversation_id: str, deps: IngressDeps, tenant: Tenant) -> list[dict[str, Any]]:
     """The tenant's conversation's items; a 404 when it keeps no such conversation."""
     return await _kept(tenant, deps.conversations.items, conversation_id, _no_conversation)
+
+
+def _response_alone(deps: IngressDeps) -> Callable[[str, str], Awaitable[StoredResponse | None]]:
+    """The stored response's load without its conversation, which takes the longest to read for a long chain."""
+    return functools.partial(deps.responses.load, with_conversation=False)
 
 
 async def _kept(

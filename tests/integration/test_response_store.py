@@ -81,6 +81,8 @@ async def test_a_chain_of_responses_reads_back_whole_and_stores_each_item_once(p
         "msg_out_resp_1",
     ]
     assert last.conversation[-1] == item(f"msg_out_resp_{turns - 1}", f"answer to turn {turns - 1}")
+    alone = await responses.load("acme", f"resp_{turns - 1}", with_conversation=False)  # as GET reads it
+    assert alone is not None and alone.response == last.response and alone.conversation == []
     middle = await responses.load("acme", "resp_9")
     assert middle is not None and middle.conversation == last.conversation[:20]
     # each turn's two items once: copies of the conversation before each would be 2 + 4 + ... + 80 = 1,640

@@ -43,13 +43,29 @@ async def test_stored_responses_past_retention_go_in_one_pass(pool: asyncpg.Pool
 
 
 async def test_conversations_and_their_items_past_retention_go_in_one_pass(pool: asyncpg.Pool) -> None:
-    for tenant_id, items in [("gone", BACKLOG), ("kept", 3)]:
-        await pool.execute("INSERT INTO conversations (id, tenant_id) VALUES ($1, $2)", f"conv_{tenant_id}", tenant_id)
-        await pool.executemany(
-            "INSERT INTO conversation_items (conversation_id, id, position, item) VALUES ($1, $2, $3, '{}')",
-            [(f"conv_{tenant_id}", f"msg_{n}", n) for n in range(items)],
+    async def conversation(conversation_id: str, tenant_id: str, items: int, ago_s: int = 0) -> None:
+        await pool.execute(
+            "INSERT INTO conversations (id, tenant_id, updated_at) VALUES ($1, $2, now() - $3 * interval '1 second')",
+            conversation_id,
+            tenant_id,
+            ago_s,
         )
-    assert await ConversationStore(pool, LOOKUP_TIMEOUT_S).sweep() == BACKLOG + 1  # the items, then their conversation
+        await pool.executemany(
+            "INSERT INTO conversation_items (conversation_id, id, position, item, tenant_id, created_at)"
+            " VALUES ($1, $2, $3, '{}', $4, now() - $5 * interval '1 second')",
+            [(conversation_id, f"msg_{n}", n, tenant_id, ago_s) for n in range(items)],
+        )
+
+    await conversation("conv_gone", "gone", BACKLOG)
+    await conversation("conv_kept", "kept", 3)
+    await conversation("conv_old", "kept", 2, ago_s=2 * 86_400)  # past the day "kept" retains
+    # an item added two days ago to a conversation changed since: the item goes, the conversation stays
+    await pool.execute(
+        "INSERT INTO conversation_items (conversation_id, id, item, tenant_id, created_at)"
+        " VALUES ('conv_kept', 'msg_old', '{}', 'kept', now() - interval '2 days')"
+    )
+    # the items, then the two conversations
+    assert await ConversationStore(pool, LOOKUP_TIMEOUT_S).sweep() == BACKLOG + 2 + 1 + 2
     left = await pool.fetch("SELECT conversation_id, count(*) FROM conversation_items GROUP BY conversation_id")
     assert [tuple(row) for row in left] == [("conv_kept", 3)]
     assert [row["id"] for row in await pool.fetch("SELECT id FROM conversations")] == ["conv_kept"]

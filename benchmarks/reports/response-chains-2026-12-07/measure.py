@@ -11,39 +11,21 @@ repeated string).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import io
 import random
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 
+from benchmarks.revisions import module_and_migrations
 from services.ingress import adapters as after
 from shared.db import MIGRATIONS_DIR, scratch_database
 from shared.settings import CommonSettings
 
 READS = 15
 WORDS = [f"w{n:x}" for n in range(4000)]
-
-
-def revision(rev: str, into: Path) -> tuple[ModuleType, Path]:
-    """The adapters module and the migrations folder of git revision ``rev``, written under ``into``."""
-    archive = subprocess.run(["git", "archive", rev, "infra/postgres/migrations"], capture_output=True, check=True)
-    tarfile.open(fileobj=io.BytesIO(archive.stdout)).extractall(into, filter="data")
-    source = subprocess.run(["git", "show", f"{rev}:services/ingress/adapters.py"], capture_output=True, check=True)
-    path = into / "adapters_before.py"
-    path.write_bytes(source.stdout)
-    spec = importlib.util.spec_from_file_location("adapters_before", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module, into / "infra/postgres/migrations"
 
 
 def message(role: str, item_id: str, words: int, rng: random.Random) -> dict[str, object]:
@@ -84,7 +66,7 @@ async def chain(store: ModuleType, migrations: Path, turns: int) -> dict[str, fl
 
 async def main(rev: str, turn_counts: list[int]) -> None:
     with tempfile.TemporaryDirectory() as scratch:
-        before, before_migrations = revision(rev, Path(scratch))
+        before, before_migrations = module_and_migrations(rev, "services/ingress/adapters.py", Path(scratch))
         sides = {"before": (before, before_migrations), "after": (after, MIGRATIONS_DIR)}
         print(f"before: {rev}; after: the working tree\n")
         print(
