@@ -771,7 +771,11 @@ async def _continued(
     if thread_id is None:
         return None, 0
     items = await connection.fetchval(
-        "SELECT item_count FROM stored_responses WHERE id = $1 AND thread_id = $2", previous_id, thread_id
+        # one stored before migration 0024 holds its whole conversation, uncounted
+        "SELECT coalesce(item_count, jsonb_array_length(conversation)) FROM stored_responses"
+        " WHERE id = $1 AND thread_id = $2",
+        previous_id,
+        thread_id,
     )
     if items is None or items > len(conversation):
         return None, 0

@@ -38,13 +38,12 @@ async def store(pool: asyncpg.Pool, response_id: str, tenant_id: str, ago_s: int
         ago_s,
     )
     await pool.execute(
-        "INSERT INTO stored_responses (id, tenant_id, created_at, conversation, response, thread_id, item_count)"
-        " VALUES ($1, $2, now() - $3 * interval '1 second', $4, '{}', $1, $5)",
+        "INSERT INTO stored_responses (id, tenant_id, created_at, conversation, response, thread_id)"
+        " VALUES ($1, $2, now() - $3 * interval '1 second', $4, '{}', $1)",
         response_id,
         tenant_id,
         ago_s,
         json.dumps(list(items)),
-        len(items),
     )
 
 

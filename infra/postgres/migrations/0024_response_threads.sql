@@ -20,10 +20,12 @@ INSERT INTO response_threads (id, tenant_id, last_at) SELECT id, tenant_id, crea
 ALTER TABLE stored_responses
     ADD COLUMN thread_id   text REFERENCES response_threads (id) ON DELETE CASCADE,
     ADD COLUMN previous_id text,  -- the response it continues, whose conversation comes before its own items
-    ADD COLUMN item_count  integer,  -- how many items its whole conversation holds (the earlier responses' included)
+    -- how many items its whole conversation holds (the earlier responses' included); for those stored before, the
+    -- length of their conversation, counted when one is continued rather than here (that would read every one)
+    ADD COLUMN item_count  integer,
     ADD COLUMN deleted     boolean NOT NULL DEFAULT false;  -- deleted by its tenant, kept while others continue it
-UPDATE stored_responses SET thread_id = id, item_count = jsonb_array_length(conversation);
-ALTER TABLE stored_responses ALTER COLUMN thread_id SET NOT NULL, ALTER COLUMN item_count SET NOT NULL;
+UPDATE stored_responses SET thread_id = id;
+ALTER TABLE stored_responses ALTER COLUMN thread_id SET NOT NULL;
 COMMENT ON COLUMN stored_responses.conversation IS
     'the items it adds to the conversation of the response it continues (previous_id), or the whole conversation';
 CREATE INDEX stored_responses_thread ON stored_responses (thread_id);
