@@ -111,3 +111,11 @@ class IngressSettings(BaseSettings):
         description="Requests of one batch run at once. They go at the cost batching profile and the batch priority, "
         "so interactive traffic comes first; this bounds how much of the platform a batch takes meanwhile.",
     )
+    batch_limit_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="The share of each of a tenant's per-minute limits (requests, tokens) that its batches' requests "
+        "may use: a batch runs only while the minute's use, the tenant's other requests included, is below it, so "
+        "that it leaves the rest of every minute to them. 1: batches may take the whole limits.",
+    )

@@ -75,7 +75,7 @@ from services.ingress.protocol import (
     tool_error,
     unsupported_option,
 )
-from services.ingress.rate_limits import Charge, RateLimiter
+from services.ingress.rate_limits import Charge, RateLimiter, batch_limits
 from services.ingress.responses import (
     LOGPROBS,
     UNFINISHED,
@@ -977,7 +977,11 @@ async def _serve(  # type: ignore[no-untyped-def]
         choices = choice_requests(message, body.n, prompts)
         estimate = sum(estimated_tokens(choices[k], body.n) for k in range(0, len(choices), body.n))
         # settled once: by this instance, or (a background response) by the one that takes it over if this one stops
-        charge = await _charge(deps, tenant, estimate, headers, request_id, deadline_at)
+        # a batch's requests are the ones run in process
+        limited = tenant
+        if IN_PROCESS_TENANT in request.scope:
+            limited = batch_limits(tenant, deps.settings.batch_limit_share, estimate)
+        charge = await _charge(deps, limited, estimate, headers, request_id, deadline_at)
         policy = _cache_policy(tenant)
         cache_control: Mapping[str, str] = request.headers
         if isinstance(body, CompletionRequest) and body.echo and None in body.echo_texts():

@@ -14,6 +14,7 @@ rather than leave its whole estimate on the monthly quota for good."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -308,6 +309,20 @@ class RateLimiter:
                 await asyncio.sleep(wait_s)
         # an open charge is refunded whole once its time passes; one not kept open stays charged
         logger.warning("Redis did not take a settlement of tenant %s's tokens (%+d)", charge.tenant_id, delta)
+
+
+def batch_limits(tenant: Tenant, share: float, tokens: int) -> Tenant:
+    """The tenant as a request of its batches is checked: each per-minute limit cut to ``share`` of it (at least 1),
+    so that a running batch leaves the rest of every minute to the tenant's other requests, which are checked against
+    the whole limits. A request estimated at more tokens than the share, but within the whole limit, may still run,
+    once the minute holds little enough. The monthly quota is the tenant's whole."""
+
+    def cut(limit: int | None, least: int = 1) -> int | None:
+        return max(least, math.floor(limit * share)) if limit else limit
+
+    requests_cut = cut(tenant.requests_per_minute)
+    tokens_cut = cut(tenant.tokens_per_minute, min(tokens, tenant.tokens_per_minute or 0))
+    return dataclasses.replace(tenant, requests_per_minute=requests_cut, tokens_per_minute=tokens_cut)
 
 
 def go_duration(ms: int) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import uuid
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from openai.types import Batch
 from tests.e2e.platform import DEFAULT_MODEL, TINY_MODEL, Platform, start_extra_ingress, stop_service
 from tests.e2e.test_operations import metric_total
 from tests.e2e.test_responses import QUESTION
+from tests.e2e.test_tenants import away_from_a_minute_boundary, chat
 
 ENDED = ("completed", "failed", "expired", "cancelled")
 
@@ -224,10 +226,11 @@ def test_files_and_batches_are_the_tenants_own_and_need_retention(platform: Plat
 
 
 def test_a_batch_waits_out_its_tenants_rate_limit_rather_than_fail_requests(platform: Platform) -> None:
-    """A batch's requests count against its tenant's limits, as over HTTP; a 429 is waited out (its Retry-After)."""
+    """A batch's requests count against its tenant's limits (half of each: FERRY_INGRESS_BATCH_LIMIT_SHARE), as over
+    HTTP; a 429 is waited out (its Retry-After)."""
     openai = OpenAI(
         base_url=f"{platform.base_url}/v1",
-        api_key=platform.new_tenant("batches-limited", "--retention-days", "1", "--rpm", "2"),
+        api_key=platform.new_tenant("batches-limited", "--retention-days", "1", "--rpm", "4"),
         max_retries=0,
         timeout=120,
     )
@@ -240,6 +243,27 @@ def test_a_batch_waits_out_its_tenants_rate_limit_rather_than_fail_requests(plat
     assert done.status == "completed" and done.request_counts is not None, done
     assert (done.request_counts.completed, done.request_counts.failed) == (3, 0)
     assert time.monotonic() - started > 5  # the third waited for the tenant's minute to free a request
+
+
+def test_a_running_batch_leaves_its_tenant_the_rest_of_each_minute(platform: Platform) -> None:
+    """A batch's requests may use half of each per-minute limit (FERRY_INGRESS_BATCH_LIMIT_SHARE): with 4 requests a
+    minute, a batch of 5 runs 2 and waits, and the tenant's own requests still get the other 2."""
+    key = platform.new_tenant(f"batches-share-{uuid.uuid4().hex[:6]}", "--retention-days", "1", "--rpm", "4")
+    openai = OpenAI(base_url=f"{platform.base_url}/v1", api_key=key, max_retries=0, timeout=120)
+    asked = {"model": TINY_MODEL, "prompt": "one two", "max_tokens": 4}
+    requests = [{"custom_id": str(k), "method": "POST", "url": "/v1/completions", "body": asked} for k in range(5)]
+    upload = openai.files.create(file=("share.jsonl", jsonl(*requests)), purpose="batch")
+    away_from_a_minute_boundary()
+    batch = openai.batches.create(input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h")
+    deadline = time.monotonic() + 60
+    while (counts := openai.batches.retrieve(batch.id).request_counts) is None or counts.completed < 2:
+        assert time.monotonic() < deadline, counts
+        time.sleep(0.5)
+    time.sleep(2)  # its third request was refused; it waits out the Retry-After
+    counts = openai.batches.retrieve(batch.id).request_counts
+    assert counts is not None and counts.completed == 2, counts  # the old code ran 4, the whole limit
+    assert [chat(platform, key).status_code for _ in range(2)] == [200, 200]
+    openai.batches.cancel(batch.id)
 
 
 def test_a_batch_past_its_window_expires_with_the_answers_it_has(platform: Platform) -> None:
