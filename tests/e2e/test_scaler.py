@@ -317,13 +317,16 @@ async def test_a_cold_model_at_zero_wakes_on_a_request_that_completes(scaled: Sc
         assert wake and (wake[0]["current_replicas"], wake[0]["desired_replicas"]) == (0, 1)
         assert wake[0]["reason"].startswith("wake on demand")
         # KEDA, asking now, sees the model active with one replica's worth of metric (or zero once idle again)
+        # (the scaler may decide between the reads: each answer is the decision before them or the one after)
         spec = await keda.GetMetricSpec(ref)
+        desired_before = scaled.metrics()["desired"]
         metric = await keda.GetMetrics(
             pb.GetMetricsRequest(scaledObjectRef=ref, metricName=spec.metricSpecs[0].metricName)
         )
-        desired = scaled.metrics()["desired"]
-        assert metric.metricValues[0].metricValueFloat == desired * TARGET_TOKENS
-        assert (await keda.IsActive(ref)).result is (desired > 0)
+        active = (await keda.IsActive(ref)).result
+        desired = {desired_before, scaled.metrics()["desired"]}
+        assert metric.metricValues[0].metricValueFloat in {d * TARGET_TOKENS for d in desired}
+        assert active in {d > 0 for d in desired}
     commands = await _worker_control(scaled)
     assert ("ModelPreloadRequested", TINY_MODEL) in commands  # woken: load it
     assert ("ModelEvictionRequested", TINY_MODEL) in commands  # scaled to zero earlier: unload it

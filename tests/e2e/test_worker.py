@@ -404,7 +404,8 @@ async def test_sigterm_drains_in_flight_requests(workers: Workers) -> None:
         requests = [c.request(max_tokens=300) for _ in range(6)]
         for p in range(workers.common.topic_partitions):
             await c.send_batch(requests[p * 2 : p * 2 + 2], partition=p)
-        await c.read_until(lambda: sum(1 for r in requests if c.events[r.request_id]) >= 2, seconds=60)
+        # every batch taken (no other worker would take one left in Kafka), none finished
+        await c.read_until(lambda: all(c.events[r.request_id] for r in requests), seconds=60)
         workers.terminate(draining)
         await c.wait_final([r.request_id for r in requests], seconds=90)
     assert draining.process is not None
@@ -454,9 +455,13 @@ async def test_requests_a_draining_worker_cannot_finish_are_redone_by_another(wo
     workers.wait_balanced()
     async with client(workers.common) as c:
         requests = [c.request(max_tokens=800) for _ in range(12)]
+        by_partition: dict[int, list[str]] = defaultdict(list)
         for i, start in enumerate(range(0, len(requests), 2)):
-            await c.send_batch(requests[start : start + 2], partition=i % workers.common.topic_partitions)
-        await c.read_until(lambda: sum(1 for r in requests if c.events[r.request_id]) >= 3, seconds=60)
+            partition = i % workers.common.topic_partitions
+            await c.send_batch(requests[start : start + 2], partition=partition)
+            by_partition[partition] += [r.request_id for r in requests[start : start + 2]]
+        # once every partition (so both workers, the impatient one included) has streamed something
+        await c.read_until(lambda: all(any(c.events[r] for r in ids) for ids in by_partition.values()), seconds=60)
         workers.terminate(impatient)
         await c.wait_final([r.request_id for r in requests], seconds=90)
 
