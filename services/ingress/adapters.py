@@ -468,10 +468,12 @@ def _storable() -> Iterator[None]:
         raise NotStorable("the text holds the character U+0000, which PostgreSQL's jsonb cannot store") from None
 
 
+# a stored response's columns but its conversation (the largest, and read only when asked: _CONVERSATION_COLUMN)
 _STORED_COLUMNS = (
-    "s.tenant_id, s.conversation, s.response, s.finish_by, s.reply_topic, s.finisher, s.reply_offset, s.input_count,"
-    " s.charge, s.streamed, s.screened_beside, s.previous_id"
+    "s.tenant_id, s.response, s.finish_by, s.reply_topic, s.finisher, s.reply_offset, s.input_count, s.charge,"
+    " s.streamed, s.screened_beside, s.previous_id"
 )
+_CONVERSATION_COLUMN = ", s.conversation"
 # the conversations of the responses before one (its previous_id, and theirs), first response first
 _EARLIER = (
     "WITH RECURSIVE earlier AS (SELECT id, previous_id, conversation, 0 AS depth FROM stored_responses WHERE id = $1"
@@ -631,7 +633,8 @@ class ResponseStore:
         async def load() -> StoredResponse | None:
             async with self._pool.acquire() as connection:
                 row = await connection.fetchrow(
-                    f"SELECT {_STORED_COLUMNS} FROM stored_responses s JOIN tenants t ON t.id = s.tenant_id"
+                    f"SELECT {_STORED_COLUMNS}{_CONVERSATION_COLUMN if with_conversation else ''}"
+                    " FROM stored_responses s JOIN tenants t ON t.id = s.tenant_id"
                     f" WHERE s.id = $1 AND s.tenant_id = $2 AND NOT s.deleted AND {_RETAINED}",
                     response_id,
                     tenant_id,
@@ -661,7 +664,7 @@ class ResponseStore:
                 row = await connection.fetchrow(
                     "UPDATE stored_responses s SET finisher = $3 WHERE s.id = $1"
                     f" AND s.finisher IS NOT DISTINCT FROM $2 AND {_QUEUED.format('s')} AND s.finish_by > now()"
-                    f" RETURNING {_STORED_COLUMNS}",
+                    f" RETURNING {_STORED_COLUMNS}{_CONVERSATION_COLUMN}",
                     response_id,
                     finisher,
                     claimer,
@@ -783,7 +786,8 @@ async def _continued(
 
 
 async def _with_earlier(connection: asyncpg.Connection, row: asyncpg.Record | None) -> StoredResponse | None:
-    """The stored response of ``row``, its conversation read whole (the earlier responses' items first)."""
+    """The stored response of ``row`` (with its conversation column), its conversation read whole (the earlier
+    responses' items first)."""
     if row is None:
         return None
     earlier = await connection.fetch(_EARLIER, row["previous_id"]) if row["previous_id"] is not None else []
