@@ -541,6 +541,30 @@ what no retention covers in place. Nor does a slow sweep pause the store's looku
 timeout."""
 
 
+class SweepPasses:
+    """Which ingress instance runs the retention sweeps' next pass. Every instance runs them on its own timer; one pass
+    an interval, by whichever instance claims it first, does what a pass by each did (migration 0026)."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout_s: float = 2.0) -> None:
+        self._pool = pool
+        self._database = Breaker("database", timeout_s, 1.0, DATABASE_FAILURES)
+
+    async def claim(self, name: str, every_s: float) -> bool:
+        """Whether this instance runs the pass of ``name`` now: none was claimed in the last 0.9 ``every_s``. The
+        tenth spared lets the instance that claimed the previous pass claim the next on its own timer (``every_s``
+        after the previous pass ended), so passes come about ``every_s`` apart however many instances there are."""
+        claimed = await self._database.call(
+            lambda: self._pool.fetchval(
+                "INSERT INTO sweep_passes (name, started_at) VALUES ($1, now()) ON CONFLICT (name) DO UPDATE"
+                " SET started_at = now() WHERE sweep_passes.started_at <= now() - make_interval(secs => $2)"
+                " RETURNING true",
+                name,
+                0.9 * every_s,
+            )
+        )
+        return bool(claimed)
+
+
 async def _swept(pool: asyncpg.Pool, statement: str) -> int:
     """Runs a sweep's DELETE; returns how many rows it deleted. Raises DependencyUnavailable."""
 
@@ -1269,9 +1293,9 @@ class FileStore:
 
     async def sweep(self) -> int:
         """Deletes every file past its expiry or its tenant's retention; returns how many."""
-        return await _swept(
-            self._pool, f"DELETE FROM files f USING tenants t WHERE t.id = f.tenant_id AND NOT ({_FILE_KEPT})"
-        )
+        # two statements, each found by its index: the expired files, then those past their tenant's retention
+        expired = await _swept(self._pool, "DELETE FROM files WHERE expires_at <= now()")
+        return expired + await _swept(self._pool, f"DELETE FROM files WHERE {_past_retention('files', 'created_at')}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1498,6 +1522,4 @@ class BatchStore:
 
     async def sweep(self) -> int:
         """Deletes every batch (with its results) no retention covers any more; returns how many."""
-        return await _swept(
-            self._pool, f"DELETE FROM batches b USING tenants t WHERE t.id = b.tenant_id AND NOT ({_BATCH_RETAINED})"
-        )
+        return await _swept(self._pool, f"DELETE FROM batches WHERE {_past_retention('batches', 'created_at')}")

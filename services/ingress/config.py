@@ -27,7 +27,10 @@ class IngressSettings(BaseSettings):
     stored_response_sweep_s: float = Field(
         300.0,
         gt=0,
-        description="How often stored Responses API answers and conversation items no retention covers are deleted.",
+        description=(
+            "How often stored Responses API answers, conversations, files and batches no retention covers are deleted:"
+            " one pass an interval, by one of the ingress instances."
+        ),
     )
     background_beat_s: float = Field(
         2.0,

@@ -28,6 +28,7 @@ from services.ingress.adapters import (
     ReplyListener,
     RequestPublisher,
     ResponseStore,
+    SweepPasses,
     TenantDirectory,
 )
 from services.ingress.admin_api import router as admin_router
@@ -123,7 +124,8 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
             keep_finishing(deps.finishing, deps.running_batches, liveness, settings.background_beat_s)
         )
         kept = (deps.responses, deps.conversations, deps.files, deps.batches)
-        sweeper = asyncio.create_task(sweep_kept_text(kept, settings.stored_response_sweep_s))
+        passes = SweepPasses(pool, settings.postgres_timeout_s)
+        sweeper = asyncio.create_task(sweep_kept_text(kept, passes, settings.stored_response_sweep_s))
         try:
             yield
         finally:
@@ -158,11 +160,15 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
     return app
 
 
-async def sweep_kept_text(stores: tuple[Sweeps, ...], every_s: float) -> None:
+async def sweep_kept_text(stores: tuple[Sweeps, ...], passes: SweepPasses, every_s: float) -> None:
     """Deletes the stored responses, conversation items, files and batches no retention covers any more, now and
-    every ``every_s``."""
+    every ``every_s``: in the passes this instance claims, the others' going to other instances."""
     while True:
-        for store in stores:
+        try:
+            claimed = await passes.claim("kept-text", every_s)
+        except DependencyUnavailable:
+            claimed = False  # the store logged it; the next pass tries again
+        for store in stores if claimed else ():
             what = type(store).__name__
             try:
                 if swept := await store.sweep():

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from services.ingress.adapters import BatchStore, ConversationStore, FileStore, ResponseStore
+from services.ingress.adapters import BatchStore, ConversationStore, FileStore, ResponseStore, SweepPasses
 from shared.db import scratch_database
 from shared.settings import CommonSettings
 
@@ -93,5 +93,24 @@ async def test_files_past_retention_go_in_one_pass(pool: asyncpg.Pool) -> None:
             "INSERT INTO files (id, tenant_id, purpose, filename, content) VALUES ($1, $2, 'batch', 'in.jsonl', $3)",
             [(f"file_{tenant_id}_{n}", tenant_id, b"{}\n") for n in range(rows)],
         )
-    assert await FileStore(pool, LOOKUP_TIMEOUT_S).sweep() == files
+    # "kept" retains files for a day, but one of its files expired an hour ago (its upload's expires_after)
+    await pool.execute(
+        "INSERT INTO files (id, tenant_id, purpose, filename, content, expires_at)"
+        " VALUES ('file_expired', 'kept', 'batch', 'in.jsonl', '', now() - interval '1 hour')"
+    )
+    assert await FileStore(pool, LOOKUP_TIMEOUT_S).sweep() == files + 1
     assert await count(pool, "files", "gone") == 0 and await count(pool, "files", "kept") == 2
+
+
+async def test_one_instance_runs_each_pass_of_a_sweep(pool: asyncpg.Pool) -> None:
+    """Every ingress instance runs the sweeps on its own 5-minute timer: the first to claim an interval's pass runs
+    it, and the others skip theirs until the next interval."""
+    first, second = SweepPasses(pool), SweepPasses(pool)
+    assert await first.claim("kept-text", 300.0)
+    assert not await second.claim("kept-text", 300.0)
+    assert not await first.claim("kept-text", 300.0)
+    assert await second.claim("other-sweep", 300.0)  # each sweep is claimed apart
+    # 4.5 minutes on (0.9 of the interval): the pass is due, whoever comes first takes it, once
+    await pool.execute("UPDATE sweep_passes SET started_at = started_at - interval '270 seconds'")
+    assert await second.claim("kept-text", 300.0)
+    assert not await first.claim("kept-text", 300.0)
