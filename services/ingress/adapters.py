@@ -854,7 +854,7 @@ class ConversationStore:
                     tenant_id,
                     json.dumps(metadata),
                 )
-                await _insert_items(connection, conversation_id, items)
+                await _insert_items(connection, tenant_id, conversation_id, items)
             return Conversation(conversation_id, created_at, metadata)
 
         with _storable():
@@ -934,7 +934,7 @@ class ConversationStore:
                     tenant_id,
                 )
                 if found is not None:
-                    await _insert_items(connection, conversation_id, items)
+                    await _insert_items(connection, tenant_id, conversation_id, items)
             return found is not None
 
         return await self._database.call(add)
@@ -968,15 +968,17 @@ class DuplicateItem(Exception):
     """An item whose id the conversation already holds."""
 
 
-async def _insert_items(connection: asyncpg.Connection, conversation_id: str, items: list[dict[str, object]]) -> None:
-    """Raises DuplicateItem for an id the conversation holds, NotStorable for text with U+0000."""
+async def _insert_items(
+    connection: asyncpg.Connection, tenant_id: str, conversation_id: str, items: list[dict[str, object]]
+) -> None:
+    """Adds items to the tenant's conversation, which the caller has just written in this transaction. Raises
+    DuplicateItem for an id the conversation holds, NotStorable for text with U+0000."""
     try:
         with _storable():
             await connection.executemany(
                 # the conversation's tenant too, for the sweep (migration 0025)
-                "INSERT INTO conversation_items (conversation_id, id, item, tenant_id)"
-                " SELECT $1, $2, $3, tenant_id FROM conversations WHERE id = $1",
-                [(conversation_id, str(item["id"]), json.dumps(item)) for item in items],
+                "INSERT INTO conversation_items (conversation_id, id, item, tenant_id) VALUES ($1, $2, $3, $4)",
+                [(conversation_id, str(item["id"]), json.dumps(item), tenant_id) for item in items],
             )
     except asyncpg.UniqueViolationError:
         raise DuplicateItem(conversation_id) from None
