@@ -454,9 +454,10 @@ class Engine:
 
         try:
             composed = compose(_answer_grammar(sampling))
+            if composed is None:
+                return None
+            composed = _whitespace_bounded(composed)
         except ValueError:
-            return None
-        if composed is None:
             return None
         spec = json.dumps(composed)
         return spec if _xgrammar_takes(spec) else None
@@ -743,7 +744,10 @@ def _answer_grammar(sampling: SamplingParams) -> dict[str, Any] | None:
 
 def _structured_outputs(sampling: SamplingParams) -> StructuredOutputsParams | None:
     """vLLM's grammar-guided decoding for a response format or a structured output: it masks the tokens that would
-    break the form."""
+    break the form. A JSON schema goes as xgrammar's grammar of it with bounded white space (``json_grammar``), or as
+    it is where xgrammar does not take it."""
+    import json
+
     from vllm.sampling_params import StructuredOutputsParams
 
     if (structured := sampling.structured_outputs) is not None:
@@ -751,9 +755,63 @@ def _structured_outputs(sampling: SamplingParams) -> StructuredOutputsParams | N
     response_format = sampling.response_format
     if response_format is None:
         return None
-    if response_format.type == "json_object":
-        return StructuredOutputsParams(json_object=True)
-    return StructuredOutputsParams(json=_enforced_schema(response_format))
+    schema = _ANY_OBJECT if response_format.type == "json_object" else _enforced_schema(response_format)
+    grammar = json_grammar(json.dumps(schema))
+    return StructuredOutputsParams(grammar=grammar) if grammar is not None else StructuredOutputsParams(json=schema)
+
+
+JSON_WHITESPACE_LIMIT = 20
+"""Most white space a JSON answer may have between two of its tokens (xgrammar's ``max_whitespace_cnt``): a new line
+and indentation nine levels deep by two spaces (llama.cpp's JSON grammar allows a new line and 20). vLLM compiles a
+schema with white space unbounded, and a model can fall into writing nothing else until max_tokens, the JSON never
+closed (vLLM issue 38696): with SmolLM2 at temperature 0, 3 of 8 answers to a two-field schema ran to 300 tokens of
+new lines, and all 8 closed with this limit (benchmarks/reports/json-whitespace-2026-12-07)."""
+
+_ANY_OBJECT = {"type": "object"}  # json_object's schema, as vLLM compiles it
+
+
+@lru_cache(maxsize=256)
+def json_grammar(schema_json: str) -> str | None:
+    """A JSON schema (its JSON text) as xgrammar's EBNF grammar with white space bounded by JSON_WHITESPACE_LIMIT;
+    None when xgrammar does not take it (features it lacks, too deep a nesting, a schema it cannot convert): vLLM is
+    then given the schema itself, and chooses llguidance or refuses it with its own words, as before. Remembered, as
+    clients send the same schema again and again."""
+    import json
+
+    import xgrammar
+    from vllm.exceptions import VLLMValidationError
+    from vllm.sampling_params import check_json_nesting
+    from vllm.v1.structured_output.backend_xgrammar import has_xgrammar_unsupported_json_features
+
+    schema = json.loads(schema_json)
+    try:
+        check_json_nesting(schema)  # first, as vLLM does: xgrammar's converter recurses
+    except VLLMValidationError:
+        return None
+    if has_xgrammar_unsupported_json_features(schema):
+        return None
+    try:
+        return str(xgrammar.Grammar.from_json_schema(schema, max_whitespace_cnt=JSON_WHITESPACE_LIMIT))
+    except Exception:  # xgrammar raises its own errors, of several kinds
+        return None
+
+
+def _whitespace_bounded(tag: Any) -> Any:
+    """A structural tag with each of its JSON schema formats made xgrammar's grammar of it with bounded white space
+    (``json_grammar``; xgrammar's structural tags take no limit of their own). Raises ValueError where xgrammar does
+    not take a schema."""
+    import json
+
+    if isinstance(tag, list):
+        return [_whitespace_bounded(item) for item in tag]
+    if not isinstance(tag, dict):
+        return tag
+    if tag.get("type") == "json_schema" and set(tag) == {"type", "json_schema"}:
+        grammar = json_grammar(json.dumps(tag["json_schema"]))
+        if grammar is None:
+            raise ValueError("a JSON schema xgrammar does not take")
+        return {"type": "grammar", "grammar": grammar}
+    return {key: _whitespace_bounded(value) for key, value in tag.items()}
 
 
 def _enforced_schema(response_format: ResponseFormat) -> Any:

@@ -119,3 +119,30 @@ def test_a_json_schema_format_without_its_schema_is_a_400_before_anything_is_que
             response_format={"type": "json_schema", "json_schema": {"name": "no_schema"}},  # type: ignore[typeddict-item]
         )
     assert err.value.body["param"] == "response_format.json_schema.schema"  # type: ignore[index]
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def test_an_answer_the_model_would_pad_with_new_lines_still_closes(platform: Platform) -> None:
+    """With white space unbounded, as vLLM compiles a schema, SmolLM2 answers these at temperature 0 with a new line
+    between every two tokens and then new lines alone until max_tokens: the JSON never closes (vLLM issue 38696).
+    ferry bounds white space between tokens (engine.JSON_WHITESPACE_LIMIT), and each answer closes."""
+    client = sync_client(platform)
+    for question in ("Give a person", "Tell me about a famous scientist", "A person from Paris"):
+        answer = client.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=300,
+            temperature=0,
+            response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON, "strict": True}},
+        )
+        text = answer.choices[0].message.content or ""
+        assert answer.choices[0].finish_reason == "stop", text
+        assert set(json.loads(text)) == {"name", "age"}
+        assert "\n" * 21 not in text  # the limit, 20, and one more

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import xgrammar
 
-from services.worker.engine import Engine, InvalidRequest
+from services.worker.engine import JSON_WHITESPACE_LIMIT, Engine, InvalidRequest
 from services.worker.reasoning import (
     GEMMA4_THINK,
     GRANITE_THINK,
@@ -240,6 +240,9 @@ def test_the_engine_composes_each_form_of_grammar_it_takes_and_leaves_alone_what
     json_object = composed(response_format=ResponseFormat(type="json_object"))
     assert json_object is not None and accepts(json_object, '<think>x</think>{"b": [1]}')
     assert not accepts(json_object, "[]")
+    # its JSON's white space is bounded, as without thinking (engine.JSON_WHITESPACE_LIMIT)
+    assert accepts(json_object, '<think>x</think>{\n  "b": 1\n}')
+    assert not accepts(json_object, "<think>x</think>{" + "\n" * (JSON_WHITESPACE_LIMIT + 1) + '"b": 1}')
     strict = composed(
         response_format=ResponseFormat(
             type="json_schema", json_schema={"type": "object", "properties": {"a": {"type": "integer"}}}, strict=True
