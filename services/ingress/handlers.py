@@ -1346,6 +1346,9 @@ FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"
 recursion limit, an integer of more than Python's 4,300 digits), with the reader's exception as its cause."""
 
 
+ROUTER_MISSES = {(404, "Not Found"), (405, "Method Not Allowed")}  # what Starlette's router raises, word for word
+
+
 class BodyTooLarge(StarletteHTTPException):
     """A request body past the ingress's limit, found while it was read (a body sent without Content-Length)."""
 
@@ -1469,7 +1472,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == FASTAPI_UNREADABLE_BODY:
             # FastAPI's wrapper of what its JSON reader raised other than a syntax error, named here
             cause = exc.__cause__
@@ -1481,8 +1484,11 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"We could not parse the JSON body of your request: {why}."
             return JSONResponse(error_json(message, "invalid_request_error", code="invalid_json"), status_code=400)
         code = "request_too_large" if isinstance(exc, BodyTooLarge) else f"http_{exc.status_code}"
+        message = str(exc.detail)
+        if (exc.status_code, message) in ROUTER_MISSES:  # no route has this path, or not this method: as OpenAI says it
+            message = f"Invalid URL ({request.method} {request.url.path})"
         return JSONResponse(
-            error_json(str(exc.detail), "invalid_request_error", code=code),
+            error_json(message, "invalid_request_error", code=code),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )

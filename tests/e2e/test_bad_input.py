@@ -98,7 +98,12 @@ def test_json_sent_without_its_content_type_is_a_400_saying_so(platform: Platfor
 
 
 def test_unknown_route_is_an_openai_format_404(platform: Platform) -> None:
-    assert_openai_error(httpx.get(f"{platform.base_url}/v1/engines", headers=platform.auth, timeout=10), 404)
+    missing = assert_openai_error(httpx.get(f"{platform.base_url}/v1/engines", headers=platform.auth, timeout=10), 404)
+    assert missing["message"] == "Invalid URL (GET /v1/engines)"  # OpenAI's words
+    unserved = httpx.post(f"{platform.base_url}/v1/embeddings", headers=platform.auth, json={}, timeout=10)
+    assert assert_openai_error(unserved, 404)["message"] == "Invalid URL (POST /v1/embeddings)"
+    wrong_method = httpx.put(f"{platform.base_url}/v1/chat/completions", headers=platform.auth, json={}, timeout=10)
+    assert assert_openai_error(wrong_method, 405)["message"] == "Invalid URL (PUT /v1/chat/completions)"
 
 
 def test_models_come_from_the_registry(platform: Platform) -> None:
