@@ -323,7 +323,7 @@ class SamplingFields(BaseModel):
 
     model: str = Field(min_length=1, description="A model id from GET /v1/models.", examples=["tiny-random"])
     stream: bool = False
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | None = Field(None, description="Only with stream true, as in OpenAI's API.")
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -468,6 +468,13 @@ class SamplingFields(BaseModel):
         description="ferry: whether the model's default variant may answer when the one asked for cannot run on the "
         "serving hardware; false gets a 400 variant_unavailable (or an error event when streaming) instead.",
     )
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_with_stream(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):  # OpenAI and vLLM refuse it too
+            raise ValueError("stream_options is only allowed when stream is true")
+        return value
 
     @field_validator("structured_outputs")
     @classmethod

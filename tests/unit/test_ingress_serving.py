@@ -1040,3 +1040,15 @@ async def test_prompts_of_token_ids_reach_the_contract_as_ids_and_are_echoed_as_
     lines = [line async for line in stream_sse("r", "m", False, merged([events_of(*events)]), "text", [None])]
     texts = [c["choices"][0]["text"] for c in parse(lines[:-1])]  # type: ignore[index]
     assert texts[:2] == ["Hello", " the"]
+
+
+def test_stream_options_without_streaming_are_refused_as_openai_refuses_them() -> None:
+    for request in (ChatCompletionRequest, CompletionRequest):
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "prompt": "hi"}
+        with pytest.raises(ValidationError) as err:
+            request.model_validate(body | {"stream_options": {"include_usage": True}})
+        assert err.value.errors()[0]["loc"][0] == "stream_options"
+        assert "only allowed when stream is true" in err.value.errors()[0]["msg"]
+        streamed = request.model_validate(body | {"stream": True, "stream_options": {"include_usage": True}})
+        assert streamed.stream_options is not None and streamed.stream_options.include_usage
+        assert request.model_validate(body | {"stream_options": None}).stream_options is None  # as clients send it
