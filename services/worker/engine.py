@@ -714,7 +714,6 @@ def _xgrammar_takes(structural_tag: str) -> bool:
 def _answer_grammar(sampling: SamplingParams) -> dict[str, Any] | None:
     """The sampling's grammar (as ``_structured_outputs`` gives it to vLLM) as a format of xgrammar's structural tags;
     None when it has none. Raises ValueError when it cannot be one (see Engine.thinking_grammar)."""
-    from vllm.v1.structured_output.backend_xgrammar import has_xgrammar_unsupported_json_features
     from vllm.v1.structured_output.utils import grammar_is_likely_lark
 
     if (structured := sampling.structured_outputs) is not None:
@@ -734,12 +733,8 @@ def _answer_grammar(sampling: SamplingParams) -> dict[str, Any] | None:
     response_format = sampling.response_format
     if response_format is None:
         return None
-    if response_format.type != "json_schema" or response_format.json_schema is None:
-        return {"type": "json_schema", "json_schema": {"type": "object"}}
-    schema = _enforced_schema(response_format)
-    if has_xgrammar_unsupported_json_features(schema):
-        raise ValueError("a JSON schema with features xgrammar lacks")
-    return {"type": "json_schema", "json_schema": schema}
+    # a schema xgrammar does not take makes Engine.thinking_grammar's _whitespace_bounded raise ValueError
+    return {"type": "json_schema", "json_schema": _enforced_schema(response_format)}
 
 
 def _structured_outputs(sampling: SamplingParams) -> StructuredOutputsParams | None:
@@ -755,7 +750,7 @@ def _structured_outputs(sampling: SamplingParams) -> StructuredOutputsParams | N
     response_format = sampling.response_format
     if response_format is None:
         return None
-    schema = _ANY_OBJECT if response_format.type == "json_object" else _enforced_schema(response_format)
+    schema = _enforced_schema(response_format)
     grammar = json_grammar(json.dumps(schema))
     return StructuredOutputsParams(grammar=grammar) if grammar is not None else StructuredOutputsParams(json=schema)
 
@@ -815,7 +810,9 @@ def _whitespace_bounded(tag: Any) -> Any:
 
 
 def _enforced_schema(response_format: ResponseFormat) -> Any:
-    """A json_schema response format's schema as the engine enforces it."""
+    """A response format's schema as the engine enforces it (json_object's: any object, as vLLM compiles it)."""
+    if response_format.json_schema is None:  # json_object (the contract gives json_schema a schema)
+        return _ANY_OBJECT
     if not response_format.strict:
         return response_format.json_schema
     from vllm.v1.structured_output.backend_guidance import process_for_additional_properties
