@@ -882,9 +882,75 @@ class PromptCleared(Message):
     )
 
 
-ReplyEvent = TokensGenerated | CompletionFinished | GenerationFailed | PromptCleared
+MODERATION_MAX_INPUTS = 128
+MODERATION_MAX_CHARACTERS = 32_000
+
+
+class ModerationRequested(Message):
+    """Texts to screen and judge, nothing to generate (OpenAI's /v1/moderations). Produced to
+    ``<prefix>moderations`` keyed by ``request_id``; the safety stage answers ModerationCompleted (or a
+    GenerationFailed) on the reply topic. Nothing is filed for review and no text is stored."""
+
+    event: Literal["moderation_requested"] = "moderation_requested"
+    request_id: RequestId = Field(description="Unique id; the answer carries it back.")
+    inputs: list[str] = Field(
+        min_length=1,
+        max_length=MODERATION_MAX_INPUTS,
+        description="The texts to judge, each on its own; the answer has one result per text, in this order.",
+    )
+    reply_topic: TopicName = Field(description="Topic the safety stage answers on (the requester creates it).")
+    tenant_id: StoredKey | None = Field(
+        None, description="Tenant whose prompt policy judges the texts; None: the default policy."
+    )
+    screening_policy: str | None = Field(
+        None, description="Digest of the tenant's policy as the producer last read it, as on CompletionRequested."
+    )
+    deadline_at: datetime | None = Field(None, description="After this instant (UTC) the answer is no longer wanted.")
+    trace_context: dict[str, str] = Field(
+        default_factory=dict, description="W3C trace context (traceparent, tracestate) of the request."
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ModerationRequested:
+        characters = sum(len(text) for text in self.inputs)
+        if characters > MODERATION_MAX_CHARACTERS:
+            raise ValueError(
+                f"the inputs hold {characters} characters, more than the {MODERATION_MAX_CHARACTERS} screened at once"
+            )
+        return self
+
+
+class ModerationResult(BaseModel):
+    """The judgement of one text, under the tenant's prompt policy."""
+
+    model_config = ConfigDict(frozen=True)
+
+    flagged: bool = Field(description="Whether the policy would do anything but allow this text as a prompt.")
+    action: Literal["allow", "release", "hold", "block"] = Field(
+        description="What the policy would do with it as a prompt: allow, release then review, hold for review, "
+        "or block."
+    )
+    categories: list[str] = Field(description="Every category whose score crossed one of the policy's thresholds.")
+    scores: dict[str, float] = Field(
+        description="Score in [0, 1] per category screened (the highest any classifier gave)."
+    )
+
+
+class ModerationCompleted(Message):
+    """The safety stage's answer to a ModerationRequested: the last event of that request."""
+
+    event: Literal["moderation_completed"] = "moderation_completed"
+    request_id: str = Field(description="The request answered.")
+    sequence: int = Field(0, ge=0, description="Position of this event among the request's reply events (the only).")
+    results: list[ModerationResult] = Field(description="One result per input text, in the request's order.")
+
+
+ReplyEvent = TokensGenerated | CompletionFinished | GenerationFailed | PromptCleared | ModerationCompleted
 """Any event on a request's reply topic; ``event`` tells which. Workers publish the first three; PromptCleared comes
-from the safety stage, only for requests whose producer asked for it."""
+from the safety stage, only for requests whose producer asked for it, and ModerationCompleted answers a
+ModerationRequested."""
+FINAL_EVENTS = (CompletionFinished, GenerationFailed, ModerationCompleted)
+"""The events that end a request's replies."""
 reply_event_adapter: TypeAdapter[ReplyEvent] = TypeAdapter(Annotated[ReplyEvent, Field(discriminator="event")])
 
 

@@ -61,6 +61,11 @@ class Topics:
         return f"{self.prefix}safety.flagged"
 
     @property
+    def moderations(self) -> str:
+        """Where ModerationRequested goes (texts to judge, nothing to generate); the safety service reads it."""
+        return f"{self.prefix}moderations"
+
+    @property
     def dead_letter(self) -> str:
         """Where records that cannot be processed are parked, with the reason."""
         return f"{self.prefix}dead-letter"

@@ -26,9 +26,11 @@ from services.ingress.rate_limits import Charge
 from services.ingress.serving import ReleaseGate
 from services.ingress.tenants import ADMIN_KEY_PREFIX, NewKey, Tenant, key_digest, new_api_key
 from shared.contracts import (
+    FINAL_EVENTS,
     CompletionFinished,
     CompletionRequested,
     GenerationFailed,
+    ModerationRequested,
     QueueDepthReported,
     ReplyEvent,
     RequestCancelled,
@@ -101,7 +103,7 @@ class ReplyListener:
                 else:
                     event = queue.get_nowait()
                 yield event
-                if isinstance(event, CompletionFinished | GenerationFailed):
+                if isinstance(event, FINAL_EVENTS):
                     return
         finally:
             # only its own: a reader closed late (an async generator is finalized when collected) must not drop the
@@ -148,7 +150,7 @@ class ReplyListener:
                 released = gate.admit(event)
         for ready in released:
             queue.put_nowait(ready)
-        if any(isinstance(ready, CompletionFinished | GenerationFailed) for ready in released):
+        if any(isinstance(ready, FINAL_EVENTS) for ready in released):
             # the request is done here, even if its reader never resumes (a client gone, a failure raised mid-read)
             self._queues.pop(event.request_id, None)
 
@@ -166,6 +168,11 @@ class RequestPublisher:
             targets.append(topics.screened(request.model))
         rid = request.request_id
         await asyncio.gather(*(publish_message(self._broker, request, t, key=rid, request_id=rid) for t in targets))
+
+    async def moderate(self, request: ModerationRequested) -> None:
+        """To the moderation topic, which the safety stage reads."""
+        rid = request.request_id
+        await publish_message(self._broker, request, self._common.topics.moderations, key=rid, request_id=rid)
 
     async def cancel(self, cancelled: RequestCancelled) -> None:
         await publish_message(

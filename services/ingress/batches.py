@@ -43,7 +43,7 @@ from shared.outages import DependencyUnavailable
 
 logger = logging.getLogger(__name__)
 
-Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/responses"]
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/moderations"]
 COMPLETION_WINDOW = timedelta(hours=24)
 MAX_REQUESTS = 50_000
 """OpenAI's limit on a batch's requests."""

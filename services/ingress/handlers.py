@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import trace
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -60,6 +60,7 @@ from services.ingress.conversations import (
     reference_in,
 )
 from services.ingress.metrics import IngressMetrics
+from services.ingress.moderations import MODERATION_MODEL, ModerationRequest, ModerationResponse, moderation_result
 from services.ingress.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -95,6 +96,7 @@ from services.ingress.responses import (
     whole_response,
 )
 from services.ingress.serving import (
+    DEADLINE_EXCEEDED,
     AbandonReason,
     ApiError,
     ApiKind,
@@ -103,6 +105,7 @@ from services.ingress.serving import (
     chat_completion,
     choice_requests,
     counting_tokens,
+    failure_error,
     final_events,
     merged,
     stream_sse,
@@ -119,6 +122,8 @@ from shared.contracts import (
     BatchingProfile,
     CompletionFinished,
     GenerationFailed,
+    ModerationCompleted,
+    ModerationRequested,
     Priority,
     RequestCancelled,
     utc_now,
@@ -889,6 +894,113 @@ def _no_batch(batch_id: str) -> ApiError:
     )
 
 
+def _queue_unavailable(headers: dict[str, str]) -> ApiError:
+    """A request Kafka did not take in time (FERRY_INGRESS_PUBLISH_TIMEOUT_S) or refused."""
+    return ApiError(
+        503,
+        "The request could not be queued; try again.",
+        "service_unavailable_error",
+        code="queue_unavailable",
+        headers={"Retry-After": "1"} | headers,
+    )
+
+
+def _limited(deps: IngressDeps, tenant: Tenant, request: Request, tokens: int) -> Tenant:
+    """The limits a request is checked against: a batch's requests (the ones run in process) get a share of them."""
+    if IN_PROCESS_TENANT in request.scope:
+        return batch_limits(tenant, deps.settings.batch_limit_share, tokens)
+    return tenant
+
+
+def _within_capacity(deps: IngressDeps, requests: int, headers: dict[str, str]) -> None:
+    """Refuses work beyond what this instance may wait for at once (FERRY_INGRESS_MAX_IN_FLIGHT)."""
+    if deps.listener.waiting + requests > deps.settings.max_in_flight:
+        raise ApiError(
+            503, "This instance is at capacity; try again shortly.", "service_unavailable_error",
+            code="ingress_at_capacity", headers={"Retry-After": "1"} | headers,
+        )  # fmt: skip
+
+
+@router.post("/v1/moderations", response_model=ModerationResponse, responses=ERRORS, tags=["openai"])
+async def create_moderation(
+    body: ModerationRequest, request: Request, deps: DepsDep, tenant: TenantDep
+) -> JSONResponse:
+    """Judges texts with the platform's safety stage, under the tenant's prompt policy (see moderations.py)."""
+    request_id = f"modr-{uuid.uuid4().hex}"
+    headers = {"x-request-id": request_id}
+    if not_text := lone_surrogate(await request.body()):
+        param, message = not_text
+        raise ApiError(400, message, param=param, code="invalid_value")
+    if ignored := ignored_fields(body):
+        logger.warning("request %s: ignored unsupported fields %s", request_id, ignored)
+    timeout_s = _timeout(request.headers.get("x-ferry-timeout"), deps.settings)
+    deadline_at = utc_now() + timedelta(seconds=timeout_s)
+    _within_capacity(deps, 1, headers)
+    texts = body.texts()
+    with deps.tracer.start_as_current_span(
+        "ferry.ingress.moderations",
+        context=context_from(dict(request.headers)),
+        kind=trace.SpanKind.SERVER,
+        attributes={"ferry.request_id": request_id, "ferry.tenant": tenant.id, "ferry.safety.inputs": len(texts)},
+    ):
+        try:
+            message = ModerationRequested(
+                request_id=request_id,
+                inputs=texts,
+                reply_topic=deps.listener.topic,
+                tenant_id=tenant.id,
+                screening_policy=tenant.screening_policy,
+                deadline_at=deadline_at,
+                trace_context=current_trace_context(),
+            )
+        except ValidationError as exc:  # the texts' length in all, which the contract bounds
+            reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise ApiError(400, f"Invalid input: {reason}.", param="input", code="invalid_value") from None
+        estimate = max(1, sum(len(text) for text in texts) // 4)  # as a prompt's, without a template
+        limited = _limited(deps, tenant, request, estimate)
+        charge = await _charge(
+            deps, limited, estimate, headers, request_id, deadline_at, "its texts' estimate", "send less text", "input"
+        )
+        answer = deps.listener.expect(request_id, deadline_at)
+        try:
+            async with asyncio.timeout(deps.settings.publish_timeout_s):
+                await deps.publisher.moderate(message)
+        except Exception:
+            deps.listener.forget(request_id)
+            if charge is not None:
+                deps.spawn(deps.limiter.settle(charge, 0), f"refund of {request_id}")
+            logger.exception("request %s: could not publish", request_id)
+            raise _queue_unavailable(headers) from None
+    logger.info("moderation %s of tenant %s: %d texts", request_id, tenant.id, len(texts))
+    used = 0
+    try:
+        judged = await _unless_disconnected(request, _moderation_of(answer))
+        used = estimate
+    except ApiError as exc:
+        raise exc.with_headers(headers) from None
+    finally:
+        if charge is not None:
+            deps.spawn(deps.limiter.settle(charge, used), f"settlement of {request_id}")
+    deps.metrics.responses.labels(request.url.path, "200").inc()
+    response = ModerationResponse(
+        id=request_id, model=MODERATION_MODEL, results=[moderation_result(r) for r in judged.results]
+    )
+    return JSONResponse(response.model_dump(), headers=headers)
+
+
+async def _moderation_of(events: AsyncIterator[Any]) -> ModerationCompleted:
+    """The safety stage's answer; its failure and the deadline become ApiError."""
+    try:
+        async for event in events:
+            if isinstance(event, GenerationFailed):
+                raise failure_error(event)
+            if isinstance(event, ModerationCompleted):
+                return event
+    except TimeoutError:
+        raise DEADLINE_EXCEEDED from None
+    raise ApiError(503, "the reply stream ended without a result", "server_error", code="no_result")
+
+
 async def _serve(  # type: ignore[no-untyped-def]
     body: ChatCompletionRequest | CompletionRequest,
     kind: ApiKind,
@@ -927,11 +1039,7 @@ async def _serve(  # type: ignore[no-untyped-def]
     choice_count = body.choice_count()
     prompt_of = [k // body.n for k in range(choice_count)]  # which prompt each choice answers
 
-    if deps.listener.waiting + choice_count > deps.settings.max_in_flight:
-        raise ApiError(
-            503, "This instance is at capacity; try again shortly.", "service_unavailable_error",
-            code="ingress_at_capacity", headers={"Retry-After": "1"} | headers,
-        )  # fmt: skip
+    _within_capacity(deps, choice_count, headers)
     expected_wait = deps.queues.expected_wait_s(body.model)
     if expected_wait > timeout_s:
         raise ApiError(
@@ -977,11 +1085,9 @@ async def _serve(  # type: ignore[no-untyped-def]
         choices = choice_requests(message, body.n, prompts)
         estimate = sum(estimated_tokens(choices[k], body.n) for k in range(0, len(choices), body.n))
         # settled once: by this instance, or (a background response) by the one that takes it over if this one stops
-        # a batch's requests are the ones run in process
-        limited = tenant
-        if IN_PROCESS_TENANT in request.scope:
-            limited = batch_limits(tenant, deps.settings.batch_limit_share, estimate)
-        charge = await _charge(deps, limited, estimate, headers, request_id, deadline_at)
+        charge = await _charge(
+            deps, _limited(deps, tenant, request, estimate), estimate, headers, request_id, deadline_at
+        )
         policy = _cache_policy(tenant)
         cache_control: Mapping[str, str] = request.headers
         if isinstance(body, CompletionRequest) and body.echo and None in body.echo_texts():
@@ -1030,13 +1136,7 @@ async def _serve(  # type: ignore[no-untyped-def]
                     headers=headers,
                 ) from None
             logger.exception("request %s: could not publish", request_id)
-            raise ApiError(
-                503,
-                "The request could not be queued; try again.",
-                "service_unavailable_error",
-                code="queue_unavailable",
-                headers={"Retry-After": "1"} | headers,
-            ) from None
+            raise _queue_unavailable(headers) from None
     logger.info(
         "request %s of tenant %s for %s (stream=%s, choices=%d, cache %s)",
         request_id, tenant.id, body.model, body.stream, len(choices), headers[CACHE_HEADER],
@@ -1294,10 +1394,19 @@ def _timeout(header: str | None, settings: IngressSettings) -> float:
 
 
 async def _charge(
-    deps: IngressDeps, tenant: Tenant, tokens: int, headers: dict[str, str], request_id: str, deadline_at: datetime
+    deps: IngressDeps,
+    tenant: Tenant,
+    tokens: int,
+    headers: dict[str, str],
+    request_id: str,
+    deadline_at: datetime,
+    weighed: str = "prompt estimate plus max_tokens",
+    fix: str = "lower max_tokens",
+    param: str = "max_tokens",
 ) -> Charge | None:
     """Checks and charges the tenant's limits; None when Redis could not check them and the settings let the
-    request through unchecked."""
+    request through unchecked. ``weighed``, ``fix`` and ``param`` say, in the error of a request above the tokens per
+    minute, what its tokens are, what to do and which field to change."""
     try:
         admission = await deps.limiter.admit(tenant, tokens, request_id=request_id, deadline_at=deadline_at)
     except DependencyUnavailable:
@@ -1312,9 +1421,9 @@ async def _charge(
     if admission.retry_after_s is None:
         raise ApiError(
             400,
-            f"This request may use up to {tokens} tokens (prompt estimate plus max_tokens), more than the tenant's"
-            f" limit of {tenant.tokens_per_minute} tokens per minute; lower max_tokens.",
-            param="max_tokens",
+            f"This request may use up to {tokens} tokens ({weighed}), more than the tenant's"
+            f" limit of {tenant.tokens_per_minute} tokens per minute; {fix}.",
+            param=param,
             code="tokens_exceed_rate_limit",
         )
     retry = {"Retry-After": str(admission.retry_after_s)} | headers

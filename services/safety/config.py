@@ -26,6 +26,11 @@ class SafetySettings(BaseSettings):
         default_factory=lambda: consumer_group("safety-review"),
         description="Consumer group that persists flagged items; <topic prefix>-safety-review by default.",
     )
+    moderation_group_id: str = Field(
+        default_factory=lambda: consumer_group("safety-moderations"),
+        description="Consumer group of the moderation requests (<prefix>moderations); "
+        "<topic prefix>-safety-moderations by default.",
+    )
     max_batch_size: int = Field(16, ge=1, description="Most requests screened together in one poll.")
     max_wait_ms: int = Field(5, ge=0, description="Longest a poll waits for more requests.")
     models: list[str] | None = Field(None, description="Models to screen for; every enabled model when unset.")

@@ -31,6 +31,8 @@ class StageConsumer:
     group_id: str
     max_records: int
     handle: Handle
+    stage: str = "request"
+    """What its partitions hold, for its logs and task: request (prompts to screen) or moderation."""
     idle_poll_ms: int = 1000
     consumer: AIOKafkaConsumer | None = None
     task: asyncio.Task[None] | None = field(default=None)
@@ -50,8 +52,8 @@ class StageConsumer:
             auto_offset_reset="earliest",
         )
         await self.consumer.start()
-        self.consumer.subscribe(self.topics, listener=AssignmentLog())
-        self.task = asyncio.create_task(self._run(), name="safety-prompts")
+        self.consumer.subscribe(self.topics, listener=AssignmentLog(self.stage))
+        self.task = asyncio.create_task(self._run(), name=f"safety-{self.stage}s")
 
     async def stop(self) -> None:
         if self.task:
@@ -111,12 +113,16 @@ class StageConsumer:
 
 
 class AssignmentLog(ConsumerRebalanceListener):
-    """Logs which request partitions this instance screens after each rebalance: when an instance dies, the line in
-    the others' logs shows who took its partitions over (from their committed offsets, so nothing is skipped)."""
+    """Logs which partitions of its stage (``request`` or ``moderation``) this instance screens after each rebalance:
+    when an instance dies, the line in the others' logs shows who took its partitions over (from their committed
+    offsets, so nothing is skipped)."""
+
+    def __init__(self, stage: str) -> None:
+        self._stage = stage
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         pass
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned))
-        logger.info("screening %d request partitions: %s", len(assigned), names or "none")
+        logger.info("screening %d %s partitions: %s", len(assigned), self._stage, names or "none")

@@ -8,6 +8,9 @@
   topic, and flagged so a reviewer can label it). A request screened beside generation (its producer sent it to the
   screened topic too) is not forwarded: allow and release answer PromptCleared on the reply topic, and block also
   cancels its generation. The poll is committed once its messages are published.
+- ``moderate``: the moderation stage, fed by a second ``consumer.StageConsumer`` (``<prefix>moderations``, group
+  ``safety-moderations``): texts screened as prompts are and judged by the tenant's prompt policy, answered with
+  ModerationCompleted on the reply topic; nothing forwarded, filed or stored.
 - ``on_flagged``: persists ContentFlagged (from this stage and from workers' output screening) in the review queue;
   a choice of a request with n > 1 joins the item of its request's choices (``ReviewStore.add``).
 """
@@ -30,13 +33,22 @@ from opentelemetry import trace
 from services.safety.config import SafetySettings
 from services.safety.guard import GuardCheck, GuardVerdict
 from services.safety.metrics import SafetyMetrics
-from services.safety.policy import decide, escalate
+from services.safety.policy import Decision, decide, escalate
 from services.safety.prompt_tokens import ModelTokenizers, NoTokenizer, UndecodablePrompt
 from services.safety.review import late_choice_deliveries, prompt_verdict, refused, unscreened
 from services.safety.screening import Screener, Screening, combine, prompt_parts, prompt_text
 from services.safety.store import PolicyStore, ReviewStore
 from services.safety.web import Send, deliver
-from shared.contracts import CompletionRequested, ContentFlagged, GenerationFailed, Message
+from shared.contracts import (
+    CompletionRequested,
+    ContentFlagged,
+    GenerationFailed,
+    Message,
+    ModerationCompleted,
+    ModerationRequested,
+    ModerationResult,
+    utc_now,
+)
 from shared.kafka import (
     UNWRITABLE_TOPIC_ERRORS,
     Rejected,
@@ -124,14 +136,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
             request = request.model_copy(update={"trace_context": carried})
         accepted.append(request)
         read_from[request.request_id] = record
-    for (rid, reply_topic), rejected in refusals:
-        failure = GenerationFailed(
-            request_id=rid, sequence=0, code="invalid_request", message=str(rejected), param=rejected.param
-        )
-        try:
-            await deps.send(failure, reply_topic, rid)
-        except UNWRITABLE_TOPIC_ERRORS:
-            logger.warning("request %s: rejected, and its reply topic cannot be written to say so", rid)
+    await tell_rejected(deps, refusals)
     if not accepted:
         return
     confirmations: list[asyncio.Future[Any] | None] = []
@@ -186,15 +191,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
         metrics.cache.labels("hit").inc(cache.hits - hits)
         metrics.cache.labels("miss").inc(cache.misses - misses)
         metrics.cache_entries.set(cache.size)
-    verdicts: dict[int, GuardVerdict] = {}
-    if deps.guard is not None:
-        ask = [i for i, r in enumerate(accepted) if guarded(deps, r.tenant_id)]
-        if ask:
-            texts = ["\n".join(parts[i]) for i in ask]
-            for i, verdict in zip(ask, await deps.guard.check(texts), strict=True):
-                verdicts[i] = verdict
-                if verdict.scores:
-                    screenings[i] = with_scores(screenings[i], "guard_model", verdict.scores)
+    verdicts = await guard_checked(deps, [r.tenant_id for r in accepted], parts, screenings)
     metrics.screen_seconds.observe(time.perf_counter() - started)
     for i, (request, screening) in enumerate(zip(accepted, screenings, strict=True)):
         with deps.tracer.start_as_current_span(
@@ -213,15 +210,7 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
                 logger.warning("request %s: tenant %s's policy is unavailable; refused", rid, request.tenant_id)
                 await publish(request, unscreened(request, topics))
                 continue
-            decision = decide(screening.scores, policy.prompt)
-            verdict = verdicts.get(i)
-            if verdict is not None:
-                fallback = deps.settings.guard_fallback if verdict.needs_fallback else "none"
-                if verdict.needs_fallback:
-                    decision = escalate(decision, deps.settings.guard_fallback, GUARD_UNVERIFIED)
-                metrics.guard.labels(verdict.outcome, fallback).inc()
-                span.set_attribute("ferry.safety.guard", verdict.outcome)
-                logger.info("request %s guard model: %s (fallback %s)", rid, verdict.outcome, fallback)
+            decision = judged(deps, rid, decide(screening.scores, policy.prompt), verdicts.get(i))
             span.set_attribute("ferry.safety.action", decision.action)
             span.set_attribute("ferry.safety.categories", list(decision.flagged))
             metrics.prompts.labels(decision.action).inc()
@@ -237,6 +226,120 @@ async def screen_prompts(deps: SafetyDeps, records: Sequence[ConsumerRecord]) ->
     now_ms = time.time() * 1000
     for request in accepted:
         metrics.stage_seconds.observe(max(0.0, now_ms - read_from[request.request_id].timestamp) / 1000)
+
+
+async def tell_rejected(deps: SafetyDeps, refusals: Sequence[tuple[tuple[str, str], Rejected]]) -> None:
+    """Tells the requesters of records that could not be used why (their records are dead-lettered)."""
+    for (rid, reply_topic), rejected in refusals:
+        failure = GenerationFailed(
+            request_id=rid, sequence=0, code="invalid_request", message=str(rejected), param=rejected.param
+        )
+        try:
+            await deps.send(failure, reply_topic, rid)
+        except UNWRITABLE_TOPIC_ERRORS:
+            logger.warning("request %s: rejected, and its reply topic cannot be written to say so", rid)
+
+
+async def guard_checked(
+    deps: SafetyDeps, tenants: Sequence[str | None], parts: Sequence[Sequence[str]], screenings: list[Screening]
+) -> dict[int, GuardVerdict]:
+    """Asks the guard model about each item (its ``parts`` joined) whose tenant is in its scope, and adds what it
+    named to the item's screening; the verdicts by item."""
+    verdicts: dict[int, GuardVerdict] = {}
+    if deps.guard is None:
+        return verdicts
+    ask = [i for i, tenant in enumerate(tenants) if guarded(deps, tenant)]
+    if ask:
+        texts = ["\n".join(parts[i]) for i in ask]
+        for i, verdict in zip(ask, await deps.guard.check(texts), strict=True):
+            verdicts[i] = verdict
+            if verdict.scores:
+                screenings[i] = with_scores(screenings[i], "guard_model", verdict.scores)
+    return verdicts
+
+
+def judged(deps: SafetyDeps, request_id: str, decision: Decision, verdict: GuardVerdict | None) -> Decision:
+    """The policy's decision, escalated by the configured fallback when the guard model gave no usable verdict."""
+    if verdict is None:
+        return decision
+    fallback = deps.settings.guard_fallback if verdict.needs_fallback else "none"
+    if verdict.needs_fallback:
+        decision = escalate(decision, deps.settings.guard_fallback, GUARD_UNVERIFIED)
+    deps.metrics.guard.labels(verdict.outcome, fallback).inc()
+    trace.get_current_span().set_attribute("ferry.safety.guard", verdict.outcome)
+    logger.info("request %s guard model: %s (fallback %s)", request_id, verdict.outcome, fallback)
+    return decision
+
+
+async def moderate(deps: SafetyDeps, records: Sequence[ConsumerRecord]) -> None:
+    """The moderation stage's work on one poll of ``<prefix>moderations``: each request's texts are screened as
+    prompts are (rules, classifiers, the guard model in its scope) and judged by the tenant's prompt policy; the
+    answer is a ModerationCompleted on the reply topic. Nothing is filed for review or forwarded: the requester
+    decides what to do with the text."""
+    broker, common, metrics = deps.broker, deps.common, deps.metrics
+    accepted: list[tuple[ModerationRequested, ConsumerRecord]] = []
+    refusals: list[tuple[tuple[str, str], Rejected]] = []
+    for record in records:
+        try:
+            request = decode(ModerationRequested, record)
+        except Rejected as exc:
+            await dead_letter(broker, common, record, str(exc), SERVICE)
+            if (requester := requester_of(record)) is not None:
+                refusals.append((requester, exc))
+            continue
+        if request.deadline_at is not None and request.deadline_at <= utc_now():
+            metrics.moderations.labels("expired").inc()  # its requester stopped waiting: nobody reads an answer
+            continue
+        accepted.append((request, record))
+    await tell_rejected(deps, refusals)
+    if not accepted:
+        return
+    parts = [[[text] for text in request.inputs] for request, _ in accepted]
+    flat_parts = [part for texts in parts for part in texts]
+    flat_tenants = [request.tenant_id for (request, _), texts in zip(accepted, parts, strict=True) for _ in texts]
+    screenings = await deps.screener.screen_parts(flat_parts, flat_tenants)
+    verdicts = await guard_checked(deps, flat_tenants, flat_parts, screenings)
+    start = 0
+    for (request, record), texts in zip(accepted, parts, strict=True):
+        rid = request.request_id
+        with deps.tracer.start_as_current_span(
+            "ferry.safety.moderation",
+            context=context_from(request.trace_context or record_headers(record)),
+            attributes={"ferry.request_id": rid, "ferry.safety.inputs": len(texts)},
+        ):
+            answer: Message
+            try:
+                policy = await deps.policies.get(request.tenant_id, request.screening_policy)
+            except DependencyUnavailable:
+                metrics.moderations.labels("unavailable").inc()
+                logger.warning("moderation %s: tenant %s's policy is unavailable", rid, request.tenant_id)
+                answer = GenerationFailed(
+                    request_id=rid,
+                    sequence=0,
+                    code="screening_unavailable",
+                    message="the tenant's safety policy could not be read; try again",
+                    retryable=True,
+                )
+            else:
+                results = []
+                for k in range(start, start + len(texts)):
+                    decision = judged(deps, rid, decide(screenings[k].scores, policy.prompt), verdicts.get(k))
+                    results.append(
+                        ModerationResult(
+                            flagged=decision.action != "allow",
+                            action=decision.action,
+                            categories=list(decision.flagged),
+                            scores={c: round(v, 4) for c, v in screenings[k].scores.items()},
+                        )
+                    )
+                metrics.moderations.labels("flagged" if any(r.flagged for r in results) else "allowed").inc()
+                answer = ModerationCompleted(request_id=rid, results=results)
+            start += len(texts)
+            try:
+                await deps.send(answer, request.reply_topic, rid)
+            except UNWRITABLE_TOPIC_ERRORS as exc:
+                reason = f"its reply topic {request.reply_topic!r} cannot be written ({type(exc).__name__})"
+                await dead_letter(broker, common, record, reason + "; the requester cannot be answered", SERVICE)
 
 
 def with_scores(screening: Screening, name: str, scores: dict[str, float]) -> Screening:

@@ -17,7 +17,7 @@ from services.safety.cache import ScreeningCache
 from services.safety.config import SafetySettings
 from services.safety.consumer import StageConsumer
 from services.safety.guard import GuardCheck
-from services.safety.handlers import SERVICE, SafetyDeps, register, screen_prompts
+from services.safety.handlers import SERVICE, SafetyDeps, moderate, register, screen_prompts
 from services.safety.labels import LABELED_FILE
 from services.safety.metrics import SafetyMetrics
 from services.safety.prompt_tokens import ModelTokenizers
@@ -82,6 +82,7 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
             await wait_for_kafka(common)
             await ensure_topics(common, [*by_topic, *(topics.screened(m) for m in model_ids)])
             await ensure_topics(common, [topics.safety_flagged, topics.dead_letter], partitions=1)
+            await ensure_topics(common, [topics.moderations])
             broker = new_broker(common, SERVICE, provider, metrics)
             reviews = ReviewStore(pool, settings.default_retention_days)
             policies = PolicyStore(pool)
@@ -135,13 +136,22 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
                 settings.max_batch_size,
                 lambda records: screen_prompts(deps, records),
             )
-            app.state.stage, app.state.guard = stage, guard
+            moderation = StageConsumer(
+                common.kafka_bootstrap,
+                [topics.moderations],
+                settings.moderation_group_id,
+                settings.max_batch_size,
+                lambda records: moderate(deps, records),
+                stage="moderation",
+            )
+            app.state.stage, app.state.moderation, app.state.guard = stage, moderation, guard
             sweeper = Sweeper(reviews, policies, send, topics.screened, safety_metrics)
             await broker.start()
             await reply_topics.start()
             if guard is not None:
                 await guard.start()
             await stage.start()
+            await moderation.start()
             sweeping = asyncio.create_task(sweeper.run(settings.sweep_interval_s), name="review-sweeps")
             logger.info("screening prompts of %s (guard model: %s)", model_ids, settings.guard_model or "off")
             try:
@@ -149,6 +159,7 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
             finally:
                 sweeping.cancel()
                 await asyncio.gather(sweeping, return_exceptions=True)
+                await moderation.stop()
                 await stage.stop()
                 if guard is not None:
                     await guard.stop()
@@ -165,7 +176,7 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
     @app.get("/health", include_in_schema=False)
     async def health() -> Response:
         guard = app.state.guard
-        running = app.state.stage.running and (guard is None or guard.running)
+        running = app.state.stage.running and app.state.moderation.running and (guard is None or guard.running)
         ok = running and await app.state.broker.ping(timeout=5.0)
         return Response(status_code=204 if ok else 503)
 

@@ -15,6 +15,13 @@ class SafetyMetrics:
             ["action"],
             registry=registry,
         )
+        self.moderations = Counter(
+            "ferry_safety_moderations",
+            "Moderation requests answered or dropped, by outcome (flagged: any text flagged, allowed, unavailable: the "
+            "tenant's policy could not be read, expired: past its deadline when read).",
+            ["outcome"],
+            registry=registry,
+        )
         self.screen_seconds = Histogram(
             "ferry_safety_screen_seconds",
             "Time to screen one poll's prompts (rules and model classifiers, cache lookups included).",

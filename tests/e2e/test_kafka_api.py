@@ -29,7 +29,7 @@ async def read_until_final(consumer: AIOKafkaConsumer, request_id: str, seconds:
             if event.get("request_id") != request_id:
                 continue
             events.append(event)
-            if event["event"] in ("completion_finished", "generation_failed"):
+            if event["event"] in ("completion_finished", "generation_failed", "moderation_completed"):
                 return events
     return events
 
