@@ -19,7 +19,13 @@ class IngressSettings(BaseSettings):
         description="Names this instance's reply topic; stable across restarts, unique among running instances.",
     )
     request_timeout_s: float = Field(
-        300.0, gt=0, description="Deadline of a request that sets none (x-request-timeout header, seconds)."
+        300.0, gt=0, description="Deadline of a request that sets none (x-ferry-timeout header, seconds)."
+    )
+    moderation_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Deadline of a moderation that sets none (x-ferry-timeout): screening takes milliseconds, so a "
+        "client waits this long at most when the safety stage does not answer.",
     )
     max_request_timeout_s: float = Field(3600.0, gt=0, description="Longest deadline a client may ask for.")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when the client sends none.")

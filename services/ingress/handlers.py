@@ -933,7 +933,7 @@ async def create_moderation(
         raise ApiError(400, message, param=param, code="invalid_value")
     if ignored := ignored_fields(body):
         logger.warning("request %s: ignored unsupported fields %s", request_id, ignored)
-    timeout_s = _timeout(request.headers.get("x-ferry-timeout"), deps.settings)
+    timeout_s = _timeout(request.headers.get("x-ferry-timeout"), deps.settings, deps.settings.moderation_timeout_s)
     deadline_at = utc_now() + timedelta(seconds=timeout_s)
     _within_capacity(deps, 1, headers)
     texts = body.texts()
@@ -1375,9 +1375,10 @@ def _variant_header(request: Request) -> str | None:
     return value
 
 
-def _timeout(header: str | None, settings: IngressSettings) -> float:
+def _timeout(header: str | None, settings: IngressSettings, default_s: float | None = None) -> float:
+    """The request's deadline in seconds: its x-ferry-timeout header, else ``default_s`` (else the settings')."""
     if header is None:
-        return settings.request_timeout_s
+        return default_s or settings.request_timeout_s
     try:
         value = float(header)
     except ValueError:
