@@ -972,11 +972,11 @@ async def create_moderation(
             logger.exception("request %s: could not publish", request_id)
             raise _queue_unavailable(headers) from None
     logger.info("moderation %s of tenant %s: %d texts", request_id, tenant.id, len(texts))
-    used = 0
+    used = estimate  # the texts are screened whether or not their client waits for the answer
     try:
         judged = await _unless_disconnected(request, _moderation_of(answer))
-        used = estimate
     except ApiError as exc:
+        used = 0  # the platform's failure, or a deadline past which the stage no longer screens them
         raise exc.with_headers(headers) from None
     finally:
         if charge is not None:
