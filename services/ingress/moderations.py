@@ -7,9 +7,9 @@ here is one the platform would escalate or refuse as a prompt. OpenAI's categori
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from services.ingress.protocol import STRICT_INPUT, TextPart
 from shared.contracts import MODERATION_MAX_INPUTS, ModerationResult
@@ -38,16 +38,33 @@ OPENAI_NAME = {"hate": "hate", "illegal": "illicit", "self_harm": "self-harm", "
 keep their own names, after OpenAI's."""
 
 
+def _input_form(value: Any) -> str | None:
+    """Which form ``input`` has, read from its first item, so that an error names the fault in that form alone."""
+    if isinstance(value, str):
+        return "text"
+    if not isinstance(value, list):
+        return None
+    return "parts" if value and isinstance(value[0], dict) else "texts"
+
+
+ModerationInput = Annotated[
+    Annotated[str, Tag("text")]
+    | Annotated[list[str], Field(min_length=1, max_length=MODERATION_MAX_INPUTS), Tag("texts")]
+    | Annotated[list[TextPart], Field(min_length=1, max_length=MODERATION_MAX_INPUTS), Tag("parts")],
+    Discriminator(
+        _input_form,
+        custom_error_type="input_form",
+        custom_error_message="Input should be a string, or an array of strings or of text parts",
+    ),
+]
+
+
 class ModerationRequest(BaseModel):
     """The body of POST /v1/moderations."""
 
     model_config = STRICT_INPUT | ConfigDict(extra="ignore")
 
-    input: (
-        str
-        | Annotated[list[str], Field(min_length=1, max_length=MODERATION_MAX_INPUTS)]
-        | Annotated[list[TextPart], Field(min_length=1, max_length=MODERATION_MAX_INPUTS)]
-    ) = Field(
+    input: ModerationInput = Field(
         description=f"A text, or up to {MODERATION_MAX_INPUTS} texts (strings, or text parts as OpenAI's multi-modal "
         "form has them; images are not served), each judged on its own. The texts may hold 32,000 characters in all."
     )

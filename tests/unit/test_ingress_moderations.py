@@ -71,3 +71,10 @@ def test_the_texts_of_one_request_are_bounded_in_all() -> None:
     ModerationRequested(request_id="r", inputs=["a" * 16_000, "b" * 16_000], reply_topic="replies")
     with pytest.raises(ValidationError, match="32001 characters"):
         ModerationRequested(request_id="r", inputs=["a" * 16_000, "b" * 16_001], reply_topic="replies")
+
+
+def test_an_input_of_the_wrong_form_is_named_by_the_form_its_first_item_shows() -> None:
+    with pytest.raises(ValidationError) as caught:
+        ModerationRequest.model_validate({"input": ["a", ["nested"]]})
+    ((where, why),) = [(e["loc"], e["msg"]) for e in caught.value.errors()]
+    assert where == ("input", "texts", 1) and why == "Input should be a valid string"
