@@ -24,7 +24,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
-from shared.contracts import CompletionRequested, Message, MessageDeadLettered, RequestId, TopicName
+from shared.contracts import (
+    CompletionRequested,
+    Message,
+    MessageDeadLettered,
+    ModerationRequested,
+    RequestId,
+    TopicName,
+)
 from shared.settings import CommonSettings
 from shared.telemetry import current_trace_context
 
@@ -321,7 +328,7 @@ async def dead_letter(
 async def dead_letter_unanswerable(
     broker: KafkaBroker,
     settings: CommonSettings,
-    request: CompletionRequested,
+    request: CompletionRequested | ModerationRequested,
     source: tuple[str, int, int],
     error: Exception,
     service: str,

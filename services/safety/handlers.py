@@ -35,7 +35,7 @@ from services.safety.guard import GuardCheck, GuardVerdict
 from services.safety.metrics import SafetyMetrics
 from services.safety.policy import Decision, decide, escalate
 from services.safety.prompt_tokens import ModelTokenizers, NoTokenizer, UndecodablePrompt
-from services.safety.review import late_choice_deliveries, prompt_verdict, refused, unscreened
+from services.safety.review import late_choice_deliveries, prompt_verdict, refused, screening_failed, unscreened
 from services.safety.screening import Screener, Screening, combine, prompt_parts, prompt_text
 from services.safety.store import PolicyStore, ReviewStore
 from services.safety.web import Send, deliver
@@ -294,18 +294,18 @@ async def moderate(deps: SafetyDeps, records: Sequence[ConsumerRecord]) -> None:
     await tell_rejected(deps, refusals)
     if not accepted:
         return
-    parts = [[[text] for text in request.inputs] for request, _ in accepted]
-    flat_parts = [part for texts in parts for part in texts]
-    flat_tenants = [request.tenant_id for (request, _), texts in zip(accepted, parts, strict=True) for _ in texts]
-    screenings = await deps.screener.screen_parts(flat_parts, flat_tenants)
-    verdicts = await guard_checked(deps, flat_tenants, flat_parts, screenings)
+    # every text of the poll screened together, each on its own (one part); the requests' results are then in order
+    parts = [[text] for request, _ in accepted for text in request.inputs]
+    tenants = [request.tenant_id for request, _ in accepted for _ in request.inputs]
+    screenings = await deps.screener.screen_parts(parts, tenants)
+    verdicts = await guard_checked(deps, tenants, parts, screenings)
     start = 0
-    for (request, record), texts in zip(accepted, parts, strict=True):
-        rid = request.request_id
+    for request, record in accepted:
+        rid, count = request.request_id, len(request.inputs)
         with deps.tracer.start_as_current_span(
             "ferry.safety.moderation",
             context=context_from(request.trace_context or record_headers(record)),
-            attributes={"ferry.request_id": rid, "ferry.safety.inputs": len(texts)},
+            attributes={"ferry.request_id": rid, "ferry.safety.inputs": count},
         ):
             answer: Message
             try:
@@ -313,16 +313,10 @@ async def moderate(deps: SafetyDeps, records: Sequence[ConsumerRecord]) -> None:
             except DependencyUnavailable:
                 metrics.moderations.labels("unavailable").inc()
                 logger.warning("moderation %s: tenant %s's policy is unavailable", rid, request.tenant_id)
-                answer = GenerationFailed(
-                    request_id=rid,
-                    sequence=0,
-                    code="screening_unavailable",
-                    message="the tenant's safety policy could not be read; try again",
-                    retryable=True,
-                )
+                answer = screening_failed(rid, "the texts", "the tenant's safety policy is unavailable")
             else:
                 results = []
-                for k in range(start, start + len(texts)):
+                for k in range(start, start + count):
                     decision = judged(deps, rid, decide(screenings[k].scores, policy.prompt), verdicts.get(k))
                     results.append(
                         ModerationResult(
@@ -334,12 +328,12 @@ async def moderate(deps: SafetyDeps, records: Sequence[ConsumerRecord]) -> None:
                     )
                 metrics.moderations.labels("flagged" if any(r.flagged for r in results) else "allowed").inc()
                 answer = ModerationCompleted(request_id=rid, results=results)
-            start += len(texts)
+            start += count
             try:
                 await deps.send(answer, request.reply_topic, rid)
             except UNWRITABLE_TOPIC_ERRORS as exc:
-                reason = f"its reply topic {request.reply_topic!r} cannot be written ({type(exc).__name__})"
-                await dead_letter(broker, common, record, reason + "; the requester cannot be answered", SERVICE)
+                source = (record.topic, record.partition, record.offset)
+                await dead_letter_unanswerable(broker, common, request, source, exc, SERVICE)
 
 
 def with_scores(screening: Screening, name: str, scores: dict[str, float]) -> Screening:

@@ -43,14 +43,18 @@ def unscreened(
     """What the stage sends for a prompt it cannot judge (the tenant's policy cannot be read, or the tokenizer of a
     prompt given as token ids): a retryable failure to the requester, and a cancel of the generation already under
     way for a prompt screened beside it."""
-    failure = GenerationFailed(
-        request_id=request.request_id,
+    return refused(request, screening_failed(request.request_id, "the prompt", why), topics)
+
+
+def screening_failed(request_id: str, what: str, why: str) -> GenerationFailed:
+    """The retryable failure of a request whose text (``what``) the stage cannot judge now."""
+    return GenerationFailed(
+        request_id=request_id,
         sequence=0,
         code=SCREENING_UNAVAILABLE,
-        message=f"the prompt could not be screened: {why}; try again shortly",
+        message=f"{what} could not be screened: {why}; try again shortly",
         retryable=True,
     )
-    return refused(request, failure, topics)
 
 
 def refused(request: CompletionRequested, failure: GenerationFailed, topics: Topics) -> list[tuple[Message, str]]:
