@@ -1,13 +1,13 @@
 """vLLM's engine processes started from a server that has imported torch and vLLM already.
 
 On CPU vLLM starts each model's EngineCore process with multiprocessing's ``spawn``: a fresh interpreter that imports
-torch and vLLM again before it loads the model, which is most of a model's start (about 11 s of the tiny model's
-12.6 s warm reload here on 5 December). multiprocessing's ``forkserver`` keeps one server process that has imported
-them once, and forks each new process from it; a model then starts in about a second. That is safe where forking the
-worker is not: the server only imports. It runs no event loop, no Kafka client and no OpenMP, and its only threads are
-the idle pools of OpenBLAS (numpy's, scipy's, OpenCV's), which OpenBLAS stops around a fork. vLLM 0.32 offers only
-``spawn`` and ``fork`` (VLLM_WORKER_MULTIPROC_METHOD) and its CPU platform forces ``spawn``, so the engine module's
-choice of start method is replaced here, on CPU only (use_engine_process_server).
+torch and vLLM again before it loads the model, which is most of a model's start (about 11 s of the tiny model's 12.6 s
+warm reload here on 5 December). multiprocessing's ``forkserver`` keeps one server process that has imported them once,
+and forks each new process from it; a model then starts in about a second. That is safe where forking the worker is not:
+the server only imports, and compiles one kernel on one thread (sampler_kernels). It runs no event loop, no Kafka client
+and no OpenMP, and its only threads are the idle pools of OpenBLAS (numpy's, scipy's, OpenCV's), which OpenBLAS stops
+around a fork. vLLM 0.32 offers only ``spawn`` and ``fork`` (VLLM_WORKER_MULTIPROC_METHOD) and its CPU platform forces
+``spawn``, so the engine module's choice of start method is replaced here, on CPU only (use_engine_process_server).
 
 A forked process inherits the server's environment, not the worker's: each process carries the worker's environment
 at its start (vLLM sets variables for its engine just before) and takes it back first thing, with the OpenMP thread
@@ -54,8 +54,15 @@ ENGINE_STOP_GRACE_S = 30.0  # after its worker has ended, an engine process that
 
 # What the server imports before it forks anything: vLLM's engine process with torch, its CPU worker (the model
 # runner, attention and model classes: 0.5-0.9 s more per load otherwise), and this module (each process runs
-# _run_in_environment first); the worker's own modules come with it.
-PRELOAD = ["vllm.v1.engine.core", "vllm.v1.worker.cpu_worker", __name__, "services.worker.main"]
+# _run_in_environment first); the worker's own modules come with it. Last, the module that compiles vLLM's sampler
+# kernel, which would otherwise hold up each engine's first request for logprobs.
+PRELOAD = [
+    "vllm.v1.engine.core",
+    "vllm.v1.worker.cpu_worker",
+    __name__,
+    "services.worker.main",
+    "services.worker.sampler_kernels",
+]
 
 
 def start_engine_process_server() -> None:

@@ -1,8 +1,8 @@
 """On CPU the worker's engine processes fork from a server process that has imported torch and vLLM already
 (services/worker/engine_processes.py, FERRY_WORKER_ENGINE_PROCESS_SERVER) instead of vLLM's spawn, which imports them
-again for every model. An engine started either way answers the same, is named as vLLM names it, runs at the priority
-it is given and is gone once shut down. Real vLLM, tiny model, in this process. (That its thread setting reaches it:
-test_engine_threads.py.)"""
+again for every model. An engine started either way answers the same (logprobs too, whose ranks a kernel compiled in
+the server counts), is named as vLLM names it, runs at the priority it is given and is gone once shut down. Real vLLM,
+tiny model, in this process. (That its thread setting reaches it: test_engine_threads.py.)"""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from services.worker.engine import Engine, EngineConfig
-from shared.contracts import ChatMessage, SamplingParams
+from shared.contracts import ChatMessage, SamplingParams, TokenLogprob
 from shared.registry import read_seed
 from tests.e2e.platform import MODELS_DIR, ROOT, TINY_MODEL
 
@@ -29,6 +29,7 @@ from tests.e2e.platform import MODELS_DIR, ROOT, TINY_MODEL
 @dataclass
 class Started:
     answer: str
+    logprobs: list[TokenLogprob]  # of each token of the answer, with the 3 most likely at its position
     process_name: str
     parent_command: str  # the command line of the EngineCore process's parent
     parent_is_this_process: bool
@@ -49,13 +50,15 @@ async def start_and_ask(process_server: bool) -> Started:
         name, parent = core.name(), core.parent()
         assert parent is not None
         prompt = engine.render_prompt([ChatMessage(role="user", content="Name three colours.")])
-        answer = ""
-        async for step in engine.generate(uuid.uuid4().hex, prompt, SamplingParams(max_tokens=24, temperature=0)):
+        answer, logprobs = "", []
+        sampling = SamplingParams(max_tokens=24, temperature=0, logprobs=3)
+        async for step in engine.generate(uuid.uuid4().hex, prompt, sampling):
             answer += step.text
+            logprobs += step.logprobs
     finally:
         await engine.shutdown()
     _, alive = await asyncio.to_thread(psutil.wait_procs, [core], timeout=30)
-    return Started(answer, name, " ".join(parent.cmdline()), parent.pid == me.pid, not alive)
+    return Started(answer, logprobs, name, " ".join(parent.cmdline()), parent.pid == me.pid, not alive)
 
 
 def test_an_engine_forked_from_the_server_answers_as_one_vllm_spawns() -> None:
@@ -63,6 +66,9 @@ def test_an_engine_forked_from_the_server_answers_as_one_vllm_spawns() -> None:
     spawned = asyncio.run(start_and_ask(process_server=False))
 
     assert forked.answer and forked.answer == spawned.answer  # greedy: the same model gives the same tokens
+    # the most likely tokens at each position, picked by their ranks, which the kernel compiled ahead counts
+    assert forked.logprobs and all(len(token.top_logprobs) == 3 for token in forked.logprobs)
+    assert forked.logprobs == spawned.logprobs
     assert forked.process_name == spawned.process_name == "VLLM::EngineCore"
     assert "multiprocessing.forkserver" in forked.parent_command and not forked.parent_is_this_process
     assert spawned.parent_is_this_process
@@ -152,3 +158,33 @@ def test_an_engine_process_and_the_threads_that_compute_run_at_the_priority_it_i
     assert process == 7 and computing and set(computing) == {7}
     process, computing = asyncio.run(engine_thread_priorities(process_server, nice=0))
     assert process == 0 and set(computing) == {0}
+
+
+SERVER_COMPILES = """
+import os
+import torch
+from torch._dynamo.utils import counters
+import vllm.v1.engine.core, vllm.v1.worker.cpu_worker  # imported before, as the server does
+threads, tasks = torch.get_num_threads(), len(os.listdir("/proc/self/task"))
+import services.worker.sampler_kernels
+print(counters["stats"]["unique_graphs"], len(os.listdir("/proc/self/task")) - tasks, torch.get_num_threads() - threads)
+"""
+
+
+def test_the_server_compiles_the_sampler_kernel_and_keeps_no_thread_from_it() -> None:
+    """The engine process server's last import compiles vLLM's token rank kernel, so an engine forked from it does not
+    wait for Inductor on its first request for logprobs. A process that forks must not be left with threads (tqdm's
+    monitor, OpenMP's pool) or another thread count."""
+    done = subprocess.run(
+        [sys.executable, "-c", SERVER_COMPILES],
+        cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    graphs, threads_added, thread_count_change = map(int, done.stdout.split()[-3:])
+    assert graphs == 1
+    assert threads_added == 0
+    assert thread_count_change == 0
