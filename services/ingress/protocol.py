@@ -314,6 +314,13 @@ class StreamOptions(BaseModel):
     model_config = STRICT_INPUT
 
     include_usage: bool = False
+    # vLLM's: the usage so far in every chunk. Not served (replies do not bring the prompt's token count before the
+    # end), and refused at true by unsupported_option rather than ignored: the client would miss the usage it counts on.
+    continuous_usage_stats: bool = Field(
+        False,
+        description="vLLM: the usage so far in every chunk. Not supported: false only.",
+        json_schema_extra={"enum": [False]},
+    )
 
 
 class SamplingFields(BaseModel):
@@ -933,6 +940,12 @@ def unsupported_option(request: ChatCompletionRequest | CompletionRequest) -> tu
         value = (request.model_extra or {}).get(name, neutral)
         if value != neutral and not (neutral is None and value in ([], {})):
             return name, f"{name} is an option of vLLM's server that ferry does not serve; leave it out."
+    if request.stream_options is not None and request.stream_options.continuous_usage_stats:
+        return (
+            "stream_options.continuous_usage_stats",
+            "stream_options.continuous_usage_stats is an option of vLLM's server that ferry does not serve: the usage "
+            "comes in its own chunk at the end (include_usage).",
+        )
     if not isinstance(request, ChatCompletionRequest):
         return None
     if request.functions:
