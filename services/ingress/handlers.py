@@ -317,7 +317,7 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
         param, message = unsupported
         raise ApiError(400, message, param=param, code="unsupported_parameter")
     if body.background:
-        _needs_stored_responses(tenant, "background")
+        _needs_kept_text(tenant, "background", "a background response is kept for you to read later")
         if body.store is False:
             raise ApiError(
                 400,
@@ -327,7 +327,7 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
             )
     conversation: list[dict[str, Any]] = []  # of the stored response this one continues, or of its conversation
     if (conversation_id := body.conversation_id()) is not None:
-        _needs_stored_responses(tenant, "conversation")
+        _needs_kept_text(tenant, "conversation", "a conversation is kept on the platform", _SEND_IT_ALL)
         if body.previous_response_id is not None:
             raise ApiError(
                 400,
@@ -347,7 +347,7 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
             raise _no_conversation(conversation_id, "conversation")
         conversation = kept
     if body.previous_response_id is not None:
-        _needs_stored_responses(tenant, "previous_response_id")
+        _needs_kept_text(tenant, "previous_response_id", "it names a stored response", _SEND_IT_ALL)
         previous = await deps.responses.load(tenant.id, body.previous_response_id)
         if previous is None:
             raise ApiError(
@@ -366,7 +366,7 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
         conversation = previous.conversation
     referenced: dict[str, dict[str, Any]] = {}
     if references := body.references():
-        _needs_stored_responses(tenant, "input")
+        _needs_kept_text(tenant, "input", "it refers to stored items", _SEND_IT_ALL)
         referenced = await deps.responses.items(tenant.id, references)
         if missing := [ref for ref in references if ref not in referenced]:
             referenced |= await deps.conversations.items_by_id(tenant.id, missing)
@@ -401,13 +401,16 @@ async def create_response(body: ResponsesRequest, request: Request, deps: DepsDe
         raise responses_error(exc) from None
 
 
-def _needs_stored_responses(tenant: Tenant, param: str) -> None:
-    """Refuses ``param``, which names stored responses, for a tenant that keeps none."""
+_SEND_IT_ALL = "send the whole conversation as input, or ask for retention"
+
+
+def _needs_kept_text(tenant: Tenant, param: str, why: str, remedy: str = "ask for retention") -> None:
+    """Refuses ``param``, which needs text kept on the platform (``why``: what it keeps or reads), for a tenant that
+    keeps none."""
     if not tenant.retains_text:
         raise ApiError(
             400,
-            f"{param} names stored responses, and tenant `{tenant.id}` keeps no text (its retention_days is 0): send "
-            "the whole conversation as input, or ask for retention.",
+            f"{param}: {why}, and tenant `{tenant.id}` keeps no text (its retention_days is 0): {remedy}.",
             param=param,
             code="unsupported_parameter",
         )
@@ -513,7 +516,7 @@ async def delete_response(response_id: str, deps: DepsDep, tenant: TenantDep) ->
 @router.post("/v1/conversations", response_model=ConversationObject, responses=ERRORS, tags=["openai"])
 async def create_conversation(body: NewConversation, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
     """OpenAI's Conversations API: a conversation kept on the server, for a tenant that keeps text."""
-    _needs_stored_responses(tenant, "conversation")
+    _needs_kept_text(tenant, "conversation", "a conversation is kept on the platform")
     items = _conversation_items(body.items or [])
     conversation_id = f"conv_{uuid.uuid4().hex}"
     try:
@@ -753,7 +756,7 @@ async def upload_file(
 ) -> JSONResponse:
     """OpenAI's Files API, for a tenant that keeps text (a file holds prompts): kept until it expires (its
     expires_after, else the tenant's retention) or is deleted."""
-    _needs_stored_responses(tenant, "file")
+    _needs_kept_text(tenant, "file", "a file is kept on the platform")
     if (expires_anchor is None) != (expires_seconds is None):
         raise ApiError(400, "expires_after needs both anchor and seconds.", param="expires_after", code="invalid_value")
     content = await file.read()
@@ -822,7 +825,7 @@ def _no_file(file_id: str, param: str = "file_id") -> ApiError:
 async def create_batch(body: NewBatch, deps: DepsDep, tenant: TenantDep) -> JSONResponse:
     """OpenAI's Batch API: the requests of an uploaded file (purpose batch), run apart within 24 hours at the cost
     batching profile; answers in its output file, failures in its error file (services/ingress/batches.py)."""
-    _needs_stored_responses(tenant, "input_file_id")
+    _needs_kept_text(tenant, "input_file_id", "a batch runs from a kept file and keeps its results")
     input_file = await deps.files.get(tenant.id, body.input_file_id)
     if input_file is None:
         raise _no_file(body.input_file_id, "input_file_id")

@@ -254,6 +254,10 @@ def test_a_stored_response_is_continued_read_and_deleted_only_by_its_tenant_and_
     with pytest.raises(BadRequestError) as err:
         default.responses.create(model=TINY_MODEL, input="hi", previous_response_id=first.id)
     assert err.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    assert "keeps no text" in err.value.body["message"] and "whole conversation" in err.value.body["message"]  # type: ignore[index]
+    with pytest.raises(BadRequestError) as err:  # nowhere to keep it until it is read
+        default.responses.create(model=TINY_MODEL, input="hi", background=True)
+    assert err.value.body["param"] == "background" and "read later" in err.value.body["message"]  # type: ignore[index]
     with pytest.raises(BadRequestError) as err:  # another tenant's item, to a tenant that stores nothing
         default.responses.create(model=TINY_MODEL, input=[{"type": "item_reference", "id": listed[1].id}])
     assert err.value.body["param"] == "input"  # type: ignore[index]
