@@ -8,8 +8,9 @@ and about 3 s after it, once Inductor's disk cache held those. Compiled once in 
 finds Inductor imported and its caches warm. It still compiles the kernel for its own thread count (Dynamo's guards
 hold the count), in a fraction of a second.
 
-The server compiles on one thread, so that the kernel runs without starting OpenMP's thread pool, which a fork
-would leave broken in the child; its thread count is then put back for the processes it forks.
+The server compiles on one thread, so that the kernel runs without starting OpenMP's thread pool: a fork copies only
+the thread that forks, and a child would inherit a pool whose threads it does not have. Its thread count is then put
+back for the processes it forks.
 """
 
 from __future__ import annotations
