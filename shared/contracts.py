@@ -803,6 +803,13 @@ class TokensGenerated(Message):
         description="The prompt's text, on a request's first TokensGenerated (sequence 0) when its prompt was given "
         "as token ids (prompt_token_ids): what an echo puts before the completion.",
     )
+    prompt_token_count: int | None = Field(
+        None,
+        ge=0,
+        description="How many tokens the prompt has as the engine read it (chat template included), on a request's "
+        "first TokensGenerated (sequence 0): a stream's usage so far, before the final event brings the usage. None "
+        "from workers that predate it.",
+    )
 
 
 FinishReason = Literal["stop", "length", "abort", "tool_calls"]

@@ -322,6 +322,7 @@ async def replay(entry: CachedCompletion, request: CompletionRequested) -> Async
             text_offset=0,
             reasoning=entry.reasoning or "",
             reasoning_offset=None if entry.reasoning is None else 0,
+            prompt_token_count=entry.usage.prompt_tokens,
         )
         sequence = 1
     yield CompletionFinished(

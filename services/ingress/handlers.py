@@ -1224,6 +1224,8 @@ async def _serve(  # type: ignore[no-untyped-def]
         return await _respond(request_id, responses, request, replies, headers)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        # as vLLM's server: the usage in every chunk only along with the usage chunk
+        continuous_usage = include_usage and bool(body.stream_options and body.stream_options.continuous_usage_stats)
         return StreamingResponse(
             stream_sse(
                 request_id,
@@ -1238,6 +1240,7 @@ async def _serve(  # type: ignore[no-untyped-def]
                 prompt_of=prompt_of,
                 token_ids=bool(body.return_token_ids),
                 tokens_as_ids=bool(body.return_tokens_as_token_ids),
+                continuous_usage=continuous_usage,
             ),
             media_type="text/event-stream",
             headers=headers | {"cache-control": "no-cache"},

@@ -190,6 +190,7 @@ async def serve_request(
             token_ids=list(delta.token_ids) if with_token_ids else None,
             prompt_logprobs=prompt_logprobs if sequence == 0 else None,
             prompt_text=given_prompt_text if sequence == 0 else None,
+            prompt_token_count=prompt_tokens if sequence == 0 else None,
             prompt_token_ids=prompt_ids if with_token_ids and sequence == 0 else None,
             tool_calls=list(calls),
             reasoning=reasoning,

@@ -250,10 +250,6 @@ def test_penalties_reach_the_engine(platform: Platform) -> None:
         ({"functions": [{"name": "lookup", "parameters": {"type": "object"}}]}, "functions"),
         ({"extra_body": {"use_beam_search": True}}, "use_beam_search"),  # vLLM's, sent as its clients send it
         ({"extra_body": {"chat_template": "{{ messages }}"}}, "chat_template"),
-        (  # vLLM's usage in every chunk
-            {"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
-            "stream_options.continuous_usage_stats",
-        ),
     ],
 )
 def test_options_ferry_cannot_honour_are_refused_not_ignored(platform: Platform, option: dict, param: str) -> None:

@@ -599,15 +599,6 @@ def test_vllms_options_ferry_does_not_serve_are_refused_unless_asking_nothing(op
         assert unsupported_option(parse(body | neutral)) is None
 
 
-def test_vllms_usage_in_every_chunk_is_refused_unless_false() -> None:
-    """vLLM's continuous_usage_stats: ferry's replies bring the prompt's token count only with the final one."""
-    for parse, body in ((ChatCompletionRequest.model_validate, CHAT), (CompletionRequest.model_validate, TEXT)):
-        for asked in (True, False):
-            options = {"include_usage": True, "continuous_usage_stats": asked}
-            refused = unsupported_option(parse(body | {"stream": True, "stream_options": options}))
-            assert (refused and refused[0]) == ("stream_options.continuous_usage_stats" if asked else None)
-
-
 def test_documents_reach_a_chats_template_and_are_refused_on_a_completion() -> None:
     documents = [{"title": "Paris", "text": "Paris is the capital of France."}]
     chat = ChatCompletionRequest.model_validate(CHAT | {"documents": documents})

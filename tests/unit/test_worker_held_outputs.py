@@ -213,6 +213,19 @@ async def test_replies_carry_no_token_ids_unless_asked() -> None:
     assert isinstance(final, CompletionFinished) and final.token_ids is None and final.prompt_token_ids is None
 
 
+async def test_the_first_delta_alone_carries_the_prompts_token_count() -> None:
+    """A stream's usage so far (vLLM's continuous_usage_stats) needs it before the final event brings the usage; an
+    output held for review from its first token brings it in the delta its release sends."""
+    for output in ("Done, mailed.", "bob@example.com is mailed."):
+        events, held = await served(ScriptedEngine(output), chat_request(tools=[], stream=True))
+        deltas = [e for e in events if isinstance(e, TokensGenerated)]
+        final = events[-1]
+        assert isinstance(final, CompletionFinished) and deltas
+        assert deltas[0].prompt_token_count == final.usage.prompt_tokens > 0
+        assert all(d.prompt_token_count is None for d in deltas[1:])
+    assert held
+
+
 async def test_truncate_prompt_tokens_keeps_the_prompts_end_or_start_and_an_echo_shows_the_prompt_as_cut() -> None:
     engine = ScriptedEngine("Done.")
     engine.config = SimpleNamespace(max_model_len=64, model_id="m")  # type: ignore[assignment]
