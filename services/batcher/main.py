@@ -15,7 +15,7 @@ from services.batcher.config import BatcherSettings, input_topic
 from services.batcher.consumer import Consumers
 from services.batcher.handlers import SERVICE, Batcher, BatcherDeps
 from services.batcher.metrics import BatcherMetrics
-from shared.kafka import DirectPublisher, ensure_topics, new_broker, wait_for_kafka
+from shared.kafka import DirectPublisher, broker_producer, ensure_topics, new_broker, wait_for_kafka, warm_up_producer
 from shared.logging import configure_logging
 from shared.registry import enabled_models
 from shared.runtime import GarbageCollection, kafka_service_app, run, serve
@@ -70,6 +70,10 @@ async def main() -> None:
             worker_status_topic=topics.worker_status,
         )
 
+        async def warm_up() -> None:
+            batch_topics = {topics.batches(m) for m in model_ids}
+            await warm_up_producer(broker_producer(broker), batch_topics.__contains__)
+
         @get
         async def health(scope: Scope) -> AsgiResponse:
             alive = consumers.healthy and await broker.ping(5.0)
@@ -79,7 +83,7 @@ async def main() -> None:
             broker,
             registry,
             health=health,
-            after_startup=[reply_topics.start, consumers.start],
+            after_startup=[reply_topics.start, warm_up, consumers.start],
             on_shutdown=[consumers.stop, reply_topics.stop],
         )
         await serve(app, settings.host, settings.port)

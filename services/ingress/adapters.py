@@ -38,7 +38,15 @@ from shared.contracts import (
     reply_event_adapter,
     utc_now,
 )
-from shared.kafka import dead_letter, ensure_topics, publish_message, record_headers, tail
+from shared.kafka import (
+    broker_producer,
+    dead_letter,
+    ensure_topics,
+    publish_message,
+    record_headers,
+    tail,
+    warm_up_producer,
+)
 from shared.outages import DATABASE_FAILURES, REDIS_FAILURES, Breaker, DependencyUnavailable, bounded
 from shared.registry import ModelRecord, ModelRegistry
 from shared.settings import CommonSettings
@@ -168,6 +176,17 @@ class RequestPublisher:
             targets.append(topics.screened(request.model))
         rid = request.request_id
         await asyncio.gather(*(publish_message(self._broker, request, t, key=rid, request_id=rid) for t in targets))
+
+    async def warm_up(self) -> None:
+        """Readies the producer for every model's request and screened topics, cancellations and moderations, so the
+        first request does not wait for their metadata (see warm_up_producer)."""
+        topics = self._common.topics
+        models_topics = (topics.requests(""), topics.screened(""))
+        others = {topics.cancellations, topics.moderations}
+        readied = await warm_up_producer(
+            broker_producer(self._broker), lambda t: t.startswith(models_topics) or t in others
+        )
+        logger.info("producer ready for %d topic(s)", len(readied))
 
     async def moderate(self, request: ModerationRequested) -> None:
         """To the moderation topic, which the safety stage reads."""

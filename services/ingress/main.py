@@ -120,6 +120,7 @@ def build_app(settings: IngressSettings, common: CommonSettings) -> FastAPI:
                 settings.request_timeout_s,
             ),
         )
+        await deps.publisher.warm_up()
         finisher = asyncio.create_task(
             keep_finishing(deps.finishing, deps.running_batches, liveness, settings.background_beat_s)
         )

@@ -27,7 +27,15 @@ from services.safety.sweeps import Sweeper
 from services.safety.web import ReviewDeps, install_error_pages, router
 from shared.contracts import Message
 from shared.db import connect_pool
-from shared.kafka import DirectPublisher, ensure_topics, new_broker, publish_message, wait_for_kafka
+from shared.kafka import (
+    DirectPublisher,
+    broker_producer,
+    ensure_topics,
+    new_broker,
+    publish_message,
+    wait_for_kafka,
+    warm_up_producer,
+)
 from shared.logging import configure_logging
 from shared.registry import ModelRegistry
 from shared.runtime import GarbageCollection, run, serve
@@ -147,6 +155,8 @@ def build_app(settings: SafetySettings, common: CommonSettings) -> FastAPI:
             app.state.stage, app.state.moderation, app.state.guard = stage, moderation, guard
             sweeper = Sweeper(reviews, policies, send, topics.screened, safety_metrics)
             await broker.start()
+            screened_topics = {topics.screened(m) for m in model_ids}
+            await warm_up_producer(broker_producer(broker), screened_topics.__contains__)
             await reply_topics.start()
             if guard is not None:
                 await guard.start()

@@ -321,6 +321,11 @@ class Engine:
             except ValueError:
                 await engine.shutdown()
                 raise
+        try:
+            await engine.warm_up()
+        except BaseException:  # an engine that cannot serve two tokens is not loaded
+            await engine.shutdown()
+            raise
         stats.load_seconds = time.monotonic() - started
         if on_cpu:  # on a GPU the budget is device memory, which this does not see
             # Memory other models allocate or free meanwhile in this process blurs the figure a little.
@@ -333,6 +338,24 @@ class Engine:
             (f"cpu, {threads} OpenMP thread(s)" if threads else "cpu") if on_cpu else current_platform.device_name,
         )
         return engine
+
+    async def warm_up(self) -> None:
+        """Serves one short chat before the engine takes requests, so that the first client's request does not pay for
+        what each engine does once: compiling the chat template, the first forward pass and sampling step, the first
+        detokenizing. Measured on the tiny model through the whole platform: about 100 ms off the first request's time
+        to its first token (``benchmarks/reports/first-request-2026-12-08``). Best effort: a template that refuses
+        this chat only leaves its compiling to the first request."""
+        started = time.monotonic()
+        try:
+            prompt = self.render_prompt([ChatMessage(role="user", content="Hello")])
+        except InvalidRequest as exc:
+            logger.info("%s: warm-up without its chat template (%s)", self.config.model_id, exc)
+            prompt = "Hello"
+        async for _ in self.generate(
+            f"ferry-warm-up-{os.getpid()}", prompt, SamplingParams(max_tokens=2, temperature=0)
+        ):
+            pass
+        logger.info("%s: warmed up in %.0f ms", self.config.model_id, (time.monotonic() - started) * 1000)
 
     def render_prompt(
         self,

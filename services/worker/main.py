@@ -72,6 +72,7 @@ async def main() -> None:
         broker = new_broker(common, SERVICE, provider, metrics)
         replies = DirectPublisher(common, client_id=f"ferry-{SERVICE}-replies")
         await replies.start()
+        await replies.warm_up(lambda t: t.startswith(topics.replies("")))  # the ingress instances' reply topics
         deps = WorkerDeps(
             settings=settings,
             common=common,
