@@ -342,9 +342,10 @@ class Engine:
     async def warm_up(self) -> None:
         """Serves one short chat before the engine takes requests, so that the first client's request does not pay for
         what each engine does once: compiling the chat template, the first forward pass and sampling step, the first
-        detokenizing. Measured on the tiny model through the whole platform: about 100 ms off the first request's time
-        to its first token (``benchmarks/reports/first-request-2026-12-08``). Best effort: a template that refuses
-        this chat only leaves its compiling to the first request."""
+        detokenizing. Through the whole platform, the tiny model's first request after a start took 103 ms more to
+        its first token than the next ones, and 22 ms more with this and the producers' warm-up
+        (``benchmarks/reports/first-request-2026-12-08``); it takes a load 0.2-0.5 s. A template that refuses this
+        chat only leaves its compiling to the first request."""
         started = time.monotonic()
         try:
             prompt = self.render_prompt([ChatMessage(role="user", content="Hello")])
