@@ -171,7 +171,9 @@ class IngressDeps:
         task.add_done_callback(self.background.discard)
 
 
-def get_deps(request: Request) -> IngressDeps:
+async def get_deps(request: Request) -> IngressDeps:
+    """async, though it awaits nothing: FastAPI runs a plain function dependency in a thread pool, a hop between
+    threads on every request."""
     deps: IngressDeps = request.app.state.deps
     return deps
 

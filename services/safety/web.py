@@ -87,7 +87,8 @@ class CsrfRefused(Exception):
     pass
 
 
-def get_deps(request: Request) -> ReviewDeps:
+async def get_deps(request: Request) -> ReviewDeps:
+    """async: FastAPI would run a plain function in its thread pool (see the ingress's get_deps)."""
     deps: ReviewDeps = request.app.state.review
     return deps
 
