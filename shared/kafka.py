@@ -251,10 +251,27 @@ async def ensure_topics(settings: CommonSettings, names: Iterable[str], partitio
         await admin.close()
 
 
+async def topic_partitions(settings: CommonSettings, topic: str) -> list[int]:
+    """The partitions of an existing topic, from the brokers. A consumer that has just started knows none (it fetches
+    metadata for the topics it subscribes to, and assigning comes before that), so reading them from it gave only
+    partition 0 of a topic that had several."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="ferry-admin")
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"] or not described["partitions"]:
+        raise UnknownTopicOrPartitionError(f"{topic}: no partitions in Kafka's metadata")
+    return sorted(p["partition"] for p in described["partitions"])
+
+
 async def tail(settings: CommonSettings, topic: str, client_id: str) -> AIOKafkaConsumer:
-    """A started consumer of every partition of ``topic`` (created if missing), without a group and positioned at the
-    end before it returns: a reader of its own reply topic sees every reply to what it sends afterwards."""
+    """A started consumer of every partition of ``topic`` (created with one if missing, whatever number it has if
+    not), without a group and positioned at the end before it returns: a reader of its own reply topic sees every
+    reply to what it sends afterwards."""
     await ensure_topics(settings, [topic], partitions=1)
+    partitions = await topic_partitions(settings, topic)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
@@ -263,7 +280,7 @@ async def tail(settings: CommonSettings, topic: str, client_id: str) -> AIOKafka
         auto_offset_reset="latest",
     )
     await consumer.start()
-    assigned = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+    assigned = [TopicPartition(topic, p) for p in partitions]
     consumer.assign(assigned)
     await consumer.seek_to_end(*assigned)
     for tp in assigned:
