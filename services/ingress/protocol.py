@@ -46,6 +46,17 @@ MAX_DOCUMENTS = 128
 MAX_CHOICES = 128
 
 
+ServiceTier = Literal["auto", "default", "flex", "scale", "priority"]
+
+SERVICE_TIERS: dict[str, tuple[Priority, BatchingProfile]] = {
+    "flex": ("best_effort", "cost"),
+    "priority": ("interactive", "latency"),
+}
+"""OpenAI's processing tiers that ask for a kind of service, as ferry's scheduling: flex (cheaper, slower, at times
+unavailable) is the batching profile that waits longest for the fullest batches, at the priority that takes leftover
+room; priority (faster) is the profile that waits least, at the highest priority (capped at the tenant's ceiling)."""
+
+
 def _prompt_form(value: Any) -> str | None:
     """Which of a prompt's four forms ``value`` has, read from its first item: it is then validated as that form
     alone, so that an error names the fault in it (a 129th prompt, not "should be an integer")."""
@@ -457,6 +468,13 @@ class SamplingFields(BaseModel):
     user: str | None = None
     priority: Priority | None = Field(
         None, description="ferry: priority class (also the x-ferry-priority header); the tenant's default if unset."
+    )
+    service_tier: ServiceTier | None = Field(
+        None,
+        description="OpenAI's processing tier, read as ferry's scheduling: flex is the cost batching profile at "
+        "best_effort priority, priority the latency profile at interactive priority (or the tenant's highest); auto, "
+        "default and scale keep the tenant's defaults. priority and batching_profile, when set, win. The answer does "
+        "not name the tier.",
     )
     batching_profile: BatchingProfile | None = Field(
         None,

@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from services.ingress.protocol import STRICT_INPUT, ChatCompletionRequest, ignored_fields
+from services.ingress.protocol import STRICT_INPUT, ChatCompletionRequest, ServiceTier, ignored_fields
 from services.ingress.serving import (
     DEADLINE_EXCEEDED,
     ApiError,
@@ -383,6 +383,7 @@ class ResponsesRequest(BaseModel):
         "again.",
     )
     priority: Priority | None = Field(None, description="ferry: priority class, as on /v1/chat/completions.")
+    service_tier: ServiceTier | None = Field(None, description="OpenAI's processing tier, as on /v1/chat/completions.")
     batching_profile: BatchingProfile | None = Field(None, description="ferry: batching profile.")
     variant: Annotated[str, Field(pattern=VARIANT_NAME_PATTERN)] | None = Field(
         None, description="ferry: model variant, as on /v1/chat/completions."
@@ -481,6 +482,7 @@ class ResponsesRequest(BaseModel):
             else self.tool_choice,
             "parallel_tool_calls": False if self.max_tool_calls == 1 else self.parallel_tool_calls,
             "priority": self.priority,
+            "service_tier": self.service_tier,
             "batching_profile": self.batching_profile,
             "variant": self.variant,
         }

@@ -46,6 +46,11 @@ class Tenant:
             raise PriorityNotAllowed(priority, self.max_priority)
         return priority
 
+    def priority_capped(self, wished: Priority) -> Priority:
+        """``wished``, or the tenant's ceiling when it is above it: for OpenAI's service tiers, which name a kind of
+        service rather than a class the tenant must hold."""
+        return self.max_priority if PRIORITY_RANK[wished] < PRIORITY_RANK[self.max_priority] else wished
+
 
 class PriorityNotAllowed(Exception):
     def __init__(self, asked: str, ceiling: str) -> None:

@@ -9,7 +9,9 @@ import uuid
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer
 
+from shared.contracts import CompletionRequested
 from tests.e2e.platform import TINY_MODEL, Platform, start_extra_ingress, stop_service
 
 CHAT = "/v1/chat/completions"
@@ -73,6 +75,46 @@ def test_a_priority_above_the_tenants_ceiling_is_refused(platform: Platform) -> 
         timeout=10,
     )
     assert_error(response, 400, "invalid_value")
+
+
+async def test_openai_service_tiers_set_a_requests_scheduling(platform: Platform) -> None:
+    options = ("--max-priority", "batch", "--default-priority", "batch")
+    key = platform.new_tenant(f"tiers-{uuid.uuid4().hex[:6]}", *options)
+    topic = platform.common.topics.requests(TINY_MODEL)
+    # every partition from the start: the test's requests are among what it reads
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=platform.common.kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        asked = {
+            "flex": {"service_tier": "flex"},
+            "priority": {"service_tier": "priority"},  # above the tenant's ceiling: lowered to it, not refused
+            "flex, own profile": {"service_tier": "flex", "batching_profile": "throughput"},
+            "default": {"service_tier": "default"},
+        }
+        ids = {}
+        for name, body in asked.items():
+            fresh = [{"role": "user", "content": f"hi, {name}"}]  # not an answer from the response cache
+            response = await asyncio.to_thread(chat, platform, key, messages=fresh, **body)
+            assert response.status_code == 200, response.text
+            ids[response.headers["x-request-id"]] = name
+        scheduled: dict[str, tuple[str, str | None]] = {}
+        deadline = time.monotonic() + 30
+        while len(scheduled) < len(ids) and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    request = CompletionRequested.model_validate_json(record.value)
+                    if request.request_id in ids:
+                        scheduled[ids[request.request_id]] = (request.priority, request.profile)
+    finally:
+        await consumer.stop()
+    assert scheduled == {
+        "flex": ("best_effort", "cost"),
+        "priority": ("batch", "latency"),
+        "flex, own profile": ("best_effort", "throughput"),
+        "default": ("batch", None),  # the tenant's defaults
+    }
 
 
 async def test_concurrent_tenants_each_get_exactly_their_own_answers(platform: Platform) -> None:

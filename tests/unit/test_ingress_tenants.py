@@ -32,6 +32,13 @@ def test_priority_defaults_to_the_tenants_and_is_capped_by_its_ceiling() -> None
     assert Tenant(id="t").priority_for("interactive") == "interactive"
 
 
+def test_a_service_tiers_priority_is_lowered_to_the_tenants_ceiling_not_refused() -> None:
+    tenant = Tenant(id="t", max_priority="batch", default_priority="batch")
+    assert tenant.priority_capped("interactive") == "batch"
+    assert tenant.priority_capped("best_effort") == "best_effort"
+    assert Tenant(id="t").priority_capped("interactive") == "interactive"
+
+
 def test_only_tenants_with_retention_keep_text() -> None:
     assert not Tenant(id="t").retains_text
     assert Tenant(id="t", retention_days=7).retains_text
