@@ -7,8 +7,10 @@ import uuid
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 
-from shared.kafka import DirectPublisher, delete_topics, ensure_topics, warm_up_producer
+from shared.kafka import DirectPublisher, broker_producer, delete_topics, ensure_topics, new_broker, warm_up_producer
 from shared.settings import CommonSettings
 
 
@@ -45,4 +47,18 @@ async def test_a_worker_readies_its_replies_for_the_reply_topics_that_exist() ->
         assert await replies.warm_up(lambda t: t.startswith(topics.replies(""))) == instances
     finally:
         await replies.stop()
+        await delete_topics(common)
+
+
+async def test_the_services_find_the_producer_under_their_faststream_broker() -> None:
+    common = CommonSettings(topic_prefix=f"ferrytest-w{uuid.uuid4().hex[:8]}.", otel_exporter="none")
+    topic = common.topics.batches("present")
+    await ensure_topics(common, [topic], partitions=1)
+    broker = new_broker(common, "test", TracerProvider(), CollectorRegistry())
+    await broker.start()
+    try:
+        # None would only log a warning and skip the warm-up: a FastStream that moved its producer shows here
+        assert await warm_up_producer(broker_producer(broker), {topic}.__contains__) == [topic]
+    finally:
+        await broker.stop()
         await delete_topics(common)
