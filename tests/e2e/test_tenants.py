@@ -103,10 +103,10 @@ async def test_openai_service_tiers_set_a_requests_scheduling(platform: Platform
         deadline = time.monotonic() + 30
         while len(scheduled) < len(ids) and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
+                # keyed by request id; other tests' records, some of them not requests at all, are left unread
+                for record in (r for r in records if r.key is not None and r.key.decode() in ids):
                     request = CompletionRequested.model_validate_json(record.value)
-                    if request.request_id in ids:
-                        scheduled[ids[request.request_id]] = (request.priority, request.profile)
+                    scheduled[ids[request.request_id]] = (request.priority, request.profile)
     finally:
         await consumer.stop()
     assert scheduled == {
