@@ -1035,10 +1035,9 @@ async def _serve(  # type: ignore[no-untyped-def]
         raise unknown_model(body.model)
     priority = _choice(body.priority, request, "x-ferry-priority", Priority)
     profile = _choice(body.batching_profile, request, "x-ferry-batching-profile", BatchingProfile)
-    if body.service_tier in SERVICE_TIERS and priority is None:
-        priority = tenant.priority_capped(SERVICE_TIERS[body.service_tier][0])
-    if body.service_tier in SERVICE_TIERS and profile is None:
-        profile = SERVICE_TIERS[body.service_tier][1]
+    if (tier := SERVICE_TIERS.get(body.service_tier or "")) is not None:  # what the client names itself wins
+        priority = priority or tenant.priority_capped(tier[0])
+        profile = profile or tier[1]
     variant = body.variant or _variant_header(request) or tenant.default_variant
     try:
         priority = tenant.priority_for(priority)
